@@ -1,0 +1,12 @@
+//! Shared vocabulary of moat: content digests, object IDs, image references,
+//! isolation types and the human formatting used by every front end.
+
+pub mod digest;
+pub mod human;
+pub mod id;
+pub mod isolation;
+pub mod reference;
+
+pub use digest::Digest;
+pub use isolation::Isolation;
+pub use reference::ImageRef;
