@@ -54,14 +54,18 @@ impl Digest {
 
 /// True when `s` is exactly 64 lowercase hex characters.
 pub fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl FromStr for Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
-            Some(("sha256", hex)) => Self::from_hex(hex).map_err(|_| DigestError::Malformed(s.into())),
+            Some(("sha256", hex)) => {
+                Self::from_hex(hex).map_err(|_| DigestError::Malformed(s.into()))
+            }
             Some(_) => Err(DigestError::Algorithm(s.into())),
             None => Err(DigestError::Malformed(s.into())),
         }

@@ -75,7 +75,8 @@ fn valid_domain(d: &str) -> bool {
 fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
         && !t.starts_with(['.', '-'])
 }
 
@@ -83,7 +84,13 @@ impl ImageRef {
     /// Parses and normalises `s`.
     pub fn parse(s: &str) -> Result<Self, RefError> {
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|_| RefError::Digest(s.into()))?)),
+            Some((r, d)) => (
+                r,
+                Some(
+                    d.parse::<Digest>()
+                        .map_err(|_| RefError::Digest(s.into()))?,
+                ),
+            ),
             None => (s, None),
         };
         let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
@@ -116,9 +123,10 @@ impl ImageRef {
         }
         let path = parts.join("/");
         let repo = match domain {
-            None | Some("docker.io") | Some("index.docker.io") => {
-                path.strip_prefix("library/").map(str::to_string).unwrap_or(path)
-            }
+            None | Some("docker.io") | Some("index.docker.io") => path
+                .strip_prefix("library/")
+                .map(str::to_string)
+                .unwrap_or(path),
             Some(d) => format!("{d}/{path}"),
         };
         let tag = match (tag, &digest) {
@@ -153,7 +161,9 @@ mod tests {
     use super::*;
 
     fn t(s: &str) -> String {
-        ImageRef::parse(s).map(|r| r.to_string()).unwrap_or_else(|e| format!("ERR {e}"))
+        ImageRef::parse(s)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|e| format!("ERR {e}"))
     }
 
     #[test]

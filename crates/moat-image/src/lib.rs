@@ -1,0 +1,617 @@
+//! The moat image store.
+//!
+//! Images are loaded from docker-archive or OCI-layout tarballs (or imported
+//! from a rootfs tarball), each layer unpacked once into `layers/<diff-id>/`
+//! (overlayfs-ready, whiteouts converted) and its uncompressed tar kept as the
+//! content-addressed blob `blobs/sha256/<diff-id>` so `save` reproduces the
+//! exact bytes. The image ID is the digest of the config JSON, kept verbatim.
+//! See `docs/images.md`.
+
+pub mod archive;
+pub mod compress;
+pub mod hashing;
+pub mod unpack;
+
+use chrono::{DateTime, Utc};
+use compress::{decompress, detect, Compression};
+use hashing::HashReader;
+use moat_core::{Digest, ImageRef};
+use moat_store::{FileLock, ImageRecord, Layout, Store, StoreError, TmpDir};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, Write};
+use std::path::Path;
+pub use unpack::Limits;
+
+/// Errors of the image store.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// Metadata store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A refused or malformed archive entry.
+    #[error(transparent)]
+    Unpack(#[from] unpack::UnpackError),
+    /// Unsupported compression.
+    #[error(transparent)]
+    Compress(#[from] compress::CompressError),
+    /// The archive is not a valid image archive.
+    #[error("invalid image archive: {0}")]
+    BadArchive(String),
+    /// Content does not match its digest.
+    #[error("{what} is corrupt: expected digest {want}, content has {got}")]
+    DigestMismatch {
+        /// What was checked.
+        what: String,
+        /// Expected digest.
+        want: String,
+        /// Actual digest.
+        got: String,
+    },
+    /// Invalid image config JSON.
+    #[error("invalid image config: {0}")]
+    BadConfig(String),
+    /// Unknown image.
+    #[error("No such image: {0}")]
+    NoSuchImage(String),
+    /// Invalid reference.
+    #[error(transparent)]
+    Reference(#[from] moat_core::reference::RefError),
+    /// Removal refused.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Filesystem failure with context.
+    #[error("{0}: {1}")]
+    Io(String, io::Error),
+}
+
+impl ImageError {
+    /// Maps an io error with context.
+    pub fn io(ctx: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
+        let ctx = ctx.into();
+        move |e| ImageError::Io(ctx, e)
+    }
+}
+
+/// The parts of an image config moat reads (tolerant of docker's extra fields).
+#[derive(Debug, Clone, serde::Deserialize, Default)]
+pub struct ConfigHead {
+    /// Creation time.
+    #[serde(default)]
+    pub created: Option<String>,
+    /// OS.
+    #[serde(default)]
+    pub os: Option<String>,
+    /// Architecture.
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// Layer digests.
+    pub rootfs: RootFsHead,
+}
+
+/// `rootfs` of an image config.
+#[derive(Debug, Clone, serde::Deserialize, Default)]
+pub struct RootFsHead {
+    /// Uncompressed layer digests.
+    pub diff_ids: Vec<String>,
+}
+
+/// Parses the fields moat needs from a config.
+pub fn parse_config(raw: &[u8]) -> Result<(ConfigHead, Vec<Digest>), ImageError> {
+    let head: ConfigHead =
+        serde_json::from_slice(raw).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+    let diffs = head
+        .rootfs
+        .diff_ids
+        .iter()
+        .map(|d| {
+            d.parse::<Digest>()
+                .map_err(|e| ImageError::BadConfig(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((head, diffs))
+}
+
+/// An image that a load brought in.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Image ID.
+    pub id: Digest,
+    /// Names given to it.
+    pub tags: Vec<String>,
+}
+
+/// What `prune` removed.
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    /// Removed image IDs.
+    pub deleted: Vec<Digest>,
+    /// Bytes of layer data freed.
+    pub reclaimed: u64,
+}
+
+/// The image store of one moat root.
+pub struct ImageStore {
+    store: Store,
+    /// Unpack limits (tar-bomb protection).
+    pub limits: Limits,
+}
+
+fn gc_lock(l: &Layout) -> std::path::PathBuf {
+    l.locks().join("gc.lock")
+}
+
+impl ImageStore {
+    /// Opens the store and removes scratch space left by dead processes.
+    pub fn open(store: Store) -> Result<Self, ImageError> {
+        moat_store::tmp::sweep(store.layout())?;
+        Ok(Self {
+            store,
+            limits: Limits::default(),
+        })
+    }
+
+    /// The metadata store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The metadata store, mutably.
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.store
+    }
+
+    fn layout(&self) -> &Layout {
+        self.store.layout()
+    }
+
+    /// Unpacks one layer stream into `tmp`, checking digests. Returns its diff ID and tar size.
+    fn import_layer(
+        &self,
+        tmp: &Path,
+        idx: usize,
+        mut src: File,
+        want_blob: Option<&Digest>,
+        want_diff: Option<&Digest>,
+    ) -> Result<(Digest, u64), ImageError> {
+        let layout = self.layout();
+        if let Some(d) = want_diff {
+            let blob = layout.blob(d.hex());
+            if layout.layer(d.hex()).is_dir() {
+                if let Ok(m) = std::fs::metadata(&blob) {
+                    return Ok((d.clone(), m.len()));
+                }
+            }
+        }
+        let what = format!("layer {}", idx + 1);
+        let mut head = BufReader::new(&mut src);
+        let compression = detect(&mut head)?;
+        drop(head);
+        src.rewind()
+            .map_err(ImageError::io(format!("read {what}")))?;
+        if let (Some(want), true) = (want_blob, compression != Compression::None) {
+            let (got, _, _) = HashReader::new(&mut src, None::<io::Sink>)
+                .finish()
+                .map_err(ImageError::io(format!("read {what}")))?;
+            if &got != want {
+                return Err(ImageError::DigestMismatch {
+                    what,
+                    want: want.to_string(),
+                    got: got.to_string(),
+                });
+            }
+            src.rewind()
+                .map_err(ImageError::io(format!("read {what}")))?;
+        }
+        let dir = tmp.join(format!("layer-{idx}"));
+        let blob_path = tmp.join(format!("blob-{idx}"));
+        std::fs::create_dir(&dir).map_err(ImageError::io("create layer directory"))?;
+        let blob = io::BufWriter::with_capacity(
+            1 << 20,
+            File::create(&blob_path).map_err(ImageError::io("create layer blob"))?,
+        );
+        let mut hr = HashReader::new(decompress(src)?, Some(blob));
+        unpack::unpack(&mut hr, &dir, unpack::Kind::Layer, self.limits)?;
+        let (diff, size, blob) = hr
+            .finish()
+            .map_err(ImageError::io(format!("read {what}")))?;
+        if let Some(mut b) = blob {
+            b.flush().map_err(ImageError::io("write layer blob"))?;
+        }
+        if let Some(w) = want_diff {
+            if w != &diff {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("{what} (uncompressed)"),
+                    want: w.to_string(),
+                    got: diff.to_string(),
+                });
+            }
+        }
+        if (want_blob.is_some() && compression == Compression::None) && want_blob != Some(&diff) {
+            return Err(ImageError::DigestMismatch {
+                what,
+                want: want_blob.map(|d| d.to_string()).unwrap_or_default(),
+                got: diff.to_string(),
+            });
+        }
+        Ok((diff, size))
+    }
+
+    /// Moves unpacked layers into place (after flushing them to disk).
+    fn commit_layers(&self, tmp: &Path, layers: &[(usize, Digest)]) -> Result<(), ImageError> {
+        let layout = self.layout();
+        sync(tmp)?;
+        for (idx, d) in layers {
+            let dir = tmp.join(format!("layer-{idx}"));
+            if !dir.exists() {
+                continue; // reused an existing layer
+            }
+            std::fs::rename(tmp.join(format!("blob-{idx}")), layout.blob(d.hex()))
+                .map_err(ImageError::io("store layer blob"))?;
+            match std::fs::rename(&dir, layout.layer(d.hex())) {
+                Ok(()) => {}
+                // the same layer arrived concurrently or twice: keep the first
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
+                    ) => {}
+                Err(e) => return Err(ImageError::Io("store layer".into(), e)),
+            }
+        }
+        sync(layout.layers().as_path())?;
+        Ok(())
+    }
+
+    fn stage_archive(&self, r: impl Read, tmp: &TmpDir) -> Result<std::path::PathBuf, ImageError> {
+        let stage = tmp.path().join("archive");
+        std::fs::create_dir(&stage).map_err(ImageError::io("create staging directory"))?;
+        unpack::unpack(decompress(r)?, &stage, unpack::Kind::Plain, self.limits)?;
+        Ok(stage)
+    }
+
+    /// Loads every image of a docker-archive or OCI-layout tarball.
+    pub fn load(&mut self, r: impl Read) -> Result<Vec<Loaded>, ImageError> {
+        let _gc = FileLock::shared(&gc_lock(self.layout()))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let tmp = TmpDir::new(self.layout(), "load")?;
+        let stage = self.stage_archive(r, &tmp)?;
+        let images = archive::read(&stage)?;
+        let mut out = Vec::new();
+        let mut n = 0;
+        for img in images {
+            let (head, diff_ids) = parse_config(&img.config)?;
+            if diff_ids.len() != img.layers.len() {
+                return Err(ImageError::BadArchive(format!(
+                    "image config lists {} layers but the archive has {}",
+                    diff_ids.len(),
+                    img.layers.len()
+                )));
+            }
+            let mut done = Vec::new();
+            let mut sizes = Vec::new();
+            for (l, want) in img.layers.iter().zip(&diff_ids) {
+                let f = File::open(&l.path).map_err(ImageError::io("open layer"))?;
+                let (d, size) =
+                    self.import_layer(tmp.path(), n, f, l.blob_digest.as_ref(), Some(want))?;
+                done.push((n, d.clone()));
+                sizes.push((d, size));
+                n += 1;
+            }
+            self.commit_layers(tmp.path(), &done)?;
+            let rec = record(&img.config, &head, diff_ids, &sizes, img.tags.clone())?;
+            self.store.put_image(&rec, &sizes)?;
+            out.push(Loaded {
+                id: rec.id,
+                tags: img.tags,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Imports a rootfs tarball as a one-layer image (like `docker import`).
+    pub fn import(
+        &mut self,
+        r: impl Read,
+        name: Option<&str>,
+        comment: &str,
+    ) -> Result<Digest, ImageError> {
+        let tag = name
+            .map(ImageRef::parse)
+            .transpose()?
+            .and_then(|r| r.tagged());
+        let _gc = FileLock::shared(&gc_lock(self.layout()))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let tmp = TmpDir::new(self.layout(), "import")?;
+        // the stream may be stdin: spool it so it can be sniffed and rewound
+        let spool = tmp.path().join("input");
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&spool)
+            .map_err(ImageError::io("create spool file"))?;
+        io::copy(&mut { r }, &mut f).map_err(ImageError::io("read input"))?;
+        f.rewind().map_err(ImageError::io("read input"))?;
+        let (diff, size) = self.import_layer(tmp.path(), 0, f, None, None)?;
+        self.commit_layers(tmp.path(), &[(0, diff.clone())])?;
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "created": now,
+            "config": { "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] },
+            "history": [{ "created": now, "comment": comment }],
+            "rootfs": { "type": "layers", "diff_ids": [diff.to_string()] },
+        });
+        let raw = serde_json::to_vec(&config).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+        let (head, diffs) = parse_config(&raw)?;
+        let sizes = vec![(diff, size)];
+        let rec = record(&raw, &head, diffs, &sizes, tag.into_iter().collect())?;
+        self.store.put_image(&rec, &sizes)?;
+        Ok(rec.id)
+    }
+
+    /// Finds an image by name, `name:tag`, full or short (≥ 4 hex) ID, or `sha256:` ID.
+    pub fn resolve(&self, s: &str) -> Result<ImageRecord, ImageError> {
+        let by_prefix = |p: &str| -> Result<Option<ImageRecord>, ImageError> {
+            let ids = self.store.images_by_prefix(p)?;
+            match ids.len() {
+                0 => Ok(None),
+                1 => Ok(self.store.image(&ids[0])?),
+                n => Err(StoreError::Ambiguous {
+                    kind: "image",
+                    prefix: p.into(),
+                    count: n,
+                }
+                .into()),
+            }
+        };
+        if let Some(hex) = s.strip_prefix("sha256:") {
+            return by_prefix(hex)?.ok_or_else(|| ImageError::NoSuchImage(s.into()));
+        }
+        if let Ok(r) = ImageRef::parse(s) {
+            if let Some(t) = r.tagged() {
+                if let Some(id) = self.store.tag_target(&t)? {
+                    return self
+                        .store
+                        .image(&id)?
+                        .ok_or_else(|| ImageError::NoSuchImage(s.into()));
+                }
+            }
+        }
+        if s.len() >= 4 && moat_core::id::is_hex_prefix(s) {
+            if let Some(img) = by_prefix(s)? {
+                return Ok(img);
+            }
+        }
+        Err(ImageError::NoSuchImage(s.into()))
+    }
+
+    /// Every image.
+    pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
+        Ok(self.store.images()?)
+    }
+
+    /// Gives image `src` the name `target`.
+    pub fn tag(&mut self, src: &str, target: &str) -> Result<(), ImageError> {
+        let img = self.resolve(src)?;
+        let r = ImageRef::parse(target)?;
+        let t = r.tagged().ok_or_else(|| {
+            ImageError::BadArchive(format!("cannot tag with a digest reference {target:?}"))
+        })?;
+        self.store.tag(&t, &img.id)?;
+        Ok(())
+    }
+
+    /// Removes an image name or image (like `docker rmi`). Returns docker-style
+    /// `Untagged: ...` / `Deleted: ...` lines.
+    pub fn remove(&mut self, s: &str, force: bool) -> Result<Vec<String>, ImageError> {
+        let img = self.resolve(s)?;
+        let by_tag = ImageRef::parse(s)
+            .ok()
+            .and_then(|r| r.tagged())
+            .filter(|t| img.tags.contains(t));
+        let users = self.store.containers_using(&img.id)?;
+        let mut out = Vec::new();
+        let untag_all = match &by_tag {
+            Some(t) if img.tags.len() > 1 => {
+                self.store.untag(t)?;
+                return Ok(vec![format!("Untagged: {t}")]);
+            }
+            Some(t) => {
+                if !users.is_empty() && !force {
+                    return Err(ImageError::Conflict(format!(
+                        "unable to remove repository reference {t:?} (must force) - container {} is using its referenced image {}",
+                        users[0],
+                        img.id.short()
+                    )));
+                }
+                vec![t.clone()]
+            }
+            None => {
+                if img.tags.len() > 1 && !force {
+                    return Err(ImageError::Conflict(format!(
+                        "unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                        img.id.short()
+                    )));
+                }
+                if !users.is_empty() && !force {
+                    return Err(ImageError::Conflict(format!(
+                        "unable to delete {} (must be forced) - image is being used by container {}",
+                        img.id.short(),
+                        users[0]
+                    )));
+                }
+                img.tags.clone()
+            }
+        };
+        for t in untag_all {
+            self.store.untag(&t)?;
+            out.push(format!("Untagged: {t}"));
+        }
+        if users.is_empty() {
+            self.store.delete_image(&img.id)?;
+            out.push(format!("Deleted: {}", img.id));
+            self.gc()?;
+        }
+        Ok(out)
+    }
+
+    /// Removes dangling images (all unused ones with `all`) and unreferenced layers.
+    pub fn prune(&mut self, all: bool) -> Result<PruneReport, ImageError> {
+        let mut rep = PruneReport::default();
+        for img in self.store.images()? {
+            if (all || img.tags.is_empty()) && self.store.containers_using(&img.id)?.is_empty() {
+                self.store.delete_image(&img.id)?;
+                rep.deleted.push(img.id);
+            }
+        }
+        rep.reclaimed = self.gc()?;
+        Ok(rep)
+    }
+
+    /// Deletes layers and blobs no image references, including leftovers of
+    /// crashed loads. Skipped (returns 0) while a load is running.
+    pub fn gc(&mut self) -> Result<u64, ImageError> {
+        let layout = self.layout().clone();
+        let Some(_gc) = FileLock::try_exclusive(&gc_lock(&layout))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        else {
+            return Ok(0);
+        };
+        self.store.drop_unreferenced_layers()?;
+        let keep: std::collections::HashSet<String> = self
+            .store
+            .layers()?
+            .into_iter()
+            .map(|(d, _)| d.hex().to_string())
+            .collect();
+        let mut freed = 0;
+        for (dir, is_blob) in [(layout.blobs(), true), (layout.layers(), false)] {
+            let rd = std::fs::read_dir(&dir)
+                .map_err(ImageError::io(format!("list {}", dir.display())))?;
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
+                }
+                let p = e.path();
+                if is_blob {
+                    freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    std::fs::remove_file(&p)
+                        .map_err(ImageError::io(format!("remove {}", p.display())))?;
+                } else {
+                    std::fs::remove_dir_all(&p)
+                        .map_err(ImageError::io(format!("remove {}", p.display())))?;
+                }
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Writes `refs` as a docker-archive tarball (what `docker save` writes).
+    pub fn save(&self, refs: &[String], w: impl Write) -> Result<(), ImageError> {
+        let mut b = tar::Builder::new(w);
+        let mut manifest = Vec::new();
+        let mut repositories = serde_json::Map::new();
+        let mut written = std::collections::HashSet::new();
+        for s in refs {
+            let img = self.resolve(s)?;
+            let cfg_name = format!("{}.json", img.id.hex());
+            if written.insert(cfg_name.clone()) {
+                append(&mut b, &cfg_name, img.config.len() as u64, &img.config[..])?;
+            }
+            let mut layers = Vec::new();
+            for d in &img.diff_ids {
+                let name = format!("{}/layer.tar", d.hex());
+                if written.insert(name.clone()) {
+                    let p = self.layout().blob(d.hex());
+                    let f =
+                        File::open(&p).map_err(ImageError::io(format!("open layer blob {d}")))?;
+                    let len = f
+                        .metadata()
+                        .map_err(ImageError::io("stat layer blob"))?
+                        .len();
+                    append(&mut b, &format!("{}/VERSION", d.hex()), 3, &b"1.0"[..])?;
+                    append(&mut b, &name, len, f)?;
+                }
+                layers.push(name);
+            }
+            // name only what the user asked for when it is a tag, else every tag
+            let tags: Vec<String> = match ImageRef::parse(s).ok().and_then(|r| r.tagged()) {
+                Some(t) if img.tags.contains(&t) => vec![t],
+                _ => img.tags.clone(),
+            };
+            for t in &tags {
+                if let Some((repo, tag)) = t.rsplit_once(':') {
+                    let top = img
+                        .diff_ids
+                        .last()
+                        .map(|d| d.hex().to_string())
+                        .unwrap_or_default();
+                    let e = repositories
+                        .entry(repo.to_string())
+                        .or_insert_with(|| serde_json::json!({}));
+                    e[tag] = serde_json::Value::String(top);
+                }
+            }
+            manifest.push(
+                serde_json::json!({ "Config": cfg_name, "RepoTags": tags, "Layers": layers }),
+            );
+        }
+        let m = serde_json::to_vec(&manifest).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+        append(&mut b, "manifest.json", m.len() as u64, &m[..])?;
+        let r =
+            serde_json::to_vec(&repositories).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+        append(&mut b, "repositories", r.len() as u64, &r[..])?;
+        b.into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(ImageError::io("write archive"))?;
+        Ok(())
+    }
+}
+
+fn append<W: Write>(
+    b: &mut tar::Builder<W>,
+    name: &str,
+    len: u64,
+    data: impl Read,
+) -> Result<(), ImageError> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(len);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, name, data)
+        .map_err(ImageError::io("write archive"))
+}
+
+fn sync(p: &Path) -> Result<(), ImageError> {
+    let f = File::open(p).map_err(ImageError::io(format!("open {}", p.display())))?;
+    rustix::fs::syncfs(&f).map_err(|e| ImageError::Io(format!("sync {}", p.display()), e.into()))
+}
+
+fn record(
+    config: &[u8],
+    head: &ConfigHead,
+    diff_ids: Vec<Digest>,
+    sizes: &[(Digest, u64)],
+    tags: Vec<String>,
+) -> Result<ImageRecord, ImageError> {
+    let created = head
+        .created
+        .as_deref()
+        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+        .map(|t| t.with_timezone(&Utc));
+    Ok(ImageRecord {
+        id: Digest::of(config),
+        config: config.to_vec(),
+        diff_ids,
+        size: sizes.iter().map(|(_, s)| s).sum(),
+        created,
+        added: Utc::now(),
+        tags,
+    })
+}

@@ -1,1 +1,95 @@
-fn main(){}
+//! The `moat` command line.
+
+mod images;
+mod info;
+mod output;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// moat: containers with process or hyperv (utility VM) isolation.
+#[derive(Parser, Debug)]
+#[command(name = "moat", version, about, disable_help_subcommand = true)]
+pub struct Cli {
+    /// Root directory of all moat state.
+    #[arg(
+        long,
+        global = true,
+        env = "MOAT_ROOT",
+        default_value = "/var/lib/moat"
+    )]
+    root: PathBuf,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, env = "MOAT_LOG", default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show the moat version.
+    Version,
+    /// Show engine and host information.
+    Info(info::InfoArgs),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(images::ImageCmd),
+    /// List images.
+    Images(images::LsArgs),
+    /// Import a rootfs tarball as an image.
+    Import(images::ImportArgs),
+    /// Load images from a docker-archive or OCI layout tarball.
+    Load(images::LoadArgs),
+    /// Save images to a docker-archive tarball.
+    Save(images::SaveArgs),
+    /// Give an image another name.
+    Tag(images::TagArgs),
+    /// Remove images.
+    Rmi(images::RmArgs),
+}
+
+/// Output format option shared by listing commands.
+#[derive(Args, Debug, Clone)]
+pub struct FormatArg {
+    /// Output format: `table` or `json`.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Version => {
+            println!("moat version {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        Cmd::Info(a) => info::run(&cli.root, a),
+        Cmd::Image(c) => images::run(&cli.root, c),
+        Cmd::Images(a) => images::run(&cli.root, images::ImageCmd::Ls(a)),
+        Cmd::Import(a) => images::run(&cli.root, images::ImageCmd::Import(a)),
+        Cmd::Load(a) => images::run(&cli.root, images::ImageCmd::Load(a)),
+        Cmd::Save(a) => images::run(&cli.root, images::ImageCmd::Save(a)),
+        Cmd::Tag(a) => images::run(&cli.root, images::ImageCmd::Tag(a)),
+        Cmd::Rmi(a) => images::run(&cli.root, images::ImageCmd::Rm(a)),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match run(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            // one line: the whole cause chain joined
+            eprintln!("Error: {}", format!("{e:#}").replace('\n', " "));
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,567 @@
+//! The SQLite metadata database.
+
+use crate::layout::Layout;
+use chrono::{DateTime, Utc};
+use moat_core::{id::is_hex_prefix, Digest};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use std::time::Duration;
+
+/// Errors from the metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("metadata store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Filesystem failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Stored JSON could not be decoded.
+    #[error("metadata store holds a corrupt record: {0}")]
+    Corrupt(String),
+    /// No image matches the reference.
+    #[error("No such image: {0}")]
+    NoSuchImage(String),
+    /// A short ID matches more than one object.
+    #[error("{kind} ID {prefix:?} is ambiguous: it matches {count} {kind}s")]
+    Ambiguous {
+        /// What was looked up.
+        kind: &'static str,
+        /// The prefix given.
+        prefix: String,
+        /// How many matched.
+        count: usize,
+    },
+    /// The root was created by a newer moat.
+    #[error("metadata store schema version {0} is newer than this moat understands ({1})")]
+    SchemaTooNew(i64, i64),
+}
+
+/// Converts an io error with context.
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+/// One image as stored.
+#[derive(Debug, Clone)]
+pub struct ImageRecord {
+    /// Image ID: the digest of the config JSON.
+    pub id: Digest,
+    /// The raw config JSON, byte for byte as loaded (its digest is the ID).
+    pub config: Vec<u8>,
+    /// Uncompressed layer digests, bottom first.
+    pub diff_ids: Vec<Digest>,
+    /// Sum of the uncompressed layer sizes.
+    pub size: u64,
+    /// Creation time from the config.
+    pub created: Option<DateTime<Utc>>,
+    /// When it entered this store.
+    pub added: DateTime<Utc>,
+    /// `repo:tag` names pointing at it.
+    pub tags: Vec<String>,
+}
+
+/// A container row: identity plus opaque JSON owned by the engine.
+#[derive(Debug, Clone)]
+pub struct ContainerRow {
+    /// 64-hex ID.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Image it was created from.
+    pub image_id: Digest,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Engine-owned configuration JSON.
+    pub config: String,
+    /// Engine-owned state JSON.
+    pub state: String,
+}
+
+/// A switch (virtual network) row.
+#[derive(Debug, Clone)]
+pub struct SwitchRow {
+    /// 64-hex ID.
+    pub id: String,
+    /// Unique name (any case, spaces allowed).
+    pub name: String,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Engine-owned configuration JSON.
+    pub config: String,
+}
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE images(
+  id TEXT PRIMARY KEY,
+  config BLOB NOT NULL,
+  diff_ids TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  created TEXT,
+  added TEXT NOT NULL
+);
+CREATE TABLE tags(
+  name TEXT PRIMARY KEY,
+  image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+);
+CREATE INDEX tags_image ON tags(image_id);
+CREATE TABLE layers(
+  diff_id TEXT PRIMARY KEY,
+  size INTEGER NOT NULL
+);
+CREATE TABLE containers(
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  image_id TEXT NOT NULL REFERENCES images(id),
+  created TEXT NOT NULL,
+  config TEXT NOT NULL,
+  state TEXT NOT NULL
+);
+CREATE TABLE switches(
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  created TEXT NOT NULL,
+  config TEXT NOT NULL
+);
+";
+
+/// An open metadata store.
+pub struct Store {
+    conn: Connection,
+    layout: Layout,
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {s:?}: {e}")))
+}
+
+fn digest(s: &str) -> Result<Digest, StoreError> {
+    Digest::from_hex(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `layout`.
+    pub fn open(layout: Layout) -> Result<Self, StoreError> {
+        for d in layout.dirs() {
+            std::fs::create_dir_all(&d).map_err(io(format!("cannot create {}", d.display())))?;
+        }
+        let conn = Connection::open(layout.db())?;
+        conn.busy_timeout(Duration::from_secs(60))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Self { conn, layout };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The root's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if v > SCHEMA_VERSION {
+                return Err(StoreError::SchemaTooNew(v, SCHEMA_VERSION));
+            }
+            if v == 0 {
+                tx.execute_batch(SCHEMA)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` in one immediate (write-locked) transaction and commits it.
+    pub fn write<T>(
+        &mut self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- images
+
+    /// Records a loaded image, its layers and tags in one transaction. Tags
+    /// that pointed elsewhere move to this image.
+    pub fn put_image(
+        &mut self,
+        img: &ImageRecord,
+        layer_sizes: &[(Digest, u64)],
+    ) -> Result<(), StoreError> {
+        let diff_ids =
+            serde_json::to_string(&img.diff_ids.iter().map(|d| d.hex()).collect::<Vec<_>>())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.write(|tx| {
+            for (d, size) in layer_sizes {
+                tx.execute(
+                    "INSERT OR IGNORE INTO layers(diff_id, size) VALUES (?1, ?2)",
+                    params![d.hex(), *size as i64],
+                )?;
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO images(id, config, diff_ids, size, created, added) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![img.id.hex(), img.config, diff_ids, img.size as i64, img.created.as_ref().map(ts), ts(&img.added)],
+            )?;
+            for t in &img.tags {
+                tx.execute(
+                    "INSERT INTO tags(name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+                    params![t, img.id.hex()],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn image_from_row(&self, r: &rusqlite::Row<'_>) -> Result<ImageRecord, StoreError> {
+        let id: String = r.get(0)?;
+        let diff_ids: String = r.get(2)?;
+        let diff_ids: Vec<String> =
+            serde_json::from_str(&diff_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let created: Option<String> = r.get(4)?;
+        let added: String = r.get(5)?;
+        let mut tags: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT name FROM tags WHERE image_id = ?1 ORDER BY name")?
+            .query_map([&id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        tags.sort();
+        Ok(ImageRecord {
+            id: digest(&id)?,
+            config: r.get(1)?,
+            diff_ids: diff_ids
+                .iter()
+                .map(|d| digest(d))
+                .collect::<Result<_, _>>()?,
+            size: r.get::<_, i64>(3)? as u64,
+            created: created.as_deref().map(parse_ts).transpose()?,
+            added: parse_ts(&added)?,
+            tags,
+        })
+    }
+
+    const IMAGE_COLS: &'static str = "id, config, diff_ids, size, created, added";
+
+    /// Every image, newest first.
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {} FROM images ORDER BY COALESCE(created, added) DESC, id",
+            Self::IMAGE_COLS
+        ))?;
+        let mut rows = st.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(self.image_from_row(r)?);
+        }
+        Ok(out)
+    }
+
+    /// One image by exact ID.
+    pub fn image(&self, id: &Digest) -> Result<Option<ImageRecord>, StoreError> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT {} FROM images WHERE id = ?1",
+            Self::IMAGE_COLS
+        ))?;
+        let mut rows = st.query([id.hex()])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(self.image_from_row(r)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The image a `repo:tag` name points at.
+    pub fn tag_target(&self, name: &str) -> Result<Option<Digest>, StoreError> {
+        let id: Option<String> = self
+            .conn
+            .query_row("SELECT image_id FROM tags WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        id.as_deref().map(digest).transpose()
+    }
+
+    /// Images whose ID starts with `prefix` (hex).
+    pub fn images_by_prefix(&self, prefix: &str) -> Result<Vec<Digest>, StoreError> {
+        if !is_hex_prefix(prefix) {
+            return Ok(Vec::new());
+        }
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM images WHERE id >= ?1 AND id < ?2")?;
+        let upper = format!("{prefix}g");
+        let ids: Vec<String> = st
+            .query_map(params![prefix, upper], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        ids.iter().map(|s| digest(s)).collect()
+    }
+
+    /// Points `name` (`repo:tag`) at `id`.
+    pub fn tag(&mut self, name: &str, id: &Digest) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO tags(name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+                params![name, id.hex()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes a tag; true if it existed.
+    pub fn untag(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM tags WHERE name = ?1", [name])? > 0))
+    }
+
+    /// Deletes an image row and its tags.
+    pub fn delete_image(&mut self, id: &Digest) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM tags WHERE image_id = ?1", [id.hex()])?;
+            tx.execute("DELETE FROM images WHERE id = ?1", [id.hex()])?;
+            Ok(())
+        })
+    }
+
+    /// Names of containers created from image `id`.
+    pub fn containers_using(&self, id: &Digest) -> Result<Vec<String>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name FROM containers WHERE image_id = ?1 ORDER BY name")?;
+        let names = st
+            .query_map([id.hex()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(names)
+    }
+
+    /// Layer diff IDs recorded as unpacked.
+    pub fn layers(&self) -> Result<Vec<(Digest, u64)>, StoreError> {
+        let mut st = self.conn.prepare("SELECT diff_id, size FROM layers")?;
+        let rows: Vec<(String, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(d, s)| Ok((digest(&d)?, s as u64)))
+            .collect()
+    }
+
+    /// True when the layer is recorded as unpacked.
+    pub fn has_layer(&self, d: &Digest) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM layers WHERE diff_id = ?1", [d.hex()], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some())
+    }
+
+    /// Deletes layer rows no image references; returns their digests.
+    pub fn drop_unreferenced_layers(&mut self) -> Result<Vec<Digest>, StoreError> {
+        self.write(|tx| {
+            let mut used = std::collections::HashSet::new();
+            {
+                let mut st = tx.prepare("SELECT diff_ids FROM images")?;
+                let rows: Vec<String> =
+                    st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                for r in rows {
+                    let v: Vec<String> =
+                        serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    used.extend(v);
+                }
+            }
+            let all: Vec<String> = {
+                let mut st = tx.prepare("SELECT diff_id FROM layers")?;
+                let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                v
+            };
+            let mut dropped = Vec::new();
+            for d in all.into_iter().filter(|d| !used.contains(d)) {
+                tx.execute("DELETE FROM layers WHERE diff_id = ?1", [&d])?;
+                dropped.push(digest(&d)?);
+            }
+            Ok(dropped)
+        })
+    }
+
+    // ------------------------------------------------------------ containers
+
+    /// Inserts a new container; fails with a constraint error on a name clash.
+    pub fn insert_container(&mut self, c: &ContainerRow) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO containers(id, name, image_id, created, config, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![c.id, c.name, c.image_id.hex(), ts(&c.created), c.config, c.state],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn container_from_row(r: &rusqlite::Row<'_>) -> Result<ContainerRow, StoreError> {
+        let image: String = r.get(2)?;
+        let created: String = r.get(3)?;
+        Ok(ContainerRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            image_id: digest(&image)?,
+            created: parse_ts(&created)?,
+            config: r.get(4)?,
+            state: r.get(5)?,
+        })
+    }
+
+    /// Every container, newest first.
+    pub fn containers(&self) -> Result<Vec<ContainerRow>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, name, image_id, created, config, state FROM containers ORDER BY created DESC",
+        )?;
+        let mut rows = st.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push(Self::container_from_row(r)?);
+        }
+        Ok(out)
+    }
+
+    /// Finds a container by exact name, exact ID or unique ID prefix.
+    pub fn find_container(&self, key: &str) -> Result<Option<ContainerRow>, StoreError> {
+        let all = self.containers()?;
+        if let Some(c) = all.iter().find(|c| c.name == key || c.id == key) {
+            return Ok(Some(c.clone()));
+        }
+        if !is_hex_prefix(key) {
+            return Ok(None);
+        }
+        let m: Vec<_> = all.into_iter().filter(|c| c.id.starts_with(key)).collect();
+        match m.len() {
+            0 => Ok(None),
+            1 => Ok(m.into_iter().next()),
+            n => Err(StoreError::Ambiguous {
+                kind: "container",
+                prefix: key.into(),
+                count: n,
+            }),
+        }
+    }
+
+    /// Replaces a container's state JSON.
+    pub fn set_container_state(&mut self, id: &str, state: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE containers SET state = ?2 WHERE id = ?1",
+                params![id, state],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a container row.
+    pub fn delete_container(&mut self, id: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM containers WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
+    // -------------------------------------------------------------- switches
+
+    /// Inserts a switch; fails on a name clash.
+    pub fn insert_switch(&mut self, s: &SwitchRow) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO switches(id, name, created, config) VALUES (?1, ?2, ?3, ?4)",
+                params![s.id, s.name, ts(&s.created), s.config],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Every switch by name.
+    pub fn switches(&self) -> Result<Vec<SwitchRow>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, name, created, config FROM switches ORDER BY name")?;
+        let rows: Vec<(String, String, String, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, name, created, config)| {
+                Ok(SwitchRow {
+                    id,
+                    name,
+                    created: parse_ts(&created)?,
+                    config,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(n: u8, tags: &[&str]) -> ImageRecord {
+        let config = format!("{{\"n\":{n}}}").into_bytes();
+        ImageRecord {
+            id: Digest::of(&config),
+            config,
+            diff_ids: vec![Digest::of(&[n])],
+            size: 10,
+            created: None,
+            added: Utc::now(),
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn images_tags_and_prefixes() -> Result<(), StoreError> {
+        let d = tempfile::tempdir().map_err(io("tempdir"))?;
+        let mut s = Store::open(Layout::new(d.path()))?;
+        let a = image(1, &["a:latest"]);
+        let b = image(2, &["b:latest", "a:latest"]);
+        s.put_image(&a, &[(a.diff_ids[0].clone(), 10)])?;
+        s.put_image(&b, &[(b.diff_ids[0].clone(), 10)])?;
+        assert_eq!(
+            s.tag_target("a:latest")?,
+            Some(b.id.clone()),
+            "tag moves to the newer image"
+        );
+        assert_eq!(s.images()?.len(), 2);
+        assert_eq!(s.images_by_prefix(&a.id.hex()[..6])?, vec![a.id.clone()]);
+        assert!(s.images_by_prefix("zz")?.is_empty());
+        s.delete_image(&a.id)?;
+        assert_eq!(s.drop_unreferenced_layers()?, vec![a.diff_ids[0].clone()]);
+        assert!(s.has_layer(&b.diff_ids[0])?);
+        Ok(())
+    }
+
+    #[test]
+    fn reopen_keeps_data() -> Result<(), StoreError> {
+        let d = tempfile::tempdir().map_err(io("tempdir"))?;
+        {
+            let mut s = Store::open(Layout::new(d.path()))?;
+            s.put_image(&image(3, &["x:1"]), &[])?;
+        }
+        let s = Store::open(Layout::new(d.path()))?;
+        assert_eq!(s.images()?[0].tags, vec!["x:1".to_string()]);
+        Ok(())
+    }
+}

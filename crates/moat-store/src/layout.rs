@@ -1,0 +1,67 @@
+//! Where things live under a moat root.
+
+use std::path::{Path, PathBuf};
+
+/// Paths of a moat root directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    /// Layout rooted at `root` (not created yet).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// The SQLite metadata database.
+    pub fn db(&self) -> PathBuf {
+        self.root.join("moat.db")
+    }
+    /// Content-addressed blobs: `blobs/sha256/<hex>`.
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs").join("sha256")
+    }
+    /// One blob's path.
+    pub fn blob(&self, hex: &str) -> PathBuf {
+        self.blobs().join(hex)
+    }
+    /// Unpacked layer diff directories: `layers/<diff-id hex>`.
+    pub fn layers(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+    /// One layer's diff directory.
+    pub fn layer(&self, hex: &str) -> PathBuf {
+        self.layers().join(hex)
+    }
+    /// Scratch space on the same filesystem, for atomic renames.
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    /// Lock files.
+    pub fn locks(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+    /// Per-container state directories.
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+    /// Optional engine configuration file under the root.
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// Every directory that must exist.
+    pub fn dirs(&self) -> [PathBuf; 6] {
+        [
+            self.root.clone(),
+            self.blobs(),
+            self.layers(),
+            self.tmp(),
+            self.locks(),
+            self.containers(),
+        ]
+    }
+}
