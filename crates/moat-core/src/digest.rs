@@ -54,18 +54,14 @@ impl Digest {
 
 /// True when `s` is exactly 64 lowercase hex characters.
 pub fn is_hex64(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl FromStr for Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
-            Some(("sha256", hex)) => {
-                Self::from_hex(hex).map_err(|_| DigestError::Malformed(s.into()))
-            }
+            Some(("sha256", hex)) => Self::from_hex(hex).map_err(|_| DigestError::Malformed(s.into())),
             Some(_) => Err(DigestError::Algorithm(s.into())),
             None => Err(DigestError::Malformed(s.into())),
         }
@@ -104,10 +100,7 @@ mod tests {
     #[test]
     fn parse_roundtrip() {
         let d = Digest::of(b"");
-        assert_eq!(
-            d.to_string(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
+        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
         assert_eq!(d.to_string().parse::<Digest>(), Ok(d.clone()));
         assert_eq!(d.short(), "e3b0c44298fc");
     }

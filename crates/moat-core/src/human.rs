@@ -16,11 +16,7 @@ pub fn size(bytes: u64) -> String {
     } else {
         let s = format!("{v:.3}");
         // docker prints 4 significant digits at most, trimming zeros
-        let s = format!(
-            "{:.*}",
-            2usize.saturating_sub(s.find('.').unwrap_or(1).saturating_sub(1)),
-            v
-        );
+        let s = format!("{:.*}", 2usize.saturating_sub(s.find('.').unwrap_or(1).saturating_sub(1)), v);
         let s = s.trim_end_matches('0').trim_end_matches('.').to_string();
         format!("{s}{}", UNITS[i])
     }

@@ -11,10 +11,7 @@ pub fn new_id() -> String {
 
 /// True when `s` could be a short or full ID: 1..=64 lowercase hex chars.
 pub fn is_hex_prefix(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 #[cfg(test)]

@@ -77,16 +77,10 @@ mod tests {
     fn parse_aliases() {
         assert_eq!("vm".parse::<Isolation>().ok(), Some(Isolation::Hyperv));
         assert_eq!("HyperV".parse::<Isolation>().ok(), Some(Isolation::Hyperv));
-        assert_eq!(
-            "process".parse::<Isolation>().ok(),
-            Some(Isolation::Process)
-        );
+        assert_eq!("process".parse::<Isolation>().ok(), Some(Isolation::Process));
         assert!("kvm".parse::<Isolation>().is_err());
         assert_eq!(
-            "default"
-                .parse::<IsolationRequest>()
-                .ok()
-                .map(|r| r.resolve(Isolation::Hyperv)),
+            "default".parse::<IsolationRequest>().ok().map(|r| r.resolve(Isolation::Hyperv)),
             Some(Isolation::Hyperv)
         );
         assert_eq!(Isolation::Hyperv.to_string(), "hyperv");

@@ -10,7 +10,9 @@ use std::fmt;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RefError {
     /// The reference is not a valid image name.
-    #[error("invalid reference format {0:?}: repository name must be lowercase [a-z0-9] separated by '.', '_', '-' or '/'")]
+    #[error(
+        "invalid reference format {0:?}: repository name must be lowercase [a-z0-9] separated by '.', '_', '-' or '/'"
+    )]
     Name(String),
     /// The tag part is invalid.
     #[error("invalid tag in {0:?}: tags are up to 128 characters of [A-Za-z0-9_.-], not starting with '.' or '-'")]
@@ -67,16 +69,13 @@ fn valid_domain(d: &str) -> bool {
         None => d,
     };
     !host.is_empty()
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && host.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
 }
 
 fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
         && !t.starts_with(['.', '-'])
 }
 
@@ -84,13 +83,7 @@ impl ImageRef {
     /// Parses and normalises `s`.
     pub fn parse(s: &str) -> Result<Self, RefError> {
         let (rest, digest) = match s.split_once('@') {
-            Some((r, d)) => (
-                r,
-                Some(
-                    d.parse::<Digest>()
-                        .map_err(|_| RefError::Digest(s.into()))?,
-                ),
-            ),
+            Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|_| RefError::Digest(s.into()))?)),
             None => (s, None),
         };
         let last_slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
@@ -107,8 +100,7 @@ impl ImageRef {
             return Err(RefError::Name(s.into()));
         }
         let mut parts: Vec<&str> = name.split('/').collect();
-        let domain = if parts.len() > 1
-            && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+        let domain = if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
         {
             let d = parts.remove(0);
             if !valid_domain(d) {
@@ -123,10 +115,9 @@ impl ImageRef {
         }
         let path = parts.join("/");
         let repo = match domain {
-            None | Some("docker.io") | Some("index.docker.io") => path
-                .strip_prefix("library/")
-                .map(str::to_string)
-                .unwrap_or(path),
+            None | Some("docker.io") | Some("index.docker.io") => {
+                path.strip_prefix("library/").map(str::to_string).unwrap_or(path)
+            }
             Some(d) => format!("{d}/{path}"),
         };
         let tag = match (tag, &digest) {
@@ -161,9 +152,7 @@ mod tests {
     use super::*;
 
     fn t(s: &str) -> String {
-        ImageRef::parse(s)
-            .map(|r| r.to_string())
-            .unwrap_or_else(|e| format!("ERR {e}"))
+        ImageRef::parse(s).map(|r| r.to_string()).unwrap_or_else(|e| format!("ERR {e}"))
     }
 
     #[test]

@@ -38,16 +38,10 @@ struct DockerManifestEntry {
 
 /// Resolves `rel` inside `stage`, following symlinks only if they stay inside.
 fn inside(stage: &Path, rel: &str) -> Result<PathBuf, ImageError> {
-    let bad = || {
-        ImageError::BadArchive(format!(
-            "archive references {rel:?}, which is not a file inside the archive"
-        ))
-    };
+    let bad = || ImageError::BadArchive(format!("archive references {rel:?}, which is not a file inside the archive"));
     let clean = crate::unpack::clean_path(Path::new(rel)).map_err(|_| bad())?;
     let p = stage.join(clean).canonicalize().map_err(|_| bad())?;
-    let root = stage
-        .canonicalize()
-        .map_err(|e| ImageError::io("staging directory")(e))?;
+    let root = stage.canonicalize().map_err(|e| ImageError::io("staging directory")(e))?;
     if !p.starts_with(&root) || !p.is_file() {
         return Err(bad());
     }
@@ -66,11 +60,7 @@ fn read_verified(path: &Path, want: Option<&Digest>, what: &str) -> Result<Vec<u
     if let Some(w) = want {
         let got = Digest::of(&bytes);
         if &got != w {
-            return Err(ImageError::DigestMismatch {
-                what: what.into(),
-                want: w.to_string(),
-                got: got.to_string(),
-            });
+            return Err(ImageError::DigestMismatch { what: what.into(), want: w.to_string(), got: got.to_string() });
         }
     }
     Ok(bytes)
@@ -101,23 +91,16 @@ pub fn read(stage: &Path) -> Result<Vec<ArchiveImage>, ImageError> {
 }
 
 fn docker_archive(stage: &Path) -> Result<Vec<ArchiveImage>, ImageError> {
-    let raw =
-        std::fs::read(stage.join("manifest.json")).map_err(ImageError::io("read manifest.json"))?;
-    let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&raw)
-        .map_err(|e| ImageError::BadArchive(format!("manifest.json: {e}")))?;
+    let raw = std::fs::read(stage.join("manifest.json")).map_err(ImageError::io("read manifest.json"))?;
+    let entries: Vec<DockerManifestEntry> =
+        serde_json::from_slice(&raw).map_err(|e| ImageError::BadArchive(format!("manifest.json: {e}")))?;
     if entries.is_empty() {
-        return Err(ImageError::BadArchive(
-            "manifest.json lists no image".into(),
-        ));
+        return Err(ImageError::BadArchive("manifest.json lists no image".into()));
     }
     entries
         .into_iter()
         .map(|e| {
-            let config = read_verified(
-                &inside(stage, &e.config)?,
-                digest_in_name(&e.config).as_ref(),
-                "image config",
-            )?;
+            let config = read_verified(&inside(stage, &e.config)?, digest_in_name(&e.config).as_ref(), "image config")?;
             let layers = e
                 .layers
                 .iter()
@@ -128,29 +111,19 @@ fn docker_archive(stage: &Path) -> Result<Vec<ArchiveImage>, ImageError> {
                     })
                 })
                 .collect::<Result<_, ImageError>>()?;
-            Ok(ArchiveImage {
-                config,
-                layers,
-                tags: normalise_tags(e.repo_tags.unwrap_or_default())?,
-            })
+            Ok(ArchiveImage { config, layers, tags: normalise_tags(e.repo_tags.unwrap_or_default())? })
         })
         .collect()
 }
 
 fn blob_path(stage: &Path, d: &oci_spec::image::Digest) -> Result<(PathBuf, Digest), ImageError> {
-    let digest: Digest = d
-        .to_string()
-        .parse()
-        .map_err(|e: moat_core::digest::DigestError| ImageError::BadArchive(e.to_string()))?;
-    Ok((
-        inside(stage, &format!("blobs/sha256/{}", digest.hex()))?,
-        digest,
-    ))
+    let digest: Digest =
+        d.to_string().parse().map_err(|e: moat_core::digest::DigestError| ImageError::BadArchive(e.to_string()))?;
+    Ok((inside(stage, &format!("blobs/sha256/{}", digest.hex()))?, digest))
 }
 
 fn is_index(mt: &MediaType) -> bool {
-    matches!(mt, MediaType::ImageIndex)
-        || mt.to_string() == "application/vnd.docker.distribution.manifest.list.v2+json"
+    matches!(mt, MediaType::ImageIndex) || mt.to_string() == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
 fn oci_layout(stage: &Path) -> Result<Vec<ArchiveImage>, ImageError> {
@@ -172,26 +145,22 @@ fn oci_layout(stage: &Path) -> Result<Vec<ArchiveImage>, ImageError> {
             }
             let (p, want) = blob_path(stage, d.digest())?;
             let raw = read_verified(&p, Some(&want), "image index")?;
-            let idx = ImageIndex::from_reader(&raw[..])
-                .map_err(|e| ImageError::BadArchive(format!("index: {e}")))?;
+            let idx = ImageIndex::from_reader(&raw[..]).map_err(|e| ImageError::BadArchive(format!("index: {e}")))?;
             let pick = idx
                 .manifests()
                 .iter()
                 .find(|m| {
-                    m.platform().as_ref().is_none_or(|p| {
-                        p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
-                    })
+                    m.platform()
+                        .as_ref()
+                        .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == "amd64")
                 })
                 .cloned()
-                .ok_or_else(|| {
-                    ImageError::BadArchive("no linux/amd64 image in the index".into())
-                })?;
+                .ok_or_else(|| ImageError::BadArchive("no linux/amd64 image in the index".into()))?;
             d = pick;
         }
         let (p, want) = blob_path(stage, d.digest())?;
         let raw = read_verified(&p, Some(&want), "image manifest")?;
-        let m = ImageManifest::from_reader(&raw[..])
-            .map_err(|e| ImageError::BadArchive(format!("manifest: {e}")))?;
+        let m = ImageManifest::from_reader(&raw[..]).map_err(|e| ImageError::BadArchive(format!("manifest: {e}")))?;
         let (cp, cwant) = blob_path(stage, m.config().digest())?;
         let config = read_verified(&cp, Some(&cwant), "image config")?;
         let layers = m
@@ -199,17 +168,10 @@ fn oci_layout(stage: &Path) -> Result<Vec<ArchiveImage>, ImageError> {
             .iter()
             .map(|l| {
                 let (path, want) = blob_path(stage, l.digest())?;
-                Ok(LayerSource {
-                    path,
-                    blob_digest: Some(want),
-                })
+                Ok(LayerSource { path, blob_digest: Some(want) })
             })
             .collect::<Result<_, ImageError>>()?;
-        out.push(ArchiveImage {
-            config,
-            layers,
-            tags: normalise_tags(name)?,
-        });
+        out.push(ArchiveImage { config, layers, tags: normalise_tags(name)? });
     }
     if out.is_empty() {
         return Err(ImageError::BadArchive("index.json lists no image".into()));

@@ -15,12 +15,7 @@ pub struct HashReader<R, W> {
 impl<R: Read, W: Write> HashReader<R, W> {
     /// Hashes `inner`, copying bytes to `tee` when given.
     pub fn new(inner: R, tee: Option<W>) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            tee,
-            count: 0,
-        }
+        Self { inner, hasher: Sha256::new(), tee, count: 0 }
     }
 
     /// Reads the rest of the stream (so the digest covers all of it) and

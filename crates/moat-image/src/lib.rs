@@ -8,6 +8,7 @@
 //! See `docs/images.md`.
 
 pub mod archive;
+pub mod changes;
 pub mod compress;
 pub mod hashing;
 pub mod unpack;
@@ -97,16 +98,12 @@ pub struct RootFsHead {
 
 /// Parses the fields moat needs from a config.
 pub fn parse_config(raw: &[u8]) -> Result<(ConfigHead, Vec<Digest>), ImageError> {
-    let head: ConfigHead =
-        serde_json::from_slice(raw).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+    let head: ConfigHead = serde_json::from_slice(raw).map_err(|e| ImageError::BadConfig(e.to_string()))?;
     let diffs = head
         .rootfs
         .diff_ids
         .iter()
-        .map(|d| {
-            d.parse::<Digest>()
-                .map_err(|e| ImageError::BadConfig(e.to_string()))
-        })
+        .map(|d| d.parse::<Digest>().map_err(|e| ImageError::BadConfig(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     Ok((head, diffs))
 }
@@ -144,10 +141,7 @@ impl ImageStore {
     /// Opens the store and removes scratch space left by dead processes.
     pub fn open(store: Store) -> Result<Self, ImageError> {
         moat_store::tmp::sweep(store.layout())?;
-        Ok(Self {
-            store,
-            limits: Limits::default(),
-        })
+        Ok(Self { store, limits: Limits::default() })
     }
 
     /// The metadata store.
@@ -186,21 +180,14 @@ impl ImageStore {
         let mut head = BufReader::new(&mut src);
         let compression = detect(&mut head)?;
         drop(head);
-        src.rewind()
-            .map_err(ImageError::io(format!("read {what}")))?;
+        src.rewind().map_err(ImageError::io(format!("read {what}")))?;
         if let (Some(want), true) = (want_blob, compression != Compression::None) {
-            let (got, _, _) = HashReader::new(&mut src, None::<io::Sink>)
-                .finish()
-                .map_err(ImageError::io(format!("read {what}")))?;
+            let (got, _, _) =
+                HashReader::new(&mut src, None::<io::Sink>).finish().map_err(ImageError::io(format!("read {what}")))?;
             if &got != want {
-                return Err(ImageError::DigestMismatch {
-                    what,
-                    want: want.to_string(),
-                    got: got.to_string(),
-                });
+                return Err(ImageError::DigestMismatch { what, want: want.to_string(), got: got.to_string() });
             }
-            src.rewind()
-                .map_err(ImageError::io(format!("read {what}")))?;
+            src.rewind().map_err(ImageError::io(format!("read {what}")))?;
         }
         let dir = tmp.join(format!("layer-{idx}"));
         let blob_path = tmp.join(format!("blob-{idx}"));
@@ -211,9 +198,7 @@ impl ImageStore {
         );
         let mut hr = HashReader::new(decompress(src)?, Some(blob));
         unpack::unpack(&mut hr, &dir, unpack::Kind::Layer, self.limits)?;
-        let (diff, size, blob) = hr
-            .finish()
-            .map_err(ImageError::io(format!("read {what}")))?;
+        let (diff, size, blob) = hr.finish().map_err(ImageError::io(format!("read {what}")))?;
         if let Some(mut b) = blob {
             b.flush().map_err(ImageError::io("write layer blob"))?;
         }
@@ -250,11 +235,7 @@ impl ImageStore {
             match std::fs::rename(&dir, layout.layer(d.hex())) {
                 Ok(()) => {}
                 // the same layer arrived concurrently or twice: keep the first
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
-                    ) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists) => {}
                 Err(e) => return Err(ImageError::Io("store layer".into(), e)),
             }
         }
@@ -271,8 +252,7 @@ impl ImageStore {
 
     /// Loads every image of a docker-archive or OCI-layout tarball.
     pub fn load(&mut self, r: impl Read) -> Result<Vec<Loaded>, ImageError> {
-        let _gc = FileLock::shared(&gc_lock(self.layout()))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tmp = TmpDir::new(self.layout(), "load")?;
         let stage = self.stage_archive(r, &tmp)?;
         let images = archive::read(&stage)?;
@@ -291,8 +271,7 @@ impl ImageStore {
             let mut sizes = Vec::new();
             for (l, want) in img.layers.iter().zip(&diff_ids) {
                 let f = File::open(&l.path).map_err(ImageError::io("open layer"))?;
-                let (d, size) =
-                    self.import_layer(tmp.path(), n, f, l.blob_digest.as_ref(), Some(want))?;
+                let (d, size) = self.import_layer(tmp.path(), n, f, l.blob_digest.as_ref(), Some(want))?;
                 done.push((n, d.clone()));
                 sizes.push((d, size));
                 n += 1;
@@ -300,27 +279,31 @@ impl ImageStore {
             self.commit_layers(tmp.path(), &done)?;
             let rec = record(&img.config, &head, diff_ids, &sizes, img.tags.clone())?;
             self.store.put_image(&rec, &sizes)?;
-            out.push(Loaded {
-                id: rec.id,
-                tags: img.tags,
-            });
+            // an index may name one image several times: report it once
+            match out.iter_mut().find(|l: &&mut Loaded| l.id == rec.id) {
+                Some(l) => l.tags.extend(img.tags),
+                None => out.push(Loaded { id: rec.id, tags: img.tags }),
+            }
         }
         Ok(out)
     }
 
-    /// Imports a rootfs tarball as a one-layer image (like `docker import`).
+    /// Imports a rootfs tarball as a one-layer image (like `docker import`),
+    /// applying Dockerfile-style `changes` to its config.
     pub fn import(
         &mut self,
         r: impl Read,
         name: Option<&str>,
         comment: &str,
+        changes: &[String],
     ) -> Result<Digest, ImageError> {
-        let tag = name
-            .map(ImageRef::parse)
-            .transpose()?
-            .and_then(|r| r.tagged());
-        let _gc = FileLock::shared(&gc_lock(self.layout()))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut cfg =
+            serde_json::json!({ "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] });
+        for c in changes {
+            changes::apply(&mut cfg, c)?;
+        }
+        let tag = name.map(ImageRef::parse).transpose()?.and_then(|r| r.tagged());
+        let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tmp = TmpDir::new(self.layout(), "import")?;
         // the stream may be stdin: spool it so it can be sniffed and rewound
         let spool = tmp.path().join("input");
@@ -339,7 +322,7 @@ impl ImageStore {
             "architecture": "amd64",
             "os": "linux",
             "created": now,
-            "config": { "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] },
+            "config": cfg,
             "history": [{ "created": now, "comment": comment }],
             "rootfs": { "type": "layers", "diff_ids": [diff.to_string()] },
         });
@@ -358,12 +341,7 @@ impl ImageStore {
             match ids.len() {
                 0 => Ok(None),
                 1 => Ok(self.store.image(&ids[0])?),
-                n => Err(StoreError::Ambiguous {
-                    kind: "image",
-                    prefix: p.into(),
-                    count: n,
-                }
-                .into()),
+                n => Err(StoreError::Ambiguous { kind: "image", prefix: p.into(), count: n }.into()),
             }
         };
         if let Some(hex) = s.strip_prefix("sha256:") {
@@ -372,10 +350,7 @@ impl ImageStore {
         if let Ok(r) = ImageRef::parse(s) {
             if let Some(t) = r.tagged() {
                 if let Some(id) = self.store.tag_target(&t)? {
-                    return self
-                        .store
-                        .image(&id)?
-                        .ok_or_else(|| ImageError::NoSuchImage(s.into()));
+                    return self.store.image(&id)?.ok_or_else(|| ImageError::NoSuchImage(s.into()));
                 }
             }
         }
@@ -396,9 +371,9 @@ impl ImageStore {
     pub fn tag(&mut self, src: &str, target: &str) -> Result<(), ImageError> {
         let img = self.resolve(src)?;
         let r = ImageRef::parse(target)?;
-        let t = r.tagged().ok_or_else(|| {
-            ImageError::BadArchive(format!("cannot tag with a digest reference {target:?}"))
-        })?;
+        let t = r
+            .tagged()
+            .ok_or_else(|| ImageError::BadArchive(format!("cannot tag with a digest reference {target:?}")))?;
         self.store.tag(&t, &img.id)?;
         Ok(())
     }
@@ -407,10 +382,7 @@ impl ImageStore {
     /// `Untagged: ...` / `Deleted: ...` lines.
     pub fn remove(&mut self, s: &str, force: bool) -> Result<Vec<String>, ImageError> {
         let img = self.resolve(s)?;
-        let by_tag = ImageRef::parse(s)
-            .ok()
-            .and_then(|r| r.tagged())
-            .filter(|t| img.tags.contains(t));
+        let by_tag = ImageRef::parse(s).ok().and_then(|r| r.tagged()).filter(|t| img.tags.contains(t));
         let users = self.store.containers_using(&img.id)?;
         let mut out = Vec::new();
         let untag_all = match &by_tag {
@@ -474,22 +446,16 @@ impl ImageStore {
     /// crashed loads. Skipped (returns 0) while a load is running.
     pub fn gc(&mut self) -> Result<u64, ImageError> {
         let layout = self.layout().clone();
-        let Some(_gc) = FileLock::try_exclusive(&gc_lock(&layout))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
+        let Some(_gc) = FileLock::try_exclusive(&gc_lock(&layout)).map_err(|e| StoreError::Corrupt(e.to_string()))?
         else {
             return Ok(0);
         };
         self.store.drop_unreferenced_layers()?;
-        let keep: std::collections::HashSet<String> = self
-            .store
-            .layers()?
-            .into_iter()
-            .map(|(d, _)| d.hex().to_string())
-            .collect();
+        let keep: std::collections::HashSet<String> =
+            self.store.layers()?.into_iter().map(|(d, _)| d.hex().to_string()).collect();
         let mut freed = 0;
         for (dir, is_blob) in [(layout.blobs(), true), (layout.layers(), false)] {
-            let rd = std::fs::read_dir(&dir)
-                .map_err(ImageError::io(format!("list {}", dir.display())))?;
+            let rd = std::fs::read_dir(&dir).map_err(ImageError::io(format!("list {}", dir.display())))?;
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if keep.contains(&name) {
@@ -498,11 +464,9 @@ impl ImageStore {
                 let p = e.path();
                 if is_blob {
                     freed += e.metadata().map(|m| m.len()).unwrap_or(0);
-                    std::fs::remove_file(&p)
-                        .map_err(ImageError::io(format!("remove {}", p.display())))?;
+                    std::fs::remove_file(&p).map_err(ImageError::io(format!("remove {}", p.display())))?;
                 } else {
-                    std::fs::remove_dir_all(&p)
-                        .map_err(ImageError::io(format!("remove {}", p.display())))?;
+                    std::fs::remove_dir_all(&p).map_err(ImageError::io(format!("remove {}", p.display())))?;
                 }
             }
         }
@@ -526,12 +490,8 @@ impl ImageStore {
                 let name = format!("{}/layer.tar", d.hex());
                 if written.insert(name.clone()) {
                     let p = self.layout().blob(d.hex());
-                    let f =
-                        File::open(&p).map_err(ImageError::io(format!("open layer blob {d}")))?;
-                    let len = f
-                        .metadata()
-                        .map_err(ImageError::io("stat layer blob"))?
-                        .len();
+                    let f = File::open(&p).map_err(ImageError::io(format!("open layer blob {d}")))?;
+                    let len = f.metadata().map_err(ImageError::io("stat layer blob"))?.len();
                     append(&mut b, &format!("{}/VERSION", d.hex()), 3, &b"1.0"[..])?;
                     append(&mut b, &name, len, f)?;
                 }
@@ -544,39 +504,23 @@ impl ImageStore {
             };
             for t in &tags {
                 if let Some((repo, tag)) = t.rsplit_once(':') {
-                    let top = img
-                        .diff_ids
-                        .last()
-                        .map(|d| d.hex().to_string())
-                        .unwrap_or_default();
-                    let e = repositories
-                        .entry(repo.to_string())
-                        .or_insert_with(|| serde_json::json!({}));
+                    let top = img.diff_ids.last().map(|d| d.hex().to_string()).unwrap_or_default();
+                    let e = repositories.entry(repo.to_string()).or_insert_with(|| serde_json::json!({}));
                     e[tag] = serde_json::Value::String(top);
                 }
             }
-            manifest.push(
-                serde_json::json!({ "Config": cfg_name, "RepoTags": tags, "Layers": layers }),
-            );
+            manifest.push(serde_json::json!({ "Config": cfg_name, "RepoTags": tags, "Layers": layers }));
         }
         let m = serde_json::to_vec(&manifest).map_err(|e| ImageError::BadConfig(e.to_string()))?;
         append(&mut b, "manifest.json", m.len() as u64, &m[..])?;
-        let r =
-            serde_json::to_vec(&repositories).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+        let r = serde_json::to_vec(&repositories).map_err(|e| ImageError::BadConfig(e.to_string()))?;
         append(&mut b, "repositories", r.len() as u64, &r[..])?;
-        b.into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(ImageError::io("write archive"))?;
+        b.into_inner().and_then(|mut w| w.flush()).map_err(ImageError::io("write archive"))?;
         Ok(())
     }
 }
 
-fn append<W: Write>(
-    b: &mut tar::Builder<W>,
-    name: &str,
-    len: u64,
-    data: impl Read,
-) -> Result<(), ImageError> {
+fn append<W: Write>(b: &mut tar::Builder<W>, name: &str, len: u64, data: impl Read) -> Result<(), ImageError> {
     let mut h = tar::Header::new_gnu();
     h.set_size(len);
     h.set_mode(0o644);
@@ -584,8 +528,7 @@ fn append<W: Write>(
     h.set_gid(0);
     h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, name, data)
-        .map_err(ImageError::io("write archive"))
+    b.append_data(&mut h, name, data).map_err(ImageError::io("write archive"))
 }
 
 fn sync(p: &Path) -> Result<(), ImageError> {
@@ -600,11 +543,8 @@ fn record(
     sizes: &[(Digest, u64)],
     tags: Vec<String>,
 ) -> Result<ImageRecord, ImageError> {
-    let created = head
-        .created
-        .as_deref()
-        .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
-        .map(|t| t.with_timezone(&Utc));
+    let created =
+        head.created.as_deref().and_then(|c| DateTime::parse_from_rfc3339(c).ok()).map(|t| t.with_timezone(&Utc));
     Ok(ImageRecord {
         id: Digest::of(config),
         config: config.to_vec(),

@@ -10,8 +10,8 @@
 //! `trusted.overlay.opaque=y` on its directory.
 
 use rustix::fs::{
-    fsetxattr, futimens, mkdirat, mknodat, openat, openat2, symlinkat, unlinkat, AtFlags, FileType,
-    Mode, OFlags, ResolveFlags, Timespec, Timestamps, XattrFlags,
+    fsetxattr, futimens, mkdirat, mknodat, openat, openat2, symlinkat, unlinkat, AtFlags, FileType, Mode, OFlags,
+    ResolveFlags, Timespec, Timestamps, XattrFlags,
 };
 use std::fs::File;
 use std::io::{self, Read};
@@ -70,10 +70,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_bytes: 64 << 30,
-            max_entries: 4_000_000,
-        }
+        Self { max_bytes: 64 << 30, max_entries: 4_000_000 }
     }
 }
 
@@ -108,9 +105,7 @@ pub fn clean_path(p: &Path) -> Result<PathBuf, UnpackError> {
             Component::Normal(n) => out.push(n),
             Component::CurDir => {}
             Component::ParentDir => return Err(UnpackError::DotDot(p.display().to_string())),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(UnpackError::Absolute(p.display().to_string()))
-            }
+            Component::RootDir | Component::Prefix(_) => return Err(UnpackError::Absolute(p.display().to_string())),
         }
     }
     Ok(out)
@@ -120,11 +115,7 @@ pub fn clean_path(p: &Path) -> Result<PathBuf, UnpackError> {
 /// the layer); `None` when it climbs above the layer root.
 fn resolve_within(dir: &Path, target: &Path) -> Option<PathBuf> {
     let mut stack: Vec<&std::ffi::OsStr> = Vec::new();
-    let base: Vec<_> = if target.is_absolute() {
-        Vec::new()
-    } else {
-        dir.components().collect()
-    };
+    let base: Vec<_> = if target.is_absolute() { Vec::new() } else { dir.components().collect() };
     for c in base.into_iter().chain(target.components()) {
         match c {
             Component::Normal(n) => stack.push(n),
@@ -153,14 +144,8 @@ fn ioe(ctx: impl std::fmt::Display) -> impl FnOnce(rustix::io::Errno) -> UnpackE
 }
 
 fn ts(secs: i64) -> Timestamps {
-    let t = Timespec {
-        tv_sec: secs,
-        tv_nsec: 0,
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
+    let t = Timespec { tv_sec: secs, tv_nsec: 0 };
+    Timestamps { last_access: t, last_modification: t }
 }
 
 impl Unpacker {
@@ -170,13 +155,7 @@ impl Unpacker {
             return rustix::io::dup(&self.root);
         }
         let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        openat2(
-            &self.root,
-            rel,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            how,
-        )
+        openat2(&self.root, rel, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), how)
     }
 
     /// Opens (creating as needed) directory `rel` beneath the root without following symlinks.
@@ -191,8 +170,7 @@ impl Unpacker {
                     Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => return Err(ioe(format!("mkdir {}", rel.display()))(e)),
                 }
-                self.open_dir(rel)
-                    .map_err(|e| self.resolve_err(e, entry, rel))
+                self.open_dir(rel).map_err(|e| self.resolve_err(e, entry, rel))
             }
             Err(e) => Err(self.resolve_err(e, entry, rel)),
         }
@@ -200,21 +178,13 @@ impl Unpacker {
 
     fn resolve_err(&self, e: rustix::io::Errno, entry: &str, rel: &Path) -> UnpackError {
         match e {
-            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => {
-                UnpackError::ThroughSymlink(entry.to_string())
-            }
+            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV => UnpackError::ThroughSymlink(entry.to_string()),
             e => UnpackError::Io(format!("open {}", rel.display()), e.into()),
         }
     }
 
     /// Removes whatever is at `name` in `parent` unless both are directories.
-    fn clear(
-        &self,
-        parent: &OwnedFd,
-        name: &std::ffi::OsStr,
-        rel: &Path,
-        keep_dir: bool,
-    ) -> Result<(), UnpackError> {
+    fn clear(&self, parent: &OwnedFd, name: &std::ffi::OsStr, rel: &Path, keep_dir: bool) -> Result<(), UnpackError> {
         match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Err(rustix::io::Errno::NOENT) => Ok(()),
             Err(e) => Err(ioe(format!("stat {}", rel.display()))(e)),
@@ -229,8 +199,7 @@ impl Unpacker {
                     std::fs::remove_dir_all(self.root_path.join(rel))
                         .map_err(|e| UnpackError::Io(format!("remove {}", rel.display()), e))
                 } else {
-                    unlinkat(parent, name, AtFlags::empty())
-                        .map_err(ioe(format!("unlink {}", rel.display())))
+                    unlinkat(parent, name, AtFlags::empty()).map_err(ioe(format!("unlink {}", rel.display())))
                 }
             }
         }
@@ -260,13 +229,8 @@ impl Unpacker {
         if self.mode == Kind::Layer && name_str.starts_with(WH_PREFIX) {
             let pfd = self.dir(&parent_rel, &shown)?;
             if name_str == WH_OPAQUE {
-                let dfd = openat(
-                    &pfd,
-                    ".",
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(ioe(format!("open {}", parent_rel.display())))?;
+                let dfd = openat(&pfd, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(ioe(format!("open {}", parent_rel.display())))?;
                 fsetxattr(&dfd, "trusted.overlay.opaque", b"y", XattrFlags::empty())
                     .map_err(ioe(format!("mark {} opaque", parent_rel.display())))?;
             } else if let Some(target) = name_str.strip_prefix(WH_PREFIX) {
@@ -275,14 +239,8 @@ impl Unpacker {
                 }
                 let trel = parent_rel.join(target);
                 self.clear(&pfd, target.as_ref(), &trel, false)?;
-                mknodat(
-                    &pfd,
-                    target,
-                    FileType::CharacterDevice,
-                    Mode::empty(),
-                    rustix::fs::makedev(0, 0),
-                )
-                .map_err(ioe(format!("whiteout {}", trel.display())))?;
+                mknodat(&pfd, target, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))
+                    .map_err(ioe(format!("whiteout {}", trel.display())))?;
             }
             return Ok(());
         }
@@ -318,11 +276,7 @@ impl Unpacker {
                 let fd = openat(
                     &pfd,
                     &name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(ioe(format!("create {shown}")))?;
@@ -333,16 +287,9 @@ impl Unpacker {
                 self.finish_fd(&f, &shown, uid, gid, hdr_mode, Some(mtime), &xattrs)?;
             }
             tar::EntryType::Symlink => {
-                let target = e
-                    .link_name()
-                    .map_err(UnpackError::Corrupt)?
-                    .unwrap_or_default()
-                    .into_owned();
+                let target = e.link_name().map_err(UnpackError::Corrupt)?.unwrap_or_default().into_owned();
                 if !target.is_absolute() && resolve_within(&parent_rel, &target).is_none() {
-                    return Err(UnpackError::SymlinkEscape(
-                        shown,
-                        target.display().to_string(),
-                    ));
+                    return Err(UnpackError::SymlinkEscape(shown, target.display().to_string()));
                 }
                 self.clear(&pfd, &name, &rel, false)?;
                 symlinkat(&target, &pfd, &name).map_err(ioe(format!("symlink {shown}")))?;
@@ -353,20 +300,12 @@ impl Unpacker {
                     .map_err(ioe(format!("utimes {shown}")))?;
             }
             tar::EntryType::Link => {
-                let target = e
-                    .link_name()
-                    .map_err(UnpackError::Corrupt)?
-                    .unwrap_or_default()
-                    .into_owned();
-                let bad =
-                    || UnpackError::HardlinkEscape(shown.clone(), target.display().to_string());
+                let target = e.link_name().map_err(UnpackError::Corrupt)?.unwrap_or_default().into_owned();
+                let bad = || UnpackError::HardlinkEscape(shown.clone(), target.display().to_string());
                 let trel = clean_path(&target).map_err(|_| bad())?;
                 let tname = trel.file_name().ok_or_else(bad)?.to_owned();
-                let tparent = self
-                    .open_dir(trel.parent().unwrap_or(Path::new("")))
-                    .map_err(|_| bad())?;
-                let st = rustix::fs::statat(&tparent, &tname, AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|_| bad())?;
+                let tparent = self.open_dir(trel.parent().unwrap_or(Path::new(""))).map_err(|_| bad())?;
+                let st = rustix::fs::statat(&tparent, &tname, AtFlags::SYMLINK_NOFOLLOW).map_err(|_| bad())?;
                 if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
                     return Err(bad());
                 }
@@ -379,14 +318,8 @@ impl Unpacker {
             }
             tar::EntryType::Fifo => {
                 self.clear(&pfd, &name, &rel, false)?;
-                mknodat(
-                    &pfd,
-                    &name,
-                    FileType::Fifo,
-                    Mode::from_raw_mode(hdr_mode),
-                    0,
-                )
-                .map_err(ioe(format!("mkfifo {shown}")))?;
+                mknodat(&pfd, &name, FileType::Fifo, Mode::from_raw_mode(hdr_mode), 0)
+                    .map_err(ioe(format!("mkfifo {shown}")))?;
                 let full = self.root_path.join(&rel);
                 std::os::unix::fs::lchown(&full, Some(uid), Some(gid))
                     .map_err(|err| UnpackError::Io(format!("chown {shown}"), err))?;
@@ -394,21 +327,11 @@ impl Unpacker {
             tar::EntryType::Char | tar::EntryType::Block => {
                 let major = e.header().device_major().ok().flatten().unwrap_or(1);
                 let minor = e.header().device_minor().ok().flatten().unwrap_or(1);
-                if self.mode == Kind::Layer
-                    && kind == tar::EntryType::Char
-                    && major == 0
-                    && minor == 0
-                {
+                if self.mode == Kind::Layer && kind == tar::EntryType::Char && major == 0 && minor == 0 {
                     // an overlay-style whiteout already
                     self.clear(&pfd, &name, &rel, false)?;
-                    mknodat(
-                        &pfd,
-                        &name,
-                        FileType::CharacterDevice,
-                        Mode::empty(),
-                        rustix::fs::makedev(0, 0),
-                    )
-                    .map_err(ioe(format!("whiteout {shown}")))?;
+                    mknodat(&pfd, &name, FileType::CharacterDevice, Mode::empty(), rustix::fs::makedev(0, 0))
+                        .map_err(ioe(format!("whiteout {shown}")))?;
                 } else {
                     return Err(UnpackError::Device(shown));
                 }
@@ -422,10 +345,7 @@ impl Unpacker {
         Ok(())
     }
 
-    fn xattrs<R: Read>(
-        &mut self,
-        e: &mut tar::Entry<'_, R>,
-    ) -> Result<Vec<(String, Vec<u8>)>, UnpackError> {
+    fn xattrs<R: Read>(&mut self, e: &mut tar::Entry<'_, R>) -> Result<Vec<(String, Vec<u8>)>, UnpackError> {
         let mut out = Vec::new();
         if let Some(exts) = e.pax_extensions().map_err(UnpackError::Corrupt)? {
             for ext in exts {
@@ -459,8 +379,7 @@ impl Unpacker {
         std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
             .map_err(|e| UnpackError::Io(format!("chown {shown}"), e))?;
         for (k, v) in xattrs {
-            fsetxattr(fd, k.as_str(), v, XattrFlags::empty())
-                .map_err(ioe(format!("setxattr {k} on {shown}")))?;
+            fsetxattr(fd, k.as_str(), v, XattrFlags::empty()).map_err(ioe(format!("setxattr {k} on {shown}")))?;
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(ioe(format!("chmod {shown}")))?;
         if let Some(t) = mtime {
@@ -471,30 +390,14 @@ impl Unpacker {
 }
 
 /// Unpacks the tar stream `r` into the existing empty directory `dest`.
-pub fn unpack<R: Read>(
-    r: R,
-    dest: &Path,
-    mode: Kind,
-    limits: Limits,
-) -> Result<Stats, UnpackError> {
-    let root = rustix::fs::open(
-        dest,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(ioe(format!("open {}", dest.display())))?;
+pub fn unpack<R: Read>(r: R, dest: &Path, mode: Kind, limits: Limits) -> Result<Stats, UnpackError> {
+    let root = rustix::fs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(ioe(format!("open {}", dest.display())))?;
     let free = rustix::fs::statvfs(dest)
         .map(|s| (s.f_bavail * s.f_frsize).saturating_sub(RESERVE))
         .map_err(ioe(format!("statvfs {}", dest.display())))?;
-    let mut u = Unpacker {
-        root,
-        root_path: dest.to_path_buf(),
-        mode,
-        limits,
-        free,
-        stats: Stats::default(),
-        dirs: Vec::new(),
-    };
+    let mut u =
+        Unpacker { root, root_path: dest.to_path_buf(), mode, limits, free, stats: Stats::default(), dirs: Vec::new() };
     let mut ar = tar::Archive::new(r);
     for e in ar.entries().map_err(UnpackError::Corrupt)? {
         let e = e.map_err(UnpackError::Corrupt)?;
@@ -521,26 +424,14 @@ mod tests {
 
     #[test]
     fn clean_paths() {
-        assert_eq!(
-            clean_path(Path::new("./a/b")).ok(),
-            Some(PathBuf::from("a/b"))
-        );
-        assert!(matches!(
-            clean_path(Path::new("/etc/passwd")),
-            Err(UnpackError::Absolute(_))
-        ));
-        assert!(matches!(
-            clean_path(Path::new("a/../../x")),
-            Err(UnpackError::DotDot(_))
-        ));
+        assert_eq!(clean_path(Path::new("./a/b")).ok(), Some(PathBuf::from("a/b")));
+        assert!(matches!(clean_path(Path::new("/etc/passwd")), Err(UnpackError::Absolute(_))));
+        assert!(matches!(clean_path(Path::new("a/../../x")), Err(UnpackError::DotDot(_))));
     }
 
     #[test]
     fn symlink_resolution() {
-        assert_eq!(
-            resolve_within(Path::new("usr/lib"), Path::new("../bin")),
-            Some(PathBuf::from("usr/bin"))
-        );
+        assert_eq!(resolve_within(Path::new("usr/lib"), Path::new("../bin")), Some(PathBuf::from("usr/bin")));
         assert_eq!(resolve_within(Path::new("a"), Path::new("../../etc")), None);
         assert_eq!(resolve_within(Path::new(""), Path::new("..")), None);
     }

@@ -188,13 +188,8 @@ impl Store {
     }
 
     /// Runs `f` in one immediate (write-locked) transaction and commits it.
-    pub fn write<T>(
-        &mut self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+    pub fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
@@ -204,14 +199,9 @@ impl Store {
 
     /// Records a loaded image, its layers and tags in one transaction. Tags
     /// that pointed elsewhere move to this image.
-    pub fn put_image(
-        &mut self,
-        img: &ImageRecord,
-        layer_sizes: &[(Digest, u64)],
-    ) -> Result<(), StoreError> {
-        let diff_ids =
-            serde_json::to_string(&img.diff_ids.iter().map(|d| d.hex()).collect::<Vec<_>>())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    pub fn put_image(&mut self, img: &ImageRecord, layer_sizes: &[(Digest, u64)]) -> Result<(), StoreError> {
+        let diff_ids = serde_json::to_string(&img.diff_ids.iter().map(|d| d.hex()).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.write(|tx| {
             for (d, size) in layer_sizes {
                 tx.execute(
@@ -236,8 +226,7 @@ impl Store {
     fn image_from_row(&self, r: &rusqlite::Row<'_>) -> Result<ImageRecord, StoreError> {
         let id: String = r.get(0)?;
         let diff_ids: String = r.get(2)?;
-        let diff_ids: Vec<String> =
-            serde_json::from_str(&diff_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let diff_ids: Vec<String> = serde_json::from_str(&diff_ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let created: Option<String> = r.get(4)?;
         let added: String = r.get(5)?;
         let mut tags: Vec<String> = self
@@ -249,10 +238,7 @@ impl Store {
         Ok(ImageRecord {
             id: digest(&id)?,
             config: r.get(1)?,
-            diff_ids: diff_ids
-                .iter()
-                .map(|d| digest(d))
-                .collect::<Result<_, _>>()?,
+            diff_ids: diff_ids.iter().map(|d| digest(d)).collect::<Result<_, _>>()?,
             size: r.get::<_, i64>(3)? as u64,
             created: created.as_deref().map(parse_ts).transpose()?,
             added: parse_ts(&added)?,
@@ -264,10 +250,9 @@ impl Store {
 
     /// Every image, newest first.
     pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
-        let mut st = self.conn.prepare(&format!(
-            "SELECT {} FROM images ORDER BY COALESCE(created, added) DESC, id",
-            Self::IMAGE_COLS
-        ))?;
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {} FROM images ORDER BY COALESCE(created, added) DESC, id", Self::IMAGE_COLS))?;
         let mut rows = st.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
@@ -278,10 +263,7 @@ impl Store {
 
     /// One image by exact ID.
     pub fn image(&self, id: &Digest) -> Result<Option<ImageRecord>, StoreError> {
-        let mut st = self.conn.prepare(&format!(
-            "SELECT {} FROM images WHERE id = ?1",
-            Self::IMAGE_COLS
-        ))?;
+        let mut st = self.conn.prepare(&format!("SELECT {} FROM images WHERE id = ?1", Self::IMAGE_COLS))?;
         let mut rows = st.query([id.hex()])?;
         match rows.next()? {
             Some(r) => Ok(Some(self.image_from_row(r)?)),
@@ -291,12 +273,8 @@ impl Store {
 
     /// The image a `repo:tag` name points at.
     pub fn tag_target(&self, name: &str) -> Result<Option<Digest>, StoreError> {
-        let id: Option<String> = self
-            .conn
-            .query_row("SELECT image_id FROM tags WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
+        let id: Option<String> =
+            self.conn.query_row("SELECT image_id FROM tags WHERE name = ?1", [name], |r| r.get(0)).optional()?;
         id.as_deref().map(digest).transpose()
     }
 
@@ -305,13 +283,9 @@ impl Store {
         if !is_hex_prefix(prefix) {
             return Ok(Vec::new());
         }
-        let mut st = self
-            .conn
-            .prepare("SELECT id FROM images WHERE id >= ?1 AND id < ?2")?;
+        let mut st = self.conn.prepare("SELECT id FROM images WHERE id >= ?1 AND id < ?2")?;
         let upper = format!("{prefix}g");
-        let ids: Vec<String> = st
-            .query_map(params![prefix, upper], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let ids: Vec<String> = st.query_map(params![prefix, upper], |r| r.get(0))?.collect::<Result<_, _>>()?;
         ids.iter().map(|s| digest(s)).collect()
     }
 
@@ -342,35 +316,21 @@ impl Store {
 
     /// Names of containers created from image `id`.
     pub fn containers_using(&self, id: &Digest) -> Result<Vec<String>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT name FROM containers WHERE image_id = ?1 ORDER BY name")?;
-        let names = st
-            .query_map([id.hex()], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let mut st = self.conn.prepare("SELECT name FROM containers WHERE image_id = ?1 ORDER BY name")?;
+        let names = st.query_map([id.hex()], |r| r.get(0))?.collect::<Result<_, _>>()?;
         Ok(names)
     }
 
     /// Layer diff IDs recorded as unpacked.
     pub fn layers(&self) -> Result<Vec<(Digest, u64)>, StoreError> {
         let mut st = self.conn.prepare("SELECT diff_id, size FROM layers")?;
-        let rows: Vec<(String, i64)> = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        rows.into_iter()
-            .map(|(d, s)| Ok((digest(&d)?, s as u64)))
-            .collect()
+        let rows: Vec<(String, i64)> = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        rows.into_iter().map(|(d, s)| Ok((digest(&d)?, s as u64))).collect()
     }
 
     /// True when the layer is recorded as unpacked.
     pub fn has_layer(&self, d: &Digest) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM layers WHERE diff_id = ?1", [d.hex()], |_| {
-                Ok(())
-            })
-            .optional()?
-            .is_some())
+        Ok(self.conn.query_row("SELECT 1 FROM layers WHERE diff_id = ?1", [d.hex()], |_| Ok(())).optional()?.is_some())
     }
 
     /// Deletes layer rows no image references; returns their digests.
@@ -379,11 +339,9 @@ impl Store {
             let mut used = std::collections::HashSet::new();
             {
                 let mut st = tx.prepare("SELECT diff_ids FROM images")?;
-                let rows: Vec<String> =
-                    st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                let rows: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
                 for r in rows {
-                    let v: Vec<String> =
-                        serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let v: Vec<String> = serde_json::from_str(&r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     used.extend(v);
                 }
             }
@@ -429,9 +387,9 @@ impl Store {
 
     /// Every container, newest first.
     pub fn containers(&self) -> Result<Vec<ContainerRow>, StoreError> {
-        let mut st = self.conn.prepare(
-            "SELECT id, name, image_id, created, config, state FROM containers ORDER BY created DESC",
-        )?;
+        let mut st = self
+            .conn
+            .prepare("SELECT id, name, image_id, created, config, state FROM containers ORDER BY created DESC")?;
         let mut rows = st.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
@@ -453,21 +411,14 @@ impl Store {
         match m.len() {
             0 => Ok(None),
             1 => Ok(m.into_iter().next()),
-            n => Err(StoreError::Ambiguous {
-                kind: "container",
-                prefix: key.into(),
-                count: n,
-            }),
+            n => Err(StoreError::Ambiguous { kind: "container", prefix: key.into(), count: n }),
         }
     }
 
     /// Replaces a container's state JSON.
     pub fn set_container_state(&mut self, id: &str, state: &str) -> Result<(), StoreError> {
         self.write(|tx| {
-            tx.execute(
-                "UPDATE containers SET state = ?2 WHERE id = ?1",
-                params![id, state],
-            )?;
+            tx.execute("UPDATE containers SET state = ?2 WHERE id = ?1", params![id, state])?;
             Ok(())
         })
     }
@@ -495,21 +446,11 @@ impl Store {
 
     /// Every switch by name.
     pub fn switches(&self) -> Result<Vec<SwitchRow>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT id, name, created, config FROM switches ORDER BY name")?;
-        let rows: Vec<(String, String, String, String)> = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
+        let mut st = self.conn.prepare("SELECT id, name, created, config FROM switches ORDER BY name")?;
+        let rows: Vec<(String, String, String, String)> =
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
         rows.into_iter()
-            .map(|(id, name, created, config)| {
-                Ok(SwitchRow {
-                    id,
-                    name,
-                    created: parse_ts(&created)?,
-                    config,
-                })
-            })
+            .map(|(id, name, created, config)| Ok(SwitchRow { id, name, created: parse_ts(&created)?, config }))
             .collect()
     }
 }
@@ -539,11 +480,7 @@ mod tests {
         let b = image(2, &["b:latest", "a:latest"]);
         s.put_image(&a, &[(a.diff_ids[0].clone(), 10)])?;
         s.put_image(&b, &[(b.diff_ids[0].clone(), 10)])?;
-        assert_eq!(
-            s.tag_target("a:latest")?,
-            Some(b.id.clone()),
-            "tag moves to the newer image"
-        );
+        assert_eq!(s.tag_target("a:latest")?, Some(b.id.clone()), "tag moves to the newer image");
         assert_eq!(s.images()?.len(), 2);
         assert_eq!(s.images_by_prefix(&a.id.hex()[..6])?, vec![a.id.clone()]);
         assert!(s.images_by_prefix("zz")?.is_empty());

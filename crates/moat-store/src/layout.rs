@@ -55,13 +55,6 @@ impl Layout {
     }
     /// Every directory that must exist.
     pub fn dirs(&self) -> [PathBuf; 6] {
-        [
-            self.root.clone(),
-            self.blobs(),
-            self.layers(),
-            self.tmp(),
-            self.locks(),
-            self.containers(),
-        ]
+        [self.root.clone(), self.blobs(), self.layers(), self.tmp(), self.locks(), self.containers()]
     }
 }

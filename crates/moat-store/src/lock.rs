@@ -33,10 +33,7 @@ fn open(path: &Path) -> Result<File, LockError> {
         .mode(0o600)
         .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
         .open(path)
-        .map_err(|source| LockError::Io {
-            path: path.display().to_string(),
-            source,
-        })
+        .map_err(|source| LockError::Io { path: path.display().to_string(), source })
 }
 
 impl FileLock {
@@ -52,12 +49,7 @@ impl FileLock {
                 Ok(()) => return Ok(Some(Self { file })),
                 Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    return Err(LockError::Io {
-                        path: path.display().to_string(),
-                        source: e.into(),
-                    })
-                }
+                Err(e) => return Err(LockError::Io { path: path.display().to_string(), source: e.into() }),
             }
         }
     }

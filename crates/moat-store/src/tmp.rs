@@ -25,8 +25,7 @@ impl TmpDir {
             let name = format!("{prefix}-{}", &moat_core::id::new_id()[..16]);
             let path = layout.tmp().join(&name);
             let lock_path = layout.tmp().join(format!("{name}.lock"));
-            let lock =
-                FileLock::exclusive(&lock_path).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let lock = FileLock::exclusive(&lock_path).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             // a sweeper may have unlinked the file between open and flock
             let same = match (std::fs::metadata(&lock_path), lock.metadata()) {
                 (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
@@ -36,11 +35,7 @@ impl TmpDir {
                 continue;
             }
             std::fs::create_dir(&path).map_err(io(format!("cannot create {}", path.display())))?;
-            return Ok(Self {
-                path,
-                lock_path,
-                _lock: lock,
-            });
+            return Ok(Self { path, lock_path, _lock: lock });
         }
     }
 

@@ -42,6 +42,9 @@ pub struct ImportArgs {
     /// Commit message recorded in the image history.
     #[arg(short = 'm', long)]
     message: Option<String>,
+    /// Dockerfile instruction to apply (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE).
+    #[arg(short = 'c', long = "change")]
+    changes: Vec<String>,
 }
 
 /// `load` arguments.
@@ -121,18 +124,13 @@ pub struct PruneArgs {
 
 /// Opens the image store of `root`, with limits from the environment.
 pub fn open(root: &Path) -> Result<ImageStore> {
-    let store = Store::open(Layout::new(root))
-        .with_context(|| format!("cannot open moat root {}", root.display()))?;
+    let store = Store::open(Layout::new(root)).with_context(|| format!("cannot open moat root {}", root.display()))?;
     let mut s = ImageStore::open(store)?;
     if let Ok(v) = std::env::var("MOAT_MAX_UNPACK_BYTES") {
-        s.limits.max_bytes = v
-            .parse()
-            .context("MOAT_MAX_UNPACK_BYTES must be a number of bytes")?;
+        s.limits.max_bytes = v.parse().context("MOAT_MAX_UNPACK_BYTES must be a number of bytes")?;
     }
     if let Ok(v) = std::env::var("MOAT_MAX_UNPACK_ENTRIES") {
-        s.limits.max_entries = v
-            .parse()
-            .context("MOAT_MAX_UNPACK_ENTRIES must be a number")?;
+        s.limits.max_entries = v.parse().context("MOAT_MAX_UNPACK_ENTRIES must be a number")?;
     }
     Ok(s)
 }
@@ -141,8 +139,7 @@ pub fn open(root: &Path) -> Result<ImageStore> {
 fn input(file: Option<&Path>) -> Result<(Box<dyn Read>, Option<u64>)> {
     match file {
         Some(p) if p != Path::new("-") => {
-            let f =
-                std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
+            let f = std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?;
             let len = f.metadata().ok().map(|m| m.len());
             Ok((Box::new(f), len))
         }
@@ -163,20 +160,14 @@ pub fn run(root: &Path, cmd: ImageCmd) -> Result<i32> {
             let (r, total) = input(Some(Path::new(&a.file)))?;
             let pb = output::progress("importing", total);
             let on_read = |n| pb.inc(n);
-            let msg = a
-                .message
-                .unwrap_or_else(|| format!("Imported from {}", a.file));
-            let id = s.import(CountReader::new(r, &on_read), a.name.as_deref(), &msg)?;
+            let msg = a.message.unwrap_or_else(|| format!("Imported from {}", a.file));
+            let id = s.import(CountReader::new(r, &on_read), a.name.as_deref(), &msg, &a.changes)?;
             pb.finish_and_clear();
             println!("{id}");
         }
         ImageCmd::Load(a) => {
             let (r, total) = input(a.input.as_deref())?;
-            let pb = if a.quiet {
-                indicatif::ProgressBar::hidden()
-            } else {
-                output::progress("loading", total)
-            };
+            let pb = if a.quiet { indicatif::ProgressBar::hidden() } else { output::progress("loading", total) };
             let on_read = |n| pb.inc(n);
             let loaded = s.load(CountReader::new(r, &on_read))?;
             pb.finish_and_clear();
@@ -193,15 +184,11 @@ pub fn run(root: &Path, cmd: ImageCmd) -> Result<i32> {
         }
         ImageCmd::Save(a) => match a.output {
             Some(p) => {
-                let dir = p
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
+                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 let tmp = tempfile_in(dir)?;
                 s.save(&a.images, std::io::BufWriter::new(tmp.as_file()))?;
                 tmp.as_file().sync_all().context("cannot flush output")?;
-                tmp.persist(&p)
-                    .with_context(|| format!("cannot write {}", p.display()))?;
+                tmp.persist(&p).with_context(|| format!("cannot write {}", p.display()))?;
             }
             None => {
                 if std::io::stdout().is_terminal() {
@@ -267,11 +254,7 @@ fn ls(s: &ImageStore, a: LsArgs) -> Result<()> {
     let imgs = s.list()?;
     let mut rows = Vec::new();
     for img in &imgs {
-        let id = if a.no_trunc {
-            img.id.to_string()
-        } else {
-            img.id.short().to_string()
-        };
+        let id = if a.no_trunc { img.id.to_string() } else { img.id.short().to_string() };
         let created = img.created.unwrap_or(img.added);
         let names: Vec<(String, String)> = if img.tags.is_empty() {
             vec![("<none>".into(), "<none>".into())]
@@ -314,9 +297,7 @@ fn ls(s: &ImageStore, a: LsArgs) -> Result<()> {
         "table" => {
             let rows: Vec<Vec<String>> = rows
                 .into_iter()
-                .map(|(repo, tag, id, created, size, _)| {
-                    vec![repo, tag, id, human::ago(created), human::size(size)]
-                })
+                .map(|(repo, tag, id, created, size, _)| vec![repo, tag, id, human::ago(created), human::size(size)])
                 .collect();
             output::table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows)?;
         }

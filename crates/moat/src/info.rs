@@ -18,10 +18,9 @@ pub fn cgroup_version() -> (&'static str, String) {
     let fstype = |p: &str| rustix::fs::statfs(p).map(|s| s.f_type).ok();
     match fstype("/sys/fs/cgroup") {
         Some(CGROUP2) => ("2", "unified (cgroup v2)".into()),
-        Some(_) if fstype("/sys/fs/cgroup/unified") == Some(CGROUP2) => (
-            "1",
-            "hybrid (cgroup v1 controllers, cgroup v2 at /sys/fs/cgroup/unified)".into(),
-        ),
+        Some(_) if fstype("/sys/fs/cgroup/unified") == Some(CGROUP2) => {
+            ("1", "hybrid (cgroup v1 controllers, cgroup v2 at /sys/fs/cgroup/unified)".into())
+        }
         Some(_) => ("1", "legacy (cgroup v1)".into()),
         None => ("none", "no cgroup filesystem mounted".into()),
     }
@@ -35,24 +34,12 @@ pub fn accelerator() -> (&'static str, String) {
         .filter(|l| l.starts_with("flags"))
         .flat_map(|l| l.split_whitespace())
         .find(|f| *f == "vmx" || *f == "svm");
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm");
+    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
     match (flag, kvm) {
         (Some(f), Ok(_)) => ("kvm", format!("{f} CPU flag present and /dev/kvm opens")),
-        (None, Ok(_)) => (
-            "tcg",
-            "/dev/kvm opens but the CPU has no vmx/svm flag (nested paravirtual host)".into(),
-        ),
-        (Some(f), Err(e)) => (
-            "tcg",
-            format!("{f} CPU flag present but /dev/kvm does not open: {e}"),
-        ),
-        (None, Err(e)) => (
-            "tcg",
-            format!("no vmx/svm CPU flag and /dev/kvm does not open: {e}"),
-        ),
+        (None, Ok(_)) => ("tcg", "/dev/kvm opens but the CPU has no vmx/svm flag (nested paravirtual host)".into()),
+        (Some(f), Err(e)) => ("tcg", format!("{f} CPU flag present but /dev/kvm does not open: {e}")),
+        (None, Err(e)) => ("tcg", format!("no vmx/svm CPU flag and /dev/kvm does not open: {e}")),
     }
 }
 
@@ -84,10 +71,7 @@ pub fn run(root: &Path, a: InfoArgs) -> Result<i32> {
             println!("Default isolation:   process");
             println!("Cgroup version:      {cg} ({cg_detail})");
             println!("Hypervisor accel:    {accel} ({accel_why})");
-            println!(
-                "Host kernel:         {}",
-                info["KernelVersion"].as_str().unwrap_or_default()
-            );
+            println!("Host kernel:         {}", info["KernelVersion"].as_str().unwrap_or_default());
             println!("Images:              {images}");
             println!("Containers:          {containers}");
         }

@@ -13,12 +13,7 @@ use std::path::PathBuf;
 #[command(name = "moat", version, about, disable_help_subcommand = true)]
 pub struct Cli {
     /// Root directory of all moat state.
-    #[arg(
-        long,
-        global = true,
-        env = "MOAT_ROOT",
-        default_value = "/var/lib/moat"
-    )]
+    #[arg(long, global = true, env = "MOAT_ROOT", default_value = "/var/lib/moat")]
     root: PathBuf,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, env = "MOAT_LOG", default_value = "warn")]
@@ -79,10 +74,7 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let code = match run(cli) {
         Ok(c) => c,
         Err(e) => {

@@ -1,0 +1,273 @@
+//! Shared helpers for moat's end-to-end tests: a temporary root per test, the
+//! real `moat` binary, and image fixtures built from Debian's busybox-static.
+#![allow(dead_code)]
+
+use sha2::{Digest as _, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// Where fixtures shared by all tests of a run are kept.
+pub fn fixtures_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&d).expect("create fixtures dir");
+    d
+}
+
+/// A moat root that is removed (with anything mounted in it) when dropped.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+}
+
+impl Root {
+    pub fn new() -> Self {
+        let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("roots");
+        std::fs::create_dir_all(&base).expect("create roots dir");
+        Self { dir: tempfile::Builder::new().prefix("r").tempdir_in(base).expect("tempdir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `moat --root <this>` command.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moat"));
+        c.arg("--root").arg(self.path()).stdin(Stdio::null());
+        c
+    }
+
+    /// Runs moat with `args`; returns the output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("spawn moat")
+    }
+
+    /// Runs moat and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "moat {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs moat, asserts failure with a single-line error; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert_fails_one_line(&o, &format!("{args:?}"));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// Image IDs (full) listed by `moat images`.
+    pub fn image_ids(&self) -> Vec<String> {
+        self.ok(&["images", "-q", "--no-trunc"]).lines().map(str::to_string).collect()
+    }
+}
+
+/// Asserts a non-zero exit, no panic, and exactly one line on stderr.
+pub fn assert_fails_one_line(o: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{what} should fail; stdout: {}", String::from_utf8_lossy(&o.stdout));
+    assert_ne!(o.status.code(), Some(101), "{what} panicked: {err}");
+    assert!(!err.contains("panicked"), "{what} panicked: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{what}: expected a one-line error, got: {err}");
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        // lazily unmount anything a test left mounted under this root
+        if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let root = self.path().to_string_lossy().into_owned();
+            let mut mps: Vec<&str> =
+                m.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&root)).collect();
+            mps.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for mp in mps {
+                let _ = Command::new("umount").arg("-l").arg(mp).status();
+            }
+        }
+    }
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// A busybox rootfs directory: /bin/busybox from Debian's busybox-static plus
+/// a symlink per applet, /etc/passwd and /etc/group, /tmp, /root.
+pub fn busybox_rootfs() -> &'static Path {
+    static R: OnceLock<PathBuf> = OnceLock::new();
+    R.get_or_init(|| {
+        let d = fixtures_dir().join(format!("busybox-rootfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        for sub in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
+            std::fs::create_dir_all(d.join(sub)).expect("mkdir");
+        }
+        let bb = Path::new("/bin/busybox");
+        assert!(bb.exists(), "/bin/busybox missing: make test installs busybox-static");
+        std::fs::copy(bb, d.join("bin/busybox")).expect("copy busybox");
+        let list = Command::new(bb).arg("--list").output().expect("busybox --list");
+        for a in String::from_utf8_lossy(&list.stdout).lines() {
+            if a != "busybox" && !a.is_empty() {
+                let _ = std::os::unix::fs::symlink("busybox", d.join("bin").join(a));
+            }
+        }
+        std::fs::write(
+            d.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        )
+        .expect("passwd");
+        std::fs::write(d.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
+        std::fs::set_permissions(d.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("chmod");
+        d
+    })
+}
+
+/// Tars a directory (symlinks kept as symlinks) into bytes.
+pub fn tar_dir(dir: &Path) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Deterministic);
+    b.append_dir_all(".", dir).expect("tar dir");
+    b.into_inner().expect("tar finish")
+}
+
+/// A tar stream assembled entry by entry, for crafted (and hostile) archives.
+pub struct TarBuilder {
+    b: tar::Builder<Vec<u8>>,
+}
+
+impl TarBuilder {
+    pub fn new() -> Self {
+        Self { b: tar::Builder::new(Vec::new()) }
+    }
+
+    fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h
+    }
+
+    /// Writes the path bytes raw, bypassing the tar crate's own `..` checks.
+    fn raw_path(h: &mut tar::Header, path: &str) {
+        let name = &mut h.as_old_mut().name;
+        name.fill(0);
+        name[..path.len()].copy_from_slice(path.as_bytes());
+    }
+
+    pub fn file(mut self, path: &str, data: &[u8]) -> Self {
+        let mut h = Self::header(tar::EntryType::Regular, data.len() as u64, 0o644);
+        Self::raw_path(&mut h, path);
+        h.set_cksum();
+        self.b.append(&h, data).expect("append");
+        self
+    }
+
+    pub fn dir(mut self, path: &str) -> Self {
+        let mut h = Self::header(tar::EntryType::Directory, 0, 0o755);
+        Self::raw_path(&mut h, path);
+        h.set_cksum();
+        self.b.append(&h, &[][..]).expect("append");
+        self
+    }
+
+    pub fn link(mut self, kind: tar::EntryType, path: &str, target: &str) -> Self {
+        let mut h = Self::header(kind, 0, 0o777);
+        Self::raw_path(&mut h, path);
+        h.set_link_name_literal(target).expect("link name");
+        h.set_cksum();
+        self.b.append(&h, &[][..]).expect("append");
+        self
+    }
+
+    pub fn device(mut self, path: &str, major: u32, minor: u32) -> Self {
+        let mut h = Self::header(tar::EntryType::Char, 0, 0o666);
+        Self::raw_path(&mut h, path);
+        h.set_device_major(major).expect("major");
+        h.set_device_minor(minor).expect("minor");
+        h.set_cksum();
+        self.b.append(&h, &[][..]).expect("append");
+        self
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.b.into_inner().expect("finish")
+    }
+}
+
+/// Builds a docker-archive (what `docker save` writes) from layer tars.
+/// Returns the archive bytes and the image ID.
+pub fn docker_archive(tags: &[&str], layers: &[Vec<u8>], cmd: &[&str]) -> (Vec<u8>, String) {
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha256_hex(l))).collect();
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2026-01-02T03:04:05Z",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": cmd,
+        },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": layers.iter().map(|_| serde_json::json!({"created": "2026-01-02T03:04:05Z"})).collect::<Vec<_>>(),
+    });
+    let config = serde_json::to_vec(&config).expect("config json");
+    let id = sha256_hex(&config);
+    let mut b = TarBuilder::new().file(&format!("{id}.json"), &config);
+    let mut names = Vec::new();
+    for (l, d) in layers.iter().zip(&diff_ids) {
+        let name = format!("{}/layer.tar", &d[7..]);
+        b = b.file(&name, l);
+        names.push(name);
+    }
+    let manifest = serde_json::json!([{ "Config": format!("{id}.json"), "RepoTags": tags, "Layers": names }]);
+    let b = b.file("manifest.json", &serde_json::to_vec(&manifest).expect("manifest"));
+    (b.finish(), format!("sha256:{id}"))
+}
+
+/// The busybox image as a docker-archive file (`busybox:latest`, Cmd `sh`),
+/// built once per test run. Returns its path and image ID.
+pub fn busybox_archive() -> &'static (PathBuf, String) {
+    static A: OnceLock<(PathBuf, String)> = OnceLock::new();
+    A.get_or_init(|| {
+        let layer = tar_dir(busybox_rootfs());
+        let (bytes, id) = docker_archive(&["busybox:latest"], &[layer], &["sh"]);
+        let p = fixtures_dir().join(format!("busybox-{}.tar", std::process::id()));
+        std::fs::write(&p, bytes).expect("write busybox archive");
+        (p, id)
+    })
+}
+
+/// Writes bytes to a fresh file in the fixtures dir.
+pub fn write_fixture(name: &str, bytes: &[u8]) -> PathBuf {
+    let p = fixtures_dir().join(format!("{name}-{}", std::process::id()));
+    let mut f = std::fs::File::create(&p).expect("create fixture");
+    f.write_all(bytes).expect("write fixture");
+    p
+}
+
+/// Every path under `dir` (to prove nothing escaped).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(p.clone());
+                }
+                out.push(p);
+            }
+        }
+    }
+    out
+}
