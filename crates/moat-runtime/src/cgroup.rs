@@ -1,0 +1,293 @@
+//! Resource limits through cgroups, on both cgroup v1 (including the hybrid
+//! layout) and v2. Each container gets `moat/<id>` in every hierarchy used.
+//!
+//! Written directly against the cgroupfs files: the handful moat needs
+//! (memory, swap, cpu quota/weight, pids, OOM events, usage) differ between
+//! v1 and v2 in names only, and a library that hides which version it wrote
+//! to would make the OOM/limit tests ambiguous.
+
+use crate::RuntimeError;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Which cgroup layout the host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Version {
+    /// Legacy or hybrid: one hierarchy per controller.
+    V1,
+    /// Unified hierarchy.
+    V2,
+}
+
+/// Requested limits (docker's semantics).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// Memory + swap in bytes; -1 = unlimited swap.
+    pub memory_swap: Option<i64>,
+    /// CPU quota in CPUs (e.g. 0.5).
+    pub cpus: Option<f64>,
+    /// Relative CPU weight (docker's shares, default 1024).
+    pub cpu_shares: Option<u64>,
+    /// Maximum number of processes; -1 or 0 = unlimited.
+    pub pids: Option<i64>,
+}
+
+/// A container's cgroup (one directory per v1 controller, or one v2 directory).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Cgroup {
+    /// Layout.
+    pub version: Version,
+    /// v1: controller → directory; v2: one entry `("", dir)`.
+    pub dirs: Vec<(String, PathBuf)>,
+    /// Warnings about limits this host cannot enforce.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+const CGROUP2_MAGIC: i64 = 0x6367_7270;
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"];
+
+/// Detects the layout from the filesystem at /sys/fs/cgroup.
+pub fn version() -> Version {
+    match nix::sys::statfs::statfs("/sys/fs/cgroup") {
+        Ok(s) if s.filesystem_type().0 == CGROUP2_MAGIC => Version::V2,
+        _ => Version::V1,
+    }
+}
+
+/// v1 controller mount points from /proc/self/mountinfo.
+fn v1_mounts() -> Vec<(String, PathBuf)> {
+    let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    let mut out = Vec::new();
+    for l in mi.lines() {
+        let Some((pre, post)) = l.split_once(" - ") else { continue };
+        let mut post = post.split(' ');
+        if post.next() != Some("cgroup") {
+            continue;
+        }
+        let opts = post.nth(1).unwrap_or("");
+        let Some(mp) = pre.split(' ').nth(4) else { continue };
+        for o in opts.split(',') {
+            if V1_CONTROLLERS.contains(&o) && !out.iter().any(|(c, _)| c == o) {
+                out.push((o.to_string(), PathBuf::from(mp)));
+            }
+        }
+    }
+    out
+}
+
+fn write(dir: &Path, file: &str, val: &str) -> Result<(), RuntimeError> {
+    std::fs::write(dir.join(file), val)
+        .map_err(|e| RuntimeError::Io(format!("cgroup: write {val:?} to {}", dir.join(file).display()), e))
+}
+
+fn read(dir: &Path, file: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(file)).ok().map(|s| s.trim().to_string())
+}
+
+fn keyed(dir: &Path, file: &str, key: &str) -> Option<u64> {
+    read(dir, file)?.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        (f.next() == Some(key)).then(|| f.next().and_then(|v| v.parse().ok())).flatten()
+    })
+}
+
+impl Cgroup {
+    /// Creates `moat/<name>` with `limits` applied.
+    pub fn create(name: &str, limits: &Limits) -> Result<Self, RuntimeError> {
+        let version = version();
+        let mut cg = match version {
+            Version::V2 => {
+                let base = PathBuf::from("/sys/fs/cgroup");
+                let parent = base.join("moat");
+                std::fs::create_dir_all(&parent).map_err(RuntimeError::io("cgroup: create moat"))?;
+                let want = "+memory +cpu +pids";
+                for d in [&base, &parent] {
+                    // enabling may fail for one controller on exotic setups: enable one by one
+                    for c in want.split(' ') {
+                        let _ = std::fs::write(d.join("cgroup.subtree_control"), c);
+                    }
+                }
+                let dir = parent.join(name);
+                std::fs::create_dir_all(&dir).map_err(RuntimeError::io("cgroup: create container cgroup"))?;
+                Self { version, dirs: vec![(String::new(), dir)], warnings: Vec::new() }
+            }
+            Version::V1 => {
+                let mut dirs = Vec::new();
+                for (ctrl, mp) in v1_mounts() {
+                    let dir = mp.join("moat").join(name);
+                    std::fs::create_dir_all(&dir)
+                        .map_err(RuntimeError::io(format!("cgroup: create {}", dir.display())))?;
+                    if !dirs.iter().any(|(_, d)| d == &dir) {
+                        dirs.push((ctrl, dir));
+                    }
+                }
+                Self { version, dirs, warnings: Vec::new() }
+            }
+        };
+        if let Err(e) = cg.apply(limits) {
+            let _ = cg.destroy();
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn dir(&self, ctrl: &str) -> Option<&Path> {
+        match self.version {
+            Version::V2 => self.dirs.first().map(|(_, d)| d.as_path()),
+            Version::V1 => self.dirs.iter().find(|(c, _)| c == ctrl).map(|(_, d)| d.as_path()),
+        }
+    }
+
+    fn need(&self, ctrl: &str) -> Result<&Path, RuntimeError> {
+        self.dir(ctrl)
+            .ok_or_else(|| RuntimeError::Invalid(format!("cgroup controller {ctrl} is not available on this host")))
+    }
+
+    fn apply(&mut self, l: &Limits) -> Result<(), RuntimeError> {
+        match self.version {
+            Version::V1 => {
+                if let Some(m) = l.memory {
+                    let d = self.need("memory")?;
+                    write(d, "memory.limit_in_bytes", &m.to_string())?;
+                    let swap = match l.memory_swap {
+                        Some(-1) => Some(-1),
+                        Some(s) => Some(s),
+                        None => Some(m * 2),
+                    };
+                    if let Some(s) = swap {
+                        if d.join("memory.memsw.limit_in_bytes").exists() {
+                            write(d, "memory.memsw.limit_in_bytes", &s.to_string())?;
+                        } else if l.memory_swap.is_some() {
+                            self.warnings.push(
+                                "your kernel does not support swap limit capabilities: --memory-swap discarded".into(),
+                            );
+                        }
+                    }
+                }
+                if let Some(c) = l.cpus {
+                    let d = self.need("cpu")?;
+                    write(d, "cpu.cfs_period_us", "100000")?;
+                    write(d, "cpu.cfs_quota_us", &((c * 100_000.0).round() as i64).to_string())?;
+                }
+                if let Some(s) = l.cpu_shares {
+                    write(self.need("cpu")?, "cpu.shares", &s.to_string())?;
+                }
+                if let Some(p) = l.pids.filter(|p| *p > 0) {
+                    write(self.need("pids")?, "pids.max", &p.to_string())?;
+                }
+            }
+            Version::V2 => {
+                let d = self.need("")?.to_path_buf();
+                if let Some(m) = l.memory {
+                    write(&d, "memory.max", &m.to_string())?;
+                    let swap = match l.memory_swap {
+                        Some(-1) => "max".to_string(),
+                        Some(s) => (s - m).max(0).to_string(),
+                        None => m.to_string(),
+                    };
+                    if d.join("memory.swap.max").exists() {
+                        write(&d, "memory.swap.max", &swap)?;
+                    } else if l.memory_swap.is_some() {
+                        self.warnings.push(
+                            "your kernel does not support swap limit capabilities: --memory-swap discarded".into(),
+                        );
+                    }
+                }
+                if let Some(c) = l.cpus {
+                    write(&d, "cpu.max", &format!("{} 100000", (c * 100_000.0).round() as i64))?;
+                }
+                if let Some(s) = l.cpu_shares {
+                    // runc's conversion of shares [2, 262144] to weight [1, 10000]
+                    let w = 1 + ((s.clamp(2, 262_144) - 2) * 9999) / 262_142;
+                    write(&d, "cpu.weight", &w.to_string())?;
+                }
+                if let Some(p) = l.pids.filter(|p| *p > 0) {
+                    write(&d, "pids.max", &p.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into the cgroup.
+    pub fn add(&self, pid: u32) -> Result<(), RuntimeError> {
+        for (_, d) in &self.dirs {
+            write(d, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// True when the kernel OOM-killed a process of this cgroup.
+    pub fn oom_killed(&self) -> bool {
+        let n = match self.version {
+            Version::V1 => self.dir("memory").and_then(|d| keyed(d, "memory.oom_control", "oom_kill")),
+            Version::V2 => self.dir("").and_then(|d| keyed(d, "memory.events", "oom_kill")),
+        };
+        n.unwrap_or(0) > 0
+    }
+
+    /// Host PIDs of the cgroup's processes.
+    pub fn pids(&self) -> Vec<u32> {
+        let d = match self.version {
+            Version::V1 => self.dir("pids").or_else(|| self.dir("memory")),
+            Version::V2 => self.dir(""),
+        };
+        d.and_then(|d| read(d, "cgroup.procs"))
+            .map(|s| s.lines().filter_map(|l| l.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Current usage.
+    pub fn stats(&self) -> (u64, u64, u64, u64) {
+        let num = |d: Option<&Path>, f: &str| d.and_then(|d| read(d, f)).and_then(|s| s.parse::<u64>().ok());
+        match self.version {
+            Version::V1 => {
+                let mem = num(self.dir("memory"), "memory.usage_in_bytes").unwrap_or(0);
+                let lim = num(self.dir("memory"), "memory.limit_in_bytes").filter(|l| *l < (1 << 62)).unwrap_or(0);
+                let cpu = num(self.dir("cpuacct"), "cpuacct.usage").unwrap_or(0);
+                let pids = num(self.dir("pids"), "pids.current").unwrap_or(0);
+                (mem, lim, cpu, pids)
+            }
+            Version::V2 => {
+                let d = self.dir("");
+                let mem = num(d, "memory.current").unwrap_or(0);
+                let lim = num(d, "memory.max").unwrap_or(0);
+                let cpu = d.and_then(|d| keyed(d, "cpu.stat", "usage_usec")).unwrap_or(0) * 1000;
+                let pids = num(d, "pids.current").unwrap_or(0);
+                (mem, lim, cpu, pids)
+            }
+        }
+    }
+
+    /// Kills whatever is left and removes the directories.
+    pub fn destroy(&self) -> Result<(), RuntimeError> {
+        for _ in 0..200 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for p in pids {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut last = Ok(());
+        for (_, d) in &self.dirs {
+            // a just-killed task can keep the cgroup busy for a moment
+            for attempt in 0..200 {
+                match std::fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if attempt == 199 => {
+                        last = Err(RuntimeError::Io(format!("cgroup: remove {}", d.display()), e))
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        }
+        last
+    }
+}

@@ -1,0 +1,370 @@
+//! Assembling the container's filesystem inside its new mount namespace.
+//!
+//! Every mount target inside the root is resolved with
+//! `openat2(RESOLVE_IN_ROOT)` and mounted through `/proc/self/fd/N`, so a
+//! symlink planted in an image (say `/proc -> /`) can never redirect a mount
+//! onto the host.
+
+use crate::spec::{Mount, Rootfs, Spec};
+use crate::RuntimeError;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+fn cstr(s: &str) -> Result<CString, RuntimeError> {
+    CString::new(s).map_err(|_| RuntimeError::Invalid(format!("path contains NUL: {s:?}")))
+}
+
+fn errno() -> nix::Error {
+    nix::Error::last()
+}
+
+/// `openat2(dirfd, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
+fn openat2_in_root(dirfd: RawFd, path: &str, flags: i32) -> Result<OwnedFd, nix::Error> {
+    let p = CString::new(path).map_err(|_| nix::Error::EINVAL)?;
+    // SAFETY: open_how is plain data; all-zero is a valid value
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: valid pointers for the duration of the call; the kernel returns a new fd we own
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            p.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: fd is a fresh descriptor returned by the kernel
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// What to create when a mount target is missing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Fail if missing.
+    No,
+    /// A directory.
+    Dir,
+    /// An empty file.
+    File,
+}
+
+/// Opens (creating if asked) `path` inside the root `root` as an O_PATH fd.
+pub fn in_root(root: RawFd, path: &str, create: Create) -> Result<OwnedFd, RuntimeError> {
+    match openat2_in_root(root, path, libc::O_PATH) {
+        Ok(fd) => return Ok(fd),
+        Err(nix::Error::ENOENT) if create != Create::No => {}
+        Err(e) => return Err(RuntimeError::Sys(format!("resolve {path} in container"), e)),
+    }
+    let trimmed = path.trim_end_matches('/');
+    let (parent, name) = match trimmed.rsplit_once('/') {
+        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
+        None => ("/", trimmed),
+    };
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(RuntimeError::Invalid(format!("invalid mount target {path:?}")));
+    }
+    let pfd = in_root(root, parent, Create::Dir)?;
+    let n = cstr(name)?;
+    // SAFETY: pfd is a valid directory fd and n a valid C string
+    let rc = unsafe {
+        match create {
+            Create::Dir => libc::mkdirat(pfd.as_raw_fd(), n.as_ptr(), 0o755),
+            _ => {
+                let fd = libc::openat(
+                    pfd.as_raw_fd(),
+                    n.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd >= 0 {
+                    libc::close(fd);
+                    0
+                } else {
+                    -1
+                }
+            }
+        }
+    };
+    if rc < 0 && errno() != nix::Error::EEXIST {
+        return Err(RuntimeError::Sys(format!("create mount target {path}"), errno()));
+    }
+    openat2_in_root(root, path, libc::O_PATH).map_err(RuntimeError::sys(format!("resolve {path} in container")))
+}
+
+fn fdpath(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn mnt(
+    src: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    what: &str,
+) -> Result<(), RuntimeError> {
+    mount(src, target, fstype, flags, data).map_err(RuntimeError::sys(format!("mount {what}")))
+}
+
+fn is_dir(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd.as_raw_fd()).map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR).unwrap_or(false)
+}
+
+/// Splits docker-style tmpfs options into mount flags and filesystem data.
+pub fn tmpfs_options(opts: &str) -> (MsFlags, String) {
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mut data = Vec::new();
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" => flags &= !MsFlags::MS_RDONLY,
+            "exec" => flags &= !MsFlags::MS_NOEXEC,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "suid" => flags &= !MsFlags::MS_NOSUID,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "dev" => flags &= !MsFlags::MS_NODEV,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
+const DEVICES: &[(&str, u64, u64)] =
+    &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+
+/// Builds the root at `spec.rootfs_target` and pivots into it. `console` is
+/// the pty slave to bind at /dev/console; `cgroup2` mounts the cgroup v2
+/// filesystem read-only at /sys/fs/cgroup.
+pub fn setup(spec: &Spec, console: Option<&Path>, cgroup2: bool) -> Result<(), RuntimeError> {
+    mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, "/ private")?;
+    let target = spec.rootfs_target.to_str().ok_or_else(|| RuntimeError::Invalid("rootfs path is not UTF-8".into()))?;
+    let nodev = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_NODEV };
+    match &spec.rootfs {
+        Rootfs::Overlay { lower, upper, work } => {
+            // relative lowerdirs keep the option string under the page-size limit
+            let base = lower
+                .first()
+                .and_then(|l| l.parent())
+                .ok_or_else(|| RuntimeError::Invalid("image has no layers".into()))?;
+            nix::unistd::chdir(base).map_err(RuntimeError::sys(format!("chdir {}", base.display())))?;
+            let mut lowers = Vec::new();
+            for l in lower {
+                let rel =
+                    if l.parent() == Some(base) { l.file_name().map(Path::new).unwrap_or(l) } else { l.as_path() };
+                lowers.push(rel.display().to_string());
+            }
+            let data = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
+            mnt(Some("overlay"), target, Some("overlay"), nodev, Some(&data), "overlay root filesystem")?;
+        }
+        Rootfs::Dir(d) => {
+            let d = d.to_str().ok_or_else(|| RuntimeError::Invalid("rootfs path is not UTF-8".into()))?;
+            mnt(Some(d), target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, "root filesystem")?;
+            if !spec.privileged {
+                mnt(
+                    None,
+                    target,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV,
+                    None,
+                    "root nodev",
+                )?;
+            }
+        }
+    }
+    let root_fd = nix::fcntl::open(
+        target,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(RuntimeError::sys("open root"))?;
+    // SAFETY: fresh fd from open
+    let root = unsafe { OwnedFd::from_raw_fd(root_fd) };
+    let r = root.as_raw_fd();
+    let std_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+
+    let proc = in_root(r, "/proc", Create::Dir)?;
+    mnt(Some("proc"), &fdpath(&proc), Some("proc"), std_flags, None, "/proc")?;
+    let sys = in_root(r, "/sys", Create::Dir)?;
+    let ro = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_RDONLY };
+    mnt(Some("sysfs"), &fdpath(&sys), Some("sysfs"), std_flags | ro, None, "/sys")?;
+    if cgroup2 {
+        let cg = in_root(r, "/sys/fs/cgroup", Create::No)?;
+        mnt(Some("cgroup2"), &fdpath(&cg), Some("cgroup2"), std_flags | ro, None, "/sys/fs/cgroup")?;
+    }
+
+    // /dev: a tmpfs with the standard nodes
+    let dev = in_root(r, "/dev", Create::Dir)?;
+    mnt(
+        Some("tmpfs"),
+        &fdpath(&dev),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+        "/dev",
+    )?;
+    let dev = in_root(r, "/dev", Create::No)?;
+    let devdir = nix::fcntl::openat(
+        Some(dev.as_raw_fd()),
+        ".",
+        nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(RuntimeError::sys("open /dev"))?;
+    // SAFETY: fresh fd
+    let devdir = unsafe { OwnedFd::from_raw_fd(devdir) };
+    for (name, major, minor) in DEVICES {
+        let n = cstr(name)?;
+        // SAFETY: valid fd and C string
+        let rc = unsafe {
+            libc::mknodat(
+                devdir.as_raw_fd(),
+                n.as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(*major as u32, *minor as u32),
+            )
+        };
+        if rc < 0 {
+            // no CAP_MKNOD (user namespace): bind the host's node instead
+            let t = in_root(r, &format!("/dev/{name}"), Create::File)?;
+            mnt(Some(&format!("/dev/{name}")), &fdpath(&t), None, MsFlags::MS_BIND, None, &format!("/dev/{name}"))?;
+        } else {
+            nix::sys::stat::fchmodat(
+                Some(devdir.as_raw_fd()),
+                *name,
+                nix::sys::stat::Mode::from_bits_truncate(0o666),
+                nix::sys::stat::FchmodatFlags::FollowSymlink,
+            )
+            .map_err(RuntimeError::sys(format!("chmod /dev/{name}")))?;
+        }
+    }
+    for (link, to) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        nix::unistd::symlinkat(to, Some(devdir.as_raw_fd()), link)
+            .map_err(RuntimeError::sys(format!("symlink /dev/{link}")))?;
+    }
+    let pts = in_root(r, "/dev/pts", Create::Dir)?;
+    mnt(
+        Some("devpts"),
+        &fdpath(&pts),
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        "/dev/pts",
+    )?;
+    let shm = in_root(r, "/dev/shm", Create::Dir)?;
+    mnt(
+        Some("shm"),
+        &fdpath(&shm),
+        Some("tmpfs"),
+        std_flags,
+        Some(&format!("mode=1777,size={}", spec.shm_size)),
+        "/dev/shm",
+    )?;
+    let mq = in_root(r, "/dev/mqueue", Create::Dir)?;
+    mnt(Some("mqueue"), &fdpath(&mq), Some("mqueue"), std_flags, None, "/dev/mqueue")?;
+    if let Some(c) = console {
+        let t = in_root(r, "/dev/console", Create::File)?;
+        let c = c.to_str().ok_or_else(|| RuntimeError::Invalid("console path".into()))?;
+        mnt(Some(c), &fdpath(&t), None, MsFlags::MS_BIND, None, "/dev/console")?;
+    }
+
+    // /etc/hosts, /etc/hostname, /etc/resolv.conf
+    for (ctr, host) in &spec.etc_files {
+        let t = in_root(r, ctr, Create::File)?;
+        let h = host.to_str().ok_or_else(|| RuntimeError::Invalid("etc file path".into()))?;
+        mnt(Some(h), &fdpath(&t), None, MsFlags::MS_BIND, None, ctr)?;
+    }
+
+    // user mounts
+    for m in &spec.mounts {
+        match m {
+            Mount::Bind { source, target, readonly } => {
+                let src = source.to_str().ok_or_else(|| RuntimeError::Invalid("bind source is not UTF-8".into()))?;
+                let meta = std::fs::metadata(source).map_err(RuntimeError::io(format!("bind source {src}")))?;
+                let t = in_root(r, target, if meta.is_dir() { Create::Dir } else { Create::File })?;
+                let tp = fdpath(&t);
+                mnt(Some(src), &tp, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, target)?;
+                // mount again through the new mount to change its flags
+                let t2 = in_root(r, target, Create::No)?;
+                let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | nodev;
+                if *readonly {
+                    flags |= MsFlags::MS_RDONLY;
+                }
+                mnt(None, &fdpath(&t2), None, flags, None, target)?;
+            }
+            Mount::Tmpfs { target, options } => {
+                let (flags, data) = tmpfs_options(options);
+                let t = in_root(r, target, Create::Dir)?;
+                mnt(Some("tmpfs"), &fdpath(&t), Some("tmpfs"), flags, Some(&data), target)?;
+            }
+        }
+    }
+
+    if !spec.privileged {
+        for p in &spec.masked_paths {
+            let Ok(fd) = in_root(r, p, Create::No) else { continue };
+            if is_dir(&fd) {
+                mnt(Some("tmpfs"), &fdpath(&fd), Some("tmpfs"), MsFlags::MS_RDONLY, None, p)?;
+            } else {
+                mnt(Some("/dev/null"), &fdpath(&fd), None, MsFlags::MS_BIND, None, p)?;
+            }
+        }
+        for p in &spec.readonly_paths {
+            let Ok(fd) = in_root(r, p, Create::No) else { continue };
+            mnt(Some(&fdpath(&fd)), &fdpath(&fd), None, MsFlags::MS_BIND | MsFlags::MS_REC, None, p)?;
+            let fd = in_root(r, p, Create::No)?;
+            mnt(
+                None,
+                &fdpath(&fd),
+                None,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC,
+                None,
+                p,
+            )?;
+        }
+    }
+
+    // pivot_root(".", ".") then detach the old root: nothing of the host stays reachable
+    nix::unistd::fchdir(r).map_err(RuntimeError::sys("chdir to root"))?;
+    drop(root);
+    nix::unistd::pivot_root(".", ".").map_err(RuntimeError::sys("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(RuntimeError::sys("detach old root"))?;
+    nix::unistd::chdir("/").map_err(RuntimeError::sys("chdir /"))?;
+    if spec.readonly_rootfs {
+        mnt(None, "/", None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | nodev, None, "read-only /")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmpfs_opts() {
+        let (f, d) = tmpfs_options("size=64m,exec,mode=1777");
+        assert!(!f.contains(MsFlags::MS_NOEXEC));
+        assert!(f.contains(MsFlags::MS_NOSUID));
+        assert_eq!(d, "size=64m,mode=1777");
+        let (f, _) = tmpfs_options("ro");
+        assert!(f.contains(MsFlags::MS_RDONLY));
+    }
+}

@@ -1,0 +1,417 @@
+//! Creating container processes: `create` clones the container's init into
+//! new namespaces; `exec` forks a further process into an existing container.
+//!
+//! Both report failures that happen in the child before `execve` (a missing
+//! binary, a bad mount) back through a close-on-exec pipe, so the caller gets
+//! a one-line error and an exit code (127 not found, 126 not executable, 125
+//! setup failure) instead of a silently dead process.
+
+use crate::cgroup::Cgroup;
+use crate::spec::{NetNs, Process, Seccomp, Spec};
+use crate::user::Identity;
+use crate::{caps, mounts, seccomp, RuntimeError};
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+/// The three descriptors that become the process's stdin, stdout and stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct Stdio {
+    /// stdin.
+    pub stdin: RawFd,
+    /// stdout.
+    pub stdout: RawFd,
+    /// stderr.
+    pub stderr: RawFd,
+}
+
+/// A started process.
+#[derive(Debug)]
+pub struct Child {
+    /// Host PID.
+    pub pid: Pid,
+    /// pidfd: becomes readable when the process exits.
+    pub pidfd: OwnedFd,
+}
+
+/// How a container process is to be set up, beyond its namespaces.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Capability numbers.
+    pub capabilities: Vec<u8>,
+    /// Seccomp policy.
+    pub seccomp: Seccomp,
+    /// no_new_privs.
+    pub no_new_privs: bool,
+}
+
+impl Security {
+    /// The security settings of a spec.
+    pub fn of(spec: &Spec) -> Self {
+        Self { capabilities: spec.capabilities.clone(), seccomp: spec.seccomp.clone(), no_new_privs: spec.no_new_privs }
+    }
+
+    fn programs(&self) -> Result<Vec<seccompiler::BpfProgram>, RuntimeError> {
+        match &self.seccomp {
+            Seccomp::Unconfined => Ok(Vec::new()),
+            Seccomp::Default => seccomp::default_profile(&self.capabilities),
+            Seccomp::Profile(json) => seccomp::docker_profile(json),
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe"))
+}
+
+/// Raw clone with namespace flags and CLONE_PIDFD; returns 0 in the child.
+fn clone(flags: CloneFlags) -> Result<(Pid, Option<OwnedFd>), RuntimeError> {
+    let mut pidfd: libc::c_int = -1;
+    let all = flags.bits() as libc::c_ulong | libc::CLONE_PIDFD as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: a fork-like clone (no new stack, no CLONE_VM); the child only
+    // continues in this single-threaded program's copy of the stack.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, all, 0usize, &mut pidfd as *mut libc::c_int, 0usize, 0usize) };
+    if rc < 0 {
+        return Err(RuntimeError::Sys("clone".into(), nix::Error::last()));
+    }
+    if rc == 0 {
+        return Ok((Pid::from_raw(0), None));
+    }
+    // SAFETY: the kernel stored a fresh pidfd
+    Ok((Pid::from_raw(rc as i32), Some(unsafe { OwnedFd::from_raw_fd(pidfd) })))
+}
+
+/// Child side: report `err` through the pipe and exit.
+fn die(errw: &OwnedFd, err: RuntimeError) -> ! {
+    let (code, msg) = match &err {
+        RuntimeError::Start { code, message } => (*code, message.clone()),
+        e => (125, e.to_string()),
+    };
+    let line = format!("{code}:{msg}");
+    // SAFETY: writing to our own pipe fd; _exit never returns
+    unsafe {
+        libc::write(errw.as_raw_fd(), line.as_ptr() as *const libc::c_void, line.len());
+        libc::_exit(code)
+    }
+}
+
+/// Parent side: wait for the child to exec (pipe closes) or report an error.
+fn await_exec(errr: OwnedFd, pid: Pid) -> Result<(), RuntimeError> {
+    let mut f = std::fs::File::from(errr);
+    let mut buf = String::new();
+    let _ = f.read_to_string(&mut buf);
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let _ = nix::sys::wait::waitpid(pid, None);
+    let (code, message) =
+        buf.split_once(':').map(|(c, m)| (c.parse().unwrap_or(125), m.to_string())).unwrap_or((125, buf));
+    Err(RuntimeError::Start { message, code })
+}
+
+fn reset_signals() {
+    // SAFETY: plain libc calls restoring default dispositions and an empty mask
+    unsafe {
+        for s in 1..32 {
+            if s != libc::SIGKILL && s != libc::SIGSTOP {
+                libc::signal(s, libc::SIG_DFL);
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+fn dup_stdio(io: Stdio, tty: bool) -> Result<(), RuntimeError> {
+    for (fd, to) in [(io.stdin, 0), (io.stdout, 1), (io.stderr, 2)] {
+        if fd != to {
+            nix::unistd::dup2(fd, to).map_err(RuntimeError::sys("dup2 stdio"))?;
+        }
+    }
+    nix::unistd::setsid().map_err(RuntimeError::sys("setsid"))?;
+    if tty {
+        // SAFETY: ioctl on our stdin (the pty slave)
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(RuntimeError::Sys("set controlling terminal".into(), nix::Error::last()));
+        }
+    }
+    Ok(())
+}
+
+fn read_etc(name: &str) -> String {
+    std::fs::read_to_string(format!("/etc/{name}")).unwrap_or_default()
+}
+
+/// Resolves the user inside the (already pivoted) root.
+fn identity(user: &str) -> Result<Identity, RuntimeError> {
+    crate::user::resolve(user, &read_etc("passwd"), &read_etc("group"))
+        .map_err(|e| RuntimeError::Start { message: e.to_string(), code: 125 })
+}
+
+/// Sets identity, capabilities, no_new_privs, rlimits, cwd; closes stray
+/// fds; installs seccomp; execs. Never returns on success.
+fn finish_and_exec(p: &Process, sec: &Security, progs: &[seccompiler::BpfProgram]) -> Result<(), RuntimeError> {
+    let id = identity(&p.user)?;
+    for r in &p.rlimits {
+        let lim = libc::rlimit { rlim_cur: r.soft, rlim_max: r.hard };
+        // SAFETY: plain setrlimit
+        if unsafe { libc::setrlimit(r.resource as _, &lim) } < 0 {
+            return Err(RuntimeError::Sys(format!("setrlimit {}", r.resource), nix::Error::last()));
+        }
+    }
+    let mut env: Vec<String> = p.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", id.home));
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    caps::limit_bounding(&sec.capabilities)?;
+    let groups: Vec<nix::unistd::Gid> = id.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).map_err(RuntimeError::sys("setgroups"))?;
+    let gid = nix::unistd::Gid::from_raw(id.gid);
+    nix::unistd::setresgid(gid, gid, gid).map_err(RuntimeError::sys("setgid"))?;
+    let uid = nix::unistd::Uid::from_raw(id.uid);
+    nix::unistd::setresuid(uid, uid, uid).map_err(RuntimeError::sys("setuid"))?;
+    caps::apply(if id.uid == 0 { &sec.capabilities } else { &[] })?;
+    let cwd = if p.cwd.is_empty() { "/" } else { p.cwd.as_str() };
+    nix::unistd::chdir(cwd).map_err(|e| RuntimeError::Start {
+        message: format!("cannot change to working directory {cwd}: {e}"),
+        code: 125,
+    })?;
+    if sec.no_new_privs {
+        nix::sys::prctl::set_no_new_privs().map_err(RuntimeError::sys("no_new_privs"))?;
+    }
+    let prog = resolve_exe(&p.args, &env)?;
+    let argv: Vec<CString> = p
+        .args
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| RuntimeError::Invalid("argument contains NUL".into()))?;
+    let envp: Vec<CString> = env
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| RuntimeError::Invalid("environment contains NUL".into()))?;
+    // nothing of the host's descriptors survives exec (CVE-2024-21626 class)
+    // SAFETY: close_range only marks descriptors close-on-exec
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    seccomp::install(progs)?;
+    let e = nix::unistd::execve(&prog, &argv, &envp).err().unwrap_or(nix::Error::EINVAL);
+    let name = p.args.first().cloned().unwrap_or_default();
+    Err(match e {
+        nix::Error::ENOENT => {
+            RuntimeError::Start { message: format!("exec: {name:?}: no such file or directory"), code: 127 }
+        }
+        nix::Error::EACCES => RuntimeError::Start { message: format!("exec: {name:?}: permission denied"), code: 126 },
+        e => RuntimeError::Start { message: format!("exec: {name:?}: {e}"), code: 126 },
+    })
+}
+
+/// Finds argv[0] in the container's PATH (after pivot_root).
+fn resolve_exe(args: &[String], env: &[String]) -> Result<CString, RuntimeError> {
+    let name = args.first().ok_or_else(|| RuntimeError::Start { message: "no command specified".into(), code: 125 })?;
+    let c = |s: &str| CString::new(s).map_err(|_| RuntimeError::Invalid("command contains NUL".into()));
+    if name.contains('/') {
+        return c(name);
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let cand = format!("{dir}/{name}");
+        if let Ok(m) = std::fs::metadata(&cand) {
+            if m.is_file() {
+                return c(&cand);
+            }
+        }
+    }
+    Err(RuntimeError::Start { message: format!("exec: {name:?}: executable file not found in $PATH"), code: 127 })
+}
+
+/// Creates the container's init process running `spec.process`.
+///
+/// The child is moved into `cgroup` before it does anything, gets a cgroup
+/// namespace rooted there, builds its root filesystem, pivots and execs.
+/// It dies with SIGKILL if the calling process dies (`PR_SET_PDEATHSIG`).
+pub fn create(
+    spec: &Spec,
+    cgroup: Option<&Cgroup>,
+    io: Stdio,
+    console: Option<PathBuf>,
+) -> Result<Child, RuntimeError> {
+    let sec = Security::of(spec);
+    let progs = sec.programs()?;
+    let (syncr, syncw) = pipe()?;
+    let (errr, errw) = pipe()?;
+    let mut flags =
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
+    if spec.net == NetNs::New {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let parent = nix::unistd::getpid();
+    let cgroup2 = cgroup.is_some_and(|c| c.version == crate::cgroup::Version::V2);
+    let (pid, pidfd) = clone(flags)?;
+    if pid.as_raw() == 0 {
+        // ---- child ----
+        drop(syncw);
+        drop(errr);
+        let r = (|| -> Result<(), RuntimeError> {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(RuntimeError::sys("pdeathsig"))?;
+            if nix::unistd::getppid() != parent {
+                return Err(RuntimeError::Invalid("parent died".into()));
+            }
+            // wait until the parent has put us in the cgroup
+            let mut b = [0u8; 1];
+            let mut s = std::fs::File::from(syncr);
+            if s.read(&mut b).map_err(RuntimeError::io("sync"))? != 1 {
+                return Err(RuntimeError::Invalid("parent gave up".into()));
+            }
+            if cgroup.is_some() {
+                nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(RuntimeError::sys("cgroup namespace"))?;
+            }
+            if let NetNs::Path(p) = &spec.net {
+                let f = std::fs::File::open(p)
+                    .map_err(RuntimeError::io(format!("open network namespace {}", p.display())))?;
+                nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(RuntimeError::sys("join network namespace"))?;
+            }
+            reset_signals();
+            nix::unistd::sethostname(&spec.hostname).map_err(RuntimeError::sys("sethostname"))?;
+            if spec.net == NetNs::New {
+                loopback_up()?;
+            }
+            mounts::setup(spec, console.as_deref(), cgroup2)?;
+            dup_stdio(io, spec.process.tty)?;
+            finish_and_exec(&spec.process, &sec, &progs)
+        })();
+        match r {
+            Ok(()) => die(&errw, RuntimeError::Invalid("exec returned".into())),
+            Err(e) => die(&errw, e),
+        }
+    }
+    drop(syncr);
+    drop(errw);
+    let pidfd = pidfd.ok_or_else(|| RuntimeError::Invalid("clone returned no pidfd".into()))?;
+    let setup = (|| -> Result<(), RuntimeError> {
+        if let Some(cg) = cgroup {
+            cg.add(pid.as_raw() as u32)?;
+        }
+        let mut w = std::fs::File::from(syncw);
+        w.write_all(b"1").map_err(RuntimeError::io("sync child"))
+    })();
+    if let Err(e) = setup {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(e);
+    }
+    await_exec(errr, pid)?;
+    Ok(Child { pid, pidfd })
+}
+
+/// Brings up `lo` in a fresh network namespace.
+fn loopback_up() -> Result<(), RuntimeError> {
+    // SAFETY: a plain socket + ioctl(SIOCGIFFLAGS/SIOCSIFFLAGS) on "lo"
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(RuntimeError::Sys("socket".into(), nix::Error::last()));
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        let ok = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) >= 0 && {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(s, libc::SIOCSIFFLAGS, &req) >= 0
+        };
+        libc::close(s);
+        if !ok {
+            return Err(RuntimeError::Sys("bring up lo".into(), nix::Error::last()));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `process` inside the container whose init is `init` (a pidfd).
+///
+/// The child joins the init's mount, uts, ipc, net and cgroup namespaces and
+/// the cgroup; `pidns_of_init`/`own_pidns` switch the caller's
+/// pid-namespace-for-children around the fork so the child lands in the
+/// container's pid namespace as a direct child of the caller.
+pub fn exec(
+    init: &OwnedFd,
+    own_pidns: &OwnedFd,
+    process: &Process,
+    sec: &Security,
+    cgroup: Option<&Cgroup>,
+    io: Stdio,
+) -> Result<Child, RuntimeError> {
+    let progs = sec.programs()?;
+    let (syncr, syncw) = pipe()?;
+    let (errr, errw) = pipe()?;
+    let parent = nix::unistd::getpid();
+    nix::sched::setns(init, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("enter pid namespace"))?;
+    let forked = clone(CloneFlags::empty());
+    let reset = nix::sched::setns(own_pidns, CloneFlags::CLONE_NEWPID);
+    let (pid, pidfd) = forked?;
+    if pid.as_raw() == 0 {
+        drop(syncw);
+        drop(errr);
+        let r = (|| -> Result<(), RuntimeError> {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(RuntimeError::sys("pdeathsig"))?;
+            if nix::unistd::getppid() != parent {
+                return Err(RuntimeError::Invalid("parent died".into()));
+            }
+            // not dumpable: other container processes cannot open our /proc entries
+            nix::sys::prctl::set_dumpable(false).map_err(RuntimeError::sys("set_dumpable"))?;
+            let mut b = [0u8; 1];
+            let mut s = std::fs::File::from(syncr);
+            if s.read(&mut b).map_err(RuntimeError::io("sync"))? != 1 {
+                return Err(RuntimeError::Invalid("parent gave up".into()));
+            }
+            let ns = CloneFlags::CLONE_NEWNS
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWCGROUP;
+            nix::sched::setns(init, ns).map_err(RuntimeError::sys("enter container namespaces"))?;
+            reset_signals();
+            dup_stdio(io, process.tty)?;
+            finish_and_exec(process, sec, &progs)
+        })();
+        match r {
+            Ok(()) => die(&errw, RuntimeError::Invalid("exec returned".into())),
+            Err(e) => die(&errw, e),
+        }
+    }
+    reset.map_err(RuntimeError::sys("leave pid namespace"))?;
+    drop(syncr);
+    drop(errw);
+    let pidfd = pidfd.ok_or_else(|| RuntimeError::Invalid("clone returned no pidfd".into()))?;
+    let setup = (|| -> Result<(), RuntimeError> {
+        if let Some(cg) = cgroup {
+            cg.add(pid.as_raw() as u32)?;
+        }
+        std::fs::File::from(syncw).write_all(b"1").map_err(RuntimeError::io("sync child"))
+    })();
+    if let Err(e) = setup {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(e);
+    }
+    await_exec(errr, pid)?;
+    Ok(Child { pid, pidfd })
+}
+
+/// Opens the caller's own pid namespace (to restore it after `exec`).
+pub fn own_pidns() -> Result<OwnedFd, RuntimeError> {
+    std::fs::File::open("/proc/self/ns/pid").map(OwnedFd::from).map_err(RuntimeError::io("open own pid namespace"))
+}
