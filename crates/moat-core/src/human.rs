@@ -22,6 +22,29 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// Errors parsing a size.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid size {0:?}: use a number with an optional unit b, k, m or g (e.g. 512m)")]
+pub struct BadSize(pub String);
+
+/// Parses docker-style sizes: `1024`, `512k`, `32m`, `1.5g` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, BadSize> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let v: f64 = num.parse().map_err(|_| BadSize(s.into()))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(BadSize(s.into()));
+    }
+    Ok((v * mult as f64) as u64)
+}
+
 /// A duration in docker's words: `Less than a second`, `3 seconds`, `About a minute`, `2 hours`.
 pub fn duration(secs: i64) -> String {
     let s = secs.max(0);
@@ -56,6 +79,17 @@ mod tests {
         assert_eq!(size(12_345_678), "12.3MB");
         assert_eq!(size(123_456_789), "123MB");
         assert_eq!(size(1_000), "1kB");
+    }
+
+    #[test]
+    fn parse_sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("32m"), Ok(32 << 20));
+        assert_eq!(parse_size("32MB"), Ok(32 << 20));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("10b"), Ok(10));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1m").is_err());
     }
 
     #[test]

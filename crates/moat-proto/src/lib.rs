@@ -248,6 +248,14 @@ pub enum Msg {
     Resize(WinSize),
     /// Client: tell me when the main process exits.
     Wait,
+    /// Client: stop the main process: `signal`, then SIGKILL after `timeout_secs`;
+    /// restart policies stand down. Replies `Exit` once it has exited.
+    Stop {
+        /// First signal.
+        signal: i32,
+        /// Grace period before SIGKILL.
+        timeout_secs: u32,
+    },
     /// Client: stream log output as it is written, from the given log offset.
     Follow,
     /// Client: list the container's processes.

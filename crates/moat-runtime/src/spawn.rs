@@ -255,7 +255,6 @@ pub fn create(
     if spec.net == NetNs::New {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    let parent = nix::unistd::getpid();
     let cgroup2 = cgroup.is_some_and(|c| c.version == crate::cgroup::Version::V2);
     let (pid, pidfd) = clone(flags)?;
     if pid.as_raw() == 0 {
@@ -265,10 +264,8 @@ pub fn create(
         let r = (|| -> Result<(), RuntimeError> {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(RuntimeError::sys("pdeathsig"))?;
-            if nix::unistd::getppid() != parent {
-                return Err(RuntimeError::Invalid("parent died".into()));
-            }
-            // wait until the parent has put us in the cgroup
+            // wait until the parent has put us in the cgroup (EOF: it died;
+            // from then on PDEATHSIG covers us)
             let mut b = [0u8; 1];
             let mut s = std::fs::File::from(syncr);
             if s.read(&mut b).map_err(RuntimeError::io("sync"))? != 1 {
@@ -356,7 +353,6 @@ pub fn exec(
     let progs = sec.programs()?;
     let (syncr, syncw) = pipe()?;
     let (errr, errw) = pipe()?;
-    let parent = nix::unistd::getpid();
     nix::sched::setns(init, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("enter pid namespace"))?;
     let forked = clone(CloneFlags::empty());
     let reset = nix::sched::setns(own_pidns, CloneFlags::CLONE_NEWPID);
@@ -367,9 +363,6 @@ pub fn exec(
         let r = (|| -> Result<(), RuntimeError> {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(RuntimeError::sys("pdeathsig"))?;
-            if nix::unistd::getppid() != parent {
-                return Err(RuntimeError::Invalid("parent died".into()));
-            }
             // not dumpable: other container processes cannot open our /proc entries
             nix::sys::prctl::set_dumpable(false).map_err(RuntimeError::sys("set_dumpable"))?;
             let mut b = [0u8; 1];

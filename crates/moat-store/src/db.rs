@@ -423,6 +423,22 @@ impl Store {
         })
     }
 
+    /// Renames a container; fails with a constraint error on a clash.
+    pub fn rename_container(&mut self, id: &str, name: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("UPDATE containers SET name = ?2 WHERE id = ?1", params![id, name])?;
+            Ok(())
+        })
+    }
+
+    /// Replaces a container's config JSON.
+    pub fn set_container_config(&mut self, id: &str, config: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("UPDATE containers SET config = ?2 WHERE id = ?1", params![id, config])?;
+            Ok(())
+        })
+    }
+
     /// Deletes a container row.
     pub fn delete_container(&mut self, id: &str) -> Result<(), StoreError> {
         self.write(|tx| {

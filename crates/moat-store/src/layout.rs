@@ -49,6 +49,10 @@ impl Layout {
     pub fn containers(&self) -> PathBuf {
         self.root.join("containers")
     }
+    /// One container's state directory.
+    pub fn container(&self, id: &str) -> PathBuf {
+        self.containers().join(id)
+    }
     /// Optional engine configuration file under the root.
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.toml")

@@ -306,7 +306,7 @@ fn ls(s: &ImageStore, a: LsArgs) -> Result<()> {
     Ok(())
 }
 
-fn inspect_json(img: &moat_store::ImageRecord) -> serde_json::Value {
+pub fn inspect_json(img: &moat_store::ImageRecord) -> serde_json::Value {
     let cfg: serde_json::Value = serde_json::from_slice(&img.config).unwrap_or_default();
     serde_json::json!({
         "Id": img.id.to_string(),

@@ -1,8 +1,10 @@
 //! The `moat` command line.
 
+mod containers;
 mod images;
 mod info;
 mod output;
+mod session;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +45,17 @@ enum Cmd {
     Tag(images::TagArgs),
     /// Remove images.
     Rmi(images::RmArgs),
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(containers::ContainerCmd),
+    #[command(flatten)]
+    Lifecycle(containers::ContainerCmd),
+    /// Internal: the per-container shim.
+    #[command(hide = true)]
+    Shim {
+        /// Container ID.
+        id: String,
+    },
 }
 
 /// Output format option shared by listing commands.
@@ -67,6 +80,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Save(a) => images::run(&cli.root, images::ImageCmd::Save(a)),
         Cmd::Tag(a) => images::run(&cli.root, images::ImageCmd::Tag(a)),
         Cmd::Rmi(a) => images::run(&cli.root, images::ImageCmd::Rm(a)),
+        Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&cli.root, c),
+        Cmd::Shim { id } => Ok(moat_engine::shim::main(&cli.root, &id)),
     }
 }
 
@@ -84,4 +99,20 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        fn walk(c: clap::Command) {
+            let c = c.clone();
+            for s in c.get_subcommands() {
+                walk(s.clone());
+            }
+            c.debug_assert();
+        }
+        walk(super::Cli::command());
+    }
 }

@@ -1,0 +1,149 @@
+//! The client side of the shim protocol, and starting shims.
+
+use crate::EngineError;
+use moat_proto::{Frame, Kind, Msg, ProtoError};
+use moat_store::{FileLock, Layout};
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+/// A connection to a container's shim.
+pub struct Conn {
+    /// The socket.
+    pub stream: UnixStream,
+}
+
+fn proto(e: ProtoError) -> EngineError {
+    EngineError::Shim(format!("shim connection: {e}"))
+}
+
+impl Conn {
+    /// Connects to the running shim of container `id`.
+    pub fn connect(layout: &Layout, id: &str) -> Result<Self, EngineError> {
+        let stream = crate::sock::connect(&layout.container(id), "shim.sock")
+            .map_err(|e| EngineError::Shim(format!("cannot reach the container's shim: {e}")))?;
+        Ok(Self { stream })
+    }
+
+    /// Sends a control message.
+    pub fn send_msg(&mut self, m: &Msg) -> Result<(), EngineError> {
+        Frame::control(0, m).write_to(&mut self.stream).map_err(proto)
+    }
+
+    /// Sends a frame.
+    pub fn send(&mut self, f: &Frame) -> Result<(), EngineError> {
+        f.write_to(&mut self.stream).map_err(proto)
+    }
+
+    /// Receives the next frame.
+    pub fn recv(&mut self) -> Result<Frame, ProtoError> {
+        Frame::read_from(&mut self.stream)
+    }
+
+    /// Receives frames until a control message arrives (stream data before it is dropped).
+    pub fn recv_msg(&mut self) -> Result<Msg, EngineError> {
+        loop {
+            let f = self.recv().map_err(|e| match e {
+                ProtoError::Closed => EngineError::Shim("the container's shim exited unexpectedly".into()),
+                e => proto(e),
+            })?;
+            if f.kind == Kind::Control {
+                return f.msg().map_err(proto);
+            }
+        }
+    }
+
+    /// Sends one request and returns the reply.
+    pub fn request(&mut self, m: &Msg) -> Result<Msg, EngineError> {
+        self.send_msg(m)?;
+        self.recv_msg()
+    }
+
+    /// Reads until the shim closes the connection.
+    pub fn wait_closed(&mut self) {
+        while self.recv().is_ok() {}
+    }
+}
+
+/// Blocks until the shim of `id` has exited (its lock is free).
+pub fn wait_shim_gone(layout: &Layout, id: &str) {
+    let p = layout.container(id).join("shim.lock");
+    if p.exists() {
+        let _ = FileLock::exclusive(&p);
+    }
+}
+
+/// `SIGTERM`, `TERM` or `15` → 15.
+pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let up = s.to_ascii_uppercase();
+    let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    nix::sys::signal::Signal::from_str(&full)
+        .map(|s| s as i32)
+        .map_err(|_| EngineError::Invalid(format!("invalid signal: {s}")))
+}
+
+/// Starts `moat shim ID` detached from the caller, in its own session and
+/// mount namespace where the moat binary is bind-mounted read-only over
+/// itself, so no container process can ever write to it through
+/// `/proc/<pid>/exe` (CVE-2019-5736 class). Returns the connection the
+/// shim reports on.
+pub fn spawn_shim(layout: &Layout, id: &str) -> Result<Conn, EngineError> {
+    let exe = std::env::current_exe().map_err(EngineError::io("locate the moat binary"))?;
+    let exe_c =
+        CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| EngineError::Invalid("binary path".into()))?;
+    let (ours, theirs) = UnixStream::pair().map_err(EngineError::io("socketpair"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(layout.container(id).join("shim.log"))
+        .map_err(EngineError::io("open shim log"))?;
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--root").arg(layout.root()).arg("shim").arg(id);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    // SAFETY: only async-signal-safe syscalls between fork and exec
+    unsafe {
+        cmd.pre_exec(move || {
+            let chk = |r: libc::c_int| if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+            chk(libc::setsid())?;
+            chk(libc::unshare(libc::CLONE_NEWNS))?;
+            chk(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            chk(libc::mount(exe_c.as_ptr(), exe_c.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+            chk(libc::mount(
+                std::ptr::null(),
+                exe_c.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            ))?;
+            chk(libc::dup2(fd, 3))?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(EngineError::io("start the container's shim"))?;
+    drop(theirs);
+    // the shim forks into the background at once; reap the first process
+    let st = child.wait().map_err(EngineError::io("start the container's shim"))?;
+    if !st.success() {
+        return Err(EngineError::Shim(format!(
+            "the container's shim failed to start ({st}); see {}",
+            layout.container(id).join("shim.log").display()
+        )));
+    }
+    Ok(Conn { stream: ours })
+}

@@ -1,0 +1,207 @@
+//! What a container is (its configuration, fixed at create) and where it is
+//! (its state, changed by the shim and lifecycle commands).
+
+use chrono::{DateTime, Utc};
+use moat_core::Isolation;
+use moat_runtime::cgroup::Limits;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// `--restart` policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "Name", rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never restart.
+    #[default]
+    No,
+    /// Restart on non-zero exit, at most `max` times (0 = unlimited).
+    OnFailure {
+        /// Maximum retries.
+        #[serde(rename = "MaximumRetryCount")]
+        max: u32,
+    },
+    /// Always restart.
+    Always,
+    /// Always, unless stopped by the user.
+    UnlessStopped,
+}
+
+impl FromStr for RestartPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid restart policy {s:?}: use no, on-failure[:N], always or unless-stopped");
+        Ok(match s.split_once(':') {
+            Some(("on-failure", n)) => Self::OnFailure { max: n.parse().map_err(|_| bad())? },
+            Some(_) => return Err(bad()),
+            None => match s {
+                "" | "no" => Self::No,
+                "on-failure" => Self::OnFailure { max: 0 },
+                "always" => Self::Always,
+                "unless-stopped" => Self::UnlessStopped,
+                _ => return Err(bad()),
+            },
+        })
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::No => f.write_str("no"),
+            Self::OnFailure { max: 0 } => f.write_str("on-failure"),
+            Self::OnFailure { max } => write!(f, "on-failure:{max}"),
+            Self::Always => f.write_str("always"),
+            Self::UnlessStopped => f.write_str("unless-stopped"),
+        }
+    }
+}
+
+/// A `-v HOST:CTR[:ro]` bind mount.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BindMount {
+    /// Absolute host path.
+    pub source: String,
+    /// Absolute container path.
+    pub target: String,
+    /// Read-only.
+    pub readonly: bool,
+}
+
+/// Everything fixed when the container is created.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ContainerConfig {
+    /// The image as the user named it.
+    pub image: String,
+    /// argv (entrypoint + command, resolved at create).
+    pub args: Vec<String>,
+    /// Entrypoint part of `args` (for inspect).
+    pub entrypoint: Vec<String>,
+    /// Command part of `args`.
+    pub cmd: Vec<String>,
+    /// Environment.
+    pub env: Vec<String>,
+    /// Working directory.
+    pub workdir: String,
+    /// User.
+    pub user: String,
+    /// Hostname.
+    pub hostname: String,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// Keep stdin open (`-i`).
+    pub open_stdin: bool,
+    /// Close stdin when the first attached client's stdin closes.
+    pub stdin_once: bool,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Bind mounts.
+    pub binds: Vec<BindMount>,
+    /// `--tmpfs` mounts: target → options.
+    pub tmpfs: BTreeMap<String, String>,
+    /// Read-only root filesystem.
+    pub readonly_rootfs: bool,
+    /// Added capabilities.
+    pub cap_add: Vec<String>,
+    /// Dropped capabilities.
+    pub cap_drop: Vec<String>,
+    /// Privileged.
+    pub privileged: bool,
+    /// `--security-opt` values.
+    pub security_opt: Vec<String>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Remove when it exits (`--rm`).
+    pub auto_remove: bool,
+    /// Isolation type.
+    pub isolation: Option<Isolation>,
+    /// Network mode (`none` or `host` for now).
+    pub network: String,
+    /// Signal for `stop`.
+    pub stop_signal: String,
+    /// Default `stop` timeout in seconds.
+    pub stop_timeout: Option<u32>,
+    /// `/dev/shm` size in bytes.
+    pub shm_size: Option<u64>,
+}
+
+impl ContainerConfig {
+    /// The isolation type (process when unset).
+    pub fn isolation(&self) -> Isolation {
+        self.isolation.unwrap_or(Isolation::Process)
+    }
+}
+
+/// Lifecycle status, docker's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Created, never started (or start failed).
+    #[default]
+    Created,
+    /// Running.
+    Running,
+    /// Waiting to be restarted by its policy.
+    Restarting,
+    /// Exited.
+    Exited,
+    /// Being removed.
+    Removing,
+    /// Unusable.
+    Dead,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Restarting => "restarting",
+            Self::Exited => "exited",
+            Self::Removing => "removing",
+            Self::Dead => "dead",
+        })
+    }
+}
+
+/// Runtime state, rewritten on every transition.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ContainerState {
+    /// Status.
+    pub status: Status,
+    /// Host PID of the main process (0 when not running).
+    pub pid: u32,
+    /// Host PID of the shim.
+    pub shim_pid: u32,
+    /// Last start.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Last exit.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Last exit code.
+    pub exit_code: i32,
+    /// Last exit was an OOM kill.
+    pub oom_killed: bool,
+    /// Why the last start or run failed.
+    pub error: String,
+    /// Restarts by policy.
+    pub restart_count: u32,
+    /// Stopped by the user (restart policies stand down).
+    pub manually_stopped: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_policies() {
+        for s in ["no", "on-failure", "on-failure:3", "always", "unless-stopped"] {
+            assert_eq!(s.parse::<RestartPolicy>().map(|p| p.to_string()), Ok(s.to_string()));
+        }
+        assert!("sometimes".parse::<RestartPolicy>().is_err());
+        assert!("on-failure:x".parse::<RestartPolicy>().is_err());
+    }
+}

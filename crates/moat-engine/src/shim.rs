@@ -1,0 +1,902 @@
+//! The per-container shim: `moat shim ID`.
+//!
+//! One single-threaded process per running container, started by
+//! `client::spawn_shim`. It creates the container's cgroup and init process,
+//! owns its stdio (pipes or a pty), writes the json-file log, records state
+//! transitions in the metadata store, applies the restart policy, and serves
+//! clients on `containers/<id>/shim.sock` (attach, exec, wait, logs -f, top,
+//! stats, signals, stop) with a poll loop. Holding `shim.lock` for its whole
+//! life tells everyone else it is alive; the container's init gets
+//! `PDEATHSIG=SIGKILL`, so a killed shim never leaves an unlisted container.
+//! Being single-threaded is what makes forking container processes from it
+//! safe.
+
+use crate::config::{RestartPolicy, Status};
+use crate::logs::LogWriter;
+use crate::{Container, Engine, EngineError};
+use chrono::Utc;
+use moat_proto::{Decoder, ExecSpec, Frame, Kind, Msg, WinSize};
+use moat_runtime::cgroup::Cgroup;
+use moat_runtime::spawn::{self, Child, Security, Stdio};
+use moat_runtime::spec::{Process, Spec};
+use moat_store::FileLock;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Output buffered for one client before the sources feeding it pause.
+const CLIENT_BUF_LIMIT: usize = 4 << 20;
+const READ_CHUNK: usize = 64 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Receives the main process's output; may feed its stdin.
+    Attach { stdin: bool, stdin_once: bool },
+    /// Owns exec session N.
+    Exec(u32),
+    /// Waits for the main process to exit.
+    Waiter,
+    /// Receives log records as they are written.
+    Follower,
+    /// Sent a one-shot request.
+    Oneshot,
+}
+
+struct Client {
+    stream: UnixStream,
+    dec: Decoder,
+    out: Vec<u8>,
+    role: Role,
+    /// Close once `out` is flushed.
+    closing: bool,
+}
+
+/// A process whose stdio the shim relays: the main process or an exec session.
+struct Proc {
+    child: Child,
+    stdin: Option<OwnedFd>,
+    stdin_buf: Vec<u8>,
+    close_stdin: bool,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    /// pty master (same fd as `out`) when there is a terminal.
+    tty: bool,
+}
+
+struct Session {
+    proc: Proc,
+    client: u64,
+    exit: Option<i32>,
+}
+
+#[derive(Clone, Copy)]
+enum Tok {
+    Listener,
+    Client(u64),
+    Out(u32, bool),
+    Stdin(u32),
+    Pidfd(u32),
+}
+
+/// Session number of the main process.
+const MAIN: u32 = 0;
+
+struct Shim {
+    engine: Engine,
+    id: String,
+    dir: PathBuf,
+    c: Container,
+    spec: Spec,
+    cgroup: Cgroup,
+    log: LogWriter,
+    listener: UnixListener,
+    own_pidns: OwnedFd,
+    main: Option<Proc>,
+    sessions: HashMap<u32, Session>,
+    next_session: u32,
+    clients: HashMap<u64, Client>,
+    next_client: u64,
+    stop_deadline: Option<Instant>,
+    restart_at: Option<Instant>,
+    oom_base: bool,
+    done: bool,
+}
+
+fn nonblock(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor we own
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EngineError::Shim(format!("pipe: {e}")))
+}
+
+fn set_winsize(fd: RawFd, ws: WinSize) {
+    let w = libc::winsize { ws_row: ws.rows, ws_col: ws.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: ioctl on our pty master
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &w) };
+}
+
+/// Stdio for a new process: (what the shim keeps, what the child gets, console path).
+fn make_stdio(
+    tty: bool,
+    stdin: bool,
+    size: Option<WinSize>,
+) -> Result<(Proc0, [OwnedFd; 3], Option<PathBuf>), EngineError> {
+    if tty {
+        let pty = nix::pty::openpty(None, None).map_err(|e| EngineError::Shim(format!("openpty: {e}")))?;
+        if let Some(ws) = size {
+            set_winsize(pty.master.as_raw_fd(), ws);
+        }
+        let path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).ok();
+        let s1 = pty.slave.try_clone().map_err(EngineError::io("dup pty"))?;
+        let s2 = pty.slave.try_clone().map_err(EngineError::io("dup pty"))?;
+        let master = pty.master;
+        let keep = Proc0 {
+            stdin: Some(master.try_clone().map_err(EngineError::io("dup pty"))?),
+            out: Some(master),
+            err: None,
+        };
+        return Ok((keep, [pty.slave, s1, s2], path));
+    }
+    let (in_r, in_w) = if stdin {
+        let (r, w) = pipe()?;
+        (r, Some(w))
+    } else {
+        (OwnedFd::from(std::fs::File::open("/dev/null").map_err(EngineError::io("open /dev/null"))?), None)
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    Ok((Proc0 { stdin: in_w, out: Some(out_r), err: Some(err_r) }, [in_r, out_w, err_w], None))
+}
+
+struct Proc0 {
+    stdin: Option<OwnedFd>,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+}
+
+impl Proc0 {
+    fn into_proc(self, child: Child, tty: bool) -> Proc {
+        for fd in [&self.stdin, &self.out, &self.err].into_iter().flatten() {
+            nonblock(fd.as_raw_fd());
+        }
+        Proc { child, stdin: self.stdin, stdin_buf: Vec::new(), close_stdin: false, out: self.out, err: self.err, tty }
+    }
+}
+
+fn exit_code(pid: nix::unistd::Pid) -> i32 {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+        Ok(WaitStatus::Exited(_, c)) => c,
+        Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
+        _ => 255,
+    }
+}
+
+/// Entry point of `moat shim ID`; returns the process exit code.
+pub fn main(root: &Path, id: &str) -> i32 {
+    // leave the caller at once; it reaps this first process
+    // SAFETY: the shim is single-threaded here
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(_) => return 1,
+    }
+    // SAFETY: fd 3 is the socketpair end passed by spawn_shim
+    let first = unsafe { UnixStream::from_raw_fd(3) };
+    let dir = moat_store::Layout::new(root).container(id);
+    let lock = match FileLock::try_exclusive(&dir.join("shim.lock")) {
+        Ok(Some(l)) => l,
+        _ => {
+            let mut f = first;
+            let _ = Frame::control(0, &Msg::Error { message: "container is already running".into() }).write_to(&mut f);
+            return 1;
+        }
+    };
+    let mut shim = match Shim::new(root, id, first) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("shim for {id} failed: {e}");
+            return 1;
+        }
+    };
+    shim.run();
+    drop(lock);
+    0
+}
+
+impl Shim {
+    fn new(root: &Path, id: &str, first: UnixStream) -> Result<Self, EngineError> {
+        let mut first = first;
+        let fail = |first: &mut UnixStream, e: &EngineError| {
+            let _ = Frame::control(0, &Msg::Error { message: e.to_string() }).write_to(first);
+        };
+        let setup = (|| -> Result<_, EngineError> {
+            let mut engine = Engine::open(root)?;
+            let c = engine.get(id)?;
+            let image = engine.images().store().image(&c.row.image_id)?.ok_or_else(|| {
+                EngineError::Invalid(format!("image {} of this container was removed", c.row.image_id))
+            })?;
+            let spec = crate::spec::build(engine.layout(), id, &c.config, &image)?;
+            let dir = engine.layout().container(id);
+            let log = LogWriter::open(&dir.join(format!("{id}-json.log"))).map_err(EngineError::io("open log"))?;
+            let listener = crate::sock::bind(&dir, "shim.sock").map_err(EngineError::io("bind shim socket"))?;
+            listener.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
+            let own_pidns = spawn::own_pidns()?;
+            Ok((engine, c, spec, dir, log, listener, own_pidns))
+        })();
+        let (engine, c, spec, dir, log, listener, own_pidns) = match setup {
+            Ok(v) => v,
+            Err(e) => {
+                fail(&mut first, &e);
+                return Err(e);
+            }
+        };
+        let cgroup = match Cgroup::create(id, &c.config.limits) {
+            Ok(cg) => cg,
+            Err(e) => {
+                let e = EngineError::from(e);
+                fail(&mut first, &e);
+                return Err(e);
+            }
+        };
+        for w in &cgroup.warnings {
+            tracing::warn!("{w}");
+        }
+        let _ = std::fs::write(dir.join("cgroup.json"), serde_json::to_vec(&cgroup).unwrap_or_default());
+        let mut shim = Shim {
+            engine,
+            id: id.to_string(),
+            dir,
+            c,
+            spec,
+            cgroup,
+            log,
+            listener,
+            own_pidns,
+            main: None,
+            sessions: HashMap::new(),
+            next_session: 1,
+            clients: HashMap::new(),
+            next_client: 1,
+            stop_deadline: None,
+            restart_at: None,
+            oom_base: false,
+            done: false,
+        };
+        first.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
+        let cid = shim.add_client(first, Role::Attach { stdin: false, stdin_once: false });
+        match shim.start_main() {
+            Ok(pid) => {
+                shim.queue(cid, Frame::control(0, &Msg::Started { pid }));
+                Ok(shim)
+            }
+            Err(e) => {
+                let (message, code) = match &e {
+                    EngineError::Runtime(moat_runtime::RuntimeError::Start { message, code }) => {
+                        (message.clone(), *code)
+                    }
+                    e => (e.to_string(), 125),
+                };
+                let mut st = shim.c.state.clone();
+                st.exit_code = code;
+                st.error = message.clone();
+                st.pid = 0;
+                if st.status != Status::Created {
+                    st.status = Status::Exited;
+                    st.finished_at = Some(Utc::now());
+                }
+                let _ = shim.engine.save_state(&shim.id, &st);
+                let _ = shim.cgroup.destroy();
+                if let Some(c) = shim.clients.get_mut(&cid) {
+                    let _ = c.stream.set_nonblocking(false);
+                    let _ = Frame::control(0, &Msg::Error { message }).write_to(&mut c.stream);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn add_client(&mut self, stream: UnixStream, role: Role) -> u64 {
+        let id = self.next_client;
+        self.next_client += 1;
+        self.clients.insert(id, Client { stream, dec: Decoder::default(), out: Vec::new(), role, closing: false });
+        id
+    }
+
+    fn queue(&mut self, client: u64, f: Frame) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            f.encode_into(&mut c.out);
+        }
+    }
+
+    fn save_state(&mut self) {
+        let st = self.c.state.clone();
+        if let Err(e) = self.engine.save_state(&self.id, &st) {
+            tracing::error!("cannot record state: {e}");
+        }
+    }
+
+    /// Creates the container's main process.
+    fn start_main(&mut self) -> Result<u32, EngineError> {
+        let (keep, give, console) = make_stdio(self.c.config.tty, self.c.config.open_stdin, None)?;
+        let io = Stdio { stdin: give[0].as_raw_fd(), stdout: give[1].as_raw_fd(), stderr: give[2].as_raw_fd() };
+        self.oom_base = self.cgroup.oom_killed();
+        let child = spawn::create(&self.spec, Some(&self.cgroup), io, console)?;
+        drop(give);
+        let pid = child.pid.as_raw() as u32;
+        self.main = Some(keep.into_proc(child, self.c.config.tty));
+        let st = &mut self.c.state;
+        st.status = Status::Running;
+        st.pid = pid;
+        st.shim_pid = std::process::id();
+        st.started_at = Some(Utc::now());
+        st.error.clear();
+        st.oom_killed = false;
+        self.save_state();
+        Ok(pid)
+    }
+
+    fn run(&mut self) {
+        let mut buf = vec![0u8; READ_CHUNK];
+        while !self.done {
+            let mut fds: Vec<libc::pollfd> = Vec::new();
+            let mut toks: Vec<Tok> = Vec::new();
+            let mut add = |fd: RawFd, ev: libc::c_short, t: Tok, fds: &mut Vec<libc::pollfd>| {
+                fds.push(libc::pollfd { fd, events: ev, revents: 0 });
+                toks.push(t);
+            };
+            add(self.listener.as_raw_fd(), libc::POLLIN, Tok::Listener, &mut fds);
+            let attach_full = self
+                .clients
+                .values()
+                .any(|c| matches!(c.role, Role::Attach { .. } | Role::Follower) && c.out.len() > CLIENT_BUF_LIMIT);
+            for (id, c) in &self.clients {
+                let mut ev = 0;
+                if !c.closing {
+                    ev |= libc::POLLIN;
+                }
+                if !c.out.is_empty() {
+                    ev |= libc::POLLOUT;
+                }
+                add(c.stream.as_raw_fd(), ev, Tok::Client(*id), &mut fds);
+            }
+            let mut procs: Vec<(u32, &Proc, bool)> = Vec::new();
+            if let Some(m) = &self.main {
+                procs.push((MAIN, m, attach_full));
+            }
+            for (sid, s) in &self.sessions {
+                let full = self.clients.get(&s.client).is_some_and(|c| c.out.len() > CLIENT_BUF_LIMIT);
+                if s.exit.is_none() || s.proc.out.is_some() || s.proc.err.is_some() {
+                    procs.push((*sid, &s.proc, full));
+                }
+            }
+            for (sid, p, full) in procs {
+                if !full {
+                    if let Some(fd) = &p.out {
+                        add(fd.as_raw_fd(), libc::POLLIN, Tok::Out(sid, false), &mut fds);
+                    }
+                    if let Some(fd) = &p.err {
+                        add(fd.as_raw_fd(), libc::POLLIN, Tok::Out(sid, true), &mut fds);
+                    }
+                }
+                if let Some(fd) = &p.stdin {
+                    if !p.stdin_buf.is_empty() {
+                        add(fd.as_raw_fd(), libc::POLLOUT, Tok::Stdin(sid), &mut fds);
+                    }
+                }
+                add(p.child.pidfd.as_raw_fd(), libc::POLLIN, Tok::Pidfd(sid), &mut fds);
+            }
+            let now = Instant::now();
+            let deadline = [self.stop_deadline, self.restart_at].into_iter().flatten().min();
+            let timeout =
+                deadline.map(|d| d.saturating_duration_since(now).as_millis().min(60_000) as i32).unwrap_or(-1);
+            // SAFETY: fds is a valid array of pollfd
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                if nix::Error::last() == nix::Error::EINTR {
+                    continue;
+                }
+                tracing::error!("poll: {}", nix::Error::last());
+                break;
+            }
+            self.timers();
+            for (pfd, tok) in fds.iter().zip(toks) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                let r = pfd.revents;
+                match tok {
+                    Tok::Listener => self.accept(),
+                    Tok::Client(id) => self.client_io(id, r, &mut buf),
+                    Tok::Out(sid, err) => self.read_output(sid, err, &mut buf),
+                    Tok::Stdin(sid) => self.write_stdin(sid),
+                    Tok::Pidfd(sid) => self.reap(sid),
+                }
+            }
+            self.clients.retain(|_, c| !(c.closing && c.out.is_empty()));
+        }
+        self.finish();
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        if self.stop_deadline.is_some_and(|d| d <= now) {
+            self.stop_deadline = None;
+            if let Some(m) = &self.main {
+                let _ = nix::sys::signal::kill(m.child.pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        if self.restart_at.is_some_and(|d| d <= now) {
+            self.restart_at = None;
+            if let Err(e) = self.start_main() {
+                tracing::error!("restart failed: {e}");
+                self.c.state.status = Status::Exited;
+                self.c.state.error = e.to_string();
+                self.save_state();
+                self.done = true;
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        while let Ok((s, _)) = self.listener.accept() {
+            let _ = s.set_nonblocking(true);
+            self.add_client(s, Role::Oneshot);
+        }
+    }
+
+    fn client_io(&mut self, id: u64, revents: libc::c_short, buf: &mut [u8]) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        if revents & libc::POLLOUT != 0 && !c.out.is_empty() {
+            match c.stream.write(&c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.drop_client(id);
+                    return;
+                }
+            }
+        }
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !c.closing {
+            match c.stream.read(buf) {
+                Ok(0) => {
+                    self.drop_client(id);
+                    return;
+                }
+                Ok(n) => c.dec.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.drop_client(id);
+                    return;
+                }
+            }
+            loop {
+                let Some(c) = self.clients.get_mut(&id) else { return };
+                match c.dec.next_frame() {
+                    Ok(Some(f)) => self.handle_frame(id, f),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("client sent garbage: {e}");
+                        self.drop_client(id);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn drop_client(&mut self, id: u64) {
+        if let Some(c) = self.clients.remove(&id) {
+            if let Role::Attach { stdin: true, stdin_once: true } = c.role {
+                self.close_stdin(MAIN);
+            }
+        }
+    }
+
+    fn proc_mut(&mut self, sid: u32) -> Option<&mut Proc> {
+        if sid == MAIN {
+            self.main.as_mut()
+        } else {
+            self.sessions.get_mut(&sid).map(|s| &mut s.proc)
+        }
+    }
+
+    fn close_stdin(&mut self, sid: u32) {
+        if let Some(p) = self.proc_mut(sid) {
+            if p.tty {
+                // a terminal has no EOF of its own: send ^D
+                p.stdin_buf.push(4);
+            } else {
+                p.close_stdin = true;
+                if p.stdin_buf.is_empty() {
+                    p.stdin = None;
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, id: u64, m: Msg) {
+        self.queue(id, Frame::control(0, &m));
+    }
+
+    fn finish_oneshot(&mut self, id: u64, m: Msg) {
+        self.reply(id, m);
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.closing = true;
+        }
+    }
+
+    fn handle_frame(&mut self, id: u64, f: Frame) {
+        let role = match self.clients.get(&id) {
+            Some(c) => c.role,
+            None => return,
+        };
+        let target = match role {
+            Role::Exec(sid) => sid,
+            _ => MAIN,
+        };
+        match f.kind {
+            Kind::Stdin => {
+                let allowed = match role {
+                    Role::Attach { stdin, .. } => stdin,
+                    Role::Exec(_) => true,
+                    _ => false,
+                };
+                if allowed {
+                    if let Some(p) = self.proc_mut(target) {
+                        if p.stdin.is_some() {
+                            p.stdin_buf.extend_from_slice(&f.data);
+                        }
+                    }
+                }
+                return;
+            }
+            Kind::StdinEof => {
+                match role {
+                    Role::Attach { stdin: true, stdin_once: true } | Role::Exec(_) => self.close_stdin(target),
+                    _ => {}
+                }
+                return;
+            }
+            Kind::Stdout | Kind::Stderr => return,
+            Kind::Control => {}
+        }
+        let msg = match f.msg() {
+            Ok(m) => m,
+            Err(e) => {
+                self.finish_oneshot(id, Msg::Error { message: e.to_string() });
+                return;
+            }
+        };
+        match msg {
+            Msg::Attach { stdin, stdin_once } => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.role = Role::Attach { stdin: stdin && self.c.config.open_stdin, stdin_once };
+                }
+            }
+            Msg::Resize(ws) => {
+                if let Some(p) = self.proc_mut(target) {
+                    if p.tty {
+                        if let Some(fd) = &p.out {
+                            set_winsize(fd.as_raw_fd(), ws);
+                        }
+                    }
+                }
+            }
+            Msg::Signal { signal } => {
+                let r = match self.proc_mut(target) {
+                    Some(p) => {
+                        let pid = p.child.pid;
+                        nix::sys::signal::Signal::try_from(signal)
+                            .map_err(|e| e.to_string())
+                            .and_then(|s| nix::sys::signal::kill(pid, s).map_err(|e| e.to_string()))
+                    }
+                    None => Err("container is not running".into()),
+                };
+                let m = match r {
+                    Ok(()) => Msg::Ok,
+                    Err(e) => Msg::Error { message: e },
+                };
+                if role == Role::Oneshot {
+                    self.finish_oneshot(id, m);
+                }
+            }
+            Msg::Wait => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.role = Role::Waiter;
+                }
+            }
+            Msg::Stop { signal, timeout_secs } => {
+                self.c.state.manually_stopped = true;
+                self.save_state();
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.role = Role::Waiter;
+                }
+                if self.main.is_none() {
+                    // waiting to restart: stand down
+                    self.restart_at = None;
+                    self.c.state.status = Status::Exited;
+                    self.save_state();
+                    self.done = true;
+                    return;
+                }
+                if let Some(m) = &self.main {
+                    let sig = nix::sys::signal::Signal::try_from(signal).unwrap_or(nix::sys::signal::Signal::SIGTERM);
+                    let _ = nix::sys::signal::kill(m.child.pid, sig);
+                }
+                self.stop_deadline = Some(Instant::now() + Duration::from_secs(timeout_secs as u64));
+            }
+            Msg::Follow => {
+                let offset =
+                    std::fs::metadata(self.dir.join(format!("{}-json.log", self.id))).map(|m| m.len()).unwrap_or(0);
+                self.reply(id, Msg::LogOffset { offset });
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.role = Role::Follower;
+                }
+            }
+            Msg::Top => {
+                let rows = moat_runtime::procfs::list(&self.cgroup.pids(), true);
+                self.finish_oneshot(id, Msg::Procs { rows });
+            }
+            Msg::Stats => {
+                let (mem_usage, mem_limit, cpu_ns, pids) = self.cgroup.stats();
+                self.finish_oneshot(id, Msg::Usage(moat_proto::Stats { mem_usage, mem_limit, cpu_ns, pids }));
+            }
+            Msg::Exec(spec) => self.exec(id, spec),
+            other => self.finish_oneshot(id, Msg::Error { message: format!("unexpected request {other:?}") }),
+        }
+    }
+
+    fn exec(&mut self, id: u64, x: ExecSpec) {
+        let Some(main) = &self.main else {
+            self.finish_oneshot(id, Msg::Error { message: format!("container {} is not running", self.c.name()) });
+            return;
+        };
+        let cfg = &self.c.config;
+        let mut env = cfg.env.clone();
+        for e in &x.env {
+            let k = e.split('=').next().unwrap_or("");
+            env.retain(|v| v.split('=').next() != Some(k));
+            env.push(e.clone());
+        }
+        let process = Process {
+            args: x.args.clone(),
+            env,
+            cwd: x.workdir.clone().unwrap_or_else(|| self.spec.process.cwd.clone()),
+            user: x.user.clone().unwrap_or_else(|| cfg.user.clone()),
+            tty: x.tty,
+            rlimits: self.spec.process.rlimits.clone(),
+        };
+        let mut sec = Security::of(&self.spec);
+        if x.privileged {
+            sec.capabilities = moat_runtime::caps::compute(&[], &[], true).unwrap_or_default();
+            sec.seccomp = moat_runtime::spec::Seccomp::Unconfined;
+        }
+        let result = (|| -> Result<Proc, EngineError> {
+            let (keep, give, _) = make_stdio(x.tty, x.stdin, x.size)?;
+            let io = Stdio { stdin: give[0].as_raw_fd(), stdout: give[1].as_raw_fd(), stderr: give[2].as_raw_fd() };
+            let child = spawn::exec(&main.child.pidfd, &self.own_pidns, &process, &sec, Some(&self.cgroup), io)?;
+            drop(give);
+            Ok(keep.into_proc(child, x.tty))
+        })();
+        match result {
+            Ok(p) => {
+                let pid = p.child.pid.as_raw() as u32;
+                let sid = self.next_session;
+                self.next_session += 1;
+                self.sessions.insert(sid, Session { proc: p, client: if x.detach { 0 } else { id }, exit: None });
+                if x.detach {
+                    self.finish_oneshot(id, Msg::Started { pid });
+                } else {
+                    self.reply(id, Msg::Started { pid });
+                    if let Some(c) = self.clients.get_mut(&id) {
+                        c.role = Role::Exec(sid);
+                    }
+                }
+            }
+            Err(e) => {
+                let (message, code) = match &e {
+                    EngineError::Runtime(moat_runtime::RuntimeError::Start { message, code }) => {
+                        (message.clone(), *code)
+                    }
+                    e => (e.to_string(), 126),
+                };
+                self.reply(id, Msg::Error { message });
+                self.finish_oneshot(id, Msg::Exit { code, oom_killed: false });
+            }
+        }
+    }
+
+    fn read_output(&mut self, sid: u32, err: bool, buf: &mut [u8]) {
+        let Some(p) = self.proc_mut(sid) else { return };
+        let slot = if err { &mut p.err } else { &mut p.out };
+        let Some(fd) = slot.as_ref() else { return };
+        // SAFETY: reading into our buffer from our fd
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n < 0 && nix::Error::last() == nix::Error::EAGAIN {
+            return;
+        }
+        if n <= 0 {
+            // EOF (or EIO on a pty whose last holder closed it)
+            *slot = None;
+            if p.tty {
+                p.stdin = None;
+            }
+            return;
+        }
+        let data = buf[..n as usize].to_vec();
+        self.deliver(sid, err, &data);
+    }
+
+    fn deliver(&mut self, sid: u32, err: bool, data: &[u8]) {
+        let kind = if err { Kind::Stderr } else { Kind::Stdout };
+        if sid == MAIN {
+            let lines = self.log.write(err, data).unwrap_or_default();
+            let ids: Vec<(u64, Role)> = self.clients.iter().map(|(i, c)| (*i, c.role)).collect();
+            for (cid, role) in ids {
+                match role {
+                    Role::Attach { .. } => self.queue(cid, Frame { kind, session: 0, data: data.to_vec() }),
+                    Role::Follower if !lines.is_empty() => {
+                        self.queue(cid, Frame { kind: Kind::Stdout, session: 0, data: lines.clone() })
+                    }
+                    _ => {}
+                }
+            }
+        } else if let Some(s) = self.sessions.get(&sid) {
+            let cid = s.client;
+            self.queue(cid, Frame { kind, session: 0, data: data.to_vec() });
+        }
+    }
+
+    fn write_stdin(&mut self, sid: u32) {
+        let Some(p) = self.proc_mut(sid) else { return };
+        let Some(fd) = &p.stdin else { return };
+        // SAFETY: writing our buffer to our fd
+        let n = unsafe { libc::write(fd.as_raw_fd(), p.stdin_buf.as_ptr() as *const libc::c_void, p.stdin_buf.len()) };
+        if n > 0 {
+            p.stdin_buf.drain(..n as usize);
+        } else if nix::Error::last() != nix::Error::EAGAIN {
+            p.stdin = None;
+            p.stdin_buf.clear();
+        }
+        if p.stdin_buf.is_empty() && p.close_stdin {
+            p.stdin = None;
+        }
+    }
+
+    /// Reads what is left in a finished process's pipes.
+    fn drain(&mut self, sid: u32) {
+        let mut buf = vec![0u8; READ_CHUNK];
+        for err in [false, true] {
+            for _ in 0..1024 {
+                let has =
+                    self.proc_mut(sid).map(|p| if err { p.err.is_some() } else { p.out.is_some() }).unwrap_or(false);
+                if !has {
+                    break;
+                }
+                self.read_output(sid, err, &mut buf);
+                let fd_gone =
+                    self.proc_mut(sid).map(|p| if err { p.err.is_none() } else { p.out.is_none() }).unwrap_or(true);
+                if fd_gone {
+                    break;
+                }
+                // stop at EAGAIN: nothing more is buffered
+                let probe = self
+                    .proc_mut(sid)
+                    .and_then(|p| if err { p.err.as_ref() } else { p.out.as_ref() })
+                    .map(|f| f.as_raw_fd());
+                if let Some(fd) = probe {
+                    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: polling one fd without waiting
+                    if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self, sid: u32) {
+        if sid != MAIN {
+            let Some(s) = self.sessions.get(&sid) else { return };
+            if s.exit.is_some() {
+                return;
+            }
+            let code = exit_code(s.proc.child.pid);
+            self.drain(sid);
+            if let Some(s) = self.sessions.remove(&sid) {
+                let cid = s.client;
+                self.finish_oneshot(cid, Msg::Exit { code, oom_killed: false });
+            }
+            return;
+        }
+        let Some(m) = &self.main else { return };
+        let code = exit_code(m.child.pid);
+        self.drain(MAIN);
+        let tail = self.log.flush().unwrap_or_default();
+        if !tail.is_empty() {
+            let ids: Vec<u64> =
+                self.clients.iter().filter(|(_, c)| c.role == Role::Follower).map(|(i, _)| *i).collect();
+            for cid in ids {
+                self.queue(cid, Frame { kind: Kind::Stdout, session: 0, data: tail.clone() });
+            }
+        }
+        self.main = None;
+        self.stop_deadline = None;
+        // exec sessions die with the pid namespace; their pidfds report it
+        let oom = self.cgroup.oom_killed() && !self.oom_base;
+        let st = &mut self.c.state;
+        st.exit_code = code;
+        st.oom_killed = oom;
+        st.finished_at = Some(Utc::now());
+        st.pid = 0;
+        let restart = !st.manually_stopped
+            && match self.c.config.restart {
+                RestartPolicy::No => false,
+                RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+                RestartPolicy::OnFailure { max } => code != 0 && (max == 0 || st.restart_count < max),
+            };
+        let ids: Vec<(u64, Role)> = self.clients.iter().map(|(i, c)| (*i, c.role)).collect();
+        for (cid, role) in ids {
+            if matches!(role, Role::Attach { .. } | Role::Waiter | Role::Follower) {
+                self.reply(cid, Msg::Exit { code, oom_killed: oom });
+                if restart {
+                    if let Some(c) = self.clients.get_mut(&cid) {
+                        c.closing = true;
+                    }
+                }
+            }
+        }
+        if restart {
+            let st = &mut self.c.state;
+            st.restart_count += 1;
+            st.status = Status::Restarting;
+            let backoff = Duration::from_millis(100u64.saturating_mul(1 << st.restart_count.min(10)))
+                .min(Duration::from_secs(60));
+            self.restart_at = Some(Instant::now() + backoff);
+            self.save_state();
+        } else {
+            self.c.state.status = Status::Exited;
+            self.save_state();
+            self.done = true;
+        }
+    }
+
+    /// Cleans up after the last exit: cgroup, auto-remove, then flushes clients.
+    fn finish(&mut self) {
+        for (_, s) in self.sessions.drain() {
+            let _ = nix::sys::signal::kill(s.proc.child.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(s.proc.child.pid, None);
+        }
+        if let Err(e) = self.cgroup.destroy() {
+            tracing::warn!("{e}");
+        }
+        let _ = std::fs::remove_file(self.dir.join("cgroup.json"));
+        let _ = std::fs::remove_file(self.dir.join("shim.sock"));
+        if self.c.config.auto_remove {
+            if let Err(e) = self.engine.remove_files_and_row(&self.id.clone()) {
+                tracing::error!("auto-remove failed: {e}");
+            }
+        }
+        // give clients up to 5 s to take their last frames
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for c in self.clients.values_mut() {
+            let _ = c.stream.set_nonblocking(false);
+            let _ = c.stream.set_write_timeout(Some(
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+            ));
+            let _ = c.stream.write_all(&c.out);
+        }
+    }
+}

@@ -1,0 +1,1025 @@
+//! Container commands: create, run, start, stop, exec, logs, ps, ...
+
+use crate::output;
+use crate::session::{self, End, Opts};
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use moat_core::human;
+use moat_core::isolation::IsolationRequest;
+use moat_engine::config::{BindMount, ContainerConfig, Status};
+use moat_engine::{Container, Engine, EngineError};
+use moat_proto::{ExecSpec, Msg};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Flags shared by `create` and `run`.
+#[derive(Args, Debug, Clone)]
+pub struct CreateArgs {
+    /// Assign a name to the container.
+    #[arg(long)]
+    name: Option<String>,
+    /// Set environment variables (`KEY=VALUE`, or `KEY` to copy from this environment).
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long = "env-file")]
+    env_file: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// User (`name|uid[:group|gid]`).
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Container host name (`-h` is help in moat; use --hostname).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Overwrite the image's entrypoint.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Bind mount a host path: `HOST:CONTAINER[:ro]`.
+    #[arg(short = 'v', long = "volume")]
+    volume: Vec<String>,
+    /// Mount a tmpfs: `PATH[:OPTIONS]`.
+    #[arg(long)]
+    tmpfs: Vec<String>,
+    /// Set metadata: `KEY=VALUE`.
+    #[arg(short = 'l', long = "label")]
+    label: Vec<String>,
+    /// Isolation: process, hyperv (alias vm) or default.
+    #[arg(long, default_value = "default")]
+    isolation: String,
+    /// Keep stdin open.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped.
+    #[arg(long, default_value = "no")]
+    restart: String,
+    /// Memory limit (e.g. 64m).
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// Memory plus swap limit; -1 for unlimited swap.
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// Number of CPUs (e.g. 0.5).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Relative CPU weight.
+    #[arg(short = 'c', long = "cpu-shares")]
+    cpu_shares: Option<u64>,
+    /// Maximum number of processes (-1 for unlimited).
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    /// Add Linux capabilities.
+    #[arg(long = "cap-add")]
+    cap_add: Vec<String>,
+    /// Drop Linux capabilities.
+    #[arg(long = "cap-drop")]
+    cap_drop: Vec<String>,
+    /// Give extended privileges.
+    #[arg(long)]
+    privileged: bool,
+    /// Security options (`seccomp=unconfined|PROFILE.json`, `no-new-privileges=false`).
+    #[arg(long = "security-opt")]
+    security_opt: Vec<String>,
+    /// Mount the root filesystem read-only.
+    #[arg(long = "read-only")]
+    read_only: bool,
+    /// Network: none (default until switches arrive) or host.
+    #[arg(long = "network", alias = "net")]
+    network: Option<String>,
+    /// Signal to stop the container.
+    #[arg(long = "stop-signal")]
+    stop_signal: Option<String>,
+    /// Seconds to wait before killing on stop.
+    #[arg(long = "stop-timeout")]
+    stop_timeout: Option<u32>,
+    /// Size of /dev/shm.
+    #[arg(long = "shm-size")]
+    shm_size: Option<String>,
+    /// Image.
+    image: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// `run` flags.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run in the background and print the container ID.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Forward signals to the process (non-terminal sessions).
+    #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+    sig_proxy: bool,
+    #[command(flatten)]
+    create: CreateArgs,
+}
+
+/// Container subcommands (`moat container ...`; most also top-level).
+#[derive(Subcommand, Debug)]
+pub enum ContainerCmd {
+    /// Create a container.
+    Create(CreateArgs),
+    /// Create and start a container.
+    Run(RunArgs),
+    /// Start stopped containers.
+    Start {
+        /// Attach stdout/stderr and forward signals.
+        #[arg(short = 'a', long)]
+        attach: bool,
+        /// Attach stdin.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Stop running containers.
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", alias = "timeout")]
+        time: Option<u32>,
+        /// Signal to send.
+        #[arg(short = 's', long)]
+        signal: Option<String>,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Restart containers.
+    Restart {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", alias = "timeout")]
+        time: Option<u32>,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to containers.
+    Kill {
+        /// Signal (default KILL).
+        #[arg(short = 's', long, default_value = "KILL")]
+        signal: String,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    #[command(alias = "remove")]
+    Rm {
+        /// Stop and remove running containers.
+        #[arg(short = 'f', long)]
+        force: bool,
+        /// Accepted for docker compatibility (moat has no anonymous volumes).
+        #[arg(short = 'v', long)]
+        volumes: bool,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// List containers.
+    #[command(alias = "list", alias = "ls")]
+    Ps(PsArgs),
+    /// Show details of containers (or images) as JSON.
+    Inspect {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Show a container's output.
+    Logs {
+        /// Follow new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Number of lines from the end (or `all`).
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        /// Show timestamps.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Container.
+        container: String,
+    },
+    /// Wait for containers to exit and print their exit codes.
+    Wait {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Run a command in a running container.
+    Exec(ExecArgs),
+    /// Attach to a running container's main process.
+    Attach {
+        /// Do not attach stdin.
+        #[arg(long = "no-stdin")]
+        no_stdin: bool,
+        /// Forward signals to the process.
+        #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+        sig_proxy: bool,
+        /// Container.
+        container: String,
+    },
+    /// Show a container's processes.
+    Top {
+        /// Container.
+        container: String,
+    },
+    /// Rename a container.
+    Rename {
+        /// Container.
+        container: String,
+        /// New name.
+        name: String,
+    },
+    /// Remove all stopped containers.
+    Prune {
+        /// Do not prompt (moat never prompts).
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Show resource usage.
+    Stats {
+        /// Print one sample and exit.
+        #[arg(long = "no-stream")]
+        no_stream: bool,
+        /// Show all containers, not just running ones.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Containers (default: all running).
+        containers: Vec<String>,
+    },
+}
+
+/// `exec` flags.
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Keep stdin open.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Run in the background.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Environment variables.
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Working directory.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// User.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Extended privileges for this process.
+    #[arg(long)]
+    privileged: bool,
+    /// Container.
+    container: String,
+    /// Command and arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// `ps` flags.
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show all containers (default: running only).
+    #[arg(short = 'a', long)]
+    all: bool,
+    /// Only IDs.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Do not truncate.
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Filter: status=, name=, id=, label=KEY[=VALUE], ancestor=, isolation=.
+    #[arg(short = 'f', long)]
+    filter: Vec<String>,
+    /// `table`, `json`, or a template like `{{.Names}} {{.Status}}`.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+fn env_value(e: &str) -> Option<String> {
+    if e.contains('=') {
+        Some(e.to_string())
+    } else {
+        std::env::var(e).ok().map(|v| format!("{e}={v}"))
+    }
+}
+
+fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read env file {f}"))?;
+        for l in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            env.extend(env_value(l));
+        }
+    }
+    for e in &a.env {
+        env.extend(env_value(e));
+    }
+    let mut binds = Vec::new();
+    for v in &a.volume {
+        let parts: Vec<&str> = v.split(':').collect();
+        let (src, dst, mode) = match parts.as_slice() {
+            [s, d] => (*s, *d, ""),
+            [s, d, m] => (*s, *d, *m),
+            _ => bail!("invalid volume specification {v:?}: use HOST:CONTAINER[:ro]"),
+        };
+        if !src.starts_with('/') {
+            bail!(
+                "invalid volume specification {v:?}: named volumes are not supported, the host path must be absolute"
+            );
+        }
+        if !dst.starts_with('/') {
+            bail!("invalid volume specification {v:?}: the container path must be absolute");
+        }
+        let readonly = match mode {
+            "" | "rw" => false,
+            "ro" => true,
+            m => bail!("invalid volume mode {m:?} in {v:?}: use ro or rw"),
+        };
+        binds.push(BindMount { source: src.into(), target: dst.into(), readonly });
+    }
+    let mut tmpfs = BTreeMap::new();
+    for t in &a.tmpfs {
+        let (p, o) = t.split_once(':').unwrap_or((t, ""));
+        if !p.starts_with('/') {
+            bail!("invalid tmpfs {t:?}: the path must be absolute");
+        }
+        tmpfs.insert(p.to_string(), o.to_string());
+    }
+    let mut labels = BTreeMap::new();
+    for l in &a.label {
+        let (k, v) = l.split_once('=').unwrap_or((l, ""));
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let isolation = match a.isolation.parse::<IsolationRequest>()? {
+        IsolationRequest::Default => None,
+        IsolationRequest::Explicit(i) => Some(i),
+    };
+    let mut limits = moat_runtime::cgroup::Limits::default();
+    if let Some(m) = &a.memory {
+        let b = human::parse_size(m)?;
+        if b < 6 << 20 {
+            bail!("minimum memory limit allowed is 6MB");
+        }
+        limits.memory = Some(b as i64);
+    }
+    if let Some(s) = &a.memory_swap {
+        limits.memory_swap = Some(if s == "-1" { -1 } else { human::parse_size(s)? as i64 });
+        match (limits.memory, limits.memory_swap) {
+            (None, _) => bail!("you should always set the memory limit when using the memory-swap limit"),
+            (Some(m), Some(s)) if s != -1 && s < m => {
+                bail!("minimum memory-swap limit should be larger than the memory limit")
+            }
+            _ => {}
+        }
+    }
+    if let Some(c) = a.cpus {
+        if c <= 0.0 || c > num_cpus() as f64 {
+            bail!("range of CPUs is from 0.01 to {}.00, as there are only {} CPUs available", num_cpus(), num_cpus());
+        }
+        limits.cpus = Some(c);
+    }
+    limits.cpu_shares = a.cpu_shares;
+    limits.pids = a.pids_limit;
+    Ok(ContainerConfig {
+        image: a.image.clone(),
+        cmd: a.command.clone(),
+        entrypoint: a
+            .entrypoint
+            .as_ref()
+            .map(|e| if e.is_empty() { vec![String::new()] } else { vec![e.clone()] })
+            .unwrap_or_default(),
+        env,
+        workdir: a.workdir.clone().unwrap_or_default(),
+        user: a.user.clone().unwrap_or_default(),
+        hostname: a.hostname.clone().unwrap_or_default(),
+        tty: a.tty,
+        open_stdin: a.interactive,
+        stdin_once: a.interactive,
+        labels,
+        binds,
+        tmpfs,
+        readonly_rootfs: a.read_only,
+        cap_add: a.cap_add.clone(),
+        cap_drop: a.cap_drop.clone(),
+        privileged: a.privileged,
+        security_opt: a.security_opt.clone(),
+        limits,
+        restart: a.restart.parse().map_err(|e: String| anyhow!(e))?,
+        auto_remove: rm,
+        isolation,
+        network: a.network.clone().unwrap_or_default(),
+        stop_signal: a.stop_signal.clone().unwrap_or_default(),
+        stop_timeout: a.stop_timeout,
+        shm_size: a.shm_size.as_deref().map(human::parse_size).transpose()?,
+        args: Vec::new(),
+    })
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Exit code of a start failure, printing its message.
+fn start_failed(e: EngineError) -> Result<i32> {
+    match e {
+        EngineError::Start { message, code } => {
+            eprintln!("Error: {message}");
+            Ok(if code == 0 { 125 } else { code })
+        }
+        e => Err(e.into()),
+    }
+}
+
+fn end_code(end: End) -> Result<i32> {
+    match end {
+        End::Exit(c) => Ok(c),
+        End::Detached => Ok(0),
+        End::Lost => bail!("lost the connection to the container's shim"),
+    }
+}
+
+/// Runs one container subcommand.
+pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
+    let mut e = Engine::open(root).with_context(|| format!("cannot open moat root {}", root.display()))?;
+    match cmd {
+        ContainerCmd::Create(a) => {
+            let cfg = build_config(&a, false)?;
+            let c = e.create(a.name.as_deref(), cfg)?;
+            println!("{}", c.id());
+            Ok(0)
+        }
+        ContainerCmd::Run(a) => {
+            let cfg = build_config(&a.create, a.rm)?;
+            let tty = cfg.tty;
+            let c = e.create(a.create.name.as_deref(), cfg)?;
+            let (c, mut conn) = match e.start(c.id()) {
+                Ok(v) => v,
+                Err(err) => {
+                    if a.rm {
+                        let _ = e.remove(c.id(), true);
+                    }
+                    return start_failed(err);
+                }
+            };
+            if a.detach {
+                println!("{}", c.id());
+                return Ok(0);
+            }
+            conn.send_msg(&Msg::Attach { stdin: a.create.interactive, stdin_once: true })?;
+            end_code(session::relay(conn, Opts { tty, stdin: a.create.interactive, sig_proxy: a.sig_proxy })?)
+        }
+        ContainerCmd::Start { attach, interactive, containers } => {
+            let mut code = 0;
+            for name in &containers {
+                match e.start(name) {
+                    Ok((c, mut conn)) => {
+                        if attach || interactive {
+                            conn.send_msg(&Msg::Attach { stdin: interactive, stdin_once: interactive })?;
+                            let opts =
+                                Opts { tty: c.config.tty, stdin: interactive && c.config.open_stdin, sig_proxy: true };
+                            return end_code(session::relay(conn, opts)?);
+                        }
+                        println!("{name}");
+                    }
+                    Err(EngineError::Conflict(_)) if !attach => println!("{name}"),
+                    Err(err) => {
+                        code = start_failed(err)?;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        ContainerCmd::Stop { time, signal, containers } => {
+            let sig = signal.as_deref().map(moat_engine::client::parse_signal).transpose()?;
+            each(&containers, |n| {
+                e.stop(n, time, sig)?;
+                println!("{n}");
+                Ok(())
+            })
+        }
+        ContainerCmd::Restart { time, containers } => each(&containers, |n| {
+            e.stop(n, time, None)?;
+            e.start(n)?;
+            println!("{n}");
+            Ok(())
+        }),
+        ContainerCmd::Kill { signal, containers } => {
+            let sig = moat_engine::client::parse_signal(&signal)?;
+            each(&containers, |n| {
+                e.kill(n, sig)?;
+                println!("{n}");
+                Ok(())
+            })
+        }
+        ContainerCmd::Rm { force, volumes: _, containers } => each(&containers, |n| {
+            e.remove(n, force)?;
+            println!("{n}");
+            Ok(())
+        }),
+        ContainerCmd::Ps(a) => ps(&mut e, a),
+        ContainerCmd::Inspect { containers } => {
+            drop(e);
+            inspect_any(root, &containers)
+        }
+        ContainerCmd::Logs { follow, tail, timestamps, container } => {
+            logs(&mut e, &container, follow, &tail, timestamps)
+        }
+        ContainerCmd::Wait { containers } => each(&containers, |n| {
+            let c = e.get(n)?;
+            let code = if c.is_running() {
+                let mut conn = e.connect(&c)?;
+                match conn.request(&Msg::Wait)? {
+                    Msg::Exit { code, .. } => code,
+                    m => bail!("unexpected reply {m:?}"),
+                }
+            } else {
+                c.state.exit_code
+            };
+            println!("{code}");
+            Ok(())
+        }),
+        ContainerCmd::Exec(a) => exec(&mut e, a),
+        ContainerCmd::Attach { no_stdin, sig_proxy, container } => {
+            let c = e.get(&container)?;
+            if !c.is_running() {
+                bail!("You cannot attach to a stopped container, start it first");
+            }
+            let mut conn = e.connect(&c)?;
+            let stdin = !no_stdin && c.config.open_stdin;
+            conn.send_msg(&Msg::Attach { stdin, stdin_once: false })?;
+            end_code(session::relay(conn, Opts { tty: c.config.tty, stdin, sig_proxy })?)
+        }
+        ContainerCmd::Top { container } => {
+            let c = e.get(&container)?;
+            if !c.is_running() {
+                bail!("container {} is not running", c.name());
+            }
+            let rows = match e.connect(&c)?.request(&Msg::Top)? {
+                Msg::Procs { rows } => rows,
+                Msg::Error { message } => bail!(message),
+                m => bail!("unexpected reply {m:?}"),
+            };
+            let table: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.uid.to_string(),
+                        r.pid.to_string(),
+                        r.ppid.to_string(),
+                        r.host_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                        format!("{}", r.rss_kb),
+                        format!(
+                            "{:02}:{:02}:{:02}",
+                            (r.cpu_secs as u64) / 3600,
+                            (r.cpu_secs as u64) / 60 % 60,
+                            (r.cpu_secs as u64) % 60
+                        ),
+                        r.cmd.clone(),
+                    ]
+                })
+                .collect();
+            output::table(&["UID", "PID", "PPID", "HOST PID", "RSS", "TIME", "CMD"], &table)?;
+            Ok(0)
+        }
+        ContainerCmd::Rename { container, name } => {
+            e.rename(&container, &name)?;
+            Ok(0)
+        }
+        ContainerCmd::Prune { force: _ } => {
+            let ids = e.prune()?;
+            if !ids.is_empty() {
+                println!("Deleted Containers:");
+                for i in &ids {
+                    println!("{i}");
+                }
+                println!();
+            }
+            println!("Total reclaimed space: 0B");
+            Ok(0)
+        }
+        ContainerCmd::Stats { no_stream, all, containers } => stats(&mut e, no_stream, all, &containers),
+    }
+}
+
+/// Runs `f` for each name; prints errors and returns 1 if any failed.
+fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> {
+    if names.len() == 1 {
+        f(&names[0])?;
+        return Ok(0);
+    }
+    let mut code = 0;
+    for n in names {
+        if let Err(err) = f(n) {
+            eprintln!("Error: {}", format!("{err:#}").replace('\n', " "));
+            code = 1;
+        }
+    }
+    Ok(code)
+}
+
+fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
+    let c = e.get(&a.container)?;
+    if !c.is_running() {
+        bail!("container {} is not running", c.id());
+    }
+    let mut conn = e.connect(&c)?;
+    let env: Vec<String> = a.env.iter().filter_map(|v| env_value(v)).collect();
+    let spec = ExecSpec {
+        args: a.command.clone(),
+        env,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        tty: a.tty,
+        stdin: a.interactive,
+        size: if a.tty { session::term_size() } else { None },
+        detach: a.detach,
+        privileged: a.privileged,
+    };
+    match conn.request(&Msg::Exec(spec))? {
+        Msg::Started { .. } => {}
+        Msg::Error { message } => {
+            eprintln!("Error: {message}");
+            let code = match conn.recv_msg() {
+                Ok(Msg::Exit { code, .. }) => code,
+                _ => 126,
+            };
+            return Ok(code);
+        }
+        m => bail!("unexpected reply {m:?}"),
+    }
+    if a.detach {
+        return Ok(0);
+    }
+    end_code(session::relay(conn, Opts { tty: a.tty, stdin: a.interactive, sig_proxy: true })?)
+}
+
+fn print_record(r: &moat_engine::logs::Record, timestamps: bool) {
+    use std::io::Write;
+    let line = if timestamps {
+        format!("{} {}", r.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), r.log)
+    } else {
+        r.log.clone()
+    };
+    if r.stream == "stderr" {
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    } else {
+        let mut o = std::io::stdout().lock();
+        let _ = o.write_all(line.as_bytes());
+        let _ = o.flush();
+    }
+}
+
+fn logs(e: &mut Engine, key: &str, follow: bool, tail: &str, timestamps: bool) -> Result<i32> {
+    let c = e.get(key)?;
+    let tail = match tail {
+        "all" | "-1" => None,
+        n => Some(n.parse::<usize>().map_err(|_| anyhow!("invalid --tail value {n:?}"))?),
+    };
+    let path = e.layout().container(c.id()).join(format!("{}-json.log", c.id()));
+    let mut conn = None;
+    let mut limit = None;
+    if follow && c.is_running() {
+        if let Ok(mut cn) = e.connect(&c) {
+            if let Ok(Msg::LogOffset { offset }) = cn.request(&Msg::Follow) {
+                limit = Some(offset);
+                conn = Some(cn);
+            }
+        }
+    }
+    for r in moat_engine::logs::read(&path, limit, tail).context("cannot read log")? {
+        print_record(&r, timestamps);
+    }
+    if let Some(mut cn) = conn {
+        while let Ok(f) = cn.recv() {
+            match f.kind {
+                moat_proto::Kind::Stdout => {
+                    for r in moat_engine::logs::parse_lines(&f.data) {
+                        print_record(&r, timestamps);
+                    }
+                }
+                moat_proto::Kind::Control => {
+                    if let Ok(Msg::Exit { .. }) = f.msg() {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn command_text(c: &Container) -> String {
+    c.config
+        .args
+        .iter()
+        .map(|a| if a.contains(' ') { format!("{a:?}") } else { a.clone() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn matches(c: &Container, filters: &[String]) -> Result<bool> {
+    for f in filters {
+        let (k, v) = f.split_once('=').ok_or_else(|| anyhow!("bad filter {f:?}: use KEY=VALUE"))?;
+        let ok = match k {
+            "status" => c.state.status.to_string() == v,
+            "name" => c.name().contains(v.trim_start_matches('/')),
+            "id" => c.id().starts_with(v),
+            "label" => match v.split_once('=') {
+                Some((lk, lv)) => c.config.labels.get(lk).is_some_and(|x| x == lv),
+                None => c.config.labels.contains_key(v),
+            },
+            "ancestor" => c.config.image == v || c.row.image_id.to_string().contains(v),
+            "isolation" => {
+                c.config.isolation().to_string() == v || (v == "vm" && c.config.isolation().to_string() == "hyperv")
+            }
+            "exited" => c.state.status == Status::Exited && c.state.exit_code.to_string() == v,
+            _ => bail!("invalid filter {k:?}"),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn ps_json(c: &Container, no_trunc: bool) -> serde_json::Value {
+    serde_json::json!({
+        "ID": if no_trunc { c.id().to_string() } else { c.id()[..12].to_string() },
+        "Image": c.config.image,
+        "Command": format!("\"{}\"", command_text(c)),
+        "CreatedAt": c.row.created.format("%Y-%m-%d %H:%M:%S %z UTC").to_string(),
+        "RunningFor": human::ago(c.row.created),
+        "Status": c.status_text(),
+        "State": c.state.status.to_string(),
+        "Names": c.name(),
+        "Labels": c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        "Ports": "",
+        "Isolation": c.config.isolation().to_string(),
+        "ExitCode": c.state.exit_code,
+    })
+}
+
+/// Expands `{{.Field}}` placeholders (docker's Go templates, the common subset).
+pub fn template(t: &str, v: &serde_json::Value) -> String {
+    let t = t.replace("\\t", "\t").replace("\\n", "\n");
+    let mut out = String::new();
+    let mut rest = t.as_str();
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find("}}") else { break };
+        let key = rest[i + 2..i + j].trim().trim_start_matches('.');
+        match &v[key] {
+            serde_json::Value::String(s) => out.push_str(s),
+            serde_json::Value::Null => {}
+            x => out.push_str(&x.to_string()),
+        }
+        rest = &rest[i + j + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn ps(e: &mut Engine, a: PsArgs) -> Result<i32> {
+    let mut list = Vec::new();
+    for c in e.list()? {
+        if (a.all || c.is_running()) && matches(&c, &a.filter)? {
+            list.push(c);
+        }
+    }
+    if a.quiet {
+        for c in &list {
+            println!("{}", if a.no_trunc { c.id() } else { &c.id()[..12] });
+        }
+        return Ok(0);
+    }
+    match a.format.as_str() {
+        "table" => {
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|c| {
+                    let mut cmd = format!("\"{}\"", command_text(c));
+                    if !a.no_trunc && cmd.len() > 22 {
+                        cmd = format!("{}…\"", &cmd[..cmd.char_indices().nth(20).map(|(i, _)| i).unwrap_or(cmd.len())]);
+                    }
+                    vec![
+                        if a.no_trunc { c.id().to_string() } else { c.id()[..12].to_string() },
+                        c.config.image.clone(),
+                        cmd,
+                        human::ago(c.row.created),
+                        c.status_text(),
+                        String::new(),
+                        c.name().to_string(),
+                        c.config.isolation().to_string(),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES", "ISOLATION"],
+                &rows,
+            )?;
+        }
+        "json" => {
+            for c in &list {
+                println!("{}", ps_json(c, a.no_trunc));
+            }
+        }
+        t => {
+            for c in &list {
+                println!("{}", template(t, &ps_json(c, a.no_trunc)));
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub fn inspect_json(e: &Engine, c: &Container) -> serde_json::Value {
+    let dir = e.layout().container(c.id());
+    let cfg = &c.config;
+    let st = &c.state;
+    let t = |x: Option<chrono::DateTime<chrono::Utc>>| {
+        x.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+            .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
+    };
+    let restart = serde_json::to_value(cfg.restart).unwrap_or_default();
+    serde_json::json!({
+        "Id": c.id(),
+        "Created": c.row.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "Path": cfg.args.first().cloned().unwrap_or_default(),
+        "Args": cfg.args.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": st.status.to_string(),
+            "Running": st.status == Status::Running,
+            "Paused": false,
+            "Restarting": st.status == Status::Restarting,
+            "OOMKilled": st.oom_killed,
+            "Dead": st.status == Status::Dead,
+            "Pid": st.pid,
+            "ExitCode": st.exit_code,
+            "Error": st.error,
+            "StartedAt": t(st.started_at),
+            "FinishedAt": t(st.finished_at),
+        },
+        "Image": c.row.image_id.to_string(),
+        "ResolvConfPath": dir.join("resolv.conf"),
+        "HostnamePath": dir.join("hostname"),
+        "HostsPath": dir.join("hosts"),
+        "LogPath": dir.join(format!("{}-json.log", c.id())),
+        "Name": format!("/{}", c.name()),
+        "RestartCount": st.restart_count,
+        "Driver": "overlay",
+        "Platform": "linux",
+        "HostConfig": {
+            "Binds": cfg.binds.iter().map(|b| format!("{}:{}{}", b.source, b.target, if b.readonly { ":ro" } else { "" })).collect::<Vec<_>>(),
+            "NetworkMode": cfg.network,
+            "RestartPolicy": restart,
+            "AutoRemove": cfg.auto_remove,
+            "CapAdd": cfg.cap_add,
+            "CapDrop": cfg.cap_drop,
+            "Privileged": cfg.privileged,
+            "ReadonlyRootfs": cfg.readonly_rootfs,
+            "SecurityOpt": cfg.security_opt,
+            "Tmpfs": cfg.tmpfs,
+            "Memory": cfg.limits.memory.unwrap_or(0),
+            "MemorySwap": cfg.limits.memory_swap.unwrap_or(0),
+            "NanoCpus": cfg.limits.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+            "CpuShares": cfg.limits.cpu_shares.unwrap_or(0),
+            "PidsLimit": cfg.limits.pids,
+            "Isolation": cfg.isolation().to_string(),
+            "ShmSize": cfg.shm_size.unwrap_or(64 << 20),
+            "LogConfig": { "Type": "json-file", "Config": {} },
+        },
+        "Mounts": cfg.binds.iter().map(|b| serde_json::json!({
+            "Type": "bind", "Source": b.source, "Destination": b.target, "RW": !b.readonly, "Mode": if b.readonly { "ro" } else { "" }, "Propagation": "rprivate"
+        })).collect::<Vec<_>>(),
+        "Config": {
+            "Hostname": cfg.hostname,
+            "User": cfg.user,
+            "Tty": cfg.tty,
+            "OpenStdin": cfg.open_stdin,
+            "StdinOnce": cfg.stdin_once,
+            "Env": cfg.env,
+            "Cmd": cfg.cmd,
+            "Entrypoint": if cfg.entrypoint.is_empty() { serde_json::Value::Null } else { serde_json::json!(cfg.entrypoint) },
+            "Image": cfg.image,
+            "WorkingDir": cfg.workdir,
+            "Labels": cfg.labels,
+            "StopSignal": cfg.stop_signal,
+            "StopTimeout": cfg.stop_timeout,
+        },
+    })
+}
+
+fn stats(e: &mut Engine, no_stream: bool, all: bool, names: &[String]) -> Result<i32> {
+    let targets: Vec<Container> = if names.is_empty() {
+        e.list()?.into_iter().filter(|c| all || c.is_running()).collect()
+    } else {
+        names.iter().map(|n| e.get(n)).collect::<Result<_, _>>()?
+    };
+    let sample = |e: &mut Engine| -> Vec<Option<moat_proto::Stats>> {
+        targets
+            .iter()
+            .map(|c| match e.connect(c).and_then(|mut cn| cn.request(&Msg::Stats)) {
+                Ok(Msg::Usage(s)) => Some(s),
+                _ => None,
+            })
+            .collect()
+    };
+    loop {
+        let t0 = std::time::Instant::now();
+        let a = sample(e);
+        // CPU % needs two samples
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let b = sample(e);
+        let dt = t0.elapsed().as_nanos().max(1) as f64;
+        let rows: Vec<Vec<String>> = targets
+            .iter()
+            .zip(a.iter().zip(&b))
+            .map(|(c, (x, y))| match (x, y) {
+                (Some(x), Some(y)) => {
+                    let cpu = (y.cpu_ns.saturating_sub(x.cpu_ns)) as f64 / dt * 100.0;
+                    let lim = if y.mem_limit == 0 { total_mem() } else { y.mem_limit };
+                    vec![
+                        c.id()[..12].to_string(),
+                        c.name().to_string(),
+                        format!("{cpu:.2}%"),
+                        format!("{} / {}", bin(y.mem_usage), bin(lim)),
+                        format!("{:.2}%", y.mem_usage as f64 / lim.max(1) as f64 * 100.0),
+                        y.pids.to_string(),
+                    ]
+                }
+                _ => vec![
+                    c.id()[..12].to_string(),
+                    c.name().to_string(),
+                    "--".into(),
+                    "-- / --".into(),
+                    "--".into(),
+                    "--".into(),
+                ],
+            })
+            .collect();
+        if !no_stream {
+            print!("\x1b[2J\x1b[H");
+        }
+        output::table(&["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"], &rows)?;
+        if no_stream {
+            return Ok(0);
+        }
+    }
+}
+
+fn total_mem() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn bin(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.2}{}", U[i])
+}
+
+/// `moat inspect`: containers first, then images, like docker.
+pub fn inspect_any(root: &Path, names: &[String]) -> Result<i32> {
+    let mut e = Engine::open(root)?;
+    let mut out = Vec::new();
+    let mut code = 0;
+    for n in names {
+        if let Ok(c) = e.get(n) {
+            out.push(inspect_json(&e, &c));
+        } else if let Ok(img) = e.images().resolve(n) {
+            out.push(crate::images::inspect_json(&img));
+        } else {
+            eprintln!("Error: No such object: {n}");
+            code = 1;
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(code)
+}
