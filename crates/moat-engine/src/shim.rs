@@ -123,27 +123,12 @@ fn set_winsize(fd: RawFd, ws: WinSize) {
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &w) };
 }
 
-/// Stdio for a new process: (what the shim keeps, what the child gets, console path).
-fn make_stdio(
-    tty: bool,
-    stdin: bool,
-    size: Option<WinSize>,
-) -> Result<(Proc0, [OwnedFd; 3], Option<PathBuf>), EngineError> {
+/// Stdio for a new process: what the shim keeps, what the child gets, and
+/// the descriptors to close once it started.
+fn make_stdio(tty: bool, stdin: bool, size: Option<WinSize>) -> Result<(Proc0, Stdio, Vec<OwnedFd>), EngineError> {
     if tty {
-        let pty = nix::pty::openpty(None, None).map_err(|e| EngineError::Shim(format!("openpty: {e}")))?;
-        if let Some(ws) = size {
-            set_winsize(pty.master.as_raw_fd(), ws);
-        }
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).ok();
-        let s1 = pty.slave.try_clone().map_err(EngineError::io("dup pty"))?;
-        let s2 = pty.slave.try_clone().map_err(EngineError::io("dup pty"))?;
-        let master = pty.master;
-        let keep = Proc0 {
-            stdin: Some(master.try_clone().map_err(EngineError::io("dup pty"))?),
-            out: Some(master),
-            err: None,
-        };
-        return Ok((keep, [pty.slave, s1, s2], path));
+        let size = size.map(|w| (w.rows, w.cols));
+        return Ok((Proc0 { stdin: None, out: None, err: None }, Stdio::Pty { size }, Vec::new()));
     }
     let (in_r, in_w) = if stdin {
         let (r, w) = pipe()?;
@@ -153,7 +138,8 @@ fn make_stdio(
     };
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    Ok((Proc0 { stdin: in_w, out: Some(out_r), err: Some(err_r) }, [in_r, out_w, err_w], None))
+    let io = Stdio::Fds { stdin: in_r.as_raw_fd(), stdout: out_w.as_raw_fd(), stderr: err_w.as_raw_fd() };
+    Ok((Proc0 { stdin: in_w, out: Some(out_r), err: Some(err_r) }, io, vec![in_r, out_w, err_w]))
 }
 
 struct Proc0 {
@@ -163,7 +149,11 @@ struct Proc0 {
 }
 
 impl Proc0 {
-    fn into_proc(self, child: Child, tty: bool) -> Proc {
+    fn into_proc(mut self, mut child: Child, tty: bool) -> Proc {
+        if let Some(master) = child.pty.take() {
+            self.stdin = master.try_clone().ok();
+            self.out = Some(master);
+        }
         for fd in [&self.stdin, &self.out, &self.err].into_iter().flatten() {
             nonblock(fd.as_raw_fd());
         }
@@ -326,10 +316,9 @@ impl Shim {
 
     /// Creates the container's main process.
     fn start_main(&mut self) -> Result<u32, EngineError> {
-        let (keep, give, console) = make_stdio(self.c.config.tty, self.c.config.open_stdin, None)?;
-        let io = Stdio { stdin: give[0].as_raw_fd(), stdout: give[1].as_raw_fd(), stderr: give[2].as_raw_fd() };
+        let (keep, io, give) = make_stdio(self.c.config.tty, self.c.config.open_stdin, None)?;
         self.oom_base = self.cgroup.oom_killed();
-        let child = spawn::create(&self.spec, Some(&self.cgroup), io, console)?;
+        let child = spawn::create(&self.spec, Some(&self.cgroup), io)?;
         drop(give);
         let pid = child.pid.as_raw() as u32;
         self.main = Some(keep.into_proc(child, self.c.config.tty));
@@ -496,12 +485,10 @@ impl Shim {
         }
     }
 
+    /// A client went away. Its stdin is not closed: only an explicit
+    /// `StdinEof` does that, so a detach (Ctrl-P Ctrl-Q) leaves the process running.
     fn drop_client(&mut self, id: u64) {
-        if let Some(c) = self.clients.remove(&id) {
-            if let Role::Attach { stdin: true, stdin_once: true } = c.role {
-                self.close_stdin(MAIN);
-            }
-        }
+        self.clients.remove(&id);
     }
 
     fn proc_mut(&mut self, sid: u32) -> Option<&mut Proc> {
@@ -684,8 +671,7 @@ impl Shim {
             sec.seccomp = moat_runtime::spec::Seccomp::Unconfined;
         }
         let result = (|| -> Result<Proc, EngineError> {
-            let (keep, give, _) = make_stdio(x.tty, x.stdin, x.size)?;
-            let io = Stdio { stdin: give[0].as_raw_fd(), stdout: give[1].as_raw_fd(), stderr: give[2].as_raw_fd() };
+            let (keep, io, give) = make_stdio(x.tty, x.stdin, x.size)?;
             let child = spawn::exec(&main.child.pidfd, &self.own_pidns, &process, &sec, Some(&self.cgroup), io)?;
             drop(give);
             Ok(keep.into_proc(child, x.tty))

@@ -140,10 +140,10 @@ pub fn tmpfs_options(opts: &str) -> (MsFlags, String) {
 const DEVICES: &[(&str, u64, u64)] =
     &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
-/// Builds the root at `spec.rootfs_target` and pivots into it. `console` is
-/// the pty slave to bind at /dev/console; `cgroup2` mounts the cgroup v2
+/// Builds the root at `spec.rootfs_target` and pivots into it (with an empty
+/// /dev/console for a terminal to be bound on later); `cgroup2` mounts the cgroup v2
 /// filesystem read-only at /sys/fs/cgroup.
-pub fn setup(spec: &Spec, console: Option<&Path>, cgroup2: bool) -> Result<(), RuntimeError> {
+pub fn setup(spec: &Spec, cgroup2: bool) -> Result<(), RuntimeError> {
     mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, "/ private")?;
     let target = spec.rootfs_target.to_str().ok_or_else(|| RuntimeError::Invalid("rootfs path is not UTF-8".into()))?;
     let nodev = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_NODEV };
@@ -275,10 +275,8 @@ pub fn setup(spec: &Spec, console: Option<&Path>, cgroup2: bool) -> Result<(), R
     )?;
     let mq = in_root(r, "/dev/mqueue", Create::Dir)?;
     mnt(Some("mqueue"), &fdpath(&mq), Some("mqueue"), std_flags, None, "/dev/mqueue")?;
-    if let Some(c) = console {
-        let t = in_root(r, "/dev/console", Create::File)?;
-        let c = c.to_str().ok_or_else(|| RuntimeError::Invalid("console path".into()))?;
-        mnt(Some(c), &fdpath(&t), None, MsFlags::MS_BIND, None, "/dev/console")?;
+    if spec.process.tty {
+        in_root(r, "/dev/console", Create::File)?;
     }
 
     // /etc/hosts, /etc/hostname, /etc/resolv.conf

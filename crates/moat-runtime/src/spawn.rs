@@ -15,17 +15,25 @@ use nix::unistd::Pid;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 
-/// The three descriptors that become the process's stdin, stdout and stderr.
+/// The process's stdio.
 #[derive(Debug, Clone, Copy)]
-pub struct Stdio {
-    /// stdin.
-    pub stdin: RawFd,
-    /// stdout.
-    pub stdout: RawFd,
-    /// stderr.
-    pub stderr: RawFd,
+pub enum Stdio {
+    /// These descriptors become stdin, stdout and stderr.
+    Fds {
+        /// stdin.
+        stdin: RawFd,
+        /// stdout.
+        stdout: RawFd,
+        /// stderr.
+        stderr: RawFd,
+    },
+    /// A terminal allocated inside the container's own devpts (so `tty`
+    /// names it `/dev/pts/N`); its master is handed back in [`Child::pty`].
+    Pty {
+        /// Initial size (rows, cols).
+        size: Option<(u16, u16)>,
+    },
 }
 
 /// A started process.
@@ -35,6 +43,8 @@ pub struct Child {
     pub pid: Pid,
     /// pidfd: becomes readable when the process exits.
     pub pidfd: OwnedFd,
+    /// The terminal's master side, for [`Stdio::Pty`].
+    pub pty: Option<OwnedFd>,
 }
 
 /// How a container process is to be set up, beyond its namespaces.
@@ -126,20 +136,103 @@ fn reset_signals() {
     }
 }
 
-fn dup_stdio(io: Stdio, tty: bool) -> Result<(), RuntimeError> {
-    for (fd, to) in [(io.stdin, 0), (io.stdout, 1), (io.stderr, 2)] {
-        if fd != to {
-            nix::unistd::dup2(fd, to).map_err(RuntimeError::sys("dup2 stdio"))?;
+/// Connects stdio: dups the given fds, or allocates a terminal in the
+/// container's devpts, binds it at /dev/console (init only), and sends the
+/// master to the parent over `sock`.
+fn setup_stdio(io: Stdio, sock: Option<&OwnedFd>, console: bool) -> Result<(), RuntimeError> {
+    match io {
+        Stdio::Fds { stdin, stdout, stderr } => {
+            for (fd, to) in [(stdin, 0), (stdout, 1), (stderr, 2)] {
+                if fd != to {
+                    nix::unistd::dup2(fd, to).map_err(RuntimeError::sys("dup2 stdio"))?;
+                }
+            }
+            nix::unistd::setsid().map_err(RuntimeError::sys("setsid"))?;
         }
-    }
-    nix::unistd::setsid().map_err(RuntimeError::sys("setsid"))?;
-    if tty {
-        // SAFETY: ioctl on our stdin (the pty slave)
-        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
-            return Err(RuntimeError::Sys("set controlling terminal".into(), nix::Error::last()));
+        Stdio::Pty { size } => {
+            use nix::fcntl::OFlag;
+            let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+                .map_err(RuntimeError::sys("open /dev/ptmx"))?;
+            nix::pty::grantpt(&master).map_err(RuntimeError::sys("grantpt"))?;
+            nix::pty::unlockpt(&master).map_err(RuntimeError::sys("unlockpt"))?;
+            if let Some((rows, cols)) = size {
+                let w = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+                // SAFETY: ioctl on the master we just opened
+                unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &w) };
+            }
+            // SAFETY: TIOCGPTPEER opens the slave of this master without a path lookup
+            let slave = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY) };
+            if slave < 0 {
+                return Err(RuntimeError::Sys("open pty slave".into(), nix::Error::last()));
+            }
+            if console {
+                let name = nix::pty::ptsname_r(&master).map_err(RuntimeError::sys("ptsname"))?;
+                nix::mount::mount(
+                    Some(name.as_str()),
+                    "/dev/console",
+                    None::<&str>,
+                    nix::mount::MsFlags::MS_BIND,
+                    None::<&str>,
+                )
+                .map_err(RuntimeError::sys("bind /dev/console"))?;
+            }
+            let sock = sock.ok_or_else(|| RuntimeError::Invalid("no pty socket".into()))?;
+            let fds = [master.as_raw_fd()];
+            let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+            let iov = [std::io::IoSlice::new(b"p")];
+            nix::sys::socket::sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+                .map_err(RuntimeError::sys("send pty master"))?;
+            drop(master);
+            for to in 0..3 {
+                nix::unistd::dup2(slave, to).map_err(RuntimeError::sys("dup2 pty"))?;
+            }
+            if slave > 2 {
+                let _ = nix::unistd::close(slave);
+            }
+            nix::unistd::setsid().map_err(RuntimeError::sys("setsid"))?;
+            // SAFETY: ioctl on our stdin (the pty slave)
+            if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+                return Err(RuntimeError::Sys("set controlling terminal".into(), nix::Error::last()));
+            }
         }
     }
     Ok(())
+}
+
+/// Parent side of [`Stdio::Pty`]: receives the master (None if the child
+/// failed first).
+fn recv_pty(sock: &OwnedFd) -> Option<OwnedFd> {
+    let mut buf = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    for c in msg.cmsgs().ok()? {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel installed this fd for us
+                return Some(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    None
+}
+
+fn pty_pair(io: Stdio) -> Result<Option<(OwnedFd, OwnedFd)>, RuntimeError> {
+    match io {
+        Stdio::Pty { .. } => {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+                .map(Some)
+                .map_err(RuntimeError::sys("socketpair"))
+        }
+        Stdio::Fds { .. } => Ok(None),
+    }
 }
 
 fn read_etc(name: &str) -> String {
@@ -240,16 +333,12 @@ fn resolve_exe(args: &[String], env: &[String]) -> Result<CString, RuntimeError>
 /// The child is moved into `cgroup` before it does anything, gets a cgroup
 /// namespace rooted there, builds its root filesystem, pivots and execs.
 /// It dies with SIGKILL if the calling process dies (`PR_SET_PDEATHSIG`).
-pub fn create(
-    spec: &Spec,
-    cgroup: Option<&Cgroup>,
-    io: Stdio,
-    console: Option<PathBuf>,
-) -> Result<Child, RuntimeError> {
+pub fn create(spec: &Spec, cgroup: Option<&Cgroup>, io: Stdio) -> Result<Child, RuntimeError> {
     let sec = Security::of(spec);
     let progs = sec.programs()?;
     let (syncr, syncw) = pipe()?;
     let (errr, errw) = pipe()?;
+    let ptys = pty_pair(io)?;
     let mut flags =
         CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
     if spec.net == NetNs::New {
@@ -284,8 +373,8 @@ pub fn create(
             if spec.net == NetNs::New {
                 loopback_up()?;
             }
-            mounts::setup(spec, console.as_deref(), cgroup2)?;
-            dup_stdio(io, spec.process.tty)?;
+            mounts::setup(spec, cgroup2)?;
+            setup_stdio(io, ptys.as_ref().map(|p| &p.1), true)?;
             finish_and_exec(&spec.process, &sec, &progs)
         })();
         match r {
@@ -308,8 +397,17 @@ pub fn create(
         let _ = nix::sys::wait::waitpid(pid, None);
         return Err(e);
     }
+    let pty = ptys.map(|(ours, theirs)| {
+        drop(theirs);
+        recv_pty(&ours)
+    });
     await_exec(errr, pid)?;
-    Ok(Child { pid, pidfd })
+    let pty = match pty {
+        Some(None) => return Err(RuntimeError::Invalid("the container did not hand over its terminal".into())),
+        Some(p) => p,
+        None => None,
+    };
+    Ok(Child { pid, pidfd, pty })
 }
 
 /// Brings up `lo` in a fresh network namespace.
@@ -353,6 +451,7 @@ pub fn exec(
     let progs = sec.programs()?;
     let (syncr, syncw) = pipe()?;
     let (errr, errw) = pipe()?;
+    let ptys = pty_pair(io)?;
     nix::sched::setns(init, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("enter pid namespace"))?;
     let forked = clone(CloneFlags::empty());
     let reset = nix::sched::setns(own_pidns, CloneFlags::CLONE_NEWPID);
@@ -377,7 +476,7 @@ pub fn exec(
                 | CloneFlags::CLONE_NEWCGROUP;
             nix::sched::setns(init, ns).map_err(RuntimeError::sys("enter container namespaces"))?;
             reset_signals();
-            dup_stdio(io, process.tty)?;
+            setup_stdio(io, ptys.as_ref().map(|p| &p.1), false)?;
             finish_and_exec(process, sec, &progs)
         })();
         match r {
@@ -400,8 +499,17 @@ pub fn exec(
         let _ = nix::sys::wait::waitpid(pid, None);
         return Err(e);
     }
+    let pty = ptys.map(|(ours, theirs)| {
+        drop(theirs);
+        recv_pty(&ours)
+    });
     await_exec(errr, pid)?;
-    Ok(Child { pid, pidfd })
+    let pty = match pty {
+        Some(None) => return Err(RuntimeError::Invalid("the container did not hand over its terminal".into())),
+        Some(p) => p,
+        None => None,
+    };
+    Ok(Child { pid, pidfd, pty })
 }
 
 /// Opens the caller's own pid namespace (to restore it after `exec`).
