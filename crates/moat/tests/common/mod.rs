@@ -271,3 +271,71 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A root with `busybox:latest` loaded.
+pub fn root_with_busybox() -> Root {
+    let r = Root::new();
+    r.ok(&["load", "-q", "-i", busybox_archive().0.to_str().unwrap()]);
+    r
+}
+
+/// The busybox rootfs plus `/probe` (moat's in-container probe) and the
+/// shared libraries it needs, as a docker-archive `probe:latest`.
+pub fn probe_archive() -> &'static PathBuf {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    A.get_or_init(|| {
+        let probe = PathBuf::from(env!("CARGO_BIN_EXE_moat-probe"));
+        let d = fixtures_dir().join(format!("probe-rootfs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let cp = Command::new("cp").arg("-a").arg(busybox_rootfs()).arg(&d).status().expect("cp");
+        assert!(cp.success());
+        std::fs::copy(&probe, d.join("probe")).expect("copy probe");
+        let ldd = Command::new("ldd").arg(&probe).output().expect("ldd");
+        for l in String::from_utf8_lossy(&ldd.stdout).lines() {
+            let path = l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from);
+            if let Some(p) = path {
+                let dst = d.join(p.strip_prefix("/").unwrap());
+                std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+                std::fs::copy(&p, &dst).expect("copy lib");
+            }
+        }
+        let (bytes, _) = docker_archive(&["probe:latest"], &[tar_dir(&d)], &["/probe"]);
+        let p = fixtures_dir().join(format!("probe-{}.tar", std::process::id()));
+        std::fs::write(&p, bytes).expect("write probe archive");
+        p
+    })
+}
+
+/// Parses the probe's `key=value` lines.
+pub fn probe_map(out: &str) -> std::collections::HashMap<String, String> {
+    out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Host PIDs whose command line contains `needle`.
+pub fn host_pids_matching(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c).replace('\0', " ");
+            if c.contains(needle) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Runs `cmd` under `script` so it gets a real terminal; returns its output.
+pub fn with_pty(cmd: &str, input: Option<&str>) -> Output {
+    let mut c = Command::new("script");
+    c.args(["-qec", cmd, "/dev/null"]);
+    match input {
+        Some(i) => {
+            let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("script");
+            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        }
+        None => c.stdin(Stdio::null()).output().expect("script"),
+    }
+}
