@@ -31,10 +31,17 @@ fn parse(name: &str) -> Result<Option<Capability>, RuntimeError> {
     Capability::from_str(&full).map(Some).map_err(|_| RuntimeError::Invalid(format!("unknown capability {name:?}")))
 }
 
+/// Every capability this process may pass on (its bounding set): "all" for
+/// `--privileged` and `--cap-add ALL`, since no child can get more.
+fn available() -> CapsHashSet {
+    caps::read(None, CapSet::Bounding).unwrap_or_else(|_| caps::all())
+}
+
 /// The capability numbers a container gets: Docker's default set (or all when
-/// privileged), then `drop`, then `add` (`ALL` allowed in both, like docker).
+/// privileged), then `drop`, then `add` (`ALL` allowed in both, like docker),
+/// limited to what this process can grant.
 pub fn compute(add: &[String], drop: &[String], privileged: bool) -> Result<Vec<u8>, RuntimeError> {
-    let all = caps::all();
+    let all = available();
     let mut set: CapsHashSet = if privileged { all.clone() } else { DEFAULT.iter().copied().collect() };
     for d in drop {
         match parse(d)? {
@@ -52,7 +59,7 @@ pub fn compute(add: &[String], drop: &[String], privileged: bool) -> Result<Vec<
             }
         }
     }
-    let mut v: Vec<u8> = set.iter().map(|c| c.index()).collect();
+    let mut v: Vec<u8> = set.iter().filter(|c| all.contains(c)).map(|c| c.index()).collect();
     v.sort_unstable();
     Ok(v)
 }
@@ -94,7 +101,7 @@ mod tests {
         assert!(!v.contains(&Capability::CAP_NET_RAW.index()));
         assert_eq!(compute(&[], &["ALL".into()], false)?, Vec::<u8>::new());
         assert_eq!(compute(&["chown".into()], &["all".into()], false)?, vec![Capability::CAP_CHOWN.index()]);
-        assert_eq!(compute(&[], &[], true)?.len(), caps::all().len());
+        assert_eq!(compute(&[], &[], true)?.len(), available().len());
         assert!(compute(&["CAP_BOGUS".into()], &[], false).is_err());
         Ok(())
     }

@@ -99,11 +99,14 @@ pub struct CreateArgs {
     /// Size of /dev/shm.
     #[arg(long = "shm-size")]
     shm_size: Option<String>,
-    /// Image.
-    image: String,
-    /// Command and arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    /// IMAGE [COMMAND] [ARG...]: options after the image belong to the command.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "IMAGE [COMMAND] [ARG...]"
+    )]
+    image_and_command: Vec<String>,
 }
 
 /// `run` flags.
@@ -281,11 +284,9 @@ pub struct ExecArgs {
     /// Extended privileges for this process.
     #[arg(long)]
     privileged: bool,
-    /// Container.
-    container: String,
-    /// Command and arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
+    /// CONTAINER COMMAND [ARG...]: options after the container belong to the command.
+    #[arg(required = true, num_args = 2.., trailing_var_arg = true, allow_hyphen_values = true, value_name = "CONTAINER COMMAND [ARG...]")]
+    container_and_command: Vec<String>,
 }
 
 /// `ps` flags.
@@ -393,9 +394,10 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
     }
     limits.cpu_shares = a.cpu_shares;
     limits.pids = a.pids_limit;
+    let (image, command) = a.image_and_command.split_first().ok_or_else(|| anyhow!("an image is required"))?;
     Ok(ContainerConfig {
-        image: a.image.clone(),
-        cmd: a.command.clone(),
+        image: image.clone(),
+        cmd: command.to_vec(),
         entrypoint: a
             .entrypoint
             .as_ref()
@@ -631,14 +633,16 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> 
 }
 
 fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
-    let c = e.get(&a.container)?;
+    let (container, command) =
+        a.container_and_command.split_first().ok_or_else(|| anyhow!("a container is required"))?;
+    let c = e.get(container)?;
     if !c.is_running() {
         bail!("container {} is not running", c.id());
     }
     let mut conn = e.connect(&c)?;
     let env: Vec<String> = a.env.iter().filter_map(|v| env_value(v)).collect();
     let spec = ExecSpec {
-        args: a.command.clone(),
+        args: command.to_vec(),
         env,
         workdir: a.workdir.clone(),
         user: a.user.clone(),
@@ -1002,7 +1006,10 @@ fn bin(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    format!("{v:.2}{}", U[i])
+    // docker prints up to 4 significant digits: 64MiB, 2.426MiB
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s}{}", U[i])
 }
 
 /// `moat inspect`: containers first, then images, like docker.

@@ -72,7 +72,18 @@ fn pid_one_and_host_visibility(iso: &str) {
 
 fn detached_logs_follow_and_tail(iso: &str) {
     let r = root_with_busybox();
-    r.ok(&["run", "-d", "--name", "l", "--isolation", iso, "busybox", "sh", "-c", "echo one; echo err >&2; sleep 1; echo two"]);
+    r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "l",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "echo one; echo err >&2; sleep 1; echo two",
+    ]);
     // follow ends when the container exits, with every line
     let out = r.run(&["logs", "-f", "l"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
@@ -110,7 +121,10 @@ fn interactive_terminal_run_and_exec(iso: &str) {
     let r = root_with_busybox();
     let moat = env!("CARGO_BIN_EXE_moat");
     let root = r.path().display().to_string();
-    let o = with_pty(&format!("{moat} --root {root} run --rm -it --isolation {iso} busybox sh -c 'tty; stty size; exit 4'"), None);
+    let o = with_pty(
+        &format!("{moat} --root {root} run --rm -it --isolation {iso} busybox sh -c 'tty; stty size; exit 4'"),
+        None,
+    );
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(4), "{out}");
     assert!(out.contains("/dev/pts/"), "a terminal inside: {out}");
@@ -126,9 +140,16 @@ fn stop_kill_rm_and_ps_states(iso: &str) {
     let r = root_with_busybox();
     r.ok(&["create", "--name", "c", "--isolation", iso, "busybox", "true"]);
     r.ok(&["run", "-d", "--name", "up", "--isolation", iso, "busybox", "sleep", "300"]);
-    assert_eq!(r.run(&["run", "--name", "bad", "--isolation", iso, "busybox", "sh", "-c", "exit 2"]).status.code(), Some(2));
+    assert_eq!(
+        r.run(&["run", "--name", "bad", "--isolation", iso, "busybox", "sh", "-c", "exit 2"]).status.code(),
+        Some(2)
+    );
     let ps = r.ok(&["ps", "-a"]);
-    let line = |n: &str| ps.lines().find(|l| l.split_whitespace().last() == Some(iso) && l.contains(&format!(" {n} "))).map(str::to_string);
+    let line = |n: &str| {
+        ps.lines()
+            .find(|l| l.split_whitespace().last() == Some(iso) && l.contains(&format!(" {n} ")))
+            .map(str::to_string)
+    };
     assert!(line("c").unwrap().contains("Created"), "{ps}");
     assert!(line("up").unwrap().contains("Up "), "{ps}");
     assert!(line("bad").unwrap().contains("Exited (2)"), "{ps}");
@@ -145,9 +166,20 @@ fn stop_kill_rm_and_ps_states(iso: &str) {
     assert_eq!(v[0]["State"]["ExitCode"], 137);
     assert_eq!(v[0]["HostConfig"]["Isolation"], if iso == "vm" { "hyperv" } else { iso });
     // a container that handles SIGTERM stops at once
-    r.ok(&["run", "-d", "--name", "term", "--isolation", iso, "busybox", "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]);
+    r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "term",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    ]);
     r.ok(&["stop", "-t", "30", "term"]);
-    assert_eq!(r.ok(&["inspect", "--", "term"]).contains("\"ExitCode\": 0"), true);
+    assert!(r.ok(&["inspect", "--", "term"]).contains("\"ExitCode\": 0"));
     // restart and rename
     r.ok(&["start", "up"]);
     r.ok(&["rename", "up", "up2"]);
@@ -188,7 +220,20 @@ fn errors_are_one_line(iso: &str) {
 
 fn restart_policy_on_failure(iso: &str) {
     let r = root_with_busybox();
-    r.ok(&["run", "-d", "--name", "rp", "--restart", "on-failure:2", "--isolation", iso, "busybox", "sh", "-c", "echo run; exit 3"]);
+    r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "rp",
+        "--restart",
+        "on-failure:2",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "echo run; exit 3",
+    ]);
     // the shim restarts it twice, then gives up
     let t0 = Instant::now();
     loop {
@@ -224,13 +269,35 @@ fn binds_tmpfs_and_read_only(iso: &str) {
     let v = format!("{}:/data", host.path().display());
     let vro = format!("{}:/ro:ro", host.path().display());
     let out = r.ok(&[
-        "run", "--rm", "--isolation", iso, "-v", &v, "-v", &vro, "--tmpfs", "/scratch:size=1m", "busybox", "sh", "-c",
+        "run",
+        "--rm",
+        "--isolation",
+        iso,
+        "-v",
+        &v,
+        "-v",
+        &vro,
+        "--tmpfs",
+        "/scratch:size=1m",
+        "busybox",
+        "sh",
+        "-c",
         "cat /data/in.txt; echo written > /data/out.txt; touch /ro/x 2>/dev/null || echo ro-refused; \
          grep ' /scratch ' /proc/mounts | cut -d' ' -f3; echo s > /scratch/f && cat /scratch/f",
     ]);
     assert_eq!(out, "from host\nro-refused\ntmpfs\ns\n");
     assert_eq!(std::fs::read_to_string(host.path().join("out.txt")).unwrap(), "written\n");
-    let out = r.ok(&["run", "--rm", "--read-only", "--isolation", iso, "busybox", "sh", "-c", "touch /x 2>/dev/null || echo refused; touch /tmp/y 2>/dev/null || echo tmp-refused"]);
+    let out = r.ok(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null || echo refused; touch /tmp/y 2>/dev/null || echo tmp-refused",
+    ]);
     assert!(out.starts_with("refused\n"), "{out}");
     // the filesystem survives stop/start
     r.ok(&["run", "--name", "keep", "--isolation", iso, "busybox", "sh", "-c", "echo kept > /root/f"]);

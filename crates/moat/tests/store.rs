@@ -114,4 +114,5 @@ fn sigkill_during_load_leaves_store_consistent() {
         r.ok(&["rmi", "big:v1"]);
         assert_eq!(std::fs::read_dir(r.path().join("layers")).unwrap().count(), 0, "{what}: orphan layers remain");
     }
+    let _ = std::fs::remove_file(&f);
 }

@@ -95,7 +95,9 @@ fn main() {
     let moat_visible = std::fs::read_dir("/proc")
         .map(|d| {
             d.flatten().any(|e| {
-                std::fs::read(e.path().join("cmdline")).map(|c| String::from_utf8_lossy(&c).contains("moat")).unwrap_or(false)
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains("moat"))
+                    .unwrap_or(false)
                     && e.file_name() != "self"
                     && e.file_name().to_string_lossy() != std::process::id().to_string()
             })

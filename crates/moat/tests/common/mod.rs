@@ -80,6 +80,16 @@ pub fn assert_fails_one_line(o: &Output, what: &str) {
 
 impl Drop for Root {
     fn drop(&mut self) {
+        // stop and remove this root's containers through moat itself
+        if self.path().join("moat.db").exists() {
+            let ids = self.run(&["ps", "-a", "-q", "--no-trunc"]);
+            let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout).lines().map(str::to_string).collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = self.run(&args);
+            }
+        }
         // lazily unmount anything a test left mounted under this root
         if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
             let root = self.path().to_string_lossy().into_owned();
@@ -102,7 +112,11 @@ pub fn sha256_hex(b: &[u8]) -> String {
 pub fn busybox_rootfs() -> &'static Path {
     static R: OnceLock<PathBuf> = OnceLock::new();
     R.get_or_init(|| {
-        let d = fixtures_dir().join(format!("busybox-rootfs-{}", std::process::id()));
+        let final_dir = fixtures_dir().join("busybox-rootfs");
+        if final_dir.join("bin/busybox").exists() {
+            return final_dir;
+        }
+        let d = fixtures_dir().join(format!("busybox-rootfs.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         for sub in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
             std::fs::create_dir_all(d.join(sub)).expect("mkdir");
@@ -123,7 +137,11 @@ pub fn busybox_rootfs() -> &'static Path {
         .expect("passwd");
         std::fs::write(d.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
         std::fs::set_permissions(d.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).expect("chmod");
-        d
+        if std::fs::rename(&d, &final_dir).is_err() {
+            // another test process won the race: use its copy
+            let _ = std::fs::remove_dir_all(&d);
+        }
+        final_dir
     })
 }
 
@@ -240,17 +258,18 @@ pub fn busybox_archive() -> &'static (PathBuf, String) {
     A.get_or_init(|| {
         let layer = tar_dir(busybox_rootfs());
         let (bytes, id) = docker_archive(&["busybox:latest"], &[layer], &["sh"]);
-        let p = fixtures_dir().join(format!("busybox-{}.tar", std::process::id()));
-        std::fs::write(&p, bytes).expect("write busybox archive");
-        (p, id)
+        (write_fixture("busybox.tar", &bytes), id)
     })
 }
 
-/// Writes bytes to a fresh file in the fixtures dir.
+/// Writes bytes to `name` in the fixtures dir (atomically: tests running in
+/// parallel may write the same fixture).
 pub fn write_fixture(name: &str, bytes: &[u8]) -> PathBuf {
-    let p = fixtures_dir().join(format!("{name}-{}", std::process::id()));
-    let mut f = std::fs::File::create(&p).expect("create fixture");
+    let p = fixtures_dir().join(name);
+    let tmp = fixtures_dir().join(format!(".{name}.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).expect("create fixture");
     f.write_all(bytes).expect("write fixture");
+    std::fs::rename(&tmp, &p).expect("place fixture");
     p
 }
 
@@ -285,7 +304,7 @@ pub fn probe_archive() -> &'static PathBuf {
     static A: OnceLock<PathBuf> = OnceLock::new();
     A.get_or_init(|| {
         let probe = PathBuf::from(env!("CARGO_BIN_EXE_moat-probe"));
-        let d = fixtures_dir().join(format!("probe-rootfs-{}", std::process::id()));
+        let d = fixtures_dir().join(format!("probe-rootfs.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         let cp = Command::new("cp").arg("-a").arg(busybox_rootfs()).arg(&d).status().expect("cp");
         assert!(cp.success());
@@ -300,9 +319,8 @@ pub fn probe_archive() -> &'static PathBuf {
             }
         }
         let (bytes, _) = docker_archive(&["probe:latest"], &[tar_dir(&d)], &["/probe"]);
-        let p = fixtures_dir().join(format!("probe-{}.tar", std::process::id()));
-        std::fs::write(&p, bytes).expect("write probe archive");
-        p
+        let _ = std::fs::remove_dir_all(&d);
+        write_fixture("probe.tar", &bytes)
     })
 }
 
@@ -332,7 +350,8 @@ pub fn with_pty(cmd: &str, input: Option<&str>) -> Output {
     c.args(["-qec", cmd, "/dev/null"]);
     match input {
         Some(i) => {
-            let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("script");
+            let mut child =
+                c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("script");
             child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
             child.wait_with_output().unwrap()
         }

@@ -1,0 +1,100 @@
+//! SIGKILL at any point: the CLI during `run -d`/`create`, and the shim of a
+//! running container. `moat ps -a` must always show the truth and nothing may
+//! leak (processes, mounts, cgroups).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn host_mounts_under(p: &std::path::Path) -> Vec<String> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let p = p.to_str().unwrap();
+    mi.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(p)).map(str::to_string).collect()
+}
+
+#[test]
+fn sigkill_of_cli_during_run_and_create_leaves_the_truth() {
+    let r = root_with_busybox();
+    for (i, delay_ms) in [0u64, 1, 2, 4, 7, 10, 15, 25, 40, 80].iter().enumerate() {
+        let sleep = format!("{}", 3000 + i);
+        let verb = if i % 3 == 2 { "create" } else { "run" };
+        let mut args = vec![verb];
+        if verb == "run" {
+            args.push("-d");
+        }
+        args.extend(["--name", "k", "busybox", "sleep"]);
+        args.push(&sleep);
+        let mut child = r
+            .cmd()
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(*delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        // a shim that did get started finishes starting on its own
+        let shim_of_root = format!("{} shim", r.path().display());
+        let t0 = std::time::Instant::now();
+        let ps = loop {
+            let ps = r.ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"]);
+            if ps.trim() == "k running" || host_pids_matching(&shim_of_root).is_empty() {
+                break ps;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "shim never finished starting: {ps}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let running_on_host = host_pids_matching(&format!("sleep {sleep}"));
+        match ps.trim() {
+            "" => assert!(running_on_host.is_empty(), "an unlisted container runs: {running_on_host:?}"),
+            "k running" => {
+                let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "k"])).unwrap();
+                let pid = v[0]["State"]["Pid"].as_u64().unwrap() as u32;
+                assert_eq!(running_on_host, vec![pid], "ps says running with pid {pid}");
+            }
+            "k created" | "k exited" => assert!(running_on_host.is_empty(), "{ps}: but {running_on_host:?} runs"),
+            other => panic!("unexpected ps after kill at {delay_ms} ms: {other}"),
+        }
+        assert!(host_mounts_under(r.path()).is_empty(), "leaked mounts: {:?}", host_mounts_under(r.path()));
+        let _ = r.run(&["rm", "-f", "k"]);
+        assert!(host_pids_matching(&format!("sleep {sleep}")).is_empty());
+    }
+}
+
+#[test]
+fn sigkill_of_shim_is_reported_and_cleaned_up() {
+    let r = root_with_busybox();
+    let id = r.ok(&["run", "-d", "--name", "victim", "busybox", "sleep", "3100"]).trim().to_string();
+    let shims = host_pids_matching(&format!("shim {id}"));
+    assert_eq!(shims.len(), 1);
+    assert_eq!(host_pids_matching("sleep 3100").len(), 1);
+    nix_kill(shims[0]);
+    // the container dies with its shim (PDEATHSIG)
+    let t0 = std::time::Instant::now();
+    while !host_pids_matching("sleep 3100").is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "container outlived its shim");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ps = r.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.starts_with("victim Exited (137)"), "{ps}");
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "victim"])).unwrap();
+    assert!(v[0]["State"]["Error"].as_str().unwrap().contains("shim"), "{v}");
+    // it can start again, and rm cleans everything
+    r.ok(&["start", "victim"]);
+    assert_eq!(host_pids_matching("sleep 3100").len(), 1);
+    r.ok(&["rm", "-f", "victim"]);
+    assert!(host_pids_matching("sleep 3100").is_empty());
+    assert!(host_pids_matching(&format!("shim {id}")).is_empty());
+    let v1 = format!("/sys/fs/cgroup/memory/moat/{id}");
+    let v2 = format!("/sys/fs/cgroup/moat/{id}");
+    assert!(!std::path::Path::new(&v1).exists() && !std::path::Path::new(&v2).exists(), "cgroup leaked");
+}
+
+fn nix_kill(pid: u32) {
+    // SAFETY: sending SIGKILL to a process this test started (its shim)
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
