@@ -126,6 +126,9 @@ pub struct ContainerConfig {
     pub stop_timeout: Option<u32>,
     /// `/dev/shm` size in bytes.
     pub shm_size: Option<u64>,
+    /// `--ulimit` values.
+    #[serde(default)]
+    pub ulimits: Vec<moat_runtime::spec::Rlimit>,
 }
 
 impl ContainerConfig {

@@ -65,7 +65,7 @@ pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageReco
             cwd: if cfg.workdir.is_empty() { "/".into() } else { cfg.workdir.clone() },
             user: cfg.user.clone(),
             tty: cfg.tty,
-            rlimits: Vec::new(),
+            rlimits: cfg.ulimits.clone(),
         },
         hostname: cfg.hostname.clone(),
         mounts,

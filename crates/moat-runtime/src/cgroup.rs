@@ -97,41 +97,46 @@ fn keyed(dir: &Path, file: &str, key: &str) -> Option<u64> {
 impl Cgroup {
     /// Creates `moat/<name>` with `limits` applied.
     pub fn create(name: &str, limits: &Limits) -> Result<Self, RuntimeError> {
-        let version = version();
-        let mut cg = match version {
-            Version::V2 => {
-                let base = PathBuf::from("/sys/fs/cgroup");
-                let parent = base.join("moat");
-                std::fs::create_dir_all(&parent).map_err(RuntimeError::io("cgroup: create moat"))?;
-                let want = "+memory +cpu +pids";
-                for d in [&base, &parent] {
-                    // enabling may fail for one controller on exotic setups: enable one by one
-                    for c in want.split(' ') {
-                        let _ = std::fs::write(d.join("cgroup.subtree_control"), c);
-                    }
-                }
-                let dir = parent.join(name);
-                std::fs::create_dir_all(&dir).map_err(RuntimeError::io("cgroup: create container cgroup"))?;
-                Self { version, dirs: vec![(String::new(), dir)], warnings: Vec::new() }
+        match version() {
+            Version::V2 => Self::create_v2(Path::new("/sys/fs/cgroup"), name, limits),
+            Version::V1 => Self::create_v1(&v1_mounts(), name, limits),
+        }
+    }
+
+    /// Creates `moat/<name>` under a unified hierarchy mounted at `base`.
+    pub fn create_v2(base: &Path, name: &str, limits: &Limits) -> Result<Self, RuntimeError> {
+        let parent = base.join("moat");
+        std::fs::create_dir_all(&parent).map_err(RuntimeError::io("cgroup: create moat"))?;
+        for d in [base, parent.as_path()] {
+            // one by one: a controller missing on an exotic setup must not block the others
+            for c in ["+memory", "+cpu", "+pids"] {
+                let _ = std::fs::write(d.join("cgroup.subtree_control"), c);
             }
-            Version::V1 => {
-                let mut dirs = Vec::new();
-                for (ctrl, mp) in v1_mounts() {
-                    let dir = mp.join("moat").join(name);
-                    std::fs::create_dir_all(&dir)
-                        .map_err(RuntimeError::io(format!("cgroup: create {}", dir.display())))?;
-                    if !dirs.iter().any(|(_, d)| d == &dir) {
-                        dirs.push((ctrl, dir));
-                    }
-                }
-                Self { version, dirs, warnings: Vec::new() }
+        }
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).map_err(RuntimeError::io("cgroup: create container cgroup"))?;
+        Self { version: Version::V2, dirs: vec![(String::new(), dir)], warnings: Vec::new() }.finish(limits)
+    }
+
+    /// Creates `moat/<name>` in each v1 controller hierarchy of `mounts`.
+    pub fn create_v1(mounts: &[(String, PathBuf)], name: &str, limits: &Limits) -> Result<Self, RuntimeError> {
+        let mut dirs: Vec<(String, PathBuf)> = Vec::new();
+        for (ctrl, mp) in mounts {
+            let dir = mp.join("moat").join(name);
+            std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("cgroup: create {}", dir.display())))?;
+            if !dirs.iter().any(|(_, d)| d == &dir) {
+                dirs.push((ctrl.clone(), dir));
             }
-        };
-        if let Err(e) = cg.apply(limits) {
-            let _ = cg.destroy();
+        }
+        Self { version: Version::V1, dirs, warnings: Vec::new() }.finish(limits)
+    }
+
+    fn finish(mut self, limits: &Limits) -> Result<Self, RuntimeError> {
+        if let Err(e) = self.apply(limits) {
+            let _ = self.destroy();
             return Err(e);
         }
-        Ok(cg)
+        Ok(self)
     }
 
     fn dir(&self, ctrl: &str) -> Option<&Path> {
@@ -289,5 +294,64 @@ impl Cgroup {
             }
         }
         last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { memory: Some(64 << 20), memory_swap: Some(-1), cpus: Some(0.5), cpu_shares: Some(512), pids: Some(20) }
+    }
+
+    fn rd(p: PathBuf) -> String {
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+
+    /// cgroup v2 file names and values, against a fake cgroupfs directory.
+    #[test]
+    fn v2_writes_unified_files() -> Result<(), RuntimeError> {
+        let d = tempfile::tempdir().map_err(RuntimeError::io("tempdir"))?;
+        std::fs::create_dir_all(d.path().join("moat/c1")).map_err(RuntimeError::io("mkdir"))?;
+        std::fs::write(d.path().join("moat/c1/memory.swap.max"), "").map_err(RuntimeError::io("seed"))?;
+        let cg = Cgroup::create_v2(d.path(), "c1", &limits())?;
+        let dir = d.path().join("moat/c1");
+        assert_eq!(rd(dir.join("memory.max")), "67108864");
+        assert_eq!(rd(dir.join("memory.swap.max")), "max");
+        assert_eq!(rd(dir.join("cpu.max")), "50000 100000");
+        assert_eq!(rd(dir.join("cpu.weight")), "20");
+        assert_eq!(rd(dir.join("pids.max")), "20");
+        assert_eq!(
+            rd(d.path().join("moat/cgroup.subtree_control")),
+            "+pids",
+            "controllers enabled (last write wins on a plain file)"
+        );
+        std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+            .map_err(RuntimeError::io("seed"))?;
+        assert!(cg.oom_killed());
+        std::fs::write(dir.join("cgroup.procs"), "").map_err(RuntimeError::io("seed"))?;
+        assert!(cg.pids().is_empty());
+        Ok(())
+    }
+
+    /// cgroup v1 file names and values, against fake per-controller dirs.
+    #[test]
+    fn v1_writes_per_controller_files() -> Result<(), RuntimeError> {
+        let d = tempfile::tempdir().map_err(RuntimeError::io("tempdir"))?;
+        let mounts: Vec<(String, PathBuf)> =
+            ["memory", "cpu", "pids"].iter().map(|c| (c.to_string(), d.path().join(c))).collect();
+        let cg = Cgroup::create_v1(&mounts, "c1", &Limits { memory_swap: None, ..limits() })?;
+        assert_eq!(rd(d.path().join("memory/moat/c1/memory.limit_in_bytes")), "67108864");
+        assert_eq!(rd(d.path().join("cpu/moat/c1/cpu.cfs_quota_us")), "50000");
+        assert_eq!(rd(d.path().join("cpu/moat/c1/cpu.shares")), "512");
+        assert_eq!(rd(d.path().join("pids/moat/c1/pids.max")), "20");
+        std::fs::write(
+            d.path().join("memory/moat/c1/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",
+        )
+        .map_err(RuntimeError::io("seed"))?;
+        assert!(!cg.oom_killed());
+        Ok(())
     }
 }

@@ -144,3 +144,60 @@ pub const MASKED_PATHS: &[&str] = &[
 
 /// Paths Docker makes read-only by default.
 pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Parses docker's `--ulimit NAME=SOFT[:HARD]` (`-1` = unlimited).
+pub fn parse_ulimit(s: &str) -> Result<Rlimit, String> {
+    let bad = || format!("invalid ulimit {s:?}: use NAME=SOFT[:HARD], e.g. nofile=1024:2048");
+    let (name, vals) = s.split_once('=').ok_or_else(bad)?;
+    let resource = match name {
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        "as" => libc::RLIMIT_AS,
+        _ => return Err(format!("unknown ulimit type {name:?}")),
+    } as i32;
+    let num = |v: &str| -> Result<u64, String> {
+        if v == "-1" || v == "unlimited" {
+            Ok(libc::RLIM_INFINITY)
+        } else {
+            v.parse().map_err(|_| bad())
+        }
+    };
+    let (soft, hard) = match vals.split_once(':') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(vals)?, num(vals)?),
+    };
+    if soft > hard {
+        return Err(format!("ulimit {name}: soft limit {soft} is larger than hard limit {hard}"));
+    }
+    Ok(Rlimit { resource, soft, hard })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulimits() {
+        assert_eq!(
+            parse_ulimit("nofile=1024:2048"),
+            Ok(Rlimit { resource: libc::RLIMIT_NOFILE as i32, soft: 1024, hard: 2048 })
+        );
+        assert_eq!(parse_ulimit("core=-1").map(|r| r.soft), Ok(libc::RLIM_INFINITY));
+        assert!(parse_ulimit("nofile=10:5").is_err());
+        assert!(parse_ulimit("bogus=1").is_err());
+        assert!(parse_ulimit("nofile").is_err());
+    }
+}

@@ -99,6 +99,9 @@ pub struct CreateArgs {
     /// Size of /dev/shm.
     #[arg(long = "shm-size")]
     shm_size: Option<String>,
+    /// Resource limit `NAME=SOFT[:HARD]` (e.g. nofile=1024:2048).
+    #[arg(long)]
+    ulimit: Vec<String>,
     /// IMAGE [COMMAND] [ARG...]: options after the image belong to the command.
     #[arg(
         required = true,
@@ -426,6 +429,12 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         stop_signal: a.stop_signal.clone().unwrap_or_default(),
         stop_timeout: a.stop_timeout,
         shm_size: a.shm_size.as_deref().map(human::parse_size).transpose()?,
+        ulimits: a
+            .ulimit
+            .iter()
+            .map(|u| moat_runtime::spec::parse_ulimit(u))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow!(e))?,
         args: Vec::new(),
     })
 }

@@ -299,6 +299,32 @@ fn binds_tmpfs_and_read_only(iso: &str) {
         "touch /x 2>/dev/null || echo refused; touch /tmp/y 2>/dev/null || echo tmp-refused",
     ]);
     assert!(out.starts_with("refused\n"), "{out}");
+    let out = r.ok(&[
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=512:1024",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn",
+    ]);
+    assert_eq!(out, "512\n1024\n");
+    let out = r.ok(&[
+        "run",
+        "--rm",
+        "--shm-size",
+        "8m",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "df -k /dev/shm | tail -1",
+    ]);
+    assert!(out.split_whitespace().nth(1) == Some("8192"), "{out}");
     // the filesystem survives stop/start
     r.ok(&["run", "--name", "keep", "--isolation", iso, "busybox", "sh", "-c", "echo kept > /root/f"]);
     r.ok(&["start", "-a", "keep"]);
