@@ -23,7 +23,7 @@ fn proto(e: ProtoError) -> EngineError {
 impl Conn {
     /// Connects to the running shim of container `id`.
     pub fn connect(layout: &Layout, id: &str) -> Result<Self, EngineError> {
-        let stream = crate::sock::connect(&layout.container(id), "shim.sock")
+        let stream = moat_proto::sock::connect(&layout.container(id), "shim.sock")
             .map_err(|e| EngineError::Shim(format!("cannot reach the container's shim: {e}")))?;
         Ok(Self { stream })
     }

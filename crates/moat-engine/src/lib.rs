@@ -11,8 +11,8 @@ pub mod config;
 pub mod logs;
 pub mod names;
 pub mod shim;
-pub mod sock;
 pub mod spec;
+pub mod vm;
 
 use chrono::Utc;
 use config::{ContainerConfig, ContainerState, Status};
@@ -355,11 +355,6 @@ impl Engine {
         let c = self.get(c.id())?;
         if c.is_running() {
             return Err(EngineError::Conflict(format!("container {} is already running", c.name())));
-        }
-        if c.config.isolation() != moat_core::Isolation::Process {
-            return Err(EngineError::Invalid(
-                "hyperv isolation is not available yet (issue #4): convert with --isolation=process".into(),
-            ));
         }
         self.prepare_dirs(c.id(), &c.config)?;
         let conn = client::spawn_shim(&self.layout, c.id())?;

@@ -54,9 +54,11 @@ struct Client {
     closing: bool,
 }
 
-/// A process whose stdio the shim relays: the main process or an exec session.
+/// A process whose stdio the shim relays: the main process or an exec
+/// session, local (process isolation) or inside the VM (`child` is None and
+/// its stdio travels over the agent channel).
 struct Proc {
-    child: Child,
+    child: Option<Child>,
     stdin: Option<OwnedFd>,
     stdin_buf: Vec<u8>,
     close_stdin: bool,
@@ -70,6 +72,8 @@ struct Session {
     proc: Proc,
     client: u64,
     exit: Option<i32>,
+    /// VM exec: the client waiting for `Started`.
+    pending: Option<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -79,6 +83,8 @@ enum Tok {
     Out(u32, bool),
     Stdin(u32),
     Pidfd(u32),
+    Vm,
+    Qemu,
 }
 
 /// Session number of the main process.
@@ -90,7 +96,13 @@ struct Shim {
     dir: PathBuf,
     c: Container,
     spec: Spec,
-    cgroup: Cgroup,
+    cgroup: Option<Cgroup>,
+    vm: Option<crate::vm::VmLink>,
+    /// One-shot requests forwarded to the agent: session → client.
+    requests: HashMap<u32, u64>,
+    /// Stream bytes received from the agent and not yet credited back.
+    owed: HashMap<u32, u64>,
+    hard_deadline: Option<Instant>,
     log: LogWriter,
     listener: UnixListener,
     own_pidns: OwnedFd,
@@ -148,6 +160,12 @@ struct Proc0 {
     err: Option<OwnedFd>,
 }
 
+impl Proc {
+    fn remote(tty: bool) -> Self {
+        Proc { child: None, stdin: None, stdin_buf: Vec::new(), close_stdin: false, out: None, err: None, tty }
+    }
+}
+
 impl Proc0 {
     fn into_proc(mut self, mut child: Child, tty: bool) -> Proc {
         if let Some(master) = child.pty.take() {
@@ -157,7 +175,15 @@ impl Proc0 {
         for fd in [&self.stdin, &self.out, &self.err].into_iter().flatten() {
             nonblock(fd.as_raw_fd());
         }
-        Proc { child, stdin: self.stdin, stdin_buf: Vec::new(), close_stdin: false, out: self.out, err: self.err, tty }
+        Proc {
+            child: Some(child),
+            stdin: self.stdin,
+            stdin_buf: Vec::new(),
+            close_stdin: false,
+            out: self.out,
+            err: self.err,
+            tty,
+        }
     }
 }
 
@@ -217,30 +243,56 @@ impl Shim {
             let spec = crate::spec::build(engine.layout(), id, &c.config, &image)?;
             let dir = engine.layout().container(id);
             let log = LogWriter::open(&dir.join(format!("{id}-json.log"))).map_err(EngineError::io("open log"))?;
-            let listener = crate::sock::bind(&dir, "shim.sock").map_err(EngineError::io("bind shim socket"))?;
+            let listener = moat_proto::sock::bind(&dir, "shim.sock").map_err(EngineError::io("bind shim socket"))?;
             listener.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
             let own_pidns = spawn::own_pidns()?;
             Ok((engine, c, spec, dir, log, listener, own_pidns))
         })();
-        let (engine, c, spec, dir, log, listener, own_pidns) = match setup {
+        let (mut engine, c, spec, dir, log, listener, own_pidns) = match setup {
             Ok(v) => v,
             Err(e) => {
                 fail(&mut first, &e);
                 return Err(e);
             }
         };
-        let cgroup = match Cgroup::create(id, &c.config.limits) {
-            Ok(cg) => cg,
-            Err(e) => {
-                let e = EngineError::from(e);
-                fail(&mut first, &e);
-                return Err(e);
+        let hyperv = c.config.isolation() == moat_core::Isolation::Hyperv;
+        let (cgroup, vm) = if hyperv {
+            let booted = crate::vm::prepare_root(&spec)
+                .and_then(|root| crate::vm::VmLink::start(engine.layout(), id, &c.config, &root));
+            match booted {
+                Ok(link) => {
+                    let (mem, vcpus) = crate::vm::sizing(&c.config);
+                    let info = serde_json::json!({
+                        "Accelerator": link.accel, "Kernel": link.kernel, "MemoryMiB": mem, "Vcpus": vcpus,
+                        "QemuPid": link.vm.qemu.id(), "VirtiofsdPid": link.vm.virtiofsd.id(),
+                    });
+                    let _ = std::fs::write(dir.join("vm.json"), info.to_string());
+                    (None, Some(link))
+                }
+                Err(e) => {
+                    let mut st = c.state.clone();
+                    st.exit_code = 125;
+                    st.error = e.to_string();
+                    let _ = engine.save_state(id, &st);
+                    fail(&mut first, &e);
+                    return Err(e);
+                }
             }
+        } else {
+            let cgroup = match Cgroup::create(id, &c.config.limits) {
+                Ok(cg) => cg,
+                Err(e) => {
+                    let e = EngineError::from(e);
+                    fail(&mut first, &e);
+                    return Err(e);
+                }
+            };
+            for w in &cgroup.warnings {
+                tracing::warn!("{w}");
+            }
+            let _ = std::fs::write(dir.join("cgroup.json"), serde_json::to_vec(&cgroup).unwrap_or_default());
+            (Some(cgroup), None)
         };
-        for w in &cgroup.warnings {
-            tracing::warn!("{w}");
-        }
-        let _ = std::fs::write(dir.join("cgroup.json"), serde_json::to_vec(&cgroup).unwrap_or_default());
         let mut shim = Shim {
             engine,
             id: id.to_string(),
@@ -248,6 +300,10 @@ impl Shim {
             c,
             spec,
             cgroup,
+            vm,
+            requests: HashMap::new(),
+            owed: HashMap::new(),
+            hard_deadline: None,
             log,
             listener,
             own_pidns,
@@ -284,7 +340,12 @@ impl Shim {
                     st.finished_at = Some(Utc::now());
                 }
                 let _ = shim.engine.save_state(&shim.id, &st);
-                let _ = shim.cgroup.destroy();
+                if let Some(cg) = &shim.cgroup {
+                    let _ = cg.destroy();
+                }
+                if let Some(vm) = shim.vm.as_mut() {
+                    vm.shutdown();
+                }
                 if let Some(c) = shim.clients.get_mut(&cid) {
                     let _ = c.stream.set_nonblocking(false);
                     let _ = Frame::control(0, &Msg::Error { message }).write_to(&mut c.stream);
@@ -316,12 +377,33 @@ impl Shim {
 
     /// Creates the container's main process.
     fn start_main(&mut self) -> Result<u32, EngineError> {
-        let (keep, io, give) = make_stdio(self.c.config.tty, self.c.config.open_stdin, None)?;
-        self.oom_base = self.cgroup.oom_killed();
-        let child = spawn::create(&self.spec, Some(&self.cgroup), io)?;
-        drop(give);
-        let pid = child.pid.as_raw() as u32;
-        self.main = Some(keep.into_proc(child, self.c.config.tty));
+        let pid = if let Some(vm) = self.vm.as_mut() {
+            let create = moat_runtime::guest::Create {
+                spec: crate::vm::guest_spec(&self.spec),
+                limits: self.c.config.limits.clone(),
+                cgroup: self.id[..12].to_string(),
+            };
+            let json = serde_json::to_string(&create).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            vm.send(0, &Msg::Create { spec: json });
+            match vm.wait_for(0, Duration::from_secs(60), |m| matches!(m, Msg::Started { .. } | Msg::Exit { .. }))? {
+                Msg::Started { pid } => {
+                    self.main = Some(Proc::remote(self.c.config.tty));
+                    pid
+                }
+                Msg::Exit { code, .. } => {
+                    return Err(EngineError::Start { message: "the container's process failed to start".into(), code })
+                }
+                _ => return Err(EngineError::Shim("unexpected agent reply".into())),
+            }
+        } else {
+            let (keep, io, give) = make_stdio(self.c.config.tty, self.c.config.open_stdin, None)?;
+            self.oom_base = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
+            let child = spawn::create(&self.spec, self.cgroup.as_ref(), io)?;
+            drop(give);
+            let pid = child.pid.as_raw() as u32;
+            self.main = Some(keep.into_proc(child, self.c.config.tty));
+            pid
+        };
         let st = &mut self.c.state;
         st.status = Status::Running;
         st.pid = pid;
@@ -381,10 +463,17 @@ impl Shim {
                         add(fd.as_raw_fd(), libc::POLLOUT, Tok::Stdin(sid), &mut fds);
                     }
                 }
-                add(p.child.pidfd.as_raw_fd(), libc::POLLIN, Tok::Pidfd(sid), &mut fds);
+                if let Some(c) = &p.child {
+                    add(c.pidfd.as_raw_fd(), libc::POLLIN, Tok::Pidfd(sid), &mut fds);
+                }
+            }
+            if let Some(vm) = &self.vm {
+                let ev = libc::POLLIN | if vm.out.is_empty() { 0 } else { libc::POLLOUT };
+                add(vm.vm.channel.as_raw_fd(), ev, Tok::Vm, &mut fds);
+                add(vm.qemu_pidfd.as_raw_fd(), libc::POLLIN, Tok::Qemu, &mut fds);
             }
             let now = Instant::now();
-            let deadline = [self.stop_deadline, self.restart_at].into_iter().flatten().min();
+            let deadline = [self.stop_deadline, self.restart_at, self.hard_deadline].into_iter().flatten().min();
             let timeout =
                 deadline.map(|d| d.saturating_duration_since(now).as_millis().min(60_000) as i32).unwrap_or(-1);
             // SAFETY: fds is a valid array of pollfd
@@ -408,8 +497,11 @@ impl Shim {
                     Tok::Out(sid, err) => self.read_output(sid, err, &mut buf),
                     Tok::Stdin(sid) => self.write_stdin(sid),
                     Tok::Pidfd(sid) => self.reap(sid),
+                    Tok::Vm => self.vm_io(r, &mut buf),
+                    Tok::Qemu => self.vm_died(),
                 }
             }
+            self.grant_credit();
             self.clients.retain(|_, c| !(c.closing && c.out.is_empty()));
         }
         self.finish();
@@ -419,8 +511,16 @@ impl Shim {
         let now = Instant::now();
         if self.stop_deadline.is_some_and(|d| d <= now) {
             self.stop_deadline = None;
-            if let Some(m) = &self.main {
-                let _ = nix::sys::signal::kill(m.child.pid, nix::sys::signal::Signal::SIGKILL);
+            self.signal(MAIN, libc::SIGKILL);
+            if self.vm.is_some() {
+                // an agent that does not answer gets its VM killed
+                self.hard_deadline = Some(now + Duration::from_secs(10));
+            }
+        }
+        if self.hard_deadline.is_some_and(|d| d <= now) {
+            self.hard_deadline = None;
+            if let Some(vm) = self.vm.as_mut() {
+                let _ = vm.vm.qemu.kill();
             }
         }
         if self.restart_at.is_some_and(|d| d <= now) {
@@ -500,6 +600,12 @@ impl Shim {
     }
 
     fn close_stdin(&mut self, sid: u32) {
+        if self.proc_mut(sid).is_some_and(|p| p.child.is_none()) {
+            if let Some(vm) = self.vm.as_mut() {
+                vm.send_frame(Frame { kind: Kind::StdinEof, session: sid, data: Vec::new() });
+            }
+            return;
+        }
         if let Some(p) = self.proc_mut(sid) {
             if p.tty {
                 // a terminal has no EOF of its own: send ^D
@@ -541,7 +647,12 @@ impl Shim {
                     _ => false,
                 };
                 if allowed {
-                    if let Some(p) = self.proc_mut(target) {
+                    let remote = self.proc_mut(target).is_some_and(|p| p.child.is_none());
+                    if remote {
+                        if let Some(vm) = self.vm.as_mut() {
+                            vm.send_frame(Frame { kind: Kind::Stdin, session: target, data: f.data });
+                        }
+                    } else if let Some(p) = self.proc_mut(target) {
                         if p.stdin.is_some() {
                             p.stdin_buf.extend_from_slice(&f.data);
                         }
@@ -573,7 +684,11 @@ impl Shim {
                 }
             }
             Msg::Resize(ws) => {
-                if let Some(p) = self.proc_mut(target) {
+                if self.proc_mut(target).is_some_and(|p| p.child.is_none()) {
+                    if let Some(vm) = self.vm.as_mut() {
+                        vm.send(target, &Msg::Resize(ws));
+                    }
+                } else if let Some(p) = self.proc_mut(target) {
                     if p.tty {
                         if let Some(fd) = &p.out {
                             set_winsize(fd.as_raw_fd(), ws);
@@ -582,18 +697,12 @@ impl Shim {
                 }
             }
             Msg::Signal { signal } => {
-                let r = match self.proc_mut(target) {
-                    Some(p) => {
-                        let pid = p.child.pid;
-                        nix::sys::signal::Signal::try_from(signal)
-                            .map_err(|e| e.to_string())
-                            .and_then(|s| nix::sys::signal::kill(pid, s).map_err(|e| e.to_string()))
-                    }
-                    None => Err("container is not running".into()),
-                };
-                let m = match r {
-                    Ok(()) => Msg::Ok,
-                    Err(e) => Msg::Error { message: e },
+                let m = if nix::sys::signal::Signal::try_from(signal).is_err() {
+                    Msg::Error { message: format!("invalid signal {signal}") }
+                } else if self.signal(target, signal) {
+                    Msg::Ok
+                } else {
+                    Msg::Error { message: "container is not running".into() }
                 };
                 if role == Role::Oneshot {
                     self.finish_oneshot(id, m);
@@ -618,10 +727,7 @@ impl Shim {
                     self.done = true;
                     return;
                 }
-                if let Some(m) = &self.main {
-                    let sig = nix::sys::signal::Signal::try_from(signal).unwrap_or(nix::sys::signal::Signal::SIGTERM);
-                    let _ = nix::sys::signal::kill(m.child.pid, sig);
-                }
+                self.signal(MAIN, signal);
                 self.stop_deadline = Some(Instant::now() + Duration::from_secs(timeout_secs as u64));
             }
             Msg::Follow => {
@@ -632,12 +738,21 @@ impl Shim {
                     c.role = Role::Follower;
                 }
             }
+            Msg::Top | Msg::Stats if self.vm.is_some() => {
+                let sid = self.next_session;
+                self.next_session += 1;
+                self.requests.insert(sid, id);
+                if let Some(vm) = self.vm.as_mut() {
+                    vm.send(sid, &msg);
+                }
+            }
             Msg::Top => {
-                let rows = moat_runtime::procfs::list(&self.cgroup.pids(), true);
+                let pids = self.cgroup.as_ref().map(|c| c.pids()).unwrap_or_default();
+                let rows = moat_runtime::procfs::list(&pids, true);
                 self.finish_oneshot(id, Msg::Procs { rows });
             }
             Msg::Stats => {
-                let (mem_usage, mem_limit, cpu_ns, pids) = self.cgroup.stats();
+                let (mem_usage, mem_limit, cpu_ns, pids) = self.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
                 self.finish_oneshot(id, Msg::Usage(moat_proto::Stats { mem_usage, mem_limit, cpu_ns, pids }));
             }
             Msg::Exec(spec) => self.exec(id, spec),
@@ -650,6 +765,20 @@ impl Shim {
             self.finish_oneshot(id, Msg::Error { message: format!("container {} is not running", self.c.name()) });
             return;
         };
+        let sid = self.next_session;
+        self.next_session += 1;
+        let client = if x.detach { 0 } else { id };
+        if main.child.is_none() {
+            // inside the VM: the agent runs it; its Started/Exit come back on `sid`
+            self.sessions.insert(sid, Session { proc: Proc::remote(x.tty), client, exit: None, pending: Some(id) });
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.role = Role::Exec(sid);
+            }
+            if let Some(vm) = self.vm.as_mut() {
+                vm.send(sid, &Msg::Exec(x));
+            }
+            return;
+        }
         let cfg = &self.c.config;
         let mut env = cfg.env.clone();
         for e in &x.env {
@@ -671,25 +800,17 @@ impl Shim {
             sec.seccomp = moat_runtime::spec::Seccomp::Unconfined;
         }
         let result = (|| -> Result<Proc, EngineError> {
+            let init = main.child.as_ref().ok_or_else(|| EngineError::Shim("no main process".into()))?;
             let (keep, io, give) = make_stdio(x.tty, x.stdin, x.size)?;
-            let child = spawn::exec(&main.child.pidfd, &self.own_pidns, &process, &sec, Some(&self.cgroup), io)?;
+            let child = spawn::exec(&init.pidfd, &self.own_pidns, &process, &sec, self.cgroup.as_ref(), io)?;
             drop(give);
             Ok(keep.into_proc(child, x.tty))
         })();
         match result {
             Ok(p) => {
-                let pid = p.child.pid.as_raw() as u32;
-                let sid = self.next_session;
-                self.next_session += 1;
-                self.sessions.insert(sid, Session { proc: p, client: if x.detach { 0 } else { id }, exit: None });
-                if x.detach {
-                    self.finish_oneshot(id, Msg::Started { pid });
-                } else {
-                    self.reply(id, Msg::Started { pid });
-                    if let Some(c) = self.clients.get_mut(&id) {
-                        c.role = Role::Exec(sid);
-                    }
-                }
+                let pid = p.child.as_ref().map(|c| c.pid.as_raw() as u32).unwrap_or(0);
+                self.sessions.insert(sid, Session { proc: p, client, exit: None, pending: None });
+                self.exec_started(id, sid, pid, x.detach);
             }
             Err(e) => {
                 let (message, code) = match &e {
@@ -702,6 +823,166 @@ impl Shim {
                 self.finish_oneshot(id, Msg::Exit { code, oom_killed: false });
             }
         }
+    }
+
+    fn exec_started(&mut self, id: u64, sid: u32, pid: u32, detach: bool) {
+        if detach {
+            self.finish_oneshot(id, Msg::Started { pid });
+        } else {
+            self.reply(id, Msg::Started { pid });
+            if let Some(c) = self.clients.get_mut(&id) {
+                c.role = Role::Exec(sid);
+            }
+        }
+    }
+
+    /// Delivers `signal` to session `sid`'s process; false if there is none.
+    fn signal(&mut self, sid: u32, signal: i32) -> bool {
+        let remote = match self.proc_mut(sid) {
+            None => return false,
+            Some(p) => match &p.child {
+                Some(c) => {
+                    if let Ok(s) = nix::sys::signal::Signal::try_from(signal) {
+                        let _ = nix::sys::signal::kill(c.pid, s);
+                    }
+                    return true;
+                }
+                None => true,
+            },
+        };
+        if remote {
+            if let Some(vm) = self.vm.as_mut() {
+                vm.send(sid, &Msg::Signal { signal });
+            }
+        }
+        true
+    }
+
+    /// Reads the agent channel and dispatches its frames.
+    fn vm_io(&mut self, revents: libc::c_short, buf: &mut [u8]) {
+        let Some(vm) = self.vm.as_mut() else { return };
+        if revents & libc::POLLOUT != 0 && !vm.out.is_empty() {
+            match vm.vm.channel.write(&vm.out) {
+                Ok(n) => {
+                    vm.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {}
+            }
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP) == 0 {
+            return;
+        }
+        match vm.vm.channel.read(buf) {
+            Ok(0) => {
+                // the agent is gone: QEMU's exit will tell us why
+                return;
+            }
+            Ok(n) => vm.dec.push(&buf[..n]),
+            Err(_) => return,
+        }
+        loop {
+            let Some(vm) = self.vm.as_mut() else { return };
+            let f = match vm.dec.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("agent sent garbage: {e}");
+                    let _ = vm.vm.qemu.kill();
+                    return;
+                }
+            };
+            self.vm_frame(f);
+        }
+    }
+
+    fn vm_frame(&mut self, f: Frame) {
+        let sid = f.session;
+        match f.kind {
+            Kind::Stdout | Kind::Stderr => {
+                *self.owed.entry(sid).or_default() += f.data.len() as u64;
+                self.deliver(sid, f.kind == Kind::Stderr, &f.data);
+                return;
+            }
+            Kind::Control => {}
+            _ => return,
+        }
+        let Ok(m) = f.msg() else { return };
+        if let Some(cid) = self.requests.remove(&sid) {
+            self.finish_oneshot(cid, m);
+            return;
+        }
+        match m {
+            Msg::Started { pid } => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if let Some(id) = s.pending.take() {
+                        let detach = s.client == 0;
+                        self.exec_started(id, sid, pid, detach);
+                    }
+                }
+            }
+            Msg::Error { message } => {
+                if let Some(s) = self.sessions.get(&sid) {
+                    let cid = s.pending.unwrap_or(s.client);
+                    self.reply(cid, Msg::Error { message });
+                }
+            }
+            Msg::Exit { code, oom_killed } => {
+                self.owed.remove(&sid);
+                if sid == MAIN {
+                    self.main_exited(code, oom_killed);
+                } else if let Some(s) = self.sessions.remove(&sid) {
+                    let cid = s.pending.unwrap_or(s.client);
+                    self.finish_oneshot(cid, Msg::Exit { code, oom_killed: false });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Gives the agent back the stream credit for output that reached
+    /// clients whose queues are not full (flow control per session).
+    fn grant_credit(&mut self) {
+        if self.vm.is_none() || self.owed.is_empty() {
+            return;
+        }
+        let attach_full = self
+            .clients
+            .values()
+            .any(|c| matches!(c.role, Role::Attach { .. } | Role::Follower) && c.out.len() > CLIENT_BUF_LIMIT);
+        let mut grants = Vec::new();
+        for (sid, owed) in self.owed.iter_mut() {
+            let full = if *sid == MAIN {
+                attach_full
+            } else {
+                self.sessions
+                    .get(sid)
+                    .and_then(|s| self.clients.get(&s.client))
+                    .is_some_and(|c| c.out.len() > CLIENT_BUF_LIMIT)
+            };
+            if !full && *owed > 0 {
+                grants.push((*sid, *owed));
+                *owed = 0;
+            }
+        }
+        if let Some(vm) = self.vm.as_mut() {
+            for (sid, bytes) in grants {
+                vm.send(sid, &Msg::Credit { bytes });
+            }
+        }
+    }
+
+    /// QEMU exited: if the container was still running, that is its end.
+    fn vm_died(&mut self) {
+        let Some(vm) = self.vm.as_mut() else { return };
+        let (code, reason) = vm.death();
+        self.vm = None;
+        if self.main.is_some() {
+            self.c.state.error = reason;
+            self.c.state.manually_stopped = true; // a dead VM is not restarted
+            self.main_exited(code, false);
+        }
+        self.done = true;
     }
 
     fn read_output(&mut self, sid: u32, err: bool, buf: &mut [u8]) {
@@ -796,10 +1077,11 @@ impl Shim {
     fn reap(&mut self, sid: u32) {
         if sid != MAIN {
             let Some(s) = self.sessions.get(&sid) else { return };
+            let Some(pid) = s.proc.child.as_ref().map(|c| c.pid) else { return };
             if s.exit.is_some() {
                 return;
             }
-            let code = exit_code(s.proc.child.pid);
+            let code = exit_code(pid);
             self.drain(sid);
             if let Some(s) = self.sessions.remove(&sid) {
                 let cid = s.client;
@@ -807,9 +1089,16 @@ impl Shim {
             }
             return;
         }
-        let Some(m) = &self.main else { return };
-        let code = exit_code(m.child.pid);
+        let Some(pid) = self.main.as_ref().and_then(|m| m.child.as_ref()).map(|c| c.pid) else { return };
+        let code = exit_code(pid);
         self.drain(MAIN);
+        let oom = self.cgroup.as_ref().is_some_and(|c| c.oom_killed()) && !self.oom_base;
+        self.main_exited(code, oom);
+    }
+
+    /// The main process ended with `code`: record it, tell clients, and
+    /// restart it or finish.
+    fn main_exited(&mut self, code: i32, oom: bool) {
         let tail = self.log.flush().unwrap_or_default();
         if !tail.is_empty() {
             let ids: Vec<u64> =
@@ -820,8 +1109,8 @@ impl Shim {
         }
         self.main = None;
         self.stop_deadline = None;
-        // exec sessions die with the pid namespace; their pidfds report it
-        let oom = self.cgroup.oom_killed() && !self.oom_base;
+        self.hard_deadline = None;
+        // exec sessions die with the pid namespace; their pidfds (or the agent) report it
         let st = &mut self.c.state;
         st.exit_code = code;
         st.oom_killed = oom;
@@ -862,10 +1151,19 @@ impl Shim {
     /// Cleans up after the last exit: cgroup, auto-remove, then flushes clients.
     fn finish(&mut self) {
         for (_, s) in self.sessions.drain() {
-            let _ = nix::sys::signal::kill(s.proc.child.pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(s.proc.child.pid, None);
+            if let Some(c) = &s.proc.child {
+                let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(c.pid, None);
+            }
         }
-        if let Err(e) = self.cgroup.destroy() {
+        if let Some(vm) = self.vm.as_mut() {
+            vm.shutdown();
+        }
+        if self.vm.take().is_some() || self.c.config.isolation() == moat_core::Isolation::Hyperv {
+            // the VM's root (and its bind mounts) live in this process's mount namespace
+            let _ = nix::mount::umount2(&self.spec.rootfs_target, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if let Some(Err(e)) = self.cgroup.as_ref().map(|c| c.destroy()) {
             tracing::warn!("{e}");
         }
         let _ = std::fs::remove_file(self.dir.join("cgroup.json"));

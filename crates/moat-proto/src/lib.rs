@@ -6,6 +6,8 @@
 //! bytes (stdin/stdout/stderr); `session` multiplexes several exec sessions on
 //! one channel (0 on a per-session unix socket connection).
 
+pub mod sock;
+
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
@@ -13,6 +15,8 @@ use std::io::{self, Read, Write};
 pub const MAX_FRAME: usize = 1 << 20;
 /// Frame header size.
 pub const HEADER: usize = 9;
+/// Stream bytes a peer may have in flight per session before it must wait for [`Msg::Credit`].
+pub const WINDOW: u64 = 256 << 10;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +290,21 @@ pub enum Msg {
     },
     /// Server: resource usage.
     Usage(Stats),
+    /// Agent: the guest is up and serving.
+    Ready,
+    /// Host → agent: create the container's main process (JSON of
+    /// `moat_runtime::guest::Create`).
+    Create {
+        /// JSON payload.
+        spec: String,
+    },
+    /// Flow control: the sender may send this many more stream bytes on this session.
+    Credit {
+        /// Bytes.
+        bytes: u64,
+    },
+    /// Host → agent: kill everything and power off.
+    Shutdown,
     /// Server: request done.
     Ok,
     /// Server: request failed.

@@ -26,30 +26,17 @@ pub fn cgroup_version() -> (&'static str, String) {
     }
 }
 
-/// Whether hardware virtualisation is usable: `("kvm"|"tcg", reason)`.
-pub fn accelerator() -> (&'static str, String) {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let flag = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .flat_map(|l| l.split_whitespace())
-        .find(|f| *f == "vmx" || *f == "svm");
-    let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
-    match (flag, kvm) {
-        (Some(f), Ok(_)) => ("kvm", format!("{f} CPU flag present and /dev/kvm opens")),
-        (None, Ok(_)) => ("tcg", "/dev/kvm opens but the CPU has no vmx/svm flag (nested paravirtual host)".into()),
-        (Some(f), Err(e)) => ("tcg", format!("{f} CPU flag present but /dev/kvm does not open: {e}")),
-        (None, Err(e)) => ("tcg", format!("no vmx/svm CPU flag and /dev/kvm does not open: {e}")),
-    }
-}
-
 /// Prints engine information.
 pub fn run(root: &Path, a: InfoArgs) -> Result<i32> {
     let s = crate::images::open(root)?;
     let images = s.list()?.len();
     let containers = s.store().containers()?.len();
     let (cg, cg_detail) = cgroup_version();
-    let (accel, accel_why) = accelerator();
+    let (accel, accel_why) = moat_vm::accel::detect();
+    let kernel = moat_vm::kernel::current(&moat_vm::kernel::dir(root))
+        .map(|k| k.version)
+        .unwrap_or_else(|_| "not installed (moat vm kernel install)".into());
+    let agent = moat_vm::initramfs::find_agent().map(|p| p.display().to_string()).unwrap_or_else(|e| e.to_string());
     let info = serde_json::json!({
         "ServerVersion": env!("CARGO_PKG_VERSION"),
         "Root": root.display().to_string(),
@@ -57,7 +44,8 @@ pub fn run(root: &Path, a: InfoArgs) -> Result<i32> {
         "DefaultIsolation": "process",
         "CgroupVersion": cg,
         "CgroupLayout": cg_detail,
-        "Hypervisor": { "Accelerator": accel, "Reason": accel_why },
+        "Hypervisor": { "Accelerator": accel, "Reason": accel_why, "GuestKernel": kernel, "Agent": agent,
+            "DefaultMemoryMiB": moat_vm::launch::DEFAULT_MEMORY_MIB, "MemoryOverheadMiB": moat_vm::launch::MEMORY_OVERHEAD_MIB, "DefaultVcpus": 1 },
         "Images": images,
         "Containers": containers,
         "KernelVersion": rustix::system::uname().release().to_string_lossy(),
@@ -71,6 +59,12 @@ pub fn run(root: &Path, a: InfoArgs) -> Result<i32> {
             println!("Default isolation:   process");
             println!("Cgroup version:      {cg} ({cg_detail})");
             println!("Hypervisor accel:    {accel} ({accel_why})");
+            println!("Guest kernel:        {kernel}");
+            println!(
+                "VM defaults:         {} MiB memory (or --memory + {} MiB), 1 vCPU (or ceil(--cpus))",
+                moat_vm::launch::DEFAULT_MEMORY_MIB,
+                moat_vm::launch::MEMORY_OVERHEAD_MIB
+            );
             println!("Host kernel:         {}", info["KernelVersion"].as_str().unwrap_or_default());
             println!("Images:              {images}");
             println!("Containers:          {containers}");

@@ -50,12 +50,50 @@ enum Cmd {
     Container(containers::ContainerCmd),
     #[command(flatten)]
     Lifecycle(containers::ContainerCmd),
+    /// Utility VMs: the guest kernel and the agent.
+    #[command(subcommand)]
+    Vm(VmCmd),
     /// Internal: the per-container shim.
     #[command(hide = true)]
     Shim {
         /// Container ID.
         id: String,
     },
+}
+
+/// `moat vm ...`.
+#[derive(Subcommand, Debug)]
+enum VmCmd {
+    /// Manage the guest kernel.
+    #[command(subcommand)]
+    Kernel(KernelCmd),
+}
+
+/// `moat vm kernel ...`.
+#[derive(Subcommand, Debug)]
+enum KernelCmd {
+    /// Download and install Debian's current cloud kernel (linux-image-cloud-amd64).
+    Install,
+    /// Show the installed kernel.
+    Show,
+}
+
+fn vm(root: &std::path::Path, c: VmCmd) -> Result<i32> {
+    let dir = moat_vm::kernel::dir(root);
+    match c {
+        VmCmd::Kernel(KernelCmd::Install) => {
+            let k = moat_vm::kernel::install(&dir)?;
+            let agent = moat_vm::initramfs::find_agent()?;
+            let initrd = moat_vm::initramfs::build(&k, &agent, &dir)?;
+            println!("installed guest kernel {} in {}", k.version, dir.display());
+            println!("initramfs {}", initrd.display());
+        }
+        VmCmd::Kernel(KernelCmd::Show) => {
+            let k = moat_vm::kernel::current(&dir)?;
+            println!("{} {}", k.version, k.vmlinux.display());
+        }
+    }
+    Ok(0)
 }
 
 /// Output format option shared by listing commands.
@@ -81,6 +119,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Tag(a) => images::run(&cli.root, images::ImageCmd::Tag(a)),
         Cmd::Rmi(a) => images::run(&cli.root, images::ImageCmd::Rm(a)),
         Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&cli.root, c),
+        Cmd::Vm(c) => vm(&cli.root, c),
         Cmd::Shim { id } => Ok(moat_engine::shim::main(&cli.root, &id)),
     }
 }

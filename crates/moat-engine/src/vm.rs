@@ -1,0 +1,297 @@
+//! The VM side of a shim (`--isolation=hyperv`): the container's root is the
+//! same overlayfs as process isolation, mounted in the shim's private mount
+//! namespace and exported with virtiofsd; QEMU boots the guest kernel whose
+//! agent runs the container with the same runtime spec.
+
+use crate::config::ContainerConfig;
+use crate::EngineError;
+use moat_proto::{Decoder, Frame, Kind, Msg};
+use moat_runtime::mounts::{in_root, Create};
+use moat_runtime::spec::{Mount, NetNs, Rootfs, Spec};
+use moat_store::Layout;
+use nix::mount::{mount, MsFlags};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the guest mounts the virtio-fs export.
+pub const GUEST_ROOT: &str = "/run/moat/root";
+
+fn vmerr(e: moat_vm::VmError) -> EngineError {
+    EngineError::Shim(e.to_string())
+}
+
+fn fdpath(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+fn mnt(
+    src: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    what: &str,
+) -> Result<(), EngineError> {
+    mount(src, target, fstype, flags, data).map_err(|e| EngineError::Shim(format!("mount {what}: {e}")))
+}
+
+/// Mounts the container's root (overlay, etc files, bind mounts) at
+/// `containers/<id>/rootfs` in the calling process's mount namespace, which
+/// must be private to the shim.
+pub fn prepare_root(spec: &Spec) -> Result<PathBuf, EngineError> {
+    mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, "/ private")?;
+    let target = spec.rootfs_target.clone();
+    let t = target.to_str().ok_or_else(|| EngineError::Invalid("root path is not UTF-8".into()))?;
+    let Rootfs::Overlay { lower, upper, work } = &spec.rootfs else {
+        return Err(EngineError::Invalid("VM containers need an overlay root".into()));
+    };
+    let base =
+        lower.first().and_then(|l| l.parent()).ok_or_else(|| EngineError::Invalid("image has no layers".into()))?;
+    nix::unistd::chdir(base).map_err(|e| EngineError::Shim(format!("chdir {}: {e}", base.display())))?;
+    let lowers: Vec<String> = lower
+        .iter()
+        .map(|l| {
+            if l.parent() == Some(base) {
+                l.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            } else {
+                l.display().to_string()
+            }
+        })
+        .collect();
+    let data = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
+    let nodev = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_NODEV };
+    mnt(Some("overlay"), t, Some("overlay"), nodev, Some(&data), "overlay root filesystem")?;
+    let root = std::fs::File::open(&target).map_err(EngineError::io("open root"))?;
+    let r = root.as_raw_fd();
+    for (ctr, host) in &spec.etc_files {
+        let fd = in_root(r, ctr, Create::File)?;
+        mnt(host.to_str(), &fdpath(&fd), None, MsFlags::MS_BIND, None, ctr)?;
+    }
+    for m in &spec.mounts {
+        if let Mount::Bind { source, target, readonly } = m {
+            let meta =
+                std::fs::metadata(source).map_err(EngineError::io(format!("bind source {}", source.display())))?;
+            let fd = in_root(r, target, if meta.is_dir() { Create::Dir } else { Create::File })?;
+            mnt(source.to_str(), &fdpath(&fd), None, MsFlags::MS_BIND | MsFlags::MS_REC, None, target)?;
+            let fd = in_root(r, target, Create::No)?;
+            let ro = if *readonly { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+            mnt(None, &fdpath(&fd), None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | nodev | ro, None, target)?;
+        }
+    }
+    let _ = nix::unistd::chdir("/");
+    Ok(target)
+}
+
+/// The spec as the guest sees it: root from virtio-fs, binds and etc files
+/// already part of it, tmpfs mounts made inside.
+pub fn guest_spec(spec: &Spec) -> Spec {
+    let mut g = spec.clone();
+    g.rootfs = Rootfs::Dir(PathBuf::from(GUEST_ROOT));
+    g.rootfs_target = PathBuf::from("/run/moat/ctr");
+    g.mounts.retain(|m| matches!(m, Mount::Tmpfs { .. }));
+    g.etc_files.clear();
+    if g.net == NetNs::Host {
+        g.net = NetNs::New;
+    }
+    g
+}
+
+/// Sizing of the VM for a container.
+pub fn sizing(cfg: &ContainerConfig) -> (u64, u32) {
+    let mem = cfg
+        .limits
+        .memory
+        .map(|m| (m as u64).div_ceil(1 << 20) + moat_vm::launch::MEMORY_OVERHEAD_MIB)
+        .unwrap_or(moat_vm::launch::DEFAULT_MEMORY_MIB);
+    let host = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let vcpus = cfg.limits.cpus.map(|c| c.ceil() as u32).unwrap_or(1).clamp(1, host.max(1));
+    (mem, vcpus)
+}
+
+/// A running VM and its agent channel.
+pub struct VmLink {
+    /// QEMU and virtiofsd.
+    pub vm: moat_vm::launch::Vm,
+    /// pidfd of QEMU.
+    pub qemu_pidfd: OwnedFd,
+    /// Frames from the agent.
+    pub dec: Decoder,
+    /// Bytes queued to the agent.
+    pub out: Vec<u8>,
+    /// Console log path.
+    pub console: PathBuf,
+    /// Accelerator in use.
+    pub accel: String,
+    /// Guest kernel version.
+    pub kernel: String,
+}
+
+fn pidfd_of(pid: u32) -> Result<OwnedFd, EngineError> {
+    // SAFETY: pidfd_open returns a new fd we own
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(EngineError::Shim(format!("pidfd_open: {}", nix::Error::last())));
+    }
+    // SAFETY: fresh fd
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
+/// Boot timeout (`MOAT_VM_BOOT_TIMEOUT` seconds, default 120: TCG on a busy 2-core host is slow).
+fn boot_timeout() -> Duration {
+    Duration::from_secs(std::env::var("MOAT_VM_BOOT_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(120))
+}
+
+impl VmLink {
+    /// Boots the VM for container `id` exporting `root`, and waits for the agent.
+    pub fn start(layout: &Layout, id: &str, cfg: &ContainerConfig, root: &Path) -> Result<Self, EngineError> {
+        let kdir = moat_vm::kernel::dir(layout.root());
+        let kernel = moat_vm::kernel::current(&kdir).map_err(vmerr)?;
+        let agent = moat_vm::initramfs::find_agent().map_err(vmerr)?;
+        let initramfs = moat_vm::initramfs::build(&kernel, &agent, &kdir).map_err(vmerr)?;
+        let (accel, _) = moat_vm::accel::detect();
+        let (mem_mib, vcpus) = sizing(cfg);
+        let dir = layout.container(id);
+        let console = dir.join("console.log");
+        let vc = moat_vm::launch::VmConfig {
+            kernel: kernel.clone(),
+            initramfs,
+            accel: accel.to_string(),
+            mem_mib,
+            vcpus,
+            rootfs: root.to_path_buf(),
+            run_dir: dir.clone(),
+            console_log: console.clone(),
+        };
+        let vm = moat_vm::launch::launch(&vc).map_err(vmerr)?;
+        let qemu_pidfd = pidfd_of(vm.qemu.id())?;
+        let mut link = VmLink {
+            vm,
+            qemu_pidfd,
+            dec: Decoder::default(),
+            out: Vec::new(),
+            console,
+            accel: accel.into(),
+            kernel: kernel.version,
+        };
+        match link.wait_for(0, boot_timeout(), |m| matches!(m, Msg::Ready)) {
+            Ok(_) => Ok(link),
+            Err(e) => {
+                link.kill();
+                Err(e)
+            }
+        }
+    }
+
+    /// Blocks until a control message on session `sid` satisfies `want`,
+    /// QEMU exits, or the timeout passes. Other frames are dropped (only used
+    /// before the shim's loop runs).
+    pub fn wait_for(&mut self, sid: u32, timeout: Duration, want: impl Fn(&Msg) -> bool) -> Result<Msg, EngineError> {
+        let deadline = Instant::now() + timeout;
+        let fd = self.vm.channel.as_raw_fd();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            self.flush_blocking()?;
+            while let Some(f) = self.dec.next_frame().map_err(|e| EngineError::Shim(format!("agent: {e}")))? {
+                if f.session == sid && f.kind == Kind::Control {
+                    let m = f.msg().map_err(|e| EngineError::Shim(format!("agent: {e}")))?;
+                    if want(&m) {
+                        return Ok(m);
+                    }
+                    if let Msg::Error { message } = m {
+                        return Err(EngineError::Shim(message));
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(EngineError::Shim(format!(
+                    "the utility VM did not come up within {}s; guest console: {}",
+                    timeout.as_secs(),
+                    moat_vm::launch::console_tail(&self.console, 8)
+                )));
+            }
+            let mut fds = [
+                libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.qemu_pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: poll over our array
+            unsafe { libc::poll(fds.as_mut_ptr(), 2, left.as_millis().min(i32::MAX as u128) as i32) };
+            if fds[1].revents != 0 {
+                return Err(EngineError::Shim(format!(
+                    "the utility VM exited during start-up; guest console: {}",
+                    moat_vm::launch::console_tail(&self.console, 8)
+                )));
+            }
+            if fds[0].revents != 0 {
+                match self.vm.channel.read(&mut buf) {
+                    Ok(0) => return Err(EngineError::Shim("the guest agent closed its channel".into())),
+                    Ok(n) => self.dec.push(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(EngineError::Shim(format!("agent channel: {e}"))),
+                }
+            }
+        }
+    }
+
+    fn flush_blocking(&mut self) -> Result<(), EngineError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.vm.channel.set_nonblocking(false).map_err(EngineError::io("agent channel"))?;
+        let r = self.vm.channel.write_all(&self.out).map_err(EngineError::io("agent channel"));
+        self.out.clear();
+        self.vm.channel.set_nonblocking(true).map_err(EngineError::io("agent channel"))?;
+        r
+    }
+
+    /// Queues a control message.
+    pub fn send(&mut self, sid: u32, m: &Msg) {
+        Frame::control(sid, m).encode_into(&mut self.out);
+    }
+
+    /// Queues a frame.
+    pub fn send_frame(&mut self, f: Frame) {
+        f.encode_into(&mut self.out);
+    }
+
+    /// Asks the guest to power off, waits a little, then kills what is left.
+    pub fn shutdown(&mut self) {
+        self.send(0, &Msg::Shutdown);
+        let _ = self.flush_blocking();
+        let mut p = libc::pollfd { fd: self.qemu_pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: wait up to 5 s for QEMU to exit
+        unsafe { libc::poll(&mut p, 1, 5000) };
+        self.kill();
+    }
+
+    /// Kills and reaps QEMU and virtiofsd.
+    pub fn kill(&mut self) {
+        let _ = self.vm.qemu.kill();
+        let _ = self.vm.qemu.wait();
+        let _ = self.vm.virtiofsd.kill();
+        let _ = self.vm.virtiofsd.wait();
+    }
+
+    /// QEMU's exit status as a description, after it exited.
+    pub fn death(&mut self) -> (i32, String) {
+        use std::os::unix::process::ExitStatusExt;
+        let st = self.vm.qemu.wait().ok();
+        let tail = moat_vm::launch::console_tail(&self.console, 6);
+        let panic = tail.contains("Kernel panic");
+        let (code, how) = match st {
+            Some(s) if s.signal().is_some() => {
+                (128 + s.signal().unwrap_or(9), format!("qemu was killed by signal {}", s.signal().unwrap_or(9)))
+            }
+            Some(s) => {
+                (if s.code() == Some(0) { 255 } else { s.code().unwrap_or(255) }, format!("qemu exited with {s}"))
+            }
+            None => (255, "qemu vanished".into()),
+        };
+        let what = if panic { "guest kernel panic" } else { "the utility VM stopped unexpectedly" };
+        let _ = self.vm.virtiofsd.kill();
+        let _ = self.vm.virtiofsd.wait();
+        (code, format!("{what} ({how}); guest console: {tail}"))
+    }
+}

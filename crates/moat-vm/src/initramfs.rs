@@ -1,0 +1,96 @@
+//! The initramfs: `/init` (the static guest agent) and the guest modules,
+//! as an uncompressed cpio newc archive (no decompression at boot under TCG),
+//! cached by content: rebuilt only when the agent or the kernel changes.
+
+use crate::kernel::Kernel;
+use crate::VmError;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// True for an ELF executable without a program interpreter (static), the
+/// only kind that can run as PID 1 of the initramfs.
+pub fn is_static_elf(path: &Path) -> bool {
+    let Ok(b) = std::fs::read(path) else { return false };
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return false;
+    }
+    let u16at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[32..40].try_into().unwrap_or([0; 8])) as usize;
+    let (phentsize, phnum) = (u16at(54), u16at(56));
+    (0..phnum).all(|i| {
+        let o = phoff + i * phentsize;
+        o + 4 <= b.len() && u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]) != 3
+        // PT_INTERP
+    })
+}
+
+/// Finds the static `moat-agent` binary: `MOAT_AGENT`, the workspace's
+/// `target/agent/...` build (`make agent`), or next to the running moat.
+pub fn find_agent() -> Result<PathBuf, VmError> {
+    if let Some(p) = std::env::var_os("MOAT_AGENT") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(VmError::io("locate moat"))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let mut tried = Vec::new();
+    let mut cands = Vec::new();
+    for up in [dir.parent(), dir.parent().and_then(Path::parent)].into_iter().flatten() {
+        cands.push(up.join("agent/x86_64-unknown-linux-gnu/release/moat-agent"));
+    }
+    cands.push(dir.join("moat-agent"));
+    for c in cands {
+        if c.is_file() && is_static_elf(&c) {
+            return Ok(c);
+        }
+        tried.push(c.display().to_string());
+    }
+    Err(VmError::NoAgent(tried.join(", ")))
+}
+
+fn entry(w: &mut Vec<u8>, name: &str, mode: u32, data: &[u8]) -> Result<(), VmError> {
+    let b = cpio::newc::Builder::new(name).mode(mode).nlink(1);
+    let mut wr = b.write(std::mem::take(w), data.len() as u32);
+    wr.write_all(data).map_err(VmError::io("cpio"))?;
+    *w = wr.finish().map_err(VmError::io("cpio"))?;
+    Ok(())
+}
+
+/// The initramfs for `kernel` and `agent`, built into `cache_dir` if missing.
+pub fn build(kernel: &Kernel, agent: &Path, cache_dir: &Path) -> Result<PathBuf, VmError> {
+    let agent_bytes = std::fs::read(agent).map_err(VmError::io(format!("read {}", agent.display())))?;
+    let mut h = Sha256::new();
+    h.update(&agent_bytes);
+    h.update(kernel.version.as_bytes());
+    let mut mods = Vec::new();
+    for m in &kernel.modules {
+        let b = std::fs::read(m).map_err(VmError::io(format!("read {}", m.display())))?;
+        h.update(&b);
+        mods.push((m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), b));
+    }
+    let key = hex::encode(h.finalize());
+    let path = cache_dir.join(format!("initramfs-{}.cpio", &key[..16]));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let mut w = Vec::new();
+    let dir = |w: &mut Vec<u8>, n: &str| entry(w, n, 0o040755, &[]);
+    dir(&mut w, "modules")?;
+    for d in ["dev", "proc", "sys", "run", "tmp"] {
+        dir(&mut w, d)?;
+    }
+    entry(&mut w, "init", 0o100755, &agent_bytes)?;
+    let mut order = String::new();
+    for (name, b) in &mods {
+        entry(&mut w, &format!("modules/{name}"), 0o100644, b)?;
+        order.push_str(name);
+        order.push('\n');
+    }
+    entry(&mut w, "modules/order", 0o100644, order.as_bytes())?;
+    let w = cpio::newc::trailer(w).map_err(VmError::io("cpio"))?;
+    std::fs::create_dir_all(cache_dir).map_err(VmError::io("create initramfs cache"))?;
+    let tmp = cache_dir.join(format!(".initramfs.{}", std::process::id()));
+    std::fs::write(&tmp, &w).map_err(VmError::io("write initramfs"))?;
+    std::fs::rename(&tmp, &path).map_err(VmError::io("write initramfs"))?;
+    Ok(path)
+}
