@@ -1,11 +1,15 @@
 # moat — see README.md. Every target installs what it needs on Debian 12.
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests and the demo use
-DEB_PKGS := busybox-static umoci tar gzip zstd iproute2 util-linux ca-certificates
+# Debian packages the tests and the demo use (libseccomp/libcap-ng: to build virtiofsd)
+DEB_PKGS := busybox-static umoci tar gzip zstd iproute2 util-linux ca-certificates \
+            qemu-system-x86 libseccomp-dev libcap-ng-dev pkg-config
 export CARGO_TERM_COLOR ?= never
+# one guest kernel for the whole workspace (tests and demo share it)
+export MOAT_KERNEL_DIR ?= $(CURDIR)/target/vm-kernel
+AGENT := target/agent/x86_64-unknown-linux-gnu/release/moat-agent
 
-.PHONY: all deps build lint test demo clean
+.PHONY: all deps build agent kernel lint test demo bench clean
 
 all: build
 
@@ -16,20 +20,38 @@ deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 	@command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+	@command -v virtiofsd >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/virtiofsd" ] || cargo install --locked virtiofsd
 
 build:
 	cargo build --workspace --all-targets
+
+# the guest agent: a static binary, PID 1 of every utility VM
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
+	  cargo build --release -p moat-agent --target x86_64-unknown-linux-gnu --target-dir target/agent
+
+# Debian's current cloud kernel for the guests (resolved, downloaded, unpacked by moat itself)
+kernel: deps agent
+	cargo build -p moat
+	apt-cache depends linux-image-cloud-amd64 2>/dev/null | grep -q 'Depends: linux-image-' || $(SUDO) apt-get update -qq
+	target/debug/moat --root target/vm-root vm kernel install
 
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: deps lint
+test: deps lint kernel
 	cargo nextest run --workspace --no-fail-fast
 
-demo: deps
+demo: deps agent
 	cargo build --release -p moat
+	apt-cache depends linux-image-cloud-amd64 2>/dev/null | grep -q 'Depends: linux-image-' || $(SUDO) apt-get update -qq
+	target/release/moat --root target/vm-root vm kernel install
 	MOAT=$(CURDIR)/target/release/moat ./scripts/demo.sh
+
+bench: deps agent kernel
+	cargo build --release -p moat
+	MOAT=$(CURDIR)/target/release/moat ./bench/run.sh
 
 clean:
 	cargo clean

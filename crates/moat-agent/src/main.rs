@@ -289,7 +289,7 @@ impl Agent {
         if self.cgroup.is_none() {
             self.cgroup = Some(Cgroup::create(&c.cgroup, &c.limits).map_err(|e| (e.to_string(), 125))?);
         }
-        let (kept, io, give) = make_stdio(c.spec.process.tty, true, None).map_err(|e| (e, 125))?;
+        let (kept, io, give) = make_stdio(c.spec.process.tty, c.stdin, None).map_err(|e| (e, 125))?;
         let child = spawn::create(&c.spec, self.cgroup.as_ref(), io).map_err(|e| match e {
             moat_runtime::RuntimeError::Start { message, code } => (message, code),
             e => (e.to_string(), 125),
@@ -408,6 +408,18 @@ impl Agent {
         self.sessions.remove(&sid);
     }
 
+    fn reap_strays(&self) {
+        use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
+        loop {
+            let peek = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
+            let Some(pid) = peek.ok().and_then(|st| st.pid()) else { return };
+            if self.sessions.values().any(|s| s.child.pid == pid) {
+                return;
+            }
+            let _ = waitpid(pid, None);
+        }
+    }
+
     fn run(&mut self) {
         loop {
             let mut fds = vec![libc::pollfd {
@@ -478,19 +490,8 @@ impl Agent {
                     Some(T::Pid(sid)) => self.reap(sid),
                 }
             }
-            // reap strays reparented to us
-            while let Ok(st) =
-                nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-            {
-                if matches!(st, nix::sys::wait::WaitStatus::StillAlive) {
-                    break;
-                }
-                if let Some(pid) = st.pid() {
-                    if self.sessions.values().any(|s| s.child.pid == pid) {
-                        continue;
-                    }
-                }
-            }
+            // reap strays reparented to us (never a session's process: its pidfd reports that)
+            self.reap_strays();
             if !self.flush() {
                 fatal("host channel write failed");
             }

@@ -326,9 +326,8 @@ impl Shim {
             }
             Err(e) => {
                 let (message, code) = match &e {
-                    EngineError::Runtime(moat_runtime::RuntimeError::Start { message, code }) => {
-                        (message.clone(), *code)
-                    }
+                    EngineError::Runtime(moat_runtime::RuntimeError::Start { message, code })
+                    | EngineError::Start { message, code } => (message.clone(), *code),
                     e => (e.to_string(), 125),
                 };
                 let mut st = shim.c.state.clone();
@@ -382,16 +381,22 @@ impl Shim {
                 spec: crate::vm::guest_spec(&self.spec),
                 limits: self.c.config.limits.clone(),
                 cgroup: self.id[..12].to_string(),
+                stdin: self.c.config.open_stdin,
             };
             let json = serde_json::to_string(&create).map_err(|e| EngineError::Invalid(e.to_string()))?;
             vm.send(0, &Msg::Create { spec: json });
-            match vm.wait_for(0, Duration::from_secs(60), |m| matches!(m, Msg::Started { .. } | Msg::Exit { .. }))? {
+            let t = Duration::from_secs(60);
+            match vm.wait_for(0, t, |m| matches!(m, Msg::Started { .. } | Msg::Error { .. }))? {
                 Msg::Started { pid } => {
                     self.main = Some(Proc::remote(self.c.config.tty));
                     pid
                 }
-                Msg::Exit { code, .. } => {
-                    return Err(EngineError::Start { message: "the container's process failed to start".into(), code })
+                Msg::Error { message } => {
+                    let code = match vm.wait_for(0, t, |m| matches!(m, Msg::Exit { .. })) {
+                        Ok(Msg::Exit { code, .. }) => code,
+                        _ => 125,
+                    };
+                    return Err(EngineError::Start { message, code });
                 }
                 _ => return Err(EngineError::Shim("unexpected agent reply".into())),
             }

@@ -163,6 +163,7 @@ impl VmLink {
             rootfs: root.to_path_buf(),
             run_dir: dir.clone(),
             console_log: console.clone(),
+            name: format!("moat-{}", &id[..12]),
         };
         let vm = moat_vm::launch::launch(&vc).map_err(vmerr)?;
         let qemu_pidfd = pidfd_of(vm.qemu.id())?;
@@ -198,9 +199,6 @@ impl VmLink {
                     let m = f.msg().map_err(|e| EngineError::Shim(format!("agent: {e}")))?;
                     if want(&m) {
                         return Ok(m);
-                    }
-                    if let Msg::Error { message } = m {
-                        return Err(EngineError::Shim(message));
                     }
                 }
             }

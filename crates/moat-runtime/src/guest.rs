@@ -15,4 +15,6 @@ pub struct Create {
     pub limits: Limits,
     /// Cgroup name inside the guest.
     pub cgroup: String,
+    /// Keep stdin open (`-i`); otherwise it is /dev/null.
+    pub stdin: bool,
 }

@@ -39,6 +39,8 @@ pub struct VmConfig {
     pub run_dir: PathBuf,
     /// Where the guest console goes.
     pub console_log: PathBuf,
+    /// VM name shown in the host's process list (`-name`).
+    pub name: String,
 }
 
 /// A running VM.

@@ -861,6 +861,23 @@ fn ps(e: &mut Engine, a: PsArgs) -> Result<i32> {
 
 pub fn inspect_json(e: &Engine, c: &Container) -> serde_json::Value {
     let dir = e.layout().container(c.id());
+    let vm: serde_json::Value = if c.config.isolation() == moat_core::Isolation::Hyperv {
+        let mut v: serde_json::Value = std::fs::read(dir.join("vm.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        if !c.is_running() {
+            // pids of a VM that is gone mean nothing
+            if let Some(o) = v.as_object_mut() {
+                o.remove("QemuPid");
+                o.remove("VirtiofsdPid");
+            }
+        }
+        v["Accelerator"] = serde_json::json!(moat_vm::accel::detect().0);
+        v
+    } else {
+        serde_json::Value::Null
+    };
     let cfg = &c.config;
     let st = &c.state;
     let t = |x: Option<chrono::DateTime<chrono::Utc>>| {
@@ -893,6 +910,7 @@ pub fn inspect_json(e: &Engine, c: &Container) -> serde_json::Value {
         "LogPath": dir.join(format!("{}-json.log", c.id())),
         "Name": format!("/{}", c.name()),
         "RestartCount": st.restart_count,
+        "VM": vm,
         "Driver": "overlay",
         "Platform": "linux",
         "HostConfig": {

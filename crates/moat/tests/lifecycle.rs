@@ -14,6 +14,9 @@ macro_rules! modes {
         mod process {
             $( #[test] fn $name() { super::$name("process"); } )*
         }
+        mod vm {
+            $( #[test] fn $name() { super::$name("vm"); } )*
+        }
     };
 }
 
@@ -63,6 +66,15 @@ fn pid_one_and_host_visibility(iso: &str) {
     if iso == "process" {
         let hp: u32 = cols[3].parse().unwrap();
         assert!(host.contains(&hp), "host PID {hp} of {top} not among host's {host:?}");
+    } else {
+        assert!(host.is_empty(), "a VM container's process is visible on the host: {host:?}");
+        assert_eq!(cols[3], "-", "no host PID inside a VM: {top}");
+        let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "s"])).unwrap();
+        let q = v[0]["VM"]["QemuPid"].as_u64().unwrap() as u32;
+        let args = std::fs::read_to_string(format!("/proc/{q}/cmdline")).unwrap();
+        assert!(args.starts_with("/usr/bin/qemu-system-x86_64") || args.contains("qemu-system"), "{args}");
+        let uname = r.ok(&["exec", "s", "uname", "-r"]);
+        assert_ne!(uname.trim(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim(), "guest kernel");
     }
     let ps = r.ok(&["exec", "s", "ps"]);
     assert!(ps.lines().any(|l| l.contains("sleep 301")), "{ps}");
@@ -145,9 +157,10 @@ fn stop_kill_rm_and_ps_states(iso: &str) {
         Some(2)
     );
     let ps = r.ok(&["ps", "-a"]);
+    let shown = if iso == "vm" { "hyperv" } else { iso };
     let line = |n: &str| {
         ps.lines()
-            .find(|l| l.split_whitespace().last() == Some(iso) && l.contains(&format!(" {n} ")))
+            .find(|l| l.split_whitespace().last() == Some(shown) && l.contains(&format!(" {n} ")))
             .map(str::to_string)
     };
     assert!(line("c").unwrap().contains("Created"), "{ps}");
@@ -165,7 +178,7 @@ fn stop_kill_rm_and_ps_states(iso: &str) {
     assert_eq!(v[0]["State"]["Status"], "exited");
     assert_eq!(v[0]["State"]["ExitCode"], 137);
     assert_eq!(v[0]["HostConfig"]["Isolation"], if iso == "vm" { "hyperv" } else { iso });
-    // a container that handles SIGTERM stops at once
+    // a container that handles SIGTERM stops at once (once its trap is set)
     r.ok(&[
         "run",
         "-d",
@@ -176,9 +189,16 @@ fn stop_kill_rm_and_ps_states(iso: &str) {
         "busybox",
         "sh",
         "-c",
-        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+        "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done",
     ]);
+    let t0 = Instant::now();
+    while r.ok(&["logs", "term"]) != "ready\n" {
+        assert!(t0.elapsed() < Duration::from_secs(30), "term never got ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t0 = Instant::now();
     r.ok(&["stop", "-t", "30", "term"]);
+    assert!(t0.elapsed() < Duration::from_secs(20), "SIGTERM was not delivered");
     assert!(r.ok(&["inspect", "--", "term"]).contains("\"ExitCode\": 0"));
     // restart and rename
     r.ok(&["start", "up"]);

@@ -15,6 +15,11 @@ pub fn fixtures_dir() -> PathBuf {
     d
 }
 
+/// The workspace's guest kernel directory (`make kernel` fills it).
+pub fn kernel_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("vm-kernel")
+}
+
 /// A moat root that is removed (with anything mounted in it) when dropped.
 pub struct Root {
     pub dir: tempfile::TempDir,
@@ -31,10 +36,13 @@ impl Root {
         self.dir.path()
     }
 
-    /// A `moat --root <this>` command.
+    /// A `moat --root <this>` command (sharing the workspace's guest kernel).
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_moat"));
         c.arg("--root").arg(self.path()).stdin(Stdio::null());
+        if std::env::var_os("MOAT_KERNEL_DIR").is_none() {
+            c.env("MOAT_KERNEL_DIR", kernel_dir());
+        }
         c
     }
 
@@ -348,6 +356,9 @@ pub fn host_pids_matching(needle: &str) -> Vec<u32> {
 pub fn with_pty(cmd: &str, input: Option<&str>) -> Output {
     let mut c = Command::new("script");
     c.args(["-qec", cmd, "/dev/null"]);
+    if std::env::var_os("MOAT_KERNEL_DIR").is_none() {
+        c.env("MOAT_KERNEL_DIR", kernel_dir());
+    }
     match input {
         Some(i) => {
             let mut child =

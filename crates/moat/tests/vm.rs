@@ -1,0 +1,128 @@
+//! VM isolation specifics: the guest kernel, what the host sees, QEMU dying,
+//! and clear errors (with cleanup) when the VM cannot start.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn vm_info(r: &Root, name: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", name])).unwrap();
+    v[0].clone()
+}
+
+fn alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+#[test]
+fn guest_kernel_and_host_view_hyperv() {
+    let r = root_with_busybox();
+    let guest = r.ok(&["run", "--rm", "--isolation=hyperv", "busybox", "uname", "-r"]);
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(guest.trim(), host.trim());
+    assert!(guest.trim().ends_with("-cloud-amd64"), "{guest}");
+    let info: serde_json::Value = serde_json::from_str(&r.ok(&["info", "--format", "json"])).unwrap();
+    assert_eq!(info["Hypervisor"]["GuestKernel"].as_str().unwrap(), guest.trim());
+
+    r.ok(&["run", "-d", "--isolation=vm", "--name", "v", "--memory", "64m", "--cpus", "1", "busybox", "sleep", "3201"]);
+    let v = vm_info(&r, "v");
+    assert_eq!(v["HostConfig"]["Isolation"], "hyperv");
+    let accel = v["VM"]["Accelerator"].as_str().unwrap();
+    assert!(accel == "tcg" || accel == "kvm");
+    assert_eq!(v["VM"]["MemoryMiB"], 64 + 96, "--memory plus the documented overhead");
+    let (qemu, vfsd) = (v["VM"]["QemuPid"].as_u64().unwrap(), v["VM"]["VirtiofsdPid"].as_u64().unwrap());
+    assert!(alive(qemu) && alive(vfsd));
+    // the host sees QEMU, not the container's process
+    assert!(host_pids_matching("sleep 3201").is_empty());
+    let ps = r.ok(&["exec", "v", "ps"]);
+    assert!(ps.contains("sleep 3201"), "{ps}");
+    // the limit also applies inside the guest
+    let lim = r.ok(&["exec", "v", "cat", "/proc/self/cgroup"]);
+    assert!(lim.starts_with("0::/"), "cgroup v2 inside the guest: {lim}");
+    let stats = r.ok(&["stats", "--no-stream", "v"]);
+    assert!(stats.contains("/ 64MiB"), "{stats}");
+    // the root filesystem is the same overlay as process isolation: writes land in the container's upper dir
+    r.ok(&["exec", "v", "sh", "-c", "echo guest-wrote > /root/marker"]);
+    let id = v["Id"].as_str().unwrap().to_string();
+    let upper = r.path().join("containers").join(&id).join("upper/root/marker");
+    assert_eq!(std::fs::read_to_string(&upper).unwrap(), "guest-wrote\n");
+    r.ok(&["rm", "-f", "v"]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!alive(qemu) && !alive(vfsd), "rm leaves no QEMU or virtiofsd");
+    assert!(!r.path().join("containers").join(&id).exists(), "rm leaves no files");
+}
+
+#[test]
+fn qemu_killed_is_reported_and_cleaned_hyperv() {
+    let r = root_with_busybox();
+    r.ok(&["run", "-d", "--isolation=vm", "--name", "k", "busybox", "sleep", "3202"]);
+    let v = vm_info(&r, "k");
+    let (qemu, vfsd) = (v["VM"]["QemuPid"].as_u64().unwrap(), v["VM"]["VirtiofsdPid"].as_u64().unwrap());
+    // SAFETY: SIGKILL to the QEMU this test's container started
+    unsafe { libc::kill(qemu as i32, libc::SIGKILL) };
+    let t0 = std::time::Instant::now();
+    loop {
+        let v = vm_info(&r, "k");
+        if v["State"]["Status"] == "exited" {
+            assert_eq!(v["State"]["ExitCode"], 137);
+            assert!(v["State"]["Error"].as_str().unwrap().contains("qemu was killed by signal 9"), "{v}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "death not recorded: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ps = r.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.starts_with("k Exited (137)"), "{ps}");
+    assert!(!alive(vfsd), "virtiofsd reaped");
+    r.ok(&["rm", "k"]);
+    assert!(r.ok(&["ps", "-a", "-q"]).is_empty());
+}
+
+#[test]
+fn vm_start_failures_are_clear_and_clean_hyperv() {
+    let r = root_with_busybox();
+    // no kernel
+    let empty = tempfile::tempdir().unwrap();
+    let o = r
+        .cmd()
+        .env("MOAT_KERNEL_DIR", empty.path())
+        .args(["run", "--rm", "--isolation=vm", "busybox", "true"])
+        .output()
+        .unwrap();
+    assert_fails_one_line(&o, "no kernel");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no guest kernel installed"));
+    // no QEMU
+    let o = r
+        .cmd()
+        .env("MOAT_QEMU", "/nonexistent/qemu")
+        .args(["run", "--rm", "--isolation=vm", "busybox", "true"])
+        .output()
+        .unwrap();
+    assert_fails_one_line(&o, "no qemu");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent/qemu"), "{}", String::from_utf8_lossy(&o.stderr));
+    // a guest that never says Ready (busybox as PID 1): times out, with the console in the error
+    let o = r
+        .cmd()
+        .env("MOAT_AGENT", "/bin/busybox")
+        .env("MOAT_VM_BOOT_TIMEOUT", "8")
+        .args(["run", "--name", "stuck", "--isolation=vm", "busybox", "true"])
+        .output()
+        .unwrap();
+    assert_fails_one_line(&o, "stuck guest");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("did not come up within 8s") && err.contains("guest console"), "{err}");
+    let v = vm_info(&r, "stuck");
+    assert_ne!(v["State"]["Status"], "running");
+    assert!(v["State"]["Error"].as_str().unwrap().contains("did not come up"));
+    std::thread::sleep(Duration::from_millis(200));
+    let id = v["Id"].as_str().unwrap();
+    assert!(host_pids_matching(&format!("moat-{}", &id[..12])).is_empty(), "no QEMU left behind");
+    assert!(host_pids_matching(&format!("--shared-dir={}", r.path().display())).is_empty(), "no virtiofsd left behind");
+    r.ok(&["rm", "stuck"]);
+    // the engine still works afterwards
+    assert_eq!(r.ok(&["run", "--rm", "--isolation=vm", "busybox", "echo", "ok"]), "ok\n");
+}
