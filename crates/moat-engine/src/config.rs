@@ -193,6 +193,9 @@ pub struct ContainerState {
     pub restart_count: u32,
     /// Stopped by the user (restart policies stand down).
     pub manually_stopped: bool,
+    /// When `moat update --isolation` last changed the isolation type.
+    #[serde(default)]
+    pub isolation_changed_at: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

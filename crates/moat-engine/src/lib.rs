@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod logs;
 pub mod names;
+pub mod settings;
 pub mod shim;
 pub mod spec;
 pub mod vm;
@@ -112,6 +113,8 @@ impl Container {
 pub struct Engine {
     images: ImageStore,
     layout: Layout,
+    /// Effective settings (config files, then flags).
+    pub settings: settings::Settings,
 }
 
 /// Paths of one container's directory.
@@ -127,6 +130,16 @@ fn parse_row(row: ContainerRow) -> Result<Container, EngineError> {
     Ok(Container { row, config, state })
 }
 
+/// Refuses options that `iso` cannot honour, before anything changes.
+fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(), EngineError> {
+    if iso == moat_core::Isolation::Hyperv && cfg.network == "host" {
+        return Err(EngineError::Invalid(
+            "--network host shares the host's network stack, which a utility VM cannot: use process isolation, or recreate the container without --network host".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// True while the container's shim holds its lock.
 pub fn shim_alive(layout: &Layout, id: &str) -> bool {
     let p = layout.container(id).join("shim.lock");
@@ -139,9 +152,10 @@ pub fn shim_alive(layout: &Layout, id: &str) -> bool {
 impl Engine {
     /// Opens the engine on `root`.
     pub fn open(root: &Path) -> Result<Self, EngineError> {
+        let settings = settings::Settings::load(root)?;
         let store = Store::open(Layout::new(root))?;
         let layout = store.layout().clone();
-        Ok(Self { images: ImageStore::open(store)?, layout })
+        Ok(Self { images: ImageStore::open(store)?, layout, settings })
     }
 
     /// The image store.
@@ -251,9 +265,13 @@ impl Engine {
         }
         spec::security(&cfg.security_opt)?;
         moat_runtime::caps::compute(&cfg.cap_add, &cfg.cap_drop, cfg.privileged)?;
+        if cfg.isolation.is_none() {
+            cfg.isolation = Some(self.settings.default_isolation);
+        }
         if cfg.network.is_empty() {
             cfg.network = "none".into();
         }
+        check_isolation(&cfg, cfg.isolation())?;
         if !matches!(cfg.network.as_str(), "none" | "host") {
             return Err(EngineError::Invalid(format!(
                 "network {:?} not found: switches arrive with issue #6; use --network none or host",
@@ -454,6 +472,56 @@ impl Engine {
             return Err(EngineError::Conflict(format!("Conflict. The container name \"/{new}\" is already in use")));
         }
         self.store().rename_container(c.id(), new)?;
+        Ok(())
+    }
+
+    /// Converts a container to another isolation type (`moat update
+    /// --isolation`). A running container is refused unless `restart`, which
+    /// stops it, converts it and starts it again. Its filesystem, name, ID,
+    /// config and logs are kept; only the backend of the next start changes.
+    pub fn update_isolation(
+        &mut self,
+        key: &str,
+        iso: moat_core::Isolation,
+        restart: bool,
+    ) -> Result<Container, EngineError> {
+        let c = self.get(key)?;
+        let was_running = c.is_running();
+        if was_running && !restart {
+            return Err(EngineError::Conflict(format!(
+                "cannot change the isolation of running container {}: stop it first, or pass --restart to stop, convert and start it",
+                c.name()
+            )));
+        }
+        check_isolation(&c.config, iso)?;
+        if was_running {
+            self.stop(c.id(), None, None)?;
+        }
+        let lock = self.op_lock(c.id())?;
+        let mut c = self.get(c.id())?;
+        if c.config.isolation() != iso {
+            c.config.isolation = Some(iso);
+            let js = serde_json::to_string(&c.config).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            self.store().set_container_config(c.id(), &js)?;
+            c.state.isolation_changed_at = Some(Utc::now());
+            let st = c.state.clone();
+            self.save_state(c.id(), &st)?;
+        }
+        drop(lock);
+        if was_running {
+            self.start(c.id())?;
+        }
+        self.get(c.id())
+    }
+
+    /// Changes a container's restart policy (applies from its next start).
+    pub fn update_restart_policy(&mut self, key: &str, p: config::RestartPolicy) -> Result<(), EngineError> {
+        let c = self.get(key)?;
+        let _lock = self.op_lock(c.id())?;
+        let mut cfg = self.get(c.id())?.config;
+        cfg.restart = p;
+        let js = serde_json::to_string(&cfg).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.store().set_container_config(c.id(), &js)?;
         Ok(())
     }
 

@@ -414,6 +414,7 @@ impl Shim {
         st.pid = pid;
         st.shim_pid = std::process::id();
         st.started_at = Some(Utc::now());
+        st.manually_stopped = false;
         st.error.clear();
         st.oom_killed = false;
         self.save_state();

@@ -250,6 +250,20 @@ pub enum ContainerCmd {
         #[arg(short = 'f', long)]
         force: bool,
     },
+    /// Change a container's settings: its isolation type (a stopped
+    /// container, or any with --restart) or its restart policy.
+    Update {
+        /// New isolation: process, hyperv (alias vm) or default.
+        #[arg(long)]
+        isolation: Option<String>,
+        /// Alone: stop a running container, convert it, start it again.
+        /// With a value (`--restart=always`, `=` required): the restart policy.
+        #[arg(long, num_args = 0..=1, default_missing_value = "", require_equals = true)]
+        restart: Option<String>,
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Show resource usage.
     Stats {
         /// Print one sample and exit.
@@ -622,6 +636,31 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
             Ok(0)
         }
         ContainerCmd::Stats { no_stream, all, containers } => stats(&mut e, no_stream, all, &containers),
+        ContainerCmd::Update { isolation, restart, containers } => {
+            let restart_now = restart.as_deref() == Some("");
+            let policy = restart
+                .as_deref()
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse().map_err(|e: String| anyhow!(e)))
+                .transpose()?;
+            if isolation.is_none() && policy.is_none() {
+                bail!("nothing to update: use --isolation and/or --restart=POLICY");
+            }
+            let iso = match isolation.as_deref().map(str::parse::<IsolationRequest>).transpose()? {
+                Some(r) => Some(r.resolve(e.settings.default_isolation)),
+                None => None,
+            };
+            each(&containers, |n| {
+                if let Some(p) = policy {
+                    e.update_restart_policy(n, p)?;
+                }
+                if let Some(i) = iso {
+                    e.update_isolation(n, i, restart_now)?;
+                }
+                println!("{n}");
+                Ok(())
+            })
+        }
     }
 }
 
@@ -902,6 +941,8 @@ pub fn inspect_json(e: &Engine, c: &Container) -> serde_json::Value {
             "Error": st.error,
             "StartedAt": t(st.started_at),
             "FinishedAt": t(st.finished_at),
+            "Isolation": cfg.isolation().to_string(),
+            "IsolationChangedAt": st.isolation_changed_at.map(|x| x.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
         },
         "Image": c.row.image_id.to_string(),
         "ResolvConfPath": dir.join("resolv.conf"),

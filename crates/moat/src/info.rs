@@ -28,9 +28,10 @@ pub fn cgroup_version() -> (&'static str, String) {
 
 /// Prints engine information.
 pub fn run(root: &Path, a: InfoArgs) -> Result<i32> {
-    let s = crate::images::open(root)?;
-    let images = s.list()?.len();
-    let containers = s.store().containers()?.len();
+    let mut e = moat_engine::Engine::open(root)?;
+    let images = e.images().list()?.len();
+    let containers = e.list()?.len();
+    let (iso, iso_src) = (e.settings.default_isolation, e.settings.default_isolation_source.clone());
     let (cg, cg_detail) = cgroup_version();
     let (accel, accel_why) = moat_vm::accel::detect();
     let kernel = moat_vm::kernel::current(&moat_vm::kernel::dir(root))
@@ -41,7 +42,8 @@ pub fn run(root: &Path, a: InfoArgs) -> Result<i32> {
         "ServerVersion": env!("CARGO_PKG_VERSION"),
         "Root": root.display().to_string(),
         "Driver": "overlay",
-        "DefaultIsolation": "process",
+        "DefaultIsolation": iso.to_string(),
+        "DefaultIsolationSource": iso_src,
         "CgroupVersion": cg,
         "CgroupLayout": cg_detail,
         "Hypervisor": { "Accelerator": accel, "Reason": accel_why, "GuestKernel": kernel, "Agent": agent,
@@ -56,7 +58,7 @@ pub fn run(root: &Path, a: InfoArgs) -> Result<i32> {
             println!("Engine version:      {}", env!("CARGO_PKG_VERSION"));
             println!("Root:                {}", root.display());
             println!("Storage driver:      overlay");
-            println!("Default isolation:   process");
+            println!("Default isolation:   {iso} (from {iso_src})");
             println!("Cgroup version:      {cg} ({cg_detail})");
             println!("Hypervisor accel:    {accel} ({accel_why})");
             println!("Guest kernel:        {kernel}");

@@ -17,6 +17,10 @@ pub struct Cli {
     /// Root directory of all moat state.
     #[arg(long, global = true, env = "MOAT_ROOT", default_value = "/var/lib/moat")]
     root: PathBuf,
+    /// Isolation for containers created without --isolation or with `default`
+    /// (overrides the config files).
+    #[arg(long, global = true, env = "MOAT_DEFAULT_ISOLATION")]
+    default_isolation: Option<String>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, env = "MOAT_LOG", default_value = "warn")]
     log_level: String,
@@ -126,6 +130,10 @@ fn run(cli: Cli) -> Result<i32> {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(d) = &cli.default_isolation {
+        // read by the engine's settings loader; set before any other thread exists
+        std::env::set_var("MOAT_DEFAULT_ISOLATION", d);
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -1,0 +1,89 @@
+//! Engine settings: `/etc/moat/config.toml` (or `MOAT_CONFIG`), then
+//! `<root>/config.toml`, then `--default-isolation` (`MOAT_DEFAULT_ISOLATION`),
+//! each overriding the last.
+//!
+//! ```toml
+//! # like a Windows host whose daemon runs with isolation=hyperv
+//! default_isolation = "hyperv"   # or "process" (the built-in default), "vm"
+//! ```
+
+use crate::EngineError;
+use moat_core::Isolation;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    default_isolation: Option<String>,
+}
+
+/// Effective settings and where they came from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Isolation for containers created with `default` or no `--isolation`.
+    pub default_isolation: Isolation,
+    /// Which file or flag set it (`built-in` if none).
+    pub default_isolation_source: String,
+}
+
+/// The system-wide config file.
+pub fn system_file() -> PathBuf {
+    std::env::var_os("MOAT_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/etc/moat/config.toml"))
+}
+
+fn read(path: &Path) -> Result<Option<File>, EngineError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => toml::from_str(&s).map(Some).map_err(|e| {
+            EngineError::Invalid(format!("invalid config file {}: {}", path.display(), e.message().replace('\n', " ")))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(EngineError::Io(format!("read {}", path.display()), e)),
+    }
+}
+
+impl Settings {
+    /// Loads the files for `root`.
+    pub fn load(root: &Path) -> Result<Self, EngineError> {
+        let mut s = Settings { default_isolation: Isolation::Process, default_isolation_source: "built-in".into() };
+        for path in [system_file(), root.join("config.toml")] {
+            if let Some(f) = read(&path)? {
+                if let Some(v) = f.default_isolation {
+                    s.default_isolation = v.parse().map_err(|e: moat_core::isolation::BadIsolation| {
+                        EngineError::Invalid(format!("{}: default_isolation: {e}", path.display()))
+                    })?;
+                    s.default_isolation_source = path.display().to_string();
+                }
+            }
+        }
+        if let Ok(v) = std::env::var("MOAT_DEFAULT_ISOLATION") {
+            if !v.is_empty() {
+                s.default_isolation = v.parse().map_err(|e: moat_core::isolation::BadIsolation| {
+                    EngineError::Invalid(format!("--default-isolation: {e}"))
+                })?;
+                s.default_isolation_source = "--default-isolation".into();
+            }
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_file_and_errors() -> Result<(), EngineError> {
+        let d = tempfile::tempdir().map_err(EngineError::io("tempdir"))?;
+        assert_eq!(Settings::load(d.path())?.default_isolation, Isolation::Process);
+        std::fs::write(d.path().join("config.toml"), "default_isolation = \"vm\"\n").map_err(EngineError::io("w"))?;
+        let s = Settings::load(d.path())?;
+        assert_eq!(s.default_isolation, Isolation::Hyperv);
+        assert!(s.default_isolation_source.ends_with("config.toml"));
+        std::fs::write(d.path().join("config.toml"), "default_isolation = \"kvm\"\n").map_err(EngineError::io("w"))?;
+        assert!(Settings::load(d.path()).is_err());
+        std::fs::write(d.path().join("config.toml"), "bogus = 1\n").map_err(EngineError::io("w"))?;
+        assert!(Settings::load(d.path()).is_err());
+        Ok(())
+    }
+}
