@@ -288,9 +288,13 @@ impl Agent {
             serde_json::from_str(json).map_err(|e| (format!("bad create request: {e}"), 125))?;
         if self.cgroup.is_none() {
             self.cgroup = Some(Cgroup::create(&c.cgroup, &c.limits).map_err(|e| (e.to_string(), 125))?);
+            // the guest's own network: the container shares it
+            if c.spec.net == moat_runtime::spec::NetNs::Host {
+                moat_runtime::netconf::configure(&c.spec.interfaces).map_err(|e| (e.to_string(), 125))?;
+            }
         }
         let (kept, io, give) = make_stdio(c.spec.process.tty, c.stdin, None).map_err(|e| (e, 125))?;
-        let child = spawn::create(&c.spec, self.cgroup.as_ref(), io).map_err(|e| match e {
+        let child = spawn::create(&c.spec, self.cgroup.as_ref(), io, &|_| Ok(())).map_err(|e| match e {
             moat_runtime::RuntimeError::Start { message, code } => (message, code),
             e => (e.to_string(), 125),
         })?;

@@ -129,6 +129,30 @@ pub struct ContainerConfig {
     /// `--ulimit` values.
     #[serde(default)]
     pub ulimits: Vec<moat_runtime::spec::Rlimit>,
+    /// Switch endpoints (addresses reserved at create).
+    #[serde(default)]
+    pub networks: Vec<moat_net::Endpoint>,
+    /// Requested address on the first switch (`--ip`).
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Requested MAC on the first switch (`--mac-address`).
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// `--dns` servers.
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// `--add-host NAME:IP` entries.
+    #[serde(default)]
+    pub add_hosts: Vec<String>,
+    /// `-p` mappings.
+    #[serde(default)]
+    pub publish: Vec<moat_net::PortMap>,
+    /// `-P`: publish every exposed port on a free host port.
+    #[serde(default)]
+    pub publish_all: bool,
+    /// Ports the image exposes (`ExposedPorts`).
+    #[serde(default)]
+    pub exposed: Vec<(u16, String)>,
 }
 
 impl ContainerConfig {
@@ -196,6 +220,9 @@ pub struct ContainerState {
     /// When `moat update --isolation` last changed the isolation type.
     #[serde(default)]
     pub isolation_changed_at: Option<DateTime<Utc>>,
+    /// Published ports as bound (host port chosen when it was 0).
+    #[serde(default)]
+    pub ports: Vec<moat_net::PortMap>,
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod logs;
 pub mod names;
+pub mod network;
 pub mod settings;
 pub mod shim;
 pub mod spec;
@@ -37,6 +38,9 @@ pub enum EngineError {
     /// Unknown container.
     #[error("No such container: {0}")]
     NoSuchContainer(String),
+    /// Unknown switch.
+    #[error("switch {0:?} not found")]
+    NoSuchSwitch(String),
     /// A name clash or a state that forbids the operation.
     #[error("{0}")]
     Conflict(String),
@@ -188,6 +192,11 @@ impl Engine {
             ) {
                 let _ = cg.destroy();
             }
+            // stale endpoints of a dead shim
+            for n in 0..c.config.networks.len() {
+                moat_net::link::del_link(&moat_net::if_name('t', c.id(), n));
+                moat_net::link::del_link(&moat_net::if_name('v', c.id(), n));
+            }
             c.state.status = Status::Exited;
             c.state.pid = 0;
             c.state.exit_code = 137;
@@ -269,14 +278,32 @@ impl Engine {
             cfg.isolation = Some(self.settings.default_isolation);
         }
         if cfg.network.is_empty() {
-            cfg.network = "none".into();
+            cfg.network = moat_net::DEFAULT_SWITCH.into();
         }
         check_isolation(&cfg, cfg.isolation())?;
-        if !matches!(cfg.network.as_str(), "none" | "host") {
-            return Err(EngineError::Invalid(format!(
-                "network {:?} not found: switches arrive with issue #6; use --network none or host",
-                cfg.network
-            )));
+        if let Some(ports) = icfg["ExposedPorts"].as_object() {
+            for k in ports.keys() {
+                let (p, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
+                if let Ok(p) = p.parse::<u16>() {
+                    cfg.exposed.push((p, proto.to_string()));
+                }
+            }
+        }
+        let switch = match cfg.network.as_str() {
+            "none" | "host" => {
+                if !cfg.publish.is_empty() || cfg.publish_all {
+                    return Err(EngineError::Invalid(format!(
+                        "published ports need a switch: --network {} has none",
+                        cfg.network
+                    )));
+                }
+                None
+            }
+            n if network::is_default(n) => Some(self.default_switch()?),
+            n => Some(self.find_switch(n)?),
+        };
+        if let Some(m) = &cfg.mac {
+            cfg.mac = Some(moat_net::parse_mac(m).map_err(|e| EngineError::Invalid(e.to_string()))?);
         }
         for b in &cfg.binds {
             if !Path::new(&b.source).exists() {
@@ -326,8 +353,28 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         }
+        if let Some(sw) = switch {
+            let ep = match self.allocate(&id, &sw, cfg.ip, cfg.mac.clone()) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    let _ = self.store().delete_container(&id);
+                    return Err(e);
+                }
+            };
+            cfg.networks.push(ep);
+            self.write_config(&id, &cfg)?;
+        }
         self.prepare_dirs(&id, &cfg)?;
+        let switches: Vec<String> = cfg.networks.iter().map(|e| e.switch_id.clone()).collect();
+        self.refresh_hosts(&switches)?;
         self.get(&id)
+    }
+
+    /// Replaces a container's stored configuration.
+    pub fn write_config(&mut self, id: &str, cfg: &ContainerConfig) -> Result<(), EngineError> {
+        let js = serde_json::to_string(cfg).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        self.store().set_container_config(id, &js)?;
+        Ok(())
     }
 
     /// Creates the container's directory and files (idempotent).
@@ -349,12 +396,12 @@ impl Engine {
             "hosts",
             format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", cfg.hostname),
         )?;
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let resolv: String = resolv
-            .lines()
-            .filter(|l| !l.contains("127.0.0.") && !l.contains("::1"))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let resolv: String = if cfg.dns.is_empty() {
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            host.lines().filter(|l| !l.contains("127.0.0.") && !l.contains("::1")).map(|l| format!("{l}\n")).collect()
+        } else {
+            cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect()
+        };
         write("resolv.conf", resolv)?;
         Ok(())
     }
@@ -447,6 +494,8 @@ impl Engine {
         }
         let _lock = self.op_lock(c.id())?;
         self.remove_files_and_row(c.id())?;
+        let switches: Vec<String> = c.config.networks.iter().map(|e| e.switch_id.clone()).collect();
+        self.refresh_hosts(&switches)?;
         Ok(c)
     }
 

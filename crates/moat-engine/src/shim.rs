@@ -103,6 +103,8 @@ struct Shim {
     /// Stream bytes received from the agent and not yet credited back.
     owed: HashMap<u32, u64>,
     hard_deadline: Option<Instant>,
+    /// Port proxies (killed when the container stops).
+    proxies: Vec<std::process::Child>,
     log: LogWriter,
     listener: UnixListener,
     own_pidns: OwnedFd,
@@ -255,6 +257,16 @@ impl Shim {
                 return Err(e);
             }
         };
+        // the switches' bridges and rules (gone after a host reboot) are recreated on use
+        for ep in &c.config.networks {
+            let sw = engine
+                .find_switch(&ep.switch_id)
+                .and_then(|sw| moat_net::link::ensure_switch(&sw.config).map_err(|e| EngineError::Shim(e.to_string())));
+            if let Err(e) = sw {
+                fail(&mut first, &e);
+                return Err(e);
+            }
+        }
         let hyperv = c.config.isolation() == moat_core::Isolation::Hyperv;
         let (cgroup, vm) = if hyperv {
             let booted = crate::vm::prepare_root(&spec)
@@ -304,6 +316,7 @@ impl Shim {
             requests: HashMap::new(),
             owed: HashMap::new(),
             hard_deadline: None,
+            proxies: Vec::new(),
             log,
             listener,
             own_pidns,
@@ -319,8 +332,10 @@ impl Shim {
         };
         first.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
         let cid = shim.add_client(first, Role::Attach { stdin: false, stdin_once: false });
-        match shim.start_main() {
-            Ok(pid) => {
+        let started = shim.bind_ports().and_then(|ports| shim.start_main().map(|pid| (pid, ports)));
+        match started {
+            Ok((pid, ports)) => {
+                shim.spawn_proxies(ports);
                 shim.queue(cid, Frame::control(0, &Msg::Started { pid }));
                 Ok(shim)
             }
@@ -352,6 +367,75 @@ impl Shim {
                 Err(e)
             }
         }
+    }
+
+    /// Binds every published port now, so a port in use fails the start cleanly.
+    fn bind_ports(&mut self) -> Result<Vec<(moat_net::PortMap, OwnedFd)>, EngineError> {
+        let cfg = &self.c.config;
+        let mut maps = cfg.publish.clone();
+        if cfg.publish_all {
+            for (p, proto) in &cfg.exposed {
+                maps.push(moat_net::PortMap {
+                    host_ip: std::net::Ipv4Addr::UNSPECIFIED,
+                    host_port: 0,
+                    ctr_port: *p,
+                    proto: proto.clone(),
+                });
+            }
+        }
+        let mut out = Vec::new();
+        for mut m in maps {
+            let addr = std::net::SocketAddr::from((m.host_ip, m.host_port));
+            let taken = |e: std::io::Error| EngineError::Conflict(format!("cannot publish {addr}/{}: {e}", m.proto));
+            let (fd, port): (OwnedFd, u16) = if m.proto == "udp" {
+                let s = std::net::UdpSocket::bind(addr).map_err(taken)?;
+                let p = s.local_addr().map(|a| a.port()).unwrap_or(0);
+                (s.into(), p)
+            } else {
+                let s = std::net::TcpListener::bind(addr).map_err(taken)?;
+                let p = s.local_addr().map(|a| a.port()).unwrap_or(0);
+                (s.into(), p)
+            };
+            m.host_port = port;
+            out.push((m, fd));
+        }
+        Ok(out)
+    }
+
+    /// One `moat port-proxy` per published port, forwarding to the container.
+    fn spawn_proxies(&mut self, ports: Vec<(moat_net::PortMap, OwnedFd)>) {
+        let Some(target) = self.c.config.networks.first().map(|e| e.ip) else { return };
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(_) => return,
+        };
+        let mut recorded = Vec::new();
+        for (m, fd) in ports {
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["port-proxy", "--proto", &m.proto, "--target", &format!("{target}:{}", m.ctr_port)]);
+            cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+            let raw = fd.as_raw_fd();
+            // SAFETY: dup2 and prctl only, between fork and exec
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(move || {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    if libc::dup2(raw, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            match cmd.spawn() {
+                Ok(child) => {
+                    self.proxies.push(child);
+                    recorded.push(m);
+                }
+                Err(e) => tracing::error!("port proxy: {e}"),
+            }
+        }
+        self.c.state.ports = recorded;
+        self.save_state();
     }
 
     fn add_client(&mut self, stream: UnixStream, role: Role) -> u64 {
@@ -403,7 +487,21 @@ impl Shim {
         } else {
             let (keep, io, give) = make_stdio(self.c.config.tty, self.c.config.open_stdin, None)?;
             self.oom_base = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
-            let child = spawn::create(&self.spec, self.cgroup.as_ref(), io)?;
+            let id = self.id.clone();
+            let eps = self.c.config.networks.clone();
+            let plumb = move |pid: u32| -> Result<(), moat_runtime::RuntimeError> {
+                for (n, e) in eps.iter().enumerate() {
+                    moat_net::link::add_veth(
+                        &moat_net::if_name('v', &id, n),
+                        &moat_net::if_name('p', &id, n),
+                        pid,
+                        &e.bridge,
+                    )
+                    .map_err(|e| moat_runtime::RuntimeError::Invalid(e.to_string()))?;
+                }
+                Ok(())
+            };
+            let child = spawn::create(&self.spec, self.cgroup.as_ref(), io, &plumb)?;
             drop(give);
             let pid = child.pid.as_raw() as u32;
             self.main = Some(keep.into_proc(child, self.c.config.tty));
@@ -1162,8 +1260,17 @@ impl Shim {
                 let _ = nix::sys::wait::waitpid(c.pid, None);
             }
         }
+        for mut p in self.proxies.drain(..) {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        self.c.state.ports.clear();
+        self.save_state();
         if let Some(vm) = self.vm.as_mut() {
             vm.shutdown();
+        }
+        for n in 0..self.c.config.networks.len() {
+            moat_net::link::del_link(&moat_net::if_name('t', &self.id, n));
         }
         if self.vm.take().is_some() || self.c.config.isolation() == moat_core::Isolation::Hyperv {
             // the VM's root (and its bind mounts) live in this process's mount namespace

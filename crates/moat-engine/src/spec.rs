@@ -82,5 +82,18 @@ pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageReco
         net,
         privileged: cfg.privileged,
         shm_size: cfg.shm_size.unwrap_or(64 << 20),
+        interfaces: cfg
+            .networks
+            .iter()
+            .enumerate()
+            .map(|(n, e)| moat_runtime::netconf::Iface {
+                from: moat_net::if_name('p', id, n),
+                name: format!("eth{n}"),
+                ip: e.ip,
+                prefix: e.prefix,
+                gateway: e.gateway,
+                mac: e.mac.clone(),
+            })
+            .collect(),
     })
 }

@@ -92,8 +92,16 @@ pub fn guest_spec(spec: &Spec) -> Spec {
     g.rootfs_target = PathBuf::from("/run/moat/ctr");
     g.mounts.retain(|m| matches!(m, Mount::Tmpfs { .. }));
     g.etc_files.clear();
-    if g.net == NetNs::Host {
+    // the VM is the boundary: the container uses the guest's network, whose
+    // virtio-net interfaces the agent configures (eth0, eth1, ... in order)
+    if g.interfaces.is_empty() {
         g.net = NetNs::New;
+    } else {
+        g.net = NetNs::Host;
+        for (n, i) in g.interfaces.iter_mut().enumerate() {
+            i.from = format!("eth{n}");
+            i.name = format!("eth{n}");
+        }
     }
     g
 }
@@ -154,6 +162,12 @@ impl VmLink {
         let (mem_mib, vcpus) = sizing(cfg);
         let dir = layout.container(id);
         let console = dir.join("console.log");
+        let mut nics = Vec::new();
+        for (n, e) in cfg.networks.iter().enumerate() {
+            let tap = moat_net::if_name('t', id, n);
+            moat_net::link::add_tap(&tap, &e.bridge).map_err(|e| EngineError::Shim(e.to_string()))?;
+            nics.push((tap, e.mac.clone()));
+        }
         let vc = moat_vm::launch::VmConfig {
             kernel: kernel.clone(),
             initramfs,
@@ -164,6 +178,7 @@ impl VmLink {
             run_dir: dir.clone(),
             console_log: console.clone(),
             name: format!("moat-{}", &id[..12]),
+            nics,
         };
         let vm = moat_vm::launch::launch(&vc).map_err(vmerr)?;
         let qemu_pidfd = pidfd_of(vm.qemu.id())?;

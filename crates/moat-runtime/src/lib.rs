@@ -14,6 +14,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod guest;
 pub mod mounts;
+pub mod netconf;
 pub mod procfs;
 pub mod seccomp;
 pub mod spawn;

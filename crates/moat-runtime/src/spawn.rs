@@ -333,7 +333,15 @@ fn resolve_exe(args: &[String], env: &[String]) -> Result<CString, RuntimeError>
 /// The child is moved into `cgroup` before it does anything, gets a cgroup
 /// namespace rooted there, builds its root filesystem, pivots and execs.
 /// It dies with SIGKILL if the calling process dies (`PR_SET_PDEATHSIG`).
-pub fn create(spec: &Spec, cgroup: Option<&Cgroup>, io: Stdio) -> Result<Child, RuntimeError> {
+///
+/// `plumb(pid)` runs in the caller after the child exists and before it
+/// continues: the place to move network interfaces into its namespace.
+pub fn create(
+    spec: &Spec,
+    cgroup: Option<&Cgroup>,
+    io: Stdio,
+    plumb: &dyn Fn(u32) -> Result<(), RuntimeError>,
+) -> Result<Child, RuntimeError> {
     let sec = Security::of(spec);
     let progs = sec.programs()?;
     let (syncr, syncw) = pipe()?;
@@ -371,7 +379,7 @@ pub fn create(spec: &Spec, cgroup: Option<&Cgroup>, io: Stdio) -> Result<Child, 
             reset_signals();
             nix::unistd::sethostname(&spec.hostname).map_err(RuntimeError::sys("sethostname"))?;
             if spec.net == NetNs::New {
-                loopback_up()?;
+                crate::netconf::configure(&spec.interfaces)?;
             }
             mounts::setup(spec, cgroup2)?;
             setup_stdio(io, ptys.as_ref().map(|p| &p.1), true)?;
@@ -389,6 +397,7 @@ pub fn create(spec: &Spec, cgroup: Option<&Cgroup>, io: Stdio) -> Result<Child, 
         if let Some(cg) = cgroup {
             cg.add(pid.as_raw() as u32)?;
         }
+        plumb(pid.as_raw() as u32)?;
         let mut w = std::fs::File::from(syncw);
         w.write_all(b"1").map_err(RuntimeError::io("sync child"))
     })();
@@ -408,30 +417,6 @@ pub fn create(spec: &Spec, cgroup: Option<&Cgroup>, io: Stdio) -> Result<Child, 
         None => None,
     };
     Ok(Child { pid, pidfd, pty })
-}
-
-/// Brings up `lo` in a fresh network namespace.
-fn loopback_up() -> Result<(), RuntimeError> {
-    // SAFETY: a plain socket + ioctl(SIOCGIFFLAGS/SIOCSIFFLAGS) on "lo"
-    unsafe {
-        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if s < 0 {
-            return Err(RuntimeError::Sys("socket".into(), nix::Error::last()));
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        let ok = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) >= 0 && {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(s, libc::SIOCSIFFLAGS, &req) >= 0
-        };
-        libc::close(s);
-        if !ok {
-            return Err(RuntimeError::Sys("bring up lo".into(), nix::Error::last()));
-        }
-    }
-    Ok(())
 }
 
 /// Runs `process` inside the container whose init is `init` (a pidfd).

@@ -125,6 +125,9 @@ pub struct Spec {
     pub privileged: bool,
     /// Size of `/dev/shm` in bytes.
     pub shm_size: u64,
+    /// Interfaces to configure in a new network namespace (moved in by the caller before release).
+    #[serde(default)]
+    pub interfaces: Vec<crate::netconf::Iface>,
 }
 
 /// Paths Docker masks by default.

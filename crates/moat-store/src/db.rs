@@ -96,7 +96,7 @@ pub struct SwitchRow {
     pub config: String,
 }
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE images(
@@ -129,6 +129,17 @@ CREATE TABLE switches(
   name TEXT NOT NULL UNIQUE,
   created TEXT NOT NULL,
   config TEXT NOT NULL
+);
+";
+
+/// Version 2: IP address management for switches.
+const SCHEMA_V2: &str = "
+CREATE TABLE endpoints(
+  container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+  switch_id TEXT NOT NULL REFERENCES switches(id),
+  ip TEXT NOT NULL,
+  PRIMARY KEY (container_id, switch_id),
+  UNIQUE (switch_id, ip)
 );
 ";
 
@@ -181,6 +192,11 @@ impl Store {
             }
             if v == 0 {
                 tx.execute_batch(SCHEMA)?;
+            }
+            if v < 2 {
+                tx.execute_batch(SCHEMA_V2)?;
+            }
+            if v < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             Ok(())
@@ -439,9 +455,10 @@ impl Store {
         })
     }
 
-    /// Deletes a container row.
+    /// Deletes a container row (and its addresses).
     pub fn delete_container(&mut self, id: &str) -> Result<(), StoreError> {
         self.write(|tx| {
+            tx.execute("DELETE FROM endpoints WHERE container_id = ?1", [id])?;
             tx.execute("DELETE FROM containers WHERE id = ?1", [id])?;
             Ok(())
         })
@@ -455,6 +472,66 @@ impl Store {
             tx.execute(
                 "INSERT INTO switches(id, name, created, config) VALUES (?1, ?2, ?3, ?4)",
                 params![s.id, s.name, ts(&s.created), s.config],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a switch row.
+    pub fn delete_switch(&mut self, id: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM switches WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
+    /// Addresses in use on a switch.
+    pub fn switch_ips(&self, switch_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut st = self.conn.prepare("SELECT ip FROM endpoints WHERE switch_id = ?1")?;
+        let v = st.query_map([switch_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Containers with an endpoint on a switch.
+    pub fn switch_members(&self, switch_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut st = self.conn.prepare("SELECT container_id FROM endpoints WHERE switch_id = ?1")?;
+        let v = st.query_map([switch_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Records an endpoint, choosing its address with `pick(used)` inside the
+    /// same write transaction (so parallel callers never get the same address).
+    pub fn allocate_ip(
+        &mut self,
+        container_id: &str,
+        switch_id: &str,
+        pick: impl FnOnce(&[String]) -> Result<String, String>,
+    ) -> Result<Result<String, String>, StoreError> {
+        self.write(|tx| {
+            let used: Vec<String> = {
+                let mut st = tx.prepare("SELECT ip FROM endpoints WHERE switch_id = ?1")?;
+                let v = st.query_map([switch_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                v
+            };
+            match pick(&used) {
+                Ok(ip) => {
+                    tx.execute(
+                        "INSERT INTO endpoints(container_id, switch_id, ip) VALUES (?1, ?2, ?3)",
+                        params![container_id, switch_id, ip],
+                    )?;
+                    Ok(Ok(ip))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        })
+    }
+
+    /// Releases a container's address on a switch.
+    pub fn release_ip(&mut self, container_id: &str, switch_id: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM endpoints WHERE container_id = ?1 AND switch_id = ?2",
+                params![container_id, switch_id],
             )?;
             Ok(())
         })

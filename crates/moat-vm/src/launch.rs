@@ -41,6 +41,8 @@ pub struct VmConfig {
     pub console_log: PathBuf,
     /// VM name shown in the host's process list (`-name`).
     pub name: String,
+    /// Network cards: (tap device on a switch's bridge, MAC).
+    pub nics: Vec<(String, String)>,
 }
 
 /// A running VM.
@@ -139,6 +141,12 @@ pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<String> {
         "-sandbox".into(),
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
     ]);
+    for (n, (tap, mac)) in cfg.nics.iter().enumerate() {
+        a.push("-netdev".into());
+        a.push(format!("tap,id=n{n},ifname={tap},script=no,downscript=no,vhost=off"));
+        a.push("-device".into());
+        a.push(format!("virtio-net-device,netdev=n{n},mac={mac}"));
+    }
     a
 }
 

@@ -87,9 +87,29 @@ pub struct CreateArgs {
     /// Mount the root filesystem read-only.
     #[arg(long = "read-only")]
     read_only: bool,
-    /// Network: none (default until switches arrive) or host.
-    #[arg(long = "network", alias = "net")]
+    /// Switch to attach to (`--network` is the same), `none` (loopback only),
+    /// or `host` (the host's network; process isolation only). Default: the
+    /// default switch.
+    #[arg(long = "switch", visible_alias = "network", alias = "net")]
     network: Option<String>,
+    /// IPv4 address on the switch.
+    #[arg(long)]
+    ip: Option<std::net::Ipv4Addr>,
+    /// MAC address on the switch.
+    #[arg(long = "mac-address")]
+    mac_address: Option<String>,
+    /// DNS server for /etc/resolv.conf.
+    #[arg(long)]
+    dns: Vec<String>,
+    /// Extra /etc/hosts entry `NAME:IP`.
+    #[arg(long = "add-host")]
+    add_host: Vec<String>,
+    /// Publish a port: `[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]`.
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// Publish every port the image exposes on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
     /// Signal to stop the container.
     #[arg(long = "stop-signal")]
     stop_signal: Option<String>,
@@ -263,6 +283,11 @@ pub enum ContainerCmd {
         /// Containers.
         #[arg(required = true)]
         containers: Vec<String>,
+    },
+    /// List a container's published ports.
+    Port {
+        /// Container.
+        container: String,
     },
     /// Show resource usage.
     Stats {
@@ -450,6 +475,21 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow!(e))?,
         args: Vec::new(),
+        networks: Vec::new(),
+        ip: a.ip,
+        mac: a.mac_address.clone(),
+        dns: a.dns.clone(),
+        add_hosts: a
+            .add_host
+            .iter()
+            .map(|h| match h.split_once(':') {
+                Some((n, ip)) if ip.parse::<std::net::IpAddr>().is_ok() && !n.is_empty() => Ok(h.clone()),
+                _ => Err(anyhow!("invalid --add-host {h:?}: use NAME:IP")),
+            })
+            .collect::<Result<_>>()?,
+        publish: a.publish.iter().map(|p| moat_net::parse_publish(p)).collect::<Result<_, _>>()?,
+        publish_all: a.publish_all,
+        exposed: Vec::new(),
     })
 }
 
@@ -636,6 +676,13 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
             Ok(0)
         }
         ContainerCmd::Stats { no_stream, all, containers } => stats(&mut e, no_stream, all, &containers),
+        ContainerCmd::Port { container } => {
+            let c = e.get(&container)?;
+            for p in &c.state.ports {
+                println!("{}/{} -> {}:{}", p.ctr_port, p.proto, p.host_ip, p.host_port);
+            }
+            Ok(0)
+        }
         ContainerCmd::Update { isolation, restart, containers } => {
             let restart_now = restart.as_deref() == Some("");
             let policy = restart
@@ -819,7 +866,8 @@ fn ps_json(c: &Container, no_trunc: bool) -> serde_json::Value {
         "State": c.state.status.to_string(),
         "Names": c.name(),
         "Labels": c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-        "Ports": "",
+        "Ports": ports_text(c),
+        "Networks": c.config.networks.iter().map(|e| e.switch.clone()).collect::<Vec<_>>().join(","),
         "Isolation": c.config.isolation().to_string(),
         "ExitCode": c.state.exit_code,
     })
@@ -873,7 +921,7 @@ fn ps(e: &mut Engine, a: PsArgs) -> Result<i32> {
                         cmd,
                         human::ago(c.row.created),
                         c.status_text(),
-                        String::new(),
+                        ports_text(c),
                         c.name().to_string(),
                         c.config.isolation().to_string(),
                     ]
@@ -973,6 +1021,19 @@ pub fn inspect_json(e: &Engine, c: &Container) -> serde_json::Value {
             "Isolation": cfg.isolation().to_string(),
             "ShmSize": cfg.shm_size.unwrap_or(64 << 20),
             "LogConfig": { "Type": "json-file", "Config": {} },
+        },
+        "NetworkSettings": {
+            "Networks": cfg.networks.iter().map(|e| (e.switch.clone(), serde_json::json!({
+                "NetworkID": e.switch_id, "IPAddress": e.ip.to_string(), "IPPrefixLen": e.prefix,
+                "Gateway": e.gateway.map(|g| g.to_string()).unwrap_or_default(), "MacAddress": e.mac,
+                "HostInterface": if cfg.isolation() == moat_core::Isolation::Hyperv {
+                    (0..cfg.networks.len()).find(|n| cfg.networks[*n].switch_id == e.switch_id).map(|n| moat_net::if_name('t', c.id(), n)).unwrap_or_default()
+                } else {
+                    (0..cfg.networks.len()).find(|n| cfg.networks[*n].switch_id == e.switch_id).map(|n| moat_net::if_name('v', c.id(), n)).unwrap_or_default()
+                },
+            }))).collect::<serde_json::Map<_, _>>(),
+            "IPAddress": cfg.networks.first().map(|e| e.ip.to_string()).unwrap_or_default(),
+            "Ports": st.ports.iter().map(|p| (format!("{}/{}", p.ctr_port, p.proto), serde_json::json!([{"HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string()}]))).collect::<serde_json::Map<_, _>>(),
         },
         "Mounts": cfg.binds.iter().map(|b| serde_json::json!({
             "Type": "bind", "Source": b.source, "Destination": b.target, "RW": !b.readonly, "Mode": if b.readonly { "ro" } else { "" }, "Propagation": "rprivate"
@@ -1097,4 +1158,13 @@ pub fn inspect_any(root: &Path, names: &[String]) -> Result<i32> {
     }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(code)
+}
+
+fn ports_text(c: &Container) -> String {
+    c.state
+        .ports
+        .iter()
+        .map(|p| format!("{}:{}->{}/{}", p.host_ip, p.host_port, p.ctr_port, p.proto))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

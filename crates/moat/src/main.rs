@@ -5,6 +5,7 @@ mod images;
 mod info;
 mod output;
 mod session;
+mod switches;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -54,6 +55,19 @@ enum Cmd {
     Container(containers::ContainerCmd),
     #[command(flatten)]
     Lifecycle(containers::ContainerCmd),
+    /// Manage virtual switches (networks).
+    #[command(subcommand, alias = "network")]
+    Switch(switches::SwitchCmd),
+    /// Internal: a published port's proxy.
+    #[command(hide = true)]
+    PortProxy {
+        /// tcp or udp.
+        #[arg(long)]
+        proto: String,
+        /// Container address:port.
+        #[arg(long)]
+        target: std::net::SocketAddr,
+    },
     /// Utility VMs: the guest kernel and the agent.
     #[command(subcommand)]
     Vm(VmCmd),
@@ -124,6 +138,17 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Rmi(a) => images::run(&cli.root, images::ImageCmd::Rm(a)),
         Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&cli.root, c),
         Cmd::Vm(c) => vm(&cli.root, c),
+        Cmd::Switch(c) => switches::run(&cli.root, c),
+        Cmd::PortProxy { proto, target } => {
+            use std::os::fd::FromRawFd;
+            // SAFETY: fd 3 is the bound socket the shim passed
+            if proto == "udp" {
+                moat_net::proxy::udp(unsafe { std::net::UdpSocket::from_raw_fd(3) }, target)?;
+            } else {
+                moat_net::proxy::tcp(unsafe { std::net::TcpListener::from_raw_fd(3) }, target)?;
+            }
+            Ok(0)
+        }
         Cmd::Shim { id } => Ok(moat_engine::shim::main(&cli.root, &id)),
     }
 }

@@ -97,6 +97,11 @@ impl Drop for Root {
                 args.extend(ids.iter().map(String::as_str));
                 let _ = self.run(&args);
             }
+            // switches own host bridges and iptables rules: remove them too
+            let sw = self.run(&["switch", "ls", "-q"]);
+            for s in String::from_utf8_lossy(&sw.stdout).lines() {
+                let _ = self.run(&["switch", "rm", s]);
+            }
         }
         // lazily unmount anything a test left mounted under this root
         if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {

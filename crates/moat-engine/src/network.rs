@@ -1,0 +1,270 @@
+//! Switches in the engine: records, IPAM through the metadata store, the
+//! default switch, and `/etc/hosts` name resolution between containers.
+
+use crate::{Container, Engine, EngineError};
+use chrono::Utc;
+use ipnet::Ipv4Net;
+use moat_net::{Endpoint, SwitchConfig, DEFAULT_SWITCH};
+use moat_store::SwitchRow;
+use std::net::Ipv4Addr;
+
+/// A switch.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    /// 64-hex ID.
+    pub id: String,
+    /// Name (any case, spaces allowed).
+    pub name: String,
+    /// Creation time.
+    pub created: chrono::DateTime<Utc>,
+    /// Configuration.
+    pub config: SwitchConfig,
+}
+
+fn net(e: moat_net::NetError) -> EngineError {
+    match e {
+        moat_net::NetError::Invalid(m) => EngineError::Invalid(m),
+        e => EngineError::Shim(e.to_string()),
+    }
+}
+
+fn parse(row: SwitchRow) -> Result<Switch, EngineError> {
+    let config = serde_json::from_str(&row.config)
+        .map_err(|e| EngineError::Invalid(format!("corrupt switch {}: {e}", row.name)))?;
+    Ok(Switch { id: row.id, name: row.name, created: row.created, config })
+}
+
+/// True for names that mean the default switch.
+pub fn is_default(name: &str) -> bool {
+    matches!(name, "" | "default" | "bridge" | DEFAULT_SWITCH)
+}
+
+impl Engine {
+    /// Every switch.
+    pub fn switches(&self) -> Result<Vec<Switch>, EngineError> {
+        self.images.store().switches()?.into_iter().map(parse).collect()
+    }
+
+    /// A switch by name, ID or unique ID prefix.
+    pub fn find_switch(&self, key: &str) -> Result<Switch, EngineError> {
+        let all = self.switches()?;
+        let key = if is_default(key) { DEFAULT_SWITCH } else { key };
+        if let Some(s) = all.iter().find(|s| s.name == key || s.id == key) {
+            return Ok(s.clone());
+        }
+        let m: Vec<&Switch> =
+            all.iter().filter(|s| moat_core::id::is_hex_prefix(key) && s.id.starts_with(key)).collect();
+        match m.len() {
+            1 => Ok(m[0].clone()),
+            0 => Err(EngineError::NoSuchSwitch(key.to_string())),
+            n => Err(EngineError::Invalid(format!("switch ID {key:?} is ambiguous: it matches {n} switches"))),
+        }
+    }
+
+    /// Creates a switch and its bridge.
+    pub fn create_switch(
+        &mut self,
+        name: &str,
+        subnet: Option<Ipv4Net>,
+        gateway: Option<Ipv4Addr>,
+        internal: bool,
+    ) -> Result<Switch, EngineError> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c == '/') {
+            return Err(EngineError::Invalid(format!("invalid switch name {name:?}")));
+        }
+        if self.find_switch(name).is_ok() {
+            return Err(EngineError::Conflict(format!("switch with name {name:?} already exists")));
+        }
+        let taken: Vec<Ipv4Net> = self.switches()?.iter().map(|s| s.config.subnet).collect();
+        let subnet = match subnet {
+            Some(s) => {
+                if taken.iter().any(|t| t.contains(&s.network()) || s.contains(&t.network())) {
+                    return Err(EngineError::Conflict(format!("subnet {s} overlaps another switch")));
+                }
+                if s.prefix_len() > 30 {
+                    return Err(EngineError::Invalid(format!("subnet {s} is too small")));
+                }
+                s.trunc()
+            }
+            None if name == DEFAULT_SWITCH => {
+                let d: Ipv4Net =
+                    moat_net::DEFAULT_SUBNET.parse().map_err(|_| EngineError::Invalid("default subnet".into()))?;
+                let routes = moat_net::link::host_routes();
+                if routes.iter().chain(&taken).any(|r| r.contains(&d.network()) || d.contains(&r.network())) {
+                    moat_net::pick_subnet(&taken).map_err(net)?
+                } else {
+                    d
+                }
+            }
+            None => moat_net::pick_subnet(&taken).map_err(net)?,
+        };
+        let gateway = match gateway {
+            Some(g) if !subnet.contains(&g) || g == subnet.network() || g == subnet.broadcast() => {
+                return Err(EngineError::Invalid(format!("gateway {g} is not a host address of {subnet}")));
+            }
+            Some(g) => g,
+            None => subnet.hosts().next().ok_or_else(|| EngineError::Invalid("subnet has no hosts".into()))?,
+        };
+        let id = moat_core::id::new_id();
+        let config =
+            SwitchConfig { subnet, gateway, internal, bridge: moat_net::bridge_name(&id), labels: Default::default() };
+        moat_net::link::ensure_switch(&config).map_err(net)?;
+        let row = SwitchRow {
+            id: id.clone(),
+            name: name.to_string(),
+            created: Utc::now(),
+            config: serde_json::to_string(&config).map_err(|e| EngineError::Invalid(e.to_string()))?,
+        };
+        if let Err(e) = self.images.store_mut().insert_switch(&row) {
+            let _ = moat_net::link::remove_switch(&config);
+            if e.to_string().contains("UNIQUE") {
+                return Err(EngineError::Conflict(format!("switch with name {name:?} already exists")));
+            }
+            return Err(e.into());
+        }
+        Ok(Switch { id, name: name.to_string(), created: row.created, config })
+    }
+
+    /// The default switch, created on first use (concurrent first uses agree).
+    pub fn default_switch(&mut self) -> Result<Switch, EngineError> {
+        if let Ok(s) = self.find_switch(DEFAULT_SWITCH) {
+            return Ok(s);
+        }
+        match self.create_switch(DEFAULT_SWITCH, None, None, false) {
+            Ok(s) => Ok(s),
+            Err(e) => self.find_switch(DEFAULT_SWITCH).map_err(|_| e),
+        }
+    }
+
+    /// Removes a switch; refused while containers are attached.
+    pub fn remove_switch(&mut self, key: &str) -> Result<Switch, EngineError> {
+        let s = self.find_switch(key)?;
+        let members = self.images.store().switch_members(&s.id)?;
+        if !members.is_empty() {
+            let names: Vec<String> =
+                members.iter().filter_map(|m| self.get(m).ok()).map(|c| c.name().to_string()).collect();
+            return Err(EngineError::Conflict(format!(
+                "switch {:?} has attached containers ({}): remove or disconnect them first",
+                s.name,
+                names.join(", ")
+            )));
+        }
+        moat_net::link::remove_switch(&s.config).map_err(net)?;
+        self.images.store_mut().delete_switch(&s.id)?;
+        Ok(s)
+    }
+
+    /// Reserves an address for container `cid` on `sw`.
+    pub(crate) fn allocate(
+        &mut self,
+        cid: &str,
+        sw: &Switch,
+        ip: Option<Ipv4Addr>,
+        mac: Option<String>,
+    ) -> Result<Endpoint, EngineError> {
+        let cfg = sw.config.clone();
+        let got = self.images.store_mut().allocate_ip(cid, &sw.id, |used| {
+            let used: Vec<Ipv4Addr> = used.iter().filter_map(|u| u.parse().ok()).collect();
+            match ip {
+                Some(ip) => moat_net::check_ip(&cfg.subnet, cfg.gateway, ip, &used)
+                    .map(|_| ip.to_string())
+                    .map_err(|e| e.to_string()),
+                None => moat_net::first_free(&cfg.subnet, cfg.gateway, &used)
+                    .map(|a| a.to_string())
+                    .ok_or_else(|| format!("no free address left on switch {:?}", sw.name)),
+            }
+        })?;
+        let ip: Ipv4Addr = got.map_err(EngineError::Invalid)?.parse().map_err(|_| EngineError::Invalid("ip".into()))?;
+        Ok(Endpoint {
+            switch_id: sw.id.clone(),
+            switch: sw.name.clone(),
+            ip,
+            prefix: cfg.subnet.prefix_len(),
+            gateway: (!cfg.internal).then_some(cfg.gateway),
+            mac: mac.unwrap_or_else(|| moat_net::mac_for(ip)),
+            bridge: cfg.bridge.clone(),
+        })
+    }
+
+    /// Rewrites `/etc/hosts` of every container on `switch_ids` (in place: it is
+    /// bind-mounted into running containers) so each resolves the others by name.
+    pub fn refresh_hosts(&mut self, switch_ids: &[String]) -> Result<(), EngineError> {
+        if switch_ids.is_empty() {
+            return Ok(());
+        }
+        let all: Vec<Container> = self.list()?;
+        let on = |c: &Container| c.config.networks.iter().any(|e| switch_ids.contains(&e.switch_id));
+        for c in all.iter().filter(|c| on(c)) {
+            let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+            let mine: Vec<&String> = c.config.networks.iter().map(|e| &e.switch_id).collect();
+            for e in &c.config.networks {
+                text.push_str(&format!("{}\t{} {}\n", e.ip, c.config.hostname, c.name()));
+            }
+            for o in all.iter().filter(|o| o.id() != c.id()) {
+                for e in o.config.networks.iter().filter(|e| mine.contains(&&e.switch_id)) {
+                    text.push_str(&format!("{}\t{} {}\n", e.ip, o.name(), &o.id()[..12]));
+                }
+            }
+            for h in &c.config.add_hosts {
+                if let Some((name, ip)) = h.split_once(':') {
+                    text.push_str(&format!("{ip}\t{name}\n"));
+                }
+            }
+            let p = self.layout.container(c.id()).join("hosts");
+            if p.exists() {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&p)
+                    .map_err(EngineError::io("write hosts"))?;
+                f.write_all(text.as_bytes()).map_err(EngineError::io("write hosts"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attaches a stopped container to a switch.
+    pub fn connect_switch(&mut self, switch: &str, key: &str, ip: Option<Ipv4Addr>) -> Result<(), EngineError> {
+        let sw = self.find_switch(switch)?;
+        let c = self.get(key)?;
+        if c.is_running() {
+            return Err(EngineError::Conflict(format!(
+                "container {} is running: stop it to change its switches",
+                c.name()
+            )));
+        }
+        if matches!(c.config.network.as_str(), "host" | "none") {
+            return Err(EngineError::Invalid(format!("container {} uses --network {}", c.name(), c.config.network)));
+        }
+        if c.config.networks.iter().any(|e| e.switch_id == sw.id) {
+            return Err(EngineError::Conflict(format!("container {} is already on switch {:?}", c.name(), sw.name)));
+        }
+        let ep = self.allocate(c.id(), &sw, ip, None)?;
+        let mut cfg = c.config.clone();
+        cfg.networks.push(ep);
+        self.write_config(c.id(), &cfg)?;
+        self.refresh_hosts(&[sw.id])
+    }
+
+    /// Detaches a stopped container from a switch.
+    pub fn disconnect_switch(&mut self, switch: &str, key: &str) -> Result<(), EngineError> {
+        let sw = self.find_switch(switch)?;
+        let c = self.get(key)?;
+        if c.is_running() {
+            return Err(EngineError::Conflict(format!(
+                "container {} is running: stop it to change its switches",
+                c.name()
+            )));
+        }
+        let mut cfg = c.config.clone();
+        let before = cfg.networks.len();
+        cfg.networks.retain(|e| e.switch_id != sw.id);
+        if cfg.networks.len() == before {
+            return Err(EngineError::Invalid(format!("container {} is not on switch {:?}", c.name(), sw.name)));
+        }
+        self.images.store_mut().release_ip(c.id(), &sw.id)?;
+        self.write_config(c.id(), &cfg)?;
+        self.refresh_hosts(&[sw.id])
+    }
+}

@@ -1,0 +1,193 @@
+//! Virtual switches ("switches", like Hyper-V virtual switches or docker
+//! bridge networks): a Linux bridge per switch, veth (process isolation) or
+//! tap (VM isolation) endpoints, IPv4 address management, masquerading for
+//! outbound traffic, isolation between switches, and TCP/UDP port proxies.
+//! See `docs/networking.md`.
+
+pub mod link;
+pub mod proxy;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// Invalid user input.
+    #[error("{0}")]
+    Invalid(String),
+    /// A host command (`ip`, `iptables`) failed.
+    #[error("{0}")]
+    Command(String),
+    /// No free address.
+    #[error("no free address left in {0}")]
+    Exhausted(String),
+}
+
+/// A switch's configuration, stored as JSON in the switches table.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SwitchConfig {
+    /// Subnet.
+    pub subnet: Ipv4Net,
+    /// Gateway (the bridge's address).
+    pub gateway: Ipv4Addr,
+    /// No NAT, no forwarding off the switch.
+    pub internal: bool,
+    /// Linux bridge name (≤ 15 chars).
+    pub bridge: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A container's place on a switch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Switch ID.
+    pub switch_id: String,
+    /// Switch name.
+    pub switch: String,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Gateway (None on internal switches).
+    pub gateway: Option<Ipv4Addr>,
+    /// MAC address.
+    pub mac: String,
+    /// Bridge to attach to.
+    pub bridge: String,
+}
+
+/// The default switch's name (docker's `bridge` and `default` are aliases).
+pub const DEFAULT_SWITCH: &str = "moat";
+/// The default switch's subnet.
+pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+
+/// Bridge name for switch `id`.
+pub fn bridge_name(id: &str) -> String {
+    format!("mtb{}", &id[..8])
+}
+
+/// Host-side interface name of container `cid`'s endpoint number `n`
+/// (`v` veth, `t` tap).
+pub fn if_name(kind: char, cid: &str, n: usize) -> String {
+    format!("mt{kind}{}{n}", &cid[..8])
+}
+
+/// A MAC address derived from the IP, like docker (`02:42:` + the address).
+pub fn mac_for(ip: Ipv4Addr) -> String {
+    let o = ip.octets();
+    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// Parses and validates `--mac-address`.
+pub fn parse_mac(s: &str) -> Result<String, NetError> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+    let first = parts.first().and_then(|p| u8::from_str_radix(p, 16).ok()).unwrap_or(1);
+    if !ok || first & 1 == 1 {
+        return Err(NetError::Invalid(format!("invalid MAC address {s:?}: use six hex pairs of a unicast address")));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+/// The first free host address of `subnet` (not network, gateway or broadcast).
+pub fn first_free(subnet: &Ipv4Net, gateway: Ipv4Addr, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    subnet.hosts().find(|a| *a != gateway && !used.contains(a))
+}
+
+/// Checks a requested address.
+pub fn check_ip(subnet: &Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr, used: &[Ipv4Addr]) -> Result<(), NetError> {
+    if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
+        return Err(NetError::Invalid(format!("address {ip} is not a host address of {subnet}")));
+    }
+    if ip == gateway || used.contains(&ip) {
+        return Err(NetError::Invalid(format!("address {ip} is already in use on this switch")));
+    }
+    Ok(())
+}
+
+/// A `-p [HOSTIP:]HOSTPORT:CTRPORT[/tcp|udp]` mapping.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortMap {
+    /// Host address to listen on.
+    pub host_ip: Ipv4Addr,
+    /// Host port (0 = pick one).
+    pub host_port: u16,
+    /// Container port.
+    pub ctr_port: u16,
+    /// `tcp` or `udp`.
+    pub proto: String,
+}
+
+/// Parses docker's `-p` syntax.
+pub fn parse_publish(s: &str) -> Result<PortMap, NetError> {
+    let bad =
+        || NetError::Invalid(format!("invalid port mapping {s:?}: use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]"));
+    let (spec, proto) = match s.rsplit_once('/') {
+        Some((a, p @ ("tcp" | "udp"))) => (a, p.to_string()),
+        Some(_) => return Err(bad()),
+        None => (s, "tcp".to_string()),
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let port = |p: &str| p.parse::<u16>().map_err(|_| bad());
+    let (host_ip, host_port, ctr_port) = match parts.as_slice() {
+        [c] => (Ipv4Addr::UNSPECIFIED, 0, port(c)?),
+        [h, c] => (Ipv4Addr::UNSPECIFIED, if h.is_empty() { 0 } else { port(h)? }, port(c)?),
+        [ip, h, c] => (ip.parse().map_err(|_| bad())?, if h.is_empty() { 0 } else { port(h)? }, port(c)?),
+        _ => return Err(bad()),
+    };
+    if ctr_port == 0 {
+        return Err(bad());
+    }
+    Ok(PortMap { host_ip, host_port, ctr_port, proto })
+}
+
+/// Picks a /24 for a new switch from 10.89.0.0/16 that no switch and no host route uses.
+pub fn pick_subnet(taken: &[Ipv4Net]) -> Result<Ipv4Net, NetError> {
+    let routes = link::host_routes();
+    for n in 0..=255u8 {
+        let cand: Ipv4Net = format!("10.89.{n}.0/24").parse().map_err(|_| NetError::Invalid("subnet".into()))?;
+        let clash = |o: &Ipv4Net| o.contains(&cand.network()) || cand.contains(&o.network());
+        if !taken.iter().any(clash) && !routes.iter().any(clash) {
+            return Ok(cand);
+        }
+    }
+    Err(NetError::Exhausted("10.89.0.0/16".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_syntax() -> Result<(), NetError> {
+        assert_eq!(
+            parse_publish("127.0.0.1:18080:80")?,
+            PortMap { host_ip: Ipv4Addr::LOCALHOST, host_port: 18080, ctr_port: 80, proto: "tcp".into() }
+        );
+        assert_eq!(parse_publish("53:53/udp")?.proto, "udp");
+        assert_eq!(parse_publish("80")?.host_port, 0);
+        assert!(parse_publish("x:80").is_err());
+        assert!(parse_publish("80/sctp").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn addresses() -> Result<(), NetError> {
+        let n: Ipv4Net = "10.88.0.0/16".parse().map_err(|_| NetError::Invalid("x".into()))?;
+        let gw = Ipv4Addr::new(10, 88, 0, 1);
+        assert_eq!(first_free(&n, gw, &[]), Some(Ipv4Addr::new(10, 88, 0, 2)));
+        assert_eq!(first_free(&n, gw, &[Ipv4Addr::new(10, 88, 0, 2)]), Some(Ipv4Addr::new(10, 88, 0, 3)));
+        assert!(check_ip(&n, gw, gw, &[]).is_err());
+        assert!(check_ip(&n, gw, Ipv4Addr::new(10, 99, 0, 2), &[]).is_err());
+        assert_eq!(mac_for(Ipv4Addr::new(10, 88, 0, 2)), "02:42:0a:58:00:02");
+        assert!(parse_mac("03:00:00:00:00:01").is_err());
+        assert!(parse_mac("02:00:00:00:00:01").is_ok());
+        assert_eq!(if_name('v', &"ab".repeat(32), 0).len(), 12);
+        assert_eq!(bridge_name(&"cd".repeat(32)), "mtbcdcdcdcd");
+        Ok(())
+    }
+}

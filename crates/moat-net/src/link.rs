@@ -1,0 +1,190 @@
+//! Host-side plumbing with `ip` (iproute2) and `iptables`: bridges, veth and
+//! tap endpoints, masquerading, and isolation between switches.
+
+use crate::{NetError, SwitchConfig};
+use ipnet::Ipv4Net;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn run(prog: &str, args: &[&str]) -> Result<String, NetError> {
+    let o = Command::new(prog).args(args).output().map_err(|e| {
+        NetError::Command(format!("{prog}: {e} (install {})", if prog == "ip" { "iproute2" } else { prog }))
+    })?;
+    if !o.status.success() {
+        return Err(NetError::Command(format!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or("failed")
+        )));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Runs several `ip` commands in one process (`ip -batch -`).
+fn ip_batch(cmds: &[String]) -> Result<(), NetError> {
+    let mut c = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NetError::Command(format!("ip: {e} (install iproute2)")))?;
+    if let Some(mut i) = c.stdin.take() {
+        i.write_all(cmds.join("\n").as_bytes()).map_err(|e| NetError::Command(format!("ip -batch: {e}")))?;
+    }
+    let o = c.wait_with_output().map_err(|e| NetError::Command(format!("ip -batch: {e}")))?;
+    if !o.status.success() {
+        return Err(NetError::Command(format!(
+            "ip: {}",
+            String::from_utf8_lossy(&o.stderr).trim().replace('\n', "; ")
+        )));
+    }
+    Ok(())
+}
+
+/// True when a network interface with this name exists.
+pub fn exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// The host's IPv4 routes (to avoid subnets that clash with them).
+pub fn host_routes() -> Vec<Ipv4Net> {
+    run("ip", &["-4", "route", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|d| {
+            if d == "default" {
+                None
+            } else {
+                d.parse::<Ipv4Net>().ok().or_else(|| format!("{d}/32").parse().ok())
+            }
+        })
+        .collect()
+}
+
+fn iptables(args: &[&str]) -> Result<(), NetError> {
+    run("iptables", &[&["-w"], args].concat()).map(|_| ())
+}
+
+/// Adds a rule unless it is there (`-C` check first).
+fn ensure_rule(table: &str, chain: &str, insert: bool, rule: &[&str]) -> Result<(), NetError> {
+    let check = [&["-t", table, "-C", chain], rule].concat();
+    if iptables(&check).is_ok() {
+        return Ok(());
+    }
+    let op = if insert { "-I" } else { "-A" };
+    iptables(&[&["-t", table, op, chain], rule].concat())
+}
+
+fn delete_rule(table: &str, chain: &str, rule: &[&str]) {
+    while iptables(&[&["-t", table, "-D", chain], rule].concat()).is_ok() {}
+}
+
+const ISO_CHAIN: &str = "MOAT-ISOLATION";
+
+/// The rules of a switch: (table, chain, insert-at-top, rule).
+fn rules(c: &SwitchConfig) -> Vec<(&'static str, &'static str, bool, Vec<String>)> {
+    let b = c.bridge.clone();
+    let net = c.subnet.to_string();
+    let mut v = vec![
+        // traffic between two moat switches is dropped
+        (
+            "filter",
+            ISO_CHAIN,
+            false,
+            vec!["-i".into(), b.clone(), "!".into(), "-o".into(), b.clone(), "-j".into(), "DROP".into()],
+        ),
+    ];
+    if c.internal {
+        v.push((
+            "filter",
+            "FORWARD",
+            true,
+            vec!["-i".into(), b.clone(), "!".into(), "-o".into(), b.clone(), "-j".into(), "DROP".into()],
+        ));
+        v.push((
+            "filter",
+            "FORWARD",
+            true,
+            vec!["!".into(), "-i".into(), b.clone(), "-o".into(), b.clone(), "-j".into(), "DROP".into()],
+        ));
+    } else {
+        v.push((
+            "nat",
+            "POSTROUTING",
+            false,
+            vec!["-s".into(), net, "!".into(), "-o".into(), b.clone(), "-j".into(), "MASQUERADE".into()],
+        ));
+        v.push(("filter", "FORWARD", false, vec!["-i".into(), b.clone(), "-j".into(), "ACCEPT".into()]));
+        v.push(("filter", "FORWARD", false, vec!["-o".into(), b.clone(), "-j".into(), "ACCEPT".into()]));
+    }
+    v
+}
+
+/// Creates the bridge (with the gateway address) and the switch's rules if missing.
+pub fn ensure_switch(c: &SwitchConfig) -> Result<(), NetError> {
+    if !exists(&c.bridge) {
+        ip_batch(&[
+            format!("link add name {} type bridge", c.bridge),
+            format!("addr add {}/{} dev {}", c.gateway, c.subnet.prefix_len(), c.bridge),
+            format!("link set {} up", c.bridge),
+        ])?;
+    }
+    // the isolation chain, jumped to for traffic between moat bridges
+    if iptables(&["-t", "filter", "-L", ISO_CHAIN, "-n"]).is_err() {
+        iptables(&["-t", "filter", "-N", ISO_CHAIN])?;
+    }
+    ensure_rule("filter", "FORWARD", true, &["-i", "mtb+", "-o", "mtb+", "-j", ISO_CHAIN])?;
+    for (t, ch, ins, r) in rules(c) {
+        let r: Vec<&str> = r.iter().map(String::as_str).collect();
+        ensure_rule(t, ch, ins, &r)?;
+    }
+    if !c.internal {
+        // forwarding only when a switch needs it
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+            .map_err(|e| NetError::Command(format!("enable ip_forward: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Deletes the bridge and the switch's rules.
+pub fn remove_switch(c: &SwitchConfig) -> Result<(), NetError> {
+    for (t, ch, _, r) in rules(c) {
+        let r: Vec<&str> = r.iter().map(String::as_str).collect();
+        delete_rule(t, ch, &r);
+    }
+    if exists(&c.bridge) {
+        run("ip", &["link", "del", &c.bridge])?;
+    }
+    Ok(())
+}
+
+/// Creates a veth pair, moves `peer` into the network namespace of `pid`, and
+/// plugs `host` into `bridge`.
+pub fn add_veth(host: &str, peer: &str, pid: u32, bridge: &str) -> Result<(), NetError> {
+    del_link(host);
+    ip_batch(&[
+        format!("link add {host} type veth peer name {peer}"),
+        format!("link set {peer} netns {pid}"),
+        format!("link set {host} master {bridge}"),
+        format!("link set {host} up"),
+    ])
+}
+
+/// Creates a tap device plugged into `bridge` (for a VM's virtio-net).
+pub fn add_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
+    del_link(tap);
+    ip_batch(&[
+        format!("tuntap add dev {tap} mode tap"),
+        format!("link set {tap} master {bridge}"),
+        format!("link set {tap} up"),
+    ])
+}
+
+/// Deletes an interface if it exists.
+pub fn del_link(name: &str) {
+    if exists(name) {
+        let _ = run("ip", &["link", "del", name]);
+    }
+}
