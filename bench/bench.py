@@ -1,67 +1,234 @@
 #!/usr/bin/env python3
-"""moat's side-by-side benchmarks: run each command N times, reject any run
-that fails (non-zero exit), print median/min/max and moat's ratio to each
-peer. Usage: bench.py [--runs N] [--only NAME,...] (see run.sh)."""
+"""moat's side-by-side benchmarks (issue #7). Every timed command's exit code
+is checked: a failing command is never timed. Prints a markdown table with
+median/min/max over N runs and moat's ratio to each peer, plus memory and
+density figures. Driven by bench/run.sh (make bench), which prepares the
+image, bundles, peers and the bare-QEMU floor."""
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 
+ARGS = None
 
-def timed(cmd, env=None):
+
+def sh(cmd, check=True, capture=False):
+    p = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if check and p.returncode != 0:
+        sys.exit(f"benchmark step failed (exit {p.returncode}): {cmd}\n{p.stderr.decode()[-800:]}")
+    return p.stdout.decode() if capture else ""
+
+
+def timed(cmd):
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, shell=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.run(cmd, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
-        sys.exit(f"benchmark command failed (exit {p.returncode}), refusing to time it: {cmd}\n{p.stderr.decode()[-500:]}")
+        sys.exit(f"benchmark command failed (exit {p.returncode}), refusing to time it: {cmd}\n{p.stderr.decode()[-800:]}")
     return dt
 
 
-def series(name, cmd, runs, setup=None, env=None):
-    if setup:
-        subprocess.run(setup, shell=True, check=True)
-    timed(cmd, env)  # warm-up (page cache, initramfs cache)
-    xs = [timed(cmd, env) for _ in range(runs)]
-    return {"name": name, "cmd": cmd, "median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": runs}
+def series(name, cmd, runs, before=None, after=None):
+    """Times `cmd` `runs` times (after one warm-up); `before`/`after` run untimed around each."""
+    xs = []
+    for i in range(runs + 1):
+        if before:
+            sh(before)
+        dt = timed(cmd)
+        if after:
+            sh(after)
+        if i > 0:
+            xs.append(dt)
+    return {"name": name, "median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
-def fmt(s):
-    return f"{s * 1000:8.1f} ms" if s < 10 else f"{s:8.2f} s "
+def pss_kib(pid):
+    try:
+        for line in open(f"/proc/{pid}/smaps_rollup"):
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
-def table(groups):
-    print(f"| benchmark | tool | median | min | max | moat ratio |")
-    print(f"|---|---|---:|---:|---:|---:|")
-    for title, rows in groups:
-        moat = next((r for r in rows if r["name"].startswith("moat")), None)
-        for r in rows:
-            ratio = ""
-            if moat and r is not moat:
-                ratio = f"{moat['median'] / r['median']:.2f}x"
-            print(f"| {title} | {r['name']} | {fmt(r['median'])} | {fmt(r['min'])} | {fmt(r['max'])} | {ratio} |")
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def pids_matching(needle):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                c = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if needle in c:
+                out.append(int(d))
+    return out
+
+
+def fmt_t(s):
+    return f"{s * 1000:.1f} ms" if s < 10 else f"{s:.2f} s"
+
+
+def row(title, r, ref=None):
+    ratio = f"{ref['median'] / r['median']:.2f}x" if ref and ref is not r else ""
+    return f"| {title} | {r['name']} | {fmt_t(r['median'])} | {fmt_t(r['min'])} | {fmt_t(r['max'])} | {ratio} |"
 
 
 def main():
+    global ARGS
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "10")))
-    ap.add_argument("--moat", default=os.environ.get("MOAT", "moat"))
+    ap.add_argument("--vm-runs", type=int, default=int(os.environ.get("BENCH_VM_RUNS", "5")))
+    ap.add_argument("--moat", required=True)
     ap.add_argument("--root", required=True)
-    ap.add_argument("--floor-cmd", required=True, help="bare QEMU boot to an init that powers off")
-    a = ap.parse_args()
+    ap.add_argument("--bundle", required=True, help="OCI bundle with the same rootfs, process `true`")
+    ap.add_argument("--image-tar", required=True, help="busybox docker-archive for podman")
+    ap.add_argument("--floor-cmd", required=True, help="bare QEMU: same kernel, init powers off")
+    ap.add_argument("--floor-idle-cmd", required=True, help="bare QEMU: same kernel, init sleeps")
+    ap.add_argument("--big-tar", required=True, help="~100 MB multi-layer docker-archive")
+    ap.add_argument("--big-layers", required=True, help="directory with the same layer tars")
+    ap.add_argument("--only", default="")
+    a = ARGS = ap.parse_args()
     m = f"{a.moat} --root {a.root}"
-    groups = []
-    groups.append(("process cold run", [series("moat run --rm busybox true", f"{m} run --rm busybox true", a.runs)]))
-    groups.append((
-        "VM cold run",
-        [
-            series("moat run --rm --isolation=hyperv busybox true", f"{m} run --rm --isolation=hyperv busybox true", a.runs),
-            series("bare qemu-system-x86_64 (same kernel, init powers off)", a.floor_cmd, a.runs),
-        ],
-    ))
-    table(groups)
+    only = set(filter(None, a.only.split(",")))
+    want = lambda k: not only or k in only
+    out = ["| benchmark | tool | median | min | max | moat ÷ peer |", "|---|---|---:|---:|---:|---:|"]
+    notes = []
+
+    if want("run"):
+        moat = series("moat run --rm busybox true", f"{m} run --rm busybox true", a.runs)
+        moat_none = series("moat run --rm --network none busybox true", f"{m} run --rm --network none busybox true", a.runs)
+        crun = series("crun run (prepared bundle)", f"crun run -b {a.bundle} bcrun", a.runs)
+        runc = series("runc run (prepared bundle)", f"runc run -b {a.bundle} brunc", a.runs)
+        podman = series(
+            "podman run --rm",
+            "podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file run --rm --network none "
+            "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024 localhost/busybox:latest true",
+            a.runs,
+        )
+        out.append(row("process cold run", moat))
+        out.append(row("process cold run", moat_none))
+        for p in (crun, runc, podman):
+            out.append(row("process cold run", p, moat))
+        notes.append(f"moat (no switch) / crun = {moat_none['median'] / crun['median']:.2f}x")
+
+    if want("exec"):
+        sh(f"{m} run -d --name bexec --network none busybox sleep 100000 </dev/null >/dev/null 2>&1")
+        # detached containers keep their stdio: give them /dev/null, not our pipes
+        sh(f"crun run -d -b {a.bundle.replace('bundle', 'bundle-sleep')} bcrun-exec </dev/null >/dev/null 2>&1")
+        sh(f"runc run -d -b {a.bundle.replace('bundle', 'bundle-sleep')} brunc-exec </dev/null >/dev/null 2>&1")
+        moat = series("moat exec C true", f"{m} exec bexec true", a.runs)
+        crun = series("crun exec", "crun exec bcrun-exec true", a.runs)
+        runc = series("runc exec", "runc exec brunc-exec true", a.runs)
+        out.append(row("exec", moat))
+        out.append(row("exec", crun, moat))
+        out.append(row("exec", runc, moat))
+        sh(f"{m} rm -f bexec")
+        sh("crun kill bcrun-exec KILL; sleep 0.2; crun delete -f bcrun-exec", check=False)
+        sh("runc kill brunc-exec KILL; sleep 0.2; runc delete -f brunc-exec", check=False)
+
+    if want("vm"):
+        moat = series("moat run --rm --isolation=hyperv busybox true", f"{m} run --rm --isolation=hyperv busybox true", a.vm_runs)
+        floor = series("bare qemu-system-x86_64 (same kernel, init powers off)", a.floor_cmd, a.vm_runs)
+        out.append(row("VM cold run", moat))
+        out.append(row("VM cold run", floor, moat))
+
+    mem = []
+    if want("memory"):
+        sh(f"{m} run -d --name bmem --network none busybox sleep 100000")
+        cid = sh(f"{m} inspect -- bmem", capture=True)
+        cid = json.loads(cid)[0]["Id"]
+        time.sleep(1)
+        shim = pids_matching(f"shim {cid}")[0]
+        mem.append(("process: shim", pss_kib(shim), rss_kib(shim)))
+        sh(f"{m} rm -f bmem")
+        sh(f"{m} run -d --name bvm --network none --isolation=hyperv busybox sleep 100000")
+        v = json.loads(sh(f"{m} inspect -- bvm", capture=True))[0]
+        time.sleep(3)
+        shim = pids_matching(f"shim {v['Id']}")[0]
+        q, f = v["VM"]["QemuPid"], v["VM"]["VirtiofsdPid"]
+        vm_total = pss_kib(shim) + pss_kib(q) + pss_kib(f)
+        mem.append(("hyperv: shim", pss_kib(shim), rss_kib(shim)))
+        mem.append(("hyperv: qemu", pss_kib(q), rss_kib(q)))
+        mem.append(("hyperv: virtiofsd", pss_kib(f), rss_kib(f)))
+        mem.append(("hyperv: total", vm_total, 0))
+        sh(f"{m} rm -f bvm")
+        fp = subprocess.Popen(a.floor_idle_cmd, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(4)
+        fq = [p for p in pids_matching("moat-bench-floor-idle")]
+        floor = sum(pss_kib(p) for p in fq)
+        mem.append(("bare QEMU floor (idle guest)", floor, 0))
+        for p in fq:
+            os.kill(p, 9)
+        fp.wait()
+        notes.append(f"per-VM overhead beyond the bare-QEMU floor: {(vm_total - floor) / 1024:.1f} MiB PSS")
+
+    dens = []
+    if want("density"):
+        n = int(os.environ.get("BENCH_DENSITY", "100"))
+        before = int(open("/proc/meminfo").read().split("MemAvailable:")[1].split()[0])
+        t0 = time.perf_counter()
+        sh(f"seq {n} | xargs -P {n} -I{{}} {m} run -d --network none --name d{{}} busybox sleep 100000 > /dev/null")
+        t_start = time.perf_counter() - t0
+        time.sleep(1)
+        after = int(open("/proc/meminfo").read().split("MemAvailable:")[1].split()[0])
+        t0 = time.perf_counter()
+        sh(f"{m} ps -aq --no-trunc | xargs -P 16 -n 10 {m} rm -f > /dev/null")
+        t_stop = time.perf_counter() - t0
+        dens.append((f"{n} process containers (sleep)", t_start, t_stop, (before - after) / 1024))
+        k = int(os.environ.get("BENCH_VM_DENSITY", "8"))
+        before = int(open("/proc/meminfo").read().split("MemAvailable:")[1].split()[0])
+        t0 = time.perf_counter()
+        sh(f"seq {k} | xargs -P {k} -I{{}} {m} run -d --network none --isolation=hyperv --memory 64m --name v{{}} busybox sleep 100000 > /dev/null")
+        t_start = time.perf_counter() - t0
+        time.sleep(2)
+        after = int(open("/proc/meminfo").read().split("MemAvailable:")[1].split()[0])
+        t0 = time.perf_counter()
+        sh(f"{m} ps -aq --no-trunc | xargs -P {k} -n 1 {m} rm -f > /dev/null")
+        t_stop = time.perf_counter() - t0
+        dens.append((f"{k} VM containers (sleep, --memory 64m)", t_start, t_stop, (before - after) / 1024))
+
+    if want("load"):
+        moat = series(
+            "moat image load (~100 MB, 3 layers)",
+            f"{m} load -q -i {a.big_tar}",
+            max(3, a.runs // 3),
+            after=f"{m} rmi -f big:bench",
+        )
+        tarx = series(
+            "tar -x of the same layers",
+            f"rm -rf /tmp/moat-bench-x && mkdir -p /tmp/moat-bench-x && for l in {a.big_layers}/*.tar; do tar -xf $l -C /tmp/moat-bench-x; done",
+            max(3, a.runs // 3),
+        )
+        sh("rm -rf /tmp/moat-bench-x")
+        out.append(row("image load", moat))
+        out.append(row("image load", tarx, moat))
+        notes.append(f"image load throughput: moat = {tarx['median'] / moat['median']:.2f}x tar -x")
+
+    print("\n".join(out))
+    if mem:
+        print("\n| memory of one idle container | PSS | RSS |\n|---|---:|---:|")
+        for name, pss, rss in mem:
+            print(f"| {name} | {pss / 1024:.1f} MiB | {rss / 1024 if rss else 0:.1f} MiB |")
+    if dens:
+        print("\n| density | start all (wall) | stop+rm all (wall) | host memory used |\n|---|---:|---:|---:|")
+        for name, ts, tp, mb in dens:
+            print(f"| {name} | {fmt_t(ts)} | {fmt_t(tp)} | {mb:.0f} MiB |")
+    if notes:
+        print()
+        for n in notes:
+            print(f"- {n}")
 
 
 if __name__ == "__main__":

@@ -1,35 +1,92 @@
 #!/usr/bin/env bash
-# Benchmarks moat side by side with its peers on this machine; prints a
-# markdown table (see bench.py). Run through `make bench`.
+# moat's benchmarks, side by side with crun, runc, podman and bare QEMU, in
+# one run on this machine. Prepares everything, prints a markdown table.
+# Run through `make bench` (which installs the peers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOAT=${MOAT:-$PWD/target/release/moat}
-KDIR=${MOAT_KERNEL_DIR:-$PWD/target/vm-kernel}
-export MOAT_KERNEL_DIR=$KDIR
+export MOAT_KERNEL_DIR=${MOAT_KERNEL_DIR:-$PWD/target/vm-kernel}
 WORK=$(mktemp -d /tmp/moat-bench.XXXXXX)
+ROOT=$WORK/root
 cleanup() {
-  ids=$("$MOAT" --root "$WORK/root" ps -aq --no-trunc 2>/dev/null || true)
-  [ -z "$ids" ] || "$MOAT" --root "$WORK/root" rm -f $ids >/dev/null 2>&1 || true
+  ids=$("$MOAT" --root "$ROOT" ps -aq --no-trunc 2>/dev/null || true)
+  [ -z "$ids" ] || "$MOAT" --root "$ROOT" rm -f $ids >/dev/null 2>&1 || true
+  for s in $("$MOAT" --root "$ROOT" switch ls -q 2>/dev/null || true); do "$MOAT" --root "$ROOT" switch rm "$s" >/dev/null 2>&1 || true; done
+  for c in bcrun brunc bcrun-exec brunc-exec; do crun delete -f $c >/dev/null 2>&1 || true; runc delete -f $c >/dev/null 2>&1 || true; done
+  podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file rmi -f localhost/busybox:latest >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-command -v cpio >/dev/null || { apt-get install -y -qq cpio >/dev/null; }
 
-# the image
-MOAT="$MOAT" scripts/mkbusybox.sh --root "$WORK/root" >/dev/null
+# the image, and the same rootfs as an OCI bundle for crun/runc
+MOAT="$MOAT" scripts/mkbusybox.sh --root "$ROOT" >/dev/null
+"$MOAT" --root "$ROOT" save busybox -o "$WORK/busybox.tar"
+mkdir -p "$WORK/bundle/rootfs"
+tar -C "$WORK/bundle/rootfs" -xf "$WORK/busybox.tar" --wildcards '*/layer.tar' -O | tar -C "$WORK/bundle/rootfs" -xf -
+(cd "$WORK/bundle" && crun spec)
+python3 - "$WORK/bundle" <<'PY'
+import json, sys, shutil, os
+b = sys.argv[1]
+c = json.load(open(f"{b}/config.json"))
+c["process"]["terminal"] = False
+c["process"]["args"] = ["true"]
+c["root"]["readonly"] = False
+json.dump(c, open(f"{b}/config.json", "w"))
+s = b.replace("bundle", "bundle-sleep")
+os.makedirs(s)
+c["root"]["path"] = f"{b}/rootfs"  # runc refuses a symlinked rootfs
+c["process"]["args"] = ["sleep", "100000"]
+json.dump(c, open(f"{s}/config.json", "w"))
+PY
+podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file load -q -i "$WORK/busybox.tar" >/dev/null
 
-# the bare-QEMU floor: the same kernel booting an init that powers off at once
-mkdir -p "$WORK/floor/bin"
-cp /bin/busybox "$WORK/floor/bin/busybox"
-printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > "$WORK/floor/init"
-chmod +x "$WORK/floor/init"
-(cd "$WORK/floor" && find . | cpio -o -H newc --quiet > "$WORK/floor.cpio")
-VER=$(cat "$KDIR/current")
+# the bare-QEMU floor: the same kernel into an init that powers off (or idles)
+for kind in off idle; do
+  d=$WORK/floor-$kind; mkdir -p $d/bin; cp /bin/busybox $d/bin/busybox
+  if [ $kind = off ]; then printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > $d/init
+  else printf '#!/bin/busybox sh\nexec /bin/busybox sleep 100000\n' > $d/init; fi
+  chmod +x $d/init; (cd $d && find . | cpio -o -H newc --quiet > "$WORK/floor-$kind.cpio")
+done
+VER=$(cat "$MOAT_KERNEL_DIR/current")
 TSC=$(awk -F: '/cpu MHz/ {printf "%d", $2*1000; exit}' /proc/cpuinfo)
-ACCEL=$("$MOAT" --root "$WORK/root" info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["Hypervisor"]["Accelerator"])')
-FLOOR="qemu-system-x86_64 -accel $ACCEL -smp 1 -m 512M -M microvm,pit=on,pic=on,rtc=on -nodefaults -no-user-config \
- -display none -serial null -kernel $KDIR/$VER/vmlinux -initrd $WORK/floor.cpio \
- -append 'console=ttyS0 panic=-1 quiet tsc=reliable cryptomgr.notests mitigations=off pci=off tsc_early_khz=$TSC' -no-reboot"
+ACCEL=$("$MOAT" --root "$ROOT" info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["Hypervisor"]["Accelerator"])')
+qemu() { echo "qemu-system-x86_64 -name $1 -accel $ACCEL -smp 1 -m 512M -M microvm,pit=on,pic=on,rtc=on -nodefaults -no-user-config -display none -serial null -kernel $MOAT_KERNEL_DIR/$VER/vmlinux -initrd $2 -append 'console=ttyS0 panic=-1 quiet tsc=reliable cryptomgr.notests mitigations=off pci=off tsc_early_khz=$TSC' -no-reboot"; }
 
-echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), accelerator $ACCEL, guest kernel $VER"
-python3 bench/bench.py --moat "$MOAT" --root "$WORK/root" --floor-cmd "$FLOOR" "$@"
+# a ~100 MB image in three layers, and the same layer tars for tar -x
+mkdir -p "$WORK/big/layers"
+python3 - "$WORK/big" <<'PY'
+import hashlib, io, json, os, random, sys, tarfile
+d = sys.argv[1]
+rnd = random.Random(7)
+layers, diffs = [], []
+for i in range(3):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        for j in range(40):
+            data = rnd.randbytes(850_000)
+            ti = tarfile.TarInfo(f"layer{i}/file{j}.bin"); ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    b = buf.getvalue(); h = hashlib.sha256(b).hexdigest()
+    open(f"{d}/layers/{i}.tar", "wb").write(b)
+    layers.append((h, b)); diffs.append("sha256:" + h)
+cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]}, "rootfs": {"type": "layers", "diff_ids": diffs}}).encode()
+cid = hashlib.sha256(cfg).hexdigest()
+with tarfile.open(f"{d}/big.tar", "w") as t:
+    def add(name, data):
+        ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+    add(f"{cid}.json", cfg)
+    for h, b in layers:
+        add(f"{h}/layer.tar", b)
+    add("manifest.json", json.dumps([{"Config": f"{cid}.json", "RepoTags": ["big:bench"], "Layers": [f"{h}/layer.tar" for h, _ in layers]}]).encode())
+PY
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, host kernel $(uname -r), accelerator $ACCEL, guest kernel $VER, $(date -u +%Y-%m-%d)"
+echo "peers: $(crun --version | head -1), $(runc --version | head -1), $(podman --version), $(qemu-system-x86_64 --version | head -1)"
+echo
+# crun 1.8 refuses the hybrid cgroup layout: run everything in a mount
+# namespace without the empty cgroup2 mount (same conditions for every tool)
+unshare -m sh -c "umount -l /sys/fs/cgroup/unified 2>/dev/null; exec python3 bench/bench.py \
+  --moat '$MOAT' --root '$ROOT' --bundle '$WORK/bundle' --image-tar '$WORK/busybox.tar' \
+  --floor-cmd \"$(qemu moat-bench-floor "$WORK/floor-off.cpio")\" \
+  --floor-idle-cmd \"$(qemu moat-bench-floor-idle "$WORK/floor-idle.cpio")\" \
+  --big-tar '$WORK/big/big.tar' --big-layers '$WORK/big/layers' $*"

@@ -422,10 +422,12 @@ impl Engine {
             return Err(EngineError::Conflict(format!("container {} is already running", c.name())));
         }
         self.prepare_dirs(c.id(), &c.config)?;
+        tracing::debug!("start: spawning shim");
         let conn = client::spawn_shim(&self.layout, c.id())?;
+        tracing::debug!("start: shim spawned");
         let mut conn = conn;
         match conn.recv_msg()? {
-            Msg::Started { .. } => {}
+            Msg::Started { .. } => tracing::debug!("start: started"),
             Msg::Error { message } => {
                 let code = self.get(c.id()).map(|c| c.state.exit_code).unwrap_or(125);
                 return Err(EngineError::Start { message, code });

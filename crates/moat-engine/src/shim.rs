@@ -207,6 +207,7 @@ pub fn main(root: &Path, id: &str) -> i32 {
         Ok(nix::unistd::ForkResult::Child) => {}
         Err(_) => return 1,
     }
+    tracing::debug!("shim: forked");
     // SAFETY: fd 3 is the socketpair end passed by spawn_shim
     let first = unsafe { UnixStream::from_raw_fd(3) };
     let dir = moat_store::Layout::new(root).container(id);
@@ -242,6 +243,7 @@ impl Shim {
             let image = engine.images().store().image(&c.row.image_id)?.ok_or_else(|| {
                 EngineError::Invalid(format!("image {} of this container was removed", c.row.image_id))
             })?;
+            tracing::debug!("shim: store open");
             let spec = crate::spec::build(engine.layout(), id, &c.config, &image)?;
             let dir = engine.layout().container(id);
             let log = LogWriter::open(&dir.join(format!("{id}-json.log"))).map_err(EngineError::io("open log"))?;
@@ -332,7 +334,9 @@ impl Shim {
         };
         first.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
         let cid = shim.add_client(first, Role::Attach { stdin: false, stdin_once: false });
+        tracing::debug!("shim: cgroup/vm ready");
         let started = shim.bind_ports().and_then(|ports| shim.start_main().map(|pid| (pid, ports)));
+        tracing::debug!("shim: main started");
         match started {
             Ok((pid, ports)) => {
                 shim.spawn_proxies(ports);
@@ -1254,6 +1258,7 @@ impl Shim {
 
     /// Cleans up after the last exit: cgroup, auto-remove, then flushes clients.
     fn finish(&mut self) {
+        tracing::debug!("shim: finishing");
         for (_, s) in self.sessions.drain() {
             if let Some(c) = &s.proc.child {
                 let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);

@@ -122,9 +122,15 @@ fn rules(c: &SwitchConfig) -> Vec<(&'static str, &'static str, bool, Vec<String>
     v
 }
 
-/// Creates the bridge (with the gateway address) and the switch's rules if missing.
+/// Creates the bridge (with the gateway address) and the switch's rules if
+/// the bridge is missing (first use, or after a reboot). An existing bridge
+/// means the rules were made with it: starting a container then costs no
+/// `iptables` call.
 pub fn ensure_switch(c: &SwitchConfig) -> Result<(), NetError> {
-    if !exists(&c.bridge) {
+    if exists(&c.bridge) {
+        return Ok(());
+    }
+    {
         ip_batch(&[
             format!("link add name {} type bridge", c.bridge),
             format!("addr add {}/{} dev {}", c.gateway, c.subnet.prefix_len(), c.bridge),
@@ -164,11 +170,11 @@ pub fn remove_switch(c: &SwitchConfig) -> Result<(), NetError> {
 /// plugs `host` into `bridge`.
 pub fn add_veth(host: &str, peer: &str, pid: u32, bridge: &str) -> Result<(), NetError> {
     del_link(host);
+    // creating the peer directly in the target namespace avoids a
+    // `link set netns` move, which costs ~15 ms of RCU synchronisation
     ip_batch(&[
-        format!("link add {host} type veth peer name {peer}"),
-        format!("link set {peer} netns {pid}"),
-        format!("link set {host} master {bridge}"),
-        format!("link set {host} up"),
+        format!("link add {host} type veth peer name {peer} netns {pid}"),
+        format!("link set {host} master {bridge} up"),
     ])
 }
 

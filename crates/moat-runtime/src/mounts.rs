@@ -141,9 +141,9 @@ const DEVICES: &[(&str, u64, u64)] =
     &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
 
 /// Builds the root at `spec.rootfs_target` and pivots into it (with an empty
-/// /dev/console for a terminal to be bound on later); `cgroup2` mounts the cgroup v2
-/// filesystem read-only at /sys/fs/cgroup.
-pub fn setup(spec: &Spec, cgroup2: bool) -> Result<(), RuntimeError> {
+/// /dev/console for a terminal to be bound on later). The cgroup v2 filesystem
+/// is mounted by the caller once the process is in its cgroup namespace.
+pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
     mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, "/ private")?;
     let target = spec.rootfs_target.to_str().ok_or_else(|| RuntimeError::Invalid("rootfs path is not UTF-8".into()))?;
     let nodev = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_NODEV };
@@ -195,10 +195,6 @@ pub fn setup(spec: &Spec, cgroup2: bool) -> Result<(), RuntimeError> {
     let sys = in_root(r, "/sys", Create::Dir)?;
     let ro = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_RDONLY };
     mnt(Some("sysfs"), &fdpath(&sys), Some("sysfs"), std_flags | ro, None, "/sys")?;
-    if cgroup2 {
-        let cg = in_root(r, "/sys/fs/cgroup", Create::No)?;
-        mnt(Some("cgroup2"), &fdpath(&cg), Some("cgroup2"), std_flags | ro, None, "/sys/fs/cgroup")?;
-    }
 
     // /dev: a tmpfs with the standard nodes
     let dev = in_root(r, "/dev", Create::Dir)?;

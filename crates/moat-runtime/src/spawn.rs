@@ -361,16 +361,6 @@ pub fn create(
         let r = (|| -> Result<(), RuntimeError> {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(RuntimeError::sys("pdeathsig"))?;
-            // wait until the parent has put us in the cgroup (EOF: it died;
-            // from then on PDEATHSIG covers us)
-            let mut b = [0u8; 1];
-            let mut s = std::fs::File::from(syncr);
-            if s.read(&mut b).map_err(RuntimeError::io("sync"))? != 1 {
-                return Err(RuntimeError::Invalid("parent gave up".into()));
-            }
-            if cgroup.is_some() {
-                nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(RuntimeError::sys("cgroup namespace"))?;
-            }
             if let NetNs::Path(p) = &spec.net {
                 let f = std::fs::File::open(p)
                     .map_err(RuntimeError::io(format!("open network namespace {}", p.display())))?;
@@ -378,10 +368,30 @@ pub fn create(
             }
             reset_signals();
             nix::unistd::sethostname(&spec.hostname).map_err(RuntimeError::sys("sethostname"))?;
+            // build the root while the parent moves us into the cgroup and
+            // plugs in our network (joining a cgroup waits for an RCU grace
+            // period: ~10 ms that this overlaps)
+            mounts::setup(spec)?;
+            // wait for the parent (EOF: it died; from then on PDEATHSIG covers us)
+            let mut b = [0u8; 1];
+            let mut s = std::fs::File::from(syncr);
+            if s.read(&mut b).map_err(RuntimeError::io("sync"))? != 1 {
+                return Err(RuntimeError::Invalid("parent gave up".into()));
+            }
+            if cgroup.is_some() {
+                nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(RuntimeError::sys("cgroup namespace"))?;
+                if cgroup2 {
+                    let flags = nix::mount::MsFlags::MS_NOSUID
+                        | nix::mount::MsFlags::MS_NODEV
+                        | nix::mount::MsFlags::MS_NOEXEC
+                        | if spec.privileged { nix::mount::MsFlags::empty() } else { nix::mount::MsFlags::MS_RDONLY };
+                    nix::mount::mount(Some("cgroup2"), "/sys/fs/cgroup", Some("cgroup2"), flags, None::<&str>)
+                        .map_err(RuntimeError::sys("mount /sys/fs/cgroup"))?;
+                }
+            }
             if spec.net == NetNs::New {
                 crate::netconf::configure(&spec.interfaces)?;
             }
-            mounts::setup(spec, cgroup2)?;
             setup_stdio(io, ptys.as_ref().map(|p| &p.1), true)?;
             finish_and_exec(&spec.process, &sec, &progs)
         })();

@@ -1,7 +1,7 @@
 //! Crash-safe metadata for a moat root.
 //!
 //! All records (images, tags, unpacked layers, containers, switches) live in one
-//! SQLite database in WAL mode with `synchronous=FULL`: every change is one
+//! SQLite database in WAL mode (`synchronous=NORMAL`): every change is one
 //! `BEGIN IMMEDIATE` transaction, so concurrent `moat` processes serialise their
 //! writes and a process killed at any point leaves either the old or the new
 //! state. Files (blobs, layers) are written under `tmp/` first and renamed into

@@ -543,7 +543,8 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
                 println!("{}", c.id());
                 return Ok(0);
             }
-            conn.send_msg(&Msg::Attach { stdin: a.create.interactive, stdin_once: true })?;
+            // a process that already exited has closed the shim: its output and exit status are still queued
+            let _ = conn.send_msg(&Msg::Attach { stdin: a.create.interactive, stdin_once: true });
             end_code(session::relay(conn, Opts { tty, stdin: a.create.interactive, sig_proxy: a.sig_proxy })?)
         }
         ContainerCmd::Start { attach, interactive, containers } => {
@@ -552,7 +553,7 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
                 match e.start(name) {
                     Ok((c, mut conn)) => {
                         if attach || interactive {
-                            conn.send_msg(&Msg::Attach { stdin: interactive, stdin_once: interactive })?;
+                            let _ = conn.send_msg(&Msg::Attach { stdin: interactive, stdin_once: interactive });
                             let opts =
                                 Opts { tty: c.config.tty, stdin: interactive && c.config.open_stdin, sig_proxy: true };
                             return end_code(session::relay(conn, opts)?);
