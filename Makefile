@@ -49,7 +49,12 @@ demo: deps agent
 	target/release/moat --root target/vm-root vm kernel install
 	MOAT=$(CURDIR)/target/release/moat ./scripts/demo.sh
 
+# the peers moat is measured against, from Debian
+BENCH_PKGS := crun runc podman cpio
+
 bench: deps agent kernel
+	@missing=$$(for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 	cargo build --release -p moat
 	MOAT=$(CURDIR)/target/release/moat ./bench/run.sh
 

@@ -11,7 +11,7 @@
 
 use moat_proto::{Decoder, Frame, Kind, Msg, WINDOW};
 use moat_runtime::cgroup::Cgroup;
-use moat_runtime::spawn::{self, Child, Security, Stdio};
+use moat_runtime::spawn::{self, Child, Security};
 use nix::mount::{mount, MsFlags};
 use std::collections::HashMap;
 use std::io::Write;
@@ -131,39 +131,19 @@ struct Agent {
     own_pidns: OwnedFd,
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
-}
-
-/// Pipes (or a terminal) for a new process: (kept: stdin, out, err), stdio, to close.
-type Kept = (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>);
-fn make_stdio(tty: bool, stdin: bool, size: Option<(u16, u16)>) -> Result<(Kept, Stdio, Vec<OwnedFd>), String> {
-    if tty {
-        return Ok(((None, None, None), Stdio::Pty { size }, Vec::new()));
+fn session(mut ends: spawn::Ends, mut child: Child, tty: bool) -> Session {
+    ends.take_pty(&mut child);
+    Session {
+        child,
+        stdin: ends.stdin,
+        stdin_buf: Vec::new(),
+        close_stdin: false,
+        out: ends.out,
+        err: ends.err,
+        tty,
+        credit: WINDOW,
+        exited: false,
     }
-    let (in_r, in_w) = if stdin {
-        let (r, w) = pipe()?;
-        (r, Some(w))
-    } else {
-        (OwnedFd::from(std::fs::File::open("/dev/null").map_err(|e| e.to_string())?), None)
-    };
-    let (or, ow) = pipe()?;
-    let (er, ew) = pipe()?;
-    let io = Stdio::Fds { stdin: in_r.as_raw_fd(), stdout: ow.as_raw_fd(), stderr: ew.as_raw_fd() };
-    Ok(((in_w, Some(or), Some(er)), io, vec![in_r, ow, ew]))
-}
-
-fn session(child: Child, kept: Kept, tty: bool) -> Session {
-    let (mut stdin, mut out, err) = kept;
-    let mut child = child;
-    if let Some(m) = child.pty.take() {
-        stdin = m.try_clone().ok();
-        out = Some(m);
-    }
-    for fd in [&stdin, &out, &err].into_iter().flatten() {
-        nonblock(fd.as_raw_fd());
-    }
-    Session { child, stdin, stdin_buf: Vec::new(), close_stdin: false, out, err, tty, credit: WINDOW, exited: false }
 }
 
 fn exit_code(pid: nix::unistd::Pid) -> i32 {
@@ -293,7 +273,7 @@ impl Agent {
                 moat_runtime::netconf::configure(&c.spec.interfaces).map_err(|e| (e.to_string(), 125))?;
             }
         }
-        let (kept, io, give) = make_stdio(c.spec.process.tty, c.stdin, None).map_err(|e| (e, 125))?;
+        let (kept, io, give) = spawn::stdio(c.spec.process.tty, c.stdin, None).map_err(|e| (e.to_string(), 125))?;
         let child = spawn::create(&c.spec, self.cgroup.as_ref(), io, &|_| Ok(())).map_err(|e| match e {
             moat_runtime::RuntimeError::Start { message, code } => (message, code),
             e => (e.to_string(), 125),
@@ -301,7 +281,7 @@ impl Agent {
         drop(give);
         let pid = child.pid.as_raw() as u32;
         let tty = c.spec.process.tty;
-        self.sessions.insert(0, session(child, kept, tty));
+        self.sessions.insert(0, session(kept, child, tty));
         self.spec = Some(c.spec);
         Ok(pid)
     }
@@ -328,7 +308,8 @@ impl Agent {
             sec.capabilities = moat_runtime::caps::compute(&[], &[], true).unwrap_or_default();
             sec.seccomp = moat_runtime::spec::Seccomp::Unconfined;
         }
-        let (kept, io, give) = make_stdio(x.tty, x.stdin, x.size.map(|w| (w.rows, w.cols))).map_err(|e| (e, 126))?;
+        let (kept, io, give) =
+            spawn::stdio(x.tty, x.stdin, x.size.map(|w| (w.rows, w.cols))).map_err(|e| (e.to_string(), 126))?;
         let child =
             spawn::exec(&main.child.pidfd, &self.own_pidns, &process, &sec, self.cgroup.as_ref(), io).map_err(|e| {
                 match e {
@@ -338,7 +319,7 @@ impl Agent {
             })?;
         drop(give);
         let pid = child.pid.as_raw() as u32;
-        self.sessions.insert(sid, session(child, kept, x.tty));
+        self.sessions.insert(sid, session(kept, child, x.tty));
         Ok(pid)
     }
 

@@ -17,7 +17,7 @@ use crate::{Container, Engine, EngineError};
 use chrono::Utc;
 use moat_proto::{Decoder, ExecSpec, Frame, Kind, Msg, WinSize};
 use moat_runtime::cgroup::Cgroup;
-use moat_runtime::spawn::{self, Child, Security, Stdio};
+use moat_runtime::spawn::{self, Child, Security};
 use moat_runtime::spec::{Process, Spec};
 use moat_store::FileLock;
 use std::collections::HashMap;
@@ -119,47 +119,10 @@ struct Shim {
     done: bool,
 }
 
-fn nonblock(fd: RawFd) {
-    // SAFETY: fcntl on a descriptor we own
-    unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
-    }
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd), EngineError> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| EngineError::Shim(format!("pipe: {e}")))
-}
-
 fn set_winsize(fd: RawFd, ws: WinSize) {
     let w = libc::winsize { ws_row: ws.rows, ws_col: ws.cols, ws_xpixel: 0, ws_ypixel: 0 };
     // SAFETY: ioctl on our pty master
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &w) };
-}
-
-/// Stdio for a new process: what the shim keeps, what the child gets, and
-/// the descriptors to close once it started.
-fn make_stdio(tty: bool, stdin: bool, size: Option<WinSize>) -> Result<(Proc0, Stdio, Vec<OwnedFd>), EngineError> {
-    if tty {
-        let size = size.map(|w| (w.rows, w.cols));
-        return Ok((Proc0 { stdin: None, out: None, err: None }, Stdio::Pty { size }, Vec::new()));
-    }
-    let (in_r, in_w) = if stdin {
-        let (r, w) = pipe()?;
-        (r, Some(w))
-    } else {
-        (OwnedFd::from(std::fs::File::open("/dev/null").map_err(EngineError::io("open /dev/null"))?), None)
-    };
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    let io = Stdio::Fds { stdin: in_r.as_raw_fd(), stdout: out_w.as_raw_fd(), stderr: err_w.as_raw_fd() };
-    Ok((Proc0 { stdin: in_w, out: Some(out_r), err: Some(err_r) }, io, vec![in_r, out_w, err_w]))
-}
-
-struct Proc0 {
-    stdin: Option<OwnedFd>,
-    out: Option<OwnedFd>,
-    err: Option<OwnedFd>,
 }
 
 impl Proc {
@@ -168,24 +131,17 @@ impl Proc {
     }
 }
 
-impl Proc0 {
-    fn into_proc(mut self, mut child: Child, tty: bool) -> Proc {
-        if let Some(master) = child.pty.take() {
-            self.stdin = master.try_clone().ok();
-            self.out = Some(master);
-        }
-        for fd in [&self.stdin, &self.out, &self.err].into_iter().flatten() {
-            nonblock(fd.as_raw_fd());
-        }
-        Proc {
-            child: Some(child),
-            stdin: self.stdin,
-            stdin_buf: Vec::new(),
-            close_stdin: false,
-            out: self.out,
-            err: self.err,
-            tty,
-        }
+/// A local process and its stdio ends.
+fn local_proc(mut ends: spawn::Ends, mut child: Child, tty: bool) -> Proc {
+    ends.take_pty(&mut child);
+    Proc {
+        child: Some(child),
+        stdin: ends.stdin,
+        stdin_buf: Vec::new(),
+        close_stdin: false,
+        out: ends.out,
+        err: ends.err,
+        tty,
     }
 }
 
@@ -489,7 +445,7 @@ impl Shim {
                 _ => return Err(EngineError::Shim("unexpected agent reply".into())),
             }
         } else {
-            let (keep, io, give) = make_stdio(self.c.config.tty, self.c.config.open_stdin, None)?;
+            let (keep, io, give) = spawn::stdio(self.c.config.tty, self.c.config.open_stdin, None)?;
             self.oom_base = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
             let id = self.id.clone();
             let eps = self.c.config.networks.clone();
@@ -508,7 +464,7 @@ impl Shim {
             let child = spawn::create(&self.spec, self.cgroup.as_ref(), io, &plumb)?;
             drop(give);
             let pid = child.pid.as_raw() as u32;
-            self.main = Some(keep.into_proc(child, self.c.config.tty));
+            self.main = Some(local_proc(keep, child, self.c.config.tty));
             pid
         };
         let st = &mut self.c.state;
@@ -909,10 +865,10 @@ impl Shim {
         }
         let result = (|| -> Result<Proc, EngineError> {
             let init = main.child.as_ref().ok_or_else(|| EngineError::Shim("no main process".into()))?;
-            let (keep, io, give) = make_stdio(x.tty, x.stdin, x.size)?;
+            let (keep, io, give) = spawn::stdio(x.tty, x.stdin, x.size.map(|w| (w.rows, w.cols)))?;
             let child = spawn::exec(&init.pidfd, &self.own_pidns, &process, &sec, self.cgroup.as_ref(), io)?;
             drop(give);
-            Ok(keep.into_proc(child, x.tty))
+            Ok(local_proc(keep, child, x.tty))
         })();
         match result {
             Ok(p) => {

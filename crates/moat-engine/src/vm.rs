@@ -47,20 +47,7 @@ pub fn prepare_root(spec: &Spec) -> Result<PathBuf, EngineError> {
     let Rootfs::Overlay { lower, upper, work } = &spec.rootfs else {
         return Err(EngineError::Invalid("VM containers need an overlay root".into()));
     };
-    let base =
-        lower.first().and_then(|l| l.parent()).ok_or_else(|| EngineError::Invalid("image has no layers".into()))?;
-    nix::unistd::chdir(base).map_err(|e| EngineError::Shim(format!("chdir {}: {e}", base.display())))?;
-    let lowers: Vec<String> = lower
-        .iter()
-        .map(|l| {
-            if l.parent() == Some(base) {
-                l.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-            } else {
-                l.display().to_string()
-            }
-        })
-        .collect();
-    let data = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
+    let data = moat_runtime::mounts::overlay_options(lower, upper, work)?;
     let nodev = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_NODEV };
     mnt(Some("overlay"), t, Some("overlay"), nodev, Some(&data), "overlay root filesystem")?;
     let root = std::fs::File::open(&target).map_err(EngineError::io("open root"))?;

@@ -10,7 +10,7 @@ use crate::RuntimeError;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn cstr(s: &str) -> Result<CString, RuntimeError> {
     CString::new(s).map_err(|_| RuntimeError::Invalid(format!("path contains NUL: {s:?}")))
@@ -117,6 +117,24 @@ fn is_dir(fd: &OwnedFd) -> bool {
     nix::sys::stat::fstat(fd.as_raw_fd()).map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR).unwrap_or(false)
 }
 
+/// The overlayfs mount options for `lower` (topmost first), `upper`, `work`.
+/// Changes the working directory to the layers' directory: lowerdirs are
+/// given relative to it, which keeps the options under the one-page limit
+/// for images of up to ~60 layers.
+pub fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<String, RuntimeError> {
+    let base =
+        lower.first().and_then(|l| l.parent()).ok_or_else(|| RuntimeError::Invalid("image has no layers".into()))?;
+    nix::unistd::chdir(base).map_err(RuntimeError::sys(format!("chdir {}", base.display())))?;
+    let lowers: Vec<String> = lower
+        .iter()
+        .map(|l| match (l.parent() == Some(base), l.file_name()) {
+            (true, Some(n)) => n.to_string_lossy().into_owned(),
+            _ => l.display().to_string(),
+        })
+        .collect();
+    Ok(format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display()))
+}
+
 /// Splits docker-style tmpfs options into mount flags and filesystem data.
 pub fn tmpfs_options(opts: &str) -> (MsFlags, String) {
     let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -149,19 +167,7 @@ pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
     let nodev = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_NODEV };
     match &spec.rootfs {
         Rootfs::Overlay { lower, upper, work } => {
-            // relative lowerdirs keep the option string under the page-size limit
-            let base = lower
-                .first()
-                .and_then(|l| l.parent())
-                .ok_or_else(|| RuntimeError::Invalid("image has no layers".into()))?;
-            nix::unistd::chdir(base).map_err(RuntimeError::sys(format!("chdir {}", base.display())))?;
-            let mut lowers = Vec::new();
-            for l in lower {
-                let rel =
-                    if l.parent() == Some(base) { l.file_name().map(Path::new).unwrap_or(l) } else { l.as_path() };
-                lowers.push(rel.display().to_string());
-            }
-            let data = format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display());
+            let data = overlay_options(lower, upper, work)?;
             mnt(Some("overlay"), target, Some("overlay"), nodev, Some(&data), "overlay root filesystem")?;
         }
         Rootfs::Dir(d) => {

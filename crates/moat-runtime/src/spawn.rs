@@ -36,6 +36,54 @@ pub enum Stdio {
     },
 }
 
+/// The shim's (or agent's) ends of a new process's stdio: write to `stdin`,
+/// read `out` and `err` (all non-blocking once [`Ends::take_pty`] ran).
+#[derive(Debug, Default)]
+pub struct Ends {
+    /// Where the process's stdin comes from (None: /dev/null).
+    pub stdin: Option<OwnedFd>,
+    /// Its stdout (or the terminal).
+    pub out: Option<OwnedFd>,
+    /// Its stderr (None with a terminal).
+    pub err: Option<OwnedFd>,
+}
+
+impl Ends {
+    /// With a terminal, its master becomes stdin and out; then all ends are
+    /// made non-blocking.
+    pub fn take_pty(&mut self, child: &mut Child) {
+        if let Some(master) = child.pty.take() {
+            self.stdin = master.try_clone().ok();
+            self.out = Some(master);
+        }
+        for fd in [&self.stdin, &self.out, &self.err].into_iter().flatten() {
+            // SAFETY: fcntl on descriptors we own
+            unsafe {
+                let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+                libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+            }
+        }
+    }
+}
+
+/// Pipes (or a terminal of `size`) for a new process: the caller's ends, the
+/// child's [`Stdio`], and the child's descriptors to close once it started.
+pub fn stdio(tty: bool, stdin: bool, size: Option<(u16, u16)>) -> Result<(Ends, Stdio, Vec<OwnedFd>), RuntimeError> {
+    if tty {
+        return Ok((Ends::default(), Stdio::Pty { size }, Vec::new()));
+    }
+    let (in_r, in_w) = if stdin {
+        let (r, w) = pipe()?;
+        (r, Some(w))
+    } else {
+        (OwnedFd::from(std::fs::File::open("/dev/null").map_err(RuntimeError::io("open /dev/null"))?), None)
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let io = Stdio::Fds { stdin: in_r.as_raw_fd(), stdout: out_w.as_raw_fd(), stderr: err_w.as_raw_fd() };
+    Ok((Ends { stdin: in_w, out: Some(out_r), err: Some(err_r) }, io, vec![in_r, out_w, err_w]))
+}
+
 /// A started process.
 #[derive(Debug)]
 pub struct Child {
@@ -402,31 +450,7 @@ pub fn create(
     }
     drop(syncr);
     drop(errw);
-    let pidfd = pidfd.ok_or_else(|| RuntimeError::Invalid("clone returned no pidfd".into()))?;
-    let setup = (|| -> Result<(), RuntimeError> {
-        if let Some(cg) = cgroup {
-            cg.add(pid.as_raw() as u32)?;
-        }
-        plumb(pid.as_raw() as u32)?;
-        let mut w = std::fs::File::from(syncw);
-        w.write_all(b"1").map_err(RuntimeError::io("sync child"))
-    })();
-    if let Err(e) = setup {
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(pid, None);
-        return Err(e);
-    }
-    let pty = ptys.map(|(ours, theirs)| {
-        drop(theirs);
-        recv_pty(&ours)
-    });
-    await_exec(errr, pid)?;
-    let pty = match pty {
-        Some(None) => return Err(RuntimeError::Invalid("the container did not hand over its terminal".into())),
-        Some(p) => p,
-        None => None,
-    };
-    Ok(Child { pid, pidfd, pty })
+    release(pid, pidfd, cgroup, plumb, syncw, errr, ptys)
 }
 
 /// Runs `process` inside the container whose init is `init` (a pidfd).
@@ -482,11 +506,26 @@ pub fn exec(
     reset.map_err(RuntimeError::sys("leave pid namespace"))?;
     drop(syncr);
     drop(errw);
+    release(pid, pidfd, cgroup, &|_| Ok(()), syncw, errr, ptys)
+}
+
+/// Parent side after the clone: cgroup, `plumb`, release the child, take its
+/// terminal (if any), and wait until it has exec'd or failed.
+fn release(
+    pid: Pid,
+    pidfd: Option<OwnedFd>,
+    cgroup: Option<&Cgroup>,
+    plumb: &dyn Fn(u32) -> Result<(), RuntimeError>,
+    syncw: OwnedFd,
+    errr: OwnedFd,
+    ptys: Option<(OwnedFd, OwnedFd)>,
+) -> Result<Child, RuntimeError> {
     let pidfd = pidfd.ok_or_else(|| RuntimeError::Invalid("clone returned no pidfd".into()))?;
     let setup = (|| -> Result<(), RuntimeError> {
         if let Some(cg) = cgroup {
             cg.add(pid.as_raw() as u32)?;
         }
+        plumb(pid.as_raw() as u32)?;
         std::fs::File::from(syncw).write_all(b"1").map_err(RuntimeError::io("sync child"))
     })();
     if let Err(e) = setup {
