@@ -105,6 +105,8 @@ pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<String> {
     let accel = if cfg.accel == "kvm" { vec!["-accel", "kvm", "-cpu", "host"] } else { vec!["-accel", "tcg"] };
     let mut a: Vec<String> = accel.into_iter().map(String::from).collect();
     a.extend([
+        "-name".into(),
+        cfg.name.clone(),
         "-smp".into(),
         cfg.vcpus.to_string(),
         "-m".into(),

@@ -36,6 +36,9 @@ fn guest_kernel_and_host_view_hyperv() {
     assert_eq!(v["VM"]["MemoryMiB"], 64 + 96, "--memory plus the documented overhead");
     let (qemu, vfsd) = (v["VM"]["QemuPid"].as_u64().unwrap(), v["VM"]["VirtiofsdPid"].as_u64().unwrap());
     assert!(alive(qemu) && alive(vfsd));
+    // QEMU carries the container's name in the host's process list
+    let id12 = &v["Id"].as_str().unwrap()[..12];
+    assert_eq!(host_pids_matching(&format!("-name moat-{id12}")), vec![qemu as u32]);
     // the host sees QEMU, not the container's process
     assert!(host_pids_matching("sleep 3201").is_empty());
     let ps = r.ok(&["exec", "v", "ps"]);
