@@ -178,6 +178,9 @@ impl Store {
         // commit, several per `moat run`.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // moat's processes are short-lived or idle (the shim): a small page
+        // cache keeps each shim's memory low
+        conn.pragma_update(None, "cache_size", -128)?;
         // every moat command is short-lived and usually the last connection:
         // without this, each would checkpoint (and fsync) the WAL on exit.
         // Checkpoints still happen every 1000 pages (wal_autocheckpoint).

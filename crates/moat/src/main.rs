@@ -154,6 +154,19 @@ fn run(cli: Cli) -> Result<i32> {
 }
 
 fn main() {
+    // `moat --root R shim ID` (how the engine starts shims) skips the CLI
+    // parser: a shim lives as long as its container, and not touching clap's
+    // code keeps its resident memory small
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() == 5 && argv[1] == "--root" && argv[3] == "shim" {
+        let root = PathBuf::from(&argv[2]);
+        let id = argv[4].to_string_lossy().into_owned();
+        let level = std::env::var("MOAT_LOG").unwrap_or_else(|_| "warn".into());
+        let filter = tracing_subscriber::EnvFilter::try_new(level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        std::process::exit(moat_engine::shim::main(&root, &id));
+    }
     let cli = Cli::parse();
     if let Some(d) = &cli.default_isolation {
         // read by the engine's settings loader; set before any other thread exists
