@@ -221,10 +221,12 @@ impl ImageStore {
         Ok((diff, size))
     }
 
-    /// Moves unpacked layers into place (after flushing them to disk).
+    /// Moves unpacked layers into place. Layers are complete (verified) before
+    /// the rename, so a process crash at any point leaves either no layer or a
+    /// whole one; nothing is fsynced, like `tar -x` (a power loss right after
+    /// a load may need the load repeated — see docs/images.md).
     fn commit_layers(&self, tmp: &Path, layers: &[(usize, Digest)]) -> Result<(), ImageError> {
         let layout = self.layout();
-        sync(tmp)?;
         for (idx, d) in layers {
             let dir = tmp.join(format!("layer-{idx}"));
             if !dir.exists() {
@@ -239,7 +241,6 @@ impl ImageStore {
                 Err(e) => return Err(ImageError::Io("store layer".into(), e)),
             }
         }
-        sync(layout.layers().as_path())?;
         Ok(())
     }
 
@@ -529,11 +530,6 @@ fn append<W: Write>(b: &mut tar::Builder<W>, name: &str, len: u64, data: impl Re
     h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
     b.append_data(&mut h, name, data).map_err(ImageError::io("write archive"))
-}
-
-fn sync(p: &Path) -> Result<(), ImageError> {
-    let f = File::open(p).map_err(ImageError::io(format!("open {}", p.display())))?;
-    rustix::fs::syncfs(&f).map_err(|e| ImageError::Io(format!("sync {}", p.display()), e.into()))
 }
 
 fn record(

@@ -97,6 +97,21 @@ const WH_OPAQUE: &str = ".wh..wh..opq";
 /// Disk space kept free while unpacking.
 const RESERVE: u64 = 64 << 20;
 
+/// Copies everything from `r` to `w` through `buf`.
+fn copy_big(r: &mut impl Read, w: &mut impl io::Write, buf: &mut [u8]) -> io::Result<u64> {
+    let mut n = 0u64;
+    loop {
+        let k = match r.read(buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..k])?;
+        n += k as u64;
+    }
+}
+
 /// Normalises an entry path to its components; refuses absolute paths and `..`.
 pub fn clean_path(p: &Path) -> Result<PathBuf, UnpackError> {
     let mut out = PathBuf::new();
@@ -129,6 +144,8 @@ fn resolve_within(dir: &Path, target: &Path) -> Option<PathBuf> {
 }
 
 struct Unpacker {
+    /// Copy buffer: large writes instead of `io::copy`'s 8 KiB ones.
+    buf: Vec<u8>,
     root: OwnedFd,
     root_path: PathBuf,
     mode: Kind,
@@ -281,7 +298,7 @@ impl Unpacker {
                 )
                 .map_err(ioe(format!("create {shown}")))?;
                 let mut f = File::from(fd);
-                let n = io::copy(&mut (&mut e).take(size), &mut f)
+                let n = copy_big(&mut (&mut e).take(size), &mut f, &mut self.buf)
                     .map_err(|err| UnpackError::Io(format!("write {shown}"), err))?;
                 self.stats.bytes += n;
                 self.finish_fd(&f, &shown, uid, gid, hdr_mode, Some(mtime), &xattrs)?;
@@ -396,8 +413,16 @@ pub fn unpack<R: Read>(r: R, dest: &Path, mode: Kind, limits: Limits) -> Result<
     let free = rustix::fs::statvfs(dest)
         .map(|s| (s.f_bavail * s.f_frsize).saturating_sub(RESERVE))
         .map_err(ioe(format!("statvfs {}", dest.display())))?;
-    let mut u =
-        Unpacker { root, root_path: dest.to_path_buf(), mode, limits, free, stats: Stats::default(), dirs: Vec::new() };
+    let mut u = Unpacker {
+        buf: vec![0u8; 1 << 20],
+        root,
+        root_path: dest.to_path_buf(),
+        mode,
+        limits,
+        free,
+        stats: Stats::default(),
+        dirs: Vec::new(),
+    };
     let mut ar = tar::Archive::new(r);
     for e in ar.entries().map_err(UnpackError::Corrupt)? {
         let e = e.map_err(UnpackError::Corrupt)?;
