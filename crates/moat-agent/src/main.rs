@@ -110,9 +110,7 @@ fn nonblock(fd: RawFd) {
 
 struct Session {
     child: Child,
-    stdin: Option<OwnedFd>,
-    stdin_buf: Vec<u8>,
-    close_stdin: bool,
+    stdin: spawn::StdinQueue,
     out: Option<OwnedFd>,
     err: Option<OwnedFd>,
     tty: bool,
@@ -135,9 +133,7 @@ fn session(mut ends: spawn::Ends, mut child: Child, tty: bool) -> Session {
     ends.take_pty(&mut child);
     Session {
         child,
-        stdin: ends.stdin,
-        stdin_buf: Vec::new(),
-        close_stdin: false,
+        stdin: spawn::StdinQueue::new(ends.stdin),
         out: ends.out,
         err: ends.err,
         tty,
@@ -178,22 +174,14 @@ impl Agent {
         match f.kind {
             Kind::Stdin => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    if s.stdin.is_some() {
-                        s.stdin_buf.extend_from_slice(&f.data);
-                    }
+                    s.stdin.push(&f.data);
                 }
                 return;
             }
             Kind::StdinEof => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    if s.tty {
-                        s.stdin_buf.push(4);
-                    } else {
-                        s.close_stdin = true;
-                        if s.stdin_buf.is_empty() {
-                            s.stdin = None;
-                        }
-                    }
+                    let tty = s.tty;
+                    s.stdin.close(tty);
                 }
                 return;
             }
@@ -349,18 +337,8 @@ impl Agent {
     }
 
     fn write_in(&mut self, sid: u32) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
-        let Some(fd) = &s.stdin else { return };
-        // SAFETY: write our buffer
-        let n = unsafe { libc::write(fd.as_raw_fd(), s.stdin_buf.as_ptr() as *const libc::c_void, s.stdin_buf.len()) };
-        if n > 0 {
-            s.stdin_buf.drain(..n as usize);
-        } else if nix::Error::last() != nix::Error::EAGAIN {
-            s.stdin = None;
-            s.stdin_buf.clear();
-        }
-        if s.stdin_buf.is_empty() && s.close_stdin {
-            s.stdin = None;
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.stdin.flush();
         }
     }
 
@@ -428,8 +406,8 @@ impl Agent {
                         }
                     }
                 }
-                if let (Some(fd), false) = (&s.stdin, s.stdin_buf.is_empty()) {
-                    fds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+                if let Some(fd) = s.stdin.pending() {
+                    fds.push(libc::pollfd { fd, events: libc::POLLOUT, revents: 0 });
                     toks.push(Some(T::In(*sid)));
                 }
                 fds.push(libc::pollfd { fd: s.child.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });

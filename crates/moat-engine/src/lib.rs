@@ -457,14 +457,32 @@ impl Engine {
         let timeout = timeout.or(c.config.stop_timeout).unwrap_or(10);
         match self.connect(&c) {
             Ok(mut conn) => {
-                conn.send_msg(&Msg::Stop { signal: sig, timeout_secs: timeout })?;
-                conn.wait_closed();
+                // a shim that is finishing may reset the connection: then it
+                // is stopping anyway, and the lock wait below covers it
+                if conn.send_msg(&Msg::Stop { signal: sig, timeout_secs: timeout }).is_ok() {
+                    conn.wait_closed();
+                }
             }
             Err(_) if !shim_alive(&self.layout, c.id()) => {}
             Err(e) => return Err(e),
         }
         client::wait_shim_gone(&self.layout, c.id());
         self.get(c.id())
+    }
+
+    /// Waits for the main process to exit; returns its exit code.
+    pub fn wait(&mut self, key: &str) -> Result<i32, EngineError> {
+        let c = self.get(key)?;
+        if c.is_running() {
+            if let Ok(mut conn) = self.connect(&c) {
+                if let Ok(Msg::Exit { code, .. }) = conn.request(&Msg::Wait) {
+                    return Ok(code);
+                }
+            }
+            // the shim was finishing (or died): its last state is the answer
+            client::wait_shim_gone(&self.layout, c.id());
+        }
+        Ok(self.get(c.id())?.state.exit_code)
     }
 
     /// Sends a signal to the main process.

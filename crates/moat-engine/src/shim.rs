@@ -59,9 +59,7 @@ struct Client {
 /// its stdio travels over the agent channel).
 struct Proc {
     child: Option<Child>,
-    stdin: Option<OwnedFd>,
-    stdin_buf: Vec<u8>,
-    close_stdin: bool,
+    stdin: spawn::StdinQueue,
     out: Option<OwnedFd>,
     err: Option<OwnedFd>,
     /// pty master (same fd as `out`) when there is a terminal.
@@ -127,22 +125,14 @@ fn set_winsize(fd: RawFd, ws: WinSize) {
 
 impl Proc {
     fn remote(tty: bool) -> Self {
-        Proc { child: None, stdin: None, stdin_buf: Vec::new(), close_stdin: false, out: None, err: None, tty }
+        Proc { child: None, stdin: Default::default(), out: None, err: None, tty }
     }
 }
 
 /// A local process and its stdio ends.
 fn local_proc(mut ends: spawn::Ends, mut child: Child, tty: bool) -> Proc {
     ends.take_pty(&mut child);
-    Proc {
-        child: Some(child),
-        stdin: ends.stdin,
-        stdin_buf: Vec::new(),
-        close_stdin: false,
-        out: ends.out,
-        err: ends.err,
-        tty,
-    }
+    Proc { child: Some(child), stdin: spawn::StdinQueue::new(ends.stdin), out: ends.out, err: ends.err, tty }
 }
 
 fn exit_code(pid: nix::unistd::Pid) -> i32 {
@@ -522,10 +512,8 @@ impl Shim {
                         add(fd.as_raw_fd(), libc::POLLIN, Tok::Out(sid, true), &mut fds);
                     }
                 }
-                if let Some(fd) = &p.stdin {
-                    if !p.stdin_buf.is_empty() {
-                        add(fd.as_raw_fd(), libc::POLLOUT, Tok::Stdin(sid), &mut fds);
-                    }
+                if let Some(fd) = p.stdin.pending() {
+                    add(fd, libc::POLLOUT, Tok::Stdin(sid), &mut fds);
                 }
                 if let Some(c) = &p.child {
                     add(c.pidfd.as_raw_fd(), libc::POLLIN, Tok::Pidfd(sid), &mut fds);
@@ -671,15 +659,8 @@ impl Shim {
             return;
         }
         if let Some(p) = self.proc_mut(sid) {
-            if p.tty {
-                // a terminal has no EOF of its own: send ^D
-                p.stdin_buf.push(4);
-            } else {
-                p.close_stdin = true;
-                if p.stdin_buf.is_empty() {
-                    p.stdin = None;
-                }
-            }
+            let tty = p.tty;
+            p.stdin.close(tty);
         }
     }
 
@@ -717,9 +698,7 @@ impl Shim {
                             vm.send_frame(Frame { kind: Kind::Stdin, session: target, data: f.data });
                         }
                     } else if let Some(p) = self.proc_mut(target) {
-                        if p.stdin.is_some() {
-                            p.stdin_buf.extend_from_slice(&f.data);
-                        }
+                        p.stdin.push(&f.data);
                     }
                 }
                 return;
@@ -1062,7 +1041,7 @@ impl Shim {
             // EOF (or EIO on a pty whose last holder closed it)
             *slot = None;
             if p.tty {
-                p.stdin = None;
+                p.stdin.fd = None;
             }
             return;
         }
@@ -1091,18 +1070,8 @@ impl Shim {
     }
 
     fn write_stdin(&mut self, sid: u32) {
-        let Some(p) = self.proc_mut(sid) else { return };
-        let Some(fd) = &p.stdin else { return };
-        // SAFETY: writing our buffer to our fd
-        let n = unsafe { libc::write(fd.as_raw_fd(), p.stdin_buf.as_ptr() as *const libc::c_void, p.stdin_buf.len()) };
-        if n > 0 {
-            p.stdin_buf.drain(..n as usize);
-        } else if nix::Error::last() != nix::Error::EAGAIN {
-            p.stdin = None;
-            p.stdin_buf.clear();
-        }
-        if p.stdin_buf.is_empty() && p.close_stdin {
-            p.stdin = None;
+        if let Some(p) = self.proc_mut(sid) {
+            p.stdin.flush();
         }
     }
 
@@ -1215,6 +1184,8 @@ impl Shim {
     /// Cleans up after the last exit: cgroup, auto-remove, then flushes clients.
     fn finish(&mut self) {
         tracing::debug!("shim: finishing");
+        // no new clients: they fall back to the recorded state
+        let _ = std::fs::remove_file(self.dir.join("shim.sock"));
         for (_, s) in self.sessions.drain() {
             if let Some(c) = &s.proc.child {
                 let _ = nix::sys::signal::kill(c.pid, nix::sys::signal::Signal::SIGKILL);

@@ -6,10 +6,10 @@
 use crate::config::ContainerConfig;
 use crate::EngineError;
 use moat_proto::{Decoder, Frame, Kind, Msg};
-use moat_runtime::mounts::{in_root, Create};
+use moat_runtime::mounts::{fdpath, in_root, mnt, Create};
 use moat_runtime::spec::{Mount, NetNs, Rootfs, Spec};
 use moat_store::Layout;
-use nix::mount::{mount, MsFlags};
+use nix::mount::MsFlags;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -20,21 +20,6 @@ pub const GUEST_ROOT: &str = "/run/moat/root";
 
 fn vmerr(e: moat_vm::VmError) -> EngineError {
     EngineError::Shim(e.to_string())
-}
-
-fn fdpath(fd: &OwnedFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_raw_fd())
-}
-
-fn mnt(
-    src: Option<&str>,
-    target: &str,
-    fstype: Option<&str>,
-    flags: MsFlags,
-    data: Option<&str>,
-    what: &str,
-) -> Result<(), EngineError> {
-    mount(src, target, fstype, flags, data).map_err(|e| EngineError::Shim(format!("mount {what}: {e}")))
 }
 
 /// Mounts the container's root (overlay, etc files, bind mounts) at

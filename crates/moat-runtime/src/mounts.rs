@@ -98,11 +98,13 @@ pub fn in_root(root: RawFd, path: &str, create: Create) -> Result<OwnedFd, Runti
     openat2_in_root(root, path, libc::O_PATH).map_err(RuntimeError::sys(format!("resolve {path} in container")))
 }
 
-fn fdpath(fd: &OwnedFd) -> String {
+/// The `/proc/self/fd/N` path of a descriptor (mount targets resolved in-root).
+pub fn fdpath(fd: &OwnedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
-fn mnt(
+/// `mount(2)` with the error naming `what`.
+pub fn mnt(
     src: Option<&str>,
     target: &str,
     fstype: Option<&str>,

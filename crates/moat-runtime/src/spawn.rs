@@ -66,6 +66,65 @@ impl Ends {
     }
 }
 
+/// Bytes on their way into a process's stdin (pipe or terminal), written as
+/// the descriptor becomes writable, so a process that does not read never
+/// blocks its relay.
+#[derive(Debug, Default)]
+pub struct StdinQueue {
+    /// The write end (None once closed, or for /dev/null).
+    pub fd: Option<OwnedFd>,
+    buf: Vec<u8>,
+    close_after: bool,
+}
+
+impl StdinQueue {
+    /// A queue writing to `fd`.
+    pub fn new(fd: Option<OwnedFd>) -> Self {
+        Self { fd, buf: Vec::new(), close_after: false }
+    }
+
+    /// Queues `data` (dropped if stdin is closed).
+    pub fn push(&mut self, data: &[u8]) {
+        if self.fd.is_some() {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    /// End of input: ^D on a terminal (which has no EOF of its own), else
+    /// close the pipe once the queue is written.
+    pub fn close(&mut self, tty: bool) {
+        if tty {
+            self.push(&[4]);
+        } else {
+            self.close_after = true;
+            if self.buf.is_empty() {
+                self.fd = None;
+            }
+        }
+    }
+
+    /// The descriptor to poll for writability, when there is something to write.
+    pub fn pending(&self) -> Option<RawFd> {
+        self.fd.as_ref().filter(|_| !self.buf.is_empty()).map(|f| f.as_raw_fd())
+    }
+
+    /// Writes what the (non-blocking) descriptor takes.
+    pub fn flush(&mut self) {
+        let Some(fd) = &self.fd else { return };
+        // SAFETY: writing our buffer to our descriptor
+        let n = unsafe { libc::write(fd.as_raw_fd(), self.buf.as_ptr() as *const libc::c_void, self.buf.len()) };
+        if n > 0 {
+            self.buf.drain(..n as usize);
+        } else if nix::Error::last() != nix::Error::EAGAIN {
+            self.fd = None;
+            self.buf.clear();
+        }
+        if self.buf.is_empty() && self.close_after {
+            self.fd = None;
+        }
+    }
+}
+
 /// Pipes (or a terminal of `size`) for a new process: the caller's ends, the
 /// child's [`Stdio`], and the child's descriptors to close once it started.
 pub fn stdio(tty: bool, stdin: bool, size: Option<(u16, u16)>) -> Result<(Ends, Stdio, Vec<OwnedFd>), RuntimeError> {

@@ -605,15 +605,7 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
         }
         ContainerCmd::Wait { containers } => each(&containers, |n| {
             let c = e.get(n)?;
-            let code = if c.is_running() {
-                let mut conn = e.connect(&c)?;
-                match conn.request(&Msg::Wait)? {
-                    Msg::Exit { code, .. } => code,
-                    m => bail!("unexpected reply {m:?}"),
-                }
-            } else {
-                c.state.exit_code
-            };
+            let code = e.wait(c.id())?;
             println!("{code}");
             Ok(())
         }),
