@@ -208,3 +208,41 @@ fn limits_reach_the_cgroup_and_oom_is_reported() {
     let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "fine"])).unwrap();
     assert_eq!(v[0]["State"]["OOMKilled"], false);
 }
+
+/// The same security defaults hold inside a utility VM: the agent runs the
+/// container with the same runtime code.
+#[test]
+fn same_defaults_inside_the_vm_hyperv() {
+    let r = root_with_probe();
+    let p = probe(&r, &["--isolation=hyperv"]);
+    assert_eq!(p["CapEff"], DOCKER_DEFAULT_CAPS);
+    assert_eq!(p["CapBnd"], DOCKER_DEFAULT_CAPS);
+    assert_eq!(p["NoNewPrivs"], "1");
+    assert_eq!(p["Seccomp"], "2");
+    for call in ["keyctl", "unshare_user", "mount", "kexec_load", "init_module", "bpf", "ptrace"] {
+        assert_eq!(p[&format!("sys.{call}")], "EPERM", "{call} inside the VM: {p:?}");
+    }
+    assert_eq!(p["write./proc/sys/kernel/hostname"], "EROFS");
+    assert_eq!(p["ls./sys/firmware"], "0");
+    let fds: Vec<&str> = p["fds"].split(',').collect();
+    assert_eq!(fds.len(), 3, "only stdio inside the VM too: {fds:?}");
+    let u = probe(&r, &["--isolation=hyperv", "--security-opt", "seccomp=unconfined"]);
+    assert_eq!(u["sys.keyctl"], "ok", "{u:?}");
+    // OOM inside the guest's cgroup is reported the same way
+    let o = r.run(&[
+        "run",
+        "--name",
+        "voom",
+        "--isolation=hyperv",
+        "--memory",
+        "32m",
+        "--entrypoint",
+        "sh",
+        "probe",
+        "-c",
+        "head -c 100m /dev/zero | tail",
+    ]);
+    assert_eq!(o.status.code(), Some(137));
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "voom"])).unwrap();
+    assert_eq!(v[0]["State"]["OOMKilled"], true);
+}
