@@ -224,8 +224,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Attaches a stopped container to a switch.
-    pub fn connect_switch(&mut self, switch: &str, key: &str, ip: Option<Ipv4Addr>) -> Result<(), EngineError> {
+    /// A switch and a container whose switches may change (it is stopped).
+    fn switch_and_stopped(&mut self, switch: &str, key: &str) -> Result<(Switch, Container), EngineError> {
         let sw = self.find_switch(switch)?;
         let c = self.get(key)?;
         if c.is_running() {
@@ -234,6 +234,12 @@ impl Engine {
                 c.name()
             )));
         }
+        Ok((sw, c))
+    }
+
+    /// Attaches a stopped container to a switch.
+    pub fn connect_switch(&mut self, switch: &str, key: &str, ip: Option<Ipv4Addr>) -> Result<(), EngineError> {
+        let (sw, c) = self.switch_and_stopped(switch, key)?;
         if matches!(c.config.network.as_str(), "host" | "none") {
             return Err(EngineError::Invalid(format!("container {} uses --network {}", c.name(), c.config.network)));
         }
@@ -249,14 +255,7 @@ impl Engine {
 
     /// Detaches a stopped container from a switch.
     pub fn disconnect_switch(&mut self, switch: &str, key: &str) -> Result<(), EngineError> {
-        let sw = self.find_switch(switch)?;
-        let c = self.get(key)?;
-        if c.is_running() {
-            return Err(EngineError::Conflict(format!(
-                "container {} is running: stop it to change its switches",
-                c.name()
-            )));
-        }
+        let (sw, c) = self.switch_and_stopped(switch, key)?;
         let mut cfg = c.config.clone();
         let before = cfg.networks.len();
         cfg.networks.retain(|e| e.switch_id != sw.id);

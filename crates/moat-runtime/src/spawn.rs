@@ -201,6 +201,15 @@ fn clone(flags: CloneFlags) -> Result<(Pid, Option<OwnedFd>), RuntimeError> {
     Ok((Pid::from_raw(rc as i32), Some(unsafe { OwnedFd::from_raw_fd(pidfd) })))
 }
 
+/// Child side: blocks until the parent released us (EOF: it gave up or died).
+fn wait_for_parent(syncr: OwnedFd) -> Result<(), RuntimeError> {
+    let mut b = [0u8; 1];
+    if std::fs::File::from(syncr).read(&mut b).map_err(RuntimeError::io("sync"))? != 1 {
+        return Err(RuntimeError::Invalid("parent gave up".into()));
+    }
+    Ok(())
+}
+
 /// Child side: report `err` through the pipe and exit.
 fn die(errw: &OwnedFd, err: RuntimeError) -> ! {
     let (code, msg) = match &err {
@@ -480,11 +489,7 @@ pub fn create(
             // period: ~10 ms that this overlaps)
             mounts::setup(spec)?;
             // wait for the parent (EOF: it died; from then on PDEATHSIG covers us)
-            let mut b = [0u8; 1];
-            let mut s = std::fs::File::from(syncr);
-            if s.read(&mut b).map_err(RuntimeError::io("sync"))? != 1 {
-                return Err(RuntimeError::Invalid("parent gave up".into()));
-            }
+            wait_for_parent(syncr)?;
             if cgroup.is_some() {
                 nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(RuntimeError::sys("cgroup namespace"))?;
                 if cgroup2 {
@@ -542,11 +547,7 @@ pub fn exec(
                 .map_err(RuntimeError::sys("pdeathsig"))?;
             // not dumpable: other container processes cannot open our /proc entries
             nix::sys::prctl::set_dumpable(false).map_err(RuntimeError::sys("set_dumpable"))?;
-            let mut b = [0u8; 1];
-            let mut s = std::fs::File::from(syncr);
-            if s.read(&mut b).map_err(RuntimeError::io("sync"))? != 1 {
-                return Err(RuntimeError::Invalid("parent gave up".into()));
-            }
+            wait_for_parent(syncr)?;
             let ns = CloneFlags::CLONE_NEWNS
                 | CloneFlags::CLONE_NEWUTS
                 | CloneFlags::CLONE_NEWIPC

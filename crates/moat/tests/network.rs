@@ -246,3 +246,23 @@ fn endpoints_are_cleaned_after_stop_and_crash_hyperv() {
     r.ok(&["ps", "-a"]);
     assert!(links(&tap).is_empty(), "stale tap removed by the next command");
 }
+
+#[test]
+fn connect_and_disconnect_stopped_containers() {
+    let r = root_with_busybox();
+    r.ok(&["switch", "create", "second"]);
+    r.ok(&["create", "--name", "multi", "busybox", "sh", "-c", "ls /sys/class/net | tr '\\n' ' '"]);
+    r.ok(&["switch", "connect", "second", "multi"]);
+    let e = r.fails(&["switch", "connect", "second", "multi"]);
+    assert!(e.contains("already on switch"), "{e}");
+    assert_eq!(r.ok(&["start", "-a", "multi"]).trim(), "eth0 eth1 lo");
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "multi"])).unwrap();
+    assert_eq!(v[0]["NetworkSettings"]["Networks"].as_object().unwrap().len(), 2);
+    r.ok(&["run", "-d", "--name", "busy", "busybox", "sleep", "3500"]);
+    let e = r.fails(&["switch", "connect", "second", "busy"]);
+    assert!(e.contains("is running"), "{e}");
+    r.ok(&["switch", "disconnect", "second", "multi"]);
+    assert_eq!(r.ok(&["start", "-a", "multi"]).trim(), "eth0 lo");
+    r.ok(&["rm", "-f", "busy"]);
+    r.ok(&["switch", "rm", "second"]);
+}
