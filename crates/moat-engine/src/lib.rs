@@ -144,13 +144,15 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
     Ok(())
 }
 
-/// True while the container's shim holds its lock.
+/// True while the container's shim holds its lock. Only a lock we could
+/// take ourselves proves the shim dead: any error counts as alive, so a
+/// transient failure never makes a reader kill a running container.
 pub fn shim_alive(layout: &Layout, id: &str) -> bool {
     let p = layout.container(id).join("shim.lock");
     if !p.exists() {
         return false;
     }
-    matches!(FileLock::try_exclusive(&p), Ok(None))
+    !matches!(FileLock::try_exclusive(&p), Ok(Some(_)))
 }
 
 impl Engine {

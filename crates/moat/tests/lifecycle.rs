@@ -259,7 +259,7 @@ fn restart_policy_on_failure(iso: &str) {
     loop {
         let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "rp"])).unwrap();
         if v[0]["State"]["Status"] == "exited" && v[0]["RestartCount"] == 2 {
-            assert_eq!(v[0]["State"]["ExitCode"], 3);
+            assert_eq!(v[0]["State"]["ExitCode"], 3, "{v}");
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(30), "restart policy did not finish: {v}");
