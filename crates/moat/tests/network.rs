@@ -196,7 +196,7 @@ fn switches_are_isolated_and_none_has_only_loopback() {
         "busybox",
         "sh",
         "-c",
-        "cat /sys/class/net/eth0/address; grep db /etc/hosts; cat /etc/resolv.conf",
+        "cat /sys/class/net/eth0/address; grep -w db /etc/hosts; cat /etc/resolv.conf",
     ]);
     assert_eq!(out, "02:11:22:33:44:55\n10.1.2.3\tdb\nnameserver 10.0.0.53\n");
     r.ok(&["rm", "-f", "lweb"]);
