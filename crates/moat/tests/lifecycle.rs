@@ -53,14 +53,16 @@ fn run_prints_and_propagates_exit_codes(iso: &str) {
 }
 
 fn pid_one_and_host_visibility(iso: &str) {
+    // distinct per mode: both modes' tests run at the same time and look at the host's processes
+    let secs = if iso == "process" { "301" } else { "402" };
     let r = root_with_busybox();
     let out = r.ok(&["run", "--rm", "--isolation", iso, "busybox", "cat", "/proc/1/cmdline"]);
     assert_eq!(out, "cat\0/proc/1/cmdline\0");
-    let id = r.ok(&["run", "-d", "--name", "s", "--isolation", iso, "busybox", "sleep", "301"]).trim().to_string();
+    let id = r.ok(&["run", "-d", "--name", "s", "--isolation", iso, "busybox", "sleep", secs]).trim().to_string();
     assert_eq!(id.len(), 64);
-    let host = host_pids_matching("sleep 301");
+    let host = host_pids_matching(&format!("sleep {secs}"));
     let top = r.ok(&["top", "s"]);
-    let row = top.lines().find(|l| l.contains("sleep 301")).unwrap_or_else(|| panic!("top: {top}"));
+    let row = top.lines().find(|l| l.contains(&format!("sleep {secs}"))).unwrap_or_else(|| panic!("top: {top}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[1], "1", "PID inside the container: {top}");
     if iso == "process" {
@@ -77,9 +79,9 @@ fn pid_one_and_host_visibility(iso: &str) {
         assert_ne!(uname.trim(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim(), "guest kernel");
     }
     let ps = r.ok(&["exec", "s", "ps"]);
-    assert!(ps.lines().any(|l| l.contains("sleep 301")), "{ps}");
+    assert!(ps.lines().any(|l| l.contains(&format!("sleep {secs}"))), "{ps}");
     r.ok(&["rm", "-f", "s"]);
-    assert!(host_pids_matching("sleep 301").iter().all(|p| !host.contains(p)), "sleep survived rm -f");
+    assert!(host_pids_matching(&format!("sleep {secs}")).iter().all(|p| !host.contains(p)), "sleep survived rm -f");
 }
 
 fn detached_logs_follow_and_tail(iso: &str) {
