@@ -152,8 +152,27 @@ impl VmLink {
             name: format!("moat-{}", &id[..12]),
             nics,
         };
-        let vm = moat_vm::launch::launch(&vc).map_err(vmerr)?;
-        let qemu_pidfd = pidfd_of(vm.qemu.id())?;
+        let taps: Vec<String> = vc.nics.iter().map(|(t, _)| t.clone()).collect();
+        let drop_taps = || taps.iter().for_each(|t| moat_net::link::del_link(t));
+        let vm = match moat_vm::launch::launch(&vc) {
+            Ok(vm) => vm,
+            Err(e) => {
+                drop_taps();
+                return Err(vmerr(e));
+            }
+        };
+        let qemu_pidfd = match pidfd_of(vm.qemu.id()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let mut vm = vm;
+                let _ = vm.qemu.kill();
+                let _ = vm.qemu.wait();
+                let _ = vm.virtiofsd.kill();
+                let _ = vm.virtiofsd.wait();
+                drop_taps();
+                return Err(e);
+            }
+        };
         let mut link = VmLink {
             vm,
             qemu_pidfd,
@@ -167,6 +186,7 @@ impl VmLink {
             Ok(_) => Ok(link),
             Err(e) => {
                 link.kill();
+                drop_taps();
                 Err(e)
             }
         }

@@ -124,6 +124,8 @@ fn vm_start_failures_are_clear_and_clean_hyperv() {
     std::thread::sleep(Duration::from_millis(200));
     let id = v["Id"].as_str().unwrap();
     assert!(host_pids_matching(&format!("moat-{}", &id[..12])).is_empty(), "no QEMU left behind");
+    let tap = format!("mtt{}0", &id[..8]);
+    assert!(!std::path::Path::new("/sys/class/net").join(&tap).exists(), "no tap left behind: {tap}");
     assert!(host_pids_matching(&format!("--shared-dir={}", r.path().display())).is_empty(), "no virtiofsd left behind");
     r.ok(&["rm", "stuck"]);
     // the engine still works afterwards
