@@ -108,7 +108,8 @@ impl Engine {
         let id = moat_core::id::new_id();
         let config =
             SwitchConfig { subnet, gateway, internal, bridge: moat_net::bridge_name(&id), labels: Default::default() };
-        moat_net::link::ensure_switch(&config).map_err(net)?;
+        // the record first: a process killed between the two steps leaves a
+        // record whose bridge is (re)made on use, never an unrecorded bridge
         let row = SwitchRow {
             id: id.clone(),
             name: name.to_string(),
@@ -116,11 +117,15 @@ impl Engine {
             config: serde_json::to_string(&config).map_err(|e| EngineError::Invalid(e.to_string()))?,
         };
         if let Err(e) = self.images.store_mut().insert_switch(&row) {
-            let _ = moat_net::link::remove_switch(&config);
             if e.to_string().contains("UNIQUE") {
                 return Err(EngineError::Conflict(format!("switch with name {name:?} already exists")));
             }
             return Err(e.into());
+        }
+        if let Err(e) = moat_net::link::ensure_switch(&config) {
+            let _ = moat_net::link::remove_switch(&config);
+            let _ = self.images.store_mut().delete_switch(&id);
+            return Err(net(e));
         }
         Ok(Switch { id, name: name.to_string(), created: row.created, config })
     }

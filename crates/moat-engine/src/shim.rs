@@ -310,6 +310,9 @@ impl Shim {
                 if let Some(vm) = shim.vm.as_mut() {
                     vm.shutdown();
                 }
+                for n in 0..shim.c.config.networks.len() {
+                    moat_net::link::del_link(&moat_net::if_name('t', &shim.id, n));
+                }
                 if let Some(c) = shim.clients.get_mut(&cid) {
                     let _ = c.stream.set_nonblocking(false);
                     let _ = Frame::control(0, &Msg::Error { message }).write_to(&mut c.stream);

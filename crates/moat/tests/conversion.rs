@@ -89,6 +89,8 @@ fn default_isolation_from_config_and_flag_hyperv() {
     std::fs::write(r.path().join("config.toml"), "default_isolation = \"kvm\"\n").unwrap();
     let e = r.fails(&["ps"]);
     assert!(e.contains("config.toml") && e.contains("invalid isolation"), "{e}");
+    // let the root's clean-up (which runs moat) work again
+    std::fs::remove_file(r.path().join("config.toml")).unwrap();
 }
 
 #[test]
