@@ -21,7 +21,7 @@ use config::{ContainerConfig, ContainerState, Status};
 use moat_image::ImageStore;
 use moat_proto::Msg;
 use moat_store::{ContainerRow, FileLock, Layout, Store};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Errors of the engine.
 #[derive(Debug, thiserror::Error)]
@@ -119,11 +119,6 @@ pub struct Engine {
     layout: Layout,
     /// Effective settings (config files, then flags).
     pub settings: settings::Settings,
-}
-
-/// Paths of one container's directory.
-pub fn container_dir(layout: &Layout, id: &str) -> PathBuf {
-    layout.container(id)
 }
 
 fn parse_row(row: ContainerRow) -> Result<Container, EngineError> {

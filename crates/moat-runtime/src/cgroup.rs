@@ -49,11 +49,26 @@ pub struct Cgroup {
 const CGROUP2_MAGIC: i64 = 0x6367_7270;
 const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"];
 
+fn is_cgroup2(path: &str) -> Option<bool> {
+    nix::sys::statfs::statfs(path).ok().map(|s| s.filesystem_type().0 == CGROUP2_MAGIC)
+}
+
 /// Detects the layout from the filesystem at /sys/fs/cgroup.
 pub fn version() -> Version {
-    match nix::sys::statfs::statfs("/sys/fs/cgroup") {
-        Ok(s) if s.filesystem_type().0 == CGROUP2_MAGIC => Version::V2,
-        _ => Version::V1,
+    if is_cgroup2("/sys/fs/cgroup") == Some(true) {
+        Version::V2
+    } else {
+        Version::V1
+    }
+}
+
+/// The layout in words, for `moat info`: `("2"|"1"|"none", description)`.
+pub fn describe() -> (&'static str, &'static str) {
+    match (is_cgroup2("/sys/fs/cgroup"), is_cgroup2("/sys/fs/cgroup/unified")) {
+        (Some(true), _) => ("2", "unified (cgroup v2)"),
+        (Some(false), Some(true)) => ("1", "hybrid (cgroup v1 controllers, cgroup v2 at /sys/fs/cgroup/unified)"),
+        (Some(false), _) => ("1", "legacy (cgroup v1)"),
+        (None, _) => ("none", "no cgroup filesystem mounted"),
     }
 }
 

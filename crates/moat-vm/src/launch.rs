@@ -9,7 +9,7 @@
 use crate::kernel::Kernel;
 use crate::VmError;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -152,21 +152,6 @@ pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<String> {
     a
 }
 
-fn bind_listener(dir: &Path, name: &str) -> Result<UnixListener, VmError> {
-    moat_bind(dir, name).map_err(VmError::io(format!("bind {}/{name}", dir.display())))
-}
-
-fn moat_bind(dir: &Path, name: &str) -> std::io::Result<UnixListener> {
-    let _ = std::fs::remove_file(dir.join(name));
-    let d = std::fs::File::open(dir)?;
-    UnixListener::bind(format!("/proc/self/fd/{}/{name}", d.as_raw_fd()))
-}
-
-fn moat_connect(dir: &Path, name: &str) -> std::io::Result<UnixStream> {
-    let d = std::fs::File::open(dir)?;
-    UnixStream::connect(format!("/proc/self/fd/{}/{name}", d.as_raw_fd()))
-}
-
 /// Starts virtiofsd and QEMU for `cfg`.
 pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
     let qemu_bin = find_program("MOAT_QEMU", "qemu-system-x86_64", &[])
@@ -175,8 +160,10 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
         .ok_or_else(|| {
             VmError::Missing("virtiofsd", "install it with `cargo install virtiofsd` (make test does)".into())
         })?;
-    let listener = bind_listener(&cfg.run_dir, "vfs.sock")?;
-    let vfs_client = moat_connect(&cfg.run_dir, "vfs.sock").map_err(VmError::io("connect virtiofsd socket"))?;
+    let listener = moat_proto::sock::bind(&cfg.run_dir, "vfs.sock")
+        .map_err(VmError::io(format!("bind {}/vfs.sock", cfg.run_dir.display())))?;
+    let vfs_client =
+        moat_proto::sock::connect(&cfg.run_dir, "vfs.sock").map_err(VmError::io("connect virtiofsd socket"))?;
     let (ours, theirs) = UnixStream::pair().map_err(VmError::io("socketpair"))?;
     let console = std::fs::File::create(&cfg.console_log).map_err(VmError::io("create console log"))?;
     let vfs_log = console.try_clone().map_err(VmError::io("console log"))?;

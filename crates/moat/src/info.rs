@@ -12,27 +12,13 @@ pub struct InfoArgs {
     format: String,
 }
 
-/// The cgroup layout of this host.
-pub fn cgroup_version() -> (&'static str, String) {
-    const CGROUP2: i64 = 0x6367_7270;
-    let fstype = |p: &str| rustix::fs::statfs(p).map(|s| s.f_type).ok();
-    match fstype("/sys/fs/cgroup") {
-        Some(CGROUP2) => ("2", "unified (cgroup v2)".into()),
-        Some(_) if fstype("/sys/fs/cgroup/unified") == Some(CGROUP2) => {
-            ("1", "hybrid (cgroup v1 controllers, cgroup v2 at /sys/fs/cgroup/unified)".into())
-        }
-        Some(_) => ("1", "legacy (cgroup v1)".into()),
-        None => ("none", "no cgroup filesystem mounted".into()),
-    }
-}
-
 /// Prints engine information.
 pub fn run(root: &Path, a: InfoArgs) -> Result<i32> {
     let mut e = moat_engine::Engine::open(root)?;
     let images = e.images().list()?.len();
     let containers = e.list()?.len();
     let (iso, iso_src) = (e.settings.default_isolation, e.settings.default_isolation_source.clone());
-    let (cg, cg_detail) = cgroup_version();
+    let (cg, cg_detail) = moat_runtime::cgroup::describe();
     let (accel, accel_why) = moat_vm::accel::detect();
     let kernel = moat_vm::kernel::current(&moat_vm::kernel::dir(root))
         .map(|k| k.version)
