@@ -122,11 +122,35 @@ fn rules(c: &SwitchConfig) -> Vec<(&'static str, &'static str, bool, Vec<String>
     v
 }
 
+/// A host-wide lock held while bridges and iptables rules change: switches
+/// of every moat root on this host share the isolation chain and the
+/// `FORWARD` jump to it, so two roots (or two commands of one root) creating
+/// switches at once must not race on "check, then add".
+struct HostLock(#[allow(dead_code)] std::fs::File);
+
+fn host_lock() -> Result<HostLock, NetError> {
+    let dir = std::path::Path::new("/run/lock");
+    let _ = std::fs::create_dir_all(dir);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("moat-net.lock"))
+        .map_err(|e| NetError::Command(format!("open /run/lock/moat-net.lock: {e}")))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| NetError::Command(format!("lock /run/lock/moat-net.lock: {e}")))?;
+    Ok(HostLock(f))
+}
+
 /// Creates the bridge (with the gateway address) and the switch's rules if
 /// the bridge is missing (first use, or after a reboot). An existing bridge
 /// means the rules were made with it: starting a container then costs no
 /// `iptables` call.
 pub fn ensure_switch(c: &SwitchConfig) -> Result<(), NetError> {
+    if exists(&c.bridge) {
+        return Ok(());
+    }
+    let _lock = host_lock()?;
     if exists(&c.bridge) {
         return Ok(());
     }
@@ -156,6 +180,7 @@ pub fn ensure_switch(c: &SwitchConfig) -> Result<(), NetError> {
 
 /// Deletes the bridge and the switch's rules.
 pub fn remove_switch(c: &SwitchConfig) -> Result<(), NetError> {
+    let _lock = host_lock()?;
     for (t, ch, _, r) in rules(c) {
         let r: Vec<&str> = r.iter().map(String::as_str).collect();
         delete_rule(t, ch, &r);
