@@ -153,6 +153,9 @@ pub struct ContainerConfig {
     /// Ports the image exposes (`ExposedPorts`).
     #[serde(default)]
     pub exposed: Vec<(u16, String)>,
+    /// `--device` nodes (process isolation only).
+    #[serde(default)]
+    pub devices: Vec<moat_runtime::devices::DeviceNode>,
 }
 
 impl ContainerConfig {

@@ -136,6 +136,11 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
             "--network host shares the host's network stack, which a utility VM cannot: use process isolation, or recreate the container without --network host".into(),
         ));
     }
+    if iso == moat_core::Isolation::Hyperv && !cfg.devices.is_empty() {
+        return Err(EngineError::Invalid(
+            "--device passes a host device node to the container, which a utility VM cannot reach: use process isolation, or recreate the container without --device".into(),
+        ));
+    }
     Ok(())
 }
 

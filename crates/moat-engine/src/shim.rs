@@ -239,7 +239,7 @@ impl Shim {
                 }
             }
         } else {
-            let cgroup = match Cgroup::create(id, &c.config.limits) {
+            let cgroup = match Cgroup::create(id, &crate::spec::limits(&c.config)) {
                 Ok(cg) => cg,
                 Err(e) => {
                     let e = EngineError::from(e);
@@ -416,7 +416,7 @@ impl Shim {
         let pid = if let Some(vm) = self.vm.as_mut() {
             let create = moat_runtime::guest::Create {
                 spec: crate::vm::guest_spec(&self.spec),
-                limits: self.c.config.limits.clone(),
+                limits: crate::spec::limits(&self.c.config),
                 cgroup: self.id[..12].to_string(),
                 stdin: self.c.config.open_stdin,
             };

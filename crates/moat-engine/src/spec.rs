@@ -31,6 +31,19 @@ pub fn security(opts: &[String]) -> Result<(Seccomp, bool), EngineError> {
     Ok((seccomp, nnp))
 }
 
+/// The limits a container's cgroup gets: the configured ones plus the
+/// device allow-list (Docker's defaults and `--device`; all for `--privileged`).
+pub fn limits(cfg: &ContainerConfig) -> moat_runtime::cgroup::Limits {
+    use moat_runtime::devices::DevicePolicy;
+    let mut l = cfg.limits.clone();
+    l.devices = if cfg.privileged {
+        DevicePolicy::AllowAll
+    } else {
+        DevicePolicy::Default(cfg.devices.iter().map(|d| d.rule.clone()).collect())
+    };
+    l
+}
+
 /// The runtime spec of container `id`.
 pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageRecord) -> Result<Spec, EngineError> {
     let dir = layout.container(id);
@@ -95,5 +108,6 @@ pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageReco
                 mac: e.mac.clone(),
             })
             .collect(),
+        devices: cfg.devices.clone(),
     })
 }

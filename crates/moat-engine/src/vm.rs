@@ -64,6 +64,7 @@ pub fn guest_spec(spec: &Spec) -> Spec {
     g.rootfs_target = PathBuf::from("/run/moat/ctr");
     g.mounts.retain(|m| matches!(m, Mount::Tmpfs { .. }));
     g.etc_files.clear();
+    g.devices.clear();
     // the VM is the boundary: the container uses the guest's network, whose
     // virtio-net interfaces the agent configures (eth0, eth1, ... in order)
     if g.interfaces.is_empty() {

@@ -6,6 +6,7 @@
 //! v1 and v2 in names only, and a library that hides which version it wrote
 //! to would make the OOM/limit tests ambiguous.
 
+use crate::devices::DevicePolicy;
 use crate::RuntimeError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,9 @@ pub struct Limits {
     pub cpu_shares: Option<u64>,
     /// Maximum number of processes; -1 or 0 = unlimited.
     pub pids: Option<i64>,
+    /// Which devices the container may open (Docker's allow-list by default).
+    #[serde(default)]
+    pub devices: DevicePolicy,
 }
 
 /// A container's cgroup (one directory per v1 controller, or one v2 directory).
@@ -47,7 +51,7 @@ pub struct Cgroup {
 }
 
 const CGROUP2_MAGIC: i64 = 0x6367_7270;
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer"];
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
 
 fn is_cgroup2(path: &str) -> Option<bool> {
     nix::sys::statfs::statfs(path).ok().map(|s| s.filesystem_type().0 == CGROUP2_MAGIC)
@@ -211,6 +215,9 @@ impl Cgroup {
                 if let Some(p) = l.pids.filter(|p| *p > 0) {
                     write(self.need("pids")?, "pids.max", &p.to_string())?;
                 }
+                if let Some(rules) = l.devices.rules() {
+                    crate::devices::apply_v1(self.need("devices")?, &rules)?;
+                }
             }
             Version::V2 => {
                 let d = self.need("")?.to_path_buf();
@@ -239,6 +246,9 @@ impl Cgroup {
                 }
                 if let Some(p) = l.pids.filter(|p| *p > 0) {
                     write(&d, "pids.max", &p.to_string())?;
+                }
+                if let Some(rules) = l.devices.rules() {
+                    crate::devices::attach_v2(&d, &rules)?;
                 }
             }
         }
@@ -330,7 +340,15 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { memory: Some(64 << 20), memory_swap: Some(-1), cpus: Some(0.5), cpu_shares: Some(512), pids: Some(20) }
+        Limits {
+            memory: Some(64 << 20),
+            memory_swap: Some(-1),
+            cpus: Some(0.5),
+            cpu_shares: Some(512),
+            pids: Some(20),
+            // a fake cgroupfs takes no BPF program: the real one is tested below
+            devices: DevicePolicy::AllowAll,
+        }
     }
 
     fn rd(p: PathBuf) -> String {
@@ -368,8 +386,14 @@ mod tests {
     fn v1_writes_per_controller_files() -> Result<(), RuntimeError> {
         let d = tempfile::tempdir().map_err(RuntimeError::io("tempdir"))?;
         let mounts: Vec<(String, PathBuf)> =
-            ["memory", "cpu", "pids"].iter().map(|c| (c.to_string(), d.path().join(c))).collect();
-        let cg = Cgroup::create_v1(&mounts, "c1", &Limits { memory_swap: None, ..limits() })?;
+            ["memory", "cpu", "pids", "devices"].iter().map(|c| (c.to_string(), d.path().join(c))).collect();
+        let cg = Cgroup::create_v1(
+            &mounts,
+            "c1",
+            &Limits { memory_swap: None, devices: DevicePolicy::default(), ..limits() },
+        )?;
+        assert_eq!(rd(d.path().join("devices/moat/c1/devices.deny")), "a");
+        assert_eq!(rd(d.path().join("devices/moat/c1/devices.allow")), "c 10:200 rwm", "the last allow rule");
         assert_eq!(rd(d.path().join("memory/moat/c1/memory.limit_in_bytes")), "67108864");
         assert_eq!(rd(d.path().join("cpu/moat/c1/cpu.cfs_quota_us")), "50000");
         assert_eq!(rd(d.path().join("cpu/moat/c1/cpu.shares")), "512");
@@ -380,6 +404,39 @@ mod tests {
         )
         .map_err(RuntimeError::io("seed"))?;
         assert!(!cg.oom_killed());
+        Ok(())
+    }
+
+    /// The v2 device filter for real: a BPF program attached to a cgroup of
+    /// this host's unified hierarchy (also present on v1-hybrid hosts) stops
+    /// a process in it from opening /dev/kvm while /dev/null still works.
+    #[test]
+    fn v2_device_filter_is_enforced_by_the_kernel() -> Result<(), RuntimeError> {
+        let base = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .find(|p| is_cgroup2(p) == Some(true))
+            .ok_or_else(|| RuntimeError::Invalid("no cgroup2 hierarchy on this host".into()))?;
+        let name = format!("devtest-{}", std::process::id());
+        let dir = Path::new(base).join("moat").join(&name);
+        std::fs::create_dir_all(&dir).map_err(RuntimeError::io("mkdir"))?;
+        let attached = crate::devices::attach_v2(&dir, &crate::devices::default_rules());
+        let out = attached.and_then(|()| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs && echo ok > /dev/null && head -c1 /dev/zero >/dev/null && \
+                     if (exec 3<>/dev/kvm); then echo OPENED; else echo DENIED; fi",
+                    dir.display()
+                ))
+                .output()
+                .map_err(RuntimeError::io("run sh"))
+        });
+        let _ = std::fs::remove_dir(&dir);
+        let out = out?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "sh failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(text.trim(), "DENIED", "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not permitted"));
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod devices;
 pub mod guest;
 pub mod mounts;
 pub mod netconf;

@@ -157,8 +157,8 @@ pub fn tmpfs_options(opts: &str) -> (MsFlags, String) {
     (flags, data.join(","))
 }
 
-const DEVICES: &[(&str, u64, u64)] =
-    &[("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+/// The nodes every container's /dev has.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Builds the root at `spec.rootfs_target` and pivots into it (with an empty
 /// /dev/console for a terminal to be bound on later). The cgroup v2 filesystem
@@ -204,13 +204,15 @@ pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
     let ro = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_RDONLY };
     mnt(Some("sysfs"), &fdpath(&sys), Some("sysfs"), std_flags | ro, None, "/sys")?;
 
-    // /dev: a tmpfs with the standard nodes
+    // /dev: a nodev tmpfs (a node made with mknod there cannot be opened)
+    // with the standard nodes bind-mounted from the (host's or guest's) /dev;
+    // the cgroup's device allow-list is the second wall
     let dev = in_root(r, "/dev", Create::Dir)?;
     mnt(
         Some("tmpfs"),
         &fdpath(&dev),
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | nodev,
         Some("mode=755,size=65536k"),
         "/dev",
     )?;
@@ -224,30 +226,11 @@ pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
     .map_err(RuntimeError::sys("open /dev"))?;
     // SAFETY: fresh fd
     let devdir = unsafe { OwnedFd::from_raw_fd(devdir) };
-    for (name, major, minor) in DEVICES {
-        let n = cstr(name)?;
-        // SAFETY: valid fd and C string
-        let rc = unsafe {
-            libc::mknodat(
-                devdir.as_raw_fd(),
-                n.as_ptr(),
-                libc::S_IFCHR | 0o666,
-                libc::makedev(*major as u32, *minor as u32),
-            )
-        };
-        if rc < 0 {
-            // no CAP_MKNOD (user namespace): bind the host's node instead
-            let t = in_root(r, &format!("/dev/{name}"), Create::File)?;
-            mnt(Some(&format!("/dev/{name}")), &fdpath(&t), None, MsFlags::MS_BIND, None, &format!("/dev/{name}"))?;
-        } else {
-            nix::sys::stat::fchmodat(
-                Some(devdir.as_raw_fd()),
-                *name,
-                nix::sys::stat::Mode::from_bits_truncate(0o666),
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            )
-            .map_err(RuntimeError::sys(format!("chmod /dev/{name}")))?;
-        }
+    let standard = DEVICES.iter().map(|n| (format!("/dev/{n}"), format!("/dev/{n}")));
+    let extra = spec.devices.iter().map(|d| (d.host_path.clone(), d.path.clone()));
+    for (host, ctr) in standard.chain(extra) {
+        let t = in_root(r, &ctr, Create::File)?;
+        mnt(Some(&host), &fdpath(&t), None, MsFlags::MS_BIND, None, &ctr)?;
     }
     for (link, to) in [
         ("fd", "/proc/self/fd"),

@@ -128,6 +128,9 @@ pub struct Spec {
     /// Interfaces to configure in a new network namespace (moved in by the caller before release).
     #[serde(default)]
     pub interfaces: Vec<crate::netconf::Iface>,
+    /// Host device nodes bind-mounted into the container (`--device`).
+    #[serde(default)]
+    pub devices: Vec<crate::devices::DeviceNode>,
 }
 
 /// Paths Docker masks by default.

@@ -122,6 +122,9 @@ pub struct CreateArgs {
     /// Resource limit `NAME=SOFT[:HARD]` (e.g. nofile=1024:2048).
     #[arg(long)]
     ulimit: Vec<String>,
+    /// Add a host device: `HOST[:CONTAINER[:PERMISSIONS]]` (process isolation).
+    #[arg(long)]
+    device: Vec<String>,
     /// IMAGE [COMMAND] [ARG...]: options after the image belong to the command.
     #[arg(
         required = true,
@@ -490,6 +493,7 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         publish: a.publish.iter().map(|p| moat_net::parse_publish(p)).collect::<Result<_, _>>()?,
         publish_all: a.publish_all,
         exposed: Vec::new(),
+        devices: a.device.iter().map(|d| moat_runtime::devices::parse_device(d)).collect::<Result<_, _>>()?,
     })
 }
 

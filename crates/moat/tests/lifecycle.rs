@@ -1,24 +1,13 @@
 //! Container lifecycle end to end, through the real CLI. Every test takes the
-//! isolation type as a parameter; `modes!` instantiates it for each type that
-//! moat runs (process now; hyperv joins with VM isolation).
+//! isolation type as a parameter; `modes!` instantiates it for both types.
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-
-macro_rules! modes {
-    ($($name:ident),* $(,)?) => {
-        mod process {
-            $( #[test] fn $name() { super::$name("process"); } )*
-        }
-        mod vm {
-            $( #[test] fn $name() { super::$name("vm"); } )*
-        }
-    };
-}
 
 modes!(
     run_prints_and_propagates_exit_codes,

@@ -3,6 +3,20 @@
 #![allow(dead_code)]
 
 use sha2::{Digest as _, Sha256};
+
+/// Instantiates tests that take the isolation type (`fn name(iso: &str)`)
+/// once per type: `process::name` and `vm::name` (the nextest `vm` group).
+#[allow(unused_macros)]
+macro_rules! modes {
+    ($($name:ident),* $(,)?) => {
+        mod process {
+            $( #[test] fn $name() { super::$name("process"); } )*
+        }
+        mod vm {
+            $( #[test] fn $name() { super::$name("vm"); } )*
+        }
+    };
+}
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
