@@ -5,6 +5,7 @@ use moat_proto::{Frame, Kind, Msg, ProtoError};
 use moat_store::{FileLock, Layout};
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -104,6 +105,7 @@ pub fn spawn_shim(layout: &Layout, id: &str) -> Result<Conn, EngineError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(layout.container(id).join("shim.log"))
         .map_err(EngineError::io("open shim log"))?;
     let fd = theirs.as_raw_fd();

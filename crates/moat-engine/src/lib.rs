@@ -14,6 +14,7 @@ pub mod network;
 pub mod settings;
 pub mod shim;
 pub mod spec;
+pub mod statefile;
 pub mod vm;
 
 use chrono::Utc;
@@ -185,12 +186,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Fixes the state of a container whose shim died without recording its exit.
+    /// Fixes the state of a container whose shim is gone but whose record
+    /// says it runs: the shim's state file has its real end when the store
+    /// could not take the write (a full disk); otherwise the shim was killed
+    /// and its container died with it (PDEATHSIG). Failing to store the
+    /// result does not fail the read: the next reader reconciles again.
     fn reconcile(&mut self, mut c: Container) -> Result<Container, EngineError> {
         if c.is_running() && !shim_alive(&self.layout, c.id()) {
-            // the shim was killed: its container died with it (PDEATHSIG)
+            let dir = self.layout.container(c.id());
             if let Ok(cg) = serde_json::from_slice::<moat_runtime::cgroup::Cgroup>(
-                &std::fs::read(self.layout.container(c.id()).join("cgroup.json")).unwrap_or_default(),
+                &std::fs::read(dir.join("cgroup.json")).unwrap_or_default(),
             ) {
                 let _ = cg.destroy();
             }
@@ -199,13 +204,20 @@ impl Engine {
                 moat_net::link::del_link(&moat_net::if_name('t', c.id(), n));
                 moat_net::link::del_link(&moat_net::if_name('v', c.id(), n));
             }
-            c.state.status = Status::Exited;
-            c.state.pid = 0;
-            c.state.exit_code = 137;
-            c.state.finished_at = Some(Utc::now());
-            c.state.error = "the container's shim process died".into();
+            match statefile::read(&dir) {
+                Some(st) if !matches!(st.status, Status::Running | Status::Restarting) => c.state = st,
+                _ => {
+                    c.state.status = Status::Exited;
+                    c.state.pid = 0;
+                    c.state.exit_code = 137;
+                    c.state.finished_at = Some(Utc::now());
+                    c.state.error = "the container's shim process died".into();
+                }
+            }
             let st = c.state.clone();
-            self.save_state(c.id(), &st)?;
+            if let Err(e) = self.save_state(c.id(), &st) {
+                tracing::warn!("cannot record the state of {}: {e}", c.name());
+            }
         }
         Ok(c)
     }
@@ -347,7 +359,7 @@ impl Engine {
         };
         match self.store().insert_container(&row) {
             Ok(()) => {}
-            Err(moat_store::StoreError::Sqlite(e)) if e.to_string().contains("UNIQUE") => {
+            Err(moat_store::StoreError::NameInUse { .. }) => {
                 let other = self.images.store().find_container(&name)?.map(|c| c.id).unwrap_or_default();
                 return Err(EngineError::Conflict(format!(
                     "Conflict. The container name \"/{name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
@@ -355,18 +367,20 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         }
-        if let Some(sw) = switch {
-            let ep = match self.allocate(&id, &sw, cfg.ip, cfg.mac.clone()) {
-                Ok(ep) => ep,
-                Err(e) => {
-                    let _ = self.store().delete_container(&id);
-                    return Err(e);
-                }
-            };
-            cfg.networks.push(ep);
-            self.write_config(&id, &cfg)?;
+        // nothing of a failed create stays behind
+        let finished = (|| {
+            if let Some(sw) = switch {
+                let ep = self.allocate(&id, &sw, cfg.ip, cfg.mac.clone())?;
+                cfg.networks.push(ep);
+                self.write_config(&id, &cfg)?;
+            }
+            self.prepare_dirs(&id, &cfg)
+        })();
+        if let Err(e) = finished {
+            let _ = std::fs::remove_dir_all(self.layout.container(&id));
+            let _ = self.store().delete_container(&id);
+            return Err(e);
         }
-        self.prepare_dirs(&id, &cfg)?;
         let switches: Vec<String> = cfg.networks.iter().map(|e| e.switch_id.clone()).collect();
         self.refresh_hosts(&switches)?;
         self.get(&id)
@@ -381,6 +395,15 @@ impl Engine {
 
     /// Creates the container's directory and files (idempotent).
     fn prepare_dirs(&self, id: &str, cfg: &ContainerConfig) -> Result<(), EngineError> {
+        self.write_dirs(id, cfg).map_err(|e| match e {
+            EngineError::Io(_, ref io) if io.raw_os_error() == Some(libc::ENOSPC) => {
+                moat_store::StoreError::NoSpace(self.layout.root().display().to_string()).into()
+            }
+            e => e,
+        })
+    }
+
+    fn write_dirs(&self, id: &str, cfg: &ContainerConfig) -> Result<(), EngineError> {
         let dir = self.layout.container(id);
         for d in ["upper", "work", "rootfs"] {
             std::fs::create_dir_all(dir.join(d))
@@ -539,11 +562,14 @@ impl Engine {
         if !names::valid(new) {
             return Err(EngineError::Invalid(format!("invalid container name {new:?}")));
         }
+        let taken = || EngineError::Conflict(format!("Conflict. The container name \"/{new}\" is already in use"));
         if self.images.store().find_container(new)?.is_some_and(|o| o.name == new) {
-            return Err(EngineError::Conflict(format!("Conflict. The container name \"/{new}\" is already in use")));
+            return Err(taken());
         }
-        self.store().rename_container(c.id(), new)?;
-        Ok(())
+        match self.store().rename_container(c.id(), new) {
+            Err(moat_store::StoreError::NameInUse { .. }) => Err(taken()),
+            r => Ok(r?),
+        }
     }
 
     /// Converts a container to another isolation type (`moat update

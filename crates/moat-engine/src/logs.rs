@@ -27,9 +27,10 @@ pub struct LogWriter {
 const MAX_PARTIAL: usize = 16 << 10;
 
 impl LogWriter {
-    /// Opens (appending) the log file.
+    /// Opens (appending) the log file, readable by root only.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
         Ok(Self { file, partial: [Vec::new(), Vec::new()] })
     }
 

@@ -61,7 +61,12 @@ impl Engine {
         }
     }
 
-    /// Creates a switch and its bridge.
+    /// Creates a switch and its bridge. Choosing (or checking) the subnet and
+    /// recording the switch are one store transaction, made under the
+    /// host-wide network lock: parallel creations in this root or another
+    /// never get overlapping subnets, and a subnet the host routes elsewhere,
+    /// a reserved range or one holding the default gateway is refused (and
+    /// skipped when choosing one).
     pub fn create_switch(
         &mut self,
         name: &str,
@@ -72,62 +77,85 @@ impl Engine {
         if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c == '/') {
             return Err(EngineError::Invalid(format!("invalid switch name {name:?}")));
         }
-        if self.find_switch(name).is_ok() {
-            return Err(EngineError::Conflict(format!("switch with name {name:?} already exists")));
+        if let Some(s) = subnet {
+            if s.prefix_len() > 30 {
+                return Err(EngineError::Invalid(format!("subnet {s} is too small")));
+            }
         }
-        let taken: Vec<Ipv4Net> = self.switches()?.iter().map(|s| s.config.subnet).collect();
-        let subnet = match subnet {
-            Some(s) => {
-                if taken.iter().any(|t| t.contains(&s.network()) || s.contains(&t.network())) {
-                    return Err(EngineError::Conflict(format!("subnet {s} overlaps another switch")));
-                }
-                if s.prefix_len() > 30 {
-                    return Err(EngineError::Invalid(format!("subnet {s} is too small")));
-                }
-                s.trunc()
-            }
-            None if name == DEFAULT_SWITCH => {
-                let d: Ipv4Net =
-                    moat_net::DEFAULT_SUBNET.parse().map_err(|_| EngineError::Invalid("default subnet".into()))?;
-                let routes = moat_net::link::host_routes();
-                if routes.iter().chain(&taken).any(|r| r.contains(&d.network()) || d.contains(&r.network())) {
-                    moat_net::pick_subnet(&taken).map_err(net)?
-                } else {
-                    d
-                }
-            }
-            None => moat_net::pick_subnet(&taken).map_err(net)?,
-        };
-        let gateway = match gateway {
-            Some(g) if !subnet.contains(&g) || g == subnet.network() || g == subnet.broadcast() => {
-                return Err(EngineError::Invalid(format!("gateway {g} is not a host address of {subnet}")));
-            }
-            Some(g) => g,
-            None => subnet.hosts().next().ok_or_else(|| EngineError::Invalid("subnet has no hosts".into()))?,
-        };
+        let host_lock = moat_net::link::host_lock().map_err(net)?;
+        let routes = moat_net::link::routes();
         let id = moat_core::id::new_id();
-        let config =
-            SwitchConfig { subnet, gateway, internal, bridge: moat_net::bridge_name(&id), labels: Default::default() };
+        let created = Utc::now();
+        let made = self.images.store_mut().insert_switch_with(|existing| -> Result<SwitchRow, EngineError> {
+            let mut taken = Vec::new();
+            for r in existing {
+                if r.name == name {
+                    return Err(EngineError::Conflict(format!("switch with name {name:?} already exists")));
+                }
+                taken.push(parse(r.clone())?.config.subnet);
+            }
+            let subnet = match subnet {
+                Some(s) => {
+                    let s = s.trunc();
+                    if let Some(t) = taken.iter().find(|t| t.contains(&s.network()) || s.contains(&t.network())) {
+                        return Err(EngineError::Conflict(format!("subnet {s} overlaps another switch ({t})")));
+                    }
+                    if let Some(why) = moat_net::host_clash(&s, &routes) {
+                        return Err(EngineError::Invalid(format!("{why}: choose another subnet")));
+                    }
+                    s
+                }
+                None => {
+                    let d: Ipv4Net =
+                        moat_net::DEFAULT_SUBNET.parse().map_err(|_| EngineError::Invalid("default subnet".into()))?;
+                    let free = !taken.iter().any(|t| t.contains(&d.network()) || d.contains(&t.network()))
+                        && moat_net::host_clash(&d, &routes).is_none();
+                    if name == DEFAULT_SWITCH && free {
+                        d
+                    } else {
+                        moat_net::pick_subnet(&taken, &routes).map_err(net)?
+                    }
+                }
+            };
+            let gateway = match gateway {
+                Some(g) if !subnet.contains(&g) || g == subnet.network() || g == subnet.broadcast() => {
+                    return Err(EngineError::Invalid(format!("gateway {g} is not a host address of {subnet}")));
+                }
+                Some(g) => g,
+                None => subnet.hosts().next().ok_or_else(|| EngineError::Invalid("subnet has no hosts".into()))?,
+            };
+            let config = SwitchConfig {
+                subnet,
+                gateway,
+                internal,
+                bridge: moat_net::bridge_name(&id),
+                labels: Default::default(),
+            };
+            Ok(SwitchRow {
+                id: id.clone(),
+                name: name.to_string(),
+                created,
+                config: serde_json::to_string(&config).map_err(|e| EngineError::Invalid(e.to_string()))?,
+            })
+        });
         // the record first: a process killed between the two steps leaves a
         // record whose bridge is (re)made on use, never an unrecorded bridge
-        let row = SwitchRow {
-            id: id.clone(),
-            name: name.to_string(),
-            created: Utc::now(),
-            config: serde_json::to_string(&config).map_err(|e| EngineError::Invalid(e.to_string()))?,
-        };
-        if let Err(e) = self.images.store_mut().insert_switch(&row) {
-            if e.to_string().contains("UNIQUE") {
-                return Err(EngineError::Conflict(format!("switch with name {name:?} already exists")));
+        let row = match made {
+            Ok(Ok(row)) => row,
+            Ok(Err(e)) => return Err(e),
+            Err(moat_store::StoreError::NameInUse { .. }) => {
+                return Err(EngineError::Conflict(format!("switch with name {name:?} already exists")))
             }
-            return Err(e.into());
-        }
-        if let Err(e) = moat_net::link::ensure_switch(&config) {
-            let _ = moat_net::link::remove_switch(&config);
+            Err(e) => return Err(e.into()),
+        };
+        let sw = parse(row)?;
+        if let Err(e) = moat_net::link::ensure_switch_locked(&host_lock, &sw.config) {
+            drop(host_lock);
+            let _ = moat_net::link::remove_switch(&sw.config);
             let _ = self.images.store_mut().delete_switch(&id);
             return Err(net(e));
         }
-        Ok(Switch { id, name: name.to_string(), created: row.created, config })
+        Ok(sw)
     }
 
     /// The default switch, created on first use (concurrent first uses agree).

@@ -104,6 +104,7 @@ struct Shim {
     /// Port proxies (killed when the container stops).
     proxies: Vec<std::process::Child>,
     log: LogWriter,
+    state_file: crate::statefile::StateFile,
     listener: UnixListener,
     own_pidns: OwnedFd,
     main: Option<Proc>,
@@ -193,12 +194,14 @@ impl Shim {
             let spec = crate::spec::build(engine.layout(), id, &c.config, &image)?;
             let dir = engine.layout().container(id);
             let log = LogWriter::open(&dir.join(format!("{id}-json.log"))).map_err(EngineError::io("open log"))?;
+            let state_file =
+                crate::statefile::StateFile::open(&dir).map_err(EngineError::io("allocate the state file"))?;
             let listener = moat_proto::sock::bind(&dir, "shim.sock").map_err(EngineError::io("bind shim socket"))?;
             listener.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
             let own_pidns = spawn::own_pidns()?;
-            Ok((engine, c, spec, dir, log, listener, own_pidns))
+            Ok((engine, c, spec, dir, log, state_file, listener, own_pidns))
         })();
-        let (mut engine, c, spec, dir, log, listener, own_pidns) = match setup {
+        let (mut engine, c, spec, dir, log, state_file, listener, own_pidns) = match setup {
             Ok(v) => v,
             Err(e) => {
                 fail(&mut first, &e);
@@ -266,6 +269,7 @@ impl Shim {
             hard_deadline: None,
             proxies: Vec::new(),
             log,
+            state_file,
             listener,
             own_pidns,
             main: None,
@@ -404,8 +408,13 @@ impl Shim {
         }
     }
 
+    /// Records the state: first in the state file (always possible, its
+    /// space is allocated), then in the store (which a full disk can refuse).
     fn save_state(&mut self) {
         let st = self.c.state.clone();
+        if let Err(e) = self.state_file.write(&st) {
+            tracing::error!("cannot write the state file: {e}");
+        }
         if let Err(e) = self.engine.save_state(&self.id, &st) {
             tracing::error!("cannot record state: {e}");
         }

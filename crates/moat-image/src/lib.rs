@@ -63,6 +63,14 @@ pub enum ImageError {
     /// Filesystem failure with context.
     #[error("{0}: {1}")]
     Io(String, io::Error),
+    /// The engine root's filesystem is full.
+    #[error("no space left on the engine root ({root}): the image needs more than the {free} bytes free beyond what is kept in reserve (64 MiB, or a tenth of a smaller filesystem)")]
+    NoSpace {
+        /// The engine root.
+        root: String,
+        /// Bytes that were free for it.
+        free: u64,
+    },
 }
 
 impl ImageError {
@@ -158,6 +166,15 @@ impl ImageStore {
         self.store.layout()
     }
 
+    fn no_space(&self, e: unpack::UnpackError) -> ImageError {
+        match e {
+            unpack::UnpackError::NoSpace(free) => {
+                ImageError::NoSpace { root: self.layout().root().display().to_string(), free }
+            }
+            e => e.into(),
+        }
+    }
+
     /// Unpacks one layer stream into `tmp`, checking digests. Returns its diff ID and tar size.
     fn import_layer(
         &self,
@@ -197,7 +214,7 @@ impl ImageStore {
             File::create(&blob_path).map_err(ImageError::io("create layer blob"))?,
         );
         let mut hr = HashReader::new(decompress(src)?, Some(blob));
-        unpack::unpack(&mut hr, &dir, unpack::Kind::Layer, self.limits)?;
+        unpack::unpack(&mut hr, &dir, unpack::Kind::Layer, self.limits).map_err(|e| self.no_space(e))?;
         let (diff, size, blob) = hr.finish().map_err(ImageError::io(format!("read {what}")))?;
         if let Some(mut b) = blob {
             b.flush().map_err(ImageError::io("write layer blob"))?;
@@ -247,7 +264,7 @@ impl ImageStore {
     fn stage_archive(&self, r: impl Read, tmp: &TmpDir) -> Result<std::path::PathBuf, ImageError> {
         let stage = tmp.path().join("archive");
         std::fs::create_dir(&stage).map_err(ImageError::io("create staging directory"))?;
-        unpack::unpack(decompress(r)?, &stage, unpack::Kind::Plain, self.limits)?;
+        unpack::unpack(decompress(r)?, &stage, unpack::Kind::Plain, self.limits).map_err(|e| self.no_space(e))?;
         Ok(stage)
     }
 

@@ -49,7 +49,7 @@ pub enum UnpackError {
     #[error("archive has more than {0} entries (tar bomb?)")]
     TooManyEntries(u64),
     /// Not enough disk space.
-    #[error("not enough disk space: unpacking needs more than the {0} bytes free")]
+    #[error("not enough disk space: unpacking needs more than the {0} bytes free beyond what is kept in reserve")]
     NoSpace(u64),
     /// I/O failure, with what was being done.
     #[error("{0}: {1}")]
@@ -94,7 +94,7 @@ pub struct Stats {
 
 const WH_PREFIX: &str = ".wh.";
 const WH_OPAQUE: &str = ".wh..wh..opq";
-/// Disk space kept free while unpacking.
+/// Disk space kept free while unpacking: 64 MiB, or a tenth of a smaller filesystem.
 const RESERVE: u64 = 64 << 20;
 
 /// Copies everything from `r` to `w` through `buf`.
@@ -411,7 +411,7 @@ pub fn unpack<R: Read>(r: R, dest: &Path, mode: Kind, limits: Limits) -> Result<
     let root = rustix::fs::open(dest, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(ioe(format!("open {}", dest.display())))?;
     let free = rustix::fs::statvfs(dest)
-        .map(|s| (s.f_bavail * s.f_frsize).saturating_sub(RESERVE))
+        .map(|s| (s.f_bavail * s.f_frsize).saturating_sub(RESERVE.min(s.f_blocks * s.f_frsize / 10)))
         .map_err(ioe(format!("statvfs {}", dest.display())))?;
     let mut u = Unpacker {
         buf: vec![0u8; 1 << 20],

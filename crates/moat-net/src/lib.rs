@@ -145,13 +145,49 @@ pub fn parse_publish(s: &str) -> Result<PortMap, NetError> {
     Ok(PortMap { host_ip, host_port, ctr_port, proto })
 }
 
-/// Picks a /24 for a new switch from 10.89.0.0/16 that no switch and no host route uses.
-pub fn pick_subnet(taken: &[Ipv4Net]) -> Result<Ipv4Net, NetError> {
-    let routes = link::host_routes();
+/// Ranges no switch may use: this host, link-local, multicast, reserved.
+pub const RESERVED: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved"),
+];
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// Why `subnet` cannot be a switch on this host (`routes` from
+/// [`link::routes`]): a reserved range, a subnet that contains the default
+/// gateway, or one that overlaps a route of the host (its own network, a VPN,
+/// another root's switch). `None` when it is free.
+pub fn host_clash(subnet: &Ipv4Net, routes: &[link::Route]) -> Option<String> {
+    for (r, what) in RESERVED {
+        if let Ok(n) = r.parse::<Ipv4Net>() {
+            if overlaps(subnet, &n) {
+                return Some(format!("subnet {subnet} overlaps {n}, the {what} range"));
+            }
+        }
+    }
+    for r in routes {
+        if r.dest.prefix_len() == 0 {
+            if let Some(gw) = r.via.filter(|g| subnet.contains(g)) {
+                return Some(format!("subnet {subnet} contains the host's default gateway {gw}"));
+            }
+        } else if overlaps(subnet, &r.dest) {
+            return Some(format!("subnet {subnet} overlaps the host's route \"{}\"", r.text));
+        }
+    }
+    None
+}
+
+/// Picks a /24 for a new switch from 10.89.0.0/16 that no switch and nothing
+/// on the host uses.
+pub fn pick_subnet(taken: &[Ipv4Net], routes: &[link::Route]) -> Result<Ipv4Net, NetError> {
     for n in 0..=255u8 {
         let cand: Ipv4Net = format!("10.89.{n}.0/24").parse().map_err(|_| NetError::Invalid("subnet".into()))?;
-        let clash = |o: &Ipv4Net| o.contains(&cand.network()) || cand.contains(&o.network());
-        if !taken.iter().any(clash) && !routes.iter().any(clash) {
+        if !taken.iter().any(|t| overlaps(t, &cand)) && host_clash(&cand, routes).is_none() {
             return Ok(cand);
         }
     }
@@ -173,6 +209,22 @@ mod tests {
         assert!(parse_publish("x:80").is_err());
         assert!(parse_publish("80/sctp").is_err());
         Ok(())
+    }
+
+    #[test]
+    fn host_clashes() {
+        let routes = link::parse_routes(
+            "default via 172.16.0.1 dev eth0\n172.16.0.0/24 dev eth0 proto kernel scope link src 172.16.0.5\n10.89.0.0/24 dev mtb1234 proto kernel\n",
+        );
+        let n = |s: &str| s.parse::<Ipv4Net>().unwrap_or_default();
+        assert!(host_clash(&n("127.0.0.0/24"), &routes).is_some_and(|m| m.contains("loopback")));
+        assert!(host_clash(&n("224.1.0.0/24"), &routes).is_some_and(|m| m.contains("multicast")));
+        assert!(host_clash(&n("172.16.0.0/16"), &routes).is_some_and(|m| m.contains("default gateway")));
+        assert!(host_clash(&n("172.16.0.128/25"), &routes).is_some_and(|m| m.contains("eth0")));
+        assert!(host_clash(&n("10.89.0.128/25"), &routes).is_some_and(|m| m.contains("mtb1234")));
+        assert_eq!(host_clash(&n("10.90.0.0/24"), &routes), None);
+        assert_eq!(pick_subnet(&[], &routes).ok(), Some(n("10.89.1.0/24")), "the routed /24 is skipped");
+        assert_eq!(pick_subnet(&[n("10.89.1.0/24")], &routes).ok(), Some(n("10.89.2.0/24")));
     }
 
     #[test]

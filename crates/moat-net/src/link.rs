@@ -47,20 +47,43 @@ pub fn exists(name: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(name).exists()
 }
 
-/// The host's IPv4 routes (to avoid subnets that clash with them).
-pub fn host_routes() -> Vec<Ipv4Net> {
-    run("ip", &["-4", "route", "show"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter_map(|d| {
-            if d == "default" {
-                None
+/// A route of the host's main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination (`0.0.0.0/0` for the default route).
+    pub dest: Ipv4Net,
+    /// Gateway, if the route has one.
+    pub via: Option<std::net::Ipv4Addr>,
+    /// The route as `ip route` prints it, for messages.
+    pub text: String,
+}
+
+/// Parses `ip -4 route show` output.
+pub fn parse_routes(out: &str) -> Vec<Route> {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let d = w.next()?;
+            let dest = if d == "default" {
+                Ipv4Net::default()
             } else {
-                d.parse::<Ipv4Net>().ok().or_else(|| format!("{d}/32").parse().ok())
-            }
+                d.parse::<Ipv4Net>().ok().or_else(|| format!("{d}/32").parse().ok())?
+            };
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let via = words.windows(2).find(|p| p[0] == "via").and_then(|p| p[1].parse().ok());
+            Some(Route { dest, via, text: l.trim().to_string() })
         })
         .collect()
+}
+
+/// The host's IPv4 routes (main table).
+pub fn routes() -> Vec<Route> {
+    parse_routes(&run("ip", &["-4", "route", "show"]).unwrap_or_default())
+}
+
+/// The host's IPv4 routes other than the default route (to avoid subnets that clash with them).
+pub fn host_routes() -> Vec<Ipv4Net> {
+    routes().into_iter().map(|r| r.dest).filter(|d| d.prefix_len() > 0).collect()
 }
 
 fn iptables(args: &[&str]) -> Result<(), NetError> {
@@ -126,9 +149,10 @@ fn rules(c: &SwitchConfig) -> Vec<(&'static str, &'static str, bool, Vec<String>
 /// of every moat root on this host share the isolation chain and the
 /// `FORWARD` jump to it, so two roots (or two commands of one root) creating
 /// switches at once must not race on "check, then add".
-struct HostLock(#[allow(dead_code)] std::fs::File);
+pub struct HostLock(#[allow(dead_code)] std::fs::File);
 
-fn host_lock() -> Result<HostLock, NetError> {
+/// Takes the host-wide network lock (blocking).
+pub fn host_lock() -> Result<HostLock, NetError> {
     let dir = std::path::Path::new("/run/lock");
     let _ = std::fs::create_dir_all(dir);
     let f = std::fs::OpenOptions::new()
@@ -150,7 +174,12 @@ pub fn ensure_switch(c: &SwitchConfig) -> Result<(), NetError> {
     if exists(&c.bridge) {
         return Ok(());
     }
-    let _lock = host_lock()?;
+    let lock = host_lock()?;
+    ensure_switch_locked(&lock, c)
+}
+
+/// [`ensure_switch`] for a caller that holds the host lock.
+pub fn ensure_switch_locked(_lock: &HostLock, c: &SwitchConfig) -> Result<(), NetError> {
     if exists(&c.bridge) {
         return Ok(());
     }

@@ -39,6 +39,34 @@ pub enum StoreError {
     /// The root was created by a newer moat.
     #[error("metadata store schema version {0} is newer than this moat understands ({1})")]
     SchemaTooNew(i64, i64),
+    /// The filesystem holding the root is full.
+    #[error("no space left on the engine root ({0}): remove containers, images or files there to free space")]
+    NoSpace(String),
+    /// A unique name is taken.
+    #[error("{kind} name {name:?} is already in use")]
+    NameInUse {
+        /// What kind of object.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+}
+
+impl StoreError {
+    /// True for a full disk, whatever layer reported it.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Self::NoSpace(_) => true,
+            Self::Sqlite(e) => e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+            Self::Io { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+            _ => false,
+        }
+    }
+
+    /// True for a violated UNIQUE constraint.
+    fn is_constraint(&self) -> bool {
+        matches!(self, Self::Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation))
+    }
 }
 
 /// Converts an io error with context.
@@ -163,12 +191,81 @@ fn digest(s: &str) -> Result<Digest, StoreError> {
     Digest::from_hex(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-impl Store {
-    /// Opens (creating if needed) the store under `layout`.
-    pub fn open(layout: Layout) -> Result<Self, StoreError> {
-        for d in layout.dirs() {
-            std::fs::create_dir_all(&d).map_err(io(format!("cannot create {}", d.display())))?;
+/// Space given up to let a transaction that frees space (removing a
+/// container, recording an exit) through when the filesystem is full.
+const RESERVE_BYTES: u64 = 4 << 20;
+
+/// Makes `path` mode `mode` unless it already is.
+fn restrict(path: &std::path::Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o7777 != mode => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(io(format!("cannot restrict {}", path.display())))
         }
+        _ => Ok(()),
+    }
+}
+
+/// Recreates the reserve file when it is missing and the filesystem has room
+/// for it twice over.
+fn ensure_reserve(layout: &Layout) {
+    let p = layout.reserve();
+    if p.exists() {
+        return;
+    }
+    let free = rustix::fs::statvfs(layout.root()).map(|s| s.f_bavail * s.f_frsize).unwrap_or(0);
+    if free < 2 * RESERVE_BYTES {
+        return;
+    }
+    let tmp = layout.root().join(".reserve.tmp");
+    let made = (|| -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, RESERVE_BYTES)?;
+        std::fs::rename(&tmp, &p)
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `layout`. The root and the
+    /// database are readable by root only (0700 / 0600): they hold container
+    /// environments and logs.
+    pub fn open(layout: Layout) -> Result<Self, StoreError> {
+        let root = layout.root().display().to_string();
+        let nospace = |e: StoreError| if e.is_no_space() { StoreError::NoSpace(root.clone()) } else { e };
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(layout.root())
+                .map_err(io(format!("cannot create {}", layout.root().display())))
+                .map_err(nospace)?;
+        }
+        restrict(layout.root(), 0o700)?;
+        for d in layout.dirs() {
+            std::fs::create_dir_all(&d).map_err(io(format!("cannot create {}", d.display()))).map_err(nospace)?;
+        }
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // created 0600 before SQLite opens it: its WAL and shm files take the same mode
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(layout.db())
+                .map_err(io(format!("cannot create {}", layout.db().display())))
+                .map_err(nospace)?;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            restrict(std::path::Path::new(&format!("{}{suffix}", layout.db().display())), 0o600)?;
+        }
+        ensure_reserve(&layout);
         let conn = Connection::open(layout.db())?;
         conn.busy_timeout(Duration::from_secs(60))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -186,7 +283,7 @@ impl Store {
         // Checkpoints still happen every 1000 pages (wal_autocheckpoint).
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         let mut store = Self { conn, layout };
-        store.migrate()?;
+        store.migrate().map_err(nospace)?;
         Ok(store)
     }
 
@@ -220,7 +317,29 @@ impl Store {
     }
 
     /// Runs `f` in one immediate (write-locked) transaction and commits it.
-    pub fn write<T>(&mut self, f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// On a full filesystem the reserve file is given up and `f` runs once
+    /// more; if that fails too, the error is [`StoreError::NoSpace`].
+    pub fn write<T>(&mut self, mut f: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        match self.write_once(&mut f) {
+            Err(e) if e.is_no_space() => {
+                let released = std::fs::remove_file(self.layout.reserve()).is_ok();
+                let again = if released { self.write_once(&mut f) } else { Err(e) };
+                again.map_err(|e| {
+                    if e.is_no_space() {
+                        StoreError::NoSpace(self.layout.root().display().to_string())
+                    } else {
+                        e
+                    }
+                })
+            }
+            r => r,
+        }
+    }
+
+    fn write_once<T>(
+        &mut self,
+        f: &mut impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
@@ -393,7 +512,7 @@ impl Store {
 
     // ------------------------------------------------------------ containers
 
-    /// Inserts a new container; fails with a constraint error on a name clash.
+    /// Inserts a new container; [`StoreError::NameInUse`] on a name clash.
     pub fn insert_container(&mut self, c: &ContainerRow) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(
@@ -401,6 +520,13 @@ impl Store {
                 params![c.id, c.name, c.image_id.hex(), ts(&c.created), c.config, c.state],
             )?;
             Ok(())
+        })
+        .map_err(|e| {
+            if e.is_constraint() {
+                StoreError::NameInUse { kind: "container", name: c.name.clone() }
+            } else {
+                e
+            }
         })
     }
 
@@ -455,11 +581,18 @@ impl Store {
         })
     }
 
-    /// Renames a container; fails with a constraint error on a clash.
+    /// Renames a container; [`StoreError::NameInUse`] on a clash.
     pub fn rename_container(&mut self, id: &str, name: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute("UPDATE containers SET name = ?2 WHERE id = ?1", params![id, name])?;
             Ok(())
+        })
+        .map_err(|e| {
+            if e.is_constraint() {
+                StoreError::NameInUse { kind: "container", name: name.into() }
+            } else {
+                e
+            }
         })
     }
 
@@ -482,15 +615,28 @@ impl Store {
 
     // -------------------------------------------------------------- switches
 
-    /// Inserts a switch; fails on a name clash.
-    pub fn insert_switch(&mut self, s: &SwitchRow) -> Result<(), StoreError> {
+    /// Inserts a switch built by `make(existing switches)` in the same write
+    /// transaction, so parallel callers never choose the same subnet or name
+    /// ([`StoreError::NameInUse`] on a name clash). `make` may refuse.
+    pub fn insert_switch_with<E>(
+        &mut self,
+        make: impl Fn(&[SwitchRow]) -> Result<SwitchRow, E>,
+    ) -> Result<Result<SwitchRow, E>, StoreError> {
+        let mut name = String::new();
         self.write(|tx| {
+            let existing = Self::switch_rows(tx)?;
+            let row = match make(&existing) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            };
+            name = row.name.clone();
             tx.execute(
                 "INSERT INTO switches(id, name, created, config) VALUES (?1, ?2, ?3, ?4)",
-                params![s.id, s.name, ts(&s.created), s.config],
+                params![row.id, row.name, ts(&row.created), row.config],
             )?;
-            Ok(())
+            Ok(Ok(row))
         })
+        .map_err(|e| if e.is_constraint() { StoreError::NameInUse { kind: "switch", name } } else { e })
     }
 
     /// Deletes a switch row.
@@ -521,7 +667,7 @@ impl Store {
         &mut self,
         container_id: &str,
         switch_id: &str,
-        pick: impl FnOnce(&[String]) -> Result<String, String>,
+        pick: impl Fn(&[String]) -> Result<String, String>,
     ) -> Result<Result<String, String>, StoreError> {
         self.write(|tx| {
             let used: Vec<String> = {
@@ -555,7 +701,11 @@ impl Store {
 
     /// Every switch by name.
     pub fn switches(&self) -> Result<Vec<SwitchRow>, StoreError> {
-        let mut st = self.conn.prepare("SELECT id, name, created, config FROM switches ORDER BY name")?;
+        Self::switch_rows(&self.conn)
+    }
+
+    fn switch_rows(conn: &Connection) -> Result<Vec<SwitchRow>, StoreError> {
+        let mut st = conn.prepare("SELECT id, name, created, config FROM switches ORDER BY name")?;
         let rows: Vec<(String, String, String, String)> =
             st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
         rows.into_iter()

@@ -53,6 +53,10 @@ impl Layout {
     pub fn container(&self, id: &str) -> PathBuf {
         self.containers().join(id)
     }
+    /// Space kept free for transactions that free space on a full disk.
+    pub fn reserve(&self) -> PathBuf {
+        self.root.join("reserve")
+    }
     /// Optional engine configuration file under the root.
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.toml")

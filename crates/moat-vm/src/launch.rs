@@ -165,7 +165,16 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
     let vfs_client =
         moat_proto::sock::connect(&cfg.run_dir, "vfs.sock").map_err(VmError::io("connect virtiofsd socket"))?;
     let (ours, theirs) = UnixStream::pair().map_err(VmError::io("socketpair"))?;
-    let console = std::fs::File::create(&cfg.console_log).map_err(VmError::io("create console log"))?;
+    let console = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&cfg.console_log)
+            .map_err(VmError::io("create console log"))?
+    };
     let vfs_log = console.try_clone().map_err(VmError::io("console log"))?;
 
     let mut vfsd = Command::new(&vfsd_bin);

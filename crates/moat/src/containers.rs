@@ -1144,13 +1144,23 @@ pub fn inspect_any(root: &Path, names: &[String]) -> Result<i32> {
     let mut out = Vec::new();
     let mut code = 0;
     for n in names {
-        if let Ok(c) = e.get(n) {
-            out.push(inspect_json(&e, &c));
-        } else if let Ok(img) = e.images().resolve(n) {
-            out.push(crate::images::inspect_json(&img));
-        } else {
-            eprintln!("Error: No such object: {n}");
-            code = 1;
+        match e.get(n) {
+            Ok(c) => out.push(inspect_json(&e, &c)),
+            Err(EngineError::NoSuchContainer(_)) => match e.images().resolve(n) {
+                Ok(img) => out.push(crate::images::inspect_json(&img)),
+                Err(moat_image::ImageError::NoSuchImage(_)) => {
+                    eprintln!("Error: No such object: {n}");
+                    code = 1;
+                }
+                Err(err) => {
+                    eprintln!("Error: {err}");
+                    code = 1;
+                }
+            },
+            Err(err) => {
+                eprintln!("Error: {err}");
+                code = 1;
+            }
         }
     }
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 
-modes!(host_devices_cannot_be_opened);
+modes!(host_devices_cannot_be_opened, a_full_disk_keeps_reads_removal_and_exit_codes);
 
 /// Tries to open device nodes made with mknod: on /dev (a nodev tmpfs), on
 /// the root filesystem, and on a tmpfs mounted with `dev` (so only the
@@ -69,4 +69,230 @@ fn host_devices_cannot_be_opened(iso: &str) {
         let e = r.fails(&["run", "--rm", "--isolation", iso, "--device", "/dev/fuse", "busybox", "true"]);
         assert!(e.contains("--device") && e.contains("process isolation"), "{e}");
     }
+}
+
+/// A root on its own small tmpfs (unmounted by `Root`'s drop).
+fn small_root(mb: u32) -> Root {
+    let r = Root::new();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mb}m,mode=0700"), "tmpfs"])
+        .arg(r.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount a tmpfs root");
+    r.ok(&["load", "-q", "-i", busybox_archive().0.to_str().unwrap()]);
+    r
+}
+
+fn free_bytes(p: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df").args(["--output=avail", "-B1"]).arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap_or(u64::MAX)
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        assert!(std::time::Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// With the root's filesystem full: reads keep working, exit codes of
+/// containers that end meanwhile are kept, new containers are refused with
+/// a message naming the root, and removal works (and frees the space).
+fn a_full_disk_keeps_reads_removal_and_exit_codes(iso: &str) {
+    let r = small_root(48);
+    let root = r.path().display().to_string();
+    // created while there is room; they end while the disk is full
+    r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ex7",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "while [ ! -e /go ]; do sleep 0.1; done; exit 7",
+    ]);
+    r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ex8",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "while [ ! -e /go ]; do sleep 0.1; done; exit 8",
+    ]);
+    // one filler writes until the disk is full, then sleeps
+    r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fill",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/fill bs=64k 2>/dev/null; sleep 1000",
+    ]);
+    wait_until("the disk to fill", 60, || free_bytes(r.path()) == 0);
+    // a second one keeps taking whatever is freed
+    r.ok(&[
+        "exec",
+        "-d",
+        "fill",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); dd if=/dev/zero of=/more$i bs=4k 2>/dev/null; sleep 0.01; done",
+    ]);
+    for c in ["ex7", "ex8"] {
+        r.ok(&["exec", c, "touch", "/go"]);
+    }
+    wait_until("ex7 and ex8 to exit", 60, || {
+        let ps = r.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+        ps.contains("ex7 Exited (7)") && ps.contains("ex8 Exited (8)")
+    });
+    // reads work
+    assert!(r.ok(&["ps", "-a"]).contains("fill"));
+    r.ok(&["logs", "fill"]);
+    let inspect = r.ok(&["inspect", "ex7"]);
+    assert!(inspect.contains("\"ExitCode\": 7"), "{inspect}");
+    // nothing new fits: a clear one-line error naming the root
+    wait_until("the reserve to be used up", 30, || {
+        let o = r.run(&["create", "--isolation", iso, "busybox", "true"]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if o.status.success() {
+            return false;
+        }
+        assert_fails_one_line(&o, "create on a full disk");
+        assert!(err.contains(&format!("no space left on the engine root ({root})")), "{err}");
+        true
+    });
+    // removal works and frees the space
+    r.ok(&["rm", "-f", "fill"]);
+    assert!(free_bytes(r.path()) > 30 << 20, "removing the filler freed its space");
+    let ps = r.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.contains("ex7 Exited (7)") && ps.contains("ex8 Exited (8)"), "exit codes kept: {ps}");
+    assert!(!ps.contains("fill"), "{ps}");
+    r.ok(&["rm", "ex7", "ex8"]);
+    assert_eq!(r.ok(&["run", "--rm", "--isolation", iso, "busybox", "echo", "ok"]), "ok\n");
+}
+
+/// Runs `n` moat commands at once; returns their outputs.
+fn parallel(r: &Root, n: usize, args: impl Fn(usize) -> Vec<String>) -> Vec<std::process::Output> {
+    let kids: Vec<std::process::Child> = (0..n)
+        .map(|i| {
+            r.cmd()
+                .args(args(i))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    kids.into_iter().map(|k| k.wait_with_output().unwrap()).collect()
+}
+
+fn subnet_of(r: &Root, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["switch", "inspect", name])).unwrap();
+    v[0]["IPAM"]["Config"][0]["Subnet"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn parallel_switch_creation_never_shares_a_subnet() {
+    let r = Root::new();
+    for o in parallel(&r, 8, |i| vec!["switch".into(), "create".into(), format!("par{i}")]) {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut subnets: Vec<String> = (0..8).map(|i| subnet_of(&r, &format!("par{i}"))).collect();
+    subnets.sort();
+    subnets.dedup();
+    assert_eq!(subnets.len(), 8, "eight switches, eight subnets: {subnets:?}");
+    let outs = parallel(&r, 6, |i| {
+        vec!["switch".into(), "create".into(), format!("same{i}"), "--subnet".into(), "10.201.7.0/24".into()]
+    });
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "exactly one of six creations with the same subnet succeeds");
+    for o in outs.iter().filter(|o| !o.status.success()) {
+        assert_fails_one_line(o, "a clashing switch create");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("overlaps"), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn subnets_that_clash_with_the_host_are_refused() {
+    let r = Root::new();
+    let host = Root::new();
+    // a subnet routed elsewhere: another root's switch, whose bridge routes it
+    host.ok(&["switch", "create", "elsewhere", "--subnet", "10.202.9.0/24"]);
+    let mut bad = vec![
+        ("127.0.0.0/24", "loopback"),
+        ("224.1.0.0/24", "multicast"),
+        ("169.254.3.0/24", "link-local"),
+        ("10.202.9.0/24", "route"),
+        ("10.202.0.0/16", "route"),
+    ];
+    // the host's own network, with its default gateway
+    let routes =
+        String::from_utf8_lossy(&std::process::Command::new("ip").args(["-4", "route"]).output().unwrap().stdout)
+            .into_owned();
+    let gw = routes
+        .lines()
+        .find(|l| l.starts_with("default via"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map(str::to_string);
+    let gw_net = gw.as_ref().map(|g| format!("{}.0/24", g.rsplit_once('.').unwrap().0));
+    if let Some(n) = &gw_net {
+        bad.push((n.as_str(), "gateway"));
+    }
+    for (subnet, why) in &bad {
+        let e = r.fails(&["switch", "create", "x", "--subnet", subnet]);
+        assert!(e.contains(why), "{subnet}: {e}");
+    }
+    assert!(gw.is_some(), "this host has a default route to test with: {routes}");
+    // a chosen subnet skips what the host routes: each root alone would pick
+    // the same first free /24
+    host.ok(&["switch", "create", "taken"]);
+    r.ok(&["switch", "create", "fresh"]);
+    assert_ne!(subnet_of(&r, "fresh"), subnet_of(&host, "taken"));
+}
+
+#[test]
+fn state_is_readable_by_root_only() {
+    let r = root_with_busybox();
+    // a parent anyone may traverse, and a root someone made world-readable
+    std::fs::set_permissions(r.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    r.ok(&["run", "--name", "secret", "-e", "DB_PASSWORD=hunter2", "busybox", "echo", "logged-secret"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(r.path()), 0o700, "the root");
+    for f in ["moat.db", "moat.db-wal", "moat.db-shm"] {
+        assert_eq!(mode(&r.path().join(f)), 0o600, "{f}");
+    }
+    let id = r.ok(&["ps", "-a", "-q", "--no-trunc"]);
+    let id = id.trim();
+    let log = r.path().join("containers").join(id).join(format!("{id}-json.log"));
+    assert_eq!(mode(&log), 0o600, "the container log");
+    // and as an unprivileged user, nothing is readable
+    let as_nobody = |what: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c", what])
+            .output()
+            .unwrap()
+    };
+    for p in [r.path().join("moat.db-wal"), r.path().join("moat.db"), log.clone()] {
+        let o = as_nobody(&format!("cat '{}'", p.display()));
+        assert!(!o.status.success(), "nobody read {}", p.display());
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("hunter2"));
+    }
+    let o = as_nobody(&format!("ls '{}'", r.path().display()));
+    assert!(!o.status.success(), "nobody listed the root");
+    // root itself still reads everything
+    assert!(r.ok(&["logs", "secret"]).contains("logged-secret"));
 }
