@@ -70,9 +70,14 @@ struct Session {
     proc: Proc,
     client: u64,
     exit: Option<i32>,
-    /// VM exec: the client waiting for `Started`.
-    pending: Option<u64>,
+    /// VM exec: the client waiting for `Started`, and until when it waits.
+    pending: Option<(u64, Instant)>,
 }
+
+/// How long a query (top, stats) forwarded to the guest agent may take.
+const AGENT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the guest agent may take to start an exec process.
+const AGENT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy)]
 enum Tok {
@@ -83,6 +88,7 @@ enum Tok {
     Pidfd(u32),
     Vm,
     Qemu,
+    Virtiofsd,
 }
 
 /// Session number of the main process.
@@ -96,8 +102,8 @@ struct Shim {
     spec: Spec,
     cgroup: Option<Cgroup>,
     vm: Option<crate::vm::VmLink>,
-    /// One-shot requests forwarded to the agent: session → client.
-    requests: HashMap<u32, u64>,
+    /// One-shot requests forwarded to the agent: session → (client, deadline).
+    requests: HashMap<u32, (u64, Instant)>,
     /// Stream bytes received from the agent and not yet credited back.
     owed: HashMap<u32, u64>,
     hard_deadline: Option<Instant>,
@@ -535,9 +541,18 @@ impl Shim {
                 let ev = libc::POLLIN | if vm.out.is_empty() { 0 } else { libc::POLLOUT };
                 add(vm.vm.channel.as_raw_fd(), ev, Tok::Vm, &mut fds);
                 add(vm.qemu_pidfd.as_raw_fd(), libc::POLLIN, Tok::Qemu, &mut fds);
+                if vm.failure.is_none() {
+                    add(vm.virtiofsd_pidfd.as_raw_fd(), libc::POLLIN, Tok::Virtiofsd, &mut fds);
+                }
             }
             let now = Instant::now();
-            let deadline = [self.stop_deadline, self.restart_at, self.hard_deadline].into_iter().flatten().min();
+            let answers = self
+                .requests
+                .values()
+                .map(|(_, d)| *d)
+                .chain(self.sessions.values().filter_map(|s| s.pending.map(|(_, d)| d)));
+            let deadline =
+                [self.stop_deadline, self.restart_at, self.hard_deadline].into_iter().flatten().chain(answers).min();
             let timeout =
                 deadline.map(|d| d.saturating_duration_since(now).as_millis().min(60_000) as i32).unwrap_or(-1);
             // SAFETY: fds is a valid array of pollfd
@@ -563,6 +578,11 @@ impl Shim {
                     Tok::Pidfd(sid) => self.reap(sid),
                     Tok::Vm => self.vm_io(r, &mut buf),
                     Tok::Qemu => self.vm_died(),
+                    Tok::Virtiofsd => {
+                        if let Some(vm) = self.vm.as_mut() {
+                            vm.fs_died();
+                        }
+                    }
                 }
             }
             self.grant_credit();
@@ -573,6 +593,34 @@ impl Shim {
 
     fn timers(&mut self) {
         let now = Instant::now();
+        // a guest that does not answer: clients get a clear error, not a hang
+        let late: Vec<u32> = self.requests.iter().filter(|(_, (_, d))| *d <= now).map(|(s, _)| *s).collect();
+        for sid in late {
+            if let Some((cid, _)) = self.requests.remove(&sid) {
+                let secs = AGENT_QUERY_TIMEOUT.as_secs();
+                self.finish_oneshot(
+                    cid,
+                    Msg::Error {
+                        message: format!(
+                            "the utility VM did not answer within {secs}s: the guest is wedged or overloaded"
+                        ),
+                    },
+                );
+            }
+        }
+        let late: Vec<u32> =
+            self.sessions.iter().filter(|(_, s)| s.pending.is_some_and(|(_, d)| d <= now)).map(|(s, _)| *s).collect();
+        for sid in late {
+            if let Some(s) = self.sessions.remove(&sid) {
+                if let Some(vm) = self.vm.as_mut() {
+                    vm.send(sid, &Msg::Signal { signal: libc::SIGKILL });
+                }
+                let cid = s.pending.map(|(c, _)| c).unwrap_or(s.client);
+                let secs = AGENT_EXEC_TIMEOUT.as_secs();
+                self.reply(cid, Msg::Error { message: format!("the utility VM did not start the process within {secs}s: the guest is wedged or overloaded") });
+                self.finish_oneshot(cid, Msg::Exit { code: 126, oom_killed: false });
+            }
+        }
         if self.stop_deadline.is_some_and(|d| d <= now) {
             self.stop_deadline = None;
             self.signal(MAIN, libc::SIGKILL);
@@ -796,7 +844,7 @@ impl Shim {
             Msg::Top | Msg::Stats if self.vm.is_some() => {
                 let sid = self.next_session;
                 self.next_session += 1;
-                self.requests.insert(sid, id);
+                self.requests.insert(sid, (id, Instant::now() + AGENT_QUERY_TIMEOUT));
                 if let Some(vm) = self.vm.as_mut() {
                     vm.send(sid, &msg);
                 }
@@ -825,7 +873,8 @@ impl Shim {
         let client = if x.detach { 0 } else { id };
         if main.child.is_none() {
             // inside the VM: the agent runs it; its Started/Exit come back on `sid`
-            self.sessions.insert(sid, Session { proc: Proc::remote(x.tty), client, exit: None, pending: Some(id) });
+            let pending = Some((id, Instant::now() + AGENT_EXEC_TIMEOUT));
+            self.sessions.insert(sid, Session { proc: Proc::remote(x.tty), client, exit: None, pending });
             if let Some(c) = self.clients.get_mut(&id) {
                 c.role = Role::Exec(sid);
             }
@@ -963,14 +1012,14 @@ impl Shim {
             _ => return,
         }
         let Ok(m) = f.msg() else { return };
-        if let Some(cid) = self.requests.remove(&sid) {
+        if let Some((cid, _)) = self.requests.remove(&sid) {
             self.finish_oneshot(cid, m);
             return;
         }
         match m {
             Msg::Started { pid } => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    if let Some(id) = s.pending.take() {
+                    if let Some((id, _)) = s.pending.take() {
                         let detach = s.client == 0;
                         self.exec_started(id, sid, pid, detach);
                     }
@@ -978,7 +1027,7 @@ impl Shim {
             }
             Msg::Error { message } => {
                 if let Some(s) = self.sessions.get(&sid) {
-                    let cid = s.pending.unwrap_or(s.client);
+                    let cid = s.pending.map(|(c, _)| c).unwrap_or(s.client);
                     self.reply(cid, Msg::Error { message });
                 }
             }
@@ -987,7 +1036,7 @@ impl Shim {
                 if sid == MAIN {
                     self.main_exited(code, oom_killed);
                 } else if let Some(s) = self.sessions.remove(&sid) {
-                    let cid = s.pending.unwrap_or(s.client);
+                    let cid = s.pending.map(|(c, _)| c).unwrap_or(s.client);
                     self.finish_oneshot(cid, Msg::Exit { code, oom_killed: false });
                 }
             }

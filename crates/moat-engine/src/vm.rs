@@ -97,6 +97,10 @@ pub struct VmLink {
     pub vm: moat_vm::launch::Vm,
     /// pidfd of QEMU.
     pub qemu_pidfd: OwnedFd,
+    /// pidfd of virtiofsd (the container's root filesystem).
+    pub virtiofsd_pidfd: OwnedFd,
+    /// Why the VM is being ended, when the host ended it (set before QEMU is killed).
+    pub failure: Option<String>,
     /// Frames from the agent.
     pub dec: Decoder,
     /// Bytes queued to the agent.
@@ -162,8 +166,9 @@ impl VmLink {
                 return Err(vmerr(e));
             }
         };
-        let qemu_pidfd = match pidfd_of(vm.qemu.id()) {
-            Ok(fd) => fd,
+        let pidfds = pidfd_of(vm.qemu.id()).and_then(|q| Ok((q, pidfd_of(vm.virtiofsd.id())?)));
+        let (qemu_pidfd, virtiofsd_pidfd) = match pidfds {
+            Ok(fds) => fds,
             Err(e) => {
                 let mut vm = vm;
                 let _ = vm.qemu.kill();
@@ -177,6 +182,8 @@ impl VmLink {
         let mut link = VmLink {
             vm,
             qemu_pidfd,
+            virtiofsd_pidfd,
+            failure: None,
             dec: Decoder::default(),
             out: Vec::new(),
             console,
@@ -221,13 +228,20 @@ impl VmLink {
             let mut fds = [
                 libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
                 libc::pollfd { fd: self.qemu_pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.virtiofsd_pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
             ];
             // SAFETY: poll over our array
-            unsafe { libc::poll(fds.as_mut_ptr(), 2, left.as_millis().min(i32::MAX as u128) as i32) };
+            unsafe { libc::poll(fds.as_mut_ptr(), 3, left.as_millis().min(i32::MAX as u128) as i32) };
             if fds[1].revents != 0 {
                 return Err(EngineError::Shim(format!(
                     "the utility VM exited during start-up; guest console: {}",
                     moat_vm::launch::console_tail(&self.console, 8)
+                )));
+            }
+            if fds[2].revents != 0 {
+                return Err(EngineError::Shim(format!(
+                    "virtiofsd (the utility VM's file server) exited during start-up: {}",
+                    moat_vm::launch::console_tail(&self.console, 4)
                 )));
             }
             if fds[0].revents != 0 {
@@ -241,15 +255,32 @@ impl VmLink {
         }
     }
 
+    /// Writes what is queued for the agent, waiting at most 5 s for a guest
+    /// that does not read (a wedged guest must never wedge the shim).
     fn flush_blocking(&mut self) -> Result<(), EngineError> {
-        if self.out.is_empty() {
-            return Ok(());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.out.is_empty() {
+            match self.vm.channel.write(&self.out) {
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        self.out.clear();
+                        return Err(EngineError::Shim("the utility VM does not read its channel".into()));
+                    }
+                    let mut p = libc::pollfd { fd: self.vm.channel.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                    // SAFETY: poll one fd of ours
+                    unsafe { libc::poll(&mut p, 1, left.as_millis() as i32) };
+                }
+                Err(e) => {
+                    self.out.clear();
+                    return Err(EngineError::Io("agent channel".into(), e));
+                }
+            }
         }
-        self.vm.channel.set_nonblocking(false).map_err(EngineError::io("agent channel"))?;
-        let r = self.vm.channel.write_all(&self.out).map_err(EngineError::io("agent channel"));
-        self.out.clear();
-        self.vm.channel.set_nonblocking(true).map_err(EngineError::io("agent channel"))?;
-        r
+        Ok(())
     }
 
     /// Queues a control message.
@@ -270,6 +301,21 @@ impl VmLink {
         // SAFETY: wait up to 5 s for QEMU to exit
         unsafe { libc::poll(&mut p, 1, 5000) };
         self.kill();
+    }
+
+    /// virtiofsd exited while the VM ran: the guest's root filesystem is
+    /// gone, so the VM is ended (its QEMU exit then reports this reason).
+    pub fn fs_died(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        let how = match self.vm.virtiofsd.wait() {
+            Ok(s) if s.signal().is_some() => format!("was killed by signal {}", s.signal().unwrap_or(9)),
+            Ok(s) => format!("exited with {s}"),
+            Err(e) => format!("vanished ({e})"),
+        };
+        self.failure = Some(format!(
+            "virtiofsd (the utility VM's file server) {how}: the container's filesystem was gone, so its VM was stopped"
+        ));
+        let _ = self.vm.qemu.kill();
     }
 
     /// Kills and reaps QEMU and virtiofsd.
@@ -295,9 +341,12 @@ impl VmLink {
             }
             None => (255, "qemu vanished".into()),
         };
-        let what = if panic { "guest kernel panic" } else { "the utility VM stopped unexpectedly" };
         let _ = self.vm.virtiofsd.kill();
         let _ = self.vm.virtiofsd.wait();
+        if let Some(f) = self.failure.take() {
+            return (137, f);
+        }
+        let what = if panic { "guest kernel panic" } else { "the utility VM stopped unexpectedly" };
         (code, format!("{what} ({how}); guest console: {tail}"))
     }
 }

@@ -296,3 +296,43 @@ fn state_is_readable_by_root_only() {
     // root itself still reads everything
     assert!(r.ok(&["logs", "secret"]).contains("logged-secret"));
 }
+
+fn vm_pid(r: &Root, name: &str, key: &str) -> i32 {
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", name])).unwrap();
+    v[0]["VM"][key].as_i64().unwrap_or_else(|| panic!("{key} of {name}: {v}")) as i32
+}
+
+/// A killed virtiofsd ends its VM container with the reason recorded; a
+/// wedged guest makes queries fail within their timeout, not hang.
+#[test]
+fn dead_virtiofsd_and_wedged_guest_hyperv() {
+    let r = root_with_busybox();
+    r.ok(&["run", "-d", "--name", "fs", "--isolation", "hyperv", "busybox", "sleep", "600"]);
+    let vfsd = vm_pid(&r, "fs", "VirtiofsdPid");
+    let qemu = vm_pid(&r, "fs", "QemuPid");
+    assert_eq!(unsafe { libc::kill(vfsd, libc::SIGKILL) }, 0);
+    wait_until("the container to end", 30, || {
+        r.ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"]).contains("fs exited")
+    });
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "fs"])).unwrap();
+    let err = v[0]["State"]["Error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("virtiofsd"), "{err}");
+    wait_until("QEMU to be gone", 10, || !std::path::Path::new(&format!("/proc/{qemu}")).exists());
+    let t = std::time::Instant::now();
+    let e = r.fails(&["exec", "fs", "ls", "/"]);
+    assert!(e.contains("not running"), "{e}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+
+    r.ok(&["run", "-d", "--name", "wedged", "--isolation", "hyperv", "busybox", "sleep", "600"]);
+    let qemu = vm_pid(&r, "wedged", "QemuPid");
+    assert_eq!(unsafe { libc::kill(qemu, libc::SIGSTOP) }, 0);
+    let t = std::time::Instant::now();
+    let o = r.run(&["top", "wedged"]);
+    let took = t.elapsed();
+    assert_eq!(unsafe { libc::kill(qemu, libc::SIGCONT) }, 0);
+    assert_fails_one_line(&o, "top of a wedged guest");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("did not answer"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+    // and it serves again once the guest runs
+    assert!(r.ok(&["top", "wedged"]).contains("sleep 600"));
+}
