@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-const ROOT_MOUNT: &str = "/run/moat/root";
+use moat_proto::GUEST_ROOT as ROOT_MOUNT;
 
 fn log(msg: &str) {
     let _ = std::io::stderr().write_all(format!("moat-agent: {msg}\n").as_bytes());
@@ -467,9 +467,9 @@ fn stage2() -> Result<(), String> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
     mnt("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
-    let port = open_port("ctl0")?;
-    mnt("rootfs", ROOT_MOUNT, "virtiofs", MsFlags::empty(), None)?;
-    let _ = std::fs::create_dir_all("/run/moat/ctr");
+    let port = open_port(moat_proto::CONTROL_PORT)?;
+    mnt(moat_proto::VIRTIOFS_TAG, ROOT_MOUNT, "virtiofs", MsFlags::empty(), None)?;
+    let _ = std::fs::create_dir_all(moat_proto::GUEST_CTR_ROOT);
     nonblock(port.as_raw_fd());
     let own_pidns = spawn::own_pidns().map_err(|e| e.to_string())?;
     let mut a = Agent {

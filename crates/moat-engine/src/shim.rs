@@ -89,6 +89,7 @@ enum Tok {
     Vm,
     Qemu,
     Virtiofsd,
+    Qmp,
 }
 
 /// Session number of the main process.
@@ -107,6 +108,8 @@ struct Shim {
     /// Stream bytes received from the agent and not yet credited back.
     owed: HashMap<u32, u64>,
     hard_deadline: Option<Instant>,
+    /// virtiofsd exited: unless QEMU exits by then, that ends the VM.
+    fs_gone_at: Option<Instant>,
     /// Port proxies (killed when the container stops).
     proxies: Vec<std::process::Child>,
     log: LogWriter,
@@ -273,6 +276,7 @@ impl Shim {
             requests: HashMap::new(),
             owed: HashMap::new(),
             hard_deadline: None,
+            fs_gone_at: None,
             proxies: Vec::new(),
             log,
             state_file,
@@ -541,7 +545,8 @@ impl Shim {
                 let ev = libc::POLLIN | if vm.out.is_empty() { 0 } else { libc::POLLOUT };
                 add(vm.vm.channel.as_raw_fd(), ev, Tok::Vm, &mut fds);
                 add(vm.qemu_pidfd.as_raw_fd(), libc::POLLIN, Tok::Qemu, &mut fds);
-                if vm.failure.is_none() {
+                add(vm.vm.qmp.as_raw_fd(), libc::POLLIN, Tok::Qmp, &mut fds);
+                if vm.failure.is_none() && self.fs_gone_at.is_none() {
                     add(vm.virtiofsd_pidfd.as_raw_fd(), libc::POLLIN, Tok::Virtiofsd, &mut fds);
                 }
             }
@@ -551,8 +556,11 @@ impl Shim {
                 .values()
                 .map(|(_, d)| *d)
                 .chain(self.sessions.values().filter_map(|s| s.pending.map(|(_, d)| d)));
-            let deadline =
-                [self.stop_deadline, self.restart_at, self.hard_deadline].into_iter().flatten().chain(answers).min();
+            let deadline = [self.stop_deadline, self.restart_at, self.hard_deadline, self.fs_gone_at]
+                .into_iter()
+                .flatten()
+                .chain(answers)
+                .min();
             let timeout =
                 deadline.map(|d| d.saturating_duration_since(now).as_millis().min(60_000) as i32).unwrap_or(-1);
             // SAFETY: fds is a valid array of pollfd
@@ -578,11 +586,14 @@ impl Shim {
                     Tok::Pidfd(sid) => self.reap(sid),
                     Tok::Vm => self.vm_io(r, &mut buf),
                     Tok::Qemu => self.vm_died(),
-                    Tok::Virtiofsd => {
+                    Tok::Qmp => {
                         if let Some(vm) = self.vm.as_mut() {
-                            vm.fs_died();
+                            vm.qmp_io();
                         }
                     }
+                    // virtiofsd also exits when QEMU goes away: QEMU's own end,
+                    // if it comes within a second, is the real cause
+                    Tok::Virtiofsd => self.fs_gone_at = Some(Instant::now() + Duration::from_secs(1)),
                 }
             }
             self.grant_credit();
@@ -593,6 +604,12 @@ impl Shim {
 
     fn timers(&mut self) {
         let now = Instant::now();
+        if self.fs_gone_at.is_some_and(|d| d <= now) {
+            self.fs_gone_at = None;
+            if let Some(vm) = self.vm.as_mut() {
+                vm.fs_died();
+            }
+        }
         // a guest that does not answer: clients get a clear error, not a hang
         let late: Vec<u32> = self.requests.iter().filter(|(_, (_, d))| *d <= now).map(|(s, _)| *s).collect();
         for sid in late {

@@ -15,8 +15,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Where the guest mounts the virtio-fs export.
-pub const GUEST_ROOT: &str = "/run/moat/root";
+pub use moat_proto::GUEST_ROOT;
 
 fn vmerr(e: moat_vm::VmError) -> EngineError {
     EngineError::Shim(e.to_string())
@@ -61,7 +60,7 @@ pub fn prepare_root(spec: &Spec) -> Result<PathBuf, EngineError> {
 pub fn guest_spec(spec: &Spec) -> Spec {
     let mut g = spec.clone();
     g.rootfs = Rootfs::Dir(PathBuf::from(GUEST_ROOT));
-    g.rootfs_target = PathBuf::from("/run/moat/ctr");
+    g.rootfs_target = PathBuf::from(moat_proto::GUEST_CTR_ROOT);
     g.mounts.retain(|m| matches!(m, Mount::Tmpfs { .. }));
     g.etc_files.clear();
     g.devices.clear();
@@ -101,6 +100,13 @@ pub struct VmLink {
     pub virtiofsd_pidfd: OwnedFd,
     /// Why the VM is being ended, when the host ended it (set before QEMU is killed).
     pub failure: Option<String>,
+    /// What QMP said about the guest: unparsed bytes, the last `SHUTDOWN`
+    /// reason, and whether `GUEST_PANICKED` came.
+    qmp_buf: Vec<u8>,
+    /// The reason of QEMU's last `SHUTDOWN` event (`guest-shutdown`, `guest-reset`, ...).
+    pub shutdown_reason: Option<String>,
+    /// The guest reported a panic through a panic device.
+    pub panicked: bool,
     /// Frames from the agent.
     pub dec: Decoder,
     /// Bytes queued to the agent.
@@ -136,6 +142,7 @@ impl VmLink {
         let agent = moat_vm::initramfs::find_agent().map_err(vmerr)?;
         let initramfs = moat_vm::initramfs::build(&kernel, &agent, &kdir).map_err(vmerr)?;
         let (accel, _) = moat_vm::accel::detect();
+        let uid = moat_vm::qemu::vm_uid(id);
         let (mem_mib, vcpus) = sizing(cfg);
         let dir = layout.container(id);
         let console = dir.join("console.log");
@@ -148,7 +155,7 @@ impl VmLink {
         let vc = moat_vm::launch::VmConfig {
             kernel: kernel.clone(),
             initramfs,
-            accel: accel.to_string(),
+            accel,
             mem_mib,
             vcpus,
             rootfs: root.to_path_buf(),
@@ -156,6 +163,7 @@ impl VmLink {
             console_log: console.clone(),
             name: format!("moat-{}", &id[..12]),
             nics,
+            uid,
         };
         let taps: Vec<String> = vc.nics.iter().map(|(t, _)| t.clone()).collect();
         let drop_taps = || taps.iter().for_each(|t| moat_net::link::del_link(t));
@@ -184,12 +192,19 @@ impl VmLink {
             qemu_pidfd,
             virtiofsd_pidfd,
             failure: None,
+            qmp_buf: Vec::new(),
+            shutdown_reason: None,
+            panicked: false,
             dec: Decoder::default(),
             out: Vec::new(),
             console,
-            accel: accel.into(),
+            accel: accel.to_string(),
             kernel: kernel.version,
         };
+        // QMP sends events only after capabilities negotiation; it waits in
+        // the socket until QEMU reads it after its greeting
+        let _ = link.vm.qmp.set_nonblocking(true);
+        let _ = link.vm.qmp.write_all(b"{\"execute\":\"qmp_capabilities\"}\n");
         match link.wait_for(0, boot_timeout(), |m| matches!(m, Msg::Ready)) {
             Ok(_) => Ok(link),
             Err(e) => {
@@ -326,27 +341,59 @@ impl VmLink {
         let _ = self.vm.virtiofsd.wait();
     }
 
-    /// QEMU's exit status as a description, after it exited.
+    /// Reads what QMP sent (events), keeping the facts about the guest's end.
+    pub fn qmp_io(&mut self) {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match self.vm.qmp.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.qmp_buf.extend_from_slice(&buf[..n]),
+            }
+        }
+        while let Some(i) = self.qmp_buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.qmp_buf.drain(..=i).collect();
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+            match v["event"].as_str() {
+                Some("SHUTDOWN") => self.shutdown_reason = v["data"]["reason"].as_str().map(str::to_string),
+                Some("GUEST_PANICKED") => self.panicked = true,
+                _ => {}
+            }
+        }
+        // a peer that floods us without newlines is not QEMU's QMP
+        if self.qmp_buf.len() > 1 << 20 {
+            self.qmp_buf.clear();
+        }
+    }
+
+    /// Why QEMU ended, after it exited, from what only QEMU and the host can
+    /// say (its exit status and its QMP events), never from the guest console,
+    /// which the container can write to.
     pub fn death(&mut self) -> (i32, String) {
         use std::os::unix::process::ExitStatusExt;
         let st = self.vm.qemu.wait().ok();
-        let tail = moat_vm::launch::console_tail(&self.console, 6);
-        let panic = tail.contains("Kernel panic");
-        let (code, how) = match st {
-            Some(s) if s.signal().is_some() => {
-                (128 + s.signal().unwrap_or(9), format!("qemu was killed by signal {}", s.signal().unwrap_or(9)))
-            }
-            Some(s) => {
-                (if s.code() == Some(0) { 255 } else { s.code().unwrap_or(255) }, format!("qemu exited with {s}"))
-            }
-            None => (255, "qemu vanished".into()),
-        };
+        self.qmp_io();
         let _ = self.vm.virtiofsd.kill();
         let _ = self.vm.virtiofsd.wait();
         if let Some(f) = self.failure.take() {
             return (137, f);
         }
-        let what = if panic { "guest kernel panic" } else { "the utility VM stopped unexpectedly" };
-        (code, format!("{what} ({how}); guest console: {tail}"))
+        let console = format!("guest console in {}", self.console.display());
+        if let Some(sig) = st.and_then(|s| s.signal()) {
+            return (128 + sig, format!("qemu was killed by signal {sig}; {console}"));
+        }
+        let what = match (self.panicked, self.shutdown_reason.as_deref()) {
+            (true, _) | (_, Some("guest-panic")) => "guest kernel panic".to_string(),
+            // the agent only ever powers off; with panic=-1 a panicking guest resets
+            (_, Some("guest-reset")) => "guest kernel panic (the guest reset itself)".to_string(),
+            (_, Some("guest-shutdown")) => "the utility VM powered off unexpectedly".to_string(),
+            (_, Some(r)) => format!("the utility VM stopped unexpectedly ({r})"),
+            (_, None) => "the utility VM stopped unexpectedly".to_string(),
+        };
+        let code = match st.and_then(|s| s.code()) {
+            Some(0) | None => 255,
+            Some(c) => c,
+        };
+        let how = st.map(|s| format!("qemu exited with {s}")).unwrap_or_else(|| "qemu vanished".into());
+        (code, format!("{what} ({how}); {console}"))
     }
 }

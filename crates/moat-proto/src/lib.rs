@@ -11,6 +11,15 @@ pub mod sock;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
+/// virtio-fs tag under which the host exports a VM container's root.
+pub const VIRTIOFS_TAG: &str = "rootfs";
+/// Name of the virtio-serial port the agent serves.
+pub const CONTROL_PORT: &str = "ctl0";
+/// Where the guest mounts the virtio-fs export.
+pub const GUEST_ROOT: &str = "/run/moat/root";
+/// Where the guest assembles the container's root before `pivot_root`.
+pub const GUEST_CTR_ROOT: &str = "/run/moat/ctr";
+
 /// Largest payload accepted in one frame.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Frame header size.

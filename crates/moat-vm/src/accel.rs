@@ -1,7 +1,9 @@
 //! Choosing the accelerator: KVM only when hardware virtualisation is really usable.
 
-/// `("kvm"|"tcg", reason)`: KVM needs a vmx/svm CPU flag *and* a `/dev/kvm` that opens.
-pub fn detect() -> (&'static str, String) {
+use crate::qemu::Accel;
+
+/// The accelerator and why: KVM needs a vmx/svm CPU flag *and* a `/dev/kvm` that opens.
+pub fn detect() -> (Accel, String) {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let flag = cpuinfo
         .lines()
@@ -10,10 +12,12 @@ pub fn detect() -> (&'static str, String) {
         .find(|f| *f == "vmx" || *f == "svm");
     let kvm = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
     match (flag, kvm) {
-        (Some(f), Ok(_)) => ("kvm", format!("{f} CPU flag present and /dev/kvm opens")),
-        (None, Ok(_)) => ("tcg", "/dev/kvm opens but the CPU has no vmx/svm flag (nested paravirtual host)".into()),
-        (Some(f), Err(e)) => ("tcg", format!("{f} CPU flag present but /dev/kvm does not open: {e}")),
-        (None, Err(e)) => ("tcg", format!("no vmx/svm CPU flag and /dev/kvm does not open: {e}")),
+        (Some(f), Ok(_)) => (Accel::Kvm, format!("{f} CPU flag present and /dev/kvm opens")),
+        (None, Ok(_)) => {
+            (Accel::Tcg, "/dev/kvm opens but the CPU has no vmx/svm flag (nested paravirtual host)".into())
+        }
+        (Some(f), Err(e)) => (Accel::Tcg, format!("{f} CPU flag present but /dev/kvm does not open: {e}")),
+        (None, Err(e)) => (Accel::Tcg, format!("no vmx/svm CPU flag and /dev/kvm does not open: {e}")),
     }
 }
 

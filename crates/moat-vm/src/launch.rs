@@ -4,9 +4,17 @@
 //! No paths are raced: the shim binds virtiofsd's listening socket itself,
 //! hands it to virtiofsd (`--fd`), and hands QEMU an already-connected client
 //! end of it; the agent channel is a socketpair whose other end QEMU gets as
-//! the virtio-serial port's chardev (`fd=`).
+//! the virtio-serial port's chardev (`fd=`); QMP and the NICs' taps are
+//! passed the same way.
+//!
+//! Least privilege: virtiofsd runs in its own namespace sandbox without
+//! `CAP_MKNOD`; QEMU runs in an empty network namespace (its taps are open
+//! descriptors), dies with its shim, and once it has opened everything it
+//! needs it chroots into an empty directory and becomes an unprivileged user
+//! of its own (see `qemu::vm_uid`), under QEMU's seccomp sandbox.
 
 use crate::kernel::Kernel;
+use crate::qemu::{self, Accel};
 use crate::VmError;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -27,8 +35,8 @@ pub struct VmConfig {
     pub kernel: Kernel,
     /// Initramfs with the agent.
     pub initramfs: PathBuf,
-    /// `kvm` or `tcg`.
-    pub accel: String,
+    /// Accelerator.
+    pub accel: Accel,
     /// Guest memory in MiB.
     pub mem_mib: u64,
     /// vCPUs.
@@ -43,6 +51,8 @@ pub struct VmConfig {
     pub name: String,
     /// Network cards: (tap device on a switch's bridge, MAC).
     pub nics: Vec<(String, String)>,
+    /// The unprivileged uid/gid QEMU becomes once started.
+    pub uid: u32,
 }
 
 /// A running VM.
@@ -53,6 +63,8 @@ pub struct Vm {
     pub virtiofsd: Child,
     /// The agent channel.
     pub channel: UnixStream,
+    /// QEMU's QMP connection.
+    pub qmp: UnixStream,
 }
 
 /// Looks for a program: an environment override, then PATH, then extra places.
@@ -93,63 +105,90 @@ fn pass_fds(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
-/// The QEMU command line for `cfg`, with the agent channel as fd 3 and the
-/// virtiofsd connection as fd 4.
-pub fn qemu_args(cfg: &VmConfig, tsc_khz: Option<u64>) -> Vec<String> {
-    let mem = cfg.mem_mib;
+/// The guest kernel command line.
+pub fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
     let mut append =
         String::from("console=ttyS0 panic=-1 quiet tsc=reliable cryptomgr.notests mitigations=off pci=off");
     if let Some(k) = tsc_khz {
         append.push_str(&format!(" tsc_early_khz={k}"));
     }
-    let accel = if cfg.accel == "kvm" { vec!["-accel", "kvm", "-cpu", "host"] } else { vec!["-accel", "tcg"] };
-    let mut a: Vec<String> = accel.into_iter().map(String::from).collect();
-    a.extend([
-        "-name".into(),
-        cfg.name.clone(),
-        "-smp".into(),
-        cfg.vcpus.to_string(),
-        "-m".into(),
-        format!("{mem}M"),
-        "-M".into(),
-        "microvm,pit=on,pic=on,rtc=on,memory-backend=mem".into(),
-        "-object".into(),
-        format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
-        "-global".into(),
-        "virtio-mmio.force-legacy=false".into(),
-        "-nodefaults".into(),
-        "-no-user-config".into(),
-        "-display".into(),
-        "none".into(),
-        "-serial".into(),
-        "stdio".into(),
-        "-kernel".into(),
-        cfg.kernel.vmlinux.display().to_string(),
-        "-initrd".into(),
-        cfg.initramfs.display().to_string(),
-        "-append".into(),
-        append,
-        "-device".into(),
-        "virtio-serial-device".into(),
-        "-chardev".into(),
-        "socket,id=ctl,fd=3".into(),
-        "-device".into(),
-        "virtserialport,chardev=ctl,name=ctl0".into(),
-        "-chardev".into(),
-        "socket,id=vfs,fd=4".into(),
-        "-device".into(),
-        "vhost-user-fs-device,chardev=vfs,tag=rootfs".into(),
-        "-no-reboot".into(),
-        "-sandbox".into(),
-        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
-    ]);
-    for (n, (tap, mac)) in cfg.nics.iter().enumerate() {
-        a.push("-netdev".into());
-        a.push(format!("tap,id=n{n},ifname={tap},script=no,downscript=no,vhost=off"));
-        a.push("-device".into());
-        a.push(format!("virtio-net-device,netdev=n{n},mac={mac}"));
+    append
+}
+
+/// The version of the QEMU binary at `bin` (`--version`).
+pub fn qemu_version(bin: &Path) -> Result<qemu::Version, VmError> {
+    let o =
+        Command::new(bin).arg("--version").output().map_err(VmError::io(format!("run {} --version", bin.display())))?;
+    let out = String::from_utf8_lossy(&o.stdout);
+    qemu::Version::parse(&out)
+        .ok_or_else(|| VmError::Command(format!("cannot read the version of {}: {out:?}", bin.display())))
+}
+
+/// The QEMU command for `cfg`: the agent channel as fd 3, the virtiofsd
+/// connection as fd 4, QMP as fd 5, the taps from fd 6 on.
+pub fn command(cfg: &VmConfig, version: qemu::Version, tsc_khz: Option<u64>) -> qemu::Command {
+    qemu::Command {
+        version,
+        accel: cfg.accel,
+        name: cfg.name.clone(),
+        vcpus: cfg.vcpus,
+        mem_mib: cfg.mem_mib,
+        memory: qemu::Memory::Memfd,
+        kernel: cfg.kernel.vmlinux.clone(),
+        initrd: cfg.initramfs.clone(),
+        append: kernel_cmdline(tsc_khz),
+        ctl_fd: 3,
+        vfs_fd: 4,
+        vfs_tag: moat_proto::VIRTIOFS_TAG.into(),
+        qmp_fd: Some(5),
+        nics: cfg
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(n, (_, mac))| qemu::Nic { fd: 6 + n as i32, mac: mac.clone() })
+            .collect(),
+        run_as: Some(qemu::RunAs { uid: cfg.uid, gid: cfg.uid, chroot: cfg.run_dir.join("empty") }),
     }
-    a
+}
+
+/// Opens the existing tap device `name` (attached to its bridge) for QEMU.
+pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, VmError> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(VmError::io("open /dev/net/tun"))?;
+    // SAFETY: ifreq is plain data; all-zero is valid
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(VmError::Command(format!("bad tap name {name:?}")));
+    }
+    for (i, b) in name.bytes().enumerate() {
+        ifr.ifr_name[i] = b as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+    // SAFETY: TUNSETIFF with a valid ifreq on our descriptor
+    if unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &ifr) } < 0 {
+        return Err(VmError::Io(format!("attach to tap {name}"), std::io::Error::last_os_error()));
+    }
+    Ok(f.into())
+}
+
+/// Makes the child die with the shim, and (for QEMU) gives it an empty
+/// network namespace of its own.
+fn confine(cmd: &mut Command, own_netns: bool) {
+    // SAFETY: only prctl and unshare (async-signal-safe) between fork and exec
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if own_netns && libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Starts virtiofsd and QEMU for `cfg`.
@@ -165,6 +204,11 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
     let vfs_client =
         moat_proto::sock::connect(&cfg.run_dir, "vfs.sock").map_err(VmError::io("connect virtiofsd socket"))?;
     let (ours, theirs) = UnixStream::pair().map_err(VmError::io("socketpair"))?;
+    let (qmp, qmp_theirs) = UnixStream::pair().map_err(VmError::io("socketpair"))?;
+    let taps: Vec<std::os::fd::OwnedFd> = cfg.nics.iter().map(|(t, _)| open_tap(t)).collect::<Result<_, _>>()?;
+    let version = qemu_version(&qemu_bin)?;
+    let empty = cfg.run_dir.join("empty");
+    std::fs::create_dir_all(&empty).map_err(VmError::io(format!("create {}", empty.display())))?;
     let console = {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
@@ -180,20 +224,31 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
     let mut vfsd = Command::new(&vfsd_bin);
     vfsd.arg("--fd=3")
         .arg(format!("--shared-dir={}", cfg.rootfs.display()))
-        .args(["--cache=auto", "--xattr", "--announce-submounts", "--sandbox=none", "--log-level=error"])
+        .args([
+            "--cache=auto",
+            "--xattr",
+            "--announce-submounts",
+            "--sandbox=namespace",
+            "--modcaps=-mknod",
+            "--log-level=error",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vfs_log);
+    confine(&mut vfsd, false);
     pass_fds(&mut vfsd, vec![listener.as_raw_fd()]);
     let mut virtiofsd = vfsd.spawn().map_err(VmError::io(format!("start {}", vfsd_bin.display())))?;
     drop(listener);
 
     let mut q = Command::new(&qemu_bin);
-    q.args(qemu_args(cfg, crate::accel::tsc_khz()))
+    q.args(command(cfg, version, crate::accel::tsc_khz()).args())
         .stdin(Stdio::null())
         .stdout(console.try_clone().map_err(VmError::io("console"))?)
         .stderr(console);
-    pass_fds(&mut q, vec![theirs.as_raw_fd(), vfs_client.as_raw_fd()]);
+    confine(&mut q, true);
+    let mut fds = vec![theirs.as_raw_fd(), vfs_client.as_raw_fd(), qmp_theirs.as_raw_fd()];
+    fds.extend(taps.iter().map(|t| t.as_raw_fd()));
+    pass_fds(&mut q, fds);
     let qemu = match q.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -204,7 +259,9 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
     };
     drop(theirs);
     drop(vfs_client);
-    Ok(Vm { qemu, virtiofsd, channel: ours })
+    drop(qmp_theirs);
+    drop(taps);
+    Ok(Vm { qemu, virtiofsd, channel: ours, qmp })
 }
 
 /// The last lines of the guest console, for error messages.

@@ -7,6 +7,7 @@ pub mod accel;
 pub mod initramfs;
 pub mod kernel;
 pub mod launch;
+pub mod qemu;
 
 /// Errors of the VM layer.
 #[derive(Debug, thiserror::Error)]

@@ -957,7 +957,7 @@ pub fn inspect_json(e: &Engine, c: &Container) -> serde_json::Value {
                 o.remove("VirtiofsdPid");
             }
         }
-        v["Accelerator"] = serde_json::json!(moat_vm::accel::detect().0);
+        v["Accelerator"] = serde_json::json!(moat_vm::accel::detect().0.to_string());
         v
     } else {
         serde_json::Value::Null

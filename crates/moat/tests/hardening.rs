@@ -15,7 +15,7 @@ modes!(host_devices_cannot_be_opened, a_full_disk_keeps_reads_removal_and_exit_c
 /// cgroup's allow-list stands in the way); plus the guest's serial console,
 /// /dev/kmsg and virtio-serial ports. The standard nodes must still work.
 const DEVICE_PROBE: &str = r#"
-try() { if (exec 3<>"$1") 2>/dev/null; then echo "$2=open"; else echo "$2=denied"; fi; }
+try() { if [ -e "$1" ] && (exec 3<>"$1") 2>/dev/null; then echo "$2=open"; else echo "$2=denied"; fi; }
 mknod /dev/blk b 7 0 2>/dev/null; try /dev/blk dev-loop
 mknod /tmp/kvm c 10 232 2>/dev/null; try /tmp/kvm rootfs-kvm
 mknod /t/blk b 7 0; try /t/blk loop
@@ -335,4 +335,110 @@ fn dead_virtiofsd_and_wedged_guest_hyperv() {
     assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
     // and it serves again once the guest runs
     assert!(r.ok(&["top", "wedged"]).contains("sleep 600"));
+}
+
+fn status_field(pid: i32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let c = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    out
+}
+
+/// The VM boundary: a VM container cannot create device nodes on the host
+/// (virtiofsd has no CAP_MKNOD and runs namespaced), and QEMU runs as an
+/// unprivileged user without capabilities, chrooted, in an empty network
+/// namespace, under seccomp.
+#[test]
+fn qemu_and_virtiofsd_run_with_least_privilege_hyperv() {
+    let r = root_with_busybox();
+    let out = r.ok(&[
+        "run", "-d", "--name", "b", "--isolation", "hyperv", "busybox", "sh", "-c",
+        "mknod /blk b 7 0 2>/dev/null && echo made-block; mknod /chr c 1 3 2>/dev/null && echo made-char; mkfifo /fifo && echo made-fifo; sleep 600",
+    ]);
+    let id = out.trim().to_string();
+    wait_until("the container's mknods", 30, || r.ok(&["logs", "b"]).contains("made-fifo"));
+    let logs = r.ok(&["logs", "b"]);
+    assert!(!logs.contains("made-block") && !logs.contains("made-char"), "{logs}");
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let upper = walk(&r.path().join("containers").join(&id).join("upper"));
+    assert!(upper.iter().any(|p| p.ends_with("fifo")), "the container wrote to its upper dir: {upper:?}");
+    for p in upper {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        // overlayfs whiteouts are the only character devices allowed (0:0)
+        let whiteout = m.file_type().is_char_device() && m.rdev() == 0;
+        assert!(
+            !m.file_type().is_block_device() && (whiteout || !m.file_type().is_char_device()),
+            "device node on the host: {}",
+            p.display()
+        );
+    }
+    let qemu = vm_pid(&r, "b", "QemuPid");
+    let uid: u32 = status_field(qemu, "Uid:").split_whitespace().next().unwrap().parse().unwrap();
+    assert!(uid >= 0x5000_0000, "QEMU's uid {uid}");
+    assert_eq!(status_field(qemu, "CapEff:"), "0000000000000000");
+    assert_eq!(status_field(qemu, "NoNewPrivs:"), "1");
+    assert_eq!(status_field(qemu, "Seccomp:"), "2");
+    let qroot = std::fs::read_link(format!("/proc/{qemu}/root")).unwrap();
+    assert!(qroot.ends_with("empty") && std::fs::read_dir(&qroot).unwrap().next().is_none(), "{}", qroot.display());
+    let ns = |pid: i32, n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap();
+    let me = std::process::id() as i32;
+    assert_ne!(ns(qemu, "net"), ns(me, "net"), "QEMU has a network namespace of its own");
+    // virtiofsd: the namespace sandbox's worker, without CAP_MKNOD
+    let vfsd = vm_pid(&r, "b", "VirtiofsdPid");
+    let workers = children(vfsd);
+    assert!(!workers.is_empty(), "virtiofsd's sandbox forks a worker");
+    for w in workers {
+        let caps = u64::from_str_radix(&status_field(w, "CapEff:"), 16).unwrap();
+        assert_eq!(caps & (1 << 27), 0, "virtiofsd worker has CAP_MKNOD: {caps:x}");
+        assert_ne!(ns(w, "mnt"), ns(me, "mnt"), "virtiofsd worker has its own mount namespace");
+    }
+    assert_eq!(u64::from_str_radix(&status_field(vfsd, "CapEff:"), 16).unwrap() & (1 << 27), 0);
+}
+
+/// The recorded end of a VM comes from QEMU (exit status, QMP events), not
+/// from the guest console, which a container can write to.
+#[test]
+fn vm_crash_reasons_cannot_be_forged_hyperv() {
+    let r = root_with_busybox();
+    let error = |name: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", name])).unwrap();
+        v[0]["State"]["Error"].as_str().unwrap_or_default().to_string()
+    };
+    let o = r.run(&[
+        "run",
+        "--name",
+        "pan",
+        "--privileged",
+        "--isolation",
+        "hyperv",
+        "busybox",
+        "sh",
+        "-c",
+        "echo c > /proc/sysrq-trigger; sleep 30",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(error("pan").contains("guest kernel panic"), "{}", error("pan"));
+    let o = r.run(&[
+        "run",
+        "--name",
+        "forge",
+        "--privileged",
+        "--isolation",
+        "hyperv",
+        "busybox",
+        "sh",
+        "-c",
+        "echo 'Kernel panic - not syncing: forged' > /dev/kmsg; echo o > /proc/sysrq-trigger; sleep 30",
+    ]);
+    assert_ne!(o.status.code(), Some(0));
+    let e = error("forge");
+    assert!(!e.contains("panic"), "a forged console line decided the reason: {e}");
+    assert!(e.contains("powered off"), "{e}");
 }

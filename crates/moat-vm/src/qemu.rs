@@ -1,0 +1,264 @@
+//! QEMU's command line as values: the machine, accelerator, memory backend,
+//! devices and the privilege drop are fields that render to arguments, so a
+//! new device set (a template restore, a block root) is one more field, and
+//! the exact argv has a unit test.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// The hypervisor accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Hardware virtualisation through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        })
+    }
+}
+
+/// A QEMU version (`major.minor.patch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl Version {
+    /// Parses `QEMU emulator version 7.2.22 (Debian ...)`.
+    pub fn parse(banner: &str) -> Option<Self> {
+        let v = banner.split("version").nth(1)?.split_whitespace().next()?;
+        let mut n = v.split('.').map(|p| p.parse::<u32>().ok());
+        Some(Self(n.next()??, n.next().flatten().unwrap_or(0), n.next().flatten().unwrap_or(0)))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// Guest RAM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Memory {
+    /// An anonymous shared memfd (cold boot).
+    Memfd,
+    /// A file (a template's RAM, or a clone's copy of it).
+    File(PathBuf),
+}
+
+/// Dropping privileges once QEMU has opened what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// User and group ID QEMU switches to.
+    pub uid: u32,
+    /// Group ID.
+    pub gid: u32,
+    /// An empty directory QEMU chroots into.
+    pub chroot: PathBuf,
+}
+
+/// A NIC: a tap device passed as a descriptor, and its MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// Descriptor number of the open tap in QEMU.
+    pub fd: i32,
+    /// MAC address.
+    pub mac: String,
+}
+
+/// Everything that shapes one QEMU process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// The QEMU version the arguments are for.
+    pub version: Version,
+    /// Accelerator.
+    pub accel: Accel,
+    /// `-name` (shown in the host's process list).
+    pub name: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// Memory backend.
+    pub memory: Memory,
+    /// Guest kernel (ELF vmlinux, PVH boot).
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Kernel command line.
+    pub append: String,
+    /// Descriptor of the agent channel (virtio-serial port `ctl0`).
+    pub ctl_fd: i32,
+    /// Descriptor of the connection to virtiofsd.
+    pub vfs_fd: i32,
+    /// virtio-fs tag.
+    pub vfs_tag: String,
+    /// Descriptor of the QMP connection.
+    pub qmp_fd: Option<i32>,
+    /// NICs.
+    pub nics: Vec<Nic>,
+    /// Privilege drop.
+    pub run_as: Option<RunAs>,
+}
+
+impl Command {
+    /// The arguments (without the program).
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |k: &str, v: String| {
+            a.push(k.to_string());
+            a.push(v);
+        };
+        match self.accel {
+            Accel::Kvm => {
+                push("-accel", "kvm".into());
+                push("-cpu", "host".into());
+            }
+            Accel::Tcg => push("-accel", "tcg".into()),
+        }
+        push("-name", self.name.clone());
+        push("-smp", self.vcpus.to_string());
+        push("-m", format!("{}M", self.mem_mib));
+        push("-M", "microvm,pit=on,pic=on,rtc=on,memory-backend=mem".into());
+        let mem = match &self.memory {
+            Memory::Memfd => format!("memory-backend-memfd,id=mem,size={}M,share=on", self.mem_mib),
+            Memory::File(p) => {
+                format!("memory-backend-file,id=mem,size={}M,mem-path={},share=on", self.mem_mib, p.display())
+            }
+        };
+        push("-object", mem);
+        push("-global", "virtio-mmio.force-legacy=false".into());
+        a.extend(["-nodefaults", "-no-user-config"].map(String::from));
+        let mut push = |k: &str, v: String| {
+            a.push(k.to_string());
+            a.push(v);
+        };
+        push("-display", "none".into());
+        push("-serial", "stdio".into());
+        push("-kernel", self.kernel.display().to_string());
+        push("-initrd", self.initrd.display().to_string());
+        push("-append", self.append.clone());
+        push("-device", "virtio-serial-device".into());
+        push("-chardev", format!("socket,id=ctl,fd={}", self.ctl_fd));
+        push("-device", format!("virtserialport,chardev=ctl,name={}", moat_proto::CONTROL_PORT));
+        push("-chardev", format!("socket,id=vfs,fd={}", self.vfs_fd));
+        push("-device", format!("vhost-user-fs-device,chardev=vfs,tag={}", self.vfs_tag));
+        if let Some(fd) = self.qmp_fd {
+            push("-chardev", format!("socket,id=qmp,fd={fd}"));
+            push("-mon", "chardev=qmp,mode=control".into());
+        }
+        for (n, nic) in self.nics.iter().enumerate() {
+            push("-netdev", format!("tap,id=n{n},fd={},vhost=off", nic.fd));
+            push("-device", format!("virtio-net-device,netdev=n{n},mac={}", nic.mac));
+        }
+        a.push("-no-reboot".into());
+        let mut push = |k: &str, v: String| {
+            a.push(k.to_string());
+            a.push(v);
+        };
+        // the privilege drop itself calls set*id (denied by `deny` and, in
+        // QEMU 7.2, by `children` too); once QEMU is an unprivileged uid
+        // without capabilities, set*id cannot give anything back
+        let elevate = if self.run_as.is_some() { "allow" } else { "deny" };
+        push("-sandbox", format!("on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"));
+        if let Some(r) = &self.run_as {
+            let user = format!("{}:{}", r.uid, r.gid);
+            // -chroot became -run-with chroot= in 8.1; -runas became -run-with user= in 9.1
+            if self.version >= Version(9, 1, 0) {
+                push("-run-with", format!("user={user},chroot={}", r.chroot.display()));
+            } else if self.version >= Version(8, 1, 0) {
+                push("-run-with", format!("chroot={}", r.chroot.display()));
+                push("-runas", user);
+            } else {
+                push("-chroot", r.chroot.display().to_string());
+                push("-runas", user);
+            }
+        }
+        a
+    }
+}
+
+/// The unprivileged user a VM's QEMU runs as: one ID per container (from
+/// its ID) in a range no distribution allocates, so no two VMs share a uid
+/// and none shares one with a host account.
+pub fn vm_uid(container_id: &str) -> u32 {
+    let h = u32::from_str_radix(container_id.get(..6).unwrap_or("0"), 16).unwrap_or(0);
+    BASE_UID + (h & 0x00ff_ffff)
+}
+
+/// First uid of the range [`vm_uid`] uses.
+pub const BASE_UID: u32 = 0x5000_0000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd(version: Version) -> Command {
+        Command {
+            version,
+            accel: Accel::Tcg,
+            name: "moat-abc".into(),
+            vcpus: 1,
+            mem_mib: 256,
+            memory: Memory::Memfd,
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd.cpio".into(),
+            append: "console=ttyS0".into(),
+            ctl_fd: 3,
+            vfs_fd: 4,
+            vfs_tag: "rootfs".into(),
+            qmp_fd: Some(5),
+            nics: vec![Nic { fd: 6, mac: "02:42:0a:00:00:02".into() }],
+            run_as: Some(RunAs { uid: 1_342_177_280, gid: 1_342_177_280, chroot: "/r/empty".into() }),
+        }
+    }
+
+    #[test]
+    fn exact_argv() {
+        let a = cmd(Version(7, 2, 22)).args().join(" ");
+        assert_eq!(
+            a,
+            "-accel tcg -name moat-abc -smp 1 -m 256M -M microvm,pit=on,pic=on,rtc=on,memory-backend=mem \
+             -object memory-backend-memfd,id=mem,size=256M,share=on -global virtio-mmio.force-legacy=false \
+             -nodefaults -no-user-config -display none -serial stdio -kernel /k/vmlinux -initrd /k/initrd.cpio \
+             -append console=ttyS0 -device virtio-serial-device -chardev socket,id=ctl,fd=3 \
+             -device virtserialport,chardev=ctl,name=ctl0 -chardev socket,id=vfs,fd=4 \
+             -device vhost-user-fs-device,chardev=vfs,tag=rootfs -chardev socket,id=qmp,fd=5 \
+             -mon chardev=qmp,mode=control -netdev tap,id=n0,fd=6,vhost=off \
+             -device virtio-net-device,netdev=n0,mac=02:42:0a:00:00:02 -no-reboot \
+             -sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny \
+             -chroot /r/empty -runas 1342177280:1342177280"
+        );
+    }
+
+    #[test]
+    fn versions_and_variants() {
+        assert!(cmd(Version(10, 0, 2))
+            .args()
+            .join(" ")
+            .ends_with("-run-with user=1342177280:1342177280,chroot=/r/empty"));
+        let mid = cmd(Version(8, 2, 0)).args().join(" ");
+        assert!(mid.ends_with("-run-with chroot=/r/empty -runas 1342177280:1342177280"), "{mid}");
+        let mut k = cmd(Version(10, 0, 2));
+        k.accel = Accel::Kvm;
+        k.memory = Memory::File("/dev/shm/t.ram".into());
+        let a = k.args().join(" ");
+        assert!(a.starts_with("-accel kvm -cpu host "));
+        assert!(a.contains("memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/t.ram,share=on"));
+        assert_eq!(
+            Version::parse("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"),
+            Some(Version(7, 2, 22))
+        );
+        assert_eq!(Version::parse("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2)"), Some(Version(10, 0, 2)));
+        assert_eq!(Version::parse("garbage"), None);
+        assert_ne!(vm_uid(&"ab".repeat(32)), vm_uid(&"cd".repeat(32)));
+        assert!(vm_uid(&"ff".repeat(32)) >= BASE_UID);
+    }
+}
