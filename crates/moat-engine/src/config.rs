@@ -156,6 +156,9 @@ pub struct ContainerConfig {
     /// `--device` nodes (process isolation only).
     #[serde(default)]
     pub devices: Vec<moat_runtime::devices::DeviceNode>,
+    /// How the log is kept.
+    #[serde(default)]
+    pub log: crate::logs::LogConfig,
 }
 
 impl ContainerConfig {

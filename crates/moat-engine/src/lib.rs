@@ -15,6 +15,7 @@ pub mod settings;
 pub mod shim;
 pub mod spec;
 pub mod statefile;
+pub mod validate;
 pub mod vm;
 
 use chrono::Utc;
@@ -239,6 +240,7 @@ impl Engine {
 
     /// Records a new container from `image` (resolved now) with `cfg`.
     pub fn create(&mut self, name: Option<&str>, mut cfg: ContainerConfig) -> Result<Container, EngineError> {
+        validate::config(&cfg)?;
         let image = self.images.resolve(&cfg.image)?;
         let head: serde_json::Value = serde_json::from_slice(&image.config).unwrap_or_default();
         let icfg = &head["config"];
@@ -459,7 +461,12 @@ impl Engine {
             }
             other => return Err(EngineError::Shim(format!("unexpected reply from shim: {other:?}"))),
         }
-        let c = self.get(c.id())?;
+        // a fast `--rm` container may already be gone: its exit is queued on `conn`
+        let c = match self.get(c.id()) {
+            Ok(now) => now,
+            Err(EngineError::NoSuchContainer(_)) => c,
+            Err(e) => return Err(e),
+        };
         Ok((c, conn))
     }
 

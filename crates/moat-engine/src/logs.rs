@@ -1,5 +1,7 @@
 //! Container logs in docker's json-file format: one JSON object per line,
-//! `{"log":"text\n","stream":"stdout","time":"…"}`.
+//! `{"log":"text\n","stream":"stdout","time":"…"}`, rotated like Docker's
+//! `max-size`/`max-file` options: `<id>-json.log` is the current file,
+//! `<id>-json.log.1` the one before, and so on; readers go oldest first.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -17,9 +19,77 @@ pub struct Record {
     pub time: DateTime<Utc>,
 }
 
-/// Appends records, splitting output into lines.
+/// How a container's log is kept (`--log-driver`, `--log-opt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogConfig {
+    /// `json-file` or `none`.
+    pub driver: String,
+    /// Rotate once the current file would exceed this many bytes.
+    pub max_size: u64,
+    /// Files kept, the current one included.
+    pub max_file: u32,
+}
+
+impl Default for LogConfig {
+    /// 20 MiB × 5 files (Docker's `local` driver): a noisy container costs
+    /// at most about 100 MiB of disk.
+    fn default() -> Self {
+        Self { driver: "json-file".into(), max_size: 20 << 20, max_file: 5 }
+    }
+}
+
+impl LogConfig {
+    /// Applies `--log-driver` and `--log-opt KEY=VALUE` values.
+    pub fn parse(driver: Option<&str>, opts: &[String]) -> Result<Self, String> {
+        let mut c = Self::default();
+        if let Some(d) = driver {
+            match d {
+                "json-file" | "none" => c.driver = d.into(),
+                _ => return Err(format!("log driver {d:?} is not supported: use json-file or none")),
+            }
+        }
+        for o in opts {
+            let (k, v) = o.split_once('=').ok_or_else(|| format!("invalid log option {o:?}: use KEY=VALUE"))?;
+            match k {
+                "max-size" => {
+                    c.max_size = moat_core::human::parse_size(v).map_err(|e| format!("log option max-size: {e}"))?;
+                    if c.max_size < 1024 {
+                        return Err(format!("log option max-size={v} is below the minimum of 1k"));
+                    }
+                }
+                "max-file" => {
+                    c.max_file = v
+                        .parse()
+                        .ok()
+                        .filter(|n| *n >= 1)
+                        .ok_or_else(|| format!("log option max-file={v}: use a whole number of at least 1"))?;
+                }
+                _ => return Err(format!("unknown log option {k:?} for {}: use max-size or max-file", c.driver)),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Docker's `LogConfig.Config` map.
+    pub fn options(&self) -> std::collections::BTreeMap<String, String> {
+        [("max-size".to_string(), self.max_size.to_string()), ("max-file".to_string(), self.max_file.to_string())]
+            .into_iter()
+            .collect()
+    }
+}
+
+fn rotated(path: &Path, n: u32) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    p.into()
+}
+
+/// Appends records, splitting output into lines, rotating by size.
 pub struct LogWriter {
-    file: std::fs::File,
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+    size: u64,
+    config: LogConfig,
     partial: [Vec<u8>; 2],
 }
 
@@ -27,11 +97,70 @@ pub struct LogWriter {
 const MAX_PARTIAL: usize = 16 << 10;
 
 impl LogWriter {
-    /// Opens (appending) the log file, readable by root only.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    /// Opens (appending) the log file, readable by root only; with the
+    /// `none` driver nothing is written.
+    pub fn open(path: &Path, config: LogConfig) -> std::io::Result<Self> {
+        let file = if config.driver == "none" { None } else { Some(Self::open_file(path)?) };
+        let size = file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()).unwrap_or(0);
+        Ok(Self { path: path.to_path_buf(), file, size, config, partial: [Vec::new(), Vec::new()] })
+    }
+
+    fn open_file(path: &Path) -> std::io::Result<std::fs::File> {
         use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        Ok(Self { file, partial: [Vec::new(), Vec::new()] })
+        std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)
+    }
+
+    /// Writes encoded records (whole lines), rotating between records so no
+    /// file grows past `max_size` (unless one record alone is larger).
+    fn append(&mut self, out: &[u8]) -> std::io::Result<()> {
+        if self.file.is_none() {
+            return Ok(());
+        }
+        let mut rest = out;
+        while !rest.is_empty() {
+            let room = self.config.max_size.saturating_sub(self.size) as usize;
+            // as many whole records as fit, at least one in an empty file
+            let mut take = 0;
+            for (i, b) in rest.iter().enumerate() {
+                if *b == b'\n' {
+                    if i + 1 > room && (take > 0 || self.size > 0) {
+                        break;
+                    }
+                    take = i + 1;
+                }
+            }
+            if take == 0 {
+                if self.size == 0 {
+                    take = rest.len();
+                } else {
+                    self.rotate()?;
+                    continue;
+                }
+            }
+            if let Some(f) = self.file.as_mut() {
+                f.write_all(&rest[..take])?;
+            }
+            self.size += take as u64;
+            rest = &rest[take..];
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        if self.config.max_file > 1 {
+            for n in (1..self.config.max_file).rev() {
+                let from = if n == 1 { self.path.clone() } else { rotated(&self.path, n - 1) };
+                if from.exists() {
+                    std::fs::rename(&from, rotated(&self.path, n))?;
+                }
+            }
+        } else {
+            std::fs::remove_file(&self.path)?;
+        }
+        self.file = Some(Self::open_file(&self.path)?);
+        self.size = 0;
+        Ok(())
     }
 
     /// Logs `data` from stream `err` (false = stdout); returns the JSON lines written.
@@ -48,7 +177,7 @@ impl LogWriter {
             let line = std::mem::take(buf);
             encode(&mut out, &line, err, now);
         }
-        self.file.write_all(&out)?;
+        self.append(&out)?;
         Ok(out)
     }
 
@@ -61,7 +190,7 @@ impl LogWriter {
                 encode(&mut out, &line, err, Utc::now());
             }
         }
-        self.file.write_all(&out)?;
+        self.append(&out)?;
         Ok(out)
     }
 }
@@ -78,24 +207,30 @@ fn encode(out: &mut Vec<u8>, line: &[u8], err: bool, time: DateTime<Utc>) {
     }
 }
 
-/// Reads records from `path` up to byte `limit` (all when `None`), keeping the last `tail`.
+/// Reads records from the rotated files of `path` (oldest first) and from
+/// `path` itself up to byte `limit` (all when `None`), keeping the last `tail`.
 pub fn read(path: &Path, limit: Option<u64>, tail: Option<usize>) -> std::io::Result<Vec<Record>> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let r: Box<dyn std::io::Read> = match limit {
-        Some(l) => Box::new(std::io::Read::take(f, l)),
-        None => Box::new(f),
-    };
+    let mut older: Vec<std::path::PathBuf> = (1..1000).map(|n| rotated(path, n)).take_while(|p| p.exists()).collect();
+    older.reverse();
     let mut out: std::collections::VecDeque<Record> = std::collections::VecDeque::new();
-    for line in std::io::BufReader::new(r).lines() {
-        let line = line?;
-        if let Ok(rec) = serde_json::from_str::<Record>(&line) {
-            out.push_back(rec);
-            if tail.is_some_and(|t| out.len() > t) {
-                out.pop_front();
+    let files = older.into_iter().map(|p| (p, None)).chain(std::iter::once((path.to_path_buf(), limit)));
+    for (p, limit) in files {
+        let f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let r: Box<dyn std::io::Read> = match limit {
+            Some(l) => Box::new(std::io::Read::take(f, l)),
+            None => Box::new(f),
+        };
+        for line in std::io::BufReader::new(r).lines() {
+            let line = line?;
+            if let Ok(rec) = serde_json::from_str::<Record>(&line) {
+                out.push_back(rec);
+                if tail.is_some_and(|t| out.len() > t) {
+                    out.pop_front();
+                }
             }
         }
     }
@@ -115,7 +250,7 @@ mod tests {
     fn lines_and_tail() -> std::io::Result<()> {
         let d = tempfile::tempdir()?;
         let p = d.path().join("log");
-        let mut w = LogWriter::open(&p)?;
+        let mut w = LogWriter::open(&p, LogConfig::default())?;
         let live = w.write(false, b"one\ntw")?;
         assert_eq!(parse_lines(&live).len(), 1);
         w.write(true, b"err\n")?;
@@ -126,6 +261,38 @@ mod tests {
         assert_eq!(texts, vec!["one\n", "err\n", "two\n", "three"]);
         assert_eq!(all[1].stream, "stderr");
         assert_eq!(read(&p, None, Some(2))?.len(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn rotates_and_reads_across_files() -> std::io::Result<()> {
+        let d = tempfile::tempdir()?;
+        let p = d.path().join("log");
+        let cfg =
+            LogConfig::parse(None, &["max-size=1k".into(), "max-file=3".into()]).map_err(std::io::Error::other)?;
+        let mut w = LogWriter::open(&p, cfg)?;
+        for i in 0..200 {
+            w.write(false, format!("line{i}\n").as_bytes())?;
+        }
+        let files: Vec<_> = std::fs::read_dir(d.path())?.flatten().map(|e| e.file_name()).collect();
+        assert_eq!(files.len(), 3, "{files:?}");
+        let total: u64 =
+            std::fs::read_dir(d.path())?.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum();
+        assert!(total <= 3 * 1024, "{total}");
+        let all = read(&p, None, None)?;
+        assert_eq!(all.last().map(|r| r.log.as_str()), Some("line199\n"));
+        let nums: Vec<u32> = all.iter().filter_map(|r| r.log.trim().strip_prefix("line")?.parse().ok()).collect();
+        assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "in order, none lost within what is kept");
+        assert!(nums[0] > 0, "the oldest lines were rotated away");
+        let none = LogWriter::open(
+            &d.path().join("none"),
+            LogConfig::parse(Some("none"), &[]).map_err(std::io::Error::other)?,
+        );
+        none?.write(false, b"x\n")?;
+        assert!(!d.path().join("none").exists());
+        assert!(LogConfig::parse(Some("syslog"), &[]).is_err());
+        assert!(LogConfig::parse(None, &["max-file=0".into()]).is_err());
+        assert!(LogConfig::parse(None, &["labels=x".into()]).is_err());
         Ok(())
     }
 }

@@ -202,7 +202,8 @@ impl Shim {
             tracing::debug!("shim: store open");
             let spec = crate::spec::build(engine.layout(), id, &c.config, &image)?;
             let dir = engine.layout().container(id);
-            let log = LogWriter::open(&dir.join(format!("{id}-json.log"))).map_err(EngineError::io("open log"))?;
+            let log = LogWriter::open(&dir.join(format!("{id}-json.log")), c.config.log.clone())
+                .map_err(EngineError::io("open log"))?;
             let state_file =
                 crate::statefile::StateFile::open(&dir).map_err(EngineError::io("allocate the state file"))?;
             let listener = moat_proto::sock::bind(&dir, "shim.sock").map_err(EngineError::io("bind shim socket"))?;

@@ -493,12 +493,13 @@ impl ImageStore {
 
     /// Writes `refs` as a docker-archive tarball (what `docker save` writes).
     pub fn save(&self, refs: &[String], w: impl Write) -> Result<(), ImageError> {
+        // every name resolves before the first byte is written
+        let images = refs.iter().map(|s| self.resolve(s)).collect::<Result<Vec<_>, _>>()?;
         let mut b = tar::Builder::new(w);
         let mut manifest = Vec::new();
         let mut repositories = serde_json::Map::new();
         let mut written = std::collections::HashSet::new();
-        for s in refs {
-            let img = self.resolve(s)?;
+        for (s, img) in refs.iter().zip(images) {
             let cfg_name = format!("{}.json", img.id.hex());
             if written.insert(cfg_name.clone()) {
                 append(&mut b, &cfg_name, img.config.len() as u64, &img.config[..])?;

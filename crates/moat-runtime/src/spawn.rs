@@ -589,9 +589,15 @@ fn release(
         std::fs::File::from(syncw).write_all(b"1").map_err(RuntimeError::io("sync child"))
     })();
     if let Err(e) = setup {
+        // the child usually failed first (a bad mount, a hostile image) and
+        // that broke our side (its network namespace vanished, the sync pipe
+        // closed): its own report is the real error
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(pid, None);
-        return Err(e);
+        return Err(match await_exec(errr, pid) {
+            Err(child) => child,
+            Ok(()) => e,
+        });
     }
     let pty = ptys.map(|(ours, theirs)| {
         drop(theirs);

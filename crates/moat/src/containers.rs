@@ -125,6 +125,12 @@ pub struct CreateArgs {
     /// Add a host device: `HOST[:CONTAINER[:PERMISSIONS]]` (process isolation).
     #[arg(long)]
     device: Vec<String>,
+    /// Logging driver: json-file (default) or none.
+    #[arg(long = "log-driver")]
+    log_driver: Option<String>,
+    /// Log driver option: max-size=SIZE (default 20m), max-file=N (default 5).
+    #[arg(long = "log-opt")]
+    log_opt: Vec<String>,
     /// IMAGE [COMMAND] [ARG...]: options after the image belong to the command.
     #[arg(
         required = true,
@@ -415,31 +421,23 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
     };
     let mut limits = moat_runtime::cgroup::Limits::default();
     if let Some(m) = &a.memory {
-        let b = human::parse_size(m)?;
-        if b < 6 << 20 {
-            bail!("minimum memory limit allowed is 6MB");
-        }
-        limits.memory = Some(b as i64);
+        limits.memory = Some(moat_engine::validate::bytes("memory limit", human::parse_size(m)?)?);
     }
     if let Some(s) = &a.memory_swap {
-        limits.memory_swap = Some(if s == "-1" { -1 } else { human::parse_size(s)? as i64 });
-        match (limits.memory, limits.memory_swap) {
-            (None, _) => bail!("you should always set the memory limit when using the memory-swap limit"),
-            (Some(m), Some(s)) if s != -1 && s < m => {
-                bail!("minimum memory-swap limit should be larger than the memory limit")
-            }
-            _ => {}
-        }
+        limits.memory_swap = Some(if s == "-1" {
+            -1
+        } else {
+            moat_engine::validate::bytes("memory-swap limit", human::parse_size(s)?)?
+        });
     }
-    if let Some(c) = a.cpus {
-        if c <= 0.0 || c > num_cpus() as f64 {
-            bail!("range of CPUs is from 0.01 to {}.00, as there are only {} CPUs available", num_cpus(), num_cpus());
-        }
-        limits.cpus = Some(c);
-    }
+    limits.cpus = a.cpus;
     limits.cpu_shares = a.cpu_shares;
     limits.pids = a.pids_limit;
     let (image, command) = a.image_and_command.split_first().ok_or_else(|| anyhow!("an image is required"))?;
+    if image.starts_with('-') {
+        // clap takes anything after the flags it knows as IMAGE [COMMAND...]
+        return Err(crate::with_exit(anyhow!("unknown flag: {image} (see 'moat run --help')"), 125));
+    }
     Ok(ContainerConfig {
         image: image.clone(),
         cmd: command.to_vec(),
@@ -482,23 +480,13 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         ip: a.ip,
         mac: a.mac_address.clone(),
         dns: a.dns.clone(),
-        add_hosts: a
-            .add_host
-            .iter()
-            .map(|h| match h.split_once(':') {
-                Some((n, ip)) if ip.parse::<std::net::IpAddr>().is_ok() && !n.is_empty() => Ok(h.clone()),
-                _ => Err(anyhow!("invalid --add-host {h:?}: use NAME:IP")),
-            })
-            .collect::<Result<_>>()?,
+        add_hosts: a.add_host.clone(),
         publish: a.publish.iter().map(|p| moat_net::parse_publish(p)).collect::<Result<_, _>>()?,
         publish_all: a.publish_all,
         exposed: Vec::new(),
         devices: a.device.iter().map(|d| moat_runtime::devices::parse_device(d)).collect::<Result<_, _>>()?,
+        log: moat_engine::logs::LogConfig::parse(a.log_driver.as_deref(), &a.log_opt).map_err(|e| anyhow!(e))?,
     })
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// Exit code of a start failure, printing its message.
@@ -525,15 +513,16 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
     let mut e = Engine::open(root).with_context(|| format!("cannot open moat root {}", root.display()))?;
     match cmd {
         ContainerCmd::Create(a) => {
-            let cfg = build_config(&a, false)?;
-            let c = e.create(a.name.as_deref(), cfg)?;
+            let c = build_config(&a, false)
+                .and_then(|cfg| Ok(e.create(a.name.as_deref(), cfg)?))
+                .map_err(|err| crate::with_exit(err, 125))?;
             println!("{}", c.id());
             Ok(0)
         }
         ContainerCmd::Run(a) => {
-            let cfg = build_config(&a.create, a.rm)?;
+            let cfg = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
             let tty = cfg.tty;
-            let c = e.create(a.create.name.as_deref(), cfg)?;
+            let c = e.create(a.create.name.as_deref(), cfg).map_err(|err| crate::with_exit(err.into(), 125))?;
             let (c, mut conn) = match e.start(c.id()) {
                 Ok(v) => v,
                 Err(err) => {
@@ -780,6 +769,9 @@ fn print_record(r: &moat_engine::logs::Record, timestamps: bool) {
 
 fn logs(e: &mut Engine, key: &str, follow: bool, tail: &str, timestamps: bool) -> Result<i32> {
     let c = e.get(key)?;
+    if c.config.log.driver == "none" {
+        bail!("configured logging driver does not support reading: container {} logs with driver \"none\"", c.name());
+    }
     let tail = match tail {
         "all" | "-1" => None,
         n => Some(n.parse::<usize>().map_err(|_| anyhow!("invalid --tail value {n:?}"))?),
@@ -1017,7 +1009,7 @@ pub fn inspect_json(e: &Engine, c: &Container) -> serde_json::Value {
             "PidsLimit": cfg.limits.pids,
             "Isolation": cfg.isolation().to_string(),
             "ShmSize": cfg.shm_size.unwrap_or(64 << 20),
-            "LogConfig": { "Type": "json-file", "Config": {} },
+            "LogConfig": { "Type": cfg.log.driver, "Config": cfg.log.options() },
         },
         "NetworkSettings": {
             "Networks": cfg.networks.iter().map(|e| (e.switch.clone(), serde_json::json!({

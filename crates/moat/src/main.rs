@@ -167,7 +167,10 @@ fn main() {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
         std::process::exit(moat_engine::shim::main(&root, &id));
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => std::process::exit(usage_error(e)),
+    };
     if let Some(d) = &cli.default_isolation {
         // read by the engine's settings loader; set before any other thread exists
         std::env::set_var("MOAT_DEFAULT_ISOLATION", d);
@@ -180,10 +183,76 @@ fn main() {
         Err(e) => {
             // one line: the whole cause chain joined
             eprintln!("Error: {}", format!("{e:#}").replace('\n', " "));
-            1
+            e.downcast_ref::<Exit>().map(|x| x.0).unwrap_or(1)
         }
     };
     std::process::exit(code);
+}
+
+/// An error that exits with a given code (Docker's 125 for errors of the
+/// engine itself before a container runs): the exit code and the one-line message.
+#[derive(Debug)]
+pub struct Exit(pub i32, pub String);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// Wraps `e` so that it exits with `code` (its message unchanged).
+pub fn with_exit(e: anyhow::Error, code: i32) -> anyhow::Error {
+    if e.downcast_ref::<Exit>().is_some() {
+        return e;
+    }
+    anyhow::Error::new(Exit(code, format!("{e:#}")))
+}
+
+/// Verbs Docker users type that moat does not have yet, and what to do instead.
+const NOT_YET: &[(&str, &str)] = &[
+    ("pull", "moat has no registry client yet: get the image as a tarball (`docker save`, `skopeo copy ... docker-archive:x.tar`) and `moat load -i x.tar`"),
+    ("push", "moat has no registry client yet: `moat save -o x.tar IMAGE` and push it with another tool"),
+    ("login", "moat has no registry client yet, so there is nothing to log in to: see `moat load`"),
+    ("logout", "moat has no registry client yet, so there is nothing to log out of"),
+    ("build", "moat cannot build images yet: build with another tool, then `moat load -i image.tar`"),
+];
+
+/// Prints a command-line error as one line and returns the exit code:
+/// 0 for help and version, 125 (Docker's) for usage errors.
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return 0;
+        }
+        _ => {}
+    }
+    let ctx = |k: ContextKind| match e.get(k) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let line = match e.kind() {
+        ErrorKind::UnknownArgument => {
+            format!("unknown flag: {} (see 'moat --help')", ctx(ContextKind::InvalidArg).unwrap_or_default())
+        }
+        ErrorKind::InvalidSubcommand => {
+            let verb = ctx(ContextKind::InvalidSubcommand).unwrap_or_default();
+            match NOT_YET.iter().find(|(v, _)| *v == verb) {
+                Some((v, why)) => format!("'moat {v}' is not available: {why}"),
+                None => format!("'{verb}' is not a moat command (see 'moat --help')"),
+            }
+        }
+        _ => {
+            let text = e.to_string();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            format!("{} (see 'moat --help')", first.trim().trim_start_matches("error: "))
+        }
+    };
+    eprintln!("Error: {line}");
+    125
 }
 
 #[cfg(test)]

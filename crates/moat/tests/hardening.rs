@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 
-modes!(host_devices_cannot_be_opened, a_full_disk_keeps_reads_removal_and_exit_codes);
+modes!(host_devices_cannot_be_opened, a_full_disk_keeps_reads_removal_and_exit_codes, start_errors_are_the_real_ones);
 
 /// Tries to open device nodes made with mknod: on /dev (a nodev tmpfs), on
 /// the root filesystem, and on a tmpfs mounted with `dev` (so only the
@@ -441,4 +441,114 @@ fn vm_crash_reasons_cannot_be_forged_hyperv() {
     let e = error("forge");
     assert!(!e.contains("panic"), "a forged console line decided the reason: {e}");
     assert!(e.contains("powered off"), "{e}");
+}
+
+/// A start that fails inside the container reports the container's own
+/// error, not what its death broke on the host side.
+fn start_errors_are_the_real_ones(iso: &str) {
+    let r = root_with_busybox();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    let bind = format!("{}:/bin", f.path().display());
+    for net in [&[][..], &["--network", "none"][..]] {
+        let mut args = vec!["run", "--rm", "--isolation", iso, "-v", &bind];
+        args.extend_from_slice(net);
+        args.extend_from_slice(&["busybox", "true"]);
+        let o = r.run(&args);
+        assert_fails_one_line(&o, "a bind of a file over a directory");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("mount /bin") && err.contains("Not a directory"), "{net:?}: {err}");
+        assert!(!err.contains("RTNETLINK") && !err.contains("Broken pipe"), "{err}");
+        assert_eq!(o.status.code(), Some(125));
+    }
+    assert_eq!(r.ok(&["ps", "-a", "-q"]), "", "--rm removed the failed containers");
+}
+
+#[test]
+fn run_rm_always_returns_the_exit_code() {
+    let r = root_with_busybox();
+    let outs = parallel(&r, 40, |_| ["run", "--rm", "busybox", "sh", "-c", "exit 3"].map(String::from).to_vec());
+    for o in &outs {
+        assert_eq!(o.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(r.ok(&["ps", "-a", "-q"]), "");
+}
+
+#[test]
+fn cli_conventions_and_validation() {
+    let r = root_with_busybox();
+    let fails125 = |args: &[&str], want: &str| {
+        let o = r.run(args);
+        assert_fails_one_line(&o, &format!("{args:?}"));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(125), "{args:?}: {err}");
+    };
+    fails125(&["run", "--bogus-flag", "busybox"], "unknown flag: --bogus-flag");
+    fails125(&["ps", "--bogus"], "unknown flag: --bogus");
+    fails125(&["frobnicate"], "not a moat command");
+    fails125(&["pull", "alpine"], "moat load");
+    fails125(&["build", "."], "moat load");
+    fails125(&["run", "nosuchimage"], "No such image");
+    fails125(&["run", "--cpus", "NaN", "busybox", "true"], "range of CPUs");
+    fails125(&["run", "--memory", "1e30", "busybox", "true"], "too large");
+    fails125(&["run", "--dns", "bogus", "busybox", "true"], "not an IP address");
+    fails125(&["run", "--hostname", "a/b", "busybox", "true"], "invalid hostname");
+    fails125(&["run", "--hostname", &"h".repeat(200), "busybox", "true"], "invalid hostname");
+    fails125(&["run", "-e", "=x", "busybox", "true"], "invalid environment variable");
+    fails125(&["run", "-v", "/tmp:/", "busybox", "true"], "destination can't be '/'");
+    fails125(&["run", "-v", "/tmp:/proc", "busybox", "true"], "/proc");
+    fails125(&["run", "--tmpfs", "/t:size=bogus", "busybox", "true"], "invalid tmpfs option");
+    fails125(&["run", "--rm", "--restart", "always", "busybox", "true"], "Conflicting options");
+    fails125(&["run", "--log-opt", "max-file=0", "busybox", "true"], "max-file");
+    assert_eq!(r.ok(&["ps", "-a", "-q"]), "", "nothing was created by refused runs");
+    // save resolves every name before writing a byte
+    let o = r.run(&["save", "busybox", "nonexist"]);
+    assert_fails_one_line(&o, "save of a missing image");
+    assert!(o.stdout.is_empty(), "save wrote {} bytes before failing", o.stdout.len());
+}
+
+#[test]
+fn logs_rotate_and_read_across_files() {
+    let r = root_with_busybox();
+    let out = r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "noisy",
+        "--log-opt",
+        "max-size=4k",
+        "--log-opt",
+        "max-file=3",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line$i; done",
+    ]);
+    let id = out.trim();
+    assert_eq!(r.ok(&["wait", "noisy"]).trim(), "0");
+    let dir = r.path().join("containers").join(id);
+    let logs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("-json.log"))
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    assert_eq!(logs.len(), 3, "the current file and two rotated ones");
+    assert!(logs.iter().all(|l| *l <= 4096), "{logs:?}");
+    let text = r.ok(&["logs", "noisy"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.last(), Some(&"line3000"));
+    assert_ne!(lines.first(), Some(&"line1"), "the oldest output was rotated away");
+    let first: u32 = lines[0].trim_start_matches("line").parse().unwrap();
+    assert_eq!(lines.len() as u32, 3000 - first + 1, "nothing missing across the files");
+    assert_eq!(r.ok(&["logs", "--tail", "2", "noisy"]), "line2999\nline3000\n");
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "noisy"])).unwrap();
+    assert_eq!(v[0]["HostConfig"]["LogConfig"]["Config"]["max-file"], "3");
+    // the default keeps at most 5 x 20 MiB
+    r.ok(&["create", "--name", "quiet", "busybox", "true"]);
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "quiet"])).unwrap();
+    assert_eq!(v[0]["HostConfig"]["LogConfig"]["Config"]["max-size"], (20 << 20).to_string());
+    r.ok(&["run", "--name", "silent", "--log-driver", "none", "busybox", "echo", "hi"]);
+    let e = r.fails(&["logs", "silent"]);
+    assert!(e.contains("does not support reading"), "{e}");
 }

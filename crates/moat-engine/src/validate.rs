@@ -1,0 +1,175 @@
+//! Checks of a container configuration before anything is created, with
+//! Docker's wording where Docker has one. Every front end (CLI, API) gets
+//! the same answers because the engine runs them in `Engine::create`.
+
+use crate::config::{ContainerConfig, RestartPolicy};
+use crate::EngineError;
+
+fn invalid(m: impl Into<String>) -> EngineError {
+    EngineError::Invalid(m.into())
+}
+
+/// A hostname the kernel takes and resolvers accept: 1–63 characters of
+/// letters, digits, `-` and `.`, not starting with `-` or `.`.
+pub fn hostname(h: &str) -> Result<(), EngineError> {
+    let ok = !h.is_empty()
+        && h.len() <= 63
+        && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !h.starts_with(['-', '.']);
+    if !ok {
+        return Err(invalid(format!(
+            "invalid hostname {h:?}: use 1 to 63 letters, digits, '-' or '.', not starting with '-' or '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE` with a non-empty key.
+pub fn env(e: &str) -> Result<(), EngineError> {
+    match e.split_once('=') {
+        Some((k, _)) if !k.is_empty() && !k.contains('\0') && !e.contains('\0') => Ok(()),
+        _ => Err(invalid(format!("invalid environment variable {e:?}: use KEY=VALUE with a non-empty KEY"))),
+    }
+}
+
+/// Container paths no mount may cover: the root and the kernel's filesystems.
+pub fn mount_target(target: &str, what: &str) -> Result<(), EngineError> {
+    if !target.starts_with('/') {
+        return Err(invalid(format!("invalid {what} {target:?}: the container path must be absolute")));
+    }
+    let t = target.trim_end_matches('/');
+    if t.is_empty() || t.split('/').any(|c| c == "..") {
+        return Err(invalid(format!("invalid {what} {target:?}: destination can't be '/'")));
+    }
+    for reserved in ["/proc", "/sys"] {
+        if t == reserved || t.starts_with(&format!("{reserved}/")) {
+            return Err(invalid(format!(
+                "invalid {what} {target:?}: {reserved} is the kernel's and cannot be mounted over"
+            )));
+        }
+    }
+    if t == "/dev" {
+        return Err(invalid(format!("invalid {what} {target:?}: /dev is the container's own device directory")));
+    }
+    Ok(())
+}
+
+/// Docker's `--tmpfs` options: mount flags, `size=`, `mode=`, `uid=`, `gid=`, `nr_inodes=`.
+pub fn tmpfs_options(target: &str, opts: &str) -> Result<(), EngineError> {
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        let (k, v) = o.split_once('=').unwrap_or((o, ""));
+        let ok = match k {
+            "ro" | "rw" | "exec" | "noexec" | "suid" | "nosuid" | "dev" | "nodev" => v.is_empty(),
+            "size" => {
+                v.ends_with('%') && v[..v.len() - 1].parse::<u8>().is_ok() || moat_core::human::parse_size(v).is_ok()
+            }
+            "mode" => u32::from_str_radix(v, 8).is_ok_and(|m| m <= 0o7777),
+            "uid" | "gid" | "nr_inodes" => v.parse::<u64>().is_ok(),
+            _ => false,
+        };
+        if !ok {
+            return Err(invalid(format!("invalid tmpfs option {o:?} for {target}")));
+        }
+    }
+    Ok(())
+}
+
+/// Everything in `cfg` that can be checked before anything exists.
+pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
+    if !cfg.hostname.is_empty() {
+        hostname(&cfg.hostname)?;
+    }
+    for e in &cfg.env {
+        env(e)?;
+    }
+    for b in &cfg.binds {
+        if !b.source.starts_with('/') {
+            return Err(invalid(format!("invalid bind mount source {:?}: the host path must be absolute", b.source)));
+        }
+        mount_target(&b.target, "bind mount")?;
+    }
+    for (t, o) in &cfg.tmpfs {
+        mount_target(t, "tmpfs mount")?;
+        tmpfs_options(t, o)?;
+    }
+    for d in &cfg.dns {
+        if d.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!("{d:?} is not an IP address: a DNS server is given by its address")));
+        }
+    }
+    for h in &cfg.add_hosts {
+        match h.split_once(':') {
+            Some((n, ip)) if !n.is_empty() && ip.parse::<std::net::IpAddr>().is_ok() => {}
+            _ => return Err(invalid(format!("invalid extra host {h:?}: use NAME:IP"))),
+        }
+    }
+    let l = &cfg.limits;
+    if let Some(m) = l.memory {
+        if m < 6 << 20 {
+            return Err(invalid("minimum memory limit allowed is 6MB"));
+        }
+    }
+    if let Some(s) = l.memory_swap {
+        match l.memory {
+            None => return Err(invalid("you should always set the memory limit when using the memory-swap limit")),
+            Some(m) if s != -1 && s < m => {
+                return Err(invalid("minimum memory-swap limit should be larger than the memory limit"))
+            }
+            _ => {}
+        }
+    }
+    if let Some(c) = l.cpus {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        if !c.is_finite() || c < 0.01 || c > n as f64 {
+            return Err(invalid(format!("range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available")));
+        }
+    }
+    if let Some(s) = l.cpu_shares {
+        if s > 262_144 {
+            return Err(invalid(format!("CPU shares {s} is above the maximum of 262144")));
+        }
+    }
+    if cfg.auto_remove && cfg.restart != RestartPolicy::No {
+        return Err(invalid("Conflicting options: cannot specify both --restart and --rm"));
+    }
+    Ok(())
+}
+
+/// A byte count from a front end, for a limit stored as `i64`.
+pub fn bytes(what: &str, b: u64) -> Result<i64, EngineError> {
+    i64::try_from(b).map_err(|_| invalid(format!("{what} of {b} bytes is too large")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks() {
+        assert!(hostname("web-1.local").is_ok());
+        assert!(hostname("a/b").is_err());
+        assert!(hostname(&"a".repeat(64)).is_err());
+        assert!(hostname("-x").is_err());
+        assert!(env("A=1").is_ok() && env("A=").is_ok());
+        assert!(env("=x").is_err() && env("A").is_err());
+        assert!(mount_target("/data", "bind mount").is_ok());
+        for bad in ["/", "//", "/proc", "/proc/sys", "/sys/x", "/dev", "relative", "/a/../b"] {
+            assert!(mount_target(bad, "bind mount").is_err(), "{bad}");
+        }
+        assert!(mount_target("/dev/shm", "tmpfs").is_ok());
+        assert!(tmpfs_options("/t", "size=64m,mode=1777,exec").is_ok());
+        assert!(tmpfs_options("/t", "size=50%").is_ok());
+        for bad in ["size=bogus", "mode=999", "frobnicate", "uid=x"] {
+            assert!(tmpfs_options("/t", bad).is_err(), "{bad}");
+        }
+        assert!(bytes("memory", u64::MAX).is_err());
+        let mut c = ContainerConfig { auto_remove: true, restart: RestartPolicy::Always, ..Default::default() };
+        assert!(config(&c).is_err_and(|e| e.to_string().contains("Conflicting options")));
+        c.restart = RestartPolicy::No;
+        c.limits.cpus = Some(f64::NAN);
+        assert!(config(&c).is_err());
+        c.limits.cpus = None;
+        c.dns = vec!["bogus".into()];
+        assert!(config(&c).is_err());
+    }
+}
