@@ -229,9 +229,31 @@ impl Shim {
             }
         }
         let hyperv = c.config.isolation() == moat_core::Isolation::Hyperv;
-        let (cgroup, vm) = if hyperv {
+        // every container has a host cgroup: its processes, or its VM's QEMU
+        // and virtiofsd (a reader that finds the shim dead destroys it)
+        let limits = if hyperv {
+            moat_runtime::cgroup::Limits {
+                devices: moat_runtime::devices::DevicePolicy::AllowAll,
+                ..Default::default()
+            }
+        } else {
+            crate::spec::limits(&c.config)
+        };
+        let cgroup = match Cgroup::create(id, &limits) {
+            Ok(cg) => cg,
+            Err(e) => {
+                let e = EngineError::from(e);
+                fail(&mut first, &e);
+                return Err(e);
+            }
+        };
+        for w in &cgroup.warnings {
+            tracing::warn!("{w}");
+        }
+        let _ = std::fs::write(dir.join("cgroup.json"), serde_json::to_vec(&cgroup).unwrap_or_default());
+        let vm = if hyperv {
             let booted = crate::vm::prepare_root(&spec)
-                .and_then(|root| crate::vm::VmLink::start(engine.layout(), id, &c.config, &root));
+                .and_then(|root| crate::vm::VmLink::start(engine.layout(), id, &c.config, &root, &cgroup));
             match booted {
                 Ok(link) => {
                     let (mem, vcpus) = crate::vm::sizing(&c.config);
@@ -240,9 +262,10 @@ impl Shim {
                         "QemuPid": link.vm.qemu.id(), "VirtiofsdPid": link.vm.virtiofsd.id(),
                     });
                     let _ = std::fs::write(dir.join("vm.json"), info.to_string());
-                    (None, Some(link))
+                    Some(link)
                 }
                 Err(e) => {
+                    let _ = cgroup.destroy();
                     let mut st = c.state.clone();
                     st.exit_code = 125;
                     st.error = e.to_string();
@@ -252,20 +275,9 @@ impl Shim {
                 }
             }
         } else {
-            let cgroup = match Cgroup::create(id, &crate::spec::limits(&c.config)) {
-                Ok(cg) => cg,
-                Err(e) => {
-                    let e = EngineError::from(e);
-                    fail(&mut first, &e);
-                    return Err(e);
-                }
-            };
-            for w in &cgroup.warnings {
-                tracing::warn!("{w}");
-            }
-            let _ = std::fs::write(dir.join("cgroup.json"), serde_json::to_vec(&cgroup).unwrap_or_default());
-            (Some(cgroup), None)
+            None
         };
+        let cgroup = Some(cgroup);
         let mut shim = Shim {
             engine,
             id: id.to_string(),

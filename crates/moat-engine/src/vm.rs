@@ -136,7 +136,13 @@ fn boot_timeout() -> Duration {
 
 impl VmLink {
     /// Boots the VM for container `id` exporting `root`, and waits for the agent.
-    pub fn start(layout: &Layout, id: &str, cfg: &ContainerConfig, root: &Path) -> Result<Self, EngineError> {
+    pub fn start(
+        layout: &Layout,
+        id: &str,
+        cfg: &ContainerConfig,
+        root: &Path,
+        cgroup: &moat_runtime::cgroup::Cgroup,
+    ) -> Result<Self, EngineError> {
         let kdir = moat_vm::kernel::dir(layout.root());
         let kernel = moat_vm::kernel::current(&kdir).map_err(vmerr)?;
         let agent = moat_vm::initramfs::find_agent().map_err(vmerr)?;
@@ -164,6 +170,7 @@ impl VmLink {
             name: format!("moat-{}", &id[..12]),
             nics,
             uid,
+            cgroup_procs: cgroup.procs_files(),
         };
         let taps: Vec<String> = vc.nics.iter().map(|(t, _)| t.clone()).collect();
         let drop_taps = || taps.iter().for_each(|t| moat_net::link::del_link(t));

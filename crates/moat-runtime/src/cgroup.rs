@@ -255,6 +255,11 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The `cgroup.procs` files of every hierarchy (a process joins by writing `0`).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(_, d)| d.join("cgroup.procs")).collect()
+    }
+
     /// Moves process `pid` into the cgroup.
     pub fn add(&self, pid: u32) -> Result<(), RuntimeError> {
         for (_, d) in &self.dirs {

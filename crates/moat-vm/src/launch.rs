@@ -53,6 +53,10 @@ pub struct VmConfig {
     pub nics: Vec<(String, String)>,
     /// The unprivileged uid/gid QEMU becomes once started.
     pub uid: u32,
+    /// `cgroup.procs` files QEMU and virtiofsd join before they run, so
+    /// whoever destroys the container's cgroup ends its VM (a drop of
+    /// privileges clears `PDEATHSIG`, so a dead shim alone would not).
+    pub cgroup_procs: Vec<PathBuf>,
 }
 
 /// A running VM.
@@ -174,12 +178,18 @@ pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, VmError> {
     Ok(f.into())
 }
 
-/// Makes the child die with the shim, and (for QEMU) gives it an empty
-/// network namespace of its own.
-fn confine(cmd: &mut Command, own_netns: bool) {
-    // SAFETY: only prctl and unshare (async-signal-safe) between fork and exec
+/// Moves the child into the container's cgroup (`procs`: open
+/// `cgroup.procs` files), makes it die with the shim, and (for QEMU) gives
+/// it an empty network namespace of its own.
+fn confine(cmd: &mut Command, procs: Vec<RawFd>, own_netns: bool) {
+    // SAFETY: only write, prctl and unshare (async-signal-safe) between fork and exec
     unsafe {
         cmd.pre_exec(move || {
+            for fd in &procs {
+                if libc::write(*fd, b"0".as_ptr() as *const libc::c_void, 1) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -207,6 +217,12 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
     let (qmp, qmp_theirs) = UnixStream::pair().map_err(VmError::io("socketpair"))?;
     let taps: Vec<std::os::fd::OwnedFd> = cfg.nics.iter().map(|(t, _)| open_tap(t)).collect::<Result<_, _>>()?;
     let version = qemu_version(&qemu_bin)?;
+    let procs: Vec<std::fs::File> = cfg
+        .cgroup_procs
+        .iter()
+        .map(|p| std::fs::OpenOptions::new().write(true).open(p).map_err(VmError::io(format!("open {}", p.display()))))
+        .collect::<Result<_, _>>()?;
+    let proc_fds: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
     let empty = cfg.run_dir.join("empty");
     std::fs::create_dir_all(&empty).map_err(VmError::io(format!("create {}", empty.display())))?;
     let console = {
@@ -235,7 +251,7 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vfs_log);
-    confine(&mut vfsd, false);
+    confine(&mut vfsd, proc_fds.clone(), false);
     pass_fds(&mut vfsd, vec![listener.as_raw_fd()]);
     let mut virtiofsd = vfsd.spawn().map_err(VmError::io(format!("start {}", vfsd_bin.display())))?;
     drop(listener);
@@ -245,7 +261,7 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
         .stdin(Stdio::null())
         .stdout(console.try_clone().map_err(VmError::io("console"))?)
         .stderr(console);
-    confine(&mut q, true);
+    confine(&mut q, proc_fds, true);
     let mut fds = vec![theirs.as_raw_fd(), vfs_client.as_raw_fd(), qmp_theirs.as_raw_fd()];
     fds.extend(taps.iter().map(|t| t.as_raw_fd()));
     pass_fds(&mut q, fds);

@@ -466,7 +466,7 @@ fn start_errors_are_the_real_ones(iso: &str) {
 #[test]
 fn run_rm_always_returns_the_exit_code() {
     let r = root_with_busybox();
-    let outs = parallel(&r, 40, |_| ["run", "--rm", "busybox", "sh", "-c", "exit 3"].map(String::from).to_vec());
+    let outs = parallel(&r, 80, |_| ["run", "--rm", "busybox", "sh", "-c", "exit 3"].map(String::from).to_vec());
     for o in &outs {
         assert_eq!(o.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&o.stderr));
     }

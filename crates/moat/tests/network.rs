@@ -240,11 +240,24 @@ fn endpoints_are_cleaned_after_stop_and_crash_hyperv() {
     r.ok(&["start", "b"]);
     assert_eq!(links(&tap).len(), 1);
     let shim = host_pids_matching(&format!("shim {vid}"));
+    let qemu = host_pids_matching(&format!("moat-{}", &vid[..12]));
+    assert_eq!(qemu.len(), 1, "the VM's QEMU");
     // SAFETY: SIGKILL to the shim this test started
     unsafe { libc::kill(shim[0] as i32, libc::SIGKILL) };
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    while !host_pids_matching(&format!("shim {vid}")).is_empty() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "the shim did not die");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     r.ok(&["ps", "-a"]);
     assert!(links(&tap).is_empty(), "stale tap removed by the next command");
+    // QEMU dropped its privileges (which clears PDEATHSIG): the container's
+    // host cgroup is what ends it
+    let t0 = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{}", qemu[0])).exists() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "QEMU outlived its shim");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
