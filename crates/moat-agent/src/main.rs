@@ -9,9 +9,10 @@
 //! with per-session credit (flow control), deliver signals and resizes,
 //! answer `Top`/`Stats`, report exits, power off on `Shutdown`.
 
-use moat_proto::{Decoder, Frame, Kind, Msg, WINDOW};
+use moat_proto::{AgentEvent, AgentRequest, Decoder, Frame, Kind, PROTOCOL_VERSION, WINDOW};
 use moat_runtime::cgroup::Cgroup;
-use moat_runtime::spawn::{self, Child, Security};
+use moat_runtime::relay::{Event, Relay, Source, READ_CHUNK};
+use moat_runtime::RuntimeError;
 use nix::mount::{mount, MsFlags};
 use std::collections::HashMap;
 use std::io::Write;
@@ -108,51 +109,19 @@ fn nonblock(fd: RawFd) {
     }
 }
 
-struct Session {
-    child: Child,
-    stdin: spawn::StdinQueue,
-    out: Option<OwnedFd>,
-    err: Option<OwnedFd>,
-    tty: bool,
-    /// Bytes we may still send to the host.
-    credit: u64,
-    exited: bool,
-}
-
+/// The guest side of a VM container: the same relay the shim uses for
+/// process isolation, served over the virtio-serial port with per-session
+/// credit (the host grants how many output bytes may be in flight).
 struct Agent {
     port: OwnedFd,
     dec: Decoder,
     out: Vec<u8>,
-    sessions: HashMap<u32, Session>,
-    cgroup: Option<Cgroup>,
-    spec: Option<moat_runtime::spec::Spec>,
-    own_pidns: OwnedFd,
-}
-
-fn session(mut ends: spawn::Ends, mut child: Child, tty: bool) -> Session {
-    ends.take_pty(&mut child);
-    Session {
-        child,
-        stdin: spawn::StdinQueue::new(ends.stdin),
-        out: ends.out,
-        err: ends.err,
-        tty,
-        credit: WINDOW,
-        exited: false,
-    }
-}
-
-fn exit_code(pid: nix::unistd::Pid) -> i32 {
-    use nix::sys::wait::{waitpid, WaitStatus};
-    match waitpid(pid, None) {
-        Ok(WaitStatus::Exited(_, c)) => c,
-        Ok(WaitStatus::Signaled(_, s, _)) => 128 + s as i32,
-        _ => 255,
-    }
+    relay: Option<Relay>,
+    credit: HashMap<u32, u64>,
 }
 
 impl Agent {
-    fn send(&mut self, sid: u32, m: &Msg) {
+    fn send(&mut self, sid: u32, m: &AgentEvent) {
         Frame::control(sid, m).encode_into(&mut self.out);
     }
 
@@ -173,202 +142,130 @@ impl Agent {
         let sid = f.session;
         match f.kind {
             Kind::Stdin => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.stdin.push(&f.data);
+                if let Some(r) = self.relay.as_mut() {
+                    r.stdin(sid, &f.data);
                 }
                 return;
             }
             Kind::StdinEof => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    let tty = s.tty;
-                    s.stdin.close(tty);
+                if let Some(r) = self.relay.as_mut() {
+                    r.close_stdin(sid);
                 }
                 return;
             }
             Kind::Stdout | Kind::Stderr => return,
             Kind::Control => {}
         }
-        let msg = match f.msg() {
+        let req: AgentRequest = match f.msg() {
             Ok(m) => m,
             Err(e) => {
                 log(&format!("bad frame: {e}"));
                 return;
             }
         };
-        match msg {
-            Msg::Create { spec } => match self.create(&spec) {
-                Ok(pid) => self.send(sid, &Msg::Started { pid }),
-                Err((message, code)) => {
-                    self.send(sid, &Msg::Error { message });
-                    self.send(sid, &Msg::Exit { code, oom_killed: false });
-                }
-            },
-            Msg::Exec(x) => match self.exec(sid, x) {
-                Ok(pid) => self.send(sid, &Msg::Started { pid }),
-                Err((message, code)) => {
-                    self.send(sid, &Msg::Error { message });
-                    self.send(sid, &Msg::Exit { code, oom_killed: false });
-                }
-            },
-            Msg::Signal { signal } => {
-                if let Some(s) = self.sessions.get(&sid) {
-                    if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
-                        let _ = nix::sys::signal::kill(s.child.pid, sig);
-                    }
-                }
+        let reply = match req {
+            AgentRequest::Create(c) => {
+                let r = self.create(*c);
+                self.started(sid, r)
             }
-            Msg::Resize(ws) => {
-                if let Some(s) = self.sessions.get(&sid) {
-                    if let (true, Some(fd)) = (s.tty, &s.out) {
-                        let w = libc::winsize { ws_row: ws.rows, ws_col: ws.cols, ws_xpixel: 0, ws_ypixel: 0 };
-                        // SAFETY: ioctl on the pty master
-                        unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &w) };
-                    }
+            AgentRequest::Exec(x) => {
+                let r = match self.relay.as_mut() {
+                    Some(r) => r.exec(sid, &x),
+                    None => Err(RuntimeError::Start { message: "container is not running".into(), code: 126 }),
+                };
+                self.started(sid, r)
+            }
+            AgentRequest::Signal { signal } => {
+                if let Some(r) = self.relay.as_mut() {
+                    r.signal(sid, signal);
                 }
+                None
             }
-            Msg::Credit { bytes } => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.credit += bytes;
+            AgentRequest::Resize(ws) => {
+                if let Some(r) = self.relay.as_mut() {
+                    r.resize(sid, ws);
                 }
+                None
             }
-            Msg::Top => {
-                let pids = self.cgroup.as_ref().map(|c| c.pids()).unwrap_or_default();
-                let rows = moat_runtime::procfs::list(&pids, false);
-                self.send(sid, &Msg::Procs { rows });
+            AgentRequest::Credit { bytes } => {
+                *self.credit.entry(sid).or_default() += bytes;
+                None
             }
-            Msg::Stats => {
-                let (mem_usage, mem_limit, cpu_ns, pids) = self.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
-                self.send(sid, &Msg::Usage(moat_proto::Stats { mem_usage, mem_limit, cpu_ns, pids }));
+            AgentRequest::Top => {
+                Some(AgentEvent::Procs { rows: self.relay.as_ref().map(|r| r.top()).unwrap_or_default() })
             }
-            Msg::Shutdown => {
-                for s in self.sessions.values() {
-                    let _ = nix::sys::signal::kill(s.child.pid, nix::sys::signal::Signal::SIGKILL);
+            AgentRequest::Stats => Some(AgentEvent::Usage(self.relay.as_ref().map(|r| r.stats()).unwrap_or_default())),
+            AgentRequest::Pause | AgentRequest::Unpause => {
+                let frozen = matches!(req, AgentRequest::Pause);
+                Some(match self.relay.as_ref().map(|r| r.freeze(frozen)) {
+                    Some(Ok(())) => AgentEvent::Ok { warnings: Vec::new() },
+                    Some(Err(e)) => AgentEvent::Error { message: e.to_string() },
+                    None => AgentEvent::Error { message: "container is not running".into() },
+                })
+            }
+            AgentRequest::Update(l) => Some(match self.relay.as_mut().map(|r| r.update_limits(&l)) {
+                Some(Ok(warnings)) => AgentEvent::Ok { warnings },
+                Some(Err(e)) => AgentEvent::Error { message: e.to_string() },
+                None => AgentEvent::Error { message: "container is not running".into() },
+            }),
+            AgentRequest::Shutdown => {
+                if let Some(r) = self.relay.as_mut() {
+                    r.kill_all();
                 }
                 let _ = self.flush();
                 poweroff();
             }
-            other => self.send(sid, &Msg::Error { message: format!("agent: unexpected {other:?}") }),
+        };
+        if let Some(m) = reply {
+            self.send(sid, &m);
         }
     }
 
-    fn create(&mut self, json: &str) -> Result<u32, (String, i32)> {
-        let c: moat_runtime::guest::Create =
-            serde_json::from_str(json).map_err(|e| (format!("bad create request: {e}"), 125))?;
-        if self.cgroup.is_none() {
-            self.cgroup = Some(Cgroup::create(&c.cgroup, &c.limits).map_err(|e| (e.to_string(), 125))?);
+    /// `Started`, or `Error` + `Exit` with the failure's code.
+    fn started(&mut self, sid: u32, r: Result<u32, RuntimeError>) -> Option<AgentEvent> {
+        match r {
+            Ok(pid) => {
+                self.credit.insert(sid, WINDOW);
+                Some(AgentEvent::Started { pid })
+            }
+            Err(e) => {
+                self.send(sid, &AgentEvent::Error { message: e.to_string() });
+                Some(AgentEvent::Exit { code: e.exit_code(), oom_killed: false })
+            }
+        }
+    }
+
+    fn create(&mut self, c: moat_proto::GuestCreate) -> Result<u32, RuntimeError> {
+        if self.relay.as_ref().is_some_and(|r| r.main_running()) {
+            return Err(RuntimeError::Invalid("the container is already running".into()));
+        }
+        if self.relay.is_none() {
+            let cg = Cgroup::create(&c.cgroup, &c.limits)?;
             // the guest's own network: the container shares it
             if c.spec.net == moat_runtime::spec::NetNs::Host {
-                moat_runtime::netconf::configure(&c.spec.interfaces).map_err(|e| (e.to_string(), 125))?;
+                moat_runtime::netconf::configure(&c.spec.interfaces)?;
+            }
+            self.relay = Some(Relay::new(Some(cg), false)?);
+        }
+        let relay = self.relay.as_mut().ok_or_else(|| RuntimeError::Invalid("no relay".into()))?;
+        relay.start_main(&c.spec, c.stdin, &|_| Ok(()))
+    }
+
+    fn events(&mut self, events: Vec<Event>) {
+        for e in events {
+            match e {
+                Event::Output { sid, err, data } => {
+                    let c = self.credit.entry(sid).or_default();
+                    *c = c.saturating_sub(data.len() as u64);
+                    Frame { kind: if err { Kind::Stderr } else { Kind::Stdout }, session: sid, data }
+                        .encode_into(&mut self.out);
+                }
+                Event::Exited { sid, code, oom } => {
+                    self.credit.remove(&sid);
+                    self.send(sid, &AgentEvent::Exit { code, oom_killed: oom });
+                }
             }
         }
-        let (kept, io, give) = spawn::stdio(c.spec.process.tty, c.stdin, None).map_err(|e| (e.to_string(), 125))?;
-        let child = spawn::create(&c.spec, self.cgroup.as_ref(), io, &|_| Ok(())).map_err(|e| match e {
-            moat_runtime::RuntimeError::Start { message, code } => (message, code),
-            e => (e.to_string(), 125),
-        })?;
-        drop(give);
-        let pid = child.pid.as_raw() as u32;
-        let tty = c.spec.process.tty;
-        self.sessions.insert(0, session(kept, child, tty));
-        self.spec = Some(c.spec);
-        Ok(pid)
-    }
-
-    fn exec(&mut self, sid: u32, x: moat_proto::ExecSpec) -> Result<u32, (String, i32)> {
-        let spec = self.spec.as_ref().ok_or(("container is not running".to_string(), 126))?;
-        let main = self.sessions.get(&0).filter(|s| !s.exited).ok_or(("container is not running".to_string(), 126))?;
-        let mut env = spec.process.env.clone();
-        for e in &x.env {
-            let k = e.split('=').next().unwrap_or("");
-            env.retain(|v| v.split('=').next() != Some(k));
-            env.push(e.clone());
-        }
-        let process = moat_runtime::spec::Process {
-            args: x.args.clone(),
-            env,
-            cwd: x.workdir.clone().unwrap_or_else(|| spec.process.cwd.clone()),
-            user: x.user.clone().unwrap_or_else(|| spec.process.user.clone()),
-            tty: x.tty,
-            rlimits: spec.process.rlimits.clone(),
-        };
-        let mut sec = Security::of(spec);
-        if x.privileged {
-            sec.capabilities = moat_runtime::caps::compute(&[], &[], true).unwrap_or_default();
-            sec.seccomp = moat_runtime::spec::Seccomp::Unconfined;
-        }
-        let (kept, io, give) =
-            spawn::stdio(x.tty, x.stdin, x.size.map(|w| (w.rows, w.cols))).map_err(|e| (e.to_string(), 126))?;
-        let child =
-            spawn::exec(&main.child.pidfd, &self.own_pidns, &process, &sec, self.cgroup.as_ref(), io).map_err(|e| {
-                match e {
-                    moat_runtime::RuntimeError::Start { message, code } => (message, code),
-                    e => (e.to_string(), 126),
-                }
-            })?;
-        drop(give);
-        let pid = child.pid.as_raw() as u32;
-        self.sessions.insert(sid, session(kept, child, x.tty));
-        Ok(pid)
-    }
-
-    /// Reads a session's output within its credit.
-    fn read_out(&mut self, sid: u32, err: bool) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
-        let slot = if err { &mut s.err } else { &mut s.out };
-        let Some(fd) = slot.as_ref() else { return };
-        let want = s.credit.min(64 << 10) as usize;
-        if want == 0 {
-            return;
-        }
-        let mut buf = vec![0u8; want];
-        // SAFETY: read into our buffer
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, want) };
-        if n < 0 && nix::Error::last() == nix::Error::EAGAIN {
-            return;
-        }
-        if n <= 0 {
-            *slot = None;
-            return;
-        }
-        s.credit -= n as u64;
-        buf.truncate(n as usize);
-        Frame { kind: if err { Kind::Stderr } else { Kind::Stdout }, session: sid, data: buf }
-            .encode_into(&mut self.out);
-    }
-
-    fn write_in(&mut self, sid: u32) {
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.stdin.flush();
-        }
-    }
-
-    fn reap(&mut self, sid: u32) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
-        if s.exited {
-            return;
-        }
-        s.exited = true;
-        let code = exit_code(s.child.pid);
-        // hand over what is still buffered, ignoring credit: the session is over
-        for err in [false, true] {
-            while let Some(s) = self.sessions.get_mut(&sid) {
-                s.credit = s.credit.max(64 << 10);
-                let had = if err { s.err.is_some() } else { s.out.is_some() };
-                if !had {
-                    break;
-                }
-                let fd = if err { s.err.as_ref() } else { s.out.as_ref() }.map(|f| f.as_raw_fd()).unwrap_or(-1);
-                let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                // SAFETY: poll one fd without waiting
-                if unsafe { libc::poll(&mut p, 1, 0) } <= 0 {
-                    break;
-                }
-                self.read_out(sid, err);
-            }
-        }
-        let oom = sid == 0 && self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
-        self.send(sid, &Msg::Exit { code, oom_killed: oom });
-        self.sessions.remove(&sid);
     }
 
     fn reap_strays(&self) {
@@ -376,7 +273,7 @@ impl Agent {
         loop {
             let peek = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
             let Some(pid) = peek.ok().and_then(|st| st.pid()) else { return };
-            if self.sessions.values().any(|s| s.child.pid == pid) {
+            if self.relay.as_ref().is_some_and(|r| r.owns(pid)) {
                 return;
             }
             let _ = waitpid(pid, None);
@@ -384,74 +281,58 @@ impl Agent {
     }
 
     fn run(&mut self) {
+        let mut buf = vec![0u8; READ_CHUNK];
         loop {
+            let mut want = Vec::new();
+            if let Some(r) = &self.relay {
+                let credit = &self.credit;
+                r.poll_fds(&|sid| credit.get(&sid).is_some_and(|c| *c > 0), &mut want);
+            }
             let mut fds = vec![libc::pollfd {
                 fd: self.port.as_raw_fd(),
                 events: libc::POLLIN | if self.out.is_empty() { 0 } else { libc::POLLOUT },
                 revents: 0,
             }];
-            #[derive(Clone, Copy)]
-            enum T {
-                Out(u32, bool),
-                In(u32),
-                Pid(u32),
-            }
-            let mut toks = vec![None];
-            for (sid, s) in &self.sessions {
-                if s.credit > 0 {
-                    for (fd, err) in [(&s.out, false), (&s.err, true)] {
-                        if let Some(fd) = fd {
-                            fds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                            toks.push(Some(T::Out(*sid, err)));
-                        }
-                    }
-                }
-                if let Some(fd) = s.stdin.pending() {
-                    fds.push(libc::pollfd { fd, events: libc::POLLOUT, revents: 0 });
-                    toks.push(Some(T::In(*sid)));
-                }
-                fds.push(libc::pollfd { fd: s.child.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                toks.push(Some(T::Pid(*sid)));
-            }
+            fds.extend(want.iter().map(|(fd, ev, _)| libc::pollfd { fd: *fd, events: *ev, revents: 0 }));
             // SAFETY: poll over our array
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
                 continue;
             }
-            for (p, t) in fds.iter().zip(toks) {
+            let port = fds[0].revents;
+            if port & libc::POLLOUT != 0 && !self.flush() {
+                fatal("host channel write failed");
+            }
+            if port & (libc::POLLIN | libc::POLLHUP) != 0 {
+                // SAFETY: read from the port
+                let r = unsafe { libc::read(self.port.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+                if r > 0 {
+                    self.dec.push(&buf[..r as usize]);
+                    loop {
+                        match self.dec.next_frame() {
+                            Ok(Some(f)) => self.handle(f),
+                            Ok(None) => break,
+                            Err(e) => fatal(&format!("host sent garbage: {e}")),
+                        }
+                    }
+                } else if r == 0 {
+                    // host went away: nothing left to serve
+                    poweroff();
+                }
+            }
+            for (p, (_, _, src)) in fds[1..].iter().zip(want) {
                 if p.revents == 0 {
                     continue;
                 }
-                match t {
-                    None => {
-                        if p.revents & libc::POLLOUT != 0 && !self.flush() {
-                            fatal("host channel write failed");
-                        }
-                        if p.revents & (libc::POLLIN | libc::POLLHUP) != 0 {
-                            let mut buf = [0u8; 64 << 10];
-                            // SAFETY: read from the port
-                            let r = unsafe {
-                                libc::read(self.port.as_raw_fd(), buf.as_mut_ptr() as *mut libc::c_void, buf.len())
-                            };
-                            if r > 0 {
-                                self.dec.push(&buf[..r as usize]);
-                                loop {
-                                    match self.dec.next_frame() {
-                                        Ok(Some(f)) => self.handle(f),
-                                        Ok(None) => break,
-                                        Err(e) => fatal(&format!("host sent garbage: {e}")),
-                                    }
-                                }
-                            } else if r == 0 {
-                                // host went away: nothing left to serve
-                                poweroff();
-                            }
-                        }
-                    }
-                    Some(T::Out(sid, err)) => self.read_out(sid, err),
-                    Some(T::In(sid)) => self.write_in(sid),
-                    Some(T::Pid(sid)) => self.reap(sid),
-                }
+                let max = match src {
+                    Source::Output(sid, _) => self.credit.get(&sid).copied().unwrap_or(0) as usize,
+                    _ => READ_CHUNK,
+                };
+                let events = match self.relay.as_mut() {
+                    Some(r) => r.ready(src, max, &mut buf),
+                    None => Vec::new(),
+                };
+                self.events(events);
             }
             // reap strays reparented to us (never a session's process: its pidfd reports that)
             self.reap_strays();
@@ -471,17 +352,8 @@ fn stage2() -> Result<(), String> {
     mnt(moat_proto::VIRTIOFS_TAG, ROOT_MOUNT, "virtiofs", MsFlags::empty(), None)?;
     let _ = std::fs::create_dir_all(moat_proto::GUEST_CTR_ROOT);
     nonblock(port.as_raw_fd());
-    let own_pidns = spawn::own_pidns().map_err(|e| e.to_string())?;
-    let mut a = Agent {
-        port,
-        dec: Decoder::default(),
-        out: Vec::new(),
-        sessions: HashMap::new(),
-        cgroup: None,
-        spec: None,
-        own_pidns,
-    };
-    a.send(0, &Msg::Ready);
+    let mut a = Agent { port, dec: Decoder::default(), out: Vec::new(), relay: None, credit: HashMap::new() };
+    a.send(0, &AgentEvent::Ready { version: PROTOCOL_VERSION });
     a.run();
     Ok(())
 }

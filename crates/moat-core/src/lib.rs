@@ -2,11 +2,13 @@
 //! isolation types and the human formatting used by every front end.
 
 pub mod digest;
+pub mod error;
 pub mod human;
 pub mod id;
 pub mod isolation;
 pub mod reference;
 
 pub use digest::Digest;
+pub use error::ErrorKind;
 pub use isolation::Isolation;
 pub use reference::ImageRef;

@@ -1,7 +1,7 @@
 //! The client side of the shim protocol, and starting shims.
 
-use crate::EngineError;
-use moat_proto::{Frame, Kind, Msg, ProtoError};
+use crate::{EngineError, EngineOptions};
+use moat_proto::{Frame, Kind, ProtoError, ShimReply, ShimRequest};
 use moat_store::{FileLock, Layout};
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
@@ -14,11 +14,7 @@ use std::str::FromStr;
 /// A connection to a container's shim.
 pub struct Conn {
     /// The socket.
-    pub stream: UnixStream,
-}
-
-fn proto(e: ProtoError) -> EngineError {
-    EngineError::Shim(format!("shim connection: {e}"))
+    pub(crate) stream: UnixStream,
 }
 
 impl Conn {
@@ -29,14 +25,9 @@ impl Conn {
         Ok(Self { stream })
     }
 
-    /// Sends a control message.
-    pub fn send_msg(&mut self, m: &Msg) -> Result<(), EngineError> {
-        Frame::control(0, m).write_to(&mut self.stream).map_err(proto)
-    }
-
-    /// Sends a frame.
-    pub fn send(&mut self, f: &Frame) -> Result<(), EngineError> {
-        f.write_to(&mut self.stream).map_err(proto)
+    /// Sends a request.
+    pub fn send(&mut self, m: &ShimRequest) -> Result<(), EngineError> {
+        Ok(Frame::control(0, m).write_to(&mut self.stream)?)
     }
 
     /// Receives the next frame.
@@ -44,23 +35,23 @@ impl Conn {
         Frame::read_from(&mut self.stream)
     }
 
-    /// Receives frames until a control message arrives (stream data before it is dropped).
-    pub fn recv_msg(&mut self) -> Result<Msg, EngineError> {
+    /// Receives frames until a reply arrives (stream data before it is dropped).
+    pub fn recv_reply(&mut self) -> Result<ShimReply, EngineError> {
         loop {
             let f = self.recv().map_err(|e| match e {
                 ProtoError::Closed => EngineError::Shim("the container's shim exited unexpectedly".into()),
-                e => proto(e),
+                e => e.into(),
             })?;
             if f.kind == Kind::Control {
-                return f.msg().map_err(proto);
+                return Ok(f.msg()?);
             }
         }
     }
 
     /// Sends one request and returns the reply.
-    pub fn request(&mut self, m: &Msg) -> Result<Msg, EngineError> {
-        self.send_msg(m)?;
-        self.recv_msg()
+    pub fn request(&mut self, m: &ShimRequest) -> Result<ShimReply, EngineError> {
+        self.send(m)?;
+        self.recv_reply()
     }
 
     /// Reads until the shim closes the connection.
@@ -92,25 +83,32 @@ pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
         .map_err(|_| EngineError::Invalid(format!("invalid signal: {s}")))
 }
 
-/// Starts `moat shim ID` detached from the caller, in its own session and
-/// mount namespace where the moat binary is bind-mounted read-only over
-/// itself, so no container process can ever write to it through
-/// `/proc/<pid>/exe` (CVE-2019-5736 class). Returns the connection the
-/// shim reports on.
-pub fn spawn_shim(layout: &Layout, id: &str) -> Result<Conn, EngineError> {
-    let exe = std::env::current_exe().map_err(EngineError::io("locate the moat binary"))?;
+/// Starts the shim of container `id` and returns the connection it
+/// reports on. With an in-process backend (tests), the shim runs on a
+/// thread. Otherwise `SHIM_EXE --root R shim ID OPTIONS` runs detached from
+/// the caller, in its own session and mount namespace where the shim binary
+/// is bind-mounted read-only over itself, so no container process can ever
+/// write to it through `/proc/<pid>/exe` (CVE-2019-5736 class).
+pub fn spawn_shim(opts: &EngineOptions, layout: &Layout, id: &str) -> Result<Conn, EngineError> {
+    let (ours, theirs) = UnixStream::pair().map_err(EngineError::io("socketpair"))?;
+    if opts.backend.is_some() {
+        let (opts, id) = (opts.clone(), id.to_string());
+        std::thread::spawn(move || crate::shim::serve(opts, &id, theirs));
+        return Ok(Conn { stream: ours });
+    }
+    let exe = opts.shim_exe().map_err(EngineError::io("locate the shim binary"))?;
     let exe_c =
         CString::new(exe.as_os_str().as_encoded_bytes()).map_err(|_| EngineError::Invalid("binary path".into()))?;
-    let (ours, theirs) = UnixStream::pair().map_err(EngineError::io("socketpair"))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(layout.container(id).join("shim.log"))
         .map_err(EngineError::io("open shim log"))?;
+    let options = serde_json::to_string(opts).map_err(|e| EngineError::Invalid(e.to_string()))?;
     let fd = theirs.as_raw_fd();
     let mut cmd = Command::new(&exe);
-    cmd.arg("--root").arg(layout.root()).arg("shim").arg(id);
+    cmd.arg("--root").arg(layout.root()).arg("shim").arg(id).arg(options);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     // SAFETY: only async-signal-safe syscalls between fork and exec
     unsafe {

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use moat_core::Isolation;
-use moat_runtime::cgroup::Limits;
+pub use moat_runtime::cgroup::Limits;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -71,6 +71,7 @@ pub struct BindMount {
 
 /// Everything fixed when the container is created.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct ContainerConfig {
     /// The image as the user named it.
     pub image: String,
@@ -118,7 +119,7 @@ pub struct ContainerConfig {
     pub auto_remove: bool,
     /// Isolation type.
     pub isolation: Option<Isolation>,
-    /// Network mode (`none` or `host` for now).
+    /// `none`, `host`, or the name or ID of a switch.
     pub network: String,
     /// Signal for `stop`.
     pub stop_signal: String,
@@ -177,6 +178,8 @@ pub enum Status {
     Created,
     /// Running.
     Running,
+    /// Frozen (`moat pause`).
+    Paused,
     /// Waiting to be restarted by its policy.
     Restarting,
     /// Exited.
@@ -192,6 +195,7 @@ impl fmt::Display for Status {
         f.write_str(match self {
             Self::Created => "created",
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Restarting => "restarting",
             Self::Exited => "exited",
             Self::Removing => "removing",
@@ -202,6 +206,7 @@ impl fmt::Display for Status {
 
 /// Runtime state, rewritten on every transition.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct ContainerState {
     /// Status.
     pub status: Status,

@@ -22,11 +22,11 @@ pub struct Switch {
 }
 
 fn net(e: moat_net::NetError) -> EngineError {
-    match e {
-        moat_net::NetError::Invalid(m) => EngineError::Invalid(m),
-        e => EngineError::Shim(e.to_string()),
-    }
+    e.into()
 }
+
+/// The first lines of every container's `/etc/hosts`.
+pub const HOSTS_HEADER: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
 fn parse(row: SwitchRow) -> Result<Switch, EngineError> {
     let config = serde_json::from_str(&row.config)
@@ -219,16 +219,18 @@ impl Engine {
         })
     }
 
-    /// Rewrites `/etc/hosts` of every container on `switch_ids` (in place: it is
-    /// bind-mounted into running containers) so each resolves the others by name.
+    /// Rewrites `/etc/hosts` of every container that is or was on
+    /// `switch_ids` (in place: it is bind-mounted into running containers) so
+    /// each resolves exactly the others on its switches by name: a removed
+    /// or disconnected container disappears from its former peers' files,
+    /// and its own file loses them.
     pub fn refresh_hosts(&mut self, switch_ids: &[String]) -> Result<(), EngineError> {
         if switch_ids.is_empty() {
             return Ok(());
         }
         let all: Vec<Container> = self.list()?;
-        let on = |c: &Container| c.config.networks.iter().any(|e| switch_ids.contains(&e.switch_id));
-        for c in all.iter().filter(|c| on(c)) {
-            let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        for c in all.iter() {
+            let mut text = String::from(HOSTS_HEADER);
             let mine: Vec<&String> = c.config.networks.iter().map(|e| &e.switch_id).collect();
             for e in &c.config.networks {
                 text.push_str(&format!("{}\t{} {}\n", e.ip, c.config.hostname, c.name()));

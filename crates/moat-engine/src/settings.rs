@@ -1,16 +1,16 @@
-//! Engine settings: `/etc/moat/config.toml` (or `MOAT_CONFIG`), then
-//! `<root>/config.toml`, then `--default-isolation` (`MOAT_DEFAULT_ISOLATION`),
-//! each overriding the last.
+//! Engine settings: the system config file (`/etc/moat/config.toml`, or
+//! [`EngineOptions::config_file`]), then `<root>/config.toml`, then
+//! [`EngineOptions::default_isolation`], each overriding the last.
 //!
 //! ```toml
 //! # like a Windows host whose daemon runs with isolation=hyperv
 //! default_isolation = "hyperv"   # or "process" (the built-in default), "vm"
 //! ```
 
-use crate::EngineError;
+use crate::{EngineError, EngineOptions};
 use moat_core::Isolation;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,11 +27,6 @@ pub struct Settings {
     pub default_isolation_source: String,
 }
 
-/// The system-wide config file.
-pub fn system_file() -> PathBuf {
-    std::env::var_os("MOAT_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/etc/moat/config.toml"))
-}
-
 fn read(path: &Path) -> Result<Option<File>, EngineError> {
     match std::fs::read_to_string(path) {
         Ok(s) => toml::from_str(&s).map(Some).map_err(|e| {
@@ -43,10 +38,10 @@ fn read(path: &Path) -> Result<Option<File>, EngineError> {
 }
 
 impl Settings {
-    /// Loads the files for `root`.
-    pub fn load(root: &Path) -> Result<Self, EngineError> {
+    /// Loads the files of an engine, then its options.
+    pub fn load(o: &EngineOptions) -> Result<Self, EngineError> {
         let mut s = Settings { default_isolation: Isolation::Process, default_isolation_source: "built-in".into() };
-        for path in [system_file(), root.join("config.toml")] {
+        for path in [o.config_file(), o.root.join("config.toml")] {
             if let Some(f) = read(&path)? {
                 if let Some(v) = f.default_isolation {
                     s.default_isolation = v.parse().map_err(|e: moat_core::isolation::BadIsolation| {
@@ -56,13 +51,9 @@ impl Settings {
                 }
             }
         }
-        if let Ok(v) = std::env::var("MOAT_DEFAULT_ISOLATION") {
-            if !v.is_empty() {
-                s.default_isolation = v.parse().map_err(|e: moat_core::isolation::BadIsolation| {
-                    EngineError::Invalid(format!("--default-isolation: {e}"))
-                })?;
-                s.default_isolation_source = "--default-isolation".into();
-            }
+        if let Some(i) = o.default_isolation {
+            s.default_isolation = i;
+            s.default_isolation_source = "the engine's options (--default-isolation)".into();
         }
         Ok(s)
     }
@@ -75,15 +66,19 @@ mod tests {
     #[test]
     fn root_file_and_errors() -> Result<(), EngineError> {
         let d = tempfile::tempdir().map_err(EngineError::io("tempdir"))?;
-        assert_eq!(Settings::load(d.path())?.default_isolation, Isolation::Process);
+        let o = EngineOptions { config_file: Some(d.path().join("none.toml")), ..EngineOptions::new(d.path()) };
+        assert_eq!(Settings::load(&o)?.default_isolation, Isolation::Process);
         std::fs::write(d.path().join("config.toml"), "default_isolation = \"vm\"\n").map_err(EngineError::io("w"))?;
-        let s = Settings::load(d.path())?;
+        let s = Settings::load(&o)?;
         assert_eq!(s.default_isolation, Isolation::Hyperv);
         assert!(s.default_isolation_source.ends_with("config.toml"));
         std::fs::write(d.path().join("config.toml"), "default_isolation = \"kvm\"\n").map_err(EngineError::io("w"))?;
-        assert!(Settings::load(d.path()).is_err());
+        assert!(Settings::load(&o).is_err());
         std::fs::write(d.path().join("config.toml"), "bogus = 1\n").map_err(EngineError::io("w"))?;
-        assert!(Settings::load(d.path()).is_err());
+        assert!(Settings::load(&o).is_err());
+        std::fs::remove_file(d.path().join("config.toml")).map_err(EngineError::io("rm"))?;
+        let flag = EngineOptions { default_isolation: Some(Isolation::Hyperv), ..o };
+        assert_eq!(Settings::load(&flag)?.default_isolation, Isolation::Hyperv);
         Ok(())
     }
 }

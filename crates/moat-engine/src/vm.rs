@@ -5,7 +5,7 @@
 
 use crate::config::ContainerConfig;
 use crate::EngineError;
-use moat_proto::{Decoder, Frame, Kind, Msg};
+use moat_proto::{AgentEvent, AgentRequest, Decoder, Frame, Kind};
 use moat_runtime::mounts::{fdpath, in_root, mnt, Create};
 use moat_runtime::spec::{Mount, NetNs, Rootfs, Spec};
 use moat_store::Layout;
@@ -16,10 +16,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use moat_proto::GUEST_ROOT;
-
-fn vmerr(e: moat_vm::VmError) -> EngineError {
-    EngineError::Shim(e.to_string())
-}
 
 /// Mounts the container's root (overlay, etc files, bind mounts) at
 /// `containers/<id>/rootfs` in the calling process's mount namespace, which
@@ -103,6 +99,10 @@ pub struct VmLink {
     /// What QMP said about the guest: unparsed bytes, the last `SHUTDOWN`
     /// reason, and whether `GUEST_PANICKED` came.
     qmp_buf: Vec<u8>,
+    /// Answers to QMP commands, in order (`Err` with QEMU's message).
+    pub qmp_replies: std::collections::VecDeque<Result<(), String>>,
+    /// Answers still to come that nobody waits for (the negotiation's).
+    qmp_skip: usize,
     /// The reason of QEMU's last `SHUTDOWN` event (`guest-shutdown`, `guest-reset`, ...).
     pub shutdown_reason: Option<String>,
     /// The guest reported a panic through a panic device.
@@ -129,24 +129,20 @@ fn pidfd_of(pid: u32) -> Result<OwnedFd, EngineError> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
 }
 
-/// Boot timeout (`MOAT_VM_BOOT_TIMEOUT` seconds, default 120: TCG on a busy 2-core host is slow).
-fn boot_timeout() -> Duration {
-    Duration::from_secs(std::env::var("MOAT_VM_BOOT_TIMEOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(120))
-}
-
 impl VmLink {
     /// Boots the VM for container `id` exporting `root`, and waits for the agent.
     pub fn start(
+        opts: &crate::EngineOptions,
         layout: &Layout,
         id: &str,
         cfg: &ContainerConfig,
         root: &Path,
         cgroup: &moat_runtime::cgroup::Cgroup,
     ) -> Result<Self, EngineError> {
-        let kdir = moat_vm::kernel::dir(layout.root());
-        let kernel = moat_vm::kernel::current(&kdir).map_err(vmerr)?;
-        let agent = moat_vm::initramfs::find_agent().map_err(vmerr)?;
-        let initramfs = moat_vm::initramfs::build(&kernel, &agent, &kdir).map_err(vmerr)?;
+        let kdir = opts.kernel_dir();
+        let kernel = moat_vm::kernel::current(&kdir)?;
+        let agent = opts.agent()?;
+        let initramfs = moat_vm::initramfs::build(&kernel, &agent, &kdir)?;
         let (accel, _) = moat_vm::accel::detect();
         let uid = moat_vm::qemu::vm_uid(id);
         let (mem_mib, vcpus) = sizing(cfg);
@@ -155,7 +151,7 @@ impl VmLink {
         let mut nics = Vec::new();
         for (n, e) in cfg.networks.iter().enumerate() {
             let tap = moat_net::if_name('t', id, n);
-            moat_net::link::add_tap(&tap, &e.bridge).map_err(|e| EngineError::Shim(e.to_string()))?;
+            moat_net::link::add_tap(&tap, &e.bridge)?;
             nics.push((tap, e.mac.clone()));
         }
         let vc = moat_vm::launch::VmConfig {
@@ -170,6 +166,8 @@ impl VmLink {
             name: format!("moat-{}", &id[..12]),
             nics,
             uid,
+            qemu: opts.qemu.clone(),
+            virtiofsd: opts.virtiofsd.clone(),
             cgroup_procs: cgroup.procs_files(),
         };
         let taps: Vec<String> = vc.nics.iter().map(|(t, _)| t.clone()).collect();
@@ -178,7 +176,7 @@ impl VmLink {
             Ok(vm) => vm,
             Err(e) => {
                 drop_taps();
-                return Err(vmerr(e));
+                return Err(e.into());
             }
         };
         let pidfds = pidfd_of(vm.qemu.id()).and_then(|q| Ok((q, pidfd_of(vm.virtiofsd.id())?)));
@@ -200,6 +198,8 @@ impl VmLink {
             virtiofsd_pidfd,
             failure: None,
             qmp_buf: Vec::new(),
+            qmp_replies: std::collections::VecDeque::new(),
+            qmp_skip: 1,
             shutdown_reason: None,
             panicked: false,
             dec: Decoder::default(),
@@ -212,8 +212,18 @@ impl VmLink {
         // the socket until QEMU reads it after its greeting
         let _ = link.vm.qmp.set_nonblocking(true);
         let _ = link.vm.qmp.write_all(b"{\"execute\":\"qmp_capabilities\"}\n");
-        match link.wait_for(0, boot_timeout(), |m| matches!(m, Msg::Ready)) {
-            Ok(_) => Ok(link),
+        let ready = link.wait_for(0, opts.vm_boot_timeout(), |m| matches!(m, AgentEvent::Ready { .. }));
+        let ready = ready.and_then(|m| match m {
+            AgentEvent::Ready { version } if version == moat_proto::PROTOCOL_VERSION => Ok(()),
+            AgentEvent::Ready { version } => Err(EngineError::Unsupported(format!(
+                "the guest agent ({}) speaks protocol version {version}, this moat speaks {}: rebuild the agent (make agent)",
+                agent.display(),
+                moat_proto::PROTOCOL_VERSION
+            ))),
+            _ => Err(EngineError::Shim("unexpected first message from the guest agent".into())),
+        });
+        match ready {
+            Ok(()) => Ok(link),
             Err(e) => {
                 link.kill();
                 drop_taps();
@@ -225,7 +235,12 @@ impl VmLink {
     /// Blocks until a control message on session `sid` satisfies `want`,
     /// QEMU exits, or the timeout passes. Other frames are dropped (only used
     /// before the shim's loop runs).
-    pub fn wait_for(&mut self, sid: u32, timeout: Duration, want: impl Fn(&Msg) -> bool) -> Result<Msg, EngineError> {
+    pub fn wait_for(
+        &mut self,
+        sid: u32,
+        timeout: Duration,
+        want: impl Fn(&AgentEvent) -> bool,
+    ) -> Result<AgentEvent, EngineError> {
         let deadline = Instant::now() + timeout;
         let fd = self.vm.channel.as_raw_fd();
         let mut buf = vec![0u8; 64 << 10];
@@ -233,7 +248,7 @@ impl VmLink {
             self.flush_blocking()?;
             while let Some(f) = self.dec.next_frame().map_err(|e| EngineError::Shim(format!("agent: {e}")))? {
                 if f.session == sid && f.kind == Kind::Control {
-                    let m = f.msg().map_err(|e| EngineError::Shim(format!("agent: {e}")))?;
+                    let m: AgentEvent = f.msg().map_err(|e| EngineError::Shim(format!("agent: {e}")))?;
                     if want(&m) {
                         return Ok(m);
                     }
@@ -305,8 +320,8 @@ impl VmLink {
         Ok(())
     }
 
-    /// Queues a control message.
-    pub fn send(&mut self, sid: u32, m: &Msg) {
+    /// Queues a request.
+    pub fn send(&mut self, sid: u32, m: &AgentRequest) {
         Frame::control(sid, m).encode_into(&mut self.out);
     }
 
@@ -317,7 +332,7 @@ impl VmLink {
 
     /// Asks the guest to power off, waits a little, then kills what is left.
     pub fn shutdown(&mut self) {
-        self.send(0, &Msg::Shutdown);
+        self.send(0, &AgentRequest::Shutdown);
         let _ = self.flush_blocking();
         let mut p = libc::pollfd { fd: self.qemu_pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: wait up to 5 s for QEMU to exit
@@ -363,13 +378,27 @@ impl VmLink {
             match v["event"].as_str() {
                 Some("SHUTDOWN") => self.shutdown_reason = v["data"]["reason"].as_str().map(str::to_string),
                 Some("GUEST_PANICKED") => self.panicked = true,
-                _ => {}
+                Some(_) => {}
+                None if v.get("QMP").is_some() => {}
+                // the answer to the negotiation does not count
+                None if self.qmp_skip > 0 => self.qmp_skip -= 1,
+                None if v.get("return").is_some() => self.qmp_replies.push_back(Ok(())),
+                None => {
+                    let m = v["error"]["desc"].as_str().unwrap_or("QMP command failed").to_string();
+                    self.qmp_replies.push_back(Err(m));
+                }
             }
         }
         // a peer that floods us without newlines is not QEMU's QMP
         if self.qmp_buf.len() > 1 << 20 {
             self.qmp_buf.clear();
         }
+    }
+
+    /// Sends a QMP command (`stop`, `cont`); its answer arrives in [`Self::qmp_replies`].
+    pub fn qmp_command(&mut self, execute: &str) {
+        let line = format!("{{\"execute\":{}}}\n", serde_json::Value::String(execute.into()));
+        let _ = self.vm.qmp.write_all(line.as_bytes());
     }
 
     /// Why QEMU ended, after it exited, from what only QEMU and the host can
@@ -403,4 +432,33 @@ impl VmLink {
         let how = st.map(|s| format!("qemu exited with {s}")).unwrap_or_else(|| "qemu vanished".into());
         (code, format!("{what} ({how}); {console}"))
     }
+}
+
+/// An installed guest kernel.
+#[derive(Debug, Clone)]
+pub struct KernelInfo {
+    /// Release.
+    pub version: String,
+    /// The ELF kernel.
+    pub vmlinux: PathBuf,
+    /// The kernel directory.
+    pub dir: PathBuf,
+    /// The initramfs built for it with the current agent.
+    pub initramfs: Option<PathBuf>,
+}
+
+/// Downloads and installs Debian's current cloud kernel and builds its
+/// initramfs (`moat vm kernel install`).
+pub fn install_kernel(opts: &crate::EngineOptions) -> Result<KernelInfo, EngineError> {
+    let dir = opts.kernel_dir();
+    let k = moat_vm::kernel::install(&dir)?;
+    let initramfs = moat_vm::initramfs::build(&k, &opts.agent()?, &dir)?;
+    Ok(KernelInfo { version: k.version, vmlinux: k.vmlinux, dir, initramfs: Some(initramfs) })
+}
+
+/// The installed guest kernel (`moat vm kernel show`).
+pub fn current_kernel(opts: &crate::EngineOptions) -> Result<KernelInfo, EngineError> {
+    let dir = opts.kernel_dir();
+    let k = moat_vm::kernel::current(&dir)?;
+    Ok(KernelInfo { version: k.version, vmlinux: k.vmlinux, dir, initramfs: None })
 }

@@ -37,24 +37,3 @@ impl<R: Read, W: Write> Read for HashReader<R, W> {
         Ok(n)
     }
 }
-
-/// Counts bytes read and reports them to a callback.
-pub struct CountReader<'a, R> {
-    inner: R,
-    on_read: &'a dyn Fn(u64),
-}
-
-impl<'a, R: Read> CountReader<'a, R> {
-    /// Calls `on_read(n)` after every read of `n` bytes.
-    pub fn new(inner: R, on_read: &'a dyn Fn(u64)) -> Self {
-        Self { inner, on_read }
-    }
-}
-
-impl<R: Read> Read for CountReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        (self.on_read)(n as u64);
-        Ok(n)
-    }
-}

@@ -104,6 +104,55 @@ pub struct RootFsHead {
     pub diff_ids: Vec<String>,
 }
 
+/// The runtime part of an image config (`config` in the OCI image config,
+/// Docker's field names), as containers inherit it.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, Default, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct RuntimeConfig {
+    /// Entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Default command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<Vec<String>>,
+    /// Environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// User.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Stop signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Exposed ports (`"80/tcp": {}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// Volumes (`"/data": {}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// Health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<serde_json::Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct ConfigRuntime {
+    #[serde(default)]
+    config: Option<RuntimeConfig>,
+}
+
+/// The runtime config of an image config JSON (empty when it has none).
+pub fn runtime_config(raw: &[u8]) -> Result<RuntimeConfig, ImageError> {
+    let c: ConfigRuntime = serde_json::from_slice(raw).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+    Ok(c.config.unwrap_or_default())
+}
+
 /// Parses the fields moat needs from a config.
 pub fn parse_config(raw: &[u8]) -> Result<(ConfigHead, Vec<Digest>), ImageError> {
     let head: ConfigHead = serde_json::from_slice(raw).map_err(|e| ImageError::BadConfig(e.to_string()))?;

@@ -82,15 +82,15 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// A control frame for `msg`.
-    pub fn control(session: u32, msg: &Msg) -> Self {
-        // serialising our own enum cannot fail
+    /// A control frame carrying `msg` (one of this crate's message enums).
+    pub fn control(session: u32, msg: &impl Serialize) -> Self {
+        // serialising our own enums cannot fail
         let data = serde_json::to_vec(msg).unwrap_or_default();
         Self { kind: Kind::Control, session, data }
     }
 
-    /// Decodes a control payload.
-    pub fn msg(&self) -> Result<Msg, ProtoError> {
+    /// Decodes a control payload as `T`.
+    pub fn msg<T: serde::de::DeserializeOwned>(&self) -> Result<T, ProtoError> {
         serde_json::from_slice(&self.data).map_err(|e| ProtoError::Invalid(e.to_string()))
     }
 
@@ -175,93 +175,42 @@ impl Decoder {
     }
 }
 
-/// Terminal size.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub struct WinSize {
-    /// Rows.
-    pub rows: u16,
-    /// Columns.
-    pub cols: u16,
-}
+pub use moat_spec::{ExecSpec, GuestCreate, Limits, ProcRow, Stats, WinSize};
 
-/// A process to run inside an existing container.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
-pub struct ExecSpec {
-    /// argv; `args[0]` is looked up in the container's PATH.
-    pub args: Vec<String>,
-    /// Extra `KEY=VALUE` entries on top of the container's environment.
-    pub env: Vec<String>,
-    /// Working directory (container's default when `None`).
-    pub workdir: Option<String>,
-    /// `user[:group]` (container's default when `None`).
-    pub user: Option<String>,
-    /// Allocate a terminal.
-    pub tty: bool,
-    /// Keep stdin open.
-    pub stdin: bool,
-    /// Initial terminal size.
-    pub size: Option<WinSize>,
-    /// Run without waiting (`exec -d`).
-    pub detach: bool,
-    /// Extra privileges (`exec --privileged`).
-    pub privileged: bool,
-}
+/// Version of the host↔agent protocol; the agent reports it in
+/// [`AgentEvent::Ready`] and the host refuses a mismatch.
+pub const PROTOCOL_VERSION: u32 = 2;
 
-/// One row of a process listing.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ProcRow {
-    /// PID as the container sees it.
-    pub pid: u32,
-    /// Parent PID as the container sees it.
-    pub ppid: u32,
-    /// PID on the host, for process isolation (none for VM isolation).
-    pub host_pid: Option<u32>,
-    /// User (numeric).
-    pub uid: u32,
-    /// Resident memory in KiB.
-    pub rss_kb: u64,
-    /// Cumulative CPU time in seconds.
-    pub cpu_secs: f64,
-    /// Command line.
-    pub cmd: String,
-}
-
-/// Resource usage of a container.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Stats {
-    /// Memory in use, bytes.
-    pub mem_usage: u64,
-    /// Memory limit, bytes (0 = none).
-    pub mem_limit: u64,
-    /// Cumulative CPU time, nanoseconds.
-    pub cpu_ns: u64,
-    /// Number of processes.
-    pub pids: u64,
-}
-
-/// Control messages, in both directions.
+/// What a client asks a container's shim (on `containers/<id>/shim.sock`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Msg {
-    /// Client: attach to the main process's stdio.
+pub enum ShimRequest {
+    /// Attach to the main process's stdio.
     Attach {
         /// Forward the client's stdin.
         stdin: bool,
         /// Close the process's stdin when this client's stdin ends.
         stdin_once: bool,
     },
-    /// Client: run a process in the container.
+    /// Run a process in the container (this connection becomes its session).
     Exec(ExecSpec),
-    /// Client: deliver a signal to the main process (or this session's exec process).
+    /// Deliver a signal to the main process (or this connection's exec process).
     Signal {
         /// Signal number.
         signal: i32,
     },
-    /// Client: resize this session's terminal.
+    /// Resize this session's terminal.
     Resize(WinSize),
-    /// Client: tell me when the main process exits.
+    /// Resize exec session `exec_id`'s terminal (from another connection).
+    ResizeExec {
+        /// The exec ID.
+        exec_id: String,
+        /// Size.
+        size: WinSize,
+    },
+    /// Tell me when the main process exits.
     Wait,
-    /// Client: stop the main process: `signal`, then SIGKILL after `timeout_secs`;
+    /// Stop the main process: `signal`, then SIGKILL after `timeout_secs`;
     /// restart policies stand down. Replies `Exit` once it has exited.
     Stop {
         /// First signal.
@@ -269,57 +218,141 @@ pub enum Msg {
         /// Grace period before SIGKILL.
         timeout_secs: u32,
     },
-    /// Client: stream log output as it is written, from the given log offset.
+    /// Stop the main process like `Stop`, then start it again (the shim
+    /// stays, so a `--rm` container is not removed). Replies `Ok` once it runs.
+    Restart {
+        /// First signal.
+        signal: i32,
+        /// Grace period before SIGKILL.
+        timeout_secs: u32,
+    },
+    /// Stream log records as they are written.
     Follow,
-    /// Client: list the container's processes.
+    /// List the container's processes.
     Top,
-    /// Client: resource usage.
+    /// Resource usage.
     Stats,
-    /// Server: the process started.
+    /// Freeze every process of the container.
+    Pause,
+    /// Thaw them.
+    Unpause,
+    /// Change resource limits of the running container.
+    Update(Limits),
+}
+
+/// What a shim answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ShimReply {
+    /// The process started.
     Started {
         /// PID (host PID for process isolation, guest PID for VM).
         pid: u32,
     },
-    /// Server: the log file had this many bytes when following began.
+    /// The log file had this many bytes when following began.
     LogOffset {
         /// Byte offset.
         offset: u64,
     },
-    /// Server: the process exited.
+    /// The process exited.
     Exit {
         /// Exit code (128+N for death by signal N).
         code: i32,
         /// Killed by the OOM killer.
         oom_killed: bool,
     },
-    /// Server: process listing.
+    /// Process listing.
     Procs {
         /// Rows.
         rows: Vec<ProcRow>,
     },
-    /// Server: resource usage.
+    /// Resource usage.
     Usage(Stats),
-    /// Agent: the guest is up and serving.
-    Ready,
-    /// Host → agent: create the container's main process (JSON of
-    /// `moat_runtime::guest::Create`).
-    Create {
-        /// JSON payload.
-        spec: String,
+    /// Request done (with warnings, if any).
+    Ok {
+        /// Things the user should know (a limit that cannot apply, ...).
+        #[serde(default)]
+        warnings: Vec<String>,
     },
-    /// Flow control: the sender may send this many more stream bytes on this session.
+    /// Request failed.
+    Error {
+        /// One-line message.
+        message: String,
+    },
+}
+
+/// What the host asks the guest agent (on the virtio-serial port).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentRequest {
+    /// Create the container's main process (session 0).
+    Create(Box<GuestCreate>),
+    /// Run a process in the container as this frame's session.
+    Exec(ExecSpec),
+    /// Deliver a signal to this session's process.
+    Signal {
+        /// Signal number.
+        signal: i32,
+    },
+    /// Resize this session's terminal.
+    Resize(WinSize),
+    /// List the container's processes (answer on this session).
+    Top,
+    /// Resource usage (answer on this session).
+    Stats,
+    /// Freeze the container (answer on this session).
+    Pause,
+    /// Thaw it (answer on this session).
+    Unpause,
+    /// Change the container's limits inside the guest (answer on this session).
+    Update(Limits),
+    /// Flow control: the agent may send this many more stream bytes on this session.
     Credit {
         /// Bytes.
         bytes: u64,
     },
-    /// Host → agent: kill everything and power off.
+    /// Kill everything and power off.
     Shutdown,
-    /// Server: request done.
-    Ok,
-    /// Server: request failed.
+}
+
+/// What the guest agent reports.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentEvent {
+    /// The guest is up and serving.
+    Ready {
+        /// The agent's [`PROTOCOL_VERSION`].
+        version: u32,
+    },
+    /// This session's process started.
+    Started {
+        /// Guest PID.
+        pid: u32,
+    },
+    /// This session's request failed.
     Error {
         /// One-line message.
         message: String,
+    },
+    /// This session's process exited.
+    Exit {
+        /// Exit code.
+        code: i32,
+        /// Killed by the OOM killer.
+        oom_killed: bool,
+    },
+    /// Answer to `Top`.
+    Procs {
+        /// Rows.
+        rows: Vec<ProcRow>,
+    },
+    /// Answer to `Stats`.
+    Usage(Stats),
+    /// Answer to `Pause`/`Unpause`/`Update`.
+    Ok {
+        /// Warnings.
+        #[serde(default)]
+        warnings: Vec<String>,
     },
 }
 
@@ -330,9 +363,9 @@ mod tests {
     #[test]
     fn roundtrip_blocking_and_incremental() -> Result<(), ProtoError> {
         let frames = vec![
-            Frame::control(0, &Msg::Attach { stdin: true, stdin_once: true }),
+            Frame::control(0, &ShimRequest::Attach { stdin: true, stdin_once: true }),
             Frame { kind: Kind::Stdout, session: 7, data: b"hello".to_vec() },
-            Frame::control(3, &Msg::Exit { code: 137, oom_killed: true }),
+            Frame::control(3, &ShimReply::Exit { code: 137, oom_killed: true }),
         ];
         let mut wire = Vec::new();
         for f in &frames {
@@ -352,7 +385,9 @@ mod tests {
             }
         }
         assert_eq!(got, frames);
-        assert_eq!(frames[2].msg()?, Msg::Exit { code: 137, oom_killed: true });
+        assert_eq!(frames[2].msg::<ShimReply>()?, ShimReply::Exit { code: 137, oom_killed: true });
+        // the other link's enum does not take it
+        assert!(frames[0].msg::<AgentRequest>().is_err());
         Ok(())
     }
 

@@ -6,7 +6,6 @@
 //! v1 and v2 in names only, and a library that hides which version it wrote
 //! to would make the OOM/limit tests ambiguous.
 
-use crate::devices::DevicePolicy;
 use crate::RuntimeError;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -20,23 +19,7 @@ pub enum Version {
     V2,
 }
 
-/// Requested limits (docker's semantics).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Limits {
-    /// Memory limit in bytes.
-    pub memory: Option<i64>,
-    /// Memory + swap in bytes; -1 = unlimited swap.
-    pub memory_swap: Option<i64>,
-    /// CPU quota in CPUs (e.g. 0.5).
-    pub cpus: Option<f64>,
-    /// Relative CPU weight (docker's shares, default 1024).
-    pub cpu_shares: Option<u64>,
-    /// Maximum number of processes; -1 or 0 = unlimited.
-    pub pids: Option<i64>,
-    /// Which devices the container may open (Docker's allow-list by default).
-    #[serde(default)]
-    pub devices: DevicePolicy,
-}
+pub use moat_spec::Limits;
 
 /// A container's cgroup (one directory per v1 controller, or one v2 directory).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,14 +171,22 @@ impl Cgroup {
             Version::V1 => {
                 if let Some(m) = l.memory {
                     let d = self.need("memory")?;
-                    write(d, "memory.limit_in_bytes", &m.to_string())?;
                     let swap = match l.memory_swap {
                         Some(-1) => Some(-1),
                         Some(s) => Some(s),
-                        None => Some(m * 2),
+                        None => Some(m.saturating_mul(2)),
                     };
+                    let memsw = d.join("memory.memsw.limit_in_bytes").exists();
+                    // memory ≤ memory+swap at every step: raising past the old
+                    // memsw needs memsw first (a running container's update)
+                    if write(d, "memory.limit_in_bytes", &m.to_string()).is_err() {
+                        if let (Some(s), true) = (swap, memsw) {
+                            write(d, "memory.memsw.limit_in_bytes", &s.to_string())?;
+                        }
+                        write(d, "memory.limit_in_bytes", &m.to_string())?;
+                    }
                     if let Some(s) = swap {
-                        if d.join("memory.memsw.limit_in_bytes").exists() {
+                        if memsw {
                             write(d, "memory.memsw.limit_in_bytes", &s.to_string())?;
                         } else if l.memory_swap.is_some() {
                             self.warnings.push(
@@ -289,9 +280,9 @@ impl Cgroup {
     }
 
     /// Current usage.
-    pub fn stats(&self) -> (u64, u64, u64, u64) {
+    pub fn stats(&self) -> moat_spec::Stats {
         let num = |d: Option<&Path>, f: &str| d.and_then(|d| read(d, f)).and_then(|s| s.parse::<u64>().ok());
-        match self.version {
+        let (mem_usage, mem_limit, cpu_ns, pids) = match self.version {
             Version::V1 => {
                 let mem = num(self.dir("memory"), "memory.usage_in_bytes").unwrap_or(0);
                 let lim = num(self.dir("memory"), "memory.limit_in_bytes").filter(|l| *l < (1 << 62)).unwrap_or(0);
@@ -307,7 +298,58 @@ impl Cgroup {
                 let pids = num(d, "pids.current").unwrap_or(0);
                 (mem, lim, cpu, pids)
             }
+        };
+        moat_spec::Stats { mem_usage, mem_limit, cpu_ns, pids }
+    }
+
+    /// Freezes (`true`) or thaws every process of the cgroup and waits for
+    /// the freezer to settle (v1 `freezer.state`, v2 `cgroup.freeze`).
+    pub fn freeze(&self, frozen: bool) -> Result<(), RuntimeError> {
+        match self.version {
+            Version::V1 => {
+                let d = self.need("freezer")?;
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                write(d, "freezer.state", want)?;
+                for _ in 0..1000 {
+                    if read(d, "freezer.state").as_deref() == Some(want) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(RuntimeError::Invalid(format!("the freezer did not reach {want}")))
+            }
+            Version::V2 => {
+                let d = self.need("")?;
+                write(d, "cgroup.freeze", if frozen { "1" } else { "0" })?;
+                for _ in 0..1000 {
+                    if keyed(d, "cgroup.events", "frozen") == Some(frozen as u64) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err(RuntimeError::Invalid("the cgroup did not settle its freeze state".into()))
+            }
         }
+    }
+
+    /// Applies new limits to a cgroup in use (memory, swap, CPU, pids; not
+    /// devices). A v1 `cpu` hierarchy the cgroup skipped at start (no CPU
+    /// limit then) is joined now, with every process in it.
+    pub fn update(&mut self, l: &Limits) -> Result<Vec<String>, RuntimeError> {
+        if self.version == Version::V1 && (l.cpus.is_some() || l.cpu_shares.is_some()) && self.dir("cpu").is_none() {
+            if let Some((_, mp)) = v1_mounts().into_iter().find(|(c, _)| c == "cpu") {
+                let dir = mp.join("moat").join(self.dirs.first().and_then(|(_, d)| d.file_name()).unwrap_or_default());
+                std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("cgroup: create {}", dir.display())))?;
+                for p in self.pids() {
+                    write(&dir, "cgroup.procs", &p.to_string())?;
+                }
+                self.dirs.push(("cpu".into(), dir));
+            }
+        }
+        let only = Limits { devices: crate::devices::DevicePolicy::AllowAll, ..l.clone() };
+        self.warnings.clear();
+        self.apply(&only)?;
+        Ok(std::mem::take(&mut self.warnings))
     }
 
     /// Kills whatever is left and removes the directories.
@@ -343,6 +385,7 @@ impl Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::DevicePolicy;
 
     fn limits() -> Limits {
         Limits {

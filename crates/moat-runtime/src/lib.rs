@@ -13,10 +13,10 @@
 pub mod caps;
 pub mod cgroup;
 pub mod devices;
-pub mod guest;
 pub mod mounts;
 pub mod netconf;
 pub mod procfs;
+pub mod relay;
 pub mod seccomp;
 pub mod spawn;
 pub mod spec;
@@ -45,6 +45,15 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// The exit code to record for this error: the code of a start failure
+    /// (127 not found, 126 not executable, 125 setup), else 125.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Start { code, .. } => *code,
+            _ => 125,
+        }
+    }
+
     /// Maps a nix error with context.
     pub fn sys(ctx: impl Into<String>) -> impl FnOnce(nix::Error) -> RuntimeError {
         let ctx = ctx.into();

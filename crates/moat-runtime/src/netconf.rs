@@ -3,25 +3,9 @@
 //! in the guest agent alike): rename, MAC, IPv4 address, up, default route.
 
 use crate::RuntimeError;
-use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
-/// One interface to configure.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Iface {
-    /// Its current name (the veth peer moved in, or `eth0` in a guest).
-    pub from: String,
-    /// Its name inside the container.
-    pub name: String,
-    /// Address.
-    pub ip: Ipv4Addr,
-    /// Prefix length.
-    pub prefix: u8,
-    /// Default gateway (only the first interface with one gets the route).
-    pub gateway: Option<Ipv4Addr>,
-    /// MAC address `aa:bb:cc:dd:ee:ff`.
-    pub mac: String,
-}
+pub use moat_spec::Iface;
 
 fn name_bytes(n: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], RuntimeError> {
     if n.is_empty() || n.len() >= libc::IFNAMSIZ {

@@ -1,6 +1,6 @@
 //! Reading process information from /proc for `top`.
 
-use moat_proto::ProcRow;
+use moat_spec::ProcRow;
 
 fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
     status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)

@@ -124,7 +124,7 @@ pub struct SwitchRow {
     pub config: String,
 }
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE images(
@@ -170,6 +170,39 @@ CREATE TABLE endpoints(
   UNIQUE (switch_id, ip)
 );
 ";
+
+/// Version 3: the event log.
+const SCHEMA_V3: &str = "
+CREATE TABLE events(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  time_nano INTEGER NOT NULL,
+  type TEXT NOT NULL,
+  action TEXT NOT NULL,
+  actor TEXT NOT NULL,
+  attributes TEXT NOT NULL
+);
+CREATE INDEX events_time ON events(time_nano);
+";
+
+/// One recorded event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Position in the log (increasing).
+    pub seq: i64,
+    /// Nanoseconds since the epoch.
+    pub time_nano: i64,
+    /// `container`, `image`, `network`, `volume`.
+    pub kind: String,
+    /// `create`, `start`, `die`, ...
+    pub action: String,
+    /// ID of the object.
+    pub actor: String,
+    /// JSON object of string attributes.
+    pub attributes: String,
+}
+
+/// Events older than this many seconds are dropped as new ones arrive.
+const EVENT_RETENTION_SECS: i64 = 7 * 24 * 3600;
 
 /// An open metadata store.
 pub struct Store {
@@ -308,6 +341,9 @@ impl Store {
             }
             if v < 2 {
                 tx.execute_batch(SCHEMA_V2)?;
+            }
+            if v < 3 {
+                tx.execute_batch(SCHEMA_V3)?;
             }
             if v < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -697,6 +733,53 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    // ---------------------------------------------------------------- events
+
+    /// Appends an event; returns its sequence number. Events older than a
+    /// week are dropped in the same transaction.
+    pub fn append_event(&mut self, e: &EventRow) -> Result<i64, StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO events(time_nano, type, action, actor, attributes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![e.time_nano, e.kind, e.action, e.actor, e.attributes],
+            )?;
+            let seq = tx.last_insert_rowid();
+            if seq % 256 == 0 {
+                tx.execute(
+                    "DELETE FROM events WHERE time_nano < ?1",
+                    [e.time_nano - EVENT_RETENTION_SECS * 1_000_000_000],
+                )?;
+            }
+            Ok(seq)
+        })
+    }
+
+    /// Events with `seq >= from_seq` and `since_nano <= time < until_nano`, oldest first.
+    pub fn events(&self, from_seq: i64, since_nano: i64, until_nano: i64) -> Result<Vec<EventRow>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT seq, time_nano, type, action, actor, attributes FROM events
+             WHERE seq >= ?1 AND time_nano >= ?2 AND time_nano < ?3 ORDER BY seq",
+        )?;
+        let rows = st
+            .query_map(params![from_seq, since_nano, until_nano], |r| {
+                Ok(EventRow {
+                    seq: r.get(0)?,
+                    time_nano: r.get(1)?,
+                    kind: r.get(2)?,
+                    action: r.get(3)?,
+                    actor: r.get(4)?,
+                    attributes: r.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// The newest event's sequence number (0 when there is none).
+    pub fn last_event_seq(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
     }
 
     /// Every switch by name.

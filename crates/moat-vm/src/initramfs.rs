@@ -25,13 +25,9 @@ pub fn is_static_elf(path: &Path) -> bool {
     })
 }
 
-/// Finds the static `moat-agent` binary: `MOAT_AGENT`, the workspace's
-/// `target/agent/...` build (`make agent`), or next to the running moat.
-pub fn find_agent() -> Result<PathBuf, VmError> {
-    if let Some(p) = std::env::var_os("MOAT_AGENT") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().map_err(VmError::io("locate moat"))?;
+/// Finds the static `moat-agent` binary near `exe` (the moat binary): the
+/// workspace's `target/agent/...` build (`make agent`), or next to it.
+pub fn find_agent(exe: &Path) -> Result<PathBuf, VmError> {
     let dir = exe.parent().unwrap_or(Path::new("/"));
     let mut tried = Vec::new();
     let mut cands = Vec::new();

@@ -37,11 +37,6 @@ pub struct Kernel {
     pub modules: Vec<PathBuf>,
 }
 
-/// Where kernels live: `MOAT_KERNEL_DIR`, else `<root>/vm/kernel`.
-pub fn dir(root: &Path) -> PathBuf {
-    std::env::var_os("MOAT_KERNEL_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("vm").join("kernel"))
-}
-
 /// The installed kernel in `dir`, if any.
 pub fn current(dir: &Path) -> Result<Kernel, VmError> {
     let v = std::fs::read_to_string(dir.join("current"))

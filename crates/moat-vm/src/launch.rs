@@ -53,6 +53,10 @@ pub struct VmConfig {
     pub nics: Vec<(String, String)>,
     /// The unprivileged uid/gid QEMU becomes once started.
     pub uid: u32,
+    /// QEMU binary (PATH when `None`).
+    pub qemu: Option<PathBuf>,
+    /// virtiofsd binary (PATH and usual places when `None`).
+    pub virtiofsd: Option<PathBuf>,
     /// `cgroup.procs` files QEMU and virtiofsd join before they run, so
     /// whoever destroys the container's cgroup ends its VM (a drop of
     /// privileges clears `PDEATHSIG`, so a dead shim alone would not).
@@ -71,10 +75,11 @@ pub struct Vm {
     pub qmp: UnixStream,
 }
 
-/// Looks for a program: an environment override, then PATH, then extra places.
-pub fn find_program(env: &str, name: &str, extra: &[&str]) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(env) {
-        return Some(PathBuf::from(p));
+/// Looks for a program: the configured path, then PATH, then extra places
+/// and `~/.cargo/bin` (where `cargo install virtiofsd` puts it).
+pub fn find_program(configured: Option<&Path>, name: &str, extra: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = configured {
+        return Some(p.to_path_buf());
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
@@ -203,12 +208,13 @@ fn confine(cmd: &mut Command, procs: Vec<RawFd>, own_netns: bool) {
 
 /// Starts virtiofsd and QEMU for `cfg`.
 pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
-    let qemu_bin = find_program("MOAT_QEMU", "qemu-system-x86_64", &[])
+    let qemu_bin = find_program(cfg.qemu.as_deref(), "qemu-system-x86_64", &[])
         .ok_or_else(|| VmError::Missing("qemu-system-x86_64", "install Debian's qemu-system-x86".into()))?;
-    let vfsd_bin = find_program("MOAT_VIRTIOFSD", "virtiofsd", &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"])
-        .ok_or_else(|| {
-            VmError::Missing("virtiofsd", "install it with `cargo install virtiofsd` (make test does)".into())
-        })?;
+    let vfsd_bin =
+        find_program(cfg.virtiofsd.as_deref(), "virtiofsd", &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"])
+            .ok_or_else(|| {
+                VmError::Missing("virtiofsd", "install it with `cargo install virtiofsd` (make test does)".into())
+            })?;
     let listener = moat_proto::sock::bind(&cfg.run_dir, "vfs.sock")
         .map_err(VmError::io(format!("bind {}/vfs.sock", cfg.run_dir.display())))?;
     let vfs_client =

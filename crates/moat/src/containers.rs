@@ -1,16 +1,14 @@
 //! Container commands: create, run, start, stop, exec, logs, ps, ...
 
-use crate::output;
 use crate::session::{self, End, Opts};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::{format, output};
+use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
-use moat_core::human;
-use moat_core::isolation::IsolationRequest;
-use moat_engine::config::{BindMount, ContainerConfig, Status};
-use moat_engine::{Container, Engine, EngineError};
-use moat_proto::{ExecSpec, Msg};
+use moat_engine::config::ContainerConfig;
+use moat_engine::filter::{ContainerFilter, Filters};
+use moat_engine::view::{ContainerInspect, PsRow};
+use moat_engine::{flags, AttachOptions, Container, CreateRequest, Engine, EngineError, ExecSpec, StopOptions};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Flags shared by `create` and `run`.
 #[derive(Args, Debug, Clone)]
@@ -30,9 +28,12 @@ pub struct CreateArgs {
     /// User (`name|uid[:group|gid]`).
     #[arg(short = 'u', long)]
     user: Option<String>,
-    /// Container host name (`-h` is help in moat; use --hostname).
-    #[arg(long)]
+    /// Container host name.
+    #[arg(short = 'h', long)]
     hostname: Option<String>,
+    /// Print help (`-h` is the host name, as in Docker).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// Overwrite the image's entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
@@ -49,10 +50,10 @@ pub struct CreateArgs {
     #[arg(long, default_value = "default")]
     isolation: String,
     /// Keep stdin open.
-    #[arg(short = 'i', long)]
+    #[arg(short = 'i', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     interactive: bool,
     /// Allocate a terminal.
-    #[arg(short = 't', long)]
+    #[arg(short = 't', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     tty: bool,
     /// Restart policy: no, on-failure[:N], always, unless-stopped.
     #[arg(long, default_value = "no")]
@@ -145,10 +146,10 @@ pub struct CreateArgs {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Run in the background and print the container ID.
-    #[arg(short = 'd', long)]
+    #[arg(short = 'd', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     detach: bool,
     /// Remove the container when it exits.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     rm: bool,
     /// Forward signals to the process (non-terminal sessions).
     #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
@@ -161,8 +162,10 @@ pub struct RunArgs {
 #[derive(Subcommand, Debug)]
 pub enum ContainerCmd {
     /// Create a container.
+    #[command(disable_help_flag = true)]
     Create(CreateArgs),
     /// Create and start a container.
+    #[command(disable_help_flag = true)]
     Run(RunArgs),
     /// Start stopped containers.
     Start {
@@ -222,12 +225,8 @@ pub enum ContainerCmd {
     /// List containers.
     #[command(alias = "list", alias = "ls")]
     Ps(PsArgs),
-    /// Show details of containers (or images) as JSON.
-    Inspect {
-        /// Containers.
-        #[arg(required = true)]
-        containers: Vec<String>,
-    },
+    /// Show details of containers, images or switches as JSON (or a Go template).
+    Inspect(InspectArgs),
     /// Show a container's output.
     Logs {
         /// Follow new output.
@@ -239,6 +238,12 @@ pub enum ContainerCmd {
         /// Show timestamps.
         #[arg(short = 't', long)]
         timestamps: bool,
+        /// Only output since this time (RFC 3339, Unix seconds, or a duration like 10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only output before this time.
+        #[arg(long)]
+        until: Option<String>,
         /// Container.
         container: String,
     },
@@ -278,21 +283,25 @@ pub enum ContainerCmd {
         /// Do not prompt (moat never prompts).
         #[arg(short = 'f', long)]
         force: bool,
-    },
-    /// Change a container's settings: its isolation type (a stopped
-    /// container, or any with --restart) or its restart policy.
-    Update {
-        /// New isolation: process, hyperv (alias vm) or default.
+        /// Only those matching: `until=TIME`, `label=KEY[=VALUE]`.
         #[arg(long)]
-        isolation: Option<String>,
-        /// Alone: stop a running container, convert it, start it again.
-        /// With a value (`--restart=always`, `=` required): the restart policy.
-        #[arg(long, num_args = 0..=1, default_missing_value = "", require_equals = true)]
-        restart: Option<String>,
+        filter: Vec<String>,
+    },
+    /// Freeze every process of containers (the whole VM for hyperv).
+    Pause {
         /// Containers.
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Thaw paused containers.
+    Unpause {
+        /// Containers.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Change containers: limits (at once, also while running), restart
+    /// policy, isolation type (stopped containers, or with --restart).
+    Update(UpdateArgs),
     /// List a container's published ports.
     Port {
         /// Container.
@@ -306,6 +315,9 @@ pub enum ContainerCmd {
         /// Show all containers, not just running ones.
         #[arg(short = 'a', long)]
         all: bool,
+        /// `table`, `json` or a Go template (`{{.Name}} {{.MemUsage}}`).
+        #[arg(long, default_value = "table")]
+        format: String,
         /// Containers (default: all running).
         containers: Vec<String>,
     },
@@ -340,6 +352,49 @@ pub struct ExecArgs {
     container_and_command: Vec<String>,
 }
 
+/// `update` flags.
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// New isolation: process, hyperv (alias vm) or default.
+    #[arg(long)]
+    isolation: Option<String>,
+    /// A restart policy (`--restart always`, `--restart=on-failure:3`); alone
+    /// with --isolation and no value: stop, convert and start a running container.
+    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    restart: Option<String>,
+    /// Memory limit.
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// Memory plus swap (-1: unlimited swap).
+    #[arg(long = "memory-swap", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// CPUs.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// CPU shares.
+    #[arg(short = 'c', long = "cpu-shares")]
+    cpu_shares: Option<u64>,
+    /// Pids limit.
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    /// Containers.
+    containers: Vec<String>,
+}
+
+/// `inspect` flags.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A Go template (`{{.State.Status}}`, `{{json .Config}}`).
+    #[arg(short = 'f', long)]
+    format: Option<String>,
+    /// Only objects of this type: container, image, network (switch).
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// Objects.
+    #[arg(required = true)]
+    names: Vec<String>,
+}
+
 /// `ps` flags.
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -352,92 +407,47 @@ pub struct PsArgs {
     /// Do not truncate.
     #[arg(long = "no-trunc")]
     no_trunc: bool,
-    /// Filter: status=, name=, id=, label=KEY[=VALUE], ancestor=, isolation=.
+    /// Filter: status=, name= (a regular expression), id=, label=KEY[=VALUE],
+    /// ancestor=, before=, since=, exited=, isolation=, network=.
     #[arg(short = 'f', long)]
     filter: Vec<String>,
-    /// `table`, `json`, or a template like `{{.Names}} {{.Status}}`.
+    /// `table`, `json`, or a Go template (`{{.Names}}\t{{.Status}}`, `table ...`).
     #[arg(long, default_value = "table")]
     format: String,
+    /// Only the N newest containers (all states).
+    #[arg(short = 'n', long = "last")]
+    last: Option<usize>,
+    /// Only the newest container (all states).
+    #[arg(short = 'l', long)]
+    latest: bool,
 }
 
 fn env_value(e: &str) -> Option<String> {
-    if e.contains('=') {
-        Some(e.to_string())
-    } else {
-        std::env::var(e).ok().map(|v| format!("{e}={v}"))
-    }
+    flags::env(e, |k| std::env::var(k).ok())
 }
 
+/// Translates `create`/`run` flags into the engine's request (the engine validates).
 fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
-    let mut env = Vec::new();
-    for f in &a.env_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("cannot read env file {f}"))?;
-        for l in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-            env.extend(env_value(l));
-        }
-    }
-    for e in &a.env {
-        env.extend(env_value(e));
-    }
-    let mut binds = Vec::new();
-    for v in &a.volume {
-        let parts: Vec<&str> = v.split(':').collect();
-        let (src, dst, mode) = match parts.as_slice() {
-            [s, d] => (*s, *d, ""),
-            [s, d, m] => (*s, *d, *m),
-            _ => bail!("invalid volume specification {v:?}: use HOST:CONTAINER[:ro]"),
-        };
-        if !src.starts_with('/') {
-            bail!(
-                "invalid volume specification {v:?}: named volumes are not supported, the host path must be absolute"
-            );
-        }
-        if !dst.starts_with('/') {
-            bail!("invalid volume specification {v:?}: the container path must be absolute");
-        }
-        let readonly = match mode {
-            "" | "rw" => false,
-            "ro" => true,
-            m => bail!("invalid volume mode {m:?} in {v:?}: use ro or rw"),
-        };
-        binds.push(BindMount { source: src.into(), target: dst.into(), readonly });
-    }
-    let mut tmpfs = BTreeMap::new();
-    for t in &a.tmpfs {
-        let (p, o) = t.split_once(':').unwrap_or((t, ""));
-        if !p.starts_with('/') {
-            bail!("invalid tmpfs {t:?}: the path must be absolute");
-        }
-        tmpfs.insert(p.to_string(), o.to_string());
-    }
-    let mut labels = BTreeMap::new();
-    for l in &a.label {
-        let (k, v) = l.split_once('=').unwrap_or((l, ""));
-        labels.insert(k.to_string(), v.to_string());
-    }
-    let isolation = match a.isolation.parse::<IsolationRequest>()? {
-        IsolationRequest::Default => None,
-        IsolationRequest::Explicit(i) => Some(i),
-    };
-    let mut limits = moat_runtime::cgroup::Limits::default();
-    if let Some(m) = &a.memory {
-        limits.memory = Some(moat_engine::validate::bytes("memory limit", human::parse_size(m)?)?);
-    }
-    if let Some(s) = &a.memory_swap {
-        limits.memory_swap = Some(if s == "-1" {
-            -1
-        } else {
-            moat_engine::validate::bytes("memory-swap limit", human::parse_size(s)?)?
-        });
-    }
-    limits.cpus = a.cpus;
-    limits.cpu_shares = a.cpu_shares;
-    limits.pids = a.pids_limit;
     let (image, command) = a.image_and_command.split_first().ok_or_else(|| anyhow!("an image is required"))?;
     if image.starts_with('-') {
         // clap takes anything after the flags it knows as IMAGE [COMMAND...]
         return Err(crate::with_exit(anyhow!("unknown flag: {image} (see 'moat run --help')"), 125));
     }
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        env.extend(flags::env_file(f, |k| std::env::var(k).ok())?);
+    }
+    env.extend(a.env.iter().filter_map(|e| env_value(e)));
+    let mut limits = moat_engine::config::Limits::default();
+    if let Some(m) = &a.memory {
+        limits.memory = Some(flags::size("memory limit", m)?);
+    }
+    if let Some(s) = &a.memory_swap {
+        limits.memory_swap = Some(if s == "-1" { -1 } else { flags::size("memory-swap limit", s)? });
+    }
+    limits.cpus = a.cpus;
+    limits.cpu_shares = a.cpu_shares;
+    limits.pids = a.pids_limit;
     Ok(ContainerConfig {
         image: image.clone(),
         cmd: command.to_vec(),
@@ -453,39 +463,32 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         tty: a.tty,
         open_stdin: a.interactive,
         stdin_once: a.interactive,
-        labels,
-        binds,
-        tmpfs,
+        labels: a.label.iter().map(|l| flags::label(l)).collect::<BTreeMap<_, _>>(),
+        binds: a.volume.iter().map(|v| flags::bind(v)).collect::<Result<_, _>>()?,
+        tmpfs: a.tmpfs.iter().map(|t| flags::tmpfs(t)).collect::<Result<_, _>>()?,
         readonly_rootfs: a.read_only,
         cap_add: a.cap_add.clone(),
         cap_drop: a.cap_drop.clone(),
         privileged: a.privileged,
         security_opt: a.security_opt.clone(),
         limits,
-        restart: a.restart.parse().map_err(|e: String| anyhow!(e))?,
+        restart: flags::restart(&a.restart)?,
         auto_remove: rm,
-        isolation,
+        isolation: flags::isolation(&a.isolation)?,
         network: a.network.clone().unwrap_or_default(),
         stop_signal: a.stop_signal.clone().unwrap_or_default(),
         stop_timeout: a.stop_timeout,
-        shm_size: a.shm_size.as_deref().map(human::parse_size).transpose()?,
-        ulimits: a
-            .ulimit
-            .iter()
-            .map(|u| moat_runtime::spec::parse_ulimit(u))
-            .collect::<Result<_, _>>()
-            .map_err(|e| anyhow!(e))?,
-        args: Vec::new(),
-        networks: Vec::new(),
+        shm_size: a.shm_size.as_deref().map(|s| flags::size("shm size", s).map(|b| b as u64)).transpose()?,
+        ulimits: a.ulimit.iter().map(|u| flags::ulimit(u)).collect::<Result<_, _>>()?,
         ip: a.ip,
         mac: a.mac_address.clone(),
         dns: a.dns.clone(),
         add_hosts: a.add_host.clone(),
-        publish: a.publish.iter().map(|p| moat_net::parse_publish(p)).collect::<Result<_, _>>()?,
+        publish: a.publish.iter().map(|p| flags::publish(p)).collect::<Result<_, _>>()?,
         publish_all: a.publish_all,
-        exposed: Vec::new(),
-        devices: a.device.iter().map(|d| moat_runtime::devices::parse_device(d)).collect::<Result<_, _>>()?,
+        devices: a.device.iter().map(|d| flags::device(d)).collect::<Result<_, _>>()?,
         log: moat_engine::logs::LogConfig::parse(a.log_driver.as_deref(), &a.log_opt).map_err(|e| anyhow!(e))?,
+        ..Default::default()
     })
 }
 
@@ -496,7 +499,7 @@ fn start_failed(e: EngineError) -> Result<i32> {
             eprintln!("Error: {message}");
             Ok(if code == 0 { 125 } else { code })
         }
-        e => Err(e.into()),
+        e => Err(crate::with_exit(e.into(), 125)),
     }
 }
 
@@ -509,21 +512,21 @@ fn end_code(end: End) -> Result<i32> {
 }
 
 /// Runs one container subcommand.
-pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
-    let mut e = Engine::open(root).with_context(|| format!("cannot open moat root {}", root.display()))?;
+pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
     match cmd {
         ContainerCmd::Create(a) => {
             let c = build_config(&a, false)
-                .and_then(|cfg| Ok(e.create(a.name.as_deref(), cfg)?))
+                .and_then(|config| Ok(e.create(CreateRequest { name: a.name.clone(), config })?))
                 .map_err(|err| crate::with_exit(err, 125))?;
             println!("{}", c.id());
             Ok(0)
         }
         ContainerCmd::Run(a) => {
-            let cfg = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
-            let tty = cfg.tty;
-            let c = e.create(a.create.name.as_deref(), cfg).map_err(|err| crate::with_exit(err.into(), 125))?;
-            let (c, mut conn) = match e.start(c.id()) {
+            let config = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
+            let c = e
+                .create(CreateRequest { name: a.create.name.clone(), config })
+                .map_err(|err| crate::with_exit(err.into(), 125))?;
+            let (c, mut s) = match e.start(c.id()) {
                 Ok(v) => v,
                 Err(err) => {
                     if a.rm {
@@ -537,46 +540,42 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
                 return Ok(0);
             }
             // a process that already exited has closed the shim: its output and exit status are still queued
-            let _ = conn.send_msg(&Msg::Attach { stdin: a.create.interactive, stdin_once: true });
-            end_code(session::relay(conn, Opts { tty, stdin: a.create.interactive, sig_proxy: a.sig_proxy })?)
+            let _ = s.attach(AttachOptions { stdin: a.create.interactive, stdin_once: true });
+            end_code(session::relay(s, Opts { stdin: a.create.interactive, sig_proxy: a.sig_proxy })?)
         }
         ContainerCmd::Start { attach, interactive, containers } => {
             let mut code = 0;
             for name in &containers {
                 match e.start(name) {
-                    Ok((c, mut conn)) => {
+                    Ok((c, mut s)) => {
                         if attach || interactive {
-                            let _ = conn.send_msg(&Msg::Attach { stdin: interactive, stdin_once: interactive });
-                            let opts =
-                                Opts { tty: c.config.tty, stdin: interactive && c.config.open_stdin, sig_proxy: true };
-                            return end_code(session::relay(conn, opts)?);
+                            let _ = s.attach(AttachOptions { stdin: interactive, stdin_once: interactive });
+                            let stdin = interactive && c.config.open_stdin;
+                            return end_code(session::relay(s, Opts { stdin, sig_proxy: true })?);
                         }
                         println!("{name}");
                     }
                     Err(EngineError::Conflict(_)) if !attach => println!("{name}"),
-                    Err(err) => {
-                        code = start_failed(err)?;
-                    }
+                    Err(err) => code = start_failed(err)?,
                 }
             }
             Ok(code)
         }
         ContainerCmd::Stop { time, signal, containers } => {
-            let sig = signal.as_deref().map(moat_engine::client::parse_signal).transpose()?;
+            let signal = signal.as_deref().map(flags::signal).transpose()?;
             each(&containers, |n| {
-                e.stop(n, time, sig)?;
+                e.stop(n, StopOptions { timeout: time, signal })?;
                 println!("{n}");
                 Ok(())
             })
         }
         ContainerCmd::Restart { time, containers } => each(&containers, |n| {
-            e.stop(n, time, None)?;
-            e.start(n)?;
+            e.restart(n, StopOptions { timeout: time, signal: None })?;
             println!("{n}");
             Ok(())
         }),
         ContainerCmd::Kill { signal, containers } => {
-            let sig = moat_engine::client::parse_signal(&signal)?;
+            let sig = flags::signal(&signal)?;
             each(&containers, |n| {
                 e.kill(n, sig)?;
                 println!("{n}");
@@ -588,69 +587,64 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
             println!("{n}");
             Ok(())
         }),
-        ContainerCmd::Ps(a) => ps(&mut e, a),
-        ContainerCmd::Inspect { containers } => {
-            drop(e);
-            inspect_any(root, &containers)
-        }
-        ContainerCmd::Logs { follow, tail, timestamps, container } => {
-            logs(&mut e, &container, follow, &tail, timestamps)
+        ContainerCmd::Ps(a) => ps(e, a),
+        ContainerCmd::Inspect(a) => inspect(e, a),
+        ContainerCmd::Logs { follow, tail, timestamps, since, until, container } => {
+            let o = moat_engine::LogOptions {
+                follow,
+                since: since.as_deref().map(moat_engine::filter::parse_time).transpose()?,
+                until: until.as_deref().map(moat_engine::filter::parse_time).transpose()?,
+                tail: match tail.as_str() {
+                    "all" | "-1" => None,
+                    n => Some(n.parse::<usize>().map_err(|_| anyhow!("invalid --tail value {n:?}"))?),
+                },
+            };
+            let (_, mut logs) = e.logs(&container, &o)?;
+            while let Some(r) = logs.next_record()? {
+                if !print_record(&r, timestamps) {
+                    break;
+                }
+            }
+            Ok(0)
         }
         ContainerCmd::Wait { containers } => each(&containers, |n| {
-            let c = e.get(n)?;
-            let code = e.wait(c.id())?;
-            println!("{code}");
+            let r = e.wait(n, moat_engine::WaitCondition::NotRunning)?;
+            println!("{}", r.code);
             Ok(())
         }),
-        ContainerCmd::Exec(a) => exec(&mut e, a),
+        ContainerCmd::Exec(a) => exec(e, a),
         ContainerCmd::Attach { no_stdin, sig_proxy, container } => {
-            let c = e.get(&container)?;
-            if !c.is_running() {
-                bail!("You cannot attach to a stopped container, start it first");
-            }
-            let mut conn = e.connect(&c)?;
+            let (c, s) = e.attach(&container, AttachOptions { stdin: !no_stdin, stdin_once: false })?;
             let stdin = !no_stdin && c.config.open_stdin;
-            conn.send_msg(&Msg::Attach { stdin, stdin_once: false })?;
-            end_code(session::relay(conn, Opts { tty: c.config.tty, stdin, sig_proxy })?)
+            end_code(session::relay(s, Opts { stdin, sig_proxy })?)
         }
         ContainerCmd::Top { container } => {
-            let c = e.get(&container)?;
-            if !c.is_running() {
-                bail!("container {} is not running", c.name());
-            }
-            let rows = match e.connect(&c)?.request(&Msg::Top)? {
-                Msg::Procs { rows } => rows,
-                Msg::Error { message } => bail!(message),
-                m => bail!("unexpected reply {m:?}"),
-            };
-            let table: Vec<Vec<String>> = rows
+            let rows: Vec<Vec<String>> = e
+                .top(&container)?
                 .iter()
                 .map(|r| {
+                    let t = r.cpu_secs as u64;
                     vec![
                         r.uid.to_string(),
                         r.pid.to_string(),
                         r.ppid.to_string(),
                         r.host_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                        format!("{}", r.rss_kb),
-                        format!(
-                            "{:02}:{:02}:{:02}",
-                            (r.cpu_secs as u64) / 3600,
-                            (r.cpu_secs as u64) / 60 % 60,
-                            (r.cpu_secs as u64) % 60
-                        ),
+                        r.rss_kb.to_string(),
+                        format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60),
                         r.cmd.clone(),
                     ]
                 })
                 .collect();
-            output::table(&["UID", "PID", "PPID", "HOST PID", "RSS", "TIME", "CMD"], &table)?;
+            output::table(&["UID", "PID", "PPID", "HOST PID", "RSS", "TIME", "CMD"], &rows)?;
             Ok(0)
         }
         ContainerCmd::Rename { container, name } => {
             e.rename(&container, &name)?;
             Ok(0)
         }
-        ContainerCmd::Prune { force: _ } => {
-            let ids = e.prune()?;
+        ContainerCmd::Prune { force: _, filter } => {
+            let f = ContainerFilter::new(Filters::from_args(&filter)?)?;
+            let ids = e.prune(&f)?;
             if !ids.is_empty() {
                 println!("Deleted Containers:");
                 for i in &ids {
@@ -661,7 +655,17 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
             println!("Total reclaimed space: 0B");
             Ok(0)
         }
-        ContainerCmd::Stats { no_stream, all, containers } => stats(&mut e, no_stream, all, &containers),
+        ContainerCmd::Pause { containers } => each(&containers, |n| {
+            e.pause(n, true)?;
+            println!("{n}");
+            Ok(())
+        }),
+        ContainerCmd::Unpause { containers } => each(&containers, |n| {
+            e.pause(n, false)?;
+            println!("{n}");
+            Ok(())
+        }),
+        ContainerCmd::Stats { no_stream, all, format, containers } => stats(e, no_stream, all, &format, &containers),
         ContainerCmd::Port { container } => {
             let c = e.get(&container)?;
             for p in &c.state.ports {
@@ -669,32 +673,48 @@ pub fn run(root: &Path, cmd: ContainerCmd) -> Result<i32> {
             }
             Ok(0)
         }
-        ContainerCmd::Update { isolation, restart, containers } => {
-            let restart_now = restart.as_deref() == Some("");
-            let policy = restart
-                .as_deref()
-                .filter(|p| !p.is_empty())
-                .map(|p| p.parse().map_err(|e: String| anyhow!(e)))
-                .transpose()?;
-            if isolation.is_none() && policy.is_none() {
-                bail!("nothing to update: use --isolation and/or --restart=POLICY");
-            }
-            let iso = match isolation.as_deref().map(str::parse::<IsolationRequest>).transpose()? {
-                Some(r) => Some(r.resolve(e.settings.default_isolation)),
-                None => None,
-            };
-            each(&containers, |n| {
-                if let Some(p) = policy {
-                    e.update_restart_policy(n, p)?;
-                }
-                if let Some(i) = iso {
-                    e.update_isolation(n, i, restart_now)?;
-                }
-                println!("{n}");
-                Ok(())
-            })
-        }
+        ContainerCmd::Update(a) => update(e, a),
     }
+}
+
+fn update(e: &mut Engine, a: UpdateArgs) -> Result<i32> {
+    // `--restart` alone (before a container name) converts a running
+    // container; `--restart POLICY` sets the policy
+    let mut containers = a.containers.clone();
+    let mut restart = a.restart.clone();
+    if let Some(r) = restart.as_deref().filter(|r| !r.is_empty() && flags::restart(r).is_err()) {
+        containers.insert(0, r.to_string());
+        restart = Some(String::new());
+    }
+    if containers.is_empty() {
+        return Err(crate::with_exit(anyhow!("'moat update' requires at least 1 container"), 125));
+    }
+    let restart_now = restart.as_deref() == Some("");
+    let mut u = moat_engine::UpdateRequest {
+        memory: a.memory.as_deref().map(|m| flags::size("memory limit", m)).transpose()?,
+        memory_swap: a
+            .memory_swap
+            .as_deref()
+            .map(|s| if s == "-1" { Ok(-1) } else { flags::size("memory-swap limit", s) })
+            .transpose()?,
+        cpus: a.cpus,
+        cpu_shares: a.cpu_shares,
+        pids: a.pids_limit,
+        restart: restart.as_deref().filter(|p| !p.is_empty()).map(flags::restart).transpose()?,
+        isolation: None,
+        restart_for_isolation: restart_now,
+    };
+    if let Some(i) = a.isolation.as_deref() {
+        u.isolation = Some(flags::isolation(i)?.unwrap_or(e.settings.default_isolation));
+    }
+    each(&containers, |n| {
+        let (_, warnings) = e.update(n, &u)?;
+        for w in warnings {
+            eprintln!("Warning: {w}");
+        }
+        println!("{n}");
+        Ok(())
+    })
 }
 
 /// Runs `f` for each name; prints errors and returns 1 if any failed.
@@ -716,15 +736,12 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> 
 fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
     let (container, command) =
         a.container_and_command.split_first().ok_or_else(|| anyhow!("a container is required"))?;
-    let c = e.get(container)?;
-    if !c.is_running() {
-        bail!("container {} is not running", c.id());
+    if container.starts_with('-') {
+        return Err(crate::with_exit(anyhow!("unknown flag: {container} (see 'moat exec --help')"), 125));
     }
-    let mut conn = e.connect(&c)?;
-    let env: Vec<String> = a.env.iter().filter_map(|v| env_value(v)).collect();
     let spec = ExecSpec {
         args: command.to_vec(),
-        env,
+        env: a.env.iter().filter_map(|v| env_value(v)).collect(),
         workdir: a.workdir.clone(),
         user: a.user.clone(),
         tty: a.tty,
@@ -732,26 +749,25 @@ fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
         size: if a.tty { session::term_size() } else { None },
         detach: a.detach,
         privileged: a.privileged,
+        ..Default::default()
     };
-    match conn.request(&Msg::Exec(spec))? {
-        Msg::Started { .. } => {}
-        Msg::Error { message } => {
+    let s = match e.exec(container, spec) {
+        Ok(s) => s,
+        Err(EngineError::Start { message, code }) => {
             eprintln!("Error: {message}");
-            let code = match conn.recv_msg() {
-                Ok(Msg::Exit { code, .. }) => code,
-                _ => 126,
-            };
             return Ok(code);
         }
-        m => bail!("unexpected reply {m:?}"),
-    }
+        Err(err) => return Err(err.into()),
+    };
     if a.detach {
         return Ok(0);
     }
-    end_code(session::relay(conn, Opts { tty: a.tty, stdin: a.interactive, sig_proxy: true })?)
+    let end = session::relay(s, Opts { stdin: a.interactive, sig_proxy: true })?;
+    end_code(end)
 }
 
-fn print_record(r: &moat_engine::logs::Record, timestamps: bool) {
+/// Prints a log record; false when stdout is closed.
+fn print_record(r: &moat_engine::logs::Record, timestamps: bool) -> bool {
     use std::io::Write;
     let line = if timestamps {
         format!("{} {}", r.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true), r.log)
@@ -760,305 +776,133 @@ fn print_record(r: &moat_engine::logs::Record, timestamps: bool) {
     };
     if r.stream == "stderr" {
         let _ = std::io::stderr().write_all(line.as_bytes());
+        true
     } else {
         let mut o = std::io::stdout().lock();
-        let _ = o.write_all(line.as_bytes());
-        let _ = o.flush();
+        o.write_all(line.as_bytes()).and_then(|()| o.flush()).is_ok()
     }
-}
-
-fn logs(e: &mut Engine, key: &str, follow: bool, tail: &str, timestamps: bool) -> Result<i32> {
-    let c = e.get(key)?;
-    if c.config.log.driver == "none" {
-        bail!("configured logging driver does not support reading: container {} logs with driver \"none\"", c.name());
-    }
-    let tail = match tail {
-        "all" | "-1" => None,
-        n => Some(n.parse::<usize>().map_err(|_| anyhow!("invalid --tail value {n:?}"))?),
-    };
-    let path = e.layout().container(c.id()).join(format!("{}-json.log", c.id()));
-    let mut conn = None;
-    let mut limit = None;
-    if follow && c.is_running() {
-        if let Ok(mut cn) = e.connect(&c) {
-            if let Ok(Msg::LogOffset { offset }) = cn.request(&Msg::Follow) {
-                limit = Some(offset);
-                conn = Some(cn);
-            }
-        }
-    }
-    for r in moat_engine::logs::read(&path, limit, tail).context("cannot read log")? {
-        print_record(&r, timestamps);
-    }
-    if let Some(mut cn) = conn {
-        while let Ok(f) = cn.recv() {
-            match f.kind {
-                moat_proto::Kind::Stdout => {
-                    for r in moat_engine::logs::parse_lines(&f.data) {
-                        print_record(&r, timestamps);
-                    }
-                }
-                moat_proto::Kind::Control => {
-                    if let Ok(Msg::Exit { .. }) = f.msg() {
-                        break;
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(0)
-}
-
-fn command_text(c: &Container) -> String {
-    c.config
-        .args
-        .iter()
-        .map(|a| if a.contains(' ') { format!("{a:?}") } else { a.clone() })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn matches(c: &Container, filters: &[String]) -> Result<bool> {
-    for f in filters {
-        let (k, v) = f.split_once('=').ok_or_else(|| anyhow!("bad filter {f:?}: use KEY=VALUE"))?;
-        let ok = match k {
-            "status" => c.state.status.to_string() == v,
-            "name" => c.name().contains(v.trim_start_matches('/')),
-            "id" => c.id().starts_with(v),
-            "label" => match v.split_once('=') {
-                Some((lk, lv)) => c.config.labels.get(lk).is_some_and(|x| x == lv),
-                None => c.config.labels.contains_key(v),
-            },
-            "ancestor" => c.config.image == v || c.row.image_id.to_string().contains(v),
-            "isolation" => {
-                c.config.isolation().to_string() == v || (v == "vm" && c.config.isolation().to_string() == "hyperv")
-            }
-            "exited" => c.state.status == Status::Exited && c.state.exit_code.to_string() == v,
-            _ => bail!("invalid filter {k:?}"),
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-fn ps_json(c: &Container, no_trunc: bool) -> serde_json::Value {
-    serde_json::json!({
-        "ID": if no_trunc { c.id().to_string() } else { c.id()[..12].to_string() },
-        "Image": c.config.image,
-        "Command": format!("\"{}\"", command_text(c)),
-        "CreatedAt": c.row.created.format("%Y-%m-%d %H:%M:%S %z UTC").to_string(),
-        "RunningFor": human::ago(c.row.created),
-        "Status": c.status_text(),
-        "State": c.state.status.to_string(),
-        "Names": c.name(),
-        "Labels": c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-        "Ports": ports_text(c),
-        "Networks": c.config.networks.iter().map(|e| e.switch.clone()).collect::<Vec<_>>().join(","),
-        "Isolation": c.config.isolation().to_string(),
-        "ExitCode": c.state.exit_code,
-    })
-}
-
-/// Expands `{{.Field}}` placeholders (docker's Go templates, the common subset).
-pub fn template(t: &str, v: &serde_json::Value) -> String {
-    let t = t.replace("\\t", "\t").replace("\\n", "\n");
-    let mut out = String::new();
-    let mut rest = t.as_str();
-    while let Some(i) = rest.find("{{") {
-        out.push_str(&rest[..i]);
-        let Some(j) = rest[i..].find("}}") else { break };
-        let key = rest[i + 2..i + j].trim().trim_start_matches('.');
-        match &v[key] {
-            serde_json::Value::String(s) => out.push_str(s),
-            serde_json::Value::Null => {}
-            x => out.push_str(&x.to_string()),
-        }
-        rest = &rest[i + j + 2..];
-    }
-    out.push_str(rest);
-    out
 }
 
 fn ps(e: &mut Engine, a: PsArgs) -> Result<i32> {
-    let mut list = Vec::new();
-    for c in e.list()? {
-        if (a.all || c.is_running()) && matches(&c, &a.filter)? {
-            list.push(c);
-        }
+    let f = ContainerFilter::new(Filters::from_args(&a.filter)?)?;
+    let limit = if a.latest { Some(1) } else { a.last };
+    let mut list = e.containers(a.all || limit.is_some(), &f)?;
+    if let Some(n) = limit {
+        list.truncate(n);
     }
     if a.quiet {
+        let mut out = std::io::stdout().lock();
         for c in &list {
-            println!("{}", if a.no_trunc { c.id() } else { &c.id()[..12] });
+            use std::io::Write;
+            if writeln!(out, "{}", if a.no_trunc { c.id() } else { &c.id()[..12] }).is_err() {
+                break;
+            }
         }
         return Ok(0);
     }
-    match a.format.as_str() {
-        "table" => {
-            let rows: Vec<Vec<String>> = list
-                .iter()
-                .map(|c| {
-                    let mut cmd = format!("\"{}\"", command_text(c));
-                    if !a.no_trunc && cmd.len() > 22 {
-                        cmd = format!("{}…\"", &cmd[..cmd.char_indices().nth(20).map(|(i, _)| i).unwrap_or(cmd.len())]);
-                    }
-                    vec![
-                        if a.no_trunc { c.id().to_string() } else { c.id()[..12].to_string() },
-                        c.config.image.clone(),
-                        cmd,
-                        human::ago(c.row.created),
-                        c.status_text(),
-                        ports_text(c),
-                        c.name().to_string(),
-                        c.config.isolation().to_string(),
-                    ]
-                })
-                .collect();
-            output::table(
-                &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES", "ISOLATION"],
-                &rows,
-            )?;
-        }
-        "json" => {
-            for c in &list {
-                println!("{}", ps_json(c, a.no_trunc));
+    let rows: Vec<PsRow> = list.iter().map(|c| PsRow::of(c, a.no_trunc)).collect();
+    format::list(
+        &a.format,
+        "CONTAINER ID",
+        &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES", "ISOLATION"],
+        &rows,
+        |r| {
+            let mut cmd = r.command.clone();
+            if !a.no_trunc && cmd.chars().count() > 22 {
+                cmd = format!("{}…\"", cmd.chars().take(20).collect::<String>());
             }
-        }
-        t => {
-            for c in &list {
-                println!("{}", template(t, &ps_json(c, a.no_trunc)));
-            }
-        }
-    }
+            vec![
+                r.id.clone(),
+                r.image.clone(),
+                cmd,
+                r.running_for.clone(),
+                r.status.clone(),
+                r.ports.clone(),
+                r.names.clone(),
+                r.isolation.clone(),
+            ]
+        },
+    )?;
     Ok(0)
 }
 
-pub fn inspect_json(e: &Engine, c: &Container) -> serde_json::Value {
-    let dir = e.layout().container(c.id());
-    let vm: serde_json::Value = if c.config.isolation() == moat_core::Isolation::Hyperv {
-        let mut v: serde_json::Value = std::fs::read(dir.join("vm.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
-        if !c.is_running() {
-            // pids of a VM that is gone mean nothing
-            if let Some(o) = v.as_object_mut() {
-                o.remove("QemuPid");
-                o.remove("VirtiofsdPid");
+/// `moat inspect`: containers first, then images, then switches, like docker.
+fn inspect(e: &mut Engine, a: InspectArgs) -> Result<i32> {
+    let kind = a.kind.as_deref();
+    if let Some(k) = kind {
+        if !["container", "image", "network", "switch"].contains(&k) {
+            bail!("invalid --type {k:?}: use container, image or network");
+        }
+    }
+    let want = |k: &str| kind.is_none_or(|t| t == k || (k == "network" && t == "switch"));
+    let mut out = Vec::new();
+    let mut code = 0;
+    for n in &a.names {
+        let found: Result<serde_json::Value, EngineError> = (|| {
+            if want("container") {
+                match e.get(n) {
+                    Ok(c) => return Ok(serde_json::to_value(ContainerInspect::of(e, &c)).unwrap_or_default()),
+                    Err(EngineError::NoSuchContainer(_)) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            if want("image") {
+                match e.image(n) {
+                    Ok(img) => {
+                        return Ok(serde_json::to_value(moat_engine::view::ImageInspect::of(&img)).unwrap_or_default())
+                    }
+                    Err(err) if err.kind() == moat_engine::ErrorKind::NotFound => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            if want("network") {
+                match e.inspect_switch(n) {
+                    Ok(s) => return Ok(serde_json::to_value(s).unwrap_or_default()),
+                    Err(EngineError::NoSuchSwitch(_)) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            Err(EngineError::Invalid(format!("No such object: {n}")))
+        })();
+        match found {
+            Ok(v) => out.push(v),
+            Err(err) => {
+                eprintln!("Error: {err}");
+                code = 1;
             }
         }
-        v["Accelerator"] = serde_json::json!(moat_vm::accel::detect().0.to_string());
-        v
-    } else {
-        serde_json::Value::Null
-    };
-    let cfg = &c.config;
-    let st = &c.state;
-    let t = |x: Option<chrono::DateTime<chrono::Utc>>| {
-        x.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
-            .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
-    };
-    let restart = serde_json::to_value(cfg.restart).unwrap_or_default();
-    serde_json::json!({
-        "Id": c.id(),
-        "Created": c.row.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-        "Path": cfg.args.first().cloned().unwrap_or_default(),
-        "Args": cfg.args.iter().skip(1).collect::<Vec<_>>(),
-        "State": {
-            "Status": st.status.to_string(),
-            "Running": st.status == Status::Running,
-            "Paused": false,
-            "Restarting": st.status == Status::Restarting,
-            "OOMKilled": st.oom_killed,
-            "Dead": st.status == Status::Dead,
-            "Pid": st.pid,
-            "ExitCode": st.exit_code,
-            "Error": st.error,
-            "StartedAt": t(st.started_at),
-            "FinishedAt": t(st.finished_at),
-            "Isolation": cfg.isolation().to_string(),
-            "IsolationChangedAt": st.isolation_changed_at.map(|x| x.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
-        },
-        "Image": c.row.image_id.to_string(),
-        "ResolvConfPath": dir.join("resolv.conf"),
-        "HostnamePath": dir.join("hostname"),
-        "HostsPath": dir.join("hosts"),
-        "LogPath": dir.join(format!("{}-json.log", c.id())),
-        "Name": format!("/{}", c.name()),
-        "RestartCount": st.restart_count,
-        "VM": vm,
-        "Driver": "overlay",
-        "Platform": "linux",
-        "HostConfig": {
-            "Binds": cfg.binds.iter().map(|b| format!("{}:{}{}", b.source, b.target, if b.readonly { ":ro" } else { "" })).collect::<Vec<_>>(),
-            "NetworkMode": cfg.network,
-            "RestartPolicy": restart,
-            "AutoRemove": cfg.auto_remove,
-            "CapAdd": cfg.cap_add,
-            "CapDrop": cfg.cap_drop,
-            "Privileged": cfg.privileged,
-            "ReadonlyRootfs": cfg.readonly_rootfs,
-            "SecurityOpt": cfg.security_opt,
-            "Tmpfs": cfg.tmpfs,
-            "Memory": cfg.limits.memory.unwrap_or(0),
-            "MemorySwap": cfg.limits.memory_swap.unwrap_or(0),
-            "NanoCpus": cfg.limits.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
-            "CpuShares": cfg.limits.cpu_shares.unwrap_or(0),
-            "PidsLimit": cfg.limits.pids,
-            "Isolation": cfg.isolation().to_string(),
-            "ShmSize": cfg.shm_size.unwrap_or(64 << 20),
-            "LogConfig": { "Type": cfg.log.driver, "Config": cfg.log.options() },
-        },
-        "NetworkSettings": {
-            "Networks": cfg.networks.iter().map(|e| (e.switch.clone(), serde_json::json!({
-                "NetworkID": e.switch_id, "IPAddress": e.ip.to_string(), "IPPrefixLen": e.prefix,
-                "Gateway": e.gateway.map(|g| g.to_string()).unwrap_or_default(), "MacAddress": e.mac,
-                "HostInterface": if cfg.isolation() == moat_core::Isolation::Hyperv {
-                    (0..cfg.networks.len()).find(|n| cfg.networks[*n].switch_id == e.switch_id).map(|n| moat_net::if_name('t', c.id(), n)).unwrap_or_default()
-                } else {
-                    (0..cfg.networks.len()).find(|n| cfg.networks[*n].switch_id == e.switch_id).map(|n| moat_net::if_name('v', c.id(), n)).unwrap_or_default()
-                },
-            }))).collect::<serde_json::Map<_, _>>(),
-            "IPAddress": cfg.networks.first().map(|e| e.ip.to_string()).unwrap_or_default(),
-            "Ports": st.ports.iter().map(|p| (format!("{}/{}", p.ctr_port, p.proto), serde_json::json!([{"HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string()}]))).collect::<serde_json::Map<_, _>>(),
-        },
-        "Mounts": cfg.binds.iter().map(|b| serde_json::json!({
-            "Type": "bind", "Source": b.source, "Destination": b.target, "RW": !b.readonly, "Mode": if b.readonly { "ro" } else { "" }, "Propagation": "rprivate"
-        })).collect::<Vec<_>>(),
-        "Config": {
-            "Hostname": cfg.hostname,
-            "User": cfg.user,
-            "Tty": cfg.tty,
-            "OpenStdin": cfg.open_stdin,
-            "StdinOnce": cfg.stdin_once,
-            "Env": cfg.env,
-            "Cmd": cfg.cmd,
-            "Entrypoint": if cfg.entrypoint.is_empty() { serde_json::Value::Null } else { serde_json::json!(cfg.entrypoint) },
-            "Image": cfg.image,
-            "WorkingDir": cfg.workdir,
-            "Labels": cfg.labels,
-            "StopSignal": cfg.stop_signal,
-            "StopTimeout": cfg.stop_timeout,
-        },
-    })
+    }
+    format::inspect(a.format.as_deref(), &out)?;
+    Ok(code)
 }
 
-fn stats(e: &mut Engine, no_stream: bool, all: bool, names: &[String]) -> Result<i32> {
+/// A row of `moat stats` (Docker's stats format context).
+#[derive(serde::Serialize)]
+struct StatsRow {
+    #[serde(rename = "Container")]
+    container: String,
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "CPUPerc")]
+    cpu: String,
+    #[serde(rename = "MemUsage")]
+    mem_usage: String,
+    #[serde(rename = "MemPerc")]
+    mem_perc: String,
+    #[serde(rename = "PIDs")]
+    pids: String,
+}
+
+fn stats(e: &mut Engine, no_stream: bool, all: bool, format: &str, names: &[String]) -> Result<i32> {
     let targets: Vec<Container> = if names.is_empty() {
         e.list()?.into_iter().filter(|c| all || c.is_running()).collect()
     } else {
         names.iter().map(|n| e.get(n)).collect::<Result<_, _>>()?
     };
-    let sample = |e: &mut Engine| -> Vec<Option<moat_proto::Stats>> {
-        targets
-            .iter()
-            .map(|c| match e.connect(c).and_then(|mut cn| cn.request(&Msg::Stats)) {
-                Ok(Msg::Usage(s)) => Some(s),
-                _ => None,
-            })
-            .collect()
+    let sample = |e: &mut Engine| -> Vec<Option<moat_engine::Stats>> {
+        targets.iter().map(|c| e.stats(c).ok().flatten()).collect()
     };
     loop {
         let t0 = std::time::Instant::now();
@@ -1067,38 +911,56 @@ fn stats(e: &mut Engine, no_stream: bool, all: bool, names: &[String]) -> Result
         std::thread::sleep(std::time::Duration::from_millis(500));
         let b = sample(e);
         let dt = t0.elapsed().as_nanos().max(1) as f64;
-        let rows: Vec<Vec<String>> = targets
+        let rows: Vec<StatsRow> = targets
             .iter()
             .zip(a.iter().zip(&b))
-            .map(|(c, (x, y))| match (x, y) {
-                (Some(x), Some(y)) => {
-                    let cpu = (y.cpu_ns.saturating_sub(x.cpu_ns)) as f64 / dt * 100.0;
-                    let lim = if y.mem_limit == 0 { total_mem() } else { y.mem_limit };
-                    vec![
-                        c.id()[..12].to_string(),
-                        c.name().to_string(),
-                        format!("{cpu:.2}%"),
-                        format!("{} / {}", bin(y.mem_usage), bin(lim)),
-                        format!("{:.2}%", y.mem_usage as f64 / lim.max(1) as f64 * 100.0),
-                        y.pids.to_string(),
-                    ]
+            .map(|(c, (x, y))| {
+                let (cpu, mem_usage, mem_perc, pids) = match (x, y) {
+                    (Some(x), Some(y)) => {
+                        let cpu = (y.cpu_ns.saturating_sub(x.cpu_ns)) as f64 / dt * 100.0;
+                        let lim = if y.mem_limit == 0 { total_mem() } else { y.mem_limit };
+                        (
+                            format!("{cpu:.2}%"),
+                            format!("{} / {}", bin(y.mem_usage), bin(lim)),
+                            format!("{:.2}%", y.mem_usage as f64 / lim.max(1) as f64 * 100.0),
+                            y.pids.to_string(),
+                        )
+                    }
+                    _ => ("--".into(), "-- / --".into(), "--".into(), "--".into()),
+                };
+                StatsRow {
+                    container: c.id()[..12].to_string(),
+                    id: c.id()[..12].to_string(),
+                    name: c.name().to_string(),
+                    cpu,
+                    mem_usage,
+                    mem_perc,
+                    pids,
                 }
-                _ => vec![
-                    c.id()[..12].to_string(),
-                    c.name().to_string(),
-                    "--".into(),
-                    "-- / --".into(),
-                    "--".into(),
-                    "--".into(),
-                ],
             })
             .collect();
-        if !no_stream {
+        if !no_stream && format == "table" {
             print!("\x1b[2J\x1b[H");
         }
-        output::table(&["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"], &rows)?;
-        if no_stream {
-            return Ok(0);
+        let shown = format::list(
+            format,
+            "CONTAINER ID",
+            &["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"],
+            &rows,
+            |r| {
+                vec![
+                    r.id.clone(),
+                    r.name.clone(),
+                    r.cpu.clone(),
+                    r.mem_usage.clone(),
+                    r.mem_perc.clone(),
+                    r.pids.clone(),
+                ]
+            },
+        );
+        if shown.is_err() || no_stream {
+            // a closed stdout (`| head`) ends the stream quietly
+            return shown.map(|()| 0).or_else(|err| if crate::output::is_broken_pipe(&err) { Ok(0) } else { Err(err) });
         }
     }
 }
@@ -1128,42 +990,4 @@ fn bin(b: u64) -> String {
     let s = format!("{v:.3}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     format!("{s}{}", U[i])
-}
-
-/// `moat inspect`: containers first, then images, like docker.
-pub fn inspect_any(root: &Path, names: &[String]) -> Result<i32> {
-    let mut e = Engine::open(root)?;
-    let mut out = Vec::new();
-    let mut code = 0;
-    for n in names {
-        match e.get(n) {
-            Ok(c) => out.push(inspect_json(&e, &c)),
-            Err(EngineError::NoSuchContainer(_)) => match e.images().resolve(n) {
-                Ok(img) => out.push(crate::images::inspect_json(&img)),
-                Err(moat_image::ImageError::NoSuchImage(_)) => {
-                    eprintln!("Error: No such object: {n}");
-                    code = 1;
-                }
-                Err(err) => {
-                    eprintln!("Error: {err}");
-                    code = 1;
-                }
-            },
-            Err(err) => {
-                eprintln!("Error: {err}");
-                code = 1;
-            }
-        }
-    }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(code)
-}
-
-fn ports_text(c: &Container) -> String {
-    c.state
-        .ports
-        .iter()
-        .map(|p| format!("{}:{}->{}/{}", p.host_ip, p.host_port, p.ctr_port, p.proto))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

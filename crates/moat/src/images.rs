@@ -1,11 +1,13 @@
 //! `moat image ...` and its top-level aliases.
 
-use crate::output;
+use crate::format;
+use crate::output::{self, CountReader};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use moat_core::human;
-use moat_image::{hashing::CountReader, ImageStore};
-use moat_store::{Layout, Store};
+use moat_engine::filter::{Filters, ImageFilter};
+use moat_engine::view::{ImageInspect, ImageSummary, ImagesRow};
+use moat_engine::Engine;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
@@ -72,13 +74,21 @@ pub struct SaveArgs {
 /// `images` / `image ls` arguments.
 #[derive(Args, Debug)]
 pub struct LsArgs {
+    /// Only images matching `REPOSITORY[:TAG]` (`*` patterns allowed).
+    reference: Option<String>,
     /// Only show image IDs.
     #[arg(short, long)]
     quiet: bool,
     /// Show full image IDs.
     #[arg(long)]
     no_trunc: bool,
-    /// Output format: `table` or `json` (one object per line, like docker).
+    /// Show every image (moat has no intermediate images: the same as without).
+    #[arg(short, long)]
+    all: bool,
+    /// Filter: reference=, dangling=true|false, label=KEY[=VALUE], before=, since=.
+    #[arg(short, long)]
+    filter: Vec<String>,
+    /// `table`, `json` (one object per line), or a Go template (`{{.Repository}}:{{.Tag}}`).
     #[arg(long, default_value = "table")]
     format: String,
 }
@@ -86,6 +96,9 @@ pub struct LsArgs {
 /// `image inspect` arguments.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
+    /// A Go template (`{{.Id}}`, `{{json .Config}}`).
+    #[arg(short = 'f', long)]
+    format: Option<String>,
     /// Images to inspect.
     #[arg(required = true)]
     images: Vec<String>,
@@ -122,19 +135,6 @@ pub struct PruneArgs {
     force: bool,
 }
 
-/// Opens the image store of `root`, with limits from the environment.
-pub fn open(root: &Path) -> Result<ImageStore> {
-    let store = Store::open(Layout::new(root)).with_context(|| format!("cannot open moat root {}", root.display()))?;
-    let mut s = ImageStore::open(store)?;
-    if let Ok(v) = std::env::var("MOAT_MAX_UNPACK_BYTES") {
-        s.limits.max_bytes = v.parse().context("MOAT_MAX_UNPACK_BYTES must be a number of bytes")?;
-    }
-    if let Ok(v) = std::env::var("MOAT_MAX_UNPACK_ENTRIES") {
-        s.limits.max_entries = v.parse().context("MOAT_MAX_UNPACK_ENTRIES must be a number")?;
-    }
-    Ok(s)
-}
-
 /// Opens `-`/stdin or a file, with its size when known.
 fn input(file: Option<&Path>) -> Result<(Box<dyn Read>, Option<u64>)> {
     match file {
@@ -153,15 +153,14 @@ fn input(file: Option<&Path>) -> Result<(Box<dyn Read>, Option<u64>)> {
 }
 
 /// Runs one image subcommand.
-pub fn run(root: &Path, cmd: ImageCmd) -> Result<i32> {
-    let mut s = open(root)?;
+pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
     match cmd {
         ImageCmd::Import(a) => {
             let (r, total) = input(Some(Path::new(&a.file)))?;
             let pb = output::progress("importing", total);
             let on_read = |n| pb.inc(n);
             let msg = a.message.unwrap_or_else(|| format!("Imported from {}", a.file));
-            let id = s.import(CountReader::new(r, &on_read), a.name.as_deref(), &msg, &a.changes)?;
+            let id = e.import_image(CountReader::new(r, &on_read), a.name.as_deref(), &msg, &a.changes)?;
             pb.finish_and_clear();
             println!("{id}");
         }
@@ -169,7 +168,7 @@ pub fn run(root: &Path, cmd: ImageCmd) -> Result<i32> {
             let (r, total) = input(a.input.as_deref())?;
             let pb = if a.quiet { indicatif::ProgressBar::hidden() } else { output::progress("loading", total) };
             let on_read = |n| pb.inc(n);
-            let loaded = s.load(CountReader::new(r, &on_read))?;
+            let loaded = e.load_images(CountReader::new(r, &on_read))?;
             pb.finish_and_clear();
             if !a.quiet {
                 for l in loaded {
@@ -186,7 +185,7 @@ pub fn run(root: &Path, cmd: ImageCmd) -> Result<i32> {
             Some(p) => {
                 let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 let tmp = tempfile_in(dir)?;
-                s.save(&a.images, std::io::BufWriter::new(tmp.as_file()))?;
+                e.save_images(&a.images, std::io::BufWriter::new(tmp.as_file()))?;
                 tmp.as_file().sync_all().context("cannot flush output")?;
                 tmp.persist(&p).with_context(|| format!("cannot write {}", p.display()))?;
             }
@@ -194,33 +193,33 @@ pub fn run(root: &Path, cmd: ImageCmd) -> Result<i32> {
                 if std::io::stdout().is_terminal() {
                     bail!("cowardly refusing to save to a terminal: use the -o flag or redirect");
                 }
-                s.save(&a.images, std::io::BufWriter::new(std::io::stdout().lock()))?;
+                e.save_images(&a.images, std::io::BufWriter::new(std::io::stdout().lock()))?;
             }
         },
-        ImageCmd::Ls(a) => ls(&s, a)?,
+        ImageCmd::Ls(a) => ls(e, a)?,
         ImageCmd::Inspect(a) => {
             let mut out = Vec::new();
             let mut code = 0;
             for name in &a.images {
-                match s.resolve(name) {
-                    Ok(img) => out.push(inspect_json(&img)),
-                    Err(e) => {
-                        eprintln!("Error: {e}");
+                match e.image(name) {
+                    Ok(img) => out.push(serde_json::to_value(ImageInspect::of(&img))?),
+                    Err(err) => {
+                        eprintln!("Error: {err}");
                         code = 1;
                     }
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            format::inspect(a.format.as_deref(), &out)?;
             return Ok(code);
         }
-        ImageCmd::Tag(a) => s.tag(&a.source, &a.target)?,
+        ImageCmd::Tag(a) => e.tag_image(&a.source, &a.target)?,
         ImageCmd::Rm(a) => {
             let mut code = 0;
             for name in &a.images {
-                match s.remove(name, a.force) {
+                match e.remove_image(name, a.force) {
                     Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
-                    Err(e) => {
-                        eprintln!("Error: {e}");
+                    Err(err) => {
+                        eprintln!("Error: {err}");
                         code = 1;
                     }
                 }
@@ -229,7 +228,7 @@ pub fn run(root: &Path, cmd: ImageCmd) -> Result<i32> {
         }
         ImageCmd::Prune(a) => {
             let _ = a.force;
-            let rep = s.prune(a.all)?;
+            let rep = e.prune_images(a.all)?;
             if !rep.deleted.is_empty() {
                 println!("Deleted Images:");
                 for d in &rep.deleted {
@@ -250,74 +249,26 @@ fn tempfile_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
         .with_context(|| format!("cannot create a file in {}", dir.display()))
 }
 
-fn ls(s: &ImageStore, a: LsArgs) -> Result<()> {
-    let imgs = s.list()?;
-    let mut rows = Vec::new();
-    for img in &imgs {
-        let id = if a.no_trunc { img.id.to_string() } else { img.id.short().to_string() };
-        let created = img.created.unwrap_or(img.added);
-        let names: Vec<(String, String)> = if img.tags.is_empty() {
-            vec![("<none>".into(), "<none>".into())]
-        } else {
-            img.tags
-                .iter()
-                .map(|t| {
-                    t.rsplit_once(':')
-                        .map(|(r, t)| (r.to_string(), t.to_string()))
-                        .unwrap_or((t.clone(), "<none>".into()))
-                })
-                .collect()
-        };
-        for (repo, tag) in names {
-            rows.push((repo, tag, id.clone(), created, img.size, img.id.to_string()));
-        }
+fn ls(e: &mut Engine, a: LsArgs) -> Result<()> {
+    let mut terms = a.filter.clone();
+    if let Some(r) = &a.reference {
+        terms.push(format!("reference={r}"));
     }
+    let f = ImageFilter::new(Filters::from_args(&terms)?)?;
+    let imgs = e.images_matching(&f)?;
+    let _ = a.all;
     if a.quiet {
         let mut seen = std::collections::HashSet::new();
-        for r in &rows {
-            if seen.insert(r.2.clone()) {
-                println!("{}", r.2);
+        for img in &imgs {
+            let id = if a.no_trunc { img.id.to_string() } else { img.id.short().to_string() };
+            if seen.insert(id.clone()) {
+                println!("{id}");
             }
         }
         return Ok(());
     }
-    match a.format.as_str() {
-        "json" => {
-            for (repo, tag, id, created, size, _) in &rows {
-                let v = serde_json::json!({
-                    "Repository": repo, "Tag": tag, "ID": id,
-                    "CreatedAt": created.format("%Y-%m-%d %H:%M:%S %z UTC").to_string(),
-                    "CreatedSince": human::ago(*created),
-                    "Size": human::size(*size),
-                    "Digest": "<none>",
-                });
-                println!("{v}");
-            }
-        }
-        "table" => {
-            let rows: Vec<Vec<String>> = rows
-                .into_iter()
-                .map(|(repo, tag, id, created, size, _)| vec![repo, tag, id, human::ago(created), human::size(size)])
-                .collect();
-            output::table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows)?;
-        }
-        f => bail!("unknown format {f:?}: use table or json"),
-    }
-    Ok(())
-}
-
-pub fn inspect_json(img: &moat_store::ImageRecord) -> serde_json::Value {
-    let cfg: serde_json::Value = serde_json::from_slice(&img.config).unwrap_or_default();
-    serde_json::json!({
-        "Id": img.id.to_string(),
-        "RepoTags": img.tags,
-        "RepoDigests": [],
-        "Created": cfg.get("created").cloned().unwrap_or_default(),
-        "Size": img.size,
-        "Architecture": cfg.get("architecture").cloned().unwrap_or_default(),
-        "Os": cfg.get("os").cloned().unwrap_or_default(),
-        "Config": cfg.get("config").cloned().unwrap_or_default(),
-        "RootFS": { "Type": "layers", "Layers": img.diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>() },
-        "Metadata": { "LastTagTime": img.added.to_rfc3339() },
+    let rows: Vec<ImagesRow> = imgs.iter().flat_map(|img| ImageSummary::rows(img, a.no_trunc)).collect();
+    format::list(&a.format, "IMAGE ID", &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows, |r| {
+        vec![r.repository.clone(), r.tag.clone(), r.id.clone(), r.created_since.clone(), r.size.clone()]
     })
 }

@@ -1,62 +1,71 @@
-//! `moat info`: engine and host facts.
+//! `moat info` and `moat version`: the engine's views.
 
+use crate::format;
 use anyhow::Result;
 use clap::Args;
-use std::path::Path;
+use moat_engine::Engine;
 
 /// `info` arguments.
 #[derive(Args, Debug)]
 pub struct InfoArgs {
-    /// Output format: `table` (text) or `json`.
-    #[arg(long, default_value = "table")]
+    /// `table` (text), `json`, or a Go template (`{{.Isolation}}`, `{{.Hypervisor.Accelerator}}`).
+    #[arg(short = 'f', long, default_value = "table")]
     format: String,
 }
 
 /// Prints engine information.
-pub fn run(root: &Path, a: InfoArgs) -> Result<i32> {
-    let mut e = moat_engine::Engine::open(root)?;
-    let images = e.images().list()?.len();
-    let containers = e.list()?.len();
-    let (iso, iso_src) = (e.settings.default_isolation, e.settings.default_isolation_source.clone());
-    let (cg, cg_detail) = moat_runtime::cgroup::describe();
-    let (accel, accel_why) = moat_vm::accel::detect();
-    let kernel = moat_vm::kernel::current(&moat_vm::kernel::dir(root))
-        .map(|k| k.version)
-        .unwrap_or_else(|_| "not installed (moat vm kernel install)".into());
-    let agent = moat_vm::initramfs::find_agent().map(|p| p.display().to_string()).unwrap_or_else(|e| e.to_string());
-    let info = serde_json::json!({
-        "ServerVersion": env!("CARGO_PKG_VERSION"),
-        "Root": root.display().to_string(),
-        "Driver": "overlay",
-        "DefaultIsolation": iso.to_string(),
-        "DefaultIsolationSource": iso_src,
-        "CgroupVersion": cg,
-        "CgroupLayout": cg_detail,
-        "Hypervisor": { "Accelerator": accel, "Reason": accel_why, "GuestKernel": kernel, "Agent": agent,
-            "DefaultMemoryMiB": moat_vm::launch::DEFAULT_MEMORY_MIB, "MemoryOverheadMiB": moat_vm::launch::MEMORY_OVERHEAD_MIB, "DefaultVcpus": 1 },
-        "Images": images,
-        "Containers": containers,
-        "KernelVersion": rustix::system::uname().release().to_string_lossy(),
-    });
+pub fn run(e: &mut Engine, a: InfoArgs) -> Result<i32> {
+    let i = e.info()?;
     match a.format.as_str() {
-        "json" => println!("{}", serde_json::to_string_pretty(&info)?),
-        _ => {
-            println!("Engine version:      {}", env!("CARGO_PKG_VERSION"));
-            println!("Root:                {}", root.display());
-            println!("Storage driver:      overlay");
-            println!("Default isolation:   {iso} (from {iso_src})");
-            println!("Cgroup version:      {cg} ({cg_detail})");
-            println!("Hypervisor accel:    {accel} ({accel_why})");
-            println!("Guest kernel:        {kernel}");
+        "table" => {
+            let h = &i.hypervisor;
+            println!("Engine version:      {}", i.server_version);
+            println!("Root:                {}", i.docker_root_dir);
+            println!("Storage driver:      {}", i.driver);
+            println!("Default isolation:   {} (from {})", i.isolation, i.default_isolation_source);
+            println!("Cgroup version:      {} ({})", i.cgroup_version, i.cgroup_layout);
+            println!("Hypervisor accel:    {} ({})", h.accelerator, h.reason);
+            println!("Guest kernel:        {}", h.guest_kernel);
             println!(
-                "VM defaults:         {} MiB memory (or --memory + {} MiB), 1 vCPU (or ceil(--cpus))",
-                moat_vm::launch::DEFAULT_MEMORY_MIB,
-                moat_vm::launch::MEMORY_OVERHEAD_MIB
+                "VM defaults:         {} MiB memory (or --memory + {} MiB), {} vCPU (or ceil(--cpus))",
+                h.default_memory_mib, h.memory_overhead_mib, h.default_vcpus
             );
-            println!("Host kernel:         {}", info["KernelVersion"].as_str().unwrap_or_default());
-            println!("Images:              {images}");
-            println!("Containers:          {containers}");
+            println!("Host kernel:         {}", i.kernel_version);
+            println!("Images:              {}", i.images);
+            println!(
+                "Containers:          {} ({} running, {} paused, {} stopped)",
+                i.containers, i.containers_running, i.containers_paused, i.containers_stopped
+            );
         }
+        "json" => println!("{}", serde_json::to_string_pretty(&i)?),
+        t => println!("{}", format::Tmpl::parse(t)?.render(&i)?),
+    }
+    Ok(0)
+}
+
+/// `version` arguments.
+#[derive(Args, Debug)]
+pub struct VersionArgs {
+    /// `json`, or a Go template (`{{.Server.Version}}`).
+    #[arg(short = 'f', long)]
+    format: Option<String>,
+}
+
+/// Prints client and engine versions.
+pub fn version(e: &Engine, a: VersionArgs) -> Result<i32> {
+    let v = serde_json::json!({
+        "Client": { "Version": env!("CARGO_PKG_VERSION"), "ApiVersion": moat_engine::view::API_VERSION, "Os": "linux", "Arch": "amd64" },
+        "Server": e.version(),
+    });
+    match a.format.as_deref() {
+        None => {
+            println!("Client:\n Version:    {}", env!("CARGO_PKG_VERSION"));
+            let s = e.version();
+            println!("\nServer: moat\n Engine:\n  Version:       {}\n  API version:   {} (minimum version {})\n  OS/Arch:       {}/{}\n  Kernel:        {}",
+                s.version, s.api_version, s.min_api_version, s.os, s.arch, s.kernel_version);
+        }
+        Some("json") => println!("{}", serde_json::to_string(&v)?),
+        Some(t) => println!("{}", format::Tmpl::parse(t)?.render(&v)?),
     }
     Ok(0)
 }

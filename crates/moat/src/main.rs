@@ -1,14 +1,17 @@
 //! The `moat` command line.
 
 mod containers;
+mod events;
+mod format;
 mod images;
 mod info;
 mod output;
 mod session;
 mod switches;
 
-use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use moat_engine::{Engine, EngineOptions};
 use std::path::PathBuf;
 
 /// moat: containers with process or hyperv (utility VM) isolation.
@@ -22,6 +25,9 @@ pub struct Cli {
     /// (overrides the config files).
     #[arg(long, global = true, env = "MOAT_DEFAULT_ISOLATION")]
     default_isolation: Option<String>,
+    /// The system-wide config file.
+    #[arg(long, global = true, env = "MOAT_CONFIG", hide = true)]
+    config: Option<PathBuf>,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, env = "MOAT_LOG", default_value = "warn")]
     log_level: String,
@@ -32,7 +38,9 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Show the moat version.
-    Version,
+    Version(info::VersionArgs),
+    /// Stream the engine's events.
+    Events(events::EventsArgs),
     /// Show engine and host information.
     Info(info::InfoArgs),
     /// Manage images.
@@ -76,6 +84,8 @@ enum Cmd {
     Shim {
         /// Container ID.
         id: String,
+        /// The engine's options (JSON).
+        options: String,
     },
 }
 
@@ -96,90 +106,109 @@ enum KernelCmd {
     Show,
 }
 
-fn vm(root: &std::path::Path, c: VmCmd) -> Result<i32> {
-    let dir = moat_vm::kernel::dir(root);
+fn vm(o: &EngineOptions, c: VmCmd) -> Result<i32> {
     match c {
         VmCmd::Kernel(KernelCmd::Install) => {
-            let k = moat_vm::kernel::install(&dir)?;
-            let agent = moat_vm::initramfs::find_agent()?;
-            let initrd = moat_vm::initramfs::build(&k, &agent, &dir)?;
-            println!("installed guest kernel {} in {}", k.version, dir.display());
-            println!("initramfs {}", initrd.display());
+            let k = moat_engine::vm::install_kernel(o)?;
+            println!("installed guest kernel {} in {}", k.version, k.dir.display());
+            if let Some(i) = k.initramfs {
+                println!("initramfs {}", i.display());
+            }
         }
         VmCmd::Kernel(KernelCmd::Show) => {
-            let k = moat_vm::kernel::current(&dir)?;
+            let k = moat_engine::vm::current_kernel(o)?;
             println!("{} {}", k.version, k.vmlinux.display());
         }
     }
     Ok(0)
 }
 
-/// Output format option shared by listing commands.
-#[derive(Args, Debug, Clone)]
-pub struct FormatArg {
-    /// Output format: `table` or `json`.
-    #[arg(long, default_value = "table")]
-    format: String,
+/// The engine's options from the command line and the environment (the
+/// only place that reads `MOAT_*` variables).
+fn options(cli: &Cli) -> Result<EngineOptions> {
+    let env_path = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let env_num = |k: &str| -> Result<Option<u64>> {
+        std::env::var(k)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(|v| v.parse().with_context(|| format!("{k} must be a number")))
+            .transpose()
+    };
+    Ok(EngineOptions {
+        root: cli.root.clone(),
+        default_isolation: match cli.default_isolation.as_deref().filter(|d| !d.is_empty()) {
+            Some(d) => Some(
+                d.parse()
+                    .map_err(|e: moat_core::isolation::BadIsolation| anyhow::anyhow!("--default-isolation: {e}"))?,
+            ),
+            None => None,
+        },
+        config_file: cli.config.clone(),
+        kernel_dir: env_path("MOAT_KERNEL_DIR"),
+        agent: env_path("MOAT_AGENT"),
+        qemu: env_path("MOAT_QEMU"),
+        virtiofsd: env_path("MOAT_VIRTIOFSD"),
+        shim_exe: None,
+        vm_boot_timeout_secs: env_num("MOAT_VM_BOOT_TIMEOUT")?,
+        max_unpack_bytes: env_num("MOAT_MAX_UNPACK_BYTES")?,
+        max_unpack_entries: env_num("MOAT_MAX_UNPACK_ENTRIES")?,
+        backend: None,
+    })
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    let o = options(&cli)?;
+    let root = cli.root.clone();
+    let open = || Engine::open(o.clone()).with_context(|| format!("cannot open moat root {}", root.display()));
     match cli.cmd {
-        Cmd::Version => {
-            println!("moat version {}", env!("CARGO_PKG_VERSION"));
-            Ok(0)
-        }
-        Cmd::Info(a) => info::run(&cli.root, a),
-        Cmd::Image(c) => images::run(&cli.root, c),
-        Cmd::Images(a) => images::run(&cli.root, images::ImageCmd::Ls(a)),
-        Cmd::Import(a) => images::run(&cli.root, images::ImageCmd::Import(a)),
-        Cmd::Load(a) => images::run(&cli.root, images::ImageCmd::Load(a)),
-        Cmd::Save(a) => images::run(&cli.root, images::ImageCmd::Save(a)),
-        Cmd::Tag(a) => images::run(&cli.root, images::ImageCmd::Tag(a)),
-        Cmd::Rmi(a) => images::run(&cli.root, images::ImageCmd::Rm(a)),
-        Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&cli.root, c),
-        Cmd::Vm(c) => vm(&cli.root, c),
-        Cmd::Switch(c) => switches::run(&cli.root, c),
+        Cmd::Version(a) => info::version(&open()?, a),
+        Cmd::Info(a) => info::run(&mut open()?, a),
+        Cmd::Events(a) => events::run(&mut open()?, a),
+        Cmd::Image(c) => images::run(&mut open()?, c),
+        Cmd::Images(a) => images::run(&mut open()?, images::ImageCmd::Ls(a)),
+        Cmd::Import(a) => images::run(&mut open()?, images::ImageCmd::Import(a)),
+        Cmd::Load(a) => images::run(&mut open()?, images::ImageCmd::Load(a)),
+        Cmd::Save(a) => images::run(&mut open()?, images::ImageCmd::Save(a)),
+        Cmd::Tag(a) => images::run(&mut open()?, images::ImageCmd::Tag(a)),
+        Cmd::Rmi(a) => images::run(&mut open()?, images::ImageCmd::Rm(a)),
+        Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&mut open()?, c),
+        Cmd::Vm(c) => vm(&o, c),
+        Cmd::Switch(c) => switches::run(&mut open()?, c),
         Cmd::PortProxy { proto, target } => {
-            use std::os::fd::FromRawFd;
-            // SAFETY: fd 3 is the bound socket the shim passed
-            if proto == "udp" {
-                moat_net::proxy::udp(unsafe { std::net::UdpSocket::from_raw_fd(3) }, target)?;
-            } else {
-                moat_net::proxy::tcp(unsafe { std::net::TcpListener::from_raw_fd(3) }, target)?;
-            }
+            moat_engine::shim::serve_port_proxy(&proto, target)?;
             Ok(0)
         }
-        Cmd::Shim { id } => Ok(moat_engine::shim::main(&cli.root, &id)),
+        Cmd::Shim { id, options } => Ok(moat_engine::shim::main(&id, &options)),
     }
 }
 
 fn main() {
-    // `moat --root R shim ID` (how the engine starts shims) skips the CLI
-    // parser: a shim lives as long as its container, and not touching clap's
-    // code keeps its resident memory small
+    // `moat --root R shim ID OPTIONS` (how the engine starts shims) skips
+    // the CLI parser: a shim lives as long as its container, and not
+    // touching clap's code keeps its resident memory small
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if argv.len() == 5 && argv[1] == "--root" && argv[3] == "shim" {
-        let root = PathBuf::from(&argv[2]);
+    if argv.len() == 6 && argv[1] == "--root" && argv[3] == "shim" {
         let id = argv[4].to_string_lossy().into_owned();
+        let options = argv[5].to_string_lossy().into_owned();
         let level = std::env::var("MOAT_LOG").unwrap_or_else(|_| "warn".into());
         let filter = tracing_subscriber::EnvFilter::try_new(level)
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-        std::process::exit(moat_engine::shim::main(&root, &id));
+        // a shim must survive a full disk: its log (stderr) may not take
+        // a line, and tracing's fallback would panic in eprintln
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| BestEffort(std::io::stderr())).init();
+        std::process::exit(moat_engine::shim::main(&id, &options));
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => std::process::exit(usage_error(e)),
     };
-    if let Some(d) = &cli.default_isolation {
-        // read by the engine's settings loader; set before any other thread exists
-        std::env::set_var("MOAT_DEFAULT_ISOLATION", d);
-    }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let code = match run(cli) {
         Ok(c) => c,
+        // a closed stdout (`moat ps | head`) is a normal end
+        Err(e) if output::is_broken_pipe(&e) => 0,
         Err(e) => {
             // one line: the whole cause chain joined
             eprintln!("Error: {}", format!("{e:#}").replace('\n', " "));
@@ -187,6 +216,20 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// A writer that never fails: what cannot be written is dropped.
+struct BestEffort<W>(W);
+
+impl<W: std::io::Write> std::io::Write for BestEffort<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// An error that exits with a given code (Docker's 125 for errors of the

@@ -31,3 +31,30 @@ pub fn progress(what: &str, total: Option<u64>) -> indicatif::ProgressBar {
     pb.set_message(what.to_string());
     pb
 }
+
+/// A reader that reports how many bytes went through it (for progress bars).
+pub struct CountReader<'a, R> {
+    inner: R,
+    on_read: &'a dyn Fn(u64),
+}
+
+impl<'a, R: std::io::Read> CountReader<'a, R> {
+    /// Calls `on_read(n)` after every read of `n` bytes.
+    pub fn new(inner: R, on_read: &'a dyn Fn(u64)) -> Self {
+        Self { inner, on_read }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for CountReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.on_read)(n as u64);
+        Ok(n)
+    }
+}
+
+/// True when `e` comes from writing to a closed pipe (`moat ps | head`):
+/// a normal end of output, not an error.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}

@@ -1,12 +1,14 @@
-//! Interactive sessions: relaying a terminal or pipes to a shim connection.
+//! Interactive sessions: relaying this terminal (or pipes) to an engine
+//! [`Session`]: output to stdout/stderr, stdin to the process, window size
+//! changes and (without a terminal) signals; Ctrl-P Ctrl-Q detaches.
 
 use anyhow::Result;
-use moat_engine::client::Conn;
-use moat_proto::{Frame, Kind, Msg, WinSize};
+use moat_engine::{Session, SessionEvent, WinSize};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Restores the terminal mode on drop.
@@ -33,9 +35,10 @@ impl Drop for RawMode {
 
 /// The terminal's size, if stdout or stdin is one.
 pub fn term_size() -> Option<WinSize> {
-    let mut w: libc::winsize = unsafe { std::mem::zeroed() };
     for fd in [1, 0] {
-        // SAFETY: TIOCGWINSZ fills the struct
+        // SAFETY: winsize is plain data and TIOCGWINSZ fills it
+        let mut w: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ on a descriptor of ours
         if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut w) } == 0 && w.ws_row > 0 {
             return Some(WinSize { rows: w.ws_row, cols: w.ws_col });
         }
@@ -45,8 +48,6 @@ pub fn term_size() -> Option<WinSize> {
 
 /// Options of one session.
 pub struct Opts {
-    /// The remote side has a terminal.
-    pub tty: bool,
     /// Forward our stdin.
     pub stdin: bool,
     /// Forward SIGINT/SIGTERM/... to the process (non-tty sessions).
@@ -63,26 +64,26 @@ pub enum End {
     Lost,
 }
 
-fn send(w: &Arc<Mutex<std::os::unix::net::UnixStream>>, f: &Frame) -> bool {
-    match w.lock() {
-        Ok(mut s) => f.write_to(&mut *s).is_ok(),
-        Err(_) => false,
-    }
-}
-
 /// Relays stdio until the process exits, the user detaches, or the shim goes away.
-pub fn relay(mut conn: Conn, o: Opts) -> Result<End> {
-    let writer = Arc::new(Mutex::new(conn.stream.try_clone()?));
-    let raw = if o.tty && o.stdin && std::io::stdin().is_terminal() { RawMode::enter() } else { None };
-    if o.tty {
+pub fn relay(mut session: Session, o: Opts) -> Result<End> {
+    let tty = session.tty();
+    let writer = Arc::new(Mutex::new(session.writer()?));
+    let send = |f: &dyn Fn(&mut moat_engine::SessionWriter) -> Result<(), moat_engine::EngineError>| -> bool {
+        match writer.lock() {
+            Ok(mut w) => f(&mut w).is_ok(),
+            Err(_) => false,
+        }
+    };
+    let raw = if tty && o.stdin && std::io::stdin().is_terminal() { RawMode::enter() } else { None };
+    if tty {
         if let Some(ws) = term_size() {
-            send(&writer, &Frame::control(0, &Msg::Resize(ws)));
+            send(&|w| w.resize(ws));
         }
     }
     // signals are handled by a thread that waits for them
     let mut sigs = SigSet::empty();
     sigs.add(Signal::SIGWINCH);
-    if o.sig_proxy && !o.tty {
+    if o.sig_proxy && !tty {
         for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
             sigs.add(s);
         }
@@ -90,90 +91,96 @@ pub fn relay(mut conn: Conn, o: Opts) -> Result<End> {
     let _ = sigs.thread_block();
     {
         let w = writer.clone();
-        let tty = o.tty;
         std::thread::spawn(move || loop {
             let Ok(sig) = sigs.wait() else { return };
-            let f = if sig == Signal::SIGWINCH {
-                if !tty {
-                    continue;
-                }
-                match term_size() {
-                    Some(ws) => Frame::control(0, &Msg::Resize(ws)),
-                    None => continue,
+            let Ok(mut w) = w.lock() else { return };
+            let ok = if sig == Signal::SIGWINCH {
+                match (tty, term_size()) {
+                    (true, Some(ws)) => w.resize(ws).is_ok(),
+                    _ => true,
                 }
             } else {
-                Frame::control(0, &Msg::Signal { signal: sig as i32 })
+                w.signal(sig as i32).is_ok()
             };
-            if !send(&w, &f) {
+            if !ok {
                 return;
             }
         });
     }
-    let detached = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let detached = Arc::new(AtomicBool::new(false));
     if o.stdin {
         let w = writer.clone();
-        let tty = o.tty;
         let det = detached.clone();
-        let shut = conn.stream.try_clone()?;
         std::thread::spawn(move || {
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 32 << 10];
-            let mut ctrl_p = false;
+            let mut held_ctrl_p = false;
             loop {
                 let n = match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => {
-                        send(&w, &Frame { kind: Kind::StdinEof, session: 0, data: Vec::new() });
+                        if let Ok(mut w) = w.lock() {
+                            let _ = w.close_stdin();
+                        }
                         return;
                     }
                     Ok(n) => n,
                 };
-                let mut data = &buf[..n];
-                if tty {
-                    // Ctrl-P Ctrl-Q detaches
-                    for (i, b) in data.iter().enumerate() {
-                        if ctrl_p && *b == 0x11 {
-                            det.store(true, std::sync::atomic::Ordering::SeqCst);
-                            let _ = shut.shutdown(std::net::Shutdown::Both);
+                let mut data = Vec::with_capacity(n + 1);
+                for b in &buf[..n] {
+                    if tty && held_ctrl_p {
+                        held_ctrl_p = false;
+                        if *b == 0x11 {
+                            // Ctrl-P Ctrl-Q: detach
+                            det.store(true, Ordering::SeqCst);
+                            if let Ok(w) = w.lock() {
+                                w.shutdown();
+                            }
                             return;
                         }
-                        ctrl_p = *b == 0x10;
-                        if ctrl_p && i + 1 == data.len() {
-                            // hold the ^P until we know what follows
-                            data = &data[..i];
-                            break;
-                        }
+                        data.push(0x10);
                     }
+                    if tty && *b == 0x10 {
+                        // hold the ^P until we know what follows
+                        held_ctrl_p = true;
+                        continue;
+                    }
+                    data.push(*b);
                 }
-                if !data.is_empty() && !send(&w, &Frame { kind: Kind::Stdin, session: 0, data: data.to_vec() }) {
-                    return;
+                if !data.is_empty() {
+                    let Ok(mut w) = w.lock() else { return };
+                    if w.stdin(&data).is_err() {
+                        return;
+                    }
                 }
             }
         });
     }
-    let mut out = std::io::stdout().lock();
     let mut code = None;
-    while let Ok(f) = conn.recv() {
-        match f.kind {
-            Kind::Stdout => {
-                let _ = out.write_all(&f.data);
-                let _ = out.flush();
-            }
-            Kind::Stderr => {
-                let _ = std::io::stderr().write_all(&f.data);
-            }
-            Kind::Control => match f.msg() {
-                Ok(Msg::Exit { code: c, .. }) => code = Some(c),
-                Ok(Msg::Error { message }) => {
-                    drop(raw);
-                    anyhow::bail!("{message}");
+    loop {
+        let ev = match session.next_event() {
+            Ok(Some(ev)) => ev,
+            Ok(None) | Err(_) => break,
+        };
+        match ev {
+            SessionEvent::Stdout(d) => {
+                let mut out = std::io::stdout().lock();
+                if out.write_all(&d).and_then(|()| out.flush()).is_err() {
+                    // a closed stdout (`| head`) is a normal end
+                    break;
                 }
-                _ => {}
-            },
-            _ => {}
+            }
+            SessionEvent::Stderr(d) => {
+                let _ = std::io::stderr().write_all(&d);
+            }
+            SessionEvent::Exit { code: c, .. } => code = Some(c),
+            SessionEvent::Error(message) => {
+                drop(raw);
+                anyhow::bail!("{message}");
+            }
         }
     }
     drop(raw);
-    if detached.load(std::sync::atomic::Ordering::SeqCst) {
+    if detached.load(Ordering::SeqCst) {
         eprintln!("\r\nread escape sequence");
         return Ok(End::Detached);
     }

@@ -1,10 +1,9 @@
 //! `moat switch ...` (alias `moat network ...`): virtual switches.
 
-use crate::output;
-use anyhow::{Context, Result};
+use crate::format;
+use anyhow::Result;
 use clap::Subcommand;
 use moat_engine::Engine;
-use std::path::Path;
 
 /// Switch subcommands.
 #[derive(Subcommand, Debug)]
@@ -29,12 +28,18 @@ pub enum SwitchCmd {
     /// List switches.
     #[command(alias = "list")]
     Ls {
-        /// Only names... IDs.
+        /// Only IDs.
         #[arg(short, long)]
         quiet: bool,
+        /// `table`, `json` or a Go template (`{{.Name}} {{.ID}}`).
+        #[arg(long, default_value = "table")]
+        format: String,
     },
-    /// Show switches as JSON.
+    /// Show switches as JSON (or a Go template).
     Inspect {
+        /// A Go template.
+        #[arg(short = 'f', long)]
+        format: Option<String>,
         /// Switches.
         #[arg(required = true)]
         switches: Vec<String>,
@@ -65,38 +70,27 @@ pub enum SwitchCmd {
     },
 }
 
-fn json(e: &Engine, s: &moat_engine::network::Switch) -> serde_json::Value {
-    let mut members = serde_json::Map::new();
-    let mut eng_list = Vec::new();
-    if let Ok(mut e2) = Engine::open(e.layout().root()) {
-        eng_list = e2.list().unwrap_or_default();
-    }
-    for c in eng_list {
-        for ep in c.config.networks.iter().filter(|ep| ep.switch_id == s.id) {
-            members.insert(
-                c.id().to_string(),
-                serde_json::json!({ "Name": c.name(), "IPv4Address": format!("{}/{}", ep.ip, ep.prefix), "MacAddress": ep.mac }),
-            );
-        }
-    }
-    serde_json::json!({
-        "Name": s.name,
-        "Id": s.id,
-        "Created": s.created.to_rfc3339(),
-        "Driver": "bridge",
-        "Scope": "local",
-        "Internal": s.config.internal,
-        "IPAM": { "Driver": "default", "Config": [{ "Subnet": s.config.subnet.to_string(), "Gateway": s.config.gateway.to_string() }] },
-        "Options": { "com.docker.network.bridge.name": s.config.bridge },
-        "Bridge": s.config.bridge,
-        "Containers": members,
-        "Labels": s.config.labels,
-    })
+/// A row of `moat switch ls` (Docker's network format context).
+#[derive(serde::Serialize)]
+struct NetRow {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "Name")]
+    name: String,
+    #[serde(rename = "Driver")]
+    driver: String,
+    #[serde(rename = "Scope")]
+    scope: String,
+    #[serde(rename = "Subnet")]
+    subnet: String,
+    #[serde(rename = "Internal")]
+    internal: bool,
+    #[serde(rename = "Bridge")]
+    bridge: String,
 }
 
 /// Runs a switch subcommand.
-pub fn run(root: &Path, cmd: SwitchCmd) -> Result<i32> {
-    let mut e = Engine::open(root).with_context(|| format!("cannot open moat root {}", root.display()))?;
+pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
     match cmd {
         SwitchCmd::Create { name, subnet, gateway, internal, driver } => {
             if driver != "bridge" {
@@ -105,42 +99,56 @@ pub fn run(root: &Path, cmd: SwitchCmd) -> Result<i32> {
             let s = e.create_switch(&name, subnet, gateway, internal)?;
             println!("{}", s.id);
         }
-        SwitchCmd::Ls { quiet } => {
+        SwitchCmd::Ls { quiet, format } => {
             let all = e.switches()?;
             if quiet {
                 for s in &all {
                     println!("{}", &s.id[..12]);
                 }
-            } else {
-                let rows: Vec<Vec<String>> = all
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.id[..12].to_string(),
-                            s.name.clone(),
-                            "bridge".into(),
-                            s.config.subnet.to_string(),
-                            if s.config.internal { "internal".into() } else { "nat".into() },
-                            s.config.bridge.clone(),
-                        ]
-                    })
-                    .collect();
-                output::table(&["SWITCH ID", "NAME", "DRIVER", "SUBNET", "MODE", "BRIDGE"], &rows)?;
+                return Ok(0);
             }
+            let rows: Vec<NetRow> = all
+                .iter()
+                .map(|s| NetRow {
+                    id: s.id[..12].to_string(),
+                    name: s.name.clone(),
+                    driver: "bridge".into(),
+                    scope: "local".into(),
+                    subnet: s.config.subnet.to_string(),
+                    internal: s.config.internal,
+                    bridge: s.config.bridge.clone(),
+                })
+                .collect();
+            format::list(
+                &format,
+                "SWITCH ID",
+                &["SWITCH ID", "NAME", "DRIVER", "SUBNET", "MODE", "BRIDGE"],
+                &rows,
+                |r| {
+                    vec![
+                        r.id.clone(),
+                        r.name.clone(),
+                        r.driver.clone(),
+                        r.subnet.clone(),
+                        if r.internal { "internal".into() } else { "nat".into() },
+                        r.bridge.clone(),
+                    ]
+                },
+            )?;
         }
-        SwitchCmd::Inspect { switches } => {
+        SwitchCmd::Inspect { format, switches } => {
             let mut out = Vec::new();
             let mut code = 0;
             for n in &switches {
-                match e.find_switch(n) {
-                    Ok(s) => out.push(json(&e, &s)),
+                match e.inspect_switch(n) {
+                    Ok(s) => out.push(serde_json::to_value(s)?),
                     Err(err) => {
                         eprintln!("Error: {err}");
                         code = 1;
                     }
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            format::inspect(format.as_deref(), &out)?;
             return Ok(code);
         }
         SwitchCmd::Rm { switches } => {

@@ -57,11 +57,11 @@ fn running_containers_are_refused_unless_restart_hyperv() {
     // an option only process isolation has is reported, nothing changes
     r.ok(&["create", "--name", "hostnet", "--network", "host", "busybox", "true"]);
     let e = r.fails(&["update", "--isolation=vm", "hostnet"]);
-    assert!(e.contains("--network host"), "{e}");
+    assert!(e.contains("network mode host"), "{e}");
     let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "hostnet"])).unwrap();
     assert_eq!(v[0]["HostConfig"]["Isolation"], "process");
     let e = r.fails(&["run", "--isolation=vm", "--network", "host", "busybox", "true"]);
-    assert!(e.contains("--network host"), "{e}");
+    assert!(e.contains("network mode host"), "{e}");
     r.fails(&["update", "--isolation=kvm", "hostnet"]);
 }
 
@@ -69,10 +69,10 @@ fn running_containers_are_refused_unless_restart_hyperv() {
 fn default_isolation_from_config_and_flag_hyperv() {
     let r = root_with_busybox();
     let info: serde_json::Value = serde_json::from_str(&r.ok(&["info", "--format", "json"])).unwrap();
-    assert_eq!(info["DefaultIsolation"], "process");
+    assert_eq!(info["Isolation"], "process");
     std::fs::write(r.path().join("config.toml"), "default_isolation = \"hyperv\"\n").unwrap();
     let info: serde_json::Value = serde_json::from_str(&r.ok(&["info", "--format", "json"])).unwrap();
-    assert_eq!(info["DefaultIsolation"], "hyperv");
+    assert_eq!(info["Isolation"], "hyperv");
     // no --isolation, and --isolation=default, both mean the configured default
     let k = r.ok(&["run", "--rm", "busybox", "uname", "-r"]);
     assert_ne!(k.trim(), host_kernel());

@@ -43,7 +43,7 @@ fn process_and_vm_reach_each_other_on_virtual_switch_hyperv() {
     let r = root_with_busybox();
     let id = r.ok(&["switch", "create", "Virtual Switch"]).trim().to_string();
     let v: serde_json::Value = serde_json::from_str(&r.ok(&["switch", "inspect", "Virtual Switch"])).unwrap();
-    let bridge = v[0]["Bridge"].as_str().unwrap().to_string();
+    let bridge = v[0]["Options"]["com.docker.network.bridge.name"].as_str().unwrap().to_string();
     assert!(bridge.len() <= 15 && links(&bridge).len() == 1, "derived bridge {bridge}");
     assert!(r.ok(&["network", "ls"]).contains("Virtual Switch"), "network is an alias of switch");
     r.ok(&[
@@ -202,7 +202,7 @@ fn switches_are_isolated_and_none_has_only_loopback() {
     r.ok(&["rm", "-f", "lweb"]);
     // VM isolation refuses --network host, with the reason
     let e = r.fails(&["run", "--rm", "--isolation=vm", "--network", "host", "busybox", "true"]);
-    assert!(e.contains("--network host"), "{e}");
+    assert!(e.contains("network mode host"), "{e}");
 }
 
 #[test]

@@ -1,0 +1,234 @@
+//! Creating a container: validate the request, merge the image's config
+//! the way Docker does, reserve its switch addresses, record it.
+
+use crate::config::{ContainerConfig, ContainerState};
+use crate::{check_isolation, events, names, network, spec, validate, Container, Engine, EngineError};
+use chrono::Utc;
+use moat_store::ContainerRow;
+use std::path::Path;
+
+/// A request to create a container.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// Name (generated when `None`).
+    pub name: Option<String>,
+    /// Configuration as the user gave it (the engine fills in the rest).
+    pub config: ContainerConfig,
+}
+
+/// Merges the image's runtime config into `cfg` like Docker: an explicit
+/// entrypoint resets the image's command; image environment first, the
+/// user's entries replace same-named ones; workdir, user, stop signal and
+/// labels default from the image.
+pub fn merge_image(cfg: &mut ContainerConfig, icfg: &moat_image::RuntimeConfig) -> Result<(), EngineError> {
+    let entry_override = !cfg.entrypoint.is_empty();
+    let entrypoint = if entry_override { cfg.entrypoint.clone() } else { icfg.entrypoint.clone().unwrap_or_default() };
+    let cmd = if !cfg.cmd.is_empty() {
+        cfg.cmd.clone()
+    } else if entry_override {
+        Vec::new()
+    } else {
+        icfg.cmd.clone().unwrap_or_default()
+    };
+    let entrypoint: Vec<String> = entrypoint.into_iter().filter(|s| !s.is_empty()).collect();
+    cfg.args = entrypoint.iter().chain(cmd.iter()).cloned().collect();
+    if cfg.args.is_empty() {
+        return Err(EngineError::Invalid("no command specified".into()));
+    }
+    cfg.entrypoint = entrypoint;
+    cfg.cmd = cmd;
+    cfg.env = moat_runtime::relay::merge_env(&icfg.env.clone().unwrap_or_default(), &cfg.env);
+    if cfg.workdir.is_empty() {
+        cfg.workdir = icfg.working_dir.clone().unwrap_or_default();
+    }
+    if cfg.user.is_empty() {
+        cfg.user = icfg.user.clone().unwrap_or_default();
+    }
+    if cfg.stop_signal.is_empty() {
+        cfg.stop_signal = icfg.stop_signal.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "SIGTERM".into());
+    }
+    for (k, v) in icfg.labels.iter().flatten() {
+        cfg.labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    for k in icfg.exposed_ports.iter().flat_map(|p| p.keys()) {
+        let (p, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
+        if let Ok(p) = p.parse::<u16>() {
+            if !cfg.exposed.contains(&(p, proto.to_string())) {
+                cfg.exposed.push((p, proto.to_string()));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Records a new container from its image (resolved now).
+    pub fn create(&mut self, req: CreateRequest) -> Result<Container, EngineError> {
+        let mut cfg = req.config;
+        validate::config(&cfg)?;
+        let image = self.images.resolve(&cfg.image)?;
+        let icfg = moat_image::runtime_config(&image.config)?;
+        merge_image(&mut cfg, &icfg)?;
+        spec::security(&cfg.security_opt)?;
+        moat_runtime::caps::compute(&cfg.cap_add, &cfg.cap_drop, cfg.privileged)?;
+        if cfg.isolation.is_none() {
+            cfg.isolation = Some(self.settings.default_isolation);
+        }
+        if cfg.network.is_empty() || network::is_default(&cfg.network) {
+            cfg.network = moat_net::DEFAULT_SWITCH.into();
+        }
+        check_isolation(&cfg, cfg.isolation())?;
+        let switch = match cfg.network.as_str() {
+            "none" | "host" => {
+                if !cfg.publish.is_empty() || cfg.publish_all {
+                    return Err(EngineError::Invalid(format!(
+                        "published ports need a switch: network mode {} has none",
+                        cfg.network
+                    )));
+                }
+                None
+            }
+            n if network::is_default(n) => Some(self.default_switch()?),
+            n => Some(self.find_switch(n)?),
+        };
+        if let Some(m) = &cfg.mac {
+            cfg.mac = Some(moat_net::parse_mac(m)?);
+        }
+        for b in &cfg.binds {
+            if !Path::new(&b.source).exists() {
+                return Err(EngineError::Invalid(format!(
+                    "invalid mount config: bind source path does not exist: {}",
+                    b.source
+                )));
+            }
+        }
+        let id = moat_core::id::new_id();
+        if cfg.hostname.is_empty() {
+            cfg.hostname = id[..12].to_string();
+        }
+        let name = match req.name.as_deref() {
+            Some(n) => {
+                let n = n.strip_prefix('/').unwrap_or(n);
+                if !names::valid(n) {
+                    return Err(EngineError::Invalid(format!(
+                        "invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-]* is allowed"
+                    )));
+                }
+                n.to_string()
+            }
+            None => loop {
+                let n = names::generate();
+                if self.images.store().find_container(&n)?.is_none() {
+                    break n;
+                }
+            },
+        };
+        let row = ContainerRow {
+            id: id.clone(),
+            name: name.clone(),
+            image_id: image.id.clone(),
+            created: Utc::now(),
+            config: serde_json::to_string(&cfg).map_err(|e| EngineError::Invalid(e.to_string()))?,
+            state: serde_json::to_string(&ContainerState::default())
+                .map_err(|e| EngineError::Invalid(e.to_string()))?,
+        };
+        match self.store().insert_container(&row) {
+            Ok(()) => {}
+            Err(moat_store::StoreError::NameInUse { .. }) => {
+                let other = self.images.store().find_container(&name)?.map(|c| c.id).unwrap_or_default();
+                return Err(EngineError::Conflict(format!(
+                    "Conflict. The container name \"/{name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // nothing of a failed create stays behind
+        let finished = (|| {
+            if let Some(sw) = switch {
+                let ep = self.allocate(&id, &sw, cfg.ip, cfg.mac.clone())?;
+                cfg.networks.push(ep);
+                self.write_config(&id, &cfg)?;
+            }
+            self.prepare_dirs(&id, &cfg)
+        })();
+        if let Err(e) = finished {
+            let _ = std::fs::remove_dir_all(self.layout.container(&id));
+            let _ = self.store().delete_container(&id);
+            return Err(e);
+        }
+        let switches: Vec<String> = cfg.networks.iter().map(|e| e.switch_id.clone()).collect();
+        self.refresh_hosts(&switches)?;
+        let c = self.get(&id)?;
+        events::record(self, events::Event::container("create", &c));
+        Ok(c)
+    }
+
+    /// Creates the container's directory and files (idempotent).
+    pub(crate) fn prepare_dirs(&self, id: &str, cfg: &ContainerConfig) -> Result<(), EngineError> {
+        self.write_dirs(id, cfg).map_err(|e| match e {
+            EngineError::Io(_, ref io) if io.raw_os_error() == Some(libc::ENOSPC) => {
+                moat_store::StoreError::NoSpace(self.layout.root().display().to_string()).into()
+            }
+            e => e,
+        })
+    }
+
+    fn write_dirs(&self, id: &str, cfg: &ContainerConfig) -> Result<(), EngineError> {
+        let dir = self.layout.container(id);
+        for d in ["upper", "work", "rootfs"] {
+            std::fs::create_dir_all(dir.join(d))
+                .map_err(EngineError::io(format!("create {}", dir.join(d).display())))?;
+        }
+        let write = |name: &str, content: String| {
+            let p = dir.join(name);
+            if p.exists() {
+                return Ok(());
+            }
+            std::fs::write(&p, content).map_err(EngineError::io(format!("write {}", p.display())))
+        };
+        write("hostname", format!("{}\n", cfg.hostname))?;
+        write("hosts", format!("{}127.0.1.1\t{}\n", network::HOSTS_HEADER, cfg.hostname))?;
+        let resolv: String = if cfg.dns.is_empty() {
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            host.lines().filter(|l| !l.contains("127.0.0.") && !l.contains("::1")).map(|l| format!("{l}\n")).collect()
+        } else {
+            cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect()
+        };
+        write("resolv.conf", resolv)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_config_merges_like_docker() -> Result<(), EngineError> {
+        let icfg: moat_image::RuntimeConfig = serde_json::from_str(
+            r#"{"Entrypoint":["/init"],"Cmd":["serve"],"Env":["PATH=/bin","A=1"],"WorkingDir":"/srv","User":"app",
+                "Labels":{"l":"image","m":"image"},"ExposedPorts":{"80/tcp":{},"53/udp":{}}}"#,
+        )
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mut c = ContainerConfig { env: vec!["A=2".into()], ..Default::default() };
+        c.labels.insert("l".into(), "user".into());
+        merge_image(&mut c, &icfg)?;
+        assert_eq!(c.args, vec!["/init", "serve"]);
+        assert_eq!(c.env, vec!["PATH=/bin", "A=2"]);
+        assert_eq!((c.workdir.as_str(), c.user.as_str(), c.stop_signal.as_str()), ("/srv", "app", "SIGTERM"));
+        assert_eq!(c.labels["l"], "user", "the user's label wins");
+        assert_eq!(c.labels["m"], "image");
+        assert!(c.exposed.contains(&(53, "udp".into())));
+        // a command replaces Cmd; an entrypoint resets it
+        let mut c = ContainerConfig { cmd: vec!["other".into()], ..Default::default() };
+        merge_image(&mut c, &icfg)?;
+        assert_eq!(c.args, vec!["/init", "other"]);
+        let mut c = ContainerConfig { entrypoint: vec!["/bin/sh".into()], ..Default::default() };
+        merge_image(&mut c, &icfg)?;
+        assert_eq!(c.args, vec!["/bin/sh"]);
+        // --entrypoint "" with no command: nothing to run
+        let mut c = ContainerConfig { entrypoint: vec![String::new()], ..Default::default() };
+        assert!(merge_image(&mut c, &icfg).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+//! The event log (`moat events`, `GET /events`): lifecycle events of
+//! containers, images and switches, recorded durably in the store with a
+//! time and the actor's attributes, in Docker's shape. The engine records
+//! what front ends ask for; each shim records what happens while nobody
+//! watches (start, die with its exit code, oom, restart, exec).
+
+use crate::filter::EventFilter;
+use crate::{Container, Engine, EngineError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The actor of an event.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Actor {
+    /// Object ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Attributes (name, image, exitCode, signal, ...).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// One event, as Docker's `/events` stream carries it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Event {
+    /// `container`, `image`, `network`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// What happened.
+    #[serde(rename = "Action")]
+    pub action: String,
+    /// Who it happened to.
+    #[serde(rename = "Actor")]
+    pub actor: Actor,
+    /// Always `local`.
+    pub scope: String,
+    /// Seconds since the epoch.
+    pub time: i64,
+    /// Nanoseconds since the epoch.
+    #[serde(rename = "timeNano")]
+    pub time_nano: i64,
+    /// Position in the log.
+    #[serde(skip)]
+    pub seq: i64,
+    /// Docker's legacy `status` (= action, containers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Docker's legacy `id` (containers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Docker's legacy `from` (the image, containers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+impl Event {
+    /// An event of `kind` about `id`, now.
+    pub fn new(kind: &str, action: &str, id: &str) -> Self {
+        let now = chrono::Utc::now();
+        let nano = now.timestamp_nanos_opt().unwrap_or(0);
+        Self {
+            kind: kind.into(),
+            action: action.into(),
+            actor: Actor { id: id.into(), attributes: BTreeMap::new() },
+            scope: "local".into(),
+            time: nano / 1_000_000_000,
+            time_nano: nano,
+            seq: 0,
+            status: None,
+            id: None,
+            from: None,
+        }
+    }
+
+    /// A container event with the container's name, image and labels.
+    pub fn container(action: &str, c: &Container) -> Self {
+        let mut e = Self::new("container", action, c.id());
+        e.actor.attributes.insert("name".into(), c.name().into());
+        e.actor.attributes.insert("image".into(), c.config.image.clone());
+        e.actor.attributes.insert("isolation".into(), c.config.isolation().to_string());
+        for (k, v) in &c.config.labels {
+            e.actor.attributes.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        e
+    }
+
+    /// Adds an attribute.
+    pub fn attr(mut self, k: &str, v: &str) -> Self {
+        self.actor.attributes.insert(k.into(), v.into());
+        self
+    }
+
+    fn row(&self) -> moat_store::EventRow {
+        moat_store::EventRow {
+            seq: 0,
+            time_nano: self.time_nano,
+            kind: self.kind.clone(),
+            action: self.action.clone(),
+            actor: self.actor.id.clone(),
+            attributes: serde_json::to_string(&self.actor.attributes).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+
+    fn from_row(r: moat_store::EventRow) -> Self {
+        let attributes: BTreeMap<String, String> = serde_json::from_str(&r.attributes).unwrap_or_default();
+        let container = r.kind == "container";
+        Self {
+            status: container.then(|| r.action.clone()),
+            id: container.then(|| r.actor.clone()),
+            from: if container { attributes.get("image").cloned() } else { None },
+            kind: r.kind,
+            action: r.action,
+            actor: Actor { id: r.actor, attributes },
+            scope: "local".into(),
+            time: r.time_nano / 1_000_000_000,
+            time_nano: r.time_nano,
+            seq: r.seq,
+        }
+    }
+}
+
+/// Records an event; a store that cannot take it (a full disk) only loses
+/// the event, never the operation.
+pub fn record(e: &mut Engine, ev: Event) {
+    record_in(e.images().store_mut(), ev);
+}
+
+/// [`record`] on a store.
+pub fn record_in(store: &mut moat_store::Store, ev: Event) {
+    if let Err(err) = store.append_event(&ev.row()) {
+        tracing::warn!("cannot record event {} {}: {err}", ev.kind, ev.action);
+    }
+}
+
+/// The newest event's sequence number.
+pub fn last_seq(e: &mut Engine) -> Result<i64, EngineError> {
+    Ok(e.images().store().last_event_seq()?)
+}
+
+/// Recorded events from `since_seq` (all when `None`) and before
+/// `until_nano` that match `f`.
+pub fn list(
+    e: &mut Engine,
+    since_seq: Option<i64>,
+    until_nano: Option<i64>,
+    f: &EventFilter,
+) -> Result<Vec<Event>, EngineError> {
+    let rows = e.images().store().events(since_seq.unwrap_or(0), f.since_nano, until_nano.unwrap_or(i64::MAX))?;
+    Ok(rows.into_iter().map(Event::from_row).filter(|ev| f.matches(ev)).collect())
+}
+
+/// Streams events matching `f` to `sink` (which returns false to stop):
+/// the recorded ones from `f.since_nano`, then new ones as they are
+/// recorded, until `until_nano` (forever when `None`).
+pub fn follow(
+    e: &mut Engine,
+    f: &EventFilter,
+    until_nano: Option<i64>,
+    mut sink: impl FnMut(&Event) -> bool,
+) -> Result<(), EngineError> {
+    let mut next = 0;
+    loop {
+        let rows = e.images().store().events(next, f.since_nano, until_nano.unwrap_or(i64::MAX))?;
+        for r in rows {
+            next = r.seq + 1;
+            let ev = Event::from_row(r);
+            if f.matches(&ev) && !sink(&ev) {
+                return Ok(());
+            }
+        }
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+        if until_nano.is_some_and(|u| u <= now) {
+            return Ok(());
+        }
+        if next == 0 {
+            next = last_seq(e)? + 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

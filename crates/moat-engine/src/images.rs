@@ -1,0 +1,112 @@
+//! Image operations for front ends: load, import, save, tag, remove,
+//! prune, each recording its event; removal refuses an image a running
+//! container uses, even when forced (Docker's conflict).
+
+use crate::events::{self, Event};
+use crate::{Engine, EngineError};
+pub use moat_image::{Loaded, PruneReport};
+pub use moat_store::ImageRecord;
+use std::io::{Read, Write};
+
+fn image_event(action: &str, id: &str, name: Option<&str>) -> Event {
+    let mut e = Event::new("image", action, id);
+    if let Some(n) = name {
+        e = e.attr("name", n);
+    }
+    e
+}
+
+impl Engine {
+    /// Resolves an image reference (name, `name:tag`, ID or short ID).
+    pub fn image(&mut self, reference: &str) -> Result<ImageRecord, EngineError> {
+        Ok(self.images.resolve(reference)?)
+    }
+
+    /// Every image.
+    pub fn image_list(&mut self) -> Result<Vec<ImageRecord>, EngineError> {
+        Ok(self.images.list()?)
+    }
+
+    /// Loads a docker-archive or OCI-layout tarball.
+    pub fn load_images(&mut self, r: impl Read) -> Result<Vec<Loaded>, EngineError> {
+        let loaded = self.images.load(r)?;
+        for l in &loaded {
+            let name = l.tags.first().cloned();
+            events::record(self, image_event("load", &l.id.to_string(), name.as_deref()));
+        }
+        Ok(loaded)
+    }
+
+    /// Imports a rootfs tarball as an image with Dockerfile-style `changes`.
+    pub fn import_image(
+        &mut self,
+        r: impl Read,
+        name: Option<&str>,
+        message: &str,
+        changes: &[String],
+    ) -> Result<moat_core::Digest, EngineError> {
+        let id = self.images.import(r, name, message, changes)?;
+        events::record(self, image_event("import", &id.to_string(), name));
+        Ok(id)
+    }
+
+    /// Writes images as a docker-archive tarball (every name resolves first).
+    pub fn save_images(&mut self, refs: &[String], w: impl Write) -> Result<(), EngineError> {
+        self.images.save(refs, w)?;
+        for r in refs {
+            events::record(self, image_event("save", r, Some(r)));
+        }
+        Ok(())
+    }
+
+    /// Gives an image another name.
+    pub fn tag_image(&mut self, source: &str, target: &str) -> Result<(), EngineError> {
+        let img = self.images.resolve(source)?;
+        self.images.tag(source, target)?;
+        events::record(self, image_event("tag", &img.id.to_string(), Some(target)));
+        Ok(())
+    }
+
+    /// Removes an image name or image (`docker rmi`); returns Docker's
+    /// `Untagged: ...` / `Deleted: ...` lines. A running container's image
+    /// is never removed, not even with `force`.
+    pub fn remove_image(&mut self, reference: &str, force: bool) -> Result<Vec<String>, EngineError> {
+        let img = self.images.resolve(reference)?;
+        if force {
+            let running: Vec<String> = self
+                .list()?
+                .into_iter()
+                .filter(|c| c.is_running() && c.row.image_id == img.id)
+                .map(|c| c.id()[..12].to_string())
+                .collect();
+            let by_tag = img
+                .tags
+                .iter()
+                .any(|t| moat_core::ImageRef::parse(reference).ok().and_then(|r| r.tagged()).as_ref() == Some(t));
+            if let (Some(c), false) = (running.first(), by_tag && img.tags.len() > 1) {
+                return Err(EngineError::Conflict(format!(
+                    "conflict: unable to delete {} (cannot be forced) - image is being used by running container {c}",
+                    img.id.short()
+                )));
+            }
+        }
+        let lines = self.images.remove(reference, force)?;
+        for l in &lines {
+            if let Some(t) = l.strip_prefix("Untagged: ") {
+                events::record(self, image_event("untag", &img.id.to_string(), Some(t)));
+            } else if l.starts_with("Deleted: ") {
+                events::record(self, image_event("delete", &img.id.to_string(), None));
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Removes dangling images (every unused one with `all`).
+    pub fn prune_images(&mut self, all: bool) -> Result<PruneReport, EngineError> {
+        let rep = self.images.prune(all)?;
+        for d in &rep.deleted {
+            events::record(self, image_event("delete", &d.to_string(), None));
+        }
+        Ok(rep)
+    }
+}

@@ -1,0 +1,461 @@
+//! Starting, stopping, waiting for, changing and removing containers.
+
+use crate::client::{self, Conn};
+use crate::config::{RestartPolicy, Status};
+use crate::session::Session;
+use crate::{check_isolation, events, filter, names, Container, Engine, EngineError};
+use chrono::Utc;
+use moat_proto::{ShimReply, ShimRequest};
+use std::time::Duration;
+
+/// Docker's wait conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WaitCondition {
+    /// The container is not running (at once if it is not).
+    #[default]
+    NotRunning,
+    /// Its next exit, even if it is not running yet (register before start).
+    NextExit,
+    /// It has been removed.
+    Removed,
+}
+
+impl std::str::FromStr for WaitCondition {
+    type Err = EngineError;
+    fn from_str(s: &str) -> Result<Self, EngineError> {
+        match s {
+            "" | "not-running" => Ok(Self::NotRunning),
+            "next-exit" => Ok(Self::NextExit),
+            "removed" => Ok(Self::Removed),
+            _ => Err(EngineError::Invalid(format!("invalid condition {s:?}: use not-running, next-exit or removed"))),
+        }
+    }
+}
+
+/// How to stop a container.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopOptions {
+    /// Seconds before SIGKILL (the container's own, else 10).
+    pub timeout: Option<u32>,
+    /// First signal (the container's stop signal by default).
+    pub signal: Option<i32>,
+}
+
+/// A change to a container (`moat update`, `POST /containers/{id}/update`).
+#[derive(Debug, Clone, Default)]
+pub struct UpdateRequest {
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// Memory + swap in bytes (-1: unlimited swap).
+    pub memory_swap: Option<i64>,
+    /// CPUs.
+    pub cpus: Option<f64>,
+    /// CPU shares.
+    pub cpu_shares: Option<u64>,
+    /// Pids limit.
+    pub pids: Option<i64>,
+    /// Restart policy.
+    pub restart: Option<RestartPolicy>,
+    /// New isolation (a stopped container, or any with `restart_for_isolation`).
+    pub isolation: Option<moat_core::Isolation>,
+    /// Stop, convert and start a running container.
+    pub restart_for_isolation: bool,
+}
+
+impl UpdateRequest {
+    fn limits(&self) -> bool {
+        self.memory.is_some()
+            || self.memory_swap.is_some()
+            || self.cpus.is_some()
+            || self.cpu_shares.is_some()
+            || self.pids.is_some()
+    }
+}
+
+/// The result of a wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitResult {
+    /// Exit code.
+    pub code: i32,
+    /// Why the container ended, when it failed.
+    pub error: Option<String>,
+}
+
+impl Engine {
+    /// Starts the container's shim. The returned session is the shim's
+    /// first client: it sees the start and then, once attached, the main
+    /// process's output from the first byte.
+    pub fn start(&mut self, key: &str) -> Result<(Container, Session), EngineError> {
+        let c = self.get(key)?;
+        let _lock = self.op_lock(c.id())?;
+        let c = self.get(c.id())?;
+        if c.is_running() {
+            return Err(EngineError::Conflict(format!("container {} is already running", c.name())));
+        }
+        self.prepare_dirs(c.id(), &c.config)?;
+        let mut conn = client::spawn_shim(&self.options, &self.layout, c.id())?;
+        match conn.recv_reply()? {
+            ShimReply::Started { .. } => {}
+            ShimReply::Error { message } => {
+                let code = self.get(c.id()).map(|c| c.state.exit_code).unwrap_or(125);
+                return Err(EngineError::Start { message, code: if code == 0 { 125 } else { code } });
+            }
+            other => return Err(EngineError::Shim(format!("unexpected reply from shim: {other:?}"))),
+        }
+        // a fast `--rm` container may already be gone: its exit is queued on `conn`
+        let c = match self.get(c.id()) {
+            Ok(now) => now,
+            Err(EngineError::NoSuchContainer(_)) => c,
+            Err(e) => return Err(e),
+        };
+        let tty = c.config.tty;
+        Ok((c, Session::new(conn, tty)))
+    }
+
+    /// Stops a container: `signal` (default: its stop signal), then SIGKILL
+    /// after the timeout. Returns once the shim has recorded the exit; a
+    /// `--rm` container is gone by then (its last record is returned).
+    pub fn stop(&mut self, key: &str, o: StopOptions) -> Result<Container, EngineError> {
+        let c = self.get(key)?;
+        if !c.is_running() {
+            return Ok(c);
+        }
+        let sig = match o.signal {
+            Some(s) => s,
+            None => client::parse_signal(&c.config.stop_signal)?,
+        };
+        let timeout = o.timeout.or(c.config.stop_timeout).unwrap_or(10);
+        match self.connect(&c) {
+            Ok(mut conn) => {
+                // a shim that is finishing may reset the connection: then it
+                // is stopping anyway, and the lock wait below covers it
+                if conn.send(&ShimRequest::Stop { signal: sig, timeout_secs: timeout }).is_ok() {
+                    conn.wait_closed();
+                }
+            }
+            Err(_) if !crate::shim_alive(&self.layout, c.id()) => {}
+            Err(e) => return Err(e),
+        }
+        client::wait_shim_gone(&self.layout, c.id());
+        match self.get(c.id()) {
+            Err(EngineError::NoSuchContainer(_)) => Ok(c),
+            r => r,
+        }
+    }
+
+    /// Restarts a container: a running one is stopped and started again by
+    /// its shim (so a `--rm` container is not removed in between); a stopped
+    /// one is started.
+    pub fn restart(&mut self, key: &str, o: StopOptions) -> Result<Container, EngineError> {
+        let c = self.get(key)?;
+        if !c.is_running() {
+            return Ok(self.start(c.id())?.0);
+        }
+        let sig = match o.signal {
+            Some(s) => s,
+            None => client::parse_signal(&c.config.stop_signal)?,
+        };
+        let timeout = o.timeout.or(c.config.stop_timeout).unwrap_or(10);
+        let mut conn = self.connect(&c)?;
+        match conn.request(&ShimRequest::Restart { signal: sig, timeout_secs: timeout })? {
+            ShimReply::Ok { .. } | ShimReply::Started { .. } => self.get(c.id()),
+            ShimReply::Error { message } => Err(EngineError::Shim(message)),
+            other => Err(EngineError::Shim(format!("unexpected reply from shim: {other:?}"))),
+        }
+    }
+
+    /// Waits for `condition`; returns the exit code. `NextExit` may be called
+    /// before the container is started.
+    pub fn wait(&mut self, key: &str, condition: WaitCondition) -> Result<WaitResult, EngineError> {
+        let c = self.get(key)?;
+        let id = c.id().to_string();
+        let since = events::last_seq(self)?;
+        let result_of = |c: &Container| WaitResult {
+            code: c.state.exit_code,
+            error: (!c.state.error.is_empty()).then(|| c.state.error.clone()),
+        };
+        match condition {
+            WaitCondition::NotRunning => {
+                if !c.is_running() {
+                    return Ok(result_of(&c));
+                }
+                if let Some(r) = self.wait_on_shim(&c)? {
+                    return Ok(r);
+                }
+                client::wait_shim_gone(&self.layout, &id);
+                match self.get(&id) {
+                    Ok(c) => Ok(result_of(&c)),
+                    Err(EngineError::NoSuchContainer(_)) => self.wait_die(&id, since, Duration::ZERO),
+                    Err(e) => Err(e),
+                }
+            }
+            WaitCondition::NextExit => {
+                if c.is_running() {
+                    if let Some(r) = self.wait_on_shim(&c)? {
+                        return Ok(r);
+                    }
+                }
+                self.wait_die(&id, since, Duration::MAX)
+            }
+            WaitCondition::Removed => {
+                let mut last = result_of(&c);
+                loop {
+                    match self.get(&id) {
+                        Err(EngineError::NoSuchContainer(_)) => break,
+                        Err(e) => return Err(e),
+                        Ok(c) if c.is_running() => {
+                            if let Some(r) = self.wait_on_shim(&c)? {
+                                last = r;
+                            }
+                        }
+                        Ok(c) => {
+                            last = result_of(&c);
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                }
+                // a `--rm` container's last exit is in the log
+                Ok(self.wait_die(&id, since, Duration::ZERO).unwrap_or(last))
+            }
+        }
+    }
+
+    /// Waits on the running shim for the main process's exit; `None` if the
+    /// shim was finishing (its recorded state then answers).
+    fn wait_on_shim(&mut self, c: &Container) -> Result<Option<WaitResult>, EngineError> {
+        if let Ok(mut conn) = self.connect(c) {
+            if let Ok(ShimReply::Exit { code, .. }) = conn.request(&ShimRequest::Wait) {
+                let error = self.get(c.id()).ok().map(|c| c.state.error).filter(|e| !e.is_empty());
+                return Ok(Some(WaitResult { code, error }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Polls the event log for a `die` of `id` after `since`; gives up after
+    /// `patience` of it not appearing once the container is gone.
+    fn wait_die(&mut self, id: &str, since: i64, patience: Duration) -> Result<WaitResult, EngineError> {
+        let start = std::time::Instant::now();
+        loop {
+            let f = filter::EventFilter::for_container(id, "die");
+            if let Some(e) = events::list(self, Some(since + 1), None, &f)?.into_iter().next() {
+                let code = e.actor.attributes.get("exitCode").and_then(|c| c.parse().ok()).unwrap_or(0);
+                return Ok(WaitResult { code, error: e.actor.attributes.get("error").cloned() });
+            }
+            if start.elapsed() > patience && self.get(id).is_err() {
+                return Err(EngineError::NoSuchContainer(id.to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Sends a signal to the main process.
+    pub fn kill(&mut self, key: &str, signal: i32) -> Result<Container, EngineError> {
+        let c = self.get(key)?;
+        if !c.is_running() {
+            return Err(EngineError::NotRunning(format!(
+                "cannot kill container {}: container is not running",
+                c.name()
+            )));
+        }
+        let mut conn = self.connect(&c)?;
+        match conn.request(&ShimRequest::Signal { signal })? {
+            ShimReply::Ok { .. } => {
+                events::record(self, events::Event::container("kill", &c).attr("signal", &signal.to_string()));
+                Ok(c)
+            }
+            ShimReply::Error { message } => Err(EngineError::Shim(message)),
+            m => Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
+        }
+    }
+
+    /// Freezes (`true`) or thaws every process of a running container (the
+    /// whole utility VM for `hyperv`).
+    pub fn pause(&mut self, key: &str, paused: bool) -> Result<Container, EngineError> {
+        let c = self.get(key)?;
+        if !c.is_running() {
+            return Err(EngineError::NotRunning(format!("container {} is not running", c.name())));
+        }
+        if paused == (c.state.status == Status::Paused) {
+            return Err(EngineError::Conflict(format!(
+                "container {} is {}",
+                c.name(),
+                if paused { "already paused" } else { "not paused" }
+            )));
+        }
+        let req = if paused { ShimRequest::Pause } else { ShimRequest::Unpause };
+        match self.connect(&c)?.request(&req)? {
+            ShimReply::Ok { .. } => self.get(c.id()),
+            ShimReply::Error { message } => Err(EngineError::Shim(message)),
+            m => Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
+        }
+    }
+
+    /// Removes a container (stopping it first with `force`).
+    pub fn remove(&mut self, key: &str, force: bool) -> Result<Container, EngineError> {
+        let c = self.get(key)?;
+        if c.is_running() {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                    c.name()
+                )));
+            }
+            self.stop(c.id(), StopOptions { timeout: Some(0), signal: Some(libc::SIGKILL) })?;
+        }
+        let _lock = self.op_lock(c.id())?;
+        if self.images.store().find_container(c.id())?.is_none() {
+            return Ok(c); // `--rm` removed it as it stopped
+        }
+        self.remove_files_and_row(c.id())?;
+        events::record(self, events::Event::container("destroy", &c));
+        let switches: Vec<String> = c.config.networks.iter().map(|e| e.switch_id.clone()).collect();
+        self.refresh_hosts(&switches)?;
+        Ok(c)
+    }
+
+    /// Deletes a stopped container's directory and record.
+    pub fn remove_files_and_row(&mut self, id: &str) -> Result<(), EngineError> {
+        let dir = self.layout.container(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(EngineError::Io(format!("remove {}", dir.display()), e));
+            }
+        }
+        self.store().delete_container(id)?;
+        Ok(())
+    }
+
+    /// Renames a container (its peers' `/etc/hosts` follow).
+    pub fn rename(&mut self, key: &str, new: &str) -> Result<Container, EngineError> {
+        let c = self.get(key)?;
+        let new = new.strip_prefix('/').unwrap_or(new);
+        if !names::valid(new) {
+            return Err(EngineError::Invalid(format!(
+                "invalid container name {new:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-]* is allowed"
+            )));
+        }
+        let taken = || EngineError::Conflict(format!("Conflict. The container name \"/{new}\" is already in use"));
+        if self.images.store().find_container(new)?.is_some_and(|o| o.name == new) {
+            return Err(taken());
+        }
+        match self.store().rename_container(c.id(), new) {
+            Err(moat_store::StoreError::NameInUse { .. }) => return Err(taken()),
+            r => r?,
+        }
+        events::record(self, events::Event::container("rename", &c).attr("oldName", &format!("/{}", c.name())));
+        let switches: Vec<String> = c.config.networks.iter().map(|e| e.switch_id.clone()).collect();
+        self.refresh_hosts(&switches)?;
+        self.get(c.id())
+    }
+
+    /// Changes a container: limits (applied at once to a running one, and
+    /// kept for its next starts), restart policy, isolation. Returns warnings.
+    pub fn update(&mut self, key: &str, u: &UpdateRequest) -> Result<(Container, Vec<String>), EngineError> {
+        let c = self.get(key)?;
+        if !u.limits() && u.restart.is_none() && u.isolation.is_none() {
+            return Err(EngineError::Invalid(
+                "nothing to update: give a limit, a restart policy or an isolation".into(),
+            ));
+        }
+        let mut warnings = Vec::new();
+        if u.limits() || u.restart.is_some() {
+            let _lock = self.op_lock(c.id())?;
+            let mut cfg = self.get(c.id())?.config;
+            let l = &mut cfg.limits;
+            l.memory = u.memory.or(l.memory);
+            l.memory_swap = u.memory_swap.or(l.memory_swap);
+            l.cpus = u.cpus.or(l.cpus);
+            l.cpu_shares = u.cpu_shares.or(l.cpu_shares);
+            l.pids = u.pids.or(l.pids);
+            if let Some(r) = u.restart {
+                cfg.restart = r;
+            }
+            crate::validate::config(&cfg)?;
+            let running = self.get(c.id())?;
+            if u.limits() && running.is_running() {
+                let limits = crate::spec::limits(&cfg);
+                match self.connect(&running)?.request(&ShimRequest::Update(limits))? {
+                    ShimReply::Ok { warnings: w } => warnings.extend(w),
+                    ShimReply::Error { message } => return Err(EngineError::Shim(message)),
+                    m => return Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
+                }
+            }
+            self.write_config(c.id(), &cfg)?;
+        }
+        if let Some(iso) = u.isolation {
+            self.update_isolation(c.id(), iso, u.restart_for_isolation)?;
+        }
+        let c = self.get(c.id())?;
+        events::record(self, events::Event::container("update", &c));
+        Ok((c, warnings))
+    }
+
+    /// Converts a container to another isolation type. A running container is
+    /// refused unless `restart`, which stops it, converts it and starts it
+    /// again. Its filesystem, name, ID, config and logs are kept; only the
+    /// backend of the next start changes.
+    pub fn update_isolation(
+        &mut self,
+        key: &str,
+        iso: moat_core::Isolation,
+        restart: bool,
+    ) -> Result<Container, EngineError> {
+        let c = self.get(key)?;
+        let was_running = c.is_running();
+        if was_running && !restart {
+            return Err(EngineError::Conflict(format!(
+                "cannot change the isolation of running container {}: stop it first, or restart it to convert it (moat update --isolation=X --restart)",
+                c.name()
+            )));
+        }
+        check_isolation(&c.config, iso)?;
+        if was_running {
+            self.stop(c.id(), StopOptions::default())?;
+        }
+        let lock = self.op_lock(c.id())?;
+        let mut c = self.get(c.id())?;
+        if c.config.isolation() != iso {
+            let from = c.config.isolation();
+            c.config.isolation = Some(iso);
+            let cfg = c.config.clone();
+            self.write_config(c.id(), &cfg)?;
+            c.state.isolation_changed_at = Some(Utc::now());
+            let st = c.state.clone();
+            self.save_state(c.id(), &st)?;
+            events::record(
+                self,
+                events::Event::container("update", &c)
+                    .attr("isolation", &iso.to_string())
+                    .attr("from", &from.to_string()),
+            );
+        }
+        drop(lock);
+        if was_running {
+            self.start(c.id())?;
+        }
+        self.get(c.id())
+    }
+
+    /// Removes every stopped container matching `filters`; returns their IDs.
+    pub fn prune(&mut self, filters: &filter::ContainerFilter) -> Result<Vec<String>, EngineError> {
+        let mut out = Vec::new();
+        for c in self.list()? {
+            if !c.is_running() && filters.matches(&c, self)? {
+                let _lock = self.op_lock(c.id())?;
+                self.remove_files_and_row(c.id())?;
+                events::record(self, events::Event::container("destroy", &c));
+                out.push(c.id().to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Connects to the shim of `c` if it runs.
+    pub fn shim(&mut self, c: &Container) -> Result<Conn, EngineError> {
+        if !c.is_running() {
+            return Err(EngineError::NotRunning(format!("container {} is not running", c.name())));
+        }
+        self.connect(c)
+    }
+}

@@ -1,0 +1,116 @@
+//! How an engine is set up, passed as a value by whatever hosts it (the
+//! `moat` CLI, the Docker API server, a test): no library code reads the
+//! environment. The binary that reads flags and environment variables builds
+//! this once; shims get it on their command line.
+
+use moat_core::Isolation;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Everything an engine needs to know about its host.
+#[derive(Clone, Serialize, Deserialize, Default)]
+pub struct EngineOptions {
+    /// Root directory of all state.
+    pub root: PathBuf,
+    /// Isolation for containers created with `default` (overrides the config files).
+    #[serde(default)]
+    pub default_isolation: Option<Isolation>,
+    /// The system-wide config file (default `/etc/moat/config.toml`).
+    #[serde(default)]
+    pub config_file: Option<PathBuf>,
+    /// Guest kernels (default `<root>/vm/kernel`).
+    #[serde(default)]
+    pub kernel_dir: Option<PathBuf>,
+    /// The static guest agent (default: next to the shim binary or in the workspace build).
+    #[serde(default)]
+    pub agent: Option<PathBuf>,
+    /// `qemu-system-x86_64` (default: from PATH).
+    #[serde(default)]
+    pub qemu: Option<PathBuf>,
+    /// `virtiofsd` (default: PATH, /usr/libexec, ~/.cargo/bin).
+    #[serde(default)]
+    pub virtiofsd: Option<PathBuf>,
+    /// The binary that implements `shim` and `port-proxy` (default: the running executable).
+    #[serde(default)]
+    pub shim_exe: Option<PathBuf>,
+    /// Seconds a utility VM may take to boot (default 120: TCG on a busy 2-core host is slow).
+    #[serde(default)]
+    pub vm_boot_timeout_secs: Option<u64>,
+    /// Largest uncompressed size of one archive or layer (tar-bomb protection).
+    #[serde(default)]
+    pub max_unpack_bytes: Option<u64>,
+    /// Most entries in one archive or layer.
+    #[serde(default)]
+    pub max_unpack_entries: Option<u64>,
+    /// Runs shims on threads of this process with this backend (tests
+    /// without root); `None` starts the shim binary.
+    #[serde(skip)]
+    pub backend: Option<BackendFactory>,
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("root", &self.root)
+            .field("default_isolation", &self.default_isolation)
+            .field("kernel_dir", &self.kernel_dir)
+            .field("shim_exe", &self.shim_exe)
+            .field("backend", &self.backend.as_ref().map(|_| "in-process"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes the backend of an in-process shim (see [`EngineOptions::backend`]).
+pub type BackendFactory =
+    Arc<dyn Fn(&crate::shim::ShimContext) -> Result<Box<dyn crate::shim::Backend>, crate::EngineError> + Send + Sync>;
+
+impl EngineOptions {
+    /// Options for `root` with every default.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into(), ..Default::default() }
+    }
+
+    /// The guest kernel directory.
+    pub fn kernel_dir(&self) -> PathBuf {
+        self.kernel_dir.clone().unwrap_or_else(|| self.root.join("vm").join("kernel"))
+    }
+
+    /// The system-wide config file.
+    pub fn config_file(&self) -> PathBuf {
+        self.config_file.clone().unwrap_or_else(|| PathBuf::from("/etc/moat/config.toml"))
+    }
+
+    /// The binary that runs shims and port proxies.
+    pub fn shim_exe(&self) -> std::io::Result<PathBuf> {
+        match &self.shim_exe {
+            Some(p) => Ok(p.clone()),
+            None => std::env::current_exe(),
+        }
+    }
+
+    /// The VM boot timeout.
+    pub fn vm_boot_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.vm_boot_timeout_secs.unwrap_or(120))
+    }
+
+    /// The unpack limits for the image store.
+    pub fn unpack_limits(&self) -> moat_image::Limits {
+        let mut l = moat_image::Limits::default();
+        if let Some(b) = self.max_unpack_bytes {
+            l.max_bytes = b;
+        }
+        if let Some(n) = self.max_unpack_entries {
+            l.max_entries = n;
+        }
+        l
+    }
+
+    /// The agent binary.
+    pub fn agent(&self) -> Result<PathBuf, moat_vm::VmError> {
+        match &self.agent {
+            Some(p) => Ok(p.clone()),
+            None => moat_vm::initramfs::find_agent(self.shim_exe().ok().as_deref().unwrap_or(Path::new("/"))),
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! What runs a container's processes, behind one interface: [`super::local`]
+//! (namespaces on this kernel) and [`super::vm`] (a utility VM whose agent
+//! runs the same local relay). A new way to run containers (a VM restored
+//! from a template, a pod sandbox) is one more implementation. The shim
+//! owns the poll loop; a backend says what to watch and turns readiness
+//! and timers into [`BackendEvent`]s.
+
+use crate::config::ContainerConfig;
+use crate::{Container, EngineError, EngineOptions};
+use moat_proto::{ExecSpec, Limits, ShimReply, WinSize};
+use moat_runtime::spec::Spec;
+use moat_store::Layout;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// What a backend is built from.
+pub struct ShimContext {
+    /// The engine's options.
+    pub options: EngineOptions,
+    /// The root's layout.
+    pub layout: Layout,
+    /// The container (as recorded when its shim started).
+    pub container: Container,
+    /// Its runtime spec (host paths).
+    pub spec: Spec,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+impl ShimContext {
+    /// The container's ID.
+    pub fn id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &ContainerConfig {
+        &self.container.config
+    }
+}
+
+/// A descriptor's owner, as a backend names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The local relay's descriptors.
+    Relay(moat_runtime::relay::Source),
+    /// The agent channel.
+    Channel,
+    /// QEMU's pidfd.
+    Qemu,
+    /// QEMU's QMP connection.
+    Qmp,
+    /// virtiofsd's pidfd.
+    Virtiofsd,
+}
+
+/// A request answered by the backend, now or later.
+#[derive(Debug, Clone)]
+pub enum Query {
+    /// Process listing.
+    Top,
+    /// Resource usage.
+    Stats,
+    /// Freeze.
+    Pause,
+    /// Thaw.
+    Unpause,
+    /// New limits.
+    Update(Limits),
+}
+
+/// How an exec start went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecStart {
+    /// Running with this PID.
+    Now(u32),
+    /// Started asynchronously: a `Started` or `ExecFailed` event follows.
+    Pending,
+}
+
+/// What happened in a backend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendEvent {
+    /// Output of session `sid` (0: the main process).
+    Output {
+        /// Session.
+        sid: u32,
+        /// From stderr.
+        err: bool,
+        /// Bytes.
+        data: Vec<u8>,
+    },
+    /// A pending exec started.
+    Started {
+        /// Session.
+        sid: u32,
+        /// PID.
+        pid: u32,
+    },
+    /// A pending exec could not start.
+    ExecFailed {
+        /// Session.
+        sid: u32,
+        /// Why.
+        message: String,
+        /// Exit code.
+        code: i32,
+    },
+    /// A session's process exited.
+    Exited {
+        /// Session.
+        sid: u32,
+        /// Exit code.
+        code: i32,
+        /// OOM-killed (main process).
+        oom: bool,
+    },
+    /// The answer to a [`Query`] sent with `token`.
+    Reply {
+        /// The token.
+        token: u64,
+        /// The answer.
+        reply: ShimReply,
+    },
+    /// The backend itself ended (QEMU died): the container is over.
+    Died {
+        /// Exit code to record.
+        code: i32,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The interface both isolation types implement.
+pub trait Backend {
+    /// Starts the main process (again, for a restart); blocks until it runs.
+    fn start_main(&mut self, ctx: &ShimContext) -> Result<u32, EngineError>;
+    /// Starts `x` as session `sid` in the running container.
+    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, EngineError>;
+    /// Delivers a signal; false when session `sid` has no process.
+    fn signal(&mut self, sid: u32, signal: i32) -> bool;
+    /// Resizes a session's terminal.
+    fn resize(&mut self, sid: u32, ws: WinSize);
+    /// Bytes for a session's stdin.
+    fn stdin(&mut self, sid: u32, data: Vec<u8>);
+    /// End of a session's stdin.
+    fn close_stdin(&mut self, sid: u32);
+    /// Answers `q` now, or later with [`BackendEvent::Reply`] carrying `token`.
+    fn query(&mut self, q: Query, token: u64) -> Option<ShimReply>;
+    /// Descriptors to poll: output only of sessions whose clients are not full.
+    fn poll_fds(&self, full: &dyn Fn(u32) -> bool, out: &mut Vec<(RawFd, libc::c_short, Source)>);
+    /// A polled descriptor is ready.
+    fn ready(&mut self, src: Source, revents: libc::c_short, buf: &mut [u8]) -> Vec<BackendEvent>;
+    /// After each round of the loop (the VM grants output credit here).
+    fn after_round(&mut self, _full: &dyn Fn(u32) -> bool) {}
+    /// The next time [`Backend::timers`] wants to run.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// Runs due timers.
+    fn timers(&mut self, _now: Instant) -> Vec<BackendEvent> {
+        Vec::new()
+    }
+    /// A stop escalated to SIGKILL (a VM that does not answer is killed later).
+    fn killed_main(&mut self, _now: Instant) {}
+    /// Facts for `inspect` (`VM` for hyperv containers).
+    fn info(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Ends everything the backend started and cleans up after it.
+    fn teardown(&mut self, ctx: &ShimContext);
+}

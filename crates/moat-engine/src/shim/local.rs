@@ -1,0 +1,124 @@
+//! Process isolation: the container runs on this kernel through the
+//! runtime's relay; its host cgroup holds its limits and device list, and
+//! its switch endpoints are veth pairs created as its init starts.
+
+use super::backend::{Backend, BackendEvent, ExecStart, Query, ShimContext, Source};
+use crate::EngineError;
+use moat_proto::{ExecSpec, ShimReply, WinSize};
+use moat_runtime::cgroup::Cgroup;
+use moat_runtime::relay::{Event, Relay};
+use std::os::fd::RawFd;
+
+/// The local backend.
+pub struct Local {
+    relay: Relay,
+}
+
+impl Local {
+    /// Creates the container's cgroup (recorded in `cgroup.json` so a reader
+    /// that finds the shim dead can destroy it).
+    pub fn new(ctx: &ShimContext) -> Result<Self, EngineError> {
+        let cg = Cgroup::create(ctx.id(), &crate::spec::limits(ctx.config()))?;
+        for w in &cg.warnings {
+            tracing::warn!("{w}");
+        }
+        write_cgroup(ctx, &cg);
+        Ok(Self { relay: Relay::new(Some(cg), true)? })
+    }
+}
+
+/// Records the container's cgroup for readers.
+pub(crate) fn write_cgroup(ctx: &ShimContext, cg: &Cgroup) {
+    if let Err(e) = std::fs::write(ctx.dir.join("cgroup.json"), serde_json::to_vec(cg).unwrap_or_default()) {
+        tracing::warn!("cannot record the cgroup: {e}");
+    }
+}
+
+/// Relay events as backend events.
+pub(crate) fn convert(events: Vec<Event>) -> Vec<BackendEvent> {
+    events
+        .into_iter()
+        .map(|e| match e {
+            Event::Output { sid, err, data } => BackendEvent::Output { sid, err, data },
+            Event::Exited { sid, code, oom } => BackendEvent::Exited { sid, code, oom },
+        })
+        .collect()
+}
+
+impl Backend for Local {
+    fn start_main(&mut self, ctx: &ShimContext) -> Result<u32, EngineError> {
+        let id = ctx.id().to_string();
+        let eps = ctx.config().networks.clone();
+        let plumb = move |pid: u32| -> Result<(), moat_runtime::RuntimeError> {
+            for (n, e) in eps.iter().enumerate() {
+                moat_net::link::add_veth(
+                    &moat_net::if_name('v', &id, n),
+                    &moat_net::if_name('p', &id, n),
+                    pid,
+                    &e.bridge,
+                )
+                .map_err(|e| moat_runtime::RuntimeError::Invalid(e.to_string()))?;
+            }
+            Ok(())
+        };
+        Ok(self.relay.start_main(&ctx.spec, ctx.config().open_stdin, &plumb)?)
+    }
+
+    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, EngineError> {
+        Ok(ExecStart::Now(self.relay.exec(sid, x)?))
+    }
+
+    fn signal(&mut self, sid: u32, signal: i32) -> bool {
+        self.relay.signal(sid, signal)
+    }
+
+    fn resize(&mut self, sid: u32, ws: WinSize) {
+        self.relay.resize(sid, ws);
+    }
+
+    fn stdin(&mut self, sid: u32, data: Vec<u8>) {
+        self.relay.stdin(sid, &data);
+    }
+
+    fn close_stdin(&mut self, sid: u32) {
+        self.relay.close_stdin(sid);
+    }
+
+    fn query(&mut self, q: Query, _token: u64) -> Option<ShimReply> {
+        let fail = |e: moat_runtime::RuntimeError| ShimReply::Error { message: e.to_string() };
+        Some(match q {
+            Query::Top => ShimReply::Procs { rows: self.relay.top() },
+            Query::Stats => ShimReply::Usage(self.relay.stats()),
+            Query::Pause => {
+                self.relay.freeze(true).map(|()| ShimReply::Ok { warnings: Vec::new() }).unwrap_or_else(fail)
+            }
+            Query::Unpause => {
+                self.relay.freeze(false).map(|()| ShimReply::Ok { warnings: Vec::new() }).unwrap_or_else(fail)
+            }
+            Query::Update(l) => {
+                self.relay.update_limits(&l).map(|warnings| ShimReply::Ok { warnings }).unwrap_or_else(fail)
+            }
+        })
+    }
+
+    fn poll_fds(&self, full: &dyn Fn(u32) -> bool, out: &mut Vec<(RawFd, libc::c_short, Source)>) {
+        let mut v = Vec::new();
+        self.relay.poll_fds(&|sid| !full(sid), &mut v);
+        out.extend(v.into_iter().map(|(fd, ev, s)| (fd, ev, Source::Relay(s))));
+    }
+
+    fn ready(&mut self, src: Source, _revents: libc::c_short, buf: &mut [u8]) -> Vec<BackendEvent> {
+        match src {
+            Source::Relay(s) => convert(self.relay.ready(s, buf.len(), buf)),
+            _ => Vec::new(),
+        }
+    }
+
+    fn teardown(&mut self, ctx: &ShimContext) {
+        self.relay.kill_all();
+        if let Some(Err(e)) = self.relay.cgroup().map(|c| c.destroy()) {
+            tracing::warn!("{e}");
+        }
+        let _ = std::fs::remove_file(ctx.dir.join("cgroup.json"));
+    }
+}

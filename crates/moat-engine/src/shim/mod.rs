@@ -1,0 +1,871 @@
+//! The per-container shim: `moat shim ID`.
+//!
+//! One single-threaded process per running container. It owns the
+//! container through a [`Backend`] ([`local`] for process isolation, [`vm`]
+//! for a utility VM), writes the json-file log, records every state change
+//! (state file, then store) and the events that happen while nobody
+//! watches, applies the restart policy, and serves clients on
+//! `containers/<id>/shim.sock` (attach, exec, wait, logs -f, top, stats,
+//! signals, stop, restart, pause, update) with a poll loop. Holding
+//! `shim.lock` for its whole life tells everyone else it is alive. Being
+//! single-threaded is what makes forking container processes from it safe.
+
+pub mod backend;
+pub mod local;
+mod ports;
+pub mod vm;
+
+pub use backend::{Backend, BackendEvent, ExecStart, Query, ShimContext, Source};
+pub use ports::serve as serve_port_proxy;
+
+use crate::config::{RestartPolicy, Status};
+use crate::events::{self, Event};
+use crate::logs::LogWriter;
+use crate::statefile::StateFile;
+use crate::{execs, Engine, EngineError, EngineOptions};
+use chrono::Utc;
+use moat_proto::{Decoder, ExecSpec, Frame, Kind, ShimReply, ShimRequest};
+use moat_runtime::relay::{MAIN, READ_CHUNK};
+use moat_store::FileLock;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+/// Output buffered for one client before the sources feeding it pause.
+const CLIENT_BUF_LIMIT: usize = 4 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Receives the main process's output; may feed its stdin.
+    Attach { stdin: bool, stdin_once: bool },
+    /// Owns exec session N.
+    Exec(u32),
+    /// Waits for the main process to exit.
+    Waiter,
+    /// Receives log records as they are written.
+    Follower,
+    /// Sent a one-shot request.
+    Oneshot,
+}
+
+struct Client {
+    stream: UnixStream,
+    dec: Decoder,
+    out: Vec<u8>,
+    role: Role,
+    /// Close once `out` is flushed.
+    closing: bool,
+}
+
+/// An exec session: its client (0 when detached), its exec ID, and the
+/// client waiting for it to start.
+struct ExecSession {
+    client: u64,
+    exec_id: String,
+    starting: Option<u64>,
+    detach: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Tok {
+    Listener,
+    Client(u64),
+    Backend(Source),
+}
+
+struct Shim {
+    engine: Engine,
+    ctx: ShimContext,
+    backend: Box<dyn Backend>,
+    log: LogWriter,
+    state_file: StateFile,
+    listener: UnixListener,
+    clients: HashMap<u64, Client>,
+    next_client: u64,
+    sessions: HashMap<u32, ExecSession>,
+    next_session: u32,
+    /// Queries answered later: token → (client, what).
+    queries: HashMap<u64, (u64, QueryKind)>,
+    next_token: u64,
+    proxies: Vec<std::process::Child>,
+    main_running: bool,
+    stop_deadline: Option<Instant>,
+    restart_at: Option<Instant>,
+    /// A `Restart` request waiting for the main process to exit.
+    restart_for: Option<u64>,
+    done: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QueryKind {
+    Pause,
+    Unpause,
+    Other,
+}
+
+/// Entry point of `moat shim ID OPTIONS`; returns the process exit code.
+pub fn main(id: &str, options_json: &str) -> i32 {
+    // leave the caller at once; it reaps this first process
+    // SAFETY: the shim is single-threaded here
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { .. }) => return 0,
+        Ok(nix::unistd::ForkResult::Child) => {}
+        Err(_) => return 1,
+    }
+    // SAFETY: fd 3 is the socketpair end passed by spawn_shim
+    let mut first = unsafe { UnixStream::from_raw_fd(3) };
+    let opts: EngineOptions = match serde_json::from_str(options_json) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ =
+                Frame::control(0, &ShimReply::Error { message: format!("bad shim options: {e}") }).write_to(&mut first);
+            return 1;
+        }
+    };
+    serve(opts, id, first)
+}
+
+/// Runs the shim of container `id`, reporting on `first` (the starting
+/// client). Returns the exit code.
+pub fn serve(opts: EngineOptions, id: &str, mut first: UnixStream) -> i32 {
+    let dir = moat_store::Layout::new(&opts.root).container(id);
+    let lock = match FileLock::try_exclusive(&dir.join("shim.lock")) {
+        Ok(Some(l)) => l,
+        _ => {
+            let _ = Frame::control(0, &ShimReply::Error { message: "container is already running".into() })
+                .write_to(&mut first);
+            return 1;
+        }
+    };
+    let mut shim = match Shim::new(opts, id, first) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("shim for {id} failed: {e}");
+            return 1;
+        }
+    };
+    shim.run();
+    drop(lock);
+    0
+}
+
+fn reply_error(first: &mut UnixStream, e: &EngineError) {
+    let _ = Frame::control(0, &ShimReply::Error { message: e.to_string() }).write_to(first);
+}
+
+impl Shim {
+    fn new(opts: EngineOptions, id: &str, mut first: UnixStream) -> Result<Self, EngineError> {
+        let setup = (|| {
+            let mut engine = Engine::open(opts.clone())?;
+            let c = engine.get(id)?;
+            let image = engine.images().store().image(&c.row.image_id)?.ok_or_else(|| {
+                EngineError::Invalid(format!("image {} of this container was removed", c.row.image_id))
+            })?;
+            let spec = crate::spec::build(engine.layout(), id, &c.config, &image)?;
+            let dir = engine.layout().container(id);
+            let log = LogWriter::open(&dir.join(format!("{id}-json.log")), c.config.log.clone())
+                .map_err(EngineError::io("open log"))?;
+            let state_file = StateFile::open(&dir).map_err(EngineError::io("allocate the state file"))?;
+            let listener = moat_proto::sock::bind(&dir, "shim.sock").map_err(EngineError::io("bind shim socket"))?;
+            listener.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
+            // the switches' bridges and rules (gone after a host reboot) are recreated on use
+            for ep in &c.config.networks {
+                moat_net::link::ensure_switch(&engine.find_switch(&ep.switch_id)?.config)?;
+            }
+            let ctx = ShimContext { options: opts.clone(), layout: engine.layout().clone(), container: c, spec, dir };
+            Ok((engine, ctx, log, state_file, listener))
+        })();
+        let (engine, ctx, log, state_file, listener) = match setup {
+            Ok(v) => v,
+            Err(e) => {
+                reply_error(&mut first, &e);
+                return Err(e);
+            }
+        };
+        let backend: Result<Box<dyn Backend>, EngineError> = match &opts.backend {
+            Some(factory) => factory(&ctx),
+            None if ctx.config().isolation() == moat_core::Isolation::Hyperv => {
+                vm::Vm::new(&ctx).map(|b| Box::new(b) as Box<dyn Backend>)
+            }
+            None => local::Local::new(&ctx).map(|b| Box::new(b) as Box<dyn Backend>),
+        };
+        let mut engine = engine;
+        let backend = match backend {
+            Ok(b) => b,
+            Err(e) => {
+                let mut st = ctx.container.state.clone();
+                st.exit_code = 125;
+                st.error = e.to_string();
+                let _ = engine.save_state(ctx.id(), &st);
+                reply_error(&mut first, &e);
+                return Err(e);
+            }
+        };
+        let mut shim = Shim {
+            engine,
+            ctx,
+            backend,
+            log,
+            state_file,
+            listener,
+            clients: HashMap::new(),
+            next_client: 1,
+            sessions: HashMap::new(),
+            next_session: 1,
+            queries: HashMap::new(),
+            next_token: 1,
+            proxies: Vec::new(),
+            main_running: false,
+            stop_deadline: None,
+            restart_at: None,
+            restart_for: None,
+            done: false,
+        };
+        first.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
+        let cid = shim.add_client(first, Role::Attach { stdin: false, stdin_once: false });
+        let started = ports::bind(shim.ctx.config()).and_then(|ports| shim.start_main().map(|pid| (pid, ports)));
+        match started {
+            Ok((pid, ports)) => {
+                if let (Some(target), Ok(exe)) =
+                    (shim.ctx.config().networks.first().map(|e| e.ip), shim.ctx.options.shim_exe())
+                {
+                    let (procs, bound) = ports::spawn(&exe, target, ports);
+                    shim.proxies = procs;
+                    shim.ctx.container.state.ports = bound;
+                    shim.save_state();
+                }
+                shim.reply(cid, ShimReply::Started { pid });
+                Ok(shim)
+            }
+            Err(e) => {
+                let (message, code) = match &e {
+                    EngineError::Runtime(moat_runtime::RuntimeError::Start { message, code })
+                    | EngineError::Start { message, code } => (message.clone(), *code),
+                    e => (e.to_string(), 125),
+                };
+                let st = &mut shim.ctx.container.state;
+                st.exit_code = code;
+                st.error = message.clone();
+                st.pid = 0;
+                if st.status != Status::Created {
+                    st.status = Status::Exited;
+                    st.finished_at = Some(Utc::now());
+                }
+                shim.save_state();
+                let ctx = &shim.ctx;
+                shim.backend.teardown(ctx);
+                if let Some(c) = shim.clients.get_mut(&cid) {
+                    let _ = c.stream.set_nonblocking(false);
+                    let _ = Frame::control(0, &ShimReply::Error { message }).write_to(&mut c.stream);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn add_client(&mut self, stream: UnixStream, role: Role) -> u64 {
+        let id = self.next_client;
+        self.next_client += 1;
+        self.clients.insert(id, Client { stream, dec: Decoder::default(), out: Vec::new(), role, closing: false });
+        id
+    }
+
+    fn queue(&mut self, client: u64, f: Frame) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            f.encode_into(&mut c.out);
+        }
+    }
+
+    fn reply(&mut self, id: u64, m: ShimReply) {
+        self.queue(id, Frame::control(0, &m));
+    }
+
+    fn finish_oneshot(&mut self, id: u64, m: ShimReply) {
+        self.reply(id, m);
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.closing = true;
+        }
+    }
+
+    fn event(&mut self, action: &str, attrs: &[(&str, String)]) {
+        let mut e = Event::container(action, &self.ctx.container);
+        for (k, v) in attrs {
+            e = e.attr(k, v);
+        }
+        events::record(&mut self.engine, e);
+    }
+
+    /// Records the state: first in the state file (always possible, its
+    /// space is allocated), then in the store (which a full disk can refuse).
+    fn save_state(&mut self) {
+        let st = self.ctx.container.state.clone();
+        if let Err(e) = self.state_file.write(&st) {
+            tracing::error!("cannot write the state file: {e}");
+        }
+        if let Err(e) = self.engine.save_state(self.ctx.id(), &st) {
+            tracing::error!("cannot record state: {e}");
+        }
+    }
+
+    /// Creates the container's main process.
+    fn start_main(&mut self) -> Result<u32, EngineError> {
+        let pid = self.backend.start_main(&self.ctx)?;
+        self.main_running = true;
+        let st = &mut self.ctx.container.state;
+        st.status = Status::Running;
+        st.pid = pid;
+        st.shim_pid = std::process::id();
+        st.started_at = Some(Utc::now());
+        st.manually_stopped = false;
+        st.error.clear();
+        st.oom_killed = false;
+        self.save_state();
+        self.event("start", &[]);
+        Ok(pid)
+    }
+
+    /// Whether the client(s) of session `sid` have too much queued.
+    fn full(&self, sid: u32) -> bool {
+        if sid == MAIN {
+            self.clients
+                .values()
+                .any(|c| matches!(c.role, Role::Attach { .. } | Role::Follower) && c.out.len() > CLIENT_BUF_LIMIT)
+        } else {
+            self.sessions
+                .get(&sid)
+                .and_then(|s| self.clients.get(&s.client))
+                .is_some_and(|c| c.out.len() > CLIENT_BUF_LIMIT)
+        }
+    }
+
+    fn run(&mut self) {
+        let mut buf = vec![0u8; READ_CHUNK];
+        while !self.done {
+            let mut fds: Vec<libc::pollfd> = Vec::new();
+            let mut toks: Vec<Tok> = Vec::new();
+            fds.push(libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            toks.push(Tok::Listener);
+            for (id, c) in &self.clients {
+                let mut ev = 0;
+                if !c.closing {
+                    ev |= libc::POLLIN;
+                }
+                if !c.out.is_empty() {
+                    ev |= libc::POLLOUT;
+                }
+                fds.push(libc::pollfd { fd: c.stream.as_raw_fd(), events: ev, revents: 0 });
+                toks.push(Tok::Client(*id));
+            }
+            let mut want: Vec<(RawFd, libc::c_short, Source)> = Vec::new();
+            self.backend.poll_fds(&|sid| self.full(sid), &mut want);
+            for (fd, ev, src) in want {
+                fds.push(libc::pollfd { fd, events: ev, revents: 0 });
+                toks.push(Tok::Backend(src));
+            }
+            let now = Instant::now();
+            let deadline = [self.stop_deadline, self.restart_at, self.backend.deadline()].into_iter().flatten().min();
+            let timeout =
+                deadline.map(|d| d.saturating_duration_since(now).as_millis().min(60_000) as i32).unwrap_or(-1);
+            // SAFETY: fds is a valid array of pollfd
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                if nix::Error::last() == nix::Error::EINTR {
+                    continue;
+                }
+                tracing::error!("poll: {}", nix::Error::last());
+                break;
+            }
+            self.timers();
+            for (pfd, tok) in fds.iter().zip(toks) {
+                if pfd.revents == 0 {
+                    continue;
+                }
+                match tok {
+                    Tok::Listener => self.accept(),
+                    Tok::Client(id) => self.client_io(id, pfd.revents, &mut buf),
+                    Tok::Backend(src) => {
+                        let events = self.backend.ready(src, pfd.revents, &mut buf);
+                        self.backend_events(events);
+                    }
+                }
+            }
+            let full: Vec<u32> =
+                std::iter::once(MAIN).chain(self.sessions.keys().copied()).filter(|s| self.full(*s)).collect();
+            self.backend.after_round(&|sid| full.contains(&sid));
+            self.clients.retain(|_, c| !(c.closing && c.out.is_empty()));
+        }
+        self.finish();
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        let events = self.backend.timers(now);
+        self.backend_events(events);
+        if self.stop_deadline.is_some_and(|d| d <= now) {
+            self.stop_deadline = None;
+            self.backend.signal(MAIN, libc::SIGKILL);
+            self.backend.killed_main(now);
+        }
+        if self.restart_at.is_some_and(|d| d <= now) {
+            self.restart_at = None;
+            if let Err(e) = self.start_main() {
+                tracing::error!("restart failed: {e}");
+                self.ctx.container.state.status = Status::Exited;
+                self.ctx.container.state.error = e.to_string();
+                self.save_state();
+                self.done = true;
+            }
+        }
+    }
+
+    fn backend_events(&mut self, events: Vec<BackendEvent>) {
+        for e in events {
+            match e {
+                BackendEvent::Output { sid, err, data } => self.deliver(sid, err, &data),
+                BackendEvent::Started { sid, pid } => self.exec_started(sid, pid),
+                BackendEvent::ExecFailed { sid, message, code } => {
+                    if let Some(s) = self.sessions.remove(&sid) {
+                        let cid = s.starting.unwrap_or(s.client);
+                        execs::update(&self.ctx.layout, self.ctx.id(), &s.exec_id, |r| {
+                            r.started = true;
+                            r.exit_code = Some(code);
+                        });
+                        self.reply(cid, ShimReply::Error { message });
+                        self.finish_oneshot(cid, ShimReply::Exit { code, oom_killed: false });
+                    }
+                }
+                BackendEvent::Exited { sid, code, oom } => {
+                    if sid == MAIN {
+                        self.main_exited(code, oom);
+                    } else if let Some(s) = self.sessions.remove(&sid) {
+                        execs::update(&self.ctx.layout, self.ctx.id(), &s.exec_id, |r| {
+                            r.running = false;
+                            r.exit_code = Some(code);
+                        });
+                        self.event("exec_die", &[("execID", s.exec_id.clone()), ("exitCode", code.to_string())]);
+                        let cid = s.starting.unwrap_or(s.client);
+                        self.finish_oneshot(cid, ShimReply::Exit { code, oom_killed: false });
+                    }
+                }
+                BackendEvent::Reply { token, reply } => {
+                    if let Some((cid, kind)) = self.queries.remove(&token) {
+                        if matches!(reply, ShimReply::Ok { .. }) {
+                            self.paused(kind);
+                        }
+                        self.finish_oneshot(cid, reply);
+                    }
+                }
+                BackendEvent::Died { code, reason } => {
+                    if self.main_running {
+                        self.ctx.container.state.error = reason;
+                        self.ctx.container.state.manually_stopped = true; // a dead VM is not restarted
+                        self.restart_for = None;
+                        self.main_exited(code, false);
+                    }
+                    self.done = true;
+                }
+            }
+        }
+    }
+
+    /// Records a completed pause or unpause.
+    fn paused(&mut self, kind: QueryKind) {
+        let status = match kind {
+            QueryKind::Pause => Status::Paused,
+            QueryKind::Unpause => Status::Running,
+            QueryKind::Other => return,
+        };
+        self.ctx.container.state.status = status;
+        self.save_state();
+        self.event(if kind == QueryKind::Pause { "pause" } else { "unpause" }, &[]);
+    }
+
+    fn exec_started(&mut self, sid: u32, pid: u32) {
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let starting = s.starting.take();
+        let (detach, exec_id, client) = (s.detach, s.exec_id.clone(), s.client);
+        execs::update(&self.ctx.layout, self.ctx.id(), &exec_id, |r| {
+            r.started = true;
+            r.running = true;
+            r.pid = pid;
+        });
+        self.event("exec_start", &[("execID", exec_id)]);
+        let Some(cid) = starting else { return };
+        if detach {
+            self.finish_oneshot(cid, ShimReply::Started { pid });
+        } else {
+            self.reply(cid, ShimReply::Started { pid });
+            if let Some(c) = self.clients.get_mut(&client) {
+                c.role = Role::Exec(sid);
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        while let Ok((s, _)) = self.listener.accept() {
+            let _ = s.set_nonblocking(true);
+            self.add_client(s, Role::Oneshot);
+        }
+    }
+
+    fn client_io(&mut self, id: u64, revents: libc::c_short, buf: &mut [u8]) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        if revents & libc::POLLOUT != 0 && !c.out.is_empty() {
+            match c.stream.write(&c.out) {
+                Ok(n) => {
+                    c.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.clients.remove(&id);
+                    return;
+                }
+            }
+        }
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !c.closing {
+            match c.stream.read(buf) {
+                // a client that goes away does not close stdin: only an
+                // explicit StdinEof does, so a detach leaves the process running
+                Ok(0) => {
+                    self.clients.remove(&id);
+                    return;
+                }
+                Ok(n) => c.dec.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.clients.remove(&id);
+                    return;
+                }
+            }
+            loop {
+                let Some(c) = self.clients.get_mut(&id) else { return };
+                match c.dec.next_frame() {
+                    Ok(Some(f)) => self.handle_frame(id, f),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("client sent garbage: {e}");
+                        self.clients.remove(&id);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn query(&mut self, id: u64, q: Query) {
+        let kind = match q {
+            Query::Pause => QueryKind::Pause,
+            Query::Unpause => QueryKind::Unpause,
+            _ => QueryKind::Other,
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        match self.backend.query(q, token) {
+            Some(reply) => {
+                if matches!(reply, ShimReply::Ok { .. }) {
+                    self.paused(kind);
+                }
+                self.finish_oneshot(id, reply);
+            }
+            None => {
+                self.queries.insert(token, (id, kind));
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, id: u64, f: Frame) {
+        let Some(role) = self.clients.get(&id).map(|c| c.role) else { return };
+        let target = match role {
+            Role::Exec(sid) => sid,
+            _ => MAIN,
+        };
+        match f.kind {
+            Kind::Stdin => {
+                let allowed = match role {
+                    Role::Attach { stdin, .. } => stdin,
+                    Role::Exec(_) => true,
+                    _ => false,
+                };
+                if allowed {
+                    self.backend.stdin(target, f.data);
+                }
+                return;
+            }
+            Kind::StdinEof => {
+                if matches!(role, Role::Attach { stdin: true, stdin_once: true } | Role::Exec(_)) {
+                    self.backend.close_stdin(target);
+                }
+                return;
+            }
+            Kind::Stdout | Kind::Stderr => return,
+            Kind::Control => {}
+        }
+        let req: ShimRequest = match f.msg() {
+            Ok(m) => m,
+            Err(e) => {
+                self.finish_oneshot(id, ShimReply::Error { message: e.to_string() });
+                return;
+            }
+        };
+        match req {
+            ShimRequest::Attach { stdin, stdin_once } => {
+                let open = self.ctx.config().open_stdin;
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.role = Role::Attach { stdin: stdin && open, stdin_once };
+                }
+            }
+            ShimRequest::Resize(ws) => self.backend.resize(target, ws),
+            ShimRequest::ResizeExec { exec_id, size } => {
+                let sid = self.sessions.iter().find(|(_, s)| s.exec_id == exec_id).map(|(sid, _)| *sid);
+                match sid {
+                    Some(sid) => {
+                        self.backend.resize(sid, size);
+                        self.finish_oneshot(id, ShimReply::Ok { warnings: Vec::new() });
+                    }
+                    None => {
+                        let message = format!("exec {exec_id} is not running");
+                        self.finish_oneshot(id, ShimReply::Error { message });
+                    }
+                }
+            }
+            ShimRequest::Signal { signal } => {
+                let m = if nix::sys::signal::Signal::try_from(signal).is_err() {
+                    ShimReply::Error { message: format!("invalid signal {signal}") }
+                } else if (target != MAIN || self.main_running) && self.backend.signal(target, signal) {
+                    ShimReply::Ok { warnings: Vec::new() }
+                } else {
+                    ShimReply::Error { message: "container is not running".into() }
+                };
+                if role == Role::Oneshot {
+                    self.finish_oneshot(id, m);
+                }
+            }
+            ShimRequest::Wait => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.role = Role::Waiter;
+                }
+            }
+            ShimRequest::Stop { signal, timeout_secs } | ShimRequest::Restart { signal, timeout_secs } => {
+                let restart = matches!(req, ShimRequest::Restart { .. });
+                if restart {
+                    self.restart_for = Some(id);
+                } else {
+                    self.ctx.container.state.manually_stopped = true;
+                    self.save_state();
+                    if let Some(c) = self.clients.get_mut(&id) {
+                        c.role = Role::Waiter;
+                    }
+                }
+                if !self.main_running {
+                    // waiting to restart by its policy
+                    self.restart_at = None;
+                    if restart {
+                        self.restart_for = None;
+                        match self.start_main() {
+                            Ok(_) => self.finish_oneshot(id, ShimReply::Ok { warnings: Vec::new() }),
+                            Err(e) => self.finish_oneshot(id, ShimReply::Error { message: e.to_string() }),
+                        }
+                    } else {
+                        self.ctx.container.state.status = Status::Exited;
+                        self.save_state();
+                        self.done = true;
+                    }
+                    return;
+                }
+                if self.ctx.container.state.status == Status::Paused {
+                    // a frozen process cannot act on its signal
+                    let _ = self.backend.query(Query::Unpause, 0);
+                    self.ctx.container.state.status = Status::Running;
+                }
+                self.backend.signal(MAIN, signal);
+                self.stop_deadline = Some(Instant::now() + Duration::from_secs(timeout_secs as u64));
+            }
+            ShimRequest::Follow => {
+                let offset = std::fs::metadata(self.ctx.dir.join(format!("{}-json.log", self.ctx.id())))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                self.reply(id, ShimReply::LogOffset { offset });
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.role = Role::Follower;
+                }
+            }
+            ShimRequest::Top => self.query(id, Query::Top),
+            ShimRequest::Stats => self.query(id, Query::Stats),
+            ShimRequest::Pause => self.query(id, Query::Pause),
+            ShimRequest::Unpause => self.query(id, Query::Unpause),
+            ShimRequest::Update(l) => self.query(id, Query::Update(l)),
+            ShimRequest::Exec(x) => self.exec(id, x),
+        }
+    }
+
+    fn exec(&mut self, id: u64, x: ExecSpec) {
+        if !self.main_running {
+            let message = format!("container {} is not running", self.ctx.container.name());
+            self.finish_oneshot(id, ShimReply::Error { message });
+            return;
+        }
+        let sid = self.next_session;
+        self.next_session += 1;
+        let client = if x.detach { 0 } else { id };
+        self.sessions.insert(sid, ExecSession { client, exec_id: x.id.clone(), starting: Some(id), detach: x.detach });
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.role = Role::Exec(sid);
+        }
+        match self.backend.exec(sid, &x) {
+            Ok(ExecStart::Now(pid)) => self.exec_started(sid, pid),
+            Ok(ExecStart::Pending) => {}
+            Err(e) => {
+                self.sessions.remove(&sid);
+                let code = e.exit_code().max(126);
+                execs::update(&self.ctx.layout, self.ctx.id(), &x.id, |r| {
+                    r.started = true;
+                    r.exit_code = Some(code);
+                });
+                let message = match e {
+                    EngineError::Runtime(moat_runtime::RuntimeError::Start { message, .. }) => message,
+                    e => e.to_string(),
+                };
+                self.reply(id, ShimReply::Error { message });
+                self.finish_oneshot(id, ShimReply::Exit { code, oom_killed: false });
+            }
+        }
+    }
+
+    fn deliver(&mut self, sid: u32, err: bool, data: &[u8]) {
+        let kind = if err { Kind::Stderr } else { Kind::Stdout };
+        if sid == MAIN {
+            let lines = self.log.write(err, data).unwrap_or_default();
+            let ids: Vec<(u64, Role)> = self.clients.iter().map(|(i, c)| (*i, c.role)).collect();
+            for (cid, role) in ids {
+                match role {
+                    Role::Attach { .. } => self.queue(cid, Frame { kind, session: 0, data: data.to_vec() }),
+                    Role::Follower if !lines.is_empty() => {
+                        self.queue(cid, Frame { kind: Kind::Stdout, session: 0, data: lines.clone() })
+                    }
+                    _ => {}
+                }
+            }
+        } else if let Some(s) = self.sessions.get(&sid) {
+            let cid = s.client;
+            self.queue(cid, Frame { kind, session: 0, data: data.to_vec() });
+        }
+    }
+
+    /// The main process ended with `code`: record it, tell clients, and
+    /// restart it or finish.
+    fn main_exited(&mut self, code: i32, oom: bool) {
+        let tail = self.log.flush().unwrap_or_default();
+        if !tail.is_empty() {
+            let ids: Vec<u64> =
+                self.clients.iter().filter(|(_, c)| c.role == Role::Follower).map(|(i, _)| *i).collect();
+            for cid in ids {
+                self.queue(cid, Frame { kind: Kind::Stdout, session: 0, data: tail.clone() });
+            }
+        }
+        self.main_running = false;
+        self.stop_deadline = None;
+        // exec sessions die with the pid namespace; the backend reports them
+        let st = &mut self.ctx.container.state;
+        st.exit_code = code;
+        st.oom_killed = oom;
+        st.finished_at = Some(Utc::now());
+        st.pid = 0;
+        let manual = self.restart_for.is_some();
+        let policy = !st.manually_stopped
+            && !manual
+            && match self.ctx.container.config.restart {
+                RestartPolicy::No => false,
+                RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+                RestartPolicy::OnFailure { max } => code != 0 && (max == 0 || st.restart_count < max),
+            };
+        if oom {
+            self.event("oom", &[]);
+        }
+        let mut die = vec![("exitCode", code.to_string())];
+        if !self.ctx.container.state.error.is_empty() {
+            die.push(("error", self.ctx.container.state.error.clone()));
+        }
+        self.event("die", &die);
+        let ids: Vec<(u64, Role)> = self.clients.iter().map(|(i, c)| (*i, c.role)).collect();
+        for (cid, role) in ids {
+            if matches!(role, Role::Attach { .. } | Role::Waiter | Role::Follower) {
+                self.reply(cid, ShimReply::Exit { code, oom_killed: oom });
+                if policy || manual {
+                    if let Some(c) = self.clients.get_mut(&cid) {
+                        c.closing = true;
+                    }
+                }
+            }
+        }
+        if let Some(cid) = self.restart_for.take() {
+            self.event("restart", &[]);
+            match self.start_main() {
+                Ok(_) => self.finish_oneshot(cid, ShimReply::Ok { warnings: Vec::new() }),
+                Err(e) => {
+                    self.finish_oneshot(cid, ShimReply::Error { message: e.to_string() });
+                    self.ctx.container.state.status = Status::Exited;
+                    self.ctx.container.state.error = e.to_string();
+                    self.save_state();
+                    self.done = true;
+                }
+            }
+        } else if policy {
+            let st = &mut self.ctx.container.state;
+            st.restart_count += 1;
+            st.status = Status::Restarting;
+            let backoff = Duration::from_millis(100u64.saturating_mul(1 << st.restart_count.min(10)))
+                .min(Duration::from_secs(60));
+            self.restart_at = Some(Instant::now() + backoff);
+            self.save_state();
+        } else {
+            self.ctx.container.state.status = Status::Exited;
+            self.save_state();
+            self.done = true;
+        }
+    }
+
+    /// Cleans up after the last exit: backend, proxies, auto-remove, then flushes clients.
+    fn finish(&mut self) {
+        // no new clients: they fall back to the recorded state
+        let _ = std::fs::remove_file(self.ctx.dir.join("shim.sock"));
+        for (_, s) in self.sessions.drain() {
+            execs::update(&self.ctx.layout, &self.ctx.container.row.id, &s.exec_id, |r| {
+                r.running = false;
+                r.exit_code = r.exit_code.or(Some(137));
+            });
+        }
+        for mut p in self.proxies.drain(..) {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        self.ctx.container.state.ports.clear();
+        self.save_state();
+        self.backend.teardown(&self.ctx);
+        if self.ctx.container.config.auto_remove {
+            let id = self.ctx.id().to_string();
+            match self.engine.remove_files_and_row(&id) {
+                Ok(()) => {
+                    self.event("destroy", &[]);
+                    let switches: Vec<String> =
+                        self.ctx.container.config.networks.iter().map(|e| e.switch_id.clone()).collect();
+                    if let Err(e) = self.engine.refresh_hosts(&switches) {
+                        tracing::warn!("{e}");
+                    }
+                }
+                Err(e) => tracing::error!("auto-remove failed: {e}"),
+            }
+        }
+        // give clients up to 5 s to take their last frames
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for c in self.clients.values_mut() {
+            let _ = c.stream.set_nonblocking(false);
+            let _ = c.stream.set_write_timeout(Some(
+                deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
+            ));
+            let _ = c.stream.write_all(&c.out);
+        }
+    }
+}

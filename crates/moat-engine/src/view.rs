@@ -1,0 +1,1223 @@
+//! What front ends show, as typed values with Docker's field names: the
+//! Docker Engine API's models (container summary and inspect, image summary
+//! and inspect, network, info, version) and the `docker` CLI's list rows
+//! (`ps`, `images`), built here once from the engine's records. The CLI
+//! prints them as tables, JSON or Go templates; the API serves them.
+
+use crate::config::Status;
+use crate::{Container, Engine, EngineError};
+use chrono::{DateTime, SecondsFormat, Utc};
+use moat_core::human;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+fn rfc3339(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true)).unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
+}
+
+/// `docker ps`-style command text.
+fn command_text(c: &Container) -> String {
+    c.config
+        .args
+        .iter()
+        .map(|a| if a.contains(' ') { format!("{a:?}") } else { a.clone() })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A port of a container (API `Port`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Port {
+    /// Host address.
+    #[serde(rename = "IP", skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    /// Container port.
+    #[serde(rename = "PrivatePort")]
+    pub private_port: u16,
+    /// Host port.
+    #[serde(rename = "PublicPort", skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+    /// `tcp` or `udp`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+}
+
+/// A container in a list (API `GET /containers/json`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerSummary {
+    /// ID.
+    pub id: String,
+    /// `/name`.
+    pub names: Vec<String>,
+    /// Image as given.
+    pub image: String,
+    /// Image ID.
+    #[serde(rename = "ImageID")]
+    pub image_id: String,
+    /// Command.
+    pub command: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Ports.
+    pub ports: Vec<Port>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// `running`, `exited`, ...
+    pub state: String,
+    /// `Up 3 seconds`, `Exited (0) 2 minutes ago`.
+    pub status: String,
+    /// Network mode.
+    pub host_config: SummaryHostConfig,
+    /// Networks.
+    pub network_settings: SummaryNetworks,
+    /// Mounts.
+    pub mounts: Vec<MountPoint>,
+    /// moat: the isolation type.
+    pub isolation: String,
+}
+
+/// `HostConfig` of a summary.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SummaryHostConfig {
+    /// Network mode.
+    pub network_mode: String,
+}
+
+/// `NetworkSettings` of a summary.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SummaryNetworks {
+    /// Endpoint per network name.
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+/// A container's endpoint on a network (API `EndpointSettings`).
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointSettings {
+    /// Network ID.
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// Endpoint ID.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// Gateway.
+    pub gateway: String,
+    /// Address.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// Prefix length.
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    /// MAC.
+    pub mac_address: String,
+    /// Aliases.
+    pub aliases: Vec<String>,
+    /// moat: the host interface (veth or tap).
+    pub host_interface: String,
+}
+
+/// A mount of a container (API `MountPoint`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MountPoint {
+    /// `bind`, `volume`, `tmpfs`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// Volume name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Host path.
+    pub source: String,
+    /// Container path.
+    pub destination: String,
+    /// Driver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// `ro` or empty.
+    pub mode: String,
+    /// Writable.
+    #[serde(rename = "RW")]
+    pub rw: bool,
+    /// Propagation.
+    pub propagation: String,
+}
+
+fn mounts(c: &Container) -> Vec<MountPoint> {
+    c.config
+        .binds
+        .iter()
+        .map(|b| MountPoint {
+            kind: "bind".into(),
+            name: None,
+            source: b.source.clone(),
+            destination: b.target.clone(),
+            driver: None,
+            mode: if b.readonly { "ro".into() } else { String::new() },
+            rw: !b.readonly,
+            propagation: "rprivate".into(),
+        })
+        .collect()
+}
+
+fn ports(c: &Container) -> Vec<Port> {
+    let mut v: Vec<Port> = c
+        .state
+        .ports
+        .iter()
+        .map(|p| Port {
+            ip: Some(p.host_ip.to_string()),
+            private_port: p.ctr_port,
+            public_port: Some(p.host_port),
+            kind: p.proto.clone(),
+        })
+        .collect();
+    for (p, proto) in &c.config.exposed {
+        if !v.iter().any(|x| x.private_port == *p && x.kind == *proto) {
+            v.push(Port { ip: None, private_port: *p, public_port: None, kind: proto.clone() });
+        }
+    }
+    v
+}
+
+fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
+    let letter = if c.config.isolation() == moat_core::Isolation::Hyperv { 't' } else { 'v' };
+    c.config
+        .networks
+        .iter()
+        .enumerate()
+        .map(|(n, e)| {
+            (
+                e.switch.clone(),
+                EndpointSettings {
+                    network_id: e.switch_id.clone(),
+                    endpoint_id: format!("{}{}", &c.id()[..32], &e.switch_id[..32]),
+                    gateway: e.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                    ip_address: e.ip.to_string(),
+                    ip_prefix_len: e.prefix,
+                    mac_address: e.mac.clone(),
+                    aliases: vec![c.name().to_string(), c.id()[..12].to_string()],
+                    host_interface: moat_net::if_name(letter, c.id(), n),
+                },
+            )
+        })
+        .collect()
+}
+
+impl ContainerSummary {
+    /// The summary of `c`.
+    pub fn of(c: &Container) -> Self {
+        Self {
+            id: c.id().to_string(),
+            names: vec![format!("/{}", c.name())],
+            image: c.config.image.clone(),
+            image_id: c.row.image_id.to_string(),
+            command: command_text(c),
+            created: c.row.created.timestamp(),
+            ports: ports(c),
+            labels: c.config.labels.clone(),
+            state: c.state.status.to_string(),
+            status: c.status_text(),
+            host_config: SummaryHostConfig { network_mode: c.config.network.clone() },
+            network_settings: SummaryNetworks { networks: endpoints(c) },
+            mounts: mounts(c),
+            isolation: c.config.isolation().to_string(),
+        }
+    }
+}
+
+/// Ports as `docker ps` prints them.
+pub fn ports_text(c: &Container) -> String {
+    c.state
+        .ports
+        .iter()
+        .map(|p| format!("{}:{}->{}/{}", p.host_ip, p.host_port, p.ctr_port, p.proto))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A row of `moat ps` (the `docker ps` format context: `{{.Names}}`, ...).
+#[derive(Debug, Clone, Serialize)]
+pub struct PsRow {
+    /// Short ID (full with `--no-trunc`).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Image.
+    #[serde(rename = "Image")]
+    pub image: String,
+    /// Quoted command.
+    #[serde(rename = "Command")]
+    pub command: String,
+    /// Creation time.
+    #[serde(rename = "CreatedAt")]
+    pub created_at: String,
+    /// `5 minutes ago`.
+    #[serde(rename = "RunningFor")]
+    pub running_for: String,
+    /// Published ports.
+    #[serde(rename = "Ports")]
+    pub ports: String,
+    /// State.
+    #[serde(rename = "State")]
+    pub state: String,
+    /// Status text.
+    #[serde(rename = "Status")]
+    pub status: String,
+    /// Name.
+    #[serde(rename = "Names")]
+    pub names: String,
+    /// `k=v,...`.
+    #[serde(rename = "Labels")]
+    pub labels: String,
+    /// Networks.
+    #[serde(rename = "Networks")]
+    pub networks: String,
+    /// Mounts.
+    #[serde(rename = "Mounts")]
+    pub mounts: String,
+    /// Isolation.
+    #[serde(rename = "Isolation")]
+    pub isolation: String,
+    /// Last exit code.
+    #[serde(rename = "ExitCode")]
+    pub exit_code: i32,
+}
+
+impl PsRow {
+    /// The row of `c`.
+    pub fn of(c: &Container, no_trunc: bool) -> Self {
+        Self {
+            id: if no_trunc { c.id().to_string() } else { c.id()[..12].to_string() },
+            image: c.config.image.clone(),
+            command: format!("\"{}\"", command_text(c)),
+            created_at: c.row.created.format("%Y-%m-%d %H:%M:%S %z UTC").to_string(),
+            running_for: human::ago(c.row.created),
+            ports: ports_text(c),
+            state: c.state.status.to_string(),
+            status: c.status_text(),
+            names: c.name().to_string(),
+            labels: c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            networks: c.config.networks.iter().map(|e| e.switch.clone()).collect::<Vec<_>>().join(","),
+            mounts: c.config.binds.iter().map(|b| b.target.clone()).collect::<Vec<_>>().join(","),
+            isolation: c.config.isolation().to_string(),
+            exit_code: c.state.exit_code,
+        }
+    }
+}
+
+/// `State` of a container inspect.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerState {
+    /// Status.
+    pub status: String,
+    /// Running (also when paused).
+    pub running: bool,
+    /// Paused.
+    pub paused: bool,
+    /// Restarting.
+    pub restarting: bool,
+    /// OOM-killed.
+    #[serde(rename = "OOMKilled")]
+    pub oom_killed: bool,
+    /// Dead.
+    pub dead: bool,
+    /// Main process PID (host PID; guest PID for hyperv).
+    pub pid: u32,
+    /// Exit code.
+    pub exit_code: i32,
+    /// Why it failed.
+    pub error: String,
+    /// Start time.
+    pub started_at: String,
+    /// End time.
+    pub finished_at: String,
+    /// moat: isolation type.
+    pub isolation: String,
+    /// moat: when the isolation type last changed.
+    pub isolation_changed_at: Option<String>,
+}
+
+/// `HostConfig` of a container inspect.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HostConfig {
+    /// Bind mounts as `HOST:CTR[:ro]`.
+    pub binds: Vec<String>,
+    /// Network mode.
+    pub network_mode: String,
+    /// Port bindings.
+    pub port_bindings: BTreeMap<String, Vec<PortBinding>>,
+    /// Restart policy.
+    pub restart_policy: RestartPolicyView,
+    /// `--rm`.
+    pub auto_remove: bool,
+    /// Added capabilities.
+    pub cap_add: Vec<String>,
+    /// Dropped capabilities.
+    pub cap_drop: Vec<String>,
+    /// DNS servers.
+    pub dns: Vec<String>,
+    /// Extra hosts.
+    pub extra_hosts: Vec<String>,
+    /// Privileged.
+    pub privileged: bool,
+    /// `-P`.
+    pub publish_all_ports: bool,
+    /// Read-only root.
+    pub readonly_rootfs: bool,
+    /// Security options.
+    pub security_opt: Vec<String>,
+    /// tmpfs mounts.
+    pub tmpfs: BTreeMap<String, String>,
+    /// Memory limit.
+    pub memory: i64,
+    /// Memory + swap.
+    pub memory_swap: i64,
+    /// CPUs × 10⁹.
+    pub nano_cpus: i64,
+    /// CPU shares.
+    pub cpu_shares: i64,
+    /// Pids limit.
+    pub pids_limit: Option<i64>,
+    /// Isolation.
+    pub isolation: String,
+    /// /dev/shm size.
+    pub shm_size: i64,
+    /// Log config.
+    pub log_config: LogConfigView,
+    /// Devices.
+    pub devices: Vec<DeviceMapping>,
+}
+
+/// A port binding.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortBinding {
+    /// Host address.
+    pub host_ip: String,
+    /// Host port.
+    pub host_port: String,
+}
+
+/// A restart policy.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RestartPolicyView {
+    /// `no`, `always`, `unless-stopped`, `on-failure`.
+    pub name: String,
+    /// For `on-failure`.
+    pub maximum_retry_count: u32,
+}
+
+/// A log configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfigView {
+    /// Driver.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// Options.
+    #[serde(rename = "Config")]
+    pub config: BTreeMap<String, String>,
+}
+
+/// A device mapping.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DeviceMapping {
+    /// Host node.
+    pub path_on_host: String,
+    /// Container node.
+    pub path_in_container: String,
+    /// `rwm` subset.
+    pub cgroup_permissions: String,
+}
+
+/// `Config` of a container inspect.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfigView {
+    /// Hostname.
+    pub hostname: String,
+    /// Domain name.
+    pub domainname: String,
+    /// User.
+    pub user: String,
+    /// Attach stdin.
+    pub attach_stdin: bool,
+    /// Attach stdout.
+    pub attach_stdout: bool,
+    /// Attach stderr.
+    pub attach_stderr: bool,
+    /// Exposed ports.
+    pub exposed_ports: BTreeMap<String, serde_json::Value>,
+    /// Terminal.
+    pub tty: bool,
+    /// Keep stdin open.
+    pub open_stdin: bool,
+    /// Close stdin after the first attach ends.
+    pub stdin_once: bool,
+    /// Environment.
+    pub env: Vec<String>,
+    /// Command.
+    pub cmd: Vec<String>,
+    /// Image.
+    pub image: String,
+    /// Working directory.
+    pub working_dir: String,
+    /// Entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Stop signal.
+    pub stop_signal: String,
+    /// Stop timeout.
+    pub stop_timeout: Option<u32>,
+}
+
+/// `NetworkSettings` of a container inspect.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkSettings {
+    /// Endpoints per network.
+    pub networks: BTreeMap<String, EndpointSettings>,
+    /// First network's address.
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    /// Its gateway.
+    pub gateway: String,
+    /// Its MAC.
+    pub mac_address: String,
+    /// Published ports.
+    pub ports: BTreeMap<String, Vec<PortBinding>>,
+}
+
+/// A container in detail (API `GET /containers/{id}/json`, `moat inspect`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerInspect {
+    /// ID.
+    pub id: String,
+    /// Creation time.
+    pub created: String,
+    /// argv[0].
+    pub path: String,
+    /// argv[1..].
+    pub args: Vec<String>,
+    /// State.
+    pub state: ContainerState,
+    /// Image ID.
+    pub image: String,
+    /// resolv.conf path.
+    pub resolv_conf_path: String,
+    /// hostname path.
+    pub hostname_path: String,
+    /// hosts path.
+    pub hosts_path: String,
+    /// Log path.
+    pub log_path: String,
+    /// `/name`.
+    pub name: String,
+    /// Restarts by policy.
+    pub restart_count: u32,
+    /// Storage driver.
+    pub driver: String,
+    /// Platform.
+    pub platform: String,
+    /// Host config.
+    pub host_config: HostConfig,
+    /// Mounts.
+    pub mounts: Vec<MountPoint>,
+    /// Config.
+    pub config: ContainerConfigView,
+    /// Network settings.
+    pub network_settings: NetworkSettings,
+    /// moat: the utility VM of a hyperv container (accelerator, kernel, sizing, PIDs while it runs).
+    #[serde(rename = "VM")]
+    pub vm: Option<serde_json::Value>,
+}
+
+impl ContainerInspect {
+    /// The inspect view of `c`.
+    pub fn of(e: &Engine, c: &Container) -> Self {
+        let dir = e.layout().container(c.id());
+        let cfg = &c.config;
+        let st = &c.state;
+        let vm = (cfg.isolation() == moat_core::Isolation::Hyperv).then(|| {
+            let mut v: serde_json::Value = std::fs::read(dir.join("vm.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_else(|| serde_json::json!({}));
+            if let Some(o) = v.as_object_mut() {
+                if !c.is_running() {
+                    // PIDs of a VM that is gone mean nothing
+                    o.remove("QemuPid");
+                    o.remove("VirtiofsdPid");
+                }
+                o.insert("Accelerator".into(), moat_vm::accel::detect().0.to_string().into());
+            }
+            v
+        });
+        let bindings = |ports: &[moat_net::PortMap]| {
+            let mut m: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
+            for p in ports {
+                m.entry(format!("{}/{}", p.ctr_port, p.proto)).or_default().push(PortBinding {
+                    host_ip: p.host_ip.to_string(),
+                    host_port: if p.host_port == 0 { String::new() } else { p.host_port.to_string() },
+                });
+            }
+            m
+        };
+        let (name, max) = match cfg.restart {
+            crate::config::RestartPolicy::No => ("no", 0),
+            crate::config::RestartPolicy::Always => ("always", 0),
+            crate::config::RestartPolicy::UnlessStopped => ("unless-stopped", 0),
+            crate::config::RestartPolicy::OnFailure { max } => ("on-failure", max),
+        };
+        let first = cfg.networks.first();
+        let exposed: BTreeMap<String, serde_json::Value> =
+            cfg.exposed.iter().map(|(p, proto)| (format!("{p}/{proto}"), serde_json::json!({}))).collect();
+        Self {
+            id: c.id().to_string(),
+            created: rfc3339(Some(c.row.created)),
+            path: cfg.args.first().cloned().unwrap_or_default(),
+            args: cfg.args.iter().skip(1).cloned().collect(),
+            state: ContainerState {
+                status: st.status.to_string(),
+                running: matches!(st.status, Status::Running | Status::Paused),
+                paused: st.status == Status::Paused,
+                restarting: st.status == Status::Restarting,
+                oom_killed: st.oom_killed,
+                dead: st.status == Status::Dead,
+                pid: st.pid,
+                exit_code: st.exit_code,
+                error: st.error.clone(),
+                started_at: rfc3339(st.started_at),
+                finished_at: rfc3339(st.finished_at),
+                isolation: cfg.isolation().to_string(),
+                isolation_changed_at: st.isolation_changed_at.map(|t| rfc3339(Some(t))),
+            },
+            image: c.row.image_id.to_string(),
+            resolv_conf_path: dir.join("resolv.conf").display().to_string(),
+            hostname_path: dir.join("hostname").display().to_string(),
+            hosts_path: dir.join("hosts").display().to_string(),
+            log_path: dir.join(format!("{}-json.log", c.id())).display().to_string(),
+            name: format!("/{}", c.name()),
+            restart_count: st.restart_count,
+            driver: "overlay".into(),
+            platform: "linux".into(),
+            host_config: HostConfig {
+                binds: cfg
+                    .binds
+                    .iter()
+                    .map(|b| format!("{}:{}{}", b.source, b.target, if b.readonly { ":ro" } else { "" }))
+                    .collect(),
+                network_mode: cfg.network.clone(),
+                port_bindings: bindings(&cfg.publish),
+                restart_policy: RestartPolicyView { name: name.into(), maximum_retry_count: max },
+                auto_remove: cfg.auto_remove,
+                cap_add: cfg.cap_add.clone(),
+                cap_drop: cfg.cap_drop.clone(),
+                dns: cfg.dns.clone(),
+                extra_hosts: cfg.add_hosts.clone(),
+                privileged: cfg.privileged,
+                publish_all_ports: cfg.publish_all,
+                readonly_rootfs: cfg.readonly_rootfs,
+                security_opt: cfg.security_opt.clone(),
+                tmpfs: cfg.tmpfs.clone(),
+                memory: cfg.limits.memory.unwrap_or(0),
+                memory_swap: cfg.limits.memory_swap.unwrap_or(0),
+                nano_cpus: cfg.limits.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+                cpu_shares: cfg.limits.cpu_shares.unwrap_or(0) as i64,
+                pids_limit: cfg.limits.pids,
+                isolation: cfg.isolation().to_string(),
+                shm_size: cfg.shm_size.unwrap_or(64 << 20) as i64,
+                log_config: LogConfigView { kind: cfg.log.driver.clone(), config: cfg.log.options() },
+                devices: cfg
+                    .devices
+                    .iter()
+                    .map(|d| DeviceMapping {
+                        path_on_host: d.host_path.clone(),
+                        path_in_container: d.path.clone(),
+                        cgroup_permissions: d.rule.access.clone(),
+                    })
+                    .collect(),
+            },
+            mounts: mounts(c),
+            config: ContainerConfigView {
+                hostname: cfg.hostname.clone(),
+                domainname: String::new(),
+                user: cfg.user.clone(),
+                attach_stdin: cfg.open_stdin,
+                attach_stdout: true,
+                attach_stderr: true,
+                exposed_ports: exposed,
+                tty: cfg.tty,
+                open_stdin: cfg.open_stdin,
+                stdin_once: cfg.stdin_once,
+                env: cfg.env.clone(),
+                cmd: cfg.cmd.clone(),
+                image: cfg.image.clone(),
+                working_dir: cfg.workdir.clone(),
+                entrypoint: (!cfg.entrypoint.is_empty()).then(|| cfg.entrypoint.clone()),
+                labels: cfg.labels.clone(),
+                stop_signal: cfg.stop_signal.clone(),
+                stop_timeout: cfg.stop_timeout,
+            },
+            network_settings: NetworkSettings {
+                networks: endpoints(c),
+                ip_address: first.map(|e| e.ip.to_string()).unwrap_or_default(),
+                gateway: first.and_then(|e| e.gateway).map(|g| g.to_string()).unwrap_or_default(),
+                mac_address: first.map(|e| e.mac.clone()).unwrap_or_default(),
+                ports: bindings(&st.ports),
+            },
+            vm,
+        }
+    }
+}
+
+/// An image in a list (API `GET /images/json`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageSummary {
+    /// `sha256:...`.
+    pub id: String,
+    /// Parent (empty).
+    pub parent_id: String,
+    /// Names.
+    pub repo_tags: Vec<String>,
+    /// `name@sha256:...` digests.
+    pub repo_digests: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    /// Bytes.
+    pub size: i64,
+    /// Shared bytes (-1: not computed).
+    pub shared_size: i64,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Containers using it.
+    pub containers: i64,
+}
+
+/// A row of `moat images` (the `docker images` format context).
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagesRow {
+    /// Repository.
+    #[serde(rename = "Repository")]
+    pub repository: String,
+    /// Tag.
+    #[serde(rename = "Tag")]
+    pub tag: String,
+    /// Digest.
+    #[serde(rename = "Digest")]
+    pub digest: String,
+    /// Short ID (full with `--no-trunc`).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Creation time.
+    #[serde(rename = "CreatedAt")]
+    pub created_at: String,
+    /// `3 weeks ago`.
+    #[serde(rename = "CreatedSince")]
+    pub created_since: String,
+    /// Size.
+    #[serde(rename = "Size")]
+    pub size: String,
+}
+
+/// An image in detail (API `GET /images/{name}/json`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageInspect {
+    /// `sha256:...`.
+    pub id: String,
+    /// Names.
+    pub repo_tags: Vec<String>,
+    /// Digests.
+    pub repo_digests: Vec<String>,
+    /// Parent.
+    pub parent: String,
+    /// Comment.
+    pub comment: String,
+    /// Creation time.
+    pub created: String,
+    /// Author.
+    pub author: String,
+    /// Runtime config.
+    pub config: moat_image::RuntimeConfig,
+    /// Architecture.
+    pub architecture: String,
+    /// OS.
+    pub os: String,
+    /// Bytes.
+    pub size: i64,
+    /// Layers.
+    #[serde(rename = "RootFS")]
+    pub root_fs: RootFs,
+    /// When it was last tagged.
+    pub metadata: ImageMetadata,
+}
+
+/// `RootFS` of an image.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootFs {
+    /// `layers`.
+    #[serde(rename = "Type")]
+    pub kind: String,
+    /// Diff IDs.
+    pub layers: Vec<String>,
+}
+
+/// `Metadata` of an image.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageMetadata {
+    /// Time.
+    pub last_tag_time: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ConfigMeta {
+    #[serde(default)]
+    architecture: Option<String>,
+    #[serde(default)]
+    os: Option<String>,
+    #[serde(default)]
+    author: Option<String>,
+    #[serde(default)]
+    comment: Option<String>,
+}
+
+impl ImageInspect {
+    /// The inspect view of `img`.
+    pub fn of(img: &moat_store::ImageRecord) -> Self {
+        let meta: ConfigMeta = serde_json::from_slice(&img.config).unwrap_or_default();
+        Self {
+            id: img.id.to_string(),
+            repo_tags: img.tags.clone(),
+            repo_digests: Vec::new(),
+            parent: String::new(),
+            comment: meta.comment.unwrap_or_default(),
+            created: rfc3339(Some(img.created.unwrap_or(img.added))),
+            author: meta.author.unwrap_or_default(),
+            config: moat_image::runtime_config(&img.config).unwrap_or_default(),
+            architecture: meta.architecture.unwrap_or_default(),
+            os: meta.os.unwrap_or_default(),
+            size: img.size as i64,
+            root_fs: RootFs { kind: "layers".into(), layers: img.diff_ids.iter().map(|d| d.to_string()).collect() },
+            metadata: ImageMetadata { last_tag_time: rfc3339(Some(img.added)) },
+        }
+    }
+}
+
+impl ImageSummary {
+    /// The summary of `img`, used by `containers` containers.
+    pub fn of(img: &moat_store::ImageRecord, containers: usize) -> Self {
+        Self {
+            id: img.id.to_string(),
+            parent_id: String::new(),
+            repo_tags: img.tags.clone(),
+            repo_digests: Vec::new(),
+            created: img.created.unwrap_or(img.added).timestamp(),
+            size: img.size as i64,
+            shared_size: -1,
+            labels: moat_image::runtime_config(&img.config).ok().and_then(|c| c.labels).unwrap_or_default(),
+            containers: containers as i64,
+        }
+    }
+
+    /// The `moat images` rows of `img` (one per tag, `<none>` when it has none).
+    pub fn rows(img: &moat_store::ImageRecord, no_trunc: bool) -> Vec<ImagesRow> {
+        let id = if no_trunc { img.id.to_string() } else { img.id.short().to_string() };
+        let created = img.created.unwrap_or(img.added);
+        let names: Vec<(String, String)> = if img.tags.is_empty() {
+            vec![("<none>".into(), "<none>".into())]
+        } else {
+            img.tags
+                .iter()
+                .map(|t| match t.rsplit_once(':').filter(|(r, _)| !r.ends_with('/') && !t.ends_with(']')) {
+                    Some((r, t)) => (r.to_string(), t.to_string()),
+                    None => (t.clone(), "<none>".into()),
+                })
+                .collect()
+        };
+        names
+            .into_iter()
+            .map(|(repository, tag)| ImagesRow {
+                repository,
+                tag,
+                digest: "<none>".into(),
+                id: id.clone(),
+                created_at: created.format("%Y-%m-%d %H:%M:%S %z UTC").to_string(),
+                created_since: human::ago(created),
+                size: human::size(img.size),
+            })
+            .collect()
+    }
+}
+
+/// IPAM of a network.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ipam {
+    /// `default`.
+    pub driver: String,
+    /// Subnets.
+    pub config: Vec<IpamConfig>,
+    /// Options.
+    pub options: BTreeMap<String, String>,
+}
+
+/// One subnet of a network.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamConfig {
+    /// Subnet.
+    pub subnet: String,
+    /// Gateway.
+    pub gateway: String,
+}
+
+/// A container on a network.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkContainer {
+    /// Name.
+    pub name: String,
+    /// Endpoint ID.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// MAC.
+    pub mac_address: String,
+    /// `IP/prefix`.
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    /// IPv6.
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+}
+
+/// A switch as a Docker network (API `GET /networks/{id}`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkInspect {
+    /// Name.
+    pub name: String,
+    /// ID.
+    pub id: String,
+    /// Creation time.
+    pub created: String,
+    /// `local`.
+    pub scope: String,
+    /// `bridge`.
+    pub driver: String,
+    /// IPv6 (no).
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    /// Addressing.
+    #[serde(rename = "IPAM")]
+    pub ipam: Ipam,
+    /// No NAT or forwarding.
+    pub internal: bool,
+    /// Attachable.
+    pub attachable: bool,
+    /// Ingress.
+    pub ingress: bool,
+    /// Members.
+    pub containers: BTreeMap<String, NetworkContainer>,
+    /// Options (the bridge's name).
+    pub options: BTreeMap<String, String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NetworkInspect {
+    /// The view of switch `s` with its members among `all`.
+    pub fn of(s: &crate::network::Switch, all: &[Container]) -> Self {
+        let mut containers = BTreeMap::new();
+        for c in all {
+            for ep in c.config.networks.iter().filter(|ep| ep.switch_id == s.id) {
+                containers.insert(
+                    c.id().to_string(),
+                    NetworkContainer {
+                        name: c.name().to_string(),
+                        endpoint_id: format!("{}{}", &c.id()[..32], &s.id[..32]),
+                        mac_address: ep.mac.clone(),
+                        ipv4_address: format!("{}/{}", ep.ip, ep.prefix),
+                        ipv6_address: String::new(),
+                    },
+                );
+            }
+        }
+        Self {
+            name: s.name.clone(),
+            id: s.id.clone(),
+            created: rfc3339(Some(s.created)),
+            scope: "local".into(),
+            driver: "bridge".into(),
+            enable_ipv6: false,
+            ipam: Ipam {
+                driver: "default".into(),
+                config: vec![IpamConfig { subnet: s.config.subnet.to_string(), gateway: s.config.gateway.to_string() }],
+                options: BTreeMap::new(),
+            },
+            internal: s.config.internal,
+            attachable: true,
+            ingress: false,
+            containers,
+            options: [("com.docker.network.bridge.name".to_string(), s.config.bridge.clone())].into_iter().collect(),
+            labels: s.config.labels.clone(),
+        }
+    }
+}
+
+/// The hypervisor part of `info`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HypervisorInfo {
+    /// `kvm` or `tcg`.
+    pub accelerator: String,
+    /// Why.
+    pub reason: String,
+    /// Installed guest kernel.
+    pub guest_kernel: String,
+    /// Guest agent binary.
+    pub agent: String,
+    /// Guest RAM without `--memory`.
+    #[serde(rename = "DefaultMemoryMiB")]
+    pub default_memory_mib: u64,
+    /// Guest RAM on top of `--memory`.
+    #[serde(rename = "MemoryOverheadMiB")]
+    pub memory_overhead_mib: u64,
+    /// vCPUs without `--cpus`.
+    pub default_vcpus: u32,
+}
+
+/// Engine and host facts (API `GET /info`, `moat info`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SystemInfo {
+    /// Engine ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Containers.
+    pub containers: usize,
+    /// Running.
+    pub containers_running: usize,
+    /// Paused.
+    pub containers_paused: usize,
+    /// Stopped.
+    pub containers_stopped: usize,
+    /// Images.
+    pub images: usize,
+    /// Storage driver.
+    pub driver: String,
+    /// Root directory.
+    pub docker_root_dir: String,
+    /// Host kernel.
+    pub kernel_version: String,
+    /// OS.
+    pub operating_system: String,
+    /// `linux`.
+    #[serde(rename = "OSType")]
+    pub os_type: String,
+    /// `x86_64`.
+    pub architecture: String,
+    /// CPUs.
+    #[serde(rename = "NCPU")]
+    pub ncpu: usize,
+    /// Memory bytes.
+    pub mem_total: u64,
+    /// Host name.
+    pub name: String,
+    /// Engine version.
+    pub server_version: String,
+    /// `cgroupfs`.
+    pub cgroup_driver: String,
+    /// `1` or `2`.
+    pub cgroup_version: String,
+    /// moat: the cgroup layout in words.
+    pub cgroup_layout: String,
+    /// Default isolation for new containers.
+    pub isolation: String,
+    /// moat: where the default isolation comes from.
+    pub default_isolation_source: String,
+    /// moat: utility VMs.
+    pub hypervisor: HypervisorInfo,
+    /// Logging driver.
+    pub logging_driver: String,
+    /// Security options.
+    pub security_options: Vec<String>,
+}
+
+/// Version facts (API `GET /version`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct VersionInfo {
+    /// Engine version.
+    pub version: String,
+    /// API version served.
+    pub api_version: String,
+    /// Oldest API version served.
+    #[serde(rename = "MinAPIVersion")]
+    pub min_api_version: String,
+    /// Commit.
+    pub git_commit: String,
+    /// Language runtime.
+    pub go_version: String,
+    /// `linux`.
+    pub os: String,
+    /// `amd64`.
+    pub arch: String,
+    /// Host kernel.
+    pub kernel_version: String,
+    /// Components.
+    pub components: Vec<Component>,
+}
+
+/// A component of the engine.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Component {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Details.
+    pub details: BTreeMap<String, String>,
+}
+
+/// The API versions the Docker API server speaks.
+pub const API_VERSION: &str = "1.45";
+/// The oldest one.
+pub const MIN_API_VERSION: &str = "1.24";
+
+fn mem_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+impl Engine {
+    /// `info`.
+    pub fn info(&mut self) -> Result<SystemInfo, EngineError> {
+        let all = self.list()?;
+        let running = all.iter().filter(|c| c.state.status == Status::Running).count();
+        let paused = all.iter().filter(|c| c.state.status == Status::Paused).count();
+        let (cg, cg_detail) = moat_runtime::cgroup::describe();
+        let (accel, why) = moat_vm::accel::detect();
+        let kernel = moat_vm::kernel::current(&self.options.kernel_dir())
+            .map(|k| k.version)
+            .unwrap_or_else(|_| "not installed (moat vm kernel install)".into());
+        let agent = self.options.agent().map(|p| p.display().to_string()).unwrap_or_else(|e| e.to_string());
+        let uname = nix::sys::utsname::uname().ok();
+        let field = |f: fn(&nix::sys::utsname::UtsName) -> &std::ffi::OsStr| {
+            uname.as_ref().map(|u| f(u).to_string_lossy().into_owned()).unwrap_or_default()
+        };
+        Ok(SystemInfo {
+            id: moat_core::digest::Digest::of(self.layout.root().display().to_string().as_bytes()).hex()[..36]
+                .to_string(),
+            containers: all.len(),
+            containers_running: running,
+            containers_paused: paused,
+            containers_stopped: all.len() - running - paused,
+            images: self.images.list()?.len(),
+            driver: "overlay".into(),
+            docker_root_dir: self.layout.root().display().to_string(),
+            kernel_version: field(|u| u.release()),
+            operating_system: "moat".into(),
+            os_type: "linux".into(),
+            architecture: field(|u| u.machine()),
+            ncpu: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            mem_total: mem_total(),
+            name: field(|u| u.nodename()),
+            server_version: env!("CARGO_PKG_VERSION").into(),
+            cgroup_driver: "cgroupfs".into(),
+            cgroup_version: cg.into(),
+            cgroup_layout: cg_detail.into(),
+            isolation: self.settings.default_isolation.to_string(),
+            default_isolation_source: self.settings.default_isolation_source.clone(),
+            hypervisor: HypervisorInfo {
+                accelerator: accel.to_string(),
+                reason: why,
+                guest_kernel: kernel,
+                agent,
+                default_memory_mib: moat_vm::launch::DEFAULT_MEMORY_MIB,
+                memory_overhead_mib: moat_vm::launch::MEMORY_OVERHEAD_MIB,
+                default_vcpus: 1,
+            },
+            logging_driver: "json-file".into(),
+            security_options: vec!["name=seccomp,profile=builtin".into(), "name=no-new-privileges".into()],
+        })
+    }
+
+    /// `version`.
+    pub fn version(&self) -> VersionInfo {
+        let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+        let mut details = BTreeMap::new();
+        details.insert("ApiVersion".into(), API_VERSION.into());
+        details.insert("MinAPIVersion".into(), MIN_API_VERSION.into());
+        details.insert("Os".into(), "linux".into());
+        details.insert("Arch".into(), "amd64".into());
+        details.insert("KernelVersion".into(), kernel.clone());
+        VersionInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            api_version: API_VERSION.into(),
+            min_api_version: MIN_API_VERSION.into(),
+            git_commit: String::new(),
+            go_version: "rust".into(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            kernel_version: kernel,
+            components: vec![Component { name: "Engine".into(), version: env!("CARGO_PKG_VERSION").into(), details }],
+        }
+    }
+
+    /// The summary of containers matching `f` (all states with `all`).
+    pub fn containers(&mut self, all: bool, f: &crate::filter::ContainerFilter) -> Result<Vec<Container>, EngineError> {
+        let mut out = Vec::new();
+        for c in self.list()? {
+            if (all || c.is_running()) && f.matches(&c, self)? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Images matching `f` (and `reference` when given, like `docker images REPO[:TAG]`).
+    pub fn images_matching(
+        &mut self,
+        f: &crate::filter::ImageFilter,
+    ) -> Result<Vec<moat_store::ImageRecord>, EngineError> {
+        let mut out = Vec::new();
+        for img in self.images.list()? {
+            if f.matches(&img, self)? {
+                out.push(img);
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many containers use each image.
+    pub fn image_users(&mut self, img: &moat_store::ImageRecord) -> Result<usize, EngineError> {
+        Ok(self.images.store().containers_using(&img.id)?.len())
+    }
+
+    /// The network view of a switch.
+    pub fn inspect_switch(&mut self, key: &str) -> Result<NetworkInspect, EngineError> {
+        let s = self.find_switch(key)?;
+        let all = self.list()?;
+        Ok(NetworkInspect::of(&s, &all))
+    }
+}

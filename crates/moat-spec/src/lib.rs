@@ -1,0 +1,130 @@
+//! The types every layer of moat shares and no layer owns: the complete
+//! description of a container process (`Spec`), its limits, device rules
+//! and interfaces, what the host sends a guest agent to create a container,
+//! and process listings, usage and exec requests. A leaf crate, so the wire
+//! protocol (`moat-proto`) carries them typed and the runtime
+//! (`moat-runtime`) consumes them without depending on the protocol.
+
+pub mod devices;
+pub mod spec;
+
+pub use spec::{Mount, NetNs, Process, Rlimit, Rootfs, Seccomp, Spec};
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// Requested limits (docker's semantics).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// Memory + swap in bytes; -1 = unlimited swap.
+    pub memory_swap: Option<i64>,
+    /// CPU quota in CPUs (e.g. 0.5).
+    pub cpus: Option<f64>,
+    /// Relative CPU weight (docker's shares, default 1024).
+    pub cpu_shares: Option<u64>,
+    /// Maximum number of processes; -1 or 0 = unlimited.
+    pub pids: Option<i64>,
+    /// Which devices the container may open (Docker's allow-list by default).
+    #[serde(default)]
+    pub devices: crate::devices::DevicePolicy,
+}
+
+/// One interface to configure.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Iface {
+    /// Its current name (the veth peer moved in, or `eth0` in a guest).
+    pub from: String,
+    /// Its name inside the container.
+    pub name: String,
+    /// Address.
+    pub ip: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Default gateway (only the first interface with one gets the route).
+    pub gateway: Option<Ipv4Addr>,
+    /// MAC address `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+}
+
+/// The guest side of a VM container: the same runtime spec as process
+/// isolation (its root is the virtio-fs export), plus limits for the guest's
+/// own cgroup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GuestCreate {
+    /// Runtime spec, with paths as the guest sees them.
+    pub spec: Spec,
+    /// Limits applied inside the guest.
+    pub limits: Limits,
+    /// Cgroup name inside the guest.
+    pub cgroup: String,
+    /// Keep stdin open (`-i`); otherwise it is /dev/null.
+    pub stdin: bool,
+}
+/// Terminal size.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct WinSize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+/// A process to run inside an existing container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct ExecSpec {
+    /// The exec ID (Docker's exec instance), empty for anonymous sessions.
+    #[serde(default)]
+    pub id: String,
+    /// argv; `args[0]` is looked up in the container's PATH.
+    pub args: Vec<String>,
+    /// Extra `KEY=VALUE` entries on top of the container's environment.
+    pub env: Vec<String>,
+    /// Working directory (container's default when `None`).
+    pub workdir: Option<String>,
+    /// `user[:group]` (container's default when `None`).
+    pub user: Option<String>,
+    /// Allocate a terminal.
+    pub tty: bool,
+    /// Keep stdin open.
+    pub stdin: bool,
+    /// Initial terminal size.
+    pub size: Option<WinSize>,
+    /// Run without waiting (`exec -d`).
+    pub detach: bool,
+    /// Extra privileges (`exec --privileged`).
+    pub privileged: bool,
+}
+
+/// One row of a process listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProcRow {
+    /// PID as the container sees it.
+    pub pid: u32,
+    /// Parent PID as the container sees it.
+    pub ppid: u32,
+    /// PID on the host, for process isolation (none for VM isolation).
+    pub host_pid: Option<u32>,
+    /// User (numeric).
+    pub uid: u32,
+    /// Resident memory in KiB.
+    pub rss_kb: u64,
+    /// Cumulative CPU time in seconds.
+    pub cpu_secs: f64,
+    /// Command line.
+    pub cmd: String,
+}
+
+/// Resource usage of a container.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Stats {
+    /// Memory in use, bytes.
+    pub mem_usage: u64,
+    /// Memory limit, bytes (0 = none).
+    pub mem_limit: u64,
+    /// Cumulative CPU time, nanoseconds.
+    pub cpu_ns: u64,
+    /// Number of processes.
+    pub pids: u64,
+}
