@@ -118,7 +118,8 @@ impl ContainerFilter {
     pub fn matches(&self, c: &Container, e: &mut Engine) -> Result<bool, EngineError> {
         let f = &self.f;
         let ok = any(f.get("status"), |s| c.state.status.to_string() == s)
-            && (self.names.is_empty() || self.names.iter().any(|r| r.is_match(&format!("/{}", c.name()))))
+            && (self.names.is_empty()
+                || self.names.iter().any(|r| r.is_match(&format!("/{}", c.name())) || r.is_match(c.name())))
             && any(f.get("id"), |i| c.id().starts_with(i))
             && f.get("label").iter().all(|l| label_matches(&c.config.labels, l))
             && any(f.get("exited"), |x| c.state.status == Status::Exited && c.state.exit_code.to_string() == x)

@@ -462,3 +462,57 @@ pub fn current_kernel(opts: &crate::EngineOptions) -> Result<KernelInfo, EngineE
     let k = moat_vm::kernel::current(&dir)?;
     Ok(KernelInfo { version: k.version, vmlinux: k.vmlinux, dir, initramfs: None })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_spec_and_sizing() {
+        let spec = Spec {
+            rootfs: Rootfs::Overlay { lower: vec!["/l".into()], upper: "/u".into(), work: "/w".into() },
+            rootfs_target: "/host/rootfs".into(),
+            readonly_rootfs: false,
+            process: Default::default(),
+            hostname: "h".into(),
+            mounts: vec![
+                Mount::Bind { source: "/src".into(), target: "/data".into(), readonly: false },
+                Mount::Tmpfs { target: "/t".into(), options: String::new() },
+            ],
+            etc_files: vec![("/etc/hosts".into(), "/host/hosts".into())],
+            capabilities: vec![],
+            seccomp: Default::default(),
+            no_new_privs: true,
+            masked_paths: vec![],
+            readonly_paths: vec![],
+            net: NetNs::New,
+            privileged: false,
+            shm_size: 1,
+            interfaces: vec![moat_runtime::netconf::Iface {
+                from: "mtpabc0".into(),
+                name: "eth0".into(),
+                ip: "10.0.0.2".parse().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                prefix: 24,
+                gateway: None,
+                mac: "02:00:00:00:00:01".into(),
+            }],
+            devices: vec![],
+        };
+        let g = guest_spec(&spec);
+        assert!(matches!(&g.rootfs, Rootfs::Dir(d) if d.as_os_str() == GUEST_ROOT));
+        assert_eq!(g.rootfs_target.as_os_str(), moat_proto::GUEST_CTR_ROOT);
+        assert_eq!(
+            g.mounts,
+            vec![Mount::Tmpfs { target: "/t".into(), options: String::new() }],
+            "binds are part of the export"
+        );
+        assert!(g.etc_files.is_empty());
+        assert_eq!(g.net, NetNs::Host, "the container uses the guest's configured network");
+        assert_eq!(g.interfaces[0].from, "eth0");
+        let mut cfg = ContainerConfig::default();
+        assert_eq!(sizing(&cfg).0, moat_vm::launch::DEFAULT_MEMORY_MIB);
+        cfg.limits.memory = Some(64 << 20);
+        cfg.limits.cpus = Some(0.5);
+        assert_eq!(sizing(&cfg), (64 + moat_vm::launch::MEMORY_OVERHEAD_MIB, 1));
+    }
+}

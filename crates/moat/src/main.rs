@@ -148,7 +148,8 @@ fn options(cli: &Cli) -> Result<EngineOptions> {
         agent: env_path("MOAT_AGENT"),
         qemu: env_path("MOAT_QEMU"),
         virtiofsd: env_path("MOAT_VIRTIOFSD"),
-        shim_exe: None,
+        // shims and port proxies are this binary
+        shim_exe: Some(std::env::current_exe().context("locate the moat binary")?),
         vm_boot_timeout_secs: env_num("MOAT_VM_BOOT_TIMEOUT")?,
         max_unpack_bytes: env_num("MOAT_MAX_UNPACK_BYTES")?,
         max_unpack_entries: env_num("MOAT_MAX_UNPACK_ENTRIES")?,

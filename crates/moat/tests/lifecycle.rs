@@ -336,9 +336,20 @@ fn binds_tmpfs_and_read_only(iso: &str) {
         "df -k /dev/shm | tail -1",
     ]);
     assert!(out.split_whitespace().nth(1) == Some("8192"), "{out}");
-    // the filesystem survives stop/start
-    r.ok(&["run", "--name", "keep", "--isolation", iso, "busybox", "sh", "-c", "echo kept > /root/f"]);
-    r.ok(&["start", "-a", "keep"]);
+    // the filesystem survives stop/start: each run appends to the same file
+    let first = r.ok(&[
+        "run",
+        "--name",
+        "keep",
+        "--isolation",
+        iso,
+        "busybox",
+        "sh",
+        "-c",
+        "echo kept >> /root/f; cat /root/f",
+    ]);
+    assert_eq!(first, "kept\n");
+    assert_eq!(r.ok(&["start", "-a", "keep"]), "kept\nkept\n", "the second start sees the first one's file");
     assert_eq!(r.ok(&["run", "--rm", "--isolation", iso, "busybox", "cat", "/etc/hostname"]).len(), 13);
     r.ok(&["rm", "keep"]);
 }

@@ -139,11 +139,17 @@ fn moat_binary_is_read_only_for_container_processes() {
         .unwrap_or_else(|| panic!("no mount over {} in the shim's namespace", exe.display()));
     let opts = line.split(' ').nth(5).unwrap();
     assert!(opts.split(',').any(|o| o == "ro"), "binary mount must be read-only: {line}");
-    // the container's init is a fork of the shim: same mount of the binary
+    // the container's init is a fork of that shim, in a mount namespace made
+    // from the shim's: the only moat binary it could ever reach through
+    // /proc/<pid>/exe is the read-only bind above
     let init: u32 = serde_json::from_str::<serde_json::Value>(&r.ok(&["inspect", &id])).unwrap()[0]["State"]["Pid"]
         .as_u64()
         .unwrap() as u32;
-    assert!(init > 0);
+    let status = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
+    let ppid: u32 = status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().parse().unwrap();
+    assert_eq!(ppid, shims[0], "the init's parent is the shim");
+    let ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    assert_ne!(ns(shims[0]), ns(std::process::id()), "the shim has a mount namespace of its own");
     r.ok(&["rm", "-f", &id]);
 }
 

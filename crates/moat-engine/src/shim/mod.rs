@@ -105,6 +105,19 @@ enum QueryKind {
     Other,
 }
 
+/// Whether the restart policy restarts a main process that exited with
+/// `code` after `count` restarts, and after how long: 200 ms doubling per
+/// restart up to a minute, like Docker. Never after a manual stop.
+pub fn next_restart(policy: RestartPolicy, code: i32, count: u32, manually_stopped: bool) -> Option<Duration> {
+    let again = !manually_stopped
+        && match policy {
+            RestartPolicy::No => false,
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+            RestartPolicy::OnFailure { max } => code != 0 && (max == 0 || count < max),
+        };
+    again.then(|| Duration::from_millis(100u64.saturating_mul(1 << (count + 1).min(10))).min(Duration::from_secs(60)))
+}
+
 /// Entry point of `moat shim ID OPTIONS`; returns the process exit code.
 pub fn main(id: &str, options_json: &str) -> i32 {
     // leave the caller at once; it reaps this first process
@@ -774,13 +787,12 @@ impl Shim {
         st.finished_at = Some(Utc::now());
         st.pid = 0;
         let manual = self.restart_for.is_some();
-        let policy = !st.manually_stopped
-            && !manual
-            && match self.ctx.container.config.restart {
-                RestartPolicy::No => false,
-                RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
-                RestartPolicy::OnFailure { max } => code != 0 && (max == 0 || st.restart_count < max),
-            };
+        let backoff = if manual {
+            None
+        } else {
+            next_restart(self.ctx.container.config.restart, code, st.restart_count, st.manually_stopped)
+        };
+        let policy = backoff.is_some();
         if oom {
             self.event("oom", &[]);
         }
@@ -867,5 +879,23 @@ impl Shim {
             ));
             let _ = c.stream.write_all(&c.out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_decisions_and_backoff() {
+        let of = RestartPolicy::OnFailure { max: 2 };
+        assert_eq!(next_restart(of, 3, 0, false), Some(Duration::from_millis(200)));
+        assert_eq!(next_restart(of, 3, 1, false), Some(Duration::from_millis(400)));
+        assert_eq!(next_restart(of, 3, 2, false), None, "at most 2 retries");
+        assert_eq!(next_restart(of, 0, 0, false), None, "success is not a failure");
+        assert_eq!(next_restart(RestartPolicy::Always, 0, 50, false), Some(Duration::from_secs(60)), "capped");
+        assert_eq!(next_restart(RestartPolicy::Always, 1, 0, true), None, "a manual stop stands");
+        assert_eq!(next_restart(RestartPolicy::No, 1, 0, false), None);
+        assert!(next_restart(RestartPolicy::OnFailure { max: 0 }, 1, 1000, false).is_some(), "0 = unlimited");
     }
 }
