@@ -112,6 +112,22 @@ impl Engine {
         Ok((c, Session::new(conn, tty)))
     }
 
+    /// Creates and starts a container (Docker's `run`); a container that
+    /// cannot start is removed when it asked for `--rm`. The session is
+    /// the shim's first client: attach it to see the output from the first byte.
+    pub fn run(&mut self, req: crate::CreateRequest) -> Result<(Container, Session), EngineError> {
+        let c = self.create(req)?;
+        match self.start(c.id()) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if c.config.auto_remove {
+                    let _ = self.remove(c.id(), true);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Stops a container: `signal` (default: its stop signal), then SIGKILL
     /// after the timeout. Returns once the shim has recorded the exit; a
     /// `--rm` container is gone by then (its last record is returned).

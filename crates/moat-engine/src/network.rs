@@ -34,6 +34,15 @@ fn parse(row: SwitchRow) -> Result<Switch, EngineError> {
     Ok(Switch { id: row.id, name: row.name, created: row.created, config })
 }
 
+/// A network event about switch `s` (and container `cid`).
+fn network_event(action: &str, s: &Switch, cid: Option<&str>) -> crate::events::Event {
+    let mut e = crate::events::Event::new("network", action, &s.id).attr("name", &s.name).attr("type", "bridge");
+    if let Some(c) = cid {
+        e = e.attr("container", c);
+    }
+    e
+}
+
 /// True for names that mean the default switch.
 pub fn is_default(name: &str) -> bool {
     matches!(name, "" | "default" | "bridge" | DEFAULT_SWITCH)
@@ -155,6 +164,7 @@ impl Engine {
             let _ = self.images.store_mut().delete_switch(&id);
             return Err(net(e));
         }
+        crate::events::record(self, network_event("create", &sw, None));
         Ok(sw)
     }
 
@@ -184,6 +194,7 @@ impl Engine {
         }
         moat_net::link::remove_switch(&s.config).map_err(net)?;
         self.images.store_mut().delete_switch(&s.id)?;
+        crate::events::record(self, network_event("destroy", &s, None));
         Ok(s)
     }
 
@@ -285,6 +296,7 @@ impl Engine {
         let mut cfg = c.config.clone();
         cfg.networks.push(ep);
         self.write_config(c.id(), &cfg)?;
+        crate::events::record(self, network_event("connect", &sw, Some(c.id())));
         self.refresh_hosts(&[sw.id])
     }
 
@@ -299,6 +311,7 @@ impl Engine {
         }
         self.images.store_mut().release_ip(c.id(), &sw.id)?;
         self.write_config(c.id(), &cfg)?;
+        crate::events::record(self, network_event("disconnect", &sw, Some(c.id())));
         self.refresh_hosts(&[sw.id])
     }
 }

@@ -523,17 +523,9 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
         }
         ContainerCmd::Run(a) => {
             let config = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
-            let c = e
-                .create(CreateRequest { name: a.create.name.clone(), config })
-                .map_err(|err| crate::with_exit(err.into(), 125))?;
-            let (c, mut s) = match e.start(c.id()) {
+            let (c, mut s) = match e.run(CreateRequest { name: a.create.name.clone(), config }) {
                 Ok(v) => v,
-                Err(err) => {
-                    if a.rm {
-                        let _ = e.remove(c.id(), true);
-                    }
-                    return start_failed(err);
-                }
+                Err(err) => return start_failed(err),
             };
             if a.detach {
                 println!("{}", c.id());

@@ -69,6 +69,25 @@ fn events_templates_and_filters(iso: &str) {
         "busybox:latest\n"
     );
     r.ok(&["rm", "web"]);
+    // switches and images are in the log too
+    r.ok(&["switch", "create", "evnet"]);
+    r.ok(&["switch", "rm", "evnet"]);
+    r.ok(&["tag", "busybox", "mine:v1"]);
+    r.ok(&["rmi", "mine:v1"]);
+    let ev = r.ok(&[
+        "events",
+        "--since",
+        "1m",
+        "--until",
+        "0s",
+        "--filter",
+        "type=network",
+        "--format",
+        "{{.Action}} {{index .Actor.Attributes \"name\"}}",
+    ]);
+    assert!(ev.contains("create evnet\ndestroy evnet"), "{ev}");
+    let ev = r.ok(&["events", "--since", "1m", "--until", "0s", "--filter", "type=image", "--format", "{{.Action}}"]);
+    assert!(ev.contains("load\ntag\nuntag"), "{ev}");
 }
 
 fn pause_update_and_restart(iso: &str) {

@@ -54,8 +54,11 @@ fn guest_kernel_and_host_view_hyperv() {
     let upper = r.path().join("containers").join(&id).join("upper/root/marker");
     assert_eq!(std::fs::read_to_string(&upper).unwrap(), "guest-wrote\n");
     r.ok(&["rm", "-f", "v"]);
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(!alive(qemu) && !alive(vfsd), "rm leaves no QEMU or virtiofsd");
+    let t0 = std::time::Instant::now();
+    while alive(qemu) || alive(vfsd) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "rm leaves no QEMU or virtiofsd");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(!r.path().join("containers").join(&id).exists(), "rm leaves no files");
 }
 
@@ -121,9 +124,12 @@ fn vm_start_failures_are_clear_and_clean_hyperv() {
     let v = vm_info(&r, "stuck");
     assert_ne!(v["State"]["Status"], "running");
     assert!(v["State"]["Error"].as_str().unwrap().contains("did not come up"));
-    std::thread::sleep(Duration::from_millis(200));
     let id = v["Id"].as_str().unwrap();
-    assert!(host_pids_matching(&format!("moat-{}", &id[..12])).is_empty(), "no QEMU left behind");
+    let t0 = std::time::Instant::now();
+    while !host_pids_matching(&format!("moat-{}", &id[..12])).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no QEMU left behind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let tap = format!("mtt{}0", &id[..8]);
     assert!(!std::path::Path::new("/sys/class/net").join(&tap).exists(), "no tap left behind: {tap}");
     assert!(host_pids_matching(&format!("--shared-dir={}", r.path().display())).is_empty(), "no virtiofsd left behind");
