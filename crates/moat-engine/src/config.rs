@@ -160,6 +160,18 @@ pub struct ContainerConfig {
     /// How the log is kept.
     #[serde(default)]
     pub log: crate::logs::LogConfig,
+    /// `--dns-search` domains.
+    #[serde(default)]
+    pub dns_search: Vec<String>,
+    /// `--dns-option` options.
+    #[serde(default)]
+    pub dns_options: Vec<String>,
+    /// `--sysctl` values (namespaced ones only).
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// The terminal size at create (`HostConfig.ConsoleSize`), applied before the process starts.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
 }
 
 impl ContainerConfig {

@@ -69,6 +69,9 @@ impl Engine {
         let image = self.images.resolve(&cfg.image)?;
         let icfg = moat_image::runtime_config(&image.config)?;
         merge_image(&mut cfg, &icfg)?;
+        if self.settings.no_new_privileges && !cfg.security_opt.iter().any(|o| o.starts_with("no-new-privileges")) {
+            cfg.security_opt.push("no-new-privileges=true".into());
+        }
         spec::security(&cfg.security_opt)?;
         moat_runtime::caps::compute(&cfg.cap_add, &cfg.cap_drop, cfg.privileged)?;
         if cfg.isolation.is_none() {
@@ -106,7 +109,7 @@ impl Engine {
         if cfg.hostname.is_empty() {
             cfg.hostname = id[..12].to_string();
         }
-        let name = match req.name.as_deref() {
+        let given = match req.name.as_deref() {
             Some(n) => {
                 let n = n.strip_prefix('/').unwrap_or(n);
                 if !names::valid(n) {
@@ -114,33 +117,34 @@ impl Engine {
                         "invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-]* is allowed"
                     )));
                 }
-                n.to_string()
+                Some(n.to_string())
             }
-            None => loop {
-                let n = names::generate();
-                if self.images.store().find_container(&n)?.is_none() {
-                    break n;
-                }
-            },
+            None => None,
         };
-        let row = ContainerRow {
+        let mut row = ContainerRow {
             id: id.clone(),
-            name: name.clone(),
+            name: String::new(),
             image_id: image.id.clone(),
             created: Utc::now(),
             config: serde_json::to_string(&cfg).map_err(|e| EngineError::Invalid(e.to_string()))?,
             state: serde_json::to_string(&ContainerState::default())
                 .map_err(|e| EngineError::Invalid(e.to_string()))?,
         };
-        match self.store().insert_container(&row) {
-            Ok(()) => {}
-            Err(moat_store::StoreError::NameInUse { .. }) => {
-                let other = self.images.store().find_container(&name)?.map(|c| c.id).unwrap_or_default();
-                return Err(EngineError::Conflict(format!(
-                    "Conflict. The container name \"/{name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
-                )));
+        // a generated name that another create took meanwhile is drawn again
+        loop {
+            row.name = given.clone().unwrap_or_else(names::generate);
+            match self.store().insert_container(&row) {
+                Ok(()) => break,
+                Err(moat_store::StoreError::NameInUse { .. }) if given.is_none() => continue,
+                Err(moat_store::StoreError::NameInUse { .. }) => {
+                    let name = &row.name;
+                    let other = self.images.store().find_container(name)?.map(|c| c.id).unwrap_or_default();
+                    return Err(EngineError::Conflict(format!(
+                        "Conflict. The container name \"/{name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
+                    )));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         }
         // nothing of a failed create stays behind
         let finished = (|| {
@@ -188,12 +192,25 @@ impl Engine {
         };
         write("hostname", format!("{}\n", cfg.hostname))?;
         write("hosts", format!("{}127.0.1.1\t{}\n", network::HOSTS_HEADER, cfg.hostname))?;
-        let resolv: String = if cfg.dns.is_empty() {
-            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-            host.lines().filter(|l| !l.contains("127.0.0.") && !l.contains("::1")).map(|l| format!("{l}\n")).collect()
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let mut resolv: String = if cfg.dns.is_empty() {
+            // loopback resolvers of the host are unreachable from the container
+            host.lines()
+                .filter(|l| l.starts_with("nameserver") && !l.contains("127.0.0.") && !l.contains("::1"))
+                .map(|l| format!("{l}\n"))
+                .collect()
         } else {
             cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect()
         };
+        let keep = |key: &str, given: &[String]| -> String {
+            if given.is_empty() {
+                host.lines().filter(|l| l.starts_with(key)).map(|l| format!("{l}\n")).collect()
+            } else {
+                format!("{key} {}\n", given.join(" "))
+            }
+        };
+        resolv.push_str(&keep("search", &cfg.dns_search));
+        resolv.push_str(&keep("options", &cfg.dns_options));
         write("resolv.conf", resolv)?;
         Ok(())
     }

@@ -27,6 +27,7 @@ pub mod settings;
 pub mod shim;
 pub mod spec;
 pub mod statefile;
+pub mod system;
 pub mod validate;
 pub mod view;
 pub mod vm;

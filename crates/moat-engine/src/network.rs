@@ -179,9 +179,15 @@ impl Engine {
         }
     }
 
-    /// Removes a switch; refused while containers are attached.
+    /// Removes a switch; refused while containers are attached, and for the
+    /// default switch (like Docker's `bridge`; `moat system reset` removes it).
     pub fn remove_switch(&mut self, key: &str) -> Result<Switch, EngineError> {
         let s = self.find_switch(key)?;
+        if s.name == DEFAULT_SWITCH {
+            return Err(EngineError::Conflict(format!(
+                "{DEFAULT_SWITCH} is the pre-defined default switch and cannot be removed (moat system reset removes everything of a root)"
+            )));
+        }
         let members = self.images.store().switch_members(&s.id)?;
         if !members.is_empty() {
             let names: Vec<String> =

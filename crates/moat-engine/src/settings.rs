@@ -5,6 +5,8 @@
 //! ```toml
 //! # like a Windows host whose daemon runs with isolation=hyperv
 //! default_isolation = "hyperv"   # or "process" (the built-in default), "vm"
+//! # like dockerd's no-new-privileges: new containers get no_new_privs
+//! no_new_privileges = true
 //! ```
 
 use crate::{EngineError, EngineOptions};
@@ -16,6 +18,7 @@ use std::path::Path;
 #[serde(deny_unknown_fields)]
 struct File {
     default_isolation: Option<String>,
+    no_new_privileges: Option<bool>,
 }
 
 /// Effective settings and where they came from.
@@ -25,6 +28,8 @@ pub struct Settings {
     pub default_isolation: Isolation,
     /// Which file or flag set it (`built-in` if none).
     pub default_isolation_source: String,
+    /// Set `no_new_privs` for every new container (off by default, like Docker).
+    pub no_new_privileges: bool,
 }
 
 fn read(path: &Path) -> Result<Option<File>, EngineError> {
@@ -40,7 +45,11 @@ fn read(path: &Path) -> Result<Option<File>, EngineError> {
 impl Settings {
     /// Loads the files of an engine, then its options.
     pub fn load(o: &EngineOptions) -> Result<Self, EngineError> {
-        let mut s = Settings { default_isolation: Isolation::Process, default_isolation_source: "built-in".into() };
+        let mut s = Settings {
+            default_isolation: Isolation::Process,
+            default_isolation_source: "built-in".into(),
+            no_new_privileges: false,
+        };
         for path in [o.config_file(), o.root.join("config.toml")] {
             if let Some(f) = read(&path)? {
                 if let Some(v) = f.default_isolation {
@@ -48,6 +57,9 @@ impl Settings {
                         EngineError::Invalid(format!("{}: default_isolation: {e}", path.display()))
                     })?;
                     s.default_isolation_source = path.display().to_string();
+                }
+                if let Some(n) = f.no_new_privileges {
+                    s.no_new_privileges = n;
                 }
             }
         }

@@ -7,10 +7,12 @@ use moat_store::ImageRecord;
 use moat_store::Layout;
 use std::path::PathBuf;
 
-/// Parses `--security-opt` values into the seccomp policy and no_new_privs.
+/// Parses `--security-opt` values into the seccomp policy and no_new_privs
+/// (off unless asked for, like Docker: setuid programs such as `su`,
+/// `sudo` or `ping` work).
 pub fn security(opts: &[String]) -> Result<(Seccomp, bool), EngineError> {
     let mut seccomp = Seccomp::Default;
-    let mut nnp = true;
+    let mut nnp = false;
     for o in opts {
         let (k, v) = o.split_once(['=', ':']).unwrap_or((o.as_str(), ""));
         match k {
@@ -23,7 +25,17 @@ pub fn security(opts: &[String]) -> Result<(Seccomp, bool), EngineError> {
                 moat_runtime::seccomp::docker_profile(&json).map_err(|e| EngineError::Invalid(e.to_string()))?;
                 seccomp = Seccomp::Profile(json);
             }
-            "no-new-privileges" => nnp = !matches!(v, "false"),
+            "no-new-privileges" => {
+                nnp = match v {
+                    "" | "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(EngineError::Invalid(format!(
+                            "invalid --security-opt {o:?}: use no-new-privileges[=true|false]"
+                        )))
+                    }
+                }
+            }
             "apparmor" | "label" => {} // not applicable on this host; accepted like docker without AppArmor/SELinux
             _ => return Err(EngineError::Invalid(format!("invalid --security-opt {o:?}"))),
         }
@@ -68,17 +80,37 @@ pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageReco
         "host" => NetNs::Host,
         _ => NetNs::New,
     };
+    // Docker's defaults in the container's own network namespace: any user
+    // may bind ports below 1024 and send pings; then `--sysctl`
+    let mut sysctls: Vec<(String, String)> = Vec::new();
+    if net == NetNs::New {
+        sysctls.push(("net.ipv4.ip_unprivileged_port_start".into(), "0".into()));
+        sysctls.push(("net.ipv4.ping_group_range".into(), "0 2147483647".into()));
+    }
+    for (k, v) in &cfg.sysctls {
+        sysctls.retain(|(d, _)| d != k);
+        sysctls.push((k.clone(), v.clone()));
+    }
+    let mut env = cfg.env.clone();
+    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    if !has(&env, "HOSTNAME") {
+        env.push(format!("HOSTNAME={}", cfg.hostname));
+    }
+    if cfg.tty && !has(&env, "TERM") {
+        env.push("TERM=xterm".into());
+    }
     Ok(Spec {
         rootfs: Rootfs::Overlay { lower, upper: dir.join("upper"), work: dir.join("work") },
         rootfs_target: dir.join("rootfs"),
         readonly_rootfs: cfg.readonly_rootfs,
         process: Process {
             args: cfg.args.clone(),
-            env: cfg.env.clone(),
+            env,
             cwd: if cfg.workdir.is_empty() { "/".into() } else { cfg.workdir.clone() },
             user: cfg.user.clone(),
             tty: cfg.tty,
             rlimits: cfg.ulimits.clone(),
+            console_size: cfg.console_size,
         },
         hostname: cfg.hostname.clone(),
         mounts,
@@ -109,5 +141,6 @@ pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageReco
             })
             .collect(),
         devices: cfg.devices.clone(),
+        sysctls,
     })
 }

@@ -97,6 +97,11 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
             return Err(invalid(format!("{d:?} is not an IP address: a DNS server is given by its address")));
         }
     }
+    for d in cfg.dns_search.iter().chain(&cfg.dns_options) {
+        if d.is_empty() || d.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(format!("invalid DNS search domain or option {d:?}")));
+        }
+    }
     for h in &cfg.add_hosts {
         match h.split_once(':') {
             Some((n, ip)) if !n.is_empty() && ip.parse::<std::net::IpAddr>().is_ok() => {}
@@ -127,6 +132,23 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     if let Some(s) = l.cpu_shares {
         if s > 262_144 {
             return Err(invalid(format!("CPU shares {s} is above the maximum of 262144")));
+        }
+    }
+    for k in cfg.sysctls.keys() {
+        let namespaced = k.starts_with("net.")
+            || k.starts_with("kernel.shm")
+            || k.starts_with("kernel.msg")
+            || k == "kernel.sem"
+            || k.starts_with("fs.mqueue.");
+        if !namespaced || k.contains("..") || k.contains('/') {
+            return Err(invalid(format!(
+                "sysctl {k:?} is not allowed: only namespaced ones (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)"
+            )));
+        }
+        if k.starts_with("net.") && cfg.network == "host" {
+            return Err(invalid(format!(
+                "sysctl {k:?} is not allowed with network mode host: it would change the host"
+            )));
         }
     }
     if cfg.auto_remove && cfg.restart != RestartPolicy::No {

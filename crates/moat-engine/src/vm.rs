@@ -497,6 +497,7 @@ mod tests {
                 mac: "02:00:00:00:00:01".into(),
             }],
             devices: vec![],
+            sysctls: vec![],
         };
         let g = guest_spec(&spec);
         assert!(matches!(&g.rootfs, Rootfs::Dir(d) if d.as_os_str() == GUEST_ROOT));

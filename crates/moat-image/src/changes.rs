@@ -18,6 +18,65 @@ fn command(c: &str, arg: &str) -> Result<Value, ImageError> {
     }
 }
 
+/// Splits `a=1 b="two words" c='x'` into words, honouring quotes and `\`
+/// escapes like a Dockerfile.
+fn words(s: &str) -> Result<Vec<String>, &'static str> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some('\''), c) => cur.push(c),
+            (_, '\\') => {
+                cur.push(chars.next().ok_or("a trailing backslash")?);
+                in_word = true;
+            }
+            (_, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("an unterminated quote");
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+/// `KEY=VALUE ...` pairs, or the legacy one-pair form `KEY VALUE` (the rest of
+/// the line is the value), as `ENV` and `LABEL` take them.
+fn pairs(change: &str, arg: &str) -> Result<Vec<(String, String)>, ImageError> {
+    let first = arg.split_whitespace().next().unwrap_or("");
+    if !first.contains('=') {
+        let (k, v) = arg.split_once(char::is_whitespace).ok_or_else(|| bad(change, "expected KEY=VALUE"))?;
+        return Ok(vec![(k.to_string(), v.trim().to_string())]);
+    }
+    words(arg)
+        .map_err(|w| bad(change, w))?
+        .into_iter()
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(bad(change, &format!("{w:?} is not KEY=VALUE"))),
+        })
+        .collect()
+}
+
 /// Applies one instruction to the `config` object of an image config.
 pub fn apply(cfg: &mut Value, change: &str) -> Result<(), ImageError> {
     let (inst, arg) = change.trim().split_once(char::is_whitespace).ok_or_else(|| bad(change, "missing argument"))?;
@@ -37,19 +96,18 @@ pub fn apply(cfg: &mut Value, change: &str) -> Result<(), ImageError> {
             obj.insert("User".into(), json!(arg));
         }
         "ENV" => {
-            let (k, v) = arg
-                .split_once('=')
-                .or_else(|| arg.split_once(char::is_whitespace))
-                .ok_or_else(|| bad(change, "expected ENV KEY=VALUE"))?;
             let env = obj.entry("Env").or_insert_with(|| json!([]));
             let list = env.as_array_mut().ok_or_else(|| bad(change, "Env is not a list"))?;
-            list.retain(|e| e.as_str().and_then(|s| s.split_once('=')).map(|(ek, _)| ek != k).unwrap_or(true));
-            list.push(json!(format!("{k}={}", v.trim())));
+            for (k, v) in pairs(change, arg)? {
+                list.retain(|e| e.as_str().and_then(|s| s.split_once('=')).map(|(ek, _)| ek != k).unwrap_or(true));
+                list.push(json!(format!("{k}={v}")));
+            }
         }
         "LABEL" => {
-            let (k, v) = arg.split_once('=').ok_or_else(|| bad(change, "expected LABEL KEY=VALUE"))?;
             let labels = obj.entry("Labels").or_insert_with(|| json!({}));
-            labels[k.trim()] = json!(v.trim().trim_matches('"'));
+            for (k, v) in pairs(change, arg)? {
+                labels[k] = json!(v);
+            }
         }
         "EXPOSE" => {
             let ports = obj.entry("ExposedPorts").or_insert_with(|| json!({}));
@@ -81,6 +139,14 @@ mod tests {
         assert_eq!(c["WorkingDir"], "/w");
         assert!(c["ExposedPorts"].get("53/udp").is_some());
         assert!(apply(&mut c, "RUN rm -rf /").is_err());
+        // several pairs, quotes, and the legacy one-pair form
+        apply(&mut c, r#"ENV A=1 B="two words" C='x y' D=a\ b"#)?;
+        assert_eq!(c["Env"], json!(["PATH=/bin", "A=1", "B=two words", "C=x y", "D=a b"]));
+        apply(&mut c, "ENV GREETING hello there")?;
+        assert_eq!(c["Env"].as_array().and_then(|a| a.last()).cloned(), Some(json!("GREETING=hello there")));
+        apply(&mut c, r#"LABEL a=1 "b c"=2"#)?;
+        assert_eq!((c["Labels"]["a"].clone(), c["Labels"]["b c"].clone()), (json!("1"), json!("2")));
+        assert!(apply(&mut c, r#"ENV A="unterminated"#).is_err());
         assert!(apply(&mut c, "CMD [broken").is_err());
         Ok(())
     }

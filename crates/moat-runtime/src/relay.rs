@@ -97,6 +97,7 @@ pub fn exec_process(spec: &Spec, x: &ExecSpec) -> Process {
         user: x.user.clone().unwrap_or_else(|| spec.process.user.clone()),
         tty: x.tty,
         rlimits: spec.process.rlimits.clone(),
+        console_size: x.size.map(|w| (w.rows, w.cols)),
     }
 }
 
@@ -152,7 +153,7 @@ impl Relay {
         stdin: bool,
         plumb: &dyn Fn(u32) -> Result<(), RuntimeError>,
     ) -> Result<u32, RuntimeError> {
-        let (keep, io, give) = spawn::stdio(spec.process.tty, stdin, None)?;
+        let (keep, io, give) = spawn::stdio(spec.process.tty, stdin, spec.process.console_size)?;
         self.oom_before_start = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
         let child = spawn::create(spec, self.cgroup.as_ref(), io, plumb)?;
         drop(give);

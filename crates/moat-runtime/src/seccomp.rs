@@ -269,10 +269,31 @@ pub fn docker_profile(json: &str) -> Result<Vec<BpfProgram>, RuntimeError> {
     Ok(out)
 }
 
-/// Installs the programs in the calling thread (requires no_new_privs or CAP_SYS_ADMIN).
+/// Installs the programs in the calling thread after setting no_new_privs
+/// (seccompiler's way; works without privileges).
 pub fn install(progs: &[BpfProgram]) -> Result<(), RuntimeError> {
     for p in progs {
         seccompiler::apply_filter(p).map_err(bad)?;
+    }
+    Ok(())
+}
+
+/// Installs the programs without setting no_new_privs, which needs
+/// CAP_SYS_ADMIN: called before the process drops its privileges, so that
+/// setuid binaries keep working (Docker's default; runc does the same).
+pub fn install_privileged(progs: &[BpfProgram]) -> Result<(), RuntimeError> {
+    for p in progs {
+        let prog = libc::sock_fprog {
+            len: u16::try_from(p.len()).map_err(|_| RuntimeError::Invalid("seccomp program too long".into()))?,
+            filter: p.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at `p`, which outlives the call; the kernel copies it
+        let rc = unsafe {
+            libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog as *const libc::sock_fprog)
+        };
+        if rc != 0 {
+            return Err(RuntimeError::sys("seccomp")(nix::Error::last()));
+        }
     }
     Ok(())
 }

@@ -379,6 +379,10 @@ fn finish_and_exec(p: &Process, sec: &Security, progs: &[seccompiler::BpfProgram
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     }
+    if !sec.no_new_privs {
+        // without no_new_privs seccomp needs CAP_SYS_ADMIN: install it while we hold it
+        seccomp::install_privileged(progs)?;
+    }
     caps::limit_bounding(&sec.capabilities)?;
     let groups: Vec<nix::unistd::Gid> = id.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
     nix::unistd::setgroups(&groups).map_err(RuntimeError::sys("setgroups"))?;
@@ -410,7 +414,9 @@ fn finish_and_exec(p: &Process, sec: &Security, progs: &[seccompiler::BpfProgram
     // nothing of the host's descriptors survives exec (CVE-2024-21626 class)
     // SAFETY: close_range only marks descriptors close-on-exec
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
-    seccomp::install(progs)?;
+    if sec.no_new_privs {
+        seccomp::install(progs)?;
+    }
     let e = nix::unistd::execve(&prog, &argv, &envp).err().unwrap_or(nix::Error::EINVAL);
     let name = p.args.first().cloned().unwrap_or_default();
     Err(match e {
@@ -484,6 +490,14 @@ pub fn create(
             }
             reset_signals();
             nix::unistd::sethostname(&spec.hostname).map_err(RuntimeError::sys("sethostname"))?;
+            // the container's own network and IPC namespaces: this /proc/sys shows them
+            for (k, v) in &spec.sysctls {
+                let path = format!("/proc/sys/{}", k.replace('.', "/"));
+                std::fs::write(&path, v).map_err(|e| RuntimeError::Start {
+                    message: format!("cannot set sysctl {k}={v}: {e}"),
+                    code: 125,
+                })?;
+            }
             // build the root while the parent moves us into the cgroup and
             // plugs in our network (joining a cgroup waits for an RCU grace
             // period: ~10 ms that this overlaps)

@@ -90,6 +90,9 @@ pub struct Process {
     pub tty: bool,
     /// Resource limits.
     pub rlimits: Vec<Rlimit>,
+    /// Initial terminal size (rows, cols), set before the process starts.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
 }
 
 /// Everything needed to create a container.
@@ -131,6 +134,10 @@ pub struct Spec {
     /// Host device nodes bind-mounted into the container (`--device`).
     #[serde(default)]
     pub devices: Vec<crate::devices::DeviceNode>,
+    /// Namespaced sysctls set in the container's namespaces before it runs
+    /// (`net.ipv4.ip_unprivileged_port_start`, `--sysctl`).
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
 }
 
 /// Paths Docker masks by default.

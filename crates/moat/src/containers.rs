@@ -126,6 +126,21 @@ pub struct CreateArgs {
     /// Add a host device: `HOST[:CONTAINER[:PERMISSIONS]]` (process isolation).
     #[arg(long)]
     device: Vec<String>,
+    /// Namespaced kernel parameter `KEY=VALUE` (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*).
+    #[arg(long)]
+    sysctl: Vec<String>,
+    /// DNS search domain.
+    #[arg(long = "dns-search")]
+    dns_search: Vec<String>,
+    /// DNS resolver option.
+    #[arg(long = "dns-option")]
+    dns_option: Vec<String>,
+    /// Read labels from a file of `KEY=VALUE` lines.
+    #[arg(long = "label-file")]
+    label_file: Vec<String>,
+    /// Write the container ID to this file.
+    #[arg(long)]
+    cidfile: Option<std::path::PathBuf>,
     /// Logging driver: json-file (default) or none.
     #[arg(long = "log-driver")]
     log_driver: Option<String>,
@@ -133,12 +148,7 @@ pub struct CreateArgs {
     #[arg(long = "log-opt")]
     log_opt: Vec<String>,
     /// IMAGE [COMMAND] [ARG...]: options after the image belong to the command.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "IMAGE [COMMAND] [ARG...]"
-    )]
+    #[arg(required = true, trailing_var_arg = true, value_name = "IMAGE [COMMAND] [ARG...]")]
     image_and_command: Vec<String>,
 }
 
@@ -338,6 +348,9 @@ pub struct ExecArgs {
     /// Environment variables.
     #[arg(short = 'e', long = "env")]
     env: Vec<String>,
+    /// Read environment variables from a file.
+    #[arg(long = "env-file")]
+    env_file: Vec<String>,
     /// Working directory.
     #[arg(short = 'w', long = "workdir")]
     workdir: Option<String>,
@@ -348,7 +361,7 @@ pub struct ExecArgs {
     #[arg(long)]
     privileged: bool,
     /// CONTAINER COMMAND [ARG...]: options after the container belong to the command.
-    #[arg(required = true, num_args = 2.., trailing_var_arg = true, allow_hyphen_values = true, value_name = "CONTAINER COMMAND [ARG...]")]
+    #[arg(required = true, num_args = 2.., trailing_var_arg = true, value_name = "CONTAINER COMMAND [ARG...]")]
     container_and_command: Vec<String>,
 }
 
@@ -463,7 +476,16 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         tty: a.tty,
         open_stdin: a.interactive,
         stdin_once: a.interactive,
-        labels: a.label.iter().map(|l| flags::label(l)).collect::<BTreeMap<_, _>>(),
+        labels: {
+            let mut labels = BTreeMap::new();
+            for f in &a.label_file {
+                for l in flags::env_file(f, |_| None)? {
+                    labels.extend([flags::label(&l)]);
+                }
+            }
+            labels.extend(a.label.iter().map(|l| flags::label(l)));
+            labels
+        },
         binds: a.volume.iter().map(|v| flags::bind(v)).collect::<Result<_, _>>()?,
         tmpfs: a.tmpfs.iter().map(|t| flags::tmpfs(t)).collect::<Result<_, _>>()?,
         readonly_rootfs: a.read_only,
@@ -488,8 +510,45 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         publish_all: a.publish_all,
         devices: a.device.iter().map(|d| flags::device(d)).collect::<Result<_, _>>()?,
         log: moat_engine::logs::LogConfig::parse(a.log_driver.as_deref(), &a.log_opt).map_err(|e| anyhow!(e))?,
+        sysctls: a
+            .sysctl
+            .iter()
+            .map(|s| {
+                s.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .ok_or_else(|| anyhow!("invalid --sysctl {s:?}: use KEY=VALUE"))
+            })
+            .collect::<Result<_>>()?,
+        dns_search: a.dns_search.clone(),
+        dns_options: a.dns_option.clone(),
+        console_size: if a.tty { session::term_size().map(|w| (w.rows, w.cols)) } else { None },
         ..Default::default()
     })
+}
+
+/// `--cidfile` must not exist before the container is created (Docker's check).
+fn check_cidfile(a: &CreateArgs) -> Result<()> {
+    match a.cidfile.as_deref().filter(|p| p.exists()) {
+        Some(p) => Err(crate::with_exit(
+            anyhow!("container ID file found, make sure the other container isn't running or delete {}", p.display()),
+            125,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `--cidfile`: the container's ID, in a file that must not exist yet.
+fn write_cidfile(a: &CreateArgs, id: &str) -> Result<()> {
+    if let Some(p) = &a.cidfile {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+            .map_err(|e| anyhow!("cannot write the container ID file {}: {e}", p.display()))?;
+        f.write_all(id.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Exit code of a start failure, printing its message.
@@ -515,20 +574,24 @@ fn end_code(end: End) -> Result<i32> {
 pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
     match cmd {
         ContainerCmd::Create(a) => {
+            check_cidfile(&a)?;
             let c = build_config(&a, false)
                 .and_then(|config| Ok(e.create(CreateRequest { name: a.name.clone(), config })?))
                 .map_err(|err| crate::with_exit(err, 125))?;
-            println!("{}", c.id());
+            write_cidfile(&a, c.id())?;
+            outln!("{}", c.id());
             Ok(0)
         }
         ContainerCmd::Run(a) => {
             let config = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
+            check_cidfile(&a.create)?;
             let (c, mut s) = match e.run(CreateRequest { name: a.create.name.clone(), config }) {
                 Ok(v) => v,
                 Err(err) => return start_failed(err),
             };
+            write_cidfile(&a.create, c.id())?;
             if a.detach {
-                println!("{}", c.id());
+                outln!("{}", c.id());
                 return Ok(0);
             }
             // a process that already exited has closed the shim: its output and exit status are still queued
@@ -545,9 +608,9 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
                             let stdin = interactive && c.config.open_stdin;
                             return end_code(session::relay(s, Opts { stdin, sig_proxy: true })?);
                         }
-                        println!("{name}");
+                        outln!("{name}");
                     }
-                    Err(EngineError::Conflict(_)) if !attach => println!("{name}"),
+                    Err(EngineError::Conflict(_)) if !attach => outln!("{name}"),
                     Err(err) => code = start_failed(err)?,
                 }
             }
@@ -557,26 +620,26 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
             let signal = signal.as_deref().map(flags::signal).transpose()?;
             each(&containers, |n| {
                 e.stop(n, StopOptions { timeout: time, signal })?;
-                println!("{n}");
+                outln!("{n}");
                 Ok(())
             })
         }
         ContainerCmd::Restart { time, containers } => each(&containers, |n| {
             e.restart(n, StopOptions { timeout: time, signal: None })?;
-            println!("{n}");
+            outln!("{n}");
             Ok(())
         }),
         ContainerCmd::Kill { signal, containers } => {
             let sig = flags::signal(&signal)?;
             each(&containers, |n| {
                 e.kill(n, sig)?;
-                println!("{n}");
+                outln!("{n}");
                 Ok(())
             })
         }
         ContainerCmd::Rm { force, volumes: _, containers } => each(&containers, |n| {
             e.remove(n, force)?;
-            println!("{n}");
+            outln!("{n}");
             Ok(())
         }),
         ContainerCmd::Ps(a) => ps(e, a),
@@ -601,7 +664,7 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
         }
         ContainerCmd::Wait { containers } => each(&containers, |n| {
             let r = e.wait(n, moat_engine::WaitCondition::NotRunning)?;
-            println!("{}", r.code);
+            outln!("{}", r.code);
             Ok(())
         }),
         ContainerCmd::Exec(a) => exec(e, a),
@@ -638,30 +701,30 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
             let f = ContainerFilter::new(Filters::from_args(&filter)?)?;
             let ids = e.prune(&f)?;
             if !ids.is_empty() {
-                println!("Deleted Containers:");
+                outln!("Deleted Containers:");
                 for i in &ids {
-                    println!("{i}");
+                    outln!("{i}");
                 }
-                println!();
+                outln!();
             }
-            println!("Total reclaimed space: 0B");
+            outln!("Total reclaimed space: 0B");
             Ok(0)
         }
         ContainerCmd::Pause { containers } => each(&containers, |n| {
             e.pause(n, true)?;
-            println!("{n}");
+            outln!("{n}");
             Ok(())
         }),
         ContainerCmd::Unpause { containers } => each(&containers, |n| {
             e.pause(n, false)?;
-            println!("{n}");
+            outln!("{n}");
             Ok(())
         }),
         ContainerCmd::Stats { no_stream, all, format, containers } => stats(e, no_stream, all, &format, &containers),
         ContainerCmd::Port { container } => {
             let c = e.get(&container)?;
             for p in &c.state.ports {
-                println!("{}/{} -> {}:{}", p.ctr_port, p.proto, p.host_ip, p.host_port);
+                outln!("{}/{} -> {}:{}", p.ctr_port, p.proto, p.host_ip, p.host_port);
             }
             Ok(0)
         }
@@ -704,7 +767,7 @@ fn update(e: &mut Engine, a: UpdateArgs) -> Result<i32> {
         for w in warnings {
             eprintln!("Warning: {w}");
         }
-        println!("{n}");
+        outln!("{n}");
         Ok(())
     })
 }
@@ -731,9 +794,14 @@ fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
     if container.starts_with('-') {
         return Err(crate::with_exit(anyhow!("unknown flag: {container} (see 'moat exec --help')"), 125));
     }
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        env.extend(flags::env_file(f, |k| std::env::var(k).ok())?);
+    }
+    env.extend(a.env.iter().filter_map(|v| env_value(v)));
     let spec = ExecSpec {
         args: command.to_vec(),
-        env: a.env.iter().filter_map(|v| env_value(v)).collect(),
+        env,
         workdir: a.workdir.clone(),
         user: a.user.clone(),
         tty: a.tty,

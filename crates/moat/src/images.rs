@@ -162,7 +162,7 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
             let msg = a.message.unwrap_or_else(|| format!("Imported from {}", a.file));
             let id = e.import_image(CountReader::new(r, &on_read), a.name.as_deref(), &msg, &a.changes)?;
             pb.finish_and_clear();
-            println!("{id}");
+            outln!("{id}");
         }
         ImageCmd::Load(a) => {
             let (r, total) = input(a.input.as_deref())?;
@@ -173,10 +173,10 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
             if !a.quiet {
                 for l in loaded {
                     if l.tags.is_empty() {
-                        println!("Loaded image ID: {}", l.id);
+                        outln!("Loaded image ID: {}", l.id);
                     }
                     for t in l.tags {
-                        println!("Loaded image: {t}");
+                        outln!("Loaded image: {t}");
                     }
                 }
             }
@@ -217,7 +217,7 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
             let mut code = 0;
             for name in &a.images {
                 match e.remove_image(name, a.force) {
-                    Ok(lines) => lines.iter().for_each(|l| println!("{l}")),
+                    Ok(lines) => lines.iter().for_each(|l| outln!("{l}")),
                     Err(err) => {
                         eprintln!("Error: {err}");
                         code = 1;
@@ -230,13 +230,13 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
             let _ = a.force;
             let rep = e.prune_images(a.all)?;
             if !rep.deleted.is_empty() {
-                println!("Deleted Images:");
+                outln!("Deleted Images:");
                 for d in &rep.deleted {
-                    println!("deleted: {d}");
+                    outln!("deleted: {d}");
                 }
-                println!();
+                outln!();
             }
-            println!("Total reclaimed space: {}", human::size(rep.reclaimed));
+            outln!("Total reclaimed space: {}", human::size(rep.reclaimed));
         }
     }
     Ok(0)
@@ -262,7 +262,7 @@ fn ls(e: &mut Engine, a: LsArgs) -> Result<()> {
         for img in &imgs {
             let id = if a.no_trunc { img.id.to_string() } else { img.id.short().to_string() };
             if seen.insert(id.clone()) {
-                println!("{id}");
+                outln!("{id}");
             }
         }
         return Ok(());

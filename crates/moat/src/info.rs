@@ -19,26 +19,31 @@ pub fn run(e: &mut Engine, a: InfoArgs) -> Result<i32> {
     match a.format.as_str() {
         "table" => {
             let h = &i.hypervisor;
-            println!("Engine version:      {}", i.server_version);
-            println!("Root:                {}", i.docker_root_dir);
-            println!("Storage driver:      {}", i.driver);
-            println!("Default isolation:   {} (from {})", i.isolation, i.default_isolation_source);
-            println!("Cgroup version:      {} ({})", i.cgroup_version, i.cgroup_layout);
-            println!("Hypervisor accel:    {} ({})", h.accelerator, h.reason);
-            println!("Guest kernel:        {}", h.guest_kernel);
-            println!(
+            outln!("Engine version:      {}", i.server_version);
+            outln!("Root:                {}", i.docker_root_dir);
+            outln!("Storage driver:      {}", i.driver);
+            outln!("Default isolation:   {} (from {})", i.isolation, i.default_isolation_source);
+            outln!("Cgroup version:      {} ({})", i.cgroup_version, i.cgroup_layout);
+            outln!("Hypervisor accel:    {} ({})", h.accelerator, h.reason);
+            outln!("Guest kernel:        {}", h.guest_kernel);
+            outln!(
                 "VM defaults:         {} MiB memory (or --memory + {} MiB), {} vCPU (or ceil(--cpus))",
-                h.default_memory_mib, h.memory_overhead_mib, h.default_vcpus
+                h.default_memory_mib,
+                h.memory_overhead_mib,
+                h.default_vcpus
             );
-            println!("Host kernel:         {}", i.kernel_version);
-            println!("Images:              {}", i.images);
-            println!(
+            outln!("Host kernel:         {}", i.kernel_version);
+            outln!("Images:              {}", i.images);
+            outln!(
                 "Containers:          {} ({} running, {} paused, {} stopped)",
-                i.containers, i.containers_running, i.containers_paused, i.containers_stopped
+                i.containers,
+                i.containers_running,
+                i.containers_paused,
+                i.containers_stopped
             );
         }
-        "json" => println!("{}", serde_json::to_string_pretty(&i)?),
-        t => println!("{}", format::Tmpl::parse(t)?.render(&i)?),
+        "json" => outln!("{}", serde_json::to_string_pretty(&i)?),
+        t => outln!("{}", format::Tmpl::parse(t)?.render(&i)?),
     }
     Ok(0)
 }
@@ -59,13 +64,13 @@ pub fn version(e: &Engine, a: VersionArgs) -> Result<i32> {
     });
     match a.format.as_deref() {
         None => {
-            println!("Client:\n Version:    {}", env!("CARGO_PKG_VERSION"));
+            outln!("Client:\n Version:    {}", env!("CARGO_PKG_VERSION"));
             let s = e.version();
-            println!("\nServer: moat\n Engine:\n  Version:       {}\n  API version:   {} (minimum version {})\n  OS/Arch:       {}/{}\n  Kernel:        {}",
+            outln!("\nServer: moat\n Engine:\n  Version:       {}\n  API version:   {} (minimum version {})\n  OS/Arch:       {}/{}\n  Kernel:        {}",
                 s.version, s.api_version, s.min_api_version, s.os, s.arch, s.kernel_version);
         }
-        Some("json") => println!("{}", serde_json::to_string(&v)?),
-        Some(t) => println!("{}", format::Tmpl::parse(t)?.render(&v)?),
+        Some("json") => outln!("{}", serde_json::to_string(&v)?),
+        Some(t) => outln!("{}", format::Tmpl::parse(t)?.render(&v)?),
     }
     Ok(0)
 }

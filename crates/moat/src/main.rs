@@ -1,5 +1,18 @@
 //! The `moat` command line.
 
+/// `println!` that ends the process quietly (exit 0) when stdout is a
+/// closed pipe (`moat images | head -1`) instead of panicking.
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod containers;
 mod events;
 mod format;
@@ -8,6 +21,7 @@ mod info;
 mod output;
 mod session;
 mod switches;
+mod system;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -76,6 +90,9 @@ enum Cmd {
         #[arg(long)]
         target: std::net::SocketAddr,
     },
+    /// Whole-root operations: boot, df, prune, reset.
+    #[command(subcommand)]
+    System(system::SystemCmd),
     /// Utility VMs: the guest kernel and the agent.
     #[command(subcommand)]
     Vm(VmCmd),
@@ -110,14 +127,14 @@ fn vm(o: &EngineOptions, c: VmCmd) -> Result<i32> {
     match c {
         VmCmd::Kernel(KernelCmd::Install) => {
             let k = moat_engine::vm::install_kernel(o)?;
-            println!("installed guest kernel {} in {}", k.version, k.dir.display());
+            outln!("installed guest kernel {} in {}", k.version, k.dir.display());
             if let Some(i) = k.initramfs {
-                println!("initramfs {}", i.display());
+                outln!("initramfs {}", i.display());
             }
         }
         VmCmd::Kernel(KernelCmd::Show) => {
             let k = moat_engine::vm::current_kernel(o)?;
-            println!("{} {}", k.version, k.vmlinux.display());
+            outln!("{} {}", k.version, k.vmlinux.display());
         }
     }
     Ok(0)
@@ -174,6 +191,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Rmi(a) => images::run(&mut open()?, images::ImageCmd::Rm(a)),
         Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&mut open()?, c),
         Cmd::Vm(c) => vm(&o, c),
+        Cmd::System(c) => system::run(open()?, c),
         Cmd::Switch(c) => switches::run(&mut open()?, c),
         Cmd::PortProxy { proto, target } => {
             moat_engine::shim::serve_port_proxy(&proto, target)?;

@@ -51,6 +51,12 @@ pub enum SwitchCmd {
         #[arg(required = true)]
         switches: Vec<String>,
     },
+    /// Remove switches no container uses (never the default switch).
+    Prune {
+        /// Do not prompt (moat never prompts).
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Attach a stopped container to a switch.
     Connect {
         /// Switch.
@@ -97,13 +103,13 @@ pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
                 anyhow::bail!("unsupported driver {driver:?}: moat switches are bridges");
             }
             let s = e.create_switch(&name, subnet, gateway, internal)?;
-            println!("{}", s.id);
+            outln!("{}", s.id);
         }
         SwitchCmd::Ls { quiet, format } => {
             let all = e.switches()?;
             if quiet {
                 for s in &all {
-                    println!("{}", &s.id[..12]);
+                    outln!("{}", &s.id[..12]);
                 }
                 return Ok(0);
             }
@@ -154,7 +160,16 @@ pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
         SwitchCmd::Rm { switches } => {
             for n in &switches {
                 e.remove_switch(n)?;
-                println!("{n}");
+                outln!("{n}");
+            }
+        }
+        SwitchCmd::Prune { force: _ } => {
+            let names = e.prune_switches()?;
+            if !names.is_empty() {
+                outln!("Deleted Networks:");
+                for n in names {
+                    outln!("{n}");
+                }
             }
         }
         SwitchCmd::Connect { switch, container, ip } => e.connect_switch(&switch, &container, ip)?,

@@ -34,8 +34,8 @@ fn default_capabilities_nnp_and_seccomp() {
     assert_eq!(p["CapBnd"], DOCKER_DEFAULT_CAPS);
     assert_eq!(p["CapInh"], "0000000000000000");
     assert_eq!(p["CapAmb"], "0000000000000000");
-    assert_eq!(p["NoNewPrivs"], "1");
-    assert_eq!(p["Seccomp"], "2", "a seccomp filter is installed");
+    assert_eq!(p["NoNewPrivs"], "0", "no_new_privs is off by default, like Docker");
+    assert_eq!(p["Seccomp"], "2", "a seccomp filter is installed without no_new_privs");
     for call in [
         "keyctl",
         "unshare_user",
@@ -223,7 +223,7 @@ fn same_defaults_inside_the_vm_hyperv() {
     let p = probe(&r, &["--isolation=hyperv"]);
     assert_eq!(p["CapEff"], DOCKER_DEFAULT_CAPS);
     assert_eq!(p["CapBnd"], DOCKER_DEFAULT_CAPS);
-    assert_eq!(p["NoNewPrivs"], "1");
+    assert_eq!(p["NoNewPrivs"], "0");
     assert_eq!(p["Seccomp"], "2");
     for call in ["keyctl", "unshare_user", "mount", "kexec_load", "init_module", "bpf", "ptrace"] {
         assert_eq!(p[&format!("sys.{call}")], "EPERM", "{call} inside the VM: {p:?}");

@@ -55,7 +55,7 @@ fn syscall_probes() {
 }
 
 fn main() {
-    for k in ["CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb", "NoNewPrivs", "Seccomp"] {
+    for k in ["Uid", "CapEff", "CapPrm", "CapBnd", "CapInh", "CapAmb", "NoNewPrivs", "Seccomp"] {
         println!("{k}={}", status(k));
     }
     // open descriptors, excluding the one read_dir uses to list them

@@ -102,20 +102,10 @@ pub fn assert_fails_one_line(o: &Output, what: &str) {
 
 impl Drop for Root {
     fn drop(&mut self) {
-        // stop and remove this root's containers through moat itself
+        // remove this root's containers, switches (bridges, rules, taps)
+        // and files through moat itself
         if self.path().join("moat.db").exists() {
-            let ids = self.run(&["ps", "-a", "-q", "--no-trunc"]);
-            let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout).lines().map(str::to_string).collect();
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f"];
-                args.extend(ids.iter().map(String::as_str));
-                let _ = self.run(&args);
-            }
-            // switches own host bridges and iptables rules: remove them too
-            let sw = self.run(&["switch", "ls", "-q"]);
-            for s in String::from_utf8_lossy(&sw.stdout).lines() {
-                let _ = self.run(&["switch", "rm", s]);
-            }
+            let _ = self.run(&["system", "reset", "--force"]);
         }
         // lazily unmount anything a test left mounted under this root
         if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
@@ -326,10 +316,10 @@ pub fn root_with_busybox() -> Root {
 }
 
 /// The busybox rootfs plus `/probe` (moat's in-container probe) and the
-/// shared libraries it needs, as a docker-archive `probe:latest`.
-pub fn probe_archive() -> &'static PathBuf {
-    static A: OnceLock<PathBuf> = OnceLock::new();
-    A.get_or_init(|| {
+/// shared libraries it needs, as one layer tar (built once per test run).
+pub fn probe_layer() -> &'static Vec<u8> {
+    static L: OnceLock<Vec<u8>> = OnceLock::new();
+    L.get_or_init(|| {
         let probe = PathBuf::from(env!("CARGO_BIN_EXE_moat-probe"));
         let d = fixtures_dir().join(format!("probe-rootfs.tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -345,8 +335,17 @@ pub fn probe_archive() -> &'static PathBuf {
                 std::fs::copy(&p, &dst).expect("copy lib");
             }
         }
-        let (bytes, _) = docker_archive(&["probe:latest"], &[tar_dir(&d)], &["/probe"]);
+        let layer = tar_dir(&d);
         let _ = std::fs::remove_dir_all(&d);
+        layer
+    })
+}
+
+/// [`probe_layer`] as a docker-archive `probe:latest`.
+pub fn probe_archive() -> &'static PathBuf {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    A.get_or_init(|| {
+        let (bytes, _) = docker_archive(&["probe:latest"], &[probe_layer().clone()], &["/probe"]);
         write_fixture("probe.tar", &bytes)
     })
 }

@@ -1,0 +1,215 @@
+//! Whole-root operations: `system boot` (restart policies without a
+//! daemon), `system df`, `system prune`, `network prune`, `system reset`.
+
+use crate::config::{RestartPolicy, Status};
+use crate::{filter, Container, Engine, EngineError, StopOptions};
+use serde::Serialize;
+
+/// What `system boot` did with one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booted {
+    /// The container's name.
+    pub name: String,
+    /// Started, or why not.
+    pub result: Result<(), String>,
+}
+
+/// Whether a stopped container's restart policy wants it running again
+/// after its shim (or the host) went away.
+pub fn wants_restart(c: &Container) -> bool {
+    if c.is_running() {
+        return false;
+    }
+    // never started: nothing to restore
+    if c.state.started_at.is_none() || c.state.status == Status::Created {
+        return false;
+    }
+    match c.config.restart {
+        RestartPolicy::No => false,
+        // like Docker when its daemon starts: even a manually stopped one
+        RestartPolicy::Always => true,
+        RestartPolicy::UnlessStopped => !c.state.manually_stopped,
+        RestartPolicy::OnFailure { max } => {
+            c.state.exit_code != 0 && !c.state.manually_stopped && (max == 0 || c.state.restart_count < max)
+        }
+    }
+}
+
+/// Space used (`system df`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskUsage {
+    /// Images: count, in use, bytes, reclaimable bytes.
+    #[serde(rename = "Images")]
+    pub images: UsageRow,
+    /// Containers: count, running, bytes of their writable layers, reclaimable.
+    #[serde(rename = "Containers")]
+    pub containers: UsageRow,
+    /// Volumes.
+    #[serde(rename = "Volumes")]
+    pub volumes: UsageRow,
+}
+
+/// One row of `system df`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct UsageRow {
+    /// Objects.
+    #[serde(rename = "TotalCount")]
+    pub total: usize,
+    /// In use.
+    #[serde(rename = "Active")]
+    pub active: usize,
+    /// Bytes.
+    #[serde(rename = "Size")]
+    pub size: u64,
+    /// Bytes a prune would free.
+    #[serde(rename = "Reclaimable")]
+    pub reclaimable: u64,
+}
+
+/// Bytes of regular files under `dir` (not following symlinks).
+pub fn dir_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.path().symlink_metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// What a prune removed.
+#[derive(Debug, Clone, Default)]
+pub struct PruneSummary {
+    /// Containers.
+    pub containers: Vec<String>,
+    /// Switch names.
+    pub networks: Vec<String>,
+    /// Image IDs.
+    pub images: Vec<String>,
+    /// Bytes freed.
+    pub reclaimed: u64,
+}
+
+impl Engine {
+    /// Starts every container whose restart policy wants it running but
+    /// whose shim is gone (killed, or the host rebooted): what a daemon
+    /// does when it starts. Run at boot by `contrib/moat-boot.service`.
+    pub fn boot(&mut self) -> Result<Vec<Booted>, EngineError> {
+        let mut out = Vec::new();
+        for c in self.list()? {
+            if wants_restart(&c) {
+                let result = self.start(c.id()).map(|_| ()).map_err(|e| e.to_string());
+                out.push(Booted { name: c.name().to_string(), result });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Space used by images and containers.
+    pub fn disk_usage(&mut self) -> Result<DiskUsage, EngineError> {
+        let containers = self.list()?;
+        let images = self.images.list()?;
+        let mut used = std::collections::HashSet::new();
+        let mut cs = UsageRow { total: containers.len(), ..Default::default() };
+        for c in &containers {
+            used.insert(c.row.image_id.clone());
+            let size = dir_size(&self.layout.container(c.id()).join("upper"));
+            cs.size += size;
+            if c.is_running() {
+                cs.active += 1;
+            } else {
+                cs.reclaimable += size;
+            }
+        }
+        let mut is = UsageRow { total: images.len(), ..Default::default() };
+        for i in &images {
+            is.size += i.size;
+            if used.contains(&i.id) {
+                is.active += 1;
+            } else {
+                is.reclaimable += i.size;
+            }
+        }
+        Ok(DiskUsage { images: is, containers: cs, volumes: UsageRow::default() })
+    }
+
+    /// Removes switches no container uses (never the default switch).
+    pub fn prune_switches(&mut self) -> Result<Vec<String>, EngineError> {
+        let mut out = Vec::new();
+        for s in self.switches()? {
+            if crate::network::is_default(&s.name) || !self.images.store().switch_members(&s.id)?.is_empty() {
+                continue;
+            }
+            self.remove_switch(&s.id)?;
+            out.push(s.name);
+        }
+        Ok(out)
+    }
+
+    /// Stopped containers, unused switches, dangling (or, with `all`,
+    /// unused) images.
+    pub fn system_prune(&mut self, all: bool) -> Result<PruneSummary, EngineError> {
+        let containers = self.prune(&filter::ContainerFilter::default())?;
+        let networks = self.prune_switches()?;
+        let rep = self.prune_images(all)?;
+        Ok(PruneSummary {
+            containers,
+            networks,
+            images: rep.deleted.iter().map(|d| d.to_string()).collect(),
+            reclaimed: rep.reclaimed,
+        })
+    }
+
+    /// Removes everything of this root from the host: every container
+    /// (stopped, their VMs and mounts gone), every switch (bridges, NAT and
+    /// isolation rules, taps), then the root's files. What `rm -rf ROOT`
+    /// would leave behind on the host is cleaned first.
+    pub fn reset(mut self) -> Result<(usize, usize), EngineError> {
+        let containers = self.list()?;
+        for c in &containers {
+            if c.is_running() {
+                let _ = self.stop(c.id(), StopOptions { timeout: Some(0), signal: Some(libc::SIGKILL) });
+            }
+            for n in 0..c.config.networks.len() {
+                moat_net::link::del_link(&moat_net::if_name('t', c.id(), n));
+                moat_net::link::del_link(&moat_net::if_name('v', c.id(), n));
+            }
+        }
+        let switches = self.switches()?;
+        for s in &switches {
+            moat_net::link::remove_switch(&s.config)?;
+        }
+        let root = self.layout.root().to_path_buf();
+        drop(self);
+        // mounts a crashed VM shim could not undo live in its own namespace;
+        // anything left under the root on the host is unmounted first
+        if let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut mps: Vec<&str> = mi
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|p| std::path::Path::new(p).starts_with(&root) && std::path::Path::new(p) != root)
+                .collect();
+            mps.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for mp in mps {
+                let _ = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        let rd = std::fs::read_dir(&root).map_err(EngineError::io(format!("list {}", root.display())))?;
+        for e in rd.flatten() {
+            let p = e.path();
+            let r = if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            r.map_err(EngineError::io(format!("remove {}", p.display())))?;
+        }
+        Ok((containers.len(), switches.len()))
+    }
+}
