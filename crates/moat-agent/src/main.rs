@@ -359,6 +359,11 @@ fn stage2() -> Result<(), String> {
 }
 
 fn main() {
+    // the same binary is a container's `--init` when called by that name
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.first().is_some_and(|a| a.rsplit('/').next() == Some("moat-init")) {
+        std::process::exit(moat_runtime::init::run(&argv[1..]));
+    }
     let stage2_arg = std::env::args().nth(1).as_deref() == Some("stage2");
     if std::process::id() != 1 {
         eprintln!("moat-agent runs as PID 1 inside a moat utility VM");

@@ -116,11 +116,13 @@ pub fn spawn_shim(opts: &EngineOptions, layout: &Layout, id: &str) -> Result<Con
             let chk = |r: libc::c_int| if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
             chk(libc::setsid())?;
             chk(libc::unshare(libc::CLONE_NEWNS))?;
+            // a slave copy: host mounts still arrive (for rslave binds),
+            // nothing mounted here reaches the host
             chk(libc::mount(
                 std::ptr::null(),
                 c"/".as_ptr(),
                 std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
+                libc::MS_REC | libc::MS_SLAVE,
                 std::ptr::null(),
             ))?;
             chk(libc::mount(exe_c.as_ptr(), exe_c.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;

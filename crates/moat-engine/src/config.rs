@@ -58,15 +58,41 @@ impl fmt::Display for RestartPolicy {
     }
 }
 
-/// A `-v HOST:CTR[:ro]` bind mount.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct BindMount {
-    /// Absolute host path.
+/// What a [`MountSpec`] mounts.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// A host path.
+    #[default]
+    Bind,
+    /// A volume of this root (`<root>/volumes/<name>/_data`).
+    Volume,
+}
+
+/// A bind mount (`-v HOST:CTR[:ro]`, `--mount type=bind`) or a volume
+/// (`-v NAME:CTR`, `-v CTR`, `--mount type=volume`, an image's `VOLUME`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default)]
+pub struct MountSpec {
+    /// Bind or volume.
+    pub kind: MountKind,
+    /// Absolute host path (bind), or the volume's name (empty until create
+    /// names an anonymous volume).
     pub source: String,
     /// Absolute container path.
     pub target: String,
     /// Read-only.
     pub readonly: bool,
+    /// Bind propagation: `rprivate` (default), `private`, `rslave`, `slave`.
+    pub propagation: String,
+    /// Volume: do not copy the image's content into a new, empty volume.
+    pub nocopy: bool,
+    /// Bind: create a missing host directory (the `-v` syntax; `--mount` refuses).
+    pub create_source: bool,
+    /// Bind: the SELinux relabel option given (`z`, `Z`), accepted and ignored.
+    pub relabel: String,
+    /// Volume: created for this container alone (anonymous).
+    pub anonymous: bool,
 }
 
 /// Everything fixed when the container is created.
@@ -97,8 +123,14 @@ pub struct ContainerConfig {
     pub stdin_once: bool,
     /// Labels.
     pub labels: BTreeMap<String, String>,
-    /// Bind mounts.
-    pub binds: Vec<BindMount>,
+    /// Bind mounts and volumes.
+    pub binds: Vec<MountSpec>,
+    /// Health check (the image's merged with `--health-*`).
+    pub healthcheck: Option<crate::health::HealthConfig>,
+    /// `--init`: run the command under moat's init (signals forwarded, orphans reaped).
+    pub init: bool,
+    /// `--volumes-from` values (`CONTAINER[:ro|rw]`), resolved at create.
+    pub volumes_from: Vec<String>,
     /// `--tmpfs` mounts: target → options.
     pub tmpfs: BTreeMap<String, String>,
     /// Read-only root filesystem.
@@ -226,6 +258,9 @@ pub struct ContainerState {
     pub pid: u32,
     /// Host PID of the shim.
     pub shim_pid: u32,
+    /// Health check results, when the container has a check.
+    #[serde(default)]
+    pub health: Option<crate::health::Health>,
     /// Last start.
     pub started_at: Option<DateTime<Utc>>,
     /// Last exit.

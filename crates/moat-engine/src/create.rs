@@ -47,6 +47,10 @@ pub fn merge_image(cfg: &mut ContainerConfig, icfg: &moat_image::RuntimeConfig) 
     if cfg.stop_signal.is_empty() {
         cfg.stop_signal = icfg.stop_signal.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "SIGTERM".into());
     }
+    let image_check: Option<crate::health::HealthConfig> =
+        icfg.healthcheck.clone().and_then(|v| serde_json::from_value(v).ok());
+    cfg.healthcheck = crate::health::HealthConfig::merge(image_check.as_ref(), cfg.healthcheck.as_ref())
+        .filter(|h| h.command().is_some() || h.test.first().is_some_and(|t| t == "NONE"));
     for (k, v) in icfg.labels.iter().flatten() {
         cfg.labels.entry(k.clone()).or_insert_with(|| v.clone());
     }
@@ -81,6 +85,11 @@ impl Engine {
             cfg.network = moat_net::DEFAULT_SWITCH.into();
         }
         check_isolation(&cfg, cfg.isolation())?;
+        if cfg.init {
+            self.options.agent().map_err(|e| {
+                EngineError::Unsupported(format!("--init runs moat's init, the static moat-agent binary: {e}"))
+            })?;
+        }
         let switch = match cfg.network.as_str() {
             "none" | "host" => {
                 if !cfg.publish.is_empty() || cfg.publish_all {
@@ -97,14 +106,28 @@ impl Engine {
         if let Some(m) = &cfg.mac {
             cfg.mac = Some(moat_net::parse_mac(m)?);
         }
-        for b in &cfg.binds {
-            if !Path::new(&b.source).exists() {
+        let image_volumes: Vec<String> = icfg.volumes.iter().flat_map(|v| v.keys().cloned()).collect();
+        let volumes = self.plan_volumes(&mut cfg, &image_volumes)?;
+        validate::mounts(&cfg)?;
+        for b in cfg.binds.iter().filter(|b| b.kind == crate::config::MountKind::Bind) {
+            if Path::new(&b.source).exists() {
+                continue;
+            }
+            if !b.create_source {
                 return Err(EngineError::Invalid(format!(
-                    "invalid mount config: bind source path does not exist: {}",
+                    "invalid mount config for type \"bind\": bind source path does not exist: {}",
                     b.source
                 )));
             }
+            // the -v syntax makes a missing host directory, like Docker
+            std::fs::create_dir_all(&b.source)
+                .map_err(EngineError::io(format!("create the bind mount source {}", b.source)))?;
         }
+        let new_volumes: Vec<String> = volumes
+            .iter()
+            .filter(|v| !matches!(self.images.store().volume(&v.name), Ok(Some(_))))
+            .map(|v| v.name.clone())
+            .collect();
         let id = moat_core::id::new_id();
         if cfg.hostname.is_empty() {
             cfg.hostname = id[..12].to_string();
@@ -133,7 +156,7 @@ impl Engine {
         // a generated name that another create took meanwhile is drawn again
         loop {
             row.name = given.clone().unwrap_or_else(names::generate);
-            match self.store().insert_container(&row) {
+            match self.store().insert_container_with_volumes(&row, &volumes) {
                 Ok(()) => break,
                 Err(moat_store::StoreError::NameInUse { .. }) if given.is_none() => continue,
                 Err(moat_store::StoreError::NameInUse { .. }) => {
@@ -153,11 +176,13 @@ impl Engine {
                 cfg.networks.push(ep);
                 self.write_config(&id, &cfg)?;
             }
-            self.prepare_dirs(&id, &cfg)
+            self.prepare_dirs(&id, &cfg)?;
+            self.prepare_volumes(&cfg, &new_volumes, &image)
         })();
         if let Err(e) = finished {
             let _ = std::fs::remove_dir_all(self.layout.container(&id));
             let _ = self.store().delete_container(&id);
+            self.remove_anonymous_volumes(&new_volumes);
             return Err(e);
         }
         let switches: Vec<String> = cfg.networks.iter().map(|e| e.switch_id.clone()).collect();

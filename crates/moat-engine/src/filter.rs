@@ -98,6 +98,7 @@ impl ContainerFilter {
             "isolation",
             "network",
             "until",
+            "health",
         ])?;
         for s in f.get("status") {
             if !["created", "restarting", "running", "removing", "paused", "exited", "dead"].contains(&s.as_str()) {
@@ -128,6 +129,10 @@ impl ContainerFilter {
             })
             && any(f.get("network"), |n| {
                 c.config.networks.iter().any(|ep| ep.switch == n || ep.switch_id.starts_with(n))
+            })
+            && any(f.get("health"), |h| match &c.state.health {
+                Some(x) if c.is_running() => x.status.to_string() == h,
+                _ => h == "none",
             });
         if !ok {
             return Ok(false);
@@ -223,6 +228,35 @@ impl ImageFilter {
     }
 }
 
+/// Volume filters: `name` (substring, like Docker), `label`, `dangling`
+/// (used by no container), `driver`.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeFilter {
+    f: Filters,
+}
+
+impl VolumeFilter {
+    /// Checks the keys.
+    pub fn new(f: Filters) -> Result<Self, EngineError> {
+        f.check(&["name", "label", "dangling", "driver"])?;
+        for d in f.get("dangling") {
+            if !["true", "false", "1", "0"].contains(&d.as_str()) {
+                return Err(EngineError::Invalid(format!("invalid filter 'dangling={d}': use true or false")));
+            }
+        }
+        Ok(Self { f })
+    }
+
+    /// True when the volume passes every term (`users`: how many containers use it).
+    pub fn matches(&self, v: &crate::volumes::Volume, users: usize) -> bool {
+        let f = &self.f;
+        any(f.get("name"), |n| v.name.contains(n))
+            && f.get("label").iter().all(|l| label_matches(&v.config.labels, l))
+            && any(f.get("dangling"), |d| (d == "true" || d == "1") == (users == 0))
+            && any(f.get("driver"), |d| v.config.driver == d)
+    }
+}
+
 /// Event filters: `type`, `event` (action), `container`, `image`, `label`,
 /// `network`, and the start time.
 #[derive(Debug, Clone, Default)]
@@ -235,7 +269,7 @@ pub struct EventFilter {
 impl EventFilter {
     /// Checks the keys.
     pub fn new(f: Filters, since_nano: i64) -> Result<Self, EngineError> {
-        f.check(&["type", "event", "container", "image", "label", "network"])?;
+        f.check(&["type", "event", "container", "image", "label", "network", "volume"])?;
         Ok(Self { f, since_nano })
     }
 
@@ -260,6 +294,7 @@ impl EventFilter {
             && any(f.get("image"), |i| attr("image") == i || (ev.kind == "image" && ev.actor.id.contains(i)))
             && f.get("label").iter().all(|l| label_matches(&ev.actor.attributes, l))
             && any(f.get("network"), |n| ev.kind == "network" && (ev.actor.id.starts_with(n) || attr("name") == n))
+            && any(f.get("volume"), |v| ev.kind == "volume" && ev.actor.id == v)
     }
 }
 

@@ -3,34 +3,209 @@
 //! `on-failure[:N]`, sizes, `KEY=VALUE` files — parsed once, for the CLI's
 //! flags and the API's string fields (`HostConfig.Binds`, ...) alike.
 
-use crate::config::{BindMount, RestartPolicy};
+use crate::config::{MountKind, MountSpec, RestartPolicy};
 use crate::EngineError;
 use moat_core::isolation::IsolationRequest;
 use moat_core::Isolation;
+use std::path::{Path, PathBuf};
 
 fn invalid(m: impl Into<String>) -> EngineError {
     EngineError::Invalid(m.into())
 }
 
-/// `-v HOST:CONTAINER[:ro|rw]` (named volumes are not supported yet).
-pub fn bind(v: &str) -> Result<BindMount, EngineError> {
-    let parts: Vec<&str> = v.split(':').collect();
-    let (src, dst, mode) = match parts.as_slice() {
-        [s, d] => (*s, *d, ""),
-        [s, d, m] => (*s, *d, *m),
-        _ => return Err(invalid(format!("invalid volume specification {v:?}: use HOST:CONTAINER[:ro]"))),
-    };
-    if !src.starts_with('/') {
-        return Err(invalid(format!(
-            "invalid volume specification {v:?}: named volumes are not supported, the host path must be absolute"
-        )));
+/// A host path of a bind mount: absolute, or relative (`./x`, `../x`, `.`)
+/// to `cwd` when the front end has one (the CLI; the API has none).
+fn host_path(src: &str, cwd: Option<&Path>, spec: &str) -> Result<String, EngineError> {
+    if src.starts_with('/') {
+        return Ok(src.to_string());
     }
-    let readonly = match mode {
-        "" | "rw" => false,
-        "ro" => true,
-        m => return Err(invalid(format!("invalid volume mode {m:?} in {v:?}: use ro or rw"))),
+    match cwd {
+        Some(c) => Ok(clean(&c.join(src)).display().to_string()),
+        None => Err(invalid(format!("invalid mount config {spec:?}: the host path must be absolute"))),
+    }
+}
+
+/// `a/./b/../c` → `a/c`, without touching the filesystem.
+fn clean(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Docker's rule for volume names.
+pub fn volume_name(n: &str) -> Result<(), EngineError> {
+    let mut chars = n.chars();
+    let ok = n.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{n:?} includes invalid characters for a local volume name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass a host directory, use absolute path"
+        )))
+    }
+}
+
+fn propagation(p: &str) -> bool {
+    matches!(p, "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave")
+}
+
+/// `-v [SOURCE:]TARGET[:OPTIONS]`: a bind of a host path (absolute, or
+/// relative to `cwd`), a named volume, or (target only) an anonymous
+/// volume. Options: `ro`, `rw`, `z`, `Z`, `nocopy`, a propagation mode, and
+/// macOS's `consistent`/`cached`/`delegated` (no meaning on Linux).
+pub fn volume(v: &str, cwd: Option<&Path>) -> Result<MountSpec, EngineError> {
+    let parts: Vec<&str> = v.split(':').collect();
+    let (src, dst, opts) = match parts.as_slice() {
+        [d] => ("", *d, ""),
+        [s, d] if d.starts_with('/') => (*s, *d, ""),
+        [d, o] if d.starts_with('/') => ("", *d, *o),
+        [s, d, o] => (*s, *d, *o),
+        _ => return Err(invalid(format!("invalid volume specification: {v:?}"))),
     };
-    Ok(BindMount { source: src.into(), target: dst.into(), readonly })
+    if !dst.starts_with('/') {
+        return Err(invalid(format!("invalid volume specification: {v:?}: the container path must be absolute")));
+    }
+    let mut m = MountSpec { target: dst.to_string(), ..Default::default() };
+    if src.is_empty() {
+        m.kind = MountKind::Volume;
+        m.anonymous = true;
+    } else if src.starts_with('/') || src.starts_with('.') {
+        m.kind = MountKind::Bind;
+        m.source = host_path(src, cwd, v)?;
+        m.create_source = true;
+    } else {
+        volume_name(src)?;
+        m.kind = MountKind::Volume;
+        m.source = src.to_string();
+    }
+    for o in opts.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => m.readonly = true,
+            "rw" => m.readonly = false,
+            "z" | "Z" => m.relabel = o.to_string(),
+            "nocopy" if m.kind == MountKind::Volume => m.nocopy = true,
+            "consistent" | "cached" | "delegated" => {}
+            p if propagation(p) && m.kind == MountKind::Bind => m.propagation = p.to_string(),
+            o => return Err(invalid(format!("invalid mode {o:?} in volume specification {v:?}"))),
+        }
+    }
+    Ok(m)
+}
+
+/// What one `--mount` value adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountArg {
+    /// A bind or a volume.
+    Mount(MountSpec),
+    /// A tmpfs: target and mount options.
+    Tmpfs(String, String),
+}
+
+/// `--mount type=bind|volume|tmpfs,source=..,target=..,readonly,...` (Docker's keys).
+pub fn mount(spec: &str, cwd: Option<&Path>) -> Result<MountArg, EngineError> {
+    let mut kind = "volume".to_string();
+    let (mut src, mut dst) = (String::new(), String::new());
+    let (mut ro, mut nocopy) = (false, false);
+    let (mut prop, mut relabel) = (String::new(), String::new());
+    let mut tmpfs_opts: Vec<String> = Vec::new();
+    let bool_of = |k: &str, v: Option<&str>| match v {
+        None | Some("1") | Some("true") => Ok(true),
+        Some("0") | Some("false") => Ok(false),
+        Some(v) => Err(invalid(format!("invalid value for {k}: {v:?}"))),
+    };
+    for field in spec.split(',').filter(|f| !f.is_empty()) {
+        let (k, v) = match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
+            None => (field.trim().to_ascii_lowercase(), None),
+        };
+        let need = |v: Option<&str>| {
+            v.map(str::to_string)
+                .ok_or_else(|| invalid(format!("invalid field {field:?} in --mount {spec:?}: a value is required")))
+        };
+        match k.as_str() {
+            "type" => kind = need(v)?,
+            "source" | "src" => src = need(v)?,
+            "target" | "destination" | "dst" => dst = need(v)?,
+            "readonly" | "ro" => ro = bool_of(&k, v)?,
+            "volume-nocopy" => nocopy = bool_of(&k, v)?,
+            "bind-propagation" => prop = need(v)?,
+            "z" | "relabel" | "bind-selinux-relabel" => relabel = need(v).unwrap_or_else(|_| "z".into()),
+            "volume-driver" if v != Some("local") => {
+                return Err(EngineError::Unsupported(format!(
+                    "volume driver {:?} is not available: moat has the local driver only",
+                    v.unwrap_or_default()
+                )))
+            }
+            "consistency" | "volume-driver" => {}
+            "tmpfs-size" => tmpfs_opts.push(format!("size={}", need(v)?)),
+            "tmpfs-mode" => tmpfs_opts.push(format!("mode={}", need(v)?)),
+            "volume-label" | "volume-opt" | "bind-recursive" | "bind-nonrecursive" => {
+                return Err(EngineError::Unsupported(format!("--mount {k} is not supported yet")))
+            }
+            _ => return Err(invalid(format!("unexpected key {k:?} in --mount {spec:?}"))),
+        }
+    }
+    if dst.is_empty() {
+        return Err(invalid(format!("invalid --mount {spec:?}: target is required")));
+    }
+    if !dst.starts_with('/') {
+        return Err(invalid(format!("invalid --mount {spec:?}: the target must be an absolute path")));
+    }
+    if !prop.is_empty() && (kind != "bind" || !propagation(&prop)) {
+        return Err(invalid(format!("invalid --mount {spec:?}: bind-propagation {prop:?} needs type=bind and one of rprivate, private, rslave, slave, rshared, shared")));
+    }
+    match kind.as_str() {
+        "bind" => {
+            if src.is_empty() {
+                return Err(invalid(format!("invalid --mount {spec:?}: source is required for type=bind")));
+            }
+            let source = host_path(&src, cwd, spec)?;
+            Ok(MountArg::Mount(MountSpec {
+                kind: MountKind::Bind,
+                source,
+                target: dst,
+                readonly: ro,
+                propagation: prop,
+                relabel,
+                ..Default::default()
+            }))
+        }
+        "volume" => {
+            if !src.is_empty() {
+                volume_name(&src)?;
+            }
+            let anonymous = src.is_empty();
+            Ok(MountArg::Mount(MountSpec {
+                kind: MountKind::Volume,
+                source: src,
+                target: dst,
+                readonly: ro,
+                nocopy,
+                anonymous,
+                ..Default::default()
+            }))
+        }
+        "tmpfs" => {
+            if !src.is_empty() {
+                return Err(invalid(format!("invalid --mount {spec:?}: type=tmpfs takes no source")));
+            }
+            if ro {
+                tmpfs_opts.push("ro".into());
+            }
+            Ok(MountArg::Tmpfs(dst, tmpfs_opts.join(",")))
+        }
+        k => Err(EngineError::Unsupported(format!("--mount type={k} is not supported: use bind, volume or tmpfs"))),
+    }
 }
 
 /// `--tmpfs PATH[:OPTIONS]`.
@@ -113,8 +288,34 @@ mod tests {
 
     #[test]
     fn syntaxes() -> Result<(), EngineError> {
-        assert_eq!(bind("/a:/b:ro")?, BindMount { source: "/a".into(), target: "/b".into(), readonly: true });
-        assert!(bind("rel:/b").is_err() && bind("/a").is_err() && bind("/a:/b:rx").is_err());
+        let b = volume("/a:/b:ro", None)?;
+        assert_eq!((b.kind, b.source.as_str(), b.target.as_str(), b.readonly), (MountKind::Bind, "/a", "/b", true));
+        assert!(b.create_source);
+        let n = volume("data:/b:nocopy", None)?;
+        assert_eq!((n.kind, n.source.as_str(), n.nocopy, n.anonymous), (MountKind::Volume, "data", true, false));
+        let a = volume("/only", None)?;
+        assert_eq!((a.kind, a.source.as_str(), a.anonymous), (MountKind::Volume, "", true));
+        assert!(volume("/x:ro", None)?.readonly);
+        assert_eq!(volume("./d/../e:/b:z,rslave", Some(Path::new("/w")))?.source, "/w/e");
+        assert_eq!(volume("/a:/b:Z", None)?.relabel, "Z");
+        assert!(volume("./rel:/b", None).is_err(), "no cwd: relative refused");
+        assert!(volume("/a:rel", None).is_err() && volume("/a:/b:rx", None).is_err() && volume("a$:/b", None).is_err());
+        assert!(volume("v:/b:rslave", None).is_err(), "propagation is for binds");
+        assert_eq!(
+            mount("type=bind,src=/h,dst=/c,readonly,bind-propagation=rslave", None)?,
+            MountArg::Mount(MountSpec {
+                source: "/h".into(),
+                target: "/c".into(),
+                readonly: true,
+                propagation: "rslave".into(),
+                ..Default::default()
+            })
+        );
+        assert_eq!(mount("type=tmpfs,dst=/t,tmpfs-size=1m", None)?, MountArg::Tmpfs("/t".into(), "size=1m".into()));
+        let m = mount("target=/v", None)?;
+        assert!(matches!(m, MountArg::Mount(MountSpec { kind: MountKind::Volume, anonymous: true, .. })));
+        assert!(mount("type=bind,dst=/c", None).is_err() && mount("type=npipe,dst=/c", None).is_err());
+        assert!(mount("type=volume,src=v,dst=/c,bind-propagation=shared", None).is_err());
         assert_eq!(tmpfs("/t:size=1m")?, ("/t".to_string(), "size=1m".to_string()));
         assert_eq!(size("memory", "64m")?, 64 << 20);
         assert!(size("memory", "1e30").is_err());

@@ -9,19 +9,23 @@
 //! containers outlive every front end. See `docs/engine.md` and
 //! `docs/architecture.md`.
 
+pub mod changes;
 pub mod client;
 pub mod config;
+pub mod cp;
 mod create;
 pub mod events;
 pub mod execs;
 pub mod filter;
 pub mod flags;
+pub mod health;
 pub mod images;
 mod lifecycle;
 pub mod logs;
 pub mod names;
 pub mod network;
 pub mod options;
+pub mod rootview;
 pub mod session;
 pub mod settings;
 pub mod shim;
@@ -31,6 +35,7 @@ pub mod system;
 pub mod validate;
 pub mod view;
 pub mod vm;
+pub mod volumes;
 
 pub use create::CreateRequest;
 pub use lifecycle::{StopOptions, UpdateRequest, WaitCondition};
@@ -76,6 +81,12 @@ pub enum EngineError {
     /// Unknown switch.
     #[error("network {0} not found")]
     NoSuchSwitch(String),
+    /// A path or object that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Unknown volume.
+    #[error("get {0}: no such volume")]
+    NoSuchVolume(String),
     /// Unknown exec instance.
     #[error("No such exec instance: {0}")]
     NoSuchExec(String),
@@ -119,9 +130,15 @@ impl EngineError {
         use moat_image::ImageError as I;
         use moat_store::StoreError as S;
         match self {
-            Self::NoSuchContainer(_) | Self::NoSuchSwitch(_) | Self::NoSuchExec(_) => ErrorKind::NotFound,
+            Self::NoSuchContainer(_)
+            | Self::NoSuchSwitch(_)
+            | Self::NoSuchExec(_)
+            | Self::NoSuchVolume(_)
+            | Self::NotFound(_) => ErrorKind::NotFound,
             Self::Image(I::NoSuchImage(_)) | Self::Store(S::NoSuchImage(_)) => ErrorKind::NotFound,
-            Self::Image(I::Conflict(_)) | Self::Store(S::NameInUse { .. }) | Self::Conflict(_) => ErrorKind::Conflict,
+            Self::Image(I::Conflict(_)) | Self::Store(S::NameInUse { .. } | S::InUse { .. }) | Self::Conflict(_) => {
+                ErrorKind::Conflict
+            }
             Self::Image(I::Store(S::NoSpace(_))) | Self::Image(I::NoSpace { .. }) | Self::Store(S::NoSpace(_)) => {
                 ErrorKind::NoSpace
             }
@@ -187,7 +204,13 @@ impl Container {
         };
         match self.state.status {
             Status::Created => "Created".into(),
-            Status::Running => format!("Up {}", ago(self.state.started_at)),
+            Status::Running => match self.state.health.as_ref().map(|h| h.status) {
+                Some(crate::health::HealthStatus::Starting) => {
+                    format!("Up {} (health: starting)", ago(self.state.started_at))
+                }
+                Some(s) => format!("Up {} ({s})", ago(self.state.started_at)),
+                None => format!("Up {}", ago(self.state.started_at)),
+            },
             Status::Paused => format!("Up {} (Paused)", ago(self.state.started_at)),
             Status::Restarting => {
                 format!("Restarting ({}) {} ago", self.state.exit_code, ago(self.state.finished_at))
@@ -227,6 +250,14 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
         return Err(EngineError::Invalid(
             "host devices (--device) cannot reach a utility VM: use process isolation, or no devices".into(),
         ));
+    }
+    if iso == moat_core::Isolation::Hyperv {
+        if let Some(b) = cfg.binds.iter().find(|b| matches!(b.propagation.as_str(), "slave" | "rslave")) {
+            return Err(EngineError::Invalid(format!(
+                "bind propagation {} of {} needs process isolation: a utility VM sees host directories through virtio-fs, which does not carry new host mounts",
+                b.propagation, b.target
+            )));
+        }
     }
     Ok(())
 }

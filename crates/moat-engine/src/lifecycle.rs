@@ -121,7 +121,7 @@ impl Engine {
             Ok(v) => Ok(v),
             Err(e) => {
                 if c.config.auto_remove {
-                    let _ = self.remove(c.id(), true);
+                    let _ = self.remove(c.id(), true, true);
                 }
                 Err(e)
             }
@@ -307,8 +307,9 @@ impl Engine {
         }
     }
 
-    /// Removes a container (stopping it first with `force`).
-    pub fn remove(&mut self, key: &str, force: bool) -> Result<Container, EngineError> {
+    /// Removes a container (stopping it first with `force`; with `volumes`
+    /// its anonymous volumes go too, like `docker rm -v`).
+    pub fn remove(&mut self, key: &str, force: bool, volumes: bool) -> Result<Container, EngineError> {
         let c = self.get(key)?;
         if c.is_running() {
             if !force {
@@ -323,15 +324,17 @@ impl Engine {
         if self.images.store().find_container(c.id())?.is_none() {
             return Ok(c); // `--rm` removed it as it stopped
         }
-        self.remove_files_and_row(c.id())?;
+        self.remove_files_and_row(c.id(), volumes)?;
         events::record(self, events::Event::container("destroy", &c));
         let switches: Vec<String> = c.config.networks.iter().map(|e| e.switch_id.clone()).collect();
         self.refresh_hosts(&switches)?;
         Ok(c)
     }
 
-    /// Deletes a stopped container's directory and record.
-    pub fn remove_files_and_row(&mut self, id: &str) -> Result<(), EngineError> {
+    /// Deletes a stopped container's directory and record (and, with
+    /// `volumes`, its anonymous volumes no other container uses).
+    pub fn remove_files_and_row(&mut self, id: &str, volumes: bool) -> Result<(), EngineError> {
+        let vols = if volumes { self.images.store().volumes_of(id)? } else { Vec::new() };
         let dir = self.layout.container(id);
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -339,6 +342,7 @@ impl Engine {
             }
         }
         self.store().delete_container(id)?;
+        self.remove_anonymous_volumes(&vols);
         Ok(())
     }
 
@@ -459,7 +463,7 @@ impl Engine {
         for c in self.list()? {
             if !c.is_running() && filters.matches(&c, self)? {
                 let _lock = self.op_lock(c.id())?;
-                self.remove_files_and_row(c.id())?;
+                self.remove_files_and_row(c.id(), false)?;
                 events::record(self, events::Event::container("destroy", &c));
                 out.push(c.id().to_string());
             }

@@ -1,6 +1,6 @@
 //! Turning a container's configuration into a runtime [`Spec`].
 
-use crate::config::ContainerConfig;
+use crate::config::{ContainerConfig, MountKind};
 use crate::EngineError;
 use moat_runtime::spec::{Mount, NetNs, Process, Rootfs, Seccomp, Spec, MASKED_PATHS, READONLY_PATHS};
 use moat_store::ImageRecord;
@@ -56,8 +56,15 @@ pub fn limits(cfg: &ContainerConfig) -> moat_runtime::cgroup::Limits {
     l
 }
 
-/// The runtime spec of container `id`.
-pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageRecord) -> Result<Spec, EngineError> {
+/// The runtime spec of container `id`; `init` is the binary `--init` runs
+/// as the container's PID 1 (bound read-only at `/sbin/moat-init`).
+pub fn build(
+    layout: &Layout,
+    id: &str,
+    cfg: &ContainerConfig,
+    image: &ImageRecord,
+    init: Option<&std::path::Path>,
+) -> Result<Spec, EngineError> {
     let dir = layout.container(id);
     let lower: Vec<PathBuf> = image.diff_ids.iter().rev().map(|d| layout.layer(d.hex())).collect();
     if lower.is_empty() {
@@ -71,7 +78,20 @@ pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageReco
         .map_err(|e| EngineError::Invalid(e.to_string()))?;
     let mut mounts = Vec::new();
     for b in &cfg.binds {
-        mounts.push(Mount::Bind { source: PathBuf::from(&b.source), target: b.target.clone(), readonly: b.readonly });
+        let source = match b.kind {
+            MountKind::Bind => PathBuf::from(&b.source),
+            MountKind::Volume => {
+                let d = layout.volume_data(&b.source);
+                std::fs::create_dir_all(&d).map_err(EngineError::io(format!("create {}", d.display())))?;
+                d
+            }
+        };
+        let propagation = moat_runtime::spec::Propagation::parse(&b.propagation)
+            .ok_or_else(|| EngineError::Invalid(format!("bind propagation {} is not supported", b.propagation)))?;
+        if matches!(propagation, moat_runtime::spec::Propagation::Rslave | moat_runtime::spec::Propagation::Slave) {
+            receives_mounts(&source, &b.propagation)?;
+        }
+        mounts.push(Mount::Bind { source, target: b.target.clone(), readonly: b.readonly, propagation });
     }
     for (t, o) in &cfg.tmpfs {
         mounts.push(Mount::Tmpfs { target: t.clone(), options: o.clone() });
@@ -99,12 +119,18 @@ pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageReco
     if cfg.tty && !has(&env, "TERM") {
         env.push("TERM=xterm".into());
     }
+    let mut args = cfg.args.clone();
+    if let Some(bin) = init.filter(|_| cfg.init) {
+        let target = moat_runtime::init::INIT_PATH.to_string();
+        mounts.push(Mount::Bind { source: bin.to_path_buf(), target, readonly: true, propagation: Default::default() });
+        args = [moat_runtime::init::INIT_PATH.to_string(), "--".into()].into_iter().chain(args).collect();
+    }
     Ok(Spec {
         rootfs: Rootfs::Overlay { lower, upper: dir.join("upper"), work: dir.join("work") },
         rootfs_target: dir.join("rootfs"),
         readonly_rootfs: cfg.readonly_rootfs,
         process: Process {
-            args: cfg.args.clone(),
+            args,
             env,
             cwd: if cfg.workdir.is_empty() { "/".into() } else { cfg.workdir.clone() },
             user: cfg.user.clone(),
@@ -143,4 +169,48 @@ pub fn build(layout: &Layout, id: &str, cfg: &ContainerConfig, image: &ImageReco
         devices: cfg.devices.clone(),
         sysctls,
     })
+}
+
+/// A slave bind receives host mounts only from a shared (or slave) host
+/// mount: refuse otherwise, as Docker does, instead of silently receiving
+/// nothing.
+fn receives_mounts(source: &std::path::Path, mode: &str) -> Result<(), EngineError> {
+    let src = std::fs::canonicalize(source).map_err(EngineError::io(format!("bind source {}", source.display())))?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(EngineError::io("read mountinfo"))?;
+    let (mp, shared) = mount_of(&info, &src).unwrap_or_default();
+    if shared {
+        return Ok(());
+    }
+    Err(EngineError::Invalid(format!(
+        "bind propagation {mode} of {}: it is on the mount {mp}, which is private, so no host mount would reach the container (make it shared: mount --make-rshared {mp})",
+        source.display()
+    )))
+}
+
+/// The mount point holding `path` in a mountinfo text, and whether it is
+/// shared or a slave (has a `shared:` or `master:` tag).
+fn mount_of(mountinfo: &str, path: &std::path::Path) -> Option<(String, bool)> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let mp = f.get(4)?;
+            let tags = f.iter().skip(6).take_while(|t| **t != "-");
+            let shared = tags.clone().any(|t| t.starts_with("shared:") || t.starts_with("master:"));
+            path.starts_with(mp).then(|| (mp.to_string(), shared))
+        })
+        .max_by_key(|(mp, _)| mp.len())
+}
+
+#[cfg(test)]
+mod propagation_tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_holding_mount_and_its_tags() {
+        let mi = "21 1 8:1 / / rw - ext4 /dev/sda1 rw\n30 21 0:40 / /srv rw shared:5 - tmpfs none rw\n31 30 0:41 / /srv/x rw master:5 - tmpfs none rw\n";
+        assert_eq!(mount_of(mi, std::path::Path::new("/tmp/a")), Some(("/".into(), false)));
+        assert_eq!(mount_of(mi, std::path::Path::new("/srv/data")), Some(("/srv".into(), true)));
+        assert_eq!(mount_of(mi, std::path::Path::new("/srv/x/y")), Some(("/srv/x".into(), true)));
+    }
 }

@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Size of the file; a state record is a few hundred bytes.
-const SIZE: usize = 16 << 10;
+const SIZE: usize = 128 << 10;
 
 fn path(dir: &Path) -> PathBuf {
     dir.join("state.json")

@@ -92,6 +92,8 @@ pub struct PruneSummary {
     pub networks: Vec<String>,
     /// Image IDs.
     pub images: Vec<String>,
+    /// Volume names (with `volumes`).
+    pub volumes: Vec<String>,
     /// Bytes freed.
     pub reclaimed: u64,
 }
@@ -136,7 +138,18 @@ impl Engine {
                 is.reclaimable += i.size;
             }
         }
-        Ok(DiskUsage { images: is, containers: cs, volumes: UsageRow::default() })
+        let mut vs = UsageRow::default();
+        for (v, users) in self.volumes(&filter::VolumeFilter::default())? {
+            let size = dir_size(&v.mountpoint);
+            vs.total += 1;
+            vs.size += size;
+            if users > 0 {
+                vs.active += 1;
+            } else {
+                vs.reclaimable += size;
+            }
+        }
+        Ok(DiskUsage { images: is, containers: cs, volumes: vs })
     }
 
     /// Removes switches no container uses (never the default switch).
@@ -153,16 +166,23 @@ impl Engine {
     }
 
     /// Stopped containers, unused switches, dangling (or, with `all`,
-    /// unused) images.
-    pub fn system_prune(&mut self, all: bool) -> Result<PruneSummary, EngineError> {
+    /// unused) images, and with `volumes` unused anonymous volumes (with
+    /// `all` too, every unused volume), like `docker system prune`.
+    pub fn system_prune(&mut self, all: bool, volumes: bool) -> Result<PruneSummary, EngineError> {
         let containers = self.prune(&filter::ContainerFilter::default())?;
         let networks = self.prune_switches()?;
+        let vols = if volumes {
+            self.volume_prune(all, &filter::VolumeFilter::default())?
+        } else {
+            crate::volumes::VolumePrune::default()
+        };
         let rep = self.prune_images(all)?;
         Ok(PruneSummary {
             containers,
             networks,
             images: rep.deleted.iter().map(|d| d.to_string()).collect(),
-            reclaimed: rep.reclaimed,
+            volumes: vols.deleted,
+            reclaimed: rep.reclaimed + vols.reclaimed,
         })
     }
 

@@ -154,7 +154,7 @@ fn run_attach_wait_and_events() {
     let actions: Vec<&str> = evs.iter().map(|ev| ev.action.as_str()).collect();
     assert_eq!(actions, vec!["create", "start", "die"]);
     assert_eq!(evs[2].actor.attributes["exitCode"], "3");
-    e.remove("b", false).unwrap();
+    e.remove("b", false, false).unwrap();
     let evs = events::list(
         &mut e,
         None,

@@ -2,7 +2,7 @@
 //! Docker's wording where Docker has one. Every front end (CLI, API) gets
 //! the same answers because the engine runs them in `Engine::create`.
 
-use crate::config::{ContainerConfig, RestartPolicy};
+use crate::config::{ContainerConfig, MountKind, RestartPolicy};
 use crate::EngineError;
 
 fn invalid(m: impl Into<String>) -> EngineError {
@@ -74,6 +74,38 @@ pub fn tmpfs_options(target: &str, opts: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Checks the mounts once `--volumes-from` and the image's volumes are
+/// added: one mount per container path.
+pub fn mounts(cfg: &ContainerConfig) -> Result<(), EngineError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let targets = cfg
+        .binds
+        .iter()
+        .map(|b| b.target.trim_end_matches('/'))
+        .chain(cfg.tmpfs.keys().map(|t| t.trim_end_matches('/')));
+    for t in targets {
+        if !seen.insert(t.to_string()) {
+            return Err(invalid(format!("Duplicate mount point: {t}")));
+        }
+    }
+    Ok(())
+}
+
+/// Notes for the user about options accepted without effect (Docker's
+/// create `Warnings`).
+pub fn warnings(cfg: &ContainerConfig) -> Vec<String> {
+    cfg.binds
+        .iter()
+        .filter(|b| !b.relabel.is_empty())
+        .map(|b| {
+            format!(
+                "the {} option of the mount at {} has no effect: moat does not use SELinux labels",
+                b.relabel, b.target
+            )
+        })
+        .collect()
+}
+
 /// Everything in `cfg` that can be checked before anything exists.
 pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     if !cfg.hostname.is_empty() {
@@ -82,11 +114,31 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     for e in &cfg.env {
         env(e)?;
     }
+    if let Some(h) = &cfg.healthcheck {
+        h.validate()?;
+    }
     for b in &cfg.binds {
-        if !b.source.starts_with('/') {
-            return Err(invalid(format!("invalid bind mount source {:?}: the host path must be absolute", b.source)));
+        match b.kind {
+            MountKind::Bind if !b.source.starts_with('/') => {
+                return Err(invalid(format!(
+                    "invalid bind mount source {:?}: the host path must be absolute",
+                    b.source
+                )));
+            }
+            MountKind::Volume if !b.source.is_empty() => crate::flags::volume_name(&b.source)?,
+            _ => {}
         }
-        mount_target(&b.target, "bind mount")?;
+        mount_target(&b.target, if b.kind == MountKind::Bind { "bind mount" } else { "volume" })?;
+        match b.propagation.as_str() {
+            "" | "rprivate" | "private" | "rslave" | "slave" => {}
+            "shared" | "rshared" => {
+                return Err(EngineError::Unsupported(format!(
+                    "bind propagation {} of {} is not supported: moat's containers may receive host mounts (rslave) but never propagate mounts back to the host",
+                    b.propagation, b.target
+                )))
+            }
+            p => return Err(invalid(format!("invalid bind propagation {p:?} of {}", b.target))),
+        }
     }
     for (t, o) in &cfg.tmpfs {
         mount_target(t, "tmpfs mount")?;

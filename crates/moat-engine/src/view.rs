@@ -4,7 +4,7 @@
 //! (`ps`, `images`), built here once from the engine's records. The CLI
 //! prints them as tables, JSON or Go templates; the API serves them.
 
-use crate::config::Status;
+use crate::config::{MountKind, Status};
 use crate::{Container, Engine, EngineError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use moat_core::human;
@@ -145,21 +145,40 @@ pub struct MountPoint {
     pub propagation: String,
 }
 
-fn mounts(c: &Container) -> Vec<MountPoint> {
-    c.config
-        .binds
-        .iter()
-        .map(|b| MountPoint {
+fn mounts(e: &Engine, c: &Container) -> Vec<MountPoint> {
+    let binds = c.config.binds.iter().map(|b| match b.kind {
+        MountKind::Bind => MountPoint {
             kind: "bind".into(),
             name: None,
             source: b.source.clone(),
             destination: b.target.clone(),
             driver: None,
-            mode: if b.readonly { "ro".into() } else { String::new() },
+            mode: if b.readonly { "ro".into() } else { b.relabel.clone() },
             rw: !b.readonly,
-            propagation: "rprivate".into(),
-        })
-        .collect()
+            propagation: if b.propagation.is_empty() { "rprivate".into() } else { b.propagation.clone() },
+        },
+        MountKind::Volume => MountPoint {
+            kind: "volume".into(),
+            name: Some(b.source.clone()),
+            source: e.layout().volume_data(&b.source).display().to_string(),
+            destination: b.target.clone(),
+            driver: Some("local".into()),
+            mode: if b.readonly { "ro".into() } else { "z".into() },
+            rw: !b.readonly,
+            propagation: String::new(),
+        },
+    });
+    let tmpfs = c.config.tmpfs.keys().map(|t| MountPoint {
+        kind: "tmpfs".into(),
+        name: None,
+        source: String::new(),
+        destination: t.clone(),
+        driver: None,
+        mode: String::new(),
+        rw: true,
+        propagation: String::new(),
+    });
+    binds.chain(tmpfs).collect()
 }
 
 fn ports(c: &Container) -> Vec<Port> {
@@ -208,7 +227,7 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
 
 impl ContainerSummary {
     /// The summary of `c`.
-    pub fn of(c: &Container) -> Self {
+    pub fn of(e: &Engine, c: &Container) -> Self {
         Self {
             id: c.id().to_string(),
             names: vec![format!("/{}", c.name())],
@@ -222,7 +241,7 @@ impl ContainerSummary {
             status: c.status_text(),
             host_config: SummaryHostConfig { network_mode: c.config.network.clone() },
             network_settings: SummaryNetworks { networks: endpoints(c) },
-            mounts: mounts(c),
+            mounts: mounts(e, c),
             isolation: c.config.isolation().to_string(),
         }
     }
@@ -300,7 +319,19 @@ impl PsRow {
             names: c.name().to_string(),
             labels: c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             networks: c.config.networks.iter().map(|e| e.switch.clone()).collect::<Vec<_>>().join(","),
-            mounts: c.config.binds.iter().map(|b| b.target.clone()).collect::<Vec<_>>().join(","),
+            mounts: c
+                .config
+                .binds
+                .iter()
+                .map(|b| {
+                    if b.kind == MountKind::Volume {
+                        b.source.chars().take(15).collect::<String>()
+                    } else {
+                        b.source.clone()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(","),
             isolation: c.config.isolation().to_string(),
             exit_code: c.state.exit_code,
         }
@@ -338,6 +369,8 @@ pub struct ContainerState {
     pub isolation: String,
     /// moat: when the isolation type last changed.
     pub isolation_changed_at: Option<String>,
+    /// Health check results (null for containers without a check).
+    pub health: Option<crate::health::Health>,
 }
 
 /// `HostConfig` of a container inspect.
@@ -353,6 +386,8 @@ pub struct HostConfig {
     /// Restart policy.
     pub restart_policy: RestartPolicyView,
     /// `--rm`.
+    /// `--init`.
+    pub init: bool,
     pub auto_remove: bool,
     /// Added capabilities.
     pub cap_add: Vec<String>,
@@ -472,6 +507,9 @@ pub struct ContainerConfigView {
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// Stop signal.
+    /// Health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::HealthConfig>,
     pub stop_signal: String,
     /// Stop timeout.
     pub stop_timeout: Option<u32>,
@@ -598,6 +636,7 @@ impl ContainerInspect {
                 finished_at: rfc3339(st.finished_at),
                 isolation: cfg.isolation().to_string(),
                 isolation_changed_at: st.isolation_changed_at.map(|t| rfc3339(Some(t))),
+                health: st.health.clone(),
             },
             image: c.row.image_id.to_string(),
             resolv_conf_path: dir.join("resolv.conf").display().to_string(),
@@ -612,11 +651,13 @@ impl ContainerInspect {
                 binds: cfg
                     .binds
                     .iter()
+                    .filter(|b| !b.anonymous)
                     .map(|b| format!("{}:{}{}", b.source, b.target, if b.readonly { ":ro" } else { "" }))
                     .collect(),
                 network_mode: cfg.network.clone(),
                 port_bindings: bindings(&cfg.publish),
                 restart_policy: RestartPolicyView { name: name.into(), maximum_retry_count: max },
+                init: cfg.init,
                 auto_remove: cfg.auto_remove,
                 cap_add: cfg.cap_add.clone(),
                 cap_drop: cfg.cap_drop.clone(),
@@ -645,7 +686,7 @@ impl ContainerInspect {
                     })
                     .collect(),
             },
-            mounts: mounts(c),
+            mounts: mounts(e, c),
             config: ContainerConfigView {
                 hostname: cfg.hostname.clone(),
                 domainname: String::new(),
@@ -664,6 +705,7 @@ impl ContainerInspect {
                 entrypoint: (!cfg.entrypoint.is_empty()).then(|| cfg.entrypoint.clone()),
                 labels: cfg.labels.clone(),
                 stop_signal: cfg.stop_signal.clone(),
+                healthcheck: cfg.healthcheck.clone(),
                 stop_timeout: cfg.stop_timeout,
             },
             network_settings: NetworkSettings {

@@ -37,7 +37,7 @@ pub fn prepare_root(spec: &Spec) -> Result<PathBuf, EngineError> {
         mnt(host.to_str(), &fdpath(&fd), None, MsFlags::MS_BIND, None, ctr)?;
     }
     for m in &spec.mounts {
-        if let Mount::Bind { source, target, readonly } = m {
+        if let Mount::Bind { source, target, readonly, .. } = m {
             let meta =
                 std::fs::metadata(source).map_err(EngineError::io(format!("bind source {}", source.display())))?;
             let fd = in_root(r, target, if meta.is_dir() { Create::Dir } else { Create::File })?;
@@ -476,7 +476,12 @@ mod tests {
             process: Default::default(),
             hostname: "h".into(),
             mounts: vec![
-                Mount::Bind { source: "/src".into(), target: "/data".into(), readonly: false },
+                Mount::Bind {
+                    source: "/src".into(),
+                    target: "/data".into(),
+                    readonly: false,
+                    propagation: Default::default(),
+                },
                 Mount::Tmpfs { target: "/t".into(), options: String::new() },
             ],
             etc_files: vec![("/etc/hosts".into(), "/host/hosts".into())],

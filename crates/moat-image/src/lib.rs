@@ -183,6 +183,21 @@ pub struct PruneReport {
     pub reclaimed: u64,
 }
 
+/// What `commit` records besides the layer.
+#[derive(Debug, Clone, Default)]
+pub struct CommitInfo {
+    /// The runtime `config` of the new image.
+    pub config: serde_json::Value,
+    /// `-m`.
+    pub comment: String,
+    /// `-a`.
+    pub author: String,
+    /// The history's `created_by` (the container's command).
+    pub created_by: String,
+    /// `repo[:tag]` to give the new image.
+    pub tag: Option<String>,
+}
+
 /// The image store of one moat root.
 pub struct ImageStore {
     store: Store,
@@ -397,6 +412,58 @@ impl ImageStore {
         let (head, diffs) = parse_config(&raw)?;
         let sizes = vec![(diff, size)];
         let rec = record(&raw, &head, diffs, &sizes, tag.into_iter().collect())?;
+        self.store.put_image(&rec, &sizes)?;
+        Ok(rec.id)
+    }
+
+    /// Makes a new image from `parent` plus one layer (a tar stream in the
+    /// OCI format, whiteouts as `.wh.` files): `docker commit`. `config` is
+    /// the new image's runtime `config`; the history gains one entry.
+    pub fn commit(&mut self, parent: &ImageRecord, layer: impl Read, c: CommitInfo) -> Result<Digest, ImageError> {
+        let tag = c.tag.as_deref().map(ImageRef::parse).transpose()?.and_then(|r| r.tagged());
+        let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let tmp = TmpDir::new(self.layout(), "commit")?;
+        let spool = tmp.path().join("input");
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&spool)
+            .map_err(ImageError::io("create spool file"))?;
+        io::copy(&mut { layer }, &mut f).map_err(ImageError::io("read the container's changes"))?;
+        f.rewind().map_err(ImageError::io("read the container's changes"))?;
+        let (diff, size) = self.import_layer(tmp.path(), 0, f, None, None)?;
+        self.commit_layers(tmp.path(), &[(0, diff.clone())])?;
+        let mut raw: serde_json::Value =
+            serde_json::from_slice(&parent.config).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+        raw["config"] = c.config;
+        raw["created"] = serde_json::Value::String(now.clone());
+        if !c.author.is_empty() {
+            raw["author"] = serde_json::Value::String(c.author.clone());
+        }
+        let mut entry = serde_json::json!({ "created": now, "created_by": c.created_by });
+        if !c.comment.is_empty() {
+            entry["comment"] = serde_json::Value::String(c.comment.clone());
+        }
+        if !c.author.is_empty() {
+            entry["author"] = serde_json::Value::String(c.author.clone());
+        }
+        match raw.get_mut("history").and_then(|h| h.as_array_mut()) {
+            Some(h) => h.push(entry),
+            None => raw["history"] = serde_json::json!([entry]),
+        }
+        let mut diffs: Vec<serde_json::Value> =
+            parent.diff_ids.iter().map(|d| serde_json::Value::String(d.to_string())).collect();
+        diffs.push(serde_json::Value::String(diff.to_string()));
+        raw["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": diffs });
+        let bytes = serde_json::to_vec(&raw).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+        let (head, diff_ids) = parse_config(&bytes)?;
+        let known: std::collections::HashMap<Digest, u64> = self.store.layers()?.into_iter().collect();
+        let mut sizes: Vec<(Digest, u64)> =
+            parent.diff_ids.iter().map(|d| (d.clone(), known.get(d).copied().unwrap_or(0))).collect();
+        sizes.push((diff, size));
+        let rec = record(&bytes, &head, diff_ids, &sizes, tag.into_iter().collect())?;
         self.store.put_image(&rec, &sizes)?;
         Ok(rec.id)
     }

@@ -13,6 +13,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod devices;
+pub mod init;
 pub mod mounts;
 pub mod netconf;
 pub mod procfs;

@@ -5,7 +5,7 @@
 //! symlink planted in an image (say `/proc -> /`) can never redirect a mount
 //! onto the host.
 
-use crate::spec::{Mount, Rootfs, Spec};
+use crate::spec::{Mount, Propagation, Rootfs, Spec};
 use crate::RuntimeError;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::ffi::CString;
@@ -164,7 +164,14 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// /dev/console for a terminal to be bound on later). The cgroup v2 filesystem
 /// is mounted by the caller once the process is in its cgroup namespace.
 pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
-    mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, "/ private")?;
+    // like runc: the copied tree only receives from the host when a bind
+    // asks for it (rslave); otherwise nothing propagates either way
+    let slave = spec
+        .mounts
+        .iter()
+        .any(|m| matches!(m, Mount::Bind { propagation: Propagation::Rslave | Propagation::Slave, .. }));
+    let root_prop = if slave { MsFlags::MS_SLAVE } else { MsFlags::MS_PRIVATE };
+    mnt(None, "/", None, MsFlags::MS_REC | root_prop, None, "/ propagation")?;
     let target = spec.rootfs_target.to_str().ok_or_else(|| RuntimeError::Invalid("rootfs path is not UTF-8".into()))?;
     let nodev = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_NODEV };
     match &spec.rootfs {
@@ -276,12 +283,20 @@ pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
     // user mounts
     for m in &spec.mounts {
         match m {
-            Mount::Bind { source, target, readonly } => {
+            Mount::Bind { source, target, readonly, propagation } => {
                 let src = source.to_str().ok_or_else(|| RuntimeError::Invalid("bind source is not UTF-8".into()))?;
                 let meta = std::fs::metadata(source).map_err(RuntimeError::io(format!("bind source {src}")))?;
                 let t = in_root(r, target, if meta.is_dir() { Create::Dir } else { Create::File })?;
                 let tp = fdpath(&t);
                 mnt(Some(src), &tp, None, MsFlags::MS_BIND | MsFlags::MS_REC, None, target)?;
+                let t1 = in_root(r, target, Create::No)?;
+                let prop = match propagation {
+                    Propagation::Rprivate => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                    Propagation::Private => MsFlags::MS_PRIVATE,
+                    Propagation::Rslave => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    Propagation::Slave => MsFlags::MS_SLAVE,
+                };
+                mnt(None, &fdpath(&t1), None, prop, None, target)?;
                 // mount again through the new mount to change its flags
                 let t2 = in_root(r, target, Create::No)?;
                 let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | nodev;

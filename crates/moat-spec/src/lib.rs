@@ -8,7 +8,7 @@
 pub mod devices;
 pub mod spec;
 
-pub use spec::{Mount, NetNs, Process, Rlimit, Rootfs, Seccomp, Spec};
+pub use spec::{Mount, NetNs, Process, Propagation, Rlimit, Rootfs, Seccomp, Spec};
 
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;

@@ -30,6 +30,9 @@ pub enum Mount {
         target: String,
         /// Mount read-only.
         readonly: bool,
+        /// Propagation of mount events from the host into the bind.
+        #[serde(default)]
+        propagation: Propagation,
     },
     /// A tmpfs.
     Tmpfs {
@@ -38,6 +41,45 @@ pub enum Mount {
         /// Mount options, e.g. `size=64m,mode=1777`.
         options: String,
     },
+}
+
+/// Mount propagation of a bind mount (Docker's `bind-propagation`; the
+/// shared modes are refused before a spec is built).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    /// Nothing propagates, recursively (Docker's default).
+    #[default]
+    Rprivate,
+    /// Nothing propagates.
+    Private,
+    /// Host mounts below the source appear in the container, recursively.
+    Rslave,
+    /// Host mounts directly below the source appear in the container.
+    Slave,
+}
+
+impl Propagation {
+    /// Parses Docker's names (`""` is the default).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "" | "rprivate" => Self::Rprivate,
+            "private" => Self::Private,
+            "rslave" => Self::Rslave,
+            "slave" => Self::Slave,
+            _ => return None,
+        })
+    }
+
+    /// Docker's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Rprivate => "rprivate",
+            Self::Private => "private",
+            Self::Rslave => "rslave",
+            Self::Slave => "slave",
+        }
+    }
 }
 
 /// Which network namespace the container gets.

@@ -42,6 +42,14 @@ pub enum StoreError {
     /// The filesystem holding the root is full.
     #[error("no space left on the engine root ({0}): remove containers, images or files there to free space")]
     NoSpace(String),
+    /// A volume is used by containers.
+    #[error("remove {name}: volume is in use - [{}]", users.join(", "))]
+    InUse {
+        /// The volume.
+        name: String,
+        /// IDs of the containers using it.
+        users: Vec<String>,
+    },
     /// A unique name is taken.
     #[error("{kind} name {name:?} is already in use")]
     NameInUse {
@@ -124,7 +132,7 @@ pub struct SwitchRow {
     pub config: String,
 }
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE images(
@@ -183,6 +191,33 @@ CREATE TABLE events(
 );
 CREATE INDEX events_time ON events(time_nano);
 ";
+
+/// Version 4: volumes, and which containers use them (a volume in use cannot
+/// be deleted: the foreign key refuses it in the same transaction).
+const SCHEMA_V4: &str = "
+CREATE TABLE volumes(
+  name TEXT PRIMARY KEY,
+  created TEXT NOT NULL,
+  config TEXT NOT NULL
+);
+CREATE TABLE volume_refs(
+  container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+  volume TEXT NOT NULL REFERENCES volumes(name),
+  PRIMARY KEY (container_id, volume)
+);
+CREATE INDEX volume_refs_volume ON volume_refs(volume);
+";
+
+/// A volume row.
+#[derive(Debug, Clone)]
+pub struct VolumeRow {
+    /// Unique name (64 hex characters for an anonymous volume).
+    pub name: String,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Engine-owned configuration JSON (driver, labels, options).
+    pub config: String,
+}
 
 /// One recorded event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,6 +379,9 @@ impl Store {
             }
             if v < 3 {
                 tx.execute_batch(SCHEMA_V3)?;
+            }
+            if v < 4 {
+                tx.execute_batch(SCHEMA_V4)?;
             }
             if v < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -550,11 +588,27 @@ impl Store {
 
     /// Inserts a new container; [`StoreError::NameInUse`] on a name clash.
     pub fn insert_container(&mut self, c: &ContainerRow) -> Result<(), StoreError> {
+        self.insert_container_with_volumes(c, &[])
+    }
+
+    /// Inserts a new container and its references to `volumes`, creating
+    /// those that do not exist yet, in one transaction.
+    pub fn insert_container_with_volumes(&mut self, c: &ContainerRow, volumes: &[VolumeRow]) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO containers(id, name, image_id, created, config, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![c.id, c.name, c.image_id.hex(), ts(&c.created), c.config, c.state],
             )?;
+            for v in volumes {
+                tx.execute(
+                    "INSERT OR IGNORE INTO volumes(name, created, config) VALUES (?1, ?2, ?3)",
+                    params![v.name, ts(&v.created), v.config],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO volume_refs(container_id, volume) VALUES (?1, ?2)",
+                    params![c.id, v.name],
+                )?;
+            }
             Ok(())
         })
         .map_err(|e| {
@@ -780,6 +834,70 @@ impl Store {
     /// The newest event's sequence number (0 when there is none).
     pub fn last_event_seq(&self) -> Result<i64, StoreError> {
         Ok(self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+    }
+
+    // --------------------------------------------------------------- volumes
+
+    /// Inserts a volume; [`StoreError::NameInUse`] if the name is taken.
+    pub fn insert_volume(&mut self, v: &VolumeRow) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO volumes(name, created, config) VALUES (?1, ?2, ?3)",
+                params![v.name, ts(&v.created), v.config],
+            )?;
+            Ok(())
+        })
+        .map_err(|e| {
+            if e.is_constraint() {
+                StoreError::NameInUse { kind: "volume", name: v.name.clone() }
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Every volume by name.
+    pub fn volumes(&self) -> Result<Vec<VolumeRow>, StoreError> {
+        let mut st = self.conn.prepare("SELECT name, created, config FROM volumes ORDER BY name")?;
+        let rows: Vec<(String, String, String)> =
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(name, created, config)| Ok(VolumeRow { name, created: parse_ts(&created)?, config }))
+            .collect()
+    }
+
+    /// One volume.
+    pub fn volume(&self, name: &str) -> Result<Option<VolumeRow>, StoreError> {
+        Ok(self.volumes()?.into_iter().find(|v| v.name == name))
+    }
+
+    /// IDs of the containers using a volume.
+    pub fn volume_users(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let mut st =
+            self.conn.prepare("SELECT container_id FROM volume_refs WHERE volume = ?1 ORDER BY container_id")?;
+        let v = st.query_map([name], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Names of the volumes a container uses.
+    pub fn volumes_of(&self, container_id: &str) -> Result<Vec<String>, StoreError> {
+        let mut st = self.conn.prepare("SELECT volume FROM volume_refs WHERE container_id = ?1 ORDER BY volume")?;
+        let v = st.query_map([container_id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// Deletes a volume row unless a container uses it (then
+    /// [`StoreError::InUse`] with the users' IDs). Returns false if there
+    /// was no such volume.
+    pub fn delete_volume(&mut self, name: &str) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let mut st = tx.prepare("SELECT container_id FROM volume_refs WHERE volume = ?1 ORDER BY container_id")?;
+            let users: Vec<String> = st.query_map([name], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            if !users.is_empty() {
+                return Err(StoreError::InUse { name: name.to_string(), users });
+            }
+            Ok(tx.execute("DELETE FROM volumes WHERE name = ?1", [name])? > 0)
+        })
     }
 
     /// Every switch by name.

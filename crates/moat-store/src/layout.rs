@@ -53,6 +53,18 @@ impl Layout {
     pub fn container(&self, id: &str) -> PathBuf {
         self.containers().join(id)
     }
+    /// Volumes: `volumes/<name>/_data` (Docker's layout).
+    pub fn volumes(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+    /// One volume's directory.
+    pub fn volume(&self, name: &str) -> PathBuf {
+        self.volumes().join(name)
+    }
+    /// One volume's data, what containers see.
+    pub fn volume_data(&self, name: &str) -> PathBuf {
+        self.volume(name).join("_data")
+    }
     /// Space kept free for transactions that free space on a full disk.
     pub fn reserve(&self) -> PathBuf {
         self.root.join("reserve")
@@ -62,7 +74,7 @@ impl Layout {
         self.root.join("config.toml")
     }
     /// Every directory that must exist.
-    pub fn dirs(&self) -> [PathBuf; 6] {
-        [self.root.clone(), self.blobs(), self.layers(), self.tmp(), self.locks(), self.containers()]
+    pub fn dirs(&self) -> [PathBuf; 7] {
+        [self.root.clone(), self.blobs(), self.layers(), self.tmp(), self.locks(), self.containers(), self.volumes()]
     }
 }

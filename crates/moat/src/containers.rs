@@ -37,9 +37,40 @@ pub struct CreateArgs {
     /// Overwrite the image's entrypoint.
     #[arg(long)]
     entrypoint: Option<String>,
-    /// Bind mount a host path: `HOST:CONTAINER[:ro]`.
+    /// Bind mount a host path or mount a volume: `HOST:CONTAINER[:OPTS]`,
+    /// `NAME:CONTAINER[:OPTS]`, or `CONTAINER` (an anonymous volume).
     #[arg(short = 'v', long = "volume")]
     volume: Vec<String>,
+    /// Mount: `type=bind|volume|tmpfs,source=..,target=..[,readonly]...`.
+    #[arg(long = "mount")]
+    mount: Vec<String>,
+    /// Command to run to check health (run with /bin/sh -c).
+    #[arg(long)]
+    health_cmd: Option<String>,
+    /// Time between health checks (e.g. 30s).
+    #[arg(long)]
+    health_interval: Option<String>,
+    /// Maximum time a check may take (e.g. 30s).
+    #[arg(long)]
+    health_timeout: Option<String>,
+    /// Consecutive failures to report unhealthy.
+    #[arg(long)]
+    health_retries: Option<i64>,
+    /// Time for the container to start before failures count (e.g. 1m).
+    #[arg(long)]
+    health_start_period: Option<String>,
+    /// Time between checks during the start period.
+    #[arg(long)]
+    health_start_interval: Option<String>,
+    /// Disable the image's health check.
+    #[arg(long)]
+    no_healthcheck: bool,
+    /// Run an init as PID 1 that forwards signals and reaps orphans.
+    #[arg(long)]
+    init: bool,
+    /// Mount the volumes of another container: `CONTAINER[:ro|rw]`.
+    #[arg(long = "volumes-from")]
+    volumes_from: Vec<String>,
     /// Mount a tmpfs: `PATH[:OPTIONS]`.
     #[arg(long)]
     tmpfs: Vec<String>,
@@ -225,7 +256,7 @@ pub enum ContainerCmd {
         /// Stop and remove running containers.
         #[arg(short = 'f', long)]
         force: bool,
-        /// Accepted for docker compatibility (moat has no anonymous volumes).
+        /// Also remove the container's anonymous volumes.
         #[arg(short = 'v', long)]
         volumes: bool,
         /// Containers.
@@ -278,6 +309,54 @@ pub enum ContainerCmd {
     },
     /// Show a container's processes.
     Top {
+        /// Container.
+        container: String,
+    },
+    /// Copy files between a container and the host (`CTR:PATH`; `-` is a tar stream).
+    Cp {
+        /// Keep the owners (uid/gid) of the copied files.
+        #[arg(short = 'a', long)]
+        archive: bool,
+        /// Follow a symbolic link given as the source.
+        #[arg(short = 'L', long)]
+        follow_link: bool,
+        /// Print nothing (moat prints no progress anyway).
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// `CONTAINER:SRC_PATH` or a host path (`-`: a tar stream on stdin).
+        src: String,
+        /// `CONTAINER:DEST_PATH` or a host path (`-`: a tar stream on stdout).
+        dst: String,
+    },
+    /// Show the changes to a container's filesystem (A added, C changed, D deleted).
+    Diff {
+        /// Container.
+        container: String,
+    },
+    /// Make an image from a container's changes.
+    Commit {
+        /// Author.
+        #[arg(short = 'a', long)]
+        author: Option<String>,
+        /// Dockerfile instruction to apply (CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, VOLUME, STOPSIGNAL).
+        #[arg(short = 'c', long = "change")]
+        change: Vec<String>,
+        /// Commit message.
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Pause the container while committing.
+        #[arg(short = 'p', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = true)]
+        pause: bool,
+        /// Container.
+        container: String,
+        /// `REPOSITORY[:TAG]` for the image.
+        reference: Option<String>,
+    },
+    /// Export a container's filesystem as a tar archive.
+    Export {
+        /// Write to a file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<std::path::PathBuf>,
         /// Container.
         container: String,
     },
@@ -440,7 +519,39 @@ fn env_value(e: &str) -> Option<String> {
 }
 
 /// Translates `create`/`run` flags into the engine's request (the engine validates).
+/// `--health-*` and `--no-healthcheck` as the engine's check (merged with
+/// the image's at create).
+fn healthcheck(a: &CreateArgs) -> Result<Option<moat_engine::health::HealthConfig>> {
+    use moat_engine::health::{duration_flag, HealthConfig};
+    let d = |what: &str, v: &Option<String>| {
+        v.as_deref().map(|s| duration_flag(what, s)).transpose().map(|o| o.unwrap_or(0))
+    };
+    let h = HealthConfig {
+        test: match (&a.health_cmd, a.no_healthcheck) {
+            (Some(_), true) => bail!("--no-healthcheck conflicts with --health-* options"),
+            (_, true) => vec!["NONE".into()],
+            (Some(c), false) => vec!["CMD-SHELL".into(), c.clone()],
+            (None, false) => Vec::new(),
+        },
+        interval: d("--health-interval", &a.health_interval)?,
+        timeout: d("--health-timeout", &a.health_timeout)?,
+        start_period: d("--health-start-period", &a.health_start_period)?,
+        start_interval: d("--health-start-interval", &a.health_start_interval)?,
+        retries: a.health_retries.unwrap_or(0),
+    };
+    Ok((h != HealthConfig::default()).then_some(h))
+}
+
+/// The options as the engine takes them, with its notes printed.
 fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
+    let cfg = config_of(a, rm)?;
+    for w in moat_engine::validate::warnings(&cfg) {
+        eprintln!("WARNING: {w}");
+    }
+    Ok(cfg)
+}
+
+fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
     let (image, command) = a.image_and_command.split_first().ok_or_else(|| anyhow!("an image is required"))?;
     if image.starts_with('-') {
         // clap takes anything after the flags it knows as IMAGE [COMMAND...]
@@ -451,6 +562,18 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         env.extend(flags::env_file(f, |k| std::env::var(k).ok())?);
     }
     env.extend(a.env.iter().filter_map(|e| env_value(e)));
+    // relative host paths are the user's: resolved against this directory
+    let cwd = std::env::current_dir().ok();
+    let mut binds = a.volume.iter().map(|v| flags::volume(v, cwd.as_deref())).collect::<Result<Vec<_>, _>>()?;
+    let mut tmpfs = a.tmpfs.iter().map(|t| flags::tmpfs(t)).collect::<Result<BTreeMap<_, _>, _>>()?;
+    for m in &a.mount {
+        match flags::mount(m, cwd.as_deref())? {
+            flags::MountArg::Mount(m) => binds.push(m),
+            flags::MountArg::Tmpfs(t, o) => {
+                tmpfs.insert(t, o);
+            }
+        }
+    }
     let mut limits = moat_engine::config::Limits::default();
     if let Some(m) = &a.memory {
         limits.memory = Some(flags::size("memory limit", m)?);
@@ -486,8 +609,11 @@ fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
             labels.extend(a.label.iter().map(|l| flags::label(l)));
             labels
         },
-        binds: a.volume.iter().map(|v| flags::bind(v)).collect::<Result<_, _>>()?,
-        tmpfs: a.tmpfs.iter().map(|t| flags::tmpfs(t)).collect::<Result<_, _>>()?,
+        binds,
+        tmpfs,
+        volumes_from: a.volumes_from.clone(),
+        init: a.init,
+        healthcheck: healthcheck(a)?,
         readonly_rootfs: a.read_only,
         cap_add: a.cap_add.clone(),
         cap_drop: a.cap_drop.clone(),
@@ -637,8 +763,8 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
                 Ok(())
             })
         }
-        ContainerCmd::Rm { force, volumes: _, containers } => each(&containers, |n| {
-            e.remove(n, force)?;
+        ContainerCmd::Rm { force, volumes, containers } => each(&containers, |n| {
+            e.remove(n, force, volumes)?;
             outln!("{n}");
             Ok(())
         }),
@@ -695,6 +821,50 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
         }
         ContainerCmd::Rename { container, name } => {
             e.rename(&container, &name)?;
+            Ok(0)
+        }
+        ContainerCmd::Cp { archive, follow_link, quiet: _, src, dst } => {
+            use moat_engine::cp::{split_arg, CopyOptions};
+            let opts = CopyOptions { archive, follow_link };
+            match (split_arg(&src), split_arg(&dst)) {
+                ((Some(c), p), (None, d)) => {
+                    if d == "-" {
+                        crate::output::to_stdout(|w| Ok(e.copy_from(c, p, d, opts, w)?))?;
+                    } else {
+                        e.copy_from(c, p, d, opts, std::io::sink())?;
+                    }
+                }
+                ((None, s), (Some(c), p)) => e.copy_to(s, c, p, opts, std::io::stdin())?,
+                ((Some(_), _), (Some(_), _)) => bail!("copying between containers is not supported"),
+                _ => bail!("must specify at least one container source"),
+            }
+            Ok(0)
+        }
+        ContainerCmd::Diff { container } => {
+            for c in e.diff(&container)? {
+                outln!("{} {}", c.kind.letter(), c.path);
+            }
+            Ok(0)
+        }
+        ContainerCmd::Commit { author, change, message, pause, container, reference } => {
+            let id = e.commit(
+                &container,
+                moat_engine::changes::CommitRequest {
+                    reference,
+                    comment: message.unwrap_or_default(),
+                    author: author.unwrap_or_default(),
+                    changes: change,
+                    pause,
+                },
+            )?;
+            outln!("{id}");
+            Ok(0)
+        }
+        ContainerCmd::Export { output, container } => {
+            match output {
+                Some(p) => crate::output::to_file(&p, |w| Ok(e.export(&container, w)?))?,
+                None => crate::output::to_stdout(|w| Ok(e.export(&container, w)?))?,
+            }
             Ok(0)
         }
         ContainerCmd::Prune { force: _, filter } => {

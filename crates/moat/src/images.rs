@@ -32,6 +32,27 @@ pub enum ImageCmd {
     Rm(RmArgs),
     /// Remove unused images.
     Prune(PruneArgs),
+    /// Show the history of an image.
+    History(HistoryArgs),
+}
+
+/// `image history` arguments.
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Sizes and dates in a human-readable format (the default).
+    #[arg(short = 'H', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = true)]
+    human: bool,
+    /// Do not truncate the output.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Only image IDs.
+    #[arg(short, long)]
+    quiet: bool,
+    /// `table`, `json` or a Go template (`{{.CreatedBy}}`).
+    #[arg(long, default_value = "table")]
+    format: String,
+    /// Image.
+    image: String,
 }
 
 /// `import` arguments.
@@ -182,19 +203,8 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
             }
         }
         ImageCmd::Save(a) => match a.output {
-            Some(p) => {
-                let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                let tmp = tempfile_in(dir)?;
-                e.save_images(&a.images, std::io::BufWriter::new(tmp.as_file()))?;
-                tmp.as_file().sync_all().context("cannot flush output")?;
-                tmp.persist(&p).with_context(|| format!("cannot write {}", p.display()))?;
-            }
-            None => {
-                if std::io::stdout().is_terminal() {
-                    bail!("cowardly refusing to save to a terminal: use the -o flag or redirect");
-                }
-                e.save_images(&a.images, std::io::BufWriter::new(std::io::stdout().lock()))?;
-            }
+            Some(p) => crate::output::to_file(&p, |w| Ok(e.save_images(&a.images, w)?))?,
+            None => crate::output::to_stdout(|w| Ok(e.save_images(&a.images, w)?))?,
         },
         ImageCmd::Ls(a) => ls(e, a)?,
         ImageCmd::Inspect(a) => {
@@ -213,6 +223,7 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
             return Ok(code);
         }
         ImageCmd::Tag(a) => e.tag_image(&a.source, &a.target)?,
+        ImageCmd::History(a) => history(e, a)?,
         ImageCmd::Rm(a) => {
             let mut code = 0;
             for name in &a.images {
@@ -242,13 +253,6 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
     Ok(0)
 }
 
-fn tempfile_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(".moat-save-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))
-}
-
 fn ls(e: &mut Engine, a: LsArgs) -> Result<()> {
     let mut terms = a.filter.clone();
     if let Some(r) = &a.reference {
@@ -271,4 +275,37 @@ fn ls(e: &mut Engine, a: LsArgs) -> Result<()> {
     format::list(&a.format, "IMAGE ID", &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows, |r| {
         vec![r.repository.clone(), r.tag.clone(), r.id.clone(), r.created_since.clone(), r.size.clone()]
     })
+}
+
+fn history(e: &mut Engine, a: HistoryArgs) -> Result<()> {
+    let rows = e.image_history(&a.image)?;
+    let short = |id: &str| {
+        if a.no_trunc || id == "<missing>" {
+            id.to_string()
+        } else {
+            id.trim_start_matches("sha256:").chars().take(12).collect()
+        }
+    };
+    if a.quiet {
+        for r in &rows {
+            outln!("{}", short(&r.id));
+        }
+        return Ok(());
+    }
+    format::list(&a.format, "IMAGE", &["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], &rows, |r| {
+        let when = chrono::DateTime::from_timestamp(r.created, 0).unwrap_or_default();
+        let by = if a.no_trunc || r.created_by.chars().count() <= 45 {
+            r.created_by.clone()
+        } else {
+            r.created_by.chars().take(44).collect::<String>() + "…"
+        };
+        vec![
+            short(&r.id),
+            if a.human { moat_core::human::ago(when) } else { when.to_rfc3339() },
+            by,
+            if a.human { moat_core::human::size(r.size as u64) } else { r.size.to_string() },
+            r.comment.clone(),
+        ]
+    })?;
+    Ok(())
 }

@@ -22,6 +22,7 @@ mod output;
 mod session;
 mod switches;
 mod system;
+mod volumes;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -72,6 +73,8 @@ enum Cmd {
     Tag(images::TagArgs),
     /// Remove images.
     Rmi(images::RmArgs),
+    /// Show the history of an image.
+    History(images::HistoryArgs),
     /// Manage containers.
     #[command(subcommand)]
     Container(containers::ContainerCmd),
@@ -80,6 +83,9 @@ enum Cmd {
     /// Manage virtual switches (networks).
     #[command(subcommand, alias = "network")]
     Switch(switches::SwitchCmd),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volumes::VolumeCmd),
     /// Internal: a published port's proxy.
     #[command(hide = true)]
     PortProxy {
@@ -189,10 +195,12 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Save(a) => images::run(&mut open()?, images::ImageCmd::Save(a)),
         Cmd::Tag(a) => images::run(&mut open()?, images::ImageCmd::Tag(a)),
         Cmd::Rmi(a) => images::run(&mut open()?, images::ImageCmd::Rm(a)),
+        Cmd::History(a) => images::run(&mut open()?, images::ImageCmd::History(a)),
         Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&mut open()?, c),
         Cmd::Vm(c) => vm(&o, c),
         Cmd::System(c) => system::run(open()?, c),
         Cmd::Switch(c) => switches::run(&mut open()?, c),
+        Cmd::Volume(c) => volumes::run(&mut open()?, c),
         Cmd::PortProxy { proto, target } => {
             moat_engine::shim::serve_port_proxy(&proto, target)?;
             Ok(0)

@@ -56,5 +56,40 @@ impl<R: std::io::Read> std::io::Read for CountReader<'_, R> {
 /// True when `e` comes from writing to a closed pipe (`moat ps | head`):
 /// a normal end of output, not an error.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+    let pipe = |io: &std::io::Error| io.kind() == std::io::ErrorKind::BrokenPipe;
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(pipe)
+            || matches!(c.downcast_ref::<moat_engine::EngineError>(), Some(moat_engine::EngineError::Io(_, io)) if pipe(io))
+    })
+}
+
+/// Writes an archive to `path` whole or not at all: into a temporary file
+/// beside it, flushed, then renamed (`save -o`, `export -o`).
+pub fn to_file(
+    path: &std::path::Path,
+    f: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".moat-out-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let mut w = std::io::BufWriter::new(tmp.as_file());
+    f(&mut w)?;
+    std::io::Write::flush(&mut w).context("cannot flush output")?;
+    drop(w);
+    tmp.as_file().sync_all().context("cannot flush output")?;
+    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes an archive to stdout, refusing a terminal like Docker.
+pub fn to_stdout(f: impl FnOnce(&mut std::io::BufWriter<std::io::Stdout>) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    if std::io::stdout().is_terminal() {
+        anyhow::bail!("cowardly refusing to save to a terminal: use the -o flag or redirect");
+    }
+    let mut w = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
+    f(&mut w)?;
+    std::io::Write::flush(&mut w).map_err(anyhow::Error::from)
 }

@@ -22,7 +22,7 @@ pub enum SystemCmd {
         /// Remove every unused image, not just dangling ones.
         #[arg(short, long)]
         all: bool,
-        /// Also remove unused volumes.
+        /// Also remove unused anonymous volumes (with --all, every unused volume).
         #[arg(long)]
         volumes: bool,
         /// Do not prompt (moat never prompts).
@@ -78,11 +78,11 @@ pub fn run(e: Engine, cmd: SystemCmd) -> Result<i32> {
             Ok(0)
         }
         SystemCmd::Prune { all, volumes, force: _ } => {
-            let _ = volumes;
-            let s = e.system_prune(all)?;
+            let s = e.system_prune(all, volumes)?;
             for (title, items) in [
                 ("Deleted Containers:", &s.containers),
                 ("Deleted Networks:", &s.networks),
+                ("Deleted Volumes:", &s.volumes),
                 ("Deleted Images:", &s.images),
             ] {
                 if !items.is_empty() {

@@ -219,8 +219,8 @@ fn errors_are_one_line(iso: &str) {
     assert!(e.contains("invalid isolation"), "{e}");
     let e = r.fails(&["run", "--memory", "lots", "busybox", "true"]);
     assert!(e.contains("invalid size"), "{e}");
-    let e = r.fails(&["run", "-v", "relative:/x", "busybox", "true"]);
-    assert!(e.contains("absolute"), "{e}");
+    let e = r.fails(&["run", "-v", "relative/dir:/x", "busybox", "true"]);
+    assert!(e.contains("use absolute path"), "{e}");
     let e = r.fails(&["stop", "ghost"]);
     assert!(e.contains("No such container: ghost"), "{e}");
     let e = r.fails(&["run", "--restart", "sometimes", "busybox", "true"]);

@@ -95,7 +95,45 @@ struct Shim {
     restart_at: Option<Instant>,
     /// A `Restart` request waiting for the main process to exit.
     restart_for: Option<u64>,
+    /// The health check schedule while the main process runs.
+    health: Option<HealthRun>,
     done: bool,
+}
+
+/// A running container's health checks.
+struct HealthRun {
+    cfg: crate::health::HealthConfig,
+    cmd: Vec<String>,
+    started: Instant,
+    next_at: Instant,
+    check: Option<Check>,
+}
+
+/// One health check in flight (an exec session without a client).
+struct Check {
+    sid: u32,
+    began: Instant,
+    began_utc: chrono::DateTime<Utc>,
+    out: Vec<u8>,
+}
+
+impl HealthRun {
+    fn in_start_period(&self, now: Instant) -> bool {
+        now.duration_since(self.started) < self.cfg.start_period()
+    }
+    fn interval(&self, now: Instant) -> Duration {
+        if self.in_start_period(now) {
+            self.cfg.start_interval().min(self.cfg.interval())
+        } else {
+            self.cfg.interval()
+        }
+    }
+    fn deadline(&self) -> Instant {
+        match &self.check {
+            Some(c) => c.began + self.cfg.timeout(),
+            None => self.next_at,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -176,7 +214,8 @@ impl Shim {
             let image = engine.images().store().image(&c.row.image_id)?.ok_or_else(|| {
                 EngineError::Invalid(format!("image {} of this container was removed", c.row.image_id))
             })?;
-            let spec = crate::spec::build(engine.layout(), id, &c.config, &image)?;
+            let init = if c.config.init { Some(engine.options().agent()?) } else { None };
+            let spec = crate::spec::build(engine.layout(), id, &c.config, &image, init.as_deref())?;
             let dir = engine.layout().container(id);
             let log = LogWriter::open(&dir.join(format!("{id}-json.log")), c.config.log.clone())
                 .map_err(EngineError::io("open log"))?;
@@ -234,6 +273,7 @@ impl Shim {
             stop_deadline: None,
             restart_at: None,
             restart_for: None,
+            health: None,
             done: false,
         };
         first.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
@@ -334,9 +374,81 @@ impl Shim {
         st.manually_stopped = false;
         st.error.clear();
         st.oom_killed = false;
+        self.health = None;
+        st.health = None;
+        if let Some(cfg) = self.ctx.container.config.healthcheck.clone() {
+            if let Some(cmd) = cfg.command() {
+                let now = Instant::now();
+                let first = if cfg.start_period() > Duration::ZERO {
+                    cfg.start_interval().min(cfg.interval())
+                } else {
+                    cfg.interval()
+                };
+                self.health = Some(HealthRun { cfg, cmd, started: now, next_at: now + first, check: None });
+                st.health = Some(crate::health::Health::default());
+            }
+        }
         self.save_state();
         self.event("start", &[]);
         Ok(pid)
+    }
+
+    /// Starts a due health check, or ends one that ran past its timeout.
+    fn health_tick(&mut self, now: Instant) {
+        let Some(h) = self.health.as_mut() else { return };
+        if !self.main_running || h.deadline() > now {
+            return;
+        }
+        if let Some(c) = h.check.take() {
+            self.backend.signal(c.sid, libc::SIGKILL);
+            let msg = format!("Health check exceeded timeout ({:?})", h.cfg.timeout());
+            self.health_result(c.began_utc, -1, msg.into_bytes());
+            return;
+        }
+        if self.ctx.container.state.status == Status::Paused {
+            h.next_at = now + h.interval(now);
+            return;
+        }
+        let sid = self.next_session;
+        self.next_session += 1;
+        let spec = ExecSpec { args: h.cmd.clone(), ..Default::default() };
+        let began_utc = Utc::now();
+        h.check = Some(Check { sid, began: now, began_utc, out: Vec::new() });
+        if let Err(e) = self.backend.exec(sid, &spec) {
+            if let Some(h) = self.health.as_mut() {
+                h.check = None;
+            }
+            self.health_result(began_utc, -1, e.to_string().into_bytes());
+        }
+    }
+
+    /// Records a check's result and schedules the next.
+    fn health_result(&mut self, start: chrono::DateTime<Utc>, code: i32, out: Vec<u8>) {
+        let now = Instant::now();
+        let Some(h) = self.health.as_mut() else { return };
+        h.check = None;
+        h.next_at = now + h.interval(now);
+        let in_start = h.in_start_period(now);
+        let retries = h.cfg.retries();
+        let mut out = out;
+        out.truncate(crate::health::OUTPUT_LIMIT);
+        let r = crate::health::HealthResult {
+            start,
+            end: Utc::now(),
+            exit_code: code,
+            output: String::from_utf8_lossy(&out).into_owned(),
+        };
+        let health = self.ctx.container.state.health.get_or_insert_with(Default::default);
+        let changed = health.record(r, retries, in_start);
+        self.save_state();
+        if let Some(s) = changed {
+            self.event(&format!("health_status: {s}"), &[]);
+        }
+    }
+
+    /// The session of the health check in flight.
+    fn health_sid(&self) -> Option<u32> {
+        self.health.as_ref().and_then(|h| h.check.as_ref()).map(|c| c.sid)
     }
 
     /// Whether the client(s) of session `sid` have too much queued.
@@ -378,7 +490,9 @@ impl Shim {
                 toks.push(Tok::Backend(src));
             }
             let now = Instant::now();
-            let deadline = [self.stop_deadline, self.restart_at, self.backend.deadline()].into_iter().flatten().min();
+            let health = self.health.as_ref().filter(|_| self.main_running).map(HealthRun::deadline);
+            let deadline =
+                [self.stop_deadline, self.restart_at, self.backend.deadline(), health].into_iter().flatten().min();
             let timeout =
                 deadline.map(|d| d.saturating_duration_since(now).as_millis().min(60_000) as i32).unwrap_or(-1);
             // SAFETY: fds is a valid array of pollfd
@@ -416,6 +530,7 @@ impl Shim {
         let now = Instant::now();
         let events = self.backend.timers(now);
         self.backend_events(events);
+        self.health_tick(now);
         if self.stop_deadline.is_some_and(|d| d <= now) {
             self.stop_deadline = None;
             self.backend.signal(MAIN, libc::SIGKILL);
@@ -435,7 +550,25 @@ impl Shim {
 
     fn backend_events(&mut self, events: Vec<BackendEvent>) {
         for e in events {
+            let hs = self.health_sid();
             match e {
+                BackendEvent::Output { sid, data, .. } if Some(sid) == hs => {
+                    if let Some(c) = self.health.as_mut().and_then(|h| h.check.as_mut()) {
+                        let room = crate::health::OUTPUT_LIMIT.saturating_sub(c.out.len());
+                        c.out.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                BackendEvent::Started { sid, .. } if Some(sid) == hs => {}
+                BackendEvent::ExecFailed { sid, message, code: _ } if Some(sid) == hs => {
+                    let start = self.health.as_ref().and_then(|h| h.check.as_ref()).map(|c| c.began_utc);
+                    self.health_result(start.unwrap_or_else(Utc::now), -1, message.into_bytes());
+                }
+                BackendEvent::Exited { sid, code, .. } if Some(sid) == hs => {
+                    let c = self.health.as_mut().and_then(|h| h.check.take());
+                    if let Some(c) = c {
+                        self.health_result(c.began_utc, code, c.out);
+                    }
+                }
                 BackendEvent::Output { sid, err, data } => self.deliver(sid, err, &data),
                 BackendEvent::Started { sid, pid } => self.exec_started(sid, pid),
                 BackendEvent::ExecFailed { sid, message, code } => {
@@ -780,6 +913,7 @@ impl Shim {
         }
         self.main_running = false;
         self.stop_deadline = None;
+        self.health = None;
         // exec sessions die with the pid namespace; the backend reports them
         let st = &mut self.ctx.container.state;
         st.exit_code = code;
@@ -858,7 +992,7 @@ impl Shim {
         self.backend.teardown(&self.ctx);
         if self.ctx.container.config.auto_remove {
             let id = self.ctx.id().to_string();
-            match self.engine.remove_files_and_row(&id) {
+            match self.engine.remove_files_and_row(&id, true) {
                 Ok(()) => {
                     self.event("destroy", &[]);
                     let switches: Vec<String> =

@@ -242,15 +242,22 @@ impl TarBuilder {
 /// Builds a docker-archive (what `docker save` writes) from layer tars.
 /// Returns the archive bytes and the image ID.
 pub fn docker_archive(tags: &[&str], layers: &[Vec<u8>], cmd: &[&str]) -> (Vec<u8>, String) {
+    docker_archive_with(tags, layers, serde_json::json!({ "Cmd": cmd }))
+}
+
+/// [`docker_archive`] with more fields of the image's `config` (`Volumes`,
+/// `Healthcheck`, ...) next to its `PATH`.
+pub fn docker_archive_with(tags: &[&str], layers: &[Vec<u8>], extra: serde_json::Value) -> (Vec<u8>, String) {
     let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha256_hex(l))).collect();
+    let mut inner = serde_json::json!({ "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"] });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        inner[k] = v.clone();
+    }
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
         "created": "2026-01-02T03:04:05Z",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": cmd,
-        },
+        "config": inner,
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
         "history": layers.iter().map(|_| serde_json::json!({"created": "2026-01-02T03:04:05Z"})).collect::<Vec<_>>(),
     });
