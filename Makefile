@@ -9,7 +9,7 @@ export CARGO_TERM_COLOR ?= never
 export MOAT_KERNEL_DIR ?= $(CURDIR)/target/vm-kernel
 AGENT := target/agent/x86_64-unknown-linux-gnu/release/moat-agent
 
-.PHONY: all deps build agent kernel lint test demo bench clean
+.PHONY: all deps build agent kernel lint test demo bench clean install
 
 all: build
 
@@ -57,6 +57,23 @@ bench: deps agent kernel
 	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
 	cargo build --release -p moat
 	MOAT=$(CURDIR)/target/release/moat ./bench/run.sh
+
+# the moat binary, the agent beside it (VMs and --init), shell completions,
+# man pages and the boot unit; DESTDIR for packaging
+PREFIX ?= /usr/local
+BINDIR := $(PREFIX)/bin
+install: agent
+	cargo build --release -p moat
+	install -D -m 0755 target/release/moat $(DESTDIR)$(BINDIR)/moat
+	install -D -m 0755 $(AGENT) $(DESTDIR)$(BINDIR)/moat-agent
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	target/release/moat completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/moat
+	target/release/moat completion zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_moat
+	target/release/moat completion fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/moat.fish
+	target/release/moat man $(DESTDIR)$(PREFIX)/share/man/man1
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|@BINDIR@|$(BINDIR)|' contrib/moat-boot.service > $(DESTDIR)/etc/systemd/system/moat-boot.service
 
 clean:
 	cargo clean

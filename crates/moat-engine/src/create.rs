@@ -56,9 +56,11 @@ pub fn merge_image(cfg: &mut ContainerConfig, icfg: &moat_image::RuntimeConfig) 
     }
     for k in icfg.exposed_ports.iter().flat_map(|p| p.keys()) {
         let (p, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
-        if let Ok(p) = p.parse::<u16>() {
-            if !cfg.exposed.contains(&(p, proto.to_string())) {
-                cfg.exposed.push((p, proto.to_string()));
+        if let Some((a, b)) = moat_net::parse_port_range(p) {
+            for p in a..=b {
+                if !cfg.exposed.contains(&(p, proto.to_string())) {
+                    cfg.exposed.push((p, proto.to_string()));
+                }
             }
         }
     }
@@ -90,7 +92,38 @@ impl Engine {
                 EngineError::Unsupported(format!("--init runs moat's init, the static moat-agent binary: {e}"))
             })?;
         }
+        if let Some(other) = cfg.network.strip_prefix("container:").map(str::to_string) {
+            let o = self.get(&other)?;
+            if o.config.isolation() != moat_core::Isolation::Process {
+                return Err(EngineError::Invalid(format!(
+                    "cannot join the network of {}: it runs in a utility VM, whose network stack is its guest's",
+                    o.name()
+                )));
+            }
+            if o.config.network.starts_with("container:") {
+                return Err(EngineError::Invalid(format!(
+                    "cannot join the network of {}: it shares another container's network itself",
+                    o.name()
+                )));
+            }
+            let conflict = [
+                (!cfg.publish.is_empty() || cfg.publish_all, "published ports"),
+                (!cfg.hostname.is_empty(), "a hostname"),
+                (!cfg.dns.is_empty() || !cfg.dns_search.is_empty() || !cfg.dns_options.is_empty(), "DNS options"),
+                (!cfg.add_hosts.is_empty(), "extra hosts"),
+                (cfg.mac.is_some() || cfg.ip.is_some(), "an address"),
+            ];
+            if let Some((_, what)) = conflict.iter().find(|(c, _)| *c) {
+                return Err(EngineError::Invalid(format!(
+                    "conflicting options: {what} and the network mode container:{other} (the network, hosts and DNS are {}'s)",
+                    o.name()
+                )));
+            }
+            cfg.network = format!("container:{}", o.id());
+            cfg.hostname = o.config.hostname.clone();
+        }
         let switch = match cfg.network.as_str() {
+            n if n.starts_with("container:") => None,
             "none" | "host" => {
                 if !cfg.publish.is_empty() || cfg.publish_all {
                     return Err(EngineError::Invalid(format!(

@@ -257,6 +257,38 @@ impl VolumeFilter {
     }
 }
 
+/// Switch filters: `name` (substring), `id` (prefix), `driver`, `type`
+/// (`builtin` for the default switch, `custom`), `dangling` (no containers).
+#[derive(Debug, Clone, Default)]
+pub struct SwitchFilter {
+    f: Filters,
+}
+
+impl SwitchFilter {
+    /// Checks the keys.
+    pub fn new(f: Filters) -> Result<Self, EngineError> {
+        f.check(&["name", "id", "driver", "type", "dangling", "scope"])?;
+        for t in f.get("type") {
+            if !["builtin", "custom"].contains(&t.as_str()) {
+                return Err(EngineError::Invalid(format!("invalid filter 'type={t}': use builtin or custom")));
+            }
+        }
+        Ok(Self { f })
+    }
+
+    /// True when the switch (with `members` containers) passes every term.
+    pub fn matches(&self, s: &crate::network::Switch, members: usize) -> bool {
+        let f = &self.f;
+        let builtin = crate::network::is_default(&s.name);
+        any(f.get("name"), |n| s.name.contains(n))
+            && any(f.get("id"), |i| s.id.starts_with(i))
+            && any(f.get("driver"), |d| d == "bridge")
+            && any(f.get("scope"), |d| d == "local")
+            && any(f.get("type"), |t| (t == "builtin") == builtin)
+            && any(f.get("dangling"), |d| (d == "true" || d == "1") == (members == 0 && !builtin))
+    }
+}
+
 /// Event filters: `type`, `event` (action), `container`, `image`, `label`,
 /// `network`, and the start time.
 #[derive(Debug, Clone, Default)]

@@ -217,8 +217,8 @@ pub fn tmpfs(t: &str) -> Result<(String, String), EngineError> {
     Ok((p.to_string(), o.to_string()))
 }
 
-/// `-p [IP:]HOST:CONTAINER[/tcp|udp]`.
-pub fn publish(p: &str) -> Result<moat_net::PortMap, EngineError> {
+/// `-p [IP:][HOST[-END]:]CONTAINER[-END][/tcp|udp]`: one mapping per port.
+pub fn publish(p: &str) -> Result<Vec<moat_net::PortMap>, EngineError> {
     Ok(moat_net::parse_publish(p)?)
 }
 
@@ -277,6 +277,55 @@ pub fn env_file(path: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<V
         .collect())
 }
 
+/// `--detach-keys`: Docker's comma-separated keys (`ctrl-p,ctrl-q`, `a`,
+/// `ctrl-@`, `ctrl-[` ...) as the bytes a terminal sends.
+pub fn detach_keys(s: &str) -> Result<Vec<u8>, EngineError> {
+    let bad =
+        |k: &str| invalid(format!("invalid detach key {k:?} in {s:?}: use letters or ctrl-<key>, comma-separated"));
+    let mut out = Vec::new();
+    for k in s.split(',') {
+        let k = k.trim();
+        if let Some(c) = k.strip_prefix("ctrl-") {
+            let b = match c.as_bytes() {
+                [b @ b'a'..=b'z'] => b - b'a' + 1,
+                [b'@'] => 0,
+                [b'['] => 27,
+                [b'\\'] => 28,
+                [b']'] => 29,
+                [b'^'] => 30,
+                [b'_'] => 31,
+                _ => return Err(bad(k)),
+            };
+            out.push(b);
+        } else if k.len() == 1 && k.is_ascii() {
+            out.push(k.as_bytes()[0]);
+        } else {
+            return Err(bad(k));
+        }
+    }
+    Ok(out)
+}
+
+/// Docker's default detach keys, Ctrl-P Ctrl-Q.
+pub const DEFAULT_DETACH_KEYS: &[u8] = &[0x10, 0x11];
+
+/// `-a stdin|stdout|stderr` (several allowed; none: stdout and stderr).
+pub fn attach_streams(list: &[String]) -> Result<(bool, bool, bool), EngineError> {
+    if list.is_empty() {
+        return Ok((false, true, true));
+    }
+    let mut s = (false, false, false);
+    for a in list {
+        match a.to_ascii_lowercase().as_str() {
+            "stdin" => s.0 = true,
+            "stdout" => s.1 = true,
+            "stderr" => s.2 = true,
+            x => return Err(invalid(format!("invalid argument {x:?} for -a: use stdin, stdout or stderr"))),
+        }
+    }
+    Ok(s)
+}
+
 /// A signal name or number.
 pub fn signal(s: &str) -> Result<i32, EngineError> {
     crate::client::parse_signal(s)
@@ -316,6 +365,10 @@ mod tests {
         assert!(matches!(m, MountArg::Mount(MountSpec { kind: MountKind::Volume, anonymous: true, .. })));
         assert!(mount("type=bind,dst=/c", None).is_err() && mount("type=npipe,dst=/c", None).is_err());
         assert!(mount("type=volume,src=v,dst=/c,bind-propagation=shared", None).is_err());
+        assert_eq!(detach_keys("ctrl-p,ctrl-q")?, DEFAULT_DETACH_KEYS);
+        assert_eq!(detach_keys("ctrl-x,a")?, vec![24, b'a']);
+        assert!(detach_keys("ctrl-1").is_err() && detach_keys("ab").is_err());
+        assert_eq!(attach_streams(&["STDOUT".into()])?, (false, true, false));
         assert_eq!(tmpfs("/t:size=1m")?, ("/t".to_string(), "size=1m".to_string()));
         assert_eq!(size("memory", "64m")?, 64 << 20);
         assert!(size("memory", "1e30").is_err());

@@ -246,6 +246,11 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
             "network mode host shares the host's network stack, which a utility VM cannot: use process isolation, or a switch".into(),
         ));
     }
+    if iso == moat_core::Isolation::Hyperv && cfg.network.starts_with("container:") {
+        return Err(EngineError::Invalid(
+            "network mode container:NAME joins another container's network namespace, which a utility VM cannot: use process isolation".into(),
+        ));
+    }
     if iso == moat_core::Isolation::Hyperv && !cfg.devices.is_empty() {
         return Err(EngineError::Invalid(
             "host devices (--device) cannot reach a utility VM: use process isolation, or no devices".into(),

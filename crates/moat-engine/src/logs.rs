@@ -28,13 +28,19 @@ pub struct LogConfig {
     pub max_size: u64,
     /// Files kept, the current one included.
     pub max_file: u32,
+    /// `labels=`: container labels shown by `logs --details`.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// `env=`: environment variables shown by `logs --details`.
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 impl Default for LogConfig {
     /// 20 MiB × 5 files (Docker's `local` driver): a noisy container costs
     /// at most about 100 MiB of disk.
     fn default() -> Self {
-        Self { driver: "json-file".into(), max_size: 20 << 20, max_file: 5 }
+        Self { driver: "json-file".into(), max_size: 20 << 20, max_file: 5, labels: Vec::new(), env: Vec::new() }
     }
 }
 
@@ -64,7 +70,14 @@ impl LogConfig {
                         .filter(|n| *n >= 1)
                         .ok_or_else(|| format!("log option max-file={v}: use a whole number of at least 1"))?;
                 }
-                _ => return Err(format!("unknown log option {k:?} for {}: use max-size or max-file", c.driver)),
+                "labels" => c.labels = v.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect(),
+                "env" => c.env = v.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect(),
+                _ => {
+                    return Err(format!(
+                        "unknown log option {k:?} for {}: use max-size, max-file, labels or env",
+                        c.driver
+                    ))
+                }
             }
         }
         Ok(c)
@@ -72,9 +85,34 @@ impl LogConfig {
 
     /// Docker's `LogConfig.Config` map.
     pub fn options(&self) -> std::collections::BTreeMap<String, String> {
-        [("max-size".to_string(), self.max_size.to_string()), ("max-file".to_string(), self.max_file.to_string())]
-            .into_iter()
-            .collect()
+        let mut m: std::collections::BTreeMap<String, String> =
+            [("max-size".to_string(), self.max_size.to_string()), ("max-file".to_string(), self.max_file.to_string())]
+                .into_iter()
+                .collect();
+        for (k, v) in [("labels", &self.labels), ("env", &self.env)] {
+            if !v.is_empty() {
+                m.insert(k.into(), v.join(","));
+            }
+        }
+        m
+    }
+
+    /// The attributes `logs --details` shows before each line (`k=v,...`):
+    /// the labels and variables named by the `labels`/`env` options.
+    pub fn details(&self, labels: &std::collections::BTreeMap<String, String>, env: &[String]) -> String {
+        let mut attrs: Vec<String> = Vec::new();
+        for l in &self.labels {
+            if let Some(v) = labels.get(l) {
+                attrs.push(format!("{l}={v}"));
+            }
+        }
+        for k in &self.env {
+            if let Some(v) = env.iter().find_map(|e| e.strip_prefix(&format!("{k}="))) {
+                attrs.push(format!("{k}={v}"));
+            }
+        }
+        attrs.sort();
+        attrs.join(",")
     }
 }
 
@@ -292,7 +330,11 @@ mod tests {
         assert!(!d.path().join("none").exists());
         assert!(LogConfig::parse(Some("syslog"), &[]).is_err());
         assert!(LogConfig::parse(None, &["max-file=0".into()]).is_err());
-        assert!(LogConfig::parse(None, &["labels=x".into()]).is_err());
+        assert!(LogConfig::parse(None, &["bogus=x".into()]).is_err());
+        let c =
+            LogConfig::parse(None, &["labels=team,app".into(), "env=STAGE".into()]).map_err(std::io::Error::other)?;
+        let labels = [("team".to_string(), "core".to_string())].into_iter().collect();
+        assert_eq!(c.details(&labels, &["STAGE=dev".into(), "X=1".into()]), "STAGE=dev,team=core");
         Ok(())
     }
 }

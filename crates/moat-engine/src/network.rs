@@ -277,21 +277,33 @@ impl Engine {
     }
 
     /// A switch and a container whose switches may change (it is stopped).
-    fn switch_and_stopped(&mut self, switch: &str, key: &str) -> Result<(Switch, Container), EngineError> {
+    /// The switch and a container whose switches may change: stopped, or a
+    /// running process container (its interfaces change live); a running
+    /// VM's NICs are fixed while it runs.
+    fn switch_and_container(&mut self, switch: &str, key: &str) -> Result<(Switch, Container), EngineError> {
         let sw = self.find_switch(switch)?;
         let c = self.get(key)?;
-        if c.is_running() {
-            return Err(EngineError::Conflict(format!(
-                "container {} is running: stop it to change its switches",
+        if c.is_running() && c.config.isolation() == moat_core::Isolation::Hyperv {
+            return Err(EngineError::Unsupported(format!(
+                "container {} runs in a utility VM, whose network cards are fixed while it runs: stop it to change its switches",
                 c.name()
+            )));
+        }
+        if c.config.network.starts_with("container:") {
+            return Err(EngineError::Invalid(format!(
+                "container {} shares another container's network ({})",
+                c.name(),
+                c.config.network
             )));
         }
         Ok((sw, c))
     }
 
-    /// Attaches a stopped container to a switch.
+    /// Attaches a container to a switch: a stopped one from its next
+    /// start, a running process container at once (a new veth in its
+    /// network namespace, `ethN` with its address).
     pub fn connect_switch(&mut self, switch: &str, key: &str, ip: Option<Ipv4Addr>) -> Result<(), EngineError> {
-        let (sw, c) = self.switch_and_stopped(switch, key)?;
+        let (sw, c) = self.switch_and_container(switch, key)?;
         if matches!(c.config.network.as_str(), "host" | "none") {
             return Err(EngineError::Invalid(format!("container {} uses --network {}", c.name(), c.config.network)));
         }
@@ -299,6 +311,12 @@ impl Engine {
             return Err(EngineError::Conflict(format!("container {} is already on switch {:?}", c.name(), sw.name)));
         }
         let ep = self.allocate(c.id(), &sw, ip, None)?;
+        if c.is_running() {
+            if let Err(e) = plug(&c, &ep) {
+                let _ = self.images.store_mut().release_ip(c.id(), &sw.id);
+                return Err(e);
+            }
+        }
         let mut cfg = c.config.clone();
         cfg.networks.push(ep);
         self.write_config(c.id(), &cfg)?;
@@ -306,18 +324,120 @@ impl Engine {
         self.refresh_hosts(&[sw.id])
     }
 
-    /// Detaches a stopped container from a switch.
+    /// Detaches a container from a switch (a running process container's
+    /// interface on it goes at once).
     pub fn disconnect_switch(&mut self, switch: &str, key: &str) -> Result<(), EngineError> {
-        let (sw, c) = self.switch_and_stopped(switch, key)?;
+        let (sw, c) = self.switch_and_container(switch, key)?;
         let mut cfg = c.config.clone();
-        let before = cfg.networks.len();
-        cfg.networks.retain(|e| e.switch_id != sw.id);
-        if cfg.networks.len() == before {
+        let Some(ep) = cfg.networks.iter().find(|e| e.switch_id == sw.id).cloned() else {
             return Err(EngineError::Invalid(format!("container {} is not on switch {:?}", c.name(), sw.name)));
+        };
+        if c.is_running() {
+            unplug(&c, &ep)?;
         }
+        cfg.networks.retain(|e| e.switch_id != sw.id);
         self.images.store_mut().release_ip(c.id(), &sw.id)?;
         self.write_config(c.id(), &cfg)?;
         crate::events::record(self, network_event("disconnect", &sw, Some(c.id())));
         self.refresh_hosts(&[sw.id])
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace of the container's
+/// main process (commands it spawns are there too).
+fn in_netns<T: Send>(c: &Container, f: impl FnOnce() -> Result<T, EngineError> + Send) -> Result<T, EngineError> {
+    let ns = std::fs::File::open(format!("/proc/{}/ns/net", c.state.pid))
+        .map_err(EngineError::io(format!("open the network namespace of {}", c.name())))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| EngineError::Io("enter the container's network namespace".into(), e.into()))?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(EngineError::Invalid("a network thread panicked".into())))
+    })
+}
+
+/// Names of the interfaces of the calling thread's network namespace.
+fn ifaces_inside() -> Vec<String> {
+    std::fs::read_to_string("/proc/thread-self/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
+        .collect()
+}
+
+/// A live veth for `ep` in a running process container.
+fn plug(c: &Container, ep: &moat_net::Endpoint) -> Result<(), EngineError> {
+    // names already in use (interfaces of earlier connects) are skipped
+    let n = (0..64)
+        .find(|n| !moat_net::link::exists(&moat_net::if_name('v', c.id(), *n)))
+        .ok_or_else(|| EngineError::Conflict(format!("container {} has too many interfaces", c.name())))?;
+    let (host, peer) = (moat_net::if_name('v', c.id(), n), moat_net::if_name('p', c.id(), n));
+    moat_net::link::add_veth(&host, &peer, c.state.pid, &ep.bridge)?;
+    let r = in_netns(c, || {
+        let inside = ifaces_inside();
+        let name = (0..64).map(|i| format!("eth{i}")).find(|e| !inside.contains(e)).unwrap_or_else(|| peer.clone());
+        // the first interface keeps the default route
+        let gateway = if inside.iter().any(|i| i.starts_with("eth")) { None } else { ep.gateway };
+        let iface = moat_runtime::netconf::Iface {
+            from: peer.clone(),
+            name,
+            ip: ep.ip,
+            prefix: ep.prefix,
+            gateway,
+            mac: ep.mac.clone(),
+        };
+        Ok(moat_runtime::netconf::configure(&[iface])?)
+    });
+    if r.is_err() {
+        moat_net::link::del_link(&host);
+    }
+    r
+}
+
+/// Removes the interface holding `ep`'s address from a running container.
+fn unplug(c: &Container, ep: &moat_net::Endpoint) -> Result<(), EngineError> {
+    in_netns(c, || {
+        let out = std::process::Command::new("ip")
+            .args(["-o", "-4", "addr", "show"])
+            .output()
+            .map_err(EngineError::io("run ip addr"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let want = format!("{}/", ep.ip);
+        let dev = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(3).is_some_and(|a| a.starts_with(&want)))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(str::to_string);
+        if let Some(dev) = dev {
+            let st = std::process::Command::new("ip")
+                .args(["link", "del", &dev])
+                .status()
+                .map_err(EngineError::io("run ip link del"))?;
+            if !st.success() {
+                return Err(EngineError::Shim(format!("cannot remove {dev} from the container")));
+            }
+        }
+        Ok(())
+    })
+}
+
+impl Engine {
+    /// A container's published ports, all or those of `PORT[/PROTO]`
+    /// (`port CTR 80/tcp`; an error names a port that is not published).
+    pub fn published_ports(&mut self, key: &str, private: Option<&str>) -> Result<Vec<moat_net::PortMap>, EngineError> {
+        let c = self.get(key)?;
+        let Some(want) = private else { return Ok(c.state.ports.clone()) };
+        let (port, proto) = want.split_once('/').unwrap_or((want, "tcp"));
+        let port: u16 =
+            port.parse().map_err(|_| EngineError::Invalid(format!("invalid port {want:?}: use PORT[/tcp|udp]")))?;
+        let found: Vec<_> = c.state.ports.iter().filter(|p| p.ctr_port == port && p.proto == proto).cloned().collect();
+        if found.is_empty() {
+            return Err(EngineError::NotFound(format!("No public port '{port}/{proto}' published for {}", c.name())));
+        }
+        Ok(found)
     }
 }

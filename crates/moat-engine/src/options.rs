@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Where guest kernels live unless configured: one download serves every
+/// root of the host (kernels and initramfs images are content-addressed).
+pub const DEFAULT_KERNEL_DIR: &str = "/var/lib/moat-kernels";
+
 /// Everything an engine needs to know about its host.
 #[derive(Clone, Serialize, Deserialize, Default)]
 pub struct EngineOptions {
@@ -19,7 +23,7 @@ pub struct EngineOptions {
     /// The system-wide config file (default `/etc/moat/config.toml`).
     #[serde(default)]
     pub config_file: Option<PathBuf>,
-    /// Guest kernels (default `<root>/vm/kernel`).
+    /// Guest kernels (default [`DEFAULT_KERNEL_DIR`], shared by every root).
     #[serde(default)]
     pub kernel_dir: Option<PathBuf>,
     /// The static guest agent (default: next to the shim binary or in the workspace build).
@@ -73,7 +77,7 @@ impl EngineOptions {
 
     /// The guest kernel directory.
     pub fn kernel_dir(&self) -> PathBuf {
-        self.kernel_dir.clone().unwrap_or_else(|| self.root.join("vm").join("kernel"))
+        self.kernel_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_KERNEL_DIR))
     }
 
     /// The system-wide config file.

@@ -16,6 +16,10 @@ pub struct AttachOptions {
     pub stdin: bool,
     /// Close the container's stdin when this session's stdin ends.
     pub stdin_once: bool,
+    /// Do not receive the output (`-a stderr` without `-a stdout`).
+    pub skip_stdout: bool,
+    /// Do not receive the error output.
+    pub skip_stderr: bool,
 }
 
 /// What a session receives.
@@ -40,6 +44,8 @@ pub enum SessionEvent {
 pub struct Session {
     conn: Conn,
     tty: bool,
+    /// Output and error output not wanted (`-a`).
+    skip: (bool, bool),
 }
 
 /// The sending half of a session, usable from another thread.
@@ -83,7 +89,7 @@ impl SessionWriter {
 
 impl Session {
     pub(crate) fn new(conn: Conn, tty: bool) -> Self {
-        Self { conn, tty }
+        Self { conn, tty, skip: (false, false) }
     }
 
     /// The process has a terminal (output is raw, stderr merged).
@@ -95,6 +101,7 @@ impl Session {
     /// process that already exited has closed the session: its output and
     /// exit are still queued on it, so that is not an error.
     pub fn attach(&mut self, o: AttachOptions) -> Result<(), EngineError> {
+        self.skip = (o.skip_stdout, o.skip_stderr);
         match self.conn.send(&ShimRequest::Attach { stdin: o.stdin, stdin_once: o.stdin_once }) {
             Err(EngineError::Proto(moat_proto::ProtoError::Io(e)))
                 if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) =>
@@ -125,8 +132,8 @@ impl Session {
                 Err(e) => return Err(e.into()),
             };
             match f.kind {
-                Kind::Stdout => return Ok(Some(SessionEvent::Stdout(f.data))),
-                Kind::Stderr => return Ok(Some(SessionEvent::Stderr(f.data))),
+                Kind::Stdout if !self.skip.0 => return Ok(Some(SessionEvent::Stdout(f.data))),
+                Kind::Stderr if !self.skip.1 => return Ok(Some(SessionEvent::Stderr(f.data))),
                 Kind::Control => match f.msg::<ShimReply>()? {
                     ShimReply::Exit { code, oom_killed } => return Ok(Some(SessionEvent::Exit { code, oom_killed })),
                     ShimReply::Error { message } => return Ok(Some(SessionEvent::Error(message))),
@@ -149,6 +156,8 @@ pub struct LogOptions {
     pub until: Option<i64>,
     /// Only the last N records.
     pub tail: Option<usize>,
+    /// Put the `labels`/`env` log attributes before each line (`--details`).
+    pub details: bool,
 }
 
 /// Log records: what the file holds, then (following) what the shim streams.
@@ -156,6 +165,8 @@ pub struct LogStream {
     buffered: std::collections::VecDeque<Record>,
     conn: Option<Conn>,
     until: Option<i64>,
+    /// `--details`: the attributes put before each line.
+    details: Option<String>,
 }
 
 impl LogStream {
@@ -167,6 +178,11 @@ impl LogStream {
                     self.buffered.clear();
                     self.conn = None;
                     return Ok(None);
+                }
+                let mut r = r;
+                if let Some(d) = &self.details {
+                    // Docker's format: the attributes, a space, the line
+                    r.log = format!("{d} {}", r.log);
                 }
                 return Ok(Some(r));
             }
@@ -193,7 +209,7 @@ impl Engine {
             return Err(EngineError::NotRunning("You cannot attach to a stopped container, start it first".into()));
         }
         let mut s = Session::new(self.connect(&c)?, c.config.tty);
-        s.attach(AttachOptions { stdin: o.stdin && c.config.open_stdin, stdin_once: o.stdin_once })?;
+        s.attach(AttachOptions { stdin: o.stdin && c.config.open_stdin, ..o })?;
         Ok((c, s))
     }
 
@@ -275,6 +291,53 @@ impl Engine {
         }
     }
 
+    /// `top CTR [ps OPTIONS]`, Docker's way: the host's `ps` with those
+    /// options, its rows kept for the container's processes (matched on
+    /// the `PID` column, host PIDs). Returns the titles and rows. A utility
+    /// VM's processes are not the host's: refused there.
+    pub fn top_ps(&mut self, key: &str, ps_args: &[String]) -> Result<(Vec<String>, Vec<Vec<String>>), EngineError> {
+        let c = self.get(key)?;
+        if c.config.isolation() == moat_core::Isolation::Hyperv {
+            return Err(EngineError::Unsupported(format!(
+                "ps options need process isolation: the processes of {} run in its utility VM, not on this host (run top without options)",
+                c.name()
+            )));
+        }
+        let pids: std::collections::HashSet<String> =
+            self.top(key)?.iter().filter_map(|r| r.host_pid).map(|p| p.to_string()).collect();
+        let out = std::process::Command::new("ps").args(ps_args).output().map_err(EngineError::io("run ps"))?;
+        if !out.status.success() {
+            return Err(EngineError::Invalid(format!(
+                "ps {}: {}",
+                ps_args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let titles: Vec<String> = lines.next().unwrap_or_default().split_whitespace().map(str::to_string).collect();
+        let col = titles.iter().position(|t| t == "PID").ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "ps {} prints no PID column: moat cannot tell the container's rows",
+                ps_args.join(" ")
+            ))
+        })?;
+        let n = titles.len();
+        let rows = lines
+            .filter_map(|l| {
+                // the last column may hold spaces (the command)
+                let f: Vec<&str> = l.split_whitespace().collect();
+                if f.len() < n {
+                    return None;
+                }
+                let mut row: Vec<String> = f[..n - 1].iter().map(|s| s.to_string()).collect();
+                row.push(f[n - 1..].join(" "));
+                pids.contains(&row[col]).then_some(row)
+            })
+            .collect();
+        Ok((titles, rows))
+    }
+
     /// One sample of the container's resource usage (`None` when it is not running).
     pub fn stats(&mut self, c: &Container) -> Result<Option<Stats>, EngineError> {
         if !c.is_running() {
@@ -319,6 +382,7 @@ impl Engine {
         if o.until.is_some_and(|u| u <= chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)) {
             conn = None;
         }
-        Ok((c, LogStream { buffered: records.into(), conn, until: o.until }))
+        let details = o.details.then(|| c.config.log.details(&c.config.labels, &c.config.env));
+        Ok((c, LogStream { buffered: records.into(), conn, until: o.until, details }))
     }
 }

@@ -202,6 +202,34 @@ fn mount_of(mountinfo: &str, path: &std::path::Path) -> Option<(String, bool)> {
         .max_by_key(|(mp, _)| mp.len())
 }
 
+/// `--network container:NAME`: the spec joins `other`'s network namespace
+/// and takes its host name, `/etc/hosts` and `/etc/resolv.conf`, like
+/// Docker. `other` must be a running process container.
+pub fn join_network(spec: &mut Spec, layout: &Layout, other: &crate::Container) -> Result<(), EngineError> {
+    if !other.is_running() || other.state.pid == 0 {
+        return Err(EngineError::Conflict(format!(
+            "cannot join the network of container {}: it is not running",
+            other.name()
+        )));
+    }
+    if other.config.isolation() != moat_core::Isolation::Process {
+        return Err(EngineError::Invalid(format!(
+            "cannot join the network of {}: it runs in a utility VM",
+            other.name()
+        )));
+    }
+    let dir = layout.container(other.id());
+    spec.net = NetNs::Path(PathBuf::from(format!("/proc/{}/ns/net", other.state.pid)));
+    spec.hostname = other.config.hostname.clone();
+    spec.sysctls.retain(|(k, _)| !k.starts_with("net."));
+    spec.etc_files = vec![
+        ("/etc/hostname".into(), dir.join("hostname")),
+        ("/etc/hosts".into(), dir.join("hosts")),
+        ("/etc/resolv.conf".into(), dir.join("resolv.conf")),
+    ];
+    Ok(())
+}
+
 #[cfg(test)]
 mod propagation_tests {
     use super::*;

@@ -299,6 +299,9 @@ pub struct PsRow {
     /// Isolation.
     #[serde(rename = "Isolation")]
     pub isolation: String,
+    /// `ps -s`: the writable layer's size and the total with the image.
+    #[serde(rename = "Size")]
+    pub size: String,
     /// Last exit code.
     #[serde(rename = "ExitCode")]
     pub exit_code: i32,
@@ -334,7 +337,16 @@ impl PsRow {
                 .join(","),
             isolation: c.config.isolation().to_string(),
             exit_code: c.state.exit_code,
+            size: String::new(),
         }
+    }
+
+    /// The row with `Size` filled in (`ps -s`; reads the container's files).
+    pub fn with_size(mut self, e: &Engine, c: &Container) -> Self {
+        let rw = crate::system::dir_size(&e.layout().container(c.id()).join("upper"));
+        let image = e.images.store().image(&c.row.image_id).ok().flatten().map(|i| i.size).unwrap_or(0);
+        self.size = format!("{} (virtual {})", human::size(rw), human::size(rw + image));
+        self
     }
 }
 
@@ -1261,5 +1273,161 @@ impl Engine {
         let s = self.find_switch(key)?;
         let all = self.list()?;
         Ok(NetworkInspect::of(&s, &all))
+    }
+}
+
+/// A row of `stats` (Docker's stats format context: `{{.CPUPerc}}`, ...),
+/// from two samples `elapsed_ns` apart.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsRow {
+    /// Short ID.
+    #[serde(rename = "Container")]
+    pub container: String,
+    /// Short ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// CPU use over the interval.
+    #[serde(rename = "CPUPerc")]
+    pub cpu: String,
+    /// `used / limit`.
+    #[serde(rename = "MemUsage")]
+    pub mem_usage: String,
+    /// Memory use of the limit (or of the host).
+    #[serde(rename = "MemPerc")]
+    pub mem_perc: String,
+    /// `received / sent`.
+    #[serde(rename = "NetIO")]
+    pub net_io: String,
+    /// `read / written`.
+    #[serde(rename = "BlockIO")]
+    pub block_io: String,
+    /// Processes.
+    #[serde(rename = "PIDs")]
+    pub pids: String,
+}
+
+fn total_mem() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Binary units as Docker's stats prints them (`64MiB`, `2.426MiB`).
+fn bin(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s}{}", U[i])
+}
+
+impl StatsRow {
+    /// The row of `c`; `--` where a sample is missing (not running).
+    pub fn of(
+        c: &Container,
+        before: Option<&moat_proto::Stats>,
+        after: Option<&moat_proto::Stats>,
+        elapsed_ns: f64,
+    ) -> Self {
+        let short = c.id()[..12].to_string();
+        let (cpu, mem_usage, mem_perc, net_io, block_io, pids) = match (before, after) {
+            (Some(x), Some(y)) => {
+                let cpu = (y.cpu_ns.saturating_sub(x.cpu_ns)) as f64 / elapsed_ns.max(1.0) * 100.0;
+                let lim = if y.mem_limit == 0 { total_mem() } else { y.mem_limit };
+                (
+                    format!("{cpu:.2}%"),
+                    format!("{} / {}", bin(y.mem_usage), bin(lim)),
+                    format!("{:.2}%", y.mem_usage as f64 / lim.max(1) as f64 * 100.0),
+                    format!("{} / {}", human::size(y.net_rx), human::size(y.net_tx)),
+                    format!("{} / {}", human::size(y.blk_read), human::size(y.blk_write)),
+                    y.pids.to_string(),
+                )
+            }
+            _ => ("--".into(), "-- / --".into(), "--".into(), "-- / --".into(), "-- / --".into(), "--".into()),
+        };
+        Self {
+            container: short.clone(),
+            id: short,
+            name: c.name().to_string(),
+            cpu,
+            mem_usage,
+            mem_perc,
+            net_io,
+            block_io,
+            pids,
+        }
+    }
+}
+
+/// A row of `network ls` (Docker's network format context: `{{.Name}}`, ...).
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkRow {
+    /// Short ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Name.
+    #[serde(rename = "Name")]
+    pub name: String,
+    /// `bridge`.
+    #[serde(rename = "Driver")]
+    pub driver: String,
+    /// `local`.
+    #[serde(rename = "Scope")]
+    pub scope: String,
+    /// Subnet.
+    #[serde(rename = "Subnet")]
+    pub subnet: String,
+    /// No outbound NAT.
+    #[serde(rename = "Internal")]
+    pub internal: bool,
+    /// Linux bridge.
+    #[serde(rename = "Bridge")]
+    pub bridge: String,
+}
+
+impl NetworkRow {
+    /// The row of a switch.
+    pub fn of(s: &crate::network::Switch, no_trunc: bool) -> Self {
+        Self {
+            id: if no_trunc { s.id.clone() } else { s.id[..12].to_string() },
+            name: s.name.clone(),
+            driver: "bridge".into(),
+            scope: "local".into(),
+            subnet: s.config.subnet.to_string(),
+            internal: s.config.internal,
+            bridge: s.config.bridge.clone(),
+        }
+    }
+}
+
+impl Engine {
+    /// Switches passing `f`, by name.
+    pub fn switches_matching(
+        &mut self,
+        f: &crate::filter::SwitchFilter,
+    ) -> Result<Vec<crate::network::Switch>, EngineError> {
+        let mut out = Vec::new();
+        for s in self.switches()? {
+            let members = self.images.store().switch_members(&s.id)?.len();
+            if f.matches(&s, members) {
+                out.push(s);
+            }
+        }
+        Ok(out)
     }
 }

@@ -122,27 +122,51 @@ pub struct PortMap {
     pub proto: String,
 }
 
-/// Parses docker's `-p` syntax.
-pub fn parse_publish(s: &str) -> Result<PortMap, NetError> {
-    let bad =
-        || NetError::Invalid(format!("invalid port mapping {s:?}: use [HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp|udp]"));
+/// `N` or `N-M` (inclusive, `N <= M`, no port 0).
+pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let (a, b) = (a.parse::<u16>().ok()?, b.parse::<u16>().ok()?);
+    (a != 0 && a <= b).then_some((a, b))
+}
+
+/// Parses docker's `-p` syntax, ranges included (`8000-8002:80-82`, or
+/// `80-82` for ports picked on the host): one mapping per port.
+pub fn parse_publish(s: &str) -> Result<Vec<PortMap>, NetError> {
+    let bad = || {
+        NetError::Invalid(format!(
+            "invalid port mapping {s:?}: use [HOSTIP:][HOSTPORT[-END]:]CONTAINERPORT[-END][/tcp|udp]"
+        ))
+    };
     let (spec, proto) = match s.rsplit_once('/') {
         Some((a, p @ ("tcp" | "udp"))) => (a, p.to_string()),
         Some(_) => return Err(bad()),
         None => (s, "tcp".to_string()),
     };
     let parts: Vec<&str> = spec.split(':').collect();
-    let port = |p: &str| p.parse::<u16>().map_err(|_| bad());
-    let (host_ip, host_port, ctr_port) = match parts.as_slice() {
-        [c] => (Ipv4Addr::UNSPECIFIED, 0, port(c)?),
-        [h, c] => (Ipv4Addr::UNSPECIFIED, if h.is_empty() { 0 } else { port(h)? }, port(c)?),
-        [ip, h, c] => (ip.parse().map_err(|_| bad())?, if h.is_empty() { 0 } else { port(h)? }, port(c)?),
+    let (host_ip, host, ctr) = match parts.as_slice() {
+        [c] => (Ipv4Addr::UNSPECIFIED, "", *c),
+        [h, c] => (Ipv4Addr::UNSPECIFIED, *h, *c),
+        [ip, h, c] => (ip.parse().map_err(|_| bad())?, *h, *c),
         _ => return Err(bad()),
     };
-    if ctr_port == 0 {
-        return Err(bad());
+    let (c0, c1) = parse_port_range(ctr).ok_or_else(bad)?;
+    let host = if host.is_empty() { None } else { Some(parse_port_range(host).ok_or_else(bad)?) };
+    let n = c1 - c0;
+    match host {
+        Some((h0, h1)) if h1 - h0 != n => Err(NetError::Invalid(format!(
+            "invalid port mapping {s:?}: the host range has {} ports and the container range {}",
+            h1 - h0 + 1,
+            n + 1
+        ))),
+        _ => Ok((0..=n)
+            .map(|i| PortMap {
+                host_ip,
+                host_port: host.map(|(h0, _)| h0 + i).unwrap_or(0),
+                ctr_port: c0 + i,
+                proto: proto.clone(),
+            })
+            .collect()),
     }
-    Ok(PortMap { host_ip, host_port, ctr_port, proto })
 }
 
 /// Ranges no switch may use: this host, link-local, multicast, reserved.
@@ -201,11 +225,23 @@ mod tests {
     #[test]
     fn publish_syntax() -> Result<(), NetError> {
         assert_eq!(
-            parse_publish("127.0.0.1:18080:80")?,
+            parse_publish("127.0.0.1:18080:80")?[0],
             PortMap { host_ip: Ipv4Addr::LOCALHOST, host_port: 18080, ctr_port: 80, proto: "tcp".into() }
         );
-        assert_eq!(parse_publish("53:53/udp")?.proto, "udp");
-        assert_eq!(parse_publish("80")?.host_port, 0);
+        assert_eq!(parse_publish("53:53/udp")?[0].proto, "udp");
+        assert_eq!(parse_publish("80")?[0].host_port, 0);
+        let r = parse_publish("8000-8002:80-82/udp")?;
+        assert_eq!(
+            r.iter().map(|p| (p.host_port, p.ctr_port)).collect::<Vec<_>>(),
+            vec![(8000, 80), (8001, 81), (8002, 82)]
+        );
+        assert_eq!(
+            parse_publish("80-81")?.iter().map(|p| (p.host_port, p.ctr_port)).collect::<Vec<_>>(),
+            vec![(0, 80), (0, 81)]
+        );
+        assert!(
+            parse_publish("8000-8001:80").is_err() && parse_publish("82-80").is_err() && parse_publish("0:80").is_err()
+        );
         assert!(parse_publish("x:80").is_err());
         assert!(parse_publish("80/sctp").is_err());
         Ok(())

@@ -34,7 +34,7 @@ pub struct Cgroup {
 }
 
 const CGROUP2_MAGIC: i64 = 0x6367_7270;
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer", "devices", "blkio"];
 
 fn is_cgroup2(path: &str) -> Option<bool> {
     nix::sys::statfs::statfs(path).ok().map(|s| s.filesystem_type().0 == CGROUP2_MAGIC)
@@ -124,7 +124,7 @@ impl Cgroup {
         std::fs::create_dir_all(&parent).map_err(RuntimeError::io("cgroup: create moat"))?;
         for d in [base, parent.as_path()] {
             // one by one: a controller missing on an exotic setup must not block the others
-            for c in ["+memory", "+cpu", "+pids"] {
+            for c in ["+memory", "+cpu", "+pids", "+io"] {
                 let _ = std::fs::write(d.join("cgroup.subtree_control"), c);
             }
         }
@@ -299,7 +299,40 @@ impl Cgroup {
                 (mem, lim, cpu, pids)
             }
         };
-        moat_spec::Stats { mem_usage, mem_limit, cpu_ns, pids }
+        let (blk_read, blk_write) = self.block_io();
+        moat_spec::Stats { mem_usage, mem_limit, cpu_ns, pids, blk_read, blk_write, ..Default::default() }
+    }
+
+    /// Bytes read and written on block devices by the cgroup (v2
+    /// `io.stat`, v1 `blkio.throttle.io_service_bytes`), all devices summed.
+    fn block_io(&self) -> (u64, u64) {
+        let (mut r, mut w) = (0, 0);
+        match self.version {
+            Version::V2 => {
+                for l in self.dir("").and_then(|d| read(d, "io.stat")).unwrap_or_default().lines() {
+                    for kv in l.split_whitespace().skip(1) {
+                        match kv.split_once('=') {
+                            Some(("rbytes", v)) => r += v.parse::<u64>().unwrap_or(0),
+                            Some(("wbytes", v)) => w += v.parse::<u64>().unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Version::V1 => {
+                let text =
+                    self.dir("blkio").and_then(|d| read(d, "blkio.throttle.io_service_bytes")).unwrap_or_default();
+                for l in text.lines() {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    match f.as_slice() {
+                        [_, "Read", v] => r += v.parse::<u64>().unwrap_or(0),
+                        [_, "Write", v] => w += v.parse::<u64>().unwrap_or(0),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        (r, w)
     }
 
     /// Freezes (`true`) or thaws every process of the cgroup and waits for
@@ -418,7 +451,7 @@ mod tests {
         assert_eq!(rd(dir.join("pids.max")), "20");
         assert_eq!(
             rd(d.path().join("moat/cgroup.subtree_control")),
-            "+pids",
+            "+io",
             "controllers enabled (last write wins on a plain file)"
         );
         std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")

@@ -66,3 +66,34 @@ pub fn list(host_pids: &[u32], with_host_pid: bool) -> Vec<ProcRow> {
     rows.sort_by_key(|r| r.pid);
     rows
 }
+
+/// Bytes received and sent on the interfaces of `pid`'s network namespace
+/// (loopback excluded), from `/proc/<pid>/net/dev`.
+pub fn net_bytes(pid: u32) -> (u64, u64) {
+    parse_net_dev(&std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default())
+}
+
+fn parse_net_dev(text: &str) -> (u64, u64) {
+    let (mut rx, mut tx) = (0, 0);
+    for l in text.lines().skip(2) {
+        let Some((name, rest)) = l.split_once(':') else { continue };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+        if f.len() >= 9 {
+            rx += f[0];
+            tx += f[8];
+        }
+    }
+    (rx, tx)
+}
+
+#[cfg(test)]
+mod net_tests {
+    #[test]
+    fn sums_interfaces_but_loopback() {
+        let t = "Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes packets\n    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n  eth0: 2000 20 0 0 0 0 0 0 300 3 0 0 0 0 0 0\n  eth1: 5 1 0 0 0 0 0 0 7 1 0 0 0 0 0 0\n";
+        assert_eq!(super::parse_net_dev(t), (2005, 307));
+    }
+}

@@ -219,9 +219,14 @@ impl Relay {
         crate::procfs::list(&pids, self.host_pids)
     }
 
-    /// The container's resource usage.
+    /// The container's resource usage; network bytes are those of the
+    /// main process's namespace.
     pub fn stats(&self) -> Stats {
-        self.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default()
+        let mut s = self.cgroup.as_ref().map(|c| c.stats()).unwrap_or_default();
+        if let Some(m) = self.sessions.get(&MAIN) {
+            (s.net_rx, s.net_tx) = crate::procfs::net_bytes(m.child.pid.as_raw() as u32);
+        }
+        s
     }
 
     /// Descriptors to poll: output only of sessions `readable` allows.

@@ -127,4 +127,16 @@ pub struct Stats {
     pub cpu_ns: u64,
     /// Number of processes.
     pub pids: u64,
+    /// Bytes received on the container's interfaces (loopback excluded).
+    #[serde(default)]
+    pub net_rx: u64,
+    /// Bytes sent.
+    #[serde(default)]
+    pub net_tx: u64,
+    /// Bytes read from block devices.
+    #[serde(default)]
+    pub blk_read: u64,
+    /// Bytes written to block devices.
+    #[serde(default)]
+    pub blk_write: u64,
 }

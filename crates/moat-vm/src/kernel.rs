@@ -109,10 +109,18 @@ pub fn install(dir: &Path) -> Result<Kernel, VmError> {
             std::fs::write(staged.join("modules").join(format!("{name}.ko")), strip_signature(&m))
                 .map_err(VmError::io("write module"))?;
         }
+        // the directory may be shared by several roots: a complete install
+        // of this version (another root's) stays, in use or not
         let target = dir.join(&version);
-        let _ = std::fs::remove_dir_all(&target);
-        std::fs::rename(&staged, &target).map_err(VmError::io("install kernel"))?;
-        let tmp = dir.join(".current.tmp");
+        if !target.join("vmlinux").is_file() {
+            let _ = std::fs::remove_dir_all(&target);
+            match std::fs::rename(&staged, &target) {
+                Ok(()) => {}
+                Err(_) if target.join("vmlinux").is_file() => {}
+                Err(e) => return Err(VmError::Io("install kernel".into(), e)),
+            }
+        }
+        let tmp = dir.join(format!(".current.tmp-{}", std::process::id()));
         std::fs::write(&tmp, format!("{version}\n")).map_err(VmError::io("record kernel"))?;
         std::fs::rename(&tmp, dir.join("current")).map_err(VmError::io("record kernel"))?;
         current(dir)

@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use moat_engine::config::ContainerConfig;
 use moat_engine::filter::{ContainerFilter, Filters};
+use moat_engine::view::StatsRow;
 use moat_engine::view::{ContainerInspect, PsRow};
 use moat_engine::{flags, AttachOptions, Container, CreateRequest, Engine, EngineError, ExecSpec, StopOptions};
 use std::collections::BTreeMap;
@@ -195,6 +196,12 @@ pub struct RunArgs {
     /// Forward signals to the process (non-terminal sessions).
     #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
     sig_proxy: bool,
+    /// Attach to these streams only: stdin, stdout, stderr.
+    #[arg(short = 'a', long = "attach")]
+    attach: Vec<String>,
+    /// Keys that detach from a terminal session (default ctrl-p,ctrl-q).
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
     #[command(flatten)]
     create: CreateArgs,
 }
@@ -216,6 +223,9 @@ pub enum ContainerCmd {
         /// Attach stdin.
         #[arg(short = 'i', long)]
         interactive: bool,
+        /// Keys that detach from a terminal session (default ctrl-p,ctrl-q).
+        #[arg(long = "detach-keys")]
+        detach_keys: Option<String>,
         /// Containers.
         #[arg(required = true)]
         containers: Vec<String>,
@@ -285,6 +295,9 @@ pub enum ContainerCmd {
         /// Only output before this time.
         #[arg(long)]
         until: Option<String>,
+        /// Show the log attributes (`--log-opt labels=...,env=...`) before each line.
+        #[arg(long)]
+        details: bool,
         /// Container.
         container: String,
     },
@@ -304,13 +317,19 @@ pub enum ContainerCmd {
         /// Forward signals to the process.
         #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
         sig_proxy: bool,
+        /// Keys that detach from a terminal session (default ctrl-p,ctrl-q).
+        #[arg(long = "detach-keys")]
+        detach_keys: Option<String>,
         /// Container.
         container: String,
     },
-    /// Show a container's processes.
+    /// Show a container's processes (with ps options: the host's ps, process isolation).
     Top {
         /// Container.
         container: String,
+        /// Options of ps (e.g. `aux`, `-o pid,args`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
     },
     /// Copy files between a container and the host (`CTR:PATH`; `-` is a tar stream).
     Cp {
@@ -395,6 +414,8 @@ pub enum ContainerCmd {
     Port {
         /// Container.
         container: String,
+        /// Only this container port: `PORT[/tcp|udp]`.
+        private_port: Option<String>,
     },
     /// Show resource usage.
     Stats {
@@ -439,6 +460,10 @@ pub struct ExecArgs {
     /// Extended privileges for this process.
     #[arg(long)]
     privileged: bool,
+    /// Keys that detach from a terminal session (default ctrl-p,ctrl-q).
+    #[arg(long = "detach-keys")]
+    detach_keys: Option<String>,
+
     /// CONTAINER COMMAND [ARG...]: options after the container belong to the command.
     #[arg(required = true, num_args = 2.., trailing_var_arg = true, value_name = "CONTAINER COMMAND [ARG...]")]
     container_and_command: Vec<String>,
@@ -512,6 +537,9 @@ pub struct PsArgs {
     /// Only the newest container (all states).
     #[arg(short = 'l', long)]
     latest: bool,
+    /// Show sizes: the writable layer and, virtual, with the image.
+    #[arg(short = 's', long)]
+    size: bool,
 }
 
 fn env_value(e: &str) -> Option<String> {
@@ -632,7 +660,7 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         mac: a.mac_address.clone(),
         dns: a.dns.clone(),
         add_hosts: a.add_host.clone(),
-        publish: a.publish.iter().map(|p| flags::publish(p)).collect::<Result<_, _>>()?,
+        publish: a.publish.iter().map(|p| flags::publish(p)).collect::<Result<Vec<_>, _>>()?.concat(),
         publish_all: a.publish_all,
         devices: a.device.iter().map(|d| flags::device(d)).collect::<Result<_, _>>()?,
         log: moat_engine::logs::LogConfig::parse(a.log_driver.as_deref(), &a.log_opt).map_err(|e| anyhow!(e))?,
@@ -675,6 +703,14 @@ fn write_cidfile(a: &CreateArgs, id: &str) -> Result<()> {
         f.write_all(id.as_bytes())?;
     }
     Ok(())
+}
+
+/// `--detach-keys` as bytes (Docker's default when absent).
+fn keys(k: Option<&str>) -> Result<Vec<u8>> {
+    Ok(match k {
+        Some(k) => flags::detach_keys(k)?,
+        None => flags::DEFAULT_DETACH_KEYS.to_vec(),
+    })
 }
 
 /// Exit code of a start failure, printing its message.
@@ -721,18 +757,23 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
                 return Ok(0);
             }
             // a process that already exited has closed the shim: its output and exit status are still queued
-            let _ = s.attach(AttachOptions { stdin: a.create.interactive, stdin_once: true });
-            end_code(session::relay(s, Opts { stdin: a.create.interactive, sig_proxy: a.sig_proxy })?)
+            let (stdin, stdout, stderr) = flags::attach_streams(&a.attach)?;
+            let stdin = a.create.interactive || stdin;
+            let _ = s.attach(AttachOptions { stdin, stdin_once: true, skip_stdout: !stdout, skip_stderr: !stderr });
+            let detach_keys = keys(a.detach_keys.as_deref())?;
+            end_code(session::relay(s, Opts { stdin, sig_proxy: a.sig_proxy, detach_keys })?)
         }
-        ContainerCmd::Start { attach, interactive, containers } => {
+        ContainerCmd::Start { attach, interactive, detach_keys, containers } => {
             let mut code = 0;
             for name in &containers {
                 match e.start(name) {
                     Ok((c, mut s)) => {
                         if attach || interactive {
-                            let _ = s.attach(AttachOptions { stdin: interactive, stdin_once: interactive });
+                            let o = AttachOptions { stdin: interactive, stdin_once: interactive, ..Default::default() };
+                            let _ = s.attach(o);
                             let stdin = interactive && c.config.open_stdin;
-                            return end_code(session::relay(s, Opts { stdin, sig_proxy: true })?);
+                            let detach_keys = keys(detach_keys.as_deref())?;
+                            return end_code(session::relay(s, Opts { stdin, sig_proxy: true, detach_keys })?);
                         }
                         outln!("{name}");
                     }
@@ -770,8 +811,9 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
         }),
         ContainerCmd::Ps(a) => ps(e, a),
         ContainerCmd::Inspect(a) => inspect(e, a),
-        ContainerCmd::Logs { follow, tail, timestamps, since, until, container } => {
+        ContainerCmd::Logs { follow, tail, timestamps, since, until, details, container } => {
             let o = moat_engine::LogOptions {
+                details,
                 follow,
                 since: since.as_deref().map(moat_engine::filter::parse_time).transpose()?,
                 until: until.as_deref().map(moat_engine::filter::parse_time).transpose()?,
@@ -794,12 +836,18 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
             Ok(())
         }),
         ContainerCmd::Exec(a) => exec(e, a),
-        ContainerCmd::Attach { no_stdin, sig_proxy, container } => {
-            let (c, s) = e.attach(&container, AttachOptions { stdin: !no_stdin, stdin_once: false })?;
+        ContainerCmd::Attach { no_stdin, sig_proxy, detach_keys, container } => {
+            let detach_keys = keys(detach_keys.as_deref())?;
+            let (c, s) = e.attach(&container, AttachOptions { stdin: !no_stdin, ..Default::default() })?;
             let stdin = !no_stdin && c.config.open_stdin;
-            end_code(session::relay(s, Opts { stdin, sig_proxy })?)
+            end_code(session::relay(s, Opts { stdin, sig_proxy, detach_keys })?)
         }
-        ContainerCmd::Top { container } => {
+        ContainerCmd::Top { container, ps_args } if !ps_args.is_empty() => {
+            let (titles, rows) = e.top_ps(&container, &ps_args)?;
+            output::table(&titles.iter().map(String::as_str).collect::<Vec<_>>(), &rows)?;
+            Ok(0)
+        }
+        ContainerCmd::Top { container, .. } => {
             let rows: Vec<Vec<String>> = e
                 .top(&container)?
                 .iter()
@@ -891,10 +939,13 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
             Ok(())
         }),
         ContainerCmd::Stats { no_stream, all, format, containers } => stats(e, no_stream, all, &format, &containers),
-        ContainerCmd::Port { container } => {
-            let c = e.get(&container)?;
-            for p in &c.state.ports {
-                outln!("{}/{} -> {}:{}", p.ctr_port, p.proto, p.host_ip, p.host_port);
+        ContainerCmd::Port { container, private_port } => {
+            for p in e.published_ports(&container, private_port.as_deref())? {
+                if private_port.is_some() {
+                    outln!("{}:{}", p.host_ip, p.host_port);
+                } else {
+                    outln!("{}/{} -> {}:{}", p.ctr_port, p.proto, p.host_ip, p.host_port);
+                }
             }
             Ok(0)
         }
@@ -992,7 +1043,8 @@ fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
     if a.detach {
         return Ok(0);
     }
-    let end = session::relay(s, Opts { stdin: a.interactive, sig_proxy: true })?;
+    let detach_keys = keys(a.detach_keys.as_deref())?;
+    let end = session::relay(s, Opts { stdin: a.interactive, sig_proxy: true, detach_keys })?;
     end_code(end)
 }
 
@@ -1030,29 +1082,33 @@ fn ps(e: &mut Engine, a: PsArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let rows: Vec<PsRow> = list.iter().map(|c| PsRow::of(c, a.no_trunc)).collect();
-    format::list(
-        &a.format,
-        "CONTAINER ID",
-        &["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES", "ISOLATION"],
-        &rows,
-        |r| {
-            let mut cmd = r.command.clone();
-            if !a.no_trunc && cmd.chars().count() > 22 {
-                cmd = format!("{}…\"", cmd.chars().take(20).collect::<String>());
-            }
-            vec![
-                r.id.clone(),
-                r.image.clone(),
-                cmd,
-                r.running_for.clone(),
-                r.status.clone(),
-                r.ports.clone(),
-                r.names.clone(),
-                r.isolation.clone(),
-            ]
-        },
-    )?;
+    let rows: Vec<PsRow> = list
+        .iter()
+        .map(|c| if a.size { PsRow::of(c, a.no_trunc).with_size(e, c) } else { PsRow::of(c, a.no_trunc) })
+        .collect();
+    let mut header = vec!["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES", "ISOLATION"];
+    if a.size {
+        header.push("SIZE");
+    }
+    format::list(&a.format, "CONTAINER ID", &header, &rows, |r| {
+        let mut cmd = r.command.clone();
+        if !a.no_trunc && cmd.chars().count() > 22 {
+            cmd = format!("{}…\"", cmd.chars().take(20).collect::<String>());
+        }
+        vec![
+            r.id.clone(),
+            r.image.clone(),
+            cmd,
+            r.running_for.clone(),
+            r.status.clone(),
+            r.ports.clone(),
+            r.names.clone(),
+            r.isolation.clone(),
+        ]
+        .into_iter()
+        .chain(a.size.then(|| r.size.clone()))
+        .collect()
+    })?;
     Ok(0)
 }
 
@@ -1106,25 +1162,6 @@ fn inspect(e: &mut Engine, a: InspectArgs) -> Result<i32> {
     Ok(code)
 }
 
-/// A row of `moat stats` (Docker's stats format context).
-#[derive(serde::Serialize)]
-struct StatsRow {
-    #[serde(rename = "Container")]
-    container: String,
-    #[serde(rename = "ID")]
-    id: String,
-    #[serde(rename = "Name")]
-    name: String,
-    #[serde(rename = "CPUPerc")]
-    cpu: String,
-    #[serde(rename = "MemUsage")]
-    mem_usage: String,
-    #[serde(rename = "MemPerc")]
-    mem_perc: String,
-    #[serde(rename = "PIDs")]
-    pids: String,
-}
-
 fn stats(e: &mut Engine, no_stream: bool, all: bool, format: &str, names: &[String]) -> Result<i32> {
     let targets: Vec<Container> = if names.is_empty() {
         e.list()?.into_iter().filter(|c| all || c.is_running()).collect()
@@ -1144,30 +1181,7 @@ fn stats(e: &mut Engine, no_stream: bool, all: bool, format: &str, names: &[Stri
         let rows: Vec<StatsRow> = targets
             .iter()
             .zip(a.iter().zip(&b))
-            .map(|(c, (x, y))| {
-                let (cpu, mem_usage, mem_perc, pids) = match (x, y) {
-                    (Some(x), Some(y)) => {
-                        let cpu = (y.cpu_ns.saturating_sub(x.cpu_ns)) as f64 / dt * 100.0;
-                        let lim = if y.mem_limit == 0 { total_mem() } else { y.mem_limit };
-                        (
-                            format!("{cpu:.2}%"),
-                            format!("{} / {}", bin(y.mem_usage), bin(lim)),
-                            format!("{:.2}%", y.mem_usage as f64 / lim.max(1) as f64 * 100.0),
-                            y.pids.to_string(),
-                        )
-                    }
-                    _ => ("--".into(), "-- / --".into(), "--".into(), "--".into()),
-                };
-                StatsRow {
-                    container: c.id()[..12].to_string(),
-                    id: c.id()[..12].to_string(),
-                    name: c.name().to_string(),
-                    cpu,
-                    mem_usage,
-                    mem_perc,
-                    pids,
-                }
-            })
+            .map(|(c, (x, y))| StatsRow::of(c, x.as_ref(), y.as_ref(), dt))
             .collect();
         if !no_stream && format == "table" {
             print!("\x1b[2J\x1b[H");
@@ -1175,7 +1189,7 @@ fn stats(e: &mut Engine, no_stream: bool, all: bool, format: &str, names: &[Stri
         let shown = format::list(
             format,
             "CONTAINER ID",
-            &["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"],
+            &["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "BLOCK I/O", "PIDS"],
             &rows,
             |r| {
                 vec![
@@ -1184,6 +1198,8 @@ fn stats(e: &mut Engine, no_stream: bool, all: bool, format: &str, names: &[Stri
                     r.cpu.clone(),
                     r.mem_usage.clone(),
                     r.mem_perc.clone(),
+                    r.net_io.clone(),
+                    r.block_io.clone(),
                     r.pids.clone(),
                 ]
             },
@@ -1193,31 +1209,4 @@ fn stats(e: &mut Engine, no_stream: bool, all: bool, format: &str, names: &[Stri
             return shown.map(|()| 0).or_else(|err| if crate::output::is_broken_pipe(&err) { Ok(0) } else { Err(err) });
         }
     }
-}
-
-fn total_mem() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
-fn bin(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    // docker prints up to 4 significant digits: 64MiB, 2.426MiB
-    let s = format!("{v:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    format!("{s}{}", U[i])
 }

@@ -112,6 +112,9 @@ pub struct LsArgs {
     /// `table`, `json` (one object per line), or a Go template (`{{.Repository}}:{{.Tag}}`).
     #[arg(long, default_value = "table")]
     format: String,
+    /// Show digests (registry digests: `<none>` for images not pulled from a registry).
+    #[arg(long)]
+    digests: bool,
 }
 
 /// `image inspect` arguments.
@@ -272,6 +275,24 @@ fn ls(e: &mut Engine, a: LsArgs) -> Result<()> {
         return Ok(());
     }
     let rows: Vec<ImagesRow> = imgs.iter().flat_map(|img| ImageSummary::rows(img, a.no_trunc)).collect();
+    if a.digests {
+        return format::list(
+            &a.format,
+            "IMAGE ID",
+            &["REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE"],
+            &rows,
+            |r| {
+                vec![
+                    r.repository.clone(),
+                    r.tag.clone(),
+                    r.digest.clone(),
+                    r.id.clone(),
+                    r.created_since.clone(),
+                    r.size.clone(),
+                ]
+            },
+        );
+    }
     format::list(&a.format, "IMAGE ID", &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows, |r| {
         vec![r.repository.clone(), r.tag.clone(), r.id.clone(), r.created_since.clone(), r.size.clone()]
     })

@@ -102,6 +102,17 @@ enum Cmd {
     /// Utility VMs: the guest kernel and the agent.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Internal: write man pages (moat.1, moat-run.1, ...) into a directory (`make install`).
+    #[command(hide = true)]
+    Man {
+        /// Output directory.
+        dir: PathBuf,
+    },
     /// Internal: the per-container shim.
     #[command(hide = true)]
     Shim {
@@ -198,6 +209,20 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::History(a) => images::run(&mut open()?, images::ImageCmd::History(a)),
         Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&mut open()?, c),
         Cmd::Vm(c) => vm(&o, c),
+        Cmd::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "moat", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            Ok(0)
+        }
+        Cmd::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::generate_to(cmd, &dir)
+                .with_context(|| format!("cannot write man pages to {}", dir.display()))?;
+            Ok(0)
+        }
         Cmd::System(c) => system::run(open()?, c),
         Cmd::Switch(c) => switches::run(&mut open()?, c),
         Cmd::Volume(c) => volumes::run(&mut open()?, c),

@@ -52,6 +52,8 @@ pub struct Opts {
     pub stdin: bool,
     /// Forward SIGINT/SIGTERM/... to the process (non-tty sessions).
     pub sig_proxy: bool,
+    /// The key sequence that detaches a terminal session.
+    pub detach_keys: Vec<u8>,
 }
 
 /// What ended the session.
@@ -114,7 +116,9 @@ pub fn relay(mut session: Session, o: Opts) -> Result<End> {
         std::thread::spawn(move || {
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 32 << 10];
-            let mut held_ctrl_p = false;
+            let keys = o.detach_keys;
+            // bytes of a possible detach sequence, held until it completes or breaks
+            let mut held = 0usize;
             loop {
                 let n = match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => {
@@ -125,24 +129,33 @@ pub fn relay(mut session: Session, o: Opts) -> Result<End> {
                     }
                     Ok(n) => n,
                 };
-                let mut data = Vec::with_capacity(n + 1);
+                let mut data = Vec::with_capacity(n + keys.len());
                 for b in &buf[..n] {
-                    if tty && held_ctrl_p {
-                        held_ctrl_p = false;
-                        if *b == 0x11 {
-                            // Ctrl-P Ctrl-Q: detach
-                            det.store(true, Ordering::SeqCst);
-                            if let Ok(w) = w.lock() {
-                                w.shutdown();
+                    if tty && !keys.is_empty() {
+                        if *b == keys[held] {
+                            held += 1;
+                            if held == keys.len() {
+                                det.store(true, Ordering::SeqCst);
+                                if let Ok(w) = w.lock() {
+                                    w.shutdown();
+                                }
+                                return;
                             }
-                            return;
+                            continue;
                         }
-                        data.push(0x10);
-                    }
-                    if tty && *b == 0x10 {
-                        // hold the ^P until we know what follows
-                        held_ctrl_p = true;
-                        continue;
+                        data.extend_from_slice(&keys[..held]);
+                        held = 0;
+                        if *b == keys[0] {
+                            held = 1;
+                            if keys.len() == 1 {
+                                det.store(true, Ordering::SeqCst);
+                                if let Ok(w) = w.lock() {
+                                    w.shutdown();
+                                }
+                                return;
+                            }
+                            continue;
+                        }
                     }
                     data.push(*b);
                 }

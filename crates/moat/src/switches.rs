@@ -3,6 +3,7 @@
 use crate::format;
 use anyhow::Result;
 use clap::Subcommand;
+use moat_engine::view::NetworkRow;
 use moat_engine::Engine;
 
 /// Switch subcommands.
@@ -31,6 +32,12 @@ pub enum SwitchCmd {
         /// Only IDs.
         #[arg(short, long)]
         quiet: bool,
+        /// Do not truncate IDs.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Filters: name=, id=, driver=, type=builtin|custom, dangling=true|false.
+        #[arg(short, long = "filter")]
+        filter: Vec<String>,
         /// `table`, `json` or a Go template (`{{.Name}} {{.ID}}`).
         #[arg(long, default_value = "table")]
         format: String,
@@ -57,7 +64,7 @@ pub enum SwitchCmd {
         #[arg(short, long)]
         force: bool,
     },
-    /// Attach a stopped container to a switch.
+    /// Attach a container to a switch (a running process container at once).
     Connect {
         /// Switch.
         switch: String,
@@ -67,32 +74,13 @@ pub enum SwitchCmd {
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
     },
-    /// Detach a stopped container from a switch.
+    /// Detach a container from a switch (a running process container at once).
     Disconnect {
         /// Switch.
         switch: String,
         /// Container.
         container: String,
     },
-}
-
-/// A row of `moat switch ls` (Docker's network format context).
-#[derive(serde::Serialize)]
-struct NetRow {
-    #[serde(rename = "ID")]
-    id: String,
-    #[serde(rename = "Name")]
-    name: String,
-    #[serde(rename = "Driver")]
-    driver: String,
-    #[serde(rename = "Scope")]
-    scope: String,
-    #[serde(rename = "Subnet")]
-    subnet: String,
-    #[serde(rename = "Internal")]
-    internal: bool,
-    #[serde(rename = "Bridge")]
-    bridge: String,
 }
 
 /// Runs a switch subcommand.
@@ -105,26 +93,16 @@ pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
             let s = e.create_switch(&name, subnet, gateway, internal)?;
             outln!("{}", s.id);
         }
-        SwitchCmd::Ls { quiet, format } => {
-            let all = e.switches()?;
+        SwitchCmd::Ls { quiet, no_trunc, filter, format } => {
+            let f = moat_engine::filter::SwitchFilter::new(moat_engine::filter::Filters::from_args(&filter)?)?;
+            let all = e.switches_matching(&f)?;
+            let rows: Vec<NetworkRow> = all.iter().map(|s| NetworkRow::of(s, no_trunc)).collect();
             if quiet {
-                for s in &all {
-                    outln!("{}", &s.id[..12]);
+                for r in &rows {
+                    outln!("{}", r.id);
                 }
                 return Ok(0);
             }
-            let rows: Vec<NetRow> = all
-                .iter()
-                .map(|s| NetRow {
-                    id: s.id[..12].to_string(),
-                    name: s.name.clone(),
-                    driver: "bridge".into(),
-                    scope: "local".into(),
-                    subnet: s.config.subnet.to_string(),
-                    internal: s.config.internal,
-                    bridge: s.config.bridge.clone(),
-                })
-                .collect();
             format::list(
                 &format,
                 "SWITCH ID",

@@ -304,3 +304,220 @@ fn boot_restarts_after_a_killed_shim(iso: &str) {
     assert_eq!(r.ok(&["system", "boot"]), "", "nothing left to start");
     r.ok(&["rm", "-f", "svc", "once"]);
 }
+
+#[test]
+fn live_switches_and_shared_networks() {
+    let r = root_with_busybox();
+    r.ok(&["switch", "create", "live-net"]);
+    r.ok(&["run", "-d", "--name", "roamer", "busybox", "sleep", "600"]);
+    r.ok(&["run", "-d", "--name", "peer", "--switch", "live-net", "busybox", "sleep", "600"]);
+    // a running process container joins a switch at once, and leaves it
+    r.ok(&["switch", "connect", "live-net", "roamer"]);
+    let addrs = r.ok(&["exec", "roamer", "ip", "-4", "-o", "addr"]);
+    assert!(addrs.contains("eth1"), "{addrs}");
+    assert!(r.ok(&["exec", "roamer", "ping", "-c", "1", "-W", "5", "peer"]).contains("1 packets received"));
+    assert!(r.ok(&["exec", "peer", "cat", "/etc/hosts"]).contains("roamer"));
+    assert!(
+        r.ok(&["exec", "roamer", "ip", "route"]).starts_with("default via 10."),
+        "the first switch keeps the default route"
+    );
+    r.ok(&["switch", "disconnect", "live-net", "roamer"]);
+    assert!(!r.ok(&["exec", "roamer", "ip", "-4", "-o", "addr"]).contains("eth1"));
+    assert!(!r.ok(&["exec", "peer", "cat", "/etc/hosts"]).contains("roamer"));
+    r.ok(&["switch", "connect", "live-net", "roamer"]);
+    assert!(r.ok(&["exec", "roamer", "ping", "-c", "1", "-W", "5", "peer"]).contains("1 packets received"));
+    // a VM's NICs are fixed while it runs
+    r.ok(&["run", "-d", "--name", "vmc", "--isolation", "vm", "busybox", "sleep", "600"]);
+    let e = r.fails(&["switch", "connect", "live-net", "vmc"]);
+    assert!(e.contains("utility VM") && e.contains("stop it"), "{e}");
+    // --network container:NAME shares the other's stack, hosts and hostname
+    r.ok(&["run", "-d", "--name", "srv", "busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"]);
+    let out = r.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:srv",
+        "busybox",
+        "sh",
+        "-c",
+        "for i in $(seq 50); do wget -q -O - http://127.0.0.1:8080/hostname && break; sleep 0.1; done; hostname",
+    ]);
+    let host = r.ok(&["inspect", "-f", "{{.Config.Hostname}}", "srv"]);
+    assert_eq!(out, format!("{host}{host}"));
+    assert!(r
+        .ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.NetworkMode}}",
+            r.ok(&["create", "--network", "container:srv", "busybox", "true"]).trim()
+        ])
+        .starts_with("container:"));
+    let e = r.fails(&["run", "--rm", "--network", "container:srv", "-p", "9090:90", "busybox", "true"]);
+    assert!(e.contains("conflicting options"), "{e}");
+    let e = r.fails(&["run", "--rm", "--isolation", "vm", "--network", "container:srv", "busybox", "true"]);
+    assert!(e.contains("use process isolation"), "{e}");
+    let e = r.fails(&["run", "--rm", "--network", "container:vmc", "busybox", "true"]);
+    assert!(e.contains("utility VM"), "{e}");
+    r.ok(&["rm", "-f", "roamer", "peer", "vmc", "srv"]);
+}
+
+#[test]
+fn port_ranges_attach_streams_and_detach_keys() {
+    let r = root_with_busybox();
+    r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ranges",
+        "-p",
+        "18200-18202:80-82",
+        "-p",
+        "127.0.0.1::90/udp",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let ports = r.ok(&["port", "ranges"]);
+    assert_eq!(ports.lines().filter(|l| l.contains("0.0.0.0:1820")).count(), 3, "{ports}");
+    assert_eq!(r.ok(&["port", "ranges", "81/tcp"]), "0.0.0.0:18201\n");
+    assert!(r.ok(&["port", "ranges", "90/udp"]).starts_with("127.0.0.1:"));
+    let e = r.fails(&["port", "ranges", "83"]);
+    assert!(e.contains("No public port '83/tcp'"), "{e}");
+    let e = r.fails(&["run", "--rm", "-p", "18300-18301:80", "busybox", "true"]);
+    assert!(e.contains("host range has 2 ports"), "{e}");
+    // -P publishes every port of an EXPOSE range
+    let p = write_fixture("expose-range.tar", &tar_dir(busybox_rootfs()));
+    r.ok(&["import", "-c", "EXPOSE 7000-7002", p.to_str().unwrap(), "exposing:1"]);
+    r.ok(&["run", "-d", "--name", "pall", "-P", "exposing:1", "sleep", "600"]);
+    assert_eq!(r.ok(&["port", "pall"]).lines().count(), 3);
+    r.ok(&["rm", "-f", "ranges", "pall"]);
+    // -a picks the streams
+    let o = r.run(&["run", "--rm", "-a", "stderr", "busybox", "sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(
+        (String::from_utf8_lossy(&o.stdout).as_ref(), String::from_utf8_lossy(&o.stderr).as_ref()),
+        ("", "err\n")
+    );
+    let o = r.run(&["run", "--rm", "-a", "stdout", "busybox", "sh", "-c", "echo out; echo err >&2"]);
+    assert_eq!(
+        (String::from_utf8_lossy(&o.stdout).as_ref(), String::from_utf8_lossy(&o.stderr).as_ref()),
+        ("out\n", "")
+    );
+    // --detach-keys on a terminal session leaves the container running
+    let moat = env!("CARGO_BIN_EXE_moat");
+    let root = r.path().display();
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{moat} --root {root} run -it --detach-keys ctrl-x,x --name dk busybox sh"),
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    std::io::Write::write_all(&mut stdin, b"\x18x").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("read escape sequence"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(r.ok(&["inspect", "-f", "{{.State.Status}}", "dk"]), "running\n");
+    let e = r.fails(&["attach", "--detach-keys", "ctrl-1", "dk"]);
+    assert!(e.contains("invalid detach key"), "{e}");
+    r.ok(&["rm", "-f", "dk"]);
+}
+
+#[test]
+fn listing_sizes_details_top_and_stats() {
+    let r = root_with_busybox();
+    r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "lister",
+        "-l",
+        "team=core",
+        "-e",
+        "STAGE=dev",
+        "--log-opt",
+        "labels=team",
+        "--log-opt",
+        "env=STAGE",
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 5000 /dev/zero > /blob; echo ready; exec sleep 600",
+    ]);
+    let logs = until_ok(&r, &["logs", "--details", "lister"], |o| o.contains("ready"));
+    assert_eq!(logs, "STAGE=dev,team=core ready\n");
+    assert_eq!(r.ok(&["logs", "lister"]), "ready\n");
+    let ps = r.ok(&["ps", "-s", "--format", "{{.Names}} {{.Size}}"]);
+    assert!(ps.starts_with("lister 5") && ps.contains("(virtual 2."), "{ps}");
+    assert!(r.ok(&["ps", "-s"]).lines().next().unwrap().ends_with("SIZE"));
+    let img = r.ok(&["images", "--digests"]);
+    assert!(img.lines().next().unwrap().contains("DIGEST") && img.contains("<none>"), "{img}");
+    // top with ps options: the host's ps, the container's rows, host PIDs
+    let top = r.ok(&["top", "lister", "-o", "pid,args"]);
+    let pid = r.ok(&["inspect", "-f", "{{.State.Pid}}", "lister"]);
+    assert_eq!(top.lines().count(), 2, "{top}");
+    assert!(top.lines().nth(1).unwrap().starts_with(pid.trim()) && top.contains("sleep 600"), "{top}");
+    r.ok(&["run", "-d", "--name", "vtop", "--isolation", "vm", "busybox", "sleep", "600"]);
+    assert!(r.ok(&["top", "vtop"]).contains("sleep 600"));
+    let e = r.fails(&["top", "vtop", "aux"]);
+    assert!(e.contains("need process isolation"), "{e}");
+    // stats: network and block I/O columns
+    // traffic to moat's own bridge (the switch's gateway) only
+    let gw = r.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.Gateway}}{{end}}", "lister"]);
+    r.ok(&["exec", "lister", "ping", "-c", "1", "-W", "2", gw.trim()]);
+    let st = r.ok(&["stats", "--no-stream", "--format", "{{.Name}} {{.NetIO}} {{.BlockIO}}", "lister", "vtop"]);
+    for l in st.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(f.len(), 7, "{l}");
+        assert!(f[1].ends_with('B') && f[4].ends_with('B'), "{l}");
+    }
+    let header = r.ok(&["stats", "--no-stream"]).lines().next().unwrap().to_string();
+    assert!(header.contains("NET I/O") && header.contains("BLOCK I/O"), "{header}");
+    // network ls --filter
+    r.ok(&["switch", "create", "listed"]);
+    assert_eq!(r.ok(&["network", "ls", "--filter", "type=custom", "--format", "{{.Name}}"]), "listed\n");
+    assert_eq!(r.ok(&["network", "ls", "--filter", "dangling=true", "--format", "{{.Name}}"]), "listed\n");
+    assert_eq!(r.ok(&["network", "ls", "--filter", "name=moa", "--format", "{{.Name}}"]), "moat\n");
+    r.ok(&["rm", "-f", "lister", "vtop"]);
+}
+
+fn until_ok(r: &Root, args: &[&str], ok: impl Fn(&str) -> bool) -> String {
+    for _ in 0..200 {
+        let out = r.ok(args);
+        if ok(&out) {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    r.ok(args)
+}
+
+#[test]
+fn completion_man_pages_and_boot_unit() {
+    let r = Root::new();
+    for sh in ["bash", "zsh", "fish"] {
+        let s = r.ok(&["completion", sh]);
+        assert!(s.contains("volume") && s.contains("isolation"), "{sh}");
+    }
+    let bash = r.ok(&["completion", "bash"]);
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("moat.bash"), &bash).unwrap();
+    let st = std::process::Command::new("bash").arg("-n").arg(d.path().join("moat.bash")).status().unwrap();
+    assert!(st.success(), "the bash completion parses");
+    r.ok(&["man", d.path().join("man").to_str().unwrap()]);
+    let run = std::fs::read_to_string(d.path().join("man/moat-run.1")).unwrap();
+    assert!(run.contains("isolation") && run.contains(".TH"), "a roff page");
+    assert!(!d.path().join("man/moat-shim.1").exists(), "internal commands have no page");
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/moat-boot.service")).unwrap();
+    assert!(unit.contains("ExecStart=@BINDIR@/moat system boot") && unit.contains("KillMode=process"));
+    let mk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Makefile")).unwrap();
+    assert!(mk.contains("moat-boot.service") && mk.contains("completion bash") && mk.contains("share/man/man1"));
+}

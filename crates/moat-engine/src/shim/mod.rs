@@ -215,7 +215,11 @@ impl Shim {
                 EngineError::Invalid(format!("image {} of this container was removed", c.row.image_id))
             })?;
             let init = if c.config.init { Some(engine.options().agent()?) } else { None };
-            let spec = crate::spec::build(engine.layout(), id, &c.config, &image, init.as_deref())?;
+            let mut spec = crate::spec::build(engine.layout(), id, &c.config, &image, init.as_deref())?;
+            if let Some(other) = c.config.network.strip_prefix("container:") {
+                let o = engine.get(other)?;
+                crate::spec::join_network(&mut spec, engine.layout(), &o)?;
+            }
             let dir = engine.layout().container(id);
             let log = LogWriter::open(&dir.join(format!("{id}-json.log")), c.config.log.clone())
                 .map_err(EngineError::io("open log"))?;
