@@ -1309,19 +1309,6 @@ pub struct StatsRow {
     pub pids: String,
 }
 
-fn total_mem() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
 /// Binary units as Docker's stats prints them (`64MiB`, `2.426MiB`).
 fn bin(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -1348,7 +1335,7 @@ impl StatsRow {
         let (cpu, mem_usage, mem_perc, net_io, block_io, pids) = match (before, after) {
             (Some(x), Some(y)) => {
                 let cpu = (y.cpu_ns.saturating_sub(x.cpu_ns)) as f64 / elapsed_ns.max(1.0) * 100.0;
-                let lim = if y.mem_limit == 0 { total_mem() } else { y.mem_limit };
+                let lim = if y.mem_limit == 0 { mem_total() } else { y.mem_limit };
                 (
                     format!("{cpu:.2}%"),
                     format!("{} / {}", bin(y.mem_usage), bin(lim)),

@@ -370,6 +370,23 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// Stores one layer from a stream (stdin, a pipe): spooled into `tmp`
+    /// so it can be sniffed and rewound, unpacked, moved into place.
+    fn spool_layer(&self, tmp: &TmpDir, r: impl Read, what: &str) -> Result<(Digest, u64), ImageError> {
+        let spool = tmp.path().join("input");
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&spool)
+            .map_err(ImageError::io("create spool file"))?;
+        io::copy(&mut { r }, &mut f).map_err(ImageError::io(what))?;
+        f.rewind().map_err(ImageError::io(what))?;
+        let (diff, size) = self.import_layer(tmp.path(), 0, f, None, None)?;
+        self.commit_layers(tmp.path(), &[(0, diff.clone())])?;
+        Ok((diff, size))
+    }
+
     /// Imports a rootfs tarball as a one-layer image (like `docker import`),
     /// applying Dockerfile-style `changes` to its config.
     pub fn import(
@@ -387,18 +404,7 @@ impl ImageStore {
         let tag = name.map(ImageRef::parse).transpose()?.and_then(|r| r.tagged());
         let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tmp = TmpDir::new(self.layout(), "import")?;
-        // the stream may be stdin: spool it so it can be sniffed and rewound
-        let spool = tmp.path().join("input");
-        let mut f = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&spool)
-            .map_err(ImageError::io("create spool file"))?;
-        io::copy(&mut { r }, &mut f).map_err(ImageError::io("read input"))?;
-        f.rewind().map_err(ImageError::io("read input"))?;
-        let (diff, size) = self.import_layer(tmp.path(), 0, f, None, None)?;
-        self.commit_layers(tmp.path(), &[(0, diff.clone())])?;
+        let (diff, size) = self.spool_layer(&tmp, r, "read input")?;
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let config = serde_json::json!({
             "architecture": "amd64",
@@ -423,17 +429,7 @@ impl ImageStore {
         let tag = c.tag.as_deref().map(ImageRef::parse).transpose()?.and_then(|r| r.tagged());
         let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tmp = TmpDir::new(self.layout(), "commit")?;
-        let spool = tmp.path().join("input");
-        let mut f = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&spool)
-            .map_err(ImageError::io("create spool file"))?;
-        io::copy(&mut { layer }, &mut f).map_err(ImageError::io("read the container's changes"))?;
-        f.rewind().map_err(ImageError::io("read the container's changes"))?;
-        let (diff, size) = self.import_layer(tmp.path(), 0, f, None, None)?;
-        self.commit_layers(tmp.path(), &[(0, diff.clone())])?;
+        let (diff, size) = self.spool_layer(&tmp, layer, "read the container's changes")?;
         let mut raw: serde_json::Value =
             serde_json::from_slice(&parent.config).map_err(|e| ImageError::BadConfig(e.to_string()))?;
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);

@@ -6,21 +6,8 @@
 mod common;
 
 use common::*;
-use std::time::{Duration, Instant};
 
 modes!(init_forwards_signals_and_reaps, health_checks_from_flags_and_image);
-
-/// Polls `moat ARGS` until its output satisfies `ok` (bounded).
-fn until(r: &Root, args: &[&str], ok: impl Fn(&str) -> bool) -> String {
-    let t0 = Instant::now();
-    loop {
-        let out = r.ok(args);
-        if ok(&out) || t0.elapsed() > Duration::from_secs(60) {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn init_forwards_signals_and_reaps(iso: &str) {
     let r = root_with_busybox();

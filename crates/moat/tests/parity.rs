@@ -451,7 +451,7 @@ fn listing_sizes_details_top_and_stats() {
         "-c",
         "head -c 5000 /dev/zero > /blob; echo ready; exec sleep 600",
     ]);
-    let logs = until_ok(&r, &["logs", "--details", "lister"], |o| o.contains("ready"));
+    let logs = until(&r, &["logs", "--details", "lister"], |o| o.contains("ready"));
     assert_eq!(logs, "STAGE=dev,team=core ready\n");
     assert_eq!(r.ok(&["logs", "lister"]), "ready\n");
     let ps = r.ok(&["ps", "-s", "--format", "{{.Names}} {{.Size}}"]);
@@ -486,17 +486,6 @@ fn listing_sizes_details_top_and_stats() {
     assert_eq!(r.ok(&["network", "ls", "--filter", "dangling=true", "--format", "{{.Name}}"]), "listed\n");
     assert_eq!(r.ok(&["network", "ls", "--filter", "name=moa", "--format", "{{.Name}}"]), "moat\n");
     r.ok(&["rm", "-f", "lister", "vtop"]);
-}
-
-fn until_ok(r: &Root, args: &[&str], ok: impl Fn(&str) -> bool) -> String {
-    for _ in 0..200 {
-        let out = r.ok(args);
-        if ok(&out) {
-            return out;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    r.ok(args)
 }
 
 #[test]

@@ -394,3 +394,16 @@ pub fn with_pty(cmd: &str, input: Option<&str>) -> Output {
         None => c.stdin(Stdio::null()).output().expect("script"),
     }
 }
+
+/// Runs `moat ARGS` until its output satisfies `ok` (at most a minute, then
+/// returns the last output for the caller's assertion).
+pub fn until(r: &Root, args: &[&str], ok: impl Fn(&str) -> bool) -> String {
+    let t0 = std::time::Instant::now();
+    loop {
+        let out = r.ok(args);
+        if ok(&out) || t0.elapsed() > std::time::Duration::from_secs(60) {
+            return out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
