@@ -3,7 +3,8 @@ SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and the demo use (libseccomp/libcap-ng: to build virtiofsd)
 DEB_PKGS := busybox-static umoci tar gzip zstd iproute2 util-linux ca-certificates \
-            qemu-system-x86 libseccomp-dev libcap-ng-dev pkg-config iptables cpio
+            qemu-system-x86 libseccomp-dev libcap-ng-dev pkg-config iptables cpio \
+            docker-registry skopeo apache2-utils
 export CARGO_TERM_COLOR ?= never
 # one guest kernel for the whole workspace (tests and demo share it)
 export MOAT_KERNEL_DIR ?= $(CURDIR)/target/vm-kernel

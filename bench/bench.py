@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--floor-idle-cmd", required=True, help="bare QEMU: same kernel, init sleeps")
     ap.add_argument("--big-tar", required=True, help="~100 MB multi-layer docker-archive")
     ap.add_argument("--big-layers", required=True, help="directory with the same layer tars")
+    ap.add_argument("--registry", required=True, help="host:port of a local registry holding big:bench")
+    ap.add_argument("--scratch", required=True, help="a directory skopeo may copy into")
     ap.add_argument("--only", default="")
     a = ARGS = ap.parse_args()
     m = f"{a.moat} --root {a.root}"
@@ -216,6 +218,20 @@ def main():
         out.append(row("image load", moat))
         out.append(row("image load", tarx, moat))
         notes.append(f"image load throughput: moat = {tarx['median'] / moat['median']:.2f}x tar -x")
+
+    if want("pull"):
+        ref = f"{a.registry}/big:bench"
+        pm = "podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file"
+        n = max(3, a.runs // 3)
+        moat = series("moat pull (~100 MB, 3 gzip layers, local registry)", f"{m} pull -q {ref}", n,
+                      after=f"{m} rmi -f {ref} && {m} image prune -f")
+        skopeo = series("skopeo copy to a local dir (no unpack)", f"skopeo copy -q --src-tls-verify=false docker://{ref} dir:{a.scratch}", n,
+                        before=f"rm -rf {a.scratch}", after=f"rm -rf {a.scratch}")
+        podman = series("podman pull", f"{pm} pull -q --tls-verify=false {ref}", n, after=f"{pm} rmi -f {ref}")
+        out.append(row("image pull", moat))
+        for p in (skopeo, podman):
+            out.append(row("image pull", p, moat))
+        notes.append(f"pull: moat = {moat['median'] / skopeo['median']:.2f}x skopeo copy, {moat['median'] / podman['median']:.2f}x podman pull")
 
     print("\n".join(out))
     if mem:

@@ -14,6 +14,7 @@ cleanup() {
   for s in $("$MOAT" --root "$ROOT" switch ls -q 2>/dev/null || true); do "$MOAT" --root "$ROOT" switch rm "$s" >/dev/null 2>&1 || true; done
   for c in bcrun brunc bcrun-exec brunc-exec; do crun delete -f $c >/dev/null 2>&1 || true; runc delete -f $c >/dev/null 2>&1 || true; done
   podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file rmi -f localhost/busybox:latest >/dev/null 2>&1 || true
+  [ -z "${REG_PID:-}" ] || { podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file rmi -f "$REG/big:bench" >/dev/null 2>&1 || true; kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; }
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -80,8 +81,18 @@ with tarfile.open(f"{d}/big.tar", "w") as t:
     add("manifest.json", json.dumps([{"Config": f"{cid}.json", "RepoTags": ["big:bench"], "Layers": [f"{h}/layer.tar" for h, _ in layers]}]).encode())
 PY
 
+# a local registry (Debian's docker-registry, 127.0.0.1 only) holding the big
+# image as skopeo pushes it (gzip layers), for the pull benchmark
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+REG=127.0.0.1:$PORT
+mkdir -p "$WORK/registry"
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n' "$WORK/registry/data" "$REG" > "$WORK/registry/config.yml"
+docker-registry serve "$WORK/registry/config.yml" >/dev/null 2>"$WORK/registry/log" & REG_PID=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+skopeo copy -q --dest-tls-verify=false "docker-archive:$WORK/big/big.tar" "docker://$REG/big:bench"
+
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, host kernel $(uname -r), accelerator $ACCEL, guest kernel $VER, $(date -u +%Y-%m-%d)"
-echo "peers: $(crun --version | head -1), $(runc --version | head -1), $(podman --version), $(qemu-system-x86_64 --version | head -1)"
+echo "peers: $(crun --version | head -1), $(runc --version | head -1), $(podman --version), $(qemu-system-x86_64 --version | head -1), skopeo $(skopeo --version | awk '{print $3}'), docker-registry $(docker-registry --version | awk '{print $3}')"
 echo
 # crun 1.8 refuses the hybrid cgroup layout: run everything in a mount
 # namespace without the empty cgroup2 mount (same conditions for every tool)
@@ -89,4 +100,4 @@ unshare -m sh -c "umount -l /sys/fs/cgroup/unified 2>/dev/null; exec python3 ben
   --moat '$MOAT' --root '$ROOT' --bundle '$WORK/bundle' --image-tar '$WORK/busybox.tar' \
   --floor-cmd \"$(qemu moat-bench-floor "$WORK/floor-off.cpio")\" \
   --floor-idle-cmd \"$(qemu moat-bench-floor-idle "$WORK/floor-idle.cpio")\" \
-  --big-tar '$WORK/big/big.tar' --big-layers '$WORK/big/layers' $*"
+  --big-tar '$WORK/big/big.tar' --big-layers '$WORK/big/layers' --registry '$REG' --scratch '$WORK/pulled' $*"

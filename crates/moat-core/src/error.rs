@@ -16,6 +16,8 @@ pub enum ErrorKind {
     Unsupported,
     /// The engine root's filesystem is full (500, as Docker answers).
     NoSpace,
+    /// A registry refused the credentials (401).
+    Unauthorized,
     /// Anything else (500).
     Internal,
 }
@@ -27,6 +29,7 @@ impl ErrorKind {
             Self::NotFound => 404,
             Self::Conflict | Self::NotRunning => 409,
             Self::Invalid => 400,
+            Self::Unauthorized => 401,
             Self::Unsupported => 501,
             Self::NoSpace | Self::Internal => 500,
         }

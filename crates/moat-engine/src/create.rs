@@ -67,12 +67,28 @@ pub fn merge_image(cfg: &mut ContainerConfig, icfg: &moat_image::RuntimeConfig) 
     Ok(())
 }
 
+/// An image for another architecture cannot run here: say so instead of
+/// an "exec format error" from inside the container.
+fn check_platform(name: &str, config: &[u8]) -> Result<(), EngineError> {
+    let (head, _) = moat_image::parse_config(config)?;
+    let host = moat_registry::manifest::Platform::host();
+    let arch = head.architecture.unwrap_or_default();
+    let os = head.os.unwrap_or_else(|| "linux".into());
+    if (!arch.is_empty() && arch != host.architecture) || os != host.os {
+        return Err(EngineError::Unsupported(format!(
+            "image {name} is for {os}/{arch} and this host runs {host}: moat does not emulate other platforms"
+        )));
+    }
+    Ok(())
+}
+
 impl Engine {
     /// Records a new container from its image (resolved now).
     pub fn create(&mut self, req: CreateRequest) -> Result<Container, EngineError> {
         let mut cfg = req.config;
         validate::config(&cfg)?;
         let image = self.images.resolve(&cfg.image)?;
+        check_platform(&cfg.image, &image.config)?;
         let icfg = moat_image::runtime_config(&image.config)?;
         merge_image(&mut cfg, &icfg)?;
         if self.settings.no_new_privileges && !cfg.security_opt.iter().any(|o| o.starts_with("no-new-privileges")) {

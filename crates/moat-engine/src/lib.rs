@@ -25,6 +25,7 @@ pub mod logs;
 pub mod names;
 pub mod network;
 pub mod options;
+pub mod registry;
 pub mod rootview;
 pub mod session;
 pub mod settings;
@@ -81,6 +82,12 @@ pub enum EngineError {
     /// Unknown switch.
     #[error("network {0} not found")]
     NoSuchSwitch(String),
+    /// A registry refused the credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A registry failed.
+    #[error("{0}")]
+    Registry(String),
     /// A path or object that does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -155,6 +162,7 @@ impl EngineError {
             Self::Net(moat_net::NetError::Invalid(_)) => ErrorKind::Invalid,
             Self::Net(moat_net::NetError::Exhausted(_)) => ErrorKind::Conflict,
             Self::NotRunning(_) => ErrorKind::NotRunning,
+            Self::Unauthorized(_) => ErrorKind::Unauthorized,
             Self::Unsupported(_) => ErrorKind::Unsupported,
             Self::Vm(moat_vm::VmError::NoKernel(_) | moat_vm::VmError::NoAgent(_) | moat_vm::VmError::Missing(..)) => {
                 ErrorKind::Unsupported

@@ -7,6 +7,10 @@
 //! default_isolation = "hyperv"   # or "process" (the built-in default), "vm"
 //! # like dockerd's no-new-privileges: new containers get no_new_privs
 //! no_new_privileges = true
+//! # registries that may use plain HTTP or unverified TLS (loopback always may)
+//! insecure_registries = ["registry.lan:5000"]
+//! # tried first for Docker Hub pulls
+//! registry_mirrors = ["https://mirror.example"]
 //! ```
 
 use crate::{EngineError, EngineOptions};
@@ -19,6 +23,8 @@ use std::path::Path;
 struct File {
     default_isolation: Option<String>,
     no_new_privileges: Option<bool>,
+    insecure_registries: Option<Vec<String>>,
+    registry_mirrors: Option<Vec<String>>,
 }
 
 /// Effective settings and where they came from.
@@ -30,6 +36,10 @@ pub struct Settings {
     pub default_isolation_source: String,
     /// Set `no_new_privs` for every new container (off by default, like Docker).
     pub no_new_privileges: bool,
+    /// Registries that may use plain HTTP or unverified TLS.
+    pub insecure_registries: Vec<String>,
+    /// Mirrors for Docker Hub.
+    pub registry_mirrors: Vec<String>,
 }
 
 fn read(path: &Path) -> Result<Option<File>, EngineError> {
@@ -49,6 +59,8 @@ impl Settings {
             default_isolation: Isolation::Process,
             default_isolation_source: "built-in".into(),
             no_new_privileges: false,
+            insecure_registries: Vec::new(),
+            registry_mirrors: Vec::new(),
         };
         for path in [o.config_file(), o.root.join("config.toml")] {
             if let Some(f) = read(&path)? {
@@ -60,6 +72,12 @@ impl Settings {
                 }
                 if let Some(n) = f.no_new_privileges {
                     s.no_new_privileges = n;
+                }
+                if let Some(r) = f.insecure_registries {
+                    s.insecure_registries = r;
+                }
+                if let Some(m) = f.registry_mirrors {
+                    s.registry_mirrors = m;
                 }
             }
         }

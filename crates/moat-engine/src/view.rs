@@ -847,6 +847,13 @@ struct ConfigMeta {
 }
 
 impl ImageInspect {
+    /// The inspect view of `img` with its `RepoDigests` from the store.
+    pub fn of_stored(e: &Engine, img: &moat_store::ImageRecord) -> Self {
+        let mut v = Self::of(img);
+        v.repo_digests = e.images.store().repo_digests(&img.id).unwrap_or_default();
+        v
+    }
+
     /// The inspect view of `img`.
     pub fn of(img: &moat_store::ImageRecord) -> Self {
         let meta: ConfigMeta = serde_json::from_slice(&img.config).unwrap_or_default();
@@ -882,6 +889,19 @@ impl ImageSummary {
             labels: moat_image::runtime_config(&img.config).ok().and_then(|c| c.labels).unwrap_or_default(),
             containers: containers as i64,
         }
+    }
+
+    /// The `moat images` rows of `img` (one per tag, `<none>` when it has
+    /// none), with the registry digest of each repository when known.
+    pub fn rows_with_digests(e: &Engine, img: &moat_store::ImageRecord, no_trunc: bool) -> Vec<ImagesRow> {
+        let digests = e.images.store().repo_digests(&img.id).unwrap_or_default();
+        let mut rows = Self::rows(img, no_trunc);
+        for r in &mut rows {
+            if let Some(d) = digests.iter().find_map(|n| n.strip_prefix(&format!("{}@", r.repository))) {
+                r.digest = d.to_string();
+            }
+        }
+        rows
     }
 
     /// The `moat images` rows of `img` (one per tag, `<none>` when it has none).

@@ -183,6 +183,132 @@ pub struct PruneReport {
     pub reclaimed: u64,
 }
 
+/// Unpacks layers into a pull's or load's scratch directory; holds no
+/// database handle, so a pull's threads share it.
+#[derive(Debug, Clone)]
+pub struct Unpacker {
+    layout: Layout,
+    limits: Limits,
+}
+
+impl Unpacker {
+    fn no_space(&self, e: unpack::UnpackError) -> ImageError {
+        match e {
+            unpack::UnpackError::NoSpace(free) => {
+                ImageError::NoSpace { root: self.layout.root().display().to_string(), free }
+            }
+            e => e.into(),
+        }
+    }
+
+    /// Unpacks one layer stream into `tmp`, checking digests. Returns its diff ID and tar size.
+    fn import_layer(
+        &self,
+        tmp: &Path,
+        idx: usize,
+        mut src: File,
+        want_blob: Option<&Digest>,
+        want_diff: Option<&Digest>,
+    ) -> Result<(Digest, u64), ImageError> {
+        let layout = &self.layout;
+        if let Some(d) = want_diff {
+            let blob = layout.blob(d.hex());
+            if layout.layer(d.hex()).is_dir() {
+                if let Ok(m) = std::fs::metadata(&blob) {
+                    return Ok((d.clone(), m.len()));
+                }
+            }
+        }
+        let what = format!("layer {}", idx + 1);
+        let mut head = BufReader::new(&mut src);
+        let compression = detect(&mut head)?;
+        drop(head);
+        src.rewind().map_err(ImageError::io(format!("read {what}")))?;
+        if let (Some(want), true) = (want_blob, compression != Compression::None) {
+            let (got, _, _) =
+                HashReader::new(&mut src, None::<io::Sink>).finish().map_err(ImageError::io(format!("read {what}")))?;
+            if &got != want {
+                return Err(ImageError::DigestMismatch { what, want: want.to_string(), got: got.to_string() });
+            }
+            src.rewind().map_err(ImageError::io(format!("read {what}")))?;
+        }
+        let diff = Self::unpack_into(tmp, idx, src, &what, want_diff, self.limits, |e| self.no_space(e))?;
+        if (want_blob.is_some() && compression == Compression::None) && want_blob != Some(&diff.0) {
+            return Err(ImageError::DigestMismatch {
+                what,
+                want: want_blob.map(|d| d.to_string()).unwrap_or_default(),
+                got: diff.0.to_string(),
+            });
+        }
+        Ok(diff)
+    }
+
+    /// Decompresses `src` into `tmp/layer-{idx}` (the tree) and
+    /// `tmp/blob-{idx}` (the uncompressed tar), checking the uncompressed
+    /// digest against `want_diff`. Returns the diff ID and size.
+    fn unpack_into(
+        tmp: &Path,
+        idx: usize,
+        src: impl Read,
+        what: &str,
+        want_diff: Option<&Digest>,
+        limits: Limits,
+        no_space: impl Fn(unpack::UnpackError) -> ImageError,
+    ) -> Result<(Digest, u64), ImageError> {
+        let dir = tmp.join(format!("layer-{idx}"));
+        let blob_path = tmp.join(format!("blob-{idx}"));
+        std::fs::create_dir(&dir).map_err(ImageError::io("create layer directory"))?;
+        let blob = io::BufWriter::with_capacity(
+            1 << 20,
+            File::create(&blob_path).map_err(ImageError::io("create layer blob"))?,
+        );
+        let mut hr = HashReader::new(decompress(src)?, Some(blob));
+        unpack::unpack(&mut hr, &dir, unpack::Kind::Layer, limits).map_err(no_space)?;
+        let (diff, size, blob) = hr.finish().map_err(ImageError::io(format!("read {what}")))?;
+        if let Some(mut b) = blob {
+            b.flush().map_err(ImageError::io("write layer blob"))?;
+        }
+        if let Some(w) = want_diff {
+            if w != &diff {
+                return Err(ImageError::DigestMismatch {
+                    what: format!("{what} (uncompressed)"),
+                    want: w.to_string(),
+                    got: diff.to_string(),
+                });
+            }
+        }
+        Ok((diff, size))
+    }
+
+    /// Unpacks layer `idx` of the pull while it downloads: `src` is the
+    /// blob as it arrives (compressed or not). Checks the uncompressed
+    /// digest; the caller checks the compressed one of the same bytes
+    /// before it finishes the pull. Returns the uncompressed size.
+    pub fn unpack_pulled_stream(
+        &self,
+        txn: &PullTxn,
+        idx: usize,
+        src: impl Read,
+        diff: &Digest,
+    ) -> Result<u64, ImageError> {
+        let what = format!("layer {}", idx + 1);
+        Ok(Self::unpack_into(txn.tmp.path(), idx, src, &what, Some(diff), self.limits, |e| self.no_space(e))?.1)
+    }
+}
+
+/// A pull in progress: its scratch directory and the shared GC lock.
+pub struct PullTxn {
+    tmp: TmpDir,
+    _gc: FileLock,
+}
+
+impl PullTxn {
+    /// The scratch directory (downloads go here).
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+}
+
 /// What `commit` records besides the layer.
 #[derive(Debug, Clone, Default)]
 pub struct CommitInfo {
@@ -231,12 +357,12 @@ impl ImageStore {
     }
 
     fn no_space(&self, e: unpack::UnpackError) -> ImageError {
-        match e {
-            unpack::UnpackError::NoSpace(free) => {
-                ImageError::NoSpace { root: self.layout().root().display().to_string(), free }
-            }
-            e => e.into(),
-        }
+        self.unpacker().no_space(e)
+    }
+
+    /// The part of the store that unpacks layers: shareable between threads.
+    pub fn unpacker(&self) -> Unpacker {
+        Unpacker { layout: self.layout().clone(), limits: self.limits }
     }
 
     /// Unpacks one layer stream into `tmp`, checking digests. Returns its diff ID and tar size.
@@ -244,62 +370,11 @@ impl ImageStore {
         &self,
         tmp: &Path,
         idx: usize,
-        mut src: File,
+        src: File,
         want_blob: Option<&Digest>,
         want_diff: Option<&Digest>,
     ) -> Result<(Digest, u64), ImageError> {
-        let layout = self.layout();
-        if let Some(d) = want_diff {
-            let blob = layout.blob(d.hex());
-            if layout.layer(d.hex()).is_dir() {
-                if let Ok(m) = std::fs::metadata(&blob) {
-                    return Ok((d.clone(), m.len()));
-                }
-            }
-        }
-        let what = format!("layer {}", idx + 1);
-        let mut head = BufReader::new(&mut src);
-        let compression = detect(&mut head)?;
-        drop(head);
-        src.rewind().map_err(ImageError::io(format!("read {what}")))?;
-        if let (Some(want), true) = (want_blob, compression != Compression::None) {
-            let (got, _, _) =
-                HashReader::new(&mut src, None::<io::Sink>).finish().map_err(ImageError::io(format!("read {what}")))?;
-            if &got != want {
-                return Err(ImageError::DigestMismatch { what, want: want.to_string(), got: got.to_string() });
-            }
-            src.rewind().map_err(ImageError::io(format!("read {what}")))?;
-        }
-        let dir = tmp.join(format!("layer-{idx}"));
-        let blob_path = tmp.join(format!("blob-{idx}"));
-        std::fs::create_dir(&dir).map_err(ImageError::io("create layer directory"))?;
-        let blob = io::BufWriter::with_capacity(
-            1 << 20,
-            File::create(&blob_path).map_err(ImageError::io("create layer blob"))?,
-        );
-        let mut hr = HashReader::new(decompress(src)?, Some(blob));
-        unpack::unpack(&mut hr, &dir, unpack::Kind::Layer, self.limits).map_err(|e| self.no_space(e))?;
-        let (diff, size, blob) = hr.finish().map_err(ImageError::io(format!("read {what}")))?;
-        if let Some(mut b) = blob {
-            b.flush().map_err(ImageError::io("write layer blob"))?;
-        }
-        if let Some(w) = want_diff {
-            if w != &diff {
-                return Err(ImageError::DigestMismatch {
-                    what: format!("{what} (uncompressed)"),
-                    want: w.to_string(),
-                    got: diff.to_string(),
-                });
-            }
-        }
-        if (want_blob.is_some() && compression == Compression::None) && want_blob != Some(&diff) {
-            return Err(ImageError::DigestMismatch {
-                what,
-                want: want_blob.map(|d| d.to_string()).unwrap_or_default(),
-                got: diff.to_string(),
-            });
-        }
-        Ok((diff, size))
+        self.unpacker().import_layer(tmp, idx, src, want_blob, want_diff)
     }
 
     /// Moves unpacked layers into place. Layers are complete (verified) before
@@ -368,6 +443,51 @@ impl ImageStore {
             }
         }
         Ok(out)
+    }
+
+    /// Starts storing a pulled image: a scratch directory, and the GC lock
+    /// held shared so nothing it unpacks is collected meanwhile.
+    pub fn begin_pull(&self) -> Result<PullTxn, ImageError> {
+        let gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(PullTxn { tmp: TmpDir::new(self.layout(), "pull")?, _gc: gc })
+    }
+
+    /// True when the layer `diff` is stored (unpacked and its blob kept):
+    /// a pull need not download it.
+    pub fn has_layer_data(&self, diff: &Digest) -> bool {
+        self.layout().layer(diff.hex()).is_dir() && self.layout().blob(diff.hex()).is_file()
+    }
+
+    /// Commits a pull: the unpacked layers moved into place, the image
+    /// recorded with its tags and `repo@digest`. `layers` are (index,
+    /// diff ID, uncompressed size) bottom first.
+    pub fn finish_pull(
+        &mut self,
+        txn: PullTxn,
+        config: &[u8],
+        layers: &[(usize, Digest, u64)],
+        tags: Vec<String>,
+        repo_digest: Option<String>,
+    ) -> Result<Digest, ImageError> {
+        let staged: Vec<(usize, Digest)> = layers.iter().map(|(i, d, _)| (*i, d.clone())).collect();
+        self.commit_layers(txn.tmp.path(), &staged)?;
+        let (head, diff_ids) = parse_config(config)?;
+        let sizes: Vec<(Digest, u64)> = layers.iter().map(|(_, d, s)| (d.clone(), *s)).collect();
+        if diff_ids != sizes.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>() {
+            return Err(ImageError::BadConfig("the manifest's layers do not match the config's diff IDs".into()));
+        }
+        let rec = record(config, &head, diff_ids, &sizes, tags)?;
+        self.store.put_image(&rec, &sizes)?;
+        if let Some(rd) = repo_digest {
+            self.store.add_repo_digest(&rd, &rec.id)?;
+        }
+        drop(txn);
+        Ok(rec.id)
+    }
+
+    /// The size recorded for a stored layer.
+    pub fn layer_size(&self, diff: &Digest) -> Result<u64, ImageError> {
+        Ok(self.store.layers()?.into_iter().find(|(d, _)| d == diff).map(|(_, s)| s).unwrap_or(0))
     }
 
     /// Stores one layer from a stream (stdin, a pipe): spooled into `tmp`
@@ -478,6 +598,14 @@ impl ImageStore {
             return by_prefix(hex)?.ok_or_else(|| ImageError::NoSuchImage(s.into()));
         }
         if let Ok(r) = ImageRef::parse(s) {
+            // `name@sha256:...` names the manifest a registry served
+            if let Some(d) = &r.digest {
+                let id = self.store.repo_digest_target(&format!("{}@{d}", r.repo))?;
+                return match id {
+                    Some(id) => self.store.image(&id)?.ok_or_else(|| ImageError::NoSuchImage(s.into())),
+                    None => Err(ImageError::NoSuchImage(s.into())),
+                };
+            }
             if let Some(t) = r.tagged() {
                 if let Some(id) = self.store.tag_target(&t)? {
                     return self.store.image(&id)?.ok_or_else(|| ImageError::NoSuchImage(s.into()));

@@ -132,7 +132,7 @@ pub struct SwitchRow {
     pub config: String,
 }
 
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE images(
@@ -206,6 +206,16 @@ CREATE TABLE volume_refs(
   PRIMARY KEY (container_id, volume)
 );
 CREATE INDEX volume_refs_volume ON volume_refs(volume);
+";
+
+/// Version 5: repository digests of pulled and pushed images
+/// (`name@sha256:...`, Docker's `RepoDigests`).
+const SCHEMA_V5: &str = "
+CREATE TABLE repo_digests(
+  name TEXT PRIMARY KEY,
+  image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+);
+CREATE INDEX repo_digests_image ON repo_digests(image_id);
 ";
 
 /// A volume row.
@@ -382,6 +392,9 @@ impl Store {
             }
             if v < 4 {
                 tx.execute_batch(SCHEMA_V4)?;
+            }
+            if v < 5 {
+                tx.execute_batch(SCHEMA_V5)?;
             }
             if v < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -834,6 +847,35 @@ impl Store {
     /// The newest event's sequence number (0 when there is none).
     pub fn last_event_seq(&self) -> Result<i64, StoreError> {
         Ok(self.conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?)
+    }
+
+    // ---------------------------------------------------------- repo digests
+
+    /// Records that `name@digest` (a registry's manifest) is image `id`.
+    pub fn add_repo_digest(&mut self, name: &str, id: &Digest) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO repo_digests(name, image_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id",
+                params![name, id.hex()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The `name@sha256:...` entries of an image.
+    pub fn repo_digests(&self, id: &Digest) -> Result<Vec<String>, StoreError> {
+        let mut st = self.conn.prepare("SELECT name FROM repo_digests WHERE image_id = ?1 ORDER BY name")?;
+        let v = st.query_map([id.hex()], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    /// The image a `name@sha256:...` entry names.
+    pub fn repo_digest_target(&self, name: &str) -> Result<Option<Digest>, StoreError> {
+        let id: Option<String> = self
+            .conn
+            .query_row("SELECT image_id FROM repo_digests WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?;
+        id.map(|i| digest(&i)).transpose()
     }
 
     // --------------------------------------------------------------- volumes

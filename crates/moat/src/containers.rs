@@ -66,6 +66,12 @@ pub struct CreateArgs {
     /// Disable the image's health check.
     #[arg(long)]
     no_healthcheck: bool,
+    /// Pull the image: missing (default), always, never.
+    #[arg(long, default_value = "missing")]
+    pull: String,
+    /// Platform to pull for a multi-platform image: `os/arch[/variant]`.
+    #[arg(long)]
+    platform: Option<String>,
     /// Run an init as PID 1 that forwards signals and reaps orphans.
     #[arg(long)]
     init: bool,
@@ -705,6 +711,16 @@ fn write_cidfile(a: &CreateArgs, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The implicit pull of `create`/`run` (`--pull`), progress on stderr.
+fn pull_for(e: &mut Engine, a: &CreateArgs) -> Result<()> {
+    let Some(image) = a.image_and_command.first().filter(|i| !i.starts_with('-')) else { return Ok(()) };
+    let policy: moat_engine::registry::PullPolicy =
+        a.pull.parse().map_err(|err| crate::with_exit(anyhow!("{err}"), 125))?;
+    let p = crate::registry::Progress::new(false, false, false);
+    let o = moat_engine::registry::PullOptions { platform: a.platform.clone(), no_tls_verify: false };
+    e.ensure_image(image, policy, &o, &|ev| p.show(ev)).map_err(|err| crate::with_exit(err.into(), 125))
+}
+
 /// `--detach-keys` as bytes (Docker's default when absent).
 fn keys(k: Option<&str>) -> Result<Vec<u8>> {
     Ok(match k {
@@ -737,6 +753,7 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
     match cmd {
         ContainerCmd::Create(a) => {
             check_cidfile(&a)?;
+            pull_for(e, &a)?;
             let c = build_config(&a, false)
                 .and_then(|config| Ok(e.create(CreateRequest { name: a.name.clone(), config })?))
                 .map_err(|err| crate::with_exit(err, 125))?;
@@ -747,6 +764,7 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
         ContainerCmd::Run(a) => {
             let config = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
             check_cidfile(&a.create)?;
+            pull_for(e, &a.create)?;
             let (c, mut s) = match e.run(CreateRequest { name: a.create.name.clone(), config }) {
                 Ok(v) => v,
                 Err(err) => return start_failed(err),
@@ -1135,7 +1153,8 @@ fn inspect(e: &mut Engine, a: InspectArgs) -> Result<i32> {
             if want("image") {
                 match e.image(n) {
                     Ok(img) => {
-                        return Ok(serde_json::to_value(moat_engine::view::ImageInspect::of(&img)).unwrap_or_default())
+                        return Ok(serde_json::to_value(moat_engine::view::ImageInspect::of_stored(e, &img))
+                            .unwrap_or_default())
                     }
                     Err(err) if err.kind() == moat_engine::ErrorKind::NotFound => {}
                     Err(err) => return Err(err),

@@ -215,7 +215,7 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
             let mut code = 0;
             for name in &a.images {
                 match e.image(name) {
-                    Ok(img) => out.push(serde_json::to_value(ImageInspect::of(&img))?),
+                    Ok(img) => out.push(serde_json::to_value(ImageInspect::of_stored(e, &img))?),
                     Err(err) => {
                         eprintln!("Error: {err}");
                         code = 1;
@@ -274,7 +274,8 @@ fn ls(e: &mut Engine, a: LsArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let rows: Vec<ImagesRow> = imgs.iter().flat_map(|img| ImageSummary::rows(img, a.no_trunc)).collect();
+    let rows: Vec<ImagesRow> =
+        imgs.iter().flat_map(|img| ImageSummary::rows_with_digests(e, img, a.no_trunc)).collect();
     if a.digests {
         return format::list(
             &a.format,

@@ -19,6 +19,7 @@ mod format;
 mod images;
 mod info;
 mod output;
+mod registry;
 mod session;
 mod switches;
 mod system;
@@ -73,6 +74,17 @@ enum Cmd {
     Tag(images::TagArgs),
     /// Remove images.
     Rmi(images::RmArgs),
+    /// Download an image from a registry.
+    Pull(registry::PullArgs),
+    /// Upload an image to a registry.
+    Push(registry::PushArgs),
+    /// Log in to a registry (credentials kept 0600 in the root).
+    Login(registry::LoginArgs),
+    /// Forget the login for a registry.
+    Logout {
+        /// Registry (default: Docker Hub).
+        server: Option<String>,
+    },
     /// Show the history of an image.
     History(images::HistoryArgs),
     /// Manage containers.
@@ -206,6 +218,10 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Save(a) => images::run(&mut open()?, images::ImageCmd::Save(a)),
         Cmd::Tag(a) => images::run(&mut open()?, images::ImageCmd::Tag(a)),
         Cmd::Rmi(a) => images::run(&mut open()?, images::ImageCmd::Rm(a)),
+        Cmd::Pull(a) => registry::pull(&mut open()?, a),
+        Cmd::Push(a) => registry::push(&mut open()?, a),
+        Cmd::Login(a) => registry::login(&mut open()?, a),
+        Cmd::Logout { server } => registry::logout(&mut open()?, server),
         Cmd::History(a) => images::run(&mut open()?, images::ImageCmd::History(a)),
         Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&mut open()?, c),
         Cmd::Vm(c) => vm(&o, c),
@@ -306,13 +322,8 @@ pub fn with_exit(e: anyhow::Error, code: i32) -> anyhow::Error {
 }
 
 /// Verbs Docker users type that moat does not have yet, and what to do instead.
-const NOT_YET: &[(&str, &str)] = &[
-    ("pull", "moat has no registry client yet: get the image as a tarball (`docker save`, `skopeo copy ... docker-archive:x.tar`) and `moat load -i x.tar`"),
-    ("push", "moat has no registry client yet: `moat save -o x.tar IMAGE` and push it with another tool"),
-    ("login", "moat has no registry client yet, so there is nothing to log in to: see `moat load`"),
-    ("logout", "moat has no registry client yet, so there is nothing to log out of"),
-    ("build", "moat cannot build images yet: build with another tool, then `moat load -i image.tar`"),
-];
+const NOT_YET: &[(&str, &str)] =
+    &[("build", "moat cannot build images yet: build with another tool, then `moat load -i image.tar`")];
 
 /// Prints a command-line error as one line and returns the exit code:
 /// 0 for help and version, 125 (Docker's) for usage errors.

@@ -209,7 +209,7 @@ fn errors_are_one_line(iso: &str) {
     r.ok(&["create", "--name", "dup", "--isolation", iso, "busybox", "true"]);
     let e = r.fails(&["create", "--name", "dup", "--isolation", iso, "busybox", "true"]);
     assert!(e.contains("is already in use"), "{e}");
-    let e = r.fails(&["run", "--isolation", iso, "nosuchimage", "true"]);
+    let e = r.fails(&["run", "--pull", "never", "--isolation", iso, "nosuchimage", "true"]);
     assert!(e.contains("No such image: nosuchimage"), "{e}");
     let o = r.run(&["run", "--rm", "--isolation", iso, "busybox", "no-such-command"]);
     assert_eq!(o.status.code(), Some(127));

@@ -407,3 +407,85 @@ pub fn until(r: &Root, args: &[&str], ok: impl Fn(&str) -> bool) -> String {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// A real registry (Debian's `docker-registry`, distribution 2.8) on
+/// 127.0.0.1, its storage in a temporary directory; killed (by PID) when
+/// dropped.
+pub struct Registry {
+    pub addr: String,
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Registry {
+    /// Without authentication.
+    pub fn start() -> Self {
+        Self::start_with("", &[])
+    }
+
+    /// With htpasswd (basic) authentication for `user`/`password`.
+    pub fn with_htpasswd(user: &str, password: &str) -> Self {
+        let out = Command::new("htpasswd").args(["-Bbn", user, password]).output().expect("htpasswd");
+        assert!(out.status.success());
+        let auth = "auth:\n  htpasswd:\n    realm: moat-test\n    path: {dir}/htpasswd\n";
+        Self::start_with(auth, &[("htpasswd", &out.stdout)])
+    }
+
+    /// `extra` is more of the registry's YAML configuration (an `auth:`
+    /// section), `{dir}` standing for the registry's directory, where
+    /// `files` are written first.
+    pub fn start_with(extra: &str, files: &[(&str, &[u8])]) -> Self {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("port");
+            let dir = tempfile::tempdir().expect("tempdir");
+            for (name, data) in files {
+                std::fs::write(dir.path().join(name), data).expect("registry file");
+            }
+            let extra = extra.replace("{dir}", &dir.path().display().to_string());
+            let cfg = format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
+                dir.path().join("data").display()
+            );
+            std::fs::write(dir.path().join("config.yml"), cfg).expect("config");
+            let child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(dir.path().join("config.yml"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
+                .spawn()
+                .expect("start docker-registry");
+            let mut r = Self { addr: format!("127.0.0.1:{port}"), dir, child };
+            for _ in 0..100 {
+                if std::net::TcpStream::connect(&r.addr).is_ok() {
+                    return r;
+                }
+                if let Ok(Some(_)) = r.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = r.child.kill();
+        }
+        panic!("docker-registry did not start");
+    }
+
+    /// The registry's file of a blob.
+    pub fn blob_path(&self, digest_hex: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&digest_hex[..2])
+            .join(digest_hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
