@@ -151,6 +151,26 @@ impl Engine {
         })
     }
 
+    /// Pulls every tag of repository `repo` (`pull -a`).
+    pub fn pull_all_tags(
+        &mut self,
+        repo: &str,
+        o: &PullOptions,
+        progress: &(dyn Fn(PullEvent) + Sync),
+    ) -> Result<Vec<Pulled>, EngineError> {
+        let r = ImageRef::parse(repo).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let last = repo.rsplit('/').next().unwrap_or(repo);
+        if last.contains(':') || last.contains('@') {
+            return Err(EngineError::Invalid("tag can't be used with --all-tags/-a".into()));
+        }
+        let mut tags = self.client(o.no_tls_verify).tags(&Target::of_repo(&r.repo))?;
+        tags.sort();
+        if tags.is_empty() {
+            return Err(EngineError::NotFound(format!("repository {} has no tags", r.repo)));
+        }
+        tags.iter().map(|t| self.pull(&format!("{}:{t}", r.repo), o, progress)).collect()
+    }
+
     /// Pulls `reference` (`busybox`, `host:port/app:tag`, `name@sha256:...`).
     pub fn pull(
         &mut self,

@@ -587,6 +587,45 @@ impl Client {
         Ok(n)
     }
 
+    /// The repository's tags (`GET /v2/<repo>/tags/list`, following the
+    /// `Link` header of a paginated answer).
+    pub fn tags(&self, t: &Target) -> Result<Vec<String>, RegistryError> {
+        let base = self.base(t)?;
+        let mut url = format!("{base}/v2/{}/tags/list", t.repo);
+        let mut tags = Vec::new();
+        for _ in 0..1000 {
+            let mut resp = self.send(t, &Self::scope(t, "pull"), |a, auth| {
+                let mut r = a.get(&url);
+                if let Some(h) = auth {
+                    r = r.header("Authorization", h);
+                }
+                r.call()
+            })?;
+            if resp.status().as_u16() != 200 {
+                return Err(Self::failed(t, "tag list", &mut resp));
+            }
+            // `<...?n=..&last=..>; rel="next"`
+            let next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split_once('<').and_then(|(_, r)| r.split_once('>')).map(|(u, _)| u.to_string()));
+            let body =
+                resp.body_mut().with_config().limit(16 << 20).read_to_vec().map_err(|e| Self::unreachable(t, e))?;
+            let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| RegistryError::Protocol {
+                registry: t.registry.clone(),
+                message: format!("tag list: {e}"),
+            })?;
+            tags.extend(v["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_string)));
+            match next {
+                Some(n) if n.starts_with('/') => url = format!("{base}{n}"),
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        Ok(tags)
+    }
+
     /// Whether the repository has blob `digest`.
     pub fn has_blob(&self, t: &Target, digest: &Digest) -> Result<bool, RegistryError> {
         let base = self.base(t)?;

@@ -18,6 +18,9 @@ pub struct PullArgs {
     /// Only the image ID and name.
     #[arg(short, long)]
     quiet: bool,
+    /// Every tag of the repository.
+    #[arg(short, long)]
+    all_tags: bool,
     /// Verify the registry's TLS certificate (`--tls-verify=false` for a test registry).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = true)]
     tls_verify: bool,
@@ -140,6 +143,12 @@ impl Progress {
 pub fn pull(e: &mut Engine, a: PullArgs) -> Result<i32> {
     let p = Progress::new(false, a.quiet, true);
     let o = PullOptions { platform: a.platform.clone(), no_tls_verify: !a.tls_verify };
+    if a.all_tags {
+        for r in e.pull_all_tags(&a.reference, &o, &|ev| p.show(ev))? {
+            outln!("{}", r.reference);
+        }
+        return Ok(0);
+    }
     let r = e.pull(&a.reference, &o, &|ev| p.show(ev))?;
     outln!("{}", r.reference);
     Ok(0)

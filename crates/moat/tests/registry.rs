@@ -35,7 +35,16 @@ fn push_pull_and_implicit_pull() {
     r.ok(&["tag", "busybox", &other]);
     let out = r.ok(&["push", &other]);
     assert!(out.contains("Mounted from") && !out.contains("Pushed"), "{out}");
-    r.ok(&["rmi", &name, &other, "busybox"]);
+    // -a: every tag of the repository
+    let two = format!("{}/busybox:2", reg.addr);
+    r.ok(&["tag", "busybox", &two]);
+    r.ok(&["push", "-q", &two]);
+    r.ok(&["rmi", &name, &two]);
+    let out = r.ok(&["pull", "-a", "-q", &format!("{}/busybox", reg.addr)]);
+    assert_eq!(out, format!("{name}\n{two}\n"));
+    let e = r.fails(&["pull", "-a", &name]);
+    assert!(e.contains("can't be used with --all-tags"), "{e}");
+    r.ok(&["rmi", &name, &two, &other, "busybox"]);
     assert_eq!(r.ok(&["images", "-q"]), "");
     let o = r.run(&["pull", &name]);
     let out = String::from_utf8_lossy(&o.stdout);
