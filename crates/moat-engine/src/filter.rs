@@ -56,7 +56,13 @@ impl Filters {
         Ok(())
     }
 
-    fn get(&self, k: &str) -> &[String] {
+    /// Drops key `k` (a front end that handles it itself).
+    pub fn remove(&mut self, k: &str) {
+        self.0.remove(k);
+    }
+
+    /// The values given for `k`.
+    pub fn get(&self, k: &str) -> &[String] {
         self.0.get(k).map(Vec::as_slice).unwrap_or(&[])
     }
 }

@@ -183,9 +183,23 @@ impl Engine {
     /// Waits for `condition`; returns the exit code. `NextExit` may be called
     /// before the container is started.
     pub fn wait(&mut self, key: &str, condition: WaitCondition) -> Result<WaitResult, EngineError> {
+        let since = self.wait_mark(key)?;
+        self.wait_since(key, condition, since)
+    }
+
+    /// Where a wait begins: checks that the container exists and returns the
+    /// event position after which its exit counts. A front end that must
+    /// answer before the container starts (the API's `wait`) takes the mark
+    /// first and waits with [`Engine::wait_since`] afterwards.
+    pub fn wait_mark(&mut self, key: &str) -> Result<i64, EngineError> {
+        self.get(key)?;
+        events::last_seq(self)
+    }
+
+    /// [`Engine::wait`] from a mark of [`Engine::wait_mark`].
+    pub fn wait_since(&mut self, key: &str, condition: WaitCondition, since: i64) -> Result<WaitResult, EngineError> {
         let c = self.get(key)?;
         let id = c.id().to_string();
-        let since = events::last_seq(self)?;
         let result_of = |c: &Container| WaitResult {
             code: c.state.exit_code,
             error: (!c.state.error.is_empty()).then(|| c.state.error.clone()),

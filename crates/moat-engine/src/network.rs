@@ -43,6 +43,15 @@ fn network_event(action: &str, s: &Switch, cid: Option<&str>) -> crate::events::
     e
 }
 
+/// Refuses network drivers other than `bridge` (a switch is a bridge).
+pub fn check_driver(driver: &str) -> Result<(), EngineError> {
+    if driver.is_empty() || driver == "bridge" {
+        Ok(())
+    } else {
+        Err(EngineError::Unsupported(format!("unsupported driver {driver:?}: moat switches are bridges")))
+    }
+}
+
 /// True for names that mean the default switch.
 pub fn is_default(name: &str) -> bool {
     matches!(name, "" | "default" | "bridge" | DEFAULT_SWITCH)

@@ -1438,3 +1438,74 @@ impl Engine {
         Ok(out)
     }
 }
+
+/// `GET /exec/{id}/json` (Docker's `ExecInspectResponse`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExecInspect {
+    /// Exec ID.
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its process runs.
+    pub running: bool,
+    /// Exit code once it ended.
+    pub exit_code: Option<i32>,
+    /// What it runs.
+    pub process_config: ExecProcessConfig,
+    /// Stdin attached.
+    pub open_stdin: bool,
+    /// Stdout attached.
+    pub open_stdout: bool,
+    /// Stderr attached.
+    pub open_stderr: bool,
+    /// Whether it may be removed.
+    pub can_remove: bool,
+    /// Its container.
+    #[serde(rename = "ContainerID")]
+    pub container_id: String,
+    /// Detach keys.
+    pub detach_keys: String,
+    /// Host PID (0 in a VM: the process is the guest's).
+    pub pid: u32,
+}
+
+/// The process of an exec instance.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecProcessConfig {
+    /// With a terminal.
+    pub tty: bool,
+    /// The program.
+    pub entrypoint: String,
+    /// Its arguments.
+    pub arguments: Vec<String>,
+    /// Privileged.
+    pub privileged: bool,
+    /// User.
+    pub user: String,
+}
+
+impl ExecInspect {
+    /// The view of an exec record.
+    pub fn of(r: &crate::execs::ExecRecord) -> Self {
+        Self {
+            id: r.id.clone(),
+            running: r.running,
+            exit_code: r.exit_code,
+            process_config: ExecProcessConfig {
+                tty: r.spec.tty,
+                entrypoint: r.spec.args.first().cloned().unwrap_or_default(),
+                arguments: r.spec.args.iter().skip(1).cloned().collect(),
+                privileged: r.spec.privileged,
+                user: r.spec.user.clone().unwrap_or_default(),
+            },
+            open_stdin: r.spec.stdin,
+            open_stdout: true,
+            open_stderr: true,
+            can_remove: false,
+            container_id: r.container_id.clone(),
+            detach_keys: String::new(),
+            pid: r.pid,
+        }
+    }
+}

@@ -114,6 +114,8 @@ enum Cmd {
     /// Utility VMs: the guest kernel and the agent.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Serve the Docker Engine API (docker CLI, compose, docker-py, bollard).
+    Serve(ServeArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion {
         /// The shell.
@@ -203,6 +205,48 @@ fn options(cli: &Cli) -> Result<EngineOptions> {
     })
 }
 
+/// `serve` arguments.
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// The unix socket (0660, owned by root and --group).
+    #[arg(long, default_value = "/run/moat/docker.sock")]
+    socket: PathBuf,
+    /// Listen here instead: unix:///PATH, tcp://127.0.0.1:PORT or fd:// (systemd); repeatable.
+    #[arg(short = 'H', long = "host")]
+    host: Vec<String>,
+    /// Group allowed to use the socket (default: root only).
+    #[arg(long)]
+    group: Option<String>,
+    /// Allow tcp:// on addresses beyond loopback. The API has no authentication:
+    /// anyone who reaches the port is root on this host.
+    #[arg(long)]
+    insecure_tcp: bool,
+}
+
+fn serve(o: EngineOptions, a: ServeArgs) -> Result<i32> {
+    let listen = if a.host.is_empty() {
+        vec![moat_api::Listen::Unix(a.socket)]
+    } else {
+        a.host.iter().map(|h| h.parse()).collect::<Result<Vec<_>, _>>()?
+    };
+    let group = match a.group {
+        None => None,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => Some(
+                nix::unistd::Group::from_name(&g)
+                    .ok()
+                    .flatten()
+                    .with_context(|| format!("no group named {g:?}"))?
+                    .gid
+                    .as_raw(),
+            ),
+        },
+    };
+    moat_api::serve(moat_api::ServeOptions { engine: o, listen, group, insecure_tcp: a.insecure_tcp, max_body: 16 << 20 })?;
+    Ok(0)
+}
+
 fn run(cli: Cli) -> Result<i32> {
     let o = options(&cli)?;
     let root = cli.root.clone();
@@ -225,6 +269,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::History(a) => images::run(&mut open()?, images::ImageCmd::History(a)),
         Cmd::Container(c) | Cmd::Lifecycle(c) => containers::run(&mut open()?, c),
         Cmd::Vm(c) => vm(&o, c),
+        Cmd::Serve(a) => serve(o.clone(), a),
         Cmd::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -87,9 +87,7 @@ pub enum SwitchCmd {
 pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
     match cmd {
         SwitchCmd::Create { name, subnet, gateway, internal, driver } => {
-            if driver != "bridge" {
-                anyhow::bail!("unsupported driver {driver:?}: moat switches are bridges");
-            }
+            moat_engine::network::check_driver(&driver)?;
             let s = e.create_switch(&name, subnet, gateway, internal)?;
             outln!("{}", s.id);
         }

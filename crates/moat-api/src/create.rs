@@ -1,0 +1,375 @@
+//! `POST /containers/create`: Docker's create body translated into the
+//! engine's request. Strings in Docker's syntaxes go through the engine's
+//! own parsers (the same as the CLI's flags); the engine validates.
+//! Settings moat cannot honour are refused by name, never dropped.
+
+use crate::http::{ApiError, Result};
+use moat_engine::config::{ContainerConfig, Limits};
+use moat_engine::{flags, CreateRequest};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+fn strings(v: &Value, what: &str) -> Result<Vec<String>> {
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string).ok_or_else(|| ApiError::bad(format!("{what}: expected strings"))))
+            .collect(),
+        _ => Err(ApiError::bad(format!("{what}: expected a list of strings"))),
+    }
+}
+
+fn string_map(v: &Value, what: &str) -> Result<BTreeMap<String, String>> {
+    match v {
+        Value::Null => Ok(BTreeMap::new()),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                Value::Null => Ok((k.clone(), String::new())),
+                _ => Err(ApiError::bad(format!("{what}: values must be strings"))),
+            })
+            .collect(),
+        _ => Err(ApiError::bad(format!("{what}: expected an object"))),
+    }
+}
+
+fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("")
+}
+
+fn int(v: &Value, k: &str) -> Result<i64> {
+    match v.get(k) {
+        None | Some(Value::Null) => Ok(0),
+        Some(x) => x.as_i64().ok_or_else(|| ApiError::bad(format!("{k}: expected an integer"))),
+    }
+}
+
+fn boolean(v: &Value, k: &str) -> bool {
+    v.get(k).and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// Settings of Docker's API that moat has no equivalent for: refused
+/// when set to anything but their default.
+const REFUSED: &[(&str, &str)] = &[
+    ("UsernsMode", "user namespaces are not supported yet"),
+    ("PidMode", "sharing another PID namespace is not supported"),
+    ("IpcMode", "sharing another IPC namespace is not supported"),
+    ("UTSMode", "sharing another UTS namespace is not supported"),
+    ("CgroupParent", "moat places containers in its own cgroup"),
+    ("CpusetCpus", "--cpuset-cpus is not supported"),
+    ("CpusetMems", "--cpuset-mems is not supported"),
+    ("VolumeDriver", "only the local volume driver exists"),
+];
+
+/// What `create` makes of the body: the request, and the networks beyond
+/// the first to connect once the container exists.
+pub(crate) struct Translated {
+    pub req: CreateRequest,
+    pub more_networks: Vec<(String, Option<std::net::Ipv4Addr>)>,
+}
+
+/// Translates Docker's create body (`name` from the query).
+pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> {
+    if !body.is_object() {
+        return Err(ApiError::bad("the create body must be a JSON object"));
+    }
+    let hc = body.get("HostConfig").cloned().unwrap_or(Value::Null);
+    let image = str_of(body, "Image");
+    if image.is_empty() {
+        return Err(ApiError::bad("config: an image is required (Image)"));
+    }
+    for (k, why) in REFUSED {
+        if !str_of(&hc, k).is_empty() && !(k == &"VolumeDriver" && str_of(&hc, k) == "local") {
+            return Err(ApiError::bad(format!("HostConfig.{k} {:?}: {why}", str_of(&hc, k))));
+        }
+    }
+    if let Some(rt) = hc.get("Runtime").and_then(Value::as_str).filter(|r| !r.is_empty() && *r != "runc" && *r != "moat")
+    {
+        return Err(ApiError::bad(format!(
+            "HostConfig.Runtime {rt:?}: moat has one runtime; choose VM isolation with HostConfig.Isolation=hyperv"
+        )));
+    }
+    if !str_of(body, "Domainname").is_empty() {
+        return Err(ApiError::bad("Domainname is not supported (set a fully qualified Hostname instead)"));
+    }
+    let isolation = match str_of(&hc, "Isolation") {
+        "" | "default" => None,
+        i @ ("process" | "hyperv" | "vm") => flags::isolation(i)?,
+        other => {
+            return Err(ApiError::bad(format!(
+                "invalid isolation {other:?}: use process, hyperv (or vm), or default"
+            )))
+        }
+    };
+
+    let mut binds = Vec::new();
+    for b in strings(hc.get("Binds").unwrap_or(&Value::Null), "HostConfig.Binds")? {
+        binds.push(flags::volume(&b, None)?);
+    }
+    if let Some(Value::Object(vols)) = body.get("Volumes") {
+        for path in vols.keys() {
+            binds.push(flags::volume(path, None)?);
+        }
+    }
+    let mut tmpfs = string_map(hc.get("Tmpfs").unwrap_or(&Value::Null), "HostConfig.Tmpfs")?;
+    for m in hc.get("Mounts").and_then(Value::as_array).into_iter().flatten() {
+        let mut spec = vec![format!("type={}", str_of(m, "Type"))];
+        if !str_of(m, "Source").is_empty() {
+            spec.push(format!("source={}", str_of(m, "Source")));
+        }
+        spec.push(format!("target={}", str_of(m, "Target")));
+        if boolean(m, "ReadOnly") {
+            spec.push("readonly".into());
+        }
+        if let Some(p) = m.pointer("/BindOptions/Propagation").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+            spec.push(format!("bind-propagation={p}"));
+        }
+        if m.pointer("/VolumeOptions/NoCopy").and_then(Value::as_bool) == Some(true) {
+            spec.push("volume-nocopy".into());
+        }
+        if let Some(n) = m.pointer("/TmpfsOptions/SizeBytes").and_then(Value::as_i64) {
+            spec.push(format!("tmpfs-size={n}"));
+        }
+        match flags::mount(&spec.join(","), None)? {
+            flags::MountArg::Mount(m) => binds.push(m),
+            flags::MountArg::Tmpfs(t, o) => {
+                tmpfs.insert(t, o);
+            }
+        }
+    }
+
+    let mut publish = Vec::new();
+    if let Some(Value::Object(pb)) = hc.get("PortBindings") {
+        for (port, list) in pb {
+            let list = list.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                publish.extend(flags::publish(port)?);
+            }
+            for b in list {
+                let (ip, hp) = (str_of(&b, "HostIp"), str_of(&b, "HostPort"));
+                let s = match (ip.is_empty(), hp.is_empty()) {
+                    (true, true) => port.clone(),
+                    (true, false) => format!("{hp}:{port}"),
+                    (false, _) => format!("{ip}:{hp}:{port}"),
+                };
+                publish.extend(flags::publish(&s)?);
+            }
+        }
+    }
+    let mut exposed = Vec::new();
+    if let Some(Value::Object(ep)) = body.get("ExposedPorts") {
+        for k in ep.keys() {
+            let (p, proto) = k.split_once('/').unwrap_or((k.as_str(), "tcp"));
+            let p: u16 = p.parse().map_err(|_| ApiError::bad(format!("ExposedPorts: invalid port {k:?}")))?;
+            exposed.push((p, proto.to_string()));
+        }
+    }
+
+    let mut limits = Limits::default();
+    let mem = int(&hc, "Memory")?;
+    if mem > 0 {
+        limits.memory = Some(mem);
+    }
+    let swap = int(&hc, "MemorySwap")?;
+    if swap != 0 {
+        limits.memory_swap = Some(swap);
+    }
+    let nano = int(&hc, "NanoCpus")?;
+    if nano > 0 {
+        limits.cpus = Some(nano as f64 / 1e9);
+    }
+    let shares = int(&hc, "CpuShares")?;
+    if shares > 0 {
+        limits.cpu_shares = Some(shares as u64);
+    }
+    let pids = int(&hc, "PidsLimit")?;
+    if pids > 0 {
+        limits.pids = Some(pids);
+    }
+
+    let restart = match hc.get("RestartPolicy") {
+        Some(r) if !str_of(r, "Name").is_empty() => {
+            let n = int(r, "MaximumRetryCount")?;
+            let name = str_of(r, "Name");
+            flags::restart(&if name == "on-failure" && n > 0 { format!("{name}:{n}") } else { name.to_string() })?
+        }
+        _ => Default::default(),
+    };
+
+    let log = match hc.get("LogConfig") {
+        Some(l) if !str_of(l, "Type").is_empty() => {
+            let opts: Vec<String> = string_map(l.get("Config").unwrap_or(&Value::Null), "LogConfig.Config")?
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            moat_engine::logs::LogConfig::parse(Some(str_of(l, "Type")), &opts).map_err(ApiError::bad)?
+        }
+        _ => Default::default(),
+    };
+
+    let mut devices = Vec::new();
+    for d in hc.get("Devices").and_then(Value::as_array).into_iter().flatten() {
+        let (h, c, p) = (str_of(d, "PathOnHost"), str_of(d, "PathInContainer"), str_of(d, "CgroupPermissions"));
+        let c = if c.is_empty() { h } else { c };
+        devices.push(flags::device(&if p.is_empty() { format!("{h}:{c}") } else { format!("{h}:{c}:{p}") })?);
+    }
+    let mut ulimits = Vec::new();
+    for u in hc.get("Ulimits").and_then(Value::as_array).into_iter().flatten() {
+        ulimits.push(flags::ulimit(&format!("{}={}:{}", str_of(u, "Name"), int(u, "Soft")?, int(u, "Hard")?))?);
+    }
+
+    // networks: NetworkMode, or the endpoints of NetworkingConfig
+    let mut network = str_of(&hc, "NetworkMode").to_string();
+    let mut ip = None;
+    let mut more_networks = Vec::new();
+    let ip_of = |ep: &Value| -> Result<Option<std::net::Ipv4Addr>> {
+        match ep.pointer("/IPAMConfig/IPv4Address").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            Some(s) => s.parse().map(Some).map_err(|_| ApiError::bad(format!("invalid IPv4Address {s:?}"))),
+            None => Ok(None),
+        }
+    };
+    if let Some(Value::Object(eps)) = body.pointer("/NetworkingConfig/EndpointsConfig") {
+        let unnamed = network.is_empty() || network == "default";
+        for (i, (name, ep)) in eps.iter().enumerate() {
+            if (unnamed && i == 0) || (!unnamed && name == &network) {
+                network = name.clone();
+                ip = ip_of(ep)?;
+            } else {
+                more_networks.push((name.clone(), ip_of(ep)?));
+            }
+        }
+    }
+    if network == "default" {
+        network.clear();
+    }
+
+    let entrypoint = match body.get("Entrypoint") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => {
+            let e = strings(v, "Entrypoint")?;
+            if e.is_empty() {
+                vec![String::new()]
+            } else {
+                e
+            }
+        }
+    };
+    let console_size = hc
+        .get("ConsoleSize")
+        .and_then(Value::as_array)
+        .and_then(|a| Some((a.first()?.as_u64()? as u16, a.get(1)?.as_u64()? as u16)))
+        .filter(|(h, w)| *h > 0 && *w > 0);
+    let healthcheck = match body.get("Healthcheck") {
+        None | Some(Value::Null) => None,
+        Some(h) => Some(
+            serde_json::from_value(h.clone())
+                .map_err(|e| ApiError::bad(format!("invalid Healthcheck: {e}")))?,
+        ),
+    };
+    let mac = Some(str_of(body, "MacAddress").to_string()).filter(|m| !m.is_empty());
+    let stop_timeout = body.get("StopTimeout").and_then(Value::as_u64).map(|t| t.min(u32::MAX as u64) as u32);
+    let config = ContainerConfig {
+        image: image.to_string(),
+        cmd: strings(body.get("Cmd").unwrap_or(&Value::Null), "Cmd")?,
+        entrypoint,
+        env: strings(body.get("Env").unwrap_or(&Value::Null), "Env")?,
+        workdir: str_of(body, "WorkingDir").to_string(),
+        user: str_of(body, "User").to_string(),
+        hostname: str_of(body, "Hostname").to_string(),
+        tty: boolean(body, "Tty"),
+        open_stdin: boolean(body, "OpenStdin"),
+        stdin_once: boolean(body, "StdinOnce"),
+        labels: string_map(body.get("Labels").unwrap_or(&Value::Null), "Labels")?,
+        binds,
+        healthcheck,
+        init: boolean(&hc, "Init"),
+        volumes_from: strings(hc.get("VolumesFrom").unwrap_or(&Value::Null), "HostConfig.VolumesFrom")?,
+        tmpfs,
+        readonly_rootfs: boolean(&hc, "ReadonlyRootfs"),
+        cap_add: strings(hc.get("CapAdd").unwrap_or(&Value::Null), "HostConfig.CapAdd")?,
+        cap_drop: strings(hc.get("CapDrop").unwrap_or(&Value::Null), "HostConfig.CapDrop")?,
+        privileged: boolean(&hc, "Privileged"),
+        security_opt: strings(hc.get("SecurityOpt").unwrap_or(&Value::Null), "HostConfig.SecurityOpt")?,
+        limits,
+        restart,
+        auto_remove: boolean(&hc, "AutoRemove"),
+        isolation,
+        network,
+        stop_signal: str_of(body, "StopSignal").to_string(),
+        stop_timeout,
+        shm_size: Some(int(&hc, "ShmSize")?).filter(|s| *s > 0).map(|s| s as u64),
+        ulimits,
+        ip,
+        mac,
+        dns: strings(hc.get("Dns").unwrap_or(&Value::Null), "HostConfig.Dns")?,
+        add_hosts: strings(hc.get("ExtraHosts").unwrap_or(&Value::Null), "HostConfig.ExtraHosts")?,
+        publish,
+        publish_all: boolean(&hc, "PublishAllPorts"),
+        exposed,
+        devices,
+        log,
+        dns_search: strings(hc.get("DnsSearch").unwrap_or(&Value::Null), "HostConfig.DnsSearch")?,
+        dns_options: strings(hc.get("DnsOptions").unwrap_or(&Value::Null), "HostConfig.DnsOptions")?,
+        sysctls: string_map(hc.get("Sysctls").unwrap_or(&Value::Null), "HostConfig.Sysctls")?,
+        console_size,
+        ..Default::default()
+    };
+    let name = name.filter(|n| !n.is_empty()).map(|n| n.trim_start_matches('/').to_string());
+    Ok(Translated { req: CreateRequest { name, config }, more_networks })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(v: Value) -> String {
+        translate(&v, None).err().map(|e| e.message).unwrap_or_default()
+    }
+
+    #[test]
+    fn docker_py_minimal_body() -> Result<()> {
+        let t = translate(&serde_json::json!({"Image": "busybox", "Cmd": ["echo", "hi"]}), Some("/web"))?;
+        assert_eq!(t.req.name.as_deref(), Some("web"));
+        assert_eq!(t.req.config.cmd, ["echo", "hi"]);
+        assert!(t.req.config.isolation.is_none() && t.req.config.network.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn isolation_ports_limits_and_networks() -> Result<()> {
+        let t = translate(
+            &serde_json::json!({
+                "Image": "busybox", "Cmd": "sh", "Entrypoint": [], "ExposedPorts": {"80/tcp": {}},
+                "HostConfig": {"Isolation": "hyperv", "Memory": 67108864, "NanoCpus": 1500000000,
+                    "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]},
+                    "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}, "NetworkMode": "default"},
+                "NetworkingConfig": {"EndpointsConfig": {"front": {"IPAMConfig": {"IPv4Address": "10.9.0.5"}}, "back": {}}}
+            }),
+            None,
+        )?;
+        let c = &t.req.config;
+        assert_eq!(c.isolation, Some(moat_core::Isolation::Hyperv));
+        assert_eq!((c.limits.memory, c.limits.cpus), (Some(64 << 20), Some(1.5)));
+        assert_eq!(c.publish.len(), 1);
+        assert_eq!(c.entrypoint, [""]);
+        assert_eq!(c.exposed, [(80, "tcp".to_string())]);
+        assert_eq!(t.more_networks.len(), 1);
+        assert_eq!((c.network.as_str(), c.ip), ("back", None));
+        assert_eq!(t.more_networks, [("front".to_string(), Some([10, 9, 0, 5].into()))]);
+        Ok(())
+    }
+
+    #[test]
+    fn refusals_name_what_is_wrong() {
+        let e = err(serde_json::json!({"Image": "b", "HostConfig": {"Isolation": "hyper-v"}}));
+        assert!(e.contains("invalid isolation") && e.contains("process, hyperv"), "{e}");
+        assert!(err(serde_json::json!({"Image": "b", "HostConfig": {"PidMode": "host"}})).contains("PidMode"));
+        assert!(err(serde_json::json!({"Cmd": ["x"]})).contains("image is required"));
+        assert!(err(serde_json::json!([1])).contains("object"));
+        assert!(err(serde_json::json!({"Image": "b", "Env": [1]})).contains("Env"));
+        assert!(err(serde_json::json!({"Image": "b", "HostConfig": {"Memory": "lots"}})).contains("Memory"));
+    }
+}

@@ -1,0 +1,97 @@
+//! `moat serve`: the Docker Engine API over moat's engine.
+//!
+//! HTTP/1.1 on hyper 1.x with a small tokio runtime; every request that
+//! touches the engine runs on the blocking pool with an [`Engine`] of its
+//! own, opened from the same options as the CLI's (the engine's state is
+//! on disk and shared with every other moat process, so containers made
+//! here are the CLI's, and they keep running while the server is down).
+//! Attach and exec hijack the connection (`101 UPGRADED`) and relay it on
+//! plain threads. See `docs/api.md`.
+
+mod create;
+mod http;
+mod listen;
+mod routes;
+mod stream;
+
+pub use listen::{Listen, ListenError};
+
+use moat_engine::{Engine, EngineError, EngineOptions};
+use std::sync::Arc;
+
+/// Errors of the server itself (not of requests: those are answered).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The runtime could not start.
+    #[error("cannot start the server runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The engine cannot be opened with these options.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// What `moat serve` was asked for.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// The engine every request opens.
+    pub engine: EngineOptions,
+    /// Where to listen.
+    pub listen: Vec<Listen>,
+    /// Group that may use unix sockets (mode 0660, owner root).
+    pub group: Option<u32>,
+    /// Accept `tcp://` on addresses other than loopback (unauthenticated!).
+    pub insecure_tcp: bool,
+    /// Largest request body of the JSON endpoints.
+    pub max_body: usize,
+}
+
+/// Shared by every request.
+pub(crate) struct Ctx {
+    pub(crate) engine: EngineOptions,
+    pub(crate) max_body: usize,
+    /// Attaches waiting for their container's start (`docker run` attaches first).
+    pub(crate) pending: std::sync::Mutex<std::collections::HashMap<String, Vec<stream::PendingAttach>>>,
+}
+
+impl Ctx {
+    pub(crate) fn open(&self) -> Result<Engine, EngineError> {
+        Engine::open(self.engine.clone())
+    }
+}
+
+/// Serves until SIGINT or SIGTERM. Containers are not touched on the way out.
+pub fn serve(o: ServeOptions) -> Result<(), ServeError> {
+    // fail early (a bad root, a bad config) rather than on the first request
+    drop(Engine::open(o.engine.clone())?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(256)
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let ctx = Arc::new(Ctx { engine: o.engine.clone(), max_body: o.max_body, pending: Default::default() });
+    let listen = o.listen.clone();
+    rt.block_on(async move {
+        let listeners = listen::bind_all(&o.listen, o.group, o.insecure_tcp)?;
+        for l in &listeners {
+            tracing::info!("listening on {}", l.describe());
+        }
+        for l in listeners {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { l.accept_loop(ctx).await });
+        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(ServeError::Runtime)?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        Ok::<(), ServeError>(())
+    })?;
+    listen::remove_sockets(&listen);
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(())
+}

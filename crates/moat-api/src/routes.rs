@@ -1,0 +1,772 @@
+//! Docker's paths (any `/v1.NN` prefix) to engine calls. Every answer is
+//! an engine view serialized as it is; errors carry the engine's kind.
+
+use crate::http::{self, empty, error, json, ApiError, Query, Resp, Result};
+use crate::stream::{self, PendingAttach};
+use crate::Ctx;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Method, Request};
+use moat_engine::filter::{ContainerFilter, EventFilter, Filters};
+use moat_engine::view::{ContainerInspect, ContainerSummary, ImageInspect, ImageSummary, NetworkInspect};
+use moat_engine::{AttachOptions, Engine, EngineError, LogOptions, StopOptions, WaitCondition, WinSize};
+use serde_json::json as j;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// Runs `f` with an engine of its own on the blocking pool.
+async fn engine<T: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    f: impl FnOnce(&mut Engine) -> std::result::Result<T, EngineError> + Send + 'static,
+) -> Result<T> {
+    let ctx = ctx.clone();
+    match tokio::task::spawn_blocking(move || ctx.open().and_then(|mut e| f(&mut e))).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError { status: 500, message: format!("the request failed: {e}") }),
+    }
+}
+
+fn filters(q: &Query) -> Result<Filters> {
+    match q.get("filters").filter(|f| !f.is_empty()) {
+        Some(f) => Filters::from_json(f).map_err(ApiError::from),
+        None => Ok(Filters::default()),
+    }
+}
+
+/// Entry point of every request.
+pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> std::result::Result<Resp, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let r = route(ctx, req).await;
+    Ok(match r {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.status >= 500 {
+                tracing::warn!("{method} {path}: {}", e.message);
+            }
+            error(&e)
+        }
+    })
+}
+
+async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
+    let full_path = req.uri().path().to_string();
+    let (_, path) = http::strip_version(&full_path)?;
+    let q = Query::parse(req.uri().query());
+    let m = req.method().clone();
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let upgrade = req.headers().get("upgrade").is_some();
+    match (&m, seg.as_slice()) {
+        (&Method::GET | &Method::HEAD, ["_ping"]) => {
+            let mut r = http::text(200, if m == Method::HEAD { "" } else { "OK" });
+            r.headers_mut().insert("Cache-Control", hyper::header::HeaderValue::from_static("no-cache, no-store"));
+            Ok(r)
+        }
+        (&Method::GET, ["version"]) => Ok(json(200, &engine(&ctx, |e| Ok(e.version())).await?)),
+        (&Method::GET, ["info"]) => Ok(json(200, &engine(&ctx, |e| e.info()).await?)),
+        (&Method::GET, ["events"]) => events(&ctx, &q).await,
+
+        // containers
+        (&Method::GET, ["containers", "json"]) => {
+            let f = ContainerFilter::new(filters(&q)?)?;
+            let all = q.bool("all", false)?;
+            let limit: Option<usize> = q.num("limit")?.filter(|n: &i64| *n > 0).map(|n| n as usize);
+            let list = engine(&ctx, move |e| {
+                let mut cs = e.containers(all || limit.is_some(), &f)?;
+                if let Some(n) = limit {
+                    cs.truncate(n);
+                }
+                Ok(cs.iter().map(|c| ContainerSummary::of(e, c)).collect::<Vec<_>>())
+            })
+            .await?;
+            Ok(json(200, &list))
+        }
+        (&Method::POST, ["containers", "create"]) => {
+            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let v: serde_json::Value = http::parse_json(&body)?;
+            let t = crate::create::translate(&v, q.get("name"))?;
+            let (id, warnings) = engine(&ctx, move |e| {
+                let warnings = moat_engine::validate::warnings(&t.req.config);
+                let c = e.create(t.req)?;
+                for (net, ip) in &t.more_networks {
+                    if let Err(err) = e.connect_switch(net, c.id(), *ip) {
+                        let _ = e.remove(c.id(), true, true);
+                        return Err(err);
+                    }
+                }
+                Ok((c.id().to_string(), warnings))
+            })
+            .await?;
+            Ok(json(201, &j!({ "Id": id, "Warnings": warnings })))
+        }
+        (&Method::POST, ["containers", "prune"]) => {
+            let f = ContainerFilter::new(filters(&q)?)?;
+            let gone = engine(&ctx, move |e| e.prune(&f)).await?;
+            Ok(json(200, &j!({ "ContainersDeleted": gone, "SpaceReclaimed": 0 })))
+        }
+        (&Method::GET, ["containers", id, "json"]) => {
+            let id = id.to_string();
+            Ok(json(200, &engine(&ctx, move |e| e.get(&id).map(|c| ContainerInspect::of(e, &c))).await?))
+        }
+        (&Method::POST, ["containers", id, "start"]) => start(&ctx, id).await,
+        (&Method::POST, ["containers", id, verb @ ("stop" | "restart")]) => {
+            let id = id.to_string();
+            let o = StopOptions {
+                timeout: q.num("t")?,
+                signal: q.get("signal").filter(|s| !s.is_empty()).map(moat_engine::flags::signal).transpose()?,
+            };
+            let restart = *verb == "restart";
+            let changed = engine(&ctx, move |e| {
+                if restart {
+                    return e.restart(&id, o).map(|_| true);
+                }
+                if !e.get(&id)?.is_running() {
+                    return Ok(false);
+                }
+                e.stop(&id, o).map(|_| true)
+            })
+            .await?;
+            Ok(empty(if changed { 204 } else { 304 }))
+        }
+        (&Method::POST, ["containers", id, "kill"]) => {
+            let id = id.to_string();
+            let sig = moat_engine::flags::signal(q.get("signal").filter(|s| !s.is_empty()).unwrap_or("KILL"))?;
+            engine(&ctx, move |e| e.kill(&id, sig)).await?;
+            Ok(empty(204))
+        }
+        (&Method::POST, ["containers", id, verb @ ("pause" | "unpause")]) => {
+            let (id, pause) = (id.to_string(), *verb == "pause");
+            engine(&ctx, move |e| e.pause(&id, pause)).await?;
+            Ok(empty(204))
+        }
+        (&Method::POST, ["containers", id, "rename"]) => {
+            let (id, name) = (id.to_string(), q.get("name").unwrap_or("").to_string());
+            engine(&ctx, move |e| e.rename(&id, &name)).await?;
+            Ok(empty(204))
+        }
+        (&Method::POST, ["containers", id, "wait"]) => wait(&ctx, id, &q).await,
+        (&Method::POST, ["containers", id, "resize"]) => {
+            let id = id.to_string();
+            let ws = winsize(&q)?;
+            engine(&ctx, move |e| e.resize(&id, ws)).await?;
+            Ok(empty(200))
+        }
+        (&Method::GET, ["containers", id, "logs"]) => logs(&ctx, id, &q).await,
+        (&Method::GET, ["containers", id, "top"]) => {
+            let id = id.to_string();
+            let args: Vec<String> = q.get("ps_args").unwrap_or("").split_whitespace().map(str::to_string).collect();
+            let (titles, rows) = engine(&ctx, move |e| e.top_ps(&id, &args)).await?;
+            Ok(json(200, &j!({ "Titles": titles, "Processes": rows })))
+        }
+        (&Method::DELETE, ["containers", id]) => {
+            let id = id.to_string();
+            let (force, vols) = (q.bool("force", false)?, q.bool("v", false)?);
+            engine(&ctx, move |e| e.remove(&id, force, vols)).await?;
+            Ok(empty(204))
+        }
+        (&Method::POST, ["containers", id, "attach"]) => {
+            let id = id.to_string();
+            let opts = AttachOptions {
+                stdin: q.bool("stdin", false)?,
+                stdin_once: true,
+                skip_stdout: !q.bool("stdout", false)?,
+                skip_stderr: !q.bool("stderr", false)?,
+            };
+            attach(&ctx, &mut req, id, opts, upgrade).await
+        }
+        (&Method::GET | &Method::HEAD, ["containers", id, "archive"]) => {
+            archive_get(&ctx, id, &q, m == Method::HEAD).await
+        }
+        (&Method::PUT, ["containers", id, "archive"]) => {
+            let id = id.to_string();
+            let path = q.get("path").filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad("path is required"))?.to_string();
+            let keep = q.bool("copyUIDGID", false)?;
+            let file = spool(&ctx, req.into_body()).await?;
+            engine(&ctx, move |e| {
+                let f = std::fs::File::open(file.path()).map_err(EngineError::io("read the spooled archive"))?;
+                e.archive_put(&id, &path, f, keep)
+            })
+            .await?;
+            Ok(empty(200))
+        }
+        (&Method::GET, ["containers", id, "export"]) => {
+            let id = id.to_string();
+            let key = id.clone();
+            engine(&ctx, move |e| e.get(&key).map(|_| ())).await?;
+            let (tx, resp) = http::streaming(200, "application/x-tar");
+            let ctx = ctx.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Ok(mut e) = ctx.open() {
+                    let _ = e.export(&id, std::io::BufWriter::with_capacity(64 << 10, ChanWriter(tx)));
+                }
+            });
+            Ok(resp)
+        }
+        (&Method::POST, ["containers", id, "exec"]) => {
+            let id = id.to_string();
+            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let v: serde_json::Value = http::parse_json(&body)?;
+            let spec = exec_spec(&v)?;
+            let xid = engine(&ctx, move |e| e.exec_create(&id, spec)).await?;
+            Ok(json(201, &j!({ "Id": xid })))
+        }
+        (&Method::POST, ["exec", id, "start"]) => exec_start(&ctx, req, id.to_string(), upgrade).await,
+        (&Method::POST, ["exec", id, "resize"]) => {
+            let id = id.to_string();
+            let ws = winsize(&q)?;
+            engine(&ctx, move |e| e.exec_resize(&id, ws)).await?;
+            Ok(empty(200))
+        }
+        (&Method::GET, ["exec", id, "json"]) => {
+            let id = id.to_string();
+            let v = engine(&ctx, move |e| e.exec_inspect(&id).map(|r| moat_engine::view::ExecInspect::of(&r))).await?;
+            Ok(json(200, &v))
+        }
+
+        // images
+        (&Method::GET, ["images", "json"]) => {
+            // `all` changes nothing: moat keeps no intermediate images
+            let f = moat_engine::filter::ImageFilter::new(filters(&q)?)?;
+            let list = engine(&ctx, move |e| {
+                let imgs = e.images_matching(&f)?;
+                let mut out = Vec::new();
+                for img in imgs {
+                    let users = e.image_users(&img)?;
+                    let mut s = ImageSummary::of(&img, users);
+                    s.repo_digests = e.images().store().repo_digests(&img.id).unwrap_or_default();
+                    out.push(s);
+                }
+                Ok(out)
+            })
+            .await?;
+            Ok(json(200, &list))
+        }
+        (&Method::POST, ["images", "load"]) => load(&ctx, req, q.bool("quiet", false)?).await,
+        (&Method::POST, ["images", "create"]) => pull(&ctx, &q).await,
+        (&Method::POST, ["images", "prune"]) => {
+            let dangling_only = filters(&q)?.get("dangling").first().map(|d| d != "false" && d != "0").unwrap_or(true);
+            let r = engine(&ctx, move |e| e.prune_images(!dangling_only)).await?;
+            let deleted: Vec<_> = r.deleted.iter().map(|id| j!({ "Deleted": id.to_string() })).collect();
+            Ok(json(200, &j!({ "ImagesDeleted": deleted, "SpaceReclaimed": r.reclaimed })))
+        }
+        (&Method::GET, ["images", rest @ .., "json"]) if !rest.is_empty() => {
+            let name = rest.join("/");
+            let v = engine(&ctx, move |e| {
+                let img = e.image(&name)?;
+                Ok(ImageInspect::of_stored(e, &img))
+            })
+            .await?;
+            Ok(json(200, &v))
+        }
+        (&Method::POST, ["images", rest @ .., "tag"]) if !rest.is_empty() => {
+            let name = rest.join("/");
+            let repo = q.get("repo").unwrap_or("").to_string();
+            let target = match q.get("tag").filter(|t| !t.is_empty()) {
+                Some(t) => format!("{repo}:{t}"),
+                None => repo,
+            };
+            engine(&ctx, move |e| e.tag_image(&name, &target)).await?;
+            Ok(empty(201))
+        }
+        (&Method::DELETE, ["images", rest @ ..]) if !rest.is_empty() => {
+            let name = rest.join("/");
+            let force = q.bool("force", false)?;
+            let lines = engine(&ctx, move |e| e.remove_image(&name, force)).await?;
+            let items: Vec<_> = lines
+                .iter()
+                .filter_map(|l| {
+                    l.strip_prefix("Untagged: ")
+                        .map(|t| j!({ "Untagged": t }))
+                        .or_else(|| l.strip_prefix("Deleted: ").map(|d| j!({ "Deleted": d })))
+                })
+                .collect();
+            Ok(json(200, &items))
+        }
+
+        // networks are switches
+        (&Method::GET, ["networks"]) => {
+            let f = moat_engine::filter::SwitchFilter::new(filters(&q)?)?;
+            let v = engine(&ctx, move |e| {
+                let all = e.list()?;
+                Ok(e.switches_matching(&f)?.iter().map(|s| NetworkInspect::of(s, &all)).collect::<Vec<_>>())
+            })
+            .await?;
+            Ok(json(200, &v))
+        }
+        (&Method::POST, ["networks", "create"]) => {
+            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let v: serde_json::Value = http::parse_json(&body)?;
+            let name = v["Name"].as_str().unwrap_or("").to_string();
+            moat_engine::network::check_driver(v["Driver"].as_str().unwrap_or(""))?;
+            let internal = v["Internal"].as_bool().unwrap_or(false);
+            let ipam = v.pointer("/IPAM/Config/0").cloned().unwrap_or_default();
+            let subnet = match ipam["Subnet"].as_str().filter(|s| !s.is_empty()) {
+                Some(s) => Some(s.parse().map_err(|_| ApiError::bad(format!("invalid subnet {s:?}")))?),
+                None => None,
+            };
+            let gateway = match ipam["Gateway"].as_str().filter(|s| !s.is_empty()) {
+                Some(s) => Some(s.parse().map_err(|_| ApiError::bad(format!("invalid gateway {s:?}")))?),
+                None => None,
+            };
+            if v["EnableIPv6"].as_bool() == Some(true) {
+                return Err(ApiError::unsupported("IPv6 networks are not supported yet"));
+            }
+            let id = engine(&ctx, move |e| e.create_switch(&name, subnet, gateway, internal).map(|s| s.id)).await?;
+            Ok(json(201, &j!({ "Id": id, "Warning": "" })))
+        }
+        (&Method::POST, ["networks", "prune"]) => {
+            let gone = engine(&ctx, |e| e.prune_switches()).await?;
+            Ok(json(200, &j!({ "NetworksDeleted": gone })))
+        }
+        (&Method::GET, ["networks", id]) => {
+            let id = id.to_string();
+            Ok(json(200, &engine(&ctx, move |e| e.inspect_switch(&id)).await?))
+        }
+        (&Method::DELETE, ["networks", id]) => {
+            let id = id.to_string();
+            engine(&ctx, move |e| e.remove_switch(&id).map(|_| ())).await?;
+            Ok(empty(204))
+        }
+        (&Method::POST, ["networks", id, verb @ ("connect" | "disconnect")]) => {
+            let (id, connect) = (id.to_string(), *verb == "connect");
+            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let v: serde_json::Value = http::parse_json(&body)?;
+            let container = v["Container"].as_str().unwrap_or("").to_string();
+            let ip = match v.pointer("/EndpointConfig/IPAMConfig/IPv4Address").and_then(|x| x.as_str()).filter(|s| !s.is_empty()) {
+                Some(s) => Some(s.parse().map_err(|_| ApiError::bad(format!("invalid IPv4Address {s:?}")))?),
+                None => None,
+            };
+            engine(&ctx, move |e| {
+                if connect {
+                    e.connect_switch(&id, &container, ip)
+                } else {
+                    e.disconnect_switch(&id, &container)
+                }
+            })
+            .await?;
+            Ok(empty(200))
+        }
+
+        // volumes
+        (&Method::GET, ["volumes"]) => {
+            let f = moat_engine::filter::VolumeFilter::new(filters(&q)?)?;
+            let v = engine(&ctx, move |e| {
+                Ok(e.volumes(&f)?.into_iter().map(|(v, _)| v.view(None)).collect::<Vec<_>>())
+            })
+            .await?;
+            Ok(json(200, &j!({ "Volumes": v, "Warnings": [] })))
+        }
+        (&Method::POST, ["volumes", "create"]) => {
+            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let v: serde_json::Value = http::parse_json(&body)?;
+            let map = |k: &str| -> Result<std::collections::BTreeMap<String, String>> {
+                match v.get(k) {
+                    None | Some(serde_json::Value::Null) => Ok(Default::default()),
+                    Some(x) => serde_json::from_value(x.clone()).map_err(|_| ApiError::bad(format!("{k}: expected an object of strings"))),
+                }
+            };
+            let req = moat_engine::volumes::VolumeCreate {
+                name: v["Name"].as_str().filter(|n| !n.is_empty()).map(str::to_string),
+                driver: v["Driver"].as_str().filter(|n| !n.is_empty()).map(str::to_string),
+                labels: map("Labels")?,
+                options: map("DriverOpts")?,
+            };
+            let view = engine(&ctx, move |e| e.volume_create(req).map(|v| v.view(None))).await?;
+            Ok(json(201, &view))
+        }
+        (&Method::POST, ["volumes", "prune"]) => {
+            let mut f = filters(&q)?;
+            // Docker ≥ 1.42 prunes anonymous volumes unless `all=true` is a filter
+            let all = f.get("all").first().is_some_and(|a| a == "true" || a == "1");
+            f.remove("all");
+            let f = moat_engine::filter::VolumeFilter::new(f)?;
+            let r = engine(&ctx, move |e| e.volume_prune(all, &f)).await?;
+            Ok(json(200, &j!({ "VolumesDeleted": r.deleted, "SpaceReclaimed": r.reclaimed })))
+        }
+        (&Method::GET, ["volumes", name]) => {
+            let name = name.to_string();
+            Ok(json(200, &engine(&ctx, move |e| e.volume(&name).map(|v| v.view(None))).await?))
+        }
+        (&Method::DELETE, ["volumes", name]) => {
+            let name = name.to_string();
+            let force = q.bool("force", false)?;
+            engine(&ctx, move |e| e.volume_remove(&name, force)).await?;
+            Ok(empty(204))
+        }
+
+        _ => Err(ApiError::not_found(format!("page not found: {m} {path}"))),
+    }
+}
+
+fn winsize(q: &Query) -> Result<WinSize> {
+    let h: u16 = q.num("h")?.unwrap_or(0);
+    let w: u16 = q.num("w")?.unwrap_or(0);
+    if h == 0 || w == 0 {
+        return Err(ApiError::bad("resize needs h and w greater than 0"));
+    }
+    Ok(WinSize { rows: h, cols: w })
+}
+
+fn exec_spec(v: &serde_json::Value) -> Result<moat_engine::ExecSpec> {
+    let strs = |k: &str| -> Result<Vec<String>> {
+        match v.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_string).ok_or_else(|| ApiError::bad(format!("{k}: expected strings"))))
+                .collect(),
+            Some(serde_json::Value::String(s)) => Ok(vec![s.clone()]),
+            _ => Err(ApiError::bad(format!("{k}: expected a list of strings"))),
+        }
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty()).map(str::to_string);
+    let b = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+    let size = v
+        .get("ConsoleSize")
+        .and_then(|c| c.as_array())
+        .and_then(|a| Some(WinSize { rows: a.first()?.as_u64()? as u16, cols: a.get(1)?.as_u64()? as u16 }))
+        .filter(|w| w.rows > 0 && w.cols > 0);
+    Ok(moat_engine::ExecSpec {
+        args: strs("Cmd")?,
+        env: strs("Env")?,
+        workdir: s("WorkingDir"),
+        user: s("User"),
+        tty: b("Tty"),
+        stdin: b("AttachStdin"),
+        privileged: b("Privileged"),
+        size,
+        ..Default::default()
+    })
+}
+
+/// `start`: the shim's first session goes to an attach that waits for it.
+async fn start(ctx: &Arc<Ctx>, id: &str) -> Result<Resp> {
+    let id = id.to_string();
+    let c2 = ctx.clone();
+    let started = engine(ctx, move |e| {
+        let c = e.get(&id)?;
+        if c.is_running() {
+            return Ok(false);
+        }
+        let cid = c.id().to_string();
+        let (_, session) = e.start(&cid)?;
+        let waiting = c2.pending.lock().ok().and_then(|mut p| p.remove(&cid)).unwrap_or_default();
+        let mut first = Some(session);
+        for w in waiting {
+            match first.take() {
+                Some(s) => {
+                    if let Err(std::sync::mpsc::SendError(s)) = w.session.send(s) {
+                        first = Some(s);
+                    }
+                }
+                // further attaches attach the usual way
+                None => {
+                    if let Ok((_, s)) = e.attach(&cid, w.opts) {
+                        let _ = w.session.send(s);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+    Ok(empty(if started { 204 } else { 304 }))
+}
+
+async fn attach(ctx: &Arc<Ctx>, req: &mut Request<Incoming>, id: String, opts: AttachOptions, upgrade: bool) -> Result<Resp> {
+    if !upgrade {
+        return Err(ApiError::bad("attach needs a connection upgrade (Upgrade: tcp)"));
+    }
+    let key = id.clone();
+    let (cid, tty, running) = engine(ctx, move |e| {
+        let c = e.get(&key)?;
+        Ok((c.id().to_string(), c.config.tty, c.is_running()))
+    })
+    .await?;
+    let on = hyper::upgrade::on(req);
+    let ctx = ctx.clone();
+    if running {
+        tokio::spawn(async move {
+            let Some(h) = stream::hijack(on).await else { return };
+            let _ = tokio::task::spawn_blocking(move || {
+                let Ok(mut e) = ctx.open() else { return };
+                if let Ok((_, s)) = e.attach(&cid, opts) {
+                    stream::relay(s, h, opts.stdin);
+                }
+            })
+            .await;
+        });
+    } else {
+        // registered before the 101 goes out: the client's start may follow at once
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Ok(mut p) = ctx.pending.lock() {
+            p.entry(cid.clone()).or_default().push(PendingAttach { opts, session: tx });
+        }
+        tokio::spawn(async move {
+            let Some(h) = stream::hijack(on).await else { return };
+            let _ = tokio::task::spawn_blocking(move || stream::pending_attach(ctx, cid, opts, rx, h)).await;
+        });
+    }
+    Ok(http::upgraded(stream::content_type(tty)))
+}
+
+async fn exec_start(ctx: &Arc<Ctx>, req: Request<Incoming>, id: String, upgrade: bool) -> Result<Resp> {
+    let (parts, body) = req.into_parts();
+    let body = http::read_body(body, ctx.max_body).await?;
+    let v: serde_json::Value = http::parse_json(&body)?;
+    let detach = v.get("Detach").and_then(|d| d.as_bool()).unwrap_or(false);
+    let size = v
+        .get("ConsoleSize")
+        .and_then(|c| c.as_array())
+        .and_then(|a| Some(WinSize { rows: a.first()?.as_u64()? as u16, cols: a.get(1)?.as_u64()? as u16 }))
+        .filter(|w| w.rows > 0 && w.cols > 0);
+    let key = id.clone();
+    let (tty, stdin) = engine(ctx, move |e| e.exec_inspect(&key).map(|r| (r.spec.tty, r.spec.stdin))).await?;
+    if detach {
+        engine(ctx, move |e| e.exec_start(&id, true, size).map(|_| ())).await?;
+        return Ok(empty(200));
+    }
+    let ctx = ctx.clone();
+    if upgrade {
+        let req = Request::from_parts(parts, ());
+        let on = hyper::upgrade::on(req);
+        tokio::spawn(async move {
+            let Some(h) = stream::hijack(on).await else { return };
+            let _ = tokio::task::spawn_blocking(move || {
+                let Ok(mut e) = ctx.open() else { return };
+                match e.exec_start(&id, false, size) {
+                    Ok(s) => stream::relay(s, h, stdin),
+                    Err(err) => {
+                        let mut sock = &h.sock;
+                        let _ = std::io::Write::write_all(
+                            &mut sock,
+                            &stream::frame(stream::Stream::System, format!("{err}\n").as_bytes()),
+                        );
+                    }
+                }
+            })
+            .await;
+        });
+        return Ok(http::upgraded(stream::content_type(tty)));
+    }
+    let session = engine(&ctx, move |e| e.exec_start(&id, false, size)).await?;
+    let (tx, resp) = http::streaming(200, stream::content_type(tty));
+    tokio::task::spawn_blocking(move || stream::relay_to_body(session, tx));
+    Ok(resp)
+}
+
+/// `wait`: the headers at once (the CLI starts the container only then),
+/// the status when the condition is met.
+async fn wait(ctx: &Arc<Ctx>, id: &str, q: &Query) -> Result<Resp> {
+    let condition: WaitCondition = match q.get("condition").filter(|c| !c.is_empty()) {
+        Some(c) => c.parse()?,
+        None => WaitCondition::NotRunning,
+    };
+    let id = id.to_string();
+    let key = id.clone();
+    let mark = engine(ctx, move |e| e.wait_mark(&key)).await?;
+    let (tx, resp) = http::streaming(200, "application/json");
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = ctx.open().and_then(|mut e| e.wait_since(&id, condition, mark));
+        let body = match r {
+            Ok(w) => j!({ "StatusCode": w.code, "Error": w.error.map(|m| j!({ "Message": m })) }),
+            Err(e) => j!({ "StatusCode": -1, "Error": { "Message": e.to_string() } }),
+        };
+        let _ = tx.blocking_send(Bytes::from(format!("{body}\n")));
+    });
+    Ok(resp)
+}
+
+async fn logs(ctx: &Arc<Ctx>, id: &str, q: &Query) -> Result<Resp> {
+    let (out, err) = (q.bool("stdout", false)?, q.bool("stderr", false)?);
+    if !out && !err {
+        return Err(ApiError::bad("you must choose at least one stream"));
+    }
+    let time = |k: &str| -> Result<Option<i64>> {
+        match q.get(k).filter(|v| !v.is_empty() && *v != "0") {
+            Some(v) => Ok(Some(moat_engine::filter::parse_time(v)?)),
+            None => Ok(None),
+        }
+    };
+    let o = LogOptions {
+        follow: q.bool("follow", false)?,
+        since: time("since")?,
+        until: time("until")?,
+        tail: match q.get("tail").filter(|t| !t.is_empty() && *t != "all") {
+            Some(t) => Some(t.parse().map_err(|_| ApiError::bad(format!("invalid tail {t:?}")))?),
+            None => None,
+        },
+        details: q.bool("details", false)?,
+    };
+    let timestamps = q.bool("timestamps", false)?;
+    let id = id.to_string();
+    let (tty, mut ls) = engine(ctx, move |e| e.logs(&id, &o).map(|(c, l)| (c.config.tty, l))).await?;
+    let (tx, resp) = http::streaming(200, stream::content_type(tty));
+    tokio::task::spawn_blocking(move || {
+        while let Ok(Some(r)) = ls.next_record() {
+            let is_err = r.stream == "stderr";
+            if (is_err && !err) || (!is_err && !out) {
+                continue;
+            }
+            let mut line = Vec::new();
+            if timestamps {
+                line.extend_from_slice(r.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true).as_bytes());
+                line.push(b' ');
+            }
+            line.extend_from_slice(r.log.as_bytes());
+            let s = if is_err { stream::Stream::Stderr } else { stream::Stream::Stdout };
+            let chunk = if tty { line } else { stream::frame(s, &line) };
+            if tx.blocking_send(Bytes::from(chunk)).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(resp)
+}
+
+async fn events(ctx: &Arc<Ctx>, q: &Query) -> Result<Resp> {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+    let t = |k: &str| -> Result<Option<i64>> {
+        q.get(k).filter(|v| !v.is_empty()).map(moat_engine::filter::parse_time).transpose().map_err(ApiError::from)
+    };
+    let since = t("since")?.unwrap_or(now);
+    let until = t("until")?;
+    let f = EventFilter::new(filters(q)?, since)?;
+    let (tx, resp) = http::streaming(200, "application/json");
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let Ok(mut e) = ctx.open() else { return };
+        let _ = moat_engine::events::follow(&mut e, &f, until, |ev| {
+            let Ok(mut b) = serde_json::to_vec(ev) else { return false };
+            b.push(b'\n');
+            tx.blocking_send(Bytes::from(b)).is_ok()
+        });
+    });
+    Ok(resp)
+}
+
+/// Writes a request body to a file in the root's scratch space.
+async fn spool(ctx: &Arc<Ctx>, mut body: Incoming) -> Result<tempfile::NamedTempFile> {
+    use http_body_util::BodyExt;
+    let failed = |e: std::io::Error| ApiError { status: 500, message: format!("cannot spool the request body: {e}") };
+    let dir = ctx.engine.root.join("tmp");
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    let file = tempfile::NamedTempFile::new_in(&dir).map_err(failed)?;
+    let mut w = std::io::BufWriter::new(file.reopen().map_err(failed)?);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad(format!("cannot read the request body: {e}")))?;
+        if let Ok(d) = frame.into_data() {
+            std::io::Write::write_all(&mut w, &d).map_err(failed)?;
+        }
+    }
+    std::io::Write::flush(&mut w).map_err(failed)?;
+    Ok(file)
+}
+
+/// A blocking writer into a streamed response body.
+struct ChanWriter(tokio::sync::mpsc::Sender<Bytes>);
+
+impl std::io::Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn path_stat_header(st: &moat_engine::cp::PathStat) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(serde_json::to_vec(st).unwrap_or_default())
+}
+
+/// `GET|HEAD /containers/{id}/archive?path=`: the stat header, and for GET the tar stream.
+async fn archive_get(ctx: &Arc<Ctx>, id: &str, q: &Query, head: bool) -> Result<Resp> {
+    let path = q.get("path").filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad("path is required"))?.to_string();
+    let (id, p2) = (id.to_string(), path.clone());
+    let key = id.clone();
+    let st = engine(ctx, move |e| e.stat_path(&key, &p2)).await?;
+    let stat = hyper::header::HeaderValue::from_str(&path_stat_header(&st))
+        .map_err(|e| ApiError { status: 500, message: e.to_string() })?;
+    if head {
+        let mut r = empty(200);
+        r.headers_mut().insert("X-Docker-Container-Path-Stat", stat);
+        return Ok(r);
+    }
+    let (tx, mut resp) = http::streaming(200, "application/x-tar");
+    resp.headers_mut().insert("X-Docker-Container-Path-Stat", stat);
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Ok(mut e) = ctx.open() {
+            if let Err(err) = e.archive_get(&id, &path, std::io::BufWriter::with_capacity(64 << 10, ChanWriter(tx))) {
+                tracing::warn!("archive of {path} in {id}: {err}");
+            }
+        }
+    });
+    Ok(resp)
+}
+
+/// `load`: the archive is spooled to the root's scratch space first (the
+/// engine reads it as a file), then loaded; the answer is Docker's stream.
+async fn load(ctx: &Arc<Ctx>, req: Request<Incoming>, quiet: bool) -> Result<Resp> {
+    let file = spool(ctx, req.into_body()).await?;
+    let loaded = engine(ctx, move |e| {
+        let f = std::fs::File::open(file.path()).map_err(EngineError::io("read the spooled archive"))?;
+        e.load_images(f)
+    })
+    .await?;
+    let mut out = Vec::new();
+    for l in &loaded {
+        let line = if l.tags.is_empty() {
+            format!("Loaded image ID: {}\n", l.id)
+        } else {
+            l.tags.iter().map(|t| format!("Loaded image: {t}\n")).collect()
+        };
+        let mut b = serde_json::to_vec(&j!({ "stream": line })).unwrap_or_default();
+        b.push(b'\n');
+        out.extend(b);
+    }
+    let _ = quiet;
+    let mut r = http::text(200, "");
+    *r.body_mut() = http::full(out);
+    r.headers_mut().insert("Content-Type", hyper::header::HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// `images/create?fromImage=..&tag=..`: a pull, its progress as Docker's JSON lines.
+async fn pull(ctx: &Arc<Ctx>, q: &Query) -> Result<Resp> {
+    use moat_engine::registry::{PullEvent, PullOptions};
+    if q.get("fromSrc").is_some() {
+        return Err(ApiError::unsupported("import through the API (fromSrc) is not supported yet: use moat import"));
+    }
+    let from = q.get("fromImage").filter(|f| !f.is_empty()).ok_or_else(|| ApiError::bad("fromImage is required"))?;
+    let reference = match q.get("tag").filter(|t| !t.is_empty()) {
+        Some(t) if t.starts_with("sha256:") => format!("{from}@{t}"),
+        Some(t) => format!("{from}:{t}"),
+        None => from.to_string(),
+    };
+    let o = PullOptions { platform: q.get("platform").filter(|p| !p.is_empty()).map(str::to_string), no_tls_verify: false };
+    let (tx, resp) = http::streaming(200, "application/json");
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let send = |v: serde_json::Value| {
+            let _ = tx.blocking_send(Bytes::from(format!("{v}\n")));
+        };
+        let progress = |ev: PullEvent| match ev {
+            PullEvent::Status(s) => send(j!({ "status": s })),
+            PullEvent::Layer { id, status, current, total } => send(j!({
+                "status": status.text(false), "id": id,
+                "progressDetail": if current > 0 { j!({ "current": current, "total": total }) } else { j!({}) },
+            })),
+        };
+        let r = ctx.open().and_then(|mut e| e.pull(&reference, &o, &progress));
+        if let Err(e) = r {
+            send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() }));
+        }
+    });
+    Ok(resp)
+}
