@@ -6,6 +6,7 @@ DEB_PKGS := busybox-static umoci tar gzip zstd iproute2 util-linux ca-certificat
             qemu-system-x86 libseccomp-dev libcap-ng-dev pkg-config iptables cpio \
             docker-registry skopeo apache2-utils
 export CARGO_TERM_COLOR ?= never
+DOCKER_PY := 7.1.0
 # one guest kernel for the whole workspace (tests and demo share it)
 export MOAT_KERNEL_DIR ?= $(CURDIR)/target/vm-kernel
 AGENT := target/agent/x86_64-unknown-linux-gnu/release/moat-agent
@@ -22,6 +23,9 @@ deps:
 	fi
 	@command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 	@command -v virtiofsd >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/virtiofsd" ] || cargo install --locked virtiofsd
+	@# API clients for the tests: the docker CLI (Debian's docker.io if the machine has none; no dockerd is run) and docker-py
+	@command -v docker >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker.io; }
+	@target/pyvenv/bin/python -c 'import docker' 2>/dev/null || { python3 -m venv target/pyvenv && target/pyvenv/bin/pip install -q 'docker==$(DOCKER_PY)'; }
 
 build:
 	cargo build --workspace --all-targets

@@ -82,11 +82,14 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         return Err(ApiError::bad("config: an image is required (Image)"));
     }
     for (k, why) in REFUSED {
-        if !str_of(&hc, k).is_empty() && !(k == &"VolumeDriver" && str_of(&hc, k) == "local") {
+        let v = str_of(&hc, k);
+        let default = v.is_empty() || (*k == "VolumeDriver" && v == "local");
+        if !default {
             return Err(ApiError::bad(format!("HostConfig.{k} {:?}: {why}", str_of(&hc, k))));
         }
     }
-    if let Some(rt) = hc.get("Runtime").and_then(Value::as_str).filter(|r| !r.is_empty() && *r != "runc" && *r != "moat")
+    if let Some(rt) =
+        hc.get("Runtime").and_then(Value::as_str).filter(|r| !r.is_empty() && *r != "runc" && *r != "moat")
     {
         return Err(ApiError::bad(format!(
             "HostConfig.Runtime {rt:?}: moat has one runtime; choose VM isolation with HostConfig.Isolation=hyperv"
@@ -99,9 +102,7 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         "" | "default" => None,
         i @ ("process" | "hyperv" | "vm") => flags::isolation(i)?,
         other => {
-            return Err(ApiError::bad(format!(
-                "invalid isolation {other:?}: use process, hyperv (or vm), or default"
-            )))
+            return Err(ApiError::bad(format!("invalid isolation {other:?}: use process, hyperv (or vm), or default")))
         }
     };
 
@@ -264,10 +265,9 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         .filter(|(h, w)| *h > 0 && *w > 0);
     let healthcheck = match body.get("Healthcheck") {
         None | Some(Value::Null) => None,
-        Some(h) => Some(
-            serde_json::from_value(h.clone())
-                .map_err(|e| ApiError::bad(format!("invalid Healthcheck: {e}")))?,
-        ),
+        Some(h) => {
+            Some(serde_json::from_value(h.clone()).map_err(|e| ApiError::bad(format!("invalid Healthcheck: {e}")))?)
+        }
     };
     let mac = Some(str_of(body, "MacAddress").to_string()).filter(|m| !m.is_empty());
     let stop_timeout = body.get("StopTimeout").and_then(Value::as_u64).map(|t| t.min(u32::MAX as u64) as u32);

@@ -83,8 +83,8 @@ pub fn serve(o: ServeOptions) -> Result<(), ServeError> {
             let ctx = ctx.clone();
             tokio::spawn(async move { l.accept_loop(ctx).await });
         }
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(ServeError::Runtime)?;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(ServeError::Runtime)?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -145,6 +145,14 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(empty(204))
         }
         (&Method::POST, ["containers", id, "wait"]) => wait(&ctx, id, &q).await,
+        (&Method::POST, ["containers", id, "update"]) => {
+            let id = id.to_string();
+            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let v: serde_json::Value = http::parse_json(&body)?;
+            let u = update_request(&v)?;
+            let (_, warnings) = engine(&ctx, move |e| e.update(&id, &u)).await?;
+            Ok(json(200, &j!({ "Warnings": warnings })))
+        }
         (&Method::POST, ["containers", id, "resize"]) => {
             let id = id.to_string();
             let ws = winsize(&q)?;
@@ -179,7 +187,8 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::PUT, ["containers", id, "archive"]) => {
             let id = id.to_string();
-            let path = q.get("path").filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad("path is required"))?.to_string();
+            let path =
+                q.get("path").filter(|p| !p.is_empty()).ok_or_else(|| ApiError::bad("path is required"))?.to_string();
             let keep = q.bool("copyUIDGID", false)?;
             let file = spool(&ctx, req.into_body()).await?;
             engine(&ctx, move |e| {
@@ -240,6 +249,23 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             })
             .await?;
             Ok(json(200, &list))
+        }
+        (&Method::POST, ["auth"]) => {
+            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let v: serde_json::Value = http::parse_json(&body)?;
+            let (user, pw) =
+                (v["username"].as_str().unwrap_or("").to_string(), v["password"].as_str().unwrap_or("").to_string());
+            let server = v["serveraddress"].as_str().filter(|s| !s.is_empty()).map(str::to_string);
+            engine(&ctx, move |e| e.login(server.as_deref(), &user, &pw)).await?;
+            Ok(json(200, &j!({ "Status": "Login Succeeded", "IdentityToken": "" })))
+        }
+        (&Method::POST, ["images", rest @ .., "push"]) if !rest.is_empty() => {
+            let name = rest.join("/");
+            let reference = match q.get("tag").filter(|t| !t.is_empty()) {
+                Some(t) => format!("{name}:{t}"),
+                None => name,
+            };
+            progress_stream(&ctx, true, move |e, o, p| e.push(&reference, o, p).map(|_| ()))
         }
         (&Method::POST, ["images", "load"]) => load(&ctx, req, q.bool("quiet", false)?).await,
         (&Method::POST, ["images", "create"]) => pull(&ctx, &q).await,
@@ -332,7 +358,11 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             let body = http::read_body(req.into_body(), ctx.max_body).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let container = v["Container"].as_str().unwrap_or("").to_string();
-            let ip = match v.pointer("/EndpointConfig/IPAMConfig/IPv4Address").and_then(|x| x.as_str()).filter(|s| !s.is_empty()) {
+            let ip = match v
+                .pointer("/EndpointConfig/IPAMConfig/IPv4Address")
+                .and_then(|x| x.as_str())
+                .filter(|s| !s.is_empty())
+            {
                 Some(s) => Some(s.parse().map_err(|_| ApiError::bad(format!("invalid IPv4Address {s:?}")))?),
                 None => None,
             };
@@ -350,10 +380,9 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         // volumes
         (&Method::GET, ["volumes"]) => {
             let f = moat_engine::filter::VolumeFilter::new(filters(&q)?)?;
-            let v = engine(&ctx, move |e| {
-                Ok(e.volumes(&f)?.into_iter().map(|(v, _)| v.view(None)).collect::<Vec<_>>())
-            })
-            .await?;
+            let v =
+                engine(&ctx, move |e| Ok(e.volumes(&f)?.into_iter().map(|(v, _)| v.view(None)).collect::<Vec<_>>()))
+                    .await?;
             Ok(json(200, &j!({ "Volumes": v, "Warnings": [] })))
         }
         (&Method::POST, ["volumes", "create"]) => {
@@ -362,7 +391,8 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             let map = |k: &str| -> Result<std::collections::BTreeMap<String, String>> {
                 match v.get(k) {
                     None | Some(serde_json::Value::Null) => Ok(Default::default()),
-                    Some(x) => serde_json::from_value(x.clone()).map_err(|_| ApiError::bad(format!("{k}: expected an object of strings"))),
+                    Some(x) => serde_json::from_value(x.clone())
+                        .map_err(|_| ApiError::bad(format!("{k}: expected an object of strings"))),
                 }
             };
             let req = moat_engine::volumes::VolumeCreate {
@@ -396,6 +426,44 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
 
         _ => Err(ApiError::not_found(format!("page not found: {m} {path}"))),
     }
+}
+
+fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
+    let int = |k: &str| -> Result<Option<i64>> {
+        match v.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(x) => x
+                .as_i64()
+                .map(|n| Some(n).filter(|n| *n != 0))
+                .ok_or_else(|| ApiError::bad(format!("{k}: expected an integer"))),
+        }
+    };
+    let restart = match v.get("RestartPolicy") {
+        Some(r) if r["Name"].as_str().is_some_and(|n| !n.is_empty()) => {
+            let name = r["Name"].as_str().unwrap_or("");
+            let n = r["MaximumRetryCount"].as_i64().unwrap_or(0);
+            Some(moat_engine::flags::restart(&if name == "on-failure" && n > 0 {
+                format!("{name}:{n}")
+            } else {
+                name.to_string()
+            })?)
+        }
+        _ => None,
+    };
+    let isolation = match v["Isolation"].as_str().filter(|i| !i.is_empty()) {
+        Some(i) => moat_engine::flags::isolation(i)?,
+        None => None,
+    };
+    Ok(moat_engine::UpdateRequest {
+        memory: int("Memory")?,
+        memory_swap: int("MemorySwap")?,
+        cpus: int("NanoCpus")?.map(|n| n as f64 / 1e9),
+        cpu_shares: int("CpuShares")?.map(|n| n as u64),
+        pids: int("PidsLimit")?,
+        restart,
+        isolation,
+        restart_for_isolation: false,
+    })
 }
 
 fn winsize(q: &Query) -> Result<WinSize> {
@@ -473,7 +541,13 @@ async fn start(ctx: &Arc<Ctx>, id: &str) -> Result<Resp> {
     Ok(empty(if started { 204 } else { 304 }))
 }
 
-async fn attach(ctx: &Arc<Ctx>, req: &mut Request<Incoming>, id: String, opts: AttachOptions, upgrade: bool) -> Result<Resp> {
+async fn attach(
+    ctx: &Arc<Ctx>,
+    req: &mut Request<Incoming>,
+    id: String,
+    opts: AttachOptions,
+    upgrade: bool,
+) -> Result<Resp> {
     if !upgrade {
         return Err(ApiError::bad("attach needs a connection upgrade (Upgrade: tcp)"));
     }
@@ -739,7 +813,7 @@ async fn load(ctx: &Arc<Ctx>, req: Request<Incoming>, quiet: bool) -> Result<Res
 
 /// `images/create?fromImage=..&tag=..`: a pull, its progress as Docker's JSON lines.
 async fn pull(ctx: &Arc<Ctx>, q: &Query) -> Result<Resp> {
-    use moat_engine::registry::{PullEvent, PullOptions};
+    use moat_engine::registry::PullOptions;
     if q.get("fromSrc").is_some() {
         return Err(ApiError::unsupported("import through the API (fromSrc) is not supported yet: use moat import"));
     }
@@ -749,7 +823,25 @@ async fn pull(ctx: &Arc<Ctx>, q: &Query) -> Result<Resp> {
         Some(t) => format!("{from}:{t}"),
         None => from.to_string(),
     };
-    let o = PullOptions { platform: q.get("platform").filter(|p| !p.is_empty()).map(str::to_string), no_tls_verify: false };
+    let platform = q.get("platform").filter(|p| !p.is_empty()).map(str::to_string);
+    progress_stream(ctx, false, move |e, o, p| {
+        let o = PullOptions { platform, ..o.clone() };
+        e.pull(&reference, &o, p).map(|_| ())
+    })
+}
+
+type Progress<'a> = &'a (dyn Fn(moat_engine::registry::PullEvent) + Sync);
+
+/// Runs a pull or push, streaming its progress as Docker's JSON lines (an
+/// error as the last line, as Docker sends it).
+fn progress_stream(
+    ctx: &Arc<Ctx>,
+    push: bool,
+    f: impl FnOnce(&mut Engine, &moat_engine::registry::PullOptions, Progress) -> std::result::Result<(), EngineError>
+        + Send
+        + 'static,
+) -> Result<Resp> {
+    use moat_engine::registry::{PullEvent, PullOptions};
     let (tx, resp) = http::streaming(200, "application/json");
     let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
@@ -759,11 +851,11 @@ async fn pull(ctx: &Arc<Ctx>, q: &Query) -> Result<Resp> {
         let progress = |ev: PullEvent| match ev {
             PullEvent::Status(s) => send(j!({ "status": s })),
             PullEvent::Layer { id, status, current, total } => send(j!({
-                "status": status.text(false), "id": id,
+                "status": status.text(push), "id": id,
                 "progressDetail": if current > 0 { j!({ "current": current, "total": total }) } else { j!({}) },
             })),
         };
-        let r = ctx.open().and_then(|mut e| e.pull(&reference, &o, &progress));
+        let r = ctx.open().and_then(|mut e| f(&mut e, &PullOptions::default(), &progress));
         if let Err(e) = r {
             send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() }));
         }

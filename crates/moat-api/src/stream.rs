@@ -116,7 +116,6 @@ pub(crate) fn relay(mut session: Session, h: Hijacked, stdin: bool) {
             }
         };
         if !ok {
-
             break;
         }
     }
@@ -136,7 +135,6 @@ pub(crate) fn relay_to_body(mut session: Session, tx: tokio::sync::mpsc::Sender<
         };
         let chunk = if tty { d } else { frame(s, &d) };
         if tx.blocking_send(Bytes::from(chunk)).is_err() {
-
             break;
         }
     }

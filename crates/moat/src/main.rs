@@ -243,7 +243,13 @@ fn serve(o: EngineOptions, a: ServeArgs) -> Result<i32> {
             ),
         },
     };
-    moat_api::serve(moat_api::ServeOptions { engine: o, listen, group, insecure_tcp: a.insecure_tcp, max_body: 16 << 20 })?;
+    moat_api::serve(moat_api::ServeOptions {
+        engine: o,
+        listen,
+        group,
+        insecure_tcp: a.insecure_tcp,
+        max_body: 16 << 20,
+    })?;
     Ok(0)
 }
 

@@ -1,0 +1,408 @@
+//! The Docker Engine API (issue #14): `moat serve` on a real unix socket,
+//! driven by clients nobody on the team wrote — the machine's `docker` CLI
+//! and docker-py from PyPI — in both isolation types.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `moat serve` for a root, on a socket in the root; killed (by PID) when dropped.
+struct Server {
+    child: std::process::Child,
+    sock: PathBuf,
+    docker_config: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(r: &Root) -> Self {
+        let sock = r.path().join("api.sock");
+        let log = std::fs::File::create(r.path().join("serve.log")).unwrap();
+        let child = r
+            .cmd()
+            .args(["serve", "--socket"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start moat serve");
+        let s = Self { child, sock, docker_config: tempfile::tempdir().unwrap() };
+        let t0 = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&s.sock).is_err() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "moat serve did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    fn docker_cmd(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_HOST", self.host()).env("DOCKER_CONFIG", self.docker_config.path()).stdin(Stdio::null());
+        c
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        self.docker_cmd().args(args).output().expect("run docker")
+    }
+
+    /// Runs docker, asserts success, returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs docker, asserts failure; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(!o.status.success(), "docker {args:?} should fail: {}", String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh root with nothing in it, served; busybox loaded through the API.
+fn served_with_busybox() -> (Root, Server) {
+    let r = Root::new();
+    let s = Server::start(&r);
+    let out = s.ok(&["load", "-i", busybox_archive().0.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: busybox:latest"), "{out}");
+    (r, s)
+}
+
+#[test]
+fn docker_cli_drives_process_containers() {
+    let (r, s) = served_with_busybox();
+    assert_eq!(s.ok(&["version", "--format", "{{.Server.APIVersion}}"]).trim(), "1.45");
+    assert_eq!(s.ok(&["info", "--format", "{{.Isolation}} {{.OSType}}"]).trim(), "process linux");
+    assert!(s.ok(&["images"]).contains("busybox"));
+    assert_eq!(s.ok(&["run", "--rm", "busybox", "echo", "hello"]), "hello\n");
+    let o = s.docker(&["run", "--rm", "busybox", "sh", "-c", "echo err >&2; exit 3"]);
+    assert_eq!((o.status.code(), String::from_utf8_lossy(&o.stderr).trim()), (Some(3), "err"));
+    // -d, logs -f until the exit, ps, inspect; the moat CLI sees the same container
+    let t0 = chrono::Utc::now().timestamp();
+    s.ok(&["run", "-d", "--name", "lg", "busybox", "sh", "-c", "echo one; sleep 1; echo two"]);
+    assert_eq!(s.ok(&["logs", "-f", "lg"]), "one\ntwo\n");
+    assert_eq!(s.ok(&["wait", "lg"]).trim(), "0");
+    assert!(s.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]).contains("lg Exited (0)"));
+    assert_eq!(s.ok(&["inspect", "-f", "{{.State.ExitCode}} {{.HostConfig.Isolation}}", "lg"]).trim(), "0 process");
+    assert!(r.ok(&["ps", "-a"]).contains("lg"));
+    // the shim records `die` just after the exit it reports
+    let t = Instant::now();
+    let mut ev = String::new();
+    while !ev.contains("container die") && t.elapsed() < Duration::from_secs(10) {
+        ev = s.ok(&["events", "--since", &t0.to_string(), "--until", "0s", "--filter", "container=lg"]);
+    }
+    assert!(ev.contains("container die") && ev.contains("container start"), "{ev}");
+    // signals, exec, cp, update, stop, rm
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got-hup' HUP; echo ready; while true; do sleep 0.1; done",
+    ]);
+    let t = Instant::now();
+    while !s.ok(&["logs", "web"]).contains("ready") && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.ok(&["kill", "-s", "HUP", "web"]);
+    while !s.ok(&["logs", "web"]).contains("got-hup") && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s.ok(&["logs", "web"]).contains("got-hup"));
+    assert_eq!(s.ok(&["inspect", "-f", "{{.State.Status}}", "web"]).trim(), "running", "HUP does not stop it");
+    assert_eq!(s.ok(&["exec", "web", "sh", "-c", "echo $((6*7))"]), "42\n");
+    let o = s.docker(&["exec", "web", "sh", "-c", "exit 4"]);
+    assert_eq!(o.status.code(), Some(4));
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("in.txt"), "from the host\n").unwrap();
+    s.ok(&["cp", d.path().join("in.txt").to_str().unwrap(), "web:/tmp/"]);
+    assert_eq!(s.ok(&["exec", "web", "cat", "/tmp/in.txt"]), "from the host\n");
+    s.ok(&["cp", "web:/tmp/in.txt", d.path().join("back.txt").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(d.path().join("back.txt")).unwrap(), "from the host\n");
+    s.ok(&["update", "--memory", "64m", "--memory-swap", "128m", "web"]);
+    assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Memory}}", "web"]).trim(), "67108864");
+    s.ok(&["stop", "-t", "1", "web"]);
+    assert!(s.ok(&["ps", "-a", "--format", "{{.Names}} {{.State}}"]).contains("web exited"));
+    s.ok(&["rm", "-f", "web", "lg"]);
+    assert_eq!(s.ok(&["ps", "-aq"]), "");
+    // clear refusals in Docker's shape
+    let e = s.fails(&["run", "--isolation=hyper-v", "busybox", "true"]);
+    assert!(e.contains("invalid isolation \"hyper-v\"") && e.contains("process, hyperv"), "{e}");
+    let e = s.fails(&["inspect", "nothing-here"]);
+    assert!(e.contains("No such object") || e.contains("No such"), "{e}");
+    let e = s.fails(&["run", "--pull", "never", "not-here:1", "true"]);
+    assert!(e.contains("No such image"), "{e}");
+}
+
+#[test]
+fn docker_cli_networks_and_volumes() {
+    let (_r, s) = served_with_busybox();
+    s.ok(&["network", "create", "appnet"]);
+    assert!(s.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]).contains("appnet bridge"));
+    s.ok(&["run", "-d", "--name", "c1", "--network", "appnet", "busybox", "sleep", "1000"]);
+    let out = s.ok(&["run", "--rm", "--network", "appnet", "busybox", "ping", "-c", "1", "-W", "5", "c1"]);
+    assert!(out.contains("1 packets received"), "{out}");
+    s.ok(&["network", "create", "other"]);
+    s.ok(&["network", "connect", "other", "c1"]);
+    let nets = s.ok(&["inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", "c1"]);
+    assert!(nets.contains("appnet") && nets.contains("other"), "{nets}");
+    let e = s.fails(&["network", "rm", "appnet"]);
+    assert!(!e.is_empty());
+    s.ok(&["rm", "-f", "c1"]);
+    s.ok(&["network", "rm", "appnet", "other"]);
+    assert!(!s.ok(&["network", "ls"]).contains("appnet"));
+    // a named volume outlives the containers that use it
+    s.ok(&["volume", "create", "data"]);
+    s.ok(&["run", "--name", "w", "-v", "data:/data", "busybox", "sh", "-c", "echo kept > /data/f"]);
+    s.ok(&["rm", "w"]);
+    assert!(s.ok(&["volume", "ls", "-q"]).contains("data"));
+    assert_eq!(s.ok(&["run", "--rm", "-v", "data:/data", "busybox", "cat", "/data/f"]), "kept\n");
+    s.ok(&["volume", "rm", "data"]);
+    assert_eq!(s.ok(&["volume", "ls", "-q"]).trim(), "");
+}
+
+#[test]
+fn docker_cli_runs_hyperv_containers() {
+    let (r, s) = served_with_busybox();
+    let host = String::from_utf8_lossy(&Command::new("uname").arg("-r").output().unwrap().stdout).trim().to_string();
+    let guest = s.ok(&["run", "--rm", "--isolation=hyperv", "busybox", "uname", "-r"]);
+    assert!(!guest.trim().is_empty() && guest.trim() != host, "the VM's own kernel: {guest} vs {host}");
+    // the Windows form: docker run -it --isolation=hyperv <image id> sh
+    let id = s.ok(&["images", "-q", "busybox"]).trim().to_string();
+    let cmd = format!(
+        "DOCKER_HOST={} DOCKER_CONFIG={} docker run -it --rm --isolation=hyperv {id} sh",
+        s.host(),
+        s.docker_config.path().display()
+    );
+    let o = with_pty(&cmd, Some("echo $((6*7))\nexit 7\n"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("# ") && out.contains("42"), "a prompt and the answer: {out}");
+    assert_eq!(o.status.code(), Some(7), "{out}");
+    // detached, exec, inspect, the moat CLI agrees
+    s.ok(&["run", "-d", "--name", "v", "--isolation=hyperv", "busybox", "sleep", "1000"]);
+    assert_eq!(s.ok(&["exec", "v", "sh", "-c", "echo in-vm"]), "in-vm\n");
+    assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Isolation}}", "v"]).trim(), "hyperv");
+    assert!(r.ok(&["ps", "--format", "{{.Names}} {{.Isolation}}"]).contains("v hyperv"));
+    s.ok(&["rm", "-f", "v"]);
+}
+
+#[test]
+fn docker_cli_pull_and_push_with_a_local_registry() {
+    let (_r, s) = served_with_busybox();
+    let reg = Registry::start();
+    let name = format!("{}/busybox:1", reg.addr);
+    let id = s.ok(&["images", "-q", "--no-trunc", "busybox"]).trim().to_string();
+    s.ok(&["tag", "busybox", &name]);
+    let out = s.ok(&["push", &name]);
+    assert!(out.contains("digest: sha256:"), "{out}");
+    s.ok(&["rmi", &name, "busybox"]);
+    assert_eq!(s.ok(&["images", "-q"]), "");
+    let out = s.ok(&["pull", &name]);
+    assert!(out.contains("Downloaded newer image"), "{out}");
+    assert_eq!(s.ok(&["images", "-q", "--no-trunc", &name]).trim(), id);
+    // run pulls a missing image through images/create
+    s.ok(&["rmi", &name]);
+    let o = s.docker(&["run", "--rm", &name, "echo", "pulled"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "pulled\n", "{}", String::from_utf8_lossy(&o.stderr));
+    let e = s.fails(&["pull", &format!("{}/nothing:here", reg.addr)]);
+    assert!(e.contains("not found"), "{e}");
+}
+
+#[test]
+fn containers_outlive_the_server() {
+    let (r, s) = served_with_busybox();
+    s.ok(&["run", "-d", "--name", "long", "busybox", "sh", "-c", "echo before; sleep 1000"]);
+    let pid = s.pid();
+    drop(s);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists() || {
+            let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            st.contains(") Z")
+        }
+    );
+    assert!(r.ok(&["ps", "--format", "{{.Names}} {{.State}}"]).contains("long running"));
+    let s = Server::start(&r);
+    assert!(s.ok(&["ps", "--format", "{{.Names}}"]).contains("long"));
+    assert_eq!(s.ok(&["logs", "long"]), "before\n");
+    s.ok(&["kill", "long"]);
+    assert_eq!(s.ok(&["wait", "long"]).trim(), "137");
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status (0 when
+/// the server closed the connection without an answer).
+fn raw(sock: &std::path::Path, req: &[u8]) -> u16 {
+    let mut c = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = c.write_all(req);
+    let mut buf = [0u8; 64];
+    let n = c.read(&mut buf).unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn malformed_requests_never_get_a_5xx() {
+    let r = Root::new();
+    let s = Server::start(&r);
+    let paths = [
+        "/containers/create",
+        "/containers/json",
+        "/containers/x/start",
+        "/containers/x/wait",
+        "/containers/x/kill",
+        "/containers/x/logs",
+        "/containers/x/archive",
+        "/exec/x/start",
+        "/images/create",
+        "/images/x/json",
+        "/images/load",
+        "/networks/create",
+        "/networks/x/connect",
+        "/volumes/create",
+        "/events",
+        "/v1.99/_ping",
+        "/v1.2/info",
+        "/%zz",
+        "/containers/%00/json",
+        "/nowhere/at/all",
+    ];
+    let queries = [
+        "",
+        "?all=maybe",
+        "?filters=%7Bbad",
+        "?filters=%7B%22nope%22%3A%5B%22x%22%5D%7D",
+        "?t=-1",
+        "?signal=NOPE",
+        "?h=0&w=0",
+        "?tail=lots",
+        "?fromImage=",
+        "?condition=never",
+        "?since=yesterday",
+    ];
+    let bodies: [&[u8]; 7] =
+        [b"", b"{", b"[]", b"{\"Image\":5}", b"\xff\xfe\x00", b"{\"HostConfig\":{\"Memory\":\"x\"}}", b"null"];
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = |n: usize| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    };
+    for _ in 0..300 {
+        let method = ["GET", "POST", "DELETE", "PUT", "HEAD"][next(5)];
+        let path = paths[next(paths.len())];
+        let q = queries[next(queries.len())];
+        let body = bodies[next(bodies.len())];
+        let mut req = format!("{method} {path}{q} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n", body.len());
+        if next(4) == 0 {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+        req.push_str("Connection: close\r\n\r\n");
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        let status = raw(&s.sock, &bytes);
+        assert!(status != 0 && status < 500, "{method} {path}{q} with {body:?}: {status}");
+    }
+    // a body over the limit is refused without being read to the end
+    let big = format!("POST /containers/create HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", 64 << 20);
+    assert_eq!(raw(&s.sock, big.as_bytes()), 413);
+    // garbage that is not HTTP at all
+    assert!(matches!(raw(&s.sock, b"\x16\x03\x01\x00\xa5garbage\r\n\r\n"), 0 | 400));
+    // still serving
+    assert_eq!(raw(&s.sock, b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+    assert_eq!(s.ok(&["version", "--format", "{{.Server.APIVersion}}"]).trim(), "1.45");
+}
+
+#[test]
+fn socket_is_0660_and_refuses_symlinks() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let r = Root::new();
+    let s = Server::start(&r);
+    let m = std::fs::metadata(&s.sock).unwrap();
+    assert_eq!((m.permissions().mode() & 0o777, m.uid(), m.gid()), (0o660, 0, 0));
+    drop(s);
+    // a symlink where the socket should be: refused, the target untouched
+    let target = r.path().join("precious");
+    std::fs::write(&target, "keep").unwrap();
+    let link = r.path().join("link.sock");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let o = r.cmd().args(["serve", "--socket"]).arg(&link).output().unwrap();
+    assert_fails_one_line(&o, "serve on a symlink");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("symlink"));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    // tcp beyond loopback only when insisted on
+    let o = r.cmd().args(["serve", "-H", "tcp://0.0.0.0:1"]).output().unwrap();
+    assert_fails_one_line(&o, "serve on 0.0.0.0");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--insecure-tcp"));
+}
+
+/// docker-py 7.x from PyPI, in the venv `make deps` makes.
+fn docker_py(s: &Server, iso: &str) {
+    let py = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("pyvenv/bin/python");
+    assert!(py.exists(), "{} is missing: run make deps", py.display());
+    let script = r#"
+import sys, docker
+iso = sys.argv[1]
+c = docker.DockerClient(base_url=sys.argv[2])
+assert c.version()["ApiVersion"] == "1.45"
+k = c.containers.create("busybox", ["sh", "-c", "echo out; echo err >&2; exit 3"], isolation=iso)
+k.start()
+assert k.wait()["StatusCode"] == 3
+assert k.logs(stdout=True, stderr=False) == b"out\n", k.logs()
+assert k.logs(stdout=False, stderr=True) == b"err\n", k.logs()
+k.remove()
+assert c.containers.run("busybox", ["echo", "ran"], isolation=iso, remove=True) == b"ran\n"
+d = c.containers.run("busybox", ["sleep", "1000"], isolation=iso, detach=True, name="py-" + iso)
+code, out = d.exec_run(["sh", "-c", "echo $((6*7)); exit 2"])
+assert (code, out) == (2, b"42\n"), (code, out)
+d.reload()
+assert d.attrs["HostConfig"]["Isolation"] == iso and d.status == "running"
+d.remove(force=True)
+assert [x for x in c.containers.list(all=True)] == []
+print("ok")
+"#;
+    let o = Command::new(py).args(["-c", script, iso, &s.host()]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n", "docker-py ({iso}): {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn docker_py_process() {
+    let (_r, s) = served_with_busybox();
+    docker_py(&s, "process");
+}
+
+#[test]
+fn docker_py_hyperv() {
+    let (_r, s) = served_with_busybox();
+    docker_py(&s, "hyperv");
+}
