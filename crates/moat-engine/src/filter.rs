@@ -273,7 +273,7 @@ pub struct SwitchFilter {
 impl SwitchFilter {
     /// Checks the keys.
     pub fn new(f: Filters) -> Result<Self, EngineError> {
-        f.check(&["name", "id", "driver", "type", "dangling", "scope"])?;
+        f.check(&["name", "id", "driver", "type", "dangling", "scope", "label"])?;
         for t in f.get("type") {
             if !["builtin", "custom"].contains(&t.as_str()) {
                 return Err(EngineError::Invalid(format!("invalid filter 'type={t}': use builtin or custom")));
@@ -292,6 +292,7 @@ impl SwitchFilter {
             && any(f.get("scope"), |d| d == "local")
             && any(f.get("type"), |t| (t == "builtin") == builtin)
             && any(f.get("dangling"), |d| (d == "true" || d == "1") == (members == 0 && !builtin))
+            && f.get("label").iter().all(|l| label_matches(&s.config.labels, l))
     }
 }
 

@@ -91,6 +91,7 @@ impl Engine {
         subnet: Option<Ipv4Net>,
         gateway: Option<Ipv4Addr>,
         internal: bool,
+        labels: std::collections::BTreeMap<String, String>,
     ) -> Result<Switch, EngineError> {
         if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c == '/') {
             return Err(EngineError::Invalid(format!("invalid switch name {name:?}")));
@@ -142,13 +143,8 @@ impl Engine {
                 Some(g) => g,
                 None => subnet.hosts().next().ok_or_else(|| EngineError::Invalid("subnet has no hosts".into()))?,
             };
-            let config = SwitchConfig {
-                subnet,
-                gateway,
-                internal,
-                bridge: moat_net::bridge_name(&id),
-                labels: Default::default(),
-            };
+            let config =
+                SwitchConfig { subnet, gateway, internal, bridge: moat_net::bridge_name(&id), labels: labels.clone() };
             Ok(SwitchRow {
                 id: id.clone(),
                 name: name.to_string(),
@@ -182,7 +178,7 @@ impl Engine {
         if let Ok(s) = self.find_switch(DEFAULT_SWITCH) {
             return Ok(s);
         }
-        match self.create_switch(DEFAULT_SWITCH, None, None, false) {
+        match self.create_switch(DEFAULT_SWITCH, None, None, false, Default::default()) {
             Ok(s) => Ok(s),
             Err(e) => self.find_switch(DEFAULT_SWITCH).map_err(|_| e),
         }
@@ -263,7 +259,8 @@ impl Engine {
             }
             for o in all.iter().filter(|o| o.id() != c.id()) {
                 for e in o.config.networks.iter().filter(|e| mine.contains(&&e.switch_id)) {
-                    text.push_str(&format!("{}\t{} {}\n", e.ip, o.name(), &o.id()[..12]));
+                    let aliases: String = o.config.aliases.iter().map(|a| format!(" {a}")).collect();
+                    text.push_str(&format!("{}\t{} {}{aliases}\n", e.ip, o.name(), &o.id()[..12]));
                 }
             }
             for h in &c.config.add_hosts {

@@ -217,7 +217,10 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
                     ip_address: e.ip.to_string(),
                     ip_prefix_len: e.prefix,
                     mac_address: e.mac.clone(),
-                    aliases: vec![c.name().to_string(), c.id()[..12].to_string()],
+                    aliases: [c.name().to_string(), c.id()[..12].to_string()]
+                        .into_iter()
+                        .chain(c.config.aliases.iter().cloned())
+                        .collect(),
                     host_interface: moat_net::if_name(letter, c.id(), n),
                 },
             )

@@ -131,6 +131,9 @@ pub struct CreateArgs {
     /// default switch.
     #[arg(long = "switch", visible_alias = "network", alias = "net")]
     network: Option<String>,
+    /// Another name the container answers to on its switches (repeatable).
+    #[arg(long = "network-alias", alias = "net-alias")]
+    network_alias: Vec<String>,
     /// IPv4 address on the switch.
     #[arg(long)]
     ip: Option<std::net::Ipv4Addr>,
@@ -658,6 +661,7 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         auto_remove: rm,
         isolation: flags::isolation(&a.isolation)?,
         network: a.network.clone().unwrap_or_default(),
+        aliases: a.network_alias.clone(),
         stop_signal: a.stop_signal.clone().unwrap_or_default(),
         stop_timeout: a.stop_timeout,
         shm_size: a.shm_size.as_deref().map(|s| flags::size("shm size", s).map(|b| b as u64)).transpose()?,

@@ -25,6 +25,9 @@ pub enum SwitchCmd {
         /// Driver (only `bridge`; accepted for docker compatibility).
         #[arg(short = 'd', long, default_value = "bridge")]
         driver: String,
+        /// Label `KEY=VALUE` (repeatable).
+        #[arg(long)]
+        label: Vec<String>,
     },
     /// List switches.
     #[command(alias = "list")]
@@ -86,9 +89,15 @@ pub enum SwitchCmd {
 /// Runs a switch subcommand.
 pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
     match cmd {
-        SwitchCmd::Create { name, subnet, gateway, internal, driver } => {
+        SwitchCmd::Create { name, subnet, gateway, internal, driver, label } => {
             moat_engine::network::check_driver(&driver)?;
-            let s = e.create_switch(&name, subnet, gateway, internal)?;
+            let s = e.create_switch(
+                &name,
+                subnet,
+                gateway,
+                internal,
+                label.iter().map(|l| moat_engine::flags::label(l)).collect(),
+            )?;
             outln!("{}", s.id);
         }
         SwitchCmd::Ls { quiet, no_trunc, filter, format } => {

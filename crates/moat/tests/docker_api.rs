@@ -406,3 +406,58 @@ fn docker_py_hyperv() {
     let (_r, s) = served_with_busybox();
     docker_py(&s, "hyperv");
 }
+
+const COMPOSE_FILE: &str = r#"services:
+  server:
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www; echo hello-from-server > /www/index.html; echo serving; httpd -f -p 8080 -h /www"]
+    volumes:
+      - shared:/data
+  client:
+    image: busybox
+    isolation: hyperv
+    command: ["sh", "-c", "until wget -qO- http://server:8080/ > /data/got; do sleep 0.2; done; cat /data/got; sleep 1000"]
+    volumes:
+      - shared:/data
+    depends_on: [server]
+volumes:
+  shared: {}
+"#;
+
+#[test]
+fn compose_with_a_hyperv_service_and_a_named_volume() {
+    let (r, s) = served_with_busybox();
+    let plugin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("cli-plugins/docker-compose");
+    assert!(plugin.exists(), "{} is missing: run make deps", plugin.display());
+    std::fs::create_dir_all(s.docker_config.path().join("cli-plugins")).unwrap();
+    std::os::unix::fs::symlink(&plugin, s.docker_config.path().join("cli-plugins/docker-compose")).unwrap();
+    let proj = tempfile::tempdir().unwrap();
+    std::fs::write(proj.path().join("compose.yaml"), COMPOSE_FILE).unwrap();
+    let compose = |args: &[&str]| -> Output {
+        s.docker_cmd().current_dir(proj.path()).args(["compose", "-p", "mt"]).args(args).output().unwrap()
+    };
+    let ok = |args: &[&str]| -> String {
+        let o = compose(args);
+        assert!(o.status.success(), "compose {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(&["up", "-d"]);
+    let t = Instant::now();
+    let mut logs = String::new();
+    while !logs.contains("hello-from-server") && t.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_millis(300));
+        logs = ok(&["logs", "client"]);
+    }
+    assert!(logs.contains("hello-from-server"), "the VM service reached the other by name: {logs}");
+    let ps = ok(&["ps", "--format", "{{.Service}} {{.State}}"]);
+    assert!(ps.contains("client running") && ps.contains("server running"), "{ps}");
+    assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Isolation}}", "mt-client-1"]).trim(), "hyperv");
+    assert!(ok(&["logs", "server"]).contains("serving"));
+    // both services share the named volume
+    assert_eq!(ok(&["exec", "-T", "server", "cat", "/data/got"]), "hello-from-server\n");
+    assert!(r.ok(&["volume", "ls", "-q"]).contains("mt_shared"));
+    ok(&["down", "-v"]);
+    assert_eq!(s.ok(&["ps", "-aq"]), "");
+    assert!(!s.ok(&["volume", "ls", "-q"]).contains("mt_shared"));
+    assert!(!s.ok(&["network", "ls"]).contains("mt_default"));
+}
