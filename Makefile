@@ -87,6 +87,8 @@ install: agent
 	target/release/moat man $(DESTDIR)$(PREFIX)/share/man/man1
 	install -d $(DESTDIR)/etc/systemd/system
 	sed 's|@BINDIR@|$(BINDIR)|' contrib/moat-boot.service > $(DESTDIR)/etc/systemd/system/moat-boot.service
+	sed 's|@BINDIR@|$(BINDIR)|' contrib/moat-serve.service > $(DESTDIR)/etc/systemd/system/moat-serve.service
+	install -m 0644 contrib/moat-serve.socket $(DESTDIR)/etc/systemd/system/moat-serve.socket
 
 clean:
 	cargo clean

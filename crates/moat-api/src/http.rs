@@ -181,6 +181,10 @@ impl Query {
         self.pairs.iter().rev().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
     }
 
+    pub(crate) fn all(&self, k: &str) -> Vec<&str> {
+        self.pairs.iter().filter(|(x, _)| x == k).map(|(_, v)| v.as_str()).collect()
+    }
+
     /// Docker's booleans: `1`, `true`, `True`; absent is `default`.
     pub(crate) fn bool(&self, k: &str, default: bool) -> Result<bool> {
         match self.get(k) {

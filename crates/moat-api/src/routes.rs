@@ -198,6 +198,10 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             .await?;
             Ok(empty(200))
         }
+        (&Method::GET, ["containers", id, "changes"]) => {
+            let id = id.to_string();
+            Ok(json(200, &engine(&ctx, move |e| e.diff(&id)).await?))
+        }
         (&Method::GET, ["containers", id, "export"]) => {
             let id = id.to_string();
             let key = id.clone();
@@ -266,6 +270,15 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
                 None => name,
             };
             progress_stream(&ctx, true, move |e, o, p| e.push(&reference, o, p).map(|_| ()))
+        }
+        (&Method::GET, ["images", "get"]) => {
+            let names: Vec<String> = q.all("names").into_iter().map(str::to_string).collect();
+            save(&ctx, names).await
+        }
+        (&Method::GET, ["images", rest @ .., "get"]) if !rest.is_empty() => save(&ctx, vec![rest.join("/")]).await,
+        (&Method::GET, ["images", rest @ .., "history"]) if !rest.is_empty() => {
+            let name = rest.join("/");
+            Ok(json(200, &engine(&ctx, move |e| e.image_history(&name)).await?))
         }
         (&Method::POST, ["images", "load"]) => load(&ctx, req, q.bool("quiet", false)?).await,
         (&Method::POST, ["images", "create"]) => pull(&ctx, &q).await,
@@ -785,6 +798,23 @@ async fn archive_get(ctx: &Arc<Ctx>, id: &str, q: &Query, head: bool) -> Result<
             if let Err(err) = e.archive_get(&id, &path, std::io::BufWriter::with_capacity(64 << 10, ChanWriter(tx))) {
                 tracing::warn!("archive of {path} in {id}: {err}");
             }
+        }
+    });
+    Ok(resp)
+}
+
+/// `images/get`: a docker-archive of the images, streamed.
+async fn save(ctx: &Arc<Ctx>, names: Vec<String>) -> Result<Resp> {
+    if names.is_empty() {
+        return Err(ApiError::bad("name at least one image (names=...)"));
+    }
+    let check = names.clone();
+    engine(ctx, move |e| check.iter().try_for_each(|n| e.image(n).map(|_| ()))).await?;
+    let (tx, resp) = http::streaming(200, "application/x-tar");
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Ok(mut e) = ctx.open() {
+            let _ = e.save_images(&names, std::io::BufWriter::with_capacity(64 << 10, ChanWriter(tx)));
         }
     });
     Ok(resp)

@@ -19,7 +19,7 @@ const INIT_PATHS: &[&str] =
     &["/dev", "/proc", "/sys", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/etc/mtab", "/sbin/moat-init"];
 
 /// Kind of a change (Docker's numbering in the API).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChangeKind {
     /// Present in the image, changed.
     Modified = 0,
@@ -27,6 +27,13 @@ pub enum ChangeKind {
     Added = 1,
     /// Removed from the image's content.
     Deleted = 2,
+}
+
+/// As the API's number (`{"Kind": 1}`), not the variant's name.
+impl serde::Serialize for ChangeKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(*self as u8)
+    }
 }
 
 impl ChangeKind {

@@ -149,6 +149,12 @@ fn docker_cli_drives_process_containers() {
     assert_eq!(s.ok(&["exec", "web", "cat", "/tmp/in.txt"]), "from the host\n");
     s.ok(&["cp", "web:/tmp/in.txt", d.path().join("back.txt").to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(d.path().join("back.txt")).unwrap(), "from the host\n");
+    assert!(s.ok(&["diff", "web"]).contains("A /tmp/in.txt"));
+    assert!(s.ok(&["history", "busybox"]).contains("IMAGE"));
+    let saved = d.path().join("saved.tar");
+    s.ok(&["save", "-o", saved.to_str().unwrap(), "busybox"]);
+    let listing = Command::new("tar").arg("-tf").arg(&saved).output().unwrap();
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("manifest.json"));
     s.ok(&["update", "--memory", "64m", "--memory-swap", "128m", "web"]);
     assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Memory}}", "web"]).trim(), "67108864");
     s.ok(&["stop", "-t", "1", "web"]);
@@ -460,4 +466,45 @@ fn compose_with_a_hyperv_service_and_a_named_volume() {
     assert_eq!(s.ok(&["ps", "-aq"]), "");
     assert!(!s.ok(&["volume", "ls", "-q"]).contains("mt_shared"));
     assert!(!s.ok(&["network", "ls"]).contains("mt_default"));
+}
+
+#[test]
+fn socket_activation_by_systemd_protocol() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let r = root_with_busybox();
+    let sock = r.path().join("activated.sock");
+    let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fd = l.as_raw_fd();
+    // what systemd does: the socket as fd 3, LISTEN_FDS=1, LISTEN_PID = the server's PID
+    let mut c = Command::new("sh");
+    c.args(["-c", r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" --root "$1" serve -H fd://"#])
+        .arg(env!("CARGO_BIN_EXE_moat"))
+        .arg(r.path())
+        .env("MOAT_KERNEL_DIR", kernel_dir())
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(r.path().join("serve.log")).unwrap());
+    // SAFETY: dup2 and fcntl are async-signal-safe; it runs in the child between fork and exec
+    unsafe {
+        c.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec: clear it instead
+            let r = if fd == 3 { libc::fcntl(3, libc::F_SETFD, 0) } else { libc::dup2(fd, 3) };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    drop(l);
+    let cfg = tempfile::tempdir().unwrap();
+    let o = Command::new("docker")
+        .env("DOCKER_HOST", format!("unix://{}", sock.display()))
+        .env("DOCKER_CONFIG", cfg.path())
+        .args(["run", "--rm", "busybox", "echo", "activated"])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "activated\n", "{}", String::from_utf8_lossy(&o.stderr));
 }
