@@ -85,6 +85,53 @@ def row(title, r, ref=None):
     return f"| {title} | {r['name']} | {fmt_t(r['median'])} | {fmt_t(r['min'])} | {fmt_t(r['max'])} | {ratio} |"
 
 
+def ping_load(sock, clients, per_client):
+    """`clients` threads, each on its own keep-alive connection, sending
+    `per_client` `GET /_ping`; returns ((p50, p99) latency, requests/s)."""
+    import socket
+    import threading
+
+    lats, errors = [], []
+    lock = threading.Lock()
+
+    def worker():
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        f = s.makefile("rb")
+        mine = []
+        for _ in range(per_client):
+            t0 = time.perf_counter()
+            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: moat\r\n\r\n")
+            status = f.readline()
+            length = 0
+            while True:
+                h = f.readline()
+                if h in (b"\r\n", b""):
+                    break
+                if h.lower().startswith(b"content-length:"):
+                    length = int(h.split(b":")[1])
+            body = f.read(length)
+            if not status.startswith(b"HTTP/1.1 200") or body != b"OK":
+                errors.append(status)
+                break
+            mine.append(time.perf_counter() - t0)
+        s.close()
+        with lock:
+            lats.extend(mine)
+
+    ts = [threading.Thread(target=worker) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    if errors or len(lats) != clients * per_client:
+        sys.exit(f"_ping load failed: {errors[:3]}")
+    lats.sort()
+    return (lats[len(lats) // 2], lats[int(len(lats) * 0.99)]), len(lats) / wall
+
+
 def main():
     global ARGS
     ap = argparse.ArgumentParser()
@@ -232,6 +279,27 @@ def main():
         for p in (skopeo, podman):
             out.append(row("image pull", p, moat))
         notes.append(f"pull: moat = {moat['median'] / skopeo['median']:.2f}x skopeo copy, {moat['median'] / podman['median']:.2f}x podman pull")
+
+    if want("api"):
+        sock = os.path.join(a.scratch + "-api", "docker.sock")
+        os.makedirs(os.path.dirname(sock), exist_ok=True)
+        srv = subprocess.Popen([a.moat, "--root", a.root, "serve", "--socket", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(200):
+                if os.path.exists(sock):
+                    break
+                time.sleep(0.05)
+            dk = f"DOCKER_HOST=unix://{sock} DOCKER_CONFIG={os.path.dirname(sock)} docker"
+            moat = series("moat run --rm busybox true", f"{m} run --rm busybox true", a.runs)
+            api = series("docker run --rm busybox true (moat serve)", f"{dk} run --rm busybox true", a.runs)
+            out.append(row("API run", api))
+            out.append(row("API run", moat, api))
+            notes.append(f"docker run through moat serve = {api['median'] / moat['median']:.2f}x moat run")
+            lat, rps = ping_load(sock, 50, 200)
+            notes.append(f"_ping, 50 concurrent keep-alive clients x 200: {rps:.0f} req/s, p50 {lat[0] * 1000:.2f} ms, p99 {lat[1] * 1000:.2f} ms")
+        finally:
+            srv.terminate()
+            srv.wait()
 
     print("\n".join(out))
     if mem:

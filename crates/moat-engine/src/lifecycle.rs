@@ -240,7 +240,7 @@ impl Engine {
                         }
                         Ok(c) => {
                             last = result_of(&c);
-                            std::thread::sleep(Duration::from_millis(50));
+                            std::thread::sleep(Duration::from_millis(5));
                         }
                     }
                 }
@@ -275,7 +275,7 @@ impl Engine {
             if start.elapsed() > patience && self.get(id).is_err() {
                 return Err(EngineError::NoSuchContainer(id.to_string()));
             }
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
