@@ -536,8 +536,12 @@ async fn start(ctx: &Arc<Ctx>, id: &str) -> Result<Resp> {
             return Ok(false);
         }
         let cid = c.id().to_string();
-        let (_, session) = e.start(&cid)?;
+        // claim the waiting attaches first: none of them may attach on its own meanwhile
         let waiting = c2.pending.lock().ok().and_then(|mut p| p.remove(&cid)).unwrap_or_default();
+        for w in &waiting {
+            w.claimed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        let (_, session) = e.start(&cid)?;
         let mut first = Some(session);
         for w in waiting {
             match first.take() {
@@ -592,12 +596,13 @@ async fn attach(
     } else {
         // registered before the 101 goes out: the client's start may follow at once
         let (tx, rx) = std::sync::mpsc::channel();
+        let claimed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Ok(mut p) = ctx.pending.lock() {
-            p.entry(cid.clone()).or_default().push(PendingAttach { opts, session: tx });
+            p.entry(cid.clone()).or_default().push(PendingAttach { opts, session: tx, claimed: claimed.clone() });
         }
         tokio::spawn(async move {
             let Some(h) = stream::hijack(on).await else { return };
-            let _ = tokio::task::spawn_blocking(move || stream::pending_attach(ctx, cid, opts, rx, h)).await;
+            let _ = tokio::task::spawn_blocking(move || stream::pending_attach(ctx, cid, opts, rx, claimed, h)).await;
         });
     }
     Ok(http::upgraded(stream::content_type(tty)))

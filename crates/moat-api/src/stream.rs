@@ -42,6 +42,8 @@ pub(crate) fn content_type(tty: bool) -> &'static str {
 pub(crate) struct PendingAttach {
     pub(crate) opts: AttachOptions,
     pub(crate) session: std::sync::mpsc::Sender<Session>,
+    /// Set by the `start` that took this attach (before it starts the shim).
+    pub(crate) claimed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The upgraded connection as a blocking socket, with the bytes hyper had
@@ -147,6 +149,7 @@ pub(crate) fn pending_attach(
     id: String,
     opts: AttachOptions,
     rx: std::sync::mpsc::Receiver<Session>,
+    claimed: Arc<std::sync::atomic::AtomicBool>,
     h: Hijacked,
 ) {
     loop {
@@ -159,20 +162,24 @@ pub(crate) fn pending_attach(
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                // a start of ours is on its way: keep waiting for its session
+                if claimed.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
                 // gone, or started elsewhere (the CLI): attach the usual way
                 let Ok(mut e) = ctx.open() else { return };
                 match e.get(&id) {
                     Err(_) => return,
                     Ok(c) if c.is_running() => {
-                        if let Ok(mut p) = ctx.pending.lock() {
-                            p.remove(&id);
-                        }
-                        if let Ok(s) = rx.try_recv() {
-                            let mut s = s;
-                            if s.attach(opts).is_ok() {
-                                relay(s, h, opts.stdin);
+                        // withdraw, unless a start claimed us in the meantime
+                        let withdrawn = ctx.pending.lock().is_ok_and(|mut p| {
+                            !claimed.load(std::sync::atomic::Ordering::SeqCst) && {
+                                p.remove(&id);
+                                true
                             }
-                            return;
+                        });
+                        if !withdrawn {
+                            continue;
                         }
                         if let Ok((_, s)) = e.attach(&id, opts) {
                             relay(s, h, opts.stdin);

@@ -344,6 +344,29 @@ impl Store {
             restrict(std::path::Path::new(&format!("{}{suffix}", layout.db().display())), 0o600)?;
         }
         ensure_reserve(&layout);
+        // Processes that open a brand-new root together race for the switch
+        // to WAL and the schema; SQLite answers some of those races with
+        // SQLITE_BUSY without calling the busy handler: try again.
+        let mut tries = 0;
+        loop {
+            match Self::connect(&layout) {
+                Err(StoreError::Sqlite(e))
+                    if tries < 200
+                        && matches!(
+                            e.sqlite_error_code(),
+                            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                        ) =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                r => return r.map_err(nospace),
+            }
+        }
+    }
+
+    /// One connection, configured and migrated.
+    fn connect(layout: &Layout) -> Result<Self, StoreError> {
         let conn = Connection::open(layout.db())?;
         conn.busy_timeout(Duration::from_secs(60))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -360,8 +383,8 @@ impl Store {
         // without this, each would checkpoint (and fsync) the WAL on exit.
         // Checkpoints still happen every 1000 pages (wal_autocheckpoint).
         conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
-        let mut store = Self { conn, layout };
-        store.migrate().map_err(nospace)?;
+        let mut store = Self { conn, layout: layout.clone() };
+        store.migrate()?;
         Ok(store)
     }
 

@@ -12,84 +12,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// `moat serve` for a root, on a socket in the root; killed (by PID) when dropped.
-struct Server {
-    child: std::process::Child,
-    sock: PathBuf,
-    docker_config: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(r: &Root) -> Self {
-        let sock = r.path().join("api.sock");
-        let log = std::fs::File::create(r.path().join("serve.log")).unwrap();
-        let child = r
-            .cmd()
-            .args(["serve", "--socket"])
-            .arg(&sock)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start moat serve");
-        let s = Self { child, sock, docker_config: tempfile::tempdir().unwrap() };
-        let t0 = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&s.sock).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "moat serve did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        s
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.sock.display())
-    }
-
-    fn docker_cmd(&self) -> Command {
-        let mut c = Command::new("docker");
-        c.env("DOCKER_HOST", self.host()).env("DOCKER_CONFIG", self.docker_config.path()).stdin(Stdio::null());
-        c
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        self.docker_cmd().args(args).output().expect("run docker")
-    }
-
-    /// Runs docker, asserts success, returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.docker(args);
-        assert!(
-            o.status.success(),
-            "docker {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    /// Runs docker, asserts failure; returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let o = self.docker(args);
-        assert!(!o.status.success(), "docker {args:?} should fail: {}", String::from_utf8_lossy(&o.stdout));
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A fresh root with nothing in it, served; busybox loaded through the API.
-fn served_with_busybox() -> (Root, Server) {
+fn served_with_busybox() -> (Root, ApiServer) {
     let r = Root::new();
-    let s = Server::start(&r);
+    let s = ApiServer::start(&r);
     let out = s.ok(&["load", "-i", busybox_archive().0.to_str().unwrap()]);
     assert!(out.contains("Loaded image: busybox:latest"), "{out}");
     (r, s)
@@ -257,7 +183,7 @@ fn containers_outlive_the_server() {
         }
     );
     assert!(r.ok(&["ps", "--format", "{{.Names}} {{.State}}"]).contains("long running"));
-    let s = Server::start(&r);
+    let s = ApiServer::start(&r);
     assert!(s.ok(&["ps", "--format", "{{.Names}}"]).contains("long"));
     assert_eq!(s.ok(&["logs", "long"]), "before\n");
     s.ok(&["kill", "long"]);
@@ -279,7 +205,7 @@ fn raw(sock: &std::path::Path, req: &[u8]) -> u16 {
 #[test]
 fn malformed_requests_never_get_a_5xx() {
     let r = Root::new();
-    let s = Server::start(&r);
+    let s = ApiServer::start(&r);
     let paths = [
         "/containers/create",
         "/containers/json",
@@ -353,7 +279,7 @@ fn malformed_requests_never_get_a_5xx() {
 fn socket_is_0660_and_refuses_symlinks() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let r = Root::new();
-    let s = Server::start(&r);
+    let s = ApiServer::start(&r);
     let m = std::fs::metadata(&s.sock).unwrap();
     assert_eq!((m.permissions().mode() & 0o777, m.uid(), m.gid()), (0o660, 0, 0));
     drop(s);
@@ -373,7 +299,7 @@ fn socket_is_0660_and_refuses_symlinks() {
 }
 
 /// docker-py 7.x from PyPI, in the venv `make deps` makes.
-fn docker_py(s: &Server, iso: &str) {
+fn docker_py(s: &ApiServer, iso: &str) {
     let py = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("pyvenv/bin/python");
     assert!(py.exists(), "{} is missing: run make deps", py.display());
     let script = r#"

@@ -489,3 +489,77 @@ impl Drop for Registry {
         let _ = self.child.wait();
     }
 }
+
+/// `moat serve` for a root, on a socket in the root; killed (by PID) when dropped.
+pub struct ApiServer {
+    child: std::process::Child,
+    pub sock: PathBuf,
+    pub docker_config: tempfile::TempDir,
+}
+
+impl ApiServer {
+    pub fn start(r: &Root) -> Self {
+        let sock = r.path().join("api.sock");
+        let log = std::fs::File::create(r.path().join("serve.log")).unwrap();
+        let child = r
+            .cmd()
+            .args(["serve", "--socket"])
+            .arg(&sock)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start moat serve");
+        let s = Self { child, sock, docker_config: tempfile::tempdir().unwrap() };
+        let t0 = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&s.sock).is_err() {
+            assert!(t0.elapsed() < std::time::Duration::from_secs(20), "moat serve did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        s
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    pub fn docker_cmd(&self) -> Command {
+        let mut c = Command::new("docker");
+        c.env("DOCKER_HOST", self.host()).env("DOCKER_CONFIG", self.docker_config.path()).stdin(Stdio::null());
+        c
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Output {
+        self.docker_cmd().args(args).output().expect("run docker")
+    }
+
+    /// Runs docker, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs docker, asserts failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(!o.status.success(), "docker {args:?} should fail: {}", String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
