@@ -9,7 +9,8 @@ use moat_engine::{flags, CreateRequest};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-fn strings(v: &Value, what: &str) -> Result<Vec<String>> {
+/// A list of strings (`null`: none; one string: a list of one).
+pub(crate) fn strings(v: &Value, what: &str) -> Result<Vec<String>> {
     match v {
         Value::Null => Ok(Vec::new()),
         Value::String(s) => Ok(vec![s.clone()]),
@@ -63,6 +64,26 @@ const REFUSED: &[(&str, &str)] = &[
     ("CpusetMems", "--cpuset-mems is not supported"),
     ("VolumeDriver", "only the local volume driver exists"),
 ];
+
+/// `ConsoleSize: [rows, cols]` of `v`, when both are set.
+pub(crate) fn console_size(v: &Value) -> Option<moat_engine::WinSize> {
+    let a = v.get("ConsoleSize")?.as_array()?;
+    let (rows, cols) = (a.first()?.as_u64()? as u16, a.get(1)?.as_u64()? as u16);
+    (rows > 0 && cols > 0).then_some(moat_engine::WinSize { rows, cols })
+}
+
+/// `RestartPolicy: {Name, MaximumRetryCount}` of `v`, if it names one.
+pub(crate) fn restart_policy(v: &Value) -> Result<Option<moat_engine::config::RestartPolicy>> {
+    match v.get("RestartPolicy") {
+        Some(r) if !str_of(r, "Name").is_empty() => {
+            let n = int(r, "MaximumRetryCount")?;
+            let name = str_of(r, "Name");
+            let spec = if name == "on-failure" && n > 0 { format!("{name}:{n}") } else { name.to_string() };
+            Ok(Some(flags::restart(&spec)?))
+        }
+        _ => Ok(None),
+    }
+}
 
 /// What `create` makes of the body: the request, and the networks beyond
 /// the first to connect once the container exists.
@@ -191,14 +212,7 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         limits.pids = Some(pids);
     }
 
-    let restart = match hc.get("RestartPolicy") {
-        Some(r) if !str_of(r, "Name").is_empty() => {
-            let n = int(r, "MaximumRetryCount")?;
-            let name = str_of(r, "Name");
-            flags::restart(&if name == "on-failure" && n > 0 { format!("{name}:{n}") } else { name.to_string() })?
-        }
-        _ => Default::default(),
-    };
+    let restart = restart_policy(&hc)?.unwrap_or_default();
 
     let log = match hc.get("LogConfig") {
         Some(l) if !str_of(l, "Type").is_empty() => {
@@ -264,11 +278,7 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
             }
         }
     };
-    let console_size = hc
-        .get("ConsoleSize")
-        .and_then(Value::as_array)
-        .and_then(|a| Some((a.first()?.as_u64()? as u16, a.get(1)?.as_u64()? as u16)))
-        .filter(|(h, w)| *h > 0 && *w > 0);
+    let console_size = console_size(&hc).map(|w| (w.rows, w.cols));
     let healthcheck = match body.get("Healthcheck") {
         None | Some(Value::Null) => None,
         Some(h) => {

@@ -65,6 +65,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         (&Method::GET, ["version"]) => Ok(json(200, &engine(&ctx, |e| Ok(e.version())).await?)),
         (&Method::GET, ["info"]) => Ok(json(200, &engine(&ctx, |e| e.info()).await?)),
         (&Method::GET, ["events"]) => events(&ctx, &q).await,
+        (&Method::GET, ["system", "df"]) => Ok(json(200, &engine(&ctx, |e| e.system_df()).await?)),
 
         // containers
         (&Method::GET, ["containers", "json"]) => {
@@ -160,6 +161,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(empty(200))
         }
         (&Method::GET, ["containers", id, "logs"]) => logs(&ctx, id, &q).await,
+        (&Method::GET, ["containers", id, "stats"]) => stats(&ctx, id, &q).await,
         (&Method::GET, ["containers", id, "top"]) => {
             let id = id.to_string();
             let args: Vec<String> = q.get("ps_args").unwrap_or("").split_whitespace().map(str::to_string).collect();
@@ -457,18 +459,7 @@ fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
                 .ok_or_else(|| ApiError::bad(format!("{k}: expected an integer"))),
         }
     };
-    let restart = match v.get("RestartPolicy") {
-        Some(r) if r["Name"].as_str().is_some_and(|n| !n.is_empty()) => {
-            let name = r["Name"].as_str().unwrap_or("");
-            let n = r["MaximumRetryCount"].as_i64().unwrap_or(0);
-            Some(moat_engine::flags::restart(&if name == "on-failure" && n > 0 {
-                format!("{name}:{n}")
-            } else {
-                name.to_string()
-            })?)
-        }
-        _ => None,
-    };
+    let restart = crate::create::restart_policy(v)?;
     let isolation = match v["Isolation"].as_str().filter(|i| !i.is_empty()) {
         Some(i) => moat_engine::flags::isolation(i)?,
         None => None,
@@ -495,24 +486,10 @@ fn winsize(q: &Query) -> Result<WinSize> {
 }
 
 fn exec_spec(v: &serde_json::Value) -> Result<moat_engine::ExecSpec> {
-    let strs = |k: &str| -> Result<Vec<String>> {
-        match v.get(k) {
-            None | Some(serde_json::Value::Null) => Ok(Vec::new()),
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .map(|x| x.as_str().map(str::to_string).ok_or_else(|| ApiError::bad(format!("{k}: expected strings"))))
-                .collect(),
-            Some(serde_json::Value::String(s)) => Ok(vec![s.clone()]),
-            _ => Err(ApiError::bad(format!("{k}: expected a list of strings"))),
-        }
-    };
+    let strs = |k: &str| crate::create::strings(v.get(k).unwrap_or(&serde_json::Value::Null), k);
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty()).map(str::to_string);
     let b = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
-    let size = v
-        .get("ConsoleSize")
-        .and_then(|c| c.as_array())
-        .and_then(|a| Some(WinSize { rows: a.first()?.as_u64()? as u16, cols: a.get(1)?.as_u64()? as u16 }))
-        .filter(|w| w.rows > 0 && w.cols > 0);
+    let size = crate::create::console_size(v);
     Ok(moat_engine::ExecSpec {
         args: strs("Cmd")?,
         env: strs("Env")?,
@@ -613,11 +590,7 @@ async fn exec_start(ctx: &Arc<Ctx>, req: Request<Incoming>, id: String, upgrade:
     let body = http::read_body(body, ctx.max_body).await?;
     let v: serde_json::Value = http::parse_json(&body)?;
     let detach = v.get("Detach").and_then(|d| d.as_bool()).unwrap_or(false);
-    let size = v
-        .get("ConsoleSize")
-        .and_then(|c| c.as_array())
-        .and_then(|a| Some(WinSize { rows: a.first()?.as_u64()? as u16, cols: a.get(1)?.as_u64()? as u16 }))
-        .filter(|w| w.rows > 0 && w.cols > 0);
+    let size = crate::create::console_size(&v);
     let key = id.clone();
     let (tty, stdin) = engine(ctx, move |e| e.exec_inspect(&key).map(|r| (r.spec.tty, r.spec.stdin))).await?;
     if detach {
@@ -718,6 +691,40 @@ async fn logs(ctx: &Arc<Ctx>, id: &str, q: &Query) -> Result<Resp> {
             if tx.blocking_send(Bytes::from(chunk)).is_err() {
                 return;
             }
+        }
+    });
+    Ok(resp)
+}
+
+/// `stats`: a sample a second (`stream=false`: one, with the previous
+/// sample a second before it; `one-shot`: one without waiting).
+async fn stats(ctx: &Arc<Ctx>, id: &str, q: &Query) -> Result<Resp> {
+    use moat_engine::view::StatsResponse;
+    let stream = q.bool("stream", true)?;
+    let one_shot = q.bool("one-shot", false)?;
+    let key = id.to_string();
+    engine(ctx, move |e| e.get(&key).map(|_| ())).await?;
+    let (tx, resp) = http::streaming(200, "application/json");
+    let (ctx, id) = (ctx.clone(), id.to_string());
+    tokio::task::spawn_blocking(move || {
+        let Ok(mut e) = ctx.open() else { return };
+        let mut prev: Option<(moat_engine::Stats, chrono::DateTime<chrono::Utc>)> = None;
+        loop {
+            let Ok(c) = e.get(&id) else { return };
+            let Ok(Some(cur)) = e.stats(&c) else { return };
+            let at = chrono::Utc::now();
+            // a single sample carries the previous one: wait a second for it
+            let withhold = !stream && !one_shot && prev.is_none();
+            if !withhold {
+                let v = StatsResponse::of(&c, &cur, at, prev.as_ref().map(|(s, t)| (s, *t)));
+                let Ok(mut b) = serde_json::to_vec(&v) else { return };
+                b.push(b'\n');
+                if tx.blocking_send(Bytes::from(b)).is_err() || !stream {
+                    return;
+                }
+            }
+            prev = Some((cur, at));
+            std::thread::sleep(std::time::Duration::from_secs(1));
         }
     });
     Ok(resp)

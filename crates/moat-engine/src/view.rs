@@ -1512,3 +1512,192 @@ impl ExecInspect {
         }
     }
 }
+
+/// `GET /containers/{id}/stats` (Docker's `ContainerStatsResponse`). CPU
+/// time is the container's; the "system" CPU time is wall time × CPUs, so
+/// Docker's formula (Δcpu / Δsystem × CPUs) gives the same percentage as
+/// `moat stats`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct StatsResponse {
+    /// When this sample was taken.
+    pub read: String,
+    /// When the previous one was (zero time when none).
+    pub preread: String,
+    /// `/name`.
+    pub name: String,
+    /// Container ID.
+    pub id: String,
+    /// Processes.
+    pub pids_stats: PidsStats,
+    /// This sample's CPU.
+    pub cpu_stats: CpuStats,
+    /// The previous sample's CPU.
+    pub precpu_stats: CpuStats,
+    /// Memory.
+    pub memory_stats: MemoryStats,
+    /// Traffic, all interfaces summed as `eth0`.
+    pub networks: BTreeMap<String, NetStats>,
+    /// Block I/O.
+    pub blkio_stats: BlkioStats,
+}
+
+/// Processes of a stats sample.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct PidsStats {
+    /// Running processes.
+    pub current: u64,
+}
+
+/// CPU of a stats sample.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct CpuStats {
+    /// The container's CPU time.
+    pub cpu_usage: CpuUsage,
+    /// Wall time × CPUs, nanoseconds.
+    pub system_cpu_usage: u64,
+    /// CPUs.
+    pub online_cpus: u32,
+}
+
+/// The container's CPU time.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct CpuUsage {
+    /// Nanoseconds.
+    pub total_usage: u64,
+}
+
+/// Memory of a stats sample.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct MemoryStats {
+    /// Bytes in use.
+    pub usage: u64,
+    /// The limit (the host's memory when none).
+    pub limit: u64,
+}
+
+/// Traffic of a stats sample.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct NetStats {
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
+/// Block I/O of a stats sample.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct BlkioStats {
+    /// `read` and `write` totals.
+    pub io_service_bytes_recursive: Vec<BlkioEntry>,
+}
+
+/// One block I/O total.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct BlkioEntry {
+    /// Device major (0: all).
+    pub major: u64,
+    /// Device minor (0: all).
+    pub minor: u64,
+    /// `read` or `write`.
+    pub op: String,
+    /// Bytes.
+    pub value: u64,
+}
+
+impl StatsResponse {
+    /// A sample of `c` taken at `at`, with the previous one when there is one.
+    pub fn of(
+        c: &Container,
+        cur: &moat_proto::Stats,
+        at: chrono::DateTime<chrono::Utc>,
+        prev: Option<(&moat_proto::Stats, chrono::DateTime<chrono::Utc>)>,
+    ) -> Self {
+        let ncpu = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let cpu = |s: &moat_proto::Stats, t: chrono::DateTime<chrono::Utc>| CpuStats {
+            cpu_usage: CpuUsage { total_usage: s.cpu_ns },
+            system_cpu_usage: (t.timestamp_nanos_opt().unwrap_or(0).max(0) as u64).saturating_mul(ncpu as u64),
+            online_cpus: ncpu,
+        };
+        let zero = "0001-01-01T00:00:00Z".to_string();
+        Self {
+            read: at.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            preread: prev.map(|(_, t)| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)).unwrap_or(zero),
+            name: format!("/{}", c.name()),
+            id: c.id().to_string(),
+            pids_stats: PidsStats { current: cur.pids },
+            cpu_stats: cpu(cur, at),
+            precpu_stats: prev.map(|(p, t)| cpu(p, t)).unwrap_or_default(),
+            memory_stats: MemoryStats {
+                usage: cur.mem_usage,
+                limit: if cur.mem_limit == 0 { mem_total() } else { cur.mem_limit },
+            },
+            networks: [("eth0".to_string(), NetStats { rx_bytes: cur.net_rx, tx_bytes: cur.net_tx })].into(),
+            blkio_stats: BlkioStats {
+                io_service_bytes_recursive: vec![
+                    BlkioEntry { op: "read".into(), value: cur.blk_read, ..Default::default() },
+                    BlkioEntry { op: "write".into(), value: cur.blk_write, ..Default::default() },
+                ],
+            },
+        }
+    }
+}
+
+/// `GET /system/df` (Docker's `SystemDataUsageResponse`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SystemDf {
+    /// Bytes of layer data (shared layers once).
+    pub layers_size: i64,
+    /// Images.
+    pub images: Vec<ImageSummary>,
+    /// Containers with their sizes.
+    pub containers: Vec<DfContainer>,
+    /// Volumes with their usage.
+    pub volumes: Vec<crate::volumes::VolumeView>,
+    /// Always empty: moat has no build cache.
+    pub build_cache: Vec<serde_json::Value>,
+}
+
+/// A container of `system/df`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DfContainer {
+    /// The list view.
+    #[serde(flatten)]
+    pub summary: ContainerSummary,
+    /// Bytes of its writable layer.
+    #[serde(rename = "SizeRw")]
+    pub size_rw: i64,
+    /// With its image.
+    #[serde(rename = "SizeRootFs")]
+    pub size_root_fs: i64,
+}
+
+impl Engine {
+    /// The `system/df` view.
+    pub fn system_df(&mut self) -> Result<SystemDf, EngineError> {
+        let layers_size = self.disk_usage()?.images.size as i64;
+        let mut images = Vec::new();
+        for img in self.images.list()? {
+            let mut s = ImageSummary::of(&img, self.image_users(&img)?);
+            s.repo_digests = self.images.store().repo_digests(&img.id).unwrap_or_default();
+            images.push(s);
+        }
+        let mut containers = Vec::new();
+        for c in self.list()? {
+            let rw = crate::system::dir_size(&self.layout().container(c.id()).join("upper")) as i64;
+            let image = self.images.store().image(&c.row.image_id).ok().flatten().map(|i| i.size as i64).unwrap_or(0);
+            containers.push(DfContainer {
+                summary: ContainerSummary::of(self, &c),
+                size_rw: rw,
+                size_root_fs: rw + image,
+            });
+        }
+        let f = crate::filter::VolumeFilter::new(crate::filter::Filters::default())?;
+        let mut volumes = Vec::new();
+        for (v, _) in self.volumes(&f)? {
+            let usage = self.volume_usage(&v)?;
+            volumes.push(v.view(Some(usage)));
+        }
+        Ok(SystemDf { layers_size, images, containers, volumes, build_cache: Vec::new() })
+    }
+}

@@ -252,4 +252,9 @@ fn read_only_answers_fit_moby_schema() {
     let vl: m::VolumeListResponse = strict("/volumes", &get(&s, "/v1.45/volumes"));
     assert_eq!(vl.volumes.map(|v| v.len()), Some(1));
     let _: m::Volume = strict("/volumes/vol", &get(&s, "/v1.45/volumes/vol"));
+    // (system/df is not checked here: bollard-stubs 1.53 models API 1.52's new
+    // shape, moat answers 1.45's, which the docker CLI test reads)
+    let st: m::ContainerStatsResponse =
+        strict("/containers/c/stats", &get(&s, "/v1.45/containers/c/stats?stream=false"));
+    assert!(st.memory_stats.and_then(|m| m.usage).is_some_and(|u| u > 0));
 }

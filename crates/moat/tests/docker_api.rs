@@ -76,11 +76,15 @@ fn docker_cli_drives_process_containers() {
     s.ok(&["cp", "web:/tmp/in.txt", d.path().join("back.txt").to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(d.path().join("back.txt")).unwrap(), "from the host\n");
     assert!(s.ok(&["diff", "web"]).contains("A /tmp/in.txt"));
+    let st = s.ok(&["stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}} {{.MemUsage}}", "web"]);
+    assert!(st.starts_with("web ") && !st.contains("--"), "{st}");
     assert!(s.ok(&["history", "busybox"]).contains("IMAGE"));
     let saved = d.path().join("saved.tar");
     s.ok(&["save", "-o", saved.to_str().unwrap(), "busybox"]);
     let listing = Command::new("tar").arg("-tf").arg(&saved).output().unwrap();
     assert!(String::from_utf8_lossy(&listing.stdout).contains("manifest.json"));
+    let df = s.ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Active}}"]);
+    assert!(df.contains("Images 1 1") && df.contains("Containers 2 1"), "{df}");
     s.ok(&["update", "--memory", "64m", "--memory-swap", "128m", "web"]);
     assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Memory}}", "web"]).trim(), "67108864");
     s.ok(&["stop", "-t", "1", "web"]);

@@ -12,7 +12,8 @@ modes!(init_forwards_signals_and_reaps, health_checks_from_flags_and_image);
 fn init_forwards_signals_and_reaps(iso: &str) {
     let r = root_with_busybox();
     // an orphan reparented to PID 1: the init reaps it, a bare `sleep` does not
-    let orphan = "(sleep 0 &); exec sleep 600";
+    // (it outlives the exec: an orphan that exits while sh is still sh may be reaped by sh)
+    let orphan = "(sleep 0.3 &); exec sleep 600";
     r.ok(&["run", "-d", "--name", "with", "--init", "--isolation", iso, "busybox", "sh", "-c", orphan]);
     r.ok(&["run", "-d", "--name", "without", "--isolation", iso, "busybox", "sh", "-c", orphan]);
     let ps = |n: &str| until(&r, &["exec", n, "ps", "-o", "pid,stat,args"], |o| o.contains("sleep 600"));
