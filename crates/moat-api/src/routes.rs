@@ -271,7 +271,8 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
                 Some(t) => format!("{name}:{t}"),
                 None => name,
             };
-            progress_stream(&ctx, true, move |e, o, p| e.push(&reference, o, p).map(|_| ()))
+            let o = moat_engine::registry::PullOptions { auth: registry_auth(&req)?, ..Default::default() };
+            progress_stream(&ctx, true, o, move |e, o, p| e.push(&reference, o, p).map(|_| ()))
         }
         (&Method::GET, ["images", "get"]) => {
             let names: Vec<String> = q.all("names").into_iter().map(str::to_string).collect();
@@ -283,7 +284,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &engine(&ctx, move |e| e.image_history(&name)).await?))
         }
         (&Method::POST, ["images", "load"]) => load(&ctx, req, q.bool("quiet", false)?).await,
-        (&Method::POST, ["images", "create"]) => pull(&ctx, &q).await,
+        (&Method::POST, ["images", "create"]) => pull(&ctx, &q, registry_auth(&req)?).await,
         (&Method::POST, ["images", "prune"]) => {
             let dangling_only = filters(&q)?.get("dangling").first().map(|d| d != "false" && d != "0").unwrap_or(true);
             let r = engine(&ctx, move |e| e.prune_images(!dangling_only)).await?;
@@ -860,7 +861,37 @@ async fn load(ctx: &Arc<Ctx>, req: Request<Incoming>, quiet: bool) -> Result<Res
 }
 
 /// `images/create?fromImage=..&tag=..`: a pull, its progress as Docker's JSON lines.
-async fn pull(ctx: &Arc<Ctx>, q: &Query) -> Result<Resp> {
+/// `X-Registry-Auth`: base64url JSON `{username, password, identitytoken, auth}`
+/// (`e30=`, an empty object, when the client has no login).
+fn registry_auth(req: &Request<Incoming>) -> Result<Option<moat_engine::registry::RegistryAuth>> {
+    use base64::Engine as _;
+    let Some(h) = req.headers().get("x-registry-auth").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let raw = h.trim_end_matches('=');
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(raw))
+        .map_err(|_| ApiError::bad("X-Registry-Auth is not base64"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|_| ApiError::bad("X-Registry-Auth is not a JSON object"))?;
+    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    let (mut user, mut password) = (s("username"), s("password"));
+    if user.is_empty() && !s("auth").is_empty() {
+        let pair = base64::engine::general_purpose::STANDARD
+            .decode(s("auth"))
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| ApiError::bad("X-Registry-Auth: auth is not base64 user:password"))?;
+        if let Some((u, p)) = pair.split_once(':') {
+            (user, password) = (u.to_string(), p.to_string());
+        }
+    }
+    let a = moat_engine::registry::RegistryAuth { user, password, identity_token: s("identitytoken") };
+    Ok((!a.user.is_empty() || !a.identity_token.is_empty()).then_some(a))
+}
+
+async fn pull(ctx: &Arc<Ctx>, q: &Query, auth: Option<moat_engine::registry::RegistryAuth>) -> Result<Resp> {
     use moat_engine::registry::PullOptions;
     if q.get("fromSrc").is_some() {
         return Err(ApiError::unsupported("import through the API (fromSrc) is not supported yet: use moat import"));
@@ -872,10 +903,8 @@ async fn pull(ctx: &Arc<Ctx>, q: &Query) -> Result<Resp> {
         None => from.to_string(),
     };
     let platform = q.get("platform").filter(|p| !p.is_empty()).map(str::to_string);
-    progress_stream(ctx, false, move |e, o, p| {
-        let o = PullOptions { platform, ..o.clone() };
-        e.pull(&reference, &o, p).map(|_| ())
-    })
+    let o = PullOptions { platform, auth, ..Default::default() };
+    progress_stream(ctx, false, o, move |e, o, p| e.pull(&reference, o, p).map(|_| ()))
 }
 
 type Progress<'a> = &'a (dyn Fn(moat_engine::registry::PullEvent) + Sync);
@@ -885,11 +914,12 @@ type Progress<'a> = &'a (dyn Fn(moat_engine::registry::PullEvent) + Sync);
 fn progress_stream(
     ctx: &Arc<Ctx>,
     push: bool,
+    o: moat_engine::registry::PullOptions,
     f: impl FnOnce(&mut Engine, &moat_engine::registry::PullOptions, Progress) -> std::result::Result<(), EngineError>
         + Send
         + 'static,
 ) -> Result<Resp> {
-    use moat_engine::registry::{PullEvent, PullOptions};
+    use moat_engine::registry::PullEvent;
     let (tx, resp) = http::streaming(200, "application/json");
     let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
@@ -903,7 +933,7 @@ fn progress_stream(
                 "progressDetail": if current > 0 { j!({ "current": current, "total": total }) } else { j!({}) },
             })),
         };
-        let r = ctx.open().and_then(|mut e| f(&mut e, &PullOptions::default(), &progress));
+        let r = ctx.open().and_then(|mut e| f(&mut e, &o, &progress));
         if let Err(e) = r {
             send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() }));
         }

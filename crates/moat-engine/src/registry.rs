@@ -102,6 +102,20 @@ pub struct PullOptions {
     pub platform: Option<String>,
     /// `--tls-verify=false`.
     pub no_tls_verify: bool,
+    /// Credentials for this operation only (the API's `X-Registry-Auth`),
+    /// used before the stored logins.
+    pub auth: Option<RegistryAuth>,
+}
+
+/// Credentials a client passes with one pull or push.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryAuth {
+    /// User name.
+    pub user: String,
+    /// Password or token.
+    pub password: String,
+    /// An identity token instead of the password.
+    pub identity_token: String,
 }
 
 /// What a pull stored.
@@ -139,15 +153,27 @@ impl Engine {
         self.layout.root().join("auth.json")
     }
 
-    fn client(&self, no_tls_verify: bool) -> Client {
+    fn client(&self, o: &PullOptions) -> Client {
         let file = self.auth_file();
         let opts = ClientOptions {
             insecure: self.settings.insecure_registries.clone(),
-            no_tls_verify,
+            no_tls_verify: o.no_tls_verify,
             mirrors: self.settings.registry_mirrors.clone(),
         };
+        let given = o.auth.as_ref().and_then(|a| {
+            if !a.identity_token.is_empty() {
+                Some(Credential::Identity(a.identity_token.clone()))
+            } else if !a.user.is_empty() {
+                Some(Credential::Basic { user: a.user.clone(), password: a.password.clone() })
+            } else {
+                None
+            }
+        });
         Client::new(opts, move |registry| {
-            moat_registry::auth::stored(&file, registry).or_else(|| moat_registry::auth::docker(registry))
+            given
+                .clone()
+                .or_else(|| moat_registry::auth::stored(&file, registry))
+                .or_else(|| moat_registry::auth::docker(registry))
         })
     }
 
@@ -163,7 +189,7 @@ impl Engine {
         if last.contains(':') || last.contains('@') {
             return Err(EngineError::Invalid("tag can't be used with --all-tags/-a".into()));
         }
-        let mut tags = self.client(o.no_tls_verify).tags(&Target::of_repo(&r.repo))?;
+        let mut tags = self.client(o).tags(&Target::of_repo(&r.repo))?;
         tags.sort();
         if tags.is_empty() {
             return Err(EngineError::NotFound(format!("repository {} has no tags", r.repo)));
@@ -184,7 +210,7 @@ impl Engine {
             Some(p) => Platform::parse(p)?,
             None => Platform::host(),
         };
-        let client = self.client(o.no_tls_verify);
+        let client = self.client(o);
         let reference_part = match (&r.digest, &r.tag) {
             (Some(d), _) => d.to_string(),
             (None, Some(t)) => t.clone(),
@@ -363,7 +389,7 @@ impl Engine {
         let r = ImageRef::parse(reference).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
         let target = Target::of_repo(&r.repo);
-        let client = self.client(o.no_tls_verify);
+        let client = self.client(o);
         progress(PullEvent::Status(format!("The push refers to repository [{}/{}]", target.registry, target.repo)));
         let layout = self.layout.clone();
         let mut layers = Vec::new();

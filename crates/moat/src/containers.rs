@@ -721,7 +721,7 @@ fn pull_for(e: &mut Engine, a: &CreateArgs) -> Result<()> {
     let policy: moat_engine::registry::PullPolicy =
         a.pull.parse().map_err(|err| crate::with_exit(anyhow!("{err}"), 125))?;
     let p = crate::registry::Progress::new(false, false, false);
-    let o = moat_engine::registry::PullOptions { platform: a.platform.clone(), no_tls_verify: false };
+    let o = moat_engine::registry::PullOptions { platform: a.platform.clone(), ..Default::default() };
     e.ensure_image(image, policy, &o, &|ev| p.show(ev)).map_err(|err| crate::with_exit(err.into(), 125))
 }
 

@@ -142,7 +142,7 @@ impl Progress {
 /// Runs `pull`.
 pub fn pull(e: &mut Engine, a: PullArgs) -> Result<i32> {
     let p = Progress::new(false, a.quiet, true);
-    let o = PullOptions { platform: a.platform.clone(), no_tls_verify: !a.tls_verify };
+    let o = PullOptions { platform: a.platform.clone(), no_tls_verify: !a.tls_verify, ..Default::default() };
     if a.all_tags {
         for r in e.pull_all_tags(&a.reference, &o, &|ev| p.show(ev))? {
             outln!("{}", r.reference);
@@ -157,7 +157,7 @@ pub fn pull(e: &mut Engine, a: PullArgs) -> Result<i32> {
 /// Runs `push`.
 pub fn push(e: &mut Engine, a: PushArgs) -> Result<i32> {
     let p = Progress::new(true, a.quiet, true);
-    let o = PullOptions { platform: None, no_tls_verify: !a.tls_verify };
+    let o = PullOptions { no_tls_verify: !a.tls_verify, ..Default::default() };
     let d = e.push(&a.reference, &o, &|ev| p.show(ev))?;
     if a.quiet {
         outln!("{d}");

@@ -438,3 +438,34 @@ fn socket_activation_by_systemd_protocol() {
     let _ = child.wait();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "activated\n", "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+#[test]
+fn docker_py_pull_and_push_with_x_registry_auth() {
+    let (r, s) = served_with_busybox();
+    let reg = Registry::with_htpasswd("u", "pw");
+    let py = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("pyvenv/bin/python");
+    let script = r#"
+import sys, docker
+c = docker.DockerClient(base_url=sys.argv[1])
+repo = sys.argv[2] + "/auth/busybox"
+good, bad = {"username": "u", "password": "pw"}, {"username": "u", "password": "nope"}
+c.images.get("busybox").tag(repo, "1")
+out = c.images.push(repo, tag="1", auth_config=bad)
+assert "unauthorized" in out, out
+out = c.images.push(repo, tag="1", auth_config=good)
+assert "digest: sha256:" in out and '"error"' not in out, out
+c.images.remove(repo + ":1")
+try:
+    c.images.pull(repo, tag="1")
+    raise SystemExit("pulled without credentials")
+except docker.errors.APIError:
+    pass
+img = c.images.pull(repo, tag="1", auth_config=good)
+assert repo + ":1" in img.tags, img.tags
+print("ok")
+"#;
+    let o = Command::new(py).args(["-c", script, &s.host(), &reg.addr]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n", "{}", String::from_utf8_lossy(&o.stderr));
+    // the credentials served one request each: nothing was stored
+    assert!(!r.path().join("auth.json").exists());
+}
