@@ -224,8 +224,26 @@ impl Engine {
                     if let Some(r) = self.wait_on_shim(&c)? {
                         return Ok(r);
                     }
+                    return self.wait_die(&id, since, Duration::MAX);
                 }
-                self.wait_die(&id, since, Duration::MAX)
+                // not started yet: poll until it exits or starts, then block
+                // on its shim rather than poll for as long as it runs
+                loop {
+                    let f = filter::EventFilter::for_container(&id, "die");
+                    if events::list(self, Some(since + 1), None, &f)?.into_iter().next().is_some() {
+                        return self.wait_die(&id, since, Duration::ZERO);
+                    }
+                    match self.get(&id) {
+                        Ok(c) if c.is_running() => {
+                            if let Some(r) = self.wait_on_shim(&c)? {
+                                return Ok(r);
+                            }
+                            return self.wait_die(&id, since, Duration::MAX);
+                        }
+                        Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             WaitCondition::Removed => {
                 let mut last = result_of(&c);
