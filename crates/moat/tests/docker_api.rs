@@ -69,6 +69,12 @@ fn docker_cli_drives_process_containers() {
     assert_eq!(s.ok(&["exec", "web", "sh", "-c", "echo $((6*7))"]), "42\n");
     let o = s.docker(&["exec", "web", "sh", "-c", "exit 4"]);
     assert_eq!(o.status.code(), Some(4));
+    // exec -it under a terminal: a prompt, a command, the exit code
+    let cmd =
+        format!("DOCKER_HOST={} DOCKER_CONFIG={} docker exec -it web sh", s.host(), s.docker_config.path().display());
+    let o = with_pty(&cmd, Some("echo $((6*7))\nexit 3\n"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("42") && o.status.code() == Some(3), "{out} {:?}", o.status);
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("in.txt"), "from the host\n").unwrap();
     s.ok(&["cp", d.path().join("in.txt").to_str().unwrap(), "web:/tmp/"]);
