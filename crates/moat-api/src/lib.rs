@@ -54,11 +54,33 @@ pub(crate) struct Ctx {
     pub(crate) max_body: usize,
     /// Attaches waiting for their container's start (`docker run` attaches first).
     pub(crate) pending: std::sync::Mutex<std::collections::HashMap<String, Vec<stream::PendingAttach>>>,
+    /// Opened engines between short requests (opening one per request
+    /// costs a database open and the config files each time).
+    pub(crate) idle: std::sync::Mutex<Vec<Engine>>,
 }
 
 impl Ctx {
     pub(crate) fn open(&self) -> Result<Engine, EngineError> {
         Engine::open(self.engine.clone())
+    }
+
+    /// Runs `f` with an idle engine (or a new one), kept for the next request.
+    pub(crate) fn with_engine<T>(
+        &self,
+        f: impl FnOnce(&mut Engine) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
+        let mut e = match idle {
+            Some(e) => e,
+            None => self.open()?,
+        };
+        let r = f(&mut e);
+        if let Ok(mut v) = self.idle.lock() {
+            if v.len() < 8 {
+                v.push(e);
+            }
+        }
+        r
     }
 }
 
@@ -72,7 +94,12 @@ pub fn serve(o: ServeOptions) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
-    let ctx = Arc::new(Ctx { engine: o.engine.clone(), max_body: o.max_body, pending: Default::default() });
+    let ctx = Arc::new(Ctx {
+        engine: o.engine.clone(),
+        max_body: o.max_body,
+        pending: Default::default(),
+        idle: Default::default(),
+    });
     let listen = o.listen.clone();
     rt.block_on(async move {
         let listeners = listen::bind_all(&o.listen, o.group, o.insecure_tcp)?;

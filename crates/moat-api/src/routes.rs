@@ -20,7 +20,7 @@ async fn engine<T: Send + 'static>(
     f: impl FnOnce(&mut Engine) -> std::result::Result<T, EngineError> + Send + 'static,
 ) -> Result<T> {
     let ctx = ctx.clone();
-    match tokio::task::spawn_blocking(move || ctx.open().and_then(|mut e| f(&mut e))).await {
+    match tokio::task::spawn_blocking(move || ctx.with_engine(f)).await {
         Ok(r) => r.map_err(ApiError::from),
         Err(e) => Err(ApiError { status: 500, message: format!("the request failed: {e}") }),
     }
