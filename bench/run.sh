@@ -9,9 +9,8 @@ export MOAT_KERNEL_DIR=${MOAT_KERNEL_DIR:-$PWD/target/vm-kernel}
 WORK=$(mktemp -d /tmp/moat-bench.XXXXXX)
 ROOT=$WORK/root
 cleanup() {
-  ids=$("$MOAT" --root "$ROOT" ps -aq --no-trunc 2>/dev/null || true)
-  [ -z "$ids" ] || "$MOAT" --root "$ROOT" rm -f $ids >/dev/null 2>&1 || true
-  for s in $("$MOAT" --root "$ROOT" switch ls -q 2>/dev/null || true); do "$MOAT" --root "$ROOT" switch rm "$s" >/dev/null 2>&1 || true; done
+  # containers, VMs, mounts, every switch (the default one too), rules, taps
+  [ ! -e "$ROOT/moat.db" ] || "$MOAT" --root "$ROOT" system reset --force >/dev/null 2>&1 || true
   for c in bcrun brunc bcrun-exec brunc-exec; do crun delete -f $c >/dev/null 2>&1 || true; runc delete -f $c >/dev/null 2>&1 || true; done
   podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file rmi -f localhost/busybox:latest >/dev/null 2>&1 || true
   [ -z "${REG_PID:-}" ] || { podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file rmi -f "$REG/big:bench" >/dev/null 2>&1 || true; kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; }
