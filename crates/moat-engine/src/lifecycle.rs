@@ -229,9 +229,8 @@ impl Engine {
                 // not started yet: poll until it exits or starts, then block
                 // on its shim rather than poll for as long as it runs
                 loop {
-                    let f = filter::EventFilter::for_container(&id, "die");
-                    if events::list(self, Some(since + 1), None, &f)?.into_iter().next().is_some() {
-                        return self.wait_die(&id, since, Duration::ZERO);
+                    if let Some(r) = self.die_since(&id, since)? {
+                        return Ok(r);
                     }
                     match self.get(&id) {
                         Ok(c) if c.is_running() => {
@@ -280,15 +279,22 @@ impl Engine {
         Ok(None)
     }
 
+    /// The first `die` of `id` recorded after event `since`, if any.
+    fn die_since(&mut self, id: &str, since: i64) -> Result<Option<WaitResult>, EngineError> {
+        let f = filter::EventFilter::for_container(id, "die");
+        Ok(events::list(self, Some(since + 1), None, &f)?.into_iter().next().map(|e| WaitResult {
+            code: e.actor.attributes.get("exitCode").and_then(|c| c.parse().ok()).unwrap_or(0),
+            error: e.actor.attributes.get("error").cloned(),
+        }))
+    }
+
     /// Polls the event log for a `die` of `id` after `since`; gives up after
     /// `patience` of it not appearing once the container is gone.
     fn wait_die(&mut self, id: &str, since: i64, patience: Duration) -> Result<WaitResult, EngineError> {
         let start = std::time::Instant::now();
         loop {
-            let f = filter::EventFilter::for_container(id, "die");
-            if let Some(e) = events::list(self, Some(since + 1), None, &f)?.into_iter().next() {
-                let code = e.actor.attributes.get("exitCode").and_then(|c| c.parse().ok()).unwrap_or(0);
-                return Ok(WaitResult { code, error: e.actor.attributes.get("error").cloned() });
+            if let Some(r) = self.die_since(id, since)? {
+                return Ok(r);
             }
             if start.elapsed() > patience && self.get(id).is_err() {
                 return Err(EngineError::NoSuchContainer(id.to_string()));

@@ -222,13 +222,13 @@ impl Engine {
             if target.registry == moat_registry::DOCKER_HUB { target.repo.clone() } else { r.repo.clone() }
         )));
         let top = client.manifest(&target, &reference_part)?;
-        let (fetched, manifest) = match manifest::parse(&top.media_type, &top.bytes)? {
-            Parsed::Image(m) => (top.clone(), m),
+        let manifest = match manifest::parse(&top.media_type, &top.bytes)? {
+            Parsed::Image(m) => m,
             Parsed::Index(idx) => {
                 let d = manifest::choose(&idx, &want)?;
                 let f = client.manifest(&target, &d.digest.to_string())?;
                 match manifest::parse(&f.media_type, &f.bytes)? {
-                    Parsed::Image(m) => (f, m),
+                    Parsed::Image(m) => m,
                     Parsed::Index(_) => {
                         return Err(EngineError::Unsupported("an index entry is itself an index".into()))
                     }
@@ -247,7 +247,6 @@ impl Engine {
                 diff_ids.len()
             )));
         }
-        let _ = fetched;
         let id = Digest::of(&config);
         if let Ok(existing) = self.images.store().image(&id) {
             if existing.is_some() && diff_ids.iter().all(|d| self.images.has_layer_data(d)) {

@@ -310,6 +310,13 @@ pub struct PsRow {
     pub exit_code: i32,
 }
 
+/// Bytes of a container's writable layer, and of its image.
+fn container_sizes(e: &Engine, c: &Container) -> (u64, u64) {
+    let rw = crate::system::dir_size(&e.layout().container(c.id()).join("upper"));
+    let image = e.images.store().image(&c.row.image_id).ok().flatten().map(|i| i.size).unwrap_or(0);
+    (rw, image)
+}
+
 impl PsRow {
     /// The row of `c`.
     pub fn of(c: &Container, no_trunc: bool) -> Self {
@@ -346,8 +353,7 @@ impl PsRow {
 
     /// The row with `Size` filled in (`ps -s`; reads the container's files).
     pub fn with_size(mut self, e: &Engine, c: &Container) -> Self {
-        let rw = crate::system::dir_size(&e.layout().container(c.id()).join("upper"));
-        let image = e.images.store().image(&c.row.image_id).ok().flatten().map(|i| i.size).unwrap_or(0);
+        let (rw, image) = container_sizes(e, c);
         self.size = format!("{} (virtual {})", human::size(rw), human::size(rw + image));
         self
     }
@@ -879,6 +885,13 @@ impl ImageInspect {
 }
 
 impl ImageSummary {
+    /// The summary of `img` with its users and `RepoDigests` from the store.
+    pub fn of_stored(e: &mut Engine, img: &moat_store::ImageRecord) -> Result<Self, EngineError> {
+        let mut s = Self::of(img, e.image_users(img)?);
+        s.repo_digests = e.images.store().repo_digests(&img.id).unwrap_or_default();
+        Ok(s)
+    }
+
     /// The summary of `img`, used by `containers` containers.
     pub fn of(img: &moat_store::ImageRecord, containers: usize) -> Self {
         Self {
@@ -1678,18 +1691,15 @@ impl Engine {
         let layers_size = self.disk_usage()?.images.size as i64;
         let mut images = Vec::new();
         for img in self.images.list()? {
-            let mut s = ImageSummary::of(&img, self.image_users(&img)?);
-            s.repo_digests = self.images.store().repo_digests(&img.id).unwrap_or_default();
-            images.push(s);
+            images.push(ImageSummary::of_stored(self, &img)?);
         }
         let mut containers = Vec::new();
         for c in self.list()? {
-            let rw = crate::system::dir_size(&self.layout().container(c.id()).join("upper")) as i64;
-            let image = self.images.store().image(&c.row.image_id).ok().flatten().map(|i| i.size as i64).unwrap_or(0);
+            let (rw, image) = container_sizes(self, &c);
             containers.push(DfContainer {
                 summary: ContainerSummary::of(self, &c),
-                size_rw: rw,
-                size_root_fs: rw + image,
+                size_rw: rw as i64,
+                size_root_fs: (rw + image) as i64,
             });
         }
         let f = crate::filter::VolumeFilter::new(crate::filter::Filters::default())?;
