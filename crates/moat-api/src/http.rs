@@ -64,7 +64,7 @@ fn finish(b: hyper::http::response::Builder, body: Body) -> Resp {
 
 pub(crate) fn json<T: serde::Serialize>(status: u16, v: &T) -> Resp {
     match serde_json::to_vec(v) {
-        Ok(b) => finish(base(status).header("Content-Type", "application/json"), full(b)),
+        Ok(b) => body(status, "application/json", b),
         Err(e) => error(&ApiError { status: 500, message: format!("encode the answer: {e}") }),
     }
 }
@@ -74,7 +74,12 @@ pub(crate) fn empty(status: u16) -> Resp {
 }
 
 pub(crate) fn text(status: u16, t: &str) -> Resp {
-    finish(base(status).header("Content-Type", "text/plain; charset=utf-8"), full(t.to_string()))
+    body(status, "text/plain; charset=utf-8", t.to_string())
+}
+
+/// A whole body of `content_type`.
+pub(crate) fn body(status: u16, content_type: &str, b: impl Into<Bytes>) -> Resp {
+    finish(base(status).header("Content-Type", content_type), full(b))
 }
 
 pub(crate) fn error(e: &ApiError) -> Resp {

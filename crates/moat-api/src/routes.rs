@@ -212,7 +212,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             let ctx = ctx.clone();
             tokio::task::spawn_blocking(move || {
                 if let Ok(mut e) = ctx.open() {
-                    let _ = e.export(&id, std::io::BufWriter::with_capacity(64 << 10, ChanWriter(tx)));
+                    let _ = e.export(&id, chan_writer(tx));
                 }
             });
             Ok(resp)
@@ -244,14 +244,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             let f = moat_engine::filter::ImageFilter::new(filters(&q)?)?;
             let list = engine(&ctx, move |e| {
                 let imgs = e.images_matching(&f)?;
-                let mut out = Vec::new();
-                for img in imgs {
-                    let users = e.image_users(&img)?;
-                    let mut s = ImageSummary::of(&img, users);
-                    s.repo_digests = e.images().store().repo_digests(&img.id).unwrap_or_default();
-                    out.push(s);
-                }
-                Ok(out)
+                imgs.iter().map(|img| ImageSummary::of_stored(e, img)).collect::<std::result::Result<Vec<_>, _>>()
             })
             .await?;
             Ok(json(200, &list))
@@ -283,7 +276,11 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             let name = rest.join("/");
             Ok(json(200, &engine(&ctx, move |e| e.image_history(&name)).await?))
         }
-        (&Method::POST, ["images", "load"]) => load(&ctx, req, q.bool("quiet", false)?).await,
+        (&Method::POST, ["images", "load"]) => {
+            // `quiet` only silences progress, which moat's load does not send
+            q.bool("quiet", false)?;
+            load(&ctx, req).await
+        }
         (&Method::POST, ["images", "create"]) => pull(&ctx, &q, registry_auth(&req)?).await,
         (&Method::POST, ["images", "prune"]) => {
             let dangling_only = filters(&q)?.get("dangling").first().map(|d| d != "false" && d != "0").unwrap_or(true);
@@ -688,7 +685,7 @@ async fn logs(ctx: &Arc<Ctx>, id: &str, q: &Query) -> Result<Resp> {
             }
             line.extend_from_slice(r.log.as_bytes());
             let s = if is_err { stream::Stream::Stderr } else { stream::Stream::Stdout };
-            let chunk = if tty { line } else { stream::frame(s, &line) };
+            let chunk = stream::chunk(tty, s, &line);
             if tx.blocking_send(Bytes::from(chunk)).is_err() {
                 return;
             }
@@ -770,6 +767,11 @@ async fn spool(ctx: &Arc<Ctx>, mut body: Incoming) -> Result<tempfile::NamedTemp
     Ok(file)
 }
 
+/// A blocking, buffered writer into a streamed response body.
+fn chan_writer(tx: tokio::sync::mpsc::Sender<Bytes>) -> std::io::BufWriter<ChanWriter> {
+    std::io::BufWriter::with_capacity(64 << 10, ChanWriter(tx))
+}
+
 /// A blocking writer into a streamed response body.
 struct ChanWriter(tokio::sync::mpsc::Sender<Bytes>);
 
@@ -808,7 +810,7 @@ async fn archive_get(ctx: &Arc<Ctx>, id: &str, q: &Query, head: bool) -> Result<
     let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
         if let Ok(mut e) = ctx.open() {
-            if let Err(err) = e.archive_get(&id, &path, std::io::BufWriter::with_capacity(64 << 10, ChanWriter(tx))) {
+            if let Err(err) = e.archive_get(&id, &path, chan_writer(tx)) {
                 tracing::warn!("archive of {path} in {id}: {err}");
             }
         }
@@ -827,7 +829,7 @@ async fn save(ctx: &Arc<Ctx>, names: Vec<String>) -> Result<Resp> {
     let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
         if let Ok(mut e) = ctx.open() {
-            let _ = e.save_images(&names, std::io::BufWriter::with_capacity(64 << 10, ChanWriter(tx)));
+            let _ = e.save_images(&names, chan_writer(tx));
         }
     });
     Ok(resp)
@@ -835,29 +837,18 @@ async fn save(ctx: &Arc<Ctx>, names: Vec<String>) -> Result<Resp> {
 
 /// `load`: the archive is spooled to the root's scratch space first (the
 /// engine reads it as a file), then loaded; the answer is Docker's stream.
-async fn load(ctx: &Arc<Ctx>, req: Request<Incoming>, quiet: bool) -> Result<Resp> {
+async fn load(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Result<Resp> {
     let file = spool(ctx, req.into_body()).await?;
     let loaded = engine(ctx, move |e| {
         let f = std::fs::File::open(file.path()).map_err(EngineError::io("read the spooled archive"))?;
         e.load_images(f)
     })
     .await?;
-    let mut out = Vec::new();
-    for l in &loaded {
-        let line = if l.tags.is_empty() {
-            format!("Loaded image ID: {}\n", l.id)
-        } else {
-            l.tags.iter().map(|t| format!("Loaded image: {t}\n")).collect()
-        };
-        let mut b = serde_json::to_vec(&j!({ "stream": line })).unwrap_or_default();
-        b.push(b'\n');
-        out.extend(b);
+    let mut out = String::new();
+    for line in loaded.iter().flat_map(|l| l.report()) {
+        out.push_str(&format!("{}\n", j!({ "stream": format!("{line}\n") })));
     }
-    let _ = quiet;
-    let mut r = http::text(200, "");
-    *r.body_mut() = http::full(out);
-    r.headers_mut().insert("Content-Type", hyper::header::HeaderValue::from_static("application/json"));
-    Ok(r)
+    Ok(http::body(200, "application/json", out))
 }
 
 /// `images/create?fromImage=..&tag=..`: a pull, its progress as Docker's JSON lines.

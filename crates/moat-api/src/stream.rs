@@ -28,6 +28,15 @@ pub(crate) fn frame(s: Stream, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Output as it goes on the wire: raw with a terminal, else one frame.
+pub(crate) fn chunk(tty: bool, s: Stream, data: &[u8]) -> Vec<u8> {
+    if tty {
+        data.to_vec()
+    } else {
+        frame(s, data)
+    }
+}
+
 /// The content type of a session's stream.
 pub(crate) fn content_type(tty: bool) -> &'static str {
     if tty {
@@ -100,13 +109,7 @@ pub(crate) fn relay(mut session: Session, h: Hijacked, stdin: bool) {
         }
     }
     let mut out = &sock;
-    let mut write = |s: Stream, d: &[u8]| -> bool {
-        if tty {
-            out.write_all(d).is_ok()
-        } else {
-            out.write_all(&frame(s, d)).is_ok()
-        }
-    };
+    let mut write = |s: Stream, d: &[u8]| -> bool { out.write_all(&chunk(tty, s, d)).is_ok() };
     loop {
         let ok = match session.next_event() {
             Ok(Some(SessionEvent::Stdout(d))) => write(Stream::Stdout, &d),
@@ -135,8 +138,7 @@ pub(crate) fn relay_to_body(mut session: Session, tx: tokio::sync::mpsc::Sender<
             Ok(Some(SessionEvent::Error(m))) => (Stream::System, format!("{m}\n").into_bytes()),
             _ => break,
         };
-        let chunk = if tty { d } else { frame(s, &d) };
-        if tx.blocking_send(Bytes::from(chunk)).is_err() {
+        if tx.blocking_send(Bytes::from(chunk(tty, s, &d))).is_err() {
             break;
         }
     }

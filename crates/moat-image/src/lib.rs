@@ -174,6 +174,17 @@ pub struct Loaded {
     pub tags: Vec<String>,
 }
 
+impl Loaded {
+    /// Docker's report of the load: `Loaded image: NAME` per name, or
+    /// `Loaded image ID: ID` for an image without one.
+    pub fn report(&self) -> Vec<String> {
+        if self.tags.is_empty() {
+            return vec![format!("Loaded image ID: {}", self.id)];
+        }
+        self.tags.iter().map(|t| format!("Loaded image: {t}")).collect()
+    }
+}
+
 /// What `prune` removed.
 #[derive(Debug, Default)]
 pub struct PruneReport {

@@ -195,13 +195,8 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
             let loaded = e.load_images(CountReader::new(r, &on_read))?;
             pb.finish_and_clear();
             if !a.quiet {
-                for l in loaded {
-                    if l.tags.is_empty() {
-                        outln!("Loaded image ID: {}", l.id);
-                    }
-                    for t in l.tags {
-                        outln!("Loaded image: {t}");
-                    }
+                for line in loaded.iter().flat_map(|l| l.report()) {
+                    outln!("{line}");
                 }
             }
         }
