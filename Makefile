@@ -24,6 +24,8 @@ deps:
 	  echo "installing Debian packages:" $$missing; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+	@# QEMU >= 8.2 for VM templates: bookworm-backports, from the machine's own Debian source
+	@bash scripts/qemu-backports.sh
 	@command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 	@command -v virtiofsd >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/virtiofsd" ] || cargo install --locked virtiofsd
 	@# API clients for the tests: the docker CLI (Debian's docker.io if the machine has none; no dockerd is run) and docker-py

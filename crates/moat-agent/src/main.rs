@@ -8,6 +8,12 @@
 //! namespace runtime as process isolation, run exec sessions, relay stdio
 //! with per-session credit (flow control), deliver signals and resizes,
 //! answer `Top`/`Stats`, report exits, power off on `Shutdown`.
+//!
+//! Booted as a template (`moat.template` on the kernel command line), stage
+//! 2 mounts no root: it drops the page cache, says `Ready` and waits; every
+//! clone restored from that snapshot then gets `Resume` (fresh entropy, the
+//! wall clock, a hostname), reseeds the RNG, mounts its own root and says
+//! `Ready` again.
 
 use moat_proto::{AgentEvent, AgentRequest, Decoder, Frame, Kind, PROTOCOL_VERSION, WINDOW};
 use moat_runtime::cgroup::Cgroup;
@@ -114,6 +120,8 @@ fn nonblock(fd: RawFd) {
 /// credit (the host grants how many output bytes may be in flight).
 struct Agent {
     port: OwnedFd,
+    /// The container's root is mounted (at once on a cold boot, after `Resume` in a clone).
+    mounted: bool,
     dec: Decoder,
     out: Vec<u8>,
     relay: Option<Relay>,
@@ -208,6 +216,15 @@ impl Agent {
                 Some(Err(e)) => AgentEvent::Error { message: e.to_string() },
                 None => AgentEvent::Error { message: "container is not running".into() },
             }),
+            AgentRequest::Resume { entropy, unix_nanos, hostname } => {
+                Some(match resume(&entropy, unix_nanos, &hostname, !self.mounted) {
+                    Ok(()) => {
+                        self.mounted = true;
+                        AgentEvent::Ready { version: PROTOCOL_VERSION }
+                    }
+                    Err(e) => AgentEvent::Error { message: e },
+                })
+            }
             AgentRequest::Shutdown => {
                 if let Some(r) = self.relay.as_mut() {
                     r.kill_all();
@@ -236,6 +253,9 @@ impl Agent {
     }
 
     fn create(&mut self, c: moat_proto::GuestCreate) -> Result<u32, RuntimeError> {
+        if !self.mounted {
+            return Err(RuntimeError::Invalid("the VM was not resumed: no container root is mounted".into()));
+        }
         if self.relay.as_ref().is_some_and(|r| r.main_running()) {
             return Err(RuntimeError::Invalid("the container is already running".into()));
         }
@@ -343,16 +363,80 @@ impl Agent {
     }
 }
 
+fn mount_root() -> Result<(), String> {
+    mnt(moat_proto::VIRTIOFS_TAG, ROOT_MOUNT, "virtiofs", MsFlags::empty(), None)?;
+    let _ = std::fs::create_dir_all(moat_proto::GUEST_CTR_ROOT);
+    Ok(())
+}
+
+/// A clone's first steps: its RNG, clock and name are the template's until
+/// this runs, so it runs before anything else.
+fn resume(entropy: &[u8], unix_nanos: u64, hostname: &str, mount: bool) -> Result<(), String> {
+    if entropy.len() < 32 {
+        return Err("resume: the host sent too little entropy".into());
+    }
+    let random =
+        std::fs::OpenOptions::new().write(true).open("/dev/random").map_err(|e| format!("open /dev/random: {e}"))?;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + entropy.len());
+    info.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(entropy.len() as i32).to_ne_bytes());
+    info.extend_from_slice(entropy);
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info of the size it announces, from our buffer
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } < 0 {
+        return Err(format!("add entropy: {}", nix::Error::last()));
+    }
+    // the added bytes only reach the CRNG at its next reseed: force it now
+    // SAFETY: RNDRESEEDCRNG takes no argument
+    if unsafe { libc::ioctl(random.as_raw_fd(), RNDRESEEDCRNG) } < 0 {
+        return Err(format!("reseed the RNG: {}", nix::Error::last()));
+    }
+    let ts = libc::timespec {
+        tv_sec: (unix_nanos / 1_000_000_000) as libc::time_t,
+        tv_nsec: (unix_nanos % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: setting the wall clock from a valid timespec
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } < 0 {
+        return Err(format!("set the clock: {}", nix::Error::last()));
+    }
+    if !hostname.is_empty() {
+        nix::unistd::sethostname(hostname).map_err(|e| format!("set the hostname: {e}"))?;
+    }
+    if mount {
+        mount_root()?;
+    }
+    Ok(())
+}
+
 fn stage2() -> Result<(), String> {
     base_mounts()?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mnt("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None)?;
     mnt("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"))?;
     let port = open_port(moat_proto::CONTROL_PORT)?;
-    mnt(moat_proto::VIRTIOFS_TAG, ROOT_MOUNT, "virtiofs", MsFlags::empty(), None)?;
-    let _ = std::fs::create_dir_all(moat_proto::GUEST_CTR_ROOT);
+    let template = std::fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == moat_proto::TEMPLATE_ARG))
+        .unwrap_or(false);
+    if template {
+        // what the snapshot holds is what every clone copies: leave no cache behind
+        // SAFETY: sync has no preconditions
+        unsafe { libc::sync() };
+        let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+        let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
+    } else {
+        mount_root()?;
+    }
     nonblock(port.as_raw_fd());
-    let mut a = Agent { port, dec: Decoder::default(), out: Vec::new(), relay: None, credit: HashMap::new() };
+    let mut a = Agent {
+        port,
+        mounted: !template,
+        dec: Decoder::default(),
+        out: Vec::new(),
+        relay: None,
+        credit: HashMap::new(),
+    };
     a.send(0, &AgentEvent::Ready { version: PROTOCOL_VERSION });
     a.run();
     Ok(())

@@ -33,6 +33,7 @@ pub mod shim;
 pub mod spec;
 pub mod statefile;
 pub mod system;
+pub mod templates;
 pub mod validate;
 pub mod view;
 pub mod vm;
@@ -167,6 +168,7 @@ impl EngineError {
             Self::Vm(moat_vm::VmError::NoKernel(_) | moat_vm::VmError::NoAgent(_) | moat_vm::VmError::Missing(..)) => {
                 ErrorKind::Unsupported
             }
+            Self::Vm(moat_vm::VmError::NotFound(_)) => ErrorKind::NotFound,
             Self::Io(_, e) if e.raw_os_error() == Some(libc::ENOSPC) => ErrorKind::NoSpace,
             _ => ErrorKind::Internal,
         }

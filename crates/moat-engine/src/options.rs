@@ -41,6 +41,10 @@ pub struct EngineOptions {
     /// Seconds a utility VM may take to boot (default 120: TCG on a busy 2-core host is slow).
     #[serde(default)]
     pub vm_boot_timeout_secs: Option<u64>,
+    /// Start VM containers from booted templates: `None` when QEMU can
+    /// (>= 8.2), `Some(false)` never (cold boots), `Some(true)` insist.
+    #[serde(default)]
+    pub vm_templates: Option<bool>,
     /// Largest uncompressed size of one archive or layer (tar-bomb protection).
     #[serde(default)]
     pub max_unpack_bytes: Option<u64>,

@@ -86,6 +86,21 @@ pub fn sizing(cfg: &ContainerConfig) -> (u64, u32) {
     (mem, vcpus)
 }
 
+/// Sizing of the VM a container with `--memory` (a size like `256m`) and
+/// `--cpus` would get (`moat vm template build`).
+pub fn sizing_for(memory: Option<&str>, cpus: Option<f64>) -> Result<(u64, u32), EngineError> {
+    let mut cfg = ContainerConfig::default();
+    if let Some(m) = memory {
+        let b = moat_core::human::parse_size(m).map_err(|e| EngineError::Invalid(format!("--memory: {e}")))?;
+        cfg.limits.memory = Some(i64::try_from(b).map_err(|_| EngineError::Invalid("--memory is too large".into()))?);
+    }
+    if let Some(c) = cpus.filter(|c| !(c.is_finite() && *c > 0.0)) {
+        return Err(EngineError::Invalid(format!("--cpus must be a positive number, not {c}")));
+    }
+    cfg.limits.cpus = cpus;
+    Ok(sizing(&cfg))
+}
+
 /// A running VM and its agent channel.
 pub struct VmLink {
     /// QEMU and virtiofsd.
@@ -117,6 +132,8 @@ pub struct VmLink {
     pub accel: String,
     /// Guest kernel version.
     pub kernel: String,
+    /// The template the VM was restored from (`None`: a cold boot).
+    pub template: Option<String>,
 }
 
 fn pidfd_of(pid: u32) -> Result<OwnedFd, EngineError> {
@@ -139,40 +156,51 @@ impl VmLink {
         root: &Path,
         cgroup: &moat_runtime::cgroup::Cgroup,
     ) -> Result<Self, EngineError> {
-        let kdir = opts.kernel_dir();
-        let kernel = moat_vm::kernel::current(&kdir)?;
-        let agent = opts.agent()?;
-        let initramfs = moat_vm::initramfs::build(&kernel, &agent, &kdir)?;
-        let (accel, _) = moat_vm::accel::detect();
-        let uid = moat_vm::qemu::vm_uid(id);
         let (mem_mib, vcpus) = sizing(cfg);
+        let base = crate::templates::base(opts, mem_mib, vcpus)?;
+        let use_template = crate::templates::status_for(opts, base.version).enabled;
+        // a template that cannot be built is a cold boot, unless the user insisted
+        let template = match use_template.then(|| crate::templates::ensure(opts, &base, cfg.networks.len())) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) if opts.vm_templates == Some(true) => return Err(e),
+            Some(Err(e)) => {
+                tracing::warn!("VM template unavailable, booting cold: {e}");
+                None
+            }
+            None => None,
+        };
+        let ram = match &template {
+            Some(t) => Some(std::sync::Arc::new(moat_vm::template::memfd("moat-ram", t.meta.shape.mem_mib << 20)?)),
+            None => None,
+        };
         let dir = layout.container(id);
         let console = dir.join("console.log");
         let mut nics = Vec::new();
         for (n, e) in cfg.networks.iter().enumerate() {
             let tap = moat_net::if_name('t', id, n);
-            moat_net::link::add_tap(&tap, &e.bridge)?;
+            if let Err(err) = moat_net::link::add_tap(&tap, &e.bridge) {
+                nics.iter().for_each(|(t, _): &(String, String)| moat_net::link::del_link(t));
+                return Err(err.into());
+            }
             nics.push((tap, e.mac.clone()));
         }
         let vc = moat_vm::launch::VmConfig {
-            kernel: kernel.clone(),
-            initramfs,
-            accel,
-            mem_mib,
-            vcpus,
             rootfs: root.to_path_buf(),
             run_dir: dir.clone(),
             console_log: console.clone(),
             name: format!("moat-{}", &id[..12]),
             nics,
-            uid,
-            qemu: opts.qemu.clone(),
-            virtiofsd: opts.virtiofsd.clone(),
+            uid: moat_vm::qemu::vm_uid(id),
             cgroup_procs: cgroup.procs_files(),
+            ram: ram.clone(),
+            role: if template.is_some() { moat_vm::launch::Role::Clone } else { moat_vm::launch::Role::Cold },
+            ..base.cfg.clone()
         };
+        let accel = vc.accel;
+        let kernel = base.kernel.clone();
         let taps: Vec<String> = vc.nics.iter().map(|(t, _)| t.clone()).collect();
         let drop_taps = || taps.iter().for_each(|t| moat_net::link::del_link(t));
-        let vm = match moat_vm::launch::launch(&vc) {
+        let vm = match moat_vm::launch::launch(&vc, base.version) {
             Ok(vm) => vm,
             Err(e) => {
                 drop_taps();
@@ -206,18 +234,24 @@ impl VmLink {
             out: Vec::new(),
             console,
             accel: accel.to_string(),
-            kernel: kernel.version,
+            kernel,
+            template: template.as_ref().map(|t| t.meta.digest.clone()),
         };
-        // QMP sends events only after capabilities negotiation; it waits in
-        // the socket until QEMU reads it after its greeting
-        let _ = link.vm.qmp.set_nonblocking(true);
-        let _ = link.vm.qmp.write_all(b"{\"execute\":\"qmp_capabilities\"}\n");
-        let ready = link.wait_for(0, opts.vm_boot_timeout(), |m| matches!(m, AgentEvent::Ready { .. }));
+        let ready = match (&template, &ram) {
+            (Some(t), Some(ram)) => link.restore(t, ram, id, opts.vm_boot_timeout()),
+            _ => {
+                // QMP sends events only after capabilities negotiation; it waits in
+                // the socket until QEMU reads it after its greeting
+                let _ = link.vm.qmp.set_nonblocking(true);
+                let _ = link.vm.qmp.write_all(b"{\"execute\":\"qmp_capabilities\"}\n");
+                link.wait_for(0, opts.vm_boot_timeout(), |m| matches!(m, AgentEvent::Ready { .. }))
+            }
+        };
         let ready = ready.and_then(|m| match m {
             AgentEvent::Ready { version } if version == moat_proto::PROTOCOL_VERSION => Ok(()),
             AgentEvent::Ready { version } => Err(EngineError::Unsupported(format!(
                 "the guest agent ({}) speaks protocol version {version}, this moat speaks {}: rebuild the agent (make agent)",
-                agent.display(),
+                vc.initramfs.display(),
                 moat_proto::PROTOCOL_VERSION
             ))),
             _ => Err(EngineError::Shim("unexpected first message from the guest agent".into())),
@@ -229,6 +263,45 @@ impl VmLink {
                 drop_taps();
                 Err(e)
             }
+        }
+    }
+
+    /// Restores a clone of `t` (QEMU waits with `-incoming defer`): fills
+    /// its RAM while QEMU starts, restores the device state, then has the
+    /// agent reseed its RNG, set its clock and name, and mount the root.
+    fn restore(
+        &mut self,
+        t: &moat_vm::template::Template,
+        ram: &OwnedFd,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<AgentEvent, EngineError> {
+        moat_vm::template::fill_ram(t, ram)?;
+        let stream = self.vm.qmp.try_clone().map_err(EngineError::io("QMP"))?;
+        let mut qmp = moat_vm::qmp::Qmp::negotiate(stream, timeout).map_err(|e| {
+            EngineError::Shim(format!("{e}; guest console: {}", moat_vm::launch::console_tail(&self.console, 8)))
+        })?;
+        moat_vm::template::restore(&mut qmp, t)?;
+        drop(qmp);
+        self.qmp_skip = 0;
+        let _ = self.vm.qmp.set_nonblocking(true);
+        let mut entropy = vec![0u8; 64];
+        // SAFETY: getrandom fills our buffer of the given length
+        let got = unsafe { libc::getrandom(entropy.as_mut_ptr() as *mut libc::c_void, entropy.len(), 0) };
+        if got != entropy.len() as isize {
+            return Err(EngineError::Shim(format!("host RNG: {}", std::io::Error::last_os_error())));
+        }
+        let unix_nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        self.send(0, &AgentRequest::Resume { entropy, unix_nanos, hostname: format!("moat-{}", &id[..12]) });
+        let ready = self.wait_for(0, timeout, |m| matches!(m, AgentEvent::Ready { .. } | AgentEvent::Error { .. }))?;
+        match ready {
+            AgentEvent::Error { message } => {
+                Err(EngineError::Shim(format!("the restored VM could not resume: {message}")))
+            }
+            m => Ok(m),
         }
     }
 

@@ -179,7 +179,7 @@ pub use moat_spec::{ExecSpec, GuestCreate, Limits, ProcRow, Stats, WinSize};
 
 /// Version of the host↔agent protocol; the agent reports it in
 /// [`AgentEvent::Ready`] and the host refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// What a client asks a container's shim (on `containers/<id>/shim.sock`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -313,7 +313,24 @@ pub enum AgentRequest {
     },
     /// Kill everything and power off.
     Shutdown,
+    /// The VM was restored from a template (whose RNG state, clock and
+    /// identity every clone shares): mix in fresh entropy and reseed the
+    /// kernel's RNG, set the wall clock, then mount the container's root
+    /// and answer [`AgentEvent::Ready`] (session 0).
+    Resume {
+        /// Fresh random bytes from the host.
+        entropy: Vec<u8>,
+        /// The host's wall clock: nanoseconds since the Unix epoch.
+        unix_nanos: u64,
+        /// The guest's own hostname (the container's UTS namespace has its own).
+        hostname: String,
+    },
 }
+
+/// Kernel command-line word that tells the agent it boots a template: it
+/// probes everything but mounts no root, says `Ready`, and waits for
+/// [`AgentRequest::Resume`].
+pub const TEMPLATE_ARG: &str = "moat.template";
 
 /// What the guest agent reports.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -16,17 +16,31 @@
 use crate::kernel::Kernel;
 use crate::qemu::{self, Accel};
 use crate::VmError;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 
 /// Extra guest memory on top of the container's `--memory`, for the guest
 /// kernel and agent.
 pub const MEMORY_OVERHEAD_MIB: u64 = 96;
 /// Guest memory when the container has no `--memory`.
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
+
+/// What a VM is started as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// A full boot that mounts the container's root.
+    #[default]
+    Cold,
+    /// A boot that stops with the agent waiting and nothing mounted, to be
+    /// snapshotted (see [`crate::template`]).
+    Template,
+    /// A restore of a template's snapshot (`-incoming defer`).
+    Clone,
+}
 
 /// How to start a VM.
 #[derive(Debug, Clone)]
@@ -61,6 +75,11 @@ pub struct VmConfig {
     /// whoever destroys the container's cgroup ends its VM (a drop of
     /// privileges clears `PDEATHSIG`, so a dead shim alone would not).
     pub cgroup_procs: Vec<PathBuf>,
+    /// Guest RAM in this memfd (templates and clones; an anonymous memfd
+    /// of QEMU's own when `None`).
+    pub ram: Option<Arc<OwnedFd>>,
+    /// Boot, template boot or restore.
+    pub role: Role,
 }
 
 /// A running VM.
@@ -114,14 +133,52 @@ fn pass_fds(cmd: &mut Command, fds: Vec<RawFd>) {
     }
 }
 
-/// The guest kernel command line.
-pub fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
+/// The guest kernel command line. Templates and their clones boot with
+/// [`moat_proto::TEMPLATE_ARG`], which makes the agent stop before mounting.
+pub fn kernel_cmdline(tsc_khz: Option<u64>, role: Role) -> String {
     let mut append =
         String::from("console=ttyS0 panic=-1 quiet tsc=reliable cryptomgr.notests mitigations=off pci=off");
     if let Some(k) = tsc_khz {
         append.push_str(&format!(" tsc_early_khz={k}"));
     }
+    if role != Role::Cold {
+        append.push(' ');
+        append.push_str(moat_proto::TEMPLATE_ARG);
+    }
     append
+}
+
+/// The QEMU and virtiofsd binaries `cfg` uses.
+pub fn programs(qemu: Option<&Path>, virtiofsd: Option<&Path>) -> Result<(PathBuf, PathBuf), VmError> {
+    let qemu_bin = find_program(qemu, "qemu-system-x86_64", &[])
+        .ok_or_else(|| VmError::Missing("qemu-system-x86_64", "install Debian's qemu-system-x86".into()))?;
+    let vfsd_bin = find_program(virtiofsd, "virtiofsd", &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"])
+        .ok_or_else(|| {
+            VmError::Missing("virtiofsd", "install it with `cargo install virtiofsd` (make test does)".into())
+        })?;
+    Ok((qemu_bin, vfsd_bin))
+}
+
+/// The version of the QEMU binary at `bin`, remembered in `cache_dir`
+/// per binary identity (running `qemu --version` costs tens of ms per VM).
+pub fn qemu_version_cached(bin: &Path, cache_dir: &Path) -> Result<qemu::Version, VmError> {
+    let Ok(id) = crate::template::FileId::of(bin) else { return qemu_version(bin) };
+    let key = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(serde_json::to_vec(&id).unwrap_or_default()))
+    };
+    let path = cache_dir.join(format!(".qemu-version-{}", &key[..16]));
+    if let Some(v) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+        return Ok(v);
+    }
+    let v = qemu_version(bin)?;
+    if crate::template::create_private_dir(cache_dir).is_ok() {
+        let tmp = cache_dir.join(format!(".qemu-version-{}.{}", &key[..16], std::process::id()));
+        if std::fs::write(&tmp, serde_json::to_vec(&v).unwrap_or_default()).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(v)
 }
 
 /// The version of the QEMU binary at `bin` (`--version`).
@@ -134,18 +191,22 @@ pub fn qemu_version(bin: &Path) -> Result<qemu::Version, VmError> {
 }
 
 /// The QEMU command for `cfg`: the agent channel as fd 3, the virtiofsd
-/// connection as fd 4, QMP as fd 5, the taps from fd 6 on.
+/// connection as fd 4, QMP as fd 5, the taps from fd 6 on, then the RAM memfd.
 pub fn command(cfg: &VmConfig, version: qemu::Version, tsc_khz: Option<u64>) -> qemu::Command {
+    let ram_fd = 6 + cfg.nics.len();
     qemu::Command {
         version,
         accel: cfg.accel,
         name: cfg.name.clone(),
         vcpus: cfg.vcpus,
         mem_mib: cfg.mem_mib,
-        memory: qemu::Memory::Memfd,
+        memory: match cfg.ram {
+            Some(_) => qemu::Memory::File(PathBuf::from(format!("/proc/self/fd/{ram_fd}"))),
+            None => qemu::Memory::Memfd,
+        },
         kernel: cfg.kernel.vmlinux.clone(),
         initrd: cfg.initramfs.clone(),
-        append: kernel_cmdline(tsc_khz),
+        append: kernel_cmdline(tsc_khz, cfg.role),
         ctl_fd: 3,
         vfs_fd: 4,
         vfs_tag: moat_proto::VIRTIOFS_TAG.into(),
@@ -157,10 +218,14 @@ pub fn command(cfg: &VmConfig, version: qemu::Version, tsc_khz: Option<u64>) -> 
             .map(|(n, (_, mac))| qemu::Nic { fd: 6 + n as i32, mac: mac.clone() })
             .collect(),
         run_as: Some(qemu::RunAs { uid: cfg.uid, gid: cfg.uid, chroot: cfg.run_dir.join("empty") }),
+        incoming: cfg.role == Role::Clone,
+        pit: cfg.accel == Accel::Kvm || tsc_khz.is_none(),
     }
 }
 
-/// Opens the existing tap device `name` (attached to its bridge) for QEMU.
+/// Opens the existing tap device `name` (attached to its bridge) for QEMU;
+/// an empty name makes a new unattached tap that vanishes when closed (a
+/// template's NICs, which carry no traffic).
 pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, VmError> {
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -169,7 +234,7 @@ pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, VmError> {
         .map_err(VmError::io("open /dev/net/tun"))?;
     // SAFETY: ifreq is plain data; all-zero is valid
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+    if name.len() >= libc::IFNAMSIZ {
         return Err(VmError::Command(format!("bad tap name {name:?}")));
     }
     for (i, b) in name.bytes().enumerate() {
@@ -207,14 +272,9 @@ fn confine(cmd: &mut Command, procs: Vec<RawFd>, own_netns: bool) {
 }
 
 /// Starts virtiofsd and QEMU for `cfg`.
-pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
-    let qemu_bin = find_program(cfg.qemu.as_deref(), "qemu-system-x86_64", &[])
-        .ok_or_else(|| VmError::Missing("qemu-system-x86_64", "install Debian's qemu-system-x86".into()))?;
-    let vfsd_bin =
-        find_program(cfg.virtiofsd.as_deref(), "virtiofsd", &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"])
-            .ok_or_else(|| {
-                VmError::Missing("virtiofsd", "install it with `cargo install virtiofsd` (make test does)".into())
-            })?;
+/// `version` is the QEMU binary's (see [`qemu_version_cached`]).
+pub fn launch(cfg: &VmConfig, version: qemu::Version) -> Result<Vm, VmError> {
+    let (qemu_bin, vfsd_bin) = programs(cfg.qemu.as_deref(), cfg.virtiofsd.as_deref())?;
     let listener = moat_proto::sock::bind(&cfg.run_dir, "vfs.sock")
         .map_err(VmError::io(format!("bind {}/vfs.sock", cfg.run_dir.display())))?;
     let vfs_client =
@@ -222,7 +282,6 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
     let (ours, theirs) = UnixStream::pair().map_err(VmError::io("socketpair"))?;
     let (qmp, qmp_theirs) = UnixStream::pair().map_err(VmError::io("socketpair"))?;
     let taps: Vec<std::os::fd::OwnedFd> = cfg.nics.iter().map(|(t, _)| open_tap(t)).collect::<Result<_, _>>()?;
-    let version = qemu_version(&qemu_bin)?;
     let procs: Vec<std::fs::File> = cfg
         .cgroup_procs
         .iter()
@@ -270,6 +329,7 @@ pub fn launch(cfg: &VmConfig) -> Result<Vm, VmError> {
     confine(&mut q, proc_fds, true);
     let mut fds = vec![theirs.as_raw_fd(), vfs_client.as_raw_fd(), qmp_theirs.as_raw_fd()];
     fds.extend(taps.iter().map(|t| t.as_raw_fd()));
+    fds.extend(cfg.ram.iter().map(|r| r.as_raw_fd()));
     pass_fds(&mut q, fds);
     let qemu = match q.spawn() {
         Ok(c) => c,

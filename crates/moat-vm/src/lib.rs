@@ -8,6 +8,8 @@ pub mod initramfs;
 pub mod kernel;
 pub mod launch;
 pub mod qemu;
+pub mod qmp;
+pub mod template;
 
 /// Errors of the VM layer.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum VmError {
     /// The guest did not come up or died.
     #[error("{0}")]
     Guest(String),
+    /// A named thing (a template) does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// I/O with context.
     #[error("{0}: {1}")]
     Io(String, std::io::Error),

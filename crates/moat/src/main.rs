@@ -143,6 +143,49 @@ enum VmCmd {
     /// Manage the guest kernel.
     #[command(subcommand)]
     Kernel(KernelCmd),
+    /// Manage the booted VM templates VM containers are restored from.
+    #[command(subcommand)]
+    Template(TemplateCmd),
+}
+
+/// `moat vm template ...`.
+#[derive(Subcommand, Debug)]
+enum TemplateCmd {
+    /// Boot and save the template for VMs of this size now (runs build it on first need).
+    Build {
+        /// Guest memory as a container's `--memory` would set it (e.g. 256m; default: moat's default VM size).
+        #[arg(short = 'm', long)]
+        memory: Option<String>,
+        /// vCPUs as a container's `--cpus` would set them.
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Number of NICs (switches the container joins).
+        #[arg(long, default_value_t = 1)]
+        nics: usize,
+    },
+    /// List templates.
+    #[command(alias = "list")]
+    Ls {
+        /// `table`, `json`, or a Go template (`{{.Digest}}`).
+        #[arg(short = 'f', long, default_value = "table")]
+        format: String,
+        /// Only digests.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Remove templates by digest (or a prefix of at least 4 characters).
+    #[command(alias = "remove")]
+    Rm {
+        /// Digests.
+        #[arg(required = true)]
+        digests: Vec<String>,
+    },
+    /// Remove templates made from an old kernel, agent, QEMU or virtiofsd (all with --all).
+    Prune {
+        /// Remove every template.
+        #[arg(short = 'a', long)]
+        all: bool,
+    },
 }
 
 /// `moat vm kernel ...`.
@@ -166,6 +209,71 @@ fn vm(o: &EngineOptions, c: VmCmd) -> Result<i32> {
         VmCmd::Kernel(KernelCmd::Show) => {
             let k = moat_engine::vm::current_kernel(o)?;
             outln!("{} {}", k.version, k.vmlinux.display());
+        }
+        VmCmd::Template(t) => return template(o, t),
+    }
+    Ok(0)
+}
+
+fn template(o: &EngineOptions, c: TemplateCmd) -> Result<i32> {
+    use moat_engine::templates;
+    match c {
+        TemplateCmd::Build { memory, cpus, nics } => {
+            let (mem, vcpus) = moat_engine::vm::sizing_for(memory.as_deref(), cpus)?;
+            let t = templates::build(o, mem, vcpus, nics)?;
+            outln!("{}", t.digest);
+        }
+        TemplateCmd::Ls { format, quiet } => {
+            let list = templates::list(o);
+            if quiet {
+                list.iter().for_each(|t| outln!("{}", t.digest));
+            } else {
+                match format.as_str() {
+                    "table" => {
+                        outln!("DIGEST         KERNEL                 QEMU     ACCEL  MEMORY    VCPUS  NICS  RAM STORED  BUILD    CURRENT");
+                        for t in &list {
+                            outln!(
+                                "{:<14} {:<22} {:<8} {:<6} {:<9} {:<6} {:<5} {:<11} {:<8} {}",
+                                &t.digest[..12],
+                                t.kernel,
+                                t.qemu,
+                                t.accelerator,
+                                format!("{}MiB", t.memory_mib),
+                                t.vcpus,
+                                t.nics,
+                                format!("{:.1}MiB", t.ram_bytes as f64 / 1048576.0),
+                                format!("{:.2}s", t.build_ms as f64 / 1000.0),
+                                if t.current { "yes" } else { "stale" }
+                            );
+                        }
+                    }
+                    "json" => outln!("{}", serde_json::to_string_pretty(&list)?),
+                    f => {
+                        let t = format::Tmpl::parse(f)?;
+                        for v in &list {
+                            outln!("{}", t.render(v)?);
+                        }
+                    }
+                }
+            }
+        }
+        TemplateCmd::Rm { digests } => {
+            let mut code = 0;
+            for d in digests {
+                match templates::remove(o, &d) {
+                    Ok(full) => outln!("{full}"),
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        code = 1;
+                    }
+                }
+            }
+            return Ok(code);
+        }
+        TemplateCmd::Prune { all } => {
+            for d in templates::prune(o, all)? {
+                outln!("deleted {d}");
+            }
         }
     }
     Ok(0)
@@ -199,6 +307,12 @@ fn options(cli: &Cli) -> Result<EngineOptions> {
         // shims and port proxies are this binary
         shim_exe: Some(std::env::current_exe().context("locate the moat binary")?),
         vm_boot_timeout_secs: env_num("MOAT_VM_BOOT_TIMEOUT")?,
+        vm_templates: match std::env::var("MOAT_VM_TEMPLATES").unwrap_or_default().to_ascii_lowercase().as_str() {
+            "" | "auto" => None,
+            "0" | "off" | "false" | "no" => Some(false),
+            "1" | "on" | "true" | "yes" => Some(true),
+            v => anyhow::bail!("MOAT_VM_TEMPLATES must be auto, on or off, not {v:?}"),
+        },
         max_unpack_bytes: env_num("MOAT_MAX_UNPACK_BYTES")?,
         max_unpack_entries: env_num("MOAT_MAX_UNPACK_ENTRIES")?,
         backend: None,

@@ -64,6 +64,8 @@ impl Vm {
         let info = serde_json::json!({
             "Accelerator": link.accel, "Kernel": link.kernel, "MemoryMiB": mem_mib, "Vcpus": vcpus,
             "QemuPid": link.vm.qemu.id(), "VirtiofsdPid": link.vm.virtiofsd.id(),
+            "Boot": if link.template.is_some() { "template" } else { "cold" },
+            "Template": link.template,
         });
         let _ = std::fs::write(ctx.dir.join("vm.json"), info.to_string());
         Ok(Self {
