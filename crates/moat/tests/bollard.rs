@@ -34,11 +34,19 @@ async fn lifecycle(iso: HostConfigIsolationEnum) {
         ..Default::default()
     };
     let id = d.create_container(None::<qp::CreateContainerOptions>, body).await.unwrap().id;
-    let mut wait =
-        d.wait_container(&id, Some(qp::WaitContainerOptionsBuilder::default().condition("next-exit").build()));
+    // bollard sends the wait request only when its stream is polled: poll it
+    // in a task and give the request a moment to reach the server before the
+    // start (a `next-exit` wait that arrives after the exit waits for the next)
+    let (d2, id2) = (d.clone(), id.clone());
+    let wait = tokio::spawn(async move {
+        d2.wait_container(&id2, Some(qp::WaitContainerOptionsBuilder::default().condition("next-exit").build()))
+            .next()
+            .await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     d.start_container(&id, None::<qp::StartContainerOptions>).await.unwrap();
     // a non-zero exit arrives as bollard's DockerContainerWaitError
-    match wait.next().await {
+    match wait.await.unwrap() {
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => assert_eq!(code, 5),
         other => panic!("wait: {other:?}"),
     }
