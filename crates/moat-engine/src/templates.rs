@@ -127,7 +127,7 @@ pub fn ensure(opts: &EngineOptions, base: &Base, nics: usize) -> Result<Template
     let mut cfg = base.cfg.clone();
     cfg.nics = vec![(String::new(), String::new()); nics];
     cfg.uid = moat_vm::qemu::vm_uid(&s.digest());
-    Ok(template::ensure(&dir, &s, |scratch| template::build(&cfg, base.version, scratch))?)
+    Ok(template::ensure(&dir, &s, |scratch| template::build(&cfg, base.version, scratch, opts.vm_boot_timeout()))?)
 }
 
 /// A template as `moat vm template ls` shows it.

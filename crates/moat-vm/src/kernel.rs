@@ -18,6 +18,7 @@ pub const MODULES: &[(&str, &str)] = &[
     ("virtio_ring", "drivers/virtio/virtio_ring.ko"),
     ("virtio", "drivers/virtio/virtio.ko"),
     ("virtio_mmio", "drivers/virtio/virtio_mmio.ko"),
+    ("virtio_balloon", "drivers/virtio/virtio_balloon.ko"),
     ("virtio_console", "drivers/char/virtio_console.ko"),
     ("failover", "net/core/failover.ko"),
     ("net_failover", "drivers/net/net_failover.ko"),
@@ -80,7 +81,8 @@ pub fn install(dir: &Path) -> Result<Kernel, VmError> {
     let pkg = resolve_package()?;
     let version = pkg.trim_start_matches("linux-image-").to_string();
     if let Ok(k) = current(dir) {
-        if k.version == version {
+        // an install from before a module joined MODULES is redone
+        if k.version == version && k.modules.len() == MODULES.len() {
             return Ok(k);
         }
     }
@@ -118,6 +120,17 @@ pub fn install(dir: &Path) -> Result<Kernel, VmError> {
                 Ok(()) => {}
                 Err(_) if target.join("vmlinux").is_file() => {}
                 Err(e) => return Err(VmError::Io("install kernel".into(), e)),
+            }
+        }
+        // modules that joined MODULES after this version was installed:
+        // added beside the others (write, then rename: never a partial file)
+        for (name, _) in MODULES {
+            let want = target.join("modules").join(format!("{name}.ko"));
+            if !want.is_file() {
+                let tmp = target.join("modules").join(format!(".{name}.ko.{}", std::process::id()));
+                std::fs::copy(staged.join("modules").join(format!("{name}.ko")), &tmp)
+                    .map_err(VmError::io(format!("install module {name}")))?;
+                std::fs::rename(&tmp, &want).map_err(VmError::io(format!("install module {name}")))?;
             }
         }
         let tmp = dir.join(format!(".current.tmp-{}", std::process::id()));

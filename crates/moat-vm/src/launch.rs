@@ -142,7 +142,9 @@ pub fn kernel_cmdline(tsc_khz: Option<u64>, role: Role) -> String {
         append.push_str(&format!(" tsc_early_khz={k}"));
     }
     if role != Role::Cold {
-        append.push(' ');
+        // freed pages are zeroed, so the snapshot stores (and every clone
+        // copies) only memory the guest really holds
+        append.push_str(" init_on_free=1 ");
         append.push_str(moat_proto::TEMPLATE_ARG);
     }
     append

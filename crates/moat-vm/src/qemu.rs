@@ -157,6 +157,9 @@ impl Command {
         push("-device", format!("virtserialport,chardev=ctl,name={}", moat_proto::CONTROL_PORT));
         push("-chardev", format!("socket,id=vfs,fd={}", self.vfs_fd));
         push("-device", format!("vhost-user-fs-device,chardev=vfs,tag={}", self.vfs_tag));
+        // free page reporting: the guest hands back 2 MiB blocks it has
+        // not used for 2 s, and QEMU punches them out of the RAM memfd
+        push("-device", "virtio-balloon-device,free-page-reporting=on".into());
         if let Some(fd) = self.qmp_fd {
             push("-chardev", format!("socket,id=qmp,fd={fd}"));
             push("-mon", "chardev=qmp,mode=control".into());
@@ -242,7 +245,8 @@ mod tests {
              -nodefaults -no-user-config -display none -serial stdio -kernel /k/vmlinux -initrd /k/initrd.cpio \
              -append console=ttyS0 -device virtio-serial-device -chardev socket,id=ctl,fd=3 \
              -device virtserialport,chardev=ctl,name=ctl0 -chardev socket,id=vfs,fd=4 \
-             -device vhost-user-fs-device,chardev=vfs,tag=rootfs -chardev socket,id=qmp,fd=5 \
+             -device vhost-user-fs-device,chardev=vfs,tag=rootfs -device virtio-balloon-device,free-page-reporting=on \
+             -chardev socket,id=qmp,fd=5 \
              -mon chardev=qmp,mode=control -netdev tap,id=n0,fd=6,vhost=off \
              -device virtio-net-device,netdev=n0,mac=02:42:0a:00:00:02 -no-reboot \
              -sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny \

@@ -528,20 +528,22 @@ pub fn restore(qmp: &mut Qmp, t: &Template) -> Result<(), VmError> {
     Ok(())
 }
 
-/// How long a template build may take in all (a boot under TCG on a busy host).
-pub const BUILD_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// The MAC of a template's `n`th NIC (every clone sets its own).
 pub fn template_mac(n: usize) -> String {
     format!("02:00:00:00:00:{:02x}", n + 1)
 }
 
 /// Boots `base` as a template in `scratch` and snapshots it there (`ram`,
-/// `state`); returns the build's duration in ms. `base` gives the kernel,
+/// `state`), the boot taking at most `timeout`; returns the build's duration in ms. `base` gives the kernel,
 /// initramfs, accelerator, sizing, binaries and NIC count; everything
 /// else (an empty root, transient taps, guest RAM in a memfd, no cgroups)
 /// is the template's own. QEMU and virtiofsd are gone when this returns.
-pub fn build(base: &crate::launch::VmConfig, version: Version, scratch: &Path) -> Result<u64, VmError> {
+pub fn build(
+    base: &crate::launch::VmConfig,
+    version: Version,
+    scratch: &Path,
+    timeout: Duration,
+) -> Result<u64, VmError> {
     use crate::launch::{launch, Role, VmConfig};
     let t0 = std::time::Instant::now();
     let root = scratch.join("root");
@@ -564,9 +566,9 @@ pub fn build(base: &crate::launch::VmConfig, version: Version, scratch: &Path) -
     };
     let mut vm = launch(&cfg, version)?;
     let done = (|| {
-        wait_ready(&mut vm, &cfg.console_log, t0 + BUILD_TIMEOUT)?;
+        wait_ready(&mut vm, &cfg.console_log, t0 + timeout)?;
         let qmp_stream = vm.qmp.try_clone().map_err(VmError::io("QMP"))?;
-        let mut qmp = Qmp::negotiate(qmp_stream, BUILD_TIMEOUT.saturating_sub(t0.elapsed()))?;
+        let mut qmp = Qmp::negotiate(qmp_stream, timeout.saturating_sub(t0.elapsed()).max(Duration::from_secs(10)))?;
         snapshot(&mut qmp, &scratch.join("state"))?;
         save_ram(&ram, size, &scratch.join("ram"))
     })();
@@ -610,8 +612,7 @@ fn wait_ready(vm: &mut crate::launch::Vm, console: &Path, deadline: std::time::I
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return Err(VmError::Guest(format!(
-                "the template VM did not come up in {}s; guest console: {}",
-                BUILD_TIMEOUT.as_secs(),
+                "the template VM did not come up in time; guest console: {}",
                 crate::launch::console_tail(console, 8)
             )));
         }
