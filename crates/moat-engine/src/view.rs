@@ -1085,6 +1085,8 @@ pub struct HypervisorInfo {
     pub memory_overhead_mib: u64,
     /// vCPUs without `--cpus`.
     pub default_vcpus: u32,
+    /// Whether VMs start from booted templates, and why.
+    pub templates: crate::templates::Status,
 }
 
 /// Engine and host facts (API `GET /info`, `moat info`).
@@ -1246,6 +1248,7 @@ impl Engine {
                 default_memory_mib: moat_vm::launch::DEFAULT_MEMORY_MIB,
                 memory_overhead_mib: moat_vm::launch::MEMORY_OVERHEAD_MIB,
                 default_vcpus: 1,
+                templates: crate::templates::status(&self.options),
             },
             logging_driver: "json-file".into(),
             security_options: vec!["name=seccomp,profile=builtin".into(), "name=no-new-privileges".into()],
@@ -1586,6 +1589,10 @@ pub struct MemoryStats {
     pub usage: u64,
     /// The limit (the host's memory when none).
     pub limit: u64,
+    /// Details: `guest_usage`, a VM container's memory as its guest counts it
+    /// (`usage` is then what the VM holds on the host).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stats: BTreeMap<String, u64>,
 }
 
 /// Traffic of a stats sample.
@@ -1643,6 +1650,7 @@ impl StatsResponse {
             memory_stats: MemoryStats {
                 usage: cur.mem_usage,
                 limit: if cur.mem_limit == 0 { mem_total() } else { cur.mem_limit },
+                stats: (cur.guest_mem > 0).then(|| ("guest_usage".to_string(), cur.guest_mem)).into_iter().collect(),
             },
             networks: [("eth0".to_string(), NetStats { rx_bytes: cur.net_rx, tx_bytes: cur.net_tx })].into(),
             blkio_stats: BlkioStats {

@@ -119,8 +119,12 @@ pub struct ProcRow {
 /// Resource usage of a container.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Stats {
-    /// Memory in use, bytes.
+    /// Memory in use, bytes: the container's cgroup; for a VM container what
+    /// the VM holds on the host (QEMU, virtiofsd and the guest RAM's pages).
     pub mem_usage: u64,
+    /// A VM container's memory as its guest's cgroup counts it (0 otherwise).
+    #[serde(default)]
+    pub guest_mem: u64,
     /// Memory limit, bytes (0 = none).
     pub mem_limit: u64,
     /// Cumulative CPU time, nanoseconds.

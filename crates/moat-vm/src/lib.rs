@@ -10,6 +10,7 @@ pub mod launch;
 pub mod qemu;
 pub mod qmp;
 pub mod template;
+pub mod usage;
 
 /// Errors of the VM layer.
 #[derive(Debug, thiserror::Error)]

@@ -48,6 +48,15 @@ fn guest_kernel_and_host_view_hyperv() {
     assert!(lim.starts_with("0::/"), "cgroup v2 inside the guest: {lim}");
     let stats = r.ok(&["stats", "--no-stream", "v"]);
     assert!(stats.contains("/ 64MiB"), "{stats}");
+    // the usage is what the VM holds on the host: QEMU, virtiofsd and the
+    // guest RAM it has touched, which the guest kernel alone puts above 20 MiB
+    let used = r.ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "v"]);
+    let used = used.split_whitespace().next().unwrap();
+    let mib: f64 = match used.strip_suffix("GiB") {
+        Some(g) => g.parse::<f64>().unwrap() * 1024.0,
+        None => used.strip_suffix("MiB").and_then(|m| m.parse().ok()).unwrap_or(0.0),
+    };
+    assert!(mib > 20.0, "host-side memory of the VM: {used}");
     // the root filesystem is the same overlay as process isolation: writes land in the container's upper dir
     r.ok(&["exec", "v", "sh", "-c", "echo guest-wrote > /root/marker"]);
     let id = v["Id"].as_str().unwrap().to_string();

@@ -140,7 +140,13 @@ impl Vm {
         if let Some((token, _)) = self.queries.remove(&sid) {
             let reply = match m {
                 AgentEvent::Procs { rows } => ShimReply::Procs { rows },
-                AgentEvent::Usage(s) => ShimReply::Usage(s),
+                AgentEvent::Usage(mut s) => {
+                    if let Some(l) = &self.link {
+                        s.guest_mem = s.mem_usage;
+                        s.mem_usage = moat_vm::usage::host_bytes(&[l.vm.qemu.id(), l.vm.virtiofsd.id()]);
+                    }
+                    ShimReply::Usage(s)
+                }
                 AgentEvent::Ok { warnings } => ShimReply::Ok { warnings },
                 AgentEvent::Error { message } => ShimReply::Error { message },
                 other => ShimReply::Error { message: format!("unexpected answer from the guest agent: {other:?}") },
