@@ -26,6 +26,7 @@ pub fn run(e: &mut Engine, a: InfoArgs) -> Result<i32> {
             outln!("Cgroup version:      {} ({})", i.cgroup_version, i.cgroup_layout);
             outln!("Hypervisor accel:    {} ({})", h.accelerator, h.reason);
             outln!("Guest kernel:        {}", h.guest_kernel);
+            outln!("VM templates:        {} ({})", if h.templates.enabled { "on" } else { "off" }, h.templates.reason);
             outln!(
                 "VM defaults:         {} MiB memory (or --memory + {} MiB), {} vCPU (or ceil(--cpus))",
                 h.default_memory_mib,
