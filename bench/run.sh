@@ -50,7 +50,7 @@ done
 VER=$(cat "$MOAT_KERNEL_DIR/current")
 TSC=$(awk -F: '/cpu MHz/ {printf "%d", $2*1000; exit}' /proc/cpuinfo)
 ACCEL=$("$MOAT" --root "$ROOT" info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["Hypervisor"]["Accelerator"])')
-qemu() { echo "qemu-system-x86_64 -name $1 -accel $ACCEL -smp 1 -m 512M -M microvm,pit=on,pic=on,rtc=on -nodefaults -no-user-config -display none -serial null -kernel $MOAT_KERNEL_DIR/$VER/vmlinux -initrd $2 -append 'console=ttyS0 panic=-1 quiet tsc=reliable cryptomgr.notests mitigations=off pci=off tsc_early_khz=$TSC' -no-reboot"; }
+qemu() { echo "qemu-system-x86_64 -name $1 -accel $ACCEL -smp 1 -m 512M -M microvm,pit=off,pic=on,rtc=on -nodefaults -no-user-config -display none -serial null -kernel $MOAT_KERNEL_DIR/$VER/vmlinux -initrd $2 -append 'console=ttyS0 panic=-1 quiet tsc=reliable cryptomgr.notests mitigations=off pci=off tsc_early_khz=$TSC' -no-reboot"; }
 
 # a ~100 MB image in three layers, and the same layer tars for tar -x
 mkdir -p "$WORK/big/layers"
