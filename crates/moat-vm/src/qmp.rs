@@ -86,7 +86,18 @@ impl Qmp {
 
     /// Hands QEMU a descriptor under `name` (`getfd` with SCM_RIGHTS).
     pub fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), VmError> {
-        let line = json!({ "execute": "getfd", "arguments": { "fdname": name } }).to_string() + "\n";
+        self.execute_with_fd("getfd", json!({ "fdname": name }), fd).map(|_| ())
+    }
+
+    /// Puts a descriptor in fd set `id` (`add-fd`): QEMU then opens
+    /// `/dev/fdset/<id>` with that descriptor's access mode.
+    pub fn add_fd(&mut self, id: u32, fd: BorrowedFd<'_>) -> Result<(), VmError> {
+        self.execute_with_fd("add-fd", json!({ "fdset-id": id }), fd).map(|_| ())
+    }
+
+    /// Runs `cmd` with one descriptor passed alongside (SCM_RIGHTS).
+    fn execute_with_fd(&mut self, cmd: &str, args: Value, fd: BorrowedFd<'_>) -> Result<Value, VmError> {
+        let line = json!({ "execute": cmd, "arguments": args }).to_string() + "\n";
         let raw = fd.as_raw_fd();
         // SAFETY: sendmsg of our buffer with one SCM_RIGHTS descriptor in a
         // correctly sized and aligned control buffer
@@ -107,9 +118,9 @@ impl Qmp {
             libc::sendmsg(self.stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
         };
         if sent < 0 || sent as usize != line.len() {
-            return Err(VmError::Io("QMP getfd".into(), std::io::Error::last_os_error()));
+            return Err(VmError::Io(format!("QMP {cmd}"), std::io::Error::last_os_error()));
         }
-        self.answer("getfd").map(|_| ())
+        self.answer(cmd)
     }
 
     /// Waits for the `MIGRATION` event that ends a migration (the

@@ -493,7 +493,7 @@ pub fn clone_ram(t: &Template) -> Result<OwnedFd, VmError> {
 /// Snapshots the template VM behind `qmp` (the agent has said `Ready`)
 /// into `state`: RAM stays in its shared file, QEMU writes only device
 /// state.
-pub fn snapshot(qmp: &mut Qmp, state: &Path) -> Result<(), VmError> {
+pub fn snapshot(qmp: &mut Qmp, state: &Path, version: Version) -> Result<(), VmError> {
     let caps = json!({ "capabilities": [
         { "capability": "x-ignore-shared", "state": true },
         { "capability": "events", "state": true },
@@ -506,8 +506,8 @@ pub fn snapshot(qmp: &mut Qmp, state: &Path) -> Result<(), VmError> {
         .mode(0o600)
         .open(state)
         .map_err(VmError::io(format!("create {}", state.display())))?;
-    qmp.send_fd("state", f.as_fd())?;
-    qmp.execute("migrate", json!({ "uri": "fd:state" }))?;
+    let uri = state_uri(qmp, f.as_fd(), version)?;
+    qmp.execute("migrate", json!({ "uri": uri }))?;
     qmp.wait_migration()
 }
 
@@ -520,12 +520,25 @@ pub fn restore(qmp: &mut Qmp, t: &Template) -> Result<(), VmError> {
     ]});
     qmp.execute("migrate-set-capabilities", caps)?;
     let f = std::fs::File::open(t.state()).map_err(VmError::io(format!("open {}", t.state().display())))?;
-    qmp.send_fd("state", f.as_fd())?;
-    qmp.execute("migrate-incoming", json!({ "uri": "fd:state" }))?;
+    let uri = state_uri(qmp, f.as_fd(), t.meta.shape.qemu_version)?;
+    qmp.execute("migrate-incoming", json!({ "uri": uri }))?;
     qmp.wait_migration()?;
     // QEMU starts a restored VM by itself unless told -S; `cont` makes sure
     let _ = qmp.execute("cont", json!({}));
     Ok(())
+}
+
+/// Hands QEMU the state file and names it for `migrate`: QEMU >= 9.1
+/// deprecates `fd:` for files and takes `file:/dev/fdset/N` (the file is
+/// opened by moat; QEMU is chrooted into an empty directory).
+fn state_uri(qmp: &mut Qmp, f: std::os::fd::BorrowedFd<'_>, version: Version) -> Result<String, VmError> {
+    if version >= Version(9, 1, 0) {
+        qmp.add_fd(1, f)?;
+        Ok("file:/dev/fdset/1".into())
+    } else {
+        qmp.send_fd("state", f)?;
+        Ok("fd:state".into())
+    }
 }
 
 /// The MAC of a template's `n`th NIC (every clone sets its own).
@@ -569,7 +582,7 @@ pub fn build(
         wait_ready(&mut vm, &cfg.console_log, t0 + timeout)?;
         let qmp_stream = vm.qmp.try_clone().map_err(VmError::io("QMP"))?;
         let mut qmp = Qmp::negotiate(qmp_stream, timeout.saturating_sub(t0.elapsed()).max(Duration::from_secs(10)))?;
-        snapshot(&mut qmp, &scratch.join("state"))?;
+        snapshot(&mut qmp, &scratch.join("state"), version)?;
         save_ram(&ram, size, &scratch.join("ram"))
     })();
     let _ = vm.qemu.kill();
