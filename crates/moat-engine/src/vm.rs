@@ -156,6 +156,7 @@ impl VmLink {
         root: &Path,
         cgroup: &moat_runtime::cgroup::Cgroup,
     ) -> Result<Self, EngineError> {
+        let t0 = Instant::now();
         let (mem_mib, vcpus) = sizing(cfg);
         let base = crate::templates::base(opts, mem_mib, vcpus)?;
         let use_template = crate::templates::status_for(opts, base.version).enabled;
@@ -169,6 +170,7 @@ impl VmLink {
             }
             None => None,
         };
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, template = template.is_some(), "VM: template ready");
         let ram = match &template {
             Some(t) => Some(std::sync::Arc::new(moat_vm::template::memfd("moat-ram", t.meta.shape.mem_mib << 20)?)),
             None => None,
@@ -207,6 +209,7 @@ impl VmLink {
                 return Err(e.into());
             }
         };
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "VM: QEMU and virtiofsd started");
         let pidfds = pidfd_of(vm.qemu.id()).and_then(|q| Ok((q, pidfd_of(vm.virtiofsd.id())?)));
         let (qemu_pidfd, virtiofsd_pidfd) = match pidfds {
             Ok(fds) => fds,
@@ -256,6 +259,7 @@ impl VmLink {
             ))),
             _ => Err(EngineError::Shim("unexpected first message from the guest agent".into())),
         });
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "VM: agent ready");
         match ready {
             Ok(()) => Ok(link),
             Err(e) => {
@@ -276,12 +280,16 @@ impl VmLink {
         id: &str,
         timeout: Duration,
     ) -> Result<AgentEvent, EngineError> {
+        let t0 = Instant::now();
         moat_vm::template::fill_ram(t, ram)?;
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "VM restore: RAM filled");
         let stream = self.vm.qmp.try_clone().map_err(EngineError::io("QMP"))?;
         let mut qmp = moat_vm::qmp::Qmp::negotiate(stream, timeout).map_err(|e| {
             EngineError::Shim(format!("{e}; guest console: {}", moat_vm::launch::console_tail(&self.console, 8)))
         })?;
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "VM restore: QMP up");
         moat_vm::template::restore(&mut qmp, t)?;
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "VM restore: device state restored, running");
         drop(qmp);
         self.qmp_skip = 0;
         let _ = self.vm.qmp.set_nonblocking(true);

@@ -200,9 +200,12 @@ impl Backend for Vm {
             stdin: ctx.config().open_stdin,
         };
         let link = self.link.as_mut().ok_or_else(|| EngineError::Shim("the utility VM is gone".into()))?;
+        tracing::debug!("VM: creating the container in the guest");
         link.send(0, &AgentRequest::Create(Box::new(create)));
         let t = Duration::from_secs(60);
-        match link.wait_for(0, t, |m| matches!(m, AgentEvent::Started { .. } | AgentEvent::Error { .. }))? {
+        let started = link.wait_for(0, t, |m| matches!(m, AgentEvent::Started { .. } | AgentEvent::Error { .. }))?;
+        tracing::debug!("VM: the guest answered the create");
+        match started {
             AgentEvent::Started { pid } => Ok(pid),
             AgentEvent::Error { message } => {
                 let code = match link.wait_for(0, t, |m| matches!(m, AgentEvent::Exit { .. })) {
