@@ -10,7 +10,8 @@
 //! answer `Top`/`Stats`, report exits, power off on `Shutdown`.
 //!
 //! Booted as a template (`moat.template` on the kernel command line), stage
-//! 2 mounts no root: it drops the page cache, says `Ready` and waits; every
+//! 2 mounts no root: it prepares what every clone needs (cgroup tree, device
+//! filter, `lo`), drops the page cache, says `Ready` and waits; every
 //! clone restored from that snapshot then gets `Resume` (fresh entropy, the
 //! wall clock, a hostname), reseeds the RNG, mounts its own root and says
 //! `Ready` again.
@@ -410,6 +411,21 @@ fn resume(entropy: &[u8], unix_nanos: u64, hostname: &str, mount: bool) -> Resul
     Ok(())
 }
 
+/// Work every clone of a template would repeat, done once in the template:
+/// the cgroup tree with its controllers, the device filter, `lo`. Each is
+/// redone (or found done) in a clone, so a failure here only costs time.
+fn prepare_clones() {
+    if let Err(e) = Cgroup::prepare_v2(std::path::Path::new("/sys/fs/cgroup")) {
+        log(&format!("template: cgroup tree: {e}"));
+    }
+    if let Err(e) = moat_runtime::devices::preload_default() {
+        log(&format!("template: device filter: {e}"));
+    }
+    if let Err(e) = moat_runtime::netconf::loopback_up() {
+        log(&format!("template: loopback: {e}"));
+    }
+}
+
 fn stage2() -> Result<(), String> {
     base_mounts()?;
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -423,6 +439,7 @@ fn stage2() -> Result<(), String> {
         // what the snapshot holds is what every clone copies: leave no cache behind
         // SAFETY: sync has no preconditions
         unsafe { libc::sync() };
+        prepare_clones();
         let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
         let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
     } else {

@@ -118,17 +118,27 @@ impl Cgroup {
         }
     }
 
-    /// Creates `moat/<name>` under a unified hierarchy mounted at `base`.
-    pub fn create_v2(base: &Path, name: &str, limits: &Limits) -> Result<Self, RuntimeError> {
+    /// Creates `moat` under a unified hierarchy mounted at `base`, with the
+    /// memory, cpu, pids and io controllers enabled for its children (a
+    /// utility VM's template does this once for all its clones).
+    pub fn prepare_v2(base: &Path) -> Result<PathBuf, RuntimeError> {
         let parent = base.join("moat");
         std::fs::create_dir_all(&parent).map_err(RuntimeError::io("cgroup: create moat"))?;
         for d in [base, parent.as_path()] {
+            let on = read(d, "cgroup.subtree_control").unwrap_or_default();
             // one by one: a controller missing on an exotic setup must not block the others
-            for c in ["+memory", "+cpu", "+pids", "+io"] {
-                let _ = std::fs::write(d.join("cgroup.subtree_control"), c);
+            for c in ["memory", "cpu", "pids", "io"] {
+                if !on.split_whitespace().any(|x| x == c) {
+                    let _ = std::fs::write(d.join("cgroup.subtree_control"), format!("+{c}"));
+                }
             }
         }
-        let dir = parent.join(name);
+        Ok(parent)
+    }
+
+    /// Creates `moat/<name>` under a unified hierarchy mounted at `base`.
+    pub fn create_v2(base: &Path, name: &str, limits: &Limits) -> Result<Self, RuntimeError> {
+        let dir = Self::prepare_v2(base)?.join(name);
         std::fs::create_dir_all(&dir).map_err(RuntimeError::io("cgroup: create container cgroup"))?;
         Self { version: Version::V2, dirs: vec![(String::new(), dir)], warnings: Vec::new() }.finish(limits)
     }
@@ -500,6 +510,10 @@ mod tests {
         let name = format!("devtest-{}", std::process::id());
         let dir = Path::new(base).join("moat").join(&name);
         std::fs::create_dir_all(&dir).map_err(RuntimeError::io("mkdir"))?;
+        // as a template's agent does: the filter loaded once, then only attached
+        crate::devices::preload_default()?;
+        crate::devices::preload_default()?;
+        assert_eq!(crate::devices::loaded_count(), 1, "one load for the same program");
         let attached = crate::devices::attach_v2(&dir, &crate::devices::default_rules());
         let out = attached.and_then(|()| {
             std::process::Command::new("sh")

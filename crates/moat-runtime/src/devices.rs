@@ -173,23 +173,49 @@ struct ProgAttachAttr {
     replace_bpf_fd: u32,
 }
 
-/// Loads the device filter for `rules` and attaches it to the cgroup v2
-/// directory `dir` (before any process joins it). The attachment lives as
-/// long as the cgroup.
-pub fn attach_v2(dir: &std::path::Path, rules: &[DeviceRule]) -> Result<(), RuntimeError> {
-    let prog = program(rules);
-    let fd = match load(&prog, None) {
+/// Device filters this process has loaded, by program: a utility VM's
+/// agent loads the default filter in its template, so that every clone
+/// only attaches it (the BPF verifier is slow code to run cold under TCG).
+static LOADED: std::sync::Mutex<Vec<(Vec<Insn>, OwnedFd)>> = std::sync::Mutex::new(Vec::new());
+
+/// Loads the default device filter (Docker's allow-list) once per process
+/// and keeps it.
+pub fn preload_default() -> Result<(), RuntimeError> {
+    loaded(&program(&moat_spec::devices::default_rules())).map(drop)
+}
+
+/// How many distinct filters this process has loaded.
+pub fn loaded_count() -> usize {
+    LOADED.lock().map(|c| c.len()).unwrap_or_else(|p| p.into_inner().len())
+}
+
+/// The loaded filter `prog` (a duplicate of the kept fd).
+fn loaded(prog: &[Insn]) -> Result<OwnedFd, RuntimeError> {
+    let mut cache = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, fd)) = cache.iter().find(|(p, _)| p == prog) {
+        return fd.try_clone().map_err(RuntimeError::io("duplicate the device filter"));
+    }
+    let fd = match load(prog, None) {
         Ok(fd) => fd,
         Err(err) => {
             // load again with the verifier's log, only to explain the failure
             let mut log = vec![0u8; 1 << 20];
-            let _ = load(&prog, Some(&mut log));
+            let _ = load(prog, Some(&mut log));
             let text = String::from_utf8_lossy(&log);
             let last = text.trim_end_matches('\0').trim().lines().last().unwrap_or("").to_string();
             return Err(RuntimeError::Sys(format!("load the device filter (BPF): {last}"), err));
         }
     };
-    let prog_fd = fd;
+    let dup = fd.try_clone().map_err(RuntimeError::io("duplicate the device filter"))?;
+    cache.push((prog.to_vec(), fd));
+    Ok(dup)
+}
+
+/// Loads the device filter for `rules` (or reuses it, see [`preload_default`]) and
+/// attaches it to the cgroup v2 directory `dir` (before any process joins
+/// it). The attachment lives as long as the cgroup.
+pub fn attach_v2(dir: &std::path::Path, rules: &[DeviceRule]) -> Result<(), RuntimeError> {
+    let prog_fd = loaded(&program(rules))?;
     let cg = std::fs::File::open(dir).map_err(RuntimeError::io(format!("open cgroup {}", dir.display())))?;
     let attach = ProgAttachAttr {
         target_fd: cg.as_raw_fd() as u32,

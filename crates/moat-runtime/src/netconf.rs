@@ -52,21 +52,39 @@ fn ifreq(name: &str) -> Result<libc::ifreq, RuntimeError> {
     Ok(r)
 }
 
-/// Brings `lo` and the interfaces up with their addresses and the default route.
-pub fn configure(ifaces: &[Iface]) -> Result<(), RuntimeError> {
+fn socket() -> Result<Sock, RuntimeError> {
     // SAFETY: a plain datagram socket for ioctls
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(RuntimeError::Sys("network: socket".into(), nix::Error::last()));
     }
-    let s = Sock(fd);
-    let up = |name: &str| -> Result<(), RuntimeError> {
-        let mut r = ifreq(name)?;
-        ioctl(&s, libc::SIOCGIFFLAGS, &mut r as *mut _ as *mut _, &format!("flags of {name}"))?;
-        // SAFETY: union access after SIOCGIFFLAGS filled it
-        unsafe { r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-        ioctl(&s, libc::SIOCSIFFLAGS, &mut r as *mut _ as *mut _, &format!("bring up {name}"))
-    };
+    Ok(Sock(fd))
+}
+
+/// Brings interface `name` up unless it is.
+fn up(s: &Sock, name: &str) -> Result<(), RuntimeError> {
+    let mut r = ifreq(name)?;
+    ioctl(s, libc::SIOCGIFFLAGS, &mut r as *mut _ as *mut _, &format!("flags of {name}"))?;
+    // SAFETY: union access after SIOCGIFFLAGS filled it
+    unsafe {
+        if r.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short != 0 {
+            return Ok(());
+        }
+        r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+    }
+    ioctl(s, libc::SIOCSIFFLAGS, &mut r as *mut _ as *mut _, &format!("bring up {name}"))
+}
+
+/// Brings the loopback interface up (a utility VM's template does it once
+/// for all its clones).
+pub fn loopback_up() -> Result<(), RuntimeError> {
+    up(&socket()?, "lo")
+}
+
+/// Brings `lo` up and configures `ifaces` (renamed, MAC, address, default route).
+pub fn configure(ifaces: &[Iface]) -> Result<(), RuntimeError> {
+    let s = socket()?;
+    let up = |name: &str| up(&s, name);
     up("lo")?;
     let mut routed = false;
     for i in ifaces {
