@@ -56,32 +56,49 @@ def pss_kib(pid):
     return 0
 
 
-def host_kib(pid):
-    """What a VM's QEMU really holds on the host: its PSS without the
-    guest-RAM memfd's mapped share, plus every page that memfd has allocated
-    (mapped by QEMU or not: a clone's copy of the template RAM is resident
-    even where the guest has not touched it since the restore)."""
-    pss = shmem = 0
-    try:
-        for line in open(f"/proc/{pid}/smaps_rollup"):
-            k, v = line.split()[:2]
-            if k == "Pss:":
-                pss = int(v)
-            elif k == "Pss_Shmem:":
-                shmem = int(v)
-    except OSError:
-        return 0
-    ram, seen = 0, set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+def tree(pid):
+    """`pid` and its descendants (virtiofsd runs as a parent and a child)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
         try:
-            if "memfd:" in os.readlink(f"/proc/{pid}/fd/{fd}"):
-                st = os.stat(f"/proc/{pid}/fd/{fd}")
-                if st.st_ino not in seen:
-                    seen.add(st.st_ino)
-                    ram += st.st_blocks // 2
+            todo += [int(c) for c in open(f"/proc/{p}/task/{p}/children").read().split()]
         except OSError:
             pass
-    return pss - shmem + ram
+    return out
+
+
+def host_kib(pids):
+    """What VM processes (QEMU, virtiofsd and its child) really hold on the
+    host: their PSS without their shared-memory share, plus every page each
+    guest-RAM memfd has allocated, counted once (mapped or not: a clone's copy
+    of the template RAM is resident even where the guest has not touched it
+    since the restore). moat's `stats` counts the same way (moat_vm::usage)."""
+    total, seen = 0, set()
+    for pid in pids:
+        pss = shmem = 0
+        try:
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                k, v = line.split()[:2]
+                if k == "Pss:":
+                    pss = int(v)
+                elif k == "Pss_Shmem:":
+                    shmem = int(v)
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        total += pss - shmem
+        for fd in fds:
+            try:
+                if "memfd:" in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                    if st.st_ino not in seen:
+                        seen.add(st.st_ino)
+                        total += st.st_blocks // 2
+            except OSError:
+                pass
+    return total
 
 
 def rss_kib(pid):
@@ -245,11 +262,12 @@ def main():
             time.sleep(5)
             shim = pids_matching(f"shim {v['Id']}")[0]
             q, f = v["VM"]["QemuPid"], v["VM"]["VirtiofsdPid"]
-            total = pss_kib(shim) + host_kib(q) + pss_kib(f)
+            fs = tree(f)
+            total = pss_kib(shim) + host_kib([q] + fs)
             mem.append((f"{label}: shim", pss_kib(shim), rss_kib(shim)))
-            mem.append((f"{label}: qemu (guest RAM memfd counted whole)", host_kib(q), rss_kib(q)))
+            mem.append((f"{label}: qemu (guest RAM memfd counted whole)", host_kib([q]), rss_kib(q)))
             mem.append((f"{label}: qemu (plain PSS: mapped pages only)", pss_kib(q), rss_kib(q)))
-            mem.append((f"{label}: virtiofsd", pss_kib(f), rss_kib(f)))
+            mem.append((f"{label}: virtiofsd ({len(fs)} processes, without the memfd)", host_kib([q] + fs) - host_kib([q]), sum(rss_kib(p) for p in fs)))
             mem.append((f"{label}: total", total, 0))
             if env == "":
                 vm_total = total
@@ -286,8 +304,9 @@ def main():
             vms = [p for p in pids_matching("-name moat-") if open(f"/proc/{p}/cmdline", "rb").read().startswith(b"/usr/bin/qemu")]
             if len(vms) != k:
                 sys.exit(f"expected {k} VMs, found {len(vms)}")
-            used = sum(pss_kib(p) for p in pids_matching(f"--root {a.root} shim") + pids_matching(f"--shared-dir={a.root}"))
-            used += sum(host_kib(p) for p in vms)
+            fsd = [c for p in pids_matching(f"--shared-dir={a.root}") for c in tree(p)]
+            used = sum(pss_kib(p) for p in pids_matching(f"--root {a.root} shim"))
+            used += host_kib(vms + sorted(set(fsd)))
             t0 = time.perf_counter()
             sh(f"{m} ps -aq --no-trunc | xargs -P 8 -n 1 {m} rm -f > /dev/null")
             t_stop = time.perf_counter() - t0

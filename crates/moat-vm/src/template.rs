@@ -24,7 +24,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -371,55 +371,23 @@ fn extents(fd: &impl AsRawFd, size: u64) -> Vec<(u64, u64)> {
     v
 }
 
-fn pread_full(fd: &impl AsRawFd, buf: &mut [u8], off: u64) -> Result<usize, VmError> {
-    let mut got = 0;
-    while got < buf.len() {
-        // SAFETY: pread into our buffer
-        let n = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                buf[got..].as_mut_ptr() as *mut libc::c_void,
-                buf.len() - got,
-                (off + got as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(VmError::Io("read guest memory".into(), e));
-        }
-        if n == 0 {
-            break;
-        }
-        got += n as usize;
-    }
-    Ok(got)
+/// A `File` view of `fd` for positioned I/O (`FileExt`); it owns a duplicate.
+fn file_of(fd: &impl AsFd) -> Result<std::fs::File, VmError> {
+    Ok(fd.as_fd().try_clone_to_owned().map_err(VmError::io("duplicate a guest memory fd"))?.into())
 }
 
-fn pwrite_full(fd: &impl AsRawFd, buf: &[u8], off: u64) -> Result<(), VmError> {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: pwrite from our buffer
-        let n = unsafe {
-            libc::pwrite(
-                fd.as_raw_fd(),
-                buf[done..].as_ptr() as *const libc::c_void,
-                buf.len() - done,
-                (off + done as u64) as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(VmError::Io("write guest memory".into(), e));
+/// Reads up to `buf.len()` bytes at `off`; fewer only at the end of the file.
+fn read_full_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> Result<usize, VmError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(VmError::Io("read guest memory".into(), e)),
         }
-        done += n as usize;
     }
-    Ok(())
+    Ok(got)
 }
 
 const PAGE: usize = 4096;
@@ -428,19 +396,21 @@ const CHUNK: usize = 2 << 20;
 /// Copies guest memory `size` bytes long from `src` to `dst`; with
 /// `skip_zero`, pages of zeros are left as holes (a template's RAM file
 /// holds only what the guest really wrote).
-fn copy_sparse(src: &impl AsRawFd, dst: &impl AsRawFd, size: u64, skip_zero: bool) -> Result<(), VmError> {
+fn copy_sparse(src: &impl AsFd, dst: &impl AsFd, size: u64, skip_zero: bool) -> Result<(), VmError> {
+    let (from, to) = (file_of(src)?, file_of(dst)?);
+    let put = |b: &[u8], off: u64| to.write_all_at(b, off).map_err(VmError::io("write guest memory"));
     let mut buf = vec![0u8; CHUNK];
-    for (start, len) in extents(src, size) {
+    for (start, len) in extents(&from, size) {
         let mut off = start;
         let end = start + len;
         while off < end {
             let n = ((end - off) as usize).min(CHUNK);
-            let got = pread_full(src, &mut buf[..n], off)?;
+            let got = read_full_at(&from, &mut buf[..n], off)?;
             if got == 0 {
                 break;
             }
             if !skip_zero {
-                pwrite_full(dst, &buf[..got], off)?;
+                put(&buf[..got], off)?;
             } else {
                 // write runs of non-zero pages
                 let mut p = 0;
@@ -454,7 +424,7 @@ fn copy_sparse(src: &impl AsRawFd, dst: &impl AsRawFd, size: u64, skip_zero: boo
                     while p < got && !zero(p) {
                         p += PAGE;
                     }
-                    pwrite_full(dst, &buf[s..p.min(got)], off + s as u64)?;
+                    put(&buf[s..p.min(got)], off + s as u64)?;
                 }
             }
             off += got as u64;
@@ -744,9 +714,10 @@ mod tests {
         let ram = memfd("t", size).unwrap();
         let mut page = vec![0u8; PAGE];
         page[17] = 0xaa;
-        pwrite_full(&ram, &page, 5 * PAGE as u64).unwrap();
-        pwrite_full(&ram, &vec![0u8; PAGE], 9 * PAGE as u64).unwrap(); // written zeros
-        pwrite_full(&ram, &page, 40 * PAGE as u64).unwrap();
+        let f = file_of(&ram).unwrap();
+        f.write_all_at(&page, 5 * PAGE as u64).unwrap();
+        f.write_all_at(&vec![0u8; PAGE], 9 * PAGE as u64).unwrap(); // written zeros
+        f.write_all_at(&page, 40 * PAGE as u64).unwrap();
         let d = tempfile::tempdir().unwrap();
         let path = d.path().join("ram");
         save_ram(&ram, size, &path).unwrap();
@@ -766,7 +737,7 @@ mod tests {
         };
         let c = clone_ram(&t).unwrap();
         let mut back = vec![0u8; size as usize];
-        pread_full(&c, &mut back, 0).unwrap();
+        file_of(&c).unwrap().read_exact_at(&mut back, 0).unwrap();
         assert_eq!(back[5 * PAGE + 17], 0xaa);
         assert_eq!(back[40 * PAGE + 17], 0xaa);
         assert_eq!(back.iter().filter(|b| **b != 0).count(), 2);
