@@ -69,6 +69,24 @@ async fn lifecycle(iso: HostConfigIsolationEnum) {
     };
     let run = d.create_container(None::<qp::CreateContainerOptions>, body).await.unwrap().id;
     d.start_container(&run, None::<qp::StartContainerOptions>).await.unwrap();
+    // memory: a VM container's usage is what its VM holds on the host, the
+    // guest's own count is in stats.guest_usage (a process container has none)
+    let st = d
+        .stats(&run, Some(qp::StatsOptionsBuilder::default().stream(false).one_shot(true).build()))
+        .next()
+        .await
+        .unwrap()
+        .unwrap();
+    let mem = st.memory_stats.unwrap();
+    let usage = mem.usage.unwrap();
+    let guest = mem.stats.unwrap_or_default().get("guest_usage").copied();
+    assert!(usage > 0);
+    if iso == HostConfigIsolationEnum::HYPERV {
+        let guest = guest.expect("guest_usage for a VM container");
+        assert!(guest > 0 && usage > guest + (20 << 20), "host {usage} B, guest {guest} B");
+    } else {
+        assert_eq!(guest, None);
+    }
     let x = d
         .create_exec(
             &run,
