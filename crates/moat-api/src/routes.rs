@@ -37,8 +37,9 @@ fn filters(q: &Query) -> Result<Filters> {
 pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> std::result::Result<Resp, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let t0 = std::time::Instant::now();
     let r = route(ctx, req).await;
-    Ok(match r {
+    let resp = match r {
         Ok(resp) => resp,
         Err(e) => {
             if e.status >= 500 {
@@ -46,7 +47,10 @@ pub(crate) async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> std::result
             }
             error(&e)
         }
-    })
+    };
+    // an access log at MOAT_LOG=debug (streams: the time to their headers)
+    tracing::debug!(us = t0.elapsed().as_micros() as u64, status = resp.status().as_u16(), "{method} {path}");
+    Ok(resp)
 }
 
 async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
