@@ -230,7 +230,17 @@ impl Agent {
                 if let Some(r) = self.relay.as_mut() {
                     r.kill_all();
                 }
-                let _ = self.flush();
+                // once the guest's dirty pages are on the host, the host may
+                // end QEMU without waiting for the kernel's power-off path
+                // SAFETY: sync has no preconditions
+                unsafe { libc::sync() };
+                self.send(sid, &AgentEvent::Ok { warnings: Vec::new() });
+                for _ in 0..100 {
+                    if self.flush() && self.out.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
                 poweroff();
             }
         };

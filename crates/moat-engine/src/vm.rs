@@ -411,13 +411,13 @@ impl VmLink {
         f.encode_into(&mut self.out);
     }
 
-    /// Asks the guest to power off, waits a little, then kills what is left.
+    /// Asks the guest to stop its container and sync, then kills QEMU and virtiofsd.
     pub fn shutdown(&mut self) {
         self.send(0, &AgentRequest::Shutdown);
-        let _ = self.flush_blocking();
-        let mut p = libc::pollfd { fd: self.qemu_pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: wait up to 5 s for QEMU to exit
-        unsafe { libc::poll(&mut p, 1, 5000) };
+        // the agent says Ok once it has killed the container and synced the
+        // guest's filesystems: then QEMU is killed without waiting for the
+        // guest kernel's power-off (an older agent just powers off)
+        let _ = self.wait_for(0, Duration::from_secs(5), |m| matches!(m, AgentEvent::Ok { .. }));
         self.kill();
     }
 

@@ -311,7 +311,7 @@ pub enum AgentRequest {
         /// Bytes.
         bytes: u64,
     },
-    /// Kill everything and power off.
+    /// Kill everything, sync, answer `Ok` (the host may then end QEMU), power off.
     Shutdown,
     /// The VM was restored from a template (whose RNG state, clock and
     /// identity every clone shares): mix in fresh entropy and reseed the
