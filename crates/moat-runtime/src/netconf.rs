@@ -75,6 +75,13 @@ fn up(s: &Sock, name: &str) -> Result<(), RuntimeError> {
     ioctl(s, libc::SIOCSIFFLAGS, &mut r as *mut _ as *mut _, &format!("bring up {name}"))
 }
 
+/// Turns IPv6 off on interface `name` (`default`: on interfaces that appear
+/// in this network namespace later), as Docker does on IPv4-only networks.
+/// Best effort: a kernel without IPv6 has nothing to turn off.
+pub fn disable_ipv6(name: &str) {
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+}
+
 /// Brings the loopback interface up (a utility VM's template does it once
 /// for all its clones).
 pub fn loopback_up() -> Result<(), RuntimeError> {
@@ -93,6 +100,8 @@ pub fn configure(ifaces: &[Iface]) -> Result<(), RuntimeError> {
             r.ifr_ifru.ifru_newname = name_bytes(&i.name)?;
             ioctl(&s, libc::SIOCSIFNAME, &mut r as *mut _ as *mut _, &format!("rename {} to {}", i.from, i.name))?;
         }
+        // moat's networks are IPv4-only: like Docker, no IPv6 (link-local) on them
+        disable_ipv6(&i.name);
         let mut r = ifreq(&i.name)?;
         let mut hw: libc::sockaddr = sockaddr(Ipv4Addr::UNSPECIFIED);
         hw.sa_family = libc::ARPHRD_ETHER;

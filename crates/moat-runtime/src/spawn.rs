@@ -490,6 +490,11 @@ pub fn create(
             }
             reset_signals();
             nix::unistd::sethostname(&spec.hostname).map_err(RuntimeError::sys("sethostname"))?;
+            if spec.net == NetNs::New {
+                // before /proc/sys turns read-only and the interfaces move in;
+                // the user's --sysctl below may turn it back on
+                crate::netconf::disable_ipv6("default");
+            }
             // the container's own network and IPC namespaces: this /proc/sys shows them
             for (k, v) in &spec.sysctls {
                 let path = format!("/proc/sys/{}", k.replace('.', "/"));

@@ -87,6 +87,12 @@ fn process_and_vm_reach_each_other_on_virtual_switch_hyperv() {
     assert_eq!(by_name.trim(), "vweb-host");
     let by_ip = fetch_until_ok(&r, &["exec", "pweb", "wget", "-q", "-O", "-", &format!("http://{vip}/")]);
     assert_eq!(by_ip.trim(), "vweb-host");
+    // IPv4-only switches: like Docker, no IPv6 on eth0 in either mode; lo keeps ::1
+    for c in ["pweb", "vweb"] {
+        let v6 = r.ok(&["exec", c, "ip", "-6", "-o", "addr"]);
+        assert!(v6.contains("::1/128") && !v6.contains("eth0"), "{c}: {v6}");
+        assert_eq!(r.ok(&["exec", c, "cat", "/proc/sys/net/ipv6/conf/eth0/disable_ipv6"]).trim(), "1", "{c}");
+    }
     let insp: serde_json::Value = serde_json::from_str(&r.ok(&["switch", "inspect", &id[..12]])).unwrap();
     assert_eq!(insp[0]["Containers"].as_object().unwrap().len(), 2);
     let e = r.fails(&["switch", "rm", "Virtual Switch"]);
