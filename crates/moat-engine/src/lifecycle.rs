@@ -348,25 +348,35 @@ impl Engine {
     /// Removes a container (stopping it first with `force`; with `volumes`
     /// its anonymous volumes go too, like `docker rm -v`).
     pub fn remove(&mut self, key: &str, force: bool, volumes: bool) -> Result<Container, EngineError> {
-        let c = self.get(key)?;
-        if c.is_running() {
-            if !force {
-                return Err(EngineError::Conflict(format!(
-                    "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
-                    c.name()
-                )));
+        let mut c = self.get(key)?;
+        loop {
+            if c.is_running() {
+                if !force {
+                    return Err(EngineError::Conflict(format!(
+                        "cannot remove container \"/{}\": container is running: stop the container before removing or force remove",
+                        c.name()
+                    )));
+                }
+                self.stop(c.id(), StopOptions { timeout: Some(0), signal: Some(libc::SIGKILL) })?;
             }
-            self.stop(c.id(), StopOptions { timeout: Some(0), signal: Some(libc::SIGKILL) })?;
+            let _lock = self.op_lock(c.id())?;
+            // under the lock, from the store: a start that held the lock may
+            // have made it a running container since it was read above
+            match self.get(c.id()) {
+                Err(EngineError::NoSuchContainer(_)) => return Ok(c), // `--rm` removed it as it stopped
+                Err(e) => return Err(e),
+                Ok(now) if now.is_running() => {
+                    c = now;
+                    continue;
+                }
+                Ok(now) => c = now,
+            }
+            self.remove_files_and_row(c.id(), volumes)?;
+            events::record(self, events::Event::container("destroy", &c));
+            let switches: Vec<String> = c.config.networks.iter().map(|e| e.switch_id.clone()).collect();
+            self.refresh_hosts(&switches)?;
+            return Ok(c);
         }
-        let _lock = self.op_lock(c.id())?;
-        if self.images.store().find_container(c.id())?.is_none() {
-            return Ok(c); // `--rm` removed it as it stopped
-        }
-        self.remove_files_and_row(c.id(), volumes)?;
-        events::record(self, events::Event::container("destroy", &c));
-        let switches: Vec<String> = c.config.networks.iter().map(|e| e.switch_id.clone()).collect();
-        self.refresh_hosts(&switches)?;
-        Ok(c)
     }
 
     /// Deletes a stopped container's directory and record (and, with

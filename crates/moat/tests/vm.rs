@@ -146,3 +146,27 @@ fn vm_start_failures_are_clear_and_clean_hyperv() {
     // the engine still works afterwards
     assert_eq!(r.ok(&["run", "--rm", "--isolation=vm", "busybox", "echo", "ok"]), "ok\n");
 }
+
+/// `rm -f` while the VM is still starting (QEMU up, the start not done):
+/// the start finishes or fails, and nothing of the container is left, no
+/// record and no process (it used to delete the record of a VM that then ran on).
+#[test]
+fn rm_force_during_vm_start_leaves_nothing_hyperv() {
+    let r = root_with_busybox();
+    let id = r.ok(&["create", "--isolation=vm", "--name", "early", "busybox", "sleep", "3203"]).trim().to_string();
+    let needle = format!("moat-{}", &id[..12]);
+    let mut start = r.cmd().args(["start", "early"]).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while host_pids_matching(&needle).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "QEMU never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    r.ok(&["rm", "-f", "early"]);
+    let _ = start.wait().unwrap();
+    assert!(r.ok(&["ps", "-a", "-q"]).is_empty());
+    let t0 = std::time::Instant::now();
+    while !(host_pids_matching(&needle).is_empty() && host_pids_matching(&id).is_empty()) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "left running: {:?}", host_pids_matching(&id[..12]));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
