@@ -185,7 +185,8 @@ pub fn preload_default() -> Result<(), RuntimeError> {
 }
 
 /// How many distinct filters this process has loaded.
-pub fn loaded_count() -> usize {
+#[cfg(test)]
+pub(crate) fn loaded_count() -> usize {
     LOADED.lock().map(|c| c.len()).unwrap_or_else(|p| p.into_inner().len())
 }
 
