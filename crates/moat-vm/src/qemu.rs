@@ -127,7 +127,13 @@ impl Command {
                 push("-accel", "kvm".into());
                 push("-cpu", "host".into());
             }
-            Accel::Tcg => push("-accel", "tcg".into()),
+            Accel::Tcg => {
+                push("-accel", "tcg".into());
+                // ARAT (the APIC timer keeps running in deep C-states): without
+                // it, and with no HPET or PIT on microvm to broadcast, the guest
+                // cannot use one-shot timers and ticks at HZ even when idle
+                push("-cpu", "qemu64,+arat".into());
+            }
         }
         push("-name", self.name.clone());
         push("-smp", self.vcpus.to_string());
@@ -240,7 +246,7 @@ mod tests {
         let a = cmd(Version(7, 2, 22)).args().join(" ");
         assert_eq!(
             a,
-            "-accel tcg -name moat-abc -smp 1 -m 256M -M microvm,pit=on,pic=on,rtc=on,memory-backend=mem \
+            "-accel tcg -cpu qemu64,+arat -name moat-abc -smp 1 -m 256M -M microvm,pit=on,pic=on,rtc=on,memory-backend=mem \
              -object memory-backend-memfd,id=mem,size=256M,share=on -global virtio-mmio.force-legacy=false \
              -nodefaults -no-user-config -display none -serial stdio -kernel /k/vmlinux -initrd /k/initrd.cpio \
              -append console=ttyS0 -device virtio-serial-device -chardev socket,id=ctl,fd=3 \

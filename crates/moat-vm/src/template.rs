@@ -28,8 +28,9 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Bumped when the snapshot procedure changes (old templates become stale).
-pub const FORMAT: u32 = 1;
+/// Bumped when the snapshot procedure or the QEMU command line changes (old
+/// templates become stale); 2: `-cpu qemu64,+arat` under TCG.
+pub const FORMAT: u32 = 2;
 /// The first QEMU that migrates vhost-user-fs (virtio-fs) devices.
 pub const MIN_QEMU: Version = Version(8, 2, 0);
 

@@ -43,6 +43,11 @@ fn guest_kernel_and_host_view_hyperv() {
     assert!(host_pids_matching("sleep 3201").is_empty());
     let ps = r.ok(&["exec", "v", "ps"]);
     assert!(ps.contains("sleep 3201"), "{ps}");
+    // an idle guest stops its tick (one-shot timers need the APIC timer's
+    // ARAT flag on microvm): a periodic tick at HZ=250 would be >= 500 here
+    let loc = r.ok(&["exec", "v", "sh", "-c", "grep LOC: /proc/interrupts; sleep 2; grep LOC: /proc/interrupts"]);
+    let n: Vec<u64> = loc.lines().map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap()).collect();
+    assert!(n[1] - n[0] < 200, "local timer interrupts in 2 s of idle: {loc}");
     // the limit also applies inside the guest
     let lim = r.ok(&["exec", "v", "cat", "/proc/self/cgroup"]);
     assert!(lim.starts_with("0::/"), "cgroup v2 inside the guest: {lim}");
