@@ -394,10 +394,10 @@ fn read_full_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> Result<usize, Vm
 const PAGE: usize = 4096;
 const CHUNK: usize = 2 << 20;
 
-/// Copies guest memory `size` bytes long from `src` to `dst`; with
-/// `skip_zero`, pages of zeros are left as holes (a template's RAM file
-/// holds only what the guest really wrote).
-fn copy_sparse(src: &impl AsFd, dst: &impl AsFd, size: u64, skip_zero: bool) -> Result<(), VmError> {
+/// Copies guest memory `size` bytes long from `src` to `dst`, leaving pages
+/// of zeros as holes (a template's RAM file holds only what the guest
+/// really wrote).
+fn copy_sparse(src: &impl AsFd, dst: &impl AsFd, size: u64) -> Result<(), VmError> {
     let (from, to) = (file_of(src)?, file_of(dst)?);
     let put = |b: &[u8], off: u64| to.write_all_at(b, off).map_err(VmError::io("write guest memory"));
     let mut buf = vec![0u8; CHUNK];
@@ -410,23 +410,19 @@ fn copy_sparse(src: &impl AsFd, dst: &impl AsFd, size: u64, skip_zero: bool) -> 
             if got == 0 {
                 break;
             }
-            if !skip_zero {
-                put(&buf[..got], off)?;
-            } else {
-                // write runs of non-zero pages
-                let mut p = 0;
-                while p < got {
-                    let zero = |i: usize| buf[i..(i + PAGE).min(got)].iter().all(|b| *b == 0);
-                    if zero(p) {
-                        p += PAGE;
-                        continue;
-                    }
-                    let s = p;
-                    while p < got && !zero(p) {
-                        p += PAGE;
-                    }
-                    put(&buf[s..p.min(got)], off + s as u64)?;
+            // write runs of non-zero pages
+            let mut p = 0;
+            while p < got {
+                let zero = |i: usize| buf[i..(i + PAGE).min(got)].iter().all(|b| *b == 0);
+                if zero(p) {
+                    p += PAGE;
+                    continue;
                 }
+                let s = p;
+                while p < got && !zero(p) {
+                    p += PAGE;
+                }
+                put(&buf[s..p.min(got)], off + s as u64)?;
             }
             off += got as u64;
         }
@@ -443,7 +439,7 @@ pub fn save_ram(ram: &OwnedFd, size: u64, path: &Path) -> Result<(), VmError> {
         .open(path)
         .map_err(VmError::io(format!("create {}", path.display())))?;
     f.set_len(size).map_err(VmError::io("size template RAM"))?;
-    copy_sparse(ram, &f, size, true)
+    copy_sparse(ram, &f, size)
 }
 
 /// Fills a clone's guest memory (`ram`, a memfd of the template's size,
@@ -451,7 +447,38 @@ pub fn save_ram(ram: &OwnedFd, size: u64, path: &Path) -> Result<(), VmError> {
 pub fn fill_ram(t: &Template, ram: &OwnedFd) -> Result<(), VmError> {
     let size = t.meta.shape.mem_mib << 20;
     let src = std::fs::File::open(t.ram()).map_err(VmError::io(format!("open {}", t.ram().display())))?;
-    copy_sparse(&src, ram, size, false)
+    copy_extents_in_kernel(&src, ram, size)
+}
+
+/// Copies the data extents of `src` to the same offsets of `dst` with
+/// `sendfile`: the kernel copies page cache to the memfd once, without the
+/// read into (and write from) a buffer of ours. `dst`'s file offset is
+/// moved; nobody else uses it (QEMU maps the memfd).
+fn copy_extents_in_kernel(src: &std::fs::File, dst: &OwnedFd, size: u64) -> Result<(), VmError> {
+    for (start, len) in extents(src, size) {
+        // SAFETY: lseek on a descriptor we hold
+        if unsafe { libc::lseek(dst.as_raw_fd(), start as i64, libc::SEEK_SET) } < 0 {
+            return Err(VmError::Io("seek guest memory".into(), std::io::Error::last_os_error()));
+        }
+        let mut off = start as libc::off_t;
+        let end = (start + len) as libc::off_t;
+        while off < end {
+            let want = ((end - off) as usize).min(1 << 30);
+            // SAFETY: sendfile between descriptors we hold, with our offset
+            let n = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut off, want) };
+            match n {
+                0 => return Err(VmError::Io("copy template RAM".into(), std::io::ErrorKind::UnexpectedEof.into())),
+                n if n < 0 => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(VmError::Io("copy template RAM".into(), e));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A clone's guest memory: a memfd holding a copy of the template's RAM.
