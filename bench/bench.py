@@ -356,9 +356,14 @@ def main():
             dk = f"DOCKER_HOST=unix://{sock} DOCKER_CONFIG={os.path.dirname(sock)} docker"
             moat = series("moat run --rm busybox true", f"{m} run --rm busybox true", a.runs)
             api = series("docker run --rm busybox true (moat serve)", f"{dk} run --rm busybox true", a.runs)
+            # the docker CLI's own cost: a Go binary starting, reading its
+            # config and doing two requests (`_ping`, `version`)
+            floor = series("docker version (moat serve): the CLI's own floor", f"{dk} version", a.runs)
             out.append(row("API run", api))
             out.append(row("API run", moat, api))
-            notes.append(f"docker run through moat serve = {api['median'] / moat['median']:.2f}x moat run")
+            out.append(row("API run", floor, api))
+            notes.append(f"docker run through moat serve = {api['median'] / moat['median']:.2f}x moat run; "
+                         f"the docker CLI alone (`docker version`) takes {fmt_t(floor['median'])} of it")
             lat, rps = ping_load(sock, 50, 200)
             notes.append(f"_ping, 50 concurrent keep-alive clients x 200: {rps:.0f} req/s, p50 {lat[0] * 1000:.2f} ms, p99 {lat[1] * 1000:.2f} ms")
         finally:
