@@ -36,9 +36,21 @@ fn fatal(msg: &str) -> ! {
     poweroff()
 }
 
+/// Syncs (for at most 2 s) and powers the VM off, which ends QEMU.
 fn poweroff() -> ! {
-    // SAFETY: sync and power off; nothing to return to
-    unsafe { libc::sync() };
+    // the sync waits for virtiofsd, which may be gone: the VM must still go away
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = std::thread::Builder::new().name("sync".into()).spawn(move || {
+        // SAFETY: sync takes no arguments
+        unsafe { libc::sync() };
+        let _ = tx.send(());
+    });
+    let _ = rx.recv_timeout(std::time::Duration::from_secs(2));
+    poweroff_now()
+}
+
+/// Powers the VM off without a sync (nothing on the host would receive it).
+fn poweroff_now() -> ! {
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     std::process::exit(1)
 }
@@ -347,8 +359,11 @@ impl Agent {
                         }
                     }
                 } else if r == 0 {
-                    // host went away: nothing left to serve
-                    poweroff();
+                    // the host went away: its shim died, and virtiofsd (which a
+                    // sync would wait for) died with it; writes already went
+                    // through virtiofsd (no writeback cache)
+                    log("the host closed the control channel: powering off");
+                    poweroff_now();
                 }
             }
             for (p, (_, _, src)) in fds[1..].iter().zip(want) {

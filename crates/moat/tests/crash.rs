@@ -98,3 +98,33 @@ fn nix_kill(pid: u32) {
     // SAFETY: sending SIGKILL to a process this test started (its shim)
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
 }
+
+#[test]
+fn sigkill_of_a_vm_shim_takes_its_vm_down_hyperv() {
+    let r = root_with_busybox();
+    let id =
+        r.ok(&["run", "-d", "--isolation=hyperv", "--name", "vvictim", "busybox", "sleep", "3101"]).trim().to_string();
+    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "vvictim"])).unwrap();
+    let qemu = v[0]["VM"]["QemuPid"].as_u64().unwrap() as u32;
+    let shims = host_pids_matching(&format!("shim {id}"));
+    assert_eq!(shims.len(), 1);
+    nix_kill(shims[0]);
+    // QEMU dropped its privileges (which clears PDEATHSIG), so it is the
+    // guest that ends it: its agent sees the control channel close and
+    // powers off. No moat command runs meanwhile: nothing else cleans up.
+    let t0 = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{qemu}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{qemu}/stat")).unwrap_or_default().contains(") Z ")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the VM outlived its shim");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ps = r.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(ps.starts_with("vvictim Exited (137)"), "{ps}");
+    // it starts again, and rm cleans everything
+    r.ok(&["start", "vvictim"]);
+    assert_eq!(r.ok(&["exec", "vvictim", "echo", "back"]).trim(), "back");
+    r.ok(&["rm", "-f", "vvictim"]);
+    assert!(host_pids_matching(&format!("shim {id}")).is_empty());
+    assert!(host_pids_matching(&format!("-name moat-{}", &id[..12])).is_empty());
+}
