@@ -254,6 +254,9 @@ impl Engine {
                             if let Some(r) = self.wait_on_shim(&c)? {
                                 last = r;
                             }
+                            // a `--rm` container is removed by its shim before
+                            // the shim exits: block on that, not on a poll
+                            client::wait_shim_gone(&self.layout, &id);
                         }
                         Ok(c) => {
                             last = result_of(&c);
