@@ -13,11 +13,6 @@ fn vm_info(r: &Root, name: &str) -> serde_json::Value {
     v[0].clone()
 }
 
-fn alive(pid: u64) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
-}
-
 #[test]
 fn guest_kernel_and_host_view_hyperv() {
     let r = root_with_busybox();

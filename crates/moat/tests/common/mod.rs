@@ -362,6 +362,12 @@ pub fn probe_map(out: &str) -> std::collections::HashMap<String, String> {
     out.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// Whether host process `pid` exists and is not a zombie.
+pub fn alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
 /// Host PIDs whose command line contains `needle`.
 pub fn host_pids_matching(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
