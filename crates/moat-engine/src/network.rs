@@ -269,14 +269,12 @@ impl Engine {
                 }
             }
             let p = self.layout.container(c.id()).join("hosts");
-            if p.exists() {
-                use std::io::Write;
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .truncate(true)
-                    .open(&p)
-                    .map_err(EngineError::io("write hosts"))?;
-                f.write_all(text.as_bytes()).map_err(EngineError::io("write hosts"))?;
+            use std::io::Write;
+            // a container being removed meanwhile has no hosts file to update
+            match std::fs::OpenOptions::new().write(true).truncate(true).open(&p) {
+                Ok(mut f) => f.write_all(text.as_bytes()).map_err(EngineError::io("write hosts"))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(EngineError::Io("write hosts".into(), e)),
             }
         }
         Ok(())
