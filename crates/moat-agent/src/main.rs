@@ -449,6 +449,9 @@ fn prepare_clones() {
     if let Err(e) = moat_runtime::netconf::loopback_up() {
         log(&format!("template: loopback: {e}"));
     }
+    if let Err(e) = moat_runtime::netconf::nics_up() {
+        log(&format!("template: NICs: {e}"));
+    }
 }
 
 fn stage2() -> Result<(), String> {
