@@ -272,9 +272,8 @@ impl Engine {
             use std::io::Write;
             // a container being removed meanwhile has no hosts file to update
             match std::fs::OpenOptions::new().write(true).truncate(true).open(&p) {
-                Ok(mut f) => f.write_all(text.as_bytes()).map_err(EngineError::io("write hosts"))?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(EngineError::Io("write hosts".into(), e)),
+                r => r.and_then(|mut f| f.write_all(text.as_bytes())).map_err(EngineError::io("write hosts"))?,
             }
         }
         Ok(())

@@ -458,7 +458,7 @@ fn copy_extents_in_kernel(src: &std::fs::File, dst: &OwnedFd, size: u64) -> Resu
     for (start, len) in extents(src, size) {
         // SAFETY: lseek on a descriptor we hold
         if unsafe { libc::lseek(dst.as_raw_fd(), start as i64, libc::SEEK_SET) } < 0 {
-            return Err(VmError::Io("seek guest memory".into(), std::io::Error::last_os_error()));
+            return Err(VmError::io("seek guest memory")(std::io::Error::last_os_error()));
         }
         let mut off = start as libc::off_t;
         let end = (start + len) as libc::off_t;
@@ -467,11 +467,11 @@ fn copy_extents_in_kernel(src: &std::fs::File, dst: &OwnedFd, size: u64) -> Resu
             // SAFETY: sendfile between descriptors we hold, with our offset
             let n = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut off, want) };
             match n {
-                0 => return Err(VmError::Io("copy template RAM".into(), std::io::ErrorKind::UnexpectedEof.into())),
+                0 => return Err(VmError::io("copy template RAM")(std::io::ErrorKind::UnexpectedEof.into())),
                 n if n < 0 => {
                     let e = std::io::Error::last_os_error();
                     if e.kind() != std::io::ErrorKind::Interrupted {
-                        return Err(VmError::Io("copy template RAM".into(), e));
+                        return Err(VmError::io("copy template RAM")(e));
                     }
                 }
                 _ => {}
