@@ -115,7 +115,7 @@ pub fn shape(base: &Base, nics: usize) -> Result<Shape, EngineError> {
         mem_mib: c.mem_mib,
         vcpus: c.vcpus,
         nics,
-        cmdline: moat_vm::launch::kernel_cmdline(moat_vm::accel::tsc_khz(), Role::Template),
+        qemu_args: moat_vm::launch::shape_args(c, base.version, nics),
     })
 }
 
@@ -181,26 +181,10 @@ fn view(t: &Template, current: &dyn Fn(&Shape) -> bool) -> TemplateView {
     }
 }
 
-/// A predicate: the shape was made from what is installed now.
-fn current(opts: &EngineOptions) -> Box<dyn Fn(&Shape) -> bool> {
-    current_shape(opts).map(matches_now).unwrap_or_else(|_| Box::new(|_: &Shape| false))
-}
-
-fn current_shape(opts: &EngineOptions) -> Result<Shape, EngineError> {
-    shape(&base(opts, 0, 1)?, 0)
-}
-
-fn matches_now(n: Shape) -> Box<dyn Fn(&Shape) -> bool> {
-    Box::new(move |s: &Shape| {
-        s.format == n.format
-            && s.vmlinux == n.vmlinux
-            && s.initramfs == n.initramfs
-            && s.qemu == n.qemu
-            && s.qemu_version == n.qemu_version
-            && s.virtiofsd == n.virtiofsd
-            && s.accel == n.accel
-            && s.cmdline == n.cmdline
-    })
+/// A predicate: a template is current when the shape a VM of its size
+/// needs now (kernel, agent, binaries, QEMU arguments) is exactly its shape.
+fn current(opts: &EngineOptions) -> impl Fn(&Shape) -> bool + '_ {
+    move |s: &Shape| base(opts, s.mem_mib, s.vcpus).and_then(|b| shape(&b, s.nics)).is_ok_and(|n| &n == s)
 }
 
 /// Builds (or finds) the template for a VM of this size (`moat vm template build`).
@@ -231,6 +215,7 @@ pub fn prune(opts: &EngineOptions, all: bool) -> Result<Vec<String>, EngineError
     if all {
         return Ok(template::prune(&dir, |_| false));
     }
-    let cur = matches_now(current_shape(opts)?);
-    Ok(template::prune(&dir, |s| cur(s)))
+    // what is installed now must be readable, or every template looks stale
+    shape(&base(opts, 0, 1)?, 0)?;
+    Ok(template::prune(&dir, current(opts)))
 }

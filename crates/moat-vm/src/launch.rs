@@ -225,6 +225,15 @@ pub fn command(cfg: &VmConfig, version: qemu::Version, tsc_khz: Option<u64>) -> 
     }
 }
 
+/// The container-independent part of the QEMU command a clone of `cfg`
+/// (with `nics` NICs) runs: part of a template's shape.
+pub fn shape_args(cfg: &VmConfig, version: qemu::Version, nics: usize) -> String {
+    let mut c = cfg.clone();
+    c.role = Role::Clone;
+    c.nics = vec![(String::new(), String::new()); nics];
+    command(&c, version, crate::accel::tsc_khz()).shape_args()
+}
+
 /// Opens the existing tap device `name` (attached to its bridge) for QEMU;
 /// an empty name makes a new unattached tap that vanishes when closed (a
 /// template's NICs, which carry no traffic).

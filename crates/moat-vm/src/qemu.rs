@@ -202,6 +202,24 @@ impl Command {
         }
         a
     }
+
+    /// The arguments with what each VM has of its own blanked (name,
+    /// descriptors, MACs, the RAM file, the user it runs as, the restore
+    /// flag): what a template and every clone of it must agree on, so a
+    /// changed device, CPU or machine argument can never restore a stale
+    /// template.
+    pub fn shape_args(&self) -> String {
+        let mut c = self.clone();
+        c.name = String::new();
+        c.memory = Memory::File(PathBuf::new());
+        (c.ctl_fd, c.vfs_fd, c.qmp_fd) = (0, 0, c.qmp_fd.map(|_| 0));
+        for n in &mut c.nics {
+            (n.fd, n.mac) = (0, String::new());
+        }
+        c.run_as = c.run_as.map(|_| RunAs { uid: 0, gid: 0, chroot: PathBuf::new() });
+        c.incoming = false;
+        c.args().join(" ")
+    }
 }
 
 /// The unprivileged user a VM's QEMU runs as: one ID per container (from
@@ -284,5 +302,25 @@ mod tests {
         assert_eq!(Version::parse("garbage"), None);
         assert_ne!(vm_uid(&"ab".repeat(32)), vm_uid(&"cd".repeat(32)));
         assert!(vm_uid(&"ff".repeat(32)) >= BASE_UID);
+    }
+
+    #[test]
+    fn shape_args_keep_the_devices_and_blank_the_vm() {
+        let t = cmd(Version(10, 0, 2));
+        let mut c = t.clone();
+        c.name = "moat-other".into();
+        c.memory = Memory::File("/proc/self/fd/7".into());
+        c.nics[0].mac = "02:42:0a:00:00:09".into();
+        c.run_as = Some(RunAs { uid: 7, gid: 7, chroot: "/r/other".into() });
+        c.incoming = true;
+        assert_eq!(t.shape_args(), c.shape_args());
+        c.pit = false;
+        assert_ne!(t.shape_args(), c.shape_args());
+        let mut d = t.clone();
+        d.accel = Accel::Kvm;
+        assert_ne!(t.shape_args(), d.shape_args());
+        d = t.clone();
+        d.nics.clear();
+        assert_ne!(t.shape_args(), d.shape_args());
     }
 }

@@ -7,8 +7,8 @@
 //! `ram` (guest memory, a sparse file: only non-zero pages are stored),
 //! `state` (QEMU's device state, ~100 KiB) and `meta.json`. The digest
 //! covers everything that shapes the snapshot ([`Shape`]); a different
-//! kernel, agent, QEMU, memory size, vCPU count, NIC count or accelerator is
-//! a different template. Builds run under an exclusive lock in a scratch
+//! kernel, agent, QEMU, QEMU argument, memory size, vCPU count, NIC count
+//! or accelerator is a different template. Builds run under an exclusive lock in a scratch
 //! directory that is renamed into place only when complete, so racing
 //! builders build once and a killed build leaves nothing that is used.
 //!
@@ -28,9 +28,9 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Bumped when the snapshot procedure or the QEMU command line changes (old
-/// templates become stale); 2: `-cpu qemu64,+arat` under TCG.
-pub const FORMAT: u32 = 2;
+/// Bumped when the snapshot procedure changes (old templates become stale);
+/// QEMU's own arguments are in [`Shape::qemu_args`]. 3: the shape holds them.
+pub const FORMAT: u32 = 3;
 /// The first QEMU that migrates vhost-user-fs (virtio-fs) devices.
 pub const MIN_QEMU: Version = Version(8, 2, 0);
 
@@ -85,8 +85,9 @@ pub struct Shape {
     pub vcpus: u32,
     /// Number of NICs.
     pub nics: usize,
-    /// The kernel command line.
-    pub cmdline: String,
+    /// The container-independent QEMU arguments of a clone (machine, CPU,
+    /// devices, kernel command line: `qemu::Command::shape_args`).
+    pub qemu_args: String,
 }
 
 impl Shape {
@@ -667,7 +668,7 @@ mod tests {
             mem_mib: 512,
             vcpus: 1,
             nics: 1,
-            cmdline: "console=ttyS0".into(),
+            qemu_args: "-accel tcg -append console=ttyS0".into(),
         }
     }
 
