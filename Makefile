@@ -45,11 +45,12 @@ agent:
 	RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" \
 	  cargo build --release -p moat-agent --target x86_64-unknown-linux-gnu --target-dir target/agent
 
-# Debian's current cloud kernel for the guests (resolved, downloaded, unpacked by moat itself)
+# moat's own guest kernel (Debian's linux-source-6.1 with contrib/guest-kernel/moat.config,
+# everything built in; reused while source and config are unchanged). Without it moat
+# uses Debian's cloud kernel: `moat vm kernel install`.
 kernel: deps agent
 	cargo build -p moat
-	apt-cache depends linux-image-cloud-amd64 2>/dev/null | grep -q 'Depends: linux-image-' || $(SUDO) apt-get update -qq
-	target/debug/moat --root target/vm-root vm kernel install
+	MOAT=target/debug/moat scripts/guest-kernel.sh --root target/vm-root
 
 lint:
 	cargo fmt --all --check
@@ -60,8 +61,7 @@ test: deps lint kernel
 
 demo: deps agent
 	cargo build --release -p moat
-	apt-cache depends linux-image-cloud-amd64 2>/dev/null | grep -q 'Depends: linux-image-' || $(SUDO) apt-get update -qq
-	target/release/moat --root target/vm-root vm kernel install
+	MOAT=target/release/moat scripts/guest-kernel.sh --root target/vm-root
 	MOAT=$(CURDIR)/target/release/moat ./scripts/demo.sh
 
 # the peers moat is measured against, from Debian

@@ -528,11 +528,15 @@ pub struct KernelInfo {
     pub initramfs: Option<PathBuf>,
 }
 
-/// Downloads and installs Debian's current cloud kernel and builds its
-/// initramfs (`moat vm kernel install`).
-pub fn install_kernel(opts: &crate::EngineOptions) -> Result<KernelInfo, EngineError> {
+/// Installs the guest kernel and builds its initramfs (`moat vm kernel
+/// install [--vmlinux FILE]`): Debian's current cloud kernel, or a kernel
+/// built with everything in it (`scripts/guest-kernel.sh`).
+pub fn install_kernel(opts: &crate::EngineOptions, vmlinux: Option<&Path>) -> Result<KernelInfo, EngineError> {
     let dir = opts.kernel_dir();
-    let k = moat_vm::kernel::install(&dir)?;
+    let k = match vmlinux {
+        Some(f) => moat_vm::kernel::install_vmlinux(&dir, f)?,
+        None => moat_vm::kernel::install(&dir)?,
+    };
     let initramfs = moat_vm::initramfs::build(&k, &opts.agent()?, &dir)?;
     Ok(KernelInfo { version: k.version, vmlinux: k.vmlinux, dir, initramfs: Some(initramfs) })
 }

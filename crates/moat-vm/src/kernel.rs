@@ -133,13 +133,56 @@ pub fn install(dir: &Path) -> Result<Kernel, VmError> {
                 std::fs::rename(&tmp, &want).map_err(VmError::io(format!("install module {name}")))?;
             }
         }
-        let tmp = dir.join(format!(".current.tmp-{}", std::process::id()));
-        std::fs::write(&tmp, format!("{version}\n")).map_err(VmError::io("record kernel"))?;
-        std::fs::rename(&tmp, dir.join("current")).map_err(VmError::io("record kernel"))?;
+        record_current(dir, &version)?;
         current(dir)
     })();
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// The release in a kernel image's `Linux version <release> ...` banner.
+pub fn release_of(image: &[u8]) -> Option<String> {
+    let at = find(image, b"Linux version ")? + b"Linux version ".len();
+    let r: String = image[at..].iter().take(64).take_while(|b| !b.is_ascii_whitespace()).map(|&b| b as char).collect();
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._+-".contains(c);
+    (!r.is_empty() && !r.starts_with('.') && r.chars().all(ok_char)).then_some(r)
+}
+
+/// Installs a kernel built elsewhere: an ELF `vmlinux` with everything the
+/// guest needs built in (no modules), such as the one
+/// `scripts/guest-kernel.sh` builds, under the release its banner names. A
+/// kernel of the same release is replaced (rename over it: running VMs keep
+/// the file they loaded, and templates of the old one turn stale, as they
+/// key on its identity).
+pub fn install_vmlinux(dir: &Path, vmlinux: &Path) -> Result<Kernel, VmError> {
+    let image = std::fs::read(vmlinux).map_err(VmError::io(format!("read {}", vmlinux.display())))?;
+    if !image.starts_with(&ELF_MAGIC) {
+        return Err(VmError::Kernel(format!("{} is not an ELF vmlinux", vmlinux.display())));
+    }
+    let release = release_of(&image)
+        .ok_or_else(|| VmError::Kernel(format!("{} has no `Linux version` banner", vmlinux.display())))?;
+    let release = release.as_str();
+    let target = dir.join(release);
+    std::fs::create_dir_all(&target).map_err(VmError::io(format!("create {}", target.display())))?;
+    let tmp = target.join(format!(".vmlinux.{}", std::process::id()));
+    let copied = std::fs::write(&tmp, &image)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, target.join("vmlinux")));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(VmError::Io(format!("install {}", vmlinux.display()), e));
+    }
+    // modules of an earlier kernel of this release would be loaded into this one
+    let _ = std::fs::remove_dir_all(target.join("modules"));
+    record_current(dir, release)?;
+    current(dir)
+}
+
+/// Makes `release` the kernel new VMs boot (write, then rename).
+fn record_current(dir: &Path, release: &str) -> Result<(), VmError> {
+    let tmp = dir.join(format!(".current.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, format!("{release}\n")).map_err(VmError::io("record kernel"))?;
+    std::fs::rename(&tmp, dir.join("current")).map_err(VmError::io("record kernel"))
 }
 
 const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4c, 0x18];
@@ -233,6 +276,33 @@ mod tests {
         img.extend_from_slice(b"trailer");
         assert_eq!(extract_vmlinux(&img)?, payload);
         assert!(extract_vmlinux(b"no kernel here").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn installs_a_built_kernel_under_its_banner() -> Result<(), VmError> {
+        let d = tempfile::tempdir().map_err(VmError::io("tempdir"))?;
+        let img = |banner: &str| {
+            let mut b = ELF_MAGIC.to_vec();
+            b.extend_from_slice(b"\0\0 rodata ");
+            b.extend_from_slice(banner.as_bytes());
+            b
+        };
+        let f = d.path().join("vmlinux");
+        std::fs::write(&f, img("Linux version 6.1.192-moat (root@vm) #1 SMP")).map_err(VmError::io("w"))?;
+        let k = install_vmlinux(&d.path().join("k"), &f)?;
+        assert_eq!(k.version, "6.1.192-moat");
+        assert!(k.modules.is_empty());
+        assert_eq!(current(&d.path().join("k"))?.vmlinux, d.path().join("k/6.1.192-moat/vmlinux"));
+        // a rebuild of the same release replaces the file
+        std::fs::write(&f, img("Linux version 6.1.192-moat (root@vm) #2 SMP")).map_err(VmError::io("w"))?;
+        let k = install_vmlinux(&d.path().join("k"), &f)?;
+        assert!(std::fs::read(&k.vmlinux).map_err(VmError::io("r"))?.ends_with(b"#2 SMP"));
+        for bad in [b"not an elf".to_vec(), img("no banner"), img("Linux version ../../etc x")] {
+            std::fs::write(&f, bad).map_err(VmError::io("w"))?;
+            assert!(matches!(install_vmlinux(&d.path().join("k"), &f), Err(VmError::Kernel(_))));
+        }
+        assert_eq!(current(&d.path().join("k"))?.version, "6.1.192-moat", "a refused file changes nothing");
         Ok(())
     }
 }

@@ -191,16 +191,21 @@ enum TemplateCmd {
 /// `moat vm kernel ...`.
 #[derive(Subcommand, Debug)]
 enum KernelCmd {
-    /// Download and install Debian's current cloud kernel (linux-image-cloud-amd64).
-    Install,
+    /// Download and install Debian's current cloud kernel
+    /// (linux-image-cloud-amd64), or install a kernel of your own.
+    Install {
+        /// An ELF vmlinux with everything built in (scripts/guest-kernel.sh builds one).
+        #[arg(long, value_name = "FILE")]
+        vmlinux: Option<PathBuf>,
+    },
     /// Show the installed kernel.
     Show,
 }
 
 fn vm(o: &EngineOptions, c: VmCmd) -> Result<i32> {
     match c {
-        VmCmd::Kernel(KernelCmd::Install) => {
-            let k = moat_engine::vm::install_kernel(o)?;
+        VmCmd::Kernel(KernelCmd::Install { vmlinux }) => {
+            let k = moat_engine::vm::install_kernel(o, vmlinux.as_deref())?;
             outln!("installed guest kernel {} in {}", k.version, k.dir.display());
             if let Some(i) = k.initramfs {
                 outln!("initramfs {}", i.display());

@@ -200,3 +200,27 @@ fn cold_boot_runs_every_feature_group_hyperv() {
     cold(&["rm", "-f", "cv", "srv"]);
     cold(&["switch", "rm", &sw]);
 }
+
+/// Debian's cloud kernel (`moat vm kernel install`: modules loaded from the
+/// initramfs) runs VM containers as moat's own kernel does, from a template
+/// of its own and cold; a file that is not a kernel is refused.
+#[test]
+fn debian_cloud_kernel_runs_vm_containers_hyperv() {
+    let r = root_with_busybox();
+    let k = tempfile::Builder::new().prefix("kd").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let o = with_kernel(&r, k.path(), &["vm", "kernel", "install", "--vmlinux", "/etc/hostname"]);
+    assert_fails_one_line(&o, "install a file that is not a kernel");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not an ELF vmlinux"));
+    ok_with_kernel(&r, k.path(), &["vm", "kernel", "install"]);
+    let release = std::fs::read_to_string(k.path().join("current")).unwrap().trim().to_string();
+    assert!(release.ends_with("-cloud-amd64"), "{release}");
+    let probe = "uname -r; grep -c '^virtiofs ' /proc/modules; cat /etc/hostname >/dev/null && echo rootfs";
+    let run = ["run", "--rm", "--memory", "64m", "--isolation=vm", "busybox", "sh", "-c", probe];
+    let want = format!("{release}\n1\nrootfs\n");
+    assert_eq!(ok_with_kernel(&r, k.path(), &run), want, "from a template");
+    assert_eq!(ok_with_kernel(&r, k.path(), &["vm", "template", "ls", "-q"]).lines().count(), 1);
+    let cold = r.cmd().env("MOAT_KERNEL_DIR", k.path()).env("MOAT_VM_TEMPLATES", "off").args(run).output().unwrap();
+    assert!(cold.status.success(), "{}", String::from_utf8_lossy(&cold.stderr));
+    assert_eq!(String::from_utf8_lossy(&cold.stdout), want, "cold boot");
+    ok_with_kernel(&r, k.path(), &["vm", "template", "prune", "--all"]);
+}

@@ -34,6 +34,11 @@ pub fn kernel_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().expect("target dir").join("vm-kernel")
 }
 
+/// The release of the guest kernel `make kernel` installed (moat's own).
+pub fn guest_kernel_release() -> String {
+    std::fs::read_to_string(kernel_dir().join("current")).expect("make kernel installs one").trim().to_string()
+}
+
 /// A moat root that is removed (with anything mounted in it) when dropped.
 pub struct Root {
     pub dir: tempfile::TempDir,

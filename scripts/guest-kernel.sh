@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds moat's utility-VM kernel from Debian's linux-source-6.1 with
+# contrib/guest-kernel/moat.config (on top of `allnoconfig`: everything the
+# guest uses built in, no modules, no tracing) and installs it with
+# `moat vm kernel install --vmlinux`. A build of the same source, config and
+# script is reused. See docs/vm.md, "Guest kernel".
+#
+#   MOAT=target/debug/moat scripts/guest-kernel.sh [moat options, e.g. --root DIR]
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+moat=${MOAT:-$here/target/debug/moat}
+out=${MOAT_GUEST_KERNEL_BUILD:-$here/target/guest-kernel}
+config=$here/contrib/guest-kernel/moat.config
+SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+
+pkgs="linux-source-6.1 gcc make bc flex bison libelf-dev xz-utils"
+missing=$(for p in $pkgs; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"; done)
+if [ -n "$missing" ]; then
+  apt-cache show linux-source-6.1 >/dev/null 2>&1 || $SUDO apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
+key=$( (echo "$version"; cat "$config" "$0") | sha256sum | cut -c1-16)
+image=$out/vmlinux-$key
+if [ ! -s "$image" ]; then
+  src=$out/linux-source-6.1
+  if [ "$(cat "$out/source-version" 2>/dev/null)" != "$version" ]; then
+    rm -rf "$src" "$out/source-version"
+    mkdir -p "$out"
+    tar -xJf /usr/src/linux-source-6.1.tar.xz -C "$out"
+    echo "$version" > "$out/source-version"
+  fi
+  make -s -C "$src" allnoconfig
+  "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$config" >/dev/null
+  make -s -C "$src" olddefconfig
+  # every option the config asks for must have survived Kconfig's dependencies
+  bad=0
+  while IFS= read -r line; do
+    case "$line" in CONFIG_*=n) continue ;; CONFIG_*) ;; *) continue ;; esac
+    grep -qxF "$line" "$src/.config" || { echo "guest kernel: $line did not take (${line%%=*} depends on something unset)" >&2; bad=1; }
+  done < "$config"
+  [ "$bad" = 0 ] || exit 1
+  echo "building the guest kernel $version (${key}), $(nproc) jobs..."
+  make -s -C "$src" -j"$(nproc)" vmlinux
+  cp "$src/vmlinux" "$image.tmp"
+  mv "$image.tmp" "$image"
+  # older builds of other configs
+  find "$out" -maxdepth 1 -name 'vmlinux-*' ! -name "vmlinux-$key" -delete
+fi
+"$moat" "$@" vm kernel install --vmlinux "$image"
