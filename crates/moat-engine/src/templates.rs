@@ -183,8 +183,23 @@ fn view(t: &Template, current: &dyn Fn(&Shape) -> bool) -> TemplateView {
 
 /// A predicate: a template is current when the shape a VM of its size
 /// needs now (kernel, agent, binaries, QEMU arguments) is exactly its shape.
-fn current(opts: &EngineOptions) -> impl Fn(&Shape) -> bool + '_ {
-    move |s: &Shape| base(opts, s.mem_mib, s.vcpus).and_then(|b| shape(&b, s.nics)).is_ok_and(|n| &n == s)
+/// What is installed is read once; only the size varies per template.
+fn current(opts: &EngineOptions) -> Result<impl Fn(&Shape) -> bool, EngineError> {
+    let now = base(opts, 0, 1)?;
+    shape(&now, 0)?;
+    Ok(move |s: &Shape| {
+        let mut b = now.clone();
+        (b.cfg.mem_mib, b.cfg.vcpus) = (s.mem_mib, s.vcpus);
+        shape(&b, s.nics).is_ok_and(|n| &n == s)
+    })
+}
+
+/// [`current`], or "nothing is current" when what is installed cannot be read.
+fn current_or_none(opts: &EngineOptions) -> Box<dyn Fn(&Shape) -> bool> {
+    match current(opts) {
+        Ok(f) => Box::new(f),
+        Err(_) => Box::new(|_: &Shape| false),
+    }
 }
 
 /// Builds (or finds) the template for a VM of this size (`moat vm template build`).
@@ -194,12 +209,12 @@ pub fn build(opts: &EngineOptions, mem_mib: u64, vcpus: u32, nics: usize) -> Res
         return Err(EngineError::Unsupported(status_for(opts, b.version).reason));
     }
     let t = ensure(opts, &b, nics)?;
-    Ok(view(&t, &current(opts)))
+    Ok(view(&t, &current_or_none(opts)))
 }
 
 /// The templates on disk, newest first (`moat vm template ls`).
 pub fn list(opts: &EngineOptions) -> Vec<TemplateView> {
-    let cur = current(opts);
+    let cur = current_or_none(opts);
     template::list(&template::dir(&opts.kernel_dir())).iter().map(|t| view(t, &cur)).collect()
 }
 
@@ -216,6 +231,5 @@ pub fn prune(opts: &EngineOptions, all: bool) -> Result<Vec<String>, EngineError
         return Ok(template::prune(&dir, |_| false));
     }
     // what is installed now must be readable, or every template looks stale
-    shape(&base(opts, 0, 1)?, 0)?;
-    Ok(template::prune(&dir, current(opts)))
+    Ok(template::prune(&dir, current(opts)?))
 }
