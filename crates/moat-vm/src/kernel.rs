@@ -163,6 +163,11 @@ pub fn install_vmlinux(dir: &Path, vmlinux: &Path) -> Result<Kernel, VmError> {
         .ok_or_else(|| VmError::Kernel(format!("{} has no `Linux version` banner", vmlinux.display())))?;
     let release = release.as_str();
     let target = dir.join(release);
+    // the same kernel again keeps its file, so its templates stay current
+    if std::fs::read(target.join("vmlinux")).is_ok_and(|old| old == image) {
+        record_current(dir, release)?;
+        return current(dir);
+    }
     std::fs::create_dir_all(&target).map_err(VmError::io(format!("create {}", target.display())))?;
     let tmp = target.join(format!(".vmlinux.{}", std::process::id()));
     let copied = std::fs::write(&tmp, &image)
@@ -253,6 +258,7 @@ pub fn strip_signature(m: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn strips_signature() {
@@ -293,6 +299,10 @@ mod tests {
         let k = install_vmlinux(&d.path().join("k"), &f)?;
         assert_eq!(k.version, "6.1.192-moat");
         assert!(k.modules.is_empty());
+        let ino = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.ino()).ok();
+        let first = ino(&k.vmlinux);
+        install_vmlinux(&d.path().join("k"), &f)?;
+        assert_eq!(ino(&k.vmlinux), first, "the same kernel again keeps its file");
         assert_eq!(current(&d.path().join("k"))?.vmlinux, d.path().join("k/6.1.192-moat/vmlinux"));
         // a rebuild of the same release replaces the file
         std::fs::write(&f, img("Linux version 6.1.192-moat (root@vm) #2 SMP")).map_err(VmError::io("w"))?;
