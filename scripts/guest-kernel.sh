@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds moat's utility-VM kernel from Debian's linux-source-6.1 with
 # contrib/guest-kernel/moat.config (on top of `allnoconfig`: everything the
-# guest uses built in, no modules, no tracing) and installs it with
-# `moat vm kernel install --vmlinux`. A build of the same source, config and
-# script is reused. See docs/vm.md, "Guest kernel".
+# guest uses built in, no modules, no tracing) and the patches in
+# contrib/guest-kernel/patches, and installs it with
+# `moat vm kernel install --vmlinux`. A build of the same source, config,
+# patches and script is reused. See docs/vm.md, "Guest kernel".
 #
 #   MOAT=target/debug/moat scripts/guest-kernel.sh [moat options, e.g. --root DIR]
 set -euo pipefail
@@ -11,9 +12,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 moat=${MOAT:-$here/target/debug/moat}
 out=${MOAT_GUEST_KERNEL_BUILD:-$here/target/guest-kernel}
 config=$here/contrib/guest-kernel/moat.config
+patches=$(find "$here/contrib/guest-kernel/patches" -name '*.patch' | sort)
 SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 
-pkgs="linux-source-6.1 gcc make bc flex bison libelf-dev xz-utils"
+pkgs="linux-source-6.1 gcc make bc flex bison libelf-dev xz-utils patch"
 missing=$(for p in $pkgs; do dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q 'install ok installed' || echo "$p"; done)
 if [ -n "$missing" ]; then
   apt-cache show linux-source-6.1 >/dev/null 2>&1 || $SUDO apt-get update -qq
@@ -22,15 +24,20 @@ if [ -n "$missing" ]; then
 fi
 
 version=$(dpkg-query -W -f='${Version}' linux-source-6.1)
-key=$( (echo "$version"; cat "$config" "$0") | sha256sum | cut -c1-16)
+# shellcheck disable=SC2086
+key=$( (echo "$version"; cat "$config" $patches "$0") | sha256sum | cut -c1-16)
 image=$out/vmlinux-$key
 if [ ! -s "$image" ]; then
   src=$out/linux-source-6.1
-  if [ "$(cat "$out/source-version" 2>/dev/null)" != "$version" ]; then
+  # the tree is extracted afresh whenever the source or the patches change
+  # shellcheck disable=SC2086
+  tree="$version $(cat $patches | sha256sum | cut -c1-16)"
+  if [ "$(cat "$out/source-version" 2>/dev/null)" != "$tree" ]; then
     rm -rf "$src" "$out/source-version"
     mkdir -p "$out"
     tar -xJf /usr/src/linux-source-6.1.tar.xz -C "$out"
-    echo "$version" > "$out/source-version"
+    for p in $patches; do patch -s -p1 -d "$src" < "$p"; done
+    echo "$tree" > "$out/source-version"
   fi
   make -s -C "$src" allnoconfig
   "$src/scripts/kconfig/merge_config.sh" -m -O "$src" "$src/.config" "$config" >/dev/null
