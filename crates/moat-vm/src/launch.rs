@@ -260,9 +260,11 @@ pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, VmError> {
 }
 
 /// Moves the child into the container's cgroup (`procs`: open
-/// `cgroup.procs` files), makes it die with the shim, and (for QEMU) gives
-/// it an empty network namespace of its own.
-fn confine(cmd: &mut Command, procs: Vec<RawFd>, own_netns: bool) {
+/// `cgroup.procs` files) and makes it die with the shim. QEMU (`qemu`) also
+/// gets an empty network namespace of its own and no transparent huge pages:
+/// it asks for them on TCG's translated-code buffer, where they turn the
+/// ~19 MiB a clone touches into ~22 MiB resident (no slower, measured).
+fn confine(cmd: &mut Command, procs: Vec<RawFd>, qemu: bool) {
     // SAFETY: only write, prctl and unshare (async-signal-safe) between fork and exec
     unsafe {
         cmd.pre_exec(move || {
@@ -274,7 +276,10 @@ fn confine(cmd: &mut Command, procs: Vec<RawFd>, own_netns: bool) {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if own_netns && libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) < 0 {
+            if qemu && libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if qemu && libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
