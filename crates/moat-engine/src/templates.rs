@@ -223,10 +223,14 @@ pub fn remove(opts: &EngineOptions, prefix: &str) -> Result<String, EngineError>
     Ok(template::remove(&template::dir(&opts.kernel_dir()), prefix)?)
 }
 
-/// Removes stale templates, or all of them (`moat vm template prune [--all]`).
+/// Removes stale templates, or all of them (`moat vm template prune [--all]`),
+/// and the initramfs archives of agents and kernels no longer installed.
 /// Without `--all` it needs to know what is current (kernel, agent, QEMU).
 pub fn prune(opts: &EngineOptions, all: bool) -> Result<Vec<String>, EngineError> {
     let dir = template::dir(&opts.kernel_dir());
+    if let Ok(b) = base(opts, 0, 1) {
+        moat_vm::initramfs::prune(&opts.kernel_dir(), &b.cfg.initramfs);
+    }
     if all {
         return Ok(template::prune(&dir, |_| false));
     }

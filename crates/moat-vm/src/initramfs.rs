@@ -104,6 +104,26 @@ pub fn build(kernel: &Kernel, agent: &Path, cache_dir: &Path) -> Result<PathBuf,
     Ok(path)
 }
 
+/// Removes the initramfs archives in `cache_dir` other than `keep` (built
+/// for agents or kernels no longer installed; a running VM has read its own
+/// already). Returns what it removed.
+pub fn prune(cache_dir: &Path, keep: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(cache_dir) else { return Vec::new() };
+    let mut gone = Vec::new();
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        if name.starts_with("initramfs-")
+            && name.ends_with(".cpio")
+            && path != keep
+            && std::fs::remove_file(&path).is_ok()
+        {
+            gone.push(path);
+        }
+    }
+    gone
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,12 +136,18 @@ mod tests {
         // 0x2f1e98 bytes of payload once made an archive end where QEMU's microvm guest hung
         std::fs::write(&agent, vec![7u8; 0x2f1e98 - 600]).unwrap();
         std::fs::write(&module, b"module").unwrap();
-        let k = Kernel { version: "6.1.0-test".into(), vmlinux: PathBuf::new(), modules: vec![module] };
+        let k = Kernel { version: "6.1.0-test".into(), vmlinux: PathBuf::new(), modules: vec![module.clone()] };
         let p = build(&k, &agent, d.path()).unwrap();
         let b = std::fs::read(&p).unwrap();
         assert_eq!(b.len() % PAGE, 0, "size {:#x}", b.len());
         let end = b.iter().rposition(|&c| c != 0).unwrap();
         assert!(b[..=end].ends_with(b"TRAILER!!!"), "the cpio trailer ends the data");
         assert_eq!(build(&k, &agent, d.path()).unwrap(), p);
+        // another agent's archive is pruned, this one and other files stay
+        std::fs::write(&agent, b"another agent").unwrap();
+        let old = build(&k, &agent, d.path()).unwrap();
+        assert_ne!(old, p);
+        assert_eq!(prune(d.path(), &p), vec![old.clone()]);
+        assert!(p.is_file() && !old.exists() && module.is_file());
     }
 }
