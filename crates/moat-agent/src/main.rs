@@ -437,14 +437,18 @@ fn resume(entropy: &[u8], unix_nanos: u64, hostname: &str, mount: bool) -> Resul
 }
 
 /// Work every clone of a template would repeat, done once in the template:
-/// the cgroup tree with its controllers, the device filter, `lo`. Each is
-/// redone (or found done) in a clone, so a failure here only costs time.
+/// the cgroup tree with its controllers, the device filter, the default
+/// seccomp profile, `lo`. Each is redone (or found done) in a clone, so a
+/// failure here only costs time.
 fn prepare_clones() {
     if let Err(e) = Cgroup::prepare_v2(std::path::Path::new("/sys/fs/cgroup")) {
         log(&format!("template: cgroup tree: {e}"));
     }
     if let Err(e) = moat_runtime::devices::preload_default() {
         log(&format!("template: device filter: {e}"));
+    }
+    if let Err(e) = moat_runtime::seccomp::preload_default() {
+        log(&format!("template: seccomp profile: {e}"));
     }
     if let Err(e) = moat_runtime::netconf::loopback_up() {
         log(&format!("template: loopback: {e}"));
