@@ -437,12 +437,18 @@ fn resume(entropy: &[u8], unix_nanos: u64, hostname: &str, mount: bool) -> Resul
 }
 
 /// Work every clone of a template would repeat, done once in the template:
-/// the cgroup tree with its controllers, the device filter, the default
+/// the cgroup tree with its controllers and the container's cgroup, the
+/// device filter, the default
 /// seccomp profile, `lo`. Each is redone (or found done) in a clone, so a
 /// failure here only costs time.
 fn prepare_clones() {
-    if let Err(e) = Cgroup::prepare_v2(std::path::Path::new("/sys/fs/cgroup")) {
-        log(&format!("template: cgroup tree: {e}"));
+    match Cgroup::prepare_v2(std::path::Path::new("/sys/fs/cgroup")) {
+        Ok(moat) => {
+            if let Err(e) = std::fs::create_dir_all(moat.join(moat_proto::GUEST_CGROUP)) {
+                log(&format!("template: container cgroup: {e}"));
+            }
+        }
+        Err(e) => log(&format!("template: cgroup tree: {e}")),
     }
     if let Err(e) = moat_runtime::devices::preload_default() {
         log(&format!("template: device filter: {e}"));

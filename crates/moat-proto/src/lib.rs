@@ -175,7 +175,7 @@ impl Decoder {
     }
 }
 
-pub use moat_spec::{ExecSpec, GuestCreate, Limits, ProcRow, Stats, WinSize};
+pub use moat_spec::{ExecSpec, GuestCreate, Limits, ProcRow, Stats, WinSize, GUEST_CGROUP};
 
 /// Version of the host↔agent protocol; the agent reports it in
 /// [`AgentEvent::Ready`] and the host refuses a mismatch.

@@ -48,6 +48,10 @@ pub struct Iface {
     pub mac: String,
 }
 
+/// The container's cgroup inside a utility VM, under `moat/` (one container
+/// per VM; a template creates it, so its clones skip the `mkdir`).
+pub const GUEST_CGROUP: &str = "container";
+
 /// The guest side of a VM container: the same runtime spec as process
 /// isolation (its root is the virtio-fs export), plus limits for the guest's
 /// own cgroup.
@@ -57,7 +61,7 @@ pub struct GuestCreate {
     pub spec: Spec,
     /// Limits applied inside the guest.
     pub limits: Limits,
-    /// Cgroup name inside the guest.
+    /// Cgroup name inside the guest ([`GUEST_CGROUP`]).
     pub cgroup: String,
     /// Keep stdin open (`-i`); otherwise it is /dev/null.
     pub stdin: bool,

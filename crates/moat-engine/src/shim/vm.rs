@@ -196,7 +196,7 @@ impl Backend for Vm {
         let create = moat_proto::GuestCreate {
             spec: crate::vm::guest_spec(&ctx.spec),
             limits: crate::spec::limits(ctx.config()),
-            cgroup: ctx.id()[..12].to_string(),
+            cgroup: moat_proto::GUEST_CGROUP.to_string(),
             stdin: ctx.config().open_stdin,
         };
         let link = self.link.as_mut().ok_or_else(|| EngineError::Shim("the utility VM is gone".into()))?;
