@@ -147,7 +147,11 @@ fn pidfd_of(pid: u32) -> Result<OwnedFd, EngineError> {
 }
 
 impl VmLink {
-    /// Boots the VM for container `id` exporting `root`, and waits for the agent.
+    /// Boots the VM for container `id` exporting `root`, and waits for the
+    /// agent. `first` goes to the agent as early as the boot allows: right
+    /// behind `Resume` on a clone (the agent handles requests in order, so
+    /// this saves a round trip through the guest), after `Ready` on a cold
+    /// boot; its answer is left for the caller.
     pub fn start(
         opts: &crate::EngineOptions,
         layout: &Layout,
@@ -155,6 +159,7 @@ impl VmLink {
         cfg: &ContainerConfig,
         root: &Path,
         cgroup: &moat_runtime::cgroup::Cgroup,
+        first: &AgentRequest,
     ) -> Result<Self, EngineError> {
         let t0 = Instant::now();
         let (mem_mib, vcpus) = sizing(cfg);
@@ -241,7 +246,7 @@ impl VmLink {
             template: template.as_ref().map(|t| t.meta.digest.clone()),
         };
         let ready = match (&template, &ram) {
-            (Some(t), Some(ram)) => link.restore(t, ram, id, opts.vm_boot_timeout()),
+            (Some(t), Some(ram)) => link.restore(t, ram, id, first, opts.vm_boot_timeout()),
             _ => {
                 // QMP sends events only after capabilities negotiation; it waits in
                 // the socket until QEMU reads it after its greeting
@@ -261,7 +266,12 @@ impl VmLink {
         });
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "VM: agent ready");
         match ready {
-            Ok(()) => Ok(link),
+            Ok(()) => {
+                if template.is_none() {
+                    link.send(0, first);
+                }
+                Ok(link)
+            }
             Err(e) => {
                 link.kill();
                 drop_taps();
@@ -272,12 +282,14 @@ impl VmLink {
 
     /// Restores a clone of `t` (QEMU waits with `-incoming defer`): fills
     /// its RAM while QEMU starts, restores the device state, then has the
-    /// agent reseed its RNG, set its clock and name, and mount the root.
+    /// agent reseed its RNG, set its clock and name, and mount the root;
+    /// `then` follows `Resume` at once.
     fn restore(
         &mut self,
         t: &moat_vm::template::Template,
         ram: &OwnedFd,
         id: &str,
+        then: &AgentRequest,
         timeout: Duration,
     ) -> Result<AgentEvent, EngineError> {
         let t0 = Instant::now();
@@ -304,6 +316,7 @@ impl VmLink {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         self.send(0, &AgentRequest::Resume { entropy, unix_nanos, hostname: format!("moat-{}", &id[..12]) });
+        self.send(0, then);
         let ready = self.wait_for(0, timeout, |m| matches!(m, AgentEvent::Ready { .. } | AgentEvent::Error { .. }))?;
         match ready {
             AgentEvent::Error { message } => {

@@ -240,15 +240,17 @@ impl Shim {
                 return Err(e);
             }
         };
-        let backend: Result<Box<dyn Backend>, EngineError> = match &opts.backend {
-            Some(factory) => factory(&ctx),
-            None if ctx.config().isolation() == moat_core::Isolation::Hyperv => {
-                vm::Vm::new(&ctx).map(|b| Box::new(b) as Box<dyn Backend>)
-            }
-            None => local::Local::new(&ctx).map(|b| Box::new(b) as Box<dyn Backend>),
-        };
+        // the host ports first: a VM backend may start the main process while it boots
+        let backend = ports::bind(ctx.config()).and_then(|ports| {
+            let backend: Box<dyn Backend> = match &opts.backend {
+                Some(factory) => factory(&ctx)?,
+                None if ctx.config().isolation() == moat_core::Isolation::Hyperv => Box::new(vm::Vm::new(&ctx)?),
+                None => Box::new(local::Local::new(&ctx)?),
+            };
+            Ok((backend, ports))
+        });
         let mut engine = engine;
-        let backend = match backend {
+        let (backend, ports) = match backend {
             Ok(b) => b,
             Err(e) => {
                 let mut st = ctx.container.state.clone();
@@ -282,7 +284,7 @@ impl Shim {
         };
         first.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
         let cid = shim.add_client(first, Role::Attach { stdin: false, stdin_once: false });
-        let started = ports::bind(shim.ctx.config()).and_then(|ports| shim.start_main().map(|pid| (pid, ports)));
+        let started = shim.start_main().map(|pid| (pid, ports));
         match started {
             Ok((pid, ports)) => {
                 if let (Some(target), Ok(exe)) =

@@ -41,6 +41,18 @@ pub struct Vm {
     vcpus: u32,
     mem_mib: u64,
     info: serde_json::Value,
+    /// The boot already sent the main process's `Create` (see [`VmLink::start`]).
+    create_sent: bool,
+}
+
+/// The guest's part of creating the container's main process.
+fn guest_create(ctx: &ShimContext) -> moat_proto::GuestCreate {
+    moat_proto::GuestCreate {
+        spec: crate::vm::guest_spec(&ctx.spec),
+        limits: crate::spec::limits(ctx.config()),
+        cgroup: moat_proto::GUEST_CGROUP.to_string(),
+        stdin: ctx.config().open_stdin,
+    }
 }
 
 impl Vm {
@@ -50,8 +62,9 @@ impl Vm {
         let limits = Limits { devices: moat_runtime::devices::DevicePolicy::AllowAll, ..Default::default() };
         let cgroup = Cgroup::create(ctx.id(), &limits)?;
         super::local::write_cgroup(ctx, &cgroup);
+        let create = AgentRequest::Create(Box::new(guest_create(ctx)));
         let booted = crate::vm::prepare_root(&ctx.spec)
-            .and_then(|root| VmLink::start(&ctx.options, &ctx.layout, ctx.id(), ctx.config(), &root, &cgroup));
+            .and_then(|root| VmLink::start(&ctx.options, &ctx.layout, ctx.id(), ctx.config(), &root, &cgroup, &create));
         let link = match booted {
             Ok(l) => l,
             Err(e) => {
@@ -81,6 +94,7 @@ impl Vm {
             vcpus,
             mem_mib,
             info,
+            create_sent: true,
         })
     }
 
@@ -193,15 +207,12 @@ impl Vm {
 
 impl Backend for Vm {
     fn start_main(&mut self, ctx: &ShimContext) -> Result<u32, EngineError> {
-        let create = moat_proto::GuestCreate {
-            spec: crate::vm::guest_spec(&ctx.spec),
-            limits: crate::spec::limits(ctx.config()),
-            cgroup: moat_proto::GUEST_CGROUP.to_string(),
-            stdin: ctx.config().open_stdin,
-        };
+        let sent = std::mem::take(&mut self.create_sent);
         let link = self.link.as_mut().ok_or_else(|| EngineError::Shim("the utility VM is gone".into()))?;
         tracing::debug!("VM: creating the container in the guest");
-        link.send(0, &AgentRequest::Create(Box::new(create)));
+        if !sent {
+            link.send(0, &AgentRequest::Create(Box::new(guest_create(ctx))));
+        }
         let t = Duration::from_secs(60);
         let started = link.wait_for(0, t, |m| matches!(m, AgentEvent::Started { .. } | AgentEvent::Error { .. }))?;
         tracing::debug!("VM: the guest answered the create");
