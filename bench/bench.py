@@ -268,7 +268,8 @@ def main():
             mem.append((f"{label}: qemu (guest RAM memfd counted whole)", host_kib([q]), rss_kib(q)))
             mem.append((f"{label}: qemu (plain PSS: mapped pages only)", pss_kib(q), rss_kib(q)))
             mem.append((f"{label}: virtiofsd ({len(fs)} processes, without the memfd)", host_kib([q] + fs) - host_kib([q]), sum(rss_kib(p) for p in fs)))
-            mem.append((f"{label}: total", total, 0))
+            # RSS does not add up across processes that share pages: none for the total
+            mem.append((f"{label}: total", total, None))
             if env == "":
                 vm_total = total
             sh(f"{m} rm -f bvm")
@@ -276,7 +277,7 @@ def main():
         time.sleep(4)
         fq = [p for p in pids_matching("moat-bench-floor-idle") if open(f"/proc/{p}/cmdline", "rb").read().startswith(b"qemu-system")]
         floor = sum(pss_kib(p) for p in fq)
-        mem.append(("bare QEMU floor (idle guest)", floor, 0))
+        mem.append(("bare QEMU floor (idle guest)", floor, sum(rss_kib(p) for p in fq)))
         for p in fq:
             os.kill(p, 9)
         fp.kill()
@@ -374,7 +375,7 @@ def main():
     if mem:
         print("\n| memory of one idle container | PSS | RSS |\n|---|---:|---:|")
         for name, pss, rss in mem:
-            print(f"| {name} | {pss / 1024:.1f} MiB | {rss / 1024 if rss else 0:.1f} MiB |")
+            print(f"| {name} | {pss / 1024:.1f} MiB | {'—' if rss is None else f'{rss / 1024:.1f} MiB'} |")
     if dens:
         print("\n| density | start all (wall) | stop+rm all (wall) | host memory (PSS, all processes) |\n|---|---:|---:|---:|")
         for name, ts, tp, mb in dens:
