@@ -138,9 +138,28 @@ fn published_ports_in_both_modes_hyperv() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         assert_eq!(got.trim(), name, "{iso}: the host reaches the container through the published port");
-        // the port is taken while the container runs
-        let e = r.fails(&["run", "-d", "-p", &format!("127.0.0.1:{port}:80"), "busybox", "sleep", "1"]);
+        // the port is taken while the container runs: refused before anything
+        // starts (no VM boots), and the container stays created, as in Docker
+        let clash = format!("clash-{iso}");
+        let e = r.fails(&[
+            "run",
+            "-d",
+            "--name",
+            &clash,
+            "--isolation",
+            iso,
+            "-p",
+            &format!("127.0.0.1:{port}:80"),
+            "busybox",
+            "sleep",
+            "1",
+        ]);
         assert!(e.contains("cannot publish"), "{e}");
+        let st = r.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}} {{.State.Error}}", &clash]);
+        assert!(st.starts_with("created 125 cannot publish"), "{iso}: {st}");
+        let vm = r.ok(&["inspect", "-f", "{{json .VM}}", &clash]);
+        assert!(!vm.contains("\"Boot\""), "{iso}: no utility VM was booted: {vm}");
+        r.ok(&["rm", &clash]);
         r.ok(&["rm", "-f", &name]);
         let free = std::net::TcpListener::bind(format!("127.0.0.1:{port}"));
         assert!(free.is_ok(), "{iso}: the proxy released the port");
