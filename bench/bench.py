@@ -246,6 +246,16 @@ def main():
         out.append(row("VM cold run", proc, tpl))
         notes.append(f"VM run from a template = {tpl['median'] / floor['median']:.2f}x the bare-QEMU cold boot (target <= 0.25x), "
                      f"{cold['median'] / tpl['median']:.1f}x faster than a cold boot; first run with the template build: {fmt_t(t_build)}")
+        # processes started inside a running container: each exec reads its
+        # binary through the guest's page cache (virtio-fs in a VM)
+        loop = "sh -c 'i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done'"
+        sh(f"{m} run -d --name bvmx --network none --isolation=hyperv busybox sleep 100000 </dev/null >/dev/null 2>&1")
+        sh(f"{m} run -d --name bpx --network none busybox sleep 100000 </dev/null >/dev/null 2>&1")
+        vx = series("moat exec V: 20x fork+exec of /bin/true inside (hyperv)", f"{m} exec bvmx {loop}", a.vm_runs)
+        px = series("moat exec C: 20x fork+exec of /bin/true inside (process)", f"{m} exec bpx {loop}", a.vm_runs)
+        out.append(row("exec loop", vx))
+        out.append(row("exec loop", px, vx))
+        sh(f"{m} rm -f bvmx bpx")
 
     mem = []
     if want("memory"):

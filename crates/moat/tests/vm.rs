@@ -94,6 +94,52 @@ fn guest_kernel_and_host_view_hyperv() {
     assert!(!r.path().join("containers").join(&id).exists(), "rm leaves no files");
 }
 
+/// The guest keeps an unchanged file's pages across `open` (moat's guest
+/// kernel patch: virtiofsd's `cache=auto` would drop them at every open, so
+/// every exec re-read its binary), and still sees what the host changes: a
+/// file rewritten in place in a bind mount (same size, new mtime) and a file
+/// replaced by `cp` (new inode, seen once the 1 s entry timeout passed).
+#[test]
+fn guest_page_cache_survives_open_and_follows_the_host_hyperv() {
+    let r = Root::new();
+    r.ok(&["load", "-q", "-i", probe_archive().to_str().unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    let bound = dir.path().join("b");
+    std::fs::create_dir(&bound).unwrap();
+    std::fs::write(bound.join("f.txt"), "one\n").unwrap();
+    let vol = format!("{}:/b", bound.display());
+    r.ok(&["run", "-d", "--isolation=hyperv", "--name", "pc", "-v", &vol, "probe", "sleep", "3202"]);
+    let got = r.ok(&["exec", "pc", "sh", "-c", "cat /bin/busybox > /dev/null; /probe cached /bin/busybox"]);
+    let (cached, total) = got.trim().strip_prefix("cached=").and_then(|v| v.split_once('/')).unwrap();
+    assert!(total.parse::<u32>().unwrap() > 100, "{got}");
+    assert_eq!(cached, total, "busybox's pages survive the open: {got}");
+    // what the guest reads until it shows `want` (or 10 s pass)
+    let eventually = |path: &str, want: &str| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let got = r.ok(&["exec", "pc", "cat", path]);
+            if got.trim() == want || t0.elapsed() > Duration::from_secs(10) {
+                return got.trim().to_string();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert_eq!(eventually("/b/f.txt", "one"), "one");
+    let c = r.ok(&["exec", "pc", "/probe", "cached", "/b/f.txt"]);
+    assert_eq!(c.trim(), "cached=1/1", "the guest holds the file's page");
+    // rewritten in place on the host: same inode, same size
+    std::fs::write(bound.join("f.txt"), "two\n").unwrap();
+    assert_eq!(eventually("/b/f.txt", "two"), "two", "an in-place change on the host reaches the guest");
+    // replaced through `cp`
+    let f = dir.path().join("f.txt");
+    for word in ["tri", "for"] {
+        std::fs::write(&f, format!("{word}\n")).unwrap();
+        r.ok(&["cp", f.to_str().unwrap(), "pc:/f.txt"]);
+        assert_eq!(eventually("/f.txt", word), word, "a file cp replaced reaches the guest");
+    }
+    r.ok(&["rm", "-f", "pc"]);
+}
+
 #[test]
 fn qemu_killed_is_reported_and_cleaned_hyperv() {
     let r = root_with_busybox();
