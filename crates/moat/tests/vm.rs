@@ -113,17 +113,9 @@ fn guest_page_cache_survives_open_and_follows_the_host_hyperv() {
     let (cached, total) = got.trim().strip_prefix("cached=").and_then(|v| v.split_once('/')).unwrap();
     assert!(total.parse::<u32>().unwrap() > 100, "{got}");
     assert_eq!(cached, total, "busybox's pages survive the open: {got}");
-    // what the guest reads until it shows `want` (or 10 s pass)
-    let eventually = |path: &str, want: &str| {
-        let t0 = std::time::Instant::now();
-        loop {
-            let got = r.ok(&["exec", "pc", "cat", path]);
-            if got.trim() == want || t0.elapsed() > Duration::from_secs(10) {
-                return got.trim().to_string();
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    // what the guest reads once it shows `want` (or when `until` gives up)
+    let eventually =
+        |path: &str, want: &str| until(&r, &["exec", "pc", "cat", path], |o| o.trim() == want).trim().to_string();
     assert_eq!(eventually("/b/f.txt", "one"), "one");
     let c = r.ok(&["exec", "pc", "/probe", "cached", "/b/f.txt"]);
     assert_eq!(c.trim(), "cached=1/1", "the guest holds the file's page");
