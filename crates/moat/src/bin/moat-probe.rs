@@ -58,32 +58,32 @@ fn syscall_probes() {
 /// the page cache right after the open (`mincore` on a mapping, which faults
 /// nothing in).
 fn cached(path: &str) {
-    let Ok(f) = std::fs::File::open(path) else {
-        println!("cached=err");
-        return;
-    };
-    let len = f.metadata().map(|m| m.len() as usize).unwrap_or(0);
-    let page = 4096;
-    let pages = len.div_ceil(page);
-    let mut vec = vec![0u8; pages];
+    match resident_pages(path) {
+        Some((resident, pages)) => println!("cached={resident}/{pages}"),
+        None => println!("cached=err"),
+    }
+}
+
+/// (resident, total) pages of `path`, right after opening it.
+fn resident_pages(path: &str) -> Option<(usize, usize)> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len() as usize;
+    // SAFETY: sysconf has no preconditions
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
+    let mut vec = vec![0u8; len.div_ceil(page)];
     // SAFETY: a read-only shared mapping of our open file, inspected with
     // mincore and unmapped; nothing is read through it
-    let resident = unsafe {
-        use std::os::fd::AsRawFd;
+    let r = unsafe {
         let m = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, f.as_raw_fd(), 0);
         if m == libc::MAP_FAILED {
-            println!("cached=err");
-            return;
+            return None;
         }
         let r = libc::mincore(m, len, vec.as_mut_ptr());
         libc::munmap(m, len);
-        if r < 0 {
-            println!("cached=err");
-            return;
-        }
-        vec.iter().filter(|b| **b & 1 != 0).count()
+        r
     };
-    println!("cached={resident}/{pages}");
+    (r == 0).then(|| (vec.iter().filter(|b| **b & 1 != 0).count(), vec.len()))
 }
 
 fn main() {
