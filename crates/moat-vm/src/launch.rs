@@ -92,6 +92,9 @@ pub struct Vm {
     pub channel: UnixStream,
     /// QEMU's QMP connection.
     pub qmp: UnixStream,
+    /// Our descriptors of QEMU's taps: the taps exist while they (or QEMU's)
+    /// are open, so whoever drops them last pays for deleting the devices.
+    pub taps: Vec<std::os::fd::OwnedFd>,
 }
 
 /// Looks for a program: the configured path, then PATH, then extra places
@@ -234,9 +237,11 @@ pub fn shape_args(cfg: &VmConfig, version: qemu::Version, nics: usize) -> String
     command(&c, version, crate::accel::tsc_khz()).shape_args()
 }
 
-/// Opens the existing tap device `name` (attached to its bridge) for QEMU;
-/// an empty name makes a new unattached tap that vanishes when closed (a
-/// template's NICs, which carry no traffic).
+/// Opens the existing tap device `name` (attached to its bridge) for QEMU
+/// and makes it vanish with its last descriptor, like the new unattached
+/// tap an empty name makes (a template's NICs, which carry no traffic): a
+/// dead shim and QEMU leave no tap behind, and the ~25 ms the kernel takes
+/// to delete one happen where the descriptors are closed (see [`Vm::taps`]).
 pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, VmError> {
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -255,6 +260,10 @@ pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, VmError> {
     // SAFETY: TUNSETIFF with a valid ifreq on our descriptor
     if unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF, &ifr) } < 0 {
         return Err(VmError::Io(format!("attach to tap {name}"), std::io::Error::last_os_error()));
+    }
+    // SAFETY: TUNSETPERSIST takes an int by value on our attached descriptor
+    if !name.is_empty() && unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETPERSIST, 0 as libc::c_ulong) } < 0 {
+        return Err(VmError::Io(format!("make tap {name} non-persistent"), std::io::Error::last_os_error()));
     }
     Ok(f.into())
 }
@@ -358,8 +367,7 @@ pub fn launch(cfg: &VmConfig, version: qemu::Version) -> Result<Vm, VmError> {
     drop(theirs);
     drop(vfs_client);
     drop(qmp_theirs);
-    drop(taps);
-    Ok(Vm { qemu, virtiofsd, channel: ours, qmp })
+    Ok(Vm { qemu, virtiofsd, channel: ours, qmp, taps })
 }
 
 /// The last lines of the guest console, for error messages.
