@@ -84,6 +84,8 @@ async fn lifecycle(iso: HostConfigIsolationEnum) {
     if iso == HostConfigIsolationEnum::HYPERV {
         let guest = guest.expect("guest_usage for a VM container");
         assert!(guest > 0 && usage > guest + (20 << 20), "host {usage} B, guest {guest} B");
+        // no --memory: the limit is the VM's RAM (512 MiB), not the host's
+        assert_eq!(mem.limit, Some(512 << 20));
     } else {
         assert_eq!(guest, None);
     }

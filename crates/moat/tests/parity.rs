@@ -480,6 +480,9 @@ fn listing_sizes_details_top_and_stats() {
     }
     let header = r.ok(&["stats", "--no-stream"]).lines().next().unwrap().to_string();
     assert!(header.contains("NET I/O") && header.contains("BLOCK I/O"), "{header}");
+    // without --memory a VM's limit is its RAM, not the host's
+    let mem = r.ok(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "vtop"]);
+    assert!(mem.trim().ends_with("/ 512MiB"), "{mem}");
     // network ls --filter
     r.ok(&["switch", "create", "listed"]);
     assert_eq!(r.ok(&["network", "ls", "--filter", "type=custom", "--format", "{{.Name}}"]), "listed\n");

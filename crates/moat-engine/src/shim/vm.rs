@@ -162,6 +162,12 @@ impl Vm {
                         s.guest_mem = s.mem_usage;
                         s.mem_usage = moat_vm::usage::host_bytes(&[l.vm.qemu.id(), l.vm.virtiofsd.id()]);
                     }
+                    // without --memory the guest's cgroup has no limit, but
+                    // the VM's RAM is one: not the host's (what a front end
+                    // shows for "no limit")
+                    if s.mem_limit == 0 {
+                        s.mem_limit = self.mem_mib << 20;
+                    }
                     ShimReply::Usage(s)
                 }
                 AgentEvent::Ok { warnings } => ShimReply::Ok { warnings },
