@@ -84,9 +84,22 @@ pub struct WaitResult {
 impl Engine {
     /// Starts the container's shim. The returned session is the shim's
     /// first client: it sees the start and then, once attached, the main
-    /// process's output from the first byte.
+    /// process's output from the first byte. A `--rm` container that cannot
+    /// start is removed, as dockerd does (a `docker run --rm` waits for that).
     pub fn start(&mut self, key: &str) -> Result<(Container, Session), EngineError> {
         let c = self.get(key)?;
+        let r = self.start_shim(c.id());
+        if let Err(e) = &r {
+            let stopped = self.get(c.id()).is_ok_and(|now| !now.is_running());
+            if c.config.auto_remove && stopped && !matches!(e, EngineError::Conflict(_)) {
+                let _ = self.remove(c.id(), true, true);
+            }
+        }
+        r
+    }
+
+    fn start_shim(&mut self, id: &str) -> Result<(Container, Session), EngineError> {
+        let c = self.get(id)?;
         let _lock = self.op_lock(c.id())?;
         let c = self.get(c.id())?;
         if c.is_running() {
@@ -113,19 +126,12 @@ impl Engine {
     }
 
     /// Creates and starts a container (Docker's `run`); a container that
-    /// cannot start is removed when it asked for `--rm`. The session is
-    /// the shim's first client: attach it to see the output from the first byte.
+    /// cannot start is removed when it asked for `--rm` (see [`Engine::start`]).
+    /// The session is the shim's first client: attach it to see the output
+    /// from the first byte.
     pub fn run(&mut self, req: crate::CreateRequest) -> Result<(Container, Session), EngineError> {
         let c = self.create(req)?;
-        match self.start(c.id()) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                if c.config.auto_remove {
-                    let _ = self.remove(c.id(), true, true);
-                }
-                Err(e)
-            }
-        }
+        self.start(c.id())
     }
 
     /// Stops a container: `signal` (default: its stop signal), then SIGKILL

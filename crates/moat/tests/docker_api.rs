@@ -158,6 +158,35 @@ fn docker_cli_runs_hyperv_containers() {
     s.ok(&["rm", "-f", "v"]);
 }
 
+/// `docker run --rm` of a container that cannot start: dockerd removes it
+/// and the CLI (which waits for the removal) reports the error. Bounded: a
+/// CLI that hangs fails the test instead of blocking it.
+#[test]
+fn docker_run_rm_that_cannot_start_returns_and_leaves_nothing_in_both_modes_hyperv() {
+    let (_r, s) = served_with_busybox();
+    for iso in ["process", "hyperv"] {
+        let mut child = s
+            .docker_cmd()
+            .args(["run", "--rm", &format!("--isolation={iso}"), "busybox", "/no/such/program"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("{iso}: docker run --rm hung after a failed start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("no such file or directory"), "{iso}: {err}");
+        assert_eq!(s.ok(&["ps", "-aq"]).trim(), "", "{iso}: the container was removed");
+    }
+}
+
 #[test]
 fn docker_cli_pull_and_push_with_a_local_registry() {
     let (_r, s) = served_with_busybox();
