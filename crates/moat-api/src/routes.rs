@@ -169,7 +169,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         (&Method::GET, ["containers", id, "top"]) => {
             let id = id.to_string();
             let args: Vec<String> = q.get("ps_args").unwrap_or("").split_whitespace().map(str::to_string).collect();
-            let (titles, rows) = engine(&ctx, move |e| e.top_ps(&id, &args)).await?;
+            let (titles, rows) = engine(&ctx, move |e| e.top_table(&id, &args)).await?;
             Ok(json(200, &j!({ "Titles": titles, "Processes": rows })))
         }
         (&Method::DELETE, ["containers", id]) => {

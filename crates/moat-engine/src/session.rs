@@ -291,6 +291,35 @@ impl Engine {
         }
     }
 
+    /// `top CTR [ps OPTIONS]` as a table (titles, rows): without options the
+    /// container's processes as its backend reports them, the same columns
+    /// in both isolation types (UID, PID and PPID as the container sees
+    /// them, the host PID where there is one, RSS, CPU time, command); with
+    /// options the host's `ps` ([`Engine::top_ps`]).
+    pub fn top_table(&mut self, key: &str, ps_args: &[String]) -> Result<(Vec<String>, Vec<Vec<String>>), EngineError> {
+        if !ps_args.is_empty() {
+            return self.top_ps(key, ps_args);
+        }
+        let rows = self
+            .top(key)?
+            .iter()
+            .map(|r| {
+                let t = r.cpu_secs as u64;
+                vec![
+                    r.uid.to_string(),
+                    r.pid.to_string(),
+                    r.ppid.to_string(),
+                    r.host_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    r.rss_kb.to_string(),
+                    format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60),
+                    r.cmd.clone(),
+                ]
+            })
+            .collect();
+        let titles = ["UID", "PID", "PPID", "HOST PID", "RSS", "TIME", "CMD"].map(str::to_string).to_vec();
+        Ok((titles, rows))
+    }
+
     /// `top CTR [ps OPTIONS]`, Docker's way: the host's `ps` with those
     /// options, its rows kept for the container's processes (matched on
     /// the `PID` column, host PIDs). Returns the titles and rows. A utility

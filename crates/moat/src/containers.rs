@@ -864,29 +864,9 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
             let stdin = !no_stdin && c.config.open_stdin;
             end_code(session::relay(s, Opts { stdin, sig_proxy, detach_keys })?)
         }
-        ContainerCmd::Top { container, ps_args } if !ps_args.is_empty() => {
-            let (titles, rows) = e.top_ps(&container, &ps_args)?;
+        ContainerCmd::Top { container, ps_args } => {
+            let (titles, rows) = e.top_table(&container, &ps_args)?;
             output::table(&titles.iter().map(String::as_str).collect::<Vec<_>>(), &rows)?;
-            Ok(0)
-        }
-        ContainerCmd::Top { container, .. } => {
-            let rows: Vec<Vec<String>> = e
-                .top(&container)?
-                .iter()
-                .map(|r| {
-                    let t = r.cpu_secs as u64;
-                    vec![
-                        r.uid.to_string(),
-                        r.pid.to_string(),
-                        r.ppid.to_string(),
-                        r.host_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                        r.rss_kb.to_string(),
-                        format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60),
-                        r.cmd.clone(),
-                    ]
-                })
-                .collect();
-            output::table(&["UID", "PID", "PPID", "HOST PID", "RSS", "TIME", "CMD"], &rows)?;
             Ok(0)
         }
         ContainerCmd::Rename { container, name } => {

@@ -84,6 +84,11 @@ fn docker_cli_drives_process_containers() {
     assert!(s.ok(&["diff", "web"]).contains("A /tmp/in.txt"));
     let st = s.ok(&["stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}} {{.MemUsage}}", "web"]);
     assert!(st.starts_with("web ") && !st.contains("--"), "{st}");
+    // top: moat's table without options, the host's ps with them
+    let top = s.ok(&["top", "web"]);
+    assert!(top.starts_with("UID") && top.lines().count() >= 2, "{top}");
+    let top = s.ok(&["top", "web", "-o", "pid,args"]);
+    assert!(top.lines().next().unwrap().contains("PID") && top.lines().count() >= 2, "{top}");
     assert!(s.ok(&["history", "busybox"]).contains("IMAGE"));
     let saved = d.path().join("saved.tar");
     s.ok(&["save", "-o", saved.to_str().unwrap(), "busybox"]);
@@ -154,6 +159,12 @@ fn docker_cli_runs_hyperv_containers() {
     s.ok(&["run", "-d", "--name", "v", "--isolation=hyperv", "busybox", "sleep", "1000"]);
     assert_eq!(s.ok(&["exec", "v", "sh", "-c", "echo in-vm"]), "in-vm\n");
     assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Isolation}}", "v"]).trim(), "hyperv");
+    // top lists the guest's view of the container's processes; ps options
+    // (the host's ps) are refused with the reason
+    let top = s.ok(&["top", "v"]);
+    assert!(top.starts_with("UID") && top.contains("sleep 1000"), "{top}");
+    let o = s.docker(&["top", "v", "aux"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("need process isolation"));
     assert!(r.ok(&["ps", "--format", "{{.Names}} {{.Isolation}}"]).contains("v hyperv"));
     s.ok(&["rm", "-f", "v"]);
 }
