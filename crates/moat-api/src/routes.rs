@@ -301,6 +301,30 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             .await?;
             Ok(json(200, &v))
         }
+        (&Method::POST, ["commit"]) => {
+            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let conf: serde_json::Value = http::parse_json(&body)?;
+            if !(conf.is_null() || conf.as_object().is_some_and(|o| o.is_empty())) {
+                return Err(ApiError::bad(
+                    "commit with a container config in the body is not supported: pass Dockerfile instructions in `changes`",
+                ));
+            }
+            let container = q.get("container").unwrap_or("").to_string();
+            let repo = q.get("repo").unwrap_or("");
+            let reference = match q.get("tag").filter(|t| !t.is_empty()) {
+                Some(t) if !repo.is_empty() => Some(format!("{repo}:{t}")),
+                _ => Some(repo.to_string()).filter(|r| !r.is_empty()),
+            };
+            let creq = moat_engine::changes::CommitRequest {
+                reference,
+                comment: q.get("comment").unwrap_or("").to_string(),
+                author: q.get("author").unwrap_or("").to_string(),
+                changes: q.all("changes").into_iter().filter(|c| !c.is_empty()).map(str::to_string).collect(),
+                pause: q.bool("pause", true)?,
+            };
+            let id = engine(&ctx, move |e| e.commit(&container, creq)).await?;
+            Ok(json(201, &j!({ "Id": id.to_string() })))
+        }
         (&Method::POST, ["images", rest @ .., "tag"]) if !rest.is_empty() => {
             let name = rest.join("/");
             let repo = q.get("repo").unwrap_or("").to_string();

@@ -569,6 +569,17 @@ impl ImageStore {
         if !c.author.is_empty() {
             raw["author"] = serde_json::Value::String(c.author.clone());
         }
+        // the image's own comment (`Comment` in inspect) is this commit's
+        // message, as Docker's: never the parent's
+        match raw.as_object_mut() {
+            Some(o) if c.comment.is_empty() => {
+                o.remove("comment");
+            }
+            Some(o) => {
+                o.insert("comment".into(), serde_json::Value::String(c.comment.clone()));
+            }
+            None => {}
+        }
         let mut entry = serde_json::json!({ "created": now, "created_by": c.created_by });
         if !c.comment.is_empty() {
             entry["comment"] = serde_json::Value::String(c.comment.clone());

@@ -159,6 +159,15 @@ fn docker_cli_runs_hyperv_containers() {
     s.ok(&["run", "-d", "--name", "v", "--isolation=hyperv", "busybox", "sleep", "1000"]);
     assert_eq!(s.ok(&["exec", "v", "sh", "-c", "echo in-vm"]), "in-vm\n");
     assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Isolation}}", "v"]).trim(), "hyperv");
+    // commit of a VM container through the API; the image runs in both types
+    s.ok(&["exec", "v", "sh", "-c", "echo from-vm > /made"]);
+    let id = s.ok(&["commit", "-m", "api commit", "-c", "CMD [\"cat\", \"/made\"]", "v", "vsnap:1"]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(s.ok(&["image", "inspect", "-f", "{{.Comment}}", "vsnap:1"]).trim(), "api commit");
+    for iso in ["process", "hyperv"] {
+        assert_eq!(s.ok(&["run", "--rm", &format!("--isolation={iso}"), "vsnap:1"]), "from-vm\n");
+    }
+    s.ok(&["rmi", "vsnap:1"]);
     // top lists the guest's view of the container's processes; ps options
     // (the host's ps) are refused with the reason
     let top = s.ok(&["top", "v"]);
@@ -268,6 +277,7 @@ fn malformed_requests_never_get_a_5xx() {
         "/images/create",
         "/images/x/json",
         "/images/load",
+        "/commit",
         "/networks/create",
         "/networks/x/connect",
         "/volumes/create",

@@ -191,8 +191,8 @@ fn diff_export_commit_history(iso: &str) {
     assert_eq!(hist.lines().count(), 2, "busybox's layer and the commit: {hist}");
     let q = r.ok(&["history", "-q", "snap:1"]);
     assert_eq!(q.lines().collect::<Vec<_>>()[1], "<missing>");
-    let author = r.ok(&["image", "inspect", "-f", "{{.Author}}", "snap:1"]);
-    assert_eq!(author.trim(), "tester");
+    let author = r.ok(&["image", "inspect", "-f", "{{.Author}}|{{.Comment}}", "snap:1"]);
+    assert_eq!(author.trim(), "tester|the message");
     // a running container is paused for the commit and keeps running
     r.ok(&["run", "-d", "--name", "live", "--isolation", iso, "busybox", "sh", "-c", "echo x > /live; sleep 600"]);
     for _ in 0..100 {
