@@ -1144,6 +1144,39 @@ pub struct SystemInfo {
     pub logging_driver: String,
     /// Security options.
     pub security_options: Vec<String>,
+    /// Volume, network and log drivers there are.
+    pub plugins: InfoPlugins,
+    /// Swarm: never part of one.
+    pub swarm: InfoSwarm,
+}
+
+/// The drivers of each kind (`Plugins` of Docker's `info`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InfoPlugins {
+    /// Volume drivers.
+    pub volume: Vec<String>,
+    /// Network drivers (switch kinds).
+    pub network: Vec<String>,
+    /// Log drivers.
+    pub log: Vec<String>,
+}
+
+/// Swarm state (Docker's `Swarm` of `info`): moat has no swarm mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct InfoSwarm {
+    /// `inactive`.
+    #[serde(rename = "LocalNodeState")]
+    pub local_node_state: String,
+    /// Empty.
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    /// Empty.
+    #[serde(rename = "NodeAddr")]
+    pub node_addr: String,
+    /// No.
+    #[serde(rename = "ControlAvailable")]
+    pub control_available: bool,
 }
 
 /// Version facts (API `GET /version`).
@@ -1252,6 +1285,17 @@ impl Engine {
             },
             logging_driver: "json-file".into(),
             security_options: vec!["name=seccomp,profile=builtin".into(), "name=no-new-privileges".into()],
+            plugins: InfoPlugins {
+                volume: vec!["local".into()],
+                network: ["bridge", "host", "null"].map(String::from).to_vec(),
+                log: ["json-file", "none"].map(String::from).to_vec(),
+            },
+            swarm: InfoSwarm {
+                local_node_state: "inactive".into(),
+                node_id: String::new(),
+                node_addr: String::new(),
+                control_available: false,
+            },
         })
     }
 

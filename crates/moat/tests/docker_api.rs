@@ -26,6 +26,8 @@ fn docker_cli_drives_process_containers() {
     let (r, s) = served_with_busybox();
     assert_eq!(s.ok(&["version", "--format", "{{.Server.APIVersion}}"]).trim(), "1.45");
     assert_eq!(s.ok(&["info", "--format", "{{.Isolation}} {{.OSType}}"]).trim(), "process linux");
+    let f = "{{.Swarm.LocalNodeState}} {{.Plugins.Volume}} {{.Plugins.Log}}";
+    assert_eq!(s.ok(&["info", "--format", f]).trim(), "inactive [local] [json-file none]");
     assert!(s.ok(&["images"]).contains("busybox"));
     assert_eq!(s.ok(&["run", "--rm", "busybox", "echo", "hello"]), "hello\n");
     let o = s.docker(&["run", "--rm", "busybox", "sh", "-c", "echo err >&2; exit 3"]);
