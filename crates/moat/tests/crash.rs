@@ -74,11 +74,7 @@ fn sigkill_of_shim_is_reported_and_cleaned_up() {
     assert_eq!(host_pids_matching("sleep 3100").len(), 1);
     nix_kill(shims[0]);
     // the container dies with its shim (PDEATHSIG)
-    let t0 = std::time::Instant::now();
-    while !host_pids_matching("sleep 3100").is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "container outlived its shim");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("container outlived its shim", || host_pids_matching("sleep 3100").is_empty());
     let ps = r.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
     assert!(ps.starts_with("victim Exited (137)"), "{ps}");
     let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "victim"])).unwrap();

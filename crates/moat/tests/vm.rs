@@ -86,11 +86,7 @@ fn guest_kernel_and_host_view_hyperv() {
     let upper = r.path().join("containers").join(&id).join("upper/root/marker");
     assert_eq!(std::fs::read_to_string(&upper).unwrap(), "guest-wrote\n");
     r.ok(&["rm", "-f", "v"]);
-    let t0 = std::time::Instant::now();
-    while alive(qemu) || alive(vfsd) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "rm leaves no QEMU or virtiofsd");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("rm leaves no QEMU or virtiofsd", || !alive(qemu) && !alive(vfsd));
     assert!(!r.path().join("containers").join(&id).exists(), "rm leaves no files");
 }
 
@@ -114,20 +110,20 @@ fn guest_page_cache_survives_open_and_follows_the_host_hyperv() {
     assert!(total.parse::<u32>().unwrap() > 100, "{got}");
     assert_eq!(cached, total, "busybox's pages survive the open: {got}");
     // what the guest reads once it shows `want` (or when `until` gives up)
-    let eventually =
+    let guest_reads =
         |path: &str, want: &str| until(&r, &["exec", "pc", "cat", path], |o| o.trim() == want).trim().to_string();
-    assert_eq!(eventually("/b/f.txt", "one"), "one");
+    assert_eq!(guest_reads("/b/f.txt", "one"), "one");
     let c = r.ok(&["exec", "pc", "/probe", "cached", "/b/f.txt"]);
     assert_eq!(c.trim(), "cached=1/1", "the guest holds the file's page");
     // rewritten in place on the host: same inode, same size
     std::fs::write(bound.join("f.txt"), "two\n").unwrap();
-    assert_eq!(eventually("/b/f.txt", "two"), "two", "an in-place change on the host reaches the guest");
+    assert_eq!(guest_reads("/b/f.txt", "two"), "two", "an in-place change on the host reaches the guest");
     // replaced through `cp`
     let f = dir.path().join("f.txt");
     for word in ["tri", "for"] {
         std::fs::write(&f, format!("{word}\n")).unwrap();
         r.ok(&["cp", f.to_str().unwrap(), "pc:/f.txt"]);
-        assert_eq!(eventually("/f.txt", word), word, "a file cp replaced reaches the guest");
+        assert_eq!(guest_reads("/f.txt", word), word, "a file cp replaced reaches the guest");
     }
     r.ok(&["rm", "-f", "pc"]);
 }
@@ -195,11 +191,7 @@ fn vm_start_failures_are_clear_and_clean_hyperv() {
     assert_ne!(v["State"]["Status"], "running");
     assert!(v["State"]["Error"].as_str().unwrap().contains("did not come up"));
     let id = v["Id"].as_str().unwrap();
-    let t0 = std::time::Instant::now();
-    while !host_pids_matching(&format!("moat-{}", &id[..12])).is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no QEMU left behind");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("no QEMU left behind", || host_pids_matching(&format!("moat-{}", &id[..12])).is_empty());
     let tap = format!("mtt{}0", &id[..8]);
     assert!(!std::path::Path::new("/sys/class/net").join(&tap).exists(), "no tap left behind: {tap}");
     assert!(host_pids_matching(&format!("--shared-dir={}", r.path().display())).is_empty(), "no virtiofsd left behind");

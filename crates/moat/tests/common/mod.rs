@@ -406,8 +406,6 @@ pub fn with_pty(cmd: &str, input: Option<&str>) -> Output {
     }
 }
 
-/// Runs `moat ARGS` until its output satisfies `ok` (at most a minute, then
-/// returns the last output for the caller's assertion).
 /// Polls `cond` (every 20 ms, for up to 10 s) and fails the test with
 /// `what` if it never holds: for effects that follow a command's return.
 pub fn eventually(what: &str, cond: impl Fn() -> bool) {
@@ -418,6 +416,8 @@ pub fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// Runs `moat ARGS` until its output satisfies `ok` (at most a minute, then
+/// returns the last output for the caller's assertion).
 pub fn until(r: &Root, args: &[&str], ok: impl Fn(&str) -> bool) -> String {
     let t0 = std::time::Instant::now();
     loop {
