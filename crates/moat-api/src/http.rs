@@ -186,6 +186,14 @@ impl Query {
         self.pairs.iter().rev().find(|(x, _)| x == k).map(|(_, v)| v.as_str())
     }
 
+    /// `name`, with `:TAG` when the `tag` parameter is set (push, tag, commit).
+    pub(crate) fn with_tag(&self, name: &str) -> String {
+        match self.get("tag").filter(|t| !t.is_empty()) {
+            Some(t) => format!("{name}:{t}"),
+            None => name.to_string(),
+        }
+    }
+
     pub(crate) fn all(&self, k: &str) -> Vec<&str> {
         self.pairs.iter().filter(|(x, _)| x == k).map(|(_, v)| v.as_str()).collect()
     }
@@ -250,5 +258,7 @@ mod tests {
         assert_eq!(q.get("t"), Some("a b"));
         assert!(q.bool("t", false).is_err());
         assert_eq!(Query::parse(Some("a=%4")).get("a"), Some("%4"));
+        assert_eq!(Query::parse(Some("repo=r&tag=v1")).with_tag("r"), "r:v1");
+        assert_eq!(Query::parse(Some("repo=r&tag=")).with_tag("r"), "r");
     }
 }

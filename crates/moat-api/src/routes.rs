@@ -263,11 +263,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &j!({ "Status": "Login Succeeded", "IdentityToken": "" })))
         }
         (&Method::POST, ["images", rest @ .., "push"]) if !rest.is_empty() => {
-            let name = rest.join("/");
-            let reference = match q.get("tag").filter(|t| !t.is_empty()) {
-                Some(t) => format!("{name}:{t}"),
-                None => name,
-            };
+            let reference = q.with_tag(&rest.join("/"));
             let o = moat_engine::registry::PullOptions { auth: registry_auth(&req)?, ..Default::default() };
             progress_stream(&ctx, true, o, move |e, o, p| e.push(&reference, o, p).map(|_| ()))
         }
@@ -311,10 +307,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             }
             let container = q.get("container").unwrap_or("").to_string();
             let repo = q.get("repo").unwrap_or("");
-            let reference = match q.get("tag").filter(|t| !t.is_empty()) {
-                Some(t) if !repo.is_empty() => Some(format!("{repo}:{t}")),
-                _ => Some(repo.to_string()).filter(|r| !r.is_empty()),
-            };
+            let reference = (!repo.is_empty()).then(|| q.with_tag(repo));
             let creq = moat_engine::changes::CommitRequest {
                 reference,
                 comment: q.get("comment").unwrap_or("").to_string(),
@@ -327,11 +320,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::POST, ["images", rest @ .., "tag"]) if !rest.is_empty() => {
             let name = rest.join("/");
-            let repo = q.get("repo").unwrap_or("").to_string();
-            let target = match q.get("tag").filter(|t| !t.is_empty()) {
-                Some(t) => format!("{repo}:{t}"),
-                None => repo,
-            };
+            let target = q.with_tag(q.get("repo").unwrap_or(""));
             engine(&ctx, move |e| e.tag_image(&name, &target)).await?;
             Ok(empty(201))
         }
