@@ -103,7 +103,9 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 fn a_full_disk_keeps_reads_removal_and_exit_codes(iso: &str) {
     let r = small_root(48);
     let root = r.path().display().to_string();
-    // created while there is room; they end while the disk is full
+    // created while there is room; they end while the disk is full, once
+    // the `touch` that tells them to is gone (an init that ended first would
+    // take the exec'd `touch` with it: 137 instead of its exit code)
     r.ok(&[
         "run",
         "-d",
@@ -114,7 +116,7 @@ fn a_full_disk_keeps_reads_removal_and_exit_codes(iso: &str) {
         "busybox",
         "sh",
         "-c",
-        "while [ ! -e /go ]; do sleep 0.1; done; exit 7",
+        "while [ ! -e /go ] || grep -qsx touch /proc/[0-9]*/comm; do sleep 0.1; done; exit 7",
     ]);
     r.ok(&[
         "run",
@@ -126,7 +128,7 @@ fn a_full_disk_keeps_reads_removal_and_exit_codes(iso: &str) {
         "busybox",
         "sh",
         "-c",
-        "while [ ! -e /go ]; do sleep 0.1; done; exit 8",
+        "while [ ! -e /go ] || grep -qsx touch /proc/[0-9]*/comm; do sleep 0.1; done; exit 8",
     ]);
     // one filler writes until the disk is full, then sleeps
     r.ok(&[
