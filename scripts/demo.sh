@@ -27,7 +27,7 @@ m switch ls
 m info | grep -E 'isolation|accel|kernel' || true
 
 step "1. WINCONT: process isolation (the default)"
-m run -d --name WINCONT --switch "$SWITCH" busybox sh -c 'echo written-before-conversion > /keep; exec sleep 100001' >/dev/null
+m run -d --name WINCONT --switch "$SWITCH" busybox sh -c '[ -e /keep ] || echo written-before-conversion > /keep; exec sleep 100001' >/dev/null
 m top WINCONT
 m exec WINCONT ps
 hostpid=$("$MOAT" --root "$ROOT" inspect WINCONT | grep '"Pid"' | head -1 | tr -dc 0-9)
