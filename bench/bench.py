@@ -177,6 +177,74 @@ def ping_load(sock, clients, per_client):
     return (lats[len(lats) // 2], lats[int(len(lats) * 0.99)]), len(lats) / wall
 
 
+def api_run(sock, runs):
+    """`docker run --rm busybox true`'s own requests (HEAD /_ping, create,
+    attach with an upgrade, wait?condition=removed, start, then the wait's
+    answer), sent from this process: what the API costs without a client
+    program starting. Checks every answer and the exit code."""
+    import socket
+
+    def send(method, path, body=b"", upgrade=False):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock)
+        head = f"{method} {path} HTTP/1.1\r\nHost: moat\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        if upgrade:
+            head += "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+        s.sendall(head.encode() + b"\r\n" + body)
+        f = s.makefile("rb")
+        status = f.readline()
+        headers = {}
+        while True:
+            h = f.readline()
+            if h in (b"\r\n", b""):
+                break
+            k, _, v = h.decode().partition(":")
+            headers[k.strip().lower()] = v.strip()
+        return s, f, status, headers
+
+    def chunked(f):
+        out = b""
+        while True:
+            n = int(f.readline().split(b";")[0], 16)
+            if n == 0:
+                return out
+            out += f.read(n)
+            f.readline()
+
+    def once():
+        ok = lambda st, code: st.startswith(f"HTTP/1.1 {code}".encode()) or sys.exit(f"API run: {st!r}")
+        s, f, st, _ = send("HEAD", "/_ping")
+        ok(st, 200)
+        s.close()
+        body = json.dumps({"Image": "busybox", "Cmd": ["true"], "AttachStdout": True, "AttachStderr": True,
+                           "HostConfig": {"AutoRemove": True, "NetworkMode": "default"}}).encode()
+        s, f, st, h = send("POST", "/v1.45/containers/create", body)
+        ok(st, 201)
+        cid = json.loads(f.read(int(h["content-length"])))["Id"]
+        s.close()
+        att, _, st, _ = send("POST", f"/v1.45/containers/{cid}/attach?stream=1&stdout=1&stderr=1", upgrade=True)
+        ok(st, 101)
+        w, wf, st, _ = send("POST", f"/v1.45/containers/{cid}/wait?condition=removed")
+        ok(st, 200)
+        s, f, st, _ = send("POST", f"/v1.45/containers/{cid}/start")
+        ok(st, 204)
+        s.close()
+        code = json.loads(chunked(wf))["StatusCode"]
+        if code != 0:
+            sys.exit(f"API run: exit code {code}")
+        w.close()
+        att.close()
+
+    xs = []
+    for i in range(runs + 1):
+        t0 = time.perf_counter()
+        once()
+        if i > 0:
+            xs.append(time.perf_counter() - t0)
+    return {"name": "the same requests from an in-process client (moat serve)", "median": statistics.median(xs),
+            "min": min(xs), "max": max(xs)}
+
+
 def main():
     global ARGS
     ap = argparse.ArgumentParser()
@@ -366,15 +434,23 @@ def main():
                 time.sleep(0.05)
             dk = f"DOCKER_HOST=unix://{sock} DOCKER_CONFIG={os.path.dirname(sock)} docker"
             moat = series("moat run --rm busybox true", f"{m} run --rm busybox true", a.runs)
+            cpu0 = os.times()
             api = series("docker run --rm busybox true (moat serve)", f"{dk} run --rm busybox true", a.runs)
+            cpu1 = os.times()
+            # CPU of the docker CLI processes (children of this one): on 2 cores it competes with the start
+            dk_cpu = (cpu1.children_user + cpu1.children_system - cpu0.children_user - cpu0.children_system) / (a.runs + 1)
+            raw = api_run(sock, a.runs)
             # the docker CLI's own cost: a Go binary starting, reading its
             # config and doing two requests (`_ping`, `version`)
             floor = series("docker version (moat serve): the CLI's own floor", f"{dk} version", a.runs)
             out.append(row("API run", api))
             out.append(row("API run", moat, api))
             out.append(row("API run", floor, api))
+            out.append(row("API run", raw, api))
             notes.append(f"docker run through moat serve = {api['median'] / moat['median']:.2f}x moat run; "
-                         f"the docker CLI alone (`docker version`) takes {fmt_t(floor['median'])} of it")
+                         f"the docker CLI alone (`docker version`) takes {fmt_t(floor['median'])} of it, and "
+                         f"`docker run` uses {dk_cpu * 1000:.1f} ms of CPU itself; docker run's requests from an "
+                         f"in-process client = {raw['median'] / moat['median']:.2f}x moat run")
             # the same pair for VM isolation, where the engine's own work dominates
             vruns = max(3, a.runs // 2)
             vmoat = series("moat run --rm --isolation=hyperv busybox true", f"{m} run --rm --isolation=hyperv busybox true", vruns)
