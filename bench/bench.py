@@ -130,6 +130,17 @@ def row(title, r, ref=None):
     return f"| {title} | {r['name']} | {fmt_t(r['median'])} | {fmt_t(r['min'])} | {fmt_t(r['max'])} | {ratio} |"
 
 
+def read_head(f):
+    """An HTTP response's status line and headers (names lower-cased) from `f`."""
+    status, headers = f.readline(), {}
+    while True:
+        h = f.readline()
+        if h in (b"\r\n", b""):
+            return status, headers
+        k, _, v = h.decode().partition(":")
+        headers[k.strip().lower()] = v.strip()
+
+
 def ping_load(sock, clients, per_client):
     """`clients` threads, each on its own keep-alive connection, sending
     `per_client` `GET /_ping`; returns ((p50, p99) latency, requests/s)."""
@@ -147,15 +158,8 @@ def ping_load(sock, clients, per_client):
         for _ in range(per_client):
             t0 = time.perf_counter()
             s.sendall(b"GET /_ping HTTP/1.1\r\nHost: moat\r\n\r\n")
-            status = f.readline()
-            length = 0
-            while True:
-                h = f.readline()
-                if h in (b"\r\n", b""):
-                    break
-                if h.lower().startswith(b"content-length:"):
-                    length = int(h.split(b":")[1])
-            body = f.read(length)
+            status, headers = read_head(f)
+            body = f.read(int(headers.get("content-length", 0)))
             if not status.startswith(b"HTTP/1.1 200") or body != b"OK":
                 errors.append(status)
                 break
@@ -192,15 +196,7 @@ def api_run(sock, runs):
             head += "Connection: Upgrade\r\nUpgrade: tcp\r\n"
         s.sendall(head.encode() + b"\r\n" + body)
         f = s.makefile("rb")
-        status = f.readline()
-        headers = {}
-        while True:
-            h = f.readline()
-            if h in (b"\r\n", b""):
-                break
-            k, _, v = h.decode().partition(":")
-            headers[k.strip().lower()] = v.strip()
-        return s, f, status, headers
+        return (s, f) + read_head(f)
 
     def chunked(f):
         out = b""

@@ -53,7 +53,8 @@ if [ ! -s "$image" ]; then
   make -s -C "$src" -j"$(nproc)" vmlinux
   # every page of .text is loaded into the guest and stored in its VM
   # template: none may be padding of int3s (entry-text-padding-zeros.patch)
-  read -r off size < <(readelf -SW "$src/vmlinux" | sed -n 's/.*\] \.text  *PROGBITS  *[0-9a-f]* \([0-9a-f]*\) \([0-9a-f]*\) .*/\1 \2/p')
+  read -r off size < <(readelf -SW "$src/vmlinux" | sed -n 's/.*\] \.text  *PROGBITS  *[0-9a-f]* \([0-9a-f]*\) \([0-9a-f]*\) .*/\1 \2/p') || true
+  [ -n "${size:-}" ] || { echo "guest kernel: no .text section found in $src/vmlinux" >&2; exit 1; }
   pad=$(python3 -c 'import sys; f=open(sys.argv[1], "rb"); f.seek(int(sys.argv[2], 16)); d=f.read(int(sys.argv[3], 16))
 print(sum(d[i:i+4096] == b"\xcc" * 4096 for i in range(0, len(d), 4096)))' "$src/vmlinux" "$off" "$size")
   [ "$pad" = 0 ] || { echo "guest kernel: $pad pages of .text are int3 padding" >&2; exit 1; }
