@@ -141,11 +141,12 @@ fn walk(upper: &Path, layers: &[PathBuf]) -> std::io::Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// The changes as an OCI layer tar.
+/// The changes as an OCI layer tar; a file the container changes while it
+/// is read contributes exactly the size its header announces
+/// ([`moat_image::pack`]).
 fn layer_tar(entries: &[Entry], w: impl std::io::Write) -> std::io::Result<()> {
-    let mut b = tar::Builder::new(w);
-    b.follow_symlinks(false);
-    let empty = |b: &mut tar::Builder<_>, name: &str| -> std::io::Result<()> {
+    let mut b = moat_image::pack::Packer::new(w);
+    let empty = |b: &mut moat_image::pack::Packer<_>, name: &str| -> std::io::Result<()> {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_size(0);
@@ -153,8 +154,7 @@ fn layer_tar(entries: &[Entry], w: impl std::io::Write) -> std::io::Result<()> {
         h.set_uid(0);
         h.set_gid(0);
         h.set_mtime(0);
-        h.set_cksum();
-        b.append_data(&mut h, name, &[][..])
+        b.append_data(&mut h, Path::new(name), &[][..])
     };
     for e in entries {
         let name = e.path.trim_start_matches('/');
@@ -169,12 +169,12 @@ fn layer_tar(entries: &[Entry], w: impl std::io::Write) -> std::io::Result<()> {
             empty(&mut b, &wh)?;
             continue;
         }
-        b.append_path_with_name(&e.host, name)?;
+        b.append_path(&e.host, Path::new(name))?;
         if e.is_dir && e.opaque {
             empty(&mut b, &format!("{name}/.wh..wh..opq"))?;
         }
     }
-    b.into_inner()?.flush()
+    b.finish().map(|_| ())
 }
 
 /// `commit` options.

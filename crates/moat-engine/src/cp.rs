@@ -197,35 +197,23 @@ pub fn destination(
 
 /// Writes `src` as a tar stream whose top entry is `name` (or, with
 /// `None`, whose entries are the directory's children). Links are
-/// archived as links; device nodes and FIFOs as nodes (never read).
+/// archived as links; device nodes and FIFOs as nodes (never read); a
+/// regular file contributes exactly the size its header announces, however
+/// the container changes it meanwhile ([`moat_image::pack`]).
 fn pack(src: &Path, name: Option<&str>, follow_top: bool, w: impl Write) -> Result<(), EngineError> {
-    let mut b = tar::Builder::new(w);
-    b.follow_symlinks(false);
+    let mut b = moat_image::pack::Packer::new(w);
     let top = if follow_top {
         std::fs::canonicalize(src).map_err(io_err(format!("resolve {}", src.display())))?
     } else {
         src.to_path_buf()
     };
-    let meta = std::fs::symlink_metadata(&top).map_err(io_err(format!("stat {}", src.display())))?;
     let fail = |e: std::io::Error| EngineError::Io(format!("archive {}", src.display()), e);
     match name {
-        Some(n) if meta.is_dir() => b.append_dir_all(n, &top).map_err(fail)?,
-        Some(n) => b.append_path_with_name(&top, n).map_err(fail)?,
-        None => {
-            let mut entries: Vec<_> = std::fs::read_dir(&top).map_err(fail)?.flatten().collect();
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries {
-                let p = e.path();
-                let n = e.file_name();
-                if e.file_type().map_err(fail)?.is_dir() {
-                    b.append_dir_all(&n, &p).map_err(fail)?;
-                } else {
-                    b.append_path_with_name(&p, &n).map_err(fail)?;
-                }
-            }
-        }
+        Some(n) => b.append_tree(&top, Path::new(n)).map_err(fail)?,
+        None => b.append_children(&top, Path::new("")).map_err(fail)?,
     }
-    b.into_inner().and_then(|mut w| w.flush()).map_err(fail)
+    b.finish().map_err(fail)?;
+    Ok(())
 }
 
 /// Unpacks a tar stream into the existing directory `dir`.
@@ -246,6 +234,140 @@ fn unpack(r: impl Read, dir: &Path, keep_owners: bool) -> Result<(), EngineError
     a.set_overwrite(true);
     a.set_unpack_xattrs(false);
     a.unpack(dir).map_err(|e| EngineError::Invalid(format!("cannot unpack the archive into {}: {e}", dir.display())))
+}
+
+/// A private directory beside a host destination where a copy from a
+/// container is unpacked before anything of it lands; removed when dropped.
+struct Stage(PathBuf);
+
+impl Stage {
+    fn new(dir: &Path) -> Result<Self, EngineError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let p = dir.join(format!(".moat-cp-{:016x}", rand::random::<u64>()));
+        std::fs::DirBuilder::new().mode(0o700).create(&p).map_err(io_err(format!("create {}", p.display())))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Unpacks a tar stream from a container into the host directory `dir`.
+/// The whole stream lands in a private staging directory beside the
+/// destination first, so a refused entry (a device node without `-a`, a
+/// path that leaves the destination) or a broken stream stops the copy
+/// before anything is written to the destination; without `-a` setuid and
+/// setgid bits are dropped. Then each entry is moved into place:
+/// directories merged, anything else replaced (a link already in the
+/// destination is replaced, never followed).
+fn unpack_to_host(r: impl Read, dir: &Path, archive: bool) -> Result<(), EngineError> {
+    let meta = std::fs::metadata(dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            EngineError::NotFound(format!("destination directory {} does not exist", dir.display()))
+        }
+        _ => EngineError::Io(format!("stat {}", dir.display()), e),
+    })?;
+    if !meta.is_dir() {
+        return Err(EngineError::Invalid(format!("extraction point {} is not a directory", dir.display())));
+    }
+    let stage = Stage::new(dir)?;
+    let bad =
+        |e: std::io::Error| EngineError::Invalid(format!("cannot unpack the archive into {}: {e}", dir.display()));
+    let mut a = tar::Archive::new(r);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(archive);
+    a.set_preserve_mtime(true);
+    a.set_overwrite(true);
+    a.set_unpack_xattrs(false);
+    for e in a.entries().map_err(bad)? {
+        let mut e = e.map_err(bad)?;
+        let name = e.path().map(|p| p.display().to_string()).unwrap_or_default();
+        let t = e.header().entry_type();
+        if !archive && (t.is_character_special() || t.is_block_special()) {
+            return Err(EngineError::Invalid(format!(
+                "refusing device node {name} from the container: nothing was copied (cp -a copies device nodes)"
+            )));
+        }
+        if !e.unpack_in(&stage.0).map_err(bad)? {
+            return Err(EngineError::Invalid(format!(
+                "refusing archive entry {name}: it leaves the destination; nothing was copied"
+            )));
+        }
+    }
+    if !archive {
+        drop_set_id_bits(&stage.0)?;
+    }
+    merge_check(&stage.0, dir)?;
+    merge(&stage.0, dir).map_err(io_err(format!("move the copy into {}", dir.display())))
+}
+
+/// Clears setuid and setgid bits below `dir` (links not followed).
+fn drop_set_id_bits(dir: &Path) -> Result<(), EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in std::fs::read_dir(dir).map_err(io_err(format!("read {}", dir.display())))? {
+        let p = e.map_err(io_err(format!("read {}", dir.display())))?.path();
+        let m = std::fs::symlink_metadata(&p).map_err(io_err(format!("stat {}", p.display())))?;
+        if m.file_type().is_symlink() {
+            continue;
+        }
+        let mode = m.permissions().mode();
+        if mode & 0o6000 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & !0o6000 & 0o7777))
+                .map_err(io_err(format!("chmod {}", p.display())))?;
+        }
+        if m.is_dir() {
+            drop_set_id_bits(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Docker's refusals of a copy that would put a directory over a file or a
+/// file over a directory, checked before anything moves.
+fn merge_check(src: &Path, dst: &Path) -> Result<(), EngineError> {
+    for e in std::fs::read_dir(src).map_err(io_err(format!("read {}", src.display())))? {
+        let name = e.map_err(io_err(format!("read {}", src.display())))?.file_name();
+        let (s, d) = (src.join(&name), dst.join(&name));
+        let s_dir = std::fs::symlink_metadata(&s).map_err(io_err(format!("stat {}", s.display())))?.is_dir();
+        match std::fs::symlink_metadata(&d) {
+            Ok(m) if m.is_dir() && s_dir => merge_check(&s, &d)?,
+            Ok(m) if m.is_dir() => {
+                return Err(EngineError::Invalid(format!(
+                    "cannot overwrite directory {} with non-directory; nothing was copied",
+                    d.display()
+                )))
+            }
+            Ok(_) if s_dir => {
+                return Err(EngineError::Invalid(format!(
+                    "cannot overwrite non-directory {} with directory; nothing was copied",
+                    d.display()
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Moves the staged entries into `dst`: directories merged (their modes
+/// applied), anything else renamed over what was there.
+fn merge(src: &Path, dst: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(src)? {
+        let name = e?.file_name();
+        let (s, d) = (src.join(&name), dst.join(&name));
+        let sm = std::fs::symlink_metadata(&s)?;
+        match std::fs::symlink_metadata(&d) {
+            Ok(dm) if dm.is_dir() && sm.is_dir() => {
+                merge(&s, &d)?;
+                std::fs::set_permissions(&d, sm.permissions())?;
+            }
+            _ => std::fs::rename(&s, &d)?,
+        }
+    }
+    Ok(())
 }
 
 /// `chroot` of the calling thread (its filesystem attributes unshared).
@@ -396,11 +518,15 @@ impl Engine {
             });
             // the destination is known before the first byte comes
             let unpacked = match rx.recv() {
-                Ok(dir) => unpack(reader, &dir, opts.archive),
+                Ok(dir) => unpack_to_host(reader, &dir, opts.archive),
                 Err(_) => Ok(()),
             };
             let packed = from.join().unwrap_or_else(|_| Err(EngineError::Invalid("a copy thread panicked".into())));
-            packed.and(unpacked)
+            match (packed, unpacked) {
+                // the host side refused and closed the pipe: its reason is the one
+                (Err(EngineError::Io(_, e)), Err(u)) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(u),
+                (packed, unpacked) => packed.and(unpacked),
+            }
         })
     }
 

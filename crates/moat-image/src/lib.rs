@@ -11,6 +11,7 @@ pub mod archive;
 pub mod changes;
 pub mod compress;
 pub mod hashing;
+pub mod pack;
 pub mod unpack;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +23,16 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, Write};
 use std::path::Path;
 pub use unpack::Limits;
+
+/// The largest image config, manifest or index accepted (from a registry or
+/// an archive), as containerd caps manifests: every `images` and `inspect`
+/// reads the config, so a huge one costs every later command.
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
+/// The most bytes accepted after a layer's tar end-of-archive blocks (tar
+/// writers pad to a record of 10 KiB; anything beyond 1 MiB is not padding
+/// and would be stored outside the unpack limits).
+pub const MAX_TRAILING_BYTES: u64 = 1 << 20;
 
 /// Errors of the image store.
 #[derive(Debug, thiserror::Error)]
@@ -236,8 +247,9 @@ impl Unpacker {
         drop(head);
         src.rewind().map_err(ImageError::io(format!("read {what}")))?;
         if let (Some(want), true) = (want_blob, compression != Compression::None) {
-            let (got, _, _) =
-                HashReader::new(&mut src, None::<io::Sink>).finish().map_err(ImageError::io(format!("read {what}")))?;
+            let (got, _, _) = HashReader::new(&mut src, None::<io::Sink>)
+                .finish(u64::MAX)
+                .map_err(ImageError::io(format!("read {what}")))?;
             if &got != want {
                 return Err(ImageError::DigestMismatch { what, want: want.to_string(), got: got.to_string() });
             }
@@ -275,7 +287,10 @@ impl Unpacker {
         );
         let mut hr = HashReader::new(decompress(src)?, Some(blob));
         unpack::unpack(&mut hr, &dir, unpack::Kind::Layer, limits).map_err(no_space)?;
-        let (diff, size, blob) = hr.finish().map_err(ImageError::io(format!("read {what}")))?;
+        let (diff, size, blob) = hr.finish(MAX_TRAILING_BYTES).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => ImageError::BadArchive(format!("{what}: {e}")),
+            _ => ImageError::Io(format!("read {what}"), e),
+        })?;
         if let Some(mut b) = blob {
             b.flush().map_err(ImageError::io("write layer blob"))?;
         }
@@ -801,6 +816,8 @@ impl ImageStore {
     }
 }
 
+/// One entry of exactly `len` bytes (a blob that changed meanwhile cannot
+/// add entries: [`pack::Exact`]).
 fn append<W: Write>(b: &mut tar::Builder<W>, name: &str, len: u64, data: impl Read) -> Result<(), ImageError> {
     let mut h = tar::Header::new_gnu();
     h.set_size(len);
@@ -809,7 +826,7 @@ fn append<W: Write>(b: &mut tar::Builder<W>, name: &str, len: u64, data: impl Re
     h.set_gid(0);
     h.set_mtime(0);
     h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, name, data).map_err(ImageError::io("write archive"))
+    b.append_data(&mut h, name, pack::Exact::new(data, len)).map_err(ImageError::io("write archive"))
 }
 
 fn record(
