@@ -136,7 +136,9 @@ impl From<RegistryError> for EngineError {
         match e {
             RegistryError::NotFound(m) => EngineError::NotFound(m),
             RegistryError::Unsupported(m) => EngineError::Unsupported(m),
-            RegistryError::DigestMismatch { .. } => EngineError::Invalid(e.to_string()),
+            RegistryError::DigestMismatch { .. }
+            | RegistryError::SizeMismatch { .. }
+            | RegistryError::TooLarge { .. } => EngineError::Invalid(e.to_string()),
             RegistryError::Unauthorized { .. } => EngineError::Unauthorized(e.to_string()),
             e => EngineError::Registry(e.to_string()),
         }
@@ -237,8 +239,16 @@ impl Engine {
         };
         // the manifest digest users pin is the top one (the index's, for a multi-platform image)
         let repo_digest = format!("{}@{}", r.repo, top.digest);
+        if manifest.config.size > moat_image::MAX_CONFIG_BYTES {
+            return Err(RegistryError::TooLarge {
+                what: format!("the image config {}", manifest.config.digest),
+                size: manifest.config.size,
+                max: moat_image::MAX_CONFIG_BYTES,
+            }
+            .into());
+        }
         let mut config = Vec::new();
-        client.blob(&target, &manifest.config.digest, &mut config, &mut |_| {})?;
+        client.blob(&target, &manifest.config.digest, manifest.config.size, &mut config, &mut |_| {})?;
         let (_, diff_ids) = moat_image::parse_config(&config)?;
         if diff_ids.len() != manifest.layers.len() {
             return Err(EngineError::Invalid(format!(
@@ -323,9 +333,9 @@ impl Engine {
             let (rx, tx) = std::io::pipe().map_err(EngineError::io("create a pipe"))?;
             std::thread::scope(|s| {
                 let unpack = s.spawn(move || images.unpack_pulled_stream(txn, i, rx, &diff_ids[i]));
-                let mut sink = PipeSink { pipe: Some(tx) };
+                let mut sink = PipeSink::new(tx);
                 let mut last = 0u64;
-                let got = client.blob(target, &l.digest, &mut sink, &mut |n| {
+                let got = client.blob(target, &l.digest, l.size, &mut sink, &mut |n| {
                     if n - last >= (256 << 10) || n == l.size {
                         last = n;
                         progress(PullEvent::Layer {
@@ -348,9 +358,17 @@ impl Engine {
                 let unpacked = unpack
                     .join()
                     .unwrap_or_else(|_| Err(moat_image::ImageError::BadArchive("the unpack thread panicked".into())));
-                // the download's verdict first: a corrupt blob is a digest
-                // mismatch even when the unpacker choked on it earlier
-                got?;
+                // the download's verdict first (a corrupt blob is a digest
+                // mismatch even when the unpacker choked on it), unless it was
+                // stopped because the unpacker had stopped (a limit, a full
+                // disk, a broken archive): then the unpacker's reason
+                match got {
+                    Err(RegistryError::Io(..)) => {
+                        unpacked?;
+                        return Err(EngineError::Invalid(format!("layer {}: the unpacker stopped", i + 1)));
+                    }
+                    g => g?,
+                };
                 let size = unpacked?;
                 progress(PullEvent::Layer { id, status: LayerStatus::Complete, current: l.size, total: l.size });
                 Ok(size)
@@ -509,19 +527,37 @@ impl Engine {
     }
 }
 
-/// The writing end of a layer's pipe. When the unpacker stops reading
-/// (it failed, or the tar ended before its padding), the rest of the blob
-/// is still consumed, so the download's digest check always completes.
+/// The download's end of a layer's pipe. When the unpacker has stopped
+/// reading (it finished the tar and its trailing bytes, or it failed: a
+/// limit, a full disk, a broken archive), up to [`PipeSink::TAIL`] more
+/// bytes are still taken and only hashed (a compressed stream may end
+/// before the blob does; a corrupt blob still gets its digest verdict if it
+/// is short), and then the sink fails, which stops the download.
 struct PipeSink {
     pipe: Option<std::io::PipeWriter>,
+    /// Bytes taken since the pipe closed.
+    tail: u64,
+}
+
+impl PipeSink {
+    const TAIL: u64 = 1 << 20;
+
+    fn new(pipe: std::io::PipeWriter) -> Self {
+        Self { pipe: Some(pipe), tail: 0 }
+    }
 }
 
 impl std::io::Write for PipeSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if let Some(p) = &mut self.pipe {
-            if p.write_all(buf).is_err() {
-                self.pipe = None;
+            if p.write_all(buf).is_ok() {
+                return Ok(buf.len());
             }
+            self.pipe = None;
+        }
+        self.tail += buf.len() as u64;
+        if self.tail > Self::TAIL {
+            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the layer's unpacker stopped"));
         }
         Ok(buf.len())
     }

@@ -55,8 +55,21 @@ fn digest_in_name(rel: &str) -> Option<Digest> {
     Digest::from_hex(hex).ok()
 }
 
+/// Reads a JSON document of the archive (manifest, index, config), at most
+/// [`crate::MAX_CONFIG_BYTES`]: a larger one is refused before it is read.
+fn read_capped(path: &Path, what: &str) -> Result<Vec<u8>, ImageError> {
+    let len = std::fs::metadata(path).map_err(ImageError::io(format!("stat {what}")))?.len();
+    if len > crate::MAX_CONFIG_BYTES {
+        return Err(ImageError::BadArchive(format!(
+            "{what} is {len} bytes, more than the {} accepted",
+            crate::MAX_CONFIG_BYTES
+        )));
+    }
+    std::fs::read(path).map_err(ImageError::io(format!("read {what}")))
+}
+
 fn read_verified(path: &Path, want: Option<&Digest>, what: &str) -> Result<Vec<u8>, ImageError> {
-    let bytes = std::fs::read(path).map_err(ImageError::io(format!("read {what}")))?;
+    let bytes = read_capped(path, what)?;
     if let Some(w) = want {
         let got = Digest::of(&bytes);
         if &got != w {
@@ -91,7 +104,7 @@ pub fn read(stage: &Path) -> Result<Vec<ArchiveImage>, ImageError> {
 }
 
 fn docker_archive(stage: &Path) -> Result<Vec<ArchiveImage>, ImageError> {
-    let raw = std::fs::read(stage.join("manifest.json")).map_err(ImageError::io("read manifest.json"))?;
+    let raw = read_capped(&stage.join("manifest.json"), "manifest.json")?;
     let entries: Vec<DockerManifestEntry> =
         serde_json::from_slice(&raw).map_err(|e| ImageError::BadArchive(format!("manifest.json: {e}")))?;
     if entries.is_empty() {
@@ -127,7 +140,7 @@ fn is_index(mt: &MediaType) -> bool {
 }
 
 fn oci_layout(stage: &Path) -> Result<Vec<ArchiveImage>, ImageError> {
-    let index = ImageIndex::from_file(stage.join("index.json"))
+    let index = ImageIndex::from_reader(&read_capped(&stage.join("index.json"), "index.json")?[..])
         .map_err(|e| ImageError::BadArchive(format!("index.json: {e}")))?;
     let mut out = Vec::new();
     for desc in index.manifests() {

@@ -18,10 +18,17 @@ impl<R: Read, W: Write> HashReader<R, W> {
         Self { inner, hasher: Sha256::new(), tee, count: 0 }
     }
 
-    /// Reads the rest of the stream (so the digest covers all of it) and
-    /// returns the digest, the byte count and the tee writer.
-    pub fn finish(mut self) -> io::Result<(Digest, u64, Option<W>)> {
-        io::copy(&mut self, &mut io::sink())?;
+    /// Reads the rest of the stream (so the digest covers all of it), at
+    /// most `max_rest` bytes (more is an `InvalidData` error), and returns
+    /// the digest, the byte count and the tee writer.
+    pub fn finish(mut self, max_rest: u64) -> io::Result<(Digest, u64, Option<W>)> {
+        let rest = io::copy(&mut (&mut self).take(max_rest.saturating_add(1)), &mut io::sink())?;
+        if rest > max_rest {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("more than {max_rest} bytes of trailing data after the archive's end"),
+            ));
+        }
         Ok((Digest::from_hasher(self.hasher), self.count, self.tee))
     }
 }

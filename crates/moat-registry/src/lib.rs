@@ -70,7 +70,27 @@ pub enum RegistryError {
         /// What went wrong.
         message: String,
     },
-    /// Local I/O.
+    /// A blob's length is not the one its descriptor announced.
+    #[error("{what}: size mismatch: the descriptor announced {want} bytes, the registry sent {got}")]
+    SizeMismatch {
+        /// What was fetched.
+        what: String,
+        /// The descriptor's size.
+        want: u64,
+        /// What came (for a blob too long: the bytes read when it was stopped).
+        got: String,
+    },
+    /// A blob larger than what this client accepts for its kind.
+    #[error("{what}: {size} bytes is more than the {max} bytes accepted")]
+    TooLarge {
+        /// What was to be fetched.
+        what: String,
+        /// Its announced size.
+        size: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// Local I/O (writing what was fetched).
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
 }
@@ -508,18 +528,22 @@ impl Client {
         Err(last.unwrap_or_else(|| RegistryError::NotFound(format!("manifest {reference}"))))
     }
 
-    /// Streams blob `digest` into `w`, checking its digest; `progress(n)`
-    /// is called with the bytes received so far. A download that breaks
-    /// off is resumed where it stopped (`Range`, up to 3 times; a registry
-    /// that answers the whole blob again has the bytes already written
-    /// skipped). Returns the size.
+    /// Streams blob `digest` of `size` bytes (its descriptor's) into `w`,
+    /// checking its size and digest: a registry that sends more is stopped
+    /// at the first byte past `size`, one that sends less fails. A failing
+    /// `w` stops the download. `progress(n)` is called with the bytes
+    /// received so far. A download that breaks off is resumed where it
+    /// stopped (`Range`, up to 3 times; a registry that answers the whole
+    /// blob again has the bytes already written skipped). Returns the size.
     pub fn blob(
         &self,
         t: &Target,
         digest: &Digest,
+        size: u64,
         w: &mut dyn Write,
         progress: &mut dyn FnMut(u64),
     ) -> Result<u64, RegistryError> {
+        let what = || format!("blob {digest} of {}/{}", t.registry, t.repo);
         let base = self.base(t)?;
         let url = format!("{base}/v2/{}/blobs/{digest}", t.repo);
         let mut h = Sha256::new();
@@ -570,11 +594,21 @@ impl Client {
                 if fresh.is_empty() {
                     continue;
                 }
+                if n + fresh.len() as u64 > size {
+                    return Err(RegistryError::SizeMismatch {
+                        what: what(),
+                        want: size,
+                        got: format!("more (stopped at {})", n + fresh.len() as u64),
+                    });
+                }
                 h.update(fresh);
                 w.write_all(fresh).map_err(|e| RegistryError::Io(format!("write blob {digest}"), e))?;
                 n += fresh.len() as u64;
                 progress(n);
             }
+        }
+        if n != size {
+            return Err(RegistryError::SizeMismatch { what: what(), want: size, got: n.to_string() });
         }
         let got = format!("sha256:{}", hex::encode(h.finalize()));
         if got != digest.to_string() {
@@ -825,7 +859,7 @@ mod tests {
             let c = Client::new(ClientOptions::default(), |_| None);
             let t = Target::of_repo(&format!("{addr}/r"));
             let mut out = Vec::new();
-            let n = c.blob(&t, &digest, &mut out, &mut |_| {}).unwrap();
+            let n = c.blob(&t, &digest, blob.len() as u64, &mut out, &mut |_| {}).unwrap();
             assert_eq!((n, out == blob), (blob.len() as u64, true), "ranges: {ranges}");
             let seen = server.join().unwrap();
             let asked = seen.iter().filter(|h| h.contains("/blobs/")).collect::<Vec<_>>();
