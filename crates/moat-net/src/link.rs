@@ -151,18 +151,43 @@ fn rules(c: &SwitchConfig) -> Vec<(&'static str, &'static str, bool, Vec<String>
 /// switches at once must not race on "check, then add".
 pub struct HostLock(#[allow(dead_code)] std::fs::File);
 
-/// Takes the host-wide network lock (blocking).
+/// Where the host-wide network lock lives: a directory only root can
+/// enter (`/run/lock` is world-writable, so any user could hold a lock
+/// there or plant a link in its place).
+pub const HOST_LOCK_DIR: &str = "/run/moat";
+
+/// Takes the host-wide network lock (blocking). The directory is made
+/// 0700 and must be a real directory owned by root and writable by nobody
+/// else; the lock file is opened without following a link.
 pub fn host_lock() -> Result<HostLock, NetError> {
-    let dir = std::path::Path::new("/run/lock");
-    let _ = std::fs::create_dir_all(dir);
+    host_lock_in(std::path::Path::new(HOST_LOCK_DIR))
+}
+
+fn host_lock_in(dir: &std::path::Path) -> Result<HostLock, NetError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    let path = dir.join("net.lock");
+    let fail = |what: &str, e: std::io::Error| NetError::Command(format!("{what} {}: {e}", path.display()));
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail("create the directory of", e)),
+    }
+    let m = std::fs::symlink_metadata(dir).map_err(|e| fail("stat the directory of", e))?;
+    if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+        return Err(NetError::Command(format!(
+            "refusing the network lock: {} must be a directory owned by root and writable by root only",
+            dir.display()
+        )));
+    }
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join("moat-net.lock"))
-        .map_err(|e| NetError::Command(format!("open /run/lock/moat-net.lock: {e}")))?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| NetError::Command(format!("lock /run/lock/moat-net.lock: {e}")))?;
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32 | rustix::fs::OFlags::CLOEXEC.bits() as i32)
+        .open(&path)
+        .map_err(|e| fail("open", e))?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| fail("lock", e.into()))?;
     Ok(HostLock(f))
 }
 
@@ -246,5 +271,28 @@ pub fn add_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
 pub fn del_link(name: &str) {
     if exists(name) {
         let _ = run("ip", &["link", "del", name]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The lock file is never created through a planted link, and a
+    /// directory others can write to is refused; a clean one works.
+    #[test]
+    fn host_lock_follows_no_link_and_wants_a_private_directory() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("moat");
+        assert!(host_lock_in(&dir).is_ok(), "the positive control");
+        std::fs::remove_file(dir.join("net.lock")).expect("rm");
+        let target = t.path().join("target");
+        std::os::unix::fs::symlink(&target, dir.join("net.lock")).expect("plant");
+        assert!(host_lock_in(&dir).is_err());
+        assert!(!target.exists(), "nothing created through the link");
+        std::fs::remove_file(dir.join("net.lock")).expect("rm");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(host_lock_in(&dir).is_err_and(|e| e.to_string().contains("writable by root only")));
     }
 }

@@ -31,7 +31,7 @@ fn open(path: &Path) -> Result<File, LockError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::CLOEXEC.bits() as i32)
+        .custom_flags((rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
         .open(path)
         .map_err(|source| LockError::Io { path: path.display().to_string(), source })
 }

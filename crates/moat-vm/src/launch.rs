@@ -8,7 +8,9 @@
 //! passed the same way.
 //!
 //! Least privilege: virtiofsd runs in its own namespace sandbox without
-//! `CAP_MKNOD`; QEMU runs in an empty network namespace (its taps are open
+//! `CAP_MKNOD` and without `CAP_DAC_READ_SEARCH` (moat uses no inode file
+//! handles, and with that capability `open_by_handle_at` reaches any file
+//! of the host's filesystems, whatever the sandbox's root); QEMU runs in an empty network namespace (its taps are open
 //! descriptors), dies with its shim, and once it has opened everything it
 //! needs it chroots into an empty directory and becomes an unprivileged user
 //! of its own (see `qemu::vm_uid`), under QEMU's seccomp sandbox.
@@ -335,7 +337,8 @@ pub fn launch(cfg: &VmConfig, version: qemu::Version) -> Result<Vm, VmError> {
             "--xattr",
             "--announce-submounts",
             "--sandbox=namespace",
-            "--modcaps=-mknod",
+            "--modcaps=-mknod:-dac_read_search",
+            "--inode-file-handles=never",
             "--log-level=error",
         ])
         .stdin(Stdio::null())
