@@ -153,12 +153,14 @@ pub struct HostLock(#[allow(dead_code)] std::fs::File);
 
 /// Where the host-wide network lock lives: a directory only root can
 /// enter (`/run/lock` is world-writable, so any user could hold a lock
-/// there or plant a link in its place).
-pub const HOST_LOCK_DIR: &str = "/run/moat";
+/// there or plant a link in its place). Its parent `/run/moat` also holds
+/// `moat serve`'s socket, so it stays 0755.
+pub const HOST_LOCK_DIR: &str = "/run/moat/lock";
 
-/// Takes the host-wide network lock (blocking). The directory is made
-/// 0700 and must be a real directory owned by root and writable by nobody
-/// else; the lock file is opened without following a link.
+/// Takes the host-wide network lock (blocking). The directory (and its
+/// parent) are made root's, 0700 (0755), and must be real directories owned
+/// by root and writable by nobody else; the lock file is opened without
+/// following a link.
 pub fn host_lock() -> Result<HostLock, NetError> {
     host_lock_in(std::path::Path::new(HOST_LOCK_DIR))
 }
@@ -167,17 +169,20 @@ fn host_lock_in(dir: &std::path::Path) -> Result<HostLock, NetError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
     let path = dir.join("net.lock");
     let fail = |what: &str, e: std::io::Error| NetError::Command(format!("{what} {}: {e}", path.display()));
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(fail("create the directory of", e)),
-    }
-    let m = std::fs::symlink_metadata(dir).map_err(|e| fail("stat the directory of", e))?;
-    if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
-        return Err(NetError::Command(format!(
-            "refusing the network lock: {} must be a directory owned by root and writable by root only",
-            dir.display()
-        )));
+    for (d, mode) in [(dir.parent(), 0o755), (Some(dir), 0o700)] {
+        let Some(d) = d else { continue };
+        match std::fs::DirBuilder::new().mode(mode).create(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(fail("create the directory of", e)),
+        }
+        let m = std::fs::symlink_metadata(d).map_err(|e| fail("stat the directory of", e))?;
+        if !m.is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+            return Err(NetError::Command(format!(
+                "refusing the network lock: {} must be a directory owned by root and writable by root only",
+                d.display()
+            )));
+        }
     }
     let f = std::fs::OpenOptions::new()
         .create(true)
