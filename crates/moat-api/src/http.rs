@@ -117,19 +117,36 @@ impl hyper::body::Body for ChanBody {
     }
 }
 
+/// The next frame of a request body, failing with 408 when none comes
+/// within `idle`.
+pub(crate) async fn next_frame(b: &mut Incoming, idle: std::time::Duration) -> Result<Option<Frame<Bytes>>> {
+    match tokio::time::timeout(idle, b.frame()).await {
+        Err(_) => Err(ApiError {
+            status: 408,
+            message: format!("the request body sent nothing for {} s", idle.as_secs_f64()),
+        }),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(f))) => Ok(Some(f)),
+        Ok(Some(Err(e))) => Err(ApiError::bad(format!("cannot read the request body: {e}"))),
+    }
+}
+
 /// The request body, at most `max` bytes.
-pub(crate) async fn read_body(b: Incoming, max: usize) -> Result<Bytes> {
+pub(crate) async fn read_body(mut b: Incoming, max: usize, idle: std::time::Duration) -> Result<Bytes> {
+    let too_large = || ApiError { status: 413, message: format!("request body larger than {max} bytes") };
     if b.size_hint().lower() > max as u64 {
-        return Err(ApiError { status: 413, message: format!("request body larger than {max} bytes") });
+        return Err(too_large());
     }
-    let limited = http_body_util::Limited::new(b, max);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError { status: 413, message: format!("request body larger than {max} bytes") })
+    let mut out = Vec::new();
+    while let Some(f) = next_frame(&mut b, idle).await? {
+        if let Ok(d) = f.into_data() {
+            if out.len() + d.len() > max {
+                return Err(too_large());
+            }
+            out.extend_from_slice(&d);
         }
-        Err(e) => Err(ApiError::bad(format!("cannot read the request body: {e}"))),
     }
+    Ok(Bytes::from(out))
 }
 
 /// The body as JSON of type `T`; an empty body is `T::default()`.

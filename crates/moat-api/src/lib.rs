@@ -46,12 +46,39 @@ pub struct ServeOptions {
     pub insecure_tcp: bool,
     /// Largest request body of the JSON endpoints.
     pub max_body: usize,
+    /// Limits on clients: connections at once, time to send a request head,
+    /// time a request body may send nothing.
+    pub limits: ConnLimits,
+}
+
+/// What one client may hold of the server.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Connections served at once; more are answered 503 and closed
+    /// (hijacked attach and exec streams count while they last).
+    pub max_connections: usize,
+    /// How long a client may take to send a request's line and headers.
+    pub header_timeout: std::time::Duration,
+    /// How long a request body may send nothing (a body shorter than its
+    /// `Content-Length` fails with 408 after this).
+    pub body_idle: std::time::Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            header_timeout: std::time::Duration::from_secs(30),
+            body_idle: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 /// Shared by every request.
 pub(crate) struct Ctx {
     pub(crate) engine: EngineOptions,
     pub(crate) max_body: usize,
+    pub(crate) limits: ConnLimits,
     /// Attaches waiting for their container's start (`docker run` attaches first).
     pub(crate) pending: std::sync::Mutex<std::collections::HashMap<String, Vec<stream::PendingAttach>>>,
     /// Opened engines between short requests (opening one per request
@@ -97,6 +124,7 @@ pub fn serve(o: ServeOptions) -> Result<(), ServeError> {
     let ctx = Arc::new(Ctx {
         engine: o.engine.clone(),
         max_body: o.max_body,
+        limits: o.limits,
         pending: Default::default(),
         idle: Default::default(),
     });

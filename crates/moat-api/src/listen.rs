@@ -78,6 +78,8 @@ impl Bound {
     }
 
     pub(crate) async fn accept_loop(self, ctx: Arc<Ctx>) {
+        let limits = ctx.limits;
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         loop {
             let r = match &self {
                 Self::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
@@ -91,10 +93,18 @@ impl Bound {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // full: a clear refusal in Docker's error shape, then close
+                tokio::spawn(conn.refuse(limits.max_connections));
+                continue;
+            };
             let ctx = ctx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = hyper::service::service_fn(move |req| crate::routes::handle(ctx.clone(), req));
-                let b = hyper::server::conn::http1::Builder::new();
+                let mut b = hyper::server::conn::http1::Builder::new();
+                // a client that never finishes its request head holds nothing for long
+                b.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
                 let r = match conn {
                     Conn::Unix(s) => b.serve_connection(TokioIo::new(s), svc).with_upgrades().await,
                     Conn::Tcp(s) => b.serve_connection(TokioIo::new(s), svc).with_upgrades().await,
@@ -110,6 +120,25 @@ impl Bound {
 enum Conn {
     Unix(tokio::net::UnixStream),
     Tcp(tokio::net::TcpStream),
+}
+
+impl Conn {
+    /// Answers 503 without reading the request, and closes.
+    async fn refuse(self, max: usize) {
+        use tokio::io::AsyncWriteExt;
+        let body = format!("{{\"message\":\"too many connections: moat serve serves at most {max} at once\"}}\n");
+        let resp = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let w = async {
+            match self {
+                Self::Unix(mut s) => s.write_all(resp.as_bytes()).await.and(s.shutdown().await),
+                Self::Tcp(mut s) => s.write_all(resp.as_bytes()).await.and(s.shutdown().await),
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), w).await;
+    }
 }
 
 fn refused(p: &Path, why: &str) -> ListenError {
@@ -190,6 +219,11 @@ pub(crate) fn bind_all(all: &[Listen], group: Option<u32>, insecure_tcp: bool) -
                 let s = std::net::TcpListener::bind(a).map_err(|e| ListenError::Io(a.to_string(), e))?;
                 s.set_nonblocking(true).map_err(|e| ListenError::Io(a.to_string(), e))?;
                 let t = tokio::net::TcpListener::from_std(s).map_err(|e| ListenError::Io(a.to_string(), e))?;
+                // dockerd says the same: the API has no authentication
+                tracing::warn!(
+                    "the API is reachable on tcp://{a} without authentication or encryption: every user who can \
+                     connect to it (on loopback: every local user) has root on this host; prefer the unix socket"
+                );
                 out.push(Bound::Tcp(t, format!("tcp://{a}")));
             }
             Listen::Systemd => out.extend(systemd()?),

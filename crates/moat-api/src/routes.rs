@@ -87,7 +87,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &list))
         }
         (&Method::POST, ["containers", "create"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let t = crate::create::translate(&v, q.get("name"))?;
             let (id, warnings) = engine(&ctx, move |e| {
@@ -152,7 +152,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         (&Method::POST, ["containers", id, "wait"]) => wait(&ctx, id, &q).await,
         (&Method::POST, ["containers", id, "update"]) => {
             let id = id.to_string();
-            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let u = update_request(&v)?;
             let (_, warnings) = engine(&ctx, move |e| e.update(&id, &u)).await?;
@@ -223,7 +223,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::POST, ["containers", id, "exec"]) => {
             let id = id.to_string();
-            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let spec = exec_spec(&v)?;
             let xid = engine(&ctx, move |e| e.exec_create(&id, spec)).await?;
@@ -254,7 +254,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &list))
         }
         (&Method::POST, ["auth"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let (user, pw) =
                 (v["username"].as_str().unwrap_or("").to_string(), v["password"].as_str().unwrap_or("").to_string());
@@ -298,7 +298,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &v))
         }
         (&Method::POST, ["commit"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
             let conf: serde_json::Value = http::parse_json(&body)?;
             if !(conf.is_null() || conf.as_object().is_some_and(|o| o.is_empty())) {
                 return Err(ApiError::bad(
@@ -350,7 +350,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &v))
         }
         (&Method::POST, ["networks", "create"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let name = v["Name"].as_str().unwrap_or("").to_string();
             moat_engine::network::check_driver(v["Driver"].as_str().unwrap_or(""))?;
@@ -391,7 +391,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::POST, ["networks", id, verb @ ("connect" | "disconnect")]) => {
             let (id, connect) = (id.to_string(), *verb == "connect");
-            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let container = v["Container"].as_str().unwrap_or("").to_string();
             let ip = match v
@@ -422,7 +422,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &j!({ "Volumes": v, "Warnings": [] })))
         }
         (&Method::POST, ["volumes", "create"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body).await?;
+            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let map = |k: &str| -> Result<std::collections::BTreeMap<String, String>> {
                 match v.get(k) {
@@ -602,7 +602,7 @@ async fn attach(
 
 async fn exec_start(ctx: &Arc<Ctx>, req: Request<Incoming>, id: String, upgrade: bool) -> Result<Resp> {
     let (parts, body) = req.into_parts();
-    let body = http::read_body(body, ctx.max_body).await?;
+    let body = http::read_body(body, ctx.max_body, ctx.limits.body_idle).await?;
     let v: serde_json::Value = http::parse_json(&body)?;
     let detach = v.get("Detach").and_then(|d| d.as_bool()).unwrap_or(false);
     let size = crate::create::console_size(&v);
@@ -768,14 +768,12 @@ async fn events(ctx: &Arc<Ctx>, q: &Query) -> Result<Resp> {
 
 /// Writes a request body to a file in the root's scratch space.
 async fn spool(ctx: &Arc<Ctx>, mut body: Incoming) -> Result<tempfile::NamedTempFile> {
-    use http_body_util::BodyExt;
     let failed = |e: std::io::Error| ApiError { status: 500, message: format!("cannot spool the request body: {e}") };
     let dir = ctx.engine.root.join("tmp");
     std::fs::create_dir_all(&dir).map_err(failed)?;
     let file = tempfile::NamedTempFile::new_in(&dir).map_err(failed)?;
     let mut w = std::io::BufWriter::new(file.reopen().map_err(failed)?);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad(format!("cannot read the request body: {e}")))?;
+    while let Some(frame) = http::next_frame(&mut body, ctx.limits.body_idle).await? {
         if let Ok(d) = frame.into_data() {
             std::io::Write::write_all(&mut w, &d).map_err(failed)?;
         }

@@ -87,6 +87,11 @@ impl Engine {
     pub fn create(&mut self, req: CreateRequest) -> Result<Container, EngineError> {
         let mut cfg = req.config;
         validate::config(&cfg)?;
+        // mounts are recorded at their clean paths (`//data/./` is `/data`)
+        for b in &mut cfg.binds {
+            b.target = validate::clean_target(&b.target);
+        }
+        cfg.tmpfs = std::mem::take(&mut cfg.tmpfs).into_iter().map(|(t, o)| (validate::clean_target(&t), o)).collect();
         let image = self.images.resolve(&cfg.image)?;
         check_platform(&cfg.image, &image.config)?;
         let icfg = moat_image::runtime_config(&image.config)?;

@@ -42,6 +42,10 @@ fn clean(p: &Path) -> PathBuf {
 
 /// Docker's rule for volume names.
 pub fn volume_name(n: &str) -> Result<(), EngineError> {
+    if n.len() > 255 {
+        // the volume is a directory named after it: no file system takes more
+        return Err(invalid(format!("volume name of {} bytes is too long: at most 255", n.len())));
+    }
     let mut chars = n.chars();
     let ok = n.len() >= 2
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())

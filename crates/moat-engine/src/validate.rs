@@ -32,12 +32,22 @@ pub fn env(e: &str) -> Result<(), EngineError> {
     }
 }
 
-/// Container paths no mount may cover: the root and the kernel's filesystems.
+/// A container path as the kernel resolves it lexically: repeated `/` and
+/// `.` components dropped, no trailing `/` (`//proc/./` is `/proc`). `..`
+/// is kept for the caller to refuse.
+pub fn clean_target(target: &str) -> String {
+    let parts: Vec<&str> = target.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// Container paths no mount may cover: the root and the kernel's
+/// filesystems, however the path is spelled.
 pub fn mount_target(target: &str, what: &str) -> Result<(), EngineError> {
     if !target.starts_with('/') {
         return Err(invalid(format!("invalid {what} {target:?}: the container path must be absolute")));
     }
-    let t = target.trim_end_matches('/');
+    let cleaned = clean_target(target);
+    let t = cleaned.trim_end_matches('/');
     if t.is_empty() || t.split('/').any(|c| c == "..") {
         return Err(invalid(format!("invalid {what} {target:?}: destination can't be '/'")));
     }
@@ -78,13 +88,9 @@ pub fn tmpfs_options(target: &str, opts: &str) -> Result<(), EngineError> {
 /// added: one mount per container path.
 pub fn mounts(cfg: &ContainerConfig) -> Result<(), EngineError> {
     let mut seen = std::collections::BTreeSet::new();
-    let targets = cfg
-        .binds
-        .iter()
-        .map(|b| b.target.trim_end_matches('/'))
-        .chain(cfg.tmpfs.keys().map(|t| t.trim_end_matches('/')));
+    let targets = cfg.binds.iter().map(|b| clean_target(&b.target)).chain(cfg.tmpfs.keys().map(|t| clean_target(t)));
     for t in targets {
-        if !seen.insert(t.to_string()) {
+        if !seen.insert(t.clone()) {
             return Err(invalid(format!("Duplicate mount point: {t}")));
         }
     }
@@ -116,6 +122,11 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     }
     if let Some(h) = &cfg.healthcheck {
         h.validate()?;
+    }
+    if !cfg.stop_signal.is_empty() {
+        // refused now rather than when `stop` needs it
+        crate::flags::signal(&cfg.stop_signal)
+            .map_err(|_| invalid(format!("invalid stop signal {:?}: no such signal", cfg.stop_signal)))?;
     }
     for b in &cfg.binds {
         match b.kind {
@@ -227,7 +238,22 @@ mod tests {
         assert!(env("A=1").is_ok() && env("A=").is_ok());
         assert!(env("=x").is_err() && env("A").is_err());
         assert!(mount_target("/data", "bind mount").is_ok());
-        for bad in ["/", "//", "/proc", "/proc/sys", "/sys/x", "/dev", "relative", "/a/../b"] {
+        for bad in [
+            "/",
+            "//",
+            "/proc",
+            "/proc/sys",
+            "/sys/x",
+            "/dev",
+            "relative",
+            "/a/../b",
+            "//proc",
+            "/./proc/.",
+            "//dev",
+            "/dev/",
+            "/./",
+            "///sys//kernel",
+        ] {
             assert!(mount_target(bad, "bind mount").is_err(), "{bad}");
         }
         assert!(mount_target("/dev/shm", "tmpfs").is_ok());

@@ -163,13 +163,22 @@ impl Engine {
             None => moat_core::id::new_id(),
         };
         let cfg = VolumeConfig { driver: "local".into(), labels: req.labels, ..Default::default() };
+        // the directory first: a volume that cannot exist is never recorded
+        let existed = self.layout.volume_data(&name).exists();
+        self.volume_dir(&name)?;
         match self.store().insert_volume(&row(&name, &cfg)?) {
             Ok(()) => {
-                self.volume_dir(&name)?;
                 events::record(self, events::Event::new("volume", "create", &name).attr("driver", "local"));
             }
             Err(StoreError::NameInUse { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                if !existed {
+                    if let Some(v) = self.layout.volume_data(&name).parent() {
+                        let _ = std::fs::remove_dir_all(v);
+                    }
+                }
+                return Err(e.into());
+            }
         }
         self.volume(&name)
     }

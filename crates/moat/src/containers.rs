@@ -583,7 +583,7 @@ fn healthcheck(a: &CreateArgs) -> Result<Option<moat_engine::health::HealthConfi
 fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
     let cfg = config_of(a, rm)?;
     for w in moat_engine::validate::warnings(&cfg) {
-        eprintln!("WARNING: {w}");
+        errln!("WARNING: {w}");
     }
     Ok(cfg)
 }
@@ -728,7 +728,7 @@ fn pull_for(e: &mut Engine, a: &CreateArgs) -> Result<()> {
 /// `--detach-keys` as bytes (Docker's default when absent).
 fn keys(k: Option<&str>) -> Result<Vec<u8>> {
     Ok(match k {
-        Some(k) => flags::detach_keys(k)?,
+        Some(k) => flags::detach_keys(k).map_err(|err| crate::with_exit(err.into(), 125))?,
         None => flags::DEFAULT_DETACH_KEYS.to_vec(),
     })
 }
@@ -737,7 +737,7 @@ fn keys(k: Option<&str>) -> Result<Vec<u8>> {
 fn start_failed(e: EngineError) -> Result<i32> {
     match e {
         EngineError::Start { message, code } => {
-            eprintln!("Error: {message}");
+            errln!("Error: {message}");
             Ok(if code == 0 { 125 } else { code })
         }
         e => Err(crate::with_exit(e.into(), 125)),
@@ -767,6 +767,7 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
         }
         ContainerCmd::Run(a) => {
             let config = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
+            let detach_keys = keys(a.detach_keys.as_deref())?;
             check_cidfile(&a.create)?;
             pull_for(e, &a.create)?;
             let (c, mut s) = match e.run(CreateRequest { name: a.create.name.clone(), config }) {
@@ -782,11 +783,11 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
             let (stdin, stdout, stderr) = flags::attach_streams(&a.attach)?;
             let stdin = a.create.interactive || stdin;
             let _ = s.attach(AttachOptions { stdin, stdin_once: true, skip_stdout: !stdout, skip_stderr: !stderr });
-            let detach_keys = keys(a.detach_keys.as_deref())?;
             end_code(session::relay(s, Opts { stdin, sig_proxy: a.sig_proxy, detach_keys })?)
         }
         ContainerCmd::Start { attach, interactive, detach_keys, containers } => {
             let mut code = 0;
+            let detach_keys = keys(detach_keys.as_deref())?;
             for name in &containers {
                 match e.start(name) {
                     Ok((c, mut s)) => {
@@ -794,13 +795,17 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
                             let o = AttachOptions { stdin: interactive, stdin_once: interactive, ..Default::default() };
                             let _ = s.attach(o);
                             let stdin = interactive && c.config.open_stdin;
-                            let detach_keys = keys(detach_keys.as_deref())?;
                             return end_code(session::relay(s, Opts { stdin, sig_proxy: true, detach_keys })?);
                         }
                         outln!("{name}");
                     }
                     Err(EngineError::Conflict(_)) if !attach => outln!("{name}"),
-                    Err(err) => code = start_failed(err)?,
+                    // Docker: the daemon's refusal (no such container, ...) exits 1
+                    Err(err @ EngineError::Start { .. }) => code = start_failed(err)?,
+                    Err(err) => {
+                        errln!("Error: {err}");
+                        code = 1;
+                    }
                 }
             }
             Ok(code)
@@ -988,7 +993,7 @@ fn update(e: &mut Engine, a: UpdateArgs) -> Result<i32> {
     each(&containers, |n| {
         let (_, warnings) = e.update(n, &u)?;
         for w in warnings {
-            eprintln!("Warning: {w}");
+            errln!("Warning: {w}");
         }
         outln!("{n}");
         Ok(())
@@ -1004,7 +1009,7 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> 
     let mut code = 0;
     for n in names {
         if let Err(err) = f(n) {
-            eprintln!("Error: {}", format!("{err:#}").replace('\n', " "));
+            errln!("Error: {}", format!("{err:#}").replace('\n', " "));
             code = 1;
         }
     }
@@ -1034,10 +1039,11 @@ fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
         privileged: a.privileged,
         ..Default::default()
     };
+    let detach_keys = keys(a.detach_keys.as_deref())?;
     let s = match e.exec(container, spec) {
         Ok(s) => s,
         Err(EngineError::Start { message, code }) => {
-            eprintln!("Error: {message}");
+            errln!("Error: {message}");
             return Ok(code);
         }
         Err(err) => return Err(err.into()),
@@ -1045,7 +1051,6 @@ fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
     if a.detach {
         return Ok(0);
     }
-    let detach_keys = keys(a.detach_keys.as_deref())?;
     let end = session::relay(s, Opts { stdin: a.interactive, sig_proxy: true, detach_keys })?;
     end_code(end)
 }
@@ -1156,7 +1161,7 @@ fn inspect(e: &mut Engine, a: InspectArgs) -> Result<i32> {
         match found {
             Ok(v) => out.push(v),
             Err(err) => {
-                eprintln!("Error: {err}");
+                errln!("Error: {err}");
                 code = 1;
             }
         }

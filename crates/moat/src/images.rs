@@ -212,7 +212,7 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
                 match e.image(name) {
                     Ok(img) => out.push(serde_json::to_value(ImageInspect::of_stored(e, &img))?),
                     Err(err) => {
-                        eprintln!("Error: {err}");
+                        errln!("Error: {err}");
                         code = 1;
                     }
                 }
@@ -228,7 +228,7 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
                 match e.remove_image(name, a.force) {
                     Ok(lines) => lines.iter().for_each(|l| outln!("{l}")),
                     Err(err) => {
-                        eprintln!("Error: {err}");
+                        errln!("Error: {err}");
                         code = 1;
                     }
                 }

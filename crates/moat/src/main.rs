@@ -13,6 +13,15 @@ macro_rules! outln {
     }};
 }
 
+/// `eprintln!` without its panic: a closed or broken stderr (`2>&1 | head`)
+/// loses the line instead of ending the command with a backtrace.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod containers;
 mod events;
 mod format;
@@ -268,7 +277,7 @@ fn template(o: &EngineOptions, c: TemplateCmd) -> Result<i32> {
                 match templates::remove(o, &d) {
                     Ok(full) => outln!("{full}"),
                     Err(e) => {
-                        eprintln!("Error: {e}");
+                        errln!("Error: {e}");
                         code = 1;
                     }
                 }
@@ -340,6 +349,23 @@ struct ServeArgs {
     /// anyone who reaches the port is root on this host.
     #[arg(long)]
     insecure_tcp: bool,
+    /// Connections served at once; more are answered 503.
+    #[arg(long, default_value_t = 1000)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's head.
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout: f64,
+    /// Seconds a request body may send nothing before the request fails (408).
+    #[arg(long, default_value_t = 60.0)]
+    body_timeout: f64,
+}
+
+/// A positive number of seconds.
+fn seconds(s: f64, flag: &str) -> Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(s)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag} {s}: give a positive number of seconds"))
 }
 
 fn serve(o: EngineOptions, a: ServeArgs) -> Result<i32> {
@@ -368,6 +394,11 @@ fn serve(o: EngineOptions, a: ServeArgs) -> Result<i32> {
         group,
         insecure_tcp: a.insecure_tcp,
         max_body: 16 << 20,
+        limits: moat_api::ConnLimits {
+            max_connections: a.max_connections.max(1),
+            header_timeout: seconds(a.header_timeout, "--header-timeout")?,
+            body_idle: seconds(a.body_timeout, "--body-timeout")?,
+        },
     })?;
     Ok(0)
 }
@@ -442,14 +473,14 @@ fn main() {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| BestEffort(std::io::stderr())).init();
     let code = match run(cli) {
         Ok(c) => c,
         // a closed stdout (`moat ps | head`) is a normal end
         Err(e) if output::is_broken_pipe(&e) => 0,
         Err(e) => {
             // one line: the whole cause chain joined
-            eprintln!("Error: {}", format!("{e:#}").replace('\n', " "));
+            errln!("Error: {}", format!("{e:#}").replace('\n', " "));
             e.downcast_ref::<Exit>().map(|x| x.0).unwrap_or(1)
         }
     };
@@ -527,7 +558,7 @@ fn usage_error(e: clap::Error) -> i32 {
             format!("{} (see 'moat --help')", first.trim().trim_start_matches("error: "))
         }
     };
-    eprintln!("Error: {line}");
+    errln!("Error: {line}");
     125
 }
 

@@ -84,7 +84,7 @@ impl Progress {
         if self.stdout {
             let _ = writeln!(std::io::stdout(), "{s}");
         } else {
-            eprintln!("{s}");
+            errln!("{s}");
         }
     }
 
@@ -174,7 +174,7 @@ pub fn login(e: &mut Engine, a: LoginArgs) -> Result<i32> {
     let password = match (a.password, a.password_stdin) {
         (Some(_), true) => bail!("--password and --password-stdin are mutually exclusive"),
         (Some(p), false) => {
-            eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
+            errln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
             p
         }
         (None, true) => {
@@ -185,7 +185,7 @@ pub fn login(e: &mut Engine, a: LoginArgs) -> Result<i32> {
         (None, false) => bail!("give the password with --password-stdin (moat does not prompt)"),
     };
     let reg = e.login(a.server.as_deref(), &user, &password)?;
-    eprintln!("Login to {reg}: credentials stored in {} (mode 0600)", e.auth_file().display());
+    errln!("Login to {reg}: credentials stored in {} (mode 0600)", e.auth_file().display());
     outln!("Login Succeeded");
     Ok(0)
 }

@@ -169,6 +169,7 @@ pub fn relay(mut session: Session, o: Opts) -> Result<End> {
         });
     }
     let mut code = None;
+    let mut stdout_closed = false;
     loop {
         let ev = match session.next_event() {
             Ok(Some(ev)) => ev,
@@ -179,6 +180,7 @@ pub fn relay(mut session: Session, o: Opts) -> Result<End> {
                 let mut out = std::io::stdout().lock();
                 if out.write_all(&d).and_then(|()| out.flush()).is_err() {
                     // a closed stdout (`| head`) is a normal end
+                    stdout_closed = true;
                     break;
                 }
             }
@@ -194,7 +196,11 @@ pub fn relay(mut session: Session, o: Opts) -> Result<End> {
     }
     drop(raw);
     if detached.load(Ordering::SeqCst) {
-        eprintln!("\r\nread escape sequence");
+        errln!("\r\nread escape sequence");
+        return Ok(End::Detached);
+    }
+    if stdout_closed && code.is_none() {
+        // the reader went away (`| head`): quiet, like any command's closed pipe
         return Ok(End::Detached);
     }
     Ok(match code {

@@ -134,7 +134,7 @@ pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
                 match e.inspect_switch(n) {
                     Ok(s) => out.push(serde_json::to_value(s)?),
                     Err(err) => {
-                        eprintln!("Error: {err}");
+                        errln!("Error: {err}");
                         code = 1;
                     }
                 }

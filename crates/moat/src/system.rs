@@ -48,7 +48,7 @@ pub fn run(e: Engine, cmd: SystemCmd) -> Result<i32> {
                 match b.result {
                     Ok(()) => outln!("{}", b.name),
                     Err(err) => {
-                        eprintln!("Error: {}: {err}", b.name);
+                        errln!("Error: {}: {err}", b.name);
                         code = 1;
                     }
                 }

@@ -384,6 +384,8 @@ impl Shim {
         st.manually_stopped = false;
         st.error.clear();
         st.oom_killed = false;
+        // a running container has no exit code yet (Docker resets it too)
+        st.exit_code = 0;
         self.health = None;
         st.health = None;
         if let Some(cfg) = self.ctx.container.config.healthcheck.clone() {

@@ -520,12 +520,18 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(r: &Root) -> Self {
+        Self::start_with(r, &[])
+    }
+
+    /// `moat serve` with more arguments; its stderr is `serve.log` in the root.
+    pub fn start_with(r: &Root, extra: &[&str]) -> Self {
         let sock = r.path().join("api.sock");
         let log = std::fs::File::create(r.path().join("serve.log")).unwrap();
         let child = r
             .cmd()
             .args(["serve", "--socket"])
             .arg(&sock)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
