@@ -92,7 +92,25 @@ pub fn volume(v: &str, cwd: Option<&Path>) -> Result<MountSpec, EngineError> {
         m.kind = MountKind::Volume;
         m.source = src.to_string();
     }
-    for o in opts.split(',').filter(|o| !o.is_empty()) {
+    // Docker's rule: at most one of each kind of mode (`ro,rw` is no mode)
+    let kinds = |o: &str| match o {
+        "ro" | "rw" => 1,
+        "z" | "Z" => 2,
+        "nocopy" => 3,
+        "consistent" | "cached" | "delegated" => 4,
+        p if propagation(p) => 5,
+        _ => 0,
+    };
+    let modes: Vec<&str> = opts.split(',').filter(|o| !o.is_empty()).collect();
+    for (i, o) in modes.iter().enumerate() {
+        let k = kinds(o);
+        if k != 0 && modes[..i].iter().any(|p| kinds(p) == k) {
+            return Err(invalid(format!(
+                "invalid mode {opts:?} in volume specification {v:?}: conflicting or repeated"
+            )));
+        }
+    }
+    for o in modes {
         match o {
             "ro" => m.readonly = true,
             "rw" => m.readonly = false,
@@ -272,7 +290,15 @@ pub fn env(e: &str, lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
 
 /// The lines of an `--env-file` (comments and blank lines skipped).
 pub fn env_file(path: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Vec<String>, EngineError> {
-    let text = std::fs::read_to_string(path).map_err(|e| invalid(format!("cannot read env file {path}: {e}")))?;
+    // at most 1 MiB (a device like /dev/zero would be read for ever)
+    const MAX: u64 = 1 << 20;
+    let mut text = String::new();
+    let f = std::fs::File::open(path).map_err(|e| invalid(format!("cannot read env file {path}: {e}")))?;
+    std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX + 1), &mut text)
+        .map_err(|e| invalid(format!("cannot read env file {path}: {e}")))?;
+    if text.len() as u64 > MAX {
+        return Err(invalid(format!("env file {path} is larger than 1 MiB")));
+    }
     Ok(text
         .lines()
         .map(str::trim)

@@ -63,8 +63,12 @@ impl Engine {
         self.images.store().switches()?.into_iter().map(parse).collect()
     }
 
-    /// A switch by name, ID or unique ID prefix.
+    /// A switch by name, ID or unique ID prefix (`bridge` and `default`
+    /// name the default switch; an empty name names none, as in Docker).
     pub fn find_switch(&self, key: &str) -> Result<Switch, EngineError> {
+        if key.is_empty() {
+            return Err(EngineError::NoSuchSwitch(String::new()));
+        }
         let all = self.switches()?;
         let key = if is_default(key) { DEFAULT_SWITCH } else { key };
         if let Some(s) = all.iter().find(|s| s.name == key || s.id == key) {

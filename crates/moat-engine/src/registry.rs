@@ -508,7 +508,20 @@ impl Engine {
         o: &PullOptions,
         progress: &(dyn Fn(PullEvent) + Sync),
     ) -> Result<(), EngineError> {
-        let have = self.images.resolve(reference).is_ok();
+        let local = self.images.resolve(reference).ok();
+        if let (Some(img), Some(p)) = (&local, &o.platform) {
+            // Docker's refusal: a local image of another platform is not the one asked for
+            let want = Platform::parse(p)?;
+            let (head, _) = moat_image::parse_config(&img.config)?;
+            let actual =
+                format!("{}/{}", head.os.unwrap_or_else(|| "linux".into()), head.architecture.unwrap_or_default());
+            if actual != format!("{}/{}", want.os, want.architecture) {
+                return Err(EngineError::Invalid(format!(
+                    "image with reference {reference} was found but does not match the specified platform: wanted {want}, actual: {actual}"
+                )));
+            }
+        }
+        let have = local.is_some();
         match (policy, have) {
             (PullPolicy::Never, _) | (PullPolicy::Missing, true) => Ok(()),
             (PullPolicy::Always, _) | (PullPolicy::Missing, false) => {

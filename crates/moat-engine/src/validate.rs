@@ -167,7 +167,11 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     }
     for h in &cfg.add_hosts {
         match h.split_once(':') {
-            Some((n, ip)) if !n.is_empty() && ip.parse::<std::net::IpAddr>().is_ok() => {}
+            // a name goes into /etc/hosts: no blanks, comments or control characters
+            Some((n, ip))
+                if !n.is_empty()
+                    && !n.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#')
+                    && ip.parse::<std::net::IpAddr>().is_ok() => {}
             _ => return Err(invalid(format!("invalid extra host {h:?}: use NAME:IP"))),
         }
     }

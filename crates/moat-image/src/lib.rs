@@ -551,6 +551,10 @@ impl ImageStore {
         let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tmp = TmpDir::new(self.layout(), "import")?;
         let (diff, size) = self.spool_layer(&tmp, r, "read input")?;
+        if size == 0 {
+            // not even an empty tar (1 KiB of end blocks): no archive at all
+            return Err(ImageError::BadArchive("the input is empty: nothing to import".into()));
+        }
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let config = serde_json::json!({
             "architecture": "amd64",

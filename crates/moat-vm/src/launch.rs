@@ -319,13 +319,15 @@ pub fn launch(cfg: &VmConfig, version: qemu::Version) -> Result<Vm, VmError> {
     std::fs::create_dir_all(&empty).map_err(VmError::io(format!("create {}", empty.display())))?;
     let console = {
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
+        // append mode: the shim may truncate it (rotation) under the writers
+        let f = std::fs::OpenOptions::new()
+            .append(true)
             .create(true)
-            .truncate(true)
             .mode(0o600)
             .open(&cfg.console_log)
-            .map_err(VmError::io("create console log"))?
+            .map_err(VmError::io("create console log"))?;
+        f.set_len(0).map_err(VmError::io("truncate console log"))?;
+        f
     };
     let vfs_log = console.try_clone().map_err(VmError::io("console log"))?;
 

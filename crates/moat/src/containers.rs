@@ -737,7 +737,7 @@ fn keys(k: Option<&str>) -> Result<Vec<u8>> {
 fn start_failed(e: EngineError) -> Result<i32> {
     match e {
         EngineError::Start { message, code } => {
-            errln!("Error: {message}");
+            errln!("Error: {}", crate::one_line(&message.to_string()));
             Ok(if code == 0 { 125 } else { code })
         }
         e => Err(crate::with_exit(e.into(), 125)),
@@ -803,7 +803,7 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
                     // Docker: the daemon's refusal (no such container, ...) exits 1
                     Err(err @ EngineError::Start { .. }) => code = start_failed(err)?,
                     Err(err) => {
-                        errln!("Error: {err}");
+                        errln!("Error: {}", crate::one_line(&err.to_string()));
                         code = 1;
                     }
                 }
@@ -1009,7 +1009,7 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> 
     let mut code = 0;
     for n in names {
         if let Err(err) = f(n) {
-            errln!("Error: {}", format!("{err:#}").replace('\n', " "));
+            errln!("Error: {}", crate::one_line(&format!("{err:#}")));
             code = 1;
         }
     }
@@ -1043,7 +1043,7 @@ fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
     let s = match e.exec(container, spec) {
         Ok(s) => s,
         Err(EngineError::Start { message, code }) => {
-            errln!("Error: {message}");
+            errln!("Error: {}", crate::one_line(&message.to_string()));
             return Ok(code);
         }
         Err(err) => return Err(err.into()),
@@ -1161,7 +1161,7 @@ fn inspect(e: &mut Engine, a: InspectArgs) -> Result<i32> {
         match found {
             Ok(v) => out.push(v),
             Err(err) => {
-                errln!("Error: {err}");
+                errln!("Error: {}", crate::one_line(&err.to_string()));
                 code = 1;
             }
         }

@@ -277,7 +277,7 @@ fn template(o: &EngineOptions, c: TemplateCmd) -> Result<i32> {
                 match templates::remove(o, &d) {
                     Ok(full) => outln!("{full}"),
                     Err(e) => {
-                        errln!("Error: {e}");
+                        errln!("Error: {}", crate::one_line(&e.to_string()));
                         code = 1;
                     }
                 }
@@ -427,7 +427,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Vm(c) => vm(&o, c),
         Cmd::Serve(a) => serve(o.clone(), a),
         Cmd::Completion { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut cmd = command();
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut cmd, "moat", &mut script);
             std::io::Write::write_all(&mut std::io::stdout(), &script)?;
@@ -435,7 +435,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Man { dir } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            let cmd = <Cli as clap::CommandFactory>::command();
+            let cmd = command();
             clap_mangen::generate_to(cmd, &dir)
                 .with_context(|| format!("cannot write man pages to {}", dir.display()))?;
             Ok(0)
@@ -451,7 +451,68 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The command line's definition: every option that takes a value takes a
+/// negative number too (`--pids-limit -1`, `--memory-swap -1`, `-t -1`),
+/// as Docker's do, instead of reading it as an unknown flag.
+pub fn command() -> clap::Command {
+    fn negative(c: clap::Command) -> clap::Command {
+        c.mut_args(
+            |a| if a.get_action().takes_values() && !a.is_positional() { a.allow_negative_numbers(true) } else { a },
+        )
+        .mut_subcommands(negative)
+    }
+    negative(<Cli as clap::CommandFactory>::command())
+}
+
+/// An error as one readable line: line breaks joined, control characters
+/// and other bytes a terminal would act on escaped (an archive's garbage
+/// quoted in a message), and at most 2000 characters (a list of thousands
+/// of names is cut, with the count of what was left out).
+pub fn one_line(s: &str) -> String {
+    const MAX: usize = 2000;
+    let mut out = String::new();
+    let total = s.chars().count();
+    for (n, c) in s.chars().enumerate() {
+        if n == MAX {
+            out.push_str(&format!("… ({} more characters)", total - MAX));
+            break;
+        }
+        match c {
+            '\n' | '\r' => out.push(' '),
+            c if c.is_control() && c != '\t' => out.extend(c.escape_default()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Marks every descriptor from 3 up close-on-exec: what moat was started
+/// with (a harness's pipe, a terminal's extra descriptors) must not reach
+/// the shims, QEMU, virtiofsd or port proxies it starts, which would keep
+/// it open for as long as a container lives. What moat hands on it hands
+/// on explicitly. This process can still use them (`fd://` sockets).
+fn cloexec_inherited() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return;
+    }
+    // kernels before 5.11: one by one
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; a closed one fails harmlessly
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 fn main() {
+    cloexec_inherited();
     // `moat --root R shim ID OPTIONS` (how the engine starts shims) skips
     // the CLI parser: a shim lives as long as its container, and not
     // touching clap's code keeps its resident memory small
@@ -467,7 +528,7 @@ fn main() {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| BestEffort(std::io::stderr())).init();
         std::process::exit(moat_engine::shim::main(&id, &options));
     }
-    let cli = match Cli::try_parse() {
+    let cli = match command().try_get_matches().and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m)) {
         Ok(c) => c,
         Err(e) => std::process::exit(usage_error(e)),
     };
@@ -480,7 +541,7 @@ fn main() {
         Err(e) if output::is_broken_pipe(&e) => 0,
         Err(e) => {
             // one line: the whole cause chain joined
-            errln!("Error: {}", format!("{e:#}").replace('\n', " "));
+            errln!("Error: {}", one_line(&format!("{e:#}")));
             e.downcast_ref::<Exit>().map(|x| x.0).unwrap_or(1)
         }
     };
@@ -558,7 +619,7 @@ fn usage_error(e: clap::Error) -> i32 {
             format!("{} (see 'moat --help')", first.trim().trim_start_matches("error: "))
         }
     };
-    errln!("Error: {line}");
+    errln!("Error: {}", crate::one_line(&line.to_string()));
     125
 }
 
@@ -566,7 +627,6 @@ fn usage_error(e: clap::Error) -> i32 {
 mod tests {
     #[test]
     fn cli_is_consistent() {
-        use clap::CommandFactory;
         fn walk(c: clap::Command) {
             let c = c.clone();
             for s in c.get_subcommands() {
@@ -574,6 +634,6 @@ mod tests {
             }
             c.debug_assert();
         }
-        walk(super::Cli::command());
+        walk(super::command());
     }
 }

@@ -134,7 +134,7 @@ pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
                 match e.inspect_switch(n) {
                     Ok(s) => out.push(serde_json::to_value(s)?),
                     Err(err) => {
-                        errln!("Error: {err}");
+                        errln!("Error: {}", crate::one_line(&err.to_string()));
                         code = 1;
                     }
                 }

@@ -11,7 +11,11 @@ use common::*;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
-modes!(cp_of_a_growing_file_adds_nothing, cp_to_the_host_drops_set_id_bits_and_refuses_devices);
+modes!(
+    cp_of_a_growing_file_adds_nothing,
+    cp_to_the_host_drops_set_id_bits_and_refuses_devices,
+    inherited_descriptors_reach_no_container_process
+);
 
 /// The payload a hostile container appends while its file is copied out:
 /// a tar whose entry would land beside the copy.
@@ -91,7 +95,8 @@ fn cp_to_the_host_drops_set_id_bits_and_refuses_devices(iso: &str) {
         "sh",
         "-c",
         "mkdir -p /d/sub && cp /bin/busybox /d/sub/suid && chmod 6755 /d/sub/suid && echo x > /d/a && \
-         mkdir /dev2 && mknod /dev2/loop b 7 0 && echo y > /dev2/z && touch /ready && sleep 600",
+         mkdir /dev2 && echo y > /dev2/a && (mknod /dev2/loop b 7 0 2>/dev/null && echo made || echo refused) > /mknod && \
+         touch /ready && sleep 600",
     ]);
     let ready = until(&r, &["exec", "ids", "sh", "-c", "test -e /ready && echo ready || true"], |o| o == "ready\n");
     assert_eq!(ready, "ready\n");
@@ -104,7 +109,15 @@ fn cp_to_the_host_drops_set_id_bits_and_refuses_devices(iso: &str) {
     let mode = std::fs::metadata(host.path().join("archive/sub/suid")).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o6755, "kept with -a: {mode:o}");
     // a device node: refused, and nothing of the copy lands (not even the
-    // file archived before it)
+    // file archived before it). A VM container cannot make one where the
+    // host reads its files (virtiofsd has no CAP_MKNOD).
+    let mknod = r.ok(&["exec", "ids", "cat", "/mknod"]);
+    if iso == "vm" {
+        assert_eq!(mknod, "refused\n");
+        r.ok(&["rm", "-f", "ids"]);
+        return;
+    }
+    assert_eq!(mknod, "made\n");
     let o = r.run(&["cp", "ids:/dev2", &h("devs")]);
     assert_fails_one_line(&o, "cp of a device node");
     assert!(String::from_utf8_lossy(&o.stderr).contains("refusing device node"), "{o:?}");
@@ -128,6 +141,7 @@ fn virtiofsd_lacks_dac_read_search_vm() {
     let root = r.path().display().to_string();
     let pids: Vec<u32> = host_pids_matching("virtiofsd")
         .into_iter()
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e.ends_with("virtiofsd")))
         .filter(|p| {
             std::fs::read(format!("/proc/{p}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).contains(&root))
@@ -135,7 +149,15 @@ fn virtiofsd_lacks_dac_read_search_vm() {
         })
         .collect();
     assert!(!pids.is_empty(), "virtiofsd of this root runs");
-    for p in pids {
+    // the process that serves the files runs in virtiofsd's namespace
+    // sandbox: the child of the first virtiofsd, which only waits for it
+    let ppid = |p: u32| {
+        let st = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap();
+        st[st.rfind(')').unwrap() + 2..].split(' ').nth(1).unwrap().parse::<u32>().unwrap()
+    };
+    let servers: Vec<u32> = pids.iter().copied().filter(|p| pids.contains(&ppid(*p))).collect();
+    assert_eq!(servers.len(), 1, "one serving virtiofsd under its parent: {pids:?}");
+    for p in servers {
         let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
         let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
         let eff = u64::from_str_radix(eff, 16).unwrap();
@@ -588,4 +610,157 @@ fn refusals_and_exit_codes_are_dockers() {
     r.ok(&["start", "re"]);
     assert_eq!(r.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", "re"]), "running 0\n");
     r.ok(&["rm", "-f", "re", "sig"]);
+}
+
+/// A guest console that floods is rotated: the shim keeps it at most
+/// 1 MiB (plus what comes in one check's interval), the end of the old one
+/// in `console.log.1`. QEMU's and virtiofsd's descriptors of it are in
+/// append mode (the kernel's `fdinfo`), so after a rotation they write at
+/// its new start rather than leaving a hole of the old size.
+#[test]
+fn a_flooded_guest_console_is_rotated_vm() {
+    let r = root_with_busybox();
+    let id = r.ok(&["run", "-d", "--isolation", "vm", "busybox", "sleep", "600"]).trim().to_string();
+    let log = r.path().join("containers").join(&id).join("console.log");
+    assert!(log.is_file(), "{}", log.display());
+    let qemu: Vec<u32> = host_pids_matching("qemu-system")
+        .into_iter()
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/fd/1")).is_ok_and(|l| l == log))
+        .collect();
+    assert_eq!(qemu.len(), 1, "one QEMU writes {}", log.display());
+    let flags = std::fs::read_to_string(format!("/proc/{}/fdinfo/1", qemu[0])).unwrap();
+    let flags = flags.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim().to_string();
+    assert_ne!(u32::from_str_radix(&flags, 8).unwrap() & libc_o_append(), 0, "QEMU's console is O_APPEND: {flags}");
+    // 3 MiB more, as a flooding guest would write it (in append mode)
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let line = format!("{}\n", "x".repeat(1023));
+    for _ in 0..(3 << 10) {
+        f.write_all(line.as_bytes()).unwrap();
+    }
+    f.write_all(b"the last line\n").unwrap();
+    eventually("the console was rotated", || std::fs::metadata(&log).map(|m| m.len() < (1 << 20)).unwrap_or(false));
+    let old = std::fs::read(log.with_extension("log.1")).unwrap();
+    assert_eq!(old.len(), 256 << 10);
+    assert!(old.ends_with(b"the last line\n"));
+    r.ok(&["rm", "-f", &id]);
+}
+
+/// `O_APPEND` on x86-64 Linux.
+fn libc_o_append() -> u32 {
+    0o2000
+}
+
+/// Processes other than the test's own that hold `link` (a `/proc/PID/fd` target).
+fn holders(link: &str) -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        for fd in std::fs::read_dir(e.path().join("fd")).into_iter().flatten().flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == link) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// A pipe that `moat run -d` was started with (as fd 7, inheritable) is
+/// held by no shim, QEMU, virtiofsd or container process once it returned.
+fn inherited_descriptors_reach_no_container_process(iso: &str) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let r = root_with_busybox();
+    let (rx, tx) = std::io::pipe().unwrap();
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", rx.as_raw_fd())).unwrap().display().to_string();
+    let fd = tx.as_raw_fd();
+    let mut cmd = r.cmd();
+    cmd.args(["run", "-d", "--name", "fds", "--isolation", iso, "busybox", "sleep", "600"]);
+    // SAFETY: dup2 only, between fork and exec
+    unsafe {
+        cmd.pre_exec(move || if libc_dup2(fd, 7) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    drop(tx);
+    assert_eq!(holders(&link), Vec::<u32>::new(), "nobody else holds the harness's pipe");
+    // the positive control: a process started with it does hold it
+    let (rx2, tx2) = std::io::pipe().unwrap();
+    let link2 = std::fs::read_link(format!("/proc/self/fd/{}", rx2.as_raw_fd())).unwrap().display().to_string();
+    let fd2 = tx2.as_raw_fd();
+    let mut sleeper = std::process::Command::new("sleep");
+    sleeper.arg("30");
+    // SAFETY: as above
+    unsafe {
+        sleeper.pre_exec(move || if libc_dup2(fd2, 7) < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    let mut child = sleeper.spawn().unwrap();
+    drop(tx2);
+    assert_eq!(holders(&link2), vec![child.id()], "the check sees a holder");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop((rx, rx2));
+    r.ok(&["rm", "-f", "fds"]);
+}
+
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    extern "C" {
+        fn dup2(oldfd: i32, newfd: i32) -> i32;
+    }
+    // SAFETY: plain dup2
+    unsafe { dup2(from, to) }
+}
+
+/// The probe's small input refusals, each beside what is accepted.
+#[test]
+fn small_inputs_are_refused_with_a_clear_line() {
+    let r = root_with_busybox();
+    // negative numbers are values, not flags
+    r.ok(&["create", "--name", "neg", "--pids-limit", "-1", "-m", "16m", "--memory-swap", "-1", "busybox", "true"]);
+    r.ok(&["rm", "neg"]);
+    // an env file that never ends
+    let e = r.fails(&["create", "--env-file", "/dev/zero", "busybox", "true"]);
+    assert!(e.contains("env file /dev/zero is larger than 1 MiB"), "{e}");
+    // conflicting mount modes
+    let e = r.fails(&["create", "-v", "/tmp:/y:ro,rw", "busybox", "true"]);
+    assert!(e.contains("conflicting or repeated"), "{e}");
+    r.ok(&["create", "--name", "ro", "-v", "/tmp:/y:ro", "busybox", "true"]);
+    r.ok(&["rm", "ro"]);
+    // an empty switch name names no switch
+    let e = r.fails(&["switch", "inspect", ""]);
+    assert!(e.contains("network  not found"), "{e}");
+    assert_eq!(r.ok(&["switch", "inspect", "-f", "{{.Name}}", "bridge"]), "moat\n");
+    // --platform is not ignored for a local image of another platform
+    let e = r.fails(&["create", "--platform", "linux/arm64", "busybox", "true"]);
+    assert!(
+        e.contains("image with reference busybox was found but does not match the specified platform: wanted linux/arm64, actual: linux/amd64"),
+        "{e}"
+    );
+    r.ok(&["create", "--name", "plat", "--platform", "linux/amd64", "busybox", "true"]);
+    r.ok(&["rm", "plat"]);
+    // an extra host's name goes into /etc/hosts: no blanks
+    let e = r.fails(&["create", "--add-host", "a b:1.2.3.4", "busybox", "true"]);
+    assert!(e.contains("invalid extra host"), "{e}");
+    assert_eq!(
+        r.ok(&["run", "--rm", "--add-host", "ab:1.2.3.4", "busybox", "grep", "ab", "/etc/hosts"]),
+        "1.2.3.4\tab\n"
+    );
+    // a huge error is cut to one readable line
+    let long = "x".repeat(100_000);
+    let e = r.fails(&["rm", &long]);
+    assert!(e.len() < 2200 && e.trim_end().ends_with("(98019 more characters)"), "{}", &e[..200]);
+    // an archive's garbage is not printed raw
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i * 131 % 256) as u8).collect();
+    let p = write_fixture("random.bin", &garbage);
+    let o = r.run(&["load", "-i", p.to_str().unwrap()]);
+    assert_fails_one_line(&o, "load of garbage");
+    let err = &o.stderr[..o.stderr.len() - 1];
+    assert!(err.iter().all(|b| *b >= 0x20 || *b == b'\t'), "{:?}", String::from_utf8_lossy(&o.stderr));
+    // nothing to import
+    let e = r.fails(&["import", "/dev/null"]);
+    assert!(e.contains("the input is empty"), "{e}");
+    assert_eq!(r.ok(&["images", "-q"]).lines().count(), 1, "only busybox");
 }

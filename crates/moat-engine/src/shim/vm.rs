@@ -45,6 +45,36 @@ pub struct Vm {
     create_sent: bool,
     /// The ended VM's taps, deleted when this backend is dropped.
     retired_taps: Vec<std::os::fd::OwnedFd>,
+    /// When the guest console's size is checked next.
+    console_check: Option<Instant>,
+}
+
+/// A guest console (QEMU writes it, in append mode) larger than this is
+/// rotated: its last [`CONSOLE_KEEP`] bytes go to `console.log.1` and it
+/// starts again empty. A guest that floods its serial port fills at most
+/// this plus what it writes in one [`CONSOLE_EVERY`].
+pub const CONSOLE_MAX: u64 = 1 << 20;
+/// What a rotation keeps of the console's end.
+const CONSOLE_KEEP: u64 = 256 << 10;
+/// How often the console's size is checked.
+const CONSOLE_EVERY: Duration = Duration::from_secs(2);
+
+/// Rotates the console log at `path` if it outgrew [`CONSOLE_MAX`].
+fn rotate_console(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = std::fs::metadata(path)?.len();
+    if len <= CONSOLE_MAX {
+        return Ok(false);
+    }
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(len - CONSOLE_KEEP))?;
+    let mut tail = Vec::with_capacity(CONSOLE_KEEP as usize);
+    f.take(CONSOLE_KEEP).read_to_end(&mut tail)?;
+    let old = path.with_extension("log.1");
+    std::fs::write(&old, &tail)?;
+    // the writers have it in append mode: their next line starts at 0
+    std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
 }
 
 /// The guest's part of creating the container's main process.
@@ -98,6 +128,7 @@ impl Vm {
             info,
             create_sent: true,
             retired_taps: Vec::new(),
+            console_check: Some(Instant::now() + CONSOLE_EVERY),
         })
     }
 
@@ -359,11 +390,19 @@ impl Backend for Vm {
     fn deadline(&self) -> Option<Instant> {
         let q = self.queries.values().map(|(_, d)| *d);
         let p = self.pending.values().map(|(d, _)| *d);
-        [self.hard_deadline, self.fs_gone_at].into_iter().flatten().chain(q).chain(p).min()
+        [self.hard_deadline, self.fs_gone_at, self.console_check].into_iter().flatten().chain(q).chain(p).min()
     }
 
     fn timers(&mut self, now: Instant) -> Vec<BackendEvent> {
         let mut out = Vec::new();
+        if self.console_check.is_some_and(|d| d <= now) {
+            self.console_check = self.link.as_ref().map(|l| {
+                if let Err(e) = rotate_console(&l.console) {
+                    tracing::warn!("cannot rotate the guest console {}: {e}", l.console.display());
+                }
+                now + CONSOLE_EVERY
+            });
+        }
         if self.fs_gone_at.is_some_and(|d| d <= now) {
             self.fs_gone_at = None;
             if let Some(l) = self.link() {
