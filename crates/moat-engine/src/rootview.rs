@@ -48,11 +48,8 @@ pub fn mount_layers(lower: &[PathBuf], at: &Path) -> Result<(), EngineError> {
             .map_err(fail)
         }
         many => {
-            let dirs: Vec<String> = many.iter().map(|p| p.display().to_string()).collect();
-            if dirs.iter().any(|d| d.contains([':', ','])) {
-                return Err(EngineError::Invalid("layer path contains ':' or ','".into()));
-            }
-            let data = format!("lowerdir={}", dirs.join(":"));
+            // the layers as /proc/self/fd/N (short: up to 128 layers fit a page)
+            let (data, _layers) = moat_runtime::mounts::lowerdir(many)?;
             nix::mount::mount(Some("overlay"), at, Some("overlay"), flags, Some(data.as_str())).map_err(fail)
         }
     }

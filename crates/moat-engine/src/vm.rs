@@ -27,7 +27,7 @@ pub fn prepare_root(spec: &Spec) -> Result<PathBuf, EngineError> {
     let Rootfs::Overlay { lower, upper, work } = &spec.rootfs else {
         return Err(EngineError::Invalid("VM containers need an overlay root".into()));
     };
-    let data = moat_runtime::mounts::overlay_options(lower, upper, work)?;
+    let (data, _layers) = moat_runtime::mounts::overlay_options(lower, upper, work)?;
     let nodev = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_NODEV };
     mnt(Some("overlay"), t, Some("overlay"), nodev, Some(&data), "overlay root filesystem")?;
     let root = std::fs::File::open(&target).map_err(EngineError::io("open root"))?;

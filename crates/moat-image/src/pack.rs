@@ -110,7 +110,14 @@ impl<W: Write> Packer<W> {
         if ft.is_symlink() {
             let target = std::fs::read_link(host)?;
             self.b.append_link(&mut h, name, &target)
-        } else if ft.is_dir() || ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+        } else if ft.is_dir() {
+            // a directory's name ends with '/', as Docker's and GNU tar's do
+            let mut n = name.as_os_str().to_owned();
+            if !n.as_encoded_bytes().ends_with(b"/") {
+                n.push("/");
+            }
+            self.b.append_data(&mut h, Path::new(&n), io::empty())
+        } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
             self.b.append_data(&mut h, name, io::empty())
         } else {
             // sockets have no archive form: Docker skips them too

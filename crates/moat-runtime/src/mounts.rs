@@ -119,22 +119,47 @@ fn is_dir(fd: &OwnedFd) -> bool {
     nix::sys::stat::fstat(fd.as_raw_fd()).map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR).unwrap_or(false)
 }
 
-/// The overlayfs mount options for `lower` (topmost first), `upper`, `work`.
-/// Changes the working directory to the layers' directory: lowerdirs are
-/// given relative to it, which keeps the options under the one-page limit
-/// for images of up to ~60 layers.
-pub fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<String, RuntimeError> {
-    let base =
-        lower.first().and_then(|l| l.parent()).ok_or_else(|| RuntimeError::Invalid("image has no layers".into()))?;
-    nix::unistd::chdir(base).map_err(RuntimeError::sys(format!("chdir {}", base.display())))?;
-    let lowers: Vec<String> = lower
+/// The most layers an overlay root stacks (Docker's overlay2 limit).
+pub const MAX_LAYERS: usize = 128;
+
+/// The overlayfs `lowerdir=` option for `lower` (topmost first) and the
+/// descriptors it names: every layer is opened (`O_PATH`) and given as
+/// `/proc/self/fd/N`, about 18 bytes instead of a layer's whole path, which
+/// keeps the options under the kernel's one-page limit for [`MAX_LAYERS`]
+/// layers. Keep the descriptors until the mount is made. More layers are
+/// refused by name.
+pub fn lowerdir(lower: &[PathBuf]) -> Result<(String, Vec<OwnedFd>), RuntimeError> {
+    if lower.is_empty() {
+        return Err(RuntimeError::Invalid("image has no layers".into()));
+    }
+    if lower.len() > MAX_LAYERS {
+        return Err(RuntimeError::Invalid(format!(
+            "too many layers: the image has {}, an overlay root stacks at most {MAX_LAYERS}",
+            lower.len()
+        )));
+    }
+    let fds = lower
         .iter()
-        .map(|l| match (l.parent() == Some(base), l.file_name()) {
-            (true, Some(n)) => n.to_string_lossy().into_owned(),
-            _ => l.display().to_string(),
+        .map(|l| {
+            nix::fcntl::open(
+                l.as_path(),
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            // SAFETY: open returned a new descriptor that nothing else owns
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .map_err(RuntimeError::sys(format!("open layer {}", l.display())))
         })
-        .collect();
-    Ok(format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = fds.iter().map(fdpath).collect();
+    Ok((format!("lowerdir={}", names.join(":")), fds))
+}
+
+/// The overlayfs mount options for `lower` (topmost first), `upper` and
+/// `work` ([`lowerdir`]); keep the descriptors until the mount is made.
+pub fn overlay_options(lower: &[PathBuf], upper: &Path, work: &Path) -> Result<(String, Vec<OwnedFd>), RuntimeError> {
+    let (lowers, fds) = lowerdir(lower)?;
+    Ok((format!("{lowers},upperdir={},workdir={}", upper.display(), work.display()), fds))
 }
 
 /// Splits docker-style tmpfs options into mount flags and filesystem data.
@@ -176,7 +201,7 @@ pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
     let nodev = if spec.privileged { MsFlags::empty() } else { MsFlags::MS_NODEV };
     match &spec.rootfs {
         Rootfs::Overlay { lower, upper, work } => {
-            let data = overlay_options(lower, upper, work)?;
+            let (data, _layers) = overlay_options(lower, upper, work)?;
             mnt(Some("overlay"), target, Some("overlay"), nodev, Some(&data), "overlay root filesystem")?;
         }
         Rootfs::Dir(d) => {

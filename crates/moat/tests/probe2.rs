@@ -14,7 +14,8 @@ use std::os::unix::fs::PermissionsExt;
 modes!(
     cp_of_a_growing_file_adds_nothing,
     cp_to_the_host_drops_set_id_bits_and_refuses_devices,
-    inherited_descriptors_reach_no_container_process
+    inherited_descriptors_reach_no_container_process,
+    images_of_up_to_128_layers_run
 );
 
 /// The payload a hostile container appends while its file is copied out:
@@ -763,4 +764,38 @@ fn small_inputs_are_refused_with_a_clear_line() {
     let e = r.fails(&["import", "/dev/null"]);
     assert!(e.contains("the input is empty"), "{e}");
     assert_eq!(r.ok(&["images", "-q"]).lines().count(), 1, "only busybox");
+}
+
+/// An image of 128 layers (busybox and 127 of one file each) runs and sees
+/// every layer's file; one of 129 is refused by name, with nothing left
+/// mounted. (Over ~60 layers used to fail with ENOENT: the overlay options
+/// outgrew a page.)
+fn images_of_up_to_128_layers_run(iso: &str) {
+    let r = Root::new();
+    for (n, tag) in [(128usize, "deep:128"), (129, "deep:129")] {
+        let mut layers = vec![tar_dir(busybox_rootfs())];
+        for i in 1..n {
+            layers.push(TarBuilder::new().file(&format!("layers/{i:03}"), format!("{i}\n").as_bytes()).finish());
+        }
+        let (bytes, _) = docker_archive(&[tag], &layers, &["sh"]);
+        let p = write_fixture(&format!("deep-{n}.tar"), &bytes);
+        r.ok(&["load", "-q", "-i", p.to_str().unwrap()]);
+    }
+    let out = r.ok(&[
+        "run",
+        "--rm",
+        "--isolation",
+        iso,
+        "deep:128",
+        "sh",
+        "-c",
+        "ls /layers | wc -l; cat /layers/001 /layers/127",
+    ]);
+    assert_eq!(out, "127\n1\n127\n");
+    let o = r.run(&["run", "--rm", "--isolation", iso, "deep:129", "true"]);
+    assert_fails_one_line(&o, "129 layers");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("too many layers: the image has 129, an overlay root stacks at most 128"), "{e}");
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mi.contains(r.path().to_str().unwrap()), "nothing left mounted");
 }
