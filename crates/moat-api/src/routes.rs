@@ -689,23 +689,29 @@ async fn logs(ctx: &Arc<Ctx>, id: &str, q: &Query) -> Result<Resp> {
     let id = id.to_string();
     let (tty, mut ls) = engine(ctx, move |e| e.logs(&id, &o).map(|(c, l)| (c.config.tty, l))).await?;
     let (tx, resp) = http::streaming(200, stream::content_type(tty));
-    tokio::task::spawn_blocking(move || {
-        while let Ok(Some(r)) = ls.next_record() {
-            let is_err = r.stream == "stderr";
-            if (is_err && !err) || (!is_err && !out) {
-                continue;
-            }
-            let mut line = Vec::new();
-            if timestamps {
-                line.extend_from_slice(r.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true).as_bytes());
-                line.push(b' ');
-            }
-            line.extend_from_slice(r.log.as_bytes());
-            let s = if is_err { stream::Stream::Stderr } else { stream::Stream::Stdout };
-            let chunk = stream::chunk(tty, s, &line);
-            if tx.blocking_send(Bytes::from(chunk)).is_err() {
-                return;
-            }
+    tokio::task::spawn_blocking(move || loop {
+        // a follower whose client went away stops now, not at the next line
+        if tx.is_closed() {
+            return;
+        }
+        if !ls.ready(stream::CLIENT_CHECK) {
+            continue;
+        }
+        let Ok(Some(r)) = ls.next_record() else { return };
+        let is_err = r.stream == "stderr";
+        if (is_err && !err) || (!is_err && !out) {
+            continue;
+        }
+        let mut line = Vec::new();
+        if timestamps {
+            line.extend_from_slice(r.time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true).as_bytes());
+            line.push(b' ');
+        }
+        line.extend_from_slice(r.log.as_bytes());
+        let s = if is_err { stream::Stream::Stderr } else { stream::Stream::Stdout };
+        let chunk = stream::chunk(tty, s, &line);
+        if tx.blocking_send(Bytes::from(chunk)).is_err() {
+            return;
         }
     });
     Ok(resp)

@@ -111,6 +111,11 @@ pub(crate) fn relay(mut session: Session, h: Hijacked, stdin: bool) {
     let mut out = &sock;
     let mut write = |s: Stream, d: &[u8]| -> bool { out.write_all(&chunk(tty, s, d)).is_ok() };
     loop {
+        // a client that went away ends the relay now, not when the
+        // container next writes (a half-close after stdin is no hang-up)
+        if !wait_session_or_hangup(&session, &sock) {
+            break;
+        }
         let ok = match session.next_event() {
             Ok(Some(SessionEvent::Stdout(d))) => write(Stream::Stdout, &d),
             Ok(Some(SessionEvent::Stderr(d))) => write(Stream::Stderr, &d),
@@ -127,11 +132,42 @@ pub(crate) fn relay(mut session: Session, h: Hijacked, stdin: bool) {
     let _ = sock.shutdown(std::net::Shutdown::Both);
 }
 
+/// Waits until `session` has something to read (true) or the client's
+/// socket hung up or failed (false).
+fn wait_session_or_hangup(session: &Session, client: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = [
+        libc::pollfd { fd: session.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: client.as_raw_fd(), events: 0, revents: 0 },
+    ];
+    loop {
+        // SAFETY: two valid pollfds for the duration of the call
+        let n = unsafe { libc::poll(p.as_mut_ptr(), 2, -1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if p[1].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return false;
+        }
+        return true;
+    }
+}
+
+/// How often a streamed body's writer checks that its client is still there.
+pub(crate) const CLIENT_CHECK: Duration = Duration::from_secs(1);
+
 /// Relays a session's output into a streamed response body (a client that
-/// did not ask for an upgrade).
+/// did not ask for an upgrade); ends when the client went away, without
+/// waiting for the container to write.
 pub(crate) fn relay_to_body(mut session: Session, tx: tokio::sync::mpsc::Sender<Bytes>) {
     let tty = session.tty();
     loop {
+        if tx.is_closed() {
+            break;
+        }
+        if !session.ready(CLIENT_CHECK) {
+            continue;
+        }
         let (s, d) = match session.next_event() {
             Ok(Some(SessionEvent::Stdout(d))) => (Stream::Stdout, d),
             Ok(Some(SessionEvent::Stderr(d))) => (Stream::Stderr, d),

@@ -122,6 +122,12 @@ impl Session {
         self.conn.stream.as_raw_fd()
     }
 
+    /// Whether the shim sent something within `timeout` (then
+    /// [`Session::next_event`] does not wait long).
+    pub fn ready(&self, timeout: std::time::Duration) -> bool {
+        readable(self.conn.stream.as_raw_fd(), timeout)
+    }
+
     /// The next event; `None` when the shim closed the session.
     pub fn next_event(&mut self) -> Result<Option<SessionEvent>, EngineError> {
         loop {
@@ -169,7 +175,28 @@ pub struct LogStream {
     details: Option<String>,
 }
 
+/// Whether `fd` has something to read within `timeout` (a hang-up or an
+/// error counts: the next read says what it is).
+fn readable(fd: RawFd, timeout: std::time::Duration) -> bool {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd for the duration of the call
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}
+
 impl LogStream {
+    /// Whether [`LogStream::next_record`] can answer without waiting more
+    /// than `timeout` for the shim: records are buffered, the stream ended,
+    /// or the shim sent something. Lets a follower notice meanwhile that
+    /// its own client went away.
+    pub fn ready(&self, timeout: std::time::Duration) -> bool {
+        match &self.conn {
+            _ if !self.buffered.is_empty() => true,
+            None => true,
+            Some(c) => readable(c.stream.as_raw_fd(), timeout),
+        }
+    }
+
     /// The next record; `None` at the end.
     pub fn next_record(&mut self) -> Result<Option<Record>, EngineError> {
         loop {
