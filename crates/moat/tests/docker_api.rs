@@ -74,9 +74,11 @@ fn docker_cli_drives_process_containers() {
     // exec -it under a terminal: a prompt, a command, the exit code
     let cmd =
         format!("DOCKER_HOST={} DOCKER_CONFIG={} docker exec -it web sh", s.host(), s.docker_config.path().display());
-    let o = with_pty(&cmd, Some("echo $((6*7))\nexit 3\n"));
+    let o = with_pty(&cmd, Some("echo in-$((6*7)); tty; stty size; exit 3\n"));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("42") && o.status.code() == Some(3), "{out} {:?}", o.status);
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert_eq!(lines[lines.len() - 4..], ["in-42", "/dev/pts/0", "31 97", ""], "{out:?}");
+    assert_eq!(o.status.code(), Some(3), "{out}");
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("in.txt"), "from the host\n").unwrap();
     s.ok(&["cp", d.path().join("in.txt").to_str().unwrap(), "web:/tmp/"]);
@@ -153,9 +155,10 @@ fn docker_cli_runs_hyperv_containers() {
         s.host(),
         s.docker_config.path().display()
     );
-    let o = with_pty(&cmd, Some("echo $((6*7))\nexit 7\n"));
+    let o = with_pty(&cmd, Some("echo in-$((6*7)); tty; stty size; exit 7\n"));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("# ") && out.contains("42"), "a prompt and the answer: {out}");
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert_eq!(lines[lines.len() - 4..], ["in-42", "/dev/pts/0", "31 97", ""], "a shell's answers, whole: {out:?}");
     assert_eq!(o.status.code(), Some(7), "{out}");
     // detached, exec, inspect, the moat CLI agrees
     s.ok(&["run", "-d", "--name", "v", "--isolation=hyperv", "busybox", "sleep", "1000"]);

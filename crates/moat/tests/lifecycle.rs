@@ -130,11 +130,15 @@ fn interactive_terminal_run_and_exec(iso: &str) {
     );
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(4), "{out}");
-    assert!(out.contains("/dev/pts/"), "a terminal inside: {out}");
+    // the whole output: a terminal inside, of the outer terminal's size
+    assert_eq!(out, "/dev/pts/0\r\n31 97\r\n");
     r.ok(&["run", "-d", "--name", "t", "--isolation", iso, "busybox", "sleep", "300"]);
-    let o = with_pty(&format!("{moat} --root {root} exec -it t sh"), Some("echo in-$((6*7)); tty; exit 6\n"));
+    let o =
+        with_pty(&format!("{moat} --root {root} exec -it t sh"), Some("echo in-$((6*7)); tty; stty size; exit 6\n"));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("in-42") && out.contains("/dev/pts/"), "{out}");
+    // the shell's prompt and echo of the typed line, then the whole output
+    let lines: Vec<&str> = out.split("\r\n").collect();
+    assert_eq!(lines[lines.len() - 4..], ["in-42", "/dev/pts/0", "31 97", ""], "{out:?}");
     assert_eq!(o.status.code(), Some(6), "{out}");
     r.ok(&["rm", "-f", "t"]);
 }

@@ -388,22 +388,34 @@ pub fn host_pids_matching(needle: &str) -> Vec<u32> {
     out
 }
 
-/// Runs `cmd` under `script` so it gets a real terminal; returns its output.
+/// Runs `cmd` under `script` so it gets a real terminal of 31 rows and 97
+/// columns; types `input` (if any) and returns its output. `script`'s own
+/// stdin stays open until `cmd` ends: at the end of its stdin `script`
+/// writes the terminal's EOF character into the terminal, which no user
+/// types, and which a raw terminal passes on as a byte (a NUL here).
 pub fn with_pty(cmd: &str, input: Option<&str>) -> Output {
     let mut c = Command::new("script");
-    c.args(["-qec", cmd, "/dev/null"]);
+    c.args(["-qec", &format!("stty rows 31 cols 97; {cmd}"), "/dev/null"]);
     if std::env::var_os("MOAT_KERNEL_DIR").is_none() {
         c.env("MOAT_KERNEL_DIR", kernel_dir());
     }
-    match input {
-        Some(i) => {
-            let mut child =
-                c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("script");
-            child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
-            child.wait_with_output().unwrap()
-        }
-        None => c.stdin(Stdio::null()).output().expect("script"),
+    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("script");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(i) = input {
+        stdin.write_all(i.as_bytes()).unwrap();
     }
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let mut stdout = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut out, &mut stdout);
+    let status = child.wait().unwrap();
+    drop(stdin);
+    Output { status, stdout, stderr: e.join().unwrap() }
 }
 
 /// Polls `cond` (every 20 ms, for up to 10 s) and fails the test with
