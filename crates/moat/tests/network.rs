@@ -195,6 +195,24 @@ fn switches_are_isolated_and_none_has_only_loopback() {
         &format!("timeout 3 wget -q -O - http://{lip}/ || echo BLOCKED"),
     ]);
     assert_eq!(out.trim(), "BLOCKED", "no traffic between switches");
+    // between two ordinary switches (each with a gateway and forwarding, so
+    // only the isolation rules stand between them): the container on `mid`
+    // reaches its own gateway (the positive control) but not `left`'s web server
+    r.ok(&["switch", "create", "mid"]);
+    let out = r.ok(&[
+        "run",
+        "--rm",
+        "--switch",
+        "mid",
+        "busybox",
+        "sh",
+        "-c",
+        &format!(
+            "gw=$(ip -4 route show default | cut -d' ' -f3); ping -c1 -W3 $gw >/dev/null && echo GATEWAY; \
+             timeout 3 wget -q -O - http://{lip}/ || echo BLOCKED"
+        ),
+    ]);
+    assert_eq!(out, "GATEWAY\nBLOCKED\n", "no traffic between ordinary switches");
     let out = r.ok(&["run", "--rm", "--network", "none", "busybox", "sh", "-c", "ls /sys/class/net"]);
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), vec!["lo"]);
     // --ip, --mac-address, --add-host, --dns
