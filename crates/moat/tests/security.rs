@@ -55,6 +55,8 @@ fn default_capabilities_nnp_and_seccomp() {
     assert_eq!(u["Seccomp"], "0");
     assert_eq!(u["sys.keyctl"], "ok", "{u:?}");
     assert_eq!(u["sys.unshare_user"], "ok", "{u:?}");
+    // the probe attaches to its own child: the kernel allows it, the filter does not
+    assert_eq!(u["sys.ptrace"], "ok", "{u:?}");
     // a user profile in docker's format
     let prof = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -234,6 +236,7 @@ fn same_defaults_inside_the_vm_hyperv() {
     assert_eq!(fds.len(), 3, "only stdio inside the VM too: {fds:?}");
     let u = probe(&r, &["--isolation=hyperv", "--security-opt", "seccomp=unconfined"]);
     assert_eq!(u["sys.keyctl"], "ok", "{u:?}");
+    assert_eq!(u["sys.ptrace"], "ok", "{u:?}");
     // OOM inside the guest's cgroup is reported the same way
     let o = r.run(&[
         "run",
