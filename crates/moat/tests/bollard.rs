@@ -205,35 +205,136 @@ fn get(s: &ApiServer, path: &str) -> Vec<u8> {
 }
 
 /// Deserializes into `T`, failing on any field of the wrong type, and
-/// checks that nothing of the answer was lost on the way (every key moat
-/// sent is one the model knows, recursively, for the models' own fields).
-fn strict<T: serde::de::DeserializeOwned + serde::Serialize>(path: &str, body: &[u8]) -> T {
-    let v: T =
-        serde_json::from_slice(body).unwrap_or_else(|e| panic!("{path}: {e}\n{}", String::from_utf8_lossy(body)));
-    let back = serde_json::to_value(&v).unwrap();
+/// checks the answer's keys against moby's swagger (v1.45, the response
+/// schema of `swagger_path`'s GET), recursively: every key moat sends must
+/// be one the schema knows (or in a free-form map), and every key the schema
+/// lists that moat leaves out is added to `gaps` as `ENDPOINT KEY.PATH`,
+/// which the caller compares with the list of known gaps.
+fn strict<T: serde::de::DeserializeOwned>(swagger_path: &str, body: &[u8], gaps: &mut Vec<String>) -> T {
+    let v: T = serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{swagger_path}: {e}\n{}", String::from_utf8_lossy(body)));
     let sent: serde_json::Value = serde_json::from_slice(body).unwrap();
-    fn keys_known(path: &str, sent: &serde_json::Value, model: &serde_json::Value) {
-        match (sent, model) {
-            (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
-                for (k, v) in a {
-                    // free-form maps (labels, options) and moat's own additions are allowed
-                    if let Some(m) = b.get(k) {
-                        keys_known(&format!("{path}.{k}"), v, m);
-                    }
-                }
-            }
-            (serde_json::Value::Array(a), serde_json::Value::Array(b)) => {
-                assert_eq!(a.len(), b.len(), "{path}: items lost");
-                for (x, y) in a.iter().zip(b) {
-                    keys_known(path, x, y);
-                }
-            }
-            (serde_json::Value::Null, _) | (_, serde_json::Value::Null) => {}
-            (a, b) => assert_eq!(a.is_number(), b.is_number(), "{path}: {a} became {b}"),
+    let responses = &swagger()["paths"][swagger_path]["get"]["responses"];
+    let ok = responses.get(serde_yaml::Value::from(200)).or_else(|| responses.get("200"));
+    let node = ok.map(|o| &o["schema"]).unwrap_or(&serde_yaml::Value::Null);
+    assert!(!node.is_null(), "{swagger_path}: no response schema in the swagger");
+    let mut unknown = Vec::new();
+    let mut missing = Vec::new();
+    walk(swagger_path, "", &sent, node, &mut unknown, &mut missing);
+    unknown.retain(|k| !MOAT_KEYS.contains(&format!("{swagger_path} {k}").as_str()));
+    assert!(unknown.is_empty(), "{swagger_path}: keys the schema does not know: {unknown:?}");
+    gaps.extend(missing.into_iter().map(|k| format!("{swagger_path} {k}")));
+    v
+}
+
+/// Keys moat adds to Docker's answers, each documented in docs/api.md
+/// (clients ignore keys they do not know).
+const MOAT_KEYS: &[&str] = &[
+    "/info CgroupLayout",
+    "/info DefaultIsolationSource",
+    "/info Hypervisor",
+    "/containers/json [].NetworkSettings.Networks.*.HostInterface",
+    "/containers/json [].Isolation",
+    "/containers/{id}/json NetworkSettings.Networks.*.HostInterface",
+    "/containers/{id}/json State.Isolation",
+    "/containers/{id}/json State.IsolationChangedAt",
+    "/containers/{id}/json VM",
+];
+
+/// moby's Engine API definition (v1.45), vendored from moby (Apache-2.0).
+fn swagger() -> &'static serde_yaml::Value {
+    static S: std::sync::OnceLock<serde_yaml::Value> = std::sync::OnceLock::new();
+    S.get_or_init(|| serde_yaml::from_str(include_str!("data/moby-swagger-v1.45.yaml")).unwrap())
+}
+
+/// A schema node with its `$ref` followed and its `allOf` merged: its
+/// properties, its `additionalProperties` schema and its `items`.
+#[derive(Default)]
+struct Shape {
+    props: std::collections::BTreeMap<String, serde_yaml::Value>,
+    additional: Option<serde_yaml::Value>,
+    items: Option<serde_yaml::Value>,
+}
+
+fn shape(node: &serde_yaml::Value) -> Shape {
+    let mut out = Shape::default();
+    if let Some(r) = node.get("$ref").and_then(|r| r.as_str()) {
+        let name = r.trim_start_matches("#/definitions/");
+        return shape(&swagger()["definitions"][name]);
+    }
+    for part in node.get("allOf").and_then(|a| a.as_sequence()).into_iter().flatten() {
+        let s = shape(part);
+        out.props.extend(s.props);
+        out.additional = out.additional.or(s.additional);
+        out.items = out.items.or(s.items);
+    }
+    if let Some(p) = node.get("properties").and_then(|p| p.as_mapping()) {
+        for (k, v) in p {
+            out.props.insert(k.as_str().unwrap_or_default().to_string(), v.clone());
         }
     }
-    keys_known(path, &sent, &back);
-    v
+    if let Some(a) = node.get("additionalProperties").filter(|a| a.is_mapping()) {
+        out.additional = Some(a.clone());
+    }
+    if let Some(i) = node.get("items") {
+        out.items = Some(i.clone());
+    }
+    out
+}
+
+fn walk(
+    ep: &str,
+    at: &str,
+    sent: &serde_json::Value,
+    node: &serde_yaml::Value,
+    unknown: &mut Vec<String>,
+    missing: &mut Vec<String>,
+) {
+    let s = shape(node);
+    match sent {
+        serde_json::Value::Object(o) => {
+            if s.props.is_empty() && s.additional.is_none() {
+                return; // a free-form object
+            }
+            for (k, v) in &s.props {
+                let key = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                match o.get(k) {
+                    None => {
+                        if !missing.contains(&key) {
+                            missing.push(key)
+                        }
+                    }
+                    Some(x) => walk(ep, &key, x, v, unknown, missing),
+                }
+            }
+            for (k, x) in o {
+                if s.props.contains_key(k) {
+                    continue;
+                }
+                let key = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                match &s.additional {
+                    Some(a) => walk(
+                        ep,
+                        &format!("{}*", if at.is_empty() { String::new() } else { format!("{at}.") }),
+                        x,
+                        a,
+                        unknown,
+                        missing,
+                    ),
+                    None if s.props.is_empty() => {}
+                    None => unknown.push(key),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => {
+            if let Some(items) = &s.items {
+                for x in a {
+                    walk(ep, &format!("{at}[]"), x, items, unknown, missing);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 #[test]
@@ -259,30 +360,56 @@ fn read_only_answers_fit_moby_schema() {
         "sleep",
         "1000",
     ]);
-    let v: m::SystemVersion = strict("/version", &get(&s, "/v1.45/version"));
+    let mut gaps = Vec::new();
+    let v: m::SystemVersion = strict("/version", &get(&s, "/v1.45/version"), &mut gaps);
     assert_eq!(v.api_version.as_deref(), Some("1.45"));
-    let i: m::SystemInfo = strict("/info", &get(&s, "/v1.45/info"));
+    let i: m::SystemInfo = strict("/info", &get(&s, "/v1.45/info"), &mut gaps);
     assert_eq!(i.containers_running, Some(1));
-    let cs: Vec<m::ContainerSummary> = strict("/containers/json", &get(&s, "/v1.45/containers/json?all=1"));
+    let cs: Vec<m::ContainerSummary> = strict("/containers/json", &get(&s, "/v1.45/containers/json?all=1"), &mut gaps);
     assert_eq!(cs.len(), 1);
-    let ci: m::ContainerInspectResponse = strict("/containers/c/json", &get(&s, "/v1.45/containers/c/json"));
+    let ci: m::ContainerInspectResponse =
+        strict("/containers/{id}/json", &get(&s, "/v1.45/containers/c/json"), &mut gaps);
     assert_eq!(ci.name.as_deref(), Some("/c"));
-    let _: m::ContainerTopResponse = strict("/containers/c/top", &get(&s, "/v1.45/containers/c/top"));
-    let _: Vec<m::FilesystemChange> = strict("/containers/c/changes", &get(&s, "/v1.45/containers/c/changes"));
-    let is: Vec<m::ImageSummary> = strict("/images/json", &get(&s, "/v1.45/images/json"));
+    let _: m::ContainerTopResponse = strict("/containers/{id}/top", &get(&s, "/v1.45/containers/c/top"), &mut gaps);
+    let _: Vec<m::FilesystemChange> =
+        strict("/containers/{id}/changes", &get(&s, "/v1.45/containers/c/changes"), &mut gaps);
+    let is: Vec<m::ImageSummary> = strict("/images/json", &get(&s, "/v1.45/images/json"), &mut gaps);
     assert_eq!(is.len(), 1);
-    let _: m::ImageInspect = strict("/images/busybox/json", &get(&s, "/v1.45/images/busybox/json"));
+    let _: m::ImageInspect = strict("/images/{name}/json", &get(&s, "/v1.45/images/busybox/json"), &mut gaps);
     let _: Vec<m::ImageHistoryResponseItem> =
-        strict("/images/busybox/history", &get(&s, "/v1.45/images/busybox/history"));
-    let ns: Vec<m::Network> = strict("/networks", &get(&s, "/v1.45/networks"));
+        strict("/images/{name}/history", &get(&s, "/v1.45/images/busybox/history"), &mut gaps);
+    let ns: Vec<m::Network> = strict("/networks", &get(&s, "/v1.45/networks"), &mut gaps);
     assert!(ns.iter().any(|n| n.labels.as_ref().and_then(|l| l.get("c")).map(String::as_str) == Some("d")));
-    let _: m::Network = strict("/networks/net", &get(&s, "/v1.45/networks/net"));
-    let vl: m::VolumeListResponse = strict("/volumes", &get(&s, "/v1.45/volumes"));
+    let _: m::Network = strict("/networks/{id}", &get(&s, "/v1.45/networks/net"), &mut gaps);
+    let vl: m::VolumeListResponse = strict("/volumes", &get(&s, "/v1.45/volumes"), &mut gaps);
     assert_eq!(vl.volumes.map(|v| v.len()), Some(1));
-    let _: m::Volume = strict("/volumes/vol", &get(&s, "/v1.45/volumes/vol"));
+    let _: m::Volume = strict("/volumes/{name}", &get(&s, "/v1.45/volumes/vol"), &mut gaps);
     // (system/df is not checked here: bollard-stubs 1.53 models API 1.52's new
     // shape, moat answers 1.45's, which the docker CLI test reads)
     let st: m::ContainerStatsResponse =
-        strict("/containers/c/stats", &get(&s, "/v1.45/containers/c/stats?stream=false"));
+        strict("/containers/{id}/stats", &get(&s, "/v1.45/containers/c/stats?stream=false"), &mut gaps);
     assert!(st.memory_stats.and_then(|m| m.usage).is_some_and(|u| u > 0));
+    // every key the schema lists and moat leaves out is a known gap, listed
+    // (with the reason in docs/api.md); a new gap, or a closed one, fails here
+    gaps.sort();
+    gaps.dedup();
+    let known: Vec<String> = include_str!("data/schema-gaps.txt")
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if std::env::var_os("MOAT_WRITE_SCHEMA_GAPS").is_some() {
+        let header = "# Keys of moby's Engine API schema (v1.45) that moat's answers leave out, as\n\
+                      # `ENDPOINT KEY.PATH` ([] an array's items, * a map's values). Compared whole by\n\
+                      # bollard.rs read_only_answers_fit_moby_schema: a new gap fails, and so does a\n\
+                      # closed one until it is taken off. Rewrite: MOAT_WRITE_SCHEMA_GAPS=1. Some are\n\
+                      # left out by dockerd too (Windows-only, deprecated, size=1 only); issue #31's\n\
+                      # differential test against dockerd says which; docs/api.md lists why.\n";
+        std::fs::write(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/schema-gaps.txt"),
+            format!("{header}{}\n", gaps.join("\n")),
+        )
+        .unwrap();
+    }
+    assert_eq!(gaps, known, "keys of moby's schema that moat leaves out (tests/data/schema-gaps.txt)");
 }
