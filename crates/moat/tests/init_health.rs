@@ -19,11 +19,17 @@ fn init_forwards_signals_and_reaps(iso: &str) {
     let ps = |n: &str| until(&r, &["exec", n, "ps", "-o", "pid,stat,args"], |o| o.contains("sleep 600"));
     let zombies =
         |o: &str| o.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|s| s.starts_with('Z'))).count();
+    // the zombie in `without` shows its orphan has exited; `with`'s orphan,
+    // started earlier for as long, has exited too by then: only now is a
+    // snapshot of `with` without zombies worth anything
+    let wo = until(&r, &["exec", "without", "ps", "-o", "pid,stat,args"], |o| zombies(o) == 1);
+    assert_eq!(zombies(&wo), 1, "without an init the orphan stays a zombie: {wo}");
     let w = ps("with");
     assert!(w.lines().nth(1).unwrap().contains("/sbin/moat-init -- sh -c"), "PID 1 is the init: {w}");
-    let wo = until(&r, &["exec", "without", "ps", "-o", "pid,stat,args"], |o| zombies(o) == 1);
     assert_eq!(zombies(&w), 0, "{w}");
-    assert_eq!(zombies(&wo), 1, "without an init the orphan stays a zombie: {wo}");
+    let sleeps: Vec<&str> =
+        w.lines().filter(|l| matches!(l.split_whitespace().nth(2), Some("sleep" | "[sleep]"))).collect();
+    assert_eq!(sleeps.len(), 1, "the orphan is gone, reaped, only `sleep 600` is left: {w}");
     // stop's SIGTERM reaches the command through the init (143); a bare PID 1 ignores it (killed: 137)
     r.ok(&["stop", "-t", "60", "with"]);
     r.ok(&["stop", "-t", "1", "without"]);
@@ -60,14 +66,20 @@ fn health_checks_from_flags_and_image(iso: &str) {
     ]);
     let status = |n: &str| r.ok(&["inspect", "-f", "{{.State.Health.Status}}", n]).trim().to_string();
     assert!(r.ok(&["ps", "--format", "{{.Status}}"]).contains("(health: starting)") || status("web") != "starting");
-    until(&r, &["inspect", "-f", "{{.State.Health.Status}}", "web"], |o| o.trim() == "unhealthy");
+    assert_eq!(
+        until(&r, &["inspect", "-f", "{{.State.Health.Status}}", "web"], |o| o.trim() == "unhealthy"),
+        "unhealthy\n"
+    );
     assert_eq!(status("web"), "unhealthy");
     let v: serde_json::Value =
         serde_json::from_str(&r.ok(&["inspect", "-f", "{{json .State.Health}}", "web"])).unwrap();
     assert!(v["FailingStreak"].as_u64().unwrap() >= 2);
     assert!(v["Log"][0]["Output"].as_str().unwrap().contains("No such file"), "{v}");
     r.ok(&["exec", "web", "sh", "-c", "echo fine > /tmp/ok"]);
-    until(&r, &["inspect", "-f", "{{.State.Health.Status}}", "web"], |o| o.trim() == "healthy");
+    assert_eq!(
+        until(&r, &["inspect", "-f", "{{.State.Health.Status}}", "web"], |o| o.trim() == "healthy"),
+        "healthy\n"
+    );
     assert!(r.ok(&["ps", "--format", "{{.Status}}"]).contains("(healthy)"));
     assert_eq!(r.ok(&["ps", "-q", "--filter", "health=healthy"]).lines().count(), 1);
     assert_eq!(r.ok(&["ps", "-q", "--filter", "health=unhealthy"]), "");
@@ -107,7 +119,10 @@ fn health_checks_from_flags_and_image(iso: &str) {
         "sleep",
         "600",
     ]);
-    until(&r, &["inspect", "-f", "{{.State.Health.Status}}", "slow"], |o| o.trim() == "unhealthy");
+    assert_eq!(
+        until(&r, &["inspect", "-f", "{{.State.Health.Status}}", "slow"], |o| o.trim() == "unhealthy"),
+        "unhealthy\n"
+    );
     let out = r.ok(&["inspect", "-f", "{{(index .State.Health.Log 0).Output}}", "slow"]);
     assert!(out.contains("exceeded timeout"), "{out}");
     // the image's HEALTHCHECK, and --no-healthcheck
@@ -120,7 +135,10 @@ fn health_checks_from_flags_and_image(iso: &str) {
     let p = write_fixture("checked.tar", &bytes);
     r.ok(&["load", "-q", "-i", p.to_str().unwrap()]);
     r.ok(&["run", "-d", "--name", "img", "--isolation", iso, "checked"]);
-    until(&r, &["inspect", "-f", "{{.State.Health.Status}}", "img"], |o| o.trim() == "healthy");
+    assert_eq!(
+        until(&r, &["inspect", "-f", "{{.State.Health.Status}}", "img"], |o| o.trim() == "healthy"),
+        "healthy\n"
+    );
     assert!(r.ok(&["inspect", "-f", "{{json .Config.Healthcheck}}", "img"]).contains("from-image"));
     r.ok(&["run", "-d", "--name", "off", "--isolation", iso, "--no-healthcheck", "checked"]);
     assert_eq!(r.ok(&["inspect", "-f", "{{json .State.Health}}", "off"]).trim(), "null");
