@@ -18,6 +18,8 @@ fn host_mounts_under(p: &std::path::Path) -> Vec<String> {
 #[test]
 fn sigkill_of_cli_during_run_and_create_leaves_the_truth() {
     let r = root_with_busybox();
+    // kills that found the CLI still working (a kill after it exited tests nothing)
+    let mut mid = 0;
     for (i, delay_ms) in [0u64, 1, 2, 4, 7, 10, 15, 25, 40, 80].iter().enumerate() {
         let sleep = format!("{}", 3000 + i);
         let verb = if i % 3 == 2 { "create" } else { "run" };
@@ -35,6 +37,9 @@ fn sigkill_of_cli_during_run_and_create_leaves_the_truth() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(*delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            mid += 1;
+        }
         let _ = child.kill();
         let _ = child.wait();
         // a shim that did get started finishes starting on its own
@@ -60,9 +65,18 @@ fn sigkill_of_cli_during_run_and_create_leaves_the_truth() {
             other => panic!("unexpected ps after kill at {delay_ms} ms: {other}"),
         }
         assert!(host_mounts_under(r.path()).is_empty(), "leaked mounts: {:?}", host_mounts_under(r.path()));
+        let id = r.ok(&["ps", "-aq", "--no-trunc"]).trim().to_string();
         let _ = r.run(&["rm", "-f", "k"]);
         assert!(host_pids_matching(&format!("sleep {sleep}")).is_empty());
+        if !id.is_empty() {
+            assert_eq!(
+                cgroups_of(&id),
+                Vec::<std::path::PathBuf>::new(),
+                "cgroups leaked after a kill at {delay_ms} ms"
+            );
+        }
     }
+    assert!(mid >= 3, "only {mid} kills landed while the CLI was at work");
 }
 
 #[test]
@@ -82,12 +96,11 @@ fn sigkill_of_shim_is_reported_and_cleaned_up() {
     // it can start again, and rm cleans everything
     r.ok(&["start", "victim"]);
     assert_eq!(host_pids_matching("sleep 3100").len(), 1);
+    assert!(!cgroups_of(&id).is_empty(), "the check sees a running container's cgroups");
     r.ok(&["rm", "-f", "victim"]);
     assert!(host_pids_matching("sleep 3100").is_empty());
     assert!(host_pids_matching(&format!("shim {id}")).is_empty());
-    let v1 = format!("/sys/fs/cgroup/memory/moat/{id}");
-    let v2 = format!("/sys/fs/cgroup/moat/{id}");
-    assert!(!std::path::Path::new(&v1).exists() && !std::path::Path::new(&v2).exists(), "cgroup leaked");
+    assert_eq!(cgroups_of(&id), Vec::<std::path::PathBuf>::new(), "cgroups leaked, in any hierarchy");
 }
 
 fn nix_kill(pid: u32) {
@@ -118,7 +131,9 @@ fn sigkill_of_a_vm_shim_takes_its_vm_down_hyperv() {
     // it starts again, and rm cleans everything
     r.ok(&["start", "vvictim"]);
     assert_eq!(r.ok(&["exec", "vvictim", "echo", "back"]).trim(), "back");
+    assert!(!cgroups_of(&id).is_empty(), "the check sees a running container's cgroups");
     r.ok(&["rm", "-f", "vvictim"]);
     assert!(host_pids_matching(&format!("shim {id}")).is_empty());
+    assert_eq!(cgroups_of(&id), Vec::<std::path::PathBuf>::new(), "cgroups leaked, in any hierarchy");
     assert!(host_pids_matching(&format!("-name moat-{}", &id[..12])).is_empty());
 }

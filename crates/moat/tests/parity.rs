@@ -95,10 +95,15 @@ fn hosts_files_follow_removal_and_disconnect() {
 }
 
 #[test]
-fn system_reset_removes_everything_of_a_root() {
+fn system_reset_removes_everything_of_a_root_hyperv() {
     let r = root_with_busybox();
     r.ok(&["switch", "create", "resetme"]);
-    r.ok(&["run", "-d", "--name", "x", "busybox", "sleep", "600"]);
+    let x = r.ok(&["run", "-d", "--name", "x", "busybox", "sleep", "600"]).trim().to_string();
+    let vm = r.ok(&["run", "-d", "--name", "vm", "--isolation=hyperv", "busybox", "sleep", "601"]).trim().to_string();
+    let root = r.path().display().to_string();
+    let ours = || host_pids_matching(&root);
+    assert!(ours().len() >= 4, "shims, QEMU and virtiofsd of the root run: {:?}", ours());
+    assert!(!cgroups_of(&x).is_empty() && !cgroups_of(&vm).is_empty());
     let bridges: Vec<String> = ["moat", "resetme"]
         .iter()
         .map(|n| {
@@ -124,6 +129,13 @@ fn system_reset_removes_everything_of_a_root() {
     assert!(host_pids_matching("sleep 600").iter().all(|p| {
         std::fs::read_to_string(format!("/proc/{p}/cgroup")).map(|c| !c.contains("moat/")).unwrap_or(true)
     }));
+    // nothing of either container is left: no process of the root (shims,
+    // QEMU, virtiofsd), no cgroup in any hierarchy, no mount
+    assert_eq!(ours(), Vec::<u32>::new());
+    assert_eq!(cgroups_of(&x), Vec::<std::path::PathBuf>::new());
+    assert_eq!(cgroups_of(&vm), Vec::<std::path::PathBuf>::new());
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mi.contains(&root), "mounts left");
     assert_eq!(std::fs::read_dir(r.path()).unwrap().count(), 0, "the root is empty");
 }
 

@@ -110,7 +110,25 @@ impl Drop for Root {
         // remove this root's containers, switches (bridges, rules, taps)
         // and files through moat itself
         if self.path().join("moat.db").exists() {
-            let _ = self.run(&["system", "reset", "--force"]);
+            let o = self.run(&["system", "reset", "--force"]);
+            // a test that passed must also leave a root that resets cleanly,
+            // with none of its processes (shims, QEMU, virtiofsd, proxies) left
+            if !std::thread::panicking() {
+                assert!(o.status.success(), "system reset failed: {}", String::from_utf8_lossy(&o.stderr));
+                let root = self.path().display().to_string();
+                let left: Vec<(u32, String)> = host_pids_matching(&root)
+                    .into_iter()
+                    .filter(|p| *p != std::process::id())
+                    .map(|p| {
+                        (
+                            p,
+                            String::from_utf8_lossy(&std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default())
+                                .replace('\0', " "),
+                        )
+                    })
+                    .collect();
+                assert!(left.is_empty(), "processes of the root outlived system reset: {left:?}");
+            }
         }
         // lazily unmount anything a test left mounted under this root
         if let Ok(m) = std::fs::read_to_string("/proc/self/mountinfo") {
@@ -371,6 +389,23 @@ pub fn probe_map(out: &str) -> std::collections::HashMap<String, String> {
 pub fn alive(pid: u64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+/// Every cgroup directory of container `id` on the host, in every
+/// hierarchy: each cgroup v1 controller's, the unified one of a hybrid
+/// host, or the single v2 tree.
+pub fn cgroups_of(id: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let base = Path::new("/sys/fs/cgroup");
+    let mut trees = vec![base.to_path_buf()];
+    trees.extend(std::fs::read_dir(base).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    for t in trees {
+        let d = t.join("moat").join(id);
+        if d.is_dir() {
+            out.push(d);
+        }
+    }
+    out
 }
 
 /// Host PIDs whose command line contains `needle`.
