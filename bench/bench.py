@@ -23,27 +23,51 @@ def sh(cmd, check=True, capture=False):
     return p.stdout.decode() if capture else ""
 
 
-def timed(cmd):
+def timed(cmd, expect=None):
+    """Times `cmd`; it must exit 0 and, with `expect`, print that line (a
+    command that exits 0 without doing its work is never timed)."""
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, shell=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.run(cmd, shell=True, stdout=subprocess.PIPE if expect else subprocess.DEVNULL, stderr=subprocess.PIPE)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"benchmark command failed (exit {p.returncode}), refusing to time it: {cmd}\n{p.stderr.decode()[-800:]}")
+    if expect and expect not in p.stdout.decode(errors="replace").splitlines():
+        sys.exit(f"benchmark command did not print {expect!r}, refusing to time it: {cmd}\n{p.stdout.decode()[-800:]}")
     return dt
 
 
-def series(name, cmd, runs, before=None, after=None):
+def series(name, cmd, runs, before=None, after=None, expect=None):
     """Times `cmd` `runs` times (after one warm-up); `before`/`after` run untimed around each."""
-    xs = []
+    return compare([dict(name=name, cmd=cmd, before=before, after=after, expect=expect)], runs)[0]
+
+
+def compare(specs, runs):
+    """Times the commands of `specs` (dicts: name, cmd, before, after,
+    expect) side by side: after one warm-up of each, round by round, one run
+    of each in turn, so that a machine that slows down or speeds up during
+    the benchmark moves every tool alike instead of whichever ran in that
+    block. `before`/`after` run untimed around each run."""
+    xs = [[] for _ in specs]
     for i in range(runs + 1):
-        if before:
-            sh(before)
-        dt = timed(cmd)
-        if after:
-            sh(after)
-        if i > 0:
-            xs.append(dt)
-    return {"name": name, "median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+        for k, sp in enumerate(specs):
+            if sp.get("before"):
+                sh(sp["before"])
+            dt = timed(sp["cmd"], sp.get("expect"))
+            if sp.get("after"):
+                sh(sp["after"])
+            if i > 0:
+                xs[k].append(dt)
+    return [{"name": sp["name"], "median": statistics.median(x), "min": min(x), "max": max(x)} for sp, x in zip(specs, xs)]
+
+
+def vm_boot(m, env=""):
+    """How a VM container of this engine boots now: `template` or `cold`
+    (the engine falls back to a cold boot without a word, so the template
+    rows check it)."""
+    sh(f"{env}{m} run -d --name bboot --network none --isolation=hyperv busybox sleep 100000 </dev/null >/dev/null 2>&1")
+    boot = json.loads(sh(f"{m} inspect -- bboot", capture=True))[0]["VM"]["Boot"]
+    sh(f"{m} rm -f bboot")
+    return boot
 
 
 def pss_kib(pid):
@@ -265,16 +289,15 @@ def main():
     notes = []
 
     if want("run"):
-        moat = series("moat run --rm busybox true", f"{m} run --rm busybox true", a.runs)
-        moat_none = series("moat run --rm --network none busybox true", f"{m} run --rm --network none busybox true", a.runs)
-        crun = series("crun run (prepared bundle)", f"crun run -b {a.bundle} bcrun", a.runs)
-        runc = series("runc run (prepared bundle)", f"runc run -b {a.bundle} brunc", a.runs)
-        podman = series(
-            "podman run --rm",
-            "podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file run --rm --network none "
-            "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024 localhost/busybox:latest true",
-            a.runs,
-        )
+        moat, moat_none, crun, runc, podman = compare([
+            dict(name="moat run --rm busybox true", cmd=f"{m} run --rm busybox true"),
+            dict(name="moat run --rm --network none busybox true", cmd=f"{m} run --rm --network none busybox true"),
+            dict(name="crun run (prepared bundle)", cmd=f"crun run -b {a.bundle} bcrun"),
+            dict(name="runc run (prepared bundle)", cmd=f"runc run -b {a.bundle} brunc"),
+            dict(name="podman run --rm",
+                 cmd="podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file run --rm --network none "
+                     "--ulimit nofile=1024:1024 --ulimit nproc=1024:1024 localhost/busybox:latest true"),
+        ], a.runs)
         out.append(row("process cold run", moat))
         out.append(row("process cold run", moat_none))
         for p in (crun, runc, podman):
@@ -286,9 +309,11 @@ def main():
         # detached containers keep their stdio: give them /dev/null, not our pipes
         sh(f"crun run -d -b {a.bundle.replace('bundle', 'bundle-sleep')} bcrun-exec </dev/null >/dev/null 2>&1")
         sh(f"runc run -d -b {a.bundle.replace('bundle', 'bundle-sleep')} brunc-exec </dev/null >/dev/null 2>&1")
-        moat = series("moat exec C true", f"{m} exec bexec true", a.runs)
-        crun = series("crun exec", "crun exec bcrun-exec true", a.runs)
-        runc = series("runc exec", "runc exec brunc-exec true", a.runs)
+        moat, crun, runc = compare([
+            dict(name="moat exec C true", cmd=f"{m} exec bexec true"),
+            dict(name="crun exec", cmd="crun exec bcrun-exec true"),
+            dict(name="runc exec", cmd="runc exec brunc-exec true"),
+        ], a.runs)
         out.append(row("exec", moat))
         out.append(row("exec", crun, moat))
         out.append(row("exec", runc, moat))
@@ -300,10 +325,21 @@ def main():
         cold_env = "MOAT_VM_TEMPLATES=off"
         # the first run builds the template (timed on its own), the series then restores it
         t_build = timed(f"{m} vm template prune --all && {m} run --rm --isolation=hyperv busybox true")
-        tpl = series("moat run --rm --isolation=hyperv busybox true (from a template)", f"{m} run --rm --isolation=hyperv busybox true", a.vm_runs)
-        cold = series("moat run --rm --isolation=hyperv busybox true (MOAT_VM_TEMPLATES=off)", f"{cold_env} {m} run --rm --isolation=hyperv busybox true", a.vm_runs)
-        floor = series("bare qemu-system-x86_64 (same kernel, init powers off)", a.floor_cmd, a.vm_runs)
-        proc = series("moat run --rm busybox true (process)", f"{m} run --rm busybox true", a.vm_runs)
+        # the rows say how the VMs boot: checked, not assumed
+        for env, want_boot in (("", "template"), (f"{cold_env} ", "cold")):
+            got = vm_boot(m, env)
+            if got != want_boot:
+                sys.exit(f"VM containers boot {got!r}, not {want_boot!r}{' (' + env.strip() + ')' if env else ''}: refusing to time them")
+        tpl, cold, floor, proc = compare([
+            dict(name="moat run --rm --isolation=hyperv busybox true (from a template)",
+                 cmd=f"{m} run --rm --isolation=hyperv busybox echo moat-vm-ok", expect="moat-vm-ok"),
+            dict(name="moat run --rm --isolation=hyperv busybox true (MOAT_VM_TEMPLATES=off)",
+                 cmd=f"{cold_env} {m} run --rm --isolation=hyperv busybox echo moat-vm-ok", expect="moat-vm-ok"),
+            # the floor's init prints its marker on the serial console just
+            # before it powers off: a guest that panicked is not timed
+            dict(name="bare qemu-system-x86_64 (same kernel, init powers off)", cmd=a.floor_cmd, expect="moat-floor-ok"),
+            dict(name="moat run --rm busybox true (process)", cmd=f"{m} run --rm busybox true"),
+        ], a.vm_runs)
         out.append(row("VM cold run", tpl))
         out.append(row("VM cold run", cold, tpl))
         out.append(row("VM cold run", floor, tpl))
@@ -312,11 +348,14 @@ def main():
                      f"{cold['median'] / tpl['median']:.1f}x faster than a cold boot; first run with the template build: {fmt_t(t_build)}")
         # processes started inside a running container: each exec reads its
         # binary through the guest's page cache (virtio-fs in a VM)
-        loop = "sh -c 'i=0; while [ $i -lt 20 ]; do /bin/true; i=$((i+1)); done'"
+        # every fork+exec must succeed, and the loop must end to print its marker
+        loop = "sh -c 'i=0; while [ $i -lt 20 ]; do /bin/true || exit 1; i=$((i+1)); done; echo loop-ok'"
         sh(f"{m} run -d --name bvmx --network none --isolation=hyperv busybox sleep 100000 </dev/null >/dev/null 2>&1")
         sh(f"{m} run -d --name bpx --network none busybox sleep 100000 </dev/null >/dev/null 2>&1")
-        vx = series("moat exec V: 20x fork+exec of /bin/true inside (hyperv)", f"{m} exec bvmx {loop}", a.vm_runs)
-        px = series("moat exec C: 20x fork+exec of /bin/true inside (process)", f"{m} exec bpx {loop}", a.vm_runs)
+        vx, px = compare([
+            dict(name="moat exec V: 20x fork+exec of /bin/true inside (hyperv)", cmd=f"{m} exec bvmx {loop}", expect="loop-ok"),
+            dict(name="moat exec C: 20x fork+exec of /bin/true inside (process)", cmd=f"{m} exec bpx {loop}", expect="loop-ok"),
+        ], a.vm_runs)
         out.append(row("exec loop", vx))
         out.append(row("exec loop", px, vx))
         sh(f"{m} rm -f bvmx bpx")
@@ -389,17 +428,14 @@ def main():
             notes.append(f"{k} idle VMs: started in {t_start:.1f} s (target for 32: < 15 s), {used / 1024 / k:.0f} MiB host memory each (target <= 60 MiB)")
 
     if want("load"):
-        moat = series(
-            "moat image load (~100 MB, 3 layers)",
-            f"{m} load -q -i {a.big_tar}",
-            max(3, a.runs // 3),
-            after=f"{m} rmi -f big:bench",
-        )
-        tarx = series(
-            "tar -x of the same layers",
-            f"rm -rf /tmp/moat-bench-x && mkdir -p /tmp/moat-bench-x && for l in {a.big_layers}/*.tar; do tar -xf $l -C /tmp/moat-bench-x; done",
-            max(3, a.runs // 3),
-        )
+        # each timed without its clean-up (moat's rmi, tar's rm -rf run untimed)
+        moat, tarx = compare([
+            dict(name="moat image load (~100 MB, 3 layers)", cmd=f"{m} load -q -i {a.big_tar}",
+                 after=f"{m} rmi -f big:bench"),
+            dict(name="tar -x of the same layers",
+                 cmd=f"for l in {a.big_layers}/*.tar; do tar -xf $l -C /tmp/moat-bench-x || exit 1; done",
+                 before="rm -rf /tmp/moat-bench-x && mkdir -p /tmp/moat-bench-x"),
+        ], max(3, a.runs // 3))
         sh("rm -rf /tmp/moat-bench-x")
         out.append(row("image load", moat))
         out.append(row("image load", tarx, moat))
@@ -409,11 +445,14 @@ def main():
         ref = f"{a.registry}/big:bench"
         pm = "podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file"
         n = max(3, a.runs // 3)
-        moat = series("moat pull (~100 MB, 3 gzip layers, local registry)", f"{m} pull -q {ref}", n,
-                      after=f"{m} rmi -f {ref} && {m} image prune -f")
-        skopeo = series("skopeo copy to a local dir (no unpack)", f"skopeo copy -q --src-tls-verify=false docker://{ref} dir:{a.scratch}", n,
-                        before=f"rm -rf {a.scratch}", after=f"rm -rf {a.scratch}")
-        podman = series("podman pull", f"{pm} pull -q --tls-verify=false {ref}", n, after=f"{pm} rmi -f {ref}")
+        moat, skopeo, podman = compare([
+            dict(name="moat pull (~100 MB, 3 gzip layers, local registry)", cmd=f"{m} pull -q {ref}",
+                 after=f"{m} rmi -f {ref} && {m} image prune -f"),
+            dict(name="skopeo copy to a local dir (no unpack)",
+                 cmd=f"skopeo copy -q --src-tls-verify=false docker://{ref} dir:{a.scratch}",
+                 before=f"rm -rf {a.scratch}", after=f"rm -rf {a.scratch}"),
+            dict(name="podman pull", cmd=f"{pm} pull -q --tls-verify=false {ref}", after=f"{pm} rmi -f {ref}"),
+        ], n)
         out.append(row("image pull", moat))
         for p in (skopeo, podman):
             out.append(row("image pull", p, moat))
@@ -433,6 +472,8 @@ def main():
             cpu0 = os.times()
             api = series("docker run --rm busybox true (moat serve)", f"{dk} run --rm busybox true", a.runs)
             cpu1 = os.times()
+            # (these two are timed in blocks: the CPU the docker CLI uses is
+            # measured over its own runs; the VM pair below alternates)
             # CPU of the docker CLI processes (children of this one): on 2 cores it competes with the start
             dk_cpu = (cpu1.children_user + cpu1.children_system - cpu0.children_user - cpu0.children_system) / (a.runs + 1)
             raw = api_run(sock, a.runs)
@@ -449,9 +490,11 @@ def main():
                          f"in-process client = {raw['median'] / moat['median']:.2f}x moat run")
             # the same pair for VM isolation, where the engine's own work dominates
             vruns = max(3, a.runs // 2)
-            vmoat = series("moat run --rm --isolation=hyperv busybox true", f"{m} run --rm --isolation=hyperv busybox true", vruns)
-            vapi = series("docker run --rm --isolation=hyperv busybox true (moat serve)",
-                          f"{dk} run --rm --isolation=hyperv busybox true", vruns)
+            vmoat, vapi = compare([
+                dict(name="moat run --rm --isolation=hyperv busybox true", cmd=f"{m} run --rm --isolation=hyperv busybox true"),
+                dict(name="docker run --rm --isolation=hyperv busybox true (moat serve)",
+                     cmd=f"{dk} run --rm --isolation=hyperv busybox true"),
+            ], vruns)
             out.append(row("API run (VM)", vapi))
             out.append(row("API run (VM)", vmoat, vapi))
             notes.append(f"docker run --isolation=hyperv through moat serve = {vapi['median'] / vmoat['median']:.2f}x "

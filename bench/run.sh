@@ -43,14 +43,14 @@ podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file load -q -i
 # the bare-QEMU floor: the same kernel into an init that powers off (or idles)
 for kind in off idle; do
   d=$WORK/floor-$kind; mkdir -p $d/bin; cp /bin/busybox $d/bin/busybox
-  if [ $kind = off ]; then printf '#!/bin/busybox sh\n/bin/busybox poweroff -f\n' > $d/init
+  if [ $kind = off ]; then printf '#!/bin/busybox sh\n/bin/busybox mkdir -p /dev\n/bin/busybox mount -t devtmpfs dev /dev\n/bin/busybox echo moat-floor-ok > /dev/ttyS0\n/bin/busybox poweroff -f\n' > $d/init
   else printf '#!/bin/busybox sh\nexec /bin/busybox sleep 100000\n' > $d/init; fi
   chmod +x $d/init; (cd $d && find . | cpio -o -H newc --quiet > "$WORK/floor-$kind.cpio")
 done
 VER=$(cat "$MOAT_KERNEL_DIR/current")
 TSC=$(awk -F: '/cpu MHz/ {printf "%d", $2*1000; exit}' /proc/cpuinfo)
 ACCEL=$("$MOAT" --root "$ROOT" info --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["Hypervisor"]["Accelerator"])')
-qemu() { echo "qemu-system-x86_64 -name $1 -accel $ACCEL -smp 1 -m 512M -M microvm,pit=off,pic=on,rtc=on -nodefaults -no-user-config -display none -serial null -kernel $MOAT_KERNEL_DIR/$VER/vmlinux -initrd $2 -append 'console=ttyS0 panic=-1 quiet tsc=reliable cryptomgr.notests mitigations=off pci=off tsc_early_khz=$TSC' -no-reboot"; }
+qemu() { echo "qemu-system-x86_64 -name $1 -accel $ACCEL -smp 1 -m 512M -M microvm,pit=off,pic=on,rtc=on -nodefaults -no-user-config -display none -serial stdio -kernel $MOAT_KERNEL_DIR/$VER/vmlinux -initrd $2 -append 'console=ttyS0 panic=-1 quiet tsc=reliable cryptomgr.notests mitigations=off pci=off tsc_early_khz=$TSC' -no-reboot"; }
 
 # a ~100 MB image in three layers, and the same layer tars for tar -x
 mkdir -p "$WORK/big/layers"

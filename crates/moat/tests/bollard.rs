@@ -220,7 +220,7 @@ fn strict<T: serde::de::DeserializeOwned>(swagger_path: &str, body: &[u8], gaps:
     assert!(!node.is_null(), "{swagger_path}: no response schema in the swagger");
     let mut unknown = Vec::new();
     let mut missing = Vec::new();
-    walk(swagger_path, "", &sent, node, &mut unknown, &mut missing);
+    walk("", &sent, node, &mut unknown, &mut missing);
     unknown.retain(|k| !MOAT_KEYS.contains(&format!("{swagger_path} {k}").as_str()));
     assert!(unknown.is_empty(), "{swagger_path}: keys the schema does not know: {unknown:?}");
     gaps.extend(missing.into_iter().map(|k| format!("{swagger_path} {k}")));
@@ -283,7 +283,6 @@ fn shape(node: &serde_yaml::Value) -> Shape {
 }
 
 fn walk(
-    ep: &str,
     at: &str,
     sent: &serde_json::Value,
     node: &serde_yaml::Value,
@@ -304,7 +303,7 @@ fn walk(
                             missing.push(key)
                         }
                     }
-                    Some(x) => walk(ep, &key, x, v, unknown, missing),
+                    Some(x) => walk(&key, x, v, unknown, missing),
                 }
             }
             for (k, x) in o {
@@ -314,7 +313,6 @@ fn walk(
                 let key = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
                 match &s.additional {
                     Some(a) => walk(
-                        ep,
                         &format!("{}*", if at.is_empty() { String::new() } else { format!("{at}.") }),
                         x,
                         a,
@@ -329,7 +327,7 @@ fn walk(
         serde_json::Value::Array(a) => {
             if let Some(items) = &s.items {
                 for x in a {
-                    walk(ep, &format!("{at}[]"), x, items, unknown, missing);
+                    walk(&format!("{at}[]"), x, items, unknown, missing);
                 }
             }
         }

@@ -273,8 +273,13 @@ fn restart_policy_on_failure(iso: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
     r.ok(&["stop", "ra"]);
-    let v: serde_json::Value = serde_json::from_str(&r.ok(&["inspect", "ra"])).unwrap();
-    assert_eq!(v[0]["State"]["Status"], "exited");
+    let state = || r.ok(&["inspect", "-f", "{{.State.Status}} {{.RestartCount}}", "ra"]);
+    let stopped = state();
+    assert!(stopped.starts_with("exited "), "{stopped}");
+    // it stays down past the longest back-off a restart could still be
+    // waiting out (100 ms doubling per restart: a few restarts in, < 2 s)
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(state(), stopped, "stop stood the policy down for good");
 }
 
 fn binds_tmpfs_and_read_only(iso: &str) {

@@ -357,6 +357,24 @@ fn a_lying_registry_cannot_make_a_pull_write_without_bound() {
     let big_config_manifest = manifest(&config, 300 << 20, &ld, lsize);
     let liar_config = [config.clone(), vec![b' '; 20 << 20]].concat();
     let endless_digest = digest(b"never");
+    // a gzip bomb: 256 MiB of zeros in ~250 KiB, against a 64 MiB unpack limit
+    let bomb = {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(256 << 20);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        let mut b = tar::Builder::new(&mut gz);
+        b.append_data(&mut h, "zeros", std::io::repeat(0).take(256 << 20)).unwrap();
+        b.finish().unwrap();
+        drop(b);
+        gz.finish().unwrap()
+    };
+    // (the diff ID is never reached: the unpacker stops first)
+    let bconfig = config_for(&digest(b"the uncompressed bomb"));
     let reg = Hostile::start(vec![
         (man("ok"), Answer::Body(MANIFEST_TYPE, ok_manifest.clone())),
         (blob(&digest(&config)), Answer::Body("application/octet-stream", config.clone())),
@@ -379,6 +397,12 @@ fn a_lying_registry_cannot_make_a_pull_write_without_bound() {
             ),
         ),
         (blob(&digest(&tconfig)), Answer::Body("application/octet-stream", tconfig.clone())),
+        (
+            man("bomb"),
+            Answer::Body(MANIFEST_TYPE, manifest(&bconfig, bconfig.len() as u64, &digest(&bomb), bomb.len() as u64)),
+        ),
+        (blob(&digest(&bconfig)), Answer::Body("application/octet-stream", bconfig.clone())),
+        (blob(&digest(&bomb)), Answer::Body("application/octet-stream", bomb.clone())),
         (blob(&digest(&trailing)), Answer::Body("application/octet-stream", trailing.clone())),
     ]);
     let name = |t: &str| format!("{}/x:{t}", reg.addr);
@@ -393,8 +417,13 @@ fn a_lying_registry_cannot_make_a_pull_write_without_bound() {
         ("liarconfig", "size mismatch"),
         ("trailing", "trailing data after the archive's end"),
     ];
-    for (tag, want) in cases {
-        let o = r.run(&["pull", "-q", &name(tag)]);
+    for (tag, want) in cases.into_iter().chain([("bomb", "tar bomb")]) {
+        let o = r
+            .cmd()
+            .env("MOAT_MAX_UNPACK_BYTES", (64u64 << 20).to_string())
+            .args(["pull", "-q", &name(tag)])
+            .output()
+            .unwrap();
         assert_fails_one_line(&o, tag);
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(e.contains(want), "{tag}: {e}");
