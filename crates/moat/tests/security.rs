@@ -202,7 +202,9 @@ fn limits_reach_the_cgroup_and_oom_is_reported() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("can't fork"), "forks past the limit fail: {err}");
     let cur: usize = cgroup_file(&id, "pids", "pids.current").unwrap().parse().unwrap();
-    assert_eq!(cur, 20, "the cgroup holds exactly its limit of processes");
+    // at the limit while the loop ran (the main process, the exec's shell
+    // and 18 sleeps): once the shell has exited, the main process and 18
+    assert_eq!(cur, 19, "the cgroup was filled to its limit");
     let stats = r.ok(&["stats", "--no-stream", &id]);
     assert!(stats.contains("64MiB"), "{stats}");
     r.ok(&["rm", "-f", &id]);
