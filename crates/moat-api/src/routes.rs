@@ -460,9 +460,42 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(empty(204))
         }
 
+        // what a dockerd that is not in a swarm answers (docker-py's test
+        // teardowns leave a swarm with force and expect this refusal)
+        (_, ["swarm", "leave"]) => Err(ApiError { status: 503, message: NOT_IN_SWARM.into() }),
+        (_, ["swarm", "init" | "join"]) => {
+            Err(ApiError { status: 503, message: "moat does not run swarm mode: it is a single-node engine".into() })
+        }
+        (_, ["swarm" | "nodes" | "services" | "tasks" | "secrets" | "configs", ..]) => {
+            Err(ApiError { status: 503, message: NOT_A_MANAGER.into() })
+        }
+        // no plugins: an empty list, and no plugin of any name
+        (&Method::GET, ["plugins"]) => Ok(json(200, &Vec::<serde_json::Value>::new())),
+        (_, ["plugins", name, ..]) => Err(ApiError::not_found(format!("plugin \"{name}\" not found"))),
+        // no builder yet: nothing cached to prune, and a clear refusal to build
+        (&Method::POST, ["build", "prune"]) => {
+            Ok(json(200, &moat_engine::view::BuildPrune { caches_deleted: Vec::new(), space_reclaimed: 0 }))
+        }
+        (&Method::POST, ["build"]) => {
+            // the client is still sending its context: take it all (as
+            // dockerd does before it answers), or it sees a broken pipe
+            // instead of the reason
+            let mut body = req.into_body();
+            while http::next_frame(&mut body, ctx.limits.body_idle).await?.is_some() {}
+            Err(ApiError::unsupported(
+                "moat cannot build images yet: build with another tool (docker build with dockerd, buildah), then `moat load` or push and pull the image",
+            ))
+        }
+
         _ => Err(ApiError::not_found(format!("page not found: {m} {path}"))),
     }
 }
+
+/// dockerd's refusal of a swarm call on a node that is not in a swarm.
+const NOT_A_MANAGER: &str =
+    "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again.";
+/// dockerd's answer to leaving a swarm it is not part of.
+const NOT_IN_SWARM: &str = "This node is not part of a swarm";
 
 fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
     let int = |k: &str| -> Result<Option<i64>> {

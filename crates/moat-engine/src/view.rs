@@ -1707,6 +1707,16 @@ impl StatsResponse {
     }
 }
 
+/// `POST /build/prune`'s answer (Docker's `BuildCachePruneResponse`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BuildPrune {
+    /// IDs of the cache entries removed.
+    pub caches_deleted: Vec<String>,
+    /// Bytes freed.
+    pub space_reclaimed: u64,
+}
+
 /// `GET /system/df` (Docker's `SystemDataUsageResponse`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "PascalCase")]

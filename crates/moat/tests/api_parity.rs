@@ -1,0 +1,67 @@
+//! Docker API parity beyond the happy path (issue #31): what real clients
+//! (the docker 28.2 CLI, docker-py 7.1) do next, through `moat serve`, with
+//! dockerd's behaviour as the reference.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn served() -> (Root, ApiServer) {
+    let r = root_with_busybox();
+    let s = ApiServer::start(&r);
+    (r, s)
+}
+
+/// Runs a docker-py script (`c` is the client); its stdout must be `ok`.
+fn docker_py(s: &ApiServer, body: &str) {
+    let py = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("pyvenv/bin/python");
+    assert!(py.exists(), "{} is missing: run make deps", py.display());
+    let script = format!("import sys, docker\nc = docker.DockerClient(base_url=sys.argv[1])\n{body}\nprint('ok')\n");
+    let o = Command::new(py).args(["-c", &script, &s.host()]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok\n", "docker-py: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Swarm, plugins and the builder's routes answer as a dockerd that is not
+/// in a swarm and has no plugins does; `docker system prune` ends cleanly;
+/// `docker build` is refused with a reason instead of a 404.
+#[test]
+fn swarm_plugins_and_build_routes_answer_as_dockerd() {
+    let (_r, s) = served();
+    let e = s.fails(&["node", "ls"]);
+    assert_eq!(
+        e.trim(),
+        "Error response from daemon: This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect this node to swarm and try again."
+    );
+    for args in [&["service", "ls"][..], &["secret", "ls"], &["config", "ls"]] {
+        let e = s.fails(args);
+        assert!(e.contains("This node is not a swarm manager."), "{args:?}: {e}");
+    }
+    let e = s.fails(&["swarm", "leave", "--force"]);
+    assert_eq!(e.trim(), "Error response from daemon: This node is not part of a swarm");
+    assert_eq!(s.ok(&["plugin", "ls", "--format", "{{.Name}}"]), "");
+    let e = s.fails(&["plugin", "inspect", "nosuch"]);
+    assert!(e.contains("plugin \"nosuch\" not found"), "{e}");
+    // prune ends with the build cache's (empty) answer, exit 0
+    let out = s.ok(&["system", "prune", "-f"]);
+    assert!(out.ends_with("Total reclaimed space: 0B\n"), "{out}");
+    assert_eq!(s.ok(&["builder", "prune", "-f"]), "Total reclaimed space: 0B\n");
+    // the classic builder gets a reason, not a 404
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM busybox\nRUN true\n").unwrap();
+    let o = s.docker_cmd().env("DOCKER_BUILDKIT", "0").args(["build", "-t", "x"]).arg(ctx.path()).output().unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("moat cannot build images yet"), "{e}");
+    // docker-py's test teardown: leave with force is fine, plugins are none
+    docker_py(
+        &s,
+        "assert c.swarm.leave(force=True) is True\n\
+         assert c.plugins.list() == []\n\
+         try:\n    c.nodes.list()\n    raise SystemExit('nodes listed')\n\
+         except docker.errors.APIError as e:\n    assert e.status_code == 503, e",
+    );
+}
