@@ -656,10 +656,17 @@ async fn exec_start(ctx: &Arc<Ctx>, req: Request<Incoming>, id: String, upgrade:
                 match e.exec_start(&id, false, size) {
                     Ok(s) => stream::relay(s, h, stdin),
                     Err(err) => {
+                        // dockerd writes why on the session's stdout; the
+                        // exit code (126) is the exec's, which the client
+                        // inspects next
                         let mut sock = &h.sock;
+                        let why = match err {
+                            EngineError::Start { message, .. } => message,
+                            e => e.to_string(),
+                        };
                         let _ = std::io::Write::write_all(
                             &mut sock,
-                            &stream::frame(stream::Stream::System, format!("{err}\n").as_bytes()),
+                            &stream::chunk(tty, stream::Stream::Stdout, format!("{why}\r\n").as_bytes()),
                         );
                     }
                 }

@@ -96,6 +96,11 @@ impl Engine {
         check_platform(&cfg.image, &image.config)?;
         let icfg = moat_image::runtime_config(&image.config)?;
         merge_image(&mut cfg, &icfg)?;
+        // Docker: a memory limit without a swap limit allows as much swap
+        // again (and inspect says so)
+        if let (Some(m), None) = (cfg.limits.memory, cfg.limits.memory_swap) {
+            cfg.limits.memory_swap = Some(m.saturating_mul(2));
+        }
         if self.settings.no_new_privileges && !cfg.security_opt.iter().any(|o| o.starts_with("no-new-privileges")) {
             cfg.security_opt.push("no-new-privileges=true".into());
         }

@@ -255,7 +255,7 @@ impl Engine {
         if size.is_some() {
             spec.size = size;
         }
-        self.exec_on(&mut conn, spec).map(|tty| Session::new(conn, tty))
+        self.exec_on(&mut conn, &c, spec).map(|tty| Session::new(conn, tty))
     }
 
     /// Runs a process in a running container without an exec record (the
@@ -271,11 +271,17 @@ impl Engine {
             crate::validate::env(e)?;
         }
         let mut conn = self.shim(&c)?;
-        self.exec_on(&mut conn, spec).map(|tty| Session::new(conn, tty))
+        self.exec_on(&mut conn, &c, spec).map(|tty| Session::new(conn, tty))
     }
 
-    fn exec_on(&mut self, conn: &mut Conn, spec: moat_proto::ExecSpec) -> Result<bool, EngineError> {
+    fn exec_on(&mut self, conn: &mut Conn, c: &Container, mut spec: moat_proto::ExecSpec) -> Result<bool, EngineError> {
         let tty = spec.tty;
+        // Docker's daemon environment: a terminal gets TERM=xterm unless the
+        // container's or the exec's own environment names one
+        let names_term = |e: &String| e.starts_with("TERM=");
+        if tty && !spec.env.iter().any(names_term) && !c.config.env.iter().any(names_term) {
+            spec.env.push("TERM=xterm".into());
+        }
         match conn.request(&ShimRequest::Exec(spec))? {
             ShimReply::Started { .. } => Ok(tty),
             ShimReply::Error { message } => {

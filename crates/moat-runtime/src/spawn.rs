@@ -524,6 +524,13 @@ pub fn create(
                 crate::netconf::configure(&spec.interfaces)?;
             }
             setup_stdio(io, ptys.as_ref().map(|p| &p.1), true)?;
+            // Docker makes a missing working directory of the container
+            // (0755, root's) before it starts; an exec's must exist. (On a
+            // read-only root this fails, and the chdir says why.)
+            if !spec.process.cwd.is_empty() {
+                use std::os::unix::fs::DirBuilderExt;
+                let _ = std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&spec.process.cwd);
+            }
             finish_and_exec(&spec.process, &sec, &progs)
         })();
         match r {

@@ -65,3 +65,50 @@ fn swarm_plugins_and_build_routes_answer_as_dockerd() {
          except docker.errors.APIError as e:\n    assert e.status_code == 503, e",
     );
 }
+
+/// What a first-week Docker user hit, in both isolation types, through the
+/// docker CLI, docker-py and the moat CLI; each value is what Debian's
+/// dockerd 20.10 gives for the same command (measured on this machine).
+fn exec_term_workdir_and_swap(iso: &str) {
+    let (r, s) = served();
+    let iso_flag = format!("--isolation={iso}");
+    s.ok(&["run", "-d", "--name", "box", &iso_flag, "--memory", "64m", "busybox", "sleep", "600"]);
+    // an exec that cannot start: 126, and why (dockerd writes it on the
+    // session's stdout)
+    let o = s.docker(&["exec", "box", "nosuch"]);
+    assert_eq!(o.status.code(), Some(126), "{o:?}");
+    let said = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(said.contains("executable file not found"), "{said}");
+    assert_eq!(r.run(&["exec", "box", "nosuch"]).status.code(), Some(126));
+    // a terminal gets TERM=xterm, no terminal none
+    assert_eq!(s.ok(&["exec", "-t", "box", "sh", "-c", "echo $TERM"]), "xterm\r\n");
+    assert_eq!(s.ok(&["exec", "box", "sh", "-c", "echo TERM=$TERM"]), "TERM=\n");
+    assert_eq!(r.ok(&["exec", "-t", "box", "sh", "-c", "echo $TERM"]), "xterm\r\n");
+    // a missing working directory is made for the container (an exec's must exist)
+    assert_eq!(s.ok(&["run", "--rm", &iso_flag, "-w", "/missing/dir", "busybox", "pwd"]), "/missing/dir\n");
+    let o = s.docker(&["exec", "-w", "/missing", "box", "pwd"]);
+    assert_eq!(o.status.code(), Some(126), "{o:?}");
+    // a memory limit without a swap limit: as much swap again
+    assert_eq!(
+        s.ok(&["inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.MemorySwap}}", "box"]),
+        "67108864 134217728\n"
+    );
+    docker_py(
+        &s,
+        "k = c.containers.get('box')\n\
+         assert k.exec_run(['sh', '-c', 'echo $TERM'], tty=True) == (0, b'xterm\\r\\n'), k.exec_run(['sh', '-c', 'echo $TERM'], tty=True)\n\
+         code, out = k.exec_run(['nosuch'])\n\
+         assert code == 126 and b'executable file not found' in out, (code, out)",
+    );
+    s.ok(&["rm", "-f", "box"]);
+}
+
+#[test]
+fn exec_term_workdir_and_swap_process() {
+    exec_term_workdir_and_swap("process");
+}
+
+#[test]
+fn exec_term_workdir_and_swap_hyperv() {
+    exec_term_workdir_and_swap("hyperv");
+}

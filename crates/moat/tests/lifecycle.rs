@@ -107,8 +107,9 @@ fn exec_env_workdir_user_and_codes(iso: &str) {
     assert_eq!(r.ok(&["exec", "-u", "nobody", "x", "id", "-u"]), "65534\n");
     assert!(r.ok(&["exec", "-u", "1234:99", "x", "id"]).starts_with("uid=1234 gid=99"));
     assert_eq!(r.run(&["exec", "x", "sh", "-c", "exit 3"]).status.code(), Some(3));
+    // an exec that cannot start: 126, as dockerd records it (a run's is 127)
     let o = r.run(&["exec", "x", "no-such-binary"]);
-    assert_eq!(o.status.code(), Some(127));
+    assert_eq!(o.status.code(), Some(126));
     assert!(String::from_utf8_lossy(&o.stderr).contains("executable file not found"));
     r.ok(&["exec", "-d", "x", "sh", "-c", "echo detached > /tmp/d"]);
     let t0 = Instant::now();

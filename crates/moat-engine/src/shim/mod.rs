@@ -18,6 +18,11 @@ pub mod vm;
 pub use backend::{Backend, BackendEvent, ExecStart, Query, ShimContext, Source};
 pub use ports::serve as serve_port_proxy;
 
+/// The exit code of an exec whose process could not start (a missing
+/// binary, a bad working directory, a bad user): 126, as Docker's daemon
+/// records it, whatever the runtime said.
+const EXEC_START_FAILED: i32 = 126;
+
 use crate::config::{RestartPolicy, Status};
 use crate::events::{self, Event};
 use crate::logs::LogWriter;
@@ -583,7 +588,8 @@ impl Shim {
                 }
                 BackendEvent::Output { sid, err, data } => self.deliver(sid, err, &data),
                 BackendEvent::Started { sid, pid } => self.exec_started(sid, pid),
-                BackendEvent::ExecFailed { sid, message, code } => {
+                BackendEvent::ExecFailed { sid, message, .. } => {
+                    let code = EXEC_START_FAILED;
                     if let Some(s) = self.sessions.remove(&sid) {
                         let cid = s.starting.unwrap_or(s.client);
                         execs::update(&self.ctx.layout, self.ctx.id(), &s.exec_id, |r| {
@@ -877,7 +883,8 @@ impl Shim {
             Ok(ExecStart::Pending) => {}
             Err(e) => {
                 self.sessions.remove(&sid);
-                let code = e.exit_code().max(126);
+                // Docker's daemon: an exec that cannot start ends with 126
+                let code = EXEC_START_FAILED;
                 execs::update(&self.ctx.layout, self.ctx.id(), &x.id, |r| {
                     r.started = true;
                     r.exit_code = Some(code);
