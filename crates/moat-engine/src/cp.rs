@@ -216,8 +216,8 @@ fn pack(src: &Path, name: Option<&str>, follow_top: bool, w: impl Write) -> Resu
     Ok(())
 }
 
-/// Unpacks a tar stream into the existing directory `dir`.
-fn unpack(r: impl Read, dir: &Path, keep_owners: bool) -> Result<(), EngineError> {
+/// `dir` must be an existing directory (Docker's words when it is not).
+fn extraction_point(dir: &Path) -> Result<(), EngineError> {
     let meta = std::fs::metadata(dir).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             EngineError::NotFound(format!("destination directory {} does not exist", dir.display()))
@@ -227,13 +227,27 @@ fn unpack(r: impl Read, dir: &Path, keep_owners: bool) -> Result<(), EngineError
     if !meta.is_dir() {
         return Err(EngineError::Invalid(format!("extraction point {} is not a directory", dir.display())));
     }
+    Ok(())
+}
+
+/// A tar reader keeping modes and times (owners only when asked), never
+/// extended attributes.
+fn archive_reader<R: Read>(r: R, keep_owners: bool) -> tar::Archive<R> {
     let mut a = tar::Archive::new(r);
     a.set_preserve_permissions(true);
     a.set_preserve_ownerships(keep_owners);
     a.set_preserve_mtime(true);
     a.set_overwrite(true);
     a.set_unpack_xattrs(false);
-    a.unpack(dir).map_err(|e| EngineError::Invalid(format!("cannot unpack the archive into {}: {e}", dir.display())))
+    a
+}
+
+/// Unpacks a tar stream into the existing directory `dir`.
+fn unpack(r: impl Read, dir: &Path, keep_owners: bool) -> Result<(), EngineError> {
+    extraction_point(dir)?;
+    archive_reader(r, keep_owners)
+        .unpack(dir)
+        .map_err(|e| EngineError::Invalid(format!("cannot unpack the archive into {}: {e}", dir.display())))
 }
 
 /// A private directory beside a host destination where a copy from a
@@ -264,24 +278,11 @@ impl Drop for Stage {
 /// directories merged, anything else replaced (a link already in the
 /// destination is replaced, never followed).
 fn unpack_to_host(r: impl Read, dir: &Path, archive: bool) -> Result<(), EngineError> {
-    let meta = std::fs::metadata(dir).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            EngineError::NotFound(format!("destination directory {} does not exist", dir.display()))
-        }
-        _ => EngineError::Io(format!("stat {}", dir.display()), e),
-    })?;
-    if !meta.is_dir() {
-        return Err(EngineError::Invalid(format!("extraction point {} is not a directory", dir.display())));
-    }
+    extraction_point(dir)?;
     let stage = Stage::new(dir)?;
     let bad =
         |e: std::io::Error| EngineError::Invalid(format!("cannot unpack the archive into {}: {e}", dir.display()));
-    let mut a = tar::Archive::new(r);
-    a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(archive);
-    a.set_preserve_mtime(true);
-    a.set_overwrite(true);
-    a.set_unpack_xattrs(false);
+    let mut a = archive_reader(r, archive);
     for e in a.entries().map_err(bad)? {
         let mut e = e.map_err(bad)?;
         let name = e.path().map(|p| p.display().to_string()).unwrap_or_default();
