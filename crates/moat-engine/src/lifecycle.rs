@@ -458,6 +458,15 @@ impl Engine {
                     m => return Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
                 }
             }
+            // the running shim decides restarts: it takes the new policy now
+            // (Docker's too), not at the next start
+            if let (Some(r), true) = (u.restart, running.is_running()) {
+                match self.connect(&running)?.request(&ShimRequest::SetRestart { policy: r.to_string() })? {
+                    ShimReply::Ok { .. } => {}
+                    ShimReply::Error { message } => return Err(EngineError::Shim(message)),
+                    m => return Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
+                }
+            }
             self.write_config(c.id(), &cfg)?;
         }
         if let Some(iso) = u.isolation {

@@ -238,6 +238,11 @@ pub enum ShimRequest {
     Unpause,
     /// Change resource limits of the running container.
     Update(Limits),
+    /// Apply a new restart policy to the running container at once.
+    SetRestart {
+        /// Docker's syntax: `no`, `on-failure[:N]`, `always`, `unless-stopped`.
+        policy: String,
+    },
 }
 
 /// What a shim answers.

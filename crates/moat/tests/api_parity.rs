@@ -112,3 +112,36 @@ fn exec_term_workdir_and_swap_process() {
 fn exec_term_workdir_and_swap_hyperv() {
     exec_term_workdir_and_swap("hyperv");
 }
+
+/// `docker update --restart always` on a running container: its next exit
+/// is restarted (dockerd's behaviour), not only after a later start.
+fn update_restart_applies_at_once(iso: &str) {
+    let (_r, s) = served();
+    let iso_flag = format!("--isolation={iso}");
+    let script =
+        "test -e /restarted && exec sleep 600; while [ ! -e /go ]; do sleep 0.1; done; touch /restarted; exit 3";
+    s.ok(&["run", "-d", "--name", "upd", &iso_flag, "busybox", "sh", "-c", script]);
+    assert_eq!(s.ok(&["update", "--restart", "always", "upd"]), "upd\n");
+    s.ok(&["exec", "upd", "touch", "/go"]);
+    let state = || s.ok(&["inspect", "-f", "{{.State.Status}} {{.RestartCount}}", "upd"]);
+    let mut now = state();
+    for _ in 0..300 {
+        if now == "running 1\n" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        now = state();
+    }
+    assert_eq!(now, "running 1\n", "restarted once by the policy set while it ran");
+    s.ok(&["rm", "-f", "upd"]);
+}
+
+#[test]
+fn update_restart_applies_at_once_process() {
+    update_restart_applies_at_once("process");
+}
+
+#[test]
+fn update_restart_applies_at_once_hyperv() {
+    update_restart_applies_at_once("hyperv");
+}

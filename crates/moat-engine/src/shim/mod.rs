@@ -861,6 +861,13 @@ impl Shim {
             ShimRequest::Pause => self.query(id, Query::Pause),
             ShimRequest::Unpause => self.query(id, Query::Unpause),
             ShimRequest::Update(l) => self.query(id, Query::Update(l)),
+            ShimRequest::SetRestart { policy } => match policy.parse::<crate::config::RestartPolicy>() {
+                Ok(p) => {
+                    self.ctx.container.config.restart = p;
+                    self.finish_oneshot(id, ShimReply::Ok { warnings: Vec::new() });
+                }
+                Err(message) => self.finish_oneshot(id, ShimReply::Error { message }),
+            },
             ShimRequest::Exec(x) => self.exec(id, x),
         }
     }
