@@ -20,6 +20,34 @@ pub struct Actor {
     pub attributes: BTreeMap<String, String>,
 }
 
+/// An event as a Go template sees Docker's `events.Message`: by its Go
+/// field names (`{{.Status}}`, `{{.ID}}`, `{{.TimeNano}}`), the legacy ones
+/// empty where Docker's are (not containers).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EventFields<'a> {
+    /// The action (containers).
+    pub status: &'a str,
+    /// The actor's ID (containers).
+    #[serde(rename = "ID")]
+    pub id: &'a str,
+    /// The image (containers).
+    pub from: &'a str,
+    /// `container`, `image`, `network`...
+    #[serde(rename = "Type")]
+    pub kind: &'a str,
+    /// What happened.
+    pub action: &'a str,
+    /// Who it happened to.
+    pub actor: &'a Actor,
+    /// Always `local`.
+    pub scope: &'a str,
+    /// Seconds since the epoch.
+    pub time: i64,
+    /// Nanoseconds since the epoch.
+    pub time_nano: i64,
+}
+
 /// One event, as Docker's `/events` stream carries it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Event {
@@ -54,6 +82,21 @@ pub struct Event {
 }
 
 impl Event {
+    /// The event by Docker's Go field names, for templates.
+    pub fn fields(&self) -> EventFields<'_> {
+        EventFields {
+            status: self.status.as_deref().unwrap_or(""),
+            id: self.id.as_deref().unwrap_or(""),
+            from: self.from.as_deref().unwrap_or(""),
+            kind: &self.kind,
+            action: &self.action,
+            actor: &self.actor,
+            scope: &self.scope,
+            time: self.time,
+            time_nano: self.time_nano,
+        }
+    }
+
     /// An event of `kind` about `id`, now.
     pub fn new(kind: &str, action: &str, id: &str) -> Self {
         let now = chrono::Utc::now();

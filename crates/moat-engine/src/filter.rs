@@ -344,6 +344,19 @@ pub fn parse_time(s: &str) -> Result<i64, EngineError> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return t.timestamp_nanos_opt().ok_or_else(bad);
     }
+    // Docker's shorter forms, without a zone: the local time
+    let local = |n: chrono::NaiveDateTime| {
+        use chrono::TimeZone;
+        chrono::Local.from_local_datetime(&n).earliest().and_then(|t| t.timestamp_nanos_opt())
+    };
+    for (f, with) in [("%Y-%m-%dT%H:%M:%S%.f", ""), ("%Y-%m-%dT%H:%M", ""), ("%Y-%m-%dT%H:%M", ":00")] {
+        if let Ok(n) = chrono::NaiveDateTime::parse_from_str(&format!("{s}{with}"), f) {
+            return local(n).ok_or_else(bad);
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return local(d.and_time(chrono::NaiveTime::MIN)).ok_or_else(bad);
+    }
     if let Ok(secs) = s.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
             return Ok((secs * 1e9) as i64);
@@ -407,6 +420,16 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_none());
         assert_eq!(parse_time("1700000000").ok(), Some(1_700_000_000_000_000_000));
         assert!(parse_time("2026-01-02T03:04:05Z").is_ok());
+        // Docker's forms without a zone are local times
+        let local = |y, mo, d, h, mi, sec| {
+            use chrono::TimeZone;
+            chrono::Local.with_ymd_and_hms(y, mo, d, h, mi, sec).earliest().and_then(|t| t.timestamp_nanos_opt())
+        };
+        assert_eq!(parse_time("2026-12-07T00:11:01").ok(), local(2026, 12, 7, 0, 11, 1));
+        assert_eq!(parse_time("2026-12-07T00:11").ok(), local(2026, 12, 7, 0, 11, 0));
+        assert_eq!(parse_time("2026-12-07T05").ok(), local(2026, 12, 7, 5, 0, 0));
+        assert_eq!(parse_time("2026-12-07").ok(), local(2026, 12, 7, 0, 0, 0));
+        assert!(parse_time("2026-13-07").is_err());
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         assert!(parse_time("1m").is_ok_and(|t| (now - t - 60_000_000_000).abs() < 5_000_000_000));
         assert!(glob("busy*", "busybox:latest") && !glob("busy*", "library/busybox"));

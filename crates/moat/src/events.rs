@@ -44,7 +44,7 @@ pub fn run(e: &mut Engine, a: EventsArgs) -> Result<i32> {
     let mut failed = None;
     moat_engine::events::follow(e, &f, until, |ev| {
         let text = match (&tmpl, json) {
-            (Some(t), _) => t.render(ev),
+            (Some(t), _) => t.render(&ev.fields()),
             (None, true) => serde_json::to_string(ev).map_err(Into::into),
             (None, false) => Ok(line(ev)),
         };

@@ -19,6 +19,10 @@ fn is_struct(o: &serde_json::Map<String, serde_json::Value>) -> bool {
         })
 }
 
+/// Keys of Docker's JSON whose Go field (what a template names) is spelled
+/// otherwise: `docker version --format '{{.Server.APIVersion}}'`.
+const GO_NAMES: &[(&str, &str)] = &[("ApiVersion", "APIVersion")];
+
 fn value(v: &serde_json::Value) -> Value {
     match v {
         serde_json::Value::Null => Value::Nil,
@@ -31,8 +35,14 @@ fn value(v: &serde_json::Value) -> Value {
         serde_json::Value::String(s) => Value::from(s.clone()),
         serde_json::Value::Array(a) => Value::Array(a.iter().map(value).collect()),
         serde_json::Value::Object(o) => {
-            let m: HashMap<String, Value> = o.iter().map(|(k, v)| (k.clone(), value(v))).collect();
+            let mut m: HashMap<String, Value> = o.iter().map(|(k, v)| (k.clone(), value(v))).collect();
             if is_struct(o) {
+                // the Go field names of keys Docker's JSON spells otherwise
+                for (json, go) in GO_NAMES {
+                    if let (Some(v), false) = (m.get(*json).cloned(), m.contains_key(*go)) {
+                        m.insert((*go).to_string(), v);
+                    }
+                }
                 Value::Object(m)
             } else {
                 Value::Map(m)

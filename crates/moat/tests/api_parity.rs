@@ -145,3 +145,42 @@ fn update_restart_applies_at_once_process() {
 fn update_restart_applies_at_once_hyperv() {
     update_restart_applies_at_once("hyperv");
 }
+
+/// The moat CLI takes Docker's time forms (local times without a zone, a
+/// bare date) and names fields in templates as Docker's Go structs do.
+#[test]
+fn cli_time_forms_and_go_field_names() {
+    let r = root_with_busybox();
+    r.ok(&["run", "--name", "ev", "busybox", "echo", "hi"]);
+    // a bare date and a local time without a zone: the run is after both
+    let today =
+        String::from_utf8_lossy(&Command::new("date").arg("+%Y-%m-%d").output().unwrap().stdout).trim().to_string();
+    let hour_ago = String::from_utf8_lossy(
+        &Command::new("date").args(["-d", "1 hour ago", "+%Y-%m-%dT%H:%M:%S"]).output().unwrap().stdout,
+    )
+    .trim()
+    .to_string();
+    let tomorrow =
+        String::from_utf8_lossy(&Command::new("date").args(["-d", "tomorrow", "+%Y-%m-%d"]).output().unwrap().stdout)
+            .trim()
+            .to_string();
+    assert_eq!(r.ok(&["logs", "--since", &hour_ago, "ev"]), "hi\n");
+    assert_eq!(r.ok(&["logs", "--until", &tomorrow, "ev"]), "hi\n");
+    // (the run was today: a bare date is its local midnight, before it)
+    assert_eq!(r.ok(&["logs", "--since", &today, "ev"]), "hi\n");
+    assert_eq!(r.ok(&["logs", "--since", &tomorrow, "ev"]), "");
+    let id = r.ok(&["inspect", "-f", "{{.Id}}", "ev"]).trim().to_string();
+    let ev = r.ok(&[
+        "events",
+        "--since",
+        &hour_ago,
+        "--until",
+        "0s",
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Status}} {{.ID}} {{.From}} {{.Scope}}",
+    ]);
+    assert_eq!(ev.lines().next(), Some(format!("create {id} busybox local").as_str()), "{ev}");
+    assert_eq!(r.ok(&["version", "--format", "{{.Server.APIVersion}} {{.Client.APIVersion}}"]), "1.45 1.45\n");
+}
