@@ -180,9 +180,13 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::POST, ["containers", id, "attach"]) => {
             let id = id.to_string();
+            let key = id.clone();
+            // the end of the client's stdin closes the container's only
+            // for a container created with StdinOnce (docker run -i)
+            let once = engine(&ctx, move |e| Ok(e.get(&key)?.config.stdin_once)).await?;
             let opts = AttachOptions {
                 stdin: q.bool("stdin", false)?,
-                stdin_once: true,
+                stdin_once: once,
                 skip_stdout: !q.bool("stdout", false)?,
                 skip_stderr: !q.bool("stderr", false)?,
             };

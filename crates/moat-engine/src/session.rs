@@ -229,14 +229,16 @@ impl LogStream {
 }
 
 impl Engine {
-    /// Attaches to a running container's main process.
+    /// Attaches to a running container's main process. Whether the end of
+    /// the client's stdin closes the container's is the container's
+    /// `StdinOnce` (Docker's rule: a detached `docker attach` leaves it open).
     pub fn attach(&mut self, key: &str, o: AttachOptions) -> Result<(Container, Session), EngineError> {
         let c = self.get(key)?;
         if !c.is_running() {
             return Err(EngineError::NotRunning("You cannot attach to a stopped container, start it first".into()));
         }
         let mut s = Session::new(self.connect(&c)?, c.config.tty);
-        s.attach(AttachOptions { stdin: o.stdin && c.config.open_stdin, ..o })?;
+        s.attach(AttachOptions { stdin: o.stdin && c.config.open_stdin, stdin_once: c.config.stdin_once, ..o })?;
         Ok((c, s))
     }
 

@@ -758,7 +758,9 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
         ContainerCmd::Create(a) => {
             check_cidfile(&a)?;
             pull_for(e, &a)?;
+            // StdinOnce is `run`'s, attached to stdin (Docker's)
             let c = build_config(&a, false)
+                .map(|config| ContainerConfig { stdin_once: false, ..config })
                 .and_then(|config| Ok(e.create(CreateRequest { name: a.name.clone(), config })?))
                 .map_err(|err| crate::with_exit(err, 125))?;
             write_cidfile(&a, c.id())?;
@@ -766,7 +768,8 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
             Ok(0)
         }
         ContainerCmd::Run(a) => {
-            let config = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
+            let mut config = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
+            config.stdin_once = a.create.interactive && !a.detach;
             let detach_keys = keys(a.detach_keys.as_deref())?;
             check_cidfile(&a.create)?;
             pull_for(e, &a.create)?;

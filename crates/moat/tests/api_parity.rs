@@ -184,3 +184,39 @@ fn cli_time_forms_and_go_field_names() {
     assert_eq!(ev.lines().next(), Some(format!("create {id} busybox local").as_str()), "{ev}");
     assert_eq!(r.ok(&["version", "--format", "{{.Server.APIVersion}} {{.Client.APIVersion}}"]), "1.45 1.45\n");
 }
+
+/// Detaching from `docker attach` (Ctrl-P Ctrl-Q, or the client's own
+/// `--detach-keys`) ends the session and leaves the container running: the
+/// client's half-close does not close the stdin of a container created
+/// without StdinOnce (dockerd's rule), in both isolation types.
+fn detach_from_attach_leaves_it_running(iso: &str) {
+    let (_r, s) = served();
+    let iso_flag = format!("--isolation={iso}");
+    s.ok(&["run", "-d", "-it", "--name", "det", &iso_flag, "busybox", "sh"]);
+    let env = format!("DOCKER_HOST={} DOCKER_CONFIG={}", s.host(), s.docker_config.path().display());
+    for (keys, input) in [("", "\x10\x11"), (" --detach-keys ctrl-x,y", "\x18y")] {
+        // typed once the shell redrew its prompt for the new client
+        let o = with_pty_dialog(&format!("{env} docker attach{keys} det"), &[("/ # ", input)]);
+        // the docker 28 CLI exits 1 after a detach, against dockerd too
+        assert_eq!(o.status.code(), Some(1), "{keys}: {o:?}");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("read escape sequence"), "{keys}: {o:?}");
+        assert_eq!(s.ok(&["inspect", "-f", "{{.State.Status}}", "det"]), "running\n", "{keys}: still running");
+    }
+    // the shell still reads its terminal: a command typed through a new attach runs
+    let o = with_pty_dialog(
+        &format!("{env} docker attach det"),
+        &[("/ # ", "echo alive-$((40+2))\n"), ("alive-42", "\x10\x11")],
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("alive-42"), "{o:?}");
+    s.ok(&["rm", "-f", "det"]);
+}
+
+#[test]
+fn detach_from_attach_leaves_it_running_process() {
+    detach_from_attach_leaves_it_running("process");
+}
+
+#[test]
+fn detach_from_attach_leaves_it_running_hyperv() {
+    detach_from_attach_leaves_it_running("hyperv");
+}

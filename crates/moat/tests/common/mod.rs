@@ -453,6 +453,50 @@ pub fn with_pty(cmd: &str, input: Option<&str>) -> Output {
     Output { status, stdout, stderr: e.join().unwrap() }
 }
 
+/// Runs `cmd` under `script` (a 31x97 terminal) as a person would: for each
+/// step, waits (up to a minute) until the output so far contains `.0`, then
+/// types `.1`. Returns the whole output once `cmd` ends.
+pub fn with_pty_dialog(cmd: &str, steps: &[(&str, &str)]) -> Output {
+    let mut c = Command::new("script");
+    c.args(["-qec", &format!("stty rows 31 cols 97; {cmd}"), "/dev/null"]);
+    if std::env::var_os("MOAT_KERNEL_DIR").is_none() {
+        c.env("MOAT_KERNEL_DIR", kernel_dir());
+    }
+    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("script");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut out, &mut b) {
+            if n == 0 {
+                break;
+            }
+            s2.lock().unwrap().extend_from_slice(&b[..n]);
+        }
+    });
+    for (wait, send) in steps {
+        let t0 = std::time::Instant::now();
+        while !String::from_utf8_lossy(&seen.lock().unwrap()).contains(wait) {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "never saw {wait:?}: {:?}",
+                String::from_utf8_lossy(&seen.lock().unwrap())
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        stdin.write_all(send.as_bytes()).unwrap();
+    }
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    drop(stdin);
+    let mut stderr = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut child.stderr.take().unwrap(), &mut stderr);
+    let stdout = seen.lock().unwrap().clone();
+    Output { status, stdout, stderr }
+}
+
 /// Polls `cond` (every 20 ms, for up to 10 s) and fails the test with
 /// `what` if it never holds: for effects that follow a command's return.
 pub fn eventually(what: &str, cond: impl Fn() -> bool) {
