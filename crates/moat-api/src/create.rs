@@ -65,6 +65,47 @@ const REFUSED: &[(&str, &str)] = &[
     ("VolumeDriver", "only the local volume driver exists"),
 ];
 
+/// Settings of Docker's API moat does not apply (yet), of any type:
+/// refused by name when set to anything but their zero value (never
+/// accepted and ignored).
+const REFUSED_SET: &[(&str, &str)] = &[
+    ("CpuRealtimePeriod", "real-time CPU scheduling is not supported"),
+    ("CpuRealtimeRuntime", "real-time CPU scheduling is not supported"),
+    ("MemoryReservation", "memory reservations (soft limits) are not supported"),
+    ("KernelMemory", "kernel memory limits are not supported (and deprecated by Docker)"),
+    ("KernelMemoryTCP", "kernel memory limits are not supported (and deprecated by Docker)"),
+    ("OomKillDisable", "the OOM killer cannot be disabled for a container"),
+    ("BlkioWeight", "block I/O weights are not supported"),
+    ("BlkioWeightDevice", "block I/O weights are not supported"),
+    ("BlkioDeviceReadBps", "block I/O limits are not supported"),
+    ("BlkioDeviceWriteBps", "block I/O limits are not supported"),
+    ("BlkioDeviceReadIOps", "block I/O limits are not supported"),
+    ("BlkioDeviceWriteIOps", "block I/O limits are not supported"),
+    ("GroupAdd", "supplementary groups (--group-add) are not supported yet"),
+    ("Links", "legacy links are not supported: put both containers on one switch, where names resolve"),
+    ("DeviceRequests", "device requests (--gpus) are not supported"),
+    ("DeviceCgroupRules", "device cgroup rules are not supported: use --device"),
+    ("Annotations", "annotations are not supported yet"),
+    ("StorageOpt", "storage options are not supported: a container's root is an overlay on the engine root"),
+    ("CpuCount", "a Windows setting"),
+    ("CpuPercent", "a Windows setting"),
+    ("IOMaximumIOps", "a Windows setting"),
+    ("IOMaximumBandwidth", "a Windows setting"),
+];
+
+/// Whether a JSON value is its type's zero (how Docker's clients send
+/// settings they leave alone).
+fn is_zero(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
 /// `ConsoleSize: [rows, cols]` of `v`, when both are set.
 pub(crate) fn console_size(v: &Value) -> Option<moat_engine::WinSize> {
     let a = v.get("ConsoleSize")?.as_array()?;
@@ -108,6 +149,20 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         if !default {
             return Err(ApiError::bad(format!("HostConfig.{k} {:?}: {why}", str_of(&hc, k))));
         }
+    }
+    for (k, why) in REFUSED_SET {
+        if let Some(v) = hc.get(*k).filter(|v| !is_zero(v)) {
+            return Err(ApiError::bad(format!("HostConfig.{k} {v}: {why}")));
+        }
+    }
+    // -1 (or nothing) is the kernel's default swappiness
+    if let Some(v) = hc.get("MemorySwappiness").filter(|v| !v.is_null() && v.as_i64() != Some(-1)) {
+        return Err(ApiError::bad(format!("HostConfig.MemorySwappiness {v}: a container's swappiness cannot be set")));
+    }
+    if let Some(v) = hc.get("CgroupnsMode").and_then(Value::as_str).filter(|m| !m.is_empty() && *m != "private") {
+        return Err(ApiError::bad(format!(
+            "HostConfig.CgroupnsMode {v:?}: every container has a private cgroup namespace"
+        )));
     }
     if let Some(rt) =
         hc.get("Runtime").and_then(Value::as_str).filter(|r| !r.is_empty() && *r != "runc" && *r != "moat")
@@ -202,6 +257,19 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
     let nano = int(&hc, "NanoCpus")?;
     if nano > 0 {
         limits.cpus = Some(nano as f64 / 1e9);
+    }
+    // --cpu-quota/--cpu-period: the same CFS limit as --cpus, quota / period
+    let quota = int(&hc, "CpuQuota")?;
+    if quota > 0 {
+        if nano > 0 {
+            return Err(ApiError::bad("conflicting options: NanoCpus and CpuQuota cannot both be set"));
+        }
+        let period = match int(&hc, "CpuPeriod")? {
+            0 => 100_000,
+            p if (1000..=1_000_000).contains(&p) => p,
+            p => return Err(ApiError::bad(format!("CPU cfs period {p} out of range: 1000 to 1000000 (µs)"))),
+        };
+        limits.cpus = Some(quota as f64 / period as f64);
     }
     let shares = int(&hc, "CpuShares")?;
     if shares > 0 {

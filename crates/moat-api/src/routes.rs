@@ -376,6 +376,25 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             if v["EnableIPv6"].as_bool() == Some(true) {
                 return Err(ApiError::unsupported("IPv6 networks are not supported yet"));
             }
+            // what moat cannot apply is refused by name, never ignored
+            if ipam["IPRange"].as_str().is_some_and(|r| !r.is_empty()) {
+                return Err(ApiError::bad("IPAM IPRange is not supported: addresses come from the whole subnet"));
+            }
+            if ipam.get("AuxiliaryAddresses").is_some_and(|a| a.as_object().is_some_and(|o| !o.is_empty())) {
+                return Err(ApiError::bad("IPAM AuxiliaryAddresses are not supported"));
+            }
+            if v.pointer("/IPAM/Config/1").is_some() {
+                return Err(ApiError::bad("a switch has one subnet: IPAM lists more than one"));
+            }
+            for k in ["Options", "/IPAM/Options"] {
+                let o = if k.starts_with('/') { v.pointer(k) } else { v.get(k) };
+                if o.and_then(|o| o.as_object()).is_some_and(|o| !o.is_empty()) {
+                    return Err(ApiError::bad(format!(
+                        "network {} are not supported yet",
+                        if k == "Options" { "driver options (--opt)" } else { "IPAM options" }
+                    )));
+                }
+            }
             let id =
                 engine(&ctx, move |e| e.create_switch(&name, subnet, gateway, internal, labels).map(|s| s.id)).await?;
             Ok(json(201, &j!({ "Id": id, "Warning": "" })))
@@ -398,6 +417,21 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let container = v["Container"].as_str().unwrap_or("").to_string();
+            let aliases: Vec<String> = v
+                .pointer("/EndpointConfig/Aliases")
+                .and_then(|a| a.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .unwrap_or_default();
+            for (k, what) in [("Links", "links"), ("DriverOpts", "driver options")] {
+                if v.pointer(&format!("/EndpointConfig/{k}"))
+                    .is_some_and(|a| !a.is_null() && a != &j!([]) && a != &j!({}))
+                {
+                    return Err(ApiError::bad(format!("EndpointConfig.{k}: {what} are not supported yet")));
+                }
+            }
+            if v.pointer("/EndpointConfig/MacAddress").and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()) {
+                return Err(ApiError::bad("EndpointConfig.MacAddress: a MAC address at connect is not supported yet"));
+            }
             let ip = match v
                 .pointer("/EndpointConfig/IPAMConfig/IPv4Address")
                 .and_then(|x| x.as_str())
@@ -408,7 +442,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             };
             engine(&ctx, move |e| {
                 if connect {
-                    e.connect_switch(&id, &container, ip)
+                    e.connect_switch_as(&id, &container, ip, &aliases)
                 } else {
                     e.disconnect_switch(&id, &container)
                 }

@@ -310,7 +310,29 @@ impl Engine {
     /// start, a running process container at once (a new veth in its
     /// network namespace, `ethN` with its address).
     pub fn connect_switch(&mut self, switch: &str, key: &str, ip: Option<Ipv4Addr>) -> Result<(), EngineError> {
+        self.connect_switch_as(switch, key, ip, &[])
+    }
+
+    /// [`Engine::connect_switch`] naming the container by `aliases` there
+    /// too. A container's aliases hold on every switch it is on, so these
+    /// may only be ones it already has (or its name or short ID, which
+    /// Docker adds): a new alias for a container that exists is refused by
+    /// name rather than dropped.
+    pub fn connect_switch_as(
+        &mut self,
+        switch: &str,
+        key: &str,
+        ip: Option<Ipv4Addr>,
+        aliases: &[String],
+    ) -> Result<(), EngineError> {
         let (sw, c) = self.switch_and_container(switch, key)?;
+        if let Some(a) =
+            aliases.iter().find(|a| !c.config.aliases.contains(a) && *a != c.name() && !c.id().starts_with(a.as_str()))
+        {
+            return Err(EngineError::Unsupported(format!(
+                "alias {a:?}: a new alias for an existing container is not supported yet (give aliases when it is created)"
+            )));
+        }
         if matches!(c.config.network.as_str(), "host" | "none") {
             return Err(EngineError::Invalid(format!("container {} uses --network {}", c.name(), c.config.network)));
         }

@@ -71,8 +71,173 @@ fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Nil | Value::NoValue => String::new(),
+        other => go_print(other),
+    }
+}
+
+/// A value as Go's `fmt` prints it where a template shows it: lists as
+/// `[a b]`, maps as `map[k:v]` (keys sorted), structs as `{v …}`.
+fn go_print(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Nil => "<nil>".into(),
+        Value::NoValue => "<no value>".into(),
+        Value::Array(a) => format!("[{}]", a.iter().map(go_print).collect::<Vec<_>>().join(" ")),
+        Value::Map(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            format!("map[{}]", keys.iter().map(|k| format!("{k}:{}", go_print(&m[*k]))).collect::<Vec<_>>().join(" "))
+        }
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            format!("{{{}}}", keys.iter().map(|k| go_print(&m[*k])).collect::<Vec<_>>().join(" "))
+        }
         other => other.to_string(),
     }
+}
+
+/// `{{EXPR}}` actions that print a value become `{{EXPR | goprint}}`, so
+/// that lists and maps print as Go's templates print them (gtmpl prints
+/// its own debug form); control actions, assignments and comments stay.
+fn with_go_printing(body: &str) -> String {
+    const KEYWORDS: &[&str] =
+        &["if", "else", "end", "range", "with", "define", "template", "block", "break", "continue"];
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some(i) = rest.find("{{") {
+        out.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find("}}") else {
+            out.push_str(&rest[i..]);
+            return out;
+        };
+        let inner = &rest[i + 2..i + j];
+        let (lt, core, rt) = {
+            let lt = if inner.starts_with('-') { "-" } else { "" };
+            let rt = if inner.ends_with('-') && inner.len() > lt.len() { "-" } else { "" };
+            (lt, &inner[lt.len()..inner.len() - rt.len()], rt)
+        };
+        let word = core.trim().split(|c: char| c.is_whitespace() || c == '(').next().unwrap_or("");
+        let prints = !core.trim().is_empty()
+            && !core.trim_start().starts_with("/*")
+            && !KEYWORDS.contains(&word)
+            && !core.contains(":=")
+            && !core.split_whitespace().any(|w| w == "=");
+        if prints {
+            out.push_str(&format!(
+                "{{{{{lt}{} | goprint{}{rt}}}}}",
+                core.trim_end(),
+                if rt.is_empty() { "" } else { " " }
+            ));
+        } else {
+            out.push_str(&rest[i..i + j + 2]);
+        }
+        rest = &rest[i + j + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Go's `printf` for the verbs templates use: `%v %s %d %q %x %X %f %t %%`,
+/// with the flags `-`, `0`, `+` and a width (and a precision for `%f`, `%s`).
+fn f_printf(args: &[Value]) -> Result<Value, gtmpl::FuncError> {
+    let fmt = text(arg(args, 0)?);
+    let mut vals = args[1..].iter();
+    let mut out = String::new();
+    let mut chars = fmt.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let (mut left, mut zero, mut plus) = (false, false, false);
+        while let Some(&f) = chars.peek() {
+            match f {
+                '-' => left = true,
+                '0' => zero = true,
+                '+' => plus = true,
+                _ => break,
+            }
+            chars.next();
+        }
+        let mut width = String::new();
+        while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+            width.push(d);
+            chars.next();
+        }
+        let mut prec: Option<usize> = None;
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            let mut p = String::new();
+            while let Some(&d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                p.push(d);
+                chars.next();
+            }
+            prec = Some(p.parse().unwrap_or(0));
+        }
+        let Some(verb) = chars.next() else {
+            out.push_str("%!(NOVERB)");
+            break;
+        };
+        if verb == '%' {
+            out.push('%');
+            continue;
+        }
+        let Some(v) = vals.next() else {
+            out.push_str(&format!("%!{verb}(MISSING)"));
+            continue;
+        };
+        let num = |v: &Value| text(v).parse::<f64>().ok();
+        let body = match verb {
+            'd' => match num(v) {
+                Some(n) => format!("{}{}", if plus && n >= 0.0 { "+" } else { "" }, n as i64),
+                None => format!("%!d({})", go_print(v)),
+            },
+            'f' => match num(v) {
+                Some(n) => format!("{}{:.*}", if plus && n >= 0.0 { "+" } else { "" }, prec.unwrap_or(6), n),
+                None => format!("%!f({})", go_print(v)),
+            },
+            'x' | 'X' => match num(v) {
+                Some(n) if verb == 'x' => format!("{:x}", n as i64),
+                Some(n) => format!("{:X}", n as i64),
+                None => {
+                    text(v).bytes().map(|b| if verb == 'x' { format!("{b:02x}") } else { format!("{b:02X}") }).collect()
+                }
+            },
+            'q' => format!("{:?}", text(v)),
+            't' => text(v),
+            _ => {
+                let s = go_print(v);
+                match prec {
+                    Some(p) => s.chars().take(p).collect(),
+                    None => s,
+                }
+            }
+        };
+        let w: usize = width.parse().unwrap_or(0);
+        let pad = w.saturating_sub(body.chars().count());
+        if left {
+            out.push_str(&body);
+            out.push_str(&" ".repeat(pad));
+        } else if zero && matches!(verb, 'd' | 'f' | 'x' | 'X') {
+            // zeros after the sign
+            let (sign, digits) = match body.strip_prefix(['-', '+']) {
+                Some(d) => (&body[..1], d),
+                None => ("", body.as_str()),
+            };
+            out.push_str(sign);
+            out.push_str(&"0".repeat(pad));
+            out.push_str(digits);
+        } else {
+            out.push_str(&" ".repeat(pad));
+            out.push_str(&body);
+        }
+    }
+    Ok(Value::from(out))
+}
+
+fn f_goprint(args: &[Value]) -> Result<Value, gtmpl::FuncError> {
+    Ok(Value::from(go_print(arg(args, 0)?)))
 }
 
 fn arg(args: &[Value], n: usize) -> Result<&Value, gtmpl::FuncError> {
@@ -89,6 +254,16 @@ fn f_join(args: &[Value]) -> Result<Value, gtmpl::FuncError> {
         other => vec![text(other)],
     };
     Ok(Value::from(items.join(&sep)))
+}
+/// Go's `len`: of a string, a list, a map or a struct's fields.
+fn f_len(args: &[Value]) -> Result<Value, gtmpl::FuncError> {
+    Ok(Value::from(match arg(args, 0)? {
+        Value::Array(a) => a.len(),
+        Value::Map(m) | Value::Object(m) => m.len(),
+        Value::String(s) => s.len(),
+        Value::Nil | Value::NoValue => 0,
+        other => return Err(gtmpl::FuncError::Generic(format!("len of {}", text(other)))),
+    } as u64))
 }
 fn f_lower(args: &[Value]) -> Result<Value, gtmpl::FuncError> {
     Ok(Value::from(text(arg(args, 0)?).to_lowercase()))
@@ -134,15 +309,18 @@ impl Tmpl {
         let funcs: &[(&str, gtmpl::Func)] = &[
             ("json", f_json),
             ("join", f_join),
+            ("len", f_len),
             ("lower", f_lower),
             ("upper", f_upper),
             ("title", f_title),
             ("split", f_split),
             ("truncate", f_truncate),
             ("println", f_println),
+            ("goprint", f_goprint),
+            ("printf", f_printf),
         ];
         tmpl.add_funcs(funcs);
-        tmpl.parse(&body).map_err(|e| anyhow!("template parsing error: {e}"))?;
+        tmpl.parse(with_go_printing(&body)).map_err(|e| anyhow!("template parsing error: {e}"))?;
         Ok(Self { tmpl, table, source: body })
     }
 
@@ -256,6 +434,25 @@ pub fn inspect(format: Option<&str>, items: &[serde_json::Value]) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Lists, maps and printf as Go's templates print them (each value
+    /// checked against the docker CLI's output for the same template).
+    #[test]
+    fn go_printing_and_printf() -> Result<()> {
+        let v = serde_json::json!({
+            "Env": ["A=1", "B=2"], "Labels": {"b": "2", "a": "1"}, "N": 3, "Name": "/c1", "Empty": [],
+            "Policy": {"MaximumRetryCount": 3, "Name": "on-failure"}
+        });
+        let t = Tmpl::parse(
+            "{{.Env}}|{{.Labels}}|{{.Empty}}|{{range .Env}}<{{.}}>{{end}}|{{len .Labels}}|{{- .Name -}}|{{$x := .N}}{{$x}}",
+        )?;
+        assert_eq!(t.render(&v)?, "[A=1 B=2]|map[a:1 b:2]|[]|<A=1><B=2>|2|/c1|3");
+        let t = Tmpl::parse(
+            r#"{{printf "%05d|%-6s|%6s|%q|%.2f|%x|%v|%+d|%d%%" .N .Name "ab" .Name 3.14159 255 .Env 4 -7}}"#,
+        )?;
+        assert_eq!(t.render(&v)?, "00003|/c1   |    ab|\"/c1\"|3.14|ff|[A=1 B=2]|+4|-7%");
+        Ok(())
+    }
 
     #[test]
     fn docker_templates() -> Result<()> {

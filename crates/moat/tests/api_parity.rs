@@ -220,3 +220,56 @@ fn detach_from_attach_leaves_it_running_process() {
 fn detach_from_attach_leaves_it_running_hyperv() {
     detach_from_attach_leaves_it_running("hyperv");
 }
+
+/// Settings moat cannot apply are refused by name through the API, never
+/// accepted and dropped; `--cpu-quota` is applied (the kernel's cgroup
+/// says so).
+#[test]
+fn unapplied_settings_are_refused_by_name() {
+    let (r, s) = served();
+    for (flags, field) in [
+        (&["--memory-reservation", "10m"][..], "HostConfig.MemoryReservation"),
+        (&["--oom-kill-disable"], "HostConfig.OomKillDisable"),
+        (&["--blkio-weight", "300"], "HostConfig.BlkioWeight"),
+        (&["--device-read-bps", "/dev/null:1mb"], "HostConfig.BlkioDeviceReadBps"),
+        (&["--group-add", "10"], "HostConfig.GroupAdd"),
+        (&["--link", "nosuch:db"], "HostConfig.Links"),
+        (&["--gpus", "all"], "HostConfig.DeviceRequests"),
+        (&["--cgroupns", "host"], "HostConfig.CgroupnsMode"),
+        (&["--storage-opt", "size=1G"], "HostConfig.StorageOpt"),
+        (&["--annotation", "a=b"], "HostConfig.Annotations"),
+        (&["--device-cgroup-rule", "c 1:3 r"], "HostConfig.DeviceCgroupRules"),
+        (&["--memory-swappiness", "10"], "HostConfig.MemorySwappiness"),
+    ] {
+        let mut args = vec!["create"];
+        args.extend_from_slice(flags);
+        args.extend(["busybox", "true"]);
+        let e = s.fails(&args);
+        assert!(e.contains(field), "{flags:?}: {e}");
+    }
+    assert_eq!(s.ok(&["ps", "-aq"]), "", "nothing was created");
+    // applied: the CFS quota over the given period
+    let id = s
+        .ok(&["run", "-d", "--cpu-quota", "25000", "--cpu-period", "50000", "busybox", "sleep", "600"])
+        .trim()
+        .to_string();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let got = if v2 {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/moat/{id}/cpu.max")).unwrap()
+    } else {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/moat/{id}/cpu.cfs_quota_us")).unwrap()
+    };
+    assert_eq!(got.trim(), if v2 { "50000 100000" } else { "50000" }, "half a CPU");
+    // networks: what a switch cannot do is refused by name
+    let e = s.fails(&["network", "create", "--subnet", "10.99.7.0/24", "--ip-range", "10.99.7.0/25", "rng"]);
+    assert!(e.contains("IPRange"), "{e}");
+    let e = s.fails(&["network", "create", "--opt", "com.docker.network.bridge.name=x", "opt"]);
+    assert!(e.contains("driver options"), "{e}");
+    s.ok(&["network", "create", "net2"]);
+    s.ok(&["create", "--name", "later", "busybox", "true"]);
+    let e = s.fails(&["network", "connect", "--alias", "newname", "net2", "later"]);
+    assert!(e.contains("alias \"newname\""), "{e}");
+    s.ok(&["network", "connect", "net2", "later"]);
+    assert_eq!(r.ok(&["inspect", "-f", "{{len .NetworkSettings.Networks}}", "later"]), "2\n");
+    s.ok(&["rm", "-f", &id, "later"]);
+}
