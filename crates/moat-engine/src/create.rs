@@ -16,10 +16,17 @@ pub struct CreateRequest {
     pub config: ContainerConfig,
 }
 
+/// The environment a container's process gets from its configured one:
+/// a bare `KEY` (Docker's way to unset an image's variable) is left out.
+pub fn process_env(env: &[String]) -> Vec<String> {
+    env.iter().filter(|e| e.contains('=')).cloned().collect()
+}
+
 /// Merges the image's runtime config into `cfg` like Docker: an explicit
-/// entrypoint resets the image's command; image environment first, the
-/// user's entries replace same-named ones; workdir, user, stop signal and
-/// labels default from the image.
+/// entrypoint resets the image's command; the user's environment first,
+/// then the image's entries the user did not name (a bare `KEY` names one
+/// too: it unsets the image's, see [`process_env`]); workdir, user, stop
+/// signal and labels default from the image.
 pub fn merge_image(cfg: &mut ContainerConfig, icfg: &moat_image::RuntimeConfig) -> Result<(), EngineError> {
     let entry_override = !cfg.entrypoint.is_empty();
     let entrypoint = if entry_override { cfg.entrypoint.clone() } else { icfg.entrypoint.clone().unwrap_or_default() };
@@ -37,7 +44,13 @@ pub fn merge_image(cfg: &mut ContainerConfig, icfg: &moat_image::RuntimeConfig) 
     }
     cfg.entrypoint = entrypoint;
     cfg.cmd = cmd;
-    cfg.env = moat_runtime::relay::merge_env(&icfg.env.clone().unwrap_or_default(), &cfg.env);
+    let key = |e: &String| e.split('=').next().unwrap_or("").to_string();
+    let named: std::collections::HashSet<String> = cfg.env.iter().map(key).collect();
+    for e in icfg.env.clone().unwrap_or_default() {
+        if !named.contains(&key(&e)) {
+            cfg.env.push(e);
+        }
+    }
     if cfg.workdir.is_empty() {
         cfg.workdir = icfg.working_dir.clone().unwrap_or_default();
     }
@@ -315,7 +328,7 @@ mod tests {
         c.labels.insert("l".into(), "user".into());
         merge_image(&mut c, &icfg)?;
         assert_eq!(c.args, vec!["/init", "serve"]);
-        assert_eq!(c.env, vec!["PATH=/bin", "A=2"]);
+        assert_eq!(c.env, vec!["A=2", "PATH=/bin"]);
         assert_eq!((c.workdir.as_str(), c.user.as_str(), c.stop_signal.as_str()), ("/srv", "app", "SIGTERM"));
         assert_eq!(c.labels["l"], "user", "the user's label wins");
         assert_eq!(c.labels["m"], "image");

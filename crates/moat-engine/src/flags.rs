@@ -284,7 +284,8 @@ pub fn env(e: &str, lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
     if e.contains('=') {
         Some(e.to_string())
     } else {
-        lookup(e).map(|v| format!("{e}={v}"))
+        // the caller's value, or the bare KEY, which unsets the image's (Docker's CLI)
+        Some(lookup(e).map(|v| format!("{e}={v}")).unwrap_or_else(|| e.to_string()))
     }
 }
 
@@ -405,7 +406,7 @@ mod tests {
         assert_eq!(isolation("vm")?, Some(Isolation::Hyperv));
         assert_eq!(isolation("default")?, None);
         assert_eq!(env("A", |_| Some("1".into())), Some("A=1".into()));
-        assert_eq!(env("B", |_| None), None);
+        assert_eq!(env("B", |_| None), Some("B".into()), "a bare KEY unsets the image's");
         assert_eq!(label("k"), ("k".to_string(), String::new()));
         assert_eq!(signal("HUP")?, 1);
         Ok(())

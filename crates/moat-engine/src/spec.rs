@@ -111,7 +111,7 @@ pub fn build(
         sysctls.retain(|(d, _)| d != k);
         sysctls.push((k.clone(), v.clone()));
     }
-    let mut env = cfg.env.clone();
+    let mut env = crate::create::process_env(&cfg.env);
     let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
     if !has(&env, "HOSTNAME") {
         env.push(format!("HOSTNAME={}", cfg.hostname));

@@ -24,12 +24,13 @@ pub fn hostname(h: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// `KEY=VALUE` with a non-empty key.
+/// `KEY=VALUE` with a non-empty key, or a bare `KEY` (Docker's: unset it).
 pub fn env(e: &str) -> Result<(), EngineError> {
-    match e.split_once('=') {
-        Some((k, _)) if !k.is_empty() && !k.contains('\0') && !e.contains('\0') => Ok(()),
-        _ => Err(invalid(format!("invalid environment variable {e:?}: use KEY=VALUE with a non-empty KEY"))),
+    let k = e.split('=').next().unwrap_or("");
+    if k.is_empty() || e.contains('\0') {
+        return Err(invalid(format!("invalid environment variable {e:?}: use KEY=VALUE with a non-empty KEY")));
     }
+    Ok(())
 }
 
 /// A container path as the kernel resolves it lexically: repeated `/` and
@@ -240,7 +241,8 @@ mod tests {
         assert!(hostname(&"a".repeat(64)).is_err());
         assert!(hostname("-x").is_err());
         assert!(env("A=1").is_ok() && env("A=").is_ok());
-        assert!(env("=x").is_err() && env("A").is_err());
+        // a bare KEY unsets the image's (Docker's rule)
+        assert!(env("=x").is_err() && env("").is_err() && env("A").is_ok());
         assert!(mount_target("/data", "bind mount").is_ok());
         for bad in [
             "/",

@@ -107,7 +107,10 @@ pub fn merge_env(base: &[String], over: &[String]) -> Vec<String> {
     for e in over {
         let k = e.split('=').next().unwrap_or("");
         env.retain(|v| v.split('=').next() != Some(k));
-        env.push(e.clone());
+        // a bare KEY unsets it (Docker's rule)
+        if e.contains('=') {
+            env.push(e.clone());
+        }
     }
     env
 }

@@ -273,3 +273,44 @@ fn unapplied_settings_are_refused_by_name() {
     assert_eq!(r.ok(&["inspect", "-f", "{{len .NetworkSettings.Networks}}", "later"]), "2\n");
     s.ok(&["rm", "-f", &id, "later"]);
 }
+
+/// The environment as dockerd merges it: the user's entries first, then the
+/// image's not named; a bare `KEY` (from the API, or `-e KEY` unset in the
+/// client's environment) unsets the image's variable for the process.
+#[test]
+fn environment_merges_and_unsets_as_dockerd() {
+    let (r, s) = served();
+    r.ok(&["create", "--name", "base", "busybox", "true"]);
+    r.ok(&["commit", "-c", "ENV FOO=bar", "base", "withfoo:1"]);
+    s.ok(&["create", "--name", "e1", "-e", "A=1", "withfoo:1", "true"]);
+    assert_eq!(
+        s.ok(&["inspect", "-f", "{{json .Config.Env}}", "e1"]),
+        "[\"A=1\",\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\",\"FOO=bar\"]\n"
+    );
+    let o = s
+        .docker_cmd()
+        .env_remove("FOO")
+        .args(["run", "--rm", "-e", "FOO", "withfoo:1", "sh", "-c", "echo FOO=${FOO-unset}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "FOO=unset\n", "{o:?}");
+    assert_eq!(s.ok(&["run", "--rm", "withfoo:1", "sh", "-c", "echo FOO=${FOO-unset}"]), "FOO=bar\n");
+    // the same from the moat CLI
+    let o = r
+        .cmd()
+        .env_remove("FOO")
+        .args(["run", "--rm", "-e", "FOO", "withfoo:1", "sh", "-c", "echo FOO=${FOO-unset}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "FOO=unset\n", "{o:?}");
+    // and for an exec
+    s.ok(&["run", "-d", "--name", "e2", "withfoo:1", "sleep", "600"]);
+    let o = s
+        .docker_cmd()
+        .env_remove("FOO")
+        .args(["exec", "-e", "FOO", "e2", "sh", "-c", "echo FOO=${FOO-unset}"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "FOO=unset\n", "{o:?}");
+    s.ok(&["rm", "-f", "e1", "e2", "base"]);
+}
