@@ -325,6 +325,20 @@ impl Engine {
         match conn.request(&ShimRequest::Signal { signal })? {
             ShimReply::Ok { .. } => {
                 events::record(self, events::Event::container("kill", &c).attr("signal", &signal.to_string()));
+                if signal == libc::SIGKILL {
+                    // like dockerd: a SIGKILL returns once the process is
+                    // dead, so a `remove` right after never sees it running
+                    // (a restart policy may start it again: a new process)
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while std::time::Instant::now() < deadline {
+                        match self.get(c.id()) {
+                            Ok(now) if now.is_running() && now.state.pid == c.state.pid => {
+                                std::thread::sleep(std::time::Duration::from_millis(5))
+                            }
+                            _ => break,
+                        }
+                    }
+                }
                 Ok(c)
             }
             ShimReply::Error { message } => Err(EngineError::Shim(message)),

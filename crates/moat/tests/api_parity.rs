@@ -314,3 +314,36 @@ fn environment_merges_and_unsets_as_dockerd() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "FOO=unset\n", "{o:?}");
     s.ok(&["rm", "-f", "e1", "e2", "base"]);
 }
+
+/// `docker kill` then at once `docker rm` (what test harnesses do): the
+/// kill returns once the container is dead, so the removal never finds it
+/// running.
+fn kill_then_remove(iso: &str) {
+    let (_r, s) = served();
+    let iso_flag = format!("--isolation={iso}");
+    for i in 0..3 {
+        let name = format!("k{i}");
+        s.ok(&["run", "-d", "--name", &name, &iso_flag, "busybox", "sleep", "600"]);
+        assert_eq!(s.ok(&["kill", &name]), format!("{name}\n"));
+        assert_eq!(s.ok(&["rm", &name]), format!("{name}\n"), "removed without -f right after the kill");
+    }
+    docker_py(
+        &s,
+        &format!(
+            "k = c.containers.run('busybox', ['sleep', '600'], detach=True, isolation='{iso}')\n\
+             k.kill()\n\
+             k.remove()\n\
+             assert c.containers.list(all=True) == []"
+        ),
+    );
+}
+
+#[test]
+fn kill_then_remove_process() {
+    kill_then_remove("process");
+}
+
+#[test]
+fn kill_then_remove_hyperv() {
+    kill_then_remove("hyperv");
+}
