@@ -106,8 +106,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::POST, ["containers", "prune"]) => {
             let f = ContainerFilter::new(filters(&q)?)?;
-            let gone = engine(&ctx, move |e| e.prune(&f)).await?;
-            Ok(json(200, &j!({ "ContainersDeleted": gone, "SpaceReclaimed": 0 })))
+            Ok(json(200, &engine(&ctx, move |e| e.prune(&f)).await?))
         }
         (&Method::GET, ["containers", id, "json"]) => {
             let id = id.to_string();

@@ -81,6 +81,17 @@ pub struct WaitResult {
     pub error: Option<String>,
 }
 
+/// What `container prune` removed (Docker's `ContainerPruneResponse`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ContainerPrune {
+    /// IDs of the removed containers.
+    #[serde(rename = "ContainersDeleted")]
+    pub deleted: Vec<String>,
+    /// Bytes of their writable layers.
+    #[serde(rename = "SpaceReclaimed")]
+    pub space_reclaimed: u64,
+}
+
 impl Engine {
     /// Starts the container's shim. The returned session is the shim's
     /// first client: it sees the start and then, once attached, the main
@@ -538,14 +549,17 @@ impl Engine {
     }
 
     /// Removes every stopped container matching `filters`; returns their IDs.
-    pub fn prune(&mut self, filters: &filter::ContainerFilter) -> Result<Vec<String>, EngineError> {
-        let mut out = Vec::new();
+    pub fn prune(&mut self, filters: &filter::ContainerFilter) -> Result<ContainerPrune, EngineError> {
+        let mut out = ContainerPrune::default();
         for c in self.list()? {
             if !c.is_running() && filters.matches(&c, self)? {
                 let _lock = self.op_lock(c.id())?;
+                // what the container wrote is what its removal frees
+                let size = crate::system::dir_size(&self.layout.container(c.id()).join("upper"));
                 self.remove_files_and_row(c.id(), false)?;
                 events::record(self, events::Event::container("destroy", &c));
-                out.push(c.id().to_string());
+                out.deleted.push(c.id().to_string());
+                out.space_reclaimed += size;
             }
         }
         Ok(out)

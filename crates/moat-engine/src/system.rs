@@ -178,11 +178,11 @@ impl Engine {
         };
         let rep = self.prune_images(all)?;
         Ok(PruneSummary {
-            containers,
+            containers: containers.deleted,
             networks,
             images: rep.deleted.iter().map(|d| d.to_string()).collect(),
             volumes: vols.deleted,
-            reclaimed: rep.reclaimed + vols.reclaimed,
+            reclaimed: rep.reclaimed + vols.reclaimed + containers.space_reclaimed,
         })
     }
 

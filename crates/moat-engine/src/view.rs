@@ -1148,6 +1148,171 @@ pub struct SystemInfo {
     pub plugins: InfoPlugins,
     /// Swarm: never part of one.
     pub swarm: InfoSwarm,
+    /// What the rest of dockerd's `info` says, as this host and engine have it.
+    #[serde(flatten)]
+    pub more: InfoMore,
+}
+
+/// The rest of Docker's `info` keys: what this host supports (read from
+/// the kernel where the kernel says it), this engine's runtimes (its
+/// isolation types) and the fixed answers of features moat does not have.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InfoMore {
+    /// Never a debug build of the daemon.
+    pub debug: bool,
+    /// No experimental features.
+    pub experimental_build: bool,
+    /// Memory limits work.
+    pub memory_limit: bool,
+    /// Swap limits work (swap accounting on cgroup v1).
+    pub swap_limit: bool,
+    /// Kernel TCP memory limits: no.
+    #[serde(rename = "KernelMemoryTCP")]
+    pub kernel_memory_tcp: bool,
+    /// CFS period: yes.
+    pub cpu_cfs_period: bool,
+    /// CFS quota: yes.
+    pub cpu_cfs_quota: bool,
+    /// CPU shares: yes.
+    #[serde(rename = "CPUShares")]
+    pub cpu_shares: bool,
+    /// cpusets: not applied.
+    #[serde(rename = "CPUSet")]
+    pub cpu_set: bool,
+    /// PID limits: yes.
+    pub pids_limit: bool,
+    /// Disabling the OOM killer: no.
+    pub oom_kill_disable: bool,
+    /// `net.ipv4.ip_forward`.
+    #[serde(rename = "IPv4Forwarding")]
+    pub ipv4_forwarding: bool,
+    /// `net.bridge.bridge-nf-call-iptables`.
+    pub bridge_nf_iptables: bool,
+    /// `net.bridge.bridge-nf-call-ip6tables`.
+    pub bridge_nf_ip6tables: bool,
+    /// Descriptors this process has open.
+    #[serde(rename = "NFd")]
+    pub nfd: usize,
+    /// Threads of this process (Docker counts goroutines).
+    #[serde(rename = "NGoroutines")]
+    pub ngoroutines: usize,
+    /// Now, RFC 3339.
+    pub system_time: String,
+    /// Event listeners (moat has no daemon to count them).
+    #[serde(rename = "NEventsListener")]
+    pub nevents_listener: usize,
+    /// Docker Hub's index.
+    pub index_server_address: String,
+    /// Registries: loopback is insecure (plain HTTP allowed), Docker Hub secure.
+    pub registry_config: serde_json::Value,
+    /// Proxies the engine uses: none configured.
+    pub http_proxy: String,
+    /// Proxies the engine uses: none configured.
+    pub https_proxy: String,
+    /// Proxies the engine uses: none configured.
+    pub no_proxy: String,
+    /// Engine labels: none.
+    pub labels: Vec<String>,
+    /// The isolation types, by the names `--runtime`/`HostConfig.Runtime` would use.
+    pub runtimes: BTreeMap<String, serde_json::Value>,
+    /// The default isolation type.
+    pub default_runtime: String,
+    /// Containers keep running while no moat process does.
+    pub live_restore_enabled: bool,
+    /// The init `--init` runs.
+    pub init_binary: String,
+    /// Versions of the components Docker names (none of them here).
+    pub containerd_commit: serde_json::Value,
+    /// As above.
+    pub runc_commit: serde_json::Value,
+    /// As above.
+    pub init_commit: serde_json::Value,
+    /// None.
+    pub product_license: String,
+    /// Where switches take their subnets from.
+    pub default_address_pools: Vec<serde_json::Value>,
+    /// Host warnings (none).
+    pub warnings: Vec<String>,
+    /// None.
+    pub generic_resources: Option<Vec<String>>,
+    /// Storage driver facts.
+    pub driver_status: Vec<[String; 2]>,
+    /// The host's OS version (`/etc/os-release`).
+    #[serde(rename = "OSVersion")]
+    pub os_version: String,
+    /// No CDI.
+    #[serde(rename = "CDISpecDirs")]
+    pub cdi_spec_dirs: Vec<String>,
+}
+
+impl InfoMore {
+    /// The facts, read now.
+    pub fn read(default_isolation: &str, cgroup_v2: bool) -> Self {
+        let sysctl = |p: &str| std::fs::read_to_string(p).is_ok_and(|v| v.trim() == "1");
+        let threads = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok()))
+            .unwrap_or(1);
+        let os_version = std::fs::read_to_string("/etc/os-release")
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("VERSION_ID=").map(|v| v.trim_matches('"').to_string()))
+            })
+            .unwrap_or_default();
+        let runtime =
+            |what: &str| serde_json::json!({ "path": "moat", "runtimeArgs": [format!("--isolation={what}")] });
+        let commit = serde_json::json!({ "ID": "", "Expected": "" });
+        InfoMore {
+            debug: false,
+            experimental_build: false,
+            memory_limit: true,
+            swap_limit: cgroup_v2 || std::path::Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            kernel_memory_tcp: false,
+            cpu_cfs_period: true,
+            cpu_cfs_quota: true,
+            cpu_shares: true,
+            cpu_set: false,
+            pids_limit: true,
+            oom_kill_disable: false,
+            ipv4_forwarding: sysctl("/proc/sys/net/ipv4/ip_forward"),
+            bridge_nf_iptables: sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables"),
+            bridge_nf_ip6tables: sysctl("/proc/sys/net/bridge/bridge-nf-call-ip6tables"),
+            nfd: std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0),
+            ngoroutines: threads,
+            system_time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            nevents_listener: 0,
+            index_server_address: "https://index.docker.io/v1/".into(),
+            registry_config: serde_json::json!({
+                "AllowNondistributableArtifactsCIDRs": null,
+                "AllowNondistributableArtifactsHostnames": null,
+                "InsecureRegistryCIDRs": ["127.0.0.0/8", "::1/128"],
+                "IndexConfigs": { "docker.io": { "Name": "docker.io", "Mirrors": [], "Secure": true, "Official": true } },
+                "Mirrors": null,
+            }),
+            http_proxy: String::new(),
+            https_proxy: String::new(),
+            no_proxy: String::new(),
+            labels: Vec::new(),
+            runtimes: [("process", runtime("process")), ("hyperv", runtime("hyperv"))]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            default_runtime: default_isolation.to_string(),
+            live_restore_enabled: true,
+            init_binary: "moat-init".into(),
+            containerd_commit: commit.clone(),
+            runc_commit: commit.clone(),
+            init_commit: commit,
+            product_license: String::new(),
+            default_address_pools: vec![serde_json::json!({ "Base": "10.89.0.0/16", "Size": 24 })],
+            warnings: Vec::new(),
+            generic_resources: None,
+            driver_status: Vec::new(),
+            os_version,
+            cdi_spec_dirs: Vec::new(),
+        }
+    }
 }
 
 /// The drivers of each kind (`Plugins` of Docker's `info`).
@@ -1160,6 +1325,8 @@ pub struct InfoPlugins {
     pub network: Vec<String>,
     /// Log drivers.
     pub log: Vec<String>,
+    /// Authorization plugins: none.
+    pub authorization: Option<Vec<String>>,
 }
 
 /// Swarm state (Docker's `Swarm` of `info`): moat has no swarm mode.
@@ -1177,6 +1344,12 @@ pub struct InfoSwarm {
     /// No.
     #[serde(rename = "ControlAvailable")]
     pub control_available: bool,
+    /// No error.
+    #[serde(rename = "Error")]
+    pub error: String,
+    /// None.
+    #[serde(rename = "RemoteManagers")]
+    pub remote_managers: Option<Vec<String>>,
 }
 
 /// Version facts (API `GET /version`).
@@ -1289,13 +1462,17 @@ impl Engine {
                 volume: vec!["local".into()],
                 network: ["bridge", "host", "null"].map(String::from).to_vec(),
                 log: ["json-file", "none"].map(String::from).to_vec(),
+                authorization: None,
             },
             swarm: InfoSwarm {
                 local_node_state: "inactive".into(),
                 node_id: String::new(),
                 node_addr: String::new(),
                 control_available: false,
+                error: String::new(),
+                remote_managers: None,
             },
+            more: InfoMore::read(&self.settings.default_isolation.to_string(), cg == "2"),
         })
     }
 

@@ -927,15 +927,15 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
         }
         ContainerCmd::Prune { force: _, filter } => {
             let f = ContainerFilter::new(Filters::from_args(&filter)?)?;
-            let ids = e.prune(&f)?;
-            if !ids.is_empty() {
+            let r = e.prune(&f)?;
+            if !r.deleted.is_empty() {
                 outln!("Deleted Containers:");
-                for i in &ids {
+                for i in &r.deleted {
                     outln!("{i}");
                 }
                 outln!();
             }
-            outln!("Total reclaimed space: 0B");
+            outln!("Total reclaimed space: {}", moat_core::human::size(r.space_reclaimed));
             Ok(0)
         }
         ContainerCmd::Pause { containers } => each(&containers, |n| {

@@ -347,3 +347,21 @@ fn kill_then_remove_process() {
 fn kill_then_remove_hyperv() {
     kill_then_remove("hyperv");
 }
+
+/// `container prune` reports the space its containers' writes took, and
+/// `info` has dockerd's keys, its runtimes being moat's isolation types.
+#[test]
+fn prune_space_and_info_keys() {
+    let (_r, s) = served();
+    s.ok(&["run", "--name", "w", "busybox", "dd", "if=/dev/zero", "of=/blob", "bs=1M", "count=2"]);
+    docker_py(
+        &s,
+        "r = c.containers.prune()\n\
+         assert len(r['ContainersDeleted']) == 1 and r['SpaceReclaimed'] >= 2 * 1024 * 1024, r\n\
+         i = c.info()\n\
+         assert sorted(i['Runtimes']) == ['hyperv', 'process'] and i['DefaultRuntime'] == 'process', i['Runtimes']\n\
+         assert i['Debug'] is False and i['ExperimentalBuild'] is False and i['LiveRestoreEnabled'] is True\n\
+         assert i['Swarm']['LocalNodeState'] == 'inactive' and i['Swarm']['Error'] == ''",
+    );
+    assert_eq!(s.ok(&["info", "--format", "{{.DefaultRuntime}} {{.Swarm.LocalNodeState}}"]), "process inactive\n");
+}
