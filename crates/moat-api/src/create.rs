@@ -186,11 +186,6 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
     for b in strings(hc.get("Binds").unwrap_or(&Value::Null), "HostConfig.Binds")? {
         binds.push(flags::volume(&b, None)?);
     }
-    if let Some(Value::Object(vols)) = body.get("Volumes") {
-        for path in vols.keys() {
-            binds.push(flags::volume(path, None)?);
-        }
-    }
     let mut tmpfs = string_map(hc.get("Tmpfs").unwrap_or(&Value::Null), "HostConfig.Tmpfs")?;
     for m in hc.get("Mounts").and_then(Value::as_array).into_iter().flatten() {
         let mut spec = vec![format!("type={}", str_of(m, "Type"))];
@@ -214,6 +209,18 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
             flags::MountArg::Mount(m) => binds.push(m),
             flags::MountArg::Tmpfs(t, o) => {
                 tmpfs.insert(t, o);
+            }
+        }
+    }
+    // the config's own volumes, like an image's: an anonymous volume where
+    // no bind, mount or tmpfs is (dockerd: the bind wins)
+    if let Some(Value::Object(vols)) = body.get("Volumes") {
+        let clean = moat_engine::validate::clean_target;
+        for path in vols.keys() {
+            let covered =
+                binds.iter().any(|b| clean(&b.target) == clean(path)) || tmpfs.keys().any(|t| clean(t) == clean(path));
+            if !covered {
+                binds.push(flags::volume(path, None)?);
             }
         }
     }

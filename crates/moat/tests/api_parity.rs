@@ -365,3 +365,26 @@ fn prune_space_and_info_keys() {
     );
     assert_eq!(s.ok(&["info", "--format", "{{.DefaultRuntime}} {{.Swarm.LocalNodeState}}"]), "process inactive\n");
 }
+
+/// A path both in the config's `Volumes` and in a bind (what docker-py's
+/// `volumes=` and `binds=` send together) is the bind, as dockerd makes it.
+#[test]
+fn a_bind_wins_over_a_declared_volume() {
+    let (_r, s) = served();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("f"), "from the host\n").unwrap();
+    docker_py(
+        &s,
+        &format!(
+            "k = c.api.create_container('busybox', ['cat', '/mnt/f'], volumes=['/mnt', '/anon'],\n\
+             host_config=c.api.create_host_config(binds={{'{}': {{'bind': '/mnt', 'mode': 'ro'}}}}))\n\
+             c.api.start(k)\n\
+             assert c.api.wait(k)['StatusCode'] == 0\n\
+             assert c.api.logs(k) == b'from the host\\n', c.api.logs(k)\n\
+             m = sorted((x['Destination'], x['Type']) for x in c.api.inspect_container(k)['Mounts'])\n\
+             assert m == [('/anon', 'volume'), ('/mnt', 'bind')], m\n\
+             c.api.remove_container(k, v=True)",
+            host.path().display()
+        ),
+    );
+}
