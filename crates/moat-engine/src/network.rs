@@ -25,6 +25,10 @@ fn net(e: moat_net::NetError) -> EngineError {
     e.into()
 }
 
+/// The default switch's gateway: an address of the host on its bridge
+/// (the first of [`moat_net::DEFAULT_SUBNET`]).
+const DEFAULT_GATEWAY: &str = "10.88.0.1";
+
 /// The first lines of every container's `/etc/hosts`.
 pub const HOSTS_HEADER: &str = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
@@ -269,6 +273,18 @@ impl Engine {
             }
             for h in &c.config.add_hosts {
                 if let Some((name, ip)) = h.split_once(':') {
+                    // the host is the gateway of the container's switch (or,
+                    // without one, the default switch's: an address of the host)
+                    let ip = if ip == crate::validate::HOST_GATEWAY {
+                        c.config
+                            .networks
+                            .iter()
+                            .find_map(|e| e.gateway)
+                            .map(|g| g.to_string())
+                            .unwrap_or_else(|| DEFAULT_GATEWAY.to_string())
+                    } else {
+                        ip.to_string()
+                    };
                     text.push_str(&format!("{ip}\t{name}\n"));
                 }
             }

@@ -24,6 +24,10 @@ pub fn hostname(h: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Docker's `--add-host NAME:host-gateway`: the host, as the container
+/// reaches it (the gateway of its switch).
+pub const HOST_GATEWAY: &str = "host-gateway";
+
 /// `KEY=VALUE` with a non-empty key, or a bare `KEY` (Docker's: unset it).
 pub fn env(e: &str) -> Result<(), EngineError> {
     let k = e.split('=').next().unwrap_or("");
@@ -172,7 +176,7 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
             Some((n, ip))
                 if !n.is_empty()
                     && !n.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#')
-                    && ip.parse::<std::net::IpAddr>().is_ok() => {}
+                    && (ip == HOST_GATEWAY || ip.parse::<std::net::IpAddr>().is_ok()) => {}
             _ => return Err(invalid(format!("invalid extra host {h:?}: use NAME:IP"))),
         }
     }

@@ -388,3 +388,31 @@ fn a_bind_wins_over_a_declared_volume() {
         ),
     );
 }
+
+/// `--add-host NAME:host-gateway` names the host as the container reaches
+/// it (its switch's gateway), in both isolation types.
+fn add_host_gateway(iso: &str) {
+    let (_r, s) = served();
+    let out = s.ok(&[
+        "run",
+        "--rm",
+        &format!("--isolation={iso}"),
+        "--add-host",
+        "gw:host-gateway",
+        "busybox",
+        "sh",
+        "-c",
+        "gw=$(ip -4 route show default | cut -d' ' -f3); grep -x \"$gw\tgw\" /etc/hosts >/dev/null && echo listed; ping -c1 -W3 gw >/dev/null && echo reached",
+    ]);
+    assert_eq!(out, "listed\nreached\n");
+}
+
+#[test]
+fn add_host_gateway_process() {
+    add_host_gateway("process");
+}
+
+#[test]
+fn add_host_gateway_hyperv() {
+    add_host_gateway("hyperv");
+}
