@@ -289,15 +289,17 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
 
     let restart = restart_policy(&hc)?.unwrap_or_default();
 
+    // `--log-opt` alone comes with an empty Type: the default driver's options
     let log = match hc.get("LogConfig") {
-        Some(l) if !str_of(l, "Type").is_empty() => {
+        Some(l) => {
             let opts: Vec<String> = string_map(l.get("Config").unwrap_or(&Value::Null), "LogConfig.Config")?
                 .into_iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            moat_engine::logs::LogConfig::parse(Some(str_of(l, "Type")), &opts).map_err(ApiError::bad)?
+            let driver = Some(str_of(l, "Type")).filter(|t| !t.is_empty());
+            moat_engine::logs::LogConfig::parse(driver, &opts).map_err(ApiError::bad)?
         }
-        _ => Default::default(),
+        None => Default::default(),
     };
 
     let mut devices = Vec::new();

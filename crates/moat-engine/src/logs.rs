@@ -34,13 +34,24 @@ pub struct LogConfig {
     /// `env=`: environment variables shown by `logs --details`.
     #[serde(default)]
     pub env: Vec<String>,
+    /// The options as the user gave them (what inspect shows, as Docker does:
+    /// none when none were given, whatever defaults apply).
+    #[serde(default)]
+    pub given: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for LogConfig {
     /// 20 MiB × 5 files (Docker's `local` driver): a noisy container costs
     /// at most about 100 MiB of disk.
     fn default() -> Self {
-        Self { driver: "json-file".into(), max_size: 20 << 20, max_file: 5, labels: Vec::new(), env: Vec::new() }
+        Self {
+            driver: "json-file".into(),
+            max_size: 20 << 20,
+            max_file: 5,
+            labels: Vec::new(),
+            env: Vec::new(),
+            given: Default::default(),
+        }
     }
 }
 
@@ -51,11 +62,17 @@ impl LogConfig {
         if let Some(d) = driver {
             match d {
                 "json-file" | "none" => c.driver = d.into(),
-                _ => return Err(format!("log driver {d:?} is not supported: use json-file or none")),
+                // dockerd's words, and what moat has
+                _ => {
+                    return Err(format!(
+                        "logger: no log driver named '{d}' is registered (moat has json-file and none)"
+                    ))
+                }
             }
         }
         for o in opts {
             let (k, v) = o.split_once('=').ok_or_else(|| format!("invalid log option {o:?}: use KEY=VALUE"))?;
+            c.given.insert(k.to_string(), v.to_string());
             match k {
                 "max-size" => {
                     c.max_size = moat_core::human::parse_size(v).map_err(|e| format!("log option max-size: {e}"))?;
@@ -81,20 +98,6 @@ impl LogConfig {
             }
         }
         Ok(c)
-    }
-
-    /// Docker's `LogConfig.Config` map.
-    pub fn options(&self) -> std::collections::BTreeMap<String, String> {
-        let mut m: std::collections::BTreeMap<String, String> =
-            [("max-size".to_string(), self.max_size.to_string()), ("max-file".to_string(), self.max_file.to_string())]
-                .into_iter()
-                .collect();
-        for (k, v) in [("labels", &self.labels), ("env", &self.env)] {
-            if !v.is_empty() {
-                m.insert(k.into(), v.join(","));
-            }
-        }
-        m
     }
 
     /// The attributes `logs --details` shows before each line (`k=v,...`):

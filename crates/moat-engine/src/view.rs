@@ -696,7 +696,7 @@ impl ContainerInspect {
                 pids_limit: cfg.limits.pids,
                 isolation: cfg.isolation().to_string(),
                 shm_size: cfg.shm_size.unwrap_or(64 << 20) as i64,
-                log_config: LogConfigView { kind: cfg.log.driver.clone(), config: cfg.log.options() },
+                log_config: LogConfigView { kind: cfg.log.driver.clone(), config: cfg.log.given.clone() },
                 devices: cfg
                     .devices
                     .iter()

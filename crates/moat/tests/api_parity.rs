@@ -416,3 +416,23 @@ fn add_host_gateway_process() {
 fn add_host_gateway_hyperv() {
     add_host_gateway("hyperv");
 }
+
+/// `LogConfig` in inspect is what the client sent (no defaults added);
+/// an unknown log driver gets dockerd's words.
+#[test]
+fn log_config_as_created() {
+    let (_r, s) = served();
+    s.ok(&["create", "--name", "l1", "busybox", "true"]);
+    s.ok(&["create", "--name", "l2", "--log-opt", "max-size=1m", "busybox", "true"]);
+    assert_eq!(
+        s.ok(&["inspect", "-f", "{{json .HostConfig.LogConfig}}", "l1"]),
+        "{\"Type\":\"json-file\",\"Config\":{}}\n"
+    );
+    assert_eq!(
+        s.ok(&["inspect", "-f", "{{json .HostConfig.LogConfig}}", "l2"]),
+        "{\"Type\":\"json-file\",\"Config\":{\"max-size\":\"1m\"}}\n"
+    );
+    let e = s.fails(&["create", "--log-driver", "syslog", "busybox", "true"]);
+    assert!(e.contains("logger: no log driver named 'syslog' is registered"), "{e}");
+    s.ok(&["rm", "l1", "l2"]);
+}

@@ -177,7 +177,10 @@ fn virtiofsd_lacks_dac_read_search_vm() {
 #[test]
 fn the_network_lock_is_out_of_reach_of_users() {
     let r = root_with_busybox();
+    // the old place, in world-writable /run/lock, is not used any more
+    let _ = std::fs::remove_file("/run/lock/moat-net.lock");
     r.ok(&["switch", "create", "locktest"]);
+    assert!(!std::path::Path::new("/run/lock/moat-net.lock").exists(), "the lock is no longer in /run/lock");
     let m = std::fs::symlink_metadata("/run/moat/lock").unwrap();
     assert!(m.is_dir());
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), 0);

@@ -429,28 +429,7 @@ pub fn host_pids_matching(needle: &str) -> Vec<u32> {
 /// writes the terminal's EOF character into the terminal, which no user
 /// types, and which a raw terminal passes on as a byte (a NUL here).
 pub fn with_pty(cmd: &str, input: Option<&str>) -> Output {
-    let mut c = Command::new("script");
-    c.args(["-qec", &format!("stty rows 31 cols 97; {cmd}"), "/dev/null"]);
-    if std::env::var_os("MOAT_KERNEL_DIR").is_none() {
-        c.env("MOAT_KERNEL_DIR", kernel_dir());
-    }
-    let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("script");
-    let mut stdin = child.stdin.take().unwrap();
-    if let Some(i) = input {
-        stdin.write_all(i.as_bytes()).unwrap();
-    }
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let e = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut err, &mut v);
-        v
-    });
-    let mut stdout = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut out, &mut stdout);
-    let status = child.wait().unwrap();
-    drop(stdin);
-    Output { status, stdout, stderr: e.join().unwrap() }
+    with_pty_dialog(cmd, &[("", input.unwrap_or(""))])
 }
 
 /// Runs `cmd` under `script` (a 31x97 terminal) as a person would: for each
