@@ -194,9 +194,11 @@ fn detach_from_attach_leaves_it_running(iso: &str) {
     let iso_flag = format!("--isolation={iso}");
     s.ok(&["run", "-d", "-it", "--name", "det", &iso_flag, "busybox", "sh"]);
     let env = format!("DOCKER_HOST={} DOCKER_CONFIG={}", s.host(), s.docker_config.path().display());
-    for (keys, input) in [("", "\x10\x11"), (" --detach-keys ctrl-x,y", "\x18y")] {
-        // typed once the shell redrew its prompt for the new client
-        let o = with_pty_dialog(&format!("{env} docker attach{keys} det"), &[("/ # ", input)]);
+    for (n, (keys, input)) in [("", "\x10\x11"), (" --detach-keys ctrl-x,y", "\x18y")].into_iter().enumerate() {
+        // the detach keys are typed once the shell has answered a command
+        // through this client (its terminal is raw by then)
+        let (cmd, answer) = (format!("echo ready-$(({n}+40))\n"), format!("ready-{}", n + 40));
+        let o = with_pty_dialog(&format!("{env} docker attach{keys} det"), &[("", &cmd), (&answer, input)]);
         // the docker 28 CLI exits 1 after a detach, against dockerd too
         assert_eq!(o.status.code(), Some(1), "{keys}: {o:?}");
         assert!(String::from_utf8_lossy(&o.stdout).contains("read escape sequence"), "{keys}: {o:?}");
@@ -205,7 +207,7 @@ fn detach_from_attach_leaves_it_running(iso: &str) {
     // the shell still reads its terminal: a command typed through a new attach runs
     let o = with_pty_dialog(
         &format!("{env} docker attach det"),
-        &[("/ # ", "echo alive-$((40+2))\n"), ("alive-42", "\x10\x11")],
+        &[("", "echo alive-$((40+2))\n"), ("alive-42", "\x10\x11")],
     );
     assert!(String::from_utf8_lossy(&o.stdout).contains("alive-42"), "{o:?}");
     s.ok(&["rm", "-f", "det"]);
