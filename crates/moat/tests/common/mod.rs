@@ -457,12 +457,17 @@ pub fn with_pty_dialog(cmd: &str, steps: &[(&str, &str)]) -> Output {
     });
     for (wait, send) in steps {
         let t0 = std::time::Instant::now();
-        while !String::from_utf8_lossy(&seen.lock().unwrap()).contains(wait) {
-            assert!(
-                t0.elapsed() < std::time::Duration::from_secs(60),
-                "never saw {wait:?}: {:?}",
-                String::from_utf8_lossy(&seen.lock().unwrap())
-            );
+        loop {
+            let so_far = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+            if so_far.contains(wait) {
+                break;
+            }
+            if t0.elapsed() > std::time::Duration::from_secs(60) {
+                // end the terminal's program (ours) before failing
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("never saw {wait:?}: {so_far:?}");
+            }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         stdin.write_all(send.as_bytes()).unwrap();
