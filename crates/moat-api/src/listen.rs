@@ -131,10 +131,25 @@ impl Conn {
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
+        // answer, then take what the client sent until it closes (at most a
+        // few seconds): closing with its request unread would reset the
+        // connection and could lose the answer
+        async fn answer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S, resp: &[u8]) {
+            use tokio::io::AsyncReadExt;
+            if s.write_all(resp).await.and(s.shutdown().await).is_err() {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
         let w = async {
             match self {
-                Self::Unix(mut s) => s.write_all(resp.as_bytes()).await.and(s.shutdown().await),
-                Self::Tcp(mut s) => s.write_all(resp.as_bytes()).await.and(s.shutdown().await),
+                Self::Unix(s) => answer(s, resp.as_bytes()).await,
+                Self::Tcp(s) => answer(s, resp.as_bytes()).await,
             }
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), w).await;

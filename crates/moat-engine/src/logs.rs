@@ -287,6 +287,17 @@ pub fn parse_lines(data: &[u8]) -> Vec<Record> {
 mod tests {
     use super::*;
 
+    /// The defaults apply (5 x 20 MiB) while only what was given is shown.
+    #[test]
+    fn defaults_apply_and_given_options_are_kept() {
+        let d = LogConfig::parse(None, &[]).expect("default");
+        assert_eq!((d.driver.as_str(), d.max_size, d.max_file, d.given.len()), ("json-file", 20 << 20, 5, 0));
+        let c = LogConfig::parse(None, &["max-size=1m".into()]).expect("max-size");
+        assert_eq!((c.max_size, c.max_file), (1 << 20, 5));
+        assert_eq!(c.given.into_iter().collect::<Vec<_>>(), vec![("max-size".to_string(), "1m".to_string())]);
+        assert!(LogConfig::parse(Some("syslog"), &[]).is_err_and(|e| e.contains("no log driver named 'syslog'")));
+    }
+
     #[test]
     fn lines_and_tail() -> std::io::Result<()> {
         let d = tempfile::tempdir()?;

@@ -480,8 +480,10 @@ fn exchange(sock: &std::path::Path, req: &[u8]) -> String {
     c.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
     c.write_all(req).unwrap();
     let mut out = Vec::new();
-    let closed = c.read_to_end(&mut out).is_ok();
-    String::from_utf8_lossy(&out).into_owned() + if closed { "" } else { " [still open after 20 s]" }
+    let open = c
+        .read_to_end(&mut out)
+        .is_err_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    String::from_utf8_lossy(&out).into_owned() + if open { " [still open after 20 s]" } else { "" }
 }
 
 /// The API server bounds what one client holds: connections past the cap
@@ -502,7 +504,9 @@ fn the_api_server_bounds_its_clients() {
     drop(idle);
     let ping = || exchange(&api.sock, b"GET /_ping HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n");
     let mut o = ping();
-    for _ in 0..100 {
+    // (the server frees a slot when it sees the connection close: bounded, but
+    // a loaded machine takes its time)
+    for _ in 0..600 {
         if o.starts_with("HTTP/1.1 200 ") {
             break;
         }
@@ -732,7 +736,9 @@ fn inherited_descriptors_reach_no_container_process(iso: &str) {
     }
     let mut child = sleeper.spawn().unwrap();
     drop(tx2);
-    assert_eq!(holders(&link2), vec![child.id()], "the check sees a holder");
+    let mut seen = holders(&link2);
+    seen.dedup();
+    assert_eq!(seen, vec![child.id()], "the check sees a holder");
     child.kill().unwrap();
     child.wait().unwrap();
     drop((rx, rx2));
