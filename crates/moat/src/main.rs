@@ -530,6 +530,21 @@ fn main() {
     }
     let cli = match command().try_get_matches().and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m)) {
         Ok(c) => c,
+        // `moat help CMD...` is `moat CMD... --help`, as with docker
+        Err(e)
+            if e.kind() == clap::error::ErrorKind::InvalidSubcommand
+                && matches!(e.get(clap::error::ContextKind::InvalidSubcommand), Some(clap::error::ContextValue::String(s)) if s == "help") =>
+        {
+            let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            if let Some(i) = args.iter().position(|a| a == "help") {
+                args.remove(i);
+            }
+            args.push("--help".into());
+            match command().try_get_matches_from(args) {
+                Err(e) => std::process::exit(usage_error(e)),
+                Ok(_) => std::process::exit(0),
+            }
+        }
         Err(e) => std::process::exit(usage_error(e)),
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
@@ -603,6 +618,15 @@ fn usage_error(e: clap::Error) -> i32 {
         _ => None,
     };
     let line = match e.kind() {
+        // name what is missing (clap puts it on the lines after the first)
+        ErrorKind::MissingRequiredArgument => {
+            let missing = match e.get(ContextKind::InvalidArg) {
+                Some(ContextValue::Strings(v)) => v.join(", "),
+                Some(ContextValue::String(v)) => v.clone(),
+                _ => String::new(),
+            };
+            format!("missing {missing} (see 'moat --help')")
+        }
         ErrorKind::UnknownArgument => {
             format!("unknown flag: {} (see 'moat --help')", ctx(ContextKind::InvalidArg).unwrap_or_default())
         }

@@ -438,3 +438,19 @@ fn log_config_as_created() {
     assert!(e.contains("logger: no log driver named 'syslog' is registered"), "{e}");
     s.ok(&["rm", "l1", "l2"]);
 }
+
+/// `moat help CMD` is `moat CMD --help` (as `docker help CMD`), and a
+/// missing argument is named in the one-line error.
+#[test]
+fn help_command_and_missing_arguments() {
+    let r = Root::new();
+    let o = r.run(&["help", "run"]);
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("Create and start a container\n\nUsage: moat run [OPTIONS]"), "{out}");
+    assert_eq!(r.run(&["run", "--help"]).stdout, o.stdout, "the same text as --help");
+    let o = r.run(&["rm"]);
+    assert_fails_one_line(&o, "rm without containers");
+    assert_eq!(o.status.code(), Some(125));
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "Error: missing <CONTAINERS>... (see 'moat --help')\n");
+}
