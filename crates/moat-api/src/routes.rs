@@ -372,9 +372,11 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
                 Some(s) => Some(s.parse().map_err(|_| ApiError::bad(format!("invalid gateway {s:?}")))?),
                 None => None,
             };
-            if v["EnableIPv6"].as_bool() == Some(true) {
-                return Err(ApiError::unsupported("IPv6 networks are not supported yet"));
-            }
+            let opts: Vec<String> = v["Options"]
+                .as_object()
+                .map(|o| o.iter().map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or_default())).collect())
+                .unwrap_or_default();
+            moat_engine::network::check_unsupported(&opts, v["EnableIPv6"].as_bool() == Some(true))?;
             // what moat cannot apply is refused by name, never ignored
             if ipam["IPRange"].as_str().is_some_and(|r| !r.is_empty()) {
                 return Err(ApiError::bad("IPAM IPRange is not supported: addresses come from the whole subnet"));
@@ -385,14 +387,8 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             if v.pointer("/IPAM/Config/1").is_some() {
                 return Err(ApiError::bad("a switch has one subnet: IPAM lists more than one"));
             }
-            for k in ["Options", "/IPAM/Options"] {
-                let o = if k.starts_with('/') { v.pointer(k) } else { v.get(k) };
-                if o.and_then(|o| o.as_object()).is_some_and(|o| !o.is_empty()) {
-                    return Err(ApiError::bad(format!(
-                        "network {} are not supported yet",
-                        if k == "Options" { "driver options (--opt)" } else { "IPAM options" }
-                    )));
-                }
+            if v.pointer("/IPAM/Options").and_then(|o| o.as_object()).is_some_and(|o| !o.is_empty()) {
+                return Err(ApiError::bad("network IPAM options are not supported yet"));
             }
             let id =
                 engine(&ctx, move |e| e.create_switch(&name, subnet, gateway, internal, labels).map(|s| s.id)).await?;

@@ -25,6 +25,20 @@ fn net(e: moat_net::NetError) -> EngineError {
     e.into()
 }
 
+/// Refuses, by name, what `network create` may ask and a switch cannot do
+/// (driver options, IPv6): never accepted and ignored.
+pub fn check_unsupported(opts: &[String], ipv6: bool) -> Result<(), EngineError> {
+    if ipv6 {
+        return Err(EngineError::Unsupported("IPv6 networks are not supported yet".into()));
+    }
+    if let Some(o) = opts.first() {
+        return Err(EngineError::Unsupported(format!(
+            "network driver option {o:?}: network driver options (--opt) are not supported yet"
+        )));
+    }
+    Ok(())
+}
+
 /// The default switch's gateway: an address of the host on its bridge
 /// (the first of [`moat_net::DEFAULT_SUBNET`]).
 const DEFAULT_GATEWAY: &str = "10.88.0.1";

@@ -17,6 +17,9 @@ pub struct CreateArgs {
     /// Assign a name to the container.
     #[arg(long)]
     name: Option<String>,
+    /// Suppress the pull output.
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// Set environment variables (`KEY=VALUE`, or `KEY` to copy from this environment).
     #[arg(short = 'e', long = "env")]
     env: Vec<String>,
@@ -720,7 +723,7 @@ fn pull_for(e: &mut Engine, a: &CreateArgs) -> Result<()> {
     let Some(image) = a.image_and_command.first().filter(|i| !i.starts_with('-')) else { return Ok(()) };
     let policy: moat_engine::registry::PullPolicy =
         a.pull.parse().map_err(|err| crate::with_exit(anyhow!("{err}"), 125))?;
-    let p = crate::registry::Progress::new(false, false, false);
+    let p = crate::registry::Progress::new(false, a.quiet, false);
     let o = moat_engine::registry::PullOptions { platform: a.platform.clone(), ..Default::default() };
     e.ensure_image(image, policy, &o, &|ev| p.show(ev)).map_err(|err| crate::with_exit(err.into(), 125))
 }

@@ -28,6 +28,12 @@ pub enum SwitchCmd {
         /// Label `KEY=VALUE` (repeatable).
         #[arg(long)]
         label: Vec<String>,
+        /// Driver options `KEY=VALUE` (none are supported: refused by name).
+        #[arg(short = 'o', long = "opt")]
+        opt: Vec<String>,
+        /// IPv6 (not supported yet: refused).
+        #[arg(long)]
+        ipv6: bool,
     },
     /// List switches.
     #[command(alias = "list")]
@@ -89,8 +95,9 @@ pub enum SwitchCmd {
 /// Runs a switch subcommand.
 pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
     match cmd {
-        SwitchCmd::Create { name, subnet, gateway, internal, driver, label } => {
+        SwitchCmd::Create { name, subnet, gateway, internal, driver, label, opt, ipv6 } => {
             moat_engine::network::check_driver(&driver)?;
+            moat_engine::network::check_unsupported(&opt, ipv6)?;
             let s = e.create_switch(
                 &name,
                 subnet,

@@ -454,3 +454,40 @@ fn help_command_and_missing_arguments() {
     assert_eq!(o.status.code(), Some(125));
     assert_eq!(String::from_utf8_lossy(&o.stderr), "Error: missing <CONTAINERS>... (see 'moat --help')\n");
 }
+
+/// `run -q` pulls without a word (docker's `--quiet`); without it, the pull says so.
+#[test]
+fn run_quiet_pulls_silently() {
+    let r = root_with_busybox();
+    let reg = Registry::start();
+    let name = format!("{}/busybox:q", reg.addr);
+    r.ok(&["tag", "busybox", &name]);
+    r.ok(&["push", "-q", &name]);
+    r.ok(&["rmi", &name]);
+    let o = r.run(&["run", "-q", "--rm", &name, "echo", "hi"]);
+    assert_eq!(
+        (String::from_utf8_lossy(&o.stdout).as_ref(), String::from_utf8_lossy(&o.stderr).as_ref()),
+        ("hi\n", "")
+    );
+    r.ok(&["rmi", &name]);
+    let o = r.run(&["run", "--rm", &name, "echo", "hi"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Unable to find image"), "{o:?}");
+}
+
+/// The moat CLI takes docker's `network create --opt/--ipv6` and refuses
+/// them by name, as the API does (never ignored).
+#[test]
+fn network_create_refuses_what_a_switch_cannot_do() {
+    let r = Root::new();
+    let e = r.fails(&["network", "create", "--opt", "com.docker.network.driver.mtu=1400", "o1"]);
+    assert!(
+        e.contains("\"com.docker.network.driver.mtu=1400\": network driver options (--opt) are not supported yet"),
+        "{e}"
+    );
+    let e = r.fails(&["network", "create", "--ipv6", "o2"]);
+    assert!(e.contains("IPv6 networks are not supported yet"), "{e}");
+    assert_eq!(r.ok(&["network", "ls", "-q", "--filter", "name=o"]), "", "nothing created");
+    r.ok(&["network", "create", "o3"]);
+    r.ok(&["network", "rm", "o3"]);
+}
