@@ -54,6 +54,16 @@ impl Conn {
         self.recv_reply()
     }
 
+    /// Sends one request whose answer is `Ok` (its warnings); the shim's
+    /// `Error` is the error, any other answer a protocol slip.
+    pub fn request_ok(&mut self, m: &ShimRequest) -> Result<Vec<String>, EngineError> {
+        match self.request(m)? {
+            ShimReply::Ok { warnings } => Ok(warnings),
+            ShimReply::Error { message } => Err(EngineError::Shim(message)),
+            m => Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
+        }
+    }
+
     /// Reads until the shim closes the connection.
     pub fn wait_closed(&mut self) {
         while self.recv().is_ok() {}

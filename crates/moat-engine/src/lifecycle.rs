@@ -332,29 +332,23 @@ impl Engine {
                 c.name()
             )));
         }
-        let mut conn = self.connect(&c)?;
-        match conn.request(&ShimRequest::Signal { signal })? {
-            ShimReply::Ok { .. } => {
-                events::record(self, events::Event::container("kill", &c).attr("signal", &signal.to_string()));
-                if signal == libc::SIGKILL {
-                    // like dockerd: a SIGKILL returns once the process is
-                    // dead, so a `remove` right after never sees it running
-                    // (a restart policy may start it again: a new process)
-                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-                    while std::time::Instant::now() < deadline {
-                        match self.get(c.id()) {
-                            Ok(now) if now.is_running() && now.state.pid == c.state.pid => {
-                                std::thread::sleep(std::time::Duration::from_millis(5))
-                            }
-                            _ => break,
-                        }
+        self.connect(&c)?.request_ok(&ShimRequest::Signal { signal })?;
+        events::record(self, events::Event::container("kill", &c).attr("signal", &signal.to_string()));
+        if signal == libc::SIGKILL {
+            // like dockerd: a SIGKILL returns once the process is
+            // dead, so a `remove` right after never sees it running
+            // (a restart policy may start it again: a new process)
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                match self.get(c.id()) {
+                    Ok(now) if now.is_running() && now.state.pid == c.state.pid => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
                     }
+                    _ => break,
                 }
-                Ok(c)
             }
-            ShimReply::Error { message } => Err(EngineError::Shim(message)),
-            m => Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
         }
+        Ok(c)
     }
 
     /// Freezes (`true`) or thaws every process of a running container (the
@@ -372,11 +366,8 @@ impl Engine {
             )));
         }
         let req = if paused { ShimRequest::Pause } else { ShimRequest::Unpause };
-        match self.connect(&c)?.request(&req)? {
-            ShimReply::Ok { .. } => self.get(c.id()),
-            ShimReply::Error { message } => Err(EngineError::Shim(message)),
-            m => Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
-        }
+        self.connect(&c)?.request_ok(&req)?;
+        self.get(c.id())
     }
 
     /// Removes a container (stopping it first with `force`; with `volumes`
@@ -477,20 +468,12 @@ impl Engine {
             let running = self.get(c.id())?;
             if u.limits() && running.is_running() {
                 let limits = crate::spec::limits(&cfg);
-                match self.connect(&running)?.request(&ShimRequest::Update(limits))? {
-                    ShimReply::Ok { warnings: w } => warnings.extend(w),
-                    ShimReply::Error { message } => return Err(EngineError::Shim(message)),
-                    m => return Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
-                }
+                warnings.extend(self.connect(&running)?.request_ok(&ShimRequest::Update(limits))?);
             }
             // the running shim decides restarts: it takes the new policy now
             // (Docker's too), not at the next start
             if let (Some(r), true) = (u.restart, running.is_running()) {
-                match self.connect(&running)?.request(&ShimRequest::SetRestart { policy: r.to_string() })? {
-                    ShimReply::Ok { .. } => {}
-                    ShimReply::Error { message } => return Err(EngineError::Shim(message)),
-                    m => return Err(EngineError::Shim(format!("unexpected reply {m:?}"))),
-                }
+                self.connect(&running)?.request_ok(&ShimRequest::SetRestart { policy: r.to_string() })?;
             }
             self.write_config(c.id(), &cfg)?;
         }
