@@ -740,7 +740,7 @@ fn keys(k: Option<&str>) -> Result<Vec<u8>> {
 fn start_failed(e: EngineError) -> Result<i32> {
     match e {
         EngineError::Start { message, code } => {
-            errln!("Error: {}", crate::one_line(&message.to_string()));
+            error_line!("{message}");
             Ok(if code == 0 { 125 } else { code })
         }
         e => Err(crate::with_exit(e.into(), 125)),
@@ -809,7 +809,7 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
                     // Docker: the daemon's refusal (no such container, ...) exits 1
                     Err(err @ EngineError::Start { .. }) => code = start_failed(err)?,
                     Err(err) => {
-                        errln!("Error: {}", crate::one_line(&err.to_string()));
+                        error_line!("{err}");
                         code = 1;
                     }
                 }
@@ -1015,7 +1015,7 @@ fn each(names: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> 
     let mut code = 0;
     for n in names {
         if let Err(err) = f(n) {
-            errln!("Error: {}", crate::one_line(&format!("{err:#}")));
+            error_line!("{err:#}");
             code = 1;
         }
     }
@@ -1049,7 +1049,7 @@ fn exec(e: &mut Engine, a: ExecArgs) -> Result<i32> {
     let s = match e.exec(container, spec) {
         Ok(s) => s,
         Err(EngineError::Start { message, code }) => {
-            errln!("Error: {}", crate::one_line(&message.to_string()));
+            error_line!("{message}");
             return Ok(code);
         }
         Err(err) => return Err(err.into()),
@@ -1167,7 +1167,7 @@ fn inspect(e: &mut Engine, a: InspectArgs) -> Result<i32> {
         match found {
             Ok(v) => out.push(v),
             Err(err) => {
-                errln!("Error: {}", crate::one_line(&err.to_string()));
+                error_line!("{err}");
                 code = 1;
             }
         }

@@ -212,7 +212,7 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
                 match e.image(name) {
                     Ok(img) => out.push(serde_json::to_value(ImageInspect::of_stored(e, &img))?),
                     Err(err) => {
-                        errln!("Error: {}", crate::one_line(&err.to_string()));
+                        error_line!("{err}");
                         code = 1;
                     }
                 }
@@ -228,7 +228,7 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
                 match e.remove_image(name, a.force) {
                     Ok(lines) => lines.iter().for_each(|l| outln!("{l}")),
                     Err(err) => {
-                        errln!("Error: {}", crate::one_line(&err.to_string()));
+                        error_line!("{err}");
                         code = 1;
                     }
                 }

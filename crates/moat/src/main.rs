@@ -22,6 +22,14 @@ macro_rules! errln {
     }};
 }
 
+/// An error as the CLI prints it: `Error: ` and one escaped line of at most
+/// 2000 characters ([`one_line`]), best-effort like [`errln!`].
+macro_rules! error_line {
+    ($($t:tt)*) => {
+        errln!("Error: {}", $crate::one_line(&format!($($t)*)))
+    };
+}
+
 mod containers;
 mod events;
 mod format;
@@ -277,7 +285,7 @@ fn template(o: &EngineOptions, c: TemplateCmd) -> Result<i32> {
                 match templates::remove(o, &d) {
                     Ok(full) => outln!("{full}"),
                     Err(e) => {
-                        errln!("Error: {}", crate::one_line(&e.to_string()));
+                        error_line!("{e}");
                         code = 1;
                     }
                 }
@@ -556,7 +564,7 @@ fn main() {
         Err(e) if output::is_broken_pipe(&e) => 0,
         Err(e) => {
             // one line: the whole cause chain joined
-            errln!("Error: {}", one_line(&format!("{e:#}")));
+            error_line!("{e:#}");
             e.downcast_ref::<Exit>().map(|x| x.0).unwrap_or(1)
         }
     };
@@ -643,7 +651,7 @@ fn usage_error(e: clap::Error) -> i32 {
             format!("{} (see 'moat --help')", first.trim().trim_start_matches("error: "))
         }
     };
-    errln!("Error: {}", crate::one_line(&line.to_string()));
+    error_line!("{line}");
     125
 }
 

@@ -141,7 +141,7 @@ pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
                 match e.inspect_switch(n) {
                     Ok(s) => out.push(serde_json::to_value(s)?),
                     Err(err) => {
-                        errln!("Error: {}", crate::one_line(&err.to_string()));
+                        error_line!("{err}");
                         code = 1;
                     }
                 }

@@ -48,7 +48,7 @@ pub fn run(e: Engine, cmd: SystemCmd) -> Result<i32> {
                 match b.result {
                     Ok(()) => outln!("{}", b.name),
                     Err(err) => {
-                        errln!("Error: {}", crate::one_line(&format!("{}: {err}", b.name)));
+                        error_line!("{}: {err}", b.name);
                         code = 1;
                     }
                 }

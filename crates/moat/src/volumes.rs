@@ -104,7 +104,7 @@ pub fn run(e: &mut Engine, cmd: VolumeCmd) -> Result<i32> {
                 match e.volume(n) {
                     Ok(v) => out.push(serde_json::to_value(v.view(None))?),
                     Err(err) => {
-                        errln!("Error: {}", crate::one_line(&err.to_string()));
+                        error_line!("{err}");
                         code = 1;
                     }
                 }
@@ -118,7 +118,7 @@ pub fn run(e: &mut Engine, cmd: VolumeCmd) -> Result<i32> {
                 match e.volume_remove(n, force) {
                     Ok(()) => outln!("{n}"),
                     Err(err) => {
-                        errln!("Error: {}", crate::one_line(&err.to_string()));
+                        error_line!("{err}");
                         code = 1;
                     }
                 }
