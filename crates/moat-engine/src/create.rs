@@ -44,10 +44,9 @@ pub fn merge_image(cfg: &mut ContainerConfig, icfg: &moat_image::RuntimeConfig) 
     }
     cfg.entrypoint = entrypoint;
     cfg.cmd = cmd;
-    let key = |e: &String| e.split('=').next().unwrap_or("").to_string();
-    let named: std::collections::HashSet<String> = cfg.env.iter().map(key).collect();
+    let user = cfg.env.len();
     for e in icfg.env.clone().unwrap_or_default() {
-        if !named.contains(&key(&e)) {
+        if !moat_runtime::relay::env_names(&cfg.env[..user], moat_runtime::relay::env_key(&e)) {
             cfg.env.push(e);
         }
     }

@@ -279,9 +279,10 @@ impl Engine {
     fn exec_on(&mut self, conn: &mut Conn, c: &Container, mut spec: moat_proto::ExecSpec) -> Result<bool, EngineError> {
         let tty = spec.tty;
         // Docker's daemon environment: a terminal gets TERM=xterm unless the
-        // container's or the exec's own environment names one
-        let names_term = |e: &String| e.starts_with("TERM=");
-        if tty && !spec.env.iter().any(names_term) && !c.config.env.iter().any(names_term) {
+        // container's or the exec's own environment names it (a bare `TERM`
+        // unsets it, as in the container's own spec)
+        let names_term = |env: &[String]| moat_runtime::relay::env_names(env, "TERM");
+        if tty && !names_term(&spec.env) && !names_term(&c.config.env) {
             spec.env.push("TERM=xterm".into());
         }
         match conn.request(&ShimRequest::Exec(spec))? {

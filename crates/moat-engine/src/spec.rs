@@ -112,7 +112,7 @@ pub fn build(
         sysctls.push((k.clone(), v.clone()));
     }
     let mut env = crate::create::process_env(&cfg.env);
-    let has = |env: &[String], k: &str| env.iter().any(|e| e.split('=').next() == Some(k));
+    let has = moat_runtime::relay::env_names;
     if !has(&env, "HOSTNAME") {
         env.push(format!("HOSTNAME={}", cfg.hostname));
     }

@@ -30,8 +30,7 @@ pub const HOST_GATEWAY: &str = "host-gateway";
 
 /// `KEY=VALUE` with a non-empty key, or a bare `KEY` (Docker's: unset it).
 pub fn env(e: &str) -> Result<(), EngineError> {
-    let k = e.split('=').next().unwrap_or("");
-    if k.is_empty() || e.contains('\0') {
+    if moat_runtime::relay::env_key(e).is_empty() || e.contains('\0') {
         return Err(invalid(format!("invalid environment variable {e:?}: use KEY=VALUE with a non-empty KEY")));
     }
     Ok(())

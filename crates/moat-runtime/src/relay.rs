@@ -101,12 +101,23 @@ pub fn exec_process(spec: &Spec, x: &ExecSpec) -> Process {
     }
 }
 
+/// The name of an environment entry: `KEY` of `KEY=VALUE` (or of a bare
+/// `KEY`, Docker's way to unset one).
+pub fn env_key(e: &str) -> &str {
+    e.split('=').next().unwrap_or("")
+}
+
+/// Whether `env` names `key` (set, or unset with a bare `KEY`).
+pub fn env_names(env: &[String], key: &str) -> bool {
+    env.iter().any(|e| env_key(e) == key)
+}
+
 /// `base` with each `KEY=VALUE` of `over` replacing the same key (or appended).
 pub fn merge_env(base: &[String], over: &[String]) -> Vec<String> {
     let mut env = base.to_vec();
     for e in over {
-        let k = e.split('=').next().unwrap_or("");
-        env.retain(|v| v.split('=').next() != Some(k));
+        let k = env_key(e);
+        env.retain(|v| env_key(v) != k);
         // a bare KEY unsets it (Docker's rule)
         if e.contains('=') {
             env.push(e.clone());
