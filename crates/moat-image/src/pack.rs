@@ -16,7 +16,7 @@ use rustix::fs::{Mode, OFlags};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Reads exactly `size` bytes: at most `size` from `inner`, then zeros if
 /// `inner` ended early. Whether the source had a different length is in
@@ -85,7 +85,6 @@ impl<R: Read> Read for Exact<R> {
 /// A tar writer whose entries are exactly what their headers announce.
 pub struct Packer<W: Write> {
     b: tar::Builder<W>,
-    changed: Vec<PathBuf>,
 }
 
 impl<W: Write> Packer<W> {
@@ -93,36 +92,41 @@ impl<W: Write> Packer<W> {
     pub fn new(w: W) -> Self {
         let mut b = tar::Builder::new(w);
         b.follow_symlinks(false);
-        Self { b, changed: Vec::new() }
+        Self { b }
     }
 
     /// One entry `name` for the file at `host` (not followed if it is a
     /// link); a directory's children are not added.
     pub fn append_path(&mut self, host: &Path, name: &Path) -> io::Result<()> {
+        self.append_entry(host, name).map(|_| ())
+    }
+
+    /// [`Packer::append_path`], saying whether the entry was a directory
+    /// (from the one `lstat` its header was made from).
+    fn append_entry(&mut self, host: &Path, name: &Path) -> io::Result<bool> {
         let meta = std::fs::symlink_metadata(host)?;
         let ft = meta.file_type();
         if ft.is_file() {
-            return self.append_file(host, name);
+            return self.append_file(host, name).map(|_| false);
         }
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
         h.set_size(0);
         if ft.is_symlink() {
             let target = std::fs::read_link(host)?;
-            self.b.append_link(&mut h, name, &target)
+            self.b.append_link(&mut h, name, &target)?;
         } else if ft.is_dir() {
             // a directory's name ends with '/', as Docker's and GNU tar's do
             let mut n = name.as_os_str().to_owned();
             if !n.as_encoded_bytes().ends_with(b"/") {
                 n.push("/");
             }
-            self.b.append_data(&mut h, Path::new(&n), io::empty())
+            self.b.append_data(&mut h, Path::new(&n), io::empty())?;
         } else if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
-            self.b.append_data(&mut h, name, io::empty())
-        } else {
-            // sockets have no archive form: Docker skips them too
-            Ok(())
+            self.b.append_data(&mut h, name, io::empty())?;
         }
+        // (sockets have no archive form: Docker skips them too)
+        Ok(ft.is_dir())
     }
 
     /// A regular file: opened without following a link and without
@@ -151,7 +155,6 @@ impl<W: Write> Packer<W> {
                 "{} changed while it was copied: archived as its {size} bytes at the start of the copy",
                 host.display()
             );
-            self.changed.push(name.to_path_buf());
         }
         Ok(())
     }
@@ -159,9 +162,7 @@ impl<W: Write> Packer<W> {
     /// `host` as `name` and, for a directory, everything below it, children
     /// in name order.
     pub fn append_tree(&mut self, host: &Path, name: &Path) -> io::Result<()> {
-        self.append_path(host, name)?;
-        let is_dir = std::fs::symlink_metadata(host)?.is_dir();
-        if is_dir {
+        if self.append_entry(host, name)? {
             self.append_children(host, name)?;
         }
         Ok(())
@@ -184,18 +185,19 @@ impl<W: Write> Packer<W> {
         self.b.append_data(h, name, Exact::new(data, size))
     }
 
-    /// Ends the archive; returns the writer and the names of the files
-    /// that changed while they were read.
-    pub fn finish(self) -> io::Result<(W, Vec<PathBuf>)> {
+    /// Ends the archive (each file that changed while it was read has had
+    /// its warning); returns the writer.
+    pub fn finish(self) -> io::Result<W> {
         let mut w = self.b.into_inner()?;
         w.flush()?;
-        Ok((w, self.changed))
+        Ok(w)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn exact_cuts_and_fills() {
@@ -248,7 +250,7 @@ mod tests {
         h.set_mode(0o644);
         let mut p2 = Packer::new(Vec::new());
         p2.append_data(&mut h, Path::new("app.log"), Growing(File::open(&p)?, p.clone(), false))?;
-        let (bytes, _) = p2.finish()?;
+        let bytes = p2.finish()?;
         let mut a = tar::Archive::new(&bytes[..]);
         let names: Vec<String> = a
             .entries()?
