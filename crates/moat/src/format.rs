@@ -83,18 +83,17 @@ fn go_print(v: &Value) -> String {
         Value::Nil => "<nil>".into(),
         Value::NoValue => "<no value>".into(),
         Value::Array(a) => format!("[{}]", a.iter().map(go_print).collect::<Vec<_>>().join(" ")),
-        Value::Map(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            format!("map[{}]", keys.iter().map(|k| format!("{k}:{}", go_print(&m[*k]))).collect::<Vec<_>>().join(" "))
-        }
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            format!("{{{}}}", keys.iter().map(|k| go_print(&m[*k])).collect::<Vec<_>>().join(" "))
-        }
+        Value::Map(m) => format!("map[{}]", by_key(m, |k, v| format!("{k}:{}", go_print(v)))),
+        Value::Object(m) => format!("{{{}}}", by_key(m, |_, v| go_print(v))),
         other => other.to_string(),
     }
+}
+
+/// `f` of each entry of `m`, in key order, joined by spaces.
+fn by_key(m: &HashMap<String, Value>, f: impl Fn(&str, &Value) -> String) -> String {
+    let mut keys: Vec<&String> = m.keys().collect();
+    keys.sort();
+    keys.iter().map(|k| f(k, &m[*k])).collect::<Vec<_>>().join(" ")
 }
 
 /// `{{EXPR}}` actions that print a value become `{{EXPR | goprint}}`, so

@@ -60,11 +60,11 @@ const CONSOLE_KEEP: u64 = 256 << 10;
 const CONSOLE_EVERY: Duration = Duration::from_secs(2);
 
 /// Rotates the console log at `path` if it outgrew [`CONSOLE_MAX`].
-fn rotate_console(path: &std::path::Path) -> std::io::Result<bool> {
+fn rotate_console(path: &std::path::Path) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
     let len = std::fs::metadata(path)?.len();
     if len <= CONSOLE_MAX {
-        return Ok(false);
+        return Ok(());
     }
     let mut f = std::fs::File::open(path)?;
     f.seek(SeekFrom::Start(len - CONSOLE_KEEP))?;
@@ -73,8 +73,7 @@ fn rotate_console(path: &std::path::Path) -> std::io::Result<bool> {
     let old = path.with_extension("log.1");
     std::fs::write(&old, &tail)?;
     // the writers have it in append mode: their next line starts at 0
-    std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)?;
-    Ok(true)
+    std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)
 }
 
 /// The guest's part of creating the container's main process.
