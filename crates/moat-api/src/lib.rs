@@ -91,6 +91,11 @@ impl Ctx {
         Engine::open(self.engine.clone())
     }
 
+    /// A request body under this server's size and idle limits.
+    pub(crate) async fn read_body(&self, b: hyper::body::Incoming) -> http::Result<bytes::Bytes> {
+        http::read_body(b, self.max_body, self.limits.body_idle).await
+    }
+
     /// Runs `f` with an idle engine (or a new one), kept for the next request.
     pub(crate) fn with_engine<T>(
         &self,

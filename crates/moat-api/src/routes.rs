@@ -87,7 +87,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &list))
         }
         (&Method::POST, ["containers", "create"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
+            let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let t = crate::create::translate(&v, q.get("name"))?;
             let (id, warnings) = engine(&ctx, move |e| {
@@ -151,7 +151,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         (&Method::POST, ["containers", id, "wait"]) => wait(&ctx, id, &q).await,
         (&Method::POST, ["containers", id, "update"]) => {
             let id = id.to_string();
-            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
+            let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let u = update_request(&v)?;
             let (_, warnings) = engine(&ctx, move |e| e.update(&id, &u)).await?;
@@ -226,7 +226,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::POST, ["containers", id, "exec"]) => {
             let id = id.to_string();
-            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
+            let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let spec = exec_spec(&v)?;
             let xid = engine(&ctx, move |e| e.exec_create(&id, spec)).await?;
@@ -257,7 +257,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &list))
         }
         (&Method::POST, ["auth"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
+            let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let (user, pw) =
                 (v["username"].as_str().unwrap_or("").to_string(), v["password"].as_str().unwrap_or("").to_string());
@@ -301,7 +301,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &v))
         }
         (&Method::POST, ["commit"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
+            let body = ctx.read_body(req.into_body()).await?;
             let conf: serde_json::Value = http::parse_json(&body)?;
             if !(conf.is_null() || conf.as_object().is_some_and(|o| o.is_empty())) {
                 return Err(ApiError::bad(
@@ -353,7 +353,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &v))
         }
         (&Method::POST, ["networks", "create"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
+            let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let name = v["Name"].as_str().unwrap_or("").to_string();
             moat_engine::network::check_driver(v["Driver"].as_str().unwrap_or(""))?;
@@ -409,7 +409,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::POST, ["networks", id, verb @ ("connect" | "disconnect")]) => {
             let (id, connect) = (id.to_string(), *verb == "connect");
-            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
+            let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let container = v["Container"].as_str().unwrap_or("").to_string();
             let aliases: Vec<String> = v
@@ -455,7 +455,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Ok(json(200, &j!({ "Volumes": v, "Warnings": [] })))
         }
         (&Method::POST, ["volumes", "create"]) => {
-            let body = http::read_body(req.into_body(), ctx.max_body, ctx.limits.body_idle).await?;
+            let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
             let map = |k: &str| -> Result<std::collections::BTreeMap<String, String>> {
                 match v.get(k) {
@@ -668,7 +668,7 @@ async fn attach(
 
 async fn exec_start(ctx: &Arc<Ctx>, req: Request<Incoming>, id: String, upgrade: bool) -> Result<Resp> {
     let (parts, body) = req.into_parts();
-    let body = http::read_body(body, ctx.max_body, ctx.limits.body_idle).await?;
+    let body = ctx.read_body(body).await?;
     let v: serde_json::Value = http::parse_json(&body)?;
     let detach = v.get("Detach").and_then(|d| d.as_bool()).unwrap_or(false);
     let size = crate::create::console_size(&v);
