@@ -119,6 +119,19 @@ fn is_dir(fd: &OwnedFd) -> bool {
     nix::sys::stat::fstat(fd.as_raw_fd()).map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR).unwrap_or(false)
 }
 
+/// A directory as an `O_PATH` descriptor (to name in mounts as
+/// `/proc/self/fd/N`, or to resolve paths under).
+fn open_dir(p: &Path, what: &str) -> Result<OwnedFd, RuntimeError> {
+    let fd = nix::fcntl::open(
+        p,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(RuntimeError::sys(what))?;
+    // SAFETY: open returned a new descriptor that nothing else owns
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The most layers an overlay root stacks (Docker's overlay2 limit).
 pub const MAX_LAYERS: usize = 128;
 
@@ -138,19 +151,8 @@ pub fn lowerdir(lower: &[PathBuf]) -> Result<(String, Vec<OwnedFd>), RuntimeErro
             lower.len()
         )));
     }
-    let fds = lower
-        .iter()
-        .map(|l| {
-            nix::fcntl::open(
-                l.as_path(),
-                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            // SAFETY: open returned a new descriptor that nothing else owns
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-            .map_err(RuntimeError::sys(format!("open layer {}", l.display())))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let fds =
+        lower.iter().map(|l| open_dir(l, &format!("open layer {}", l.display()))).collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = fds.iter().map(fdpath).collect();
     Ok((format!("lowerdir={}", names.join(":")), fds))
 }
@@ -219,14 +221,7 @@ pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
             }
         }
     }
-    let root_fd = nix::fcntl::open(
-        target,
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(RuntimeError::sys("open root"))?;
-    // SAFETY: fresh fd from open
-    let root = unsafe { OwnedFd::from_raw_fd(root_fd) };
+    let root = open_dir(Path::new(target), "open root")?;
     let r = root.as_raw_fd();
     let std_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
 
