@@ -179,13 +179,10 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::POST, ["containers", id, "attach"]) => {
             let id = id.to_string();
-            let key = id.clone();
-            // the end of the client's stdin closes the container's only
-            // for a container created with StdinOnce (docker run -i)
-            let once = engine(&ctx, move |e| Ok(e.get(&key)?.config.stdin_once)).await?;
             let opts = AttachOptions {
                 stdin: q.bool("stdin", false)?,
-                stdin_once: once,
+                // the container's StdinOnce (looked up with it by `attach`)
+                stdin_once: false,
                 skip_stdout: !q.bool("stdout", false)?,
                 skip_stderr: !q.bool("stderr", false)?,
             };
@@ -626,18 +623,21 @@ async fn attach(
     ctx: &Arc<Ctx>,
     req: &mut Request<Incoming>,
     id: String,
-    opts: AttachOptions,
+    mut opts: AttachOptions,
     upgrade: bool,
 ) -> Result<Resp> {
+    let key = id.clone();
+    let (cid, tty, running, once) = engine(ctx, move |e| {
+        let c = e.get(&key)?;
+        Ok((c.id().to_string(), c.config.tty, c.is_running(), c.config.stdin_once))
+    })
+    .await?;
     if !upgrade {
         return Err(ApiError::bad("attach needs a connection upgrade (Upgrade: tcp)"));
     }
-    let key = id.clone();
-    let (cid, tty, running) = engine(ctx, move |e| {
-        let c = e.get(&key)?;
-        Ok((c.id().to_string(), c.config.tty, c.is_running()))
-    })
-    .await?;
+    // the end of the client's stdin closes the container's only for a
+    // container created with StdinOnce (docker run -i), as dockerd does
+    opts.stdin_once = once;
     let on = hyper::upgrade::on(req);
     let ctx = ctx.clone();
     if running {
