@@ -146,10 +146,7 @@ fn wait_session_or_hangup(session: &Session, client: &UnixStream) -> bool {
         if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
             continue;
         }
-        if p[1].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-            return false;
-        }
-        return true;
+        return p[1].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) == 0;
     }
 }
 
