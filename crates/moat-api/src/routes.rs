@@ -740,7 +740,7 @@ async fn wait(ctx: &Arc<Ctx>, id: &str, q: &Query) -> Result<Resp> {
 async fn logs(ctx: &Arc<Ctx>, id: &str, q: &Query) -> Result<Resp> {
     let (out, err) = (q.bool("stdout", false)?, q.bool("stderr", false)?);
     if !out && !err {
-        return Err(ApiError::bad("you must choose at least one stream"));
+        return Err(ApiError::bad("Bad parameters: you must choose at least one stream"));
     }
     let time = |k: &str| -> Result<Option<i64>> {
         match q.get(k).filter(|v| !v.is_empty() && *v != "0") {

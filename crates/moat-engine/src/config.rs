@@ -115,6 +115,8 @@ pub struct ContainerConfig {
     pub user: String,
     /// Hostname.
     pub hostname: String,
+    /// NIS domain name of the container's UTS namespace (`--domainname`).
+    pub domainname: String,
     /// Allocate a terminal.
     pub tty: bool,
     /// Keep stdin open (`-i`).
@@ -208,6 +210,12 @@ pub struct ContainerConfig {
     /// The terminal size at create (`HostConfig.ConsoleSize`), applied before the process starts.
     #[serde(default)]
     pub console_size: Option<(u16, u16)>,
+    /// `--oom-score-adj` of the container's processes (-1000..=1000).
+    #[serde(default)]
+    pub oom_score_adj: i32,
+    /// `--group-add`: supplementary groups (names resolved in the container's `/etc/group`, or GIDs).
+    #[serde(default)]
+    pub group_add: Vec<String>,
 }
 
 impl ContainerConfig {

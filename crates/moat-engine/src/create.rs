@@ -208,7 +208,7 @@ impl Engine {
                 let n = n.strip_prefix('/').unwrap_or(n);
                 if !names::valid(n) {
                     return Err(EngineError::Invalid(format!(
-                        "invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-]* is allowed"
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
                     )));
                 }
                 Some(n.to_string())

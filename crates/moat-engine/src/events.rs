@@ -70,10 +70,10 @@ pub struct Event {
     /// Position in the log.
     #[serde(skip)]
     pub seq: i64,
-    /// Docker's legacy `status` (= action, containers only).
+    /// Docker's legacy `status` (= action; container and image events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
-    /// Docker's legacy `id` (containers only).
+    /// Docker's legacy `id` (container and image events).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Docker's legacy `from` (the image, containers only).
@@ -147,9 +147,11 @@ impl Event {
     fn from_row(r: moat_store::EventRow) -> Self {
         let attributes: BTreeMap<String, String> = serde_json::from_str(&r.attributes).unwrap_or_default();
         let container = r.kind == "container";
+        // dockerd fills the legacy fields for container and image events
+        let legacy = container || r.kind == "image";
         Self {
-            status: container.then(|| r.action.clone()),
-            id: container.then(|| r.actor.clone()),
+            status: legacy.then(|| r.action.clone()),
+            id: legacy.then(|| r.actor.clone()),
             from: if container { attributes.get("image").cloned() } else { None },
             kind: r.kind,
             action: r.action,

@@ -81,6 +81,19 @@ fn read_path(p: &Path) -> Option<ExecRecord> {
     serde_json::from_slice(&std::fs::read(p).ok()?).ok()
 }
 
+/// The IDs of container `cid`'s exec instances, oldest first.
+pub fn ids_of(layout: &Layout, cid: &str) -> Vec<String> {
+    let mut recs: Vec<ExecRecord> = std::fs::read_dir(dir(layout, cid))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| read_path(&e.path()))
+        .collect();
+    recs.sort_by_key(|r| r.created);
+    recs.into_iter().map(|r| r.id).collect()
+}
+
 /// Finds exec `id` (full ID or unique prefix) in any container.
 pub fn find(layout: &Layout, id: &str) -> Result<ExecRecord, EngineError> {
     if id.is_empty() || !moat_core::id::is_hex_prefix(id) {
@@ -114,6 +127,10 @@ impl Engine {
         }
         for e in &spec.env {
             crate::validate::env(e)?;
+        }
+        // what runs when none is given, as dockerd records it
+        if spec.user.as_deref().unwrap_or_default().is_empty() && !c.config.user.is_empty() {
+            spec.user = Some(c.config.user.clone());
         }
         let id = moat_core::id::new_id();
         spec.id = id.clone();

@@ -425,7 +425,7 @@ impl Engine {
         let new = new.strip_prefix('/').unwrap_or(new);
         if !names::valid(new) {
             return Err(EngineError::Invalid(format!(
-                "invalid container name {new:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-]* is allowed"
+                "Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
             )));
         }
         let taken = || EngineError::Conflict(format!("Conflict. The container name \"/{new}\" is already in use"));

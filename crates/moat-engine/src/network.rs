@@ -131,7 +131,7 @@ impl Engine {
             let mut taken = Vec::new();
             for r in existing {
                 if r.name == name {
-                    return Err(EngineError::Conflict(format!("switch with name {name:?} already exists")));
+                    return Err(EngineError::Conflict(format!("network with name {name} already exists")));
                 }
                 taken.push(parse(r.clone())?.config.subnet);
             }
@@ -180,7 +180,7 @@ impl Engine {
             Ok(Ok(row)) => row,
             Ok(Err(e)) => return Err(e),
             Err(moat_store::StoreError::NameInUse { .. }) => {
-                return Err(EngineError::Conflict(format!("switch with name {name:?} already exists")))
+                return Err(EngineError::Conflict(format!("network with name {name} already exists")))
             }
             Err(e) => return Err(e.into()),
         };

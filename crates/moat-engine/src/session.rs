@@ -332,7 +332,15 @@ impl Engine {
     /// in both isolation types (UID, PID and PPID as the container sees
     /// them, the host PID where there is one, RSS, CPU time, command); with
     /// options the host's `ps` ([`Engine::top_ps`]).
+    /// Records dockerd's `top` event.
     pub fn top_table(&mut self, key: &str, ps_args: &[String]) -> Result<(Vec<String>, Vec<Vec<String>>), EngineError> {
+        let table = self.top_table_of(key, ps_args)?;
+        let c = self.get(key)?;
+        crate::events::record(self, crate::events::Event::container("top", &c));
+        Ok(table)
+    }
+
+    fn top_table_of(&mut self, key: &str, ps_args: &[String]) -> Result<(Vec<String>, Vec<Vec<String>>), EngineError> {
         if !ps_args.is_empty() {
             return self.top_ps(key, ps_args);
         }

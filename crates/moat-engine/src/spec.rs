@@ -137,8 +137,11 @@ pub fn build(
             tty: cfg.tty,
             rlimits: cfg.ulimits.clone(),
             console_size: cfg.console_size,
+            group_add: cfg.group_add.clone(),
+            oom_score_adj: cfg.oom_score_adj,
         },
         hostname: cfg.hostname.clone(),
+        domainname: cfg.domainname.clone(),
         mounts,
         etc_files: vec![
             ("/etc/hostname".into(), dir.join("hostname")),

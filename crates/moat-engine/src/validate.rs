@@ -121,6 +121,18 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     if !cfg.hostname.is_empty() {
         hostname(&cfg.hostname)?;
     }
+    if !(-1000..=1000).contains(&cfg.oom_score_adj) {
+        return Err(invalid(format!("Invalid value {}, range for oom score adj is [-1000, 1000]", cfg.oom_score_adj)));
+    }
+    for g in &cfg.group_add {
+        let ok = !g.is_empty() && !g.contains([':', '\n', '\0']);
+        if !ok {
+            return Err(invalid(format!("invalid group {g:?} for --group-add: a group name or GID")));
+        }
+    }
+    if cfg.domainname.len() > 64 || cfg.domainname.contains('\0') {
+        return Err(invalid(format!("invalid domain name {:?}: at most 64 bytes, no NUL", cfg.domainname)));
+    }
     for e in &cfg.env {
         env(e)?;
     }
@@ -182,7 +194,7 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     let l = &cfg.limits;
     if let Some(m) = l.memory {
         if m < 6 << 20 {
-            return Err(invalid("minimum memory limit allowed is 6MB"));
+            return Err(invalid("Minimum memory limit allowed is 6MB"));
         }
     }
     if let Some(s) = l.memory_swap {

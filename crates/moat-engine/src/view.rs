@@ -15,12 +15,14 @@ fn rfc3339(t: Option<DateTime<Utc>>) -> String {
     t.map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true)).unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
 }
 
-/// `docker ps`-style command text.
+/// `docker ps`-style command text: dockerd's, arguments with a space in
+/// single quotes (the program itself as it is).
 fn command_text(c: &Container) -> String {
     c.config
         .args
         .iter()
-        .map(|a| if a.contains(' ') { format!("{a:?}") } else { a.clone() })
+        .enumerate()
+        .map(|(i, a)| if i > 0 && a.contains(' ') { format!("'{a}'") } else { a.clone() })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -117,6 +119,25 @@ pub struct EndpointSettings {
     pub aliases: Vec<String>,
     /// moat: the host interface (veth or tap).
     pub host_interface: String,
+    /// The address asked for (`--ip`), as dockerd's `IPAMConfig` (null when none).
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<serde_json::Value>,
+    /// Legacy links (none: moat refuses them).
+    pub links: Option<Vec<String>>,
+    /// Driver options (none).
+    pub driver_opts: Option<BTreeMap<String, String>>,
+    /// IPv6 gateway (moat's switches are IPv4).
+    #[serde(rename = "IPv6Gateway")]
+    pub ipv6_gateway: String,
+    /// IPv6 address.
+    #[serde(rename = "GlobalIPv6Address")]
+    pub global_ipv6_address: String,
+    /// IPv6 prefix length.
+    #[serde(rename = "GlobalIPv6PrefixLen")]
+    pub global_ipv6_prefix_len: u8,
+    /// Names the container answers to on this network (API >= 1.44).
+    #[serde(rename = "DNSNames")]
+    pub dns_names: Vec<String>,
 }
 
 /// A mount of a container (API `MountPoint`).
@@ -203,6 +224,27 @@ fn ports(c: &Container) -> Vec<Port> {
 
 fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
     let letter = if c.config.isolation() == moat_core::Isolation::Hyperv { 't' } else { 'v' };
+    if matches!(c.config.network.as_str(), "none" | "host") {
+        // dockerd's entry for its built-in `none` and `host` networks: no address
+        let empty = EndpointSettings {
+            network_id: String::new(),
+            endpoint_id: String::new(),
+            gateway: String::new(),
+            ip_address: String::new(),
+            ip_prefix_len: 0,
+            mac_address: String::new(),
+            aliases: Vec::new(),
+            host_interface: String::new(),
+            ipam_config: None,
+            links: None,
+            driver_opts: None,
+            ipv6_gateway: String::new(),
+            global_ipv6_address: String::new(),
+            global_ipv6_prefix_len: 0,
+            dns_names: Vec::new(),
+        };
+        return BTreeMap::from([(c.config.network.clone(), empty)]);
+    }
     c.config
         .networks
         .iter()
@@ -222,6 +264,19 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
                         .chain(c.config.aliases.iter().cloned())
                         .collect(),
                     host_interface: moat_net::if_name(letter, c.id(), n),
+                    ipam_config: (n == 0)
+                        .then_some(c.config.ip)
+                        .flatten()
+                        .map(|ip| serde_json::json!({ "IPv4Address": ip.to_string() })),
+                    links: None,
+                    driver_opts: None,
+                    ipv6_gateway: String::new(),
+                    global_ipv6_address: String::new(),
+                    global_ipv6_prefix_len: 0,
+                    dns_names: [c.name().to_string(), c.id()[..12].to_string()]
+                        .into_iter()
+                        .chain(c.config.aliases.iter().cloned())
+                        .collect(),
                 },
             )
         })
@@ -446,6 +501,122 @@ pub struct HostConfig {
     pub log_config: LogConfigView,
     /// Devices.
     pub devices: Vec<DeviceMapping>,
+    /// `--dns-search`.
+    pub dns_search: Vec<String>,
+    /// `--dns-option`.
+    pub dns_options: Vec<String>,
+    /// `--ulimit`s as Docker names them.
+    pub ulimits: Vec<UlimitView>,
+    /// `--oom-score-adj`.
+    pub oom_score_adj: i32,
+    /// `--group-add`.
+    pub group_add: Option<Vec<String>>,
+    /// `--volumes-from`.
+    pub volumes_from: Option<Vec<String>>,
+    /// `--sysctl`.
+    pub sysctls: BTreeMap<String, String>,
+    /// `--console-size` at create (rows, cols; zeros when none).
+    pub console_size: [u16; 2],
+    /// Always `private`: every container has its own cgroup namespace.
+    pub cgroupns_mode: String,
+    /// `private` (moat's containers have their own IPC namespace).
+    pub ipc_mode: String,
+    /// `""`: a PID namespace of its own.
+    pub pid_mode: String,
+    /// `""`: a UTS namespace of its own.
+    #[serde(rename = "UTSMode")]
+    pub uts_mode: String,
+    /// `""`: no user namespace.
+    pub userns_mode: String,
+    /// `""`: moat's own cgroup parent.
+    pub cgroup_parent: String,
+    /// `""`.
+    pub cgroup: String,
+    /// `""`.
+    #[serde(rename = "ContainerIDFile")]
+    pub container_id_file: String,
+    /// `""`: the local driver.
+    pub volume_driver: String,
+    /// The runtime: `moat` (its isolation type is `Isolation`).
+    pub runtime: String,
+    /// Paths hidden from the container (none when privileged).
+    pub masked_paths: Vec<String>,
+    /// Paths read-only in the container (none when privileged).
+    pub readonly_paths: Vec<String>,
+    /// Settings moat does not apply, at their zero values (every one of
+    /// them is refused when set: see docs/api.md).
+    #[serde(flatten)]
+    pub unset: UnsetHostConfig,
+}
+
+/// HostConfig keys of dockerd's that moat refuses to set, at the values
+/// dockerd shows when they are not set.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UnsetHostConfig {
+    /// null.
+    pub blkio_device_read_bps: Option<Vec<serde_json::Value>>,
+    /// null.
+    #[serde(rename = "BlkioDeviceReadIOps")]
+    pub blkio_device_read_iops: Option<Vec<serde_json::Value>>,
+    /// null.
+    pub blkio_device_write_bps: Option<Vec<serde_json::Value>>,
+    /// null.
+    #[serde(rename = "BlkioDeviceWriteIOps")]
+    pub blkio_device_write_iops: Option<Vec<serde_json::Value>>,
+    /// 0.
+    pub blkio_weight: u16,
+    /// null.
+    pub blkio_weight_device: Option<Vec<serde_json::Value>>,
+    /// 0.
+    pub cpu_count: i64,
+    /// 0.
+    pub cpu_percent: i64,
+    /// 0 (`--cpu-quota`/`--cpu-period` become `NanoCpus`).
+    pub cpu_period: i64,
+    /// 0.
+    pub cpu_quota: i64,
+    /// 0.
+    pub cpu_realtime_period: i64,
+    /// 0.
+    pub cpu_realtime_runtime: i64,
+    /// `""`.
+    pub cpuset_cpus: String,
+    /// `""`.
+    pub cpuset_mems: String,
+    /// null.
+    pub device_cgroup_rules: Option<Vec<String>>,
+    /// null.
+    pub device_requests: Option<Vec<serde_json::Value>>,
+    /// 0.
+    #[serde(rename = "IOMaximumBandwidth")]
+    pub io_maximum_bandwidth: u64,
+    /// 0.
+    #[serde(rename = "IOMaximumIOps")]
+    pub io_maximum_iops: u64,
+    /// 0.
+    #[serde(rename = "KernelMemoryTCP")]
+    pub kernel_memory_tcp: i64,
+    /// null.
+    pub links: Option<Vec<String>>,
+    /// 0.
+    pub memory_reservation: i64,
+    /// null.
+    pub memory_swappiness: Option<i64>,
+    /// false.
+    pub oom_kill_disable: bool,
+}
+
+/// One `--ulimit` (API `Ulimits[]`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UlimitView {
+    /// Docker's name (`nofile`).
+    pub name: String,
+    /// Soft limit (-1: unlimited).
+    pub soft: i64,
+    /// Hard limit (-1: unlimited).
+    pub hard: i64,
 }
 
 /// A port binding.
@@ -527,13 +698,17 @@ pub struct ContainerConfigView {
     pub entrypoint: Option<Vec<String>>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
-    /// Stop signal.
     /// Health check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<crate::health::HealthConfig>,
+    /// Stop signal.
     pub stop_signal: String,
     /// Stop timeout.
     pub stop_timeout: Option<u32>,
+    /// Anonymous volumes' paths (the config's and the image's `Volumes`; null when none).
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    /// Build triggers (none: moat does not build).
+    pub on_build: Option<Vec<String>>,
 }
 
 /// `NetworkSettings` of a container inspect.
@@ -551,6 +726,42 @@ pub struct NetworkSettings {
     pub mac_address: String,
     /// Published ports.
     pub ports: BTreeMap<String, Vec<PortBinding>>,
+    /// The first network's prefix length.
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    /// The first network's endpoint.
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    /// `""` (dockerd's deprecated default-bridge name).
+    pub bridge: String,
+    /// false.
+    pub hairpin_mode: bool,
+    /// The network namespace's ID (the container's, process isolation).
+    #[serde(rename = "SandboxID")]
+    pub sandbox_id: String,
+    /// The network namespace's path (`/proc/PID/ns/net` while it runs).
+    pub sandbox_key: String,
+    /// `""`: moat's switches are IPv4.
+    #[serde(rename = "IPv6Gateway")]
+    pub ipv6_gateway: String,
+    /// `""`.
+    #[serde(rename = "GlobalIPv6Address")]
+    pub global_ipv6_address: String,
+    /// 0.
+    #[serde(rename = "GlobalIPv6PrefixLen")]
+    pub global_ipv6_prefix_len: u8,
+    /// `""`.
+    #[serde(rename = "LinkLocalIPv6Address")]
+    pub link_local_ipv6_address: String,
+    /// 0.
+    #[serde(rename = "LinkLocalIPv6PrefixLen")]
+    pub link_local_ipv6_prefix_len: u8,
+    /// null.
+    #[serde(rename = "SecondaryIPAddresses")]
+    pub secondary_ip_addresses: Option<Vec<String>>,
+    /// null.
+    #[serde(rename = "SecondaryIPv6Addresses")]
+    pub secondary_ipv6_addresses: Option<Vec<String>>,
 }
 
 /// A container in detail (API `GET /containers/{id}/json`, `moat inspect`).
@@ -596,6 +807,27 @@ pub struct ContainerInspect {
     /// moat: the utility VM of a hyperv container (accelerator, kernel, sizing, PIDs while it runs).
     #[serde(rename = "VM")]
     pub vm: Option<serde_json::Value>,
+    /// The storage driver's name and data (moat's root is an overlay of its layers).
+    pub graph_driver: GraphDriver,
+    /// Exec instances of the container (null when none).
+    #[serde(rename = "ExecIDs")]
+    pub exec_ids: Option<Vec<String>>,
+    /// `""`: moat applies no AppArmor profile.
+    pub app_armor_profile: String,
+    /// `""`: no SELinux labels.
+    pub mount_label: String,
+    /// `""`: no SELinux labels.
+    pub process_label: String,
+}
+
+/// `GraphDriver` of an inspect.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct GraphDriver {
+    /// The container's own directories (`UpperDir`, `WorkDir`), as overlay2's keys.
+    pub data: Option<BTreeMap<String, String>>,
+    /// `overlay`.
+    pub name: String,
 }
 
 impl ContainerInspect {
@@ -706,11 +938,51 @@ impl ContainerInspect {
                         cgroup_permissions: d.rule.access.clone(),
                     })
                     .collect(),
+                dns_search: cfg.dns_search.clone(),
+                dns_options: cfg.dns_options.clone(),
+                ulimits: cfg
+                    .ulimits
+                    .iter()
+                    .map(|u| {
+                        let n = |v: u64| if v == libc::RLIM_INFINITY { -1 } else { v as i64 };
+                        UlimitView {
+                            name: moat_runtime::spec::ulimit_name(u.resource).unwrap_or("?").to_string(),
+                            soft: n(u.soft),
+                            hard: n(u.hard),
+                        }
+                    })
+                    .collect(),
+                oom_score_adj: cfg.oom_score_adj,
+                group_add: (!cfg.group_add.is_empty()).then(|| cfg.group_add.clone()),
+                volumes_from: (!cfg.volumes_from.is_empty()).then(|| cfg.volumes_from.clone()),
+                sysctls: cfg.sysctls.clone(),
+                console_size: cfg.console_size.map_or([0, 0], |(r, c)| [r, c]),
+                cgroupns_mode: "private".into(),
+                ipc_mode: "private".into(),
+                pid_mode: String::new(),
+                uts_mode: String::new(),
+                userns_mode: String::new(),
+                cgroup_parent: String::new(),
+                cgroup: String::new(),
+                container_id_file: String::new(),
+                volume_driver: String::new(),
+                runtime: "moat".into(),
+                masked_paths: if cfg.privileged {
+                    Vec::new()
+                } else {
+                    moat_runtime::spec::MASKED_PATHS.iter().map(|s| s.to_string()).collect()
+                },
+                readonly_paths: if cfg.privileged {
+                    Vec::new()
+                } else {
+                    moat_runtime::spec::READONLY_PATHS.iter().map(|s| s.to_string()).collect()
+                },
+                unset: UnsetHostConfig::default(),
             },
             mounts: mounts(e, c),
             config: ContainerConfigView {
                 hostname: cfg.hostname.clone(),
-                domainname: String::new(),
+                domainname: cfg.domainname.clone(),
                 user: cfg.user.clone(),
                 attach_stdin: cfg.open_stdin,
                 attach_stdout: true,
@@ -728,6 +1000,16 @@ impl ContainerInspect {
                 stop_signal: cfg.stop_signal.clone(),
                 healthcheck: cfg.healthcheck.clone(),
                 stop_timeout: cfg.stop_timeout,
+                volumes: {
+                    let v: BTreeMap<String, serde_json::Value> = cfg
+                        .binds
+                        .iter()
+                        .filter(|b| b.anonymous)
+                        .map(|b| (b.target.clone(), serde_json::json!({})))
+                        .collect();
+                    (!v.is_empty()).then_some(v)
+                },
+                on_build: None,
             },
             network_settings: NetworkSettings {
                 networks: endpoints(c),
@@ -735,10 +1017,50 @@ impl ContainerInspect {
                 gateway: first.and_then(|e| e.gateway).map(|g| g.to_string()).unwrap_or_default(),
                 mac_address: first.map(|e| e.mac.clone()).unwrap_or_default(),
                 ports: bindings(&st.ports),
+                ip_prefix_len: first.map(|e| e.prefix).unwrap_or(0),
+                endpoint_id: first.map(|e| format!("{}{}", &c.id()[..32], &e.switch_id[..32])).unwrap_or_default(),
+                bridge: String::new(),
+                hairpin_mode: false,
+                sandbox_id: if c.is_running() && cfg.isolation() == moat_core::Isolation::Process {
+                    c.id().to_string()
+                } else {
+                    String::new()
+                },
+                sandbox_key: if c.is_running() && st.pid > 0 && cfg.isolation() == moat_core::Isolation::Process {
+                    format!("/proc/{}/ns/net", st.pid)
+                } else {
+                    String::new()
+                },
+                ipv6_gateway: String::new(),
+                global_ipv6_address: String::new(),
+                global_ipv6_prefix_len: 0,
+                link_local_ipv6_address: String::new(),
+                link_local_ipv6_prefix_len: 0,
+                secondary_ip_addresses: None,
+                secondary_ipv6_addresses: None,
             },
             vm,
+            graph_driver: GraphDriver { data: graph_data(e, c), name: "overlay".into() },
+            exec_ids: {
+                let ids = crate::execs::ids_of(e.layout(), c.id());
+                (!ids.is_empty()).then_some(ids)
+            },
+            app_armor_profile: String::new(),
+            mount_label: String::new(),
+            process_label: String::new(),
         }
     }
+}
+
+/// overlay2's keys for a container's own directories, where it has them.
+fn graph_data(e: &Engine, c: &Container) -> Option<BTreeMap<String, String>> {
+    let dir = e.layout().container(c.id());
+    let m: BTreeMap<String, String> = [("UpperDir", "upper"), ("WorkDir", "work")]
+        .into_iter()
+        .filter(|(_, sub)| dir.join(sub).exists())
+        .map(|(k, sub)| (k.to_string(), dir.join(sub).display().to_string()))
+        .collect();
+    (!m.is_empty()).then_some(m)
 }
 
 /// An image in a list (API `GET /images/json`).
@@ -809,8 +1131,8 @@ pub struct ImageInspect {
     pub created: String,
     /// Author.
     pub author: String,
-    /// Runtime config.
-    pub config: moat_image::RuntimeConfig,
+    /// Runtime config, with every key of Docker's container config.
+    pub config: ImageConfigView,
     /// Architecture.
     pub architecture: String,
     /// OS.
@@ -822,6 +1144,85 @@ pub struct ImageInspect {
     pub root_fs: RootFs,
     /// When it was last tagged.
     pub metadata: ImageMetadata,
+    /// The storage driver (its data: none, layers are moat's own directories).
+    pub graph_driver: GraphDriver,
+}
+
+/// `Config` of an image inspect: the image's runtime config under every
+/// key of Docker's container config (zero values where the image sets none).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageConfigView {
+    /// `""`.
+    pub hostname: String,
+    /// `""`.
+    pub domainname: String,
+    /// User.
+    pub user: String,
+    /// false.
+    pub attach_stdin: bool,
+    /// false.
+    pub attach_stdout: bool,
+    /// false.
+    pub attach_stderr: bool,
+    /// Exposed ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
+    /// false.
+    pub tty: bool,
+    /// false.
+    pub open_stdin: bool,
+    /// false.
+    pub stdin_once: bool,
+    /// Environment.
+    pub env: Option<Vec<String>>,
+    /// Command.
+    pub cmd: Option<Vec<String>>,
+    /// Health check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<serde_json::Value>,
+    /// `""`.
+    pub image: String,
+    /// Volumes.
+    pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    /// Working directory.
+    pub working_dir: String,
+    /// Entrypoint.
+    pub entrypoint: Option<Vec<String>>,
+    /// Build triggers.
+    pub on_build: Option<Vec<String>>,
+    /// Labels.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Stop signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+}
+
+impl From<moat_image::RuntimeConfig> for ImageConfigView {
+    fn from(c: moat_image::RuntimeConfig) -> Self {
+        Self {
+            hostname: String::new(),
+            domainname: String::new(),
+            user: c.user.unwrap_or_default(),
+            attach_stdin: false,
+            attach_stdout: false,
+            attach_stderr: false,
+            exposed_ports: c.exposed_ports,
+            tty: false,
+            open_stdin: false,
+            stdin_once: false,
+            env: c.env,
+            cmd: c.cmd,
+            healthcheck: c.healthcheck,
+            image: String::new(),
+            volumes: c.volumes,
+            working_dir: c.working_dir.unwrap_or_default(),
+            entrypoint: c.entrypoint,
+            on_build: None,
+            labels: c.labels,
+            stop_signal: c.stop_signal,
+        }
+    }
 }
 
 /// `RootFS` of an image.
@@ -874,12 +1275,13 @@ impl ImageInspect {
             comment: meta.comment.unwrap_or_default(),
             created: rfc3339(Some(img.created.unwrap_or(img.added))),
             author: meta.author.unwrap_or_default(),
-            config: moat_image::runtime_config(&img.config).unwrap_or_default(),
+            config: moat_image::runtime_config(&img.config).unwrap_or_default().into(),
             architecture: meta.architecture.unwrap_or_default(),
             os: meta.os.unwrap_or_default(),
             size: img.size as i64,
             root_fs: RootFs { kind: "layers".into(), layers: img.diff_ids.iter().map(|d| d.to_string()).collect() },
             metadata: ImageMetadata { last_tag_time: rfc3339(Some(img.added)) },
+            graph_driver: GraphDriver { data: None, name: "overlay".into() },
         }
     }
 }
@@ -1023,6 +1425,18 @@ pub struct NetworkInspect {
     pub options: BTreeMap<String, String>,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// The network it takes its config from (none).
+    pub config_from: ConfigFrom,
+    /// false: a switch is a network, not a config-only template.
+    pub config_only: bool,
+}
+
+/// `ConfigFrom` of a network.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConfigFrom {
+    /// `""`.
+    pub network: String,
 }
 
 impl NetworkInspect {
@@ -1061,6 +1475,8 @@ impl NetworkInspect {
             containers,
             options: [("com.docker.network.bridge.name".to_string(), s.config.bridge.clone())].into_iter().collect(),
             labels: s.config.labels.clone(),
+            config_from: ConfigFrom::default(),
+            config_only: false,
         }
     }
 }
@@ -1375,6 +1791,18 @@ pub struct VersionInfo {
     pub kernel_version: String,
     /// Components.
     pub components: Vec<Component>,
+    /// The product's name.
+    pub platform: Platform,
+    /// When this build was made (`""`: moat's builds are reproducible and carry no time).
+    pub build_time: String,
+}
+
+/// `Platform` of a version answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Platform {
+    /// `moat`.
+    pub name: String,
 }
 
 /// A component of the engine.
@@ -1485,6 +1913,10 @@ impl Engine {
         details.insert("Os".into(), "linux".into());
         details.insert("Arch".into(), "amd64".into());
         details.insert("KernelVersion".into(), kernel.clone());
+        details.insert("GitCommit".into(), String::new());
+        details.insert("GoVersion".into(), "rust".into());
+        details.insert("BuildTime".into(), String::new());
+        details.insert("Experimental".into(), "false".into());
         VersionInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             api_version: API_VERSION.into(),
@@ -1495,6 +1927,8 @@ impl Engine {
             arch: "amd64".into(),
             kernel_version: kernel,
             components: vec![Component { name: "Engine".into(), version: env!("CARGO_PKG_VERSION").into(), details }],
+            platform: Platform { name: format!("moat {}", env!("CARGO_PKG_VERSION")) },
+            build_time: String::new(),
         }
     }
 
@@ -1908,6 +2342,8 @@ pub struct SystemDf {
     pub volumes: Vec<crate::volumes::VolumeView>,
     /// Always empty: moat has no build cache.
     pub build_cache: Vec<serde_json::Value>,
+    /// Bytes of build cache: 0.
+    pub builder_size: i64,
 }
 
 /// A container of `system/df`.
@@ -1947,6 +2383,6 @@ impl Engine {
             let usage = self.volume_usage(&v)?;
             volumes.push(v.view(Some(usage)));
         }
-        Ok(SystemDf { layers_size, images, containers, volumes, build_cache: Vec::new() })
+        Ok(SystemDf { layers_size, images, containers, volumes, build_cache: Vec::new(), builder_size: 0 })
     }
 }

@@ -573,6 +573,7 @@ mod tests {
             readonly_rootfs: false,
             process: Default::default(),
             hostname: "h".into(),
+            domainname: String::new(),
             mounts: vec![
                 Mount::Bind {
                     source: "/src".into(),

@@ -82,13 +82,23 @@ pub struct VolumeView {
     pub mountpoint: String,
     /// Name.
     pub name: String,
-    /// Driver options.
+    /// Driver options (null when none, as dockerd sends them).
+    #[serde(serialize_with = "null_if_empty")]
     pub options: BTreeMap<String, String>,
     /// `local`.
     pub scope: String,
     /// Size and users, when asked for (`system df -v`, the API's `UsageData`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_data: Option<UsageData>,
+}
+
+/// A map that dockerd sends as `null` when it is empty.
+fn null_if_empty<S: serde::Serializer>(m: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    if m.is_empty() {
+        s.serialize_none()
+    } else {
+        serde::Serialize::serialize(m, s)
+    }
 }
 
 /// Size and users of a volume.

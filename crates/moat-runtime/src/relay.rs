@@ -98,6 +98,8 @@ pub fn exec_process(spec: &Spec, x: &ExecSpec) -> Process {
         tty: x.tty,
         rlimits: spec.process.rlimits.clone(),
         console_size: x.size.map(|w| (w.rows, w.cols)),
+        group_add: spec.process.group_add.clone(),
+        oom_score_adj: spec.process.oom_score_adj,
     }
 }
 

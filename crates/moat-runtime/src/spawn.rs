@@ -384,7 +384,18 @@ fn finish_and_exec(p: &Process, sec: &Security, progs: &[seccompiler::BpfProgram
         seccomp::install_privileged(progs)?;
     }
     caps::limit_bounding(&sec.capabilities)?;
-    let groups: Vec<nix::unistd::Gid> = id.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    let mut groups: Vec<nix::unistd::Gid> = id.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
+    for g in &p.group_add {
+        let gid = crate::user::group_id(g, &read_etc("group"))
+            .map_err(|e| RuntimeError::Start { message: e.to_string(), code: 125 })?;
+        if !groups.contains(&nix::unistd::Gid::from_raw(gid)) {
+            groups.push(nix::unistd::Gid::from_raw(gid));
+        }
+    }
+    if p.oom_score_adj != 0 {
+        std::fs::write("/proc/self/oom_score_adj", p.oom_score_adj.to_string())
+            .map_err(RuntimeError::io("set oom_score_adj"))?;
+    }
     nix::unistd::setgroups(&groups).map_err(RuntimeError::sys("setgroups"))?;
     let gid = nix::unistd::Gid::from_raw(id.gid);
     nix::unistd::setresgid(gid, gid, gid).map_err(RuntimeError::sys("setgid"))?;
@@ -490,6 +501,9 @@ pub fn create(
             }
             reset_signals();
             nix::unistd::sethostname(&spec.hostname).map_err(RuntimeError::sys("sethostname"))?;
+            if !spec.domainname.is_empty() {
+                set_domainname(&spec.domainname)?;
+            }
             if spec.net == NetNs::New {
                 // before /proc/sys turns read-only and the interfaces move in;
                 // the user's --sysctl below may turn it back on
@@ -641,4 +655,14 @@ fn release(
 /// Opens the caller's own pid namespace (to restore it after `exec`).
 pub fn own_pidns() -> Result<OwnedFd, RuntimeError> {
     std::fs::File::open("/proc/self/ns/pid").map(OwnedFd::from).map_err(RuntimeError::io("open own pid namespace"))
+}
+
+/// `setdomainname(2)` in the child's new UTS namespace (nix has no wrapper).
+fn set_domainname(name: &str) -> Result<(), RuntimeError> {
+    // SAFETY: the pointer and length describe `name`'s bytes, which outlive the call
+    let rc = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    if rc != 0 {
+        return Err(RuntimeError::sys("setdomainname")(nix::errno::Errno::last()));
+    }
+    Ok(())
 }

@@ -19,6 +19,17 @@ fn lookup<'a>(db: &'a str, name: &str) -> Option<Vec<&'a str>> {
     db.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| f.len() >= 3 && f[0] == name)
 }
 
+/// A group given by number or by name (looked up in the group file), as
+/// `--group-add` takes it.
+pub fn group_id(g: &str, group: &str) -> Result<u32, RuntimeError> {
+    match g.parse::<u32>() {
+        Ok(n) => Ok(n),
+        Err(_) => lookup(group, g).and_then(|f| f[2].parse().ok()).ok_or_else(|| {
+            RuntimeError::Invalid(format!("unable to find group {g}: no matching entries in group file"))
+        }),
+    }
+}
+
 /// Resolves `user[:group]` (names or numbers) using the given file contents.
 /// Empty means root. Unknown names are errors; unknown numbers are allowed.
 pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, RuntimeError> {
@@ -50,12 +61,7 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<Identity, Runtim
         id.home = "/root".into();
     }
     if let Some(g) = g {
-        id.gid = match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup(group, g).and_then(|f| f[2].parse().ok()).ok_or_else(|| {
-                RuntimeError::Invalid(format!("unable to find group {g}: no matching entries in group file"))
-            })?,
-        };
+        id.gid = group_id(g, group)?;
     }
     // supplementary groups that list the user by name
     if let Some(name) = entry.as_ref().map(|f| f[0]) {

@@ -135,6 +135,13 @@ pub struct Process {
     /// Initial terminal size (rows, cols), set before the process starts.
     #[serde(default)]
     pub console_size: Option<(u16, u16)>,
+    /// More supplementary groups (`--group-add`): GIDs, or names looked up
+    /// in the container's `/etc/group`.
+    #[serde(default)]
+    pub group_add: Vec<String>,
+    /// `/proc/self/oom_score_adj` of the process (0: left as inherited).
+    #[serde(default)]
+    pub oom_score_adj: i32,
 }
 
 /// Everything needed to create a container.
@@ -150,6 +157,9 @@ pub struct Spec {
     pub process: Process,
     /// Hostname.
     pub hostname: String,
+    /// NIS domain name (empty: left as the new UTS namespace has it).
+    #[serde(default)]
+    pub domainname: String,
     /// Extra mounts.
     pub mounts: Vec<Mount>,
     /// Files written into the container before start (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`): (container path, host file bind-mounted there).
@@ -200,29 +210,40 @@ pub const MASKED_PATHS: &[&str] = &[
 /// Paths Docker makes read-only by default.
 pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
+/// Docker's names of the resource limits.
+const ULIMITS: &[(&str, libc::__rlimit_resource_t)] = &[
+    ("core", libc::RLIMIT_CORE),
+    ("cpu", libc::RLIMIT_CPU),
+    ("data", libc::RLIMIT_DATA),
+    ("fsize", libc::RLIMIT_FSIZE),
+    ("locks", libc::RLIMIT_LOCKS),
+    ("memlock", libc::RLIMIT_MEMLOCK),
+    ("msgqueue", libc::RLIMIT_MSGQUEUE),
+    ("nice", libc::RLIMIT_NICE),
+    ("nofile", libc::RLIMIT_NOFILE),
+    ("nproc", libc::RLIMIT_NPROC),
+    ("rss", libc::RLIMIT_RSS),
+    ("rtprio", libc::RLIMIT_RTPRIO),
+    ("rttime", libc::RLIMIT_RTTIME),
+    ("sigpending", libc::RLIMIT_SIGPENDING),
+    ("stack", libc::RLIMIT_STACK),
+    ("as", libc::RLIMIT_AS),
+];
+
+/// Docker's name of an `RLIMIT_*` number.
+pub fn ulimit_name(resource: i32) -> Option<&'static str> {
+    ULIMITS.iter().find(|(_, r)| *r as i32 == resource).map(|(n, _)| *n)
+}
+
 /// Parses docker's `--ulimit NAME=SOFT[:HARD]` (`-1` = unlimited).
 pub fn parse_ulimit(s: &str) -> Result<Rlimit, String> {
     let bad = || format!("invalid ulimit {s:?}: use NAME=SOFT[:HARD], e.g. nofile=1024:2048");
     let (name, vals) = s.split_once('=').ok_or_else(bad)?;
-    let resource = match name {
-        "core" => libc::RLIMIT_CORE,
-        "cpu" => libc::RLIMIT_CPU,
-        "data" => libc::RLIMIT_DATA,
-        "fsize" => libc::RLIMIT_FSIZE,
-        "locks" => libc::RLIMIT_LOCKS,
-        "memlock" => libc::RLIMIT_MEMLOCK,
-        "msgqueue" => libc::RLIMIT_MSGQUEUE,
-        "nice" => libc::RLIMIT_NICE,
-        "nofile" => libc::RLIMIT_NOFILE,
-        "nproc" => libc::RLIMIT_NPROC,
-        "rss" => libc::RLIMIT_RSS,
-        "rtprio" => libc::RLIMIT_RTPRIO,
-        "rttime" => libc::RLIMIT_RTTIME,
-        "sigpending" => libc::RLIMIT_SIGPENDING,
-        "stack" => libc::RLIMIT_STACK,
-        "as" => libc::RLIMIT_AS,
-        _ => return Err(format!("unknown ulimit type {name:?}")),
-    } as i32;
+    let resource = ULIMITS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, r)| *r as i32)
+        .ok_or_else(|| format!("unknown ulimit type {name:?}"))?;
     let num = |v: &str| -> Result<u64, String> {
         if v == "-1" || v == "unlimited" {
             Ok(libc::RLIM_INFINITY)

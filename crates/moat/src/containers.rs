@@ -35,6 +35,15 @@ pub struct CreateArgs {
     /// Container host name.
     #[arg(short = 'h', long)]
     hostname: Option<String>,
+    /// Container NIS domain name.
+    #[arg(long)]
+    domainname: Option<String>,
+    /// Tune the container's OOM preference (-1000 to 1000).
+    #[arg(long = "oom-score-adj", allow_hyphen_values = true)]
+    oom_score_adj: Option<i32>,
+    /// Add supplementary groups (names in the container's /etc/group, or GIDs).
+    #[arg(long = "group-add")]
+    group_add: Vec<String>,
     /// Print help (`-h` is the host name, as in Docker).
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -636,6 +645,9 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         workdir: a.workdir.clone().unwrap_or_default(),
         user: a.user.clone().unwrap_or_default(),
         hostname: a.hostname.clone().unwrap_or_default(),
+        domainname: a.domainname.clone().unwrap_or_default(),
+        oom_score_adj: a.oom_score_adj.unwrap_or(0),
+        group_add: a.group_add.clone(),
         tty: a.tty,
         open_stdin: a.interactive,
         stdin_once: a.interactive,

@@ -168,40 +168,11 @@ async fn bollard_attach_with_stdin() {
     d.remove_container(&id, Some(qp::RemoveContainerOptionsBuilder::default().force(true).build())).await.unwrap();
 }
 
-/// `GET path` on the API socket; the body.
+/// `GET path` on the API socket; the body of its 200.
 fn get(s: &ApiServer, path: &str) -> Vec<u8> {
-    use std::io::{BufRead, Read, Write};
-    let mut c = std::os::unix::net::UnixStream::connect(&s.sock).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n\r\n").unwrap();
-    let mut r = std::io::BufReader::new(c);
-    let mut status = String::new();
-    r.read_line(&mut status).unwrap();
-    assert!(status.starts_with("HTTP/1.1 200"), "{path}: {status}");
-    let mut chunked = false;
-    loop {
-        let mut h = String::new();
-        r.read_line(&mut h).unwrap();
-        if h == "\r\n" {
-            break;
-        }
-        chunked |= h.to_ascii_lowercase().starts_with("transfer-encoding: chunked");
-    }
-    let mut raw = Vec::new();
-    r.read_to_end(&mut raw).unwrap();
-    if !chunked {
-        return raw;
-    }
-    let mut out = Vec::new();
-    let mut rest = &raw[..];
-    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
-        let n = usize::from_str_radix(std::str::from_utf8(&rest[..i]).unwrap().trim(), 16).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&rest[i + 2..i + 2 + n]);
-        rest = &rest[i + 4 + n..];
-    }
-    out
+    let (code, _, body) = http(&s.sock, "GET", path, None);
+    assert_eq!(code, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    body
 }
 
 /// Deserializes into `T`, failing on any field of the wrong type, and

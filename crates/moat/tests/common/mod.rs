@@ -665,3 +665,52 @@ impl Drop for ApiServer {
         let _ = self.child.wait();
     }
 }
+
+/// One HTTP/1.1 request on a unix socket (`Connection: close`): the status
+/// code, the `Content-Type` (empty if none) and the body, de-chunked.
+pub fn http(sock: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u16, String, Vec<u8>) {
+    use std::io::{BufRead, Read};
+    let mut c = std::os::unix::net::UnixStream::connect(sock).unwrap_or_else(|e| panic!("{}: {e}", sock.display()));
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: moat\r\nConnection: close\r\n");
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    c.write_all(req.as_bytes()).expect("send request");
+    if let Some(b) = body {
+        c.write_all(b).expect("send body");
+    }
+    let mut r = std::io::BufReader::new(c);
+    let mut status = String::new();
+    r.read_line(&mut status).expect("status line");
+    let code = status.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{path}: {status:?}"));
+    let (mut chunked, mut ctype) = (false, String::new());
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header");
+        if h == "\r\n" || h.is_empty() {
+            break;
+        }
+        let lower = h.to_ascii_lowercase();
+        chunked |= lower.starts_with("transfer-encoding: chunked");
+        if let Some(v) = lower.strip_prefix("content-type:") {
+            ctype = v.trim().to_string();
+        }
+    }
+    let mut raw = Vec::new();
+    r.read_to_end(&mut raw).expect("body");
+    if !chunked {
+        return (code, ctype, raw);
+    }
+    let mut out = Vec::new();
+    let mut rest = &raw[..];
+    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+        let n = usize::from_str_radix(std::str::from_utf8(&rest[..i]).expect("chunk size").trim(), 16).expect("chunk");
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&rest[i + 2..i + 2 + n]);
+        rest = &rest[i + 4 + n..];
+    }
+    (code, ctype, out)
+}
