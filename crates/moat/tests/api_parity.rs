@@ -275,7 +275,7 @@ fn unapplied_settings_are_refused_by_name() {
     s.ok(&["rm", "-f", &id, "later"]);
 }
 
-/// `--group-add` and `--oom-score-adj` are applied to the container's
+/// `--group-add`, `--oom-score-adj` and `--domainname` are applied to the container's
 /// processes and its execs (read from the kernel: `id -G`, and
 /// `/proc/PID/oom_score_adj` of the host process in process isolation),
 /// through the docker CLI and the moat CLI; an unknown group fails the start.
@@ -292,15 +292,18 @@ fn groups_and_oom_score(iso: &str) {
         "1234",
         "--oom-score-adj",
         "300",
+        "--domainname",
+        "example.org",
         "busybox",
         "sh",
         "-c",
-        "id -G; cat /proc/self/oom_score_adj",
+        "id -G; cat /proc/self/oom_score_adj /proc/sys/kernel/domainname",
     ]);
-    assert_eq!(o, "0 1234 65534\n300\n", "the kernel sorts the groups");
-    // positive control: without them, root's groups and the default score
-    let o = s.ok(&["run", "--rm", &iso_flag, "busybox", "sh", "-c", "id -G; cat /proc/self/oom_score_adj"]);
-    assert_eq!(o, "0\n0\n");
+    assert_eq!(o, "0 1234 65534\n300\nexample.org\n", "the kernel sorts the groups");
+    // positive control: without them, root's groups, the default score, no domain
+    let probe = "id -G; cat /proc/self/oom_score_adj /proc/sys/kernel/domainname";
+    let o = s.ok(&["run", "--rm", &iso_flag, "busybox", "sh", "-c", probe]);
+    assert_eq!(o, "0\n0\n(none)\n");
     // lowering the score takes CAP_SYS_RESOURCE, which a utility VM's agent
     // has and a host may not (this machine's root lacks it): without it the
     // start fails and says why
