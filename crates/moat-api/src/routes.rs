@@ -186,7 +186,10 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
                 skip_stdout: !q.bool("stdout", false)?,
                 skip_stderr: !q.bool("stderr", false)?,
             };
-            attach(&ctx, &mut req, id, opts, upgrade).await
+            // dockerd's defaults: neither the log so far nor the live streams
+            let replay = Replay { logs: q.bool("logs", false)?, stream: q.bool("stream", false)? };
+            let escape = opts.stdin.then(|| detach_keys(q.get("detachKeys"))).transpose()?;
+            attach(&ctx, &mut req, id, opts, escape, replay, upgrade).await
         }
         (&Method::GET | &Method::HEAD, ["containers", id, "archive"]) => {
             archive_get(&ctx, id, &q, m == Method::HEAD).await
@@ -563,6 +566,13 @@ fn winsize(q: &Query) -> Result<WinSize> {
     Ok(WinSize { rows: h, cols: w })
 }
 
+/// The escape proxy for `keys` as Docker gives them (`ctrl-p,ctrl-q` when
+/// none), or a 400 that says what is wrong with them.
+fn detach_keys(keys: Option<&str>) -> Result<stream::Escape> {
+    let keys = keys.filter(|k| !k.is_empty()).unwrap_or("ctrl-p,ctrl-q");
+    Ok(stream::Escape::new(moat_engine::flags::detach_keys(keys)?))
+}
+
 fn exec_spec(v: &serde_json::Value) -> Result<moat_engine::ExecSpec> {
     let strs = |k: &str| crate::create::strings(v.get(k).unwrap_or(&serde_json::Value::Null), k);
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty()).map(str::to_string);
@@ -577,6 +587,8 @@ fn exec_spec(v: &serde_json::Value) -> Result<moat_engine::ExecSpec> {
         stdin: b("AttachStdin"),
         privileged: b("Privileged"),
         size,
+        // Go's JSON decoding ignores case: docker-py sends `detachKeys`
+        detach_keys: s("DetachKeys").or_else(|| s("detachKeys")).unwrap_or_default(),
         ..Default::default()
     })
 }
@@ -619,11 +631,22 @@ async fn start(ctx: &Arc<Ctx>, id: &str) -> Result<Resp> {
     Ok(empty(if started { 204 } else { 304 }))
 }
 
+/// What an attach sends besides the live streams' options.
+#[derive(Clone, Copy)]
+struct Replay {
+    /// The container's log so far first.
+    logs: bool,
+    /// Then the live streams (without: the connection ends after the log).
+    stream: bool,
+}
+
 async fn attach(
     ctx: &Arc<Ctx>,
     req: &mut Request<Incoming>,
     id: String,
     mut opts: AttachOptions,
+    escape: Option<stream::Escape>,
+    replay: Replay,
     upgrade: bool,
 ) -> Result<Resp> {
     let key = id.clone();
@@ -640,13 +663,31 @@ async fn attach(
     opts.stdin_once = once;
     let on = hyper::upgrade::on(req);
     let ctx = ctx.clone();
-    if running {
+    if !replay.stream {
+        // the log (if asked for) and the end, whatever the container does
+        tokio::spawn(async move {
+            let Some(h) = stream::hijack(on).await else { return };
+            let _ = tokio::task::spawn_blocking(move || {
+                if replay.logs {
+                    match ctx.open() {
+                        Ok(mut e) => stream::replay_logs(&mut e, &cid, &opts, tty, &h),
+                        Err(err) => tracing::warn!("attach {cid}: {err}"),
+                    }
+                }
+                let _ = h.sock.shutdown(std::net::Shutdown::Both);
+            })
+            .await;
+        });
+    } else if running {
         tokio::spawn(async move {
             let Some(h) = stream::hijack(on).await else { return };
             let _ = tokio::task::spawn_blocking(move || {
                 let Ok(mut e) = ctx.open() else { return };
+                if replay.logs {
+                    stream::replay_logs(&mut e, &cid, &opts, tty, &h);
+                }
                 if let Ok((_, s)) = e.attach(&cid, opts) {
-                    stream::relay(s, h, opts.stdin);
+                    stream::relay_attached(s, h, escape)
                 }
             })
             .await;
@@ -660,7 +701,13 @@ async fn attach(
         }
         tokio::spawn(async move {
             let Some(h) = stream::hijack(on).await else { return };
-            let _ = tokio::task::spawn_blocking(move || stream::pending_attach(ctx, cid, opts, rx, claimed, h)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                if let (true, Ok(mut e)) = (replay.logs, ctx.open()) {
+                    stream::replay_logs(&mut e, &cid, &opts, tty, &h);
+                }
+                stream::pending_attach(ctx, cid, opts, escape, rx, claimed, h)
+            })
+            .await;
         });
     }
     Ok(http::upgraded(stream::content_type(tty)))
@@ -671,9 +718,13 @@ async fn exec_start(ctx: &Arc<Ctx>, req: Request<Incoming>, id: String, upgrade:
     let body = ctx.read_body(body).await?;
     let v: serde_json::Value = http::parse_json(&body)?;
     let detach = v.get("Detach").and_then(|d| d.as_bool()).unwrap_or(false);
+    // dockerd frames the output by the start request's Tty, whatever the
+    // exec was created with (a tty exec started without Tty is multiplexed)
+    let tty = v.get("Tty").and_then(|d| d.as_bool()).unwrap_or(false);
     let size = crate::create::console_size(&v);
     let key = id.clone();
-    let (tty, stdin) = engine(ctx, move |e| e.exec_inspect(&key).map(|r| (r.spec.tty, r.spec.stdin))).await?;
+    let (stdin, keys) = engine(ctx, move |e| e.exec_inspect(&key).map(|r| (r.spec.stdin, r.spec.detach_keys))).await?;
+    let escape = stdin.then(|| detach_keys(Some(&keys))).transpose()?;
     if detach {
         engine(ctx, move |e| e.exec_start(&id, true, size).map(|_| ())).await?;
         return Ok(empty(200));
@@ -687,7 +738,7 @@ async fn exec_start(ctx: &Arc<Ctx>, req: Request<Incoming>, id: String, upgrade:
             let _ = tokio::task::spawn_blocking(move || {
                 let Ok(mut e) = ctx.open() else { return };
                 match e.exec_start(&id, false, size) {
-                    Ok(s) => stream::relay(s, h, stdin),
+                    Ok(s) => stream::relay(s, h, escape, tty),
                     Err(err) => {
                         // dockerd writes why on the session's stdout; the
                         // exit code (126) is the exec's, which the client
@@ -710,7 +761,7 @@ async fn exec_start(ctx: &Arc<Ctx>, req: Request<Incoming>, id: String, upgrade:
     }
     let session = engine(&ctx, move |e| e.exec_start(&id, false, size)).await?;
     let (tx, resp) = http::streaming(200, stream::content_type(tty));
-    tokio::task::spawn_blocking(move || stream::relay_to_body(session, tx));
+    tokio::task::spawn_blocking(move || stream::relay_to_body(session, tx, tty));
     Ok(resp)
 }
 

@@ -80,15 +80,31 @@ pub(crate) async fn hijack(on: hyper::upgrade::OnUpgrade) -> Option<Hijacked> {
 }
 
 /// Relays `session` over a hijacked connection until the process ends:
-/// output framed (or raw with a terminal), stdin forwarded and its EOF
-/// passed on as a close of the process's stdin (output keeps flowing).
-pub(crate) fn relay(mut session: Session, h: Hijacked, stdin: bool) {
-    let tty = session.tty();
+/// output framed (or `raw`: an attach to a container with a terminal, an
+/// exec *started* with `Tty`, as dockerd frames by the start request), stdin
+/// forwarded and its EOF passed on as a close of the process's stdin
+/// (output keeps flowing).
+pub(crate) fn relay(mut session: Session, h: Hijacked, stdin: Option<Escape>, raw: bool) {
+    let tty = raw;
     let Hijacked { sock, early } = h;
-    if stdin {
-        if let (Ok(mut w), Ok(mut rd)) = (session.writer(), sock.try_clone()) {
+    until_read(&sock);
+    if let Some(mut esc) = stdin {
+        if let (Ok(mut w), Ok(mut rd), Ok(hangup)) = (session.writer(), sock.try_clone(), sock.try_clone()) {
             std::thread::spawn(move || {
-                if !early.is_empty() && w.stdin(&early).is_err() {
+                // the detach keys end this client's session and leave the
+                // process and its stdin alone, as dockerd's escape proxy does
+                let mut forward = |data: &[u8]| -> bool {
+                    let (pass, detached) = esc.feed(data);
+                    if !pass.is_empty() && w.stdin(&pass).is_err() {
+                        return false;
+                    }
+                    if detached {
+                        let _ = hangup.shutdown(std::net::Shutdown::Both);
+                        return false;
+                    }
+                    true
+                };
+                if !early.is_empty() && !forward(&early) {
                     return;
                 }
                 let mut buf = vec![0u8; 32 << 10];
@@ -99,7 +115,7 @@ pub(crate) fn relay(mut session: Session, h: Hijacked, stdin: bool) {
                             return;
                         }
                         Ok(n) => {
-                            if w.stdin(&buf[..n]).is_err() {
+                            if !forward(&buf[..n]) {
                                 return;
                             }
                         }
@@ -132,6 +148,102 @@ pub(crate) fn relay(mut session: Session, h: Hijacked, stdin: bool) {
     let _ = sock.shutdown(std::net::Shutdown::Both);
 }
 
+/// Waits (at most a second) until the client has read what was sent on
+/// `sock` so far: the `101` answer. A client that reads the answer through
+/// a buffer and the stream from the raw socket (docker-py does) would lose
+/// output that arrived with the answer into that buffer.
+fn until_read(sock: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let t0 = std::time::Instant::now();
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        if rc != 0 || queued == 0 || t0.elapsed() > Duration::from_secs(1) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Relays an attach: framed unless the container has a terminal.
+pub(crate) fn relay_attached(session: Session, h: Hijacked, stdin: Option<Escape>) {
+    let raw = session.tty();
+    relay(session, h, stdin, raw)
+}
+
+/// dockerd's escape proxy: watches a client's stdin for the detach keys.
+/// Bytes that may begin the sequence are held back until it is complete
+/// (detach) or broken (passed on).
+#[derive(Debug, Clone)]
+pub(crate) struct Escape {
+    keys: Vec<u8>,
+    held: usize,
+}
+
+impl Escape {
+    /// Watching for `keys` (none: nothing detaches).
+    pub(crate) fn new(keys: Vec<u8>) -> Self {
+        Self { keys, held: 0 }
+    }
+
+    /// The bytes to pass on, and whether the keys were typed.
+    pub(crate) fn feed(&mut self, data: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(data.len());
+        if self.keys.is_empty() {
+            out.extend_from_slice(data);
+            return (out, false);
+        }
+        for &b in data {
+            if b == self.keys[self.held] {
+                self.held += 1;
+                if self.held == self.keys.len() {
+                    self.held = 0;
+                    return (out, true);
+                }
+                continue;
+            }
+            // a broken sequence: what was held goes through, then this byte
+            // (which may start the sequence again)
+            out.extend_from_slice(&self.keys[..self.held]);
+            self.held = 0;
+            if b == self.keys[0] {
+                self.held = 1;
+                if self.keys.len() == 1 {
+                    self.held = 0;
+                    return (out, true);
+                }
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
+}
+
+/// Writes the container's log so far into a hijacked attach (`logs=1`):
+/// the streams asked for, framed unless the container has a terminal.
+pub(crate) fn replay_logs(e: &mut moat_engine::Engine, id: &str, opts: &AttachOptions, tty: bool, h: &Hijacked) {
+    until_read(&h.sock);
+    let mut logs = match e.logs(id, &moat_engine::LogOptions::default()) {
+        Ok((_, l)) => l,
+        Err(err) => {
+            tracing::warn!("attach {id}: cannot read the log: {err}");
+            return;
+        }
+    };
+    let mut sock = &h.sock;
+    while let Ok(Some(r)) = logs.next_record() {
+        let (s, skip) = match r.stream.as_str() {
+            "stderr" => (Stream::Stderr, opts.skip_stderr),
+            _ => (Stream::Stdout, opts.skip_stdout),
+        };
+        if !skip && sock.write_all(&chunk(tty, s, r.log.as_bytes())).is_err() {
+            return;
+        }
+    }
+}
+
 /// Waits until `session` has something to read (true) or the client's
 /// socket hung up or failed (false).
 fn wait_session_or_hangup(session: &Session, client: &UnixStream) -> bool {
@@ -155,9 +267,9 @@ pub(crate) const CLIENT_CHECK: Duration = Duration::from_secs(1);
 
 /// Relays a session's output into a streamed response body (a client that
 /// did not ask for an upgrade); ends when the client went away, without
-/// waiting for the container to write.
-pub(crate) fn relay_to_body(mut session: Session, tx: tokio::sync::mpsc::Sender<Bytes>) {
-    let tty = session.tty();
+/// waiting for the container to write. Framed unless `raw` (as [`relay`]).
+pub(crate) fn relay_to_body(mut session: Session, tx: tokio::sync::mpsc::Sender<Bytes>, raw: bool) {
+    let tty = raw;
     loop {
         if tx.is_closed() {
             break;
@@ -183,6 +295,7 @@ pub(crate) fn pending_attach(
     ctx: Arc<Ctx>,
     id: String,
     opts: AttachOptions,
+    escape: Option<Escape>,
     rx: std::sync::mpsc::Receiver<Session>,
     claimed: Arc<std::sync::atomic::AtomicBool>,
     h: Hijacked,
@@ -191,7 +304,7 @@ pub(crate) fn pending_attach(
         match rx.recv_timeout(Duration::from_millis(500)) {
             Ok(mut s) => {
                 if s.attach(opts).is_ok() {
-                    relay(s, h, opts.stdin);
+                    relay_attached(s, h, escape)
                 }
                 return;
             }
@@ -217,7 +330,7 @@ pub(crate) fn pending_attach(
                             continue;
                         }
                         if let Ok((_, s)) = e.attach(&id, opts) {
-                            relay(s, h, opts.stdin);
+                            relay_attached(s, h, escape)
                         }
                         return;
                     }
@@ -225,6 +338,24 @@ pub(crate) fn pending_attach(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::Escape;
+
+    #[test]
+    fn the_keys_detach_and_broken_sequences_pass() {
+        let mut e = Escape::new(vec![0x10, 0x11]);
+        assert_eq!(e.feed(b"ab\x10"), (b"ab".to_vec(), false));
+        assert_eq!(e.feed(b"\x11rest"), (Vec::new(), true));
+        let mut e = Escape::new(vec![0x10, 0x11]);
+        assert_eq!(e.feed(b"\x10x\x10\x10\x11"), (b"\x10x\x10".to_vec(), true));
+        let mut e = Escape::new(Vec::new());
+        assert_eq!(e.feed(b"\x10\x11"), (b"\x10\x11".to_vec(), false));
+        let mut e = Escape::new(vec![b'q']);
+        assert_eq!(e.feed(b"aq"), (b"a".to_vec(), true));
     }
 }
 

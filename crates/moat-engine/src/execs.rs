@@ -128,6 +128,9 @@ impl Engine {
         for e in &spec.env {
             crate::validate::env(e)?;
         }
+        if !spec.detach_keys.is_empty() {
+            crate::flags::detach_keys(&spec.detach_keys)?;
+        }
         // what runs when none is given, as dockerd records it
         if spec.user.as_deref().unwrap_or_default().is_empty() && !c.config.user.is_empty() {
             spec.user = Some(c.config.user.clone());

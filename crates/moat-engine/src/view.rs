@@ -2178,7 +2178,7 @@ impl ExecInspect {
             open_stderr: true,
             can_remove: false,
             container_id: r.container_id.clone(),
-            detach_keys: String::new(),
+            detach_keys: r.spec.detach_keys.clone(),
             pid: r.pid,
         }
     }

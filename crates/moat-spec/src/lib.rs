@@ -99,6 +99,11 @@ pub struct ExecSpec {
     pub detach: bool,
     /// Extra privileges (`exec --privileged`).
     pub privileged: bool,
+    /// The keys that detach a client from the session, as given
+    /// (`ctrl-p,ctrl-q` when empty); the front end that relays stdin
+    /// watches for them.
+    #[serde(default)]
+    pub detach_keys: String,
 }
 
 /// One row of a process listing.

@@ -573,3 +573,72 @@ fn network_create_refuses_what_a_switch_cannot_do() {
     r.ok(&["network", "create", "o3"]);
     r.ok(&["network", "rm", "o3"]);
 }
+
+/// Streams as dockerd frames them: an exec's output by the *start*
+/// request's `Tty` (a tty exec started without it is multiplexed, and the
+/// reverse), `attach` with `logs=1` and no `stream` answers the log at once
+/// and ends, even for an exited container; the detach keys typed into a raw
+/// client's stdin (docker-py's socket, no docker CLI in between) end its
+/// session and leave the container running, for attach and exec.
+#[test]
+fn stream_framing_attach_logs_and_detach_keys() {
+    let (r, s) = served();
+    r.ok(&["run", "-d", "--name", "t", "-i", "busybox", "sh"]);
+    let exec = |tty_create: bool, tty_start: bool| -> (u16, Vec<u8>) {
+        let body = format!(r#"{{"Cmd":["echo","hi"],"AttachStdout":true,"AttachStderr":true,"Tty":{tty_create}}}"#);
+        let (code, _, id) = http(&s.sock, "POST", "/containers/t/exec", Some(body.as_bytes()));
+        assert_eq!(code, 201);
+        let id: serde_json::Value = serde_json::from_slice(&id).unwrap();
+        let start = format!(r#"{{"Detach":false,"Tty":{tty_start}}}"#);
+        let (code, _, out) =
+            http(&s.sock, "POST", &format!("/exec/{}/start", id["Id"].as_str().unwrap()), Some(start.as_bytes()));
+        (code, out)
+    };
+    assert_eq!(exec(true, false), (200, b"\x01\0\0\0\0\0\0\x04hi\r\n".to_vec()), "a tty exec started without Tty");
+    assert_eq!(exec(true, true), (200, b"hi\r\n".to_vec()), "a tty exec started with Tty");
+    assert_eq!(exec(false, false), (200, b"\x01\0\0\0\0\0\0\x03hi\n".to_vec()), "no tty at all");
+    assert_eq!(exec(false, true), (200, b"hi\n".to_vec()), "no tty, started raw");
+    // attach logs=1 without stream: the log, then the end (here of an exited container)
+    r.ok(&["run", "--name", "lg", "busybox", "sh", "-c", "echo one; sleep 0.2; echo two >&2"]);
+    docker_py(
+        &s,
+        "c = docker.DockerClient(base_url=sys.argv[1], timeout=20)\n\
+         out = c.api.attach('lg', stdout=True, stderr=True, logs=True)\n\
+         assert out == b'one\\ntwo\\n', out\n\
+         assert c.api.attach('lg', stdout=True, stderr=False, logs=True) == b'one\\n'\n\
+         assert c.api.attach('lg', logs=False) == b''",
+    );
+    // detach keys through a raw socket: input before them reaches the
+    // shell (positive control), the keys end the session, the container runs
+    docker_py(
+        &s,
+        "def session(sock):\n    s = sock._sock\n    s.settimeout(20)\n    return s\n\
+         def drain(s):\n    data = b''\n    while True:\n        b = s.recv(4096)\n        if not b:\n            return data\n        data += b\n\
+         sk = session(c.api.attach_socket('t', params={'stdin': 1, 'stdout': 1, 'stream': 1, 'detachKeys': 'ctrl-x,y'}))\n\
+         sk.sendall(b'echo through-attach\\n')\n\
+         out = b''\n\
+         while b'through-attach' not in out:\n    out += sk.recv(4096)\n\
+         sk.sendall(b'\\x18y')\n\
+         assert drain(sk) == b''\n\
+         assert c.containers.get('t').status == 'running'\n\
+         e = c.api.exec_create('t', 'cat', stdin=True, detach_keys='ctrl-p,ctrl-q')\n\
+         sk = session(c.api.exec_start(e['Id'], socket=True))\n\
+         sk.sendall(b'through-exec\\n')\n\
+         out = b''\n\
+         while b'through-exec' not in out:\n    out += sk.recv(4096)\n\
+         sk.sendall(b'\\x10\\x11')\n\
+         assert drain(sk) == b''\n\
+         assert c.api.exec_inspect(e['Id'])['DetachKeys'] == 'ctrl-p,ctrl-q'\n\
+         assert c.containers.get('t').status == 'running'",
+    );
+    // the shell still reads: its stdin was not closed by either detach
+    assert_eq!(s.ok(&["exec", "t", "sh", "-c", "echo alive"]), "alive\n");
+    // bad keys: a 400 before the upgrade (the docker CLI shows only the status, as with dockerd)
+    let (code, _, body) = http(&s.sock, "POST", "/containers/t/attach?stdin=1&stream=1&detachKeys=ctrl-", None);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (code, v["message"].as_str().unwrap()),
+        (400, "invalid detach key \"ctrl-\" in \"ctrl-\": use letters or ctrl-<key>, comma-separated")
+    );
+    r.ok(&["rm", "-f", "t", "lg"]);
+}
