@@ -268,7 +268,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         (&Method::POST, ["images", rest @ .., "push"]) if !rest.is_empty() => {
             let reference = q.with_tag(&rest.join("/"));
             let o = moat_engine::registry::PullOptions { auth: registry_auth(&req)?, ..Default::default() };
-            progress_stream(&ctx, true, o, move |e, o, p| e.push(&reference, o, p).map(|_| ()))
+            progress_stream(&ctx, true, o, move |e, o, p| e.push(&reference, o, p).map(|_| ())).await
         }
         (&Method::GET, ["images", "get"]) => {
             let names: Vec<String> = q.all("names").into_iter().map(str::to_string).collect();
@@ -982,18 +982,31 @@ async fn save(ctx: &Arc<Ctx>, names: Vec<String>) -> Result<Resp> {
 
 /// `load`: the archive is spooled to the root's scratch space first (the
 /// engine reads it as a file), then loaded; the answer is Docker's stream.
+/// `images/load`: the archive spooled, then Docker's JSON lines streamed
+/// (chunked, as docker-py reads them); a bad archive is the stream's
+/// `errorDetail`, which docker-py raises as `ImageLoadError`.
 async fn load(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Result<Resp> {
     let file = spool(ctx, req.into_body()).await?;
-    let loaded = engine(ctx, move |e| {
-        let f = std::fs::File::open(file.path()).map_err(EngineError::io("read the spooled archive"))?;
-        e.load_images(f)
-    })
-    .await?;
-    let mut out = String::new();
-    for line in loaded.iter().flat_map(|l| l.report()) {
-        out.push_str(&format!("{}\n", j!({ "stream": format!("{line}\n") })));
-    }
-    Ok(http::body(200, "application/json", out))
+    let (tx, resp) = http::streaming(200, "application/json");
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let send = |v: serde_json::Value| {
+            let _ = tx.blocking_send(Bytes::from(format!("{v}\n")));
+        };
+        let loaded = ctx.open().and_then(|mut e| {
+            let f = std::fs::File::open(file.path()).map_err(EngineError::io("read the spooled archive"))?;
+            e.load_images(f)
+        });
+        match loaded {
+            Ok(loaded) => {
+                for line in loaded.iter().flat_map(|l| l.report()) {
+                    send(j!({ "stream": format!("{line}\n") }));
+                }
+            }
+            Err(e) => send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() })),
+        }
+    });
+    Ok(resp)
 }
 
 /// `images/create?fromImage=..&tag=..`: a pull, its progress as Docker's JSON lines.
@@ -1040,14 +1053,14 @@ async fn pull(ctx: &Arc<Ctx>, q: &Query, auth: Option<moat_engine::registry::Reg
     };
     let platform = q.get("platform").filter(|p| !p.is_empty()).map(str::to_string);
     let o = PullOptions { platform, auth, ..Default::default() };
-    progress_stream(ctx, false, o, move |e, o, p| e.pull(&reference, o, p).map(|_| ()))
+    progress_stream(ctx, false, o, move |e, o, p| e.pull(&reference, o, p).map(|_| ())).await
 }
 
 type Progress<'a> = &'a (dyn Fn(moat_engine::registry::PullEvent) + Sync);
 
 /// Runs a pull or push, streaming its progress as Docker's JSON lines (an
 /// error as the last line, as Docker sends it).
-fn progress_stream(
+async fn progress_stream(
     ctx: &Arc<Ctx>,
     push: bool,
     o: moat_engine::registry::PullOptions,
@@ -1057,9 +1070,20 @@ fn progress_stream(
 ) -> Result<Resp> {
     use moat_engine::registry::PullEvent;
     let (tx, resp) = http::streaming(200, "application/json");
+    // the answer waits for the first line: an operation that fails before
+    // it reported anything is an HTTP error (dockerd's rule), later errors
+    // are the stream's last line
+    let (first_tx, first) = tokio::sync::oneshot::channel::<Option<EngineError>>();
+    let first_tx = std::sync::Mutex::new(Some(first_tx));
     let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
+        let started = || {
+            if let Some(t) = first_tx.lock().ok().and_then(|mut f| f.take()) {
+                let _ = t.send(None);
+            }
+        };
         let send = |v: serde_json::Value| {
+            started();
             let _ = tx.blocking_send(Bytes::from(format!("{v}\n")));
         };
         let progress = |ev: PullEvent| match ev {
@@ -1071,8 +1095,16 @@ fn progress_stream(
         };
         let r = ctx.open().and_then(|mut e| f(&mut e, &o, &progress));
         if let Err(e) = r {
-            send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() }));
+            match first_tx.lock().ok().and_then(|mut f| f.take()) {
+                Some(t) => {
+                    let _ = t.send(Some(e));
+                }
+                None => send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() })),
+            }
         }
     });
-    Ok(resp)
+    match first.await {
+        Ok(Some(e)) => Err(e.into()),
+        _ => Ok(resp),
+    }
 }

@@ -218,11 +218,9 @@ impl Engine {
             (None, Some(t)) => t.clone(),
             (None, None) => "latest".into(),
         };
-        progress(PullEvent::Status(format!(
-            "{}: Pulling from {}",
-            r.tag.clone().unwrap_or_else(|| reference_part.clone()),
-            if target.registry == moat_registry::DOCKER_HUB { target.repo.clone() } else { r.repo.clone() }
-        )));
+        // nothing is reported before the manifest resolved: a pull that
+        // cannot start fails as a whole (the API answers an HTTP error then,
+        // as dockerd does), one that started reports its error in the stream
         let top = client.manifest(&target, &reference_part)?;
         let manifest = match manifest::parse(&top.media_type, &top.bytes)? {
             Parsed::Image(m) => m,
@@ -237,6 +235,11 @@ impl Engine {
                 }
             }
         };
+        progress(PullEvent::Status(format!(
+            "{}: Pulling from {}",
+            r.tag.clone().unwrap_or_else(|| reference_part.clone()),
+            if target.registry == moat_registry::DOCKER_HUB { target.repo.clone() } else { r.repo.clone() }
+        )));
         // the manifest digest users pin is the top one (the index's, for a multi-platform image)
         let repo_digest = format!("{}@{}", r.repo, top.digest);
         if manifest.config.size > moat_image::MAX_CONFIG_BYTES {

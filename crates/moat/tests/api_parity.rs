@@ -642,3 +642,58 @@ fn stream_framing_attach_logs_and_detach_keys() {
     );
     r.ok(&["rm", "-f", "t", "lg"]);
 }
+
+/// `/images/load` streams Docker's JSON lines and a bad archive is the
+/// stream's `errorDetail` (docker-py's `ImageLoadError`); a pull that cannot
+/// start (no registry there, no such repository) is an HTTP error before any
+/// stream, as dockerd answers, and one that fails midway (a layer the
+/// registry lost) ends its stream with the error.
+#[test]
+fn load_and_pull_errors_where_dockerd_puts_them() {
+    let r = Root::new();
+    let s = ApiServer::start(&r);
+    let archive = busybox_archive().0.display().to_string();
+    docker_py(
+        &s,
+        &format!(
+            "imgs = c.images.load(open('{archive}', 'rb').read())\n\
+             assert [i.tags for i in imgs] == [['busybox:latest']], imgs\n\
+             try:\n    c.images.load(b'this is not a tar archive' * 100)\n    raise SystemExit('garbage loaded')\n\
+             except docker.errors.ImageLoadError as e:\n    assert str(e), e"
+        ),
+    );
+    let (code, ctype, body) = http(&s.sock, "POST", "/images/load", Some(b"garbage"));
+    let last: serde_json::Value = serde_json::from_slice(body.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!((code, ctype.as_str()), (200, "application/json"));
+    assert!(last["errorDetail"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{last}");
+    // cannot start: an HTTP error, the docker CLI's "Error response from daemon"
+    let reg = Registry::start();
+    for (path, want) in [
+        ("/images/create?fromImage=127.0.0.1:1/nosuch&tag=1", 500),
+        (&*format!("/images/create?fromImage={}/nosuch&tag=1", reg.addr), 404),
+    ] {
+        let (code, _, body) = http(&s.sock, "POST", path, None);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(code, want, "{path}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+    let e = s.fails(&["pull", &format!("{}/nosuch:1", reg.addr)]);
+    assert!(e.starts_with("Error response from daemon: "), "{e}");
+    // started, then failed: the stream's last line
+    let name = format!("{}/bb:1", reg.addr);
+    r.ok(&["tag", "busybox", &name]);
+    r.ok(&["push", &name]);
+    r.ok(&["rmi", &name, "busybox"]);
+    let blobs = walk(&reg.dir.path().join("data/docker/registry/v2/blobs"));
+    let layer =
+        blobs.iter().filter(|p| p.ends_with("data")).max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    assert!(std::fs::metadata(layer).unwrap().len() > 100_000, "the layer is the biggest blob");
+    std::fs::remove_file(layer).unwrap();
+    let (code, _, body) = http(&s.sock, "POST", &format!("/images/create?fromImage={}/bb&tag=1", reg.addr), None);
+    let text = String::from_utf8_lossy(&body);
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(code, 200, "{text}");
+    assert!(text.lines().next().unwrap().contains("Pulling from"), "{text}");
+    assert!(last["errorDetail"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
+    assert_eq!(s.ok(&["images", "-q"]), "", "nothing stored");
+}
