@@ -285,6 +285,9 @@ impl Engine {
             let _ = self.pause(c.id(), false);
         }
         let id = result?;
+        if id != c.row.image_id {
+            self.images.store_mut().set_image_parent(&id, &c.row.image_id)?;
+        }
         let mut ev = crate::events::Event::container("commit", &c);
         if let Some(r) = &req.reference {
             ev = ev.attr("imageRef", r);

@@ -1261,6 +1261,7 @@ impl ImageInspect {
     pub fn of_stored(e: &Engine, img: &moat_store::ImageRecord) -> Self {
         let mut v = Self::of(img);
         v.repo_digests = e.images.store().repo_digests(&img.id).unwrap_or_default();
+        v.parent = e.images.store().image_parent(&img.id).ok().flatten().map(|p| p.to_string()).unwrap_or_default();
         v
     }
 
@@ -1291,6 +1292,7 @@ impl ImageSummary {
     pub fn of_stored(e: &mut Engine, img: &moat_store::ImageRecord) -> Result<Self, EngineError> {
         let mut s = Self::of(img, e.image_users(img)?);
         s.repo_digests = e.images.store().repo_digests(&img.id).unwrap_or_default();
+        s.parent_id = e.images.store().image_parent(&img.id)?.map(|p| p.to_string()).unwrap_or_default();
         Ok(s)
     }
 

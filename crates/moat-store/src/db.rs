@@ -132,7 +132,7 @@ pub struct SwitchRow {
     pub config: String,
 }
 
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE images(
@@ -216,6 +216,14 @@ CREATE TABLE repo_digests(
   image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
 );
 CREATE INDEX repo_digests_image ON repo_digests(image_id);
+";
+
+/// Version 6: the image a committed image was made from (Docker's `Parent`).
+const SCHEMA_V6: &str = "
+CREATE TABLE image_parents(
+  image_id TEXT PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+  parent TEXT NOT NULL
+);
 ";
 
 /// A volume row.
@@ -418,6 +426,9 @@ impl Store {
             }
             if v < 5 {
                 tx.execute_batch(SCHEMA_V5)?;
+            }
+            if v < 6 {
+                tx.execute_batch(SCHEMA_V6)?;
             }
             if v < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -883,6 +894,26 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    /// Records that `id` was committed from a container of `parent`.
+    pub fn set_image_parent(&mut self, id: &Digest, parent: &Digest) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO image_parents(image_id, parent) VALUES (?1, ?2) ON CONFLICT(image_id) DO UPDATE SET parent = excluded.parent",
+                params![id.hex(), parent.hex()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The image `id` was committed from, if it was and is still recorded.
+    pub fn image_parent(&self, id: &Digest) -> Result<Option<Digest>, StoreError> {
+        let p: Option<String> = self
+            .conn
+            .query_row("SELECT parent FROM image_parents WHERE image_id = ?1", [id.hex()], |r| r.get(0))
+            .optional()?;
+        p.map(|p| digest(&p)).transpose()
     }
 
     /// The `name@sha256:...` entries of an image.

@@ -697,3 +697,24 @@ fn load_and_pull_errors_where_dockerd_puts_them() {
     assert!(last["errorDetail"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
     assert_eq!(s.ok(&["images", "-q"]), "", "nothing stored");
 }
+
+/// A committed image records the image its container was made from
+/// (`Parent` in inspect, `ParentId` in the list), as dockerd does; a loaded
+/// image has none.
+#[test]
+fn commit_records_its_parent() {
+    let (r, s) = served();
+    let base = r.ok(&["inspect", "-f", "{{.Id}}", "busybox"]).trim().to_string();
+    assert_eq!(s.ok(&["inspect", "-f", "{{.Parent}}", "busybox"]), "\n", "loaded: no parent");
+    s.ok(&["run", "--name", "p", "busybox", "touch", "/made"]);
+    let id = s.ok(&["commit", "p", "child:1"]).trim().to_string();
+    assert_eq!(s.ok(&["inspect", "-f", "{{.Parent}}", "child:1"]).trim(), base);
+    docker_py(
+        &s,
+        &format!(
+            "img = [i for i in c.api.images() if i['Id'] == '{id}'][0]\n\
+             assert img['ParentId'] == '{base}', img"
+        ),
+    );
+    assert_eq!(r.ok(&["image", "inspect", "-f", "{{.Parent}}", "child:1"]).trim(), base, "the moat CLI too");
+}
