@@ -121,8 +121,10 @@ impl Engine {
         if cfg.isolation.is_none() {
             cfg.isolation = Some(self.settings.default_isolation);
         }
-        if cfg.network.is_empty() || network::is_default(&cfg.network) {
-            cfg.network = moat_net::DEFAULT_SWITCH.into();
+        // kept as given (`default` when none), as dockerd shows it; every
+        // name of the default switch finds it (`network::is_default`)
+        if cfg.network.is_empty() {
+            cfg.network = "default".into();
         }
         check_isolation(&cfg, cfg.isolation())?;
         if cfg.init {

@@ -134,7 +134,9 @@ impl ContainerFilter {
                 i.parse::<moat_core::Isolation>().is_ok_and(|want| want == c.config.isolation())
             })
             && any(f.get("network"), |n| {
-                c.config.networks.iter().any(|ep| ep.switch == n || ep.switch_id.starts_with(n))
+                c.config.networks.iter().any(|ep| {
+                    ep.switch == n || crate::network::shown_name(&ep.switch) == n || ep.switch_id.starts_with(n)
+                })
             })
             && any(f.get("health"), |h| match &c.state.health {
                 Some(x) if c.is_running() => x.status.to_string() == h,
@@ -286,7 +288,7 @@ impl SwitchFilter {
     pub fn matches(&self, s: &crate::network::Switch, members: usize) -> bool {
         let f = &self.f;
         let builtin = crate::network::is_default(&s.name);
-        any(f.get("name"), |n| s.name.contains(n))
+        any(f.get("name"), |n| crate::network::shown_name(&s.name).contains(n))
             && any(f.get("id"), |i| s.id.starts_with(i))
             && any(f.get("driver"), |d| d == "bridge")
             && any(f.get("scope"), |d| d == "local")

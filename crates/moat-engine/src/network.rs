@@ -54,7 +54,7 @@ fn parse(row: SwitchRow) -> Result<Switch, EngineError> {
 
 /// A network event about switch `s` (and container `cid`).
 fn network_event(action: &str, s: &Switch, cid: Option<&str>) -> crate::events::Event {
-    let mut e = crate::events::Event::new("network", action, &s.id).attr("name", &s.name).attr("type", "bridge");
+    let mut e = crate::events::Event::new("network", action, &s.id).attr("name", shown_name(&s.name)).attr("type", "bridge");
     if let Some(c) = cid {
         e = e.attr("container", c);
     }
@@ -67,6 +67,16 @@ pub fn check_driver(driver: &str) -> Result<(), EngineError> {
         Ok(())
     } else {
         Err(EngineError::Unsupported(format!("unsupported driver {driver:?}: moat switches are bridges")))
+    }
+}
+
+/// The name a switch is shown by: Docker's `bridge` for the default switch
+/// (stored as `moat`), its own name otherwise.
+pub fn shown_name(name: &str) -> &str {
+    if name == DEFAULT_SWITCH {
+        "bridge"
+    } else {
+        name
     }
 }
 

@@ -251,7 +251,7 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
         .enumerate()
         .map(|(n, e)| {
             (
-                e.switch.clone(),
+                crate::network::shown_name(&e.switch).to_string(),
                 EndpointSettings {
                     network_id: e.switch_id.clone(),
                     endpoint_id: format!("{}{}", &c.id()[..32], &e.switch_id[..32]),
@@ -386,7 +386,13 @@ impl PsRow {
             status: c.status_text(),
             names: c.name().to_string(),
             labels: c.config.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-            networks: c.config.networks.iter().map(|e| e.switch.clone()).collect::<Vec<_>>().join(","),
+            networks: c
+                .config
+                .networks
+                .iter()
+                .map(|e| crate::network::shown_name(&e.switch))
+                .collect::<Vec<_>>()
+                .join(","),
             mounts: c
                 .config
                 .binds
@@ -1460,7 +1466,7 @@ impl NetworkInspect {
             }
         }
         Self {
-            name: s.name.clone(),
+            name: crate::network::shown_name(&s.name).to_string(),
             id: s.id.clone(),
             created: rfc3339(Some(s.created)),
             scope: "local".into(),
@@ -2088,7 +2094,7 @@ impl NetworkRow {
     pub fn of(s: &crate::network::Switch, no_trunc: bool) -> Self {
         Self {
             id: if no_trunc { s.id.clone() } else { s.id[..12].to_string() },
-            name: s.name.clone(),
+            name: crate::network::shown_name(&s.name).to_string(),
             driver: "bridge".into(),
             scope: "local".into(),
             subnet: s.config.subnet.to_string(),

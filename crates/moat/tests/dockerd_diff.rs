@@ -538,8 +538,8 @@ fn moat_answers_as_dockerd_does() {
     );
     codes("create default", &a, 201);
     let a = t.same("inspect default", "GET", "/containers/dfplain/json", None);
-    agree("inspect default", &a, &["/HostConfig/LogConfig", "/Config/Env"]);
-    t.values("inspect default", &a, &["/HostConfig/NetworkMode", "/HostConfig/RestartPolicy"]);
+    agree("inspect default", &a, &["/HostConfig/LogConfig", "/Config/Env", "/HostConfig/NetworkMode"]);
+    t.values("inspect default", &a, &["/HostConfig/RestartPolicy"]);
     let a = t.same("rm force", "DELETE", "/containers/dfplain?force=1", None);
     codes("rm force", &a, 204);
 

@@ -771,7 +771,8 @@ fn small_inputs_are_refused_with_a_clear_line() {
     // an empty switch name names no switch
     let e = r.fails(&["switch", "inspect", ""]);
     assert!(e.contains("network  not found"), "{e}");
-    assert_eq!(r.ok(&["switch", "inspect", "-f", "{{.Name}}", "bridge"]), "moat\n");
+    assert_eq!(r.ok(&["switch", "inspect", "-f", "{{.Name}}", "bridge"]), "bridge\n");
+    assert_eq!(r.ok(&["switch", "inspect", "-f", "{{.Name}}", "moat"]), "bridge\n", "moat's own name finds it too");
     // --platform is not ignored for a local image of another platform
     let e = r.fails(&["create", "--platform", "linux/arm64", "busybox", "true"]);
     assert!(
