@@ -56,9 +56,6 @@ fn boolean(v: &Value, k: &str) -> bool {
 /// when set to anything but their default.
 const REFUSED: &[(&str, &str)] = &[
     ("UsernsMode", "user namespaces are not supported yet"),
-    ("PidMode", "sharing another PID namespace is not supported"),
-    ("IpcMode", "sharing another IPC namespace is not supported"),
-    ("UTSMode", "sharing another UTS namespace is not supported"),
     ("CgroupParent", "moat places containers in its own cgroup"),
     ("CpusetCpus", "--cpuset-cpus is not supported"),
     ("CpusetMems", "--cpuset-mems is not supported"),
@@ -406,6 +403,9 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         sysctls: string_map(hc.get("Sysctls").unwrap_or(&Value::Null), "HostConfig.Sysctls")?,
         console_size,
         aliases,
+        pid_mode: str_of(&hc, "PidMode").to_string(),
+        ipc_mode: str_of(&hc, "IpcMode").to_string(),
+        uts_mode: str_of(&hc, "UTSMode").to_string(),
         oom_score_adj: int(&hc, "OomScoreAdj")?.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
         group_add: strings(hc.get("GroupAdd").unwrap_or(&Value::Null), "HostConfig.GroupAdd")?,
         ..Default::default()
@@ -459,7 +459,7 @@ mod tests {
     fn refusals_name_what_is_wrong() {
         let e = err(serde_json::json!({"Image": "b", "HostConfig": {"Isolation": "hyper-v"}}));
         assert!(e.contains("invalid isolation") && e.contains("process, hyperv"), "{e}");
-        assert!(err(serde_json::json!({"Image": "b", "HostConfig": {"PidMode": "host"}})).contains("PidMode"));
+        assert!(err(serde_json::json!({"Image": "b", "HostConfig": {"UsernsMode": "host"}})).contains("UsernsMode"));
         assert!(err(serde_json::json!({"Cmd": ["x"]})).contains("image is required"));
         assert!(err(serde_json::json!([1])).contains("object"));
         assert!(err(serde_json::json!({"Image": "b", "Env": [1]})).contains("Env"));

@@ -213,6 +213,15 @@ pub struct ContainerConfig {
     /// `--oom-score-adj` of the container's processes (-1000..=1000).
     #[serde(default)]
     pub oom_score_adj: i32,
+    /// `--pid`: `""` (its own PID namespace) or `host`.
+    #[serde(default)]
+    pub pid_mode: String,
+    /// `--ipc`: `""`/`private`/`shareable` (its own IPC namespace) or `host`.
+    #[serde(default)]
+    pub ipc_mode: String,
+    /// `--uts`: `""` (its own UTS namespace) or `host`.
+    #[serde(default)]
+    pub uts_mode: String,
     /// `--group-add`: supplementary groups (names resolved in the container's `/etc/group`, or GIDs).
     #[serde(default)]
     pub group_add: Vec<String>,

@@ -202,6 +202,14 @@ impl Engine {
             .map(|v| v.name.clone())
             .collect();
         let id = moat_core::id::new_id();
+        if cfg.uts_mode == "host" {
+            if !cfg.hostname.is_empty() {
+                return Err(EngineError::Invalid(
+                    "conflicting options: hostname and the UTS mode host (the host's name is the container's)".into(),
+                ));
+            }
+            cfg.hostname = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+        }
         if cfg.hostname.is_empty() {
             cfg.hostname = id[..12].to_string();
         }

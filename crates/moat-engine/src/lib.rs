@@ -261,6 +261,15 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
             "network mode container:NAME joins another container's network namespace, which a utility VM cannot: use process isolation".into(),
         ));
     }
+    if iso == moat_core::Isolation::Hyperv {
+        for (flag, mode) in [("--pid", &cfg.pid_mode), ("--ipc", &cfg.ipc_mode), ("--uts", &cfg.uts_mode)] {
+            if mode == "host" {
+                return Err(EngineError::Invalid(format!(
+                    "{flag}=host shares a namespace of the host's kernel, which a utility VM's container does not run on: use process isolation"
+                )));
+            }
+        }
+    }
     if iso == moat_core::Isolation::Hyperv && !cfg.devices.is_empty() {
         return Err(EngineError::Invalid(
             "host devices (--device) cannot reach a utility VM: use process isolation, or no devices".into(),

@@ -54,7 +54,8 @@ fn parse(row: SwitchRow) -> Result<Switch, EngineError> {
 
 /// A network event about switch `s` (and container `cid`).
 fn network_event(action: &str, s: &Switch, cid: Option<&str>) -> crate::events::Event {
-    let mut e = crate::events::Event::new("network", action, &s.id).attr("name", shown_name(&s.name)).attr("type", "bridge");
+    let mut e =
+        crate::events::Event::new("network", action, &s.id).attr("name", shown_name(&s.name)).attr("type", "bridge");
     if let Some(c) = cid {
         e = e.attr("container", c);
     }

@@ -142,6 +142,9 @@ pub fn build(
         },
         hostname: cfg.hostname.clone(),
         domainname: cfg.domainname.clone(),
+        pid_host: cfg.pid_mode == "host",
+        ipc_host: cfg.ipc_mode == "host",
+        uts_host: cfg.uts_mode == "host",
         mounts,
         etc_files: vec![
             ("/etc/hostname".into(), dir.join("hostname")),

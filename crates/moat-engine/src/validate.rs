@@ -121,6 +121,24 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     if !cfg.hostname.is_empty() {
         hostname(&cfg.hostname)?;
     }
+    let modes: [(&str, &str, &[&str]); 3] = [
+        ("pid", &cfg.pid_mode, &["", "host"]),
+        ("ipc", &cfg.ipc_mode, &["", "private", "shareable", "host"]),
+        ("uts", &cfg.uts_mode, &["", "host"]),
+    ];
+    for (what, mode, ok) in modes {
+        if !ok.contains(&mode) {
+            let why = if mode.starts_with("container:") {
+                "sharing another container's namespace is not supported"
+            } else {
+                "not a mode moat knows"
+            };
+            return Err(invalid(format!(
+                "invalid --{what} {mode:?}: {why} (use {})",
+                ok.iter().filter(|m| !m.is_empty()).copied().collect::<Vec<_>>().join(" or ")
+            )));
+        }
+    }
     if !(-1000..=1000).contains(&cfg.oom_score_adj) {
         return Err(invalid(format!("Invalid value {}, range for oom score adj is [-1000, 1000]", cfg.oom_score_adj)));
     }

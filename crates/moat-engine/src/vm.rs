@@ -574,6 +574,9 @@ mod tests {
             process: Default::default(),
             hostname: "h".into(),
             domainname: String::new(),
+            pid_host: false,
+            ipc_host: false,
+            uts_host: false,
             mounts: vec![
                 Mount::Bind {
                     source: "/src".into(),

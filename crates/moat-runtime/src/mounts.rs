@@ -279,14 +279,19 @@ pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
         "/dev/pts",
     )?;
     let shm = in_root(r, "/dev/shm", Create::Dir)?;
-    mnt(
-        Some("shm"),
-        &fdpath(&shm),
-        Some("tmpfs"),
-        std_flags,
-        Some(&format!("mode=1777,size={}", spec.shm_size)),
-        "/dev/shm",
-    )?;
+    if spec.ipc_host {
+        // the host's IPC namespace comes with the host's POSIX shared memory
+        mnt(Some("/dev/shm"), &fdpath(&shm), None, MsFlags::MS_BIND | MsFlags::MS_REC, None, "/dev/shm")?;
+    } else {
+        mnt(
+            Some("shm"),
+            &fdpath(&shm),
+            Some("tmpfs"),
+            std_flags,
+            Some(&format!("mode=1777,size={}", spec.shm_size)),
+            "/dev/shm",
+        )?;
+    }
     let mq = in_root(r, "/dev/mqueue", Create::Dir)?;
     mnt(Some("mqueue"), &fdpath(&mq), Some("mqueue"), std_flags, None, "/dev/mqueue")?;
     if spec.process.tty {

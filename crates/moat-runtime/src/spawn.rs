@@ -480,8 +480,16 @@ pub fn create(
     let (syncr, syncw) = pipe()?;
     let (errr, errw) = pipe()?;
     let ptys = pty_pair(io)?;
-    let mut flags =
-        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    for (host, ns) in [
+        (spec.pid_host, CloneFlags::CLONE_NEWPID),
+        (spec.ipc_host, CloneFlags::CLONE_NEWIPC),
+        (spec.uts_host, CloneFlags::CLONE_NEWUTS),
+    ] {
+        if !host {
+            flags |= ns;
+        }
+    }
     if spec.net == NetNs::New {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -500,9 +508,12 @@ pub fn create(
                 nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(RuntimeError::sys("join network namespace"))?;
             }
             reset_signals();
-            nix::unistd::sethostname(&spec.hostname).map_err(RuntimeError::sys("sethostname"))?;
-            if !spec.domainname.is_empty() {
-                set_domainname(&spec.domainname)?;
+            // the host's UTS namespace keeps the host's names
+            if !spec.uts_host {
+                nix::unistd::sethostname(&spec.hostname).map_err(RuntimeError::sys("sethostname"))?;
+                if !spec.domainname.is_empty() {
+                    set_domainname(&spec.domainname)?;
+                }
             }
             if spec.net == NetNs::New {
                 // before /proc/sys turns read-only and the interfaces move in;

@@ -186,6 +186,15 @@ pub struct Spec {
     /// Host device nodes bind-mounted into the container (`--device`).
     #[serde(default)]
     pub devices: Vec<crate::devices::DeviceNode>,
+    /// Share the host's PID namespace (`--pid=host`; process isolation only).
+    #[serde(default)]
+    pub pid_host: bool,
+    /// Share the host's IPC namespace and `/dev/shm` (`--ipc=host`).
+    #[serde(default)]
+    pub ipc_host: bool,
+    /// Share the host's UTS namespace: its host and domain name (`--uts=host`).
+    #[serde(default)]
+    pub uts_host: bool,
     /// Namespaced sysctls set in the container's namespaces before it runs
     /// (`net.ipv4.ip_unprivileged_port_start`, `--sysctl`).
     #[serde(default)]

@@ -38,6 +38,15 @@ pub struct CreateArgs {
     /// Container NIS domain name.
     #[arg(long)]
     domainname: Option<String>,
+    /// PID namespace: `host` shares the host's (process isolation).
+    #[arg(long = "pid")]
+    pid: Option<String>,
+    /// IPC namespace: `private` (default), `shareable` or `host` (process isolation).
+    #[arg(long = "ipc")]
+    ipc: Option<String>,
+    /// UTS namespace: `host` shares the host's names (process isolation).
+    #[arg(long = "uts")]
+    uts: Option<String>,
     /// Tune the container's OOM preference (-1000 to 1000).
     #[arg(long = "oom-score-adj", allow_hyphen_values = true)]
     oom_score_adj: Option<i32>,
@@ -647,6 +656,9 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         hostname: a.hostname.clone().unwrap_or_default(),
         domainname: a.domainname.clone().unwrap_or_default(),
         oom_score_adj: a.oom_score_adj.unwrap_or(0),
+        pid_mode: a.pid.clone().unwrap_or_default(),
+        ipc_mode: a.ipc.clone().unwrap_or_default(),
+        uts_mode: a.uts.clone().unwrap_or_default(),
         group_add: a.group_add.clone(),
         tty: a.tty,
         open_stdin: a.interactive,

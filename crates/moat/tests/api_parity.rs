@@ -718,3 +718,52 @@ fn commit_records_its_parent() {
     );
     assert_eq!(r.ok(&["image", "inspect", "-f", "{{.Parent}}", "child:1"]).trim(), base, "the moat CLI too");
 }
+
+/// `--pid=host`, `--ipc=host`, `--uts=host` share the host's namespaces in
+/// process isolation (read from the kernel: the container's `/proc/PID/ns`
+/// links are the test's own, against a default container's as positive
+/// control), through the docker CLI and the moat CLI, execs included; a
+/// utility VM refuses each with the reason, and a hostname with `--uts=host`
+/// is a conflict.
+#[test]
+fn host_namespaces_in_process_isolation() {
+    let (r, s) = served();
+    let ns = |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    let pid_of = |name: &str| r.ok(&["inspect", "-f", "{{.State.Pid}}", name]).trim().to_string();
+    s.ok(&["run", "-d", "--name", "hostns", "--pid=host", "--ipc=host", "--uts=host", "busybox", "sleep", "600"]);
+    r.ok(&["run", "-d", "--name", "own", "busybox", "sleep", "600"]);
+    let (shared, own) = (pid_of("hostns"), pid_of("own"));
+    for kind in ["pid", "ipc", "uts"] {
+        assert_eq!(ns(&shared, kind), ns("self", kind), "{kind}: the host's");
+        assert_ne!(ns(&own, kind), ns("self", kind), "{kind}: a default container has its own");
+    }
+    // the host's processes and names are the container's
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(s.ok(&["exec", "hostns", "hostname"]), host_name);
+    assert_eq!(s.ok(&["exec", "hostns", "cat", "/proc/1/comm"]), std::fs::read_to_string("/proc/1/comm").unwrap());
+    assert_eq!(s.ok(&["exec", "own", "cat", "/proc/1/comm"]), "sleep\n", "positive control");
+    // the host's /dev/shm: a file made in the container is the host's
+    let shm = format!("moat-test-{}", std::process::id());
+    s.ok(&["exec", "hostns", "touch", &format!("/dev/shm/{shm}")]);
+    let host_file = std::path::Path::new("/dev/shm").join(&shm);
+    let seen = host_file.exists();
+    let _ = std::fs::remove_file(&host_file);
+    assert!(seen, "the container's /dev/shm is the host's");
+    let f = "{{.HostConfig.PidMode}} {{.HostConfig.IpcMode}} {{.HostConfig.UTSMode}}";
+    assert_eq!(s.ok(&["inspect", "-f", f, "hostns"]), "host host host\n");
+    assert_eq!(s.ok(&["inspect", "-f", f, "own"]), " private \n");
+    // conflicts and refusals
+    let e = r.fails(&["create", "--uts=host", "-h", "x", "busybox", "true"]);
+    assert!(e.contains("conflicting options: hostname and the UTS mode host"), "{e}");
+    let e = r.fails(&["create", "--pid=container:own", "busybox", "true"]);
+    assert!(e.contains("sharing another container's namespace is not supported"), "{e}");
+    for flag in ["--pid=host", "--ipc=host", "--uts=host"] {
+        let e = s.fails(&["create", "--isolation=hyperv", flag, "busybox", "true"]);
+        assert!(e.contains(&format!("{}=host shares a namespace of the host's kernel", &flag[..5])), "{flag}: {e}");
+    }
+    // nor does a stopped one convert into a VM
+    r.ok(&["stop", "-t", "0", "hostns"]);
+    let e = r.fails(&["update", "--isolation=hyperv", "hostns"]);
+    assert!(e.contains("--pid=host shares a namespace of the host's kernel"), "{e}");
+    r.ok(&["rm", "-f", "hostns", "own"]);
+}
