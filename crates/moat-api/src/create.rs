@@ -57,15 +57,13 @@ fn boolean(v: &Value, k: &str) -> bool {
 const REFUSED: &[(&str, &str)] = &[
     ("UsernsMode", "user namespaces are not supported yet"),
     ("CgroupParent", "moat places containers in its own cgroup"),
-    ("CpusetCpus", "--cpuset-cpus is not supported"),
-    ("CpusetMems", "--cpuset-mems is not supported"),
     ("VolumeDriver", "only the local volume driver exists"),
 ];
 
 /// Settings of Docker's API moat does not apply (yet), of any type:
 /// refused by name when set to anything but their zero value (never
 /// accepted and ignored).
-const REFUSED_SET: &[(&str, &str)] = &[
+pub(crate) const REFUSED_SET: &[(&str, &str)] = &[
     ("CpuRealtimePeriod", "real-time CPU scheduling is not supported"),
     ("CpuRealtimeRuntime", "real-time CPU scheduling is not supported"),
     ("MemoryReservation", "memory reservations (soft limits) are not supported"),
@@ -91,7 +89,7 @@ const REFUSED_SET: &[(&str, &str)] = &[
 
 /// Whether a JSON value is its type's zero (how Docker's clients send
 /// settings they leave alone).
-fn is_zero(v: &Value) -> bool {
+pub(crate) fn is_zero(v: &Value) -> bool {
     match v {
         Value::Null => true,
         Value::Bool(b) => !b,
@@ -275,6 +273,8 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
     if shares > 0 {
         limits.cpu_shares = Some(shares as u64);
     }
+    limits.cpuset_cpus = Some(str_of(&hc, "CpusetCpus").to_string()).filter(|c| !c.is_empty());
+    limits.cpuset_mems = Some(str_of(&hc, "CpusetMems").to_string()).filter(|c| !c.is_empty());
     let pids = int(&hc, "PidsLimit")?;
     if pids > 0 {
         limits.pids = Some(pids);

@@ -540,6 +540,16 @@ fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
                 .ok_or_else(|| ApiError::bad(format!("{k}: expected an integer"))),
         }
     };
+    // what update cannot change is refused by name, never dropped
+    let refused = crate::create::REFUSED_SET.iter().copied().chain([
+        ("CpusetCpus", "a container's cpuset is fixed at create: create it again to change it"),
+        ("CpusetMems", "a container's cpuset is fixed at create: create it again to change it"),
+    ]);
+    for (k, why) in refused {
+        if let Some(x) = v.get(k).filter(|x| !crate::create::is_zero(x)) {
+            return Err(ApiError::bad(format!("{k} {x}: {why}")));
+        }
+    }
     let restart = crate::create::restart_policy(v)?;
     let isolation = match v["Isolation"].as_str().filter(|i| !i.is_empty()) {
         Some(i) => moat_engine::flags::isolation(i)?,
@@ -548,7 +558,15 @@ fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
     Ok(moat_engine::UpdateRequest {
         memory: int("Memory")?,
         memory_swap: int("MemorySwap")?,
-        cpus: int("NanoCpus")?.map(|n| n as f64 / 1e9),
+        // --cpu-quota/--cpu-period: the CFS limit of quota/period CPUs, as at create
+        cpus: match (int("NanoCpus")?, int("CpuQuota")?.filter(|q| *q > 0)) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad("conflicting options: NanoCpus and CpuQuota cannot both be set"))
+            }
+            (Some(n), None) => Some(n as f64 / 1e9),
+            (None, Some(q)) => Some(q as f64 / int("CpuPeriod")?.unwrap_or(100_000).clamp(1000, 1_000_000) as f64),
+            (None, None) => None,
+        },
         cpu_shares: int("CpuShares")?.map(|n| n as u64),
         pids: int("PidsLimit")?,
         restart,

@@ -270,6 +270,11 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
             }
         }
     }
+    if iso == moat_core::Isolation::Hyperv && (cfg.limits.cpuset_cpus.is_some() || cfg.limits.cpuset_mems.is_some()) {
+        return Err(EngineError::Invalid(
+            "--cpuset-cpus/--cpuset-mems pin host CPUs and memory nodes, which a utility VM's vCPUs and memory are not: use process isolation, or --cpus".into(),
+        ));
+    }
     if iso == moat_core::Isolation::Hyperv && !cfg.devices.is_empty() {
         return Err(EngineError::Invalid(
             "host devices (--device) cannot reach a utility VM: use process isolation, or no devices".into(),

@@ -9,6 +9,25 @@ fn invalid(m: impl Into<String>) -> EngineError {
     EngineError::Invalid(m.into())
 }
 
+/// The numbers of the kernel's list syntax (`0-2,4`); `None` when it is not that.
+pub fn cpu_list(s: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?),
+            None => {
+                let n = part.trim().parse::<u32>().ok()?;
+                (n, n)
+            }
+        };
+        if a > b || b - a > 4096 {
+            return None;
+        }
+        out.extend(a..=b);
+    }
+    Some(out)
+}
+
 /// A hostname the kernel takes and resolvers accept: 1–63 characters of
 /// letters, digits, `-` and `.`, not starting with `-` or `.`.
 pub fn hostname(h: &str) -> Result<(), EngineError> {
@@ -210,6 +229,22 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
         }
     }
     let l = &cfg.limits;
+    for (what, list, online) in [
+        ("CPUs", &l.cpuset_cpus, "/sys/devices/system/cpu/online"),
+        ("memory nodes", &l.cpuset_mems, "/sys/devices/system/node/online"),
+    ] {
+        let Some(list) = list else { continue };
+        let want = cpu_list(list)
+            .ok_or_else(|| invalid(format!("invalid cpuset {list:?}: use numbers and ranges, e.g. 0-2,4")))?;
+        // a host without NUMA has node 0 only
+        let have_text = std::fs::read_to_string(online).map(|s| s.trim().to_string()).unwrap_or_else(|_| "0".into());
+        let have = cpu_list(&have_text).unwrap_or_default();
+        if !want.iter().all(|c| have.contains(c)) {
+            return Err(invalid(format!(
+                "Requested {what} are not available - requested {list}, available: {have_text}"
+            )));
+        }
+    }
     if let Some(m) = l.memory {
         if m < 6 << 20 {
             return Err(invalid("Minimum memory limit allowed is 6MB"));

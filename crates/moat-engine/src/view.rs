@@ -555,8 +555,8 @@ pub struct HostConfig {
     pub unset: UnsetHostConfig,
 }
 
-/// HostConfig keys of dockerd's that moat refuses to set, at the values
-/// dockerd shows when they are not set.
+/// HostConfig keys of dockerd's that moat refuses to set (and the cpusets),
+/// at the values dockerd shows when they are not set.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UnsetHostConfig {
@@ -586,9 +586,9 @@ pub struct UnsetHostConfig {
     pub cpu_realtime_period: i64,
     /// 0.
     pub cpu_realtime_runtime: i64,
-    /// `""`.
+    /// `--cpuset-cpus` (`""`: any).
     pub cpuset_cpus: String,
-    /// `""`.
+    /// `--cpuset-mems` (`""`: any).
     pub cpuset_mems: String,
     /// null.
     pub device_cgroup_rules: Option<Vec<String>>,
@@ -983,7 +983,11 @@ impl ContainerInspect {
                 } else {
                     moat_runtime::spec::READONLY_PATHS.iter().map(|s| s.to_string()).collect()
                 },
-                unset: UnsetHostConfig::default(),
+                unset: UnsetHostConfig {
+                    cpuset_cpus: cfg.limits.cpuset_cpus.clone().unwrap_or_default(),
+                    cpuset_mems: cfg.limits.cpuset_mems.clone().unwrap_or_default(),
+                    ..Default::default()
+                },
             },
             mounts: mounts(e, c),
             config: ContainerConfigView {

@@ -34,7 +34,7 @@ pub struct Cgroup {
 }
 
 const CGROUP2_MAGIC: i64 = 0x6367_7270;
-const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer", "devices", "blkio"];
+const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuacct", "pids", "freezer", "devices", "blkio", "cpuset"];
 
 fn is_cgroup2(path: &str) -> Option<bool> {
     nix::sys::statfs::statfs(path).ok().map(|s| s.filesystem_type().0 == CGROUP2_MAGIC)
@@ -111,8 +111,13 @@ impl Cgroup {
                 // per container start: only do it when a CPU limit asks for it
                 // (usage is still accounted by `cpuacct`)
                 let want_cpu = limits.cpus.is_some() || limits.cpu_shares.is_some();
-                let mounts: Vec<(String, PathBuf)> =
-                    v1_mounts().into_iter().filter(|(c, mp)| want_cpu || c != "cpu" || v1_mounts_share(mp)).collect();
+                // likewise the cpuset hierarchy, only for a cpuset
+                let want_cpuset = limits.cpuset_cpus.is_some() || limits.cpuset_mems.is_some();
+                let mounts: Vec<(String, PathBuf)> = v1_mounts()
+                    .into_iter()
+                    .filter(|(c, mp)| want_cpu || c != "cpu" || v1_mounts_share(mp))
+                    .filter(|(c, _)| want_cpuset || c != "cpuset")
+                    .collect();
                 Self::create_v1(&mounts, name, limits)
             }
         }
@@ -127,7 +132,7 @@ impl Cgroup {
         for d in [base, parent.as_path()] {
             let on = read(d, "cgroup.subtree_control").unwrap_or_default();
             // one by one: a controller missing on an exotic setup must not block the others
-            for c in ["memory", "cpu", "pids", "io"] {
+            for c in ["memory", "cpu", "pids", "io", "cpuset"] {
                 if !on.split_whitespace().any(|x| x == c) {
                     let _ = std::fs::write(d.join("cgroup.subtree_control"), format!("+{c}"));
                 }
@@ -149,6 +154,17 @@ impl Cgroup {
         for (ctrl, mp) in mounts {
             let dir = mp.join("moat").join(name);
             std::fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("cgroup: create {}", dir.display())))?;
+            if ctrl == "cpuset" {
+                // a v1 cpuset takes no task until its CPUs and nodes are set:
+                // each level starts with its parent's
+                for (parent, child) in [(mp.clone(), mp.join("moat")), (mp.join("moat"), dir.clone())] {
+                    for f in ["cpuset.cpus", "cpuset.mems"] {
+                        if read(&child, f).is_none_or(|v| v.is_empty()) {
+                            write(&child, f, &read(&parent, f).unwrap_or_default())?;
+                        }
+                    }
+                }
+            }
             if !dirs.iter().any(|(_, d)| d == &dir) {
                 dirs.push((ctrl.clone(), dir));
             }
@@ -219,6 +235,12 @@ impl Cgroup {
                 if let Some(rules) = l.devices.rules() {
                     crate::devices::apply_v1(self.need("devices")?, &rules)?;
                 }
+                if let Some(c) = &l.cpuset_cpus {
+                    write(self.need("cpuset")?, "cpuset.cpus", c)?;
+                }
+                if let Some(m) = &l.cpuset_mems {
+                    write(self.need("cpuset")?, "cpuset.mems", m)?;
+                }
             }
             Version::V2 => {
                 let d = self.need("")?.to_path_buf();
@@ -250,6 +272,12 @@ impl Cgroup {
                 }
                 if let Some(rules) = l.devices.rules() {
                     crate::devices::attach_v2(&d, &rules)?;
+                }
+                if let Some(c) = &l.cpuset_cpus {
+                    write(&d, "cpuset.cpus", c)?;
+                }
+                if let Some(m) = &l.cpuset_mems {
+                    write(&d, "cpuset.mems", m)?;
                 }
             }
         }
@@ -439,6 +467,8 @@ mod tests {
             pids: Some(20),
             // a fake cgroupfs takes no BPF program: the real one is tested below
             devices: DevicePolicy::AllowAll,
+            cpuset_cpus: Some("1".into()),
+            cpuset_mems: Some("0".into()),
         }
     }
 
@@ -459,9 +489,10 @@ mod tests {
         assert_eq!(rd(dir.join("cpu.max")), "50000 100000");
         assert_eq!(rd(dir.join("cpu.weight")), "20");
         assert_eq!(rd(dir.join("pids.max")), "20");
+        assert_eq!((rd(dir.join("cpuset.cpus")), rd(dir.join("cpuset.mems"))), ("1".into(), "0".into()));
         assert_eq!(
             rd(d.path().join("moat/cgroup.subtree_control")),
-            "+io",
+            "+cpuset",
             "controllers enabled (last write wins on a plain file)"
         );
         std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
@@ -477,7 +508,11 @@ mod tests {
     fn v1_writes_per_controller_files() -> Result<(), RuntimeError> {
         let d = tempfile::tempdir().map_err(RuntimeError::io("tempdir"))?;
         let mounts: Vec<(String, PathBuf)> =
-            ["memory", "cpu", "pids", "devices"].iter().map(|c| (c.to_string(), d.path().join(c))).collect();
+            ["memory", "cpu", "pids", "devices", "cpuset"].iter().map(|c| (c.to_string(), d.path().join(c))).collect();
+        // the root cpuset of a fake hierarchy: what each new level starts with
+        std::fs::create_dir_all(d.path().join("cpuset")).map_err(RuntimeError::io("mkdir"))?;
+        std::fs::write(d.path().join("cpuset/cpuset.cpus"), "0-1\n").map_err(RuntimeError::io("seed"))?;
+        std::fs::write(d.path().join("cpuset/cpuset.mems"), "0\n").map_err(RuntimeError::io("seed"))?;
         let cg = Cgroup::create_v1(
             &mounts,
             "c1",
@@ -489,6 +524,9 @@ mod tests {
         assert_eq!(rd(d.path().join("cpu/moat/c1/cpu.cfs_quota_us")), "50000");
         assert_eq!(rd(d.path().join("cpu/moat/c1/cpu.shares")), "512");
         assert_eq!(rd(d.path().join("pids/moat/c1/pids.max")), "20");
+        assert_eq!(rd(d.path().join("cpuset/moat/cpuset.cpus")), "0-1", "the parent level starts with the root's");
+        assert_eq!(rd(d.path().join("cpuset/moat/cpuset.mems")), "0");
+        assert_eq!(rd(d.path().join("cpuset/moat/c1/cpuset.cpus")), "1");
         std::fs::write(
             d.path().join("memory/moat/c1/memory.oom_control"),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 0\n",

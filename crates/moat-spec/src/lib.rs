@@ -29,6 +29,12 @@ pub struct Limits {
     /// Which devices the container may open (Docker's allow-list by default).
     #[serde(default)]
     pub devices: crate::devices::DevicePolicy,
+    /// CPUs the container may run on (`--cpuset-cpus`, the kernel's list syntax).
+    #[serde(default)]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the container may use (`--cpuset-mems`).
+    #[serde(default)]
+    pub cpuset_mems: Option<String>,
 }
 
 /// One interface to configure.

@@ -129,6 +129,12 @@ pub struct CreateArgs {
     /// Relative CPU weight.
     #[arg(short = 'c', long = "cpu-shares")]
     cpu_shares: Option<u64>,
+    /// CPUs in which to allow execution (0-3, 0,1; process isolation).
+    #[arg(long = "cpuset-cpus")]
+    cpuset_cpus: Option<String>,
+    /// Memory nodes in which to allow execution (0-3, 0,1; process isolation).
+    #[arg(long = "cpuset-mems")]
+    cpuset_mems: Option<String>,
     /// Maximum number of processes (-1 for unlimited).
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pids_limit: Option<i64>,
@@ -641,6 +647,8 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
     }
     limits.cpus = a.cpus;
     limits.cpu_shares = a.cpu_shares;
+    limits.cpuset_cpus = a.cpuset_cpus.clone();
+    limits.cpuset_mems = a.cpuset_mems.clone();
     limits.pids = a.pids_limit;
     Ok(ContainerConfig {
         image: image.clone(),

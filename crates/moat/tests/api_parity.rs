@@ -767,3 +767,50 @@ fn host_namespaces_in_process_isolation() {
     assert!(e.contains("--pid=host shares a namespace of the host's kernel"), "{e}");
     r.ok(&["rm", "-f", "hostns", "own"]);
 }
+
+/// `--cpuset-cpus`/`--cpuset-mems` pin a process container (the kernel's
+/// `Cpus_allowed_list` of its process says so, a default container's is
+/// every CPU); CPUs the host lacks are refused with dockerd's words; a
+/// utility VM refuses a cpuset with the reason; `update` applies
+/// `--cpu-quota` and refuses a cpuset change by name.
+#[test]
+fn cpusets_and_update_quota() {
+    let (r, s) = served();
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap().trim().to_string();
+    let last = online.rsplit(|c| c == '-' || c == ',').next().unwrap().to_string();
+    s.ok(&["run", "-d", "--name", "pinned", "--cpuset-cpus", &last, "--cpuset-mems", "0", "busybox", "sleep", "600"]);
+    r.ok(&["run", "-d", "--name", "free", "busybox", "sleep", "600"]);
+    let allowed = |name: &str| {
+        let pid = r.ok(&["inspect", "-f", "{{.State.Pid}}", name]);
+        let st = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+        st.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string()
+    };
+    assert_eq!(allowed("pinned"), last);
+    assert_eq!(allowed("free"), online, "positive control: every CPU");
+    let f = "{{.HostConfig.CpusetCpus}} {{.HostConfig.CpusetMems}}";
+    assert_eq!(s.ok(&["inspect", "-f", f, "pinned"]), format!("{last} 0\n"));
+    let e = s.fails(&["create", "--cpuset-cpus", "0-99", "busybox", "true"]);
+    assert!(e.contains(&format!("Requested CPUs are not available - requested 0-99, available: {online}")), "{e}");
+    let e = r.fails(&["create", "--cpuset-cpus", "x", "busybox", "true"]);
+    assert!(e.contains("invalid cpuset \"x\""), "{e}");
+    let e = s.fails(&["create", "--isolation=hyperv", "--cpuset-cpus", "0", "busybox", "true"]);
+    assert!(e.contains("which a utility VM's vCPUs and memory are not"), "{e}");
+    let e = s.fails(&["update", "--cpuset-cpus", "0", "free"]);
+    assert!(e.contains("CpusetCpus \"0\": a container's cpuset is fixed at create"), "{e}");
+    // update --cpu-quota: the kernel's CFS quota
+    let id = r.ok(&["inspect", "-f", "{{.Id}}", "free"]).trim().to_string();
+    s.ok(&["update", "--cpu-quota", "30000", "free"]);
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let got = if v2 {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/moat/{id}/cpu.max")).unwrap()
+    } else {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/cpu/moat/{id}/cpu.cfs_quota_us")).unwrap()
+    };
+    assert_eq!(got.trim(), if v2 { "30000 100000" } else { "30000" });
+    let pinned = r.ok(&["inspect", "-f", "{{.Id}}", "pinned"]).trim().to_string();
+    if !v2 {
+        assert!(cgroups_of(&pinned).iter().any(|d| d.starts_with("/sys/fs/cgroup/cpuset")), "the cpuset hierarchy");
+    }
+    r.ok(&["rm", "-f", "pinned", "free"]);
+    assert!(cgroups_of(&id).is_empty() && cgroups_of(&pinned).is_empty(), "no cgroup left in any hierarchy");
+}
