@@ -153,18 +153,6 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
     if let Some(v) = hc.get("MemorySwappiness").filter(|v| !v.is_null() && v.as_i64() != Some(-1)) {
         return Err(ApiError::bad(format!("HostConfig.MemorySwappiness {v}: a container's swappiness cannot be set")));
     }
-    if let Some(v) = hc.get("CgroupnsMode").and_then(Value::as_str).filter(|m| !m.is_empty() && *m != "private") {
-        return Err(ApiError::bad(format!(
-            "HostConfig.CgroupnsMode {v:?}: every container has a private cgroup namespace"
-        )));
-    }
-    if let Some(rt) =
-        hc.get("Runtime").and_then(Value::as_str).filter(|r| !r.is_empty() && *r != "runc" && *r != "moat")
-    {
-        return Err(ApiError::bad(format!(
-            "HostConfig.Runtime {rt:?}: moat has one runtime; choose VM isolation with HostConfig.Isolation=hyperv"
-        )));
-    }
     let isolation = match str_of(&hc, "Isolation") {
         "" | "default" => None,
         i @ ("process" | "hyperv" | "vm") => flags::isolation(i)?,
@@ -172,6 +160,8 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
             return Err(ApiError::bad(format!("invalid isolation {other:?}: use process, hyperv (or vm), or default")))
         }
     };
+    // `--runtime process|hyperv`: the runtimes `info` lists
+    let isolation = flags::runtime(str_of(&hc, "Runtime"), isolation)?;
 
     let mut binds = Vec::new();
     for b in strings(hc.get("Binds").unwrap_or(&Value::Null), "HostConfig.Binds")? {
@@ -404,6 +394,7 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         console_size,
         aliases,
         pid_mode: str_of(&hc, "PidMode").to_string(),
+        cgroupns_mode: str_of(&hc, "CgroupnsMode").to_string(),
         ipc_mode: str_of(&hc, "IpcMode").to_string(),
         uts_mode: str_of(&hc, "UTSMode").to_string(),
         oom_score_adj: int(&hc, "OomScoreAdj")?.clamp(i32::MIN as i64, i32::MAX as i64) as i32,

@@ -219,6 +219,9 @@ pub struct ContainerConfig {
     /// `--ipc`: `""`/`private`/`shareable` (its own IPC namespace) or `host`.
     #[serde(default)]
     pub ipc_mode: String,
+    /// `--cgroupns`: `""`/`private` (its own cgroup namespace) or `host`.
+    #[serde(default)]
+    pub cgroupns_mode: String,
     /// `--uts`: `""` (its own UTS namespace) or `host`.
     #[serde(default)]
     pub uts_mode: String,

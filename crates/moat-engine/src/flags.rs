@@ -267,6 +267,29 @@ pub fn isolation(i: &str) -> Result<Option<Isolation>, EngineError> {
     }
 }
 
+/// The isolation a `--runtime` names, given with `--isolation` (`default`
+/// when none): `process` and `hyperv` (alias `vm`) are the runtimes `info`
+/// lists; `runc` and `moat` leave the isolation to `--isolation`. Any other
+/// runtime, and a runtime that contradicts `--isolation`, is refused.
+pub fn runtime(runtime: &str, isolation: Option<Isolation>) -> Result<Option<Isolation>, EngineError> {
+    let named = match runtime {
+        "" | "runc" | "moat" => return Ok(isolation),
+        "process" => Isolation::Process,
+        "hyperv" | "vm" => Isolation::Hyperv,
+        other => {
+            return Err(invalid(format!(
+                "unknown or invalid runtime name: {other} (moat's runtimes are process and hyperv; runc and moat take --isolation)"
+            )))
+        }
+    };
+    match isolation {
+        Some(i) if i != named => Err(invalid(format!(
+            "conflicting options: runtime {runtime} and isolation {i} (the runtime is the isolation type)"
+        ))),
+        _ => Ok(Some(named)),
+    }
+}
+
 /// A size (`64m`, `1.5g`, bytes) for a limit stored as `i64`.
 pub fn size(what: &str, s: &str) -> Result<i64, EngineError> {
     let b = moat_core::human::parse_size(s).map_err(|e| invalid(e.to_string()))?;

@@ -262,7 +262,12 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
         ));
     }
     if iso == moat_core::Isolation::Hyperv {
-        for (flag, mode) in [("--pid", &cfg.pid_mode), ("--ipc", &cfg.ipc_mode), ("--uts", &cfg.uts_mode)] {
+        for (flag, mode) in [
+            ("--pid", &cfg.pid_mode),
+            ("--ipc", &cfg.ipc_mode),
+            ("--uts", &cfg.uts_mode),
+            ("--cgroupns", &cfg.cgroupns_mode),
+        ] {
             if mode == "host" {
                 return Err(EngineError::Invalid(format!(
                     "{flag}=host shares a namespace of the host's kernel, which a utility VM's container does not run on: use process isolation"

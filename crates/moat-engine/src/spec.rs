@@ -145,6 +145,7 @@ pub fn build(
         pid_host: cfg.pid_mode == "host",
         ipc_host: cfg.ipc_mode == "host",
         uts_host: cfg.uts_mode == "host",
+        cgroupns_host: cfg.cgroupns_mode == "host",
         mounts,
         etc_files: vec![
             ("/etc/hostname".into(), dir.join("hostname")),

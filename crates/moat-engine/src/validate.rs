@@ -140,7 +140,8 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     if !cfg.hostname.is_empty() {
         hostname(&cfg.hostname)?;
     }
-    let modes: [(&str, &str, &[&str]); 3] = [
+    let modes: [(&str, &str, &[&str]); 4] = [
+        ("cgroupns", &cfg.cgroupns_mode, &["", "private", "host"]),
         ("pid", &cfg.pid_mode, &["", "host"]),
         ("ipc", &cfg.ipc_mode, &["", "private", "shareable", "host"]),
         ("uts", &cfg.uts_mode, &["", "host"]),

@@ -543,7 +543,7 @@ pub struct HostConfig {
     pub container_id_file: String,
     /// `""`: the local driver.
     pub volume_driver: String,
-    /// The runtime: `moat` (its isolation type is `Isolation`).
+    /// The runtime: the isolation type's name (`process`, `hyperv`), as `info` lists them.
     pub runtime: String,
     /// Paths hidden from the container (none when privileged).
     pub masked_paths: Vec<String>,
@@ -963,7 +963,7 @@ impl ContainerInspect {
                 volumes_from: (!cfg.volumes_from.is_empty()).then(|| cfg.volumes_from.clone()),
                 sysctls: cfg.sysctls.clone(),
                 console_size: cfg.console_size.map_or([0, 0], |(r, c)| [r, c]),
-                cgroupns_mode: "private".into(),
+                cgroupns_mode: if cfg.cgroupns_mode == "host" { "host".into() } else { "private".into() },
                 ipc_mode: if cfg.ipc_mode.is_empty() { "private".into() } else { cfg.ipc_mode.clone() },
                 pid_mode: cfg.pid_mode.clone(),
                 uts_mode: cfg.uts_mode.clone(),
@@ -972,7 +972,7 @@ impl ContainerInspect {
                 cgroup: String::new(),
                 container_id_file: String::new(),
                 volume_driver: String::new(),
-                runtime: "moat".into(),
+                runtime: cfg.isolation().to_string(),
                 masked_paths: if cfg.privileged {
                     Vec::new()
                 } else {

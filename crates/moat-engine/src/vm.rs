@@ -577,6 +577,7 @@ mod tests {
             pid_host: false,
             ipc_host: false,
             uts_host: false,
+            cgroupns_host: false,
             mounts: vec![
                 Mount::Bind {
                     source: "/src".into(),

@@ -535,7 +535,9 @@ pub fn create(
             // wait for the parent (EOF: it died; from then on PDEATHSIG covers us)
             wait_for_parent(syncr)?;
             if cgroup.is_some() {
-                nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(RuntimeError::sys("cgroup namespace"))?;
+                if !spec.cgroupns_host {
+                    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(RuntimeError::sys("cgroup namespace"))?;
+                }
                 if cgroup2 {
                     let flags = nix::mount::MsFlags::MS_NOSUID
                         | nix::mount::MsFlags::MS_NODEV

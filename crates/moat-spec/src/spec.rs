@@ -195,6 +195,10 @@ pub struct Spec {
     /// Share the host's UTS namespace: its host and domain name (`--uts=host`).
     #[serde(default)]
     pub uts_host: bool,
+    /// Stay in the host's cgroup namespace (`--cgroupns=host`): the
+    /// container's `/sys/fs/cgroup` shows the host's hierarchy.
+    #[serde(default)]
+    pub cgroupns_host: bool,
     /// Namespaced sysctls set in the container's namespaces before it runs
     /// (`net.ipv4.ip_unprivileged_port_start`, `--sysctl`).
     #[serde(default)]

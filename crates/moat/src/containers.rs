@@ -44,6 +44,9 @@ pub struct CreateArgs {
     /// IPC namespace: `private` (default), `shareable` or `host` (process isolation).
     #[arg(long = "ipc")]
     ipc: Option<String>,
+    /// Cgroup namespace: `private` (default) or `host` (process isolation).
+    #[arg(long = "cgroupns")]
+    cgroupns: Option<String>,
     /// UTS namespace: `host` shares the host's names (process isolation).
     #[arg(long = "uts")]
     uts: Option<String>,
@@ -108,6 +111,9 @@ pub struct CreateArgs {
     /// Isolation: process, hyperv (alias vm) or default.
     #[arg(long, default_value = "default")]
     isolation: String,
+    /// Runtime: process or hyperv (Docker's name for the isolation type; runc and moat take --isolation).
+    #[arg(long)]
+    runtime: Option<String>,
     /// Keep stdin open.
     #[arg(short = 'i', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     interactive: bool,
@@ -667,6 +673,7 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         pid_mode: a.pid.clone().unwrap_or_default(),
         ipc_mode: a.ipc.clone().unwrap_or_default(),
         uts_mode: a.uts.clone().unwrap_or_default(),
+        cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
         group_add: a.group_add.clone(),
         tty: a.tty,
         open_stdin: a.interactive,
@@ -694,7 +701,7 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         limits,
         restart: flags::restart(&a.restart)?,
         auto_remove: rm,
-        isolation: flags::isolation(&a.isolation)?,
+        isolation: flags::runtime(a.runtime.as_deref().unwrap_or(""), flags::isolation(&a.isolation)?)?,
         network: a.network.clone().unwrap_or_default(),
         aliases: a.network_alias.clone(),
         stop_signal: a.stop_signal.clone().unwrap_or_default(),

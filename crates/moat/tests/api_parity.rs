@@ -236,7 +236,6 @@ fn unapplied_settings_are_refused_by_name() {
         (&["--device-read-bps", "/dev/null:1mb"], "HostConfig.BlkioDeviceReadBps"),
         (&["--link", "nosuch:db"], "HostConfig.Links"),
         (&["--gpus", "all"], "HostConfig.DeviceRequests"),
-        (&["--cgroupns", "host"], "HostConfig.CgroupnsMode"),
         (&["--storage-opt", "size=1G"], "HostConfig.StorageOpt"),
         (&["--annotation", "a=b"], "HostConfig.Annotations"),
         (&["--device-cgroup-rule", "c 1:3 r"], "HostConfig.DeviceCgroupRules"),
@@ -719,7 +718,7 @@ fn commit_records_its_parent() {
     assert_eq!(r.ok(&["image", "inspect", "-f", "{{.Parent}}", "child:1"]).trim(), base, "the moat CLI too");
 }
 
-/// `--pid=host`, `--ipc=host`, `--uts=host` share the host's namespaces in
+/// `--pid=host`, `--ipc=host`, `--uts=host`, `--cgroupns=host` share the host's namespaces in
 /// process isolation (read from the kernel: the container's `/proc/PID/ns`
 /// links are the test's own, against a default container's as positive
 /// control), through the docker CLI and the moat CLI, execs included; a
@@ -765,7 +764,23 @@ fn host_namespaces_in_process_isolation() {
     r.ok(&["stop", "-t", "0", "hostns"]);
     let e = r.fails(&["update", "--isolation=hyperv", "hostns"]);
     assert!(e.contains("--pid=host shares a namespace of the host's kernel"), "{e}");
-    r.ok(&["rm", "-f", "hostns", "own"]);
+    // --cgroupns=host: the host's cgroup namespace (a default container's is its own)
+    s.ok(&["run", "-d", "--name", "cgh", "--cgroupns=host", "busybox", "sleep", "600"]);
+    s.ok(&["start", "own"]);
+    let (cgh, own) = (pid_of("cgh"), pid_of("own"));
+    assert_eq!(ns(&cgh, "cgroup"), ns("self", "cgroup"));
+    assert_ne!(ns(&own, "cgroup"), ns("self", "cgroup"), "positive control");
+    assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.CgroupnsMode}}", "cgh"]), "host\n");
+    // --runtime names the isolation type, as info lists the runtimes
+    s.ok(&["create", "--name", "rt", "--runtime", "hyperv", "busybox", "true"]);
+    let f = "{{.HostConfig.Isolation}} {{.HostConfig.Runtime}}";
+    assert_eq!(s.ok(&["inspect", "-f", f, "rt"]), "hyperv hyperv\n");
+    assert_eq!(r.ok(&["inspect", "-f", f, "own"]), "process process\n");
+    let e = s.fails(&["create", "--runtime", "process", "--isolation", "hyperv", "busybox", "true"]);
+    assert!(e.contains("conflicting options: runtime process and isolation hyperv"), "{e}");
+    let e = s.fails(&["create", "--runtime", "nvidia", "busybox", "true"]);
+    assert!(e.contains("unknown or invalid runtime name: nvidia"), "{e}");
+    r.ok(&["rm", "-f", "hostns", "own", "cgh", "rt"]);
 }
 
 /// `--cpuset-cpus`/`--cpuset-mems` pin a process container (the kernel's
@@ -777,7 +792,7 @@ fn host_namespaces_in_process_isolation() {
 fn cpusets_and_update_quota() {
     let (r, s) = served();
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap().trim().to_string();
-    let last = online.rsplit(|c| c == '-' || c == ',').next().unwrap().to_string();
+    let last = online.rsplit(['-', ',']).next().unwrap().to_string();
     s.ok(&["run", "-d", "--name", "pinned", "--cpuset-cpus", &last, "--cpuset-mems", "0", "busybox", "sleep", "600"]);
     r.ok(&["run", "-d", "--name", "free", "busybox", "sleep", "600"]);
     let allowed = |name: &str| {
