@@ -85,6 +85,46 @@ fn v1_mounts() -> Vec<(String, PathBuf)> {
     out
 }
 
+/// A v1 hierarchy as a container sees it: the directory name under
+/// `/sys/fs/cgroup` (the host's, e.g. `cpu,cpuacct`) and its controllers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct V1View {
+    /// The host's mount point name.
+    pub name: String,
+    /// Its controllers (the mount's options), e.g. `cpu,cpuacct`.
+    pub controllers: String,
+}
+
+impl Cgroup {
+    /// The v1 hierarchies this container's cgroup is in, to mount inside
+    /// its cgroup namespace (where each shows the container's own cgroup as
+    /// its root); the others are left out, since there the namespace's root
+    /// would be the host's. Empty on cgroup v2.
+    pub fn v1_views(&self) -> Vec<V1View> {
+        if self.version != Version::V1 {
+            return Vec::new();
+        }
+        let Ok(mi) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+        let mut out: Vec<V1View> = Vec::new();
+        for l in mi.lines() {
+            let Some((pre, post)) = l.split_once(" - ") else { continue };
+            let mut post = post.split(' ');
+            if post.next() != Some("cgroup") {
+                continue;
+            }
+            let (Some(mp), Some(opts)) = (pre.split(' ').nth(4), post.nth(1)) else { continue };
+            let controllers: Vec<&str> = opts.split(',').filter(|o| V1_CONTROLLERS.contains(o)).collect();
+            let mp = Path::new(mp);
+            let joined = self.dirs.iter().any(|(_, d)| d.starts_with(mp));
+            let name = mp.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if joined && !controllers.is_empty() && !name.is_empty() && !out.iter().any(|v| v.name == name) {
+                out.push(V1View { name, controllers: controllers.join(",") });
+            }
+        }
+        out
+    }
+}
+
 fn write(dir: &Path, file: &str, val: &str) -> Result<(), RuntimeError> {
     std::fs::write(dir.join(file), val)
         .map_err(|e| RuntimeError::Io(format!("cgroup: write {val:?} to {}", dir.join(file).display()), e))

@@ -494,6 +494,9 @@ pub fn create(
         flags |= CloneFlags::CLONE_NEWNET;
     }
     let cgroup2 = cgroup.is_some_and(|c| c.version == crate::cgroup::Version::V2);
+    // on a v1 host, the hierarchies the container's cgroup is in (JVMs and
+    // Go's runtime size themselves from /sys/fs/cgroup)
+    let v1_views = cgroup.map(|c| c.v1_views()).unwrap_or_default();
     let (pid, pidfd) = clone(flags)?;
     if pid.as_raw() == 0 {
         // ---- child ----
@@ -545,6 +548,8 @@ pub fn create(
                         | if spec.privileged { nix::mount::MsFlags::empty() } else { nix::mount::MsFlags::MS_RDONLY };
                     nix::mount::mount(Some("cgroup2"), "/sys/fs/cgroup", Some("cgroup2"), flags, None::<&str>)
                         .map_err(RuntimeError::sys("mount /sys/fs/cgroup"))?;
+                } else if !v1_views.is_empty() && !spec.cgroupns_host {
+                    mount_v1_cgroups(&v1_views, spec.privileged)?;
                 }
             }
             if spec.net == NetNs::New {
@@ -677,5 +682,37 @@ fn set_domainname(name: &str) -> Result<(), RuntimeError> {
     if rc != 0 {
         return Err(RuntimeError::sys("setdomainname")(nix::errno::Errno::last()));
     }
+    Ok(())
+}
+
+/// Docker's `/sys/fs/cgroup` on a v1 host: a tmpfs with each hierarchy the
+/// container is in mounted under the host's name for it (read-only unless
+/// privileged), the co-mounted controllers' names as symlinks. Runs inside
+/// the container's cgroup namespace, so each shows the container's cgroup
+/// as its root.
+fn mount_v1_cgroups(views: &[crate::cgroup::V1View], privileged: bool) -> Result<(), RuntimeError> {
+    use nix::mount::MsFlags;
+    let base = std::path::Path::new("/sys/fs/cgroup");
+    let std_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    nix::mount::mount(Some("tmpfs"), base, Some("tmpfs"), std_flags, Some("mode=755"))
+        .map_err(RuntimeError::sys("mount /sys/fs/cgroup"))?;
+    let ro = if privileged { MsFlags::empty() } else { MsFlags::MS_RDONLY };
+    for v in views {
+        let dir = base.join(&v.name);
+        std::fs::create_dir(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        nix::mount::mount(Some("cgroup"), &dir, Some("cgroup"), std_flags | ro, Some(v.controllers.as_str()))
+            .map_err(RuntimeError::sys(format!("mount the {} cgroup hierarchy", v.controllers)))?;
+        for c in v.controllers.split(',').filter(|c| *c != v.name) {
+            let _ = std::os::unix::fs::symlink(&v.name, base.join(c));
+        }
+    }
+    nix::mount::mount(
+        None::<&str>,
+        base,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | std_flags | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(RuntimeError::sys("remount /sys/fs/cgroup read-only"))?;
     Ok(())
 }

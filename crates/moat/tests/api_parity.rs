@@ -829,3 +829,29 @@ fn cpusets_and_update_quota() {
     r.ok(&["rm", "-f", "pinned", "free"]);
     assert!(cgroups_of(&id).is_empty() && cgroups_of(&pinned).is_empty(), "no cgroup left in any hierarchy");
 }
+
+/// A process container sees its own cgroup at `/sys/fs/cgroup`, read-only,
+/// on a v1 host as on a v2 one (JVMs and Go's runtime size themselves from
+/// it): its memory limit and CPU quota there, no other container's cgroup,
+/// `/proc/self/cgroup` rooted at its own.
+#[test]
+fn own_cgroup_at_sys_fs_cgroup() {
+    let (r, s) = served();
+    let other = r.ok(&["run", "-d", "busybox", "sleep", "600"]).trim().to_string();
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let probe = if v2 {
+        "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max"
+    } else {
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+    };
+    let out = s.ok(&["run", "--rm", "-m", "64m", "--cpus", "0.5", "busybox", "sh", "-c", probe]);
+    assert_eq!(out, if v2 { "67108864\n50000 100000\n" } else { "67108864\n50000\n" });
+    let listing = r.ok(&["run", "--rm", "busybox", "find", "/sys/fs/cgroup", "-maxdepth", "3"]);
+    assert!(listing.lines().count() > 5, "the hierarchies are there: {listing}");
+    assert!(!listing.contains(&other[..12]) && !listing.contains("/moat"), "no other container's cgroup: {listing}");
+    let o = r.run(&["run", "--rm", "busybox", "touch", "/sys/fs/cgroup/x"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("Read-only file system"), "{o:?}");
+    let own = r.ok(&["run", "--rm", "-m", "64m", "busybox", "cat", "/proc/self/cgroup"]);
+    assert!(own.lines().all(|l| l.ends_with(":/")), "rooted at its own cgroup: {own}");
+    r.ok(&["rm", "-f", &other]);
+}
