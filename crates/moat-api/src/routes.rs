@@ -503,6 +503,11 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             Err(ApiError { status: 503, message: NOT_A_MANAGER.into() })
         }
         // no plugins: an empty list, and no plugin of any name
+        (&Method::GET, ["distribution", rest @ .., "json"]) if !rest.is_empty() => {
+            let reference = rest.join("/");
+            let o = moat_engine::registry::PullOptions { auth: registry_auth(&req)?, ..Default::default() };
+            Ok(json(200, &engine(&ctx, move |e| e.distribution_inspect(&reference, &o)).await?))
+        }
         (&Method::GET, ["plugins"]) => Ok(json(200, &Vec::<serde_json::Value>::new())),
         (_, ["plugins", name, ..]) => Err(ApiError::not_found(format!("plugin \"{name}\" not found"))),
         // no builder yet: nothing cached to prune, and a clear refusal to build

@@ -582,3 +582,64 @@ impl std::io::Write for PipeSink {
         Ok(())
     }
 }
+
+/// What a registry says of a reference without pulling it (Docker's
+/// `GET /distribution/{name}/json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DistributionInspect {
+    /// The manifest (or index) the reference resolves to.
+    #[serde(rename = "Descriptor")]
+    pub descriptor: Descriptor,
+    /// The platforms it offers: an index's entries, or a single image's
+    /// config's.
+    #[serde(rename = "Platforms")]
+    pub platforms: Vec<Platform>,
+}
+
+impl Engine {
+    /// Resolves `reference` at its registry: the top manifest's descriptor
+    /// and the platforms it offers (a single image's from its config).
+    pub fn distribution_inspect(
+        &mut self,
+        reference: &str,
+        o: &PullOptions,
+    ) -> Result<DistributionInspect, EngineError> {
+        let r = ImageRef::parse(reference).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let target = Target::of_repo(&r.repo);
+        let client = self.client(o);
+        let reference_part = match (&r.digest, &r.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "latest".into(),
+        };
+        let top = client.manifest(&target, &reference_part)?;
+        let platforms = match manifest::parse(&top.media_type, &top.bytes)? {
+            Parsed::Index(idx) => idx.manifests.iter().filter_map(|d| d.platform.clone()).collect(),
+            Parsed::Image(m) => {
+                if m.config.size > moat_image::MAX_CONFIG_BYTES {
+                    return Err(RegistryError::TooLarge {
+                        what: format!("the image config {}", m.config.digest),
+                        size: m.config.size,
+                        max: moat_image::MAX_CONFIG_BYTES,
+                    }
+                    .into());
+                }
+                let mut config = Vec::new();
+                client.blob(&target, &m.config.digest, m.config.size, &mut config, &mut |_| {})?;
+                let p: Platform = serde_json::from_slice(&config)
+                    .map_err(|e| EngineError::Invalid(format!("image {reference}: bad config: {e}")))?;
+                vec![p]
+            }
+        };
+        Ok(DistributionInspect {
+            descriptor: Descriptor {
+                media_type: top.media_type.clone(),
+                digest: top.digest.clone(),
+                size: top.bytes.len() as u64,
+                platform: None,
+                annotations: None,
+            },
+            platforms,
+        })
+    }
+}

@@ -855,3 +855,33 @@ fn own_cgroup_at_sys_fs_cgroup() {
     assert!(own.lines().all(|l| l.ends_with(":/")), "rooted at its own cgroup: {own}");
     r.ok(&["rm", "-f", &other]);
 }
+
+/// `GET /distribution/{name}/json` asks the registry (a real one on
+/// 127.0.0.1): the manifest's digest as skopeo sees it and the image's
+/// platform from its config, through docker-py's `get_registry_data`; a
+/// missing repository is a 404.
+#[test]
+fn distribution_inspect_asks_the_registry() {
+    let (r, s) = served();
+    let reg = Registry::start();
+    let name = format!("{}/bb:1", reg.addr);
+    r.ok(&["tag", "busybox", &name]);
+    r.ok(&["push", &name]);
+    let o =
+        Command::new("skopeo").args(["inspect", "--tls-verify=false", &format!("docker://{name}")]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let digest =
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["Digest"].as_str().unwrap().to_string();
+    docker_py(
+        &s,
+        &format!(
+            "d = c.images.get_registry_data('{name}')\n\
+             assert d.id == '{digest}', d.id\n\
+             assert d.has_platform('linux/amd64') and not d.has_platform('linux/arm64'), d.attrs\n\
+             assert d.attrs['Descriptor']['mediaType'] == 'application/vnd.oci.image.manifest.v1+json', d.attrs\n\
+             assert d.attrs['Descriptor']['size'] > 0, d.attrs"
+        ),
+    );
+    let (code, _, body) = http(&s.sock, "GET", &format!("/distribution/{}/nosuch:1/json", reg.addr), None);
+    assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
+}
