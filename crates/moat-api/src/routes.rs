@@ -284,6 +284,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             q.bool("quiet", false)?;
             load(&ctx, req).await
         }
+        (&Method::POST, ["images", "create"]) if q.get("fromSrc").is_some() => import(&ctx, &q, req).await,
         (&Method::POST, ["images", "create"]) => pull(&ctx, &q, registry_auth(&req)?).await,
         (&Method::POST, ["images", "prune"]) => {
             let dangling_only = filters(&q)?.get("dangling").first().map(|d| d != "false" && d != "0").unwrap_or(true);
@@ -1005,6 +1006,31 @@ async fn save(ctx: &Arc<Ctx>, names: Vec<String>) -> Result<Resp> {
 
 /// `load`: the archive is spooled to the root's scratch space first (the
 /// engine reads it as a file), then loaded; the answer is Docker's stream.
+/// `images/create?fromSrc=-|URL&repo=..&tag=..&message=..&changes=..`:
+/// `import` of a rootfs tarball, from the request body (`-`) or a URL.
+/// Answers Docker's JSON lines, the image ID as the last `status`.
+async fn import(ctx: &Arc<Ctx>, q: &Query, req: Request<Incoming>) -> Result<Resp> {
+    let src = q.get("fromSrc").unwrap_or_default().to_string();
+    let name = match (q.get("repo").filter(|r| !r.is_empty()), q.get("tag").filter(|t| !t.is_empty())) {
+        (Some(r), Some(t)) => Some(format!("{r}:{t}")),
+        (Some(r), None) => Some(r.to_string()),
+        (None, _) => None,
+    };
+    let message = q.get("message").unwrap_or_default().to_string();
+    let changes: Vec<String> = q.all("changes").into_iter().map(str::to_string).collect();
+    let id = if src == "-" {
+        let file = spool(ctx, req.into_body()).await?;
+        engine(ctx, move |e| {
+            let f = std::fs::File::open(file.path()).map_err(EngineError::io("read the spooled archive"))?;
+            e.import_image(f, name.as_deref(), &message, &changes)
+        })
+        .await?
+    } else {
+        engine(ctx, move |e| e.import_url(&src, name.as_deref(), &message, &changes)).await?
+    };
+    Ok(http::body(200, "application/json", format!("{}\n", j!({ "status": id.to_string() }))))
+}
+
 /// `images/load`: the archive spooled, then Docker's JSON lines streamed
 /// (chunked, as docker-py reads them); a bad archive is the stream's
 /// `errorDetail`, which docker-py raises as `ImageLoadError`.
@@ -1065,9 +1091,6 @@ fn registry_auth(req: &Request<Incoming>) -> Result<Option<moat_engine::registry
 
 async fn pull(ctx: &Arc<Ctx>, q: &Query, auth: Option<moat_engine::registry::RegistryAuth>) -> Result<Resp> {
     use moat_engine::registry::PullOptions;
-    if q.get("fromSrc").is_some() {
-        return Err(ApiError::unsupported("import through the API (fromSrc) is not supported yet: use moat import"));
-    }
     let from = q.get("fromImage").filter(|f| !f.is_empty()).ok_or_else(|| ApiError::bad("fromImage is required"))?;
     let reference = match q.get("tag").filter(|t| !t.is_empty()) {
         Some(t) if t.starts_with("sha256:") => format!("{from}@{t}"),

@@ -50,6 +50,18 @@ impl Engine {
         Ok(id)
     }
 
+    /// `import` from an `http(s)://` URL (Docker's `fromSrc=URL`).
+    pub fn import_url(
+        &mut self,
+        url: &str,
+        name: Option<&str>,
+        message: &str,
+        changes: &[String],
+    ) -> Result<moat_core::Digest, EngineError> {
+        let body = moat_registry::fetch_url(url)?;
+        self.import_image(body, name, message, changes)
+    }
+
     /// Writes images as a docker-archive tarball (every name resolves first).
     pub fn save_images(&mut self, refs: &[String], w: impl Write) -> Result<(), EngineError> {
         self.images.save(refs, w)?;

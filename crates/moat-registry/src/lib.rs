@@ -49,6 +49,14 @@ pub enum RegistryError {
     /// The manifest or blob does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A URL could not be fetched (`import` from a URL).
+    #[error("cannot fetch {url}: {message}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
     /// Content does not match its digest.
     #[error("{what}: digest mismatch: expected {want}, got {got}")]
     DigestMismatch {
@@ -223,6 +231,21 @@ fn agent(verify: bool) -> ureq::Agent {
         .tls_config(tls)
         .build()
         .into()
+}
+
+/// A plain `GET` of an `http(s)://` URL (`import` from a URL): the body as a
+/// reader; a status other than 200 is an error naming it.
+pub fn fetch_url(url: &str) -> Result<Box<dyn std::io::Read + Send>, RegistryError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(RegistryError::Unsupported(format!("{url:?} is not an http(s) URL")));
+    }
+    let fail = |message: String| RegistryError::Fetch { url: url.to_string(), message };
+    let r = agent(true).get(url).call().map_err(|e| fail(e.to_string()))?;
+    match r.status().as_u16() {
+        200 => Ok(Box::new(r.into_body().into_reader())),
+        404 => Err(RegistryError::NotFound(format!("cannot fetch {url}: 404 Not Found"))),
+        s => Err(fail(format!("the server answered {s}"))),
+    }
 }
 
 /// sha256 of bytes as a [`Digest`].

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// Image subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
-    /// Import a rootfs tarball (FILE or - for stdin) as an image.
+    /// Import a rootfs tarball (FILE, - for stdin, or an http(s) URL) as an image.
     Import(ImportArgs),
     /// Load images from a docker-archive or OCI layout tarball.
     Load(LoadArgs),
@@ -179,6 +179,10 @@ fn input(file: Option<&Path>) -> Result<(Box<dyn Read>, Option<u64>)> {
 /// Runs one image subcommand.
 pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
     match cmd {
+        ImageCmd::Import(a) if a.file.starts_with("http://") || a.file.starts_with("https://") => {
+            let msg = a.message.unwrap_or_else(|| format!("Imported from {}", a.file));
+            outln!("{}", e.import_url(&a.file, a.name.as_deref(), &msg, &a.changes)?);
+        }
         ImageCmd::Import(a) => {
             let (r, total) = input(Some(Path::new(&a.file)))?;
             let pb = output::progress("importing", total);

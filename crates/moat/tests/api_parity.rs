@@ -885,3 +885,74 @@ fn distribution_inspect_asks_the_registry() {
     let (code, _, body) = http(&s.sock, "GET", &format!("/distribution/{}/nosuch:1/json", reg.addr), None);
     assert_eq!(code, 404, "{}", String::from_utf8_lossy(&body));
 }
+
+/// Serves `body` at `/rootfs.tar` on 127.0.0.1 (404 elsewhere) for `n`
+/// requests; the URL's base.
+fn serve_file(body: Vec<u8>, n: usize) -> String {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for s in l.incoming().take(n).flatten() {
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let mut s = s;
+            if line.starts_with("GET /rootfs.tar ") {
+                write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+                s.write_all(&body).unwrap();
+            } else {
+                write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+            }
+        }
+    });
+    base
+}
+
+/// `POST /images/create?fromSrc=` imports a rootfs tarball through the API:
+/// from the body (`docker import FILE`, docker-py's
+/// `import_image_from_data`, with `--change` and a message) and from a URL
+/// (a server of the test's own on 127.0.0.1; the moat CLI too); a missing
+/// URL is an error that says so.
+#[test]
+fn import_through_the_api() {
+    let r = Root::new();
+    let s = ApiServer::start(&r);
+    let tar = tar_dir(busybox_rootfs());
+    let file = write_fixture("import-rootfs.tar", &tar);
+    let out = s.ok(&[
+        "import",
+        "-m",
+        "from a file",
+        "--change",
+        "CMD [\"echo\", \"changed\"]",
+        file.to_str().unwrap(),
+        "imp:1",
+    ]);
+    assert!(out.trim().starts_with("sha256:") && out.trim().len() == 71, "{out}");
+    assert_eq!(s.ok(&["run", "--rm", "imp:1"]), "changed\n");
+    assert_eq!(s.ok(&["history", "--format", "{{.Comment}}", "imp:1"]), "from a file\n");
+    docker_py(
+        &s,
+        &format!(
+            "data = open('{}', 'rb').read()\n\
+             c.api.import_image_from_data(data, repository='py', tag='1')\n\
+             assert c.images.get('py:1').attrs['RootFS']['Layers'], 'imported'",
+            file.display()
+        ),
+    );
+    let base = serve_file(tar, 3);
+    s.ok(&["import", &format!("{base}/rootfs.tar"), "fromurl:1"]);
+    assert_eq!(s.ok(&["run", "--rm", "fromurl:1", "/bin/echo", "from a URL"]), "from a URL\n");
+    r.ok(&["import", &format!("{base}/rootfs.tar"), "cliurl:1"]);
+    assert_eq!(r.ok(&["run", "--rm", "cliurl:1", "/bin/echo", "the CLI too"]), "the CLI too\n");
+    let e = s.fails(&["import", &format!("{base}/missing.tar"), "nope:1"]);
+    assert!(e.contains("404 Not Found"), "{e}");
+    assert!(r.fails(&["image", "inspect", "nope:1"]).contains("No such"));
+}
