@@ -76,7 +76,6 @@ pub(crate) const REFUSED_SET: &[(&str, &str)] = &[
     ("BlkioDeviceWriteBps", "block I/O limits are not supported"),
     ("BlkioDeviceReadIOps", "block I/O limits are not supported"),
     ("BlkioDeviceWriteIOps", "block I/O limits are not supported"),
-    ("Links", "legacy links are not supported: put both containers on one switch, where names resolve"),
     ("DeviceRequests", "device requests (--gpus) are not supported"),
     ("DeviceCgroupRules", "device cgroup rules are not supported: use --device"),
     ("Annotations", "annotations are not supported yet"),
@@ -397,6 +396,10 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         cgroupns_mode: str_of(&hc, "CgroupnsMode").to_string(),
         ipc_mode: str_of(&hc, "IpcMode").to_string(),
         uts_mode: str_of(&hc, "UTSMode").to_string(),
+        links: strings(hc.get("Links").unwrap_or(&Value::Null), "HostConfig.Links")?
+            .iter()
+            .map(|l| flags::link(l))
+            .collect::<std::result::Result<_, _>>()?,
         oom_score_adj: int(&hc, "OomScoreAdj")?.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
         group_add: strings(hc.get("GroupAdd").unwrap_or(&Value::Null), "HostConfig.GroupAdd")?,
         ..Default::default()

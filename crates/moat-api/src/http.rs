@@ -162,13 +162,22 @@ pub(crate) struct Query {
     pairs: Vec<(String, String)>,
 }
 
+/// A URL path segment decoded (`%XX`; a `+` stays a `+`).
+pub(crate) fn path_decode(s: &str) -> String {
+    pct_decode_with(s, false)
+}
+
 fn pct_decode(s: &str) -> String {
+    pct_decode_with(s, true)
+}
+
+fn pct_decode_with(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' if i + 2 < b.len() => {
                 match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
                     Ok(v) => {

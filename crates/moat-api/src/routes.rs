@@ -58,7 +58,9 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
     let (_, path) = http::strip_version(&full_path)?;
     let q = Query::parse(req.uri().query());
     let m = req.method().clone();
-    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // segments decoded: names may hold spaces (`docker network create "my net"`)
+    let decoded: Vec<String> = path.trim_matches('/').split('/').map(http::path_decode).collect();
+    let seg: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let upgrade = req.headers().get("upgrade").is_some();
     match (&m, seg.as_slice()) {
         (&Method::GET | &Method::HEAD, ["_ping"]) => {
@@ -170,6 +172,12 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             let args: Vec<String> = q.get("ps_args").unwrap_or("").split_whitespace().map(str::to_string).collect();
             let (titles, rows) = engine(&ctx, move |e| e.top_table(&id, &args)).await?;
             Ok(json(200, &j!({ "Titles": titles, "Processes": rows })))
+        }
+        // `docker rm --link /parent/alias`: the link, not a container
+        (&Method::DELETE, ["containers", rest @ ..]) if q.bool("link", false)? => {
+            let name = rest.iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join("/");
+            engine(&ctx, move |e| e.remove_link(&name)).await?;
+            Ok(empty(204))
         }
         (&Method::DELETE, ["containers", id]) => {
             let id = id.to_string();

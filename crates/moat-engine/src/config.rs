@@ -95,6 +95,15 @@ pub struct MountSpec {
     pub anonymous: bool,
 }
 
+/// A legacy link to another container (Docker's `--link`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Link {
+    /// The linked container's ID.
+    pub id: String,
+    /// The name it is known by in this container.
+    pub alias: String,
+}
+
 /// Everything fixed when the container is created.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -213,6 +222,10 @@ pub struct ContainerConfig {
     /// `--oom-score-adj` of the container's processes (-1000..=1000).
     #[serde(default)]
     pub oom_score_adj: i32,
+    /// Legacy links (`--link NAME[:ALIAS]`): the linked container's ID and
+    /// the alias, resolved at create.
+    #[serde(default)]
+    pub links: Vec<Link>,
     /// `--pid`: `""` (its own PID namespace) or `host`.
     #[serde(default)]
     pub pid_mode: String,

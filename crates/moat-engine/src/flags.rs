@@ -290,6 +290,19 @@ pub fn runtime(runtime: &str, isolation: Option<Isolation>) -> Result<Option<Iso
     }
 }
 
+/// `--link NAME[:ALIAS]` (a leading `/` of either is dropped); the name is
+/// resolved to the container's ID at create.
+pub fn link(s: &str) -> Result<crate::config::Link, EngineError> {
+    let (name, alias) = s.split_once(':').unwrap_or((s, ""));
+    let name = name.trim_start_matches('/');
+    // dockerd's own form in inspect: `/child:/parent/alias`
+    let alias = alias.rsplit('/').next().unwrap_or_default();
+    if name.is_empty() {
+        return Err(invalid(format!("invalid link {s:?}: use NAME[:ALIAS]")));
+    }
+    Ok(crate::config::Link { id: name.to_string(), alias: alias.to_string() })
+}
+
 /// A size (`64m`, `1.5g`, bytes) for a limit stored as `i64`.
 pub fn size(what: &str, s: &str) -> Result<i64, EngineError> {
     let b = moat_core::human::parse_size(s).map_err(|e| invalid(e.to_string()))?;

@@ -419,6 +419,27 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes the legacy link `PARENT/ALIAS` (`rm --link`): the parent's
+    /// `/etc/hosts` loses the alias at once, its environment at the next start.
+    pub fn remove_link(&mut self, name: &str) -> Result<(), EngineError> {
+        let name = name.trim_start_matches('/');
+        let Some((parent, alias)) = name.rsplit_once('/') else {
+            return Err(EngineError::Conflict("Conflict, cannot remove the default link name of the container".into()));
+        };
+        let c = self.get(parent)?;
+        let mut cfg = c.config.clone();
+        let before = cfg.links.len();
+        cfg.links.retain(|l| l.alias != alias);
+        if cfg.links.len() == before {
+            return Err(EngineError::NotFound(format!(
+                "no link /{name}: container {parent} has no link named {alias}"
+            )));
+        }
+        self.write_config(c.id(), &cfg)?;
+        let switches: Vec<String> = cfg.networks.iter().map(|e| e.switch_id.clone()).collect();
+        self.refresh_hosts(&switches)
+    }
+
     /// Renames a container (its peers' `/etc/hosts` follow).
     pub fn rename(&mut self, key: &str, new: &str) -> Result<Container, EngineError> {
         let c = self.get(key)?;

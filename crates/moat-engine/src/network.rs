@@ -296,6 +296,14 @@ impl Engine {
                     text.push_str(&format!("{}\t{} {}{aliases}\n", e.ip, o.name(), &o.id()[..12]));
                 }
             }
+            // legacy links: the alias, the linked container's hostname and name
+            for l in &c.config.links {
+                let Some(o) = all.iter().find(|o| o.id() == l.id) else { continue };
+                if let Some(e) = o.config.networks.iter().find(|e| mine.contains(&&e.switch_id)) {
+                    let name = if o.name() == l.alias { String::new() } else { format!(" {}", o.name()) };
+                    text.push_str(&format!("{}\t{} {}{name}\n", e.ip, l.alias, o.config.hostname));
+                }
+            }
             for h in &c.config.add_hosts {
                 if let Some((name, ip)) = h.split_once(':') {
                     // the host is the gateway of the container's switch (or,

@@ -237,6 +237,41 @@ pub fn join_network(spec: &mut Spec, layout: &Layout, other: &crate::Container) 
     Ok(())
 }
 
+/// Docker's environment of a legacy link to `child` as `alias` in `parent`:
+/// `ALIAS_NAME=/parent/alias`, `ALIAS_PORT` (the lowest exposed port) and
+/// per exposed port `ALIAS_PORT_<N>_<PROTO>` with `_ADDR`, `_PORT`,
+/// `_PROTO`, and the child's environment as `ALIAS_ENV_<KEY>` (without HOME
+/// and PATH), the address the child's on a switch both share.
+pub fn link_env(parent: &crate::Container, child: &crate::Container, alias: &str) -> Vec<String> {
+    let shared: Vec<&String> = parent.config.networks.iter().map(|e| &e.switch_id).collect();
+    let ip = child.config.networks.iter().find(|e| shared.contains(&&e.switch_id)).map(|e| e.ip.to_string());
+    let upper = alias.to_uppercase().replace('-', "_");
+    let mut env = Vec::new();
+    if let Some(ip) = &ip {
+        let mut ports = child.config.exposed.clone();
+        ports.sort();
+        if let Some((p, proto)) = ports.first() {
+            env.push(format!("{upper}_PORT={proto}://{ip}:{p}"));
+        }
+        for (p, proto) in &ports {
+            let pre = format!("{upper}_PORT_{p}_{}", proto.to_uppercase());
+            env.push(format!("{pre}={proto}://{ip}:{p}"));
+            env.push(format!("{pre}_ADDR={ip}"));
+            env.push(format!("{pre}_PORT={p}"));
+            env.push(format!("{pre}_PROTO={proto}"));
+        }
+    }
+    env.push(format!("{upper}_NAME=/{}/{alias}", parent.name()));
+    for e in &child.config.env {
+        if let Some((k, v)) = e.split_once('=') {
+            if k != "HOME" && k != "PATH" {
+                env.push(format!("{upper}_ENV_{k}={v}"));
+            }
+        }
+    }
+    env
+}
+
 #[cfg(test)]
 mod propagation_tests {
     use super::*;

@@ -984,6 +984,21 @@ impl ContainerInspect {
                     moat_runtime::spec::READONLY_PATHS.iter().map(|s| s.to_string()).collect()
                 },
                 unset: UnsetHostConfig {
+                    links: (!cfg.links.is_empty()).then(|| {
+                        cfg.links
+                            .iter()
+                            .map(|l| {
+                                let child = e
+                                    .images
+                                    .store()
+                                    .find_container(&l.id)
+                                    .ok()
+                                    .flatten()
+                                    .map_or_else(|| l.id.clone(), |o| o.name);
+                                format!("/{child}:/{}/{}", c.name(), l.alias)
+                            })
+                            .collect()
+                    }),
                     cpuset_cpus: cfg.limits.cpuset_cpus.clone().unwrap_or_default(),
                     cpuset_mems: cfg.limits.cpuset_mems.clone().unwrap_or_default(),
                     ..Default::default()

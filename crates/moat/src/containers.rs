@@ -53,6 +53,9 @@ pub struct CreateArgs {
     /// Tune the container's OOM preference (-1000 to 1000).
     #[arg(long = "oom-score-adj", allow_hyphen_values = true)]
     oom_score_adj: Option<i32>,
+    /// Add a legacy link to another container (NAME[:ALIAS]).
+    #[arg(long = "link")]
+    link: Vec<String>,
     /// Add supplementary groups (names in the container's /etc/group, or GIDs).
     #[arg(long = "group-add")]
     group_add: Vec<String>,
@@ -675,6 +678,7 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         uts_mode: a.uts.clone().unwrap_or_default(),
         cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
         group_add: a.group_add.clone(),
+        links: a.link.iter().map(|l| flags::link(l)).collect::<Result<_, _>>()?,
         tty: a.tty,
         open_stdin: a.interactive,
         stdin_once: a.interactive,

@@ -234,7 +234,6 @@ fn unapplied_settings_are_refused_by_name() {
         (&["--oom-kill-disable"], "HostConfig.OomKillDisable"),
         (&["--blkio-weight", "300"], "HostConfig.BlkioWeight"),
         (&["--device-read-bps", "/dev/null:1mb"], "HostConfig.BlkioDeviceReadBps"),
-        (&["--link", "nosuch:db"], "HostConfig.Links"),
         (&["--gpus", "all"], "HostConfig.DeviceRequests"),
         (&["--storage-opt", "size=1G"], "HostConfig.StorageOpt"),
         (&["--annotation", "a=b"], "HostConfig.Annotations"),
@@ -955,4 +954,67 @@ fn import_through_the_api() {
     let e = s.fails(&["import", &format!("{base}/missing.tar"), "nope:1"]);
     assert!(e.contains("404 Not Found"), "{e}");
     assert!(r.fails(&["image", "inspect", "nope:1"]).contains("No such"));
+}
+
+/// Legacy links as dockerd makes them: the alias (with the linked
+/// container's hostname and name) in `/etc/hosts`, Docker's `ALIAS_*`
+/// variables (exposed ports, name, the linked container's environment),
+/// `HostConfig.Links` in inspect, `rm --link` removing one; a missing or
+/// stopped container refused with dockerd's words; in both isolation types.
+fn legacy_links(iso: &str) {
+    let (r, s) = served();
+    let iso_flag = format!("--isolation={iso}");
+    s.ok(&["run", "-d", "--name", "db", "-e", "SECRET=s3", "--expose", "5432", "busybox", "sleep", "600"]);
+    let ip =
+        r.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", "db"]).trim().to_string();
+    let host = r.ok(&["inspect", "-f", "{{.Config.Hostname}}", "db"]).trim().to_string();
+    s.ok(&["run", "-d", "--name", "web", &iso_flag, "--link", "db:pg", "busybox", "sleep", "600"]);
+    let env = s.ok(&["exec", "web", "sh", "-c", "env | grep ^PG_ | sort"]);
+    assert_eq!(
+        env,
+        format!(
+            "PG_ENV_SECRET=s3\nPG_NAME=/web/pg\nPG_PORT=tcp://{ip}:5432\nPG_PORT_5432_TCP=tcp://{ip}:5432\n\
+             PG_PORT_5432_TCP_ADDR={ip}\nPG_PORT_5432_TCP_PORT=5432\nPG_PORT_5432_TCP_PROTO=tcp\n"
+        )
+    );
+    assert_eq!(s.ok(&["exec", "web", "grep", "-w", "pg", "/etc/hosts"]), format!("{ip}\tpg {host} db\n"));
+    // the alias reaches it (traffic between moat's own containers on its switch)
+    s.ok(&["exec", "web", "ping", "-c", "1", "-W", "5", "pg"]);
+    assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Links}}", "web"]), "[/db:/web/pg]\n");
+    // rm --link: the alias leaves /etc/hosts at once
+    s.ok(&["rm", "--link", "/web/pg"]);
+    assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Links}}", "web"]), "[]\n");
+    let o = s.docker(&["exec", "web", "grep", "-w", "pg", "/etc/hosts"]);
+    assert_eq!(o.status.code(), Some(1), "gone from /etc/hosts: {o:?}");
+    let e = s.fails(&["run", "--rm", &iso_flag, "--link", "nosuch:x", "busybox", "true"]);
+    assert!(e.contains("could not get container for nosuch"), "{e}");
+    s.ok(&["stop", "-t", "0", "db"]);
+    let e = s.fails(&["run", "--rm", &iso_flag, "--link", "db", "busybox", "true"]);
+    assert!(e.contains("Cannot link to a non running container: /db AS /"), "{e}");
+    r.ok(&["rm", "-f", "web", "db"]);
+}
+
+#[test]
+fn legacy_links_process() {
+    legacy_links("process");
+}
+
+#[test]
+fn legacy_links_hyperv() {
+    legacy_links("hyperv");
+}
+
+/// Names in a request's path are URL-decoded: a switch named with a space
+/// is found by `docker network inspect/connect/rm` (the path holds `%20`).
+#[test]
+fn names_in_paths_are_decoded() {
+    let (r, s) = served();
+    s.ok(&["network", "create", "my net"]);
+    assert_eq!(s.ok(&["network", "inspect", "-f", "{{.Name}}", "my net"]), "my net\n");
+    s.ok(&["create", "--name", "c", "busybox", "true"]);
+    s.ok(&["network", "connect", "my net", "c"]);
+    assert_eq!(r.ok(&["inspect", "-f", "{{len .NetworkSettings.Networks}}", "c"]), "2\n");
+    s.ok(&["network", "disconnect", "my net", "c"]);
+    s.ok(&["network", "rm", "my net"]);
+    assert_eq!(s.ok(&["network", "ls", "-q", "--filter", "name=my net"]), "");
 }

@@ -229,6 +229,26 @@ impl Shim {
                 let o = engine.get(other)?;
                 crate::spec::join_network(&mut spec, engine.layout(), &o)?;
             }
+            // legacy links: the linked containers run; their environment
+            // comes first, the container's own entries win
+            let mut link_env = Vec::new();
+            for l in &c.config.links {
+                let child = engine
+                    .get(&l.id)
+                    .map_err(|_| EngineError::NotFound(format!("could not get container for {}", l.alias)))?;
+                if !child.is_running() {
+                    return Err(EngineError::Invalid(format!(
+                        "Cannot link to a non running container: /{} AS /{}/{}",
+                        child.name(),
+                        c.name(),
+                        l.alias
+                    )));
+                }
+                link_env.extend(crate::spec::link_env(&c, &child, &l.alias));
+            }
+            if !link_env.is_empty() {
+                spec.process.env = moat_runtime::relay::merge_env(&link_env, &spec.process.env);
+            }
             let dir = engine.layout().container(id);
             let log = LogWriter::open(&dir.join(format!("{id}-json.log")), c.config.log.clone())
                 .map_err(EngineError::io("open log"))?;
