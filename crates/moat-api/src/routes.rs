@@ -364,43 +364,8 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         (&Method::POST, ["networks", "create"]) => {
             let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
-            let name = v["Name"].as_str().unwrap_or("").to_string();
-            moat_engine::network::check_driver(v["Driver"].as_str().unwrap_or(""))?;
-            let internal = v["Internal"].as_bool().unwrap_or(false);
-            let labels: std::collections::BTreeMap<String, String> = match v.get("Labels") {
-                None | Some(serde_json::Value::Null) => Default::default(),
-                Some(l) => serde_json::from_value(l.clone())
-                    .map_err(|_| ApiError::bad("Labels: expected an object of strings"))?,
-            };
-            let ipam = v.pointer("/IPAM/Config/0").cloned().unwrap_or_default();
-            let subnet = match ipam["Subnet"].as_str().filter(|s| !s.is_empty()) {
-                Some(s) => Some(s.parse().map_err(|_| ApiError::bad(format!("invalid subnet {s:?}")))?),
-                None => None,
-            };
-            let gateway = match ipam["Gateway"].as_str().filter(|s| !s.is_empty()) {
-                Some(s) => Some(s.parse().map_err(|_| ApiError::bad(format!("invalid gateway {s:?}")))?),
-                None => None,
-            };
-            let opts: Vec<String> = v["Options"]
-                .as_object()
-                .map(|o| o.iter().map(|(k, x)| format!("{k}={}", x.as_str().unwrap_or_default())).collect())
-                .unwrap_or_default();
-            moat_engine::network::check_unsupported(&opts, v["EnableIPv6"].as_bool() == Some(true))?;
-            // what moat cannot apply is refused by name, never ignored
-            if ipam["IPRange"].as_str().is_some_and(|r| !r.is_empty()) {
-                return Err(ApiError::bad("IPAM IPRange is not supported: addresses come from the whole subnet"));
-            }
-            if ipam.get("AuxiliaryAddresses").is_some_and(|a| a.as_object().is_some_and(|o| !o.is_empty())) {
-                return Err(ApiError::bad("IPAM AuxiliaryAddresses are not supported"));
-            }
-            if v.pointer("/IPAM/Config/1").is_some() {
-                return Err(ApiError::bad("a switch has one subnet: IPAM lists more than one"));
-            }
-            if v.pointer("/IPAM/Options").and_then(|o| o.as_object()).is_some_and(|o| !o.is_empty()) {
-                return Err(ApiError::bad("network IPAM options are not supported yet"));
-            }
-            let id =
-                engine(&ctx, move |e| e.create_switch(&name, subnet, gateway, internal, labels).map(|s| s.id)).await?;
+            let req = switch_request(&v)?;
+            let id = engine(&ctx, move |e| e.create_switch(&req).map(|s| s.id)).await?;
             Ok(json(201, &j!({ "Id": id, "Warning": "" })))
         }
         (&Method::POST, ["networks", "prune"]) => {
@@ -433,9 +398,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
                     return Err(ApiError::bad(format!("EndpointConfig.{k}: {what} are not supported yet")));
                 }
             }
-            if v.pointer("/EndpointConfig/MacAddress").and_then(|m| m.as_str()).is_some_and(|m| !m.is_empty()) {
-                return Err(ApiError::bad("EndpointConfig.MacAddress: a MAC address at connect is not supported yet"));
-            }
+            let mac = v.pointer("/EndpointConfig/MacAddress").and_then(|m| m.as_str()).map(str::to_string);
             let ip = match v
                 .pointer("/EndpointConfig/IPAMConfig/IPv4Address")
                 .and_then(|x| x.as_str())
@@ -446,7 +409,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             };
             engine(&ctx, move |e| {
                 if connect {
-                    e.connect_switch_as(&id, &container, ip, &aliases)
+                    e.connect_switch_as(&id, &container, ip, mac.as_deref(), &aliases)
                 } else {
                     e.disconnect_switch(&id, &container)
                 }
@@ -586,6 +549,47 @@ fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
         restart,
         isolation,
         restart_for_isolation: false,
+    })
+}
+
+/// Docker's network create body as a [`moat_engine::network::SwitchRequest`]
+/// (strings parsed into addresses; the engine checks the rest).
+fn switch_request(v: &serde_json::Value) -> Result<moat_engine::network::SwitchRequest> {
+    let net = |what: &str, s: &str| -> Result<moat_engine::network::Ipv4Net> {
+        s.parse().map_err(|_| ApiError::bad(format!("invalid {what} {s:?}: IPv4 CIDR expected")))
+    };
+    let addr = |what: &str, s: &str| -> Result<std::net::Ipv4Addr> {
+        s.parse().map_err(|_| ApiError::bad(format!("invalid {what} {s:?}: IPv4 address expected")))
+    };
+    let map = |x: Option<&serde_json::Value>, what: &str| -> Result<std::collections::BTreeMap<String, String>> {
+        match x {
+            None | Some(serde_json::Value::Null) => Ok(Default::default()),
+            Some(l) => serde_json::from_value(l.clone())
+                .map_err(|_| ApiError::bad(format!("{what}: expected an object of strings"))),
+        }
+    };
+    if v.pointer("/IPAM/Config/1").is_some() {
+        return Err(ApiError::bad("a switch has one subnet: IPAM lists more than one"));
+    }
+    let ipam = v.pointer("/IPAM/Config/0").cloned().unwrap_or_default();
+    let text = |k: &str| ipam[k].as_str().filter(|s| !s.is_empty());
+    let mut aux = std::collections::BTreeMap::new();
+    for (k, a) in map(ipam.get("AuxiliaryAddresses"), "IPAM AuxiliaryAddresses")? {
+        aux.insert(k, addr("auxiliary address", &a)?);
+    }
+    Ok(moat_engine::network::SwitchRequest {
+        name: v["Name"].as_str().unwrap_or("").to_string(),
+        driver: v["Driver"].as_str().unwrap_or("").to_string(),
+        subnet: text("Subnet").map(|s| net("subnet", s)).transpose()?,
+        gateway: text("Gateway").map(|s| addr("gateway", s)).transpose()?,
+        ip_range: text("IPRange").map(|s| net("IP range", s)).transpose()?,
+        aux_addresses: aux,
+        ipam_driver: v.pointer("/IPAM/Driver").and_then(|d| d.as_str()).unwrap_or("").to_string(),
+        ipam_options: map(v.pointer("/IPAM/Options"), "IPAM Options")?,
+        options: map(v.get("Options"), "Options")?.into_iter().map(|(k, x)| format!("{k}={x}")).collect(),
+        ipv6: v["EnableIPv6"].as_bool() == Some(true),
+        internal: v["Internal"].as_bool().unwrap_or(false),
+        labels: map(v.get("Labels"), "Labels")?,
     })
 }
 

@@ -3,7 +3,7 @@
 
 use crate::{Container, Engine, EngineError};
 use chrono::Utc;
-use ipnet::Ipv4Net;
+pub use ipnet::Ipv4Net;
 use moat_net::{Endpoint, SwitchConfig, DEFAULT_SWITCH};
 use moat_store::SwitchRow;
 use std::net::Ipv4Addr;
@@ -37,6 +37,43 @@ pub fn check_unsupported(opts: &[String], ipv6: bool) -> Result<(), EngineError>
         )));
     }
     Ok(())
+}
+
+/// A switch to create (`switch create`, `POST /networks/create`), as typed
+/// values; the engine checks it.
+#[derive(Debug, Clone, Default)]
+pub struct SwitchRequest {
+    /// Name.
+    pub name: String,
+    /// Driver (`bridge` or empty).
+    pub driver: String,
+    /// Subnet (one is picked when none).
+    pub subnet: Option<Ipv4Net>,
+    /// Gateway (the subnet's first host when none).
+    pub gateway: Option<Ipv4Addr>,
+    /// Hand out addresses from this part of the subnet only.
+    pub ip_range: Option<Ipv4Net>,
+    /// Addresses never handed out, by name.
+    pub aux_addresses: std::collections::BTreeMap<String, Ipv4Addr>,
+    /// IPAM driver (`default` or empty).
+    pub ipam_driver: String,
+    /// IPAM options (kept and shown).
+    pub ipam_options: std::collections::BTreeMap<String, String>,
+    /// Driver options (`KEY=VALUE`; refused: a switch has none).
+    pub options: Vec<String>,
+    /// IPv6 (refused).
+    pub ipv6: bool,
+    /// No NAT, no forwarding off the switch.
+    pub internal: bool,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl SwitchRequest {
+    /// A plain switch named `name`.
+    pub fn named(name: &str) -> Self {
+        Self { name: name.to_string(), ..Default::default() }
+    }
 }
 
 /// The default switch's gateway: an address of the host on its bridge
@@ -118,16 +155,23 @@ impl Engine {
     /// never get overlapping subnets, and a subnet the host routes elsewhere,
     /// a reserved range or one holding the default gateway is refused (and
     /// skipped when choosing one).
-    pub fn create_switch(
-        &mut self,
-        name: &str,
-        subnet: Option<Ipv4Net>,
-        gateway: Option<Ipv4Addr>,
-        internal: bool,
-        labels: std::collections::BTreeMap<String, String>,
-    ) -> Result<Switch, EngineError> {
+    pub fn create_switch(&mut self, req: &SwitchRequest) -> Result<Switch, EngineError> {
+        let (name, subnet, gateway) = (req.name.as_str(), req.subnet, req.gateway);
         if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c == '/') {
             return Err(EngineError::Invalid(format!("invalid switch name {name:?}")));
+        }
+        check_driver(&req.driver)?;
+        check_unsupported(&req.options, req.ipv6)?;
+        if !matches!(req.ipam_driver.as_str(), "" | "default") {
+            return Err(EngineError::Unsupported(format!(
+                "IPAM driver {:?}: moat's switches use the default IPAM",
+                req.ipam_driver
+            )));
+        }
+        if (req.ip_range.is_some() || !req.aux_addresses.is_empty()) && subnet.is_none() {
+            return Err(EngineError::Invalid(
+                "an IP range or auxiliary addresses need the subnet they belong to (--subnet)".into(),
+            ));
         }
         if let Some(s) = subnet {
             if s.prefix_len() > 30 {
@@ -176,8 +220,28 @@ impl Engine {
                 Some(g) => g,
                 None => subnet.hosts().next().ok_or_else(|| EngineError::Invalid("subnet has no hosts".into()))?,
             };
-            let config =
-                SwitchConfig { subnet, gateway, internal, bridge: moat_net::bridge_name(&id), labels: labels.clone() };
+            if let Some(r) = req.ip_range {
+                if !subnet.contains(&r.network()) || r.prefix_len() < subnet.prefix_len() {
+                    return Err(EngineError::Invalid(format!("IP range {r} is not a part of subnet {subnet}")));
+                }
+            }
+            for (n, a) in &req.aux_addresses {
+                if !subnet.contains(a) || *a == gateway {
+                    return Err(EngineError::Invalid(format!(
+                        "auxiliary address {n}={a} is not a free host address of {subnet}"
+                    )));
+                }
+            }
+            let config = SwitchConfig {
+                subnet,
+                gateway,
+                internal: req.internal,
+                bridge: moat_net::bridge_name(&id),
+                labels: req.labels.clone(),
+                ip_range: req.ip_range.map(|r| r.trunc()),
+                aux_addresses: req.aux_addresses.clone(),
+                ipam_options: req.ipam_options.clone(),
+            };
             Ok(SwitchRow {
                 id: id.clone(),
                 name: name.to_string(),
@@ -211,7 +275,7 @@ impl Engine {
         if let Ok(s) = self.find_switch(DEFAULT_SWITCH) {
             return Ok(s);
         }
-        match self.create_switch(DEFAULT_SWITCH, None, None, false, Default::default()) {
+        match self.create_switch(&SwitchRequest::named(DEFAULT_SWITCH)) {
             Ok(s) => Ok(s),
             Err(e) => self.find_switch(DEFAULT_SWITCH).map_err(|_| e),
         }
@@ -254,10 +318,8 @@ impl Engine {
         let got = self.images.store_mut().allocate_ip(cid, &sw.id, |used| {
             let used: Vec<Ipv4Addr> = used.iter().filter_map(|u| u.parse().ok()).collect();
             match ip {
-                Some(ip) => moat_net::check_ip(&cfg.subnet, cfg.gateway, ip, &used)
-                    .map(|_| ip.to_string())
-                    .map_err(|e| e.to_string()),
-                None => moat_net::first_free(&cfg.subnet, cfg.gateway, &used)
+                Some(ip) => moat_net::check_ip_in(&cfg, ip, &used).map(|_| ip.to_string()).map_err(|e| e.to_string()),
+                None => moat_net::first_free_in(&cfg, &used)
                     .map(|a| a.to_string())
                     .ok_or_else(|| format!("no free address left on switch {:?}", sw.name)),
             }
@@ -271,6 +333,7 @@ impl Engine {
             gateway: (!cfg.internal).then_some(cfg.gateway),
             mac: mac.unwrap_or_else(|| moat_net::mac_for(ip)),
             bridge: cfg.bridge.clone(),
+            aliases: Vec::new(),
         })
     }
 
@@ -292,7 +355,7 @@ impl Engine {
             }
             for o in all.iter().filter(|o| o.id() != c.id()) {
                 for e in o.config.networks.iter().filter(|e| mine.contains(&&e.switch_id)) {
-                    let aliases: String = o.config.aliases.iter().map(|a| format!(" {a}")).collect();
+                    let aliases: String = o.config.aliases.iter().chain(&e.aliases).map(|a| format!(" {a}")).collect();
                     text.push_str(&format!("{}\t{} {}{aliases}\n", e.ip, o.name(), &o.id()[..12]));
                 }
             }
@@ -359,36 +422,40 @@ impl Engine {
     /// start, a running process container at once (a new veth in its
     /// network namespace, `ethN` with its address).
     pub fn connect_switch(&mut self, switch: &str, key: &str, ip: Option<Ipv4Addr>) -> Result<(), EngineError> {
-        self.connect_switch_as(switch, key, ip, &[])
+        self.connect_switch_as(switch, key, ip, None, &[])
     }
 
-    /// [`Engine::connect_switch`] naming the container by `aliases` there
-    /// too. A container's aliases hold on every switch it is on, so these
-    /// may only be ones it already has (or its name or short ID, which
-    /// Docker adds): a new alias for a container that exists is refused by
-    /// name rather than dropped.
+    /// [`Engine::connect_switch`] with a MAC address of its own there and
+    /// more names the container answers to on this switch only (Docker's
+    /// per-network aliases; its name and short ID it has anyway).
     pub fn connect_switch_as(
         &mut self,
         switch: &str,
         key: &str,
         ip: Option<Ipv4Addr>,
+        mac: Option<&str>,
         aliases: &[String],
     ) -> Result<(), EngineError> {
         let (sw, c) = self.switch_and_container(switch, key)?;
-        if let Some(a) =
-            aliases.iter().find(|a| !c.config.aliases.contains(a) && *a != c.name() && !c.id().starts_with(a.as_str()))
-        {
-            return Err(EngineError::Unsupported(format!(
-                "alias {a:?}: a new alias for an existing container is not supported yet (give aliases when it is created)"
-            )));
+        let mac = mac.filter(|m| !m.is_empty()).map(moat_net::parse_mac).transpose()?;
+        for a in aliases {
+            if a.is_empty() || a.len() > 255 || a.chars().any(|ch| ch.is_whitespace() || ch.is_control() || ch == '#') {
+                return Err(EngineError::Invalid(format!("invalid alias {a:?}")));
+            }
         }
+        let own: Vec<String> = aliases
+            .iter()
+            .filter(|a| !c.config.aliases.contains(a) && *a != c.name() && !c.id().starts_with(a.as_str()))
+            .cloned()
+            .collect();
         if matches!(c.config.network.as_str(), "host" | "none") {
             return Err(EngineError::Invalid(format!("container {} uses --network {}", c.name(), c.config.network)));
         }
         if c.config.networks.iter().any(|e| e.switch_id == sw.id) {
             return Err(EngineError::Conflict(format!("container {} is already on switch {:?}", c.name(), sw.name)));
         }
-        let ep = self.allocate(c.id(), &sw, ip, None)?;
+        let mut ep = self.allocate(c.id(), &sw, ip, mac)?;
+        ep.aliases = own;
         if c.is_running() {
             if let Err(e) = plug(&c, &ep) {
                 let _ = self.images.store_mut().release_ip(c.id(), &sw.id);

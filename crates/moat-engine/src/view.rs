@@ -262,6 +262,7 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
                     aliases: [c.name().to_string(), c.id()[..12].to_string()]
                         .into_iter()
                         .chain(c.config.aliases.iter().cloned())
+                        .chain(e.aliases.iter().cloned())
                         .collect(),
                     host_interface: moat_net::if_name(letter, c.id(), n),
                     ipam_config: (n == 0)
@@ -276,6 +277,7 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
                     dns_names: [c.name().to_string(), c.id()[..12].to_string()]
                         .into_iter()
                         .chain(c.config.aliases.iter().cloned())
+                        .chain(e.aliases.iter().cloned())
                         .collect(),
                 },
             )
@@ -1399,6 +1401,12 @@ pub struct IpamConfig {
     pub subnet: String,
     /// Gateway.
     pub gateway: String,
+    /// The range addresses are handed out from (when one was given).
+    #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    /// Reserved addresses (when some were given).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub auxiliary_addresses: BTreeMap<String, String>,
 }
 
 /// A container on a network.
@@ -1493,8 +1501,18 @@ impl NetworkInspect {
             enable_ipv6: false,
             ipam: Ipam {
                 driver: "default".into(),
-                config: vec![IpamConfig { subnet: s.config.subnet.to_string(), gateway: s.config.gateway.to_string() }],
-                options: BTreeMap::new(),
+                config: vec![IpamConfig {
+                    subnet: s.config.subnet.to_string(),
+                    gateway: s.config.gateway.to_string(),
+                    ip_range: s.config.ip_range.map(|r| r.to_string()),
+                    auxiliary_addresses: s
+                        .config
+                        .aux_addresses
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.to_string()))
+                        .collect(),
+                }],
+                options: s.config.ipam_options.clone(),
             },
             internal: s.config.internal,
             attachable: true,

@@ -39,6 +39,15 @@ pub struct SwitchConfig {
     /// Labels.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Addresses are handed out from this range of the subnet only (`--ip-range`).
+    #[serde(default)]
+    pub ip_range: Option<Ipv4Net>,
+    /// Addresses never handed out (`--aux-address NAME=IP`).
+    #[serde(default)]
+    pub aux_addresses: std::collections::BTreeMap<String, Ipv4Addr>,
+    /// IPAM options as given (`--ipam-opt`; the default IPAM has none of its own).
+    #[serde(default)]
+    pub ipam_options: std::collections::BTreeMap<String, String>,
 }
 
 /// A container's place on a switch.
@@ -58,6 +67,9 @@ pub struct Endpoint {
     pub mac: String,
     /// Bridge to attach to.
     pub bridge: String,
+    /// More names the container answers to on this switch (`network connect --alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// The default switch's name (docker's `bridge` and `default` are aliases).
@@ -96,6 +108,29 @@ pub fn parse_mac(s: &str) -> Result<String, NetError> {
 /// The first free host address of `subnet` (not network, gateway or broadcast).
 pub fn first_free(subnet: &Ipv4Net, gateway: Ipv4Addr, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
     subnet.hosts().find(|a| *a != gateway && !used.contains(a))
+}
+
+/// The first address of `cfg`'s range (or subnet) that is neither the
+/// gateway, nor reserved, nor in `used`.
+pub fn first_free_in(cfg: &SwitchConfig, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    let range = cfg.ip_range.unwrap_or(cfg.subnet);
+    range.hosts().find(|a| {
+        cfg.subnet.contains(a)
+            && *a != cfg.subnet.network()
+            && *a != cfg.subnet.broadcast()
+            && *a != cfg.gateway
+            && !used.contains(a)
+            && !cfg.aux_addresses.values().any(|r| r == a)
+    })
+}
+
+/// Checks a requested address against `cfg` (anywhere in the subnet, as
+/// Docker allows, but not a reserved one).
+pub fn check_ip_in(cfg: &SwitchConfig, ip: Ipv4Addr, used: &[Ipv4Addr]) -> Result<(), NetError> {
+    if let Some((name, _)) = cfg.aux_addresses.iter().find(|(_, a)| **a == ip) {
+        return Err(NetError::Invalid(format!("address {ip} is reserved on this switch ({name})")));
+    }
+    check_ip(&cfg.subnet, cfg.gateway, ip, used)
 }
 
 /// Checks a requested address.

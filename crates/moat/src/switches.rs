@@ -34,6 +34,18 @@ pub enum SwitchCmd {
         /// IPv6 (not supported yet: refused).
         #[arg(long)]
         ipv6: bool,
+        /// Hand out addresses from this part of the subnet only (CIDR).
+        #[arg(long = "ip-range")]
+        ip_range: Option<ipnet::Ipv4Net>,
+        /// Reserve an address: `NAME=IP` (repeatable).
+        #[arg(long = "aux-address")]
+        aux_address: Vec<String>,
+        /// IPAM driver (only `default`).
+        #[arg(long = "ipam-driver", default_value = "default")]
+        ipam_driver: String,
+        /// IPAM option `KEY=VALUE` (repeatable; kept and shown).
+        #[arg(long = "ipam-opt")]
+        ipam_opt: Vec<String>,
     },
     /// List switches.
     #[command(alias = "list")]
@@ -82,6 +94,12 @@ pub enum SwitchCmd {
         /// Address on the switch.
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
+        /// MAC address on the switch.
+        #[arg(long = "mac-address")]
+        mac_address: Option<String>,
+        /// More names the container answers to on this switch (repeatable).
+        #[arg(long = "alias")]
+        alias: Vec<String>,
     },
     /// Detach a container from a switch (a running process container at once).
     Disconnect {
@@ -95,17 +113,44 @@ pub enum SwitchCmd {
 /// Runs a switch subcommand.
 pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
     match cmd {
-        SwitchCmd::Create { name, subnet, gateway, internal, driver, label, opt, ipv6 } => {
-            moat_engine::network::check_driver(&driver)?;
-            moat_engine::network::check_unsupported(&opt, ipv6)?;
-            let s = e.create_switch(
-                &name,
+        SwitchCmd::Create {
+            name,
+            subnet,
+            gateway,
+            internal,
+            driver,
+            label,
+            opt,
+            ipv6,
+            ip_range,
+            aux_address,
+            ipam_driver,
+            ipam_opt,
+        } => {
+            let mut aux_addresses = std::collections::BTreeMap::new();
+            for a in &aux_address {
+                let (n, ip) =
+                    a.split_once('=').ok_or_else(|| anyhow::anyhow!("invalid --aux-address {a:?}: use NAME=IP"))?;
+                let ip = ip
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("invalid --aux-address {a:?}: {ip:?} is not an IPv4 address"))?;
+                aux_addresses.insert(n.to_string(), ip);
+            }
+            let req = moat_engine::network::SwitchRequest {
+                name,
+                driver,
                 subnet,
                 gateway,
+                ip_range,
+                aux_addresses,
+                ipam_driver,
+                ipam_options: ipam_opt.iter().map(|l| moat_engine::flags::label(l)).collect(),
+                options: opt,
+                ipv6,
                 internal,
-                label.iter().map(|l| moat_engine::flags::label(l)).collect(),
-            )?;
-            outln!("{}", s.id);
+                labels: label.iter().map(|l| moat_engine::flags::label(l)).collect(),
+            };
+            outln!("{}", e.create_switch(&req)?.id);
         }
         SwitchCmd::Ls { quiet, no_trunc, filter, format } => {
             let f = moat_engine::filter::SwitchFilter::new(moat_engine::filter::Filters::from_args(&filter)?)?;
@@ -164,7 +209,9 @@ pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
                 }
             }
         }
-        SwitchCmd::Connect { switch, container, ip } => e.connect_switch(&switch, &container, ip)?,
+        SwitchCmd::Connect { switch, container, ip, mac_address, alias } => {
+            e.connect_switch_as(&switch, &container, ip, mac_address.as_deref(), &alias)?
+        }
         SwitchCmd::Disconnect { switch, container } => e.disconnect_switch(&switch, &container)?,
     }
     Ok(0)

@@ -228,7 +228,7 @@ fn detach_from_attach_leaves_it_running_hyperv() {
 /// says so).
 #[test]
 fn unapplied_settings_are_refused_by_name() {
-    let (r, s) = served();
+    let (_r, s) = served();
     for (flags, field) in [
         (&["--memory-reservation", "10m"][..], "HostConfig.MemoryReservation"),
         (&["--oom-kill-disable"], "HostConfig.OomKillDisable"),
@@ -260,17 +260,75 @@ fn unapplied_settings_are_refused_by_name() {
     };
     assert_eq!(got.trim(), if v2 { "50000 100000" } else { "50000" }, "half a CPU");
     // networks: what a switch cannot do is refused by name
-    let e = s.fails(&["network", "create", "--subnet", "10.99.7.0/24", "--ip-range", "10.99.7.0/25", "rng"]);
-    assert!(e.contains("IPRange"), "{e}");
     let e = s.fails(&["network", "create", "--opt", "com.docker.network.bridge.name=x", "opt"]);
     assert!(e.contains("driver options"), "{e}");
-    s.ok(&["network", "create", "net2"]);
-    s.ok(&["create", "--name", "later", "busybox", "true"]);
-    let e = s.fails(&["network", "connect", "--alias", "newname", "net2", "later"]);
-    assert!(e.contains("alias \"newname\""), "{e}");
-    s.ok(&["network", "connect", "net2", "later"]);
-    assert_eq!(r.ok(&["inspect", "-f", "{{len .NetworkSettings.Networks}}", "later"]), "2\n");
-    s.ok(&["rm", "-f", &id, "later"]);
+    let e = s.fails(&["network", "create", "--ipam-driver", "dhcp", "ipd"]);
+    assert!(e.contains("IPAM driver \"dhcp\""), "{e}");
+    s.ok(&["rm", "-f", &id]);
+}
+
+/// IPAM as dockerd takes it: addresses from `--ip-range` only, reserved
+/// `--aux-address`es never handed out (a requested one refused), `--ip`
+/// anywhere in the subnet, IPAM options kept and shown; `connect` applies
+/// a MAC address (the container's interface has it) and aliases on that
+/// switch only (its peers there resolve them, a peer elsewhere does not).
+#[test]
+fn ipam_options_and_connect_aliases() {
+    let (r, s) = served();
+    s.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.99.7.0/24",
+        "--ip-range",
+        "10.99.7.128/25",
+        "--aux-address",
+        "reserved=10.99.7.128",
+        "--ipam-opt",
+        "foo=bar",
+        "rng",
+    ]);
+    let ipam = s.ok(&["network", "inspect", "-f", "{{json .IPAM}}", "rng"]);
+    let v: serde_json::Value = serde_json::from_str(&ipam).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"Driver": "default", "Options": {"foo": "bar"}, "Config": [{"Subnet": "10.99.7.0/24",
+            "Gateway": "10.99.7.1", "IPRange": "10.99.7.128/25", "AuxiliaryAddresses": {"reserved": "10.99.7.128"}}]})
+    );
+    let ip_of = |c: &str| {
+        r.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", c]).trim().to_string()
+    };
+    s.ok(&["run", "-d", "--name", "peer", "--network", "rng", "busybox", "sleep", "600"]);
+    assert_eq!(ip_of("peer"), "10.99.7.129", "the range's first free address, the reserved one skipped");
+    let e = s.fails(&["create", "--network", "rng", "--ip", "10.99.7.128", "busybox", "true"]);
+    assert!(e.contains("address 10.99.7.128 is reserved on this switch (reserved)"), "{e}");
+    s.ok(&["create", "--name", "low", "--network", "rng", "--ip", "10.99.7.5", "busybox", "true"]);
+    assert_eq!(ip_of("low"), "10.99.7.5", "--ip may be outside the range");
+    // connect with a MAC and an alias of its own on rng
+    s.ok(&["run", "-d", "--name", "c1", "busybox", "sleep", "600"]);
+    s.ok(&["run", "-d", "--name", "other", "busybox", "sleep", "600"]);
+    docker_py(
+        &s,
+        "c.api.connect_container_to_network('c1', 'rng', aliases=['newname'], mac_address='02:42:ac:11:00:99')",
+    );
+    assert_eq!(s.ok(&["exec", "c1", "cat", "/sys/class/net/eth1/address"]), "02:42:ac:11:00:99\n");
+    let hosts_peer = s.ok(&["exec", "peer", "cat", "/etc/hosts"]);
+    assert!(
+        hosts_peer.lines().any(|l| l.starts_with("10.99.7.") && l.split_whitespace().any(|w| w == "newname")),
+        "{hosts_peer}"
+    );
+    s.ok(&["exec", "peer", "ping", "-c", "1", "-W", "5", "newname"]);
+    let hosts_other = s.ok(&["exec", "other", "cat", "/etc/hosts"]);
+    assert!(hosts_other.contains("c1") && !hosts_other.contains("newname"), "only on rng: {hosts_other}");
+    let f = "{{json (index .NetworkSettings.Networks \"rng\").Aliases}} {{(index .NetworkSettings.Networks \"rng\").MacAddress}}";
+    let got = s.ok(&["inspect", "-f", f, "c1"]);
+    assert!(got.contains("\"newname\"") && got.trim_end().ends_with("02:42:ac:11:00:99"), "{got}");
+    // the moat CLI's connect takes both too
+    r.ok(&["switch", "connect", "--mac-address", "02:42:ac:11:00:98", "--alias", "viacli", "rng", "other"]);
+    assert_eq!(s.ok(&["exec", "other", "cat", "/sys/class/net/eth1/address"]), "02:42:ac:11:00:98\n");
+    assert!(s.ok(&["exec", "peer", "cat", "/etc/hosts"]).contains(" viacli"));
+    r.ok(&["rm", "-f", "peer", "low", "c1", "other"]);
+    s.ok(&["network", "rm", "rng"]);
 }
 
 /// `--group-add`, `--oom-score-adj` and `--domainname` are applied to the container's
