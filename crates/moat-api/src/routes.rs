@@ -112,7 +112,14 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::GET, ["containers", id, "json"]) => {
             let id = id.to_string();
-            Ok(json(200, &engine(&ctx, move |e| e.get(&id).map(|c| ContainerInspect::of(e, &c))).await?))
+            let size = q.bool("size", false)?;
+            let v = engine(&ctx, move |e| {
+                let c = e.get(&id)?;
+                let v = ContainerInspect::of(e, &c);
+                Ok(if size { v.with_size(e, &c) } else { v })
+            })
+            .await?;
+            Ok(json(200, &v))
         }
         (&Method::POST, ["containers", id, "start"]) => start(&ctx, id).await,
         (&Method::POST, ["containers", id, verb @ ("stop" | "restart")]) => {

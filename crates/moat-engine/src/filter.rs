@@ -82,7 +82,8 @@ fn any(vals: &[String], mut f: impl FnMut(&str) -> bool) -> bool {
 
 /// Container filters: `status`, `name` (a regular expression, like Docker),
 /// `id` (prefix), `label`, `ancestor` (image name, tag or ID), `before`,
-/// `since` (container name or ID), `exited`, `isolation`, `network`.
+/// `since` (container name or ID), `exited`, `isolation`, `network`,
+/// `publish`, `expose`, `volume`.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerFilter {
     f: Filters,
@@ -105,7 +106,17 @@ impl ContainerFilter {
             "network",
             "until",
             "health",
+            "publish",
+            "expose",
+            "volume",
         ])?;
+        for k in ["publish", "expose"] {
+            for v in f.get(k) {
+                port_filter(v).ok_or_else(|| {
+                    EngineError::Invalid(format!("invalid filter '{k}={v}': use PORT[/PROTO] or START-END[/PROTO]"))
+                })?;
+            }
+        }
         for s in f.get("status") {
             if !["created", "restarting", "running", "removing", "paused", "exited", "dead"].contains(&s.as_str()) {
                 return Err(EngineError::Invalid(format!(
@@ -137,6 +148,23 @@ impl ContainerFilter {
                 c.config.networks.iter().any(|ep| {
                     ep.switch == n || crate::network::shown_name(&ep.switch) == n || ep.switch_id.starts_with(n)
                 })
+            })
+            // Docker's: a published container port, an exposed one (publishing exposes)
+            && any(f.get("publish"), |p| {
+                let (lo, hi, proto) = port_filter(p).unwrap_or((0, 0, String::new()));
+                c.config.publish.iter().any(|m| (lo..=hi).contains(&m.ctr_port) && m.proto == proto)
+            })
+            && any(f.get("expose"), |p| {
+                let (lo, hi, proto) = port_filter(p).unwrap_or((0, 0, String::new()));
+                c.config.exposed.iter().any(|(port, pr)| (lo..=hi).contains(port) && *pr == proto)
+                    || c.config.publish.iter().any(|m| (lo..=hi).contains(&m.ctr_port) && m.proto == proto)
+            })
+            // a volume's name or any mount's destination
+            && any(f.get("volume"), |v| {
+                let clean = v.trim_end_matches('/');
+                c.config.binds.iter().any(|b| {
+                    (b.kind == crate::config::MountKind::Volume && b.source == v) || b.target.trim_end_matches('/') == clean
+                }) || c.config.tmpfs.keys().any(|t| t.trim_end_matches('/') == clean)
             })
             && any(f.get("health"), |h| match &c.state.health {
                 Some(x) if c.is_running() => x.status.to_string() == h,
@@ -395,6 +423,22 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
         total += n * mult;
     }
     (total.is_finite() && total >= 0.0).then(|| std::time::Duration::from_secs_f64(total))
+}
+
+/// A port filter value: `PORT[/PROTO]` or `START-END[/PROTO]` (tcp by default).
+fn port_filter(v: &str) -> Option<(u16, u16, String)> {
+    let (ports, proto) = v.split_once('/').unwrap_or((v, "tcp"));
+    if !matches!(proto, "tcp" | "udp" | "sctp") {
+        return None;
+    }
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+        None => {
+            let p = ports.parse().ok()?;
+            (p, p)
+        }
+    };
+    (lo <= hi).then(|| (lo, hi, proto.to_string()))
 }
 
 #[cfg(test)]

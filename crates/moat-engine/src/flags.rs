@@ -303,6 +303,26 @@ pub fn link(s: &str) -> Result<crate::config::Link, EngineError> {
     Ok(crate::config::Link { id: name.to_string(), alias: alias.to_string() })
 }
 
+/// `--expose PORT[/PROTO]` or `START-END[/PROTO]` (tcp by default).
+pub fn expose(s: &str) -> Result<Vec<(u16, String)>, EngineError> {
+    let bad = || invalid(format!("invalid --expose {s:?}: use PORT[/PROTO] or START-END[/PROTO]"));
+    let (ports, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    if !matches!(proto, "tcp" | "udp" | "sctp") {
+        return Err(bad());
+    }
+    let (lo, hi): (u16, u16) = match ports.split_once('-') {
+        Some((a, b)) => (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?),
+        None => {
+            let p = ports.parse().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo..=hi).map(|p| (p, proto.to_string())).collect())
+}
+
 /// A size (`64m`, `1.5g`, bytes) for a limit stored as `i64`.
 pub fn size(what: &str, s: &str) -> Result<i64, EngineError> {
     let b = moat_core::human::parse_size(s).map_err(|e| invalid(e.to_string()))?;

@@ -826,6 +826,12 @@ pub struct ContainerInspect {
     pub mount_label: String,
     /// `""`: no SELinux labels.
     pub process_label: String,
+    /// Bytes the container wrote (only when asked: `inspect -s`, `?size=1`).
+    #[serde(rename = "SizeRw", skip_serializing_if = "Option::is_none")]
+    pub size_rw: Option<i64>,
+    /// Bytes of its image and what it wrote (only when asked).
+    #[serde(rename = "SizeRootFs", skip_serializing_if = "Option::is_none")]
+    pub size_root_fs: Option<i64>,
 }
 
 /// `GraphDriver` of an inspect.
@@ -1075,7 +1081,17 @@ impl ContainerInspect {
             app_armor_profile: String::new(),
             mount_label: String::new(),
             process_label: String::new(),
+            size_rw: None,
+            size_root_fs: None,
         }
+    }
+
+    /// The view with `SizeRw` and `SizeRootFs` (reads the container's files).
+    pub fn with_size(mut self, e: &Engine, c: &Container) -> Self {
+        let (rw, image) = container_sizes(e, c);
+        self.size_rw = Some(rw as i64);
+        self.size_root_fs = Some((rw + image) as i64);
+        self
     }
 }
 

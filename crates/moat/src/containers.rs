@@ -188,6 +188,9 @@ pub struct CreateArgs {
     /// Publish every port the image exposes on a free host port.
     #[arg(short = 'P', long = "publish-all")]
     publish_all: bool,
+    /// Expose a port or a range (`80`, `8000-8010/udp`) without publishing it.
+    #[arg(long = "expose")]
+    expose: Vec<String>,
     /// Signal to stop the container.
     #[arg(long = "stop-signal")]
     stop_signal: Option<String>,
@@ -552,6 +555,9 @@ pub struct InspectArgs {
     /// Only objects of this type: container, image, network (switch).
     #[arg(long = "type")]
     kind: Option<String>,
+    /// A container's sizes too (`SizeRw`, `SizeRootFs`).
+    #[arg(short = 's', long = "size")]
+    size: bool,
     /// Objects.
     #[arg(required = true)]
     names: Vec<String>,
@@ -718,6 +724,7 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         add_hosts: a.add_host.clone(),
         publish: a.publish.iter().map(|p| flags::publish(p)).collect::<Result<Vec<_>, _>>()?.concat(),
         publish_all: a.publish_all,
+        exposed: a.expose.iter().map(|p| flags::expose(p)).collect::<Result<Vec<_>, _>>()?.concat(),
         devices: a.device.iter().map(|d| flags::device(d)).collect::<Result<_, _>>()?,
         log: moat_engine::logs::LogConfig::parse(a.log_driver.as_deref(), &a.log_opt).map_err(|e| anyhow!(e))?,
         sysctls: a
@@ -1183,7 +1190,13 @@ fn inspect(e: &mut Engine, a: InspectArgs) -> Result<i32> {
         let found: Result<serde_json::Value, EngineError> = (|| {
             if want("container") {
                 match e.get(n) {
-                    Ok(c) => return Ok(serde_json::to_value(ContainerInspect::of(e, &c)).unwrap_or_default()),
+                    Ok(c) => {
+                        let mut v = ContainerInspect::of(e, &c);
+                        if a.size {
+                            v = v.with_size(e, &c);
+                        }
+                        return Ok(serde_json::to_value(v).unwrap_or_default());
+                    }
                     Err(EngineError::NoSuchContainer(_)) => {}
                     Err(err) => return Err(err),
                 }

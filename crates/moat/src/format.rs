@@ -284,6 +284,47 @@ fn f_truncate(args: &[Value]) -> Result<Value, gtmpl::FuncError> {
     let n = text(arg(args, 1)?).parse::<usize>().unwrap_or(usize::MAX);
     Ok(Value::from(s.chars().take(n).collect::<String>()))
 }
+/// `label ROW "KEY"`: what Docker's `{{.Label "KEY"}}` method gives (a list
+/// row's `Labels` is `k=v,...`; an object's is a map).
+fn f_label(args: &[Value]) -> Result<Value, gtmpl::FuncError> {
+    let key = text(arg(args, 1)?);
+    let labels = match arg(args, 0)? {
+        Value::Object(o) | Value::Map(o) => o.get("Labels").cloned().unwrap_or(Value::Nil),
+        _ => Value::Nil,
+    };
+    Ok(Value::from(match labels {
+        Value::String(s) => s
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default(),
+        Value::Object(m) | Value::Map(m) => m.get(&key).map(text).unwrap_or_default(),
+        _ => String::new(),
+    }))
+}
+
+/// Docker's `.Label "KEY"` method call (which gtmpl's fields cannot take
+/// arguments for) as a call of [`f_label`] on the same dot.
+fn with_label_calls(body: &str) -> String {
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(i) = rest.find(".Label") {
+        let after = &rest[i + ".Label".len()..];
+        let before_ok = i == 0 || rest[..i].ends_with(|c: char| c.is_whitespace() || c == '{' || c == '(');
+        let arg_follows = after.starts_with(char::is_whitespace) && after.trim_start().starts_with('"');
+        out.push_str(&rest[..i]);
+        if before_ok && arg_follows {
+            out.push_str("label .");
+        } else {
+            out.push_str(".Label");
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
 fn f_println(args: &[Value]) -> Result<Value, gtmpl::FuncError> {
     Ok(Value::from(format!("{}\n", args.iter().map(text).collect::<Vec<_>>().join(" "))))
 }
@@ -317,9 +358,10 @@ impl Tmpl {
             ("println", f_println),
             ("goprint", f_goprint),
             ("printf", f_printf),
+            ("label", f_label),
         ];
         tmpl.add_funcs(funcs);
-        tmpl.parse(with_go_printing(&body)).map_err(|e| anyhow!("template parsing error: {e}"))?;
+        tmpl.parse(with_go_printing(&with_label_calls(&body))).map_err(|e| anyhow!("template parsing error: {e}"))?;
         Ok(Self { tmpl, table, source: body })
     }
 

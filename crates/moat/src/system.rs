@@ -16,6 +16,9 @@ pub enum SystemCmd {
         /// `table` or `json`.
         #[arg(long, default_value = "table")]
         format: String,
+        /// Every image, container and volume with its space.
+        #[arg(short = 'v', long)]
+        verbose: bool,
     },
     /// Remove stopped containers, unused switches and dangling images.
     Prune {
@@ -55,7 +58,11 @@ pub fn run(e: Engine, cmd: SystemCmd) -> Result<i32> {
             }
             Ok(code)
         }
-        SystemCmd::Df { format } => {
+        SystemCmd::Df { format, verbose } if verbose && format != "json" => {
+            df_verbose(&mut e)?;
+            Ok(0)
+        }
+        SystemCmd::Df { format, .. } => {
             let u = e.disk_usage()?;
             if format == "json" {
                 outln!("{}", serde_json::to_string(&u)?);
@@ -108,4 +115,75 @@ pub fn run(e: Engine, cmd: SystemCmd) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `system df -v`: Docker's three sections (images, containers, volumes)
+/// and the (empty) build cache.
+fn df_verbose(e: &mut Engine) -> Result<()> {
+    use moat_core::human;
+    let df = e.system_df()?;
+    let when = |secs: i64| chrono::DateTime::from_timestamp(secs, 0).map(human::ago).unwrap_or_default();
+    outln!("Images space usage:\n");
+    let mut rows = Vec::new();
+    for i in &df.images {
+        let short = i.id.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+        let tags = if i.repo_tags.is_empty() { vec!["<none>:<none>".to_string()] } else { i.repo_tags.clone() };
+        for t in tags {
+            let (repo, tag) = t.rsplit_once(':').unwrap_or((&t, "<none>"));
+            rows.push(vec![
+                repo.to_string(),
+                tag.to_string(),
+                short.clone(),
+                when(i.created),
+                human::size(i.size.max(0) as u64),
+                human::size(i.shared_size.max(0) as u64),
+                human::size((i.size - i.shared_size.max(0)).max(0) as u64),
+                i.containers.to_string(),
+            ]);
+        }
+    }
+    crate::output::table(
+        &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE", "CONTAINERS"],
+        &rows,
+    )?;
+    outln!("\nContainers space usage:\n");
+    let rows: Vec<Vec<String>> = df
+        .containers
+        .iter()
+        .map(|c| {
+            let s = &c.summary;
+            let vols = s.mounts.iter().filter(|m| m.kind == "volume").count();
+            vec![
+                s.id.chars().take(12).collect(),
+                s.image.clone(),
+                format!("\"{}\"", s.command),
+                vols.to_string(),
+                human::size(c.size_rw.max(0) as u64),
+                when(s.created),
+                s.status.clone(),
+                s.names.iter().map(|n| n.trim_start_matches('/')).collect::<Vec<_>>().join(","),
+            ]
+        })
+        .collect();
+    crate::output::table(
+        &["CONTAINER ID", "IMAGE", "COMMAND", "LOCAL VOLUMES", "SIZE", "CREATED", "STATUS", "NAMES"],
+        &rows,
+    )?;
+    outln!("\nLocal Volumes space usage:\n");
+    let rows: Vec<Vec<String>> = df
+        .volumes
+        .iter()
+        .map(|v| {
+            let u = v.usage_data.as_ref();
+            vec![
+                v.name.clone(),
+                u.map(|u| u.ref_count.to_string()).unwrap_or_default(),
+                human::size(u.map(|u| u.size.max(0) as u64).unwrap_or(0)),
+            ]
+        })
+        .collect();
+    crate::output::table(&["VOLUME NAME", "LINKS", "SIZE"], &rows)?;
+    outln!("\nBuild cache usage: 0B\n");
+    crate::output::table(&["CACHE ID", "CACHE TYPE", "SIZE", "CREATED", "LAST USED", "USAGE", "SHARED"], &[])?;
+    Ok(())
 }

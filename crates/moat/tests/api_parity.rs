@@ -1076,3 +1076,57 @@ fn names_in_paths_are_decoded() {
     s.ok(&["network", "rm", "my net"]);
     assert_eq!(s.ok(&["network", "ls", "-q", "--filter", "name=my net"]), "");
 }
+
+/// What a first-week user typed: `ps --filter publish/expose/volume`,
+/// `{{.Label "KEY"}}`, `inspect -s` (and `?size=1` through the docker CLI),
+/// `system df -v`, `run --expose`, answered as Docker answers them.
+#[test]
+fn cli_filters_label_sizes_and_df_verbose() {
+    let (r, s) = served();
+    r.ok(&["run", "-d", "--name", "a", "-l", "x=1", "-l", "com.y=two", "-p", "127.0.0.1::80", "--expose", "90-91/udp"]
+        .into_iter()
+        .chain(["-v", "vol1:/data", "busybox", "sh", "-c", "head -c 4096 /dev/zero > /f; sleep 600"])
+        .collect::<Vec<_>>());
+    r.ok(&["run", "-d", "--name", "b", "busybox", "sleep", "600"]);
+    let names = |filter: &str| r.ok(&["ps", "--filter", filter, "--format", "{{.Names}}"]);
+    for f in [
+        "publish=80",
+        "publish=80/tcp",
+        "expose=91/udp",
+        "expose=90-95/udp",
+        "expose=80",
+        "volume=vol1",
+        "volume=/data",
+    ] {
+        assert_eq!(names(f), "a\n", "{f}");
+    }
+    for f in ["publish=90", "expose=90", "volume=nosuch", "publish=80/udp"] {
+        assert_eq!(names(f), "", "{f}");
+    }
+    assert!(r.fails(&["ps", "--filter", "publish=http"]).contains("invalid filter 'publish=http'"));
+    let got = r.ok(&["ps", "--format", "{{.Names}} [{{.Label \"x\"}}] [{{.Label \"com.y\"}}]"]);
+    let mut lines: Vec<&str> = got.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["a [1] [two]", "b [] []"]);
+    // sizes only when asked; the container wrote 4 KiB
+    eventually("the file is written", || r.ok(&["exec", "a", "ls", "-l", "/f"]).contains("4096"));
+    let f = "{{.SizeRw}} {{.SizeRootFs}}";
+    let moat = r.ok(&["inspect", "-s", "-f", f, "a"]);
+    let docker = s.ok(&["inspect", "-s", "-f", f, "a"]);
+    assert_eq!(moat, docker, "the API's ?size=1 is the same");
+    let (rw, root): (u64, u64) = {
+        let mut it = moat.split_whitespace().map(|n| n.parse().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    assert!((4096..65536).contains(&rw) && root > rw, "{moat}");
+    let (code, _, body) = http(&s.sock, "GET", "/containers/a/json", None);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(code == 200 && v.get("SizeRw").is_none(), "no sizes unless asked");
+    let df = r.ok(&["system", "df", "-v"]);
+    for h in ["Images space usage:", "Containers space usage:", "Local Volumes space usage:", "Build cache usage: 0B"] {
+        assert!(df.contains(h), "{h}: {df}");
+    }
+    assert!(df.lines().any(|l| l.starts_with("busybox ") && l.trim_end().ends_with(" 2")), "{df}");
+    assert!(df.lines().any(|l| l.starts_with("vol1 ") && l.split_whitespace().nth(1) == Some("1")), "{df}");
+    r.ok(&["rm", "-f", "a", "b"]);
+}
