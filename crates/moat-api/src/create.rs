@@ -77,7 +77,6 @@ pub(crate) const REFUSED_SET: &[(&str, &str)] = &[
     ("BlkioDeviceReadIOps", "block I/O limits are not supported"),
     ("BlkioDeviceWriteIOps", "block I/O limits are not supported"),
     ("DeviceRequests", "device requests (--gpus) are not supported"),
-    ("DeviceCgroupRules", "device cgroup rules are not supported: use --device"),
     ("Annotations", "annotations are not supported yet"),
     ("StorageOpt", "storage options are not supported: a container's root is an overlay on the engine root"),
     ("CpuCount", "a Windows setting"),
@@ -392,6 +391,10 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         sysctls: string_map(hc.get("Sysctls").unwrap_or(&Value::Null), "HostConfig.Sysctls")?,
         console_size,
         aliases,
+        device_cgroup_rules: strings(
+            hc.get("DeviceCgroupRules").unwrap_or(&Value::Null),
+            "HostConfig.DeviceCgroupRules",
+        )?,
         pid_mode: str_of(&hc, "PidMode").to_string(),
         cgroupns_mode: str_of(&hc, "CgroupnsMode").to_string(),
         ipc_mode: str_of(&hc, "IpcMode").to_string(),

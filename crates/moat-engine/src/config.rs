@@ -226,6 +226,9 @@ pub struct ContainerConfig {
     /// the alias, resolved at create.
     #[serde(default)]
     pub links: Vec<Link>,
+    /// `--device-cgroup-rule`s as given (`c 1:3 rwm`), checked at create.
+    #[serde(default)]
+    pub device_cgroup_rules: Vec<String>,
     /// `--pid`: `""` (its own PID namespace) or `host`.
     #[serde(default)]
     pub pid_mode: String,

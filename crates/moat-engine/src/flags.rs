@@ -323,6 +323,33 @@ pub fn expose(s: &str) -> Result<Vec<(u16, String)>, EngineError> {
     Ok((lo..=hi).map(|p| (p, proto.to_string())).collect())
 }
 
+/// `--device-cgroup-rule "TYPE MAJOR:MINOR ACCESS"` (`c 1:3 rwm`, `b 8:* r`,
+/// `a *:* m`): one more rule of the container's device allow-list.
+pub fn device_cgroup_rule(s: &str) -> Result<moat_runtime::devices::DeviceRule, EngineError> {
+    use moat_runtime::devices::{DevKind, DeviceRule};
+    let bad = || invalid(format!("invalid device cgroup rule {s:?}: use TYPE MAJOR:MINOR ACCESS, e.g. 'c 1:3 rwm'"));
+    let f: Vec<&str> = s.split_whitespace().collect();
+    let [kind, nums, access] = f.as_slice() else { return Err(bad()) };
+    let kind = match *kind {
+        "c" => DevKind::Char,
+        "b" => DevKind::Block,
+        "a" => DevKind::All,
+        _ => return Err(bad()),
+    };
+    let (maj, min) = nums.split_once(':').ok_or_else(bad)?;
+    let num = |n: &str| -> Result<Option<u32>, EngineError> {
+        if n == "*" {
+            Ok(None)
+        } else {
+            n.parse().map(Some).map_err(|_| bad())
+        }
+    };
+    if access.is_empty() || !access.chars().all(|c| "rwm".contains(c)) {
+        return Err(bad());
+    }
+    Ok(DeviceRule::new(kind, num(maj)?, num(min)?, access))
+}
+
 /// A size (`64m`, `1.5g`, bytes) for a limit stored as `i64`.
 pub fn size(what: &str, s: &str) -> Result<i64, EngineError> {
     let b = moat_core::human::parse_size(s).map_err(|e| invalid(e.to_string()))?;

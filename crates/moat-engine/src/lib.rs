@@ -280,6 +280,12 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
             "--cpuset-cpus/--cpuset-mems pin host CPUs and memory nodes, which a utility VM's vCPUs and memory are not: use process isolation, or --cpus".into(),
         ));
     }
+    if iso == moat_core::Isolation::Hyperv && !cfg.device_cgroup_rules.is_empty() {
+        return Err(EngineError::Invalid(
+            "device cgroup rules admit host devices (--device), which cannot reach a utility VM: use process isolation"
+                .into(),
+        ));
+    }
     if iso == moat_core::Isolation::Hyperv && !cfg.devices.is_empty() {
         return Err(EngineError::Invalid(
             "host devices (--device) cannot reach a utility VM: use process isolation, or no devices".into(),

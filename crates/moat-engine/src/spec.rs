@@ -51,7 +51,9 @@ pub fn limits(cfg: &ContainerConfig) -> moat_runtime::cgroup::Limits {
     l.devices = if cfg.privileged {
         DevicePolicy::AllowAll
     } else {
-        DevicePolicy::Default(cfg.devices.iter().map(|d| d.rule.clone()).collect())
+        // --device nodes, then --device-cgroup-rule (checked at create)
+        let rules = cfg.device_cgroup_rules.iter().filter_map(|r| crate::flags::device_cgroup_rule(r).ok());
+        DevicePolicy::Default(cfg.devices.iter().map(|d| d.rule.clone()).chain(rules).collect())
     };
     l
 }

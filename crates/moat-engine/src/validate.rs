@@ -159,6 +159,9 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
             )));
         }
     }
+    for r in &cfg.device_cgroup_rules {
+        crate::flags::device_cgroup_rule(r)?;
+    }
     if !(-1000..=1000).contains(&cfg.oom_score_adj) {
         return Err(invalid(format!("Invalid value {}, range for oom score adj is [-1000, 1000]", cfg.oom_score_adj)));
     }

@@ -992,6 +992,7 @@ impl ContainerInspect {
                     moat_runtime::spec::READONLY_PATHS.iter().map(|s| s.to_string()).collect()
                 },
                 unset: UnsetHostConfig {
+                    device_cgroup_rules: (!cfg.device_cgroup_rules.is_empty()).then(|| cfg.device_cgroup_rules.clone()),
                     links: (!cfg.links.is_empty()).then(|| {
                         cfg.links
                             .iter()

@@ -53,6 +53,9 @@ pub struct CreateArgs {
     /// Tune the container's OOM preference (-1000 to 1000).
     #[arg(long = "oom-score-adj", allow_hyphen_values = true)]
     oom_score_adj: Option<i32>,
+    /// Add a rule to the device allow-list ('c 1:3 rwm').
+    #[arg(long = "device-cgroup-rule")]
+    device_cgroup_rule: Vec<String>,
     /// Add a legacy link to another container (NAME[:ALIAS]).
     #[arg(long = "link")]
     link: Vec<String>,
@@ -684,6 +687,7 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         uts_mode: a.uts.clone().unwrap_or_default(),
         cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
         group_add: a.group_add.clone(),
+        device_cgroup_rules: a.device_cgroup_rule.clone(),
         links: a.link.iter().map(|l| flags::link(l)).collect::<Result<_, _>>()?,
         tty: a.tty,
         open_stdin: a.interactive,
