@@ -299,6 +299,11 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
     let mut ip = None;
     let mut more_networks = Vec::new();
     let ip_of = |ep: &Value| -> Result<Option<std::net::Ipv4Addr>> {
+        if let Some(a) = ep.pointer("/IPAMConfig/IPv6Address").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            return Err(ApiError::bad(format!(
+                "IPv6Address {a}: a chosen IPv6 address is not supported (on a dual-stack switch the IPv6 address follows the IPv4 one)"
+            )));
+        }
         match ep.pointer("/IPAMConfig/IPv4Address").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             Some(s) => s.parse().map(Some).map_err(|_| ApiError::bad(format!("invalid IPv4Address {s:?}"))),
             None => Ok(None),

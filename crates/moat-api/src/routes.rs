@@ -562,11 +562,8 @@ fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
 /// Docker's network create body as a [`moat_engine::network::SwitchRequest`]
 /// (strings parsed into addresses; the engine checks the rest).
 fn switch_request(v: &serde_json::Value) -> Result<moat_engine::network::SwitchRequest> {
-    let net = |what: &str, s: &str| -> Result<moat_engine::network::Ipv4Net> {
-        s.parse().map_err(|_| ApiError::bad(format!("invalid {what} {s:?}: IPv4 CIDR expected")))
-    };
-    let addr = |what: &str, s: &str| -> Result<std::net::Ipv4Addr> {
-        s.parse().map_err(|_| ApiError::bad(format!("invalid {what} {s:?}: IPv4 address expected")))
+    let addr = |what: &str, s: &str| -> Result<std::net::IpAddr> {
+        s.parse().map_err(|_| ApiError::bad(format!("invalid {what} {s:?}: an IP address expected")))
     };
     let map = |x: Option<&serde_json::Value>, what: &str| -> Result<std::collections::BTreeMap<String, String>> {
         match x {
@@ -575,29 +572,75 @@ fn switch_request(v: &serde_json::Value) -> Result<moat_engine::network::SwitchR
                 .map_err(|_| ApiError::bad(format!("{what}: expected an object of strings"))),
         }
     };
-    if v.pointer("/IPAM/Config/1").is_some() {
-        return Err(ApiError::bad("a switch has one subnet: IPAM lists more than one"));
-    }
-    let ipam = v.pointer("/IPAM/Config/0").cloned().unwrap_or_default();
-    let text = |k: &str| ipam[k].as_str().filter(|s| !s.is_empty());
-    let mut aux = std::collections::BTreeMap::new();
-    for (k, a) in map(ipam.get("AuxiliaryAddresses"), "IPAM AuxiliaryAddresses")? {
-        aux.insert(k, addr("auxiliary address", &a)?);
-    }
-    Ok(moat_engine::network::SwitchRequest {
+    let ipv6 = v["EnableIPv6"].as_bool() == Some(true);
+    let mut req = moat_engine::network::SwitchRequest {
         name: v["Name"].as_str().unwrap_or("").to_string(),
         driver: v["Driver"].as_str().unwrap_or("").to_string(),
-        subnet: text("Subnet").map(|s| net("subnet", s)).transpose()?,
-        gateway: text("Gateway").map(|s| addr("gateway", s)).transpose()?,
-        ip_range: text("IPRange").map(|s| net("IP range", s)).transpose()?,
-        aux_addresses: aux,
         ipam_driver: v.pointer("/IPAM/Driver").and_then(|d| d.as_str()).unwrap_or("").to_string(),
         ipam_options: map(v.pointer("/IPAM/Options"), "IPAM Options")?,
         options: map(v.get("Options"), "Options")?.into_iter().map(|(k, x)| format!("{k}={x}")).collect(),
-        ipv6: v["EnableIPv6"].as_bool() == Some(true),
+        ipv6,
         internal: v["Internal"].as_bool().unwrap_or(false),
         labels: map(v.get("Labels"), "Labels")?,
-    })
+        ..Default::default()
+    };
+    // one IPv4 and (dual-stack) one IPv6 subnet
+    for ipam in v.pointer("/IPAM/Config").and_then(|c| c.as_array()).into_iter().flatten() {
+        let text = |k: &str| ipam[k].as_str().filter(|s| !s.is_empty());
+        let subnet: Option<ipnet::IpNet> = text("Subnet")
+            .map(|s| s.parse().map_err(|_| ApiError::bad(format!("invalid subnet {s:?}: CIDR expected"))))
+            .transpose()?;
+        let gateway = text("Gateway").map(|g| addr("gateway", g)).transpose()?;
+        match (subnet, gateway) {
+            (Some(ipnet::IpNet::V6(s6)), g) => {
+                if !ipv6 {
+                    return Err(ApiError::bad(format!("IPv6 subnet {s6}: EnableIPv6 is not set")));
+                }
+                if req.subnet6.replace(s6).is_some() {
+                    return Err(ApiError::bad("a switch has one IPv6 subnet: IPAM lists more than one"));
+                }
+                if text("IPRange").is_some()
+                    || ipam.get("AuxiliaryAddresses").is_some_and(|a| a.as_object().is_some_and(|o| !o.is_empty()))
+                {
+                    return Err(ApiError::bad("IPRange and AuxiliaryAddresses apply to the IPv4 subnet only"));
+                }
+                req.gateway6 = match g {
+                    Some(std::net::IpAddr::V6(g)) => Some(g),
+                    Some(g) => return Err(ApiError::bad(format!("gateway {g} is not an address of {s6}"))),
+                    None => None,
+                };
+            }
+            (s4, g) => {
+                let s4 = match s4 {
+                    Some(ipnet::IpNet::V4(s)) => Some(s),
+                    _ => None,
+                };
+                if req.subnet.is_some() && s4.is_some() {
+                    return Err(ApiError::bad("a switch has one IPv4 subnet: IPAM lists more than one"));
+                }
+                req.subnet = req.subnet.or(s4);
+                req.gateway = match g {
+                    Some(std::net::IpAddr::V4(g)) => Some(g),
+                    Some(g) => return Err(ApiError::bad(format!("gateway {g} is not an IPv4 address"))),
+                    None => req.gateway,
+                };
+                if let Some(r) = text("IPRange") {
+                    req.ip_range = Some(
+                        r.parse().map_err(|_| ApiError::bad(format!("invalid IP range {r:?}: IPv4 CIDR expected")))?,
+                    );
+                }
+                for (k, a) in map(ipam.get("AuxiliaryAddresses"), "IPAM AuxiliaryAddresses")? {
+                    match addr("auxiliary address", &a)? {
+                        std::net::IpAddr::V4(a) => {
+                            req.aux_addresses.insert(k, a);
+                        }
+                        a => return Err(ApiError::bad(format!("auxiliary address {k}={a}: IPv4 only"))),
+                    }
+                }
+            }
+        }
+    }
+    Ok(req)
 }
 
 fn winsize(q: &Query) -> Result<WinSize> {

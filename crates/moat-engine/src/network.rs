@@ -27,10 +27,7 @@ fn net(e: moat_net::NetError) -> EngineError {
 
 /// Refuses, by name, what `network create` may ask and a switch cannot do
 /// (driver options, IPv6): never accepted and ignored.
-pub fn check_unsupported(opts: &[String], ipv6: bool) -> Result<(), EngineError> {
-    if ipv6 {
-        return Err(EngineError::Unsupported("IPv6 networks are not supported yet".into()));
-    }
+pub fn check_unsupported(opts: &[String]) -> Result<(), EngineError> {
     if let Some(o) = opts.first() {
         return Err(EngineError::Unsupported(format!(
             "network driver option {o:?}: network driver options (--opt) are not supported yet"
@@ -51,6 +48,10 @@ pub struct SwitchRequest {
     pub subnet: Option<Ipv4Net>,
     /// Gateway (the subnet's first host when none).
     pub gateway: Option<Ipv4Addr>,
+    /// IPv6 subnet (a dual-stack switch; a unique-local /64 when `ipv6` and none).
+    pub subnet6: Option<ipnet::Ipv6Net>,
+    /// IPv6 gateway (the subnet's `::1` when none).
+    pub gateway6: Option<std::net::Ipv6Addr>,
     /// Hand out addresses from this part of the subnet only.
     pub ip_range: Option<Ipv4Net>,
     /// Addresses never handed out, by name.
@@ -61,7 +62,7 @@ pub struct SwitchRequest {
     pub ipam_options: std::collections::BTreeMap<String, String>,
     /// Driver options (`KEY=VALUE`; refused: a switch has none).
     pub options: Vec<String>,
-    /// IPv6 (refused).
+    /// A dual-stack switch (IPv6 beside IPv4).
     pub ipv6: bool,
     /// No NAT, no forwarding off the switch.
     pub internal: bool,
@@ -161,7 +162,17 @@ impl Engine {
             return Err(EngineError::Invalid(format!("invalid switch name {name:?}")));
         }
         check_driver(&req.driver)?;
-        check_unsupported(&req.options, req.ipv6)?;
+        check_unsupported(&req.options)?;
+        if let Some(s6) = req.subnet6 {
+            if !(48..=96).contains(&s6.prefix_len()) {
+                return Err(EngineError::Invalid(format!(
+                    "IPv6 subnet {s6}: use a prefix of /48 to /96 (room for the IPv4 host part)"
+                )));
+            }
+        }
+        if req.gateway6.is_some() && req.subnet6.is_none() {
+            return Err(EngineError::Invalid("an IPv6 gateway needs its IPv6 subnet".into()));
+        }
         if !matches!(req.ipam_driver.as_str(), "" | "default") {
             return Err(EngineError::Unsupported(format!(
                 "IPAM driver {:?}: moat's switches use the default IPAM",
@@ -184,12 +195,33 @@ impl Engine {
         let created = Utc::now();
         let made = self.images.store_mut().insert_switch_with(|existing| -> Result<SwitchRow, EngineError> {
             let mut taken = Vec::new();
+            let mut taken6 = Vec::new();
             for r in existing {
                 if r.name == name {
                     return Err(EngineError::Conflict(format!("network with name {name} already exists")));
                 }
-                taken.push(parse(r.clone())?.config.subnet);
+                let c = parse(r.clone())?.config;
+                taken.push(c.subnet);
+                taken6.extend(c.subnet6);
             }
+            let subnet6 = match (req.subnet6, req.ipv6) {
+                (Some(s6), _) => Some(s6.trunc()),
+                (None, true) => Some(moat_net::ula_subnet(&id)),
+                (None, false) => None,
+            };
+            if let Some(s6) = subnet6 {
+                if let Some(t) = taken6.iter().find(|t| t.contains(&s6.network()) || s6.contains(&t.network())) {
+                    return Err(EngineError::Conflict(format!("IPv6 subnet {s6} overlaps another switch ({t})")));
+                }
+            }
+            let gateway6 = match (subnet6, req.gateway6) {
+                (Some(s6), Some(g)) if !s6.contains(&g) || g == s6.network() => {
+                    return Err(EngineError::Invalid(format!("IPv6 gateway {g} is not a host address of {s6}")));
+                }
+                (Some(_), Some(g)) => Some(g),
+                (Some(s6), None) => Some(moat_net::gateway6_of(&s6)),
+                (None, _) => None,
+            };
             let subnet = match subnet {
                 Some(s) => {
                     let s = s.trunc();
@@ -241,6 +273,8 @@ impl Engine {
                 ip_range: req.ip_range.map(|r| r.trunc()),
                 aux_addresses: req.aux_addresses.clone(),
                 ipam_options: req.ipam_options.clone(),
+                subnet6,
+                gateway6,
             };
             Ok(SwitchRow {
                 id: id.clone(),
@@ -334,6 +368,9 @@ impl Engine {
             mac: mac.unwrap_or_else(|| moat_net::mac_for(ip)),
             bridge: cfg.bridge.clone(),
             aliases: Vec::new(),
+            ip6: moat_net::ip6_for(&cfg, ip),
+            prefix6: cfg.subnet6.map_or(0, |s| s.prefix_len()),
+            gateway6: cfg.gateway6.filter(|_| !cfg.internal),
         })
     }
 
@@ -351,12 +388,16 @@ impl Engine {
             let mut text = String::from(HOSTS_HEADER);
             let mine: Vec<&String> = c.config.networks.iter().map(|e| &e.switch_id).collect();
             for e in &c.config.networks {
-                text.push_str(&format!("{}\t{} {}\n", e.ip, c.config.hostname, c.name()));
+                for ip in [Some(e.ip.to_string()), e.ip6.map(|a| a.to_string())].into_iter().flatten() {
+                    text.push_str(&format!("{ip}\t{} {}\n", c.config.hostname, c.name()));
+                }
             }
             for o in all.iter().filter(|o| o.id() != c.id()) {
                 for e in o.config.networks.iter().filter(|e| mine.contains(&&e.switch_id)) {
                     let aliases: String = o.config.aliases.iter().chain(&e.aliases).map(|a| format!(" {a}")).collect();
-                    text.push_str(&format!("{}\t{} {}{aliases}\n", e.ip, o.name(), &o.id()[..12]));
+                    for ip in [Some(e.ip.to_string()), e.ip6.map(|a| a.to_string())].into_iter().flatten() {
+                        text.push_str(&format!("{ip}\t{} {}{aliases}\n", o.name(), &o.id()[..12]));
+                    }
                 }
             }
             // legacy links: the alias, the linked container's hostname and name
@@ -534,6 +575,9 @@ fn plug(c: &Container, ep: &moat_net::Endpoint) -> Result<(), EngineError> {
             prefix: ep.prefix,
             gateway,
             mac: ep.mac.clone(),
+            ip6: ep.ip6,
+            prefix6: ep.prefix6,
+            gateway6: ep.gateway6.filter(|_| gateway.is_some()),
         };
         Ok(moat_runtime::netconf::configure(&[iface])?)
     });

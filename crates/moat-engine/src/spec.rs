@@ -173,6 +173,9 @@ pub fn build(
                 prefix: e.prefix,
                 gateway: e.gateway,
                 mac: e.mac.clone(),
+                ip6: e.ip6,
+                prefix6: e.prefix6,
+                gateway6: e.gateway6,
             })
             .collect(),
         devices: cfg.devices.clone(),

@@ -271,9 +271,9 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
                         .map(|ip| serde_json::json!({ "IPv4Address": ip.to_string() })),
                     links: None,
                     driver_opts: None,
-                    ipv6_gateway: String::new(),
-                    global_ipv6_address: String::new(),
-                    global_ipv6_prefix_len: 0,
+                    ipv6_gateway: e.gateway6.map(|g| g.to_string()).unwrap_or_default(),
+                    global_ipv6_address: e.ip6.map(|a| a.to_string()).unwrap_or_default(),
+                    global_ipv6_prefix_len: if e.ip6.is_some() { e.prefix6 } else { 0 },
                     dns_names: [c.name().to_string(), c.id()[..12].to_string()]
                         .into_iter()
                         .chain(c.config.aliases.iter().cloned())
@@ -1065,9 +1065,9 @@ impl ContainerInspect {
                 } else {
                     String::new()
                 },
-                ipv6_gateway: String::new(),
-                global_ipv6_address: String::new(),
-                global_ipv6_prefix_len: 0,
+                ipv6_gateway: first.and_then(|e| e.gateway6).map(|g| g.to_string()).unwrap_or_default(),
+                global_ipv6_address: first.and_then(|e| e.ip6).map(|a| a.to_string()).unwrap_or_default(),
+                global_ipv6_prefix_len: first.filter(|e| e.ip6.is_some()).map_or(0, |e| e.prefix6),
                 link_local_ipv6_address: String::new(),
                 link_local_ipv6_prefix_len: 0,
                 secondary_ip_addresses: None,
@@ -1504,7 +1504,7 @@ impl NetworkInspect {
                         endpoint_id: format!("{}{}", &c.id()[..32], &s.id[..32]),
                         mac_address: ep.mac.clone(),
                         ipv4_address: format!("{}/{}", ep.ip, ep.prefix),
-                        ipv6_address: String::new(),
+                        ipv6_address: ep.ip6.map(|a| format!("{a}/{}", ep.prefix6)).unwrap_or_default(),
                     },
                 );
             }
@@ -1515,10 +1515,10 @@ impl NetworkInspect {
             created: rfc3339(Some(s.created)),
             scope: "local".into(),
             driver: "bridge".into(),
-            enable_ipv6: false,
+            enable_ipv6: s.config.subnet6.is_some(),
             ipam: Ipam {
                 driver: "default".into(),
-                config: vec![IpamConfig {
+                config: std::iter::once(IpamConfig {
                     subnet: s.config.subnet.to_string(),
                     gateway: s.config.gateway.to_string(),
                     ip_range: s.config.ip_range.map(|r| r.to_string()),
@@ -1528,7 +1528,14 @@ impl NetworkInspect {
                         .iter()
                         .map(|(k, v)| (k.clone(), v.to_string()))
                         .collect(),
-                }],
+                })
+                .chain(s.config.subnet6.map(|s6| IpamConfig {
+                    subnet: s6.to_string(),
+                    gateway: s.config.gateway6.map(|g| g.to_string()).unwrap_or_default(),
+                    ip_range: None,
+                    auxiliary_addresses: BTreeMap::new(),
+                }))
+                .collect(),
                 options: s.config.ipam_options.clone(),
             },
             internal: s.config.internal,

@@ -48,6 +48,12 @@ pub struct SwitchConfig {
     /// IPAM options as given (`--ipam-opt`; the default IPAM has none of its own).
     #[serde(default)]
     pub ipam_options: std::collections::BTreeMap<String, String>,
+    /// IPv6 subnet of a dual-stack switch (`--ipv6`).
+    #[serde(default)]
+    pub subnet6: Option<ipnet::Ipv6Net>,
+    /// Its gateway (the bridge's IPv6 address).
+    #[serde(default)]
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 /// A container's place on a switch.
@@ -70,6 +76,15 @@ pub struct Endpoint {
     /// More names the container answers to on this switch (`network connect --alias`).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// IPv6 address on a dual-stack switch.
+    #[serde(default)]
+    pub ip6: Option<std::net::Ipv6Addr>,
+    /// Its prefix length.
+    #[serde(default)]
+    pub prefix6: u8,
+    /// IPv6 gateway (None on internal switches).
+    #[serde(default)]
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 /// The default switch's name (docker's `bridge` and `default` are aliases).
@@ -122,6 +137,30 @@ pub fn first_free_in(cfg: &SwitchConfig, used: &[Ipv4Addr]) -> Option<Ipv4Addr> 
             && !used.contains(a)
             && !cfg.aux_addresses.values().any(|r| r == a)
     })
+}
+
+/// The IPv6 address that goes with IPv4 address `ip` on a dual-stack
+/// switch: the IPv6 subnet's prefix with the IPv4 address's host part in its
+/// low bits (unique as the IPv4 address is; the gateways' host part is the
+/// same, so neither ever collides).
+pub fn ip6_for(cfg: &SwitchConfig, ip: Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+    let s6 = cfg.subnet6?;
+    let host = u32::from(ip) & !u32::from(cfg.subnet.netmask());
+    Some(std::net::Ipv6Addr::from(u128::from(s6.network()) | u128::from(host)))
+}
+
+/// The IPv6 gateway of a subnet: its first host (`…::1`).
+pub fn gateway6_of(s: &ipnet::Ipv6Net) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::from(u128::from(s.network()) | 1)
+}
+
+/// A unique-local /64 for switch `id` (`fdXX:XXXX:XXXX:XXXX::/64`, the
+/// global ID and subnet from its ID's first 56 bits), as RFC 4193 suggests
+/// for a network without an assigned prefix.
+pub fn ula_subnet(id: &str) -> ipnet::Ipv6Net {
+    let bits = u64::from_str_radix(id.get(..14).unwrap_or("0"), 16).unwrap_or(0);
+    let prefix = (0xfdu128 << 120) | (u128::from(bits) << 64);
+    ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(prefix), 64).unwrap_or_default()
 }
 
 /// Checks a requested address against `cfg` (anywhere in the subnet, as

@@ -217,8 +217,14 @@ pub fn ensure_switch_locked(_lock: &HostLock, c: &SwitchConfig) -> Result<(), Ne
         ip_batch(&[
             format!("link add name {} type bridge", c.bridge),
             format!("addr add {}/{} dev {}", c.gateway, c.subnet.prefix_len(), c.bridge),
-            format!("link set {} up", c.bridge),
         ])?;
+        if let (Some(s6), Some(g6)) = (c.subnet6, c.gateway6) {
+            // a dual-stack switch: IPv6 on the bridge, its address without DAD
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", c.bridge), "0")
+                .map_err(|e| NetError::Command(format!("enable IPv6 on {}: {e}", c.bridge)))?;
+            ip_batch(&[format!("addr add {g6}/{} dev {} nodad", s6.prefix_len(), c.bridge)])?;
+        }
+        ip_batch(&[format!("link set {} up", c.bridge)])?;
     }
     // the isolation chain, jumped to for traffic between moat bridges
     if iptables(&["-t", "filter", "-L", ISO_CHAIN, "-n"]).is_err() {

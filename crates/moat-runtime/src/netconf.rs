@@ -110,15 +110,17 @@ pub fn configure(ifaces: &[Iface]) -> Result<(), RuntimeError> {
     let s = socket()?;
     let up = |name: &str| up(&s, name);
     up("lo")?;
-    let mut routed = false;
+    let (mut routed, mut routed6) = (false, false);
     for i in ifaces {
         if i.from != i.name {
             let mut r = ifreq(&i.from)?;
             r.ifr_ifru.ifru_newname = name_bytes(&i.name)?;
             ioctl(&s, libc::SIOCSIFNAME, &mut r as *mut _ as *mut _, &format!("rename {} to {}", i.from, i.name))?;
         }
-        // moat's networks are IPv4-only: like Docker, no IPv6 (link-local) on them
-        disable_ipv6(&i.name);
+        // like Docker, no IPv6 (not even link-local) on an IPv4-only switch
+        if i.ip6.is_none() {
+            disable_ipv6(&i.name);
+        }
         let mut r = ifreq(&i.name)?;
         let mut hw: libc::sockaddr = sockaddr(Ipv4Addr::UNSPECIFIED);
         hw.sa_family = libc::ARPHRD_ETHER;
@@ -145,6 +147,101 @@ pub fn configure(ifaces: &[Iface]) -> Result<(), RuntimeError> {
             ioctl(&s, libc::SIOCADDRT, &mut rt as *mut _ as *mut _, "add default route")?;
             routed = true;
         }
+        if let Some(ip6) = i.ip6 {
+            let gw6 = i.gateway6.filter(|_| !routed6);
+            add_ip6(&i.name, ip6, i.prefix6, gw6)?;
+            routed6 |= gw6.is_some();
+        }
     }
     Ok(())
+}
+
+/// The kernel's `struct in6_rtmsg` (`linux/ipv6_route.h`; libc's keeps its
+/// fields private).
+#[repr(C)]
+struct In6Rtmsg {
+    dst: [u8; 16],
+    src: [u8; 16],
+    gateway: [u8; 16],
+    kind: u32,
+    dst_len: u16,
+    src_len: u16,
+    metric: u32,
+    info: libc::c_ulong,
+    flags: u32,
+    ifindex: libc::c_int,
+}
+
+fn socket6() -> Result<Sock, RuntimeError> {
+    // SAFETY: a plain datagram socket for IPv6 ioctls
+    let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(RuntimeError::Sys("network: IPv6 socket".into(), nix::Error::last()));
+    }
+    Ok(Sock(fd))
+}
+
+/// Gives `name` an IPv6 address (usable at once: no duplicate address
+/// detection on a switch moat numbers itself) and, with `gateway`, the
+/// IPv6 default route.
+fn add_ip6(
+    name: &str,
+    ip: std::net::Ipv6Addr,
+    prefix: u8,
+    gateway: Option<std::net::Ipv6Addr>,
+) -> Result<(), RuntimeError> {
+    // best effort: a read-only /proc/sys leaves the namespace's defaults,
+    // which the container's start set the same way
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "0");
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
+    let cname =
+        std::ffi::CString::new(name).map_err(|_| RuntimeError::Invalid(format!("bad interface name {name:?}")))?;
+    // SAFETY: a NUL-terminated name
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        return Err(RuntimeError::Sys(format!("network: index of {name}"), nix::Error::last()));
+    }
+    let s6 = socket6()?;
+    // SAFETY: in6_ifreq is plain data; all-zero is valid
+    let mut r: libc::in6_ifreq = unsafe { std::mem::zeroed() };
+    r.ifr6_addr = libc::in6_addr { s6_addr: ip.octets() };
+    r.ifr6_prefixlen = u32::from(prefix);
+    r.ifr6_ifindex = index as libc::c_int;
+    ioctl(&s6, libc::SIOCSIFADDR, &mut r as *mut _ as *mut _, &format!("set IPv6 address of {name}"))?;
+    wait_usable(ip);
+    if let Some(gw) = gateway {
+        let mut rt = In6Rtmsg {
+            dst: [0; 16],
+            src: [0; 16],
+            gateway: gw.octets(),
+            kind: 0,
+            dst_len: 0,
+            src_len: 0,
+            metric: 1,
+            info: 0,
+            flags: libc::RTF_UP as u32 | libc::RTF_GATEWAY as u32,
+            ifindex: index as libc::c_int,
+        };
+        ioctl(&s6, libc::SIOCADDRT, &mut rt as *mut _ as *mut _, "add IPv6 default route")?;
+    }
+    Ok(())
+}
+
+/// Waits (at most 3 s) until `ip` is no longer tentative (where duplicate
+/// address detection could not be turned off first).
+fn wait_usable(ip: std::net::Ipv6Addr) {
+    let hex: String = ip.octets().iter().map(|b| format!("{b:02x}")).collect();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(3) {
+        let table = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+        let tentative = table.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.first() == Some(&hex.as_str())
+                && f.get(4).and_then(|x| u32::from_str_radix(x, 16).ok()).is_some_and(|x| x & 0x40 != 0)
+        });
+        if !tentative {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

@@ -520,8 +520,14 @@ pub fn create(
             }
             if spec.net == NetNs::New {
                 // before /proc/sys turns read-only and the interfaces move in;
-                // the user's --sysctl below may turn it back on
-                crate::netconf::disable_ipv6("default");
+                // the user's --sysctl below may turn it back on. A dual-stack
+                // switch keeps IPv6, its addresses usable at once (moat
+                // numbers them: no duplicate address detection)
+                if spec.interfaces.iter().any(|i| i.ip6.is_some()) {
+                    let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/accept_dad", "0");
+                } else {
+                    crate::netconf::disable_ipv6("default");
+                }
             }
             // the container's own network and IPC namespaces: this /proc/sys shows them
             for (k, v) in &spec.sysctls {

@@ -52,6 +52,15 @@ pub struct Iface {
     pub gateway: Option<Ipv4Addr>,
     /// MAC address `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
+    /// IPv6 address on a dual-stack switch.
+    #[serde(default)]
+    pub ip6: Option<std::net::Ipv6Addr>,
+    /// Its prefix length.
+    #[serde(default)]
+    pub prefix6: u8,
+    /// IPv6 default gateway (the first interface with one gets the route).
+    #[serde(default)]
+    pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
 /// The container's cgroup inside a utility VM, under `moat/` (one container

@@ -13,12 +13,13 @@ pub enum SwitchCmd {
     Create {
         /// Switch name (any case, spaces allowed).
         name: String,
-        /// Subnet in CIDR form (default: a free /24 from 10.89.0.0/16).
+        /// Subnet in CIDR form, IPv4 (default: a free /24 from 10.89.0.0/16)
+        /// and, with --ipv6, IPv6 (default: a unique-local /64); repeatable.
         #[arg(long)]
-        subnet: Option<ipnet::Ipv4Net>,
-        /// Gateway address (default: the first address of the subnet).
+        subnet: Vec<ipnet::IpNet>,
+        /// Gateway address (default: the first address of the subnet), one per family.
         #[arg(long)]
-        gateway: Option<std::net::Ipv4Addr>,
+        gateway: Vec<std::net::IpAddr>,
         /// No outbound NAT and no forwarding off the switch.
         #[arg(long)]
         internal: bool,
@@ -31,7 +32,7 @@ pub enum SwitchCmd {
         /// Driver options `KEY=VALUE` (none are supported: refused by name).
         #[arg(short = 'o', long = "opt")]
         opt: Vec<String>,
-        /// IPv6 (not supported yet: refused).
+        /// Dual-stack: IPv6 beside IPv4 (on the switch and to the host; no IPv6 NAT).
         #[arg(long)]
         ipv6: bool,
         /// Hand out addresses from this part of the subnet only (CIDR).
@@ -136,11 +137,34 @@ pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
                     .map_err(|_| anyhow::anyhow!("invalid --aux-address {a:?}: {ip:?} is not an IPv4 address"))?;
                 aux_addresses.insert(n.to_string(), ip);
             }
+            let one = |what: &str, n: usize| -> Result<()> {
+                if n > 1 {
+                    anyhow::bail!("a switch has one {what}");
+                }
+                Ok(())
+            };
+            let v4: Vec<ipnet::Ipv4Net> =
+                subnet.iter().filter_map(|s| if let ipnet::IpNet::V4(s) = s { Some(*s) } else { None }).collect();
+            let v6: Vec<ipnet::Ipv6Net> =
+                subnet.iter().filter_map(|s| if let ipnet::IpNet::V6(s) = s { Some(*s) } else { None }).collect();
+            let g4: Vec<std::net::Ipv4Addr> =
+                gateway.iter().filter_map(|g| if let std::net::IpAddr::V4(g) = g { Some(*g) } else { None }).collect();
+            let g6: Vec<std::net::Ipv6Addr> =
+                gateway.iter().filter_map(|g| if let std::net::IpAddr::V6(g) = g { Some(*g) } else { None }).collect();
+            one("IPv4 subnet", v4.len())?;
+            one("IPv6 subnet", v6.len())?;
+            one("IPv4 gateway", g4.len())?;
+            one("IPv6 gateway", g6.len())?;
+            if !v6.is_empty() && !ipv6 {
+                anyhow::bail!("an IPv6 subnet needs --ipv6");
+            }
             let req = moat_engine::network::SwitchRequest {
                 name,
                 driver,
-                subnet,
-                gateway,
+                subnet: v4.first().copied(),
+                gateway: g4.first().copied(),
+                subnet6: v6.first().copied(),
+                gateway6: g6.first().copied(),
                 ip_range,
                 aux_addresses,
                 ipam_driver,

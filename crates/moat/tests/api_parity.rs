@@ -612,8 +612,9 @@ fn run_quiet_pulls_silently() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("Unable to find image"), "{o:?}");
 }
 
-/// The moat CLI takes docker's `network create --opt/--ipv6` and refuses
-/// them by name, as the API does (never ignored).
+/// The moat CLI takes docker's `network create --opt` and refuses it by
+/// name, as the API does (never ignored); an IPv6 subnet without `--ipv6`
+/// and an IPv6 prefix too small for the IPv4 host part are refused too.
 #[test]
 fn network_create_refuses_what_a_switch_cannot_do() {
     let r = Root::new();
@@ -622,8 +623,10 @@ fn network_create_refuses_what_a_switch_cannot_do() {
         e.contains("\"com.docker.network.driver.mtu=1400\": network driver options (--opt) are not supported yet"),
         "{e}"
     );
-    let e = r.fails(&["network", "create", "--ipv6", "o2"]);
-    assert!(e.contains("IPv6 networks are not supported yet"), "{e}");
+    let e = r.fails(&["network", "create", "--subnet", "fd00:7::/64", "o2"]);
+    assert!(e.contains("an IPv6 subnet needs --ipv6"), "{e}");
+    let e = r.fails(&["network", "create", "--ipv6", "--subnet", "fd00:7::/112", "o4"]);
+    assert!(e.contains("use a prefix of /48 to /96"), "{e}");
     assert_eq!(r.ok(&["network", "ls", "-q", "--filter", "name=o"]), "", "nothing created");
     r.ok(&["network", "create", "o3"]);
     r.ok(&["network", "rm", "o3"]);
@@ -1154,4 +1157,71 @@ fn device_cgroup_rules() {
     assert!(e.contains("invalid device cgroup rule \"x 1:11 w\""), "{e}");
     let e = s.fails(&["create", "--isolation=hyperv", "--device-cgroup-rule", "c 1:11 w", "busybox", "true"]);
     assert!(e.contains("cannot reach a utility VM"), "{e}");
+}
+
+/// Dual-stack switches (`--ipv6`, an IPv6 `--subnet`): each container gets
+/// the IPv6 address that goes with its IPv4 one (the kernel's
+/// `/proc/net/if_inet6` shows it), reaches the others by it and by name
+/// (its `/etc/hosts` has both families), in both isolation types; inspect
+/// shows Docker's IPv6 keys; a container on an IPv4-only switch has no
+/// IPv6 at all (the positive control); a chosen IPv6 address is refused.
+fn dual_stack(iso: &str) {
+    let (r, s) = served();
+    let iso_flag = format!("--isolation={iso}");
+    let net = if iso == "process" {
+        ("10.99.9.0/24", "fd00:99:9::/64", "fd00:99:9::")
+    } else {
+        ("10.99.10.0/24", "fd00:99:10::/64", "fd00:99:10::")
+    };
+    s.ok(&["network", "create", "--ipv6", "--subnet", net.0, "--subnet", net.1, "dual"]);
+    let v: serde_json::Value =
+        serde_json::from_str(&s.ok(&["network", "inspect", "-f", "{{json .}}", "dual"])).unwrap();
+    assert_eq!(v["EnableIPv6"], true);
+    assert_eq!(v["IPAM"]["Config"][1], serde_json::json!({"Subnet": net.1, "Gateway": format!("{}1", net.2)}));
+    s.ok(&["run", "-d", "--name", "a", &iso_flag, "--network", "dual", "busybox", "sleep", "600"]);
+    s.ok(&["run", "-d", "--name", "b", "--network", "dual", "busybox", "sleep", "600"]);
+    let f = "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{.GlobalIPv6Address}}/{{.GlobalIPv6PrefixLen}} {{.IPv6Gateway}}{{end}}";
+    let a = s.ok(&["inspect", "-f", f, "a"]);
+    let (ip4, ip6) = {
+        let w: Vec<&str> = a.split_whitespace().collect();
+        (w[0].to_string(), w[1].trim_end_matches("/64").to_string())
+    };
+    let host_part: u8 = ip4.rsplit('.').next().unwrap().parse().unwrap();
+    assert_eq!(a, format!("{ip4} {}{host_part:x}/64 {}1\n", net.2, net.2), "the IPv6 address follows the IPv4 one");
+    // the kernel's view inside the container: the address on eth0
+    let hex: String = ip6.parse::<std::net::Ipv6Addr>().unwrap().octets().iter().map(|b| format!("{b:02x}")).collect();
+    let table = s.ok(&["exec", "a", "cat", "/proc/net/if_inet6"]);
+    assert!(table.lines().any(|l| l.starts_with(&hex) && l.ends_with("eth0")), "{table}");
+    // reachable by address and by name, both ways (traffic on moat's own bridge)
+    s.ok(&["exec", "b", "ping", "-6", "-c", "1", "-W", "5", &ip6]);
+    s.ok(&["exec", "b", "ping", "-6", "-c", "1", "-W", "5", "a"]);
+    let b6 = s.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.GlobalIPv6Address}}{{end}}", "b"]);
+    s.ok(&["exec", "a", "ping", "-6", "-c", "1", "-W", "5", b6.trim()]);
+    let hosts = s.ok(&["exec", "b", "cat", "/etc/hosts"]);
+    assert!(hosts.lines().any(|l| l.starts_with(&format!("{ip6}\ta "))), "{hosts}");
+    // positive control: an IPv4-only switch gives no IPv6
+    r.ok(&["run", "-d", "--name", "v4", &iso_flag, "busybox", "sleep", "600"]);
+    let t = s.ok(&["exec", "v4", "cat", "/proc/net/if_inet6"]);
+    assert!(!t.contains("eth0"), "no IPv6 on an IPv4-only switch: {t}");
+    assert_eq!(
+        s.ok(&["inspect", "-f", "{{range .NetworkSettings.Networks}}[{{.GlobalIPv6Address}}]{{end}}", "v4"]),
+        "[]\n"
+    );
+    docker_py(
+        &s,
+        "try:\n    c.containers.create('busybox', network='dual', networking_config={'dual': c.api.create_endpoint_config(ipv6_address='fd00::9')})\n    raise SystemExit('created')\n\
+         except docker.errors.APIError as e:\n    assert e.status_code == 400 and 'IPv6Address' in str(e), e",
+    );
+    r.ok(&["rm", "-f", "a", "b", "v4"]);
+    s.ok(&["network", "rm", "dual"]);
+}
+
+#[test]
+fn dual_stack_process() {
+    dual_stack("process");
+}
+
+#[test]
+fn dual_stack_hyperv() {
+    dual_stack("hyperv");
 }
