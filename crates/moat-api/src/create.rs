@@ -66,10 +66,8 @@ const REFUSED: &[(&str, &str)] = &[
 pub(crate) const REFUSED_SET: &[(&str, &str)] = &[
     ("CpuRealtimePeriod", "real-time CPU scheduling is not supported"),
     ("CpuRealtimeRuntime", "real-time CPU scheduling is not supported"),
-    ("MemoryReservation", "memory reservations (soft limits) are not supported"),
     ("KernelMemory", "kernel memory limits are not supported (and deprecated by Docker)"),
     ("KernelMemoryTCP", "kernel memory limits are not supported (and deprecated by Docker)"),
-    ("OomKillDisable", "the OOM killer cannot be disabled for a container"),
     ("BlkioWeight", "block I/O weights are not supported"),
     ("BlkioWeightDevice", "block I/O weights are not supported"),
     ("BlkioDeviceReadBps", "block I/O limits are not supported"),
@@ -77,7 +75,6 @@ pub(crate) const REFUSED_SET: &[(&str, &str)] = &[
     ("BlkioDeviceReadIOps", "block I/O limits are not supported"),
     ("BlkioDeviceWriteIOps", "block I/O limits are not supported"),
     ("DeviceRequests", "device requests (--gpus) are not supported"),
-    ("Annotations", "annotations are not supported yet"),
     ("StorageOpt", "storage options are not supported: a container's root is an overlay on the engine root"),
     ("CpuCount", "a Windows setting"),
     ("CpuPercent", "a Windows setting"),
@@ -146,10 +143,6 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         if let Some(v) = hc.get(*k).filter(|v| !is_zero(v)) {
             return Err(ApiError::bad(format!("HostConfig.{k} {v}: {why}")));
         }
-    }
-    // -1 (or nothing) is the kernel's default swappiness
-    if let Some(v) = hc.get("MemorySwappiness").filter(|v| !v.is_null() && v.as_i64() != Some(-1)) {
-        return Err(ApiError::bad(format!("HostConfig.MemorySwappiness {v}: a container's swappiness cannot be set")));
     }
     let isolation = match str_of(&hc, "Isolation") {
         "" | "default" => None,
@@ -263,6 +256,18 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
     }
     limits.cpuset_cpus = Some(str_of(&hc, "CpusetCpus").to_string()).filter(|c| !c.is_empty());
     limits.cpuset_mems = Some(str_of(&hc, "CpusetMems").to_string()).filter(|c| !c.is_empty());
+    let reservation = int(&hc, "MemoryReservation")?;
+    if reservation > 0 {
+        limits.memory_reservation = Some(reservation);
+    }
+    // -1 (or nothing) is the kernel's default swappiness
+    limits.swappiness = match hc.get("MemorySwappiness") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            flags::swappiness(v.as_i64().ok_or_else(|| ApiError::bad("MemorySwappiness: expected an integer"))?)?
+        }
+    };
+    limits.oom_kill_disable = boolean(&hc, "OomKillDisable");
     let pids = int(&hc, "PidsLimit")?;
     if pids > 0 {
         limits.pids = Some(pids);
@@ -396,6 +401,7 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         sysctls: string_map(hc.get("Sysctls").unwrap_or(&Value::Null), "HostConfig.Sysctls")?,
         console_size,
         aliases,
+        annotations: string_map(hc.get("Annotations").unwrap_or(&Value::Null), "HostConfig.Annotations")?,
         device_cgroup_rules: strings(
             hc.get("DeviceCgroupRules").unwrap_or(&Value::Null),
             "HostConfig.DeviceCgroupRules",

@@ -534,6 +534,12 @@ fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
             return Err(ApiError::bad(format!("{k} {x}: {why}")));
         }
     }
+    if let Some(x) = v.get("MemorySwappiness").filter(|x| !x.is_null() && x.as_i64() != Some(-1)) {
+        return Err(ApiError::bad(format!("MemorySwappiness {x}: a container's swappiness is fixed at create")));
+    }
+    if v.get("OomKillDisable").and_then(|x| x.as_bool()) == Some(true) {
+        return Err(ApiError::bad("OomKillDisable: fixed at create"));
+    }
     let restart = crate::create::restart_policy(v)?;
     let isolation = match v["Isolation"].as_str().filter(|i| !i.is_empty()) {
         Some(i) => moat_engine::flags::isolation(i)?,
@@ -553,6 +559,7 @@ fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
         },
         cpu_shares: int("CpuShares")?.map(|n| n as u64),
         pids: int("PidsLimit")?,
+        memory_reservation: int("MemoryReservation")?,
         restart,
         isolation,
         restart_for_isolation: false,

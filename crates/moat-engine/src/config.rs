@@ -226,6 +226,9 @@ pub struct ContainerConfig {
     /// the alias, resolved at create.
     #[serde(default)]
     pub links: Vec<Link>,
+    /// `--annotation`s: recorded and shown (no runtime of moat's reads any).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     /// `--device-cgroup-rule`s as given (`c 1:3 rwm`), checked at create.
     #[serde(default)]
     pub device_cgroup_rules: Vec<String>,

@@ -350,6 +350,15 @@ pub fn device_cgroup_rule(s: &str) -> Result<moat_runtime::devices::DeviceRule, 
     Ok(DeviceRule::new(kind, num(maj)?, num(min)?, access))
 }
 
+/// `--memory-swappiness`: 0 to 100, or -1 for the kernel's default (none).
+pub fn swappiness(s: i64) -> Result<Option<u64>, EngineError> {
+    match s {
+        -1 => Ok(None),
+        0..=100 => Ok(Some(s as u64)),
+        _ => Err(invalid(format!("invalid value: {s}, valid memory swappiness range is 0-100"))),
+    }
+}
+
 /// A size (`64m`, `1.5g`, bytes) for a limit stored as `i64`.
 pub fn size(what: &str, s: &str) -> Result<i64, EngineError> {
     let b = moat_core::human::parse_size(s).map_err(|e| invalid(e.to_string()))?;

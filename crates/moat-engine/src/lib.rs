@@ -280,6 +280,19 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
             "--cpuset-cpus/--cpuset-mems pin host CPUs and memory nodes, which a utility VM's vCPUs and memory are not: use process isolation, or --cpus".into(),
         ));
     }
+    if cfg.limits.swappiness.is_some() || cfg.limits.oom_kill_disable {
+        let what = if cfg.limits.oom_kill_disable { "--oom-kill-disable" } else { "--memory-swappiness" };
+        if iso == moat_core::Isolation::Hyperv {
+            return Err(EngineError::Invalid(format!(
+                "{what} needs cgroup v1, and a utility VM's guest runs cgroup v2, which has no such per-container setting: use process isolation on a cgroup v1 host"
+            )));
+        }
+        if moat_runtime::cgroup::version() == moat_runtime::cgroup::Version::V2 {
+            return Err(EngineError::Invalid(format!(
+                "{what} needs cgroup v1: this host runs cgroup v2, which has no such per-container setting"
+            )));
+        }
+    }
     if iso == moat_core::Isolation::Hyperv && !cfg.device_cgroup_rules.is_empty() {
         return Err(EngineError::Invalid(
             "device cgroup rules admit host devices (--device), which cannot reach a utility VM: use process isolation"

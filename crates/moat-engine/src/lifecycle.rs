@@ -54,6 +54,8 @@ pub struct UpdateRequest {
     pub cpu_shares: Option<u64>,
     /// Pids limit.
     pub pids: Option<i64>,
+    /// Soft memory limit.
+    pub memory_reservation: Option<i64>,
     /// Restart policy.
     pub restart: Option<RestartPolicy>,
     /// New isolation (a stopped container, or any with `restart_for_isolation`).
@@ -69,6 +71,7 @@ impl UpdateRequest {
             || self.cpus.is_some()
             || self.cpu_shares.is_some()
             || self.pids.is_some()
+            || self.memory_reservation.is_some()
     }
 }
 
@@ -479,6 +482,7 @@ impl Engine {
             let l = &mut cfg.limits;
             l.memory = u.memory.or(l.memory);
             l.memory_swap = u.memory_swap.or(l.memory_swap);
+            l.memory_reservation = u.memory_reservation.or(l.memory_reservation);
             l.cpus = u.cpus.or(l.cpus);
             l.cpu_shares = u.cpu_shares.or(l.cpu_shares);
             l.pids = u.pids.or(l.pids);

@@ -249,6 +249,11 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
             )));
         }
     }
+    if let (Some(r), Some(m)) = (l.memory_reservation, l.memory) {
+        if r > m {
+            return Err(invalid("Minimum memory limit can not be less than memory reservation limit, see usage"));
+        }
+    }
     if let Some(m) = l.memory {
         if m < 6 << 20 {
             return Err(invalid("Minimum memory limit allowed is 6MB"));

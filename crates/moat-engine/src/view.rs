@@ -523,6 +523,8 @@ pub struct HostConfig {
     pub volumes_from: Option<Vec<String>>,
     /// `--sysctl`.
     pub sysctls: BTreeMap<String, String>,
+    /// `--annotation`s (null when none).
+    pub annotations: Option<BTreeMap<String, String>>,
     /// `--console-size` at create (rows, cols; zeros when none).
     pub console_size: [u16; 2],
     /// Always `private`: every container has its own cgroup namespace.
@@ -970,6 +972,7 @@ impl ContainerInspect {
                 group_add: (!cfg.group_add.is_empty()).then(|| cfg.group_add.clone()),
                 volumes_from: (!cfg.volumes_from.is_empty()).then(|| cfg.volumes_from.clone()),
                 sysctls: cfg.sysctls.clone(),
+                annotations: (!cfg.annotations.is_empty()).then(|| cfg.annotations.clone()),
                 console_size: cfg.console_size.map_or([0, 0], |(r, c)| [r, c]),
                 cgroupns_mode: if cfg.cgroupns_mode == "host" { "host".into() } else { "private".into() },
                 ipc_mode: if cfg.ipc_mode.is_empty() { "private".into() } else { cfg.ipc_mode.clone() },
@@ -992,6 +995,9 @@ impl ContainerInspect {
                     moat_runtime::spec::READONLY_PATHS.iter().map(|s| s.to_string()).collect()
                 },
                 unset: UnsetHostConfig {
+                    memory_reservation: cfg.limits.memory_reservation.unwrap_or(0),
+                    memory_swappiness: cfg.limits.swappiness.map(|s| s as i64),
+                    oom_kill_disable: cfg.limits.oom_kill_disable,
                     device_cgroup_rules: (!cfg.device_cgroup_rules.is_empty()).then(|| cfg.device_cgroup_rules.clone()),
                     links: (!cfg.links.is_empty()).then(|| {
                         cfg.links

@@ -275,6 +275,15 @@ impl Cgroup {
                 if let Some(rules) = l.devices.rules() {
                     crate::devices::apply_v1(self.need("devices")?, &rules)?;
                 }
+                if let Some(r) = l.memory_reservation {
+                    write(self.need("memory")?, "memory.soft_limit_in_bytes", &r.to_string())?;
+                }
+                if let Some(s) = l.swappiness {
+                    write(self.need("memory")?, "memory.swappiness", &s.to_string())?;
+                }
+                if l.oom_kill_disable {
+                    write(self.need("memory")?, "memory.oom_control", "1")?;
+                }
                 if let Some(c) = &l.cpuset_cpus {
                     write(self.need("cpuset")?, "cpuset.cpus", c)?;
                 }
@@ -312,6 +321,14 @@ impl Cgroup {
                 }
                 if let Some(rules) = l.devices.rules() {
                     crate::devices::attach_v2(&d, &rules)?;
+                }
+                if let Some(r) = l.memory_reservation {
+                    write(&d, "memory.low", &r.to_string())?;
+                }
+                if l.swappiness.is_some() || l.oom_kill_disable {
+                    return Err(RuntimeError::Invalid(
+                        "cgroup v2 has no per-container swappiness or OOM-killer switch".into(),
+                    ));
                 }
                 if let Some(c) = &l.cpuset_cpus {
                     write(&d, "cpuset.cpus", c)?;
@@ -509,6 +526,9 @@ mod tests {
             devices: DevicePolicy::AllowAll,
             cpuset_cpus: Some("1".into()),
             cpuset_mems: Some("0".into()),
+            memory_reservation: Some(32 << 20),
+            swappiness: None,
+            oom_kill_disable: false,
         }
     }
 
@@ -530,6 +550,7 @@ mod tests {
         assert_eq!(rd(dir.join("cpu.weight")), "20");
         assert_eq!(rd(dir.join("pids.max")), "20");
         assert_eq!((rd(dir.join("cpuset.cpus")), rd(dir.join("cpuset.mems"))), ("1".into(), "0".into()));
+        assert_eq!(rd(dir.join("memory.low")), "33554432");
         assert_eq!(
             rd(d.path().join("moat/cgroup.subtree_control")),
             "+cpuset",
@@ -556,13 +577,22 @@ mod tests {
         let cg = Cgroup::create_v1(
             &mounts,
             "c1",
-            &Limits { memory_swap: None, devices: DevicePolicy::default(), ..limits() },
+            &Limits {
+                memory_swap: None,
+                devices: DevicePolicy::default(),
+                swappiness: Some(10),
+                oom_kill_disable: true,
+                ..limits()
+            },
         )?;
         assert_eq!(rd(d.path().join("devices/moat/c1/devices.deny")), "a");
         assert_eq!(rd(d.path().join("devices/moat/c1/devices.allow")), "c 10:200 rwm", "the last allow rule");
         assert_eq!(rd(d.path().join("memory/moat/c1/memory.limit_in_bytes")), "67108864");
         assert_eq!(rd(d.path().join("cpu/moat/c1/cpu.cfs_quota_us")), "50000");
         assert_eq!(rd(d.path().join("cpu/moat/c1/cpu.shares")), "512");
+        assert_eq!(rd(d.path().join("memory/moat/c1/memory.soft_limit_in_bytes")), "33554432");
+        assert_eq!(rd(d.path().join("memory/moat/c1/memory.swappiness")), "10");
+        assert_eq!(rd(d.path().join("memory/moat/c1/memory.oom_control")), "1");
         assert_eq!(rd(d.path().join("pids/moat/c1/pids.max")), "20");
         assert_eq!(rd(d.path().join("cpuset/moat/cpuset.cpus")), "0-1", "the parent level starts with the root's");
         assert_eq!(rd(d.path().join("cpuset/moat/cpuset.mems")), "0");

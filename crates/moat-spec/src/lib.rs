@@ -29,6 +29,15 @@ pub struct Limits {
     /// Which devices the container may open (Docker's allow-list by default).
     #[serde(default)]
     pub devices: crate::devices::DevicePolicy,
+    /// Soft memory limit (`--memory-reservation`): v1 `memory.soft_limit_in_bytes`, v2 `memory.low`.
+    #[serde(default)]
+    pub memory_reservation: Option<i64>,
+    /// `--memory-swappiness` 0–100 (cgroup v1 only).
+    #[serde(default)]
+    pub swappiness: Option<u64>,
+    /// `--oom-kill-disable` (cgroup v1 only).
+    #[serde(default)]
+    pub oom_kill_disable: bool,
     /// CPUs the container may run on (`--cpuset-cpus`, the kernel's list syntax).
     #[serde(default)]
     pub cpuset_cpus: Option<String>,

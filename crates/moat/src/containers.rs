@@ -135,6 +135,18 @@ pub struct CreateArgs {
     /// Memory plus swap limit; -1 for unlimited swap.
     #[arg(long = "memory-swap", allow_hyphen_values = true)]
     memory_swap: Option<String>,
+    /// Memory soft limit (e.g. 32m).
+    #[arg(long = "memory-reservation")]
+    memory_reservation: Option<String>,
+    /// How readily the container's memory is swapped, 0 to 100 (cgroup v1).
+    #[arg(long = "memory-swappiness")]
+    memory_swappiness: Option<i64>,
+    /// Never OOM-kill the container's processes (cgroup v1).
+    #[arg(long = "oom-kill-disable")]
+    oom_kill_disable: bool,
+    /// Add an annotation: `KEY=VALUE` (recorded and shown in inspect).
+    #[arg(long = "annotation")]
+    annotation: Vec<String>,
     /// Number of CPUs (e.g. 0.5).
     #[arg(long)]
     cpus: Option<f64>,
@@ -536,6 +548,9 @@ pub struct UpdateArgs {
     /// Memory plus swap (-1: unlimited swap).
     #[arg(long = "memory-swap", allow_hyphen_values = true)]
     memory_swap: Option<String>,
+    /// Memory soft limit.
+    #[arg(long = "memory-reservation")]
+    memory_reservation: Option<String>,
     /// CPUs.
     #[arg(long)]
     cpus: Option<f64>,
@@ -660,6 +675,12 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
     if let Some(m) = &a.memory {
         limits.memory = Some(flags::size("memory limit", m)?);
     }
+    if let Some(r) = &a.memory_reservation {
+        limits.memory_reservation = Some(flags::size("memory reservation", r)?);
+    }
+    // -1: the kernel's default (as Docker takes it)
+    limits.swappiness = a.memory_swappiness.map(flags::swappiness).transpose()?.flatten();
+    limits.oom_kill_disable = a.oom_kill_disable;
     if let Some(s) = &a.memory_swap {
         limits.memory_swap = Some(if s == "-1" { -1 } else { flags::size("memory-swap limit", s)? });
     }
@@ -687,6 +708,7 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         uts_mode: a.uts.clone().unwrap_or_default(),
         cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
         group_add: a.group_add.clone(),
+        annotations: a.annotation.iter().map(|l| flags::label(l)).collect(),
         device_cgroup_rules: a.device_cgroup_rule.clone(),
         links: a.link.iter().map(|l| flags::link(l)).collect::<Result<_, _>>()?,
         tty: a.tty,
@@ -1039,6 +1061,11 @@ fn update(e: &mut Engine, a: UpdateArgs) -> Result<i32> {
             .memory_swap
             .as_deref()
             .map(|s| if s == "-1" { Ok(-1) } else { flags::size("memory-swap limit", s) })
+            .transpose()?,
+        memory_reservation: a
+            .memory_reservation
+            .as_deref()
+            .map(|r| flags::size("memory reservation", r))
             .transpose()?,
         cpus: a.cpus,
         cpu_shares: a.cpu_shares,

@@ -230,14 +230,10 @@ fn detach_from_attach_leaves_it_running_hyperv() {
 fn unapplied_settings_are_refused_by_name() {
     let (_r, s) = served();
     for (flags, field) in [
-        (&["--memory-reservation", "10m"][..], "HostConfig.MemoryReservation"),
-        (&["--oom-kill-disable"], "HostConfig.OomKillDisable"),
-        (&["--blkio-weight", "300"], "HostConfig.BlkioWeight"),
+        (&["--blkio-weight", "300"][..], "HostConfig.BlkioWeight"),
         (&["--device-read-bps", "/dev/null:1mb"], "HostConfig.BlkioDeviceReadBps"),
         (&["--gpus", "all"], "HostConfig.DeviceRequests"),
         (&["--storage-opt", "size=1G"], "HostConfig.StorageOpt"),
-        (&["--annotation", "a=b"], "HostConfig.Annotations"),
-        (&["--memory-swappiness", "10"], "HostConfig.MemorySwappiness"),
     ] {
         let mut args = vec!["create"];
         args.extend_from_slice(flags);
@@ -1224,4 +1220,98 @@ fn dual_stack_process() {
 #[test]
 fn dual_stack_hyperv() {
     dual_stack("hyperv");
+}
+
+/// `--memory-reservation` (both isolation types: v1's soft limit, a
+/// guest's v2 `memory.low`; `update` changes it), `--memory-swappiness` and
+/// `--oom-kill-disable` (cgroup v1: this host; refused with the reason where
+/// the cgroup is v2, as in a VM's guest), `--annotation` recorded; each read
+/// from the kernel's cgroup files.
+fn memory_knobs(iso: &str) {
+    let (r, s) = served();
+    let iso_flag = format!("--isolation={iso}");
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "m",
+        &iso_flag,
+        "-m",
+        "64m",
+        "--memory-reservation",
+        "32m",
+        "--annotation",
+        "org.example/a=b",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let id = r.ok(&["inspect", "-f", "{{.Id}}", "m"]).trim().to_string();
+    let v2_host = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let reservation = || -> String {
+        if iso == "hyperv" {
+            s.ok(&["exec", "m", "cat", "/sys/fs/cgroup/memory.low"])
+        } else if v2_host {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/moat/{id}/memory.low")).unwrap()
+        } else {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/memory/moat/{id}/memory.soft_limit_in_bytes")).unwrap()
+        }
+    };
+    assert_eq!(reservation().trim(), "33554432");
+    s.ok(&["update", "--memory-reservation", "48m", "m"]);
+    assert_eq!(reservation().trim(), "50331648", "update changes it");
+    let f = "{{.HostConfig.MemoryReservation}} {{.HostConfig.Annotations}}";
+    assert_eq!(s.ok(&["inspect", "-f", f, "m"]), "50331648 map[org.example/a:b]\n");
+    let e = r.fails(&["create", "-m", "32m", "--memory-reservation", "64m", "busybox", "true"]);
+    assert!(e.contains("Minimum memory limit can not be less than memory reservation limit"), "{e}");
+    if iso == "hyperv" || v2_host {
+        for flag in [&["--memory-swappiness", "10"][..], &["-m", "64m", "--oom-kill-disable"]] {
+            let args: Vec<&str> = ["create", iso_flag.as_str()]
+                .into_iter()
+                .chain(flag.iter().copied())
+                .chain(["busybox", "true"])
+                .collect();
+            let e = s.fails(&args);
+            assert!(e.contains("needs cgroup v1"), "{flag:?}: {e}");
+        }
+    } else {
+        s.ok(&[
+            "run",
+            "-d",
+            "--name",
+            "sw",
+            "-m",
+            "64m",
+            "--memory-swappiness",
+            "10",
+            "--oom-kill-disable",
+            "busybox",
+            "sleep",
+            "600",
+        ]);
+        let sid = r.ok(&["inspect", "-f", "{{.Id}}", "sw"]).trim().to_string();
+        let d = format!("/sys/fs/cgroup/memory/moat/{sid}");
+        assert_eq!(std::fs::read_to_string(format!("{d}/memory.swappiness")).unwrap().trim(), "10");
+        let oc = std::fs::read_to_string(format!("{d}/memory.oom_control")).unwrap();
+        assert!(oc.lines().any(|l| l == "oom_kill_disable 1"), "{oc}");
+        // positive control: the default container's
+        let dm = std::fs::read_to_string(format!("/sys/fs/cgroup/memory/moat/{id}/memory.oom_control")).unwrap();
+        assert!(dm.lines().any(|l| l == "oom_kill_disable 0"), "{dm}");
+        let f = "{{.HostConfig.MemorySwappiness}} {{.HostConfig.OomKillDisable}}";
+        assert_eq!(s.ok(&["inspect", "-f", f, "sw"]), "10 true\n");
+        let e = r.fails(&["create", "--memory-swappiness", "101", "busybox", "true"]);
+        assert!(e.contains("invalid value: 101, valid memory swappiness range is 0-100"), "{e}");
+        r.ok(&["rm", "-f", "sw"]);
+    }
+    r.ok(&["rm", "-f", "m"]);
+}
+
+#[test]
+fn memory_knobs_process() {
+    memory_knobs("process");
+}
+
+#[test]
+fn memory_knobs_hyperv() {
+    memory_knobs("hyperv");
 }
