@@ -145,6 +145,32 @@ impl From<RegistryError> for EngineError {
     }
 }
 
+/// The tag or digest part of a reference to ask a registry for (`latest`
+/// when it names neither).
+fn reference_part(r: &ImageRef) -> String {
+    match (&r.digest, &r.tag) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.clone(),
+        (None, None) => "latest".into(),
+    }
+}
+
+/// An image's config blob, refused before download when its descriptor
+/// announces more than moat takes.
+fn fetch_config(client: &Client, target: &Target, d: &Descriptor) -> Result<Vec<u8>, EngineError> {
+    if d.size > moat_image::MAX_CONFIG_BYTES {
+        return Err(RegistryError::TooLarge {
+            what: format!("the image config {}", d.digest),
+            size: d.size,
+            max: moat_image::MAX_CONFIG_BYTES,
+        }
+        .into());
+    }
+    let mut config = Vec::new();
+    client.blob(target, &d.digest, d.size, &mut config, &mut |_| {})?;
+    Ok(config)
+}
+
 fn short(d: &Digest) -> String {
     d.hex()[..12].to_string()
 }
@@ -213,11 +239,7 @@ impl Engine {
             None => Platform::host(),
         };
         let client = self.client(o);
-        let reference_part = match (&r.digest, &r.tag) {
-            (Some(d), _) => d.to_string(),
-            (None, Some(t)) => t.clone(),
-            (None, None) => "latest".into(),
-        };
+        let reference_part = reference_part(&r);
         // nothing is reported before the manifest resolved: a pull that
         // cannot start fails as a whole (the API answers an HTTP error then,
         // as dockerd does), one that started reports its error in the stream
@@ -242,16 +264,7 @@ impl Engine {
         )));
         // the manifest digest users pin is the top one (the index's, for a multi-platform image)
         let repo_digest = format!("{}@{}", r.repo, top.digest);
-        if manifest.config.size > moat_image::MAX_CONFIG_BYTES {
-            return Err(RegistryError::TooLarge {
-                what: format!("the image config {}", manifest.config.digest),
-                size: manifest.config.size,
-                max: moat_image::MAX_CONFIG_BYTES,
-            }
-            .into());
-        }
-        let mut config = Vec::new();
-        client.blob(&target, &manifest.config.digest, manifest.config.size, &mut config, &mut |_| {})?;
+        let config = fetch_config(&client, &target, &manifest.config)?;
         let (_, diff_ids) = moat_image::parse_config(&config)?;
         if diff_ids.len() != manifest.layers.len() {
             return Err(EngineError::Invalid(format!(
@@ -607,25 +620,12 @@ impl Engine {
         let r = ImageRef::parse(reference).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let target = Target::of_repo(&r.repo);
         let client = self.client(o);
-        let reference_part = match (&r.digest, &r.tag) {
-            (Some(d), _) => d.to_string(),
-            (None, Some(t)) => t.clone(),
-            (None, None) => "latest".into(),
-        };
+        let reference_part = reference_part(&r);
         let top = client.manifest(&target, &reference_part)?;
         let platforms = match manifest::parse(&top.media_type, &top.bytes)? {
             Parsed::Index(idx) => idx.manifests.iter().filter_map(|d| d.platform.clone()).collect(),
             Parsed::Image(m) => {
-                if m.config.size > moat_image::MAX_CONFIG_BYTES {
-                    return Err(RegistryError::TooLarge {
-                        what: format!("the image config {}", m.config.digest),
-                        size: m.config.size,
-                        max: moat_image::MAX_CONFIG_BYTES,
-                    }
-                    .into());
-                }
-                let mut config = Vec::new();
-                client.blob(&target, &m.config.digest, m.config.size, &mut config, &mut |_| {})?;
+                let config = fetch_config(&client, &target, &m.config)?;
                 let p: Platform = serde_json::from_slice(&config)
                     .map_err(|e| EngineError::Invalid(format!("image {reference}: bad config: {e}")))?;
                 vec![p]
