@@ -523,7 +523,8 @@ pub struct HostConfig {
     pub volumes_from: Option<Vec<String>>,
     /// `--sysctl`.
     pub sysctls: BTreeMap<String, String>,
-    /// `--annotation`s (null when none).
+    /// `--annotation`s (left out when none, as moby leaves them).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
     /// `--console-size` at create (rows, cols; zeros when none).
     pub console_size: [u16; 2],

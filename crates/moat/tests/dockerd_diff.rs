@@ -27,7 +27,13 @@ use std::time::{Duration, Instant};
 struct Dockerd {
     child: Child,
     dir: tempfile::TempDir,
+    /// What dockerd 20.10 writes outside its roots (its trust key, the
+    /// plugin socket directory) and that was not there before: removed.
+    made: Vec<PathBuf>,
 }
+
+/// Paths dockerd 20.10 makes whatever its flags say.
+const DOCKERD_LEFTOVERS: &[&str] = &["/etc/docker/key.json", "/etc/docker", "/run/docker/plugins", "/run/docker"];
 
 impl Dockerd {
     fn start() -> Self {
@@ -36,6 +42,10 @@ impl Dockerd {
         // short paths: containerd's sockets live under the exec root
         let dir = tempfile::Builder::new().prefix("moat-dd").tempdir_in("/tmp").unwrap();
         let d = dir.path();
+        let made: Vec<PathBuf> =
+            DOCKERD_LEFTOVERS.iter().map(PathBuf::from).filter(|p| std::fs::symlink_metadata(p).is_err()).collect();
+        // no daemon.json of the machine's
+        std::fs::write(d.join("daemon.json"), "{}").unwrap();
         let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
         let child = Command::new(bin)
             .arg("--host")
@@ -46,6 +56,8 @@ impl Dockerd {
             .arg(d.join("x"))
             .arg("--pidfile")
             .arg(d.join("dockerd.pid"))
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
             .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none"])
             .args([
                 "--storage-driver=vfs",
@@ -57,7 +69,7 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .expect("start dockerd");
-        let dd = Self { child, dir };
+        let dd = Self { child, dir, made };
         let t0 = Instant::now();
         loop {
             if std::os::unix::net::UnixStream::connect(dd.sock()).is_ok()
@@ -130,6 +142,10 @@ impl Drop for Dockerd {
         mine.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mine {
             let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+        // files before their directories (the list's order)
+        for p in &self.made {
+            let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir(p));
         }
     }
 }
