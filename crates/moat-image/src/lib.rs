@@ -223,7 +223,10 @@ impl Unpacker {
         }
     }
 
-    /// Unpacks one layer stream into `tmp`, checking digests. Returns its diff ID and tar size.
+    /// Unpacks one layer stream into `tmp`, checking digests. Returns its
+    /// diff ID and size: the bytes of its files' content (Docker's layer
+    /// size: no tar headers, links or directories); no size when the layer
+    /// is stored already (its recorded one holds).
     fn import_layer(
         &self,
         tmp: &Path,
@@ -231,14 +234,12 @@ impl Unpacker {
         mut src: File,
         want_blob: Option<&Digest>,
         want_diff: Option<&Digest>,
-    ) -> Result<(Digest, u64), ImageError> {
+    ) -> Result<(Digest, Option<u64>), ImageError> {
         let layout = &self.layout;
         if let Some(d) = want_diff {
             let blob = layout.blob(d.hex());
-            if layout.layer(d.hex()).is_dir() {
-                if let Ok(m) = std::fs::metadata(&blob) {
-                    return Ok((d.clone(), m.len()));
-                }
+            if layout.layer(d.hex()).is_dir() && blob.exists() {
+                return Ok((d.clone(), None));
             }
         }
         let what = format!("layer {}", idx + 1);
@@ -263,12 +264,13 @@ impl Unpacker {
                 got: diff.0.to_string(),
             });
         }
-        Ok(diff)
+        Ok((diff.0, Some(diff.1)))
     }
 
     /// Decompresses `src` into `tmp/layer-{idx}` (the tree) and
     /// `tmp/blob-{idx}` (the uncompressed tar), checking the uncompressed
-    /// digest against `want_diff`. Returns the diff ID and size.
+    /// digest against `want_diff`. Returns the diff ID and the bytes of its
+    /// files' content.
     fn unpack_into(
         tmp: &Path,
         idx: usize,
@@ -286,8 +288,8 @@ impl Unpacker {
             File::create(&blob_path).map_err(ImageError::io("create layer blob"))?,
         );
         let mut hr = HashReader::new(decompress(src)?, Some(blob));
-        unpack::unpack(&mut hr, &dir, unpack::Kind::Layer, limits).map_err(no_space)?;
-        let (diff, size, blob) = hr.finish(MAX_TRAILING_BYTES).map_err(|e| match e.kind() {
+        let stats = unpack::unpack(&mut hr, &dir, unpack::Kind::Layer, limits).map_err(no_space)?;
+        let (diff, _, blob) = hr.finish(MAX_TRAILING_BYTES).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => ImageError::BadArchive(format!("{what}: {e}")),
             _ => ImageError::Io(format!("read {what}"), e),
         })?;
@@ -303,13 +305,13 @@ impl Unpacker {
                 });
             }
         }
-        Ok((diff, size))
+        Ok((diff, stats.bytes))
     }
 
     /// Unpacks layer `idx` of the pull while it downloads: `src` is the
     /// blob as it arrives (compressed or not). Checks the uncompressed
     /// digest; the caller checks the compressed one of the same bytes
-    /// before it finishes the pull. Returns the uncompressed size.
+    /// before it finishes the pull. Returns the bytes of its files' content.
     pub fn unpack_pulled_stream(
         &self,
         txn: &PullTxn,
@@ -391,7 +393,9 @@ impl ImageStore {
         Unpacker { layout: self.layout().clone(), limits: self.limits }
     }
 
-    /// Unpacks one layer stream into `tmp`, checking digests. Returns its diff ID and tar size.
+    /// Unpacks one layer stream into `tmp`, checking digests. Returns its
+    /// diff ID and the bytes of its files' content (recorded already for a
+    /// stored layer).
     fn import_layer(
         &self,
         tmp: &Path,
@@ -400,7 +404,12 @@ impl ImageStore {
         want_blob: Option<&Digest>,
         want_diff: Option<&Digest>,
     ) -> Result<(Digest, u64), ImageError> {
-        self.unpacker().import_layer(tmp, idx, src, want_blob, want_diff)
+        let (diff, size) = self.unpacker().import_layer(tmp, idx, src, want_blob, want_diff)?;
+        let size = match size {
+            Some(s) => s,
+            None => self.layer_size(&diff)?,
+        };
+        Ok((diff, size))
     }
 
     /// Moves unpacked layers into place. Layers are complete (verified) before
@@ -511,9 +520,9 @@ impl ImageStore {
         Ok(rec.id)
     }
 
-    /// The size recorded for a stored layer.
+    /// The size recorded for a stored layer (its files' content).
     pub fn layer_size(&self, diff: &Digest) -> Result<u64, ImageError> {
-        Ok(self.store.layers()?.into_iter().find(|(d, _)| d == diff).map(|(_, s)| s).unwrap_or(0))
+        Ok(self.store.layer_size(diff)?.unwrap_or(0))
     }
 
     /// Stores one layer from a stream (stdin, a pipe): spooled into `tmp`
@@ -526,7 +535,11 @@ impl ImageStore {
             .create_new(true)
             .open(&spool)
             .map_err(ImageError::io("create spool file"))?;
-        io::copy(&mut { r }, &mut f).map_err(ImageError::io(what))?;
+        let n = io::copy(&mut { r }, &mut f).map_err(ImageError::io(what))?;
+        if n == 0 {
+            // not even an empty tar (1 KiB of end blocks): no archive at all
+            return Err(ImageError::BadArchive("the input is empty: nothing to import".into()));
+        }
         f.rewind().map_err(ImageError::io(what))?;
         let (diff, size) = self.import_layer(tmp.path(), 0, f, None, None)?;
         self.commit_layers(tmp.path(), &[(0, diff.clone())])?;
@@ -551,10 +564,6 @@ impl ImageStore {
         let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tmp = TmpDir::new(self.layout(), "import")?;
         let (diff, size) = self.spool_layer(&tmp, r, "read input")?;
-        if size == 0 {
-            // not even an empty tar (1 KiB of end blocks): no archive at all
-            return Err(ImageError::BadArchive("the input is empty: nothing to import".into()));
-        }
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let config = serde_json::json!({
             "architecture": "amd64",

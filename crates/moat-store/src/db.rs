@@ -469,6 +469,13 @@ impl Store {
 
     // ---------------------------------------------------------------- images
 
+    /// The recorded size of a stored layer, if it is recorded.
+    pub fn layer_size(&self, diff: &Digest) -> Result<Option<u64>, StoreError> {
+        let s: Option<i64> =
+            self.conn.query_row("SELECT size FROM layers WHERE diff_id = ?1", [diff.hex()], |r| r.get(0)).optional()?;
+        Ok(s.map(|s| s.max(0) as u64))
+    }
+
     /// Records a loaded image, its layers and tags in one transaction. Tags
     /// that pointed elsewhere move to this image.
     pub fn put_image(&mut self, img: &ImageRecord, layer_sizes: &[(Digest, u64)]) -> Result<(), StoreError> {

@@ -335,14 +335,12 @@ fn moat_answers_as_dockerd_does() {
 
     // images
     let a = t.same("images list", "GET", "/images/json", None);
-    agree("images list", &a, &["/0/Id", "/0/RepoTags", "/0/Created"]);
-    t.values("images list", &a, &["/0/Size", "/0/Containers", "/0/Labels", "/0/RepoDigests"]);
+    agree("images list", &a, &["/0/Id", "/0/RepoTags", "/0/Created", "/0/Size"]);
+    t.values("images list", &a, &["/0/Containers", "/0/Labels", "/0/RepoDigests"]);
     let a = t.same("image inspect", "GET", "/images/busybox:latest/json", None);
-    agree("image inspect", &a, &["/Id", "/RepoTags", "/Config/Cmd", "/Os", "/Architecture", "/RootFS"]);
-    t.values("image inspect", &a, &["/Size"]);
+    agree("image inspect", &a, &["/Id", "/RepoTags", "/Config/Cmd", "/Os", "/Architecture", "/RootFS", "/Size"]);
     let a = t.same("image history", "GET", "/images/busybox/history", None);
-    agree("image history", &a, &["/0/Id", "/0/CreatedBy", "/0/Tags"]);
-    t.values("image history", &a, &["/0/Size"]);
+    agree("image history", &a, &["/0/Id", "/0/CreatedBy", "/0/Tags", "/0/Size"]);
     let a = t.same("image missing", "GET", "/images/nosuch:1/json", None);
     codes("image missing", &a, 404);
     let a = t.same("image tag", "POST", "/images/busybox/tag?repo=dfimg&tag=v1", None);
