@@ -762,10 +762,7 @@ async fn attach(
             let Some(h) = stream::hijack(on).await else { return };
             let _ = tokio::task::spawn_blocking(move || {
                 if replay.logs {
-                    match ctx.open() {
-                        Ok(mut e) => stream::replay_logs(&mut e, &cid, &opts, tty, &h),
-                        Err(err) => tracing::warn!("attach {cid}: {err}"),
-                    }
+                    stream::replay_logs_opening(&ctx, &cid, &opts, tty, &h);
                 }
                 let _ = h.sock.shutdown(std::net::Shutdown::Both);
             })
@@ -795,8 +792,8 @@ async fn attach(
         tokio::spawn(async move {
             let Some(h) = stream::hijack(on).await else { return };
             let _ = tokio::task::spawn_blocking(move || {
-                if let (true, Ok(mut e)) = (replay.logs, ctx.open()) {
-                    stream::replay_logs(&mut e, &cid, &opts, tty, &h);
+                if replay.logs {
+                    stream::replay_logs_opening(&ctx, &cid, &opts, tty, &h);
                 }
                 stream::pending_attach(ctx, cid, opts, escape, rx, claimed, h)
             })

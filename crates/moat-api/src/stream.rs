@@ -221,6 +221,15 @@ impl Escape {
     }
 }
 
+/// [`replay_logs`] with an engine of its own (a failure to open one is
+/// logged: the attach goes on without the log).
+pub(crate) fn replay_logs_opening(ctx: &Ctx, id: &str, opts: &AttachOptions, tty: bool, h: &Hijacked) {
+    match ctx.open() {
+        Ok(mut e) => replay_logs(&mut e, id, opts, tty, h),
+        Err(err) => tracing::warn!("attach {id}: {err}"),
+    }
+}
+
 /// Writes the container's log so far into a hijacked attach (`logs=1`):
 /// the streams asked for, framed unless the container has a terminal.
 pub(crate) fn replay_logs(e: &mut moat_engine::Engine, id: &str, opts: &AttachOptions, tty: bool, h: &Hijacked) {

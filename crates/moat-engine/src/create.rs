@@ -162,20 +162,6 @@ impl Engine {
             cfg.network = format!("container:{}", o.id());
             cfg.hostname = o.config.hostname.clone();
         }
-        // legacy links: the linked container exists and shares a switch with
-        // this one (names resolve there); kept by ID with the alias
-        for l in cfg.links.iter_mut() {
-            // a 400, not a 404: clients take a create's 404 for a missing image (moby#39823)
-            let child =
-                self.get(&l.id).map_err(|_| EngineError::Invalid(format!("could not get container for {}", l.id)))?;
-            if l.alias.is_empty() {
-                l.alias = child.name().to_string();
-            }
-            if !crate::names::valid(&l.alias) {
-                return Err(EngineError::Invalid(format!("invalid link alias {:?}", l.alias)));
-            }
-            l.id = child.id().to_string();
-        }
         let switch = match cfg.network.as_str() {
             n if n.starts_with("container:") => None,
             "none" | "host" => {
@@ -190,6 +176,26 @@ impl Engine {
             n if network::is_default(n) => Some(self.default_switch()?),
             n => Some(self.find_switch(n)?),
         };
+        // legacy links: the linked container exists and is on this one's
+        // switch (the link resolves there); kept by ID with the alias
+        for l in cfg.links.iter_mut() {
+            // a 400, not a 404: clients take a create's 404 for a missing image (moby#39823)
+            let child =
+                self.get(&l.id).map_err(|_| EngineError::Invalid(format!("could not get container for {}", l.id)))?;
+            if l.alias.is_empty() {
+                l.alias = child.name().to_string();
+            }
+            if !crate::names::valid(&l.alias) {
+                return Err(EngineError::Invalid(format!("invalid link alias {:?}", l.alias)));
+            }
+            if !switch.as_ref().is_some_and(|sw| child.config.networks.iter().any(|e| e.switch_id == sw.id)) {
+                return Err(EngineError::Invalid(format!(
+                    "cannot link to {}: the two containers share no switch (a link resolves on a shared one)",
+                    child.name()
+                )));
+            }
+            l.id = child.id().to_string();
+        }
         if let Some(m) = &cfg.mac {
             cfg.mac = Some(moat_net::parse_mac(m)?);
         }
@@ -281,16 +287,6 @@ impl Engine {
             return Err(e);
         }
         let switches: Vec<String> = cfg.networks.iter().map(|e| e.switch_id.clone()).collect();
-        for l in &cfg.links {
-            let child = self.get(&l.id)?;
-            if !child.config.networks.iter().any(|e| switches.contains(&e.switch_id)) {
-                let _ = self.remove(&id, true, true);
-                return Err(EngineError::Invalid(format!(
-                    "cannot link to {}: the two containers share no switch (a link resolves on a shared one)",
-                    child.name()
-                )));
-            }
-        }
         self.refresh_hosts(&switches)?;
         let c = self.get(&id)?;
         events::record(self, events::Event::container("create", &c));

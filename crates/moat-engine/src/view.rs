@@ -226,30 +226,19 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
     let letter = if c.config.isolation() == moat_core::Isolation::Hyperv { 't' } else { 'v' };
     if matches!(c.config.network.as_str(), "none" | "host") {
         // dockerd's entry for its built-in `none` and `host` networks: no address
-        let empty = EndpointSettings {
-            network_id: String::new(),
-            endpoint_id: String::new(),
-            gateway: String::new(),
-            ip_address: String::new(),
-            ip_prefix_len: 0,
-            mac_address: String::new(),
-            aliases: Vec::new(),
-            host_interface: String::new(),
-            ipam_config: None,
-            links: None,
-            driver_opts: None,
-            ipv6_gateway: String::new(),
-            global_ipv6_address: String::new(),
-            global_ipv6_prefix_len: 0,
-            dns_names: Vec::new(),
-        };
-        return BTreeMap::from([(c.config.network.clone(), empty)]);
+        return BTreeMap::from([(c.config.network.clone(), EndpointSettings::default())]);
     }
     c.config
         .networks
         .iter()
         .enumerate()
         .map(|(n, e)| {
+            // its name, short ID and aliases (every switch's, then this one's)
+            let names: Vec<String> = [c.name().to_string(), c.id()[..12].to_string()]
+                .into_iter()
+                .chain(c.config.aliases.iter().cloned())
+                .chain(e.aliases.iter().cloned())
+                .collect();
             (
                 crate::network::shown_name(&e.switch).to_string(),
                 EndpointSettings {
@@ -259,11 +248,7 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
                     ip_address: e.ip.to_string(),
                     ip_prefix_len: e.prefix,
                     mac_address: e.mac.clone(),
-                    aliases: [c.name().to_string(), c.id()[..12].to_string()]
-                        .into_iter()
-                        .chain(c.config.aliases.iter().cloned())
-                        .chain(e.aliases.iter().cloned())
-                        .collect(),
+                    aliases: names.clone(),
                     host_interface: moat_net::if_name(letter, c.id(), n),
                     ipam_config: (n == 0)
                         .then_some(c.config.ip)
@@ -274,11 +259,7 @@ fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
                     ipv6_gateway: e.gateway6.map(|g| g.to_string()).unwrap_or_default(),
                     global_ipv6_address: e.ip6.map(|a| a.to_string()).unwrap_or_default(),
                     global_ipv6_prefix_len: if e.ip6.is_some() { e.prefix6 } else { 0 },
-                    dns_names: [c.name().to_string(), c.id()[..12].to_string()]
-                        .into_iter()
-                        .chain(c.config.aliases.iter().cloned())
-                        .chain(e.aliases.iter().cloned())
-                        .collect(),
+                    dns_names: names,
                 },
             )
         })
@@ -560,8 +541,10 @@ pub struct HostConfig {
     pub unset: UnsetHostConfig,
 }
 
-/// HostConfig keys of dockerd's that moat refuses to set (and the cpusets),
-/// at the values dockerd shows when they are not set.
+/// The rest of dockerd's HostConfig keys: the settings moat refuses to set,
+/// at the values dockerd shows when they are not set, and those applied
+/// since (links, cpusets, memory reservation, swappiness, OOM killer,
+/// device cgroup rules), filled in from the container's config.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct UnsetHostConfig {
@@ -595,7 +578,7 @@ pub struct UnsetHostConfig {
     pub cpuset_cpus: String,
     /// `--cpuset-mems` (`""`: any).
     pub cpuset_mems: String,
-    /// null.
+    /// `--device-cgroup-rule`s (null when none).
     pub device_cgroup_rules: Option<Vec<String>>,
     /// null.
     pub device_requests: Option<Vec<serde_json::Value>>,
@@ -608,13 +591,13 @@ pub struct UnsetHostConfig {
     /// 0.
     #[serde(rename = "KernelMemoryTCP")]
     pub kernel_memory_tcp: i64,
-    /// null.
+    /// Legacy links as `/child:/parent/alias` (null when none).
     pub links: Option<Vec<String>>,
-    /// 0.
+    /// `--memory-reservation` (0: none).
     pub memory_reservation: i64,
-    /// null.
+    /// `--memory-swappiness` (null: the kernel's).
     pub memory_swappiness: Option<i64>,
-    /// false.
+    /// `--oom-kill-disable`.
     pub oom_kill_disable: bool,
 }
 

@@ -1042,6 +1042,13 @@ fn legacy_links(iso: &str) {
     assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.Links}}", "web"]), "[]\n");
     let o = s.docker(&["exec", "web", "grep", "-w", "pg", "/etc/hosts"]);
     assert_eq!(o.status.code(), Some(1), "gone from /etc/hosts: {o:?}");
+    // a link resolves on a shared switch: from another one it is refused, nothing created
+    s.ok(&["network", "create", "elsewhere"]);
+    let e =
+        s.fails(&["create", "--name", "far", &iso_flag, "--network", "elsewhere", "--link", "db", "busybox", "true"]);
+    assert!(e.contains("cannot link to db: the two containers share no switch"), "{e}");
+    assert_eq!(s.ok(&["ps", "-aq", "--filter", "name=far"]), "");
+    s.ok(&["network", "rm", "elsewhere"]);
     let e = s.fails(&["run", "--rm", &iso_flag, "--link", "nosuch:x", "busybox", "true"]);
     assert!(e.contains("could not get container for nosuch"), "{e}");
     s.ok(&["stop", "-t", "0", "db"]);
