@@ -4,13 +4,15 @@
 //! modules; move onto a tmpfs root (the container runtime's `pivot_root`
 //! cannot work from the initramfs) and re-exec. Stage 2: mount cgroup2 and
 //! the virtio-fs root, open the virtio-serial port `ctl0`, say `Ready`, then
-//! serve the host: create the container's main process with the same
-//! namespace runtime as process isolation, run exec sessions, relay stdio
+//! serve the host: create each container's main process (a sandbox holds
+//! one or more, each with its own root under the share, cgroup, mount and
+//! PID namespace; they share the guest's network) with the same namespace
+//! runtime as process isolation, run exec sessions, relay stdio
 //! with per-session credit (flow control), deliver signals and resizes,
 //! answer `Top`/`Stats`, report exits, power off on `Shutdown`.
 //!
 //! Booted as a template (`moat.template` on the kernel command line), stage
-//! 2 mounts no root: it prepares what every clone needs (cgroup tree, device
+//! 2 mounts no share: it prepares what every clone needs (cgroup tree, device
 //! filter, `lo`), drops the page cache, says `Ready` and waits; every
 //! clone restored from that snapshot then gets `Resume` (fresh entropy, the
 //! wall clock, a hostname), reseeds the RNG, mounts its own root and says
@@ -128,17 +130,53 @@ fn nonblock(fd: RawFd) {
     }
 }
 
-/// The guest side of a VM container: the same relay the shim uses for
-/// process isolation, served over the virtio-serial port with per-session
-/// credit (the host grants how many output bytes may be in flight).
+/// A container of the VM: its relay (processes, cgroup) and the wire
+/// session of its main process.
+struct Ctr {
+    relay: Relay,
+    main: u32,
+}
+
+impl Ctr {
+    /// The relay's session for wire session `wire` (its main process is the relay's 0).
+    fn local(&self, wire: u32) -> u32 {
+        if wire == self.main {
+            0
+        } else {
+            wire
+        }
+    }
+
+    /// The wire session of the relay's session `local`.
+    fn wire(&self, local: u32) -> u32 {
+        if local == 0 {
+            self.main
+        } else {
+            local
+        }
+    }
+}
+
+/// The guest side of a sandbox: one relay per container (the same relay
+/// the shim uses for process isolation), served over the virtio-serial
+/// port with per-session credit (the host grants how many output bytes may
+/// be in flight). Every session belongs to one container.
 struct Agent {
     port: OwnedFd,
-    /// The container's root is mounted (at once on a cold boot, after `Resume` in a clone).
+    /// The sandbox's share is mounted (at once on a cold boot, after `Resume` in a clone).
     mounted: bool,
     dec: Decoder,
     out: Vec<u8>,
-    relay: Option<Relay>,
+    ctrs: HashMap<String, Ctr>,
+    /// Wire session → its container.
+    sessions: HashMap<u32, String>,
     credit: HashMap<u32, u64>,
+    /// The guest's NICs are configured (by the first container that has any).
+    net_done: bool,
+}
+
+fn not_running() -> RuntimeError {
+    RuntimeError::Start { message: "container is not running".into(), code: 126 }
 }
 
 impl Agent {
@@ -159,18 +197,30 @@ impl Agent {
         true
     }
 
+    /// The container of wire session `sid` and the relay's session for it.
+    fn session(&mut self, sid: u32) -> Option<(&mut Relay, u32)> {
+        let cid = self.sessions.get(&sid)?;
+        let c = self.ctrs.get_mut(cid)?;
+        let local = c.local(sid);
+        Some((&mut c.relay, local))
+    }
+
+    fn relay(&mut self, cid: &str) -> Option<&mut Relay> {
+        self.ctrs.get_mut(cid).map(|c| &mut c.relay)
+    }
+
     fn handle(&mut self, f: Frame) {
         let sid = f.session;
         match f.kind {
             Kind::Stdin => {
-                if let Some(r) = self.relay.as_mut() {
-                    r.stdin(sid, &f.data);
+                if let Some((r, l)) = self.session(sid) {
+                    r.stdin(l, &f.data);
                 }
                 return;
             }
             Kind::StdinEof => {
-                if let Some(r) = self.relay.as_mut() {
-                    r.close_stdin(sid);
+                if let Some((r, l)) = self.session(sid) {
+                    r.close_stdin(l);
                 }
                 return;
             }
@@ -184,27 +234,33 @@ impl Agent {
                 return;
             }
         };
+        let done = |r: Option<Result<Vec<String>, RuntimeError>>| match r {
+            Some(Ok(warnings)) => AgentEvent::Ok { warnings },
+            Some(Err(e)) => AgentEvent::Error { message: e.to_string() },
+            None => AgentEvent::Error { message: "container is not running".into() },
+        };
         let reply = match req {
             AgentRequest::Create(c) => {
-                let r = self.create(*c);
+                let r = self.create(sid, *c);
                 self.started(sid, r)
             }
-            AgentRequest::Exec(x) => {
-                let r = match self.relay.as_mut() {
-                    Some(r) => r.exec(sid, &x),
-                    None => Err(RuntimeError::Start { message: "container is not running".into(), code: 126 }),
+            AgentRequest::Exec { cid, exec } => {
+                self.sessions.insert(sid, cid.clone());
+                let r = match self.relay(&cid) {
+                    Some(r) => r.exec(sid, &exec),
+                    None => Err(not_running()),
                 };
                 self.started(sid, r)
             }
             AgentRequest::Signal { signal } => {
-                if let Some(r) = self.relay.as_mut() {
-                    r.signal(sid, signal);
+                if let Some((r, l)) = self.session(sid) {
+                    r.signal(l, signal);
                 }
                 None
             }
             AgentRequest::Resize(ws) => {
-                if let Some(r) = self.relay.as_mut() {
-                    r.resize(sid, ws);
+                if let Some((r, l)) = self.session(sid) {
+                    r.resize(l, ws);
                 }
                 None
             }
@@ -212,23 +268,27 @@ impl Agent {
                 *self.credit.entry(sid).or_default() += bytes;
                 None
             }
-            AgentRequest::Top => {
-                Some(AgentEvent::Procs { rows: self.relay.as_ref().map(|r| r.top()).unwrap_or_default() })
+            AgentRequest::Top { cid } => {
+                Some(AgentEvent::Procs { rows: self.relay(&cid).map(|r| r.top()).unwrap_or_default() })
             }
-            AgentRequest::Stats => Some(AgentEvent::Usage(self.relay.as_ref().map(|r| r.stats()).unwrap_or_default())),
-            AgentRequest::Pause | AgentRequest::Unpause => {
-                let frozen = matches!(req, AgentRequest::Pause);
-                Some(match self.relay.as_ref().map(|r| r.freeze(frozen)) {
-                    Some(Ok(())) => AgentEvent::Ok { warnings: Vec::new() },
-                    Some(Err(e)) => AgentEvent::Error { message: e.to_string() },
-                    None => AgentEvent::Error { message: "container is not running".into() },
-                })
+            AgentRequest::Stats { cid } => {
+                Some(AgentEvent::Usage(self.relay(&cid).map(|r| r.stats()).unwrap_or_default()))
             }
-            AgentRequest::Update(l) => Some(match self.relay.as_mut().map(|r| r.update_limits(&l)) {
-                Some(Ok(warnings)) => AgentEvent::Ok { warnings },
-                Some(Err(e)) => AgentEvent::Error { message: e.to_string() },
-                None => AgentEvent::Error { message: "container is not running".into() },
-            }),
+            AgentRequest::Pause { cid } => Some(done(self.relay(&cid).map(|r| r.freeze(true).map(|()| Vec::new())))),
+            AgentRequest::Unpause { cid } => Some(done(self.relay(&cid).map(|r| r.freeze(false).map(|()| Vec::new())))),
+            AgentRequest::Update { cid, limits } => Some(done(self.relay(&cid).map(|r| r.update_limits(&limits)))),
+            AgentRequest::Remove { cid } => {
+                if let Some(mut c) = self.ctrs.remove(&cid) {
+                    c.relay.kill_all();
+                    if let Some(cg) = c.relay.cgroup() {
+                        if let Err(e) = cg.destroy() {
+                            log(&format!("remove {cid}: {e}"));
+                        }
+                    }
+                }
+                self.sessions.retain(|_, c| *c != cid);
+                Some(AgentEvent::Ok { warnings: Vec::new() })
+            }
             AgentRequest::Resume { entropy, unix_nanos, hostname } => {
                 Some(match resume(&entropy, unix_nanos, &hostname, !self.mounted) {
                     Ok(()) => {
@@ -239,8 +299,8 @@ impl Agent {
                 })
             }
             AgentRequest::Shutdown => {
-                if let Some(r) = self.relay.as_mut() {
-                    r.kill_all();
+                for c in self.ctrs.values_mut() {
+                    c.relay.kill_all();
                 }
                 // once the guest's dirty pages are on the host, the host may
                 // end QEMU without waiting for the kernel's power-off path
@@ -275,37 +335,49 @@ impl Agent {
         }
     }
 
-    fn create(&mut self, c: moat_proto::GuestCreate) -> Result<u32, RuntimeError> {
+    /// Creates (or starts again) container `c.cid`'s main process as wire session `sid`.
+    fn create(&mut self, sid: u32, c: moat_proto::GuestCreate) -> Result<u32, RuntimeError> {
         if !self.mounted {
             return Err(RuntimeError::Invalid("the VM was not resumed: no container root is mounted".into()));
         }
-        if self.relay.as_ref().is_some_and(|r| r.main_running()) {
+        if self.ctrs.get(&c.cid).is_some_and(|x| x.relay.main_running()) {
             return Err(RuntimeError::Invalid("the container is already running".into()));
         }
-        if self.relay.is_none() {
+        if !self.ctrs.contains_key(&c.cid) {
+            std::fs::create_dir_all(&c.spec.rootfs_target)
+                .map_err(|e| RuntimeError::Invalid(format!("create {}: {e}", c.spec.rootfs_target.display())))?;
             let cg = Cgroup::create(&c.cgroup, &c.limits)?;
-            // the guest's own network: the container shares it
-            if c.spec.net == moat_runtime::spec::NetNs::Host {
+            // the guest's own network: the sandbox's containers share it
+            if !c.spec.interfaces.is_empty() && !self.net_done {
                 moat_runtime::netconf::configure(&c.spec.interfaces)?;
+                self.net_done = true;
             }
-            self.relay = Some(Relay::new(Some(cg), false)?);
+            self.ctrs.insert(c.cid.clone(), Ctr { relay: Relay::new(Some(cg), false)?, main: sid });
         }
-        let relay = self.relay.as_mut().ok_or_else(|| RuntimeError::Invalid("no relay".into()))?;
-        relay.start_main(&c.spec, c.stdin, &|_| Ok(()))
+        let ctr = self.ctrs.get_mut(&c.cid).ok_or_else(|| RuntimeError::Invalid("no relay".into()))?;
+        ctr.main = sid;
+        self.sessions.insert(sid, c.cid.clone());
+        ctr.relay.start_main(&c.spec, c.stdin, &|_| Ok(()))
     }
 
-    fn events(&mut self, events: Vec<Event>) {
+    fn events(&mut self, cid: &str, events: Vec<Event>) {
+        let Some(ctr) = self.ctrs.get(cid) else { return };
         for e in events {
             match e {
                 Event::Output { sid, err, data } => {
+                    let sid = ctr.wire(sid);
                     let c = self.credit.entry(sid).or_default();
                     *c = c.saturating_sub(data.len() as u64);
                     Frame { kind: if err { Kind::Stderr } else { Kind::Stdout }, session: sid, data }
                         .encode_into(&mut self.out);
                 }
                 Event::Exited { sid, code, oom } => {
+                    let sid = ctr.wire(sid);
                     self.credit.remove(&sid);
-                    self.send(sid, &AgentEvent::Exit { code, oom_killed: oom });
+                    if sid != ctr.main {
+                        self.sessions.remove(&sid);
+                    }
+                    Frame::control(sid, &AgentEvent::Exit { code, oom_killed: oom }).encode_into(&mut self.out);
                 }
             }
         }
@@ -316,7 +388,7 @@ impl Agent {
         loop {
             let peek = waitid(Id::All, WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT);
             let Some(pid) = peek.ok().and_then(|st| st.pid()) else { return };
-            if self.relay.as_ref().is_some_and(|r| r.owns(pid)) {
+            if self.ctrs.values().any(|c| c.relay.owns(pid)) {
                 return;
             }
             let _ = waitpid(pid, None);
@@ -326,17 +398,19 @@ impl Agent {
     fn run(&mut self) {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            let mut want = Vec::new();
-            if let Some(r) = &self.relay {
+            let mut want: Vec<(RawFd, libc::c_short, Source, String)> = Vec::new();
+            for (cid, c) in &self.ctrs {
                 let credit = &self.credit;
-                r.poll_fds(&|sid| credit.get(&sid).is_some_and(|c| *c > 0), &mut want);
+                let mut fds = Vec::new();
+                c.relay.poll_fds(&|sid| credit.get(&c.wire(sid)).is_some_and(|n| *n > 0), &mut fds);
+                want.extend(fds.into_iter().map(|(fd, ev, src)| (fd, ev, src, cid.clone())));
             }
             let mut fds = vec![libc::pollfd {
                 fd: self.port.as_raw_fd(),
                 events: libc::POLLIN | if self.out.is_empty() { 0 } else { libc::POLLOUT },
                 revents: 0,
             }];
-            fds.extend(want.iter().map(|(fd, ev, _)| libc::pollfd { fd: *fd, events: *ev, revents: 0 }));
+            fds.extend(want.iter().map(|(fd, ev, _, _)| libc::pollfd { fd: *fd, events: *ev, revents: 0 }));
             // SAFETY: poll over our array
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
             if n < 0 {
@@ -366,19 +440,17 @@ impl Agent {
                     poweroff_now();
                 }
             }
-            for (p, (_, _, src)) in fds[1..].iter().zip(want) {
+            for (p, (_, _, src, cid)) in fds[1..].iter().zip(want) {
                 if p.revents == 0 {
                     continue;
                 }
+                let Some(ctr) = self.ctrs.get_mut(&cid) else { continue };
                 let max = match src {
-                    Source::Output(sid, _) => self.credit.get(&sid).copied().unwrap_or(0) as usize,
+                    Source::Output(sid, _) => self.credit.get(&ctr.wire(sid)).copied().unwrap_or(0) as usize,
                     _ => READ_CHUNK,
                 };
-                let events = match self.relay.as_mut() {
-                    Some(r) => r.ready(src, max, &mut buf),
-                    None => Vec::new(),
-                };
-                self.events(events);
+                let events = ctr.relay.ready(src, max, &mut buf);
+                self.events(&cid, events);
             }
             // reap strays reparented to us (never a session's process: its pidfd reports that)
             self.reap_strays();
@@ -484,24 +556,61 @@ fn stage2() -> Result<(), String> {
         mount_root()?;
     }
     nonblock(port.as_raw_fd());
+    // the sandbox's containers share the guest's network, loopback included
+    if let Err(e) = moat_runtime::netconf::loopback_up() {
+        log(&format!("loopback: {e}"));
+    }
     let mut a = Agent {
         port,
         mounted: !template,
         dec: Decoder::default(),
         out: Vec::new(),
-        relay: None,
+        ctrs: HashMap::new(),
+        sessions: HashMap::new(),
         credit: HashMap::new(),
+        net_done: false,
     };
     a.send(0, &AgentEvent::Ready { version: PROTOCOL_VERSION });
     a.run();
     Ok(())
 }
 
+/// `moat-pause`: a pod's infra container. Holds the sandbox until SIGTERM,
+/// SIGINT or SIGHUP (it is PID 1 of its namespace: without handlers those
+/// would be ignored), reaping whatever is reparented to it.
+fn pause() -> ! {
+    extern "C" fn done(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe
+        unsafe { libc::_exit(0) }
+    }
+    extern "C" fn child(_: libc::c_int) {}
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let quit = SigAction::new(SigHandler::Handler(done), SaFlags::empty(), SigSet::empty());
+    let chld = SigAction::new(SigHandler::Handler(child), SaFlags::SA_NOCLDSTOP, SigSet::empty());
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only calls _exit
+        let _ = unsafe { sigaction(s, &quit) };
+    }
+    // SAFETY: the handler does nothing; it only interrupts pause()
+    let _ = unsafe { sigaction(Signal::SIGCHLD, &chld) };
+    loop {
+        nix::unistd::pause();
+        while let Ok(st) = nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            if st == nix::sys::wait::WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+}
+
 fn main() {
-    // the same binary is a container's `--init` when called by that name
+    // the same binary is a container's `--init` when called by that name,
+    // and a pod's infra process as `moat-pause`
     let argv: Vec<String> = std::env::args().collect();
-    if argv.first().is_some_and(|a| a.rsplit('/').next() == Some("moat-init")) {
-        std::process::exit(moat_runtime::init::run(&argv[1..]));
+    match argv.first().and_then(|a| a.rsplit('/').next()) {
+        Some("moat-init") => std::process::exit(moat_runtime::init::run(&argv[1..])),
+        Some("moat-pause") => pause(),
+        _ => {}
     }
     let stage2_arg = std::env::args().nth(1).as_deref() == Some("stage2");
     if std::process::id() != 1 {

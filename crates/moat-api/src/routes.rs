@@ -7,7 +7,9 @@ use crate::Ctx;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Method, Request};
-use moat_engine::filter::{ContainerFilter, EventFilter, Filters};
+use moat_engine::container_filter::ContainerFilter;
+use moat_engine::events::EventFilter;
+use moat_engine::filter::Filters;
 use moat_engine::view::{ContainerInspect, ContainerSummary, ImageInspect, ImageSummary, NetworkInspect};
 use moat_engine::{AttachOptions, Engine, EngineError, LogOptions, StopOptions, WaitCondition, WinSize};
 use serde_json::json as j;
@@ -263,7 +265,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         // images
         (&Method::GET, ["images", "json"]) => {
             // `all` changes nothing: moat keeps no intermediate images
-            let f = moat_engine::filter::ImageFilter::new(filters(&q)?)?;
+            let f = moat_engine::images::ImageFilter::new(filters(&q)?)?;
             let list = engine(&ctx, move |e| {
                 let imgs = e.images_matching(&f)?;
                 imgs.iter().map(|img| ImageSummary::of_stored(e, img)).collect::<std::result::Result<Vec<_>, _>>()
@@ -360,7 +362,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
 
         // networks are switches
         (&Method::GET, ["networks"]) => {
-            let f = moat_engine::filter::SwitchFilter::new(filters(&q)?)?;
+            let f = moat_engine::network::SwitchFilter::new(filters(&q)?)?;
             let v = engine(&ctx, move |e| {
                 let all = e.list()?;
                 Ok(e.switches_matching(&f)?.iter().map(|s| NetworkInspect::of(s, &all)).collect::<Vec<_>>())
@@ -427,7 +429,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
 
         // volumes
         (&Method::GET, ["volumes"]) => {
-            let f = moat_engine::filter::VolumeFilter::new(filters(&q)?)?;
+            let f = moat_engine::volumes::VolumeFilter::new(filters(&q)?)?;
             let v =
                 engine(&ctx, move |e| Ok(e.volumes(&f)?.into_iter().map(|(v, _)| v.view(None)).collect::<Vec<_>>()))
                     .await?;
@@ -457,7 +459,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
             // Docker ≥ 1.42 prunes anonymous volumes unless `all=true` is a filter
             let all = f.get("all").first().is_some_and(|a| a == "true" || a == "1");
             f.remove("all");
-            let f = moat_engine::filter::VolumeFilter::new(f)?;
+            let f = moat_engine::volumes::VolumeFilter::new(f)?;
             let r = engine(&ctx, move |e| e.volume_prune(all, &f)).await?;
             Ok(json(200, &j!({ "VolumesDeleted": r.deleted, "SpaceReclaimed": r.reclaimed })))
         }

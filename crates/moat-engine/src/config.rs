@@ -162,8 +162,16 @@ pub struct ContainerConfig {
     pub auto_remove: bool,
     /// Isolation type.
     pub isolation: Option<Isolation>,
-    /// `none`, `host`, or the name or ID of a switch.
+    /// `none`, `host`, the name or ID of a switch, or `container:<ID>`
+    /// (the sandbox of another container: its network namespace, or its
+    /// utility VM).
     pub network: String,
+    /// The pod the container belongs to (its ID).
+    #[serde(default)]
+    pub pod: Option<String>,
+    /// The container is its pod's infra container (it owns the sandbox).
+    #[serde(default)]
+    pub pod_infra: bool,
     /// Signal for `stop`.
     pub stop_signal: String,
     /// Default `stop` timeout in seconds.

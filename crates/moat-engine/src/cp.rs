@@ -390,7 +390,19 @@ fn run_in<T: Send>(tree: &Tree, f: impl FnOnce() -> Result<T, EngineError> + Sen
             .unwrap_or_else(|_| Err(EngineError::Invalid("a copy thread panicked".into())))
         }),
         Tree::Mount(spec) => crate::rootview::in_private_ns(|| {
-            let root = crate::vm::prepare_root(spec)?;
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| EngineError::Io("make / private".into(), e.into()))?;
+            let (share, name) = (spec.rootfs_target.parent(), spec.rootfs_target.file_name());
+            let (Some(share), Some(name)) = (share, name.and_then(|n| n.to_str())) else {
+                return Err(EngineError::Invalid("the container's root has no parent directory".into()));
+            };
+            let root = crate::vm::prepare_root(spec, share, name)?;
             enter(&root)?;
             f()
         }),
@@ -416,9 +428,14 @@ impl Engine {
             match c.config.isolation() {
                 moat_core::Isolation::Process => Tree::Live(PathBuf::from(format!("/proc/{}/root", c.state.pid))),
                 moat_core::Isolation::Hyperv => {
-                    let root = self.layout.container(c.id()).join("rootfs");
+                    // the root is mounted in the sandbox's shim, under its share
+                    let owner = match c.config.network.strip_prefix("container:") {
+                        Some(o) => self.get(o)?,
+                        None => c.clone(),
+                    };
+                    let root = crate::vm::share_dir(&self.layout, owner.id()).join(c.id());
                     let rel = root.strip_prefix("/").unwrap_or(&root);
-                    Tree::Live(PathBuf::from(format!("/proc/{}/root", c.state.shim_pid)).join(rel))
+                    Tree::Live(PathBuf::from(format!("/proc/{}/root", owner.state.shim_pid)).join(rel))
                 }
             }
         } else {

@@ -118,6 +118,9 @@ impl Engine {
         }
         spec::security(&cfg.security_opt)?;
         moat_runtime::caps::compute(&cfg.cap_add, &cfg.cap_drop, cfg.privileged)?;
+        if !cfg.pod_infra {
+            self.join_pod(&mut cfg)?;
+        }
         if cfg.isolation.is_none() {
             cfg.isolation = Some(self.settings.default_isolation);
         }
@@ -134,10 +137,12 @@ impl Engine {
         }
         if let Some(other) = cfg.network.strip_prefix("container:").map(str::to_string) {
             let o = self.get(&other)?;
-            if o.config.isolation() != moat_core::Isolation::Process {
+            if o.config.isolation() != cfg.isolation() {
                 return Err(EngineError::Invalid(format!(
-                    "cannot join the network of {}: it runs in a utility VM, whose network stack is its guest's",
-                    o.name()
+                    "cannot join the network of {}: it runs in {} isolation and this container in {}; a container joins the sandbox (namespaces or utility VM) of a container of its own isolation type",
+                    o.name(),
+                    o.config.isolation(),
+                    cfg.isolation()
                 )));
             }
             if o.config.network.starts_with("container:") {

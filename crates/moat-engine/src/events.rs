@@ -4,7 +4,7 @@
 //! what front ends ask for; each shim records what happens while nobody
 //! watches (start, die with its exit code, oom, restart, exec).
 
-use crate::filter::EventFilter;
+use crate::filter::{any, label_matches, Filters};
 use crate::{Container, Engine, EngineError};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -221,5 +221,46 @@ pub fn follow(
             next = last_seq(e)? + 1;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Event filters: `type`, `event` (action), `container`, `image`, `label`,
+/// `network`, and the start time.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    f: Filters,
+    /// Events from this time on (nanoseconds since the epoch).
+    pub since_nano: i64,
+}
+
+impl EventFilter {
+    /// Checks the keys.
+    pub fn new(f: Filters, since_nano: i64) -> Result<Self, EngineError> {
+        f.check(&["type", "event", "container", "image", "label", "network", "volume"])?;
+        Ok(Self { f, since_nano })
+    }
+
+    /// Events of container `id` with `action`.
+    pub fn for_container(id: &str, action: &str) -> Self {
+        let mut m = BTreeMap::new();
+        m.insert("container".to_string(), vec![id.to_string()]);
+        m.insert("event".to_string(), vec![action.to_string()]);
+        Self { f: Filters(m), since_nano: 0 }
+    }
+
+    /// True when `ev` passes every term.
+    pub fn matches(&self, ev: &Event) -> bool {
+        let f = &self.f;
+        let attr = |k: &str| ev.actor.attributes.get(k).map(String::as_str).unwrap_or("");
+        let is_container = ev.kind == "container";
+        any(f.get("type"), |t| ev.kind == t)
+            && any(f.get("event"), |a| ev.action == a || ev.action.split(':').next() == Some(a))
+            && any(f.get("container"), |c| {
+                is_container && (ev.actor.id.starts_with(c) || attr("name") == c.trim_start_matches('/'))
+            })
+            && any(f.get("image"), |i| attr("image") == i || (ev.kind == "image" && ev.actor.id.contains(i)))
+            && f.get("label").iter().all(|l| label_matches(&ev.actor.attributes, l))
+            && any(f.get("network"), |n| ev.kind == "network" && (ev.actor.id.starts_with(n) || attr("name") == n))
+            && any(f.get("volume"), |v| ev.kind == "volume" && ev.actor.id == v)
     }
 }

@@ -1,10 +1,13 @@
 //! Docker's list filters, implemented once: `ps --filter`, `images
 //! --filter`, `events --filter` in the CLI and the `filters` query of the
 //! API (which arrives as JSON in two shapes) become the same [`Filters`].
+//! Each resource's matcher lives next to the resource (`ContainerFilter` in
+//! `container_filter`, `ImageFilter` in `images`, `VolumeFilter` in
+//! `volumes`, `SwitchFilter` in `network`, `EventFilter` in `events`); this
+//! module is the bottom layer they share: parsing, label and port terms,
+//! times and durations.
 
-use crate::config::Status;
-use crate::events::Event;
-use crate::{Container, Engine, EngineError};
+use crate::EngineError;
 use std::collections::BTreeMap;
 
 /// Filter terms: key → values (values of one key are alternatives, keys all apply).
@@ -47,7 +50,7 @@ impl Filters {
         Ok(Self(m))
     }
 
-    fn check(&self, allowed: &[&str]) -> Result<(), EngineError> {
+    pub(crate) fn check(&self, allowed: &[&str]) -> Result<(), EngineError> {
         for k in self.0.keys() {
             if !allowed.contains(&k.as_str()) {
                 return Err(EngineError::Invalid(format!("invalid filter '{k}'")));
@@ -68,7 +71,7 @@ impl Filters {
 }
 
 /// `label=KEY` or `label=KEY=VALUE` against a label map.
-fn label_matches(labels: &BTreeMap<String, String>, want: &str) -> bool {
+pub(crate) fn label_matches(labels: &BTreeMap<String, String>, want: &str) -> bool {
     match want.split_once('=') {
         Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
         None => labels.contains_key(want),
@@ -76,295 +79,8 @@ fn label_matches(labels: &BTreeMap<String, String>, want: &str) -> bool {
 }
 
 /// Every term of one key matched as alternatives.
-fn any(vals: &[String], mut f: impl FnMut(&str) -> bool) -> bool {
+pub(crate) fn any(vals: &[String], mut f: impl FnMut(&str) -> bool) -> bool {
     vals.is_empty() || vals.iter().any(|v| f(v))
-}
-
-/// Container filters: `status`, `name` (a regular expression, like Docker),
-/// `id` (prefix), `label`, `ancestor` (image name, tag or ID), `before`,
-/// `since` (container name or ID), `exited`, `isolation`, `network`,
-/// `publish`, `expose`, `volume`.
-#[derive(Debug, Clone, Default)]
-pub struct ContainerFilter {
-    f: Filters,
-    names: Vec<regex::Regex>,
-}
-
-impl ContainerFilter {
-    /// Checks the keys and compiles the name patterns.
-    pub fn new(f: Filters) -> Result<Self, EngineError> {
-        f.check(&[
-            "status",
-            "name",
-            "id",
-            "label",
-            "ancestor",
-            "before",
-            "since",
-            "exited",
-            "isolation",
-            "network",
-            "until",
-            "health",
-            "publish",
-            "expose",
-            "volume",
-        ])?;
-        for k in ["publish", "expose"] {
-            for v in f.get(k) {
-                port_filter(v).ok_or_else(|| {
-                    EngineError::Invalid(format!("invalid filter '{k}={v}': use PORT[/PROTO] or START-END[/PROTO]"))
-                })?;
-            }
-        }
-        for s in f.get("status") {
-            if !["created", "restarting", "running", "removing", "paused", "exited", "dead"].contains(&s.as_str()) {
-                return Err(EngineError::Invalid(format!(
-                    "invalid filter 'status={s}': use created, restarting, running, removing, paused, exited or dead"
-                )));
-            }
-        }
-        let names = f
-            .get("name")
-            .iter()
-            .map(|n| regex::Regex::new(n).map_err(|e| EngineError::Invalid(format!("invalid filter 'name={n}': {e}"))))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { f, names })
-    }
-
-    /// True when `c` passes every term.
-    pub fn matches(&self, c: &Container, e: &mut Engine) -> Result<bool, EngineError> {
-        let f = &self.f;
-        let ok = any(f.get("status"), |s| c.state.status.to_string() == s)
-            && (self.names.is_empty()
-                || self.names.iter().any(|r| r.is_match(&format!("/{}", c.name())) || r.is_match(c.name())))
-            && any(f.get("id"), |i| c.id().starts_with(i))
-            && f.get("label").iter().all(|l| label_matches(&c.config.labels, l))
-            && any(f.get("exited"), |x| c.state.status == Status::Exited && c.state.exit_code.to_string() == x)
-            && any(f.get("isolation"), |i| {
-                i.parse::<moat_core::Isolation>().is_ok_and(|want| want == c.config.isolation())
-            })
-            && any(f.get("network"), |n| {
-                c.config.networks.iter().any(|ep| {
-                    ep.switch == n || crate::network::shown_name(&ep.switch) == n || ep.switch_id.starts_with(n)
-                })
-            })
-            // Docker's: a published container port, an exposed one (publishing exposes)
-            && any(f.get("publish"), |p| {
-                let (lo, hi, proto) = port_filter(p).unwrap_or((0, 0, String::new()));
-                c.config.publish.iter().any(|m| (lo..=hi).contains(&m.ctr_port) && m.proto == proto)
-            })
-            && any(f.get("expose"), |p| {
-                let (lo, hi, proto) = port_filter(p).unwrap_or((0, 0, String::new()));
-                c.config.exposed.iter().any(|(port, pr)| (lo..=hi).contains(port) && *pr == proto)
-                    || c.config.publish.iter().any(|m| (lo..=hi).contains(&m.ctr_port) && m.proto == proto)
-            })
-            // a volume's name or any mount's destination
-            && any(f.get("volume"), |v| {
-                let clean = v.trim_end_matches('/');
-                c.config.binds.iter().any(|b| {
-                    (b.kind == crate::config::MountKind::Volume && b.source == v) || b.target.trim_end_matches('/') == clean
-                }) || c.config.tmpfs.keys().any(|t| t.trim_end_matches('/') == clean)
-            })
-            && any(f.get("health"), |h| match &c.state.health {
-                Some(x) if c.is_running() => x.status.to_string() == h,
-                _ => h == "none",
-            });
-        if !ok {
-            return Ok(false);
-        }
-        for a in f.get("ancestor") {
-            let id = e.images().resolve(a).ok().map(|i| i.id);
-            if !(c.config.image == *a || id.as_ref() == Some(&c.row.image_id)) {
-                return Ok(false);
-            }
-        }
-        for (key, later) in [("before", false), ("since", true)] {
-            for other in f.get(key) {
-                let o = e.get(other)?;
-                if (later && c.row.created <= o.row.created) || (!later && c.row.created >= o.row.created) {
-                    return Ok(false);
-                }
-            }
-        }
-        for u in f.get("until") {
-            let t = parse_time(u)?;
-            if c.row.created.timestamp_nanos_opt().unwrap_or(0) >= t {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-}
-
-/// Image filters: `reference` (a `*` pattern on `repo[:tag]`), `dangling`,
-/// `label`, `before`, `since` (image references).
-#[derive(Debug, Clone, Default)]
-pub struct ImageFilter {
-    f: Filters,
-}
-
-/// `*` in `pat` matches any run of characters (not `/`, like Docker's path match).
-fn glob(pat: &str, s: &str) -> bool {
-    let re = format!("^{}$", regex::escape(pat).replace("\\*", "[^/]*"));
-    regex::Regex::new(&re).is_ok_and(|r| r.is_match(s))
-}
-
-impl ImageFilter {
-    /// Checks the keys.
-    pub fn new(f: Filters) -> Result<Self, EngineError> {
-        f.check(&["reference", "dangling", "label", "before", "since", "until"])?;
-        for d in f.get("dangling") {
-            if !["true", "false", "1", "0"].contains(&d.as_str()) {
-                return Err(EngineError::Invalid(format!("invalid filter 'dangling={d}': use true or false")));
-            }
-        }
-        Ok(Self { f })
-    }
-
-    /// True when `img` passes every term.
-    pub fn matches(&self, img: &moat_store::ImageRecord, e: &mut Engine) -> Result<bool, EngineError> {
-        let f = &self.f;
-        let refs = |pat: &str| {
-            img.tags.iter().any(|t| {
-                let (repo, _) = t.rsplit_once(':').unwrap_or((t, ""));
-                let short = |s: &str| {
-                    s.strip_prefix("docker.io/library/")
-                        .or_else(|| s.strip_prefix("docker.io/"))
-                        .unwrap_or(s)
-                        .to_string()
-                };
-                [t.clone(), short(t)].iter().any(|full| glob(pat, full))
-                    || [repo.to_string(), short(repo)].iter().any(|r| glob(pat, r))
-            })
-        };
-        let labels = moat_image::runtime_config(&img.config).ok().and_then(|c| c.labels).unwrap_or_default();
-        let ok = any(f.get("reference"), refs)
-            && any(f.get("dangling"), |d| (d == "true" || d == "1") == img.tags.is_empty())
-            && f.get("label").iter().all(|l| label_matches(&labels, l));
-        if !ok {
-            return Ok(false);
-        }
-        let created = img.created.unwrap_or(img.added);
-        for (key, later) in [("before", false), ("since", true)] {
-            for other in f.get(key) {
-                let o = e.images().resolve(other)?;
-                let oc = o.created.unwrap_or(o.added);
-                if (later && created <= oc) || (!later && created >= oc) {
-                    return Ok(false);
-                }
-            }
-        }
-        for u in f.get("until") {
-            if created.timestamp_nanos_opt().unwrap_or(0) >= parse_time(u)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-}
-
-/// Volume filters: `name` (substring, like Docker), `label`, `dangling`
-/// (used by no container), `driver`.
-#[derive(Debug, Clone, Default)]
-pub struct VolumeFilter {
-    f: Filters,
-}
-
-impl VolumeFilter {
-    /// Checks the keys.
-    pub fn new(f: Filters) -> Result<Self, EngineError> {
-        f.check(&["name", "label", "dangling", "driver"])?;
-        for d in f.get("dangling") {
-            if !["true", "false", "1", "0"].contains(&d.as_str()) {
-                return Err(EngineError::Invalid(format!("invalid filter 'dangling={d}': use true or false")));
-            }
-        }
-        Ok(Self { f })
-    }
-
-    /// True when the volume passes every term (`users`: how many containers use it).
-    pub fn matches(&self, v: &crate::volumes::Volume, users: usize) -> bool {
-        let f = &self.f;
-        any(f.get("name"), |n| v.name.contains(n))
-            && f.get("label").iter().all(|l| label_matches(&v.config.labels, l))
-            && any(f.get("dangling"), |d| (d == "true" || d == "1") == (users == 0))
-            && any(f.get("driver"), |d| v.config.driver == d)
-    }
-}
-
-/// Switch filters: `name` (substring), `id` (prefix), `driver`, `type`
-/// (`builtin` for the default switch, `custom`), `dangling` (no containers).
-#[derive(Debug, Clone, Default)]
-pub struct SwitchFilter {
-    f: Filters,
-}
-
-impl SwitchFilter {
-    /// Checks the keys.
-    pub fn new(f: Filters) -> Result<Self, EngineError> {
-        f.check(&["name", "id", "driver", "type", "dangling", "scope", "label"])?;
-        for t in f.get("type") {
-            if !["builtin", "custom"].contains(&t.as_str()) {
-                return Err(EngineError::Invalid(format!("invalid filter 'type={t}': use builtin or custom")));
-            }
-        }
-        Ok(Self { f })
-    }
-
-    /// True when the switch (with `members` containers) passes every term.
-    pub fn matches(&self, s: &crate::network::Switch, members: usize) -> bool {
-        let f = &self.f;
-        let builtin = crate::network::is_default(&s.name);
-        any(f.get("name"), |n| crate::network::shown_name(&s.name).contains(n))
-            && any(f.get("id"), |i| s.id.starts_with(i))
-            && any(f.get("driver"), |d| d == "bridge")
-            && any(f.get("scope"), |d| d == "local")
-            && any(f.get("type"), |t| (t == "builtin") == builtin)
-            && any(f.get("dangling"), |d| (d == "true" || d == "1") == (members == 0 && !builtin))
-            && f.get("label").iter().all(|l| label_matches(&s.config.labels, l))
-    }
-}
-
-/// Event filters: `type`, `event` (action), `container`, `image`, `label`,
-/// `network`, and the start time.
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    f: Filters,
-    /// Events from this time on (nanoseconds since the epoch).
-    pub since_nano: i64,
-}
-
-impl EventFilter {
-    /// Checks the keys.
-    pub fn new(f: Filters, since_nano: i64) -> Result<Self, EngineError> {
-        f.check(&["type", "event", "container", "image", "label", "network", "volume"])?;
-        Ok(Self { f, since_nano })
-    }
-
-    /// Events of container `id` with `action`.
-    pub fn for_container(id: &str, action: &str) -> Self {
-        let mut m = BTreeMap::new();
-        m.insert("container".to_string(), vec![id.to_string()]);
-        m.insert("event".to_string(), vec![action.to_string()]);
-        Self { f: Filters(m), since_nano: 0 }
-    }
-
-    /// True when `ev` passes every term.
-    pub fn matches(&self, ev: &Event) -> bool {
-        let f = &self.f;
-        let attr = |k: &str| ev.actor.attributes.get(k).map(String::as_str).unwrap_or("");
-        let is_container = ev.kind == "container";
-        any(f.get("type"), |t| ev.kind == t)
-            && any(f.get("event"), |a| ev.action == a || ev.action.split(':').next() == Some(a))
-            && any(f.get("container"), |c| {
-                is_container && (ev.actor.id.starts_with(c) || attr("name") == c.trim_start_matches('/'))
-            })
-            && any(f.get("image"), |i| attr("image") == i || (ev.kind == "image" && ev.actor.id.contains(i)))
-            && f.get("label").iter().all(|l| label_matches(&ev.actor.attributes, l))
-            && any(f.get("network"), |n| ev.kind == "network" && (ev.actor.id.starts_with(n) || attr("name") == n))
-            && any(f.get("volume"), |v| ev.kind == "volume" && ev.actor.id == v)
-    }
 }
 
 /// Docker's time values: RFC 3339, Unix seconds (`1700000000.5`), or a
@@ -425,8 +141,14 @@ pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
     (total.is_finite() && total >= 0.0).then(|| std::time::Duration::from_secs_f64(total))
 }
 
+/// `*` in `pat` matches any run of characters (not `/`, like Docker's path match).
+pub(crate) fn glob(pat: &str, s: &str) -> bool {
+    let re = format!("^{}$", regex::escape(pat).replace("\\*", "[^/]*"));
+    regex::Regex::new(&re).is_ok_and(|r| r.is_match(s))
+}
+
 /// A port filter value: `PORT[/PROTO]` or `START-END[/PROTO]` (tcp by default).
-fn port_filter(v: &str) -> Option<(u16, u16, String)> {
+pub(crate) fn port_filter(v: &str) -> Option<(u16, u16, String)> {
     let (ports, proto) = v.split_once('/').unwrap_or((v, "tcp"));
     if !matches!(proto, "tcp" | "udp" | "sctp") {
         return None;
@@ -444,6 +166,8 @@ fn port_filter(v: &str) -> Option<(u16, u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::container_filter::ContainerFilter;
+    use crate::events::{Event, EventFilter};
 
     #[test]
     fn both_json_shapes_and_args() -> Result<(), EngineError> {

@@ -3,6 +3,7 @@
 //! container uses, even when forced (Docker's conflict).
 
 use crate::events::{self, Event};
+use crate::filter::{any, glob, label_matches, parse_time, Filters};
 use crate::{Engine, EngineError};
 pub use moat_image::{Loaded, PruneReport};
 pub use moat_store::ImageRecord;
@@ -120,5 +121,66 @@ impl Engine {
             events::record(self, image_event("delete", &d.to_string(), None));
         }
         Ok(rep)
+    }
+}
+
+/// Image filters: `reference` (a `*` pattern on `repo[:tag]`), `dangling`,
+/// `label`, `before`, `since` (image references).
+#[derive(Debug, Clone, Default)]
+pub struct ImageFilter {
+    f: Filters,
+}
+
+impl ImageFilter {
+    /// Checks the keys.
+    pub fn new(f: Filters) -> Result<Self, EngineError> {
+        f.check(&["reference", "dangling", "label", "before", "since", "until"])?;
+        for d in f.get("dangling") {
+            if !["true", "false", "1", "0"].contains(&d.as_str()) {
+                return Err(EngineError::Invalid(format!("invalid filter 'dangling={d}': use true or false")));
+            }
+        }
+        Ok(Self { f })
+    }
+
+    /// True when `img` passes every term.
+    pub fn matches(&self, img: &moat_store::ImageRecord, e: &mut Engine) -> Result<bool, EngineError> {
+        let f = &self.f;
+        let refs = |pat: &str| {
+            img.tags.iter().any(|t| {
+                let (repo, _) = t.rsplit_once(':').unwrap_or((t, ""));
+                let short = |s: &str| {
+                    s.strip_prefix("docker.io/library/")
+                        .or_else(|| s.strip_prefix("docker.io/"))
+                        .unwrap_or(s)
+                        .to_string()
+                };
+                [t.clone(), short(t)].iter().any(|full| glob(pat, full))
+                    || [repo.to_string(), short(repo)].iter().any(|r| glob(pat, r))
+            })
+        };
+        let labels = moat_image::runtime_config(&img.config).ok().and_then(|c| c.labels).unwrap_or_default();
+        let ok = any(f.get("reference"), refs)
+            && any(f.get("dangling"), |d| (d == "true" || d == "1") == img.tags.is_empty())
+            && f.get("label").iter().all(|l| label_matches(&labels, l));
+        if !ok {
+            return Ok(false);
+        }
+        let created = img.created.unwrap_or(img.added);
+        for (key, later) in [("before", false), ("since", true)] {
+            for other in f.get(key) {
+                let o = e.images().resolve(other)?;
+                let oc = o.created.unwrap_or(o.added);
+                if (later && created <= oc) || (!later && created >= oc) {
+                    return Ok(false);
+                }
+            }
+        }
+        for u in f.get("until") {
+            if created.timestamp_nanos_opt().unwrap_or(0) >= parse_time(u)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }

@@ -12,6 +12,7 @@
 pub mod changes;
 pub mod client;
 pub mod config;
+pub mod container_filter;
 pub mod cp;
 mod create;
 pub mod events;
@@ -25,6 +26,7 @@ pub mod logs;
 pub mod names;
 pub mod network;
 pub mod options;
+pub mod pods;
 pub mod registry;
 pub mod rootview;
 pub mod session;
@@ -254,11 +256,6 @@ fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(
     if iso == moat_core::Isolation::Hyperv && cfg.network == "host" {
         return Err(EngineError::Invalid(
             "network mode host shares the host's network stack, which a utility VM cannot: use process isolation, or a switch".into(),
-        ));
-    }
-    if iso == moat_core::Isolation::Hyperv && cfg.network.starts_with("container:") {
-        return Err(EngineError::Invalid(
-            "network mode container:NAME joins another container's network namespace, which a utility VM cannot: use process isolation".into(),
         ));
     }
     if iso == moat_core::Isolation::Hyperv {

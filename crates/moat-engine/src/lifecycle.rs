@@ -3,7 +3,7 @@
 use crate::client::{self, Conn};
 use crate::config::{RestartPolicy, Status};
 use crate::session::Session;
-use crate::{check_isolation, events, filter, names, Container, Engine, EngineError};
+use crate::{check_isolation, events, names, Container, Engine, EngineError};
 use chrono::Utc;
 use moat_proto::{ShimReply, ShimRequest};
 use std::time::Duration;
@@ -102,6 +102,18 @@ impl Engine {
     /// start is removed, as dockerd does (a `docker run --rm` waits for that).
     pub fn start(&mut self, key: &str) -> Result<(Container, Session), EngineError> {
         let c = self.get(key)?;
+        // a pod's container starts its pod's sandbox first (Podman's way)
+        if let (false, Some(owner)) = (c.config.pod_infra, c.config.network.strip_prefix("container:")) {
+            if c.config.pod.is_some() {
+                let infra = self.get(owner)?;
+                if !infra.is_running() {
+                    match self.start_shim(infra.id()) {
+                        Ok(_) | Err(EngineError::Conflict(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
         let r = self.start_shim(c.id());
         if let Err(e) = &r {
             let stopped = self.get(c.id()).is_ok_and(|now| !now.is_running());
@@ -304,7 +316,7 @@ impl Engine {
 
     /// The first `die` of `id` recorded after event `since`, if any.
     fn die_since(&mut self, id: &str, since: i64) -> Result<Option<WaitResult>, EngineError> {
-        let f = filter::EventFilter::for_container(id, "die");
+        let f = events::EventFilter::for_container(id, "die");
         Ok(events::list(self, Some(since + 1), None, &f)?.into_iter().next().map(|e| WaitResult {
             code: e.actor.attributes.get("exitCode").and_then(|c| c.parse().ok()).unwrap_or(0),
             error: e.actor.attributes.get("error").cloned(),
@@ -377,6 +389,15 @@ impl Engine {
     /// its anonymous volumes go too, like `docker rm -v`).
     pub fn remove(&mut self, key: &str, force: bool, volumes: bool) -> Result<Container, EngineError> {
         let mut c = self.get(key)?;
+        if let (true, Some(pod)) = (c.config.pod_infra, &c.config.pod) {
+            if let Ok(p) = self.pod(pod) {
+                return Err(EngineError::Conflict(format!(
+                    "container {} is the infra container of pod {}: remove the pod (moat pod rm)",
+                    c.name(),
+                    p.name
+                )));
+            }
+        }
         loop {
             if c.is_running() {
                 if !force {
@@ -529,11 +550,39 @@ impl Engine {
             )));
         }
         check_isolation(&c.config, iso)?;
+        if c.config.isolation() != iso {
+            let sharing = match c.config.network.strip_prefix("container:") {
+                Some(o) => Some(self.get(o).map(|o| o.name().to_string()).unwrap_or_else(|_| o.to_string())),
+                None => self
+                    .list()?
+                    .into_iter()
+                    .find(|m| m.config.network == format!("container:{}", c.id()))
+                    .map(|m| m.name().to_string()),
+            };
+            if let Some(other) = sharing {
+                return Err(EngineError::Invalid(format!(
+                    "container {} shares its sandbox with {other}: a sandbox's containers have one isolation type, convert them together (moat pod update --isolation)",
+                    c.name()
+                )));
+            }
+        }
         if was_running {
             self.stop(c.id(), StopOptions::default())?;
         }
-        let lock = self.op_lock(c.id())?;
-        let mut c = self.get(c.id())?;
+        self.convert_isolation(c.id(), iso)?;
+        if was_running {
+            self.start(c.id())?;
+        }
+        self.get(c.id())
+    }
+
+    /// Records a stopped container's new isolation type (its files stay).
+    pub(crate) fn convert_isolation(&mut self, id: &str, iso: moat_core::Isolation) -> Result<(), EngineError> {
+        let lock = self.op_lock(id)?;
+        let mut c = self.get(id)?;
+        if c.is_running() {
+            return Err(EngineError::Conflict(format!("container {} started meanwhile: try again", c.name())));
+        }
         if c.config.isolation() != iso {
             let from = c.config.isolation();
             c.config.isolation = Some(iso);
@@ -550,14 +599,11 @@ impl Engine {
             );
         }
         drop(lock);
-        if was_running {
-            self.start(c.id())?;
-        }
-        self.get(c.id())
+        Ok(())
     }
 
     /// Removes every stopped container matching `filters`; returns their IDs.
-    pub fn prune(&mut self, filters: &filter::ContainerFilter) -> Result<ContainerPrune, EngineError> {
+    pub fn prune(&mut self, filters: &crate::container_filter::ContainerFilter) -> Result<ContainerPrune, EngineError> {
         let mut out = ContainerPrune::default();
         for c in self.list()? {
             if !c.is_running() && filters.matches(&c, self)? {

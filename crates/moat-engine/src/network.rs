@@ -1,6 +1,7 @@
 //! Switches in the engine: records, IPAM through the metadata store, the
 //! default switch, and `/etc/hosts` name resolution between containers.
 
+use crate::filter::{any, label_matches, Filters};
 use crate::{Container, Engine, EngineError};
 use chrono::Utc;
 pub use ipnet::Ipv4Net;
@@ -628,5 +629,38 @@ impl Engine {
             return Err(EngineError::NotFound(format!("No public port '{port}/{proto}' published for {}", c.name())));
         }
         Ok(found)
+    }
+}
+
+/// Switch filters: `name` (substring), `id` (prefix), `driver`, `type`
+/// (`builtin` for the default switch, `custom`), `dangling` (no containers).
+#[derive(Debug, Clone, Default)]
+pub struct SwitchFilter {
+    f: Filters,
+}
+
+impl SwitchFilter {
+    /// Checks the keys.
+    pub fn new(f: Filters) -> Result<Self, EngineError> {
+        f.check(&["name", "id", "driver", "type", "dangling", "scope", "label"])?;
+        for t in f.get("type") {
+            if !["builtin", "custom"].contains(&t.as_str()) {
+                return Err(EngineError::Invalid(format!("invalid filter 'type={t}': use builtin or custom")));
+            }
+        }
+        Ok(Self { f })
+    }
+
+    /// True when the switch (with `members` containers) passes every term.
+    pub fn matches(&self, s: &crate::network::Switch, members: usize) -> bool {
+        let f = &self.f;
+        let builtin = crate::network::is_default(&s.name);
+        any(f.get("name"), |n| crate::network::shown_name(&s.name).contains(n))
+            && any(f.get("id"), |i| s.id.starts_with(i))
+            && any(f.get("driver"), |d| d == "bridge")
+            && any(f.get("scope"), |d| d == "local")
+            && any(f.get("type"), |t| (t == "builtin") == builtin)
+            && any(f.get("dangling"), |d| (d == "true" || d == "1") == (members == 0 && !builtin))
+            && f.get("label").iter().all(|l| label_matches(&s.config.labels, l))
     }
 }

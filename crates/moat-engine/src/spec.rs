@@ -217,17 +217,23 @@ fn mount_of(mountinfo: &str, path: &std::path::Path) -> Option<(String, bool)> {
 /// `--network container:NAME`: the spec joins `other`'s network namespace
 /// and takes its host name, `/etc/hosts` and `/etc/resolv.conf`, like
 /// Docker. `other` must be a running process container.
-pub fn join_network(spec: &mut Spec, layout: &Layout, other: &crate::Container) -> Result<(), EngineError> {
+pub fn join_network(
+    spec: &mut Spec,
+    layout: &Layout,
+    other: &crate::Container,
+    iso: moat_core::Isolation,
+) -> Result<(), EngineError> {
     if !other.is_running() || other.state.pid == 0 {
         return Err(EngineError::Conflict(format!(
             "cannot join the network of container {}: it is not running",
             other.name()
         )));
     }
-    if other.config.isolation() != moat_core::Isolation::Process {
+    if other.config.isolation() != iso {
         return Err(EngineError::Invalid(format!(
-            "cannot join the network of {}: it runs in a utility VM",
-            other.name()
+            "cannot join the network of {}: it runs in {} isolation, this container in {iso}",
+            other.name(),
+            other.config.isolation()
         )));
     }
     let dir = layout.container(other.id());

@@ -2,7 +2,7 @@
 //! daemon), `system df`, `system prune`, `network prune`, `system reset`.
 
 use crate::config::{RestartPolicy, Status};
-use crate::{filter, Container, Engine, EngineError, StopOptions};
+use crate::{Container, Engine, EngineError, StopOptions};
 use serde::Serialize;
 
 /// What `system boot` did with one container.
@@ -139,7 +139,7 @@ impl Engine {
             }
         }
         let mut vs = UsageRow::default();
-        for (v, users) in self.volumes(&filter::VolumeFilter::default())? {
+        for (v, users) in self.volumes(&crate::volumes::VolumeFilter::default())? {
             let size = dir_size(&v.mountpoint);
             vs.total += 1;
             vs.size += size;
@@ -169,10 +169,10 @@ impl Engine {
     /// unused) images, and with `volumes` unused anonymous volumes (with
     /// `all` too, every unused volume), like `docker system prune`.
     pub fn system_prune(&mut self, all: bool, volumes: bool) -> Result<PruneSummary, EngineError> {
-        let containers = self.prune(&filter::ContainerFilter::default())?;
+        let containers = self.prune(&crate::container_filter::ContainerFilter::default())?;
         let networks = self.prune_switches()?;
         let vols = if volumes {
-            self.volume_prune(all, &filter::VolumeFilter::default())?
+            self.volume_prune(all, &crate::volumes::VolumeFilter::default())?
         } else {
             crate::volumes::VolumePrune::default()
         };

@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used)]
 
-use crate::filter::{ContainerFilter, EventFilter, Filters};
+use crate::container_filter::ContainerFilter;
+use crate::events::EventFilter;
+use crate::filter::Filters;
 use crate::shim::{Backend, BackendEvent, ExecStart, Query, ShimContext, Source};
 use crate::*;
 use moat_proto::{ExecSpec, ShimReply, WinSize};

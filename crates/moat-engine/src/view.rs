@@ -343,6 +343,12 @@ pub struct PsRow {
     /// `ps -s`: the writable layer's size and the total with the image.
     #[serde(rename = "Size")]
     pub size: String,
+    /// `ps --pod`: the pod's ID (short unless `--no-trunc`).
+    #[serde(rename = "Pod", skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    /// `ps --pod`: the pod's name.
+    #[serde(rename = "PodName", skip_serializing_if = "String::is_empty")]
+    pub pod_name: String,
     /// Last exit code.
     #[serde(rename = "ExitCode")]
     pub exit_code: i32,
@@ -392,7 +398,18 @@ impl PsRow {
             isolation: c.config.isolation().to_string(),
             exit_code: c.state.exit_code,
             size: String::new(),
+            pod: String::new(),
+            pod_name: String::new(),
         }
+    }
+
+    /// The row with its pod's ID and name (`ps --pod`; empty outside pods).
+    pub fn with_pod(mut self, e: &mut Engine, c: &Container, no_trunc: bool) -> Self {
+        if let Some(p) = c.config.pod.as_deref().and_then(|p| e.pod(p).ok()) {
+            self.pod = if no_trunc { p.id.clone() } else { p.id[..12].to_string() };
+            self.pod_name = p.name;
+        }
+        self
     }
 
     /// The row with `Size` filled in (`ps -s`; reads the container's files).
@@ -1992,7 +2009,11 @@ impl Engine {
     }
 
     /// The summary of containers matching `f` (all states with `all`).
-    pub fn containers(&mut self, all: bool, f: &crate::filter::ContainerFilter) -> Result<Vec<Container>, EngineError> {
+    pub fn containers(
+        &mut self,
+        all: bool,
+        f: &crate::container_filter::ContainerFilter,
+    ) -> Result<Vec<Container>, EngineError> {
         let mut out = Vec::new();
         for c in self.list()? {
             if (all || c.is_running()) && f.matches(&c, self)? {
@@ -2005,7 +2026,7 @@ impl Engine {
     /// Images matching `f` (and `reference` when given, like `docker images REPO[:TAG]`).
     pub fn images_matching(
         &mut self,
-        f: &crate::filter::ImageFilter,
+        f: &crate::images::ImageFilter,
     ) -> Result<Vec<moat_store::ImageRecord>, EngineError> {
         let mut out = Vec::new();
         for img in self.images.list()? {
@@ -2159,7 +2180,7 @@ impl Engine {
     /// Switches passing `f`, by name.
     pub fn switches_matching(
         &mut self,
-        f: &crate::filter::SwitchFilter,
+        f: &crate::network::SwitchFilter,
     ) -> Result<Vec<crate::network::Switch>, EngineError> {
         let mut out = Vec::new();
         for s in self.switches()? {
@@ -2436,7 +2457,7 @@ impl Engine {
                 size_root_fs: (rw + image) as i64,
             });
         }
-        let f = crate::filter::VolumeFilter::new(crate::filter::Filters::default())?;
+        let f = crate::volumes::VolumeFilter::new(crate::filter::Filters::default())?;
         let mut volumes = Vec::new();
         for (v, _) in self.volumes(&f)? {
             let usage = self.volume_usage(&v)?;

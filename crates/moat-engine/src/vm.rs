@@ -17,12 +17,31 @@ use std::time::{Duration, Instant};
 
 pub use moat_proto::GUEST_ROOT;
 
-/// Mounts the container's root (overlay, etc files, bind mounts) at
-/// `containers/<id>/rootfs` in the calling process's mount namespace, which
-/// must be private to the shim.
-pub fn prepare_root(spec: &Spec) -> Result<PathBuf, EngineError> {
+/// Where a sandbox's share is mounted in its shim's mount namespace: the
+/// `rootfs` directory of the container that owns the utility VM.
+pub fn share_dir(layout: &Layout, owner: &str) -> PathBuf {
+    layout.container(owner).join("rootfs")
+}
+
+/// Makes the calling process's mount namespace (private to the shim)
+/// private, and mounts the sandbox's share at `share`: an empty tmpfs,
+/// shared, so that a container root mounted under it later (a container
+/// joining the sandbox) also appears in virtiofsd's namespace.
+pub fn prepare_share(share: &Path) -> Result<(), EngineError> {
     mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None, "/ private")?;
-    let target = spec.rootfs_target.clone();
+    let t = share.to_str().ok_or_else(|| EngineError::Invalid("share path is not UTF-8".into()))?;
+    std::fs::create_dir_all(share).map_err(EngineError::io("create the sandbox share"))?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mnt(Some("tmpfs"), t, Some("tmpfs"), flags, Some("mode=0755,size=64k"), "sandbox share")?;
+    mnt(None, t, None, MsFlags::MS_SHARED, None, "sandbox share shared")?;
+    Ok(())
+}
+
+/// Mounts container `cid`'s root (overlay, etc files, bind mounts) at
+/// `share/cid`, in the shim's mount namespace (see [`prepare_share`]).
+pub fn prepare_root(spec: &Spec, share: &Path, cid: &str) -> Result<PathBuf, EngineError> {
+    let target = share.join(cid);
+    std::fs::create_dir_all(&target).map_err(EngineError::io("create the container's root in the share"))?;
     let t = target.to_str().ok_or_else(|| EngineError::Invalid("root path is not UTF-8".into()))?;
     let Rootfs::Overlay { lower, upper, work } = &spec.rootfs else {
         return Err(EngineError::Invalid("VM containers need an overlay root".into()));
@@ -51,25 +70,29 @@ pub fn prepare_root(spec: &Spec) -> Result<PathBuf, EngineError> {
     Ok(target)
 }
 
-/// The spec as the guest sees it: root from virtio-fs, binds and etc files
-/// already part of it, tmpfs mounts made inside.
-pub fn guest_spec(spec: &Spec) -> Spec {
+/// Unmounts container `cid`'s root from the share (and the guest's view of it).
+pub fn release_root(share: &Path, cid: &str) {
+    let target = share.join(cid);
+    let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(&target);
+}
+
+/// The spec of container `cid` as the guest sees it: root from its
+/// directory of the share, binds and etc files already part of it, tmpfs
+/// mounts made inside, the guest's network (the sandbox's).
+pub fn guest_spec(spec: &Spec, cid: &str) -> Spec {
     let mut g = spec.clone();
-    g.rootfs = Rootfs::Dir(PathBuf::from(GUEST_ROOT));
-    g.rootfs_target = PathBuf::from(moat_proto::GUEST_CTR_ROOT);
+    g.rootfs = Rootfs::Dir(Path::new(GUEST_ROOT).join(cid));
+    g.rootfs_target = Path::new(moat_proto::GUEST_CTR_ROOT).join(cid);
     g.mounts.retain(|m| matches!(m, Mount::Tmpfs { .. }));
     g.etc_files.clear();
     g.devices.clear();
-    // the VM is the boundary: the container uses the guest's network, whose
+    // the VM is the boundary: its containers use the guest's network, whose
     // virtio-net interfaces the agent configures (eth0, eth1, ... in order)
-    if g.interfaces.is_empty() {
-        g.net = NetNs::New;
-    } else {
-        g.net = NetNs::Host;
-        for (n, i) in g.interfaces.iter_mut().enumerate() {
-            i.from = format!("eth{n}");
-            i.name = format!("eth{n}");
-        }
+    g.net = NetNs::Host;
+    for (n, i) in g.interfaces.iter_mut().enumerate() {
+        i.from = format!("eth{n}");
+        i.name = format!("eth{n}");
     }
     g
 }
@@ -610,9 +633,9 @@ mod tests {
             devices: vec![],
             sysctls: vec![],
         };
-        let g = guest_spec(&spec);
-        assert!(matches!(&g.rootfs, Rootfs::Dir(d) if d.as_os_str() == GUEST_ROOT));
-        assert_eq!(g.rootfs_target.as_os_str(), moat_proto::GUEST_CTR_ROOT);
+        let g = guest_spec(&spec, "c1");
+        assert!(matches!(&g.rootfs, Rootfs::Dir(d) if *d == Path::new(GUEST_ROOT).join("c1")));
+        assert_eq!(g.rootfs_target, Path::new(moat_proto::GUEST_CTR_ROOT).join("c1"));
         assert_eq!(
             g.mounts,
             vec![Mount::Tmpfs { target: "/t".into(), options: String::new() }],

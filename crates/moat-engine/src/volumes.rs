@@ -11,7 +11,7 @@
 //! is never removed (the check and the delete are one transaction).
 
 use crate::config::{ContainerConfig, MountKind};
-use crate::filter::VolumeFilter;
+use crate::filter::{any, label_matches, Filters};
 use crate::{events, rootview, Engine, EngineError};
 use chrono::{DateTime, Utc};
 use moat_store::{StoreError, VolumeRow};
@@ -414,5 +414,34 @@ impl VolumeListRow {
             scope: "local".into(),
             size: "N/A".into(),
         }
+    }
+}
+
+/// Volume filters: `name` (substring, like Docker), `label`, `dangling`
+/// (used by no container), `driver`.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeFilter {
+    f: Filters,
+}
+
+impl VolumeFilter {
+    /// Checks the keys.
+    pub fn new(f: Filters) -> Result<Self, EngineError> {
+        f.check(&["name", "label", "dangling", "driver"])?;
+        for d in f.get("dangling") {
+            if !["true", "false", "1", "0"].contains(&d.as_str()) {
+                return Err(EngineError::Invalid(format!("invalid filter 'dangling={d}': use true or false")));
+            }
+        }
+        Ok(Self { f })
+    }
+
+    /// True when the volume passes every term (`users`: how many containers use it).
+    pub fn matches(&self, v: &crate::volumes::Volume, users: usize) -> bool {
+        let f = &self.f;
+        any(f.get("name"), |n| v.name.contains(n))
+            && f.get("label").iter().all(|l| label_matches(&v.config.labels, l))
+            && any(f.get("dangling"), |d| (d == "true" || d == "1") == (users == 0))
+            && any(f.get("driver"), |d| v.config.driver == d)
     }
 }

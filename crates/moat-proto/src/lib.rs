@@ -11,13 +11,16 @@ pub mod sock;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
-/// virtio-fs tag under which the host exports a VM container's root.
+/// virtio-fs tag under which the host exports a sandbox's share: one
+/// directory per container of the utility VM, named by its ID.
 pub const VIRTIOFS_TAG: &str = "rootfs";
 /// Name of the virtio-serial port the agent serves.
 pub const CONTROL_PORT: &str = "ctl0";
-/// Where the guest mounts the virtio-fs export.
+/// Where the guest mounts the virtio-fs export (container `cid`'s root is
+/// `GUEST_ROOT/cid`).
 pub const GUEST_ROOT: &str = "/run/moat/root";
-/// Where the guest assembles the container's root before `pivot_root`.
+/// Where the guest assembles a container's root before `pivot_root`
+/// (`GUEST_CTR_ROOT/cid`).
 pub const GUEST_CTR_ROOT: &str = "/run/moat/ctr";
 
 /// Largest payload accepted in one frame.
@@ -178,8 +181,9 @@ impl Decoder {
 pub use moat_spec::{ExecSpec, GuestCreate, Limits, ProcRow, Stats, WinSize, GUEST_CGROUP};
 
 /// Version of the host↔agent protocol; the agent reports it in
-/// [`AgentEvent::Ready`] and the host refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// [`AgentEvent::Ready`] and the host refuses a mismatch. 4: a utility VM
+/// hosts several containers, each request names its container.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// What a client asks a container's shim (on `containers/<id>/shim.sock`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -286,14 +290,22 @@ pub enum ShimReply {
     },
 }
 
-/// What the host asks the guest agent (on the virtio-serial port).
+/// What the host asks the guest agent (on the virtio-serial port). A
+/// session belongs to one container, named by the `Create` or `Exec` that
+/// opened it; `Signal`, `Resize`, `Credit` and stream frames act on their
+/// session's process; the other requests name their container.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentRequest {
-    /// Create the container's main process (session 0).
+    /// Create a container's main process (as this frame's session).
     Create(Box<GuestCreate>),
-    /// Run a process in the container as this frame's session.
-    Exec(ExecSpec),
+    /// Run a process in container `cid` as this frame's session.
+    Exec {
+        /// The container.
+        cid: String,
+        /// The process.
+        exec: ExecSpec,
+    },
     /// Deliver a signal to this session's process.
     Signal {
         /// Signal number.
@@ -302,15 +314,38 @@ pub enum AgentRequest {
     /// Resize this session's terminal.
     Resize(WinSize),
     /// List the container's processes (answer on this session).
-    Top,
+    Top {
+        /// The container.
+        cid: String,
+    },
     /// Resource usage (answer on this session).
-    Stats,
+    Stats {
+        /// The container.
+        cid: String,
+    },
     /// Freeze the container (answer on this session).
-    Pause,
+    Pause {
+        /// The container.
+        cid: String,
+    },
     /// Thaw it (answer on this session).
-    Unpause,
+    Unpause {
+        /// The container.
+        cid: String,
+    },
     /// Change the container's limits inside the guest (answer on this session).
-    Update(Limits),
+    Update {
+        /// The container.
+        cid: String,
+        /// New limits.
+        limits: Limits,
+    },
+    /// Kill the container's processes, remove its cgroup and forget it
+    /// (answer `Ok` on this session); the VM and its other containers stay.
+    Remove {
+        /// The container.
+        cid: String,
+    },
     /// Flow control: the agent may send this many more stream bytes on this session.
     Credit {
         /// Bytes.
@@ -320,7 +355,7 @@ pub enum AgentRequest {
     Shutdown,
     /// The VM was restored from a template (whose RNG state, clock and
     /// identity every clone shares): mix in fresh entropy and reseed the
-    /// kernel's RNG, set the wall clock, then mount the container's root
+    /// kernel's RNG, set the wall clock, then mount the sandbox's share
     /// and answer [`AgentEvent::Ready`] (session 0).
     Resume {
         /// Fresh random bytes from the host.
@@ -370,13 +405,26 @@ pub enum AgentEvent {
     },
     /// Answer to `Stats`.
     Usage(Stats),
-    /// Answer to `Pause`/`Unpause`/`Update`.
+    /// Answer to `Pause`/`Unpause`/`Update`/`Remove`.
     Ok {
         /// Warnings.
         #[serde(default)]
         warnings: Vec<String>,
     },
+    /// Never from the agent: the shim that owns a sandbox tells the shims
+    /// of the sandbox's other containers that its utility VM ended.
+    SandboxEnded {
+        /// Exit code to record.
+        code: i32,
+        /// Why.
+        reason: String,
+    },
 }
+
+/// The socket in the directory of the container that owns a utility VM,
+/// on which the shims of the sandbox's other containers speak the agent
+/// protocol (the owner routes their sessions to the agent).
+pub const SANDBOX_SOCK: &str = "sandbox.sock";
 
 #[cfg(test)]
 mod tests {

@@ -72,8 +72,9 @@ pub struct Iface {
     pub gateway6: Option<std::net::Ipv6Addr>,
 }
 
-/// The container's cgroup inside a utility VM, under `moat/` (one container
-/// per VM; a template creates it, so its clones skip the `mkdir`).
+/// The cgroup of a utility VM's first container, under `moat/` (a template
+/// creates it, so its clones skip the `mkdir`); the others of a sandbox get
+/// `container-<cid>`.
 pub const GUEST_CGROUP: &str = "container";
 
 /// The guest side of a VM container: the same runtime spec as process
@@ -81,6 +82,8 @@ pub const GUEST_CGROUP: &str = "container";
 /// own cgroup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GuestCreate {
+    /// The container's ID: its sessions, cgroup and root in the guest belong to it.
+    pub cid: String,
     /// Runtime spec, with paths as the guest sees them.
     pub spec: Spec,
     /// Limits applied inside the guest.

@@ -132,7 +132,7 @@ pub struct SwitchRow {
     pub config: String,
 }
 
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE images(
@@ -225,6 +225,29 @@ CREATE TABLE image_parents(
   parent TEXT NOT NULL
 );
 ";
+
+/// Version 7: pods (a sandbox holding a group of containers).
+const SCHEMA_V7: &str = "
+CREATE TABLE pods(
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  created TEXT NOT NULL,
+  config TEXT NOT NULL
+);
+";
+
+/// A pod row.
+#[derive(Debug, Clone)]
+pub struct PodRow {
+    /// 64-hex ID.
+    pub id: String,
+    /// Unique name among pods.
+    pub name: String,
+    /// Creation time.
+    pub created: DateTime<Utc>,
+    /// Engine-owned configuration JSON.
+    pub config: String,
+}
 
 /// A volume row.
 #[derive(Debug, Clone)]
@@ -429,6 +452,9 @@ impl Store {
             }
             if v < 6 {
                 tx.execute_batch(SCHEMA_V6)?;
+            }
+            if v < 7 {
+                tx.execute_batch(SCHEMA_V7)?;
             }
             if v < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -755,6 +781,52 @@ impl Store {
             tx.execute("DELETE FROM containers WHERE id = ?1", [id])?;
             Ok(())
         })
+    }
+
+    // ------------------------------------------------------------------ pods
+
+    /// Inserts a pod ([`StoreError::NameInUse`] on a name clash).
+    pub fn insert_pod(&mut self, row: &PodRow) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO pods(id, name, created, config) VALUES (?1, ?2, ?3, ?4)",
+                params![row.id, row.name, ts(&row.created), row.config],
+            )?;
+            Ok(())
+        })
+        .map_err(|e| {
+            if e.is_constraint() {
+                StoreError::NameInUse { kind: "pod", name: row.name.clone() }
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Replaces a pod's configuration.
+    pub fn update_pod(&mut self, id: &str, config: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("UPDATE pods SET config = ?2 WHERE id = ?1", params![id, config])?;
+            Ok(())
+        })
+    }
+
+    /// Deletes a pod row.
+    pub fn delete_pod(&mut self, id: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM pods WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
+    /// Every pod, oldest first.
+    pub fn pods(&self) -> Result<Vec<PodRow>, StoreError> {
+        let mut st = self.conn.prepare("SELECT id, name, created, config FROM pods ORDER BY created, id")?;
+        let rows: Vec<(String, String, String, String)> =
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(id, name, created, config)| Ok(PodRow { id, name, created: parse_ts(&created)?, config }))
+            .collect()
     }
 
     // -------------------------------------------------------------- switches

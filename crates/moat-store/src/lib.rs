@@ -13,7 +13,7 @@ pub mod layout;
 pub mod lock;
 pub mod tmp;
 
-pub use db::{ContainerRow, EventRow, ImageRecord, Store, StoreError, SwitchRow, VolumeRow};
+pub use db::{ContainerRow, EventRow, ImageRecord, PodRow, Store, StoreError, SwitchRow, VolumeRow};
 pub use layout::Layout;
 pub use lock::{FileLock, LockError};
 pub use tmp::TmpDir;

@@ -5,7 +5,8 @@ use crate::{format, output};
 use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use moat_engine::config::ContainerConfig;
-use moat_engine::filter::{ContainerFilter, Filters};
+use moat_engine::container_filter::ContainerFilter;
+use moat_engine::filter::Filters;
 use moat_engine::view::StatsRow;
 use moat_engine::view::{ContainerInspect, PsRow};
 use moat_engine::{flags, AttachOptions, Container, CreateRequest, Engine, EngineError, ExecSpec, StopOptions};
@@ -120,6 +121,9 @@ pub struct CreateArgs {
     /// Runtime: process or hyperv (Docker's name for the isolation type; runc and moat take --isolation).
     #[arg(long)]
     runtime: Option<String>,
+    /// Put the container in a pod (its sandbox: network, hostname, VM in hyperv).
+    #[arg(long)]
+    pod: Option<String>,
     /// Keep stdin open.
     #[arg(short = 'i', long, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     interactive: bool,
@@ -609,6 +613,9 @@ pub struct PsArgs {
     /// Show sizes: the writable layer and, virtual, with the image.
     #[arg(short = 's', long)]
     size: bool,
+    /// Show each container's pod (ID and name).
+    #[arg(long)]
+    pod: bool,
 }
 
 fn env_value(e: &str) -> Option<String> {
@@ -739,6 +746,7 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         auto_remove: rm,
         isolation: flags::runtime(a.runtime.as_deref().unwrap_or(""), flags::isolation(&a.isolation)?)?,
         network: a.network.clone().unwrap_or_default(),
+        pod: a.pod.clone(),
         aliases: a.network_alias.clone(),
         stop_signal: a.stop_signal.clone().unwrap_or_default(),
         stop_timeout: a.stop_timeout,
@@ -1178,11 +1186,21 @@ fn ps(e: &mut Engine, a: PsArgs) -> Result<i32> {
     }
     let rows: Vec<PsRow> = list
         .iter()
-        .map(|c| if a.size { PsRow::of(c, a.no_trunc).with_size(e, c) } else { PsRow::of(c, a.no_trunc) })
+        .map(|c| {
+            let r = if a.size { PsRow::of(c, a.no_trunc).with_size(e, c) } else { PsRow::of(c, a.no_trunc) };
+            if a.pod {
+                r.with_pod(e, c, a.no_trunc)
+            } else {
+                r
+            }
+        })
         .collect();
     let mut header = vec!["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES", "ISOLATION"];
     if a.size {
         header.push("SIZE");
+    }
+    if a.pod {
+        header.extend(["POD ID", "PODNAME"]);
     }
     format::list(&a.format, "CONTAINER ID", &header, &rows, |r| {
         let mut cmd = r.command.clone();
@@ -1201,6 +1219,7 @@ fn ps(e: &mut Engine, a: PsArgs) -> Result<i32> {
         ]
         .into_iter()
         .chain(a.size.then(|| r.size.clone()))
+        .chain(a.pod.then(|| [r.pod.clone(), r.pod_name.clone()]).into_iter().flatten())
         .collect()
     })?;
     Ok(0)
@@ -1263,7 +1282,7 @@ fn inspect(e: &mut Engine, a: InspectArgs) -> Result<i32> {
     Ok(code)
 }
 
-fn stats(e: &mut Engine, no_stream: bool, all: bool, format: &str, names: &[String]) -> Result<i32> {
+pub(crate) fn stats(e: &mut Engine, no_stream: bool, all: bool, format: &str, names: &[String]) -> Result<i32> {
     let targets: Vec<Container> = if names.is_empty() {
         e.list()?.into_iter().filter(|c| all || c.is_running()).collect()
     } else {

@@ -3,7 +3,8 @@
 use crate::format;
 use anyhow::Result;
 use clap::Args;
-use moat_engine::filter::{parse_time, EventFilter, Filters};
+use moat_engine::events::EventFilter;
+use moat_engine::filter::{parse_time, Filters};
 use moat_engine::Engine;
 use std::io::Write;
 

@@ -36,6 +36,7 @@ mod format;
 mod images;
 mod info;
 mod output;
+mod pods;
 mod registry;
 mod session;
 mod switches;
@@ -115,6 +116,9 @@ enum Cmd {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCmd),
+    /// Manage pods: sandboxes holding several containers (one VM per pod in hyperv).
+    #[command(subcommand)]
+    Pod(pods::PodCmd),
     /// Internal: a published port's proxy.
     #[command(hide = true)]
     PortProxy {
@@ -451,6 +455,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::System(c) => system::run(open()?, c),
         Cmd::Switch(c) => switches::run(&mut open()?, c),
         Cmd::Volume(c) => volumes::run(&mut open()?, c),
+        Cmd::Pod(c) => pods::run(&mut open()?, c),
         Cmd::PortProxy { proto, target } => {
             moat_engine::shim::serve_port_proxy(&proto, target)?;
             Ok(0)

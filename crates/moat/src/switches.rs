@@ -177,7 +177,7 @@ pub fn run(e: &mut Engine, cmd: SwitchCmd) -> Result<i32> {
             outln!("{}", e.create_switch(&req)?.id);
         }
         SwitchCmd::Ls { quiet, no_trunc, filter, format } => {
-            let f = moat_engine::filter::SwitchFilter::new(moat_engine::filter::Filters::from_args(&filter)?)?;
+            let f = moat_engine::network::SwitchFilter::new(moat_engine::filter::Filters::from_args(&filter)?)?;
             let all = e.switches_matching(&f)?;
             let rows: Vec<NetworkRow> = all.iter().map(|s| NetworkRow::of(s, no_trunc)).collect();
             if quiet {

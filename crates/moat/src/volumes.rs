@@ -4,7 +4,8 @@ use crate::format;
 use anyhow::Result;
 use clap::Subcommand;
 use moat_core::human;
-use moat_engine::filter::{Filters, VolumeFilter};
+use moat_engine::filter::Filters;
+use moat_engine::volumes::VolumeFilter;
 use moat_engine::volumes::{VolumeCreate, VolumeListRow};
 use moat_engine::Engine;
 

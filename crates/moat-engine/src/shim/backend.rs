@@ -53,6 +53,10 @@ pub enum Source {
     Qmp,
     /// virtiofsd's pidfd.
     Virtiofsd,
+    /// The sandbox socket other containers' shims join a VM on.
+    SandboxListener,
+    /// A joined container's shim.
+    Joined(u32),
 }
 
 /// A request answered by the backend, now or later.

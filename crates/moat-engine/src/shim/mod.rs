@@ -225,9 +225,11 @@ impl Shim {
             })?;
             let init = if c.config.init { Some(engine.options().agent()?) } else { None };
             let mut spec = crate::spec::build(engine.layout(), id, &c.config, &image, init.as_deref())?;
+            let mut owner_name = None;
             if let Some(other) = c.config.network.strip_prefix("container:") {
                 let o = engine.get(other)?;
-                crate::spec::join_network(&mut spec, engine.layout(), &o)?;
+                crate::spec::join_network(&mut spec, engine.layout(), &o, c.config.isolation())?;
+                owner_name = Some(o.name().to_string());
             }
             // legacy links: the linked containers run; their environment
             // comes first, the container's own entries win
@@ -260,9 +262,9 @@ impl Shim {
                 moat_net::link::ensure_switch(&engine.find_switch(&ep.switch_id)?.config)?;
             }
             let ctx = ShimContext { options: opts.clone(), layout: engine.layout().clone(), container: c, spec, dir };
-            Ok((engine, ctx, log, state_file, listener))
+            Ok((engine, ctx, log, state_file, listener, owner_name))
         })();
-        let (engine, ctx, log, state_file, listener) = match setup {
+        let (engine, ctx, log, state_file, listener, owner_name) = match setup {
             Ok(v) => v,
             Err(e) => {
                 reply_error(&mut first, &e);
@@ -273,7 +275,16 @@ impl Shim {
         let backend = ports::bind(ctx.config()).and_then(|ports| {
             let backend: Box<dyn Backend> = match &opts.backend {
                 Some(factory) => factory(&ctx)?,
-                None if ctx.config().isolation() == moat_core::Isolation::Hyperv => Box::new(vm::Vm::new(&ctx)?),
+                None if ctx.config().isolation() == moat_core::Isolation::Hyperv => {
+                    match ctx.config().network.strip_prefix("container:") {
+                        // the sandbox of another container: its VM
+                        Some(owner) => {
+                            let name = owner_name.clone().unwrap_or_else(|| owner.to_string());
+                            Box::new(vm::Vm::join(&ctx, owner, &name)?)
+                        }
+                        None => Box::new(vm::Vm::new(&ctx)?),
+                    }
+                }
                 None => Box::new(local::Local::new(&ctx)?),
             };
             Ok((backend, ports))

@@ -1,19 +1,32 @@
-//! VM isolation: the container's root (the same overlay) is exported with
-//! virtiofsd, QEMU boots the guest whose agent runs the container with the
-//! runtime's relay, and this backend is a client of that relay over the
-//! virtio-serial channel: requests go out as [`AgentRequest`]s, answers and
-//! output come back as frames, with per-session output credit. Queries and
-//! exec starts that the guest does not answer time out; QEMU's and
-//! virtiofsd's ends are watched through pidfds and QMP.
+//! VM isolation: a utility VM is a sandbox that holds one or more
+//! containers. The shim of the container that starts it owns it: the
+//! container's root (the same overlay) is mounted under the sandbox's share,
+//! exported with virtiofsd, QEMU boots the guest whose agent runs the
+//! container with the runtime's relay, and this backend is a client of that
+//! relay over the virtio-serial channel: requests go out as
+//! [`AgentRequest`]s, answers and output come back as frames, with
+//! per-session output credit. Queries and exec starts that the guest does
+//! not answer time out; QEMU's and virtiofsd's ends are watched through
+//! pidfds and QMP.
+//!
+//! A container that joins the sandbox (`--network container:OWNER`) has a
+//! shim of its own whose backend is the same client, speaking to the
+//! owner's shim on [`SANDBOX_SOCK`] instead of a VM: the owner mounts the
+//! joining container's root under the share, rewrites its `Create` for the
+//! guest, and routes its sessions (renumbered) to and from the agent. When
+//! the joined container's shim goes away the owner removes it from the
+//! guest; when the VM ends, every joined container ends with the reason.
 
 use super::backend::{Backend, BackendEvent, ExecStart, Query, ShimContext, Source};
 use crate::vm::VmLink;
 use crate::EngineError;
-use moat_proto::{AgentEvent, AgentRequest, ExecSpec, Frame, Kind, ShimReply, WinSize};
+use moat_proto::{AgentEvent, AgentRequest, Decoder, ExecSpec, Frame, Kind, ShimReply, WinSize, SANDBOX_SOCK};
 use moat_runtime::cgroup::{Cgroup, Limits};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How long a query (top, stats, pause, update) sent to the agent may take.
@@ -23,10 +36,20 @@ const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 /// After SIGKILL through the agent: how long before QEMU itself is killed.
 const HARD_KILL_AFTER: Duration = Duration::from_secs(10);
 
+/// Wire sessions the owner gives to joined containers start here (its own
+/// are below: the main process 0, execs, queries from 1 000 000).
+const JOINED_SESSIONS: u32 = 0x4000_0000;
+
 /// The VM backend.
 pub struct Vm {
+    /// The container this backend runs.
+    cid: String,
     link: Option<VmLink>,
-    cgroup: Cgroup,
+    /// Set when the sandbox belongs to another container's shim.
+    member: Option<MemberLink>,
+    /// The owner's end for the sandbox's other containers.
+    sandbox: Option<Sandbox>,
+    cgroup: Option<Cgroup>,
     /// Agent sessions of queries: session → (token, deadline).
     queries: HashMap<u32, (u64, Instant)>,
     /// QMP commands in flight, in order: (token, what).
@@ -76,31 +99,153 @@ fn rotate_console(path: &std::path::Path) -> std::io::Result<()> {
     std::fs::OpenOptions::new().write(true).open(path)?.set_len(0)
 }
 
-/// The guest's part of creating the container's main process.
-fn guest_create(ctx: &ShimContext) -> moat_proto::GuestCreate {
+/// The guest's part of creating the container's main process (the owner
+/// of the sandbox), or what a joining container asks the owner (its host
+/// spec, which the owner rewrites for the guest).
+fn guest_create(ctx: &ShimContext, joining: bool) -> moat_proto::GuestCreate {
     moat_proto::GuestCreate {
-        spec: crate::vm::guest_spec(&ctx.spec),
+        cid: ctx.id().to_string(),
+        spec: if joining { ctx.spec.clone() } else { crate::vm::guest_spec(&ctx.spec, ctx.id()) },
         limits: crate::spec::limits(ctx.config()),
         cgroup: moat_proto::GUEST_CGROUP.to_string(),
         stdin: ctx.config().open_stdin,
     }
 }
 
+/// The agent's channel: a VM's virtio-serial port, or a socket to the owner's shim.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// A joined container's end: the socket to the owner's shim.
+pub struct MemberLink {
+    sock: UnixStream,
+    dec: Decoder,
+    out: Vec<u8>,
+    /// The owner's name, for messages.
+    owner: String,
+}
+
+impl MemberLink {
+    /// Blocks until a control message on session `sid` satisfies `want`
+    /// (only before the shim's loop runs).
+    fn wait_for(
+        &mut self,
+        sid: u32,
+        timeout: Duration,
+        want: impl Fn(&AgentEvent) -> bool,
+    ) -> Result<AgentEvent, EngineError> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            while !self.out.is_empty() {
+                match self.sock.write(&self.out) {
+                    Ok(n) => drop(self.out.drain(..n)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1));
+                        if Instant::now() > deadline {
+                            return Err(EngineError::Shim("the sandbox's shim does not read".into()));
+                        }
+                    }
+                    Err(e) => return Err(EngineError::Io("sandbox socket".into(), e)),
+                }
+            }
+            while let Some(f) = self.dec.next_frame().map_err(|e| EngineError::Shim(format!("sandbox: {e}")))? {
+                if f.session == sid && f.kind == Kind::Control {
+                    let m: AgentEvent = f.msg().map_err(|e| EngineError::Shim(format!("sandbox: {e}")))?;
+                    if let AgentEvent::SandboxEnded { reason, .. } = m {
+                        return Err(EngineError::Shim(reason));
+                    }
+                    if want(&m) {
+                        return Ok(m);
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(EngineError::Shim(format!(
+                    "the utility VM of {} did not answer within {}s",
+                    self.owner,
+                    timeout.as_secs()
+                )));
+            }
+            let mut p = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll one fd of ours
+            unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+            match self.sock.read(&mut buf) {
+                Ok(0) => return Err(EngineError::Shim(format!("the utility VM of {} ended", self.owner))),
+                Ok(n) => self.dec.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(EngineError::Io("sandbox socket".into(), e)),
+            }
+        }
+    }
+}
+
+/// A container joined to this shim's VM, as its owner sees it.
+struct Joined {
+    sock: UnixStream,
+    dec: Decoder,
+    out: Vec<u8>,
+    /// Its ID, once its `Create` came (every request is for it).
+    cid: Option<String>,
+    /// Its root is mounted under the share.
+    mounted: bool,
+    /// Its sessions → wire sessions.
+    to_wire: HashMap<u32, u32>,
+}
+
+/// The owner's end of a sandbox that other containers joined.
+struct Sandbox {
+    listener: UnixListener,
+    share: PathBuf,
+    joined: HashMap<u32, Joined>,
+    next_conn: u32,
+    /// Wire session → (connection, its session).
+    routes: HashMap<u32, (u32, u32)>,
+    next_wire: u32,
+    /// Wire sessions whose answers nobody waits for (removals).
+    discard: HashSet<u32>,
+}
+
+impl Sandbox {
+    fn wire(&mut self, conn: u32, sid: u32) -> u32 {
+        if let Some(w) = self.joined.get(&conn).and_then(|j| j.to_wire.get(&sid)) {
+            return *w;
+        }
+        let w = self.next_wire;
+        self.next_wire = self.next_wire.wrapping_add(1).max(JOINED_SESSIONS);
+        self.routes.insert(w, (conn, sid));
+        if let Some(j) = self.joined.get_mut(&conn) {
+            j.to_wire.insert(sid, w);
+        }
+        w
+    }
+}
+
 impl Vm {
-    /// Mounts the root, boots the VM (its QEMU and virtiofsd in the
-    /// container's host cgroup) and waits for the agent.
+    /// Mounts the sandbox's share and the container's root under it, boots
+    /// the VM (its QEMU and virtiofsd in the container's host cgroup) and
+    /// waits for the agent.
     pub fn new(ctx: &ShimContext) -> Result<Self, EngineError> {
         let limits = Limits { devices: moat_runtime::devices::DevicePolicy::AllowAll, ..Default::default() };
         let cgroup = Cgroup::create(ctx.id(), &limits)?;
         super::local::write_cgroup(ctx, &cgroup);
-        let create = AgentRequest::Create(Box::new(guest_create(ctx)));
-        let booted = crate::vm::prepare_root(&ctx.spec)
-            .and_then(|root| VmLink::start(&ctx.options, &ctx.layout, ctx.id(), ctx.config(), &root, &cgroup, &create));
-        let link = match booted {
+        let create = AgentRequest::Create(Box::new(guest_create(ctx, false)));
+        let share = crate::vm::share_dir(&ctx.layout, ctx.id());
+        let booted = crate::vm::prepare_share(&share)
+            .and_then(|()| crate::vm::prepare_root(&ctx.spec, &share, ctx.id()))
+            .and_then(|_| VmLink::start(&ctx.options, &ctx.layout, ctx.id(), ctx.config(), &share, &cgroup, &create))
+            .and_then(|l| {
+                let listener = moat_proto::sock::bind(&ctx.dir, SANDBOX_SOCK)
+                    .map_err(EngineError::io("bind the sandbox socket"))?;
+                listener.set_nonblocking(true).map_err(EngineError::io("sandbox socket"))?;
+                Ok((l, listener))
+            });
+        let (link, listener) = match booted {
             Ok(l) => l,
             Err(e) => {
                 let _ = cgroup.destroy();
-                let _ = nix::mount::umount2(&ctx.spec.rootfs_target, nix::mount::MntFlags::MNT_DETACH);
+                let _ = nix::mount::umount2(&share, nix::mount::MntFlags::MNT_DETACH);
                 return Err(e);
             }
         };
@@ -113,8 +258,19 @@ impl Vm {
         });
         let _ = std::fs::write(ctx.dir.join("vm.json"), info.to_string());
         Ok(Self {
+            cid: ctx.id().to_string(),
             link: Some(link),
-            cgroup,
+            member: None,
+            sandbox: Some(Sandbox {
+                listener,
+                share,
+                joined: HashMap::new(),
+                next_conn: 1,
+                routes: HashMap::new(),
+                next_wire: JOINED_SESSIONS,
+                discard: HashSet::new(),
+            }),
+            cgroup: Some(cgroup),
             queries: HashMap::new(),
             qmp: VecDeque::new(),
             pending: HashMap::new(),
@@ -131,46 +287,306 @@ impl Vm {
         })
     }
 
+    /// Joins the sandbox of container `owner` (its shim owns the VM): no
+    /// VM of its own; the owner mounts this container's root and routes its
+    /// sessions to the agent.
+    pub fn join(ctx: &ShimContext, owner: &str, owner_name: &str) -> Result<Self, EngineError> {
+        let odir = ctx.layout.container(owner);
+        let sock = moat_proto::sock::connect(&odir, SANDBOX_SOCK).map_err(|e| {
+            EngineError::Conflict(format!(
+                "cannot join the utility VM of {owner_name}: its sandbox does not answer ({e})"
+            ))
+        })?;
+        sock.set_nonblocking(true).map_err(EngineError::io("sandbox socket"))?;
+        let mut info: serde_json::Value = std::fs::read(odir.join("vm.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| serde_json::json!({}));
+        info["Sandbox"] = serde_json::Value::String(owner.to_string());
+        let _ = std::fs::write(ctx.dir.join("vm.json"), info.to_string());
+        let mem_mib = info["MemoryMiB"].as_u64().unwrap_or(moat_vm::launch::DEFAULT_MEMORY_MIB);
+        let vcpus = info["Vcpus"].as_u64().unwrap_or(1) as u32;
+        Ok(Self {
+            cid: ctx.id().to_string(),
+            link: None,
+            member: Some(MemberLink { sock, dec: Decoder::default(), out: Vec::new(), owner: owner_name.to_string() }),
+            sandbox: None,
+            cgroup: None,
+            queries: HashMap::new(),
+            qmp: VecDeque::new(),
+            pending: HashMap::new(),
+            next_session: 1_000_000,
+            owed: HashMap::new(),
+            hard_deadline: None,
+            fs_gone_at: None,
+            vcpus,
+            mem_mib,
+            info,
+            create_sent: false,
+            retired_taps: Vec::new(),
+            console_check: None,
+        })
+    }
+
     fn link(&mut self) -> Option<&mut VmLink> {
         self.link.as_mut()
     }
 
-    fn send(&mut self, sid: u32, m: &AgentRequest) {
-        if let Some(l) = self.link() {
-            l.send(sid, m);
+    /// Whether the agent can be reached (this shim's VM, or the owner's).
+    fn connected(&self) -> bool {
+        self.link.is_some() || self.member.is_some()
+    }
+
+    fn send_frame_(&mut self, f: Frame) {
+        if let Some(l) = self.link.as_mut() {
+            l.send_frame(f);
+        } else if let Some(m) = self.member.as_mut() {
+            f.encode_into(&mut m.out);
         }
+    }
+
+    fn send(&mut self, sid: u32, m: &AgentRequest) {
+        self.send_frame_(Frame::control(sid, m));
     }
 
     fn channel_io(&mut self, revents: libc::c_short, buf: &mut [u8]) -> Vec<BackendEvent> {
         let mut out = Vec::new();
-        let Some(link) = self.link.as_mut() else { return out };
-        if revents & libc::POLLOUT != 0 && !link.out.is_empty() {
-            if let Ok(n) = link.vm.channel.write(&link.out) {
-                link.out.drain(..n);
+        let (chan, dec, queued): (&mut dyn ReadWrite, _, _) = match (self.link.as_mut(), self.member.as_mut()) {
+            (Some(l), _) => (&mut l.vm.channel, &mut l.dec, &mut l.out),
+            (None, Some(m)) => (&mut m.sock, &mut m.dec, &mut m.out),
+            (None, None) => return out,
+        };
+        if revents & libc::POLLOUT != 0 && !queued.is_empty() {
+            if let Ok(n) = chan.write(queued) {
+                queued.drain(..n);
             }
         }
         if revents & (libc::POLLIN | libc::POLLHUP) == 0 {
             return out;
         }
-        match link.vm.channel.read(buf) {
-            // the agent is gone: QEMU's exit will tell us why
-            Ok(0) | Err(_) => return out,
-            Ok(n) => link.dec.push(&buf[..n]),
+        match chan.read(buf) {
+            Ok(0) => {
+                // a VM's agent that is gone: QEMU's exit says why; the
+                // owner of a joined sandbox that is gone: it said why, or died
+                if let Some(m) = self.member.take() {
+                    let reason = format!("the utility VM of {} (this container's sandbox) ended", m.owner);
+                    out.push(BackendEvent::Died { code: 137, reason });
+                }
+                return out;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return out,
+            Err(_) => return out,
+            Ok(n) => dec.push(&buf[..n]),
         }
-        while let Some(link) = self.link.as_mut() {
-            let f = match link.dec.next_frame() {
+        loop {
+            let next = match (self.link.as_mut(), self.member.as_mut()) {
+                (Some(l), _) => l.dec.next_frame(),
+                (None, Some(m)) => m.dec.next_frame(),
+                (None, None) => break,
+            };
+            let f = match next {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::error!("the guest agent sent garbage: {e}");
-                    link.failure = Some(format!("the guest agent broke the protocol ({e}): its VM was stopped"));
-                    let _ = link.vm.qemu.kill();
+                    if let Some(link) = self.link.as_mut() {
+                        link.failure = Some(format!("the guest agent broke the protocol ({e}): its VM was stopped"));
+                        let _ = link.vm.qemu.kill();
+                    } else if let Some(m) = self.member.take() {
+                        let reason = format!("the sandbox of {} broke the protocol ({e})", m.owner);
+                        out.push(BackendEvent::Died { code: 137, reason });
+                    }
                     break;
                 }
             };
+            if let Some(e) = self.route_to_joined(&f) {
+                if e {
+                    continue;
+                }
+            }
             out.extend(self.frame(f));
         }
         out
+    }
+
+    /// A frame from the agent for a joined container's session goes to its
+    /// shim (renumbered); `Some(true)` when it was one.
+    fn route_to_joined(&mut self, f: &Frame) -> Option<bool> {
+        let sb = self.sandbox.as_mut()?;
+        if sb.discard.remove(&f.session) {
+            return Some(true);
+        }
+        let (conn, sid) = *sb.routes.get(&f.session)?;
+        if f.kind == Kind::Control {
+            // an exec session ends with its exit: forget its number
+            if let Ok(AgentEvent::Exit { .. }) = f.msg::<AgentEvent>() {
+                if sid != 0 {
+                    sb.routes.remove(&f.session);
+                    if let Some(j) = sb.joined.get_mut(&conn) {
+                        j.to_wire.remove(&sid);
+                    }
+                }
+            }
+        }
+        if let Some(j) = sb.joined.get_mut(&conn) {
+            Frame { kind: f.kind, session: sid, data: f.data.clone() }.encode_into(&mut j.out);
+        }
+        Some(true)
+    }
+
+    /// A container's shim connects to join this VM.
+    fn accept_joined(&mut self) {
+        let Some(sb) = self.sandbox.as_mut() else { return };
+        while let Ok((sock, _)) = sb.listener.accept() {
+            if sock.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let n = sb.next_conn;
+            sb.next_conn += 1;
+            let j = Joined {
+                sock,
+                dec: Decoder::default(),
+                out: Vec::new(),
+                cid: None,
+                mounted: false,
+                to_wire: HashMap::new(),
+            };
+            sb.joined.insert(n, j);
+        }
+    }
+
+    /// I/O of joined container `conn`'s shim.
+    fn joined_io(&mut self, conn: u32, revents: libc::c_short, buf: &mut [u8]) {
+        let Some(sb) = self.sandbox.as_mut() else { return };
+        let Some(j) = sb.joined.get_mut(&conn) else { return };
+        if revents & libc::POLLOUT != 0 && !j.out.is_empty() {
+            if let Ok(n) = j.sock.write(&j.out) {
+                j.out.drain(..n);
+            }
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) == 0 {
+            return;
+        }
+        let gone = match j.sock.read(buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                j.dec.push(&buf[..n]);
+                false
+            }
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        let mut frames = Vec::new();
+        loop {
+            match j.dec.next_frame() {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("a joined container's shim broke the protocol: {e}");
+                    frames.clear();
+                    self.drop_joined(conn);
+                    return;
+                }
+            }
+        }
+        for f in frames {
+            self.handle_joined(conn, f);
+        }
+        if gone {
+            self.drop_joined(conn);
+        }
+    }
+
+    /// A frame from joined container `conn`'s shim: checked, renumbered and
+    /// sent on to the agent (its `Create` rewritten for the guest).
+    fn handle_joined(&mut self, conn: u32, f: Frame) {
+        let Some(sb) = self.sandbox.as_mut() else { return };
+        let reply_err = |sb: &mut Sandbox, sid: u32, message: String| {
+            if let Some(j) = sb.joined.get_mut(&conn) {
+                Frame::control(sid, &AgentEvent::Error { message }).encode_into(&mut j.out);
+                Frame::control(sid, &AgentEvent::Exit { code: 125, oom_killed: false }).encode_into(&mut j.out);
+            }
+        };
+        let fwd = match f.kind {
+            Kind::Control => {
+                let Ok(mut m) = f.msg::<AgentRequest>() else { return };
+                let Some(j) = sb.joined.get_mut(&conn) else { return };
+                // every request is for the joined container itself
+                match &mut m {
+                    AgentRequest::Create(c) => {
+                        if j.cid.as_ref().is_some_and(|cid| *cid != c.cid) {
+                            return;
+                        }
+                        j.cid = Some(c.cid.clone());
+                        if !j.mounted {
+                            if let Err(e) = crate::vm::prepare_root(&c.spec, &sb.share, &c.cid) {
+                                crate::vm::release_root(&sb.share, &c.cid);
+                                reply_err(
+                                    sb,
+                                    f.session,
+                                    format!("cannot mount the container's root in the sandbox: {e}"),
+                                );
+                                return;
+                            }
+                            if let Some(j) = sb.joined.get_mut(&conn) {
+                                j.mounted = true;
+                            }
+                        }
+                        c.spec = crate::vm::guest_spec(&c.spec, &c.cid);
+                        c.cgroup = format!("{}-{}", moat_proto::GUEST_CGROUP, &c.cid[..c.cid.len().min(12)]);
+                    }
+                    AgentRequest::Exec { cid, .. }
+                    | AgentRequest::Top { cid }
+                    | AgentRequest::Stats { cid }
+                    | AgentRequest::Pause { cid }
+                    | AgentRequest::Unpause { cid }
+                    | AgentRequest::Update { cid, .. }
+                    | AgentRequest::Remove { cid } => match &j.cid {
+                        Some(own) => own.clone_into(cid),
+                        None => return,
+                    },
+                    AgentRequest::Signal { .. } | AgentRequest::Resize(_) | AgentRequest::Credit { .. } => {}
+                    AgentRequest::Shutdown | AgentRequest::Resume { .. } => return,
+                }
+                Frame::control(0, &m).data
+            }
+            _ => f.data,
+        };
+        let wire = sb.wire(conn, f.session);
+        self.send_frame_(Frame { kind: f.kind, session: wire, data: fwd });
+    }
+
+    /// Joined container `conn`'s shim is gone: the container leaves the guest
+    /// and its root the share.
+    fn drop_joined(&mut self, conn: u32) {
+        let Some(sb) = self.sandbox.as_mut() else { return };
+        let Some(j) = sb.joined.remove(&conn) else { return };
+        sb.routes.retain(|_, (c, _)| *c != conn);
+        let Some(cid) = j.cid else { return };
+        let w = sb.next_wire;
+        sb.next_wire = sb.next_wire.wrapping_add(1).max(JOINED_SESSIONS);
+        sb.discard.insert(w);
+        if j.mounted {
+            crate::vm::release_root(&sb.share.clone(), &cid);
+        }
+        self.send(w, &AgentRequest::Remove { cid });
+    }
+
+    /// The VM ended: every joined container's shim is told why, and let go.
+    fn end_joined(&mut self, code: i32, reason: &str) {
+        let Some(sb) = self.sandbox.as_mut() else { return };
+        for (_, mut j) in sb.joined.drain() {
+            let m = AgentEvent::SandboxEnded { code, reason: format!("the sandbox's utility VM ended: {reason}") };
+            Frame::control(0, &m).encode_into(&mut j.out);
+            let _ = j.sock.set_nonblocking(false);
+            let _ = j.sock.set_write_timeout(Some(Duration::from_millis(200)));
+            let _ = j.sock.write_all(&j.out);
+            if let Some(cid) = &j.cid {
+                if j.mounted {
+                    crate::vm::release_root(&sb.share, cid);
+                }
+            }
+        }
+        sb.routes.clear();
     }
 
     fn frame(&mut self, f: Frame) -> Option<BackendEvent> {
@@ -184,6 +600,10 @@ impl Vm {
             _ => return None,
         }
         let m: AgentEvent = f.msg().ok()?;
+        if let AgentEvent::SandboxEnded { code, reason } = m {
+            self.member = None;
+            return Some(BackendEvent::Died { code, reason });
+        }
         if let Some((token, _)) = self.queries.remove(&sid) {
             let reply = match m {
                 AgentEvent::Procs { rows } => ShimReply::Procs { rows },
@@ -247,18 +667,30 @@ impl Vm {
 impl Backend for Vm {
     fn start_main(&mut self, ctx: &ShimContext) -> Result<u32, EngineError> {
         let sent = std::mem::take(&mut self.create_sent);
-        let link = self.link.as_mut().ok_or_else(|| EngineError::Shim("the utility VM is gone".into()))?;
         tracing::debug!("VM: creating the container in the guest");
         if !sent {
-            link.send(0, &AgentRequest::Create(Box::new(guest_create(ctx))));
+            let joining = self.member.is_some();
+            self.send(0, &AgentRequest::Create(Box::new(guest_create(ctx, joining))));
         }
         let t = Duration::from_secs(60);
-        let started = link.wait_for(0, t, |m| matches!(m, AgentEvent::Started { .. } | AgentEvent::Error { .. }))?;
+        let gone = || EngineError::Shim("the utility VM is gone".into());
+        let started = |m: &AgentEvent| matches!(m, AgentEvent::Started { .. } | AgentEvent::Error { .. });
+        let exited = |m: &AgentEvent| matches!(m, AgentEvent::Exit { .. });
+        let started = match (self.link.as_mut(), self.member.as_mut()) {
+            (Some(l), _) => l.wait_for(0, t, started)?,
+            (None, Some(m)) => m.wait_for(0, t, started)?,
+            (None, None) => return Err(gone()),
+        };
         tracing::debug!("VM: the guest answered the create");
         match started {
             AgentEvent::Started { pid } => Ok(pid),
             AgentEvent::Error { message } => {
-                let code = match link.wait_for(0, t, |m| matches!(m, AgentEvent::Exit { .. })) {
+                let exit = match (self.link.as_mut(), self.member.as_mut()) {
+                    (Some(l), _) => l.wait_for(0, t, exited),
+                    (None, Some(m)) => m.wait_for(0, t, exited),
+                    (None, None) => Err(gone()),
+                };
+                let code = match exit {
                     Ok(AgentEvent::Exit { code, .. }) => code,
                     _ => 125,
                 };
@@ -270,13 +702,14 @@ impl Backend for Vm {
 
     fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, EngineError> {
         self.pending.insert(sid, (Instant::now() + EXEC_TIMEOUT, None));
-        self.send(sid, &AgentRequest::Exec(x.clone()));
+        let cid = self.cid.clone();
+        self.send(sid, &AgentRequest::Exec { cid, exec: x.clone() });
         Ok(ExecStart::Pending)
     }
 
     fn signal(&mut self, sid: u32, signal: i32) -> bool {
         self.send(sid, &AgentRequest::Signal { signal });
-        self.link.is_some()
+        self.connected()
     }
 
     fn resize(&mut self, sid: u32, ws: WinSize) {
@@ -284,24 +717,23 @@ impl Backend for Vm {
     }
 
     fn stdin(&mut self, sid: u32, data: Vec<u8>) {
-        if let Some(l) = self.link() {
-            l.send_frame(Frame { kind: Kind::Stdin, session: sid, data });
-        }
+        self.send_frame_(Frame { kind: Kind::Stdin, session: sid, data });
     }
 
     fn close_stdin(&mut self, sid: u32) {
-        if let Some(l) = self.link() {
-            l.send_frame(Frame { kind: Kind::StdinEof, session: sid, data: Vec::new() });
-        }
+        self.send_frame_(Frame { kind: Kind::StdinEof, session: sid, data: Vec::new() });
     }
 
     fn query(&mut self, q: Query, token: u64) -> Option<ShimReply> {
-        if self.link.is_none() {
+        if !self.connected() {
             return Some(ShimReply::Error { message: "the utility VM is gone".into() });
         }
+        let cid = self.cid.clone();
+        // a VM that holds only this container is paused whole; in a shared
+        // sandbox each container's processes are frozen in the guest
+        let alone = self.link.is_some() && self.sandbox.as_ref().is_none_or(|s| s.joined.is_empty());
         let req = match &q {
-            // the whole VM is paused, not only the container's processes
-            Query::Pause | Query::Unpause => {
+            Query::Pause | Query::Unpause if alone => {
                 let cmd = if matches!(q, Query::Pause) { "stop" } else { "cont" };
                 if let Some(l) = self.link() {
                     l.qmp_command(cmd);
@@ -328,10 +760,12 @@ impl Backend for Vm {
                 if !warnings.is_empty() {
                     tracing::info!("{}", warnings.join("; "));
                 }
-                AgentRequest::Update(l.clone())
+                AgentRequest::Update { cid, limits: l.clone() }
             }
-            Query::Top => AgentRequest::Top,
-            Query::Stats => AgentRequest::Stats,
+            Query::Pause => AgentRequest::Pause { cid },
+            Query::Unpause => AgentRequest::Unpause { cid },
+            Query::Top => AgentRequest::Top { cid },
+            Query::Stats => AgentRequest::Stats { cid },
         };
         let sid = self.next_session;
         self.next_session += 1;
@@ -341,6 +775,17 @@ impl Backend for Vm {
     }
 
     fn poll_fds(&self, _full: &dyn Fn(u32) -> bool, out: &mut Vec<(RawFd, libc::c_short, Source)>) {
+        if let Some(m) = &self.member {
+            let ev = libc::POLLIN | if m.out.is_empty() { 0 } else { libc::POLLOUT };
+            out.push((m.sock.as_raw_fd(), ev, Source::Channel));
+        }
+        if let Some(sb) = &self.sandbox {
+            out.push((sb.listener.as_raw_fd(), libc::POLLIN, Source::SandboxListener));
+            for (n, j) in &sb.joined {
+                let ev = libc::POLLIN | if j.out.is_empty() { 0 } else { libc::POLLOUT };
+                out.push((j.sock.as_raw_fd(), ev, Source::Joined(*n)));
+            }
+        }
         let Some(link) = &self.link else { return };
         let ev = libc::POLLIN | if link.out.is_empty() { 0 } else { libc::POLLOUT };
         out.push((link.vm.channel.as_raw_fd(), ev, Source::Channel));
@@ -365,9 +810,18 @@ impl Backend for Vm {
                 let mut out = self.qmp_io();
                 if let Some(mut link) = self.link.take() {
                     let (code, reason) = link.death();
+                    self.end_joined(code, &reason);
                     out.push(BackendEvent::Died { code, reason });
                 }
                 out
+            }
+            Source::SandboxListener => {
+                self.accept_joined();
+                Vec::new()
+            }
+            Source::Joined(n) => {
+                self.joined_io(n, revents, buf);
+                Vec::new()
             }
             Source::Relay(_) => Vec::new(),
         }
@@ -448,18 +902,27 @@ impl Backend for Vm {
     }
 
     fn teardown(&mut self, ctx: &ShimContext) {
+        // a joined container leaves: closing the socket tells the owner
+        self.member = None;
         if let Some(mut link) = self.link.take() {
+            self.end_joined(137, "its owner container stopped");
             link.shutdown();
             // closing a tap's last descriptor deletes it, which costs the
             // kernel ~25 ms of RCU synchronisation: they close when the shim
             // exits, after its clients (a `run --rm` waiting) have their answer
             self.retired_taps = std::mem::take(&mut link.vm.taps);
         }
-        // the VM's root (and its bind mounts) live in this process's mount namespace
-        let _ = nix::mount::umount2(&ctx.spec.rootfs_target, nix::mount::MntFlags::MNT_DETACH);
-        if let Err(e) = self.cgroup.destroy() {
-            tracing::warn!("{e}");
+        // the share with the containers' roots (and their bind mounts) lives
+        // in this process's mount namespace
+        if let Some(sb) = self.sandbox.take() {
+            let _ = nix::mount::umount2(&sb.share, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(ctx.dir.join(SANDBOX_SOCK));
         }
-        let _ = std::fs::remove_file(ctx.dir.join("cgroup.json"));
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.destroy() {
+                tracing::warn!("{e}");
+            }
+            let _ = std::fs::remove_file(ctx.dir.join("cgroup.json"));
+        }
     }
 }
