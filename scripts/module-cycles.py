@@ -41,7 +41,7 @@ def modules(src):
 
 
 def strip_tests(text):
-    m = re.search(r"^#\[cfg\(test\)\]\s*\n\s*mod tests\b", text, re.M)
+    m = re.search(r"^#\[cfg\(test\)\]\s*\n\s*mod \w+\s*\{", text, re.M)
     text = text[: m.start()] if m else text
     # comments and string literals never import
     text = re.sub(r"//[^\n]*", "", text)

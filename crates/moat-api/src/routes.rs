@@ -979,7 +979,7 @@ async fn events(ctx: &Arc<Ctx>, q: &Query) -> Result<Resp> {
     let ctx = ctx.clone();
     tokio::task::spawn_blocking(move || {
         let Ok(mut e) = ctx.open() else { return };
-        let _ = moat_engine::events::follow(&mut e, &f, until, |ev| {
+        let _ = moat_engine::events::follow(e.images().store(), &f, until, |ev| {
             let Ok(mut b) = serde_json::to_vec(ev) else { return false };
             b.push(b'\n');
             tx.blocking_send(Bytes::from(b)).is_ok()

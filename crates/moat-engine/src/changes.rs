@@ -292,7 +292,7 @@ impl Engine {
         if let Some(r) = &req.reference {
             ev = ev.attr("imageRef", r);
         }
-        crate::events::record(self, ev);
+        crate::events::record(self.store(), ev);
         Ok(id)
     }
 

@@ -101,9 +101,9 @@ pub fn parse_signal(s: &str) -> Result<i32, EngineError> {
 /// write to it through `/proc/<pid>/exe` (CVE-2019-5736 class).
 pub fn spawn_shim(opts: &EngineOptions, layout: &Layout, id: &str) -> Result<Conn, EngineError> {
     let (ours, theirs) = UnixStream::pair().map_err(EngineError::io("socketpair"))?;
-    if opts.backend.is_some() {
+    if let Some(serve) = opts.in_process.clone() {
         let (opts, id) = (opts.clone(), id.to_string());
-        std::thread::spawn(move || crate::shim::serve(opts, &id, theirs));
+        std::thread::spawn(move || serve(opts, id, theirs));
         return Ok(Conn { stream: ours });
     }
     let exe = opts.shim_exe().map_err(EngineError::io("locate the shim binary"))?;

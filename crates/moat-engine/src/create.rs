@@ -2,7 +2,8 @@
 //! the way Docker does, reserve its switch addresses, record it.
 
 use crate::config::{ContainerConfig, ContainerState};
-use crate::{check_isolation, events, names, network, spec, validate, Container, Engine, EngineError};
+use crate::validate::check_isolation;
+use crate::{events, names, network, spec, validate, Container, Engine, EngineError};
 use chrono::Utc;
 use moat_store::ContainerRow;
 use std::path::Path;
@@ -16,16 +17,10 @@ pub struct CreateRequest {
     pub config: ContainerConfig,
 }
 
-/// The environment a container's process gets from its configured one:
-/// a bare `KEY` (Docker's way to unset an image's variable) is left out.
-pub fn process_env(env: &[String]) -> Vec<String> {
-    env.iter().filter(|e| e.contains('=')).cloned().collect()
-}
-
 /// Merges the image's runtime config into `cfg` like Docker: an explicit
 /// entrypoint resets the image's command; the user's environment first,
 /// then the image's entries the user did not name (a bare `KEY` names one
-/// too: it unsets the image's, see [`process_env`]); workdir, user, stop
+/// too: it unsets the image's, see [`crate::spec::process_env`]); workdir, user, stop
 /// signal and labels default from the image.
 pub fn merge_image(cfg: &mut ContainerConfig, icfg: &moat_image::RuntimeConfig) -> Result<(), EngineError> {
     let entry_override = !cfg.entrypoint.is_empty();
@@ -294,7 +289,7 @@ impl Engine {
         let switches: Vec<String> = cfg.networks.iter().map(|e| e.switch_id.clone()).collect();
         self.refresh_hosts(&switches)?;
         let c = self.get(&id)?;
-        events::record(self, events::Event::container("create", &c));
+        events::record(self.store(), events::Event::container("create", &c));
         Ok(c)
     }
 

@@ -4,8 +4,9 @@
 //! what front ends ask for; each shim records what happens while nobody
 //! watches (start, die with its exit code, oom, restart, exec).
 
+use crate::container::Container;
+use crate::error::EngineError;
 use crate::filter::{any, label_matches, Filters};
-use crate::{Container, Engine, EngineError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -166,31 +167,26 @@ impl Event {
 
 /// Records an event; a store that cannot take it (a full disk) only loses
 /// the event, never the operation.
-pub fn record(e: &mut Engine, ev: Event) {
-    record_in(e.images().store_mut(), ev);
-}
-
-/// [`record`] on a store.
-pub fn record_in(store: &mut moat_store::Store, ev: Event) {
+pub fn record(store: &mut moat_store::Store, ev: Event) {
     if let Err(err) = store.append_event(&ev.row()) {
         tracing::warn!("cannot record event {} {}: {err}", ev.kind, ev.action);
     }
 }
 
 /// The newest event's sequence number.
-pub fn last_seq(e: &mut Engine) -> Result<i64, EngineError> {
-    Ok(e.images().store().last_event_seq()?)
+pub fn last_seq(store: &moat_store::Store) -> Result<i64, EngineError> {
+    Ok(store.last_event_seq()?)
 }
 
 /// Recorded events from `since_seq` (all when `None`) and before
 /// `until_nano` that match `f`.
 pub fn list(
-    e: &mut Engine,
+    store: &moat_store::Store,
     since_seq: Option<i64>,
     until_nano: Option<i64>,
     f: &EventFilter,
 ) -> Result<Vec<Event>, EngineError> {
-    let rows = e.images().store().events(since_seq.unwrap_or(0), f.since_nano, until_nano.unwrap_or(i64::MAX))?;
+    let rows = store.events(since_seq.unwrap_or(0), f.since_nano, until_nano.unwrap_or(i64::MAX))?;
     Ok(rows.into_iter().map(Event::from_row).filter(|ev| f.matches(ev)).collect())
 }
 
@@ -198,14 +194,14 @@ pub fn list(
 /// the recorded ones from `f.since_nano`, then new ones as they are
 /// recorded, until `until_nano` (forever when `None`).
 pub fn follow(
-    e: &mut Engine,
+    store: &moat_store::Store,
     f: &EventFilter,
     until_nano: Option<i64>,
     mut sink: impl FnMut(&Event) -> bool,
 ) -> Result<(), EngineError> {
     let mut next = 0;
     loop {
-        let rows = e.images().store().events(next, f.since_nano, until_nano.unwrap_or(i64::MAX))?;
+        let rows = store.events(next, f.since_nano, until_nano.unwrap_or(i64::MAX))?;
         for r in rows {
             next = r.seq + 1;
             let ev = Event::from_row(r);
@@ -218,7 +214,7 @@ pub fn follow(
             return Ok(());
         }
         if next == 0 {
-            next = last_seq(e)? + 1;
+            next = last_seq(store)? + 1;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }

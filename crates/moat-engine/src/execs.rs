@@ -150,7 +150,7 @@ impl Engine {
                 created: Utc::now(),
             },
         )?;
-        crate::events::record(self, crate::events::Event::container("exec_create", &c).attr("execID", &id));
+        crate::events::record(self.store(), crate::events::Event::container("exec_create", &c).attr("execID", &id));
         Ok(id)
     }
 

@@ -362,7 +362,12 @@ pub fn swappiness(s: i64) -> Result<Option<u64>, EngineError> {
 /// A size (`64m`, `1.5g`, bytes) for a limit stored as `i64`.
 pub fn size(what: &str, s: &str) -> Result<i64, EngineError> {
     let b = moat_core::human::parse_size(s).map_err(|e| invalid(e.to_string()))?;
-    crate::validate::bytes(what, b)
+    bytes(what, b)
+}
+
+/// A byte count from a front end, for a limit stored as `i64`.
+pub fn bytes(what: &str, b: u64) -> Result<i64, EngineError> {
+    i64::try_from(b).map_err(|_| invalid(format!("{what} of {b} bytes is too large")))
 }
 
 /// `--label KEY[=VALUE]`.

@@ -33,7 +33,7 @@ impl Engine {
         let loaded = self.images.load(r)?;
         for l in &loaded {
             let name = l.tags.first().cloned();
-            events::record(self, image_event("load", &l.id.to_string(), name.as_deref()));
+            events::record(self.store(), image_event("load", &l.id.to_string(), name.as_deref()));
         }
         Ok(loaded)
     }
@@ -47,7 +47,7 @@ impl Engine {
         changes: &[String],
     ) -> Result<moat_core::Digest, EngineError> {
         let id = self.images.import(r, name, message, changes)?;
-        events::record(self, image_event("import", &id.to_string(), name));
+        events::record(self.store(), image_event("import", &id.to_string(), name));
         Ok(id)
     }
 
@@ -67,7 +67,7 @@ impl Engine {
     pub fn save_images(&mut self, refs: &[String], w: impl Write) -> Result<(), EngineError> {
         self.images.save(refs, w)?;
         for r in refs {
-            events::record(self, image_event("save", r, Some(r)));
+            events::record(self.store(), image_event("save", r, Some(r)));
         }
         Ok(())
     }
@@ -76,7 +76,7 @@ impl Engine {
     pub fn tag_image(&mut self, source: &str, target: &str) -> Result<(), EngineError> {
         let img = self.images.resolve(source)?;
         self.images.tag(source, target)?;
-        events::record(self, image_event("tag", &img.id.to_string(), Some(target)));
+        events::record(self.store(), image_event("tag", &img.id.to_string(), Some(target)));
         Ok(())
     }
 
@@ -106,9 +106,9 @@ impl Engine {
         let lines = self.images.remove(reference, force)?;
         for l in &lines {
             if let Some(t) = l.strip_prefix("Untagged: ") {
-                events::record(self, image_event("untag", &img.id.to_string(), Some(t)));
+                events::record(self.store(), image_event("untag", &img.id.to_string(), Some(t)));
             } else if l.starts_with("Deleted: ") {
-                events::record(self, image_event("delete", &img.id.to_string(), None));
+                events::record(self.store(), image_event("delete", &img.id.to_string(), None));
             }
         }
         Ok(lines)
@@ -118,7 +118,7 @@ impl Engine {
     pub fn prune_images(&mut self, all: bool) -> Result<PruneReport, EngineError> {
         let rep = self.images.prune(all)?;
         for d in &rep.deleted {
-            events::record(self, image_event("delete", &d.to_string(), None));
+            events::record(self.store(), image_event("delete", &d.to_string(), None));
         }
         Ok(rep)
     }

@@ -3,7 +3,8 @@
 use crate::client::{self, Conn};
 use crate::config::{RestartPolicy, Status};
 use crate::session::Session;
-use crate::{check_isolation, events, names, Container, Engine, EngineError};
+use crate::validate::check_isolation;
+use crate::{events, names, Container, Engine, EngineError};
 use chrono::Utc;
 use moat_proto::{ShimReply, ShimRequest};
 use std::time::Duration;
@@ -225,7 +226,7 @@ impl Engine {
     /// first and waits with [`Engine::wait_since`] afterwards.
     pub fn wait_mark(&mut self, key: &str) -> Result<i64, EngineError> {
         self.get(key)?;
-        events::last_seq(self)
+        events::last_seq(self.images.store())
     }
 
     /// [`Engine::wait`] from a mark of [`Engine::wait_mark`].
@@ -317,7 +318,7 @@ impl Engine {
     /// The first `die` of `id` recorded after event `since`, if any.
     fn die_since(&mut self, id: &str, since: i64) -> Result<Option<WaitResult>, EngineError> {
         let f = events::EventFilter::for_container(id, "die");
-        Ok(events::list(self, Some(since + 1), None, &f)?.into_iter().next().map(|e| WaitResult {
+        Ok(events::list(self.images.store(), Some(since + 1), None, &f)?.into_iter().next().map(|e| WaitResult {
             code: e.actor.attributes.get("exitCode").and_then(|c| c.parse().ok()).unwrap_or(0),
             error: e.actor.attributes.get("error").cloned(),
         }))
@@ -348,7 +349,7 @@ impl Engine {
             )));
         }
         self.connect(&c)?.request_ok(&ShimRequest::Signal { signal })?;
-        events::record(self, events::Event::container("kill", &c).attr("signal", &signal.to_string()));
+        events::record(self.store(), events::Event::container("kill", &c).attr("signal", &signal.to_string()));
         if signal == libc::SIGKILL {
             // like dockerd: a SIGKILL returns once the process is
             // dead, so a `remove` right after never sees it running
@@ -421,7 +422,7 @@ impl Engine {
                 Ok(now) => c = now,
             }
             self.remove_files_and_row(c.id(), volumes)?;
-            events::record(self, events::Event::container("destroy", &c));
+            events::record(self.store(), events::Event::container("destroy", &c));
             let switches: Vec<String> = c.config.networks.iter().map(|e| e.switch_id.clone()).collect();
             self.refresh_hosts(&switches)?;
             return Ok(c);
@@ -481,7 +482,7 @@ impl Engine {
             Err(moat_store::StoreError::NameInUse { .. }) => return Err(taken()),
             r => r?,
         }
-        events::record(self, events::Event::container("rename", &c).attr("oldName", &format!("/{}", c.name())));
+        events::record(self.store(), events::Event::container("rename", &c).attr("oldName", &format!("/{}", c.name())));
         let switches: Vec<String> = c.config.networks.iter().map(|e| e.switch_id.clone()).collect();
         self.refresh_hosts(&switches)?;
         self.get(c.id())
@@ -527,7 +528,7 @@ impl Engine {
             self.update_isolation(c.id(), iso, u.restart_for_isolation)?;
         }
         let c = self.get(c.id())?;
-        events::record(self, events::Event::container("update", &c));
+        events::record(self.store(), events::Event::container("update", &c));
         Ok((c, warnings))
     }
 
@@ -592,7 +593,7 @@ impl Engine {
             let st = c.state.clone();
             self.save_state(c.id(), &st)?;
             events::record(
-                self,
+                self.store(),
                 events::Event::container("update", &c)
                     .attr("isolation", &iso.to_string())
                     .attr("from", &from.to_string()),
@@ -609,9 +610,9 @@ impl Engine {
             if !c.is_running() && filters.matches(&c, self)? {
                 let _lock = self.op_lock(c.id())?;
                 // what the container wrote is what its removal frees
-                let size = crate::system::dir_size(&self.layout.container(c.id()).join("upper"));
+                let size = moat_store::dir_size(&self.layout.container(c.id()).join("upper"));
                 self.remove_files_and_row(c.id(), false)?;
-                events::record(self, events::Event::container("destroy", &c));
+                events::record(self.store(), events::Event::container("destroy", &c));
                 out.deleted.push(c.id().to_string());
                 out.space_reclaimed += size;
             }

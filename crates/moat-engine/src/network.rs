@@ -301,7 +301,7 @@ impl Engine {
             let _ = self.images.store_mut().delete_switch(&id);
             return Err(net(e));
         }
-        crate::events::record(self, network_event("create", &sw, None));
+        crate::events::record(self.store(), network_event("create", &sw, None));
         Ok(sw)
     }
 
@@ -337,7 +337,7 @@ impl Engine {
         }
         moat_net::link::remove_switch(&s.config).map_err(net)?;
         self.images.store_mut().delete_switch(&s.id)?;
-        crate::events::record(self, network_event("destroy", &s, None));
+        crate::events::record(self.store(), network_event("destroy", &s, None));
         Ok(s)
     }
 
@@ -507,7 +507,7 @@ impl Engine {
         let mut cfg = c.config.clone();
         cfg.networks.push(ep);
         self.write_config(c.id(), &cfg)?;
-        crate::events::record(self, network_event("connect", &sw, Some(c.id())));
+        crate::events::record(self.store(), network_event("connect", &sw, Some(c.id())));
         self.refresh_hosts(&[sw.id])
     }
 
@@ -525,7 +525,7 @@ impl Engine {
         cfg.networks.retain(|e| e.switch_id != sw.id);
         self.images.store_mut().release_ip(c.id(), &sw.id)?;
         self.write_config(c.id(), &cfg)?;
-        crate::events::record(self, network_event("disconnect", &sw, Some(c.id())));
+        crate::events::record(self.store(), network_event("disconnect", &sw, Some(c.id())));
         self.refresh_hosts(&[sw.id])
     }
 }

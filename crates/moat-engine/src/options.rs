@@ -51,10 +51,10 @@ pub struct EngineOptions {
     /// Most entries in one archive or layer.
     #[serde(default)]
     pub max_unpack_entries: Option<u64>,
-    /// Runs shims on threads of this process with this backend (tests
+    /// Runs shims on threads of this process (tests with a stub backend,
     /// without root); `None` starts the shim binary.
     #[serde(skip)]
-    pub backend: Option<BackendFactory>,
+    pub in_process: Option<InProcessShim>,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -64,14 +64,17 @@ impl std::fmt::Debug for EngineOptions {
             .field("default_isolation", &self.default_isolation)
             .field("kernel_dir", &self.kernel_dir)
             .field("shim_exe", &self.shim_exe)
-            .field("backend", &self.backend.as_ref().map(|_| "in-process"))
+            .field("in_process", &self.in_process.as_ref().map(|_| "in-process"))
             .finish_non_exhaustive()
     }
 }
 
-/// Makes the backend of an in-process shim (see [`EngineOptions::backend`]).
-pub type BackendFactory =
-    Arc<dyn Fn(&crate::shim::ShimContext) -> Result<Box<dyn crate::shim::Backend>, crate::EngineError> + Send + Sync>;
+/// Serves a container's shim on a thread of this process (see
+/// [`EngineOptions::in_process`]): `(options, container ID, the starting
+/// client's socket)`, returning the shim's exit code. The engine names no
+/// shim type here: the caller (a test) closes over `shim::serve_with` and
+/// its backend.
+pub type InProcessShim = Arc<dyn Fn(EngineOptions, String, std::os::unix::net::UnixStream) -> i32 + Send + Sync>;
 
 impl EngineOptions {
     /// Options for `root` with every default.

@@ -282,7 +282,7 @@ impl Engine {
         };
         pod.config.infra_id = infra.id().to_string();
         self.store().update_pod(&id, &row(&pod)?.config)?;
-        events::record(self, pod_event("create", &pod));
+        events::record(self.store(), pod_event("create", &pod));
         Ok(pod)
     }
 
@@ -327,7 +327,7 @@ impl Engine {
                 self.start(c.id())?;
             }
         }
-        events::record(self, pod_event("start", &p.pod));
+        events::record(self.store(), pod_event("start", &p.pod));
         self.pod_with_containers(&p.pod.id)
     }
 
@@ -339,7 +339,7 @@ impl Engine {
                 self.stop(c.id(), StopOptions { timeout, signal: None })?;
             }
         }
-        events::record(self, pod_event("stop", &p.pod));
+        events::record(self.store(), pod_event("stop", &p.pod));
         self.pod_with_containers(&p.pod.id)
     }
 
@@ -358,7 +358,7 @@ impl Engine {
         for c in p.containers.iter().rev().filter(|c| c.is_running()) {
             self.kill(c.id(), signal)?;
         }
-        events::record(self, pod_event("kill", &p.pod).attr("signal", &signal.to_string()));
+        events::record(self.store(), pod_event("kill", &p.pod).attr("signal", &signal.to_string()));
         self.pod_with_containers(&p.pod.id)
     }
 
@@ -377,7 +377,7 @@ impl Engine {
         for c in todo {
             self.pause(c.id(), paused)?;
         }
-        events::record(self, pod_event(if paused { "pause" } else { "unpause" }, &p.pod));
+        events::record(self.store(), pod_event(if paused { "pause" } else { "unpause" }, &p.pod));
         self.pod_with_containers(&p.pod.id)
     }
 
@@ -401,7 +401,7 @@ impl Engine {
         if let Some(infra) = p.infra() {
             self.remove(infra.id(), true, true)?;
         }
-        events::record(self, pod_event("remove", &p.pod));
+        events::record(self.store(), pod_event("remove", &p.pod));
         Ok(p.pod)
     }
 
@@ -429,7 +429,7 @@ impl Engine {
             )));
         }
         for c in &p.containers {
-            crate::check_isolation(&c.config, iso)?;
+            crate::validate::check_isolation(&c.config, iso)?;
         }
         for c in &p.containers {
             self.convert_isolation(c.id(), iso)?;
@@ -438,7 +438,7 @@ impl Engine {
         pod.config.isolation = Some(iso);
         let cfg = serde_json::to_string(&pod.config).map_err(|e| EngineError::Invalid(e.to_string()))?;
         self.store().update_pod(&pod.id, &cfg)?;
-        events::record(self, pod_event("update", &pod).attr("isolation", &iso.to_string()));
+        events::record(self.store(), pod_event("update", &pod).attr("isolation", &iso.to_string()));
         Ok(pod)
     }
 }

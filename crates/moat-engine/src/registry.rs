@@ -302,7 +302,7 @@ impl Engine {
         let id = self.images.finish_pull(txn, &config, &layers, tags, Some(repo_digest.clone()))?;
         progress(PullEvent::Status(format!("Digest: {}", top.digest)));
         progress(PullEvent::Status(format!("Status: Downloaded newer image for {r}")));
-        crate::events::record(self, crate::events::Event::new("image", "pull", &r.to_string()));
+        crate::events::record(self.store(), crate::events::Event::new("image", "pull", &r.to_string()));
         Ok(Pulled { id, reference: r.to_string(), repo_digest, new: true })
     }
 
@@ -489,7 +489,7 @@ impl Engine {
         let digest = client.push_manifest(&target, &tag, manifest::OCI_MANIFEST, &bytes)?;
         self.images.store_mut().add_repo_digest(&format!("{}@{digest}", r.repo), &img.id)?;
         progress(PullEvent::Status(format!("{tag}: digest: {digest} size: {}", bytes.len())));
-        crate::events::record(self, crate::events::Event::new("image", "push", &r.to_string()));
+        crate::events::record(self.store(), crate::events::Event::new("image", "push", &r.to_string()));
         Ok(digest)
     }
 

@@ -336,7 +336,7 @@ impl Engine {
     pub fn top_table(&mut self, key: &str, ps_args: &[String]) -> Result<(Vec<String>, Vec<Vec<String>>), EngineError> {
         let table = self.top_table_of(key, ps_args)?;
         let c = self.get(key)?;
-        crate::events::record(self, crate::events::Event::container("top", &c));
+        crate::events::record(self.store(), crate::events::Event::container("top", &c));
         Ok(table)
     }
 

@@ -113,7 +113,7 @@ pub fn build(
         sysctls.retain(|(d, _)| d != k);
         sysctls.push((k.clone(), v.clone()));
     }
-    let mut env = crate::create::process_env(&cfg.env);
+    let mut env = process_env(&cfg.env);
     let has = moat_runtime::relay::env_names;
     if !has(&env, "HOSTNAME") {
         env.push(format!("HOSTNAME={}", cfg.hostname));
@@ -281,6 +281,12 @@ pub fn link_env(parent: &crate::Container, child: &crate::Container, alias: &str
         }
     }
     env
+}
+
+/// The environment a container's process gets from its configured one:
+/// a bare `KEY` (Docker's way to unset an image's variable) is left out.
+pub fn process_env(env: &[String]) -> Vec<String> {
+    env.iter().filter(|e| e.contains('=')).cloned().collect()
 }
 
 #[cfg(test)]

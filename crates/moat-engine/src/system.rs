@@ -66,23 +66,6 @@ pub struct UsageRow {
     pub reclaimable: u64,
 }
 
-/// Bytes of regular files under `dir` (not following symlinks).
-pub fn dir_size(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(m) = e.path().symlink_metadata() else { continue };
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if m.is_file() {
-                total += m.len();
-            }
-        }
-    }
-    total
-}
-
 /// What a prune removed.
 #[derive(Debug, Clone, Default)]
 pub struct PruneSummary {
@@ -121,7 +104,7 @@ impl Engine {
         let mut cs = UsageRow { total: containers.len(), ..Default::default() };
         for c in &containers {
             used.insert(c.row.image_id.clone());
-            let size = dir_size(&self.layout.container(c.id()).join("upper"));
+            let size = moat_store::dir_size(&self.layout.container(c.id()).join("upper"));
             cs.size += size;
             if c.is_running() {
                 cs.active += 1;
@@ -140,7 +123,7 @@ impl Engine {
         }
         let mut vs = UsageRow::default();
         for (v, users) in self.volumes(&crate::volumes::VolumeFilter::default())? {
-            let size = dir_size(&v.mountpoint);
+            let size = moat_store::dir_size(&v.mountpoint);
             vs.total += 1;
             vs.size += size;
             if users > 0 {

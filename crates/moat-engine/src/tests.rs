@@ -79,11 +79,13 @@ impl Backend for Stub {
 }
 
 fn engine(root: &std::path::Path) -> Engine {
-    let factory: options::BackendFactory =
+    let factory: crate::shim::BackendFactory =
         Arc::new(|_ctx: &ShimContext| Ok(Box::new(Stub::default()) as Box<dyn Backend>));
+    let serve: options::InProcessShim =
+        Arc::new(move |o, id, first| crate::shim::serve_with(o, &id, first, Some(&factory)));
     let opts = EngineOptions {
         config_file: Some(root.join("no-system-config.toml")),
-        backend: Some(factory),
+        in_process: Some(serve),
         ..EngineOptions::new(root)
     };
     Engine::open(opts).unwrap()
@@ -151,14 +153,19 @@ fn run_attach_wait_and_events() {
     assert_eq!(v["Name"], "/b");
     // the event log, in order
     let by_id = format!("container={}", b.id());
-    let evs =
-        events::list(&mut e, None, None, &EventFilter::new(Filters::from_args(&[by_id]).unwrap(), 0).unwrap()).unwrap();
+    let evs = events::list(
+        e.images().store(),
+        None,
+        None,
+        &EventFilter::new(Filters::from_args(&[by_id]).unwrap(), 0).unwrap(),
+    )
+    .unwrap();
     let actions: Vec<&str> = evs.iter().map(|ev| ev.action.as_str()).collect();
     assert_eq!(actions, vec!["create", "start", "die"]);
     assert_eq!(evs[2].actor.attributes["exitCode"], "3");
     e.remove("b", false, false).unwrap();
     let evs = events::list(
-        &mut e,
+        e.images().store(),
         None,
         None,
         &EventFilter::new(Filters::from_args(&["event=destroy".into()]).unwrap(), 0).unwrap(),

@@ -302,9 +302,65 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     Ok(())
 }
 
-/// A byte count from a front end, for a limit stored as `i64`.
-pub fn bytes(what: &str, b: u64) -> Result<i64, EngineError> {
-    i64::try_from(b).map_err(|_| invalid(format!("{what} of {b} bytes is too large")))
+/// Refuses options that `iso` cannot honour, before anything changes.
+pub(crate) fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(), EngineError> {
+    if iso == moat_core::Isolation::Hyperv && cfg.network == "host" {
+        return Err(EngineError::Invalid(
+            "network mode host shares the host's network stack, which a utility VM cannot: use process isolation, or a switch".into(),
+        ));
+    }
+    if iso == moat_core::Isolation::Hyperv {
+        for (flag, mode) in [
+            ("--pid", &cfg.pid_mode),
+            ("--ipc", &cfg.ipc_mode),
+            ("--uts", &cfg.uts_mode),
+            ("--cgroupns", &cfg.cgroupns_mode),
+        ] {
+            if mode == "host" {
+                return Err(EngineError::Invalid(format!(
+                    "{flag}=host shares a namespace of the host's kernel, which a utility VM's container does not run on: use process isolation"
+                )));
+            }
+        }
+    }
+    if iso == moat_core::Isolation::Hyperv && (cfg.limits.cpuset_cpus.is_some() || cfg.limits.cpuset_mems.is_some()) {
+        return Err(EngineError::Invalid(
+            "--cpuset-cpus/--cpuset-mems pin host CPUs and memory nodes, which a utility VM's vCPUs and memory are not: use process isolation, or --cpus".into(),
+        ));
+    }
+    if cfg.limits.swappiness.is_some() || cfg.limits.oom_kill_disable {
+        let what = if cfg.limits.oom_kill_disable { "--oom-kill-disable" } else { "--memory-swappiness" };
+        if iso == moat_core::Isolation::Hyperv {
+            return Err(EngineError::Invalid(format!(
+                "{what} needs cgroup v1, and a utility VM's guest runs cgroup v2, which has no such per-container setting: use process isolation on a cgroup v1 host"
+            )));
+        }
+        if moat_runtime::cgroup::version() == moat_runtime::cgroup::Version::V2 {
+            return Err(EngineError::Invalid(format!(
+                "{what} needs cgroup v1: this host runs cgroup v2, which has no such per-container setting"
+            )));
+        }
+    }
+    if iso == moat_core::Isolation::Hyperv && !cfg.device_cgroup_rules.is_empty() {
+        return Err(EngineError::Invalid(
+            "device cgroup rules admit host devices (--device), which cannot reach a utility VM: use process isolation"
+                .into(),
+        ));
+    }
+    if iso == moat_core::Isolation::Hyperv && !cfg.devices.is_empty() {
+        return Err(EngineError::Invalid(
+            "host devices (--device) cannot reach a utility VM: use process isolation, or no devices".into(),
+        ));
+    }
+    if iso == moat_core::Isolation::Hyperv {
+        if let Some(b) = cfg.binds.iter().find(|b| matches!(b.propagation.as_str(), "slave" | "rslave")) {
+            return Err(EngineError::Invalid(format!(
+                "bind propagation {} of {} needs process isolation: a utility VM sees host directories through virtio-fs, which does not carry new host mounts",
+                b.propagation, b.target
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -345,7 +401,7 @@ mod tests {
         for bad in ["size=bogus", "mode=999", "frobnicate", "uid=x"] {
             assert!(tmpfs_options("/t", bad).is_err(), "{bad}");
         }
-        assert!(bytes("memory", u64::MAX).is_err());
+        assert!(crate::flags::bytes("memory", u64::MAX).is_err());
         let mut c = ContainerConfig { auto_remove: true, restart: RestartPolicy::Always, ..Default::default() };
         assert!(config(&c).is_err_and(|e| e.to_string().contains("Conflicting options")));
         c.restart = RestartPolicy::No;

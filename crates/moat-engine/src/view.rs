@@ -356,7 +356,7 @@ pub struct PsRow {
 
 /// Bytes of a container's writable layer, and of its image.
 fn container_sizes(e: &Engine, c: &Container) -> (u64, u64) {
-    let rw = crate::system::dir_size(&e.layout().container(c.id()).join("upper"));
+    let rw = moat_store::dir_size(&e.layout().container(c.id()).join("upper"));
     let image = e.images.store().image(&c.row.image_id).ok().flatten().map(|i| i.size).unwrap_or(0);
     (rw, image)
 }

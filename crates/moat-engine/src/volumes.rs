@@ -178,7 +178,7 @@ impl Engine {
         self.volume_dir(&name)?;
         match self.store().insert_volume(&row(&name, &cfg)?) {
             Ok(()) => {
-                events::record(self, events::Event::new("volume", "create", &name).attr("driver", "local"));
+                events::record(self.store(), events::Event::new("volume", "create", &name).attr("driver", "local"));
             }
             Err(StoreError::NameInUse { .. }) => {}
             Err(e) => {
@@ -215,7 +215,7 @@ impl Engine {
     /// The view of a volume with its size and users.
     pub fn volume_usage(&self, v: &Volume) -> Result<UsageData, EngineError> {
         let users = self.images.store().volume_users(&v.name)?.len();
-        Ok(UsageData { size: crate::system::dir_size(&v.mountpoint) as i64, ref_count: users as i64 })
+        Ok(UsageData { size: moat_store::dir_size(&v.mountpoint) as i64, ref_count: users as i64 })
     }
 
     /// Removes a volume no container uses (`force`: a missing one is no error).
@@ -253,7 +253,7 @@ impl Engine {
             }
         }
         drop(trash);
-        events::record(self, events::Event::new("volume", "destroy", name).attr("driver", "local"));
+        events::record(self.store(), events::Event::new("volume", "destroy", name).attr("driver", "local"));
         Ok(())
     }
 
@@ -265,7 +265,7 @@ impl Engine {
             if users > 0 || !(all || v.config.anonymous) {
                 continue;
             }
-            let size = crate::system::dir_size(&v.mountpoint);
+            let size = moat_store::dir_size(&v.mountpoint);
             match self.delete_volume(&v.name) {
                 Ok(()) => {
                     out.reclaimed += size;
@@ -341,7 +341,7 @@ impl Engine {
         for m in cfg.binds.iter().filter(|m| m.kind == MountKind::Volume) {
             let dir = self.volume_dir(&m.source)?;
             if new.contains(&m.source) {
-                events::record(self, events::Event::new("volume", "create", &m.source).attr("driver", "local"));
+                events::record(self.store(), events::Event::new("volume", "create", &m.source).attr("driver", "local"));
             }
             if !m.nocopy && rootview::is_empty_dir(&dir) {
                 seed.push((m.target.clone(), dir));

@@ -9,11 +9,13 @@
 //! `docs/store.md`.
 
 mod db;
+mod du;
 pub mod layout;
 pub mod lock;
 pub mod tmp;
 
 pub use db::{ContainerRow, EventRow, ImageRecord, PodRow, Store, StoreError, SwitchRow, VolumeRow};
+pub use du::dir_size;
 pub use layout::Layout;
 pub use lock::{FileLock, LockError};
 pub use tmp::TmpDir;

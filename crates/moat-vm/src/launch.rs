@@ -169,7 +169,7 @@ pub fn programs(qemu: Option<&Path>, virtiofsd: Option<&Path>) -> Result<(PathBu
 /// The version of the QEMU binary at `bin`, remembered in `cache_dir`
 /// per binary identity (running `qemu --version` costs tens of ms per VM).
 pub fn qemu_version_cached(bin: &Path, cache_dir: &Path) -> Result<qemu::Version, VmError> {
-    let Ok(id) = crate::template::FileId::of(bin) else { return qemu_version(bin) };
+    let Ok(id) = crate::files::FileId::of(bin) else { return qemu_version(bin) };
     let key = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(serde_json::to_vec(&id).unwrap_or_default()))
@@ -179,7 +179,7 @@ pub fn qemu_version_cached(bin: &Path, cache_dir: &Path) -> Result<qemu::Version
         return Ok(v);
     }
     let v = qemu_version(bin)?;
-    if crate::template::create_private_dir(cache_dir).is_ok() {
+    if crate::files::create_private_dir(cache_dir).is_ok() {
         let tmp = cache_dir.join(format!(".qemu-version-{}.{}", &key[..16], std::process::id()));
         if std::fs::write(&tmp, serde_json::to_vec(&v).unwrap_or_default()).is_ok() {
             let _ = std::fs::rename(&tmp, &path);

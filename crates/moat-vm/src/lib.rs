@@ -4,6 +4,7 @@
 //! See `docs/vm.md`.
 
 pub mod accel;
+pub mod files;
 pub mod initramfs;
 pub mod kernel;
 pub mod launch;

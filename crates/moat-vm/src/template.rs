@@ -34,31 +34,7 @@ pub const FORMAT: u32 = 3;
 /// The first QEMU that migrates vhost-user-fs (virtio-fs) devices.
 pub const MIN_QEMU: Version = Version(8, 2, 0);
 
-/// A file's identity without reading it (a changed file has a new one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileId {
-    /// Path.
-    pub path: PathBuf,
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time, nanoseconds.
-    pub mtime_ns: i128,
-    /// Inode.
-    pub ino: u64,
-}
-
-impl FileId {
-    /// The identity of `path` (symlinks followed).
-    pub fn of(path: &Path) -> Result<Self, VmError> {
-        let m = std::fs::metadata(path).map_err(VmError::io(format!("stat {}", path.display())))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            size: m.len(),
-            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-            ino: m.ino(),
-        })
-    }
-}
+pub use crate::files::FileId;
 
 /// Everything that shapes a template; its digest names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,18 +129,7 @@ pub fn dir(kernel_dir: &Path) -> PathBuf {
     kernel_dir.join("templates")
 }
 
-/// Creates `p` (and its parents) if needed and makes it 0700: template
-/// files are trusted input, only root may write or read them.
-pub(crate) fn create_private_dir(p: &Path) -> Result<(), VmError> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(p)
-        .map_err(VmError::io(format!("create {}", p.display())))?;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
-        .map_err(VmError::io(format!("chmod {}", p.display())))
-}
+use crate::files::create_private_dir;
 
 /// An exclusive lock on `path`, held until dropped.
 struct Lock(#[allow(dead_code)] std::fs::File);

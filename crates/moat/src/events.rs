@@ -43,7 +43,7 @@ pub fn run(e: &mut Engine, a: EventsArgs) -> Result<i32> {
     };
     let json = a.format.as_deref() == Some("json");
     let mut failed = None;
-    moat_engine::events::follow(e, &f, until, |ev| {
+    moat_engine::events::follow(e.images().store(), &f, until, |ev| {
         let text = match (&tmpl, json) {
             (Some(t), _) => t.render(&ev.fields()),
             (None, true) => serde_json::to_string(ev).map_err(Into::into),

@@ -341,7 +341,7 @@ fn options(cli: &Cli) -> Result<EngineOptions> {
         },
         max_unpack_bytes: env_num("MOAT_MAX_UNPACK_BYTES")?,
         max_unpack_entries: env_num("MOAT_MAX_UNPACK_ENTRIES")?,
-        backend: None,
+        in_process: None,
     })
 }
 

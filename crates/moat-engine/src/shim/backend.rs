@@ -40,6 +40,9 @@ impl ShimContext {
     }
 }
 
+/// Makes the backend of a shim (tests' stubs; see [`super::serve_with`]).
+pub type BackendFactory = std::sync::Arc<dyn Fn(&ShimContext) -> Result<Box<dyn Backend>, EngineError> + Send + Sync>;
+
 /// A descriptor's owner, as a backend names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {

@@ -15,7 +15,7 @@ pub mod local;
 mod ports;
 pub mod vm;
 
-pub use backend::{Backend, BackendEvent, ExecStart, Query, ShimContext, Source};
+pub use backend::{Backend, BackendEvent, BackendFactory, ExecStart, Query, ShimContext, Source};
 pub use ports::serve as serve_port_proxy;
 
 /// The exit code of an exec whose process could not start (a missing
@@ -185,7 +185,13 @@ pub fn main(id: &str, options_json: &str) -> i32 {
 
 /// Runs the shim of container `id`, reporting on `first` (the starting
 /// client). Returns the exit code.
-pub fn serve(opts: EngineOptions, id: &str, mut first: UnixStream) -> i32 {
+pub fn serve(opts: EngineOptions, id: &str, first: UnixStream) -> i32 {
+    serve_with(opts, id, first, None)
+}
+
+/// [`serve`] with the backend `factory` makes (tests' stubs), or the
+/// isolation type's when `None`.
+pub fn serve_with(opts: EngineOptions, id: &str, mut first: UnixStream, factory: Option<&BackendFactory>) -> i32 {
     let dir = moat_store::Layout::new(&opts.root).container(id);
     let lock = match FileLock::try_exclusive(&dir.join("shim.lock")) {
         Ok(Some(l)) => l,
@@ -195,7 +201,7 @@ pub fn serve(opts: EngineOptions, id: &str, mut first: UnixStream) -> i32 {
             return 1;
         }
     };
-    let mut shim = match Shim::new(opts, id, first) {
+    let mut shim = match Shim::new(opts, id, first, factory) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("shim for {id} failed: {e}");
@@ -216,7 +222,12 @@ fn reply_error(first: &mut UnixStream, e: &EngineError) {
 }
 
 impl Shim {
-    fn new(opts: EngineOptions, id: &str, mut first: UnixStream) -> Result<Self, EngineError> {
+    fn new(
+        opts: EngineOptions,
+        id: &str,
+        mut first: UnixStream,
+        factory: Option<&BackendFactory>,
+    ) -> Result<Self, EngineError> {
         let setup = (|| {
             let mut engine = Engine::open(opts.clone())?;
             let c = engine.get(id)?;
@@ -273,7 +284,7 @@ impl Shim {
         };
         // the host ports first: a VM backend may start the main process while it boots
         let backend = ports::bind(ctx.config()).and_then(|ports| {
-            let backend: Box<dyn Backend> = match &opts.backend {
+            let backend: Box<dyn Backend> = match factory {
                 Some(factory) => factory(&ctx)?,
                 None if ctx.config().isolation() == moat_core::Isolation::Hyperv => {
                     match ctx.config().network.strip_prefix("container:") {
@@ -393,7 +404,7 @@ impl Shim {
         for (k, v) in attrs {
             e = e.attr(k, v);
         }
-        events::record(&mut self.engine, e);
+        events::record(self.engine.store(), e);
     }
 
     /// Records the state: first in the state file (always possible, its
