@@ -530,3 +530,70 @@ print("ok")
     // the credentials served one request each: nothing was stored
     assert!(!r.path().join("auth.json").exists());
 }
+
+const COMPOSE_SHARED_VM: &str = r#"services:
+  web:
+    image: busybox
+    isolation: hyperv
+    command: ["httpd", "-f", "-p", "8080", "-h", "/etc"]
+  side:
+    image: busybox
+    isolation: hyperv
+    network_mode: "service:web"
+    command: ["sleep", "1000"]
+    depends_on: [web]
+"#;
+
+/// Docker's way into a sandbox: `--network container:a` and compose's
+/// `network_mode: service:web` put a hyperv container into the other's
+/// utility VM (one QEMU, localhost between them).
+#[test]
+fn docker_network_container_joins_a_vm_hyperv() {
+    let (r, s) = served_with_busybox();
+    s.ok(&["run", "-d", "--isolation=hyperv", "--name", "a", "busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"]);
+    s.ok(&["run", "-d", "--isolation=hyperv", "--network", "container:a", "--name", "b", "busybox", "sleep", "1000"]);
+    let qemu = |c: &str| r.ok(&["inspect", "-f", "{{.VM.QemuPid}}", c]).trim().to_string();
+    assert_eq!(qemu("a"), qemu("b"), "one VM");
+    let ida = s.ok(&["inspect", "-f", "{{.Id}}", "a"]).trim().to_string();
+    let idb = s.ok(&["inspect", "-f", "{{.Id}}", "b"]).trim().to_string();
+    assert_eq!(host_pids_matching(&format!("-name moat-{}", &ida[..12])).len(), 1);
+    assert!(host_pids_matching(&format!("-name moat-{}", &idb[..12])).is_empty());
+    assert_eq!(s.ok(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", "b"]).trim(), format!("container:{ida}"));
+    let got = s.ok(&[
+        "exec",
+        "b",
+        "sh",
+        "-c",
+        "for i in $(seq 100); do wget -q -O - http://127.0.0.1:8080/hostname && exit 0; sleep 0.1; done; exit 1",
+    ]);
+    assert_eq!(got, s.ok(&["exec", "a", "hostname"]));
+    s.ok(&["rm", "-f", "b", "a"]);
+
+    // compose: two services, one VM
+    let plugin = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("cli-plugins/docker-compose");
+    std::fs::create_dir_all(s.docker_config.path().join("cli-plugins")).unwrap();
+    std::os::unix::fs::symlink(&plugin, s.docker_config.path().join("cli-plugins/docker-compose")).unwrap();
+    let proj = tempfile::tempdir().unwrap();
+    std::fs::write(proj.path().join("compose.yaml"), COMPOSE_SHARED_VM).unwrap();
+    let ok = |args: &[&str]| -> String {
+        let o = s.docker_cmd().current_dir(proj.path()).args(["compose", "-p", "vm1"]).args(args).output().unwrap();
+        assert!(o.status.success(), "compose {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    ok(&["up", "-d"]);
+    let (web, side) = (qemu("vm1-web-1"), qemu("vm1-side-1"));
+    assert!(!web.is_empty() && web != "0", "{web}");
+    assert_eq!(web, side, "both services in one VM");
+    let got = ok(&[
+        "exec",
+        "-T",
+        "side",
+        "sh",
+        "-c",
+        "for i in $(seq 100); do wget -q -O - http://127.0.0.1:8080/hostname && exit 0; sleep 0.1; done; exit 1",
+    ]);
+    assert_eq!(got, ok(&["exec", "-T", "web", "hostname"]));
+    assert_eq!(ok(&["exec", "-T", "side", "uname", "-r"]).trim(), guest_kernel_release());
+    ok(&["down"]);
+    assert_eq!(s.ok(&["ps", "-aq"]), "");
+}
