@@ -427,6 +427,45 @@ def main():
             dens.append((f"{k} idle VM containers (from a template, started together)", t_start, t_stop, used / 1024))
             notes.append(f"{k} idle VMs: started in {t_start:.1f} s (target for 32: < 15 s), {used / 1024 / k:.0f} MiB host memory each (target <= 60 MiB)")
 
+    pods = []
+    if want("pod"):
+        # a hyperv pod of 4 idle containers against 4 separate hyperv containers
+        def vm_host_kib():
+            vms = [p for p in pids_matching("-name moat-") if open(f"/proc/{p}/cmdline", "rb").read().startswith(b"/usr/bin/qemu")]
+            fsd = [c for p in pids_matching(f"--shared-dir={a.root}") for c in tree(p)]
+            used = sum(pss_kib(p) for p in pids_matching(f"--root {a.root} shim"))
+            return len(vms), used + host_kib(vms + sorted(set(fsd)))
+        sh(f"{m} pod create --name bpod --isolation hyperv --network none > /dev/null")
+        for i in range(4):
+            sh(f"{m} run -d --pod bpod --name bp{i} busybox sleep 100000 </dev/null >/dev/null 2>&1")
+        time.sleep(5)
+        nq, pod_kib = vm_host_kib()
+        if nq != 1:
+            sys.exit(f"a pod of 4 runs {nq} VMs, not 1")
+        sh(f"{m} pod rm -f bpod > /dev/null")
+        for i in range(4):
+            sh(f"{m} run -d --isolation hyperv --network none --name bs{i} busybox sleep 100000 </dev/null >/dev/null 2>&1")
+        time.sleep(5)
+        nq, sep_kib = vm_host_kib()
+        if nq != 4:
+            sys.exit(f"4 separate VM containers run {nq} VMs")
+        sh(f"{m} rm -f bs0 bs1 bs2 bs3 > /dev/null")
+        pods.append(("hyperv pod: 4 idle containers (one VM)", pod_kib))
+        pods.append(("4 idle hyperv containers (four VMs)", sep_kib))
+        pods.append(("one idle hyperv container (a quarter of the above)", sep_kib / 4))
+        notes.append(f"host memory of a hyperv pod of 4 idle containers = {pod_kib / (sep_kib / 4):.2f}x one VM container "
+                     f"(target <= 1.3x), {pod_kib / sep_kib:.2f}x four separate VM containers")
+        # a second container started in a running pod: no VM to boot
+        sh(f"{m} pod create --name bpod2 --isolation hyperv --network none > /dev/null && {m} pod start bpod2 > /dev/null")
+        inpod, proc = compare([
+            dict(name="moat run --rm --pod P busybox true (a running hyperv pod)", cmd=f"{m} run --rm --pod bpod2 busybox echo moat-pod-ok", expect="moat-pod-ok"),
+            dict(name="moat run --rm --network none busybox true (process)", cmd=f"{m} run --rm --network none busybox true"),
+        ], a.runs)
+        sh(f"{m} pod rm -f bpod2 > /dev/null")
+        out.append(row("start in a pod", inpod))
+        out.append(row("start in a pod", proc, inpod))
+        notes.append(f"a container started in a running hyperv pod = {inpod['median'] / proc['median']:.2f}x moat run of a process container (target <= 3x)")
+
     if want("load"):
         # each timed without its clean-up (moat's rmi, tar's rm -rf run untimed)
         moat, tarx = compare([
@@ -510,6 +549,10 @@ def main():
         print("\n| memory of one idle container | PSS | RSS |\n|---|---:|---:|")
         for name, pss, rss in mem:
             print(f"| {name} | {pss / 1024:.1f} MiB | {'—' if rss is None else f'{rss / 1024:.1f} MiB'} |")
+    if pods:
+        print("\n| pods (idle, host memory: shims, QEMU with its guest RAM, virtiofsd) | PSS |\n|---|---:|")
+        for name, kib in pods:
+            print(f"| {name} | {kib / 1024:.1f} MiB |")
     if dens:
         print("\n| density | start all (wall) | stop+rm all (wall) | host memory (PSS, all processes) |\n|---|---:|---:|---:|")
         for name, ts, tp, mb in dens:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fails when the modules of a crate import each other in a cycle.
 
-Usage: module-cycles.py CRATE_SRC_DIR [--facade]
+Usage: module-cycles.py CRATE_SRC_DIR [--facade] [--layers]
 
 The graph: one node per module file (`shim/vm.rs` is `shim::vm`,
 `shim/mod.rs` is `shim`, `lib.rs` is `crate`), one edge per `crate::`,
@@ -13,7 +13,8 @@ re-export and call anything, but nothing below may depend on it (an edge to
 it is reported as an error of its own).
 
 Prints every strongly connected component of more than one module with the
-import sites that make it, and exits 1 if there is any.
+import sites that make it, and exits 1 if there is any; with --layers (and
+no cycle) prints the modules by layer: each one above everything it imports.
 """
 import os
 import re
@@ -189,6 +190,21 @@ def main():
                     print(f"  {mods[a]}:{sites[(a, b)]}: {a} -> {b}")
     if bad or errors:
         sys.exit(1)
+    if "--layers" in sys.argv:
+        # each module's layer: one above the highest module it imports
+        level = {}
+
+        def lv(v):
+            if v not in level:
+                level[v] = 1 + max((lv(w) for w in graph[v]), default=-1)
+            return level[v]
+
+        by = {}
+        for v in graph:
+            if not (facade and v == "crate"):
+                by.setdefault(lv(v), []).append(v)
+        for k in sorted(by):
+            print(f"L{k}: {' '.join(sorted(by[k]))}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ pub struct Conn {
 impl Conn {
     /// Connects to the running shim of container `id`.
     pub fn connect(layout: &Layout, id: &str) -> Result<Self, EngineError> {
-        let stream = moat_proto::sock::connect(&layout.container(id), "shim.sock")
+        let stream = moat_proto::sock::connect(&layout.container(id), moat_store::ctr_files::SHIM_SOCK)
             .map_err(|e| EngineError::Shim(format!("cannot reach the container's shim: {e}")))?;
         Ok(Self { stream })
     }
@@ -72,7 +72,7 @@ impl Conn {
 
 /// Blocks until the shim of `id` has exited (its lock is free).
 pub fn wait_shim_gone(layout: &Layout, id: &str) {
-    let p = layout.container(id).join("shim.lock");
+    let p = layout.container(id).join(moat_store::ctr_files::SHIM_LOCK);
     if p.exists() {
         let _ = FileLock::exclusive(&p);
     }
@@ -113,7 +113,7 @@ pub fn spawn_shim(opts: &EngineOptions, layout: &Layout, id: &str) -> Result<Con
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(layout.container(id).join("shim.log"))
+        .open(layout.container(id).join(moat_store::ctr_files::SHIM_LOG))
         .map_err(EngineError::io("open shim log"))?;
     let options = serde_json::to_string(opts).map_err(|e| EngineError::Invalid(e.to_string()))?;
     let fd = theirs.as_raw_fd();
@@ -154,7 +154,7 @@ pub fn spawn_shim(opts: &EngineOptions, layout: &Layout, id: &str) -> Result<Con
     if !st.success() {
         return Err(EngineError::Shim(format!(
             "the container's shim failed to start ({st}); see {}",
-            layout.container(id).join("shim.log").display()
+            layout.container(id).join(moat_store::ctr_files::SHIM_LOG).display()
         )));
     }
     Ok(Conn { stream: ours })

@@ -433,7 +433,7 @@ impl Engine {
                         Some(o) => self.get(o)?,
                         None => c.clone(),
                     };
-                    let root = crate::vm::share_dir(&self.layout, owner.id()).join(c.id());
+                    let root = crate::vm::share_dir(&self.layout.container(owner.id())).join(c.id());
                     let rel = root.strip_prefix("/").unwrap_or(&root);
                     Tree::Live(PathBuf::from(format!("/proc/{}/root", owner.state.shim_pid)).join(rel))
                 }

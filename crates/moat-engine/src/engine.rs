@@ -36,7 +36,7 @@ pub(crate) fn parse_row(row: ContainerRow) -> Result<Container, EngineError> {
 /// take ourselves proves the shim dead: any error counts as alive, so a
 /// transient failure never makes a reader kill a running container.
 pub fn shim_alive(layout: &Layout, id: &str) -> bool {
-    let p = layout.container(id).join("shim.lock");
+    let p = layout.container(id).join(moat_store::ctr_files::SHIM_LOCK);
     if !p.exists() {
         return false;
     }
@@ -90,7 +90,7 @@ impl Engine {
         if c.is_running() && !shim_alive(&self.layout, c.id()) {
             let dir = self.layout.container(c.id());
             if let Ok(cg) = serde_json::from_slice::<moat_runtime::cgroup::Cgroup>(
-                &std::fs::read(dir.join("cgroup.json")).unwrap_or_default(),
+                &std::fs::read(dir.join(moat_store::ctr_files::CGROUP)).unwrap_or_default(),
             ) {
                 let _ = cg.destroy();
             }
@@ -143,7 +143,7 @@ impl Engine {
     pub(crate) fn op_lock(&self, id: &str) -> Result<FileLock, EngineError> {
         let dir = self.layout.container(id);
         std::fs::create_dir_all(&dir).map_err(EngineError::io("create container dir"))?;
-        Ok(FileLock::exclusive(&dir.join("op.lock"))?)
+        Ok(FileLock::exclusive(&dir.join(moat_store::ctr_files::OP_LOCK))?)
     }
 
     /// Connects to a running container's shim.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const SIZE: usize = 128 << 10;
 
 fn path(dir: &Path) -> PathBuf {
-    dir.join("state.json")
+    dir.join(moat_store::ctr_files::STATE)
 }
 
 /// The open, allocated state file of a running shim.

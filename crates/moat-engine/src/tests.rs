@@ -7,7 +7,7 @@
 use crate::container_filter::ContainerFilter;
 use crate::events::EventFilter;
 use crate::filter::Filters;
-use crate::shim::{Backend, BackendEvent, ExecStart, Query, ShimContext, Source};
+use crate::shim::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source};
 use crate::*;
 use moat_proto::{ExecSpec, ShimReply, WinSize};
 use std::collections::VecDeque;
@@ -39,8 +39,8 @@ impl Stub {
 }
 
 impl Backend for Stub {
-    fn start_main(&mut self, ctx: &ShimContext) -> Result<u32, EngineError> {
-        let args = ctx.config().args.clone();
+    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, EngineError> {
+        let args = plan.spec.process.args.clone();
         self.run(0, &args);
         Ok(4242)
     }
@@ -75,12 +75,12 @@ impl Backend for Stub {
     fn timers(&mut self, _now: Instant) -> Vec<BackendEvent> {
         self.queue.drain(..).collect()
     }
-    fn teardown(&mut self, _ctx: &ShimContext) {}
+    fn teardown(&mut self, _plan: &ContainerPlan) {}
 }
 
 fn engine(root: &std::path::Path) -> Engine {
     let factory: crate::shim::BackendFactory =
-        Arc::new(|_ctx: &ShimContext| Ok(Box::new(Stub::default()) as Box<dyn Backend>));
+        Arc::new(|_plan: &ContainerPlan| Ok(Box::new(Stub::default()) as Box<dyn Backend>));
     let serve: options::InProcessShim =
         Arc::new(move |o, id, first| crate::shim::serve_with(o, &id, first, Some(&factory)));
     let opts = EngineOptions {

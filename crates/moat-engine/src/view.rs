@@ -854,7 +854,7 @@ impl ContainerInspect {
         let cfg = &c.config;
         let st = &c.state;
         let vm = (cfg.isolation() == moat_core::Isolation::Hyperv).then(|| {
-            let mut v: serde_json::Value = std::fs::read(dir.join("vm.json"))
+            let mut v: serde_json::Value = std::fs::read(dir.join(moat_store::ctr_files::VM))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or_else(|| serde_json::json!({}));

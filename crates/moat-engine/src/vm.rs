@@ -8,7 +8,6 @@ use crate::EngineError;
 use moat_proto::{AgentEvent, AgentRequest, Decoder, Frame, Kind};
 use moat_runtime::mounts::{fdpath, in_root, mnt, Create};
 use moat_runtime::spec::{Mount, NetNs, Rootfs, Spec};
-use moat_store::Layout;
 use nix::mount::MsFlags;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -19,8 +18,8 @@ pub use moat_proto::GUEST_ROOT;
 
 /// Where a sandbox's share is mounted in its shim's mount namespace: the
 /// `rootfs` directory of the container that owns the utility VM.
-pub fn share_dir(layout: &Layout, owner: &str) -> PathBuf {
-    layout.container(owner).join("rootfs")
+pub fn share_dir(owner_dir: &Path) -> PathBuf {
+    owner_dir.join("rootfs")
 }
 
 /// Makes the calling process's mount namespace (private to the shim)
@@ -169,27 +168,39 @@ fn pidfd_of(pid: u32) -> Result<OwnedFd, EngineError> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
 }
 
+/// Which VM to boot: for container `id` (its files in `dir`), of this
+/// size, with a NIC per endpoint.
+pub struct Boot<'a> {
+    /// The container that owns the VM.
+    pub id: &'a str,
+    /// Its directory.
+    pub dir: &'a Path,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Its switch endpoints.
+    pub endpoints: &'a [moat_net::Endpoint],
+}
+
 impl VmLink {
-    /// Boots the VM for container `id` exporting `root`, and waits for the
-    /// agent. `first` goes to the agent as early as the boot allows: right
+    /// Boots the VM `b` exporting `root`, and waits for the agent. `first` goes to the agent as early as the boot allows: right
     /// behind `Resume` on a clone (the agent handles requests in order, so
     /// this saves a round trip through the guest), after `Ready` on a cold
     /// boot; its answer is left for the caller.
     pub fn start(
         opts: &crate::EngineOptions,
-        layout: &Layout,
-        id: &str,
-        cfg: &ContainerConfig,
+        b: &Boot<'_>,
         root: &Path,
         cgroup: &moat_runtime::cgroup::Cgroup,
         first: &AgentRequest,
     ) -> Result<Self, EngineError> {
         let t0 = Instant::now();
-        let (mem_mib, vcpus) = sizing(cfg);
+        let (id, endpoints, mem_mib, vcpus) = (b.id, b.endpoints, b.mem_mib, b.vcpus);
         let base = crate::templates::base(opts, mem_mib, vcpus)?;
         let use_template = crate::templates::status_for(opts, base.version).enabled;
         // a template that cannot be built is a cold boot, unless the user insisted
-        let template = match use_template.then(|| crate::templates::ensure(opts, &base, cfg.networks.len())) {
+        let template = match use_template.then(|| crate::templates::ensure(opts, &base, endpoints.len())) {
             Some(Ok(t)) => Some(t),
             Some(Err(e)) if opts.vm_templates == Some(true) => return Err(e),
             Some(Err(e)) => {
@@ -203,10 +214,10 @@ impl VmLink {
             Some(t) => Some(std::sync::Arc::new(moat_vm::template::memfd("moat-ram", t.meta.shape.mem_mib << 20)?)),
             None => None,
         };
-        let dir = layout.container(id);
-        let console = dir.join("console.log");
+        let dir = b.dir.to_path_buf();
+        let console = dir.join(moat_store::ctr_files::CONSOLE);
         let mut nics = Vec::new();
-        for (n, e) in cfg.networks.iter().enumerate() {
+        for (n, e) in endpoints.iter().enumerate() {
             let tap = moat_net::if_name('t', id, n);
             if let Err(err) = moat_net::link::add_tap(&tap, &e.bridge) {
                 nics.iter().for_each(|(t, _): &(String, String)| moat_net::link::del_link(t));

@@ -16,6 +16,6 @@ pub mod tmp;
 
 pub use db::{ContainerRow, EventRow, ImageRecord, PodRow, Store, StoreError, SwitchRow, VolumeRow};
 pub use du::dir_size;
-pub use layout::Layout;
+pub use layout::{ctr_files, write_atomic, Layout};
 pub use lock::{FileLock, LockError};
 pub use tmp::TmpDir;

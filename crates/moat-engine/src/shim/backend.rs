@@ -10,11 +10,57 @@ use crate::{Container, EngineError, EngineOptions};
 use moat_proto::{ExecSpec, Limits, ShimReply, WinSize};
 use moat_runtime::spec::Spec;
 use moat_store::Layout;
+use serde::{Deserialize, Serialize};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// What a backend is built from.
+/// What a backend runs, as plain values (no engine records): the shim
+/// writes it to `plan.json` in the container's directory, the way an OCI
+/// bundle carries `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerPlan {
+    /// The container's ID.
+    pub id: String,
+    /// Its directory (logs, sockets, the VM's files).
+    pub dir: PathBuf,
+    /// Its runtime spec (host paths).
+    pub spec: Spec,
+    /// Its limits (cgroup, and inside the guest).
+    pub limits: Limits,
+    /// Keep stdin open (`-i`).
+    pub stdin: bool,
+    /// Its switch endpoints (veths, or a VM's taps and NICs).
+    pub endpoints: Vec<moat_net::Endpoint>,
+    /// Its sandbox.
+    pub sandbox: SandboxPlan,
+}
+
+/// Where a container runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SandboxPlan {
+    /// Its own namespaces on this kernel (process isolation).
+    Local,
+    /// A utility VM of its own, of this size.
+    Vm {
+        /// Guest RAM in MiB.
+        mem_mib: u64,
+        /// vCPUs.
+        vcpus: u32,
+    },
+    /// The utility VM of another container (its shim owns it).
+    JoinVm {
+        /// The owner's ID.
+        owner: String,
+        /// The owner's name, for messages.
+        owner_name: String,
+        /// The owner's directory (its `sandbox.sock`, `vm.json`).
+        owner_dir: PathBuf,
+    },
+}
+
+/// What a shim is built from.
 pub struct ShimContext {
     /// The engine's options.
     pub options: EngineOptions,
@@ -26,6 +72,8 @@ pub struct ShimContext {
     pub spec: Spec,
     /// Its directory.
     pub dir: PathBuf,
+    /// What its backend runs.
+    pub plan: ContainerPlan,
 }
 
 impl ShimContext {
@@ -41,7 +89,7 @@ impl ShimContext {
 }
 
 /// Makes the backend of a shim (tests' stubs; see [`super::serve_with`]).
-pub type BackendFactory = std::sync::Arc<dyn Fn(&ShimContext) -> Result<Box<dyn Backend>, EngineError> + Send + Sync>;
+pub type BackendFactory = std::sync::Arc<dyn Fn(&ContainerPlan) -> Result<Box<dyn Backend>, EngineError> + Send + Sync>;
 
 /// A descriptor's owner, as a backend names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +190,7 @@ pub enum BackendEvent {
 /// The interface both isolation types implement.
 pub trait Backend {
     /// Starts the main process (again, for a restart); blocks until it runs.
-    fn start_main(&mut self, ctx: &ShimContext) -> Result<u32, EngineError>;
+    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, EngineError>;
     /// Starts `x` as session `sid` in the running container.
     fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, EngineError>;
     /// Delivers a signal; false when session `sid` has no process.
@@ -176,5 +224,5 @@ pub trait Backend {
         None
     }
     /// Ends everything the backend started and cleans up after it.
-    fn teardown(&mut self, ctx: &ShimContext);
+    fn teardown(&mut self, plan: &ContainerPlan);
 }

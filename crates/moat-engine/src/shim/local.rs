@@ -2,7 +2,7 @@
 //! runtime's relay; its host cgroup holds its limits and device list, and
 //! its switch endpoints are veth pairs created as its init starts.
 
-use super::backend::{Backend, BackendEvent, ExecStart, Query, ShimContext, Source};
+use super::backend::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source};
 use crate::EngineError;
 use moat_proto::{ExecSpec, ShimReply, WinSize};
 use moat_runtime::cgroup::Cgroup;
@@ -17,19 +17,21 @@ pub struct Local {
 impl Local {
     /// Creates the container's cgroup (recorded in `cgroup.json` so a reader
     /// that finds the shim dead can destroy it).
-    pub fn new(ctx: &ShimContext) -> Result<Self, EngineError> {
-        let cg = Cgroup::create(ctx.id(), &crate::spec::limits(ctx.config()))?;
+    pub fn new(plan: &ContainerPlan) -> Result<Self, EngineError> {
+        let cg = Cgroup::create(&plan.id, &plan.limits)?;
         for w in &cg.warnings {
             tracing::warn!("{w}");
         }
-        write_cgroup(ctx, &cg);
+        write_cgroup(plan, &cg);
         Ok(Self { relay: Relay::new(Some(cg), true)? })
     }
 }
 
 /// Records the container's cgroup for readers.
-pub(crate) fn write_cgroup(ctx: &ShimContext, cg: &Cgroup) {
-    if let Err(e) = std::fs::write(ctx.dir.join("cgroup.json"), serde_json::to_vec(cg).unwrap_or_default()) {
+pub(crate) fn write_cgroup(plan: &ContainerPlan, cg: &Cgroup) {
+    if let Err(e) =
+        std::fs::write(plan.dir.join(moat_store::ctr_files::CGROUP), serde_json::to_vec(cg).unwrap_or_default())
+    {
         tracing::warn!("cannot record the cgroup: {e}");
     }
 }
@@ -46,9 +48,9 @@ pub(crate) fn convert(events: Vec<Event>) -> Vec<BackendEvent> {
 }
 
 impl Backend for Local {
-    fn start_main(&mut self, ctx: &ShimContext) -> Result<u32, EngineError> {
-        let id = ctx.id().to_string();
-        let eps = ctx.config().networks.clone();
+    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, EngineError> {
+        let id = plan.id.clone();
+        let eps = plan.endpoints.clone();
         let plumb = move |pid: u32| -> Result<(), moat_runtime::RuntimeError> {
             for (n, e) in eps.iter().enumerate() {
                 moat_net::link::add_veth(
@@ -61,7 +63,7 @@ impl Backend for Local {
             }
             Ok(())
         };
-        Ok(self.relay.start_main(&ctx.spec, ctx.config().open_stdin, &plumb)?)
+        Ok(self.relay.start_main(&plan.spec, plan.stdin, &plumb)?)
     }
 
     fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, EngineError> {
@@ -114,11 +116,11 @@ impl Backend for Local {
         }
     }
 
-    fn teardown(&mut self, ctx: &ShimContext) {
+    fn teardown(&mut self, plan: &ContainerPlan) {
         self.relay.kill_all();
         if let Some(Err(e)) = self.relay.cgroup().map(|c| c.destroy()) {
             tracing::warn!("{e}");
         }
-        let _ = std::fs::remove_file(ctx.dir.join("cgroup.json"));
+        let _ = std::fs::remove_file(plan.dir.join(moat_store::ctr_files::CGROUP));
     }
 }

@@ -15,7 +15,9 @@ pub mod local;
 mod ports;
 pub mod vm;
 
-pub use backend::{Backend, BackendEvent, BackendFactory, ExecStart, Query, ShimContext, Source};
+pub use backend::{
+    Backend, BackendEvent, BackendFactory, ContainerPlan, ExecStart, Query, SandboxPlan, ShimContext, Source,
+};
 pub use ports::serve as serve_port_proxy;
 
 /// The exit code of an exec whose process could not start (a missing
@@ -193,7 +195,7 @@ pub fn serve(opts: EngineOptions, id: &str, first: UnixStream) -> i32 {
 /// isolation type's when `None`.
 pub fn serve_with(opts: EngineOptions, id: &str, mut first: UnixStream, factory: Option<&BackendFactory>) -> i32 {
     let dir = moat_store::Layout::new(&opts.root).container(id);
-    let lock = match FileLock::try_exclusive(&dir.join("shim.lock")) {
+    let lock = match FileLock::try_exclusive(&dir.join(moat_store::ctr_files::SHIM_LOCK)) {
         Ok(Some(l)) => l,
         _ => {
             let _ = Frame::control(0, &ShimReply::Error { message: "container is already running".into() })
@@ -266,16 +268,43 @@ impl Shim {
             let log = LogWriter::open(&dir.join(format!("{id}-json.log")), c.config.log.clone())
                 .map_err(EngineError::io("open log"))?;
             let state_file = StateFile::open(&dir).map_err(EngineError::io("allocate the state file"))?;
-            let listener = moat_proto::sock::bind(&dir, "shim.sock").map_err(EngineError::io("bind shim socket"))?;
+            let listener = moat_proto::sock::bind(&dir, moat_store::ctr_files::SHIM_SOCK)
+                .map_err(EngineError::io("bind shim socket"))?;
             listener.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
             // the switches' bridges and rules (gone after a host reboot) are recreated on use
             for ep in &c.config.networks {
                 moat_net::link::ensure_switch(&engine.find_switch(&ep.switch_id)?.config)?;
             }
-            let ctx = ShimContext { options: opts.clone(), layout: engine.layout().clone(), container: c, spec, dir };
-            Ok((engine, ctx, log, state_file, listener, owner_name))
+            let sandbox = match (c.config.isolation(), c.config.network.strip_prefix("container:")) {
+                (moat_core::Isolation::Process, _) => SandboxPlan::Local,
+                (moat_core::Isolation::Hyperv, Some(owner)) => SandboxPlan::JoinVm {
+                    owner: owner.to_string(),
+                    owner_name: owner_name.unwrap_or_else(|| owner.to_string()),
+                    owner_dir: engine.layout().container(owner),
+                },
+                (moat_core::Isolation::Hyperv, None) => {
+                    let (mem_mib, vcpus) = crate::vm::sizing(&c.config);
+                    SandboxPlan::Vm { mem_mib, vcpus }
+                }
+            };
+            let plan = ContainerPlan {
+                id: id.to_string(),
+                dir: dir.clone(),
+                spec: spec.clone(),
+                limits: crate::spec::limits(&c.config),
+                stdin: c.config.open_stdin,
+                endpoints: c.config.networks.clone(),
+                sandbox,
+            };
+            // what the backend runs, beside the container's other files
+            let js = serde_json::to_vec_pretty(&plan).map_err(|e| EngineError::Invalid(e.to_string()))?;
+            moat_store::write_atomic(&dir.join(moat_store::ctr_files::PLAN), &js)
+                .map_err(EngineError::io("write plan.json"))?;
+            let ctx =
+                ShimContext { options: opts.clone(), layout: engine.layout().clone(), container: c, spec, dir, plan };
+            Ok((engine, ctx, log, state_file, listener))
         })();
-        let (engine, ctx, log, state_file, listener, owner_name) = match setup {
+        let (engine, ctx, log, state_file, listener) = match setup {
             Ok(v) => v,
             Err(e) => {
                 reply_error(&mut first, &e);
@@ -284,19 +313,15 @@ impl Shim {
         };
         // the host ports first: a VM backend may start the main process while it boots
         let backend = ports::bind(ctx.config()).and_then(|ports| {
-            let backend: Box<dyn Backend> = match factory {
-                Some(factory) => factory(&ctx)?,
-                None if ctx.config().isolation() == moat_core::Isolation::Hyperv => {
-                    match ctx.config().network.strip_prefix("container:") {
-                        // the sandbox of another container: its VM
-                        Some(owner) => {
-                            let name = owner_name.clone().unwrap_or_else(|| owner.to_string());
-                            Box::new(vm::Vm::join(&ctx, owner, &name)?)
-                        }
-                        None => Box::new(vm::Vm::new(&ctx)?),
-                    }
+            let plan = &ctx.plan;
+            let backend: Box<dyn Backend> = match (factory, &plan.sandbox) {
+                (Some(factory), _) => factory(plan)?,
+                (None, SandboxPlan::Local) => Box::new(local::Local::new(plan)?),
+                (None, SandboxPlan::Vm { mem_mib, vcpus }) => Box::new(vm::Vm::new(plan, &opts, *mem_mib, *vcpus)?),
+                // the sandbox of another container: its VM
+                (None, SandboxPlan::JoinVm { owner, owner_name, owner_dir }) => {
+                    Box::new(vm::Vm::join(plan, owner, owner_name, owner_dir)?)
                 }
-                None => Box::new(local::Local::new(&ctx)?),
             };
             Ok((backend, ports))
         });
@@ -365,7 +390,7 @@ impl Shim {
                 }
                 shim.save_state();
                 let ctx = &shim.ctx;
-                shim.backend.teardown(ctx);
+                shim.backend.teardown(&ctx.plan);
                 if let Some(c) = shim.clients.get_mut(&cid) {
                     let _ = c.stream.set_nonblocking(false);
                     let _ = Frame::control(0, &ShimReply::Error { message }).write_to(&mut c.stream);
@@ -421,7 +446,7 @@ impl Shim {
 
     /// Creates the container's main process.
     fn start_main(&mut self) -> Result<u32, EngineError> {
-        let pid = self.backend.start_main(&self.ctx)?;
+        let pid = self.backend.start_main(&self.ctx.plan)?;
         self.main_running = true;
         let st = &mut self.ctx.container.state;
         st.status = Status::Running;
@@ -1044,7 +1069,7 @@ impl Shim {
     /// Cleans up after the last exit: backend, proxies, auto-remove, then flushes clients.
     fn finish(&mut self) {
         // no new clients: they fall back to the recorded state
-        let _ = std::fs::remove_file(self.ctx.dir.join("shim.sock"));
+        let _ = std::fs::remove_file(self.ctx.dir.join(moat_store::ctr_files::SHIM_SOCK));
         for (_, s) in self.sessions.drain() {
             execs::update(&self.ctx.layout, &self.ctx.container.row.id, &s.exec_id, |r| {
                 r.running = false;
@@ -1057,7 +1082,7 @@ impl Shim {
         }
         self.ctx.container.state.ports.clear();
         self.save_state();
-        self.backend.teardown(&self.ctx);
+        self.backend.teardown(&self.ctx.plan);
         if self.ctx.container.config.auto_remove {
             let id = self.ctx.id().to_string();
             match self.engine.remove_files_and_row(&id, true) {

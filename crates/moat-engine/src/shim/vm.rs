@@ -17,7 +17,7 @@
 //! the joined container's shim goes away the owner removes it from the
 //! guest; when the VM ends, every joined container ends with the reason.
 
-use super::backend::{Backend, BackendEvent, ExecStart, Query, ShimContext, Source};
+use super::backend::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source};
 use crate::vm::VmLink;
 use crate::EngineError;
 use moat_proto::{AgentEvent, AgentRequest, Decoder, ExecSpec, Frame, Kind, ShimReply, WinSize, SANDBOX_SOCK};
@@ -26,7 +26,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long a query (top, stats, pause, update) sent to the agent may take.
@@ -102,13 +102,13 @@ fn rotate_console(path: &std::path::Path) -> std::io::Result<()> {
 /// The guest's part of creating the container's main process (the owner
 /// of the sandbox), or what a joining container asks the owner (its host
 /// spec, which the owner rewrites for the guest).
-fn guest_create(ctx: &ShimContext, joining: bool) -> moat_proto::GuestCreate {
+fn guest_create(plan: &ContainerPlan, joining: bool) -> moat_proto::GuestCreate {
     moat_proto::GuestCreate {
-        cid: ctx.id().to_string(),
-        spec: if joining { ctx.spec.clone() } else { crate::vm::guest_spec(&ctx.spec, ctx.id()) },
-        limits: crate::spec::limits(ctx.config()),
+        cid: plan.id.clone(),
+        spec: if joining { plan.spec.clone() } else { crate::vm::guest_spec(&plan.spec, &plan.id) },
+        limits: plan.limits.clone(),
         cgroup: moat_proto::GUEST_CGROUP.to_string(),
-        stdin: ctx.config().open_stdin,
+        stdin: plan.stdin,
     }
 }
 
@@ -226,17 +226,25 @@ impl Vm {
     /// Mounts the sandbox's share and the container's root under it, boots
     /// the VM (its QEMU and virtiofsd in the container's host cgroup) and
     /// waits for the agent.
-    pub fn new(ctx: &ShimContext) -> Result<Self, EngineError> {
+    pub fn new(
+        plan: &ContainerPlan,
+        options: &crate::EngineOptions,
+        mem_mib: u64,
+        vcpus: u32,
+    ) -> Result<Self, EngineError> {
         let limits = Limits { devices: moat_runtime::devices::DevicePolicy::AllowAll, ..Default::default() };
-        let cgroup = Cgroup::create(ctx.id(), &limits)?;
-        super::local::write_cgroup(ctx, &cgroup);
-        let create = AgentRequest::Create(Box::new(guest_create(ctx, false)));
-        let share = crate::vm::share_dir(&ctx.layout, ctx.id());
+        let cgroup = Cgroup::create(&plan.id, &limits)?;
+        super::local::write_cgroup(plan, &cgroup);
+        let create = AgentRequest::Create(Box::new(guest_create(plan, false)));
+        let share = crate::vm::share_dir(&plan.dir);
         let booted = crate::vm::prepare_share(&share)
-            .and_then(|()| crate::vm::prepare_root(&ctx.spec, &share, ctx.id()))
-            .and_then(|_| VmLink::start(&ctx.options, &ctx.layout, ctx.id(), ctx.config(), &share, &cgroup, &create))
+            .and_then(|()| crate::vm::prepare_root(&plan.spec, &share, &plan.id))
+            .and_then(|_| {
+                let boot = crate::vm::Boot { id: &plan.id, dir: &plan.dir, mem_mib, vcpus, endpoints: &plan.endpoints };
+                VmLink::start(options, &boot, &share, &cgroup, &create)
+            })
             .and_then(|l| {
-                let listener = moat_proto::sock::bind(&ctx.dir, SANDBOX_SOCK)
+                let listener = moat_proto::sock::bind(&plan.dir, SANDBOX_SOCK)
                     .map_err(EngineError::io("bind the sandbox socket"))?;
                 listener.set_nonblocking(true).map_err(EngineError::io("sandbox socket"))?;
                 Ok((l, listener))
@@ -249,16 +257,15 @@ impl Vm {
                 return Err(e);
             }
         };
-        let (mem_mib, vcpus) = crate::vm::sizing(ctx.config());
         let info = serde_json::json!({
             "Accelerator": link.accel, "Kernel": link.kernel, "MemoryMiB": mem_mib, "Vcpus": vcpus,
             "QemuPid": link.vm.qemu.id(), "VirtiofsdPid": link.vm.virtiofsd.id(),
             "Boot": if link.template.is_some() { "template" } else { "cold" },
             "Template": link.template,
         });
-        let _ = std::fs::write(ctx.dir.join("vm.json"), info.to_string());
+        let _ = std::fs::write(plan.dir.join(moat_store::ctr_files::VM), info.to_string());
         Ok(Self {
-            cid: ctx.id().to_string(),
+            cid: plan.id.clone(),
             link: Some(link),
             member: None,
             sandbox: Some(Sandbox {
@@ -290,24 +297,23 @@ impl Vm {
     /// Joins the sandbox of container `owner` (its shim owns the VM): no
     /// VM of its own; the owner mounts this container's root and routes its
     /// sessions to the agent.
-    pub fn join(ctx: &ShimContext, owner: &str, owner_name: &str) -> Result<Self, EngineError> {
-        let odir = ctx.layout.container(owner);
-        let sock = moat_proto::sock::connect(&odir, SANDBOX_SOCK).map_err(|e| {
+    pub fn join(plan: &ContainerPlan, owner: &str, owner_name: &str, odir: &Path) -> Result<Self, EngineError> {
+        let sock = moat_proto::sock::connect(odir, SANDBOX_SOCK).map_err(|e| {
             EngineError::Conflict(format!(
                 "cannot join the utility VM of {owner_name}: its sandbox does not answer ({e})"
             ))
         })?;
         sock.set_nonblocking(true).map_err(EngineError::io("sandbox socket"))?;
-        let mut info: serde_json::Value = std::fs::read(odir.join("vm.json"))
+        let mut info: serde_json::Value = std::fs::read(odir.join(moat_store::ctr_files::VM))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_else(|| serde_json::json!({}));
         info["Sandbox"] = serde_json::Value::String(owner.to_string());
-        let _ = std::fs::write(ctx.dir.join("vm.json"), info.to_string());
+        let _ = std::fs::write(plan.dir.join(moat_store::ctr_files::VM), info.to_string());
         let mem_mib = info["MemoryMiB"].as_u64().unwrap_or(moat_vm::launch::DEFAULT_MEMORY_MIB);
         let vcpus = info["Vcpus"].as_u64().unwrap_or(1) as u32;
         Ok(Self {
-            cid: ctx.id().to_string(),
+            cid: plan.id.clone(),
             link: None,
             member: Some(MemberLink { sock, dec: Decoder::default(), out: Vec::new(), owner: owner_name.to_string() }),
             sandbox: None,
@@ -665,12 +671,12 @@ impl Vm {
 }
 
 impl Backend for Vm {
-    fn start_main(&mut self, ctx: &ShimContext) -> Result<u32, EngineError> {
+    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, EngineError> {
         let sent = std::mem::take(&mut self.create_sent);
         tracing::debug!("VM: creating the container in the guest");
         if !sent {
             let joining = self.member.is_some();
-            self.send(0, &AgentRequest::Create(Box::new(guest_create(ctx, joining))));
+            self.send(0, &AgentRequest::Create(Box::new(guest_create(plan, joining))));
         }
         let t = Duration::from_secs(60);
         let gone = || EngineError::Shim("the utility VM is gone".into());
@@ -901,7 +907,7 @@ impl Backend for Vm {
         Some(self.info.clone())
     }
 
-    fn teardown(&mut self, ctx: &ShimContext) {
+    fn teardown(&mut self, plan: &ContainerPlan) {
         // a joined container leaves: closing the socket tells the owner
         self.member = None;
         if let Some(mut link) = self.link.take() {
@@ -916,13 +922,13 @@ impl Backend for Vm {
         // in this process's mount namespace
         if let Some(sb) = self.sandbox.take() {
             let _ = nix::mount::umount2(&sb.share, nix::mount::MntFlags::MNT_DETACH);
-            let _ = std::fs::remove_file(ctx.dir.join(SANDBOX_SOCK));
+            let _ = std::fs::remove_file(plan.dir.join(SANDBOX_SOCK));
         }
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.destroy() {
                 tracing::warn!("{e}");
             }
-            let _ = std::fs::remove_file(ctx.dir.join("cgroup.json"));
+            let _ = std::fs::remove_file(plan.dir.join(moat_store::ctr_files::CGROUP));
         }
     }
 }
