@@ -133,6 +133,13 @@ impl Engine {
             return Err(EngineError::Conflict(format!("container {} is already running", c.name())));
         }
         self.prepare_dirs(c.id(), &c.config)?;
+        // what the shim starts from (a refusal here is a start failure, as
+        // when the shim itself found it)
+        let plan = self.shim_plan(&c).map_err(|e| match e {
+            EngineError::Start { .. } => e,
+            e => EngineError::Start { message: e.to_string(), code: 125 },
+        })?;
+        plan.write(&self.layout.container(c.id()))?;
         let mut conn = client::spawn_shim(&self.options, &self.layout, c.id())?;
         match conn.recv_reply()? {
             ShimReply::Started { .. } => {}
@@ -150,6 +157,81 @@ impl Engine {
         };
         let tty = c.config.tty;
         Ok((c, Session::new(conn, tty)))
+    }
+
+    /// What container `c`'s shim starts from: its runtime spec (the image's
+    /// config, `--init`, the sandbox it joins, its legacy links' environment),
+    /// its switches and its backend's plan.
+    fn shim_plan(&mut self, c: &Container) -> Result<crate::shim::ShimPlan, EngineError> {
+        use crate::shim::{ContainerPlan, SandboxPlan};
+        let id = c.id();
+        let image =
+            self.images.store().image(&c.row.image_id)?.ok_or_else(|| {
+                EngineError::Invalid(format!("image {} of this container was removed", c.row.image_id))
+            })?;
+        let init = if c.config.init { Some(self.options.agent()?) } else { None };
+        let mut spec = crate::spec::build(&self.layout, id, &c.config, &image, init.as_deref())?;
+        let mut owner_name = None;
+        if let Some(other) = c.config.network.strip_prefix("container:") {
+            let o = self.get(other)?;
+            crate::spec::join_network(&mut spec, &self.layout, &o, c.config.isolation())?;
+            owner_name = Some(o.name().to_string());
+        }
+        // legacy links: the linked containers run; their environment
+        // comes first, the container's own entries win
+        let mut link_env = Vec::new();
+        for l in &c.config.links {
+            let child = self
+                .get(&l.id)
+                .map_err(|_| EngineError::NotFound(format!("could not get container for {}", l.alias)))?;
+            if !child.is_running() {
+                return Err(EngineError::Invalid(format!(
+                    "Cannot link to a non running container: /{} AS /{}/{}",
+                    child.name(),
+                    c.name(),
+                    l.alias
+                )));
+            }
+            link_env.extend(crate::spec::link_env(c, &child, &l.alias));
+        }
+        if !link_env.is_empty() {
+            spec.process.env = moat_runtime::relay::merge_env(&link_env, &spec.process.env);
+        }
+        let mut switches = Vec::new();
+        for ep in &c.config.networks {
+            switches.push(self.find_switch(&ep.switch_id)?.config);
+        }
+        let sandbox = match (c.config.isolation(), c.config.network.strip_prefix("container:")) {
+            (moat_core::Isolation::Process, _) => SandboxPlan::Local,
+            (moat_core::Isolation::Hyperv, Some(owner)) => SandboxPlan::JoinVm {
+                owner: owner.to_string(),
+                owner_name: owner_name.unwrap_or_else(|| owner.to_string()),
+                owner_dir: self.layout.container(owner),
+            },
+            (moat_core::Isolation::Hyperv, None) => {
+                let (mem_mib, vcpus) = crate::vm::sizing(&c.config);
+                SandboxPlan::Vm { mem_mib, vcpus }
+            }
+        };
+        let backend = ContainerPlan {
+            id: id.to_string(),
+            dir: self.layout.container(id),
+            spec,
+            limits: crate::spec::limits(&c.config),
+            stdin: c.config.open_stdin,
+            endpoints: c.config.networks.clone(),
+            sandbox,
+        };
+        Ok(crate::shim::ShimPlan {
+            id: id.to_string(),
+            name: c.name().to_string(),
+            image_id: c.row.image_id.to_string(),
+            created: c.row.created,
+            config: c.config.clone(),
+            state: c.state.clone(),
+            switches,
+            backend,
+        })
     }
 
     /// Creates and starts a container (Docker's `run`); a container that

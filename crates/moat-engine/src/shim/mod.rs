@@ -11,13 +11,17 @@
 //! single-threaded is what makes forking container processes from it safe.
 
 pub mod backend;
+pub mod host;
 pub mod local;
+pub mod plan;
 mod ports;
 pub mod vm;
 
 pub use backend::{
     Backend, BackendEvent, BackendFactory, ContainerPlan, ExecStart, Query, SandboxPlan, ShimContext, Source,
 };
+pub use host::{ShimHost, StoreHost};
+pub use plan::ShimPlan;
 pub use ports::serve as serve_port_proxy;
 
 /// The exit code of an exec whose process could not start (a missing
@@ -26,10 +30,10 @@ pub use ports::serve as serve_port_proxy;
 const EXEC_START_FAILED: i32 = 126;
 
 use crate::config::{RestartPolicy, Status};
-use crate::events::{self, Event};
+use crate::events::Event;
 use crate::logs::LogWriter;
 use crate::statefile::StateFile;
-use crate::{execs, Engine, EngineError, EngineOptions};
+use crate::{execs, EngineError, EngineOptions};
 use chrono::Utc;
 use moat_proto::{Decoder, ExecSpec, Frame, Kind, ShimReply, ShimRequest};
 use moat_runtime::relay::{MAIN, READ_CHUNK};
@@ -83,7 +87,7 @@ enum Tok {
 }
 
 struct Shim {
-    engine: Engine,
+    host: Box<dyn ShimHost>,
     ctx: ShimContext,
     backend: Box<dyn Backend>,
     log: LogWriter,
@@ -231,40 +235,11 @@ impl Shim {
         factory: Option<&BackendFactory>,
     ) -> Result<Self, EngineError> {
         let setup = (|| {
-            let mut engine = Engine::open(opts.clone())?;
-            let c = engine.get(id)?;
-            let image = engine.images().store().image(&c.row.image_id)?.ok_or_else(|| {
-                EngineError::Invalid(format!("image {} of this container was removed", c.row.image_id))
-            })?;
-            let init = if c.config.init { Some(engine.options().agent()?) } else { None };
-            let mut spec = crate::spec::build(engine.layout(), id, &c.config, &image, init.as_deref())?;
-            let mut owner_name = None;
-            if let Some(other) = c.config.network.strip_prefix("container:") {
-                let o = engine.get(other)?;
-                crate::spec::join_network(&mut spec, engine.layout(), &o, c.config.isolation())?;
-                owner_name = Some(o.name().to_string());
-            }
-            // legacy links: the linked containers run; their environment
-            // comes first, the container's own entries win
-            let mut link_env = Vec::new();
-            for l in &c.config.links {
-                let child = engine
-                    .get(&l.id)
-                    .map_err(|_| EngineError::NotFound(format!("could not get container for {}", l.alias)))?;
-                if !child.is_running() {
-                    return Err(EngineError::Invalid(format!(
-                        "Cannot link to a non running container: /{} AS /{}/{}",
-                        child.name(),
-                        c.name(),
-                        l.alias
-                    )));
-                }
-                link_env.extend(crate::spec::link_env(&c, &child, &l.alias));
-            }
-            if !link_env.is_empty() {
-                spec.process.env = moat_runtime::relay::merge_env(&link_env, &spec.process.env);
-            }
-            let dir = engine.layout().container(id);
+            let layout = moat_store::Layout::new(&opts.root);
+            let dir = layout.container(id);
+            let plan = ShimPlan::read(&dir)?;
+            let c = plan.container()?;
+            let host: Box<dyn ShimHost> = Box::new(StoreHost::open(&opts)?);
             let log = LogWriter::open(&dir.join(format!("{id}-json.log")), c.config.log.clone())
                 .map_err(EngineError::io("open log"))?;
             let state_file = StateFile::open(&dir).map_err(EngineError::io("allocate the state file"))?;
@@ -272,39 +247,14 @@ impl Shim {
                 .map_err(EngineError::io("bind shim socket"))?;
             listener.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
             // the switches' bridges and rules (gone after a host reboot) are recreated on use
-            for ep in &c.config.networks {
-                moat_net::link::ensure_switch(&engine.find_switch(&ep.switch_id)?.config)?;
+            for sw in &plan.switches {
+                moat_net::link::ensure_switch(sw)?;
             }
-            let sandbox = match (c.config.isolation(), c.config.network.strip_prefix("container:")) {
-                (moat_core::Isolation::Process, _) => SandboxPlan::Local,
-                (moat_core::Isolation::Hyperv, Some(owner)) => SandboxPlan::JoinVm {
-                    owner: owner.to_string(),
-                    owner_name: owner_name.unwrap_or_else(|| owner.to_string()),
-                    owner_dir: engine.layout().container(owner),
-                },
-                (moat_core::Isolation::Hyperv, None) => {
-                    let (mem_mib, vcpus) = crate::vm::sizing(&c.config);
-                    SandboxPlan::Vm { mem_mib, vcpus }
-                }
-            };
-            let plan = ContainerPlan {
-                id: id.to_string(),
-                dir: dir.clone(),
-                spec: spec.clone(),
-                limits: crate::spec::limits(&c.config),
-                stdin: c.config.open_stdin,
-                endpoints: c.config.networks.clone(),
-                sandbox,
-            };
-            // what the backend runs, beside the container's other files
-            let js = serde_json::to_vec_pretty(&plan).map_err(|e| EngineError::Invalid(e.to_string()))?;
-            moat_store::write_atomic(&dir.join(moat_store::ctr_files::PLAN), &js)
-                .map_err(EngineError::io("write plan.json"))?;
-            let ctx =
-                ShimContext { options: opts.clone(), layout: engine.layout().clone(), container: c, spec, dir, plan };
-            Ok((engine, ctx, log, state_file, listener))
+            let spec = plan.backend.spec.clone();
+            let ctx = ShimContext { options: opts.clone(), layout, container: c, spec, dir, plan: plan.backend };
+            Ok((host, ctx, log, state_file, listener))
         })();
-        let (engine, ctx, log, state_file, listener) = match setup {
+        let (host, ctx, log, state_file, listener) = match setup {
             Ok(v) => v,
             Err(e) => {
                 reply_error(&mut first, &e);
@@ -325,20 +275,20 @@ impl Shim {
             };
             Ok((backend, ports))
         });
-        let mut engine = engine;
+        let mut host = host;
         let (backend, ports) = match backend {
             Ok(b) => b,
             Err(e) => {
                 let mut st = ctx.container.state.clone();
                 st.exit_code = 125;
                 st.error = e.to_string();
-                let _ = engine.save_state(ctx.id(), &st);
+                let _ = host.record_state(ctx.id(), &st);
                 reply_error(&mut first, &e);
                 return Err(e);
             }
         };
         let mut shim = Shim {
-            engine,
+            host,
             ctx,
             backend,
             log,
@@ -429,7 +379,7 @@ impl Shim {
         for (k, v) in attrs {
             e = e.attr(k, v);
         }
-        events::record(self.engine.store(), e);
+        self.host.record_event(e);
     }
 
     /// Records the state: first in the state file (always possible, its
@@ -439,7 +389,7 @@ impl Shim {
         if let Err(e) = self.state_file.write(&st) {
             tracing::error!("cannot write the state file: {e}");
         }
-        if let Err(e) = self.engine.save_state(self.ctx.id(), &st) {
+        if let Err(e) = self.host.record_state(self.ctx.id(), &st) {
             tracing::error!("cannot record state: {e}");
         }
     }
@@ -1085,15 +1035,10 @@ impl Shim {
         self.backend.teardown(&self.ctx.plan);
         if self.ctx.container.config.auto_remove {
             let id = self.ctx.id().to_string();
-            match self.engine.remove_files_and_row(&id, true) {
-                Ok(()) => {
-                    self.event("destroy", &[]);
-                    let switches: Vec<String> =
-                        self.ctx.container.config.networks.iter().map(|e| e.switch_id.clone()).collect();
-                    if let Err(e) = self.engine.refresh_hosts(&switches) {
-                        tracing::warn!("{e}");
-                    }
-                }
+            let switches: Vec<String> =
+                self.ctx.container.config.networks.iter().map(|e| e.switch_id.clone()).collect();
+            match self.host.auto_remove(&id, &switches) {
+                Ok(()) => self.event("destroy", &[]),
                 Err(e) => tracing::error!("auto-remove failed: {e}"),
             }
         }
