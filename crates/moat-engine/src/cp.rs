@@ -402,7 +402,7 @@ fn run_in<T: Send>(tree: &Tree, f: impl FnOnce() -> Result<T, EngineError> + Sen
             let (Some(share), Some(name)) = (share, name.and_then(|n| n.to_str())) else {
                 return Err(EngineError::Invalid("the container's root has no parent directory".into()));
             };
-            let root = crate::vm::prepare_root(spec, share, name)?;
+            let root = moat_sandbox::link::prepare_root(spec, share, name)?;
             enter(&root)?;
             f()
         }),
@@ -433,7 +433,7 @@ impl Engine {
                         Some(o) => self.get(o)?,
                         None => c.clone(),
                     };
-                    let root = crate::vm::share_dir(&self.layout.container(owner.id())).join(c.id());
+                    let root = moat_sandbox::link::share_dir(&self.layout.container(owner.id())).join(c.id());
                     let rel = root.strip_prefix("/").unwrap_or(&root);
                     Tree::Live(PathBuf::from(format!("/proc/{}/root", owner.state.shim_pid)).join(rel))
                 }

@@ -133,3 +133,21 @@ impl EngineError {
         }
     }
 }
+
+impl From<moat_sandbox::SandboxError> for EngineError {
+    /// A sandbox's error as the engine's variant of the same meaning.
+    fn from(e: moat_sandbox::SandboxError) -> Self {
+        use moat_sandbox::SandboxError as S;
+        match e {
+            S::Runtime(e) => Self::Runtime(e),
+            S::Vm(e) => Self::Vm(e),
+            S::Net(e) => Self::Net(e),
+            S::Invalid(m) => Self::Invalid(m),
+            S::Unsupported(m) => Self::Unsupported(m),
+            S::Conflict(m) => Self::Conflict(m),
+            S::Shim(m) => Self::Shim(m),
+            S::Io(c, e) => Self::Io(c, e),
+            S::Start { message, code } => Self::Start { message, code },
+        }
+    }
+}

@@ -117,6 +117,19 @@ impl EngineOptions {
         l
     }
 
+    /// What utility VMs are made of, for the sandbox crate.
+    pub fn vm_options(&self) -> moat_sandbox::VmOptions {
+        moat_sandbox::VmOptions {
+            kernel_dir: self.kernel_dir(),
+            agent: self.agent.clone(),
+            shim_exe: self.shim_exe().ok(),
+            qemu: self.qemu.clone(),
+            virtiofsd: self.virtiofsd.clone(),
+            boot_timeout_secs: self.vm_boot_timeout_secs,
+            templates: self.vm_templates,
+        }
+    }
+
     /// The agent binary.
     pub fn agent(&self) -> Result<PathBuf, moat_vm::VmError> {
         match &self.agent {

@@ -39,12 +39,12 @@ impl Stub {
 }
 
 impl Backend for Stub {
-    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, EngineError> {
+    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, moat_sandbox::SandboxError> {
         let args = plan.spec.process.args.clone();
         self.run(0, &args);
         Ok(4242)
     }
-    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, EngineError> {
+    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, moat_sandbox::SandboxError> {
         self.run(sid, &x.args);
         Ok(ExecStart::Now(4243))
     }

@@ -16,6 +16,7 @@ pub mod tmp;
 
 pub use db::{ContainerRow, EventRow, ImageRecord, PodRow, Store, StoreError, SwitchRow, VolumeRow};
 pub use du::dir_size;
-pub use layout::{ctr_files, write_atomic, Layout};
+pub use layout::{write_atomic, Layout};
 pub use lock::{FileLock, LockError};
+pub use moat_core::ctr_files;
 pub use tmp::TmpDir;

@@ -10,19 +10,42 @@
 //! `shim.lock` for its whole life tells everyone else it is alive. Being
 //! single-threaded is what makes forking container processes from it safe.
 
-pub mod backend;
 pub mod host;
-pub mod local;
 pub mod plan;
 mod ports;
-pub mod vm;
 
-pub use backend::{
-    Backend, BackendEvent, BackendFactory, ContainerPlan, ExecStart, Query, SandboxPlan, ShimContext, Source,
-};
 pub use host::{ShimHost, StoreHost};
+pub use moat_sandbox::{Backend, BackendEvent, BackendFactory, ContainerPlan, ExecStart, Query, SandboxPlan, Source};
 pub use plan::ShimPlan;
 pub use ports::serve as serve_port_proxy;
+
+/// What a shim is built from.
+pub struct ShimContext {
+    /// The engine's options.
+    pub options: EngineOptions,
+    /// The root's layout.
+    pub layout: moat_store::Layout,
+    /// The container (as recorded when its shim started).
+    pub container: crate::Container,
+    /// Its runtime spec (host paths).
+    pub spec: moat_runtime::spec::Spec,
+    /// Its directory.
+    pub dir: std::path::PathBuf,
+    /// What its backend runs.
+    pub plan: ContainerPlan,
+}
+
+impl ShimContext {
+    /// The container's ID.
+    pub fn id(&self) -> &str {
+        self.container.id()
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &crate::config::ContainerConfig {
+        &self.container.config
+    }
+}
 
 /// The exit code of an exec whose process could not start (a missing
 /// binary, a bad working directory, a bad user): 126, as Docker's daemon
@@ -266,11 +289,13 @@ impl Shim {
             let plan = &ctx.plan;
             let backend: Box<dyn Backend> = match (factory, &plan.sandbox) {
                 (Some(factory), _) => factory(plan)?,
-                (None, SandboxPlan::Local) => Box::new(local::Local::new(plan)?),
-                (None, SandboxPlan::Vm { mem_mib, vcpus }) => Box::new(vm::Vm::new(plan, &opts, *mem_mib, *vcpus)?),
+                (None, SandboxPlan::Local) => Box::new(moat_sandbox::local::Local::new(plan)?),
+                (None, SandboxPlan::Vm { mem_mib, vcpus }) => {
+                    Box::new(moat_sandbox::vm::Vm::new(plan, &opts.vm_options(), *mem_mib, *vcpus)?)
+                }
                 // the sandbox of another container: its VM
                 (None, SandboxPlan::JoinVm { owner, owner_name, owner_dir }) => {
-                    Box::new(vm::Vm::join(plan, owner, owner_name, owner_dir)?)
+                    Box::new(moat_sandbox::vm::Vm::join(plan, owner, owner_name, owner_dir)?)
                 }
             };
             Ok((backend, ports))
@@ -914,7 +939,7 @@ impl Shim {
                     r.exit_code = Some(code);
                 });
                 let message = match e {
-                    EngineError::Runtime(moat_runtime::RuntimeError::Start { message, .. }) => message,
+                    moat_sandbox::SandboxError::Runtime(moat_runtime::RuntimeError::Start { message, .. }) => message,
                     e => e.to_string(),
                 };
                 self.reply(id, ShimReply::Error { message });

@@ -3,11 +3,11 @@
 //! shim, the way an OCI bundle carries `config.json`; the shim reads it and
 //! never opens the engine to set up.
 
-use super::backend::ContainerPlan;
 use crate::config::{ContainerConfig, ContainerState};
 use crate::container::Container;
 use crate::error::EngineError;
 use chrono::{DateTime, Utc};
+use moat_sandbox::ContainerPlan;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -1,15 +1,13 @@
-//! What runs a container's processes, behind one interface: [`super::local`]
-//! (namespaces on this kernel) and [`super::vm`] (a utility VM whose agent
+//! What runs a container's processes, behind one interface: [`crate::local`]
+//! (namespaces on this kernel) and [`crate::vm`] (a utility VM whose agent
 //! runs the same local relay). A new way to run containers (a VM restored
 //! from a template, a pod sandbox) is one more implementation. The shim
 //! owns the poll loop; a backend says what to watch and turns readiness
 //! and timers into [`BackendEvent`]s.
 
-use crate::config::ContainerConfig;
-use crate::{Container, EngineError, EngineOptions};
+use crate::SandboxError;
 use moat_proto::{ExecSpec, Limits, ShimReply, WinSize};
 use moat_runtime::spec::Spec;
-use moat_store::Layout;
 use serde::{Deserialize, Serialize};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -60,36 +58,9 @@ pub enum SandboxPlan {
     },
 }
 
-/// What a shim is built from.
-pub struct ShimContext {
-    /// The engine's options.
-    pub options: EngineOptions,
-    /// The root's layout.
-    pub layout: Layout,
-    /// The container (as recorded when its shim started).
-    pub container: Container,
-    /// Its runtime spec (host paths).
-    pub spec: Spec,
-    /// Its directory.
-    pub dir: PathBuf,
-    /// What its backend runs.
-    pub plan: ContainerPlan,
-}
-
-impl ShimContext {
-    /// The container's ID.
-    pub fn id(&self) -> &str {
-        self.container.id()
-    }
-
-    /// Its configuration.
-    pub fn config(&self) -> &ContainerConfig {
-        &self.container.config
-    }
-}
-
-/// Makes the backend of a shim (tests' stubs; see [`super::serve_with`]).
-pub type BackendFactory = std::sync::Arc<dyn Fn(&ContainerPlan) -> Result<Box<dyn Backend>, EngineError> + Send + Sync>;
+/// Makes the backend of a container (a caller's own, such as tests' stubs).
+pub type BackendFactory =
+    std::sync::Arc<dyn Fn(&ContainerPlan) -> Result<Box<dyn Backend>, SandboxError> + Send + Sync>;
 
 /// A descriptor's owner, as a backend names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,9 +161,9 @@ pub enum BackendEvent {
 /// The interface both isolation types implement.
 pub trait Backend {
     /// Starts the main process (again, for a restart); blocks until it runs.
-    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, EngineError>;
+    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, SandboxError>;
     /// Starts `x` as session `sid` in the running container.
-    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, EngineError>;
+    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, SandboxError>;
     /// Delivers a signal; false when session `sid` has no process.
     fn signal(&mut self, sid: u32, signal: i32) -> bool;
     /// Resizes a session's terminal.

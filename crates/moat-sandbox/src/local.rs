@@ -2,8 +2,8 @@
 //! runtime's relay; its host cgroup holds its limits and device list, and
 //! its switch endpoints are veth pairs created as its init starts.
 
-use super::backend::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source};
-use crate::EngineError;
+use crate::backend::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source};
+use crate::SandboxError;
 use moat_proto::{ExecSpec, ShimReply, WinSize};
 use moat_runtime::cgroup::Cgroup;
 use moat_runtime::relay::{Event, Relay};
@@ -17,7 +17,7 @@ pub struct Local {
 impl Local {
     /// Creates the container's cgroup (recorded in `cgroup.json` so a reader
     /// that finds the shim dead can destroy it).
-    pub fn new(plan: &ContainerPlan) -> Result<Self, EngineError> {
+    pub fn new(plan: &ContainerPlan) -> Result<Self, SandboxError> {
         let cg = Cgroup::create(&plan.id, &plan.limits)?;
         for w in &cg.warnings {
             tracing::warn!("{w}");
@@ -30,7 +30,7 @@ impl Local {
 /// Records the container's cgroup for readers.
 pub(crate) fn write_cgroup(plan: &ContainerPlan, cg: &Cgroup) {
     if let Err(e) =
-        std::fs::write(plan.dir.join(moat_store::ctr_files::CGROUP), serde_json::to_vec(cg).unwrap_or_default())
+        std::fs::write(plan.dir.join(moat_core::ctr_files::CGROUP), serde_json::to_vec(cg).unwrap_or_default())
     {
         tracing::warn!("cannot record the cgroup: {e}");
     }
@@ -48,7 +48,7 @@ pub(crate) fn convert(events: Vec<Event>) -> Vec<BackendEvent> {
 }
 
 impl Backend for Local {
-    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, EngineError> {
+    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, SandboxError> {
         let id = plan.id.clone();
         let eps = plan.endpoints.clone();
         let plumb = move |pid: u32| -> Result<(), moat_runtime::RuntimeError> {
@@ -66,7 +66,7 @@ impl Backend for Local {
         Ok(self.relay.start_main(&plan.spec, plan.stdin, &plumb)?)
     }
 
-    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, EngineError> {
+    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, SandboxError> {
         Ok(ExecStart::Now(self.relay.exec(sid, x)?))
     }
 
@@ -121,6 +121,6 @@ impl Backend for Local {
         if let Some(Err(e)) = self.relay.cgroup().map(|c| c.destroy()) {
             tracing::warn!("{e}");
         }
-        let _ = std::fs::remove_file(plan.dir.join(moat_store::ctr_files::CGROUP));
+        let _ = std::fs::remove_file(plan.dir.join(moat_core::ctr_files::CGROUP));
     }
 }

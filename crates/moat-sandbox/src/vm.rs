@@ -17,9 +17,9 @@
 //! the joined container's shim goes away the owner removes it from the
 //! guest; when the VM ends, every joined container ends with the reason.
 
-use super::backend::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source};
-use crate::vm::VmLink;
-use crate::EngineError;
+use crate::backend::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source};
+use crate::link::VmLink;
+use crate::SandboxError;
 use moat_proto::{AgentEvent, AgentRequest, Decoder, ExecSpec, Frame, Kind, ShimReply, WinSize, SANDBOX_SOCK};
 use moat_runtime::cgroup::{Cgroup, Limits};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -105,7 +105,7 @@ fn rotate_console(path: &std::path::Path) -> std::io::Result<()> {
 fn guest_create(plan: &ContainerPlan, joining: bool) -> moat_proto::GuestCreate {
     moat_proto::GuestCreate {
         cid: plan.id.clone(),
-        spec: if joining { plan.spec.clone() } else { crate::vm::guest_spec(&plan.spec, &plan.id) },
+        spec: if joining { plan.spec.clone() } else { crate::link::guest_spec(&plan.spec, &plan.id) },
         limits: plan.limits.clone(),
         cgroup: moat_proto::GUEST_CGROUP.to_string(),
         stdin: plan.stdin,
@@ -133,7 +133,7 @@ impl MemberLink {
         sid: u32,
         timeout: Duration,
         want: impl Fn(&AgentEvent) -> bool,
-    ) -> Result<AgentEvent, EngineError> {
+    ) -> Result<AgentEvent, SandboxError> {
         let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -143,17 +143,17 @@ impl MemberLink {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(1));
                         if Instant::now() > deadline {
-                            return Err(EngineError::Shim("the sandbox's shim does not read".into()));
+                            return Err(SandboxError::Shim("the sandbox's shim does not read".into()));
                         }
                     }
-                    Err(e) => return Err(EngineError::Io("sandbox socket".into(), e)),
+                    Err(e) => return Err(SandboxError::Io("sandbox socket".into(), e)),
                 }
             }
-            while let Some(f) = self.dec.next_frame().map_err(|e| EngineError::Shim(format!("sandbox: {e}")))? {
+            while let Some(f) = self.dec.next_frame().map_err(|e| SandboxError::Shim(format!("sandbox: {e}")))? {
                 if f.session == sid && f.kind == Kind::Control {
-                    let m: AgentEvent = f.msg().map_err(|e| EngineError::Shim(format!("sandbox: {e}")))?;
+                    let m: AgentEvent = f.msg().map_err(|e| SandboxError::Shim(format!("sandbox: {e}")))?;
                     if let AgentEvent::SandboxEnded { reason, .. } = m {
-                        return Err(EngineError::Shim(reason));
+                        return Err(SandboxError::Shim(reason));
                     }
                     if want(&m) {
                         return Ok(m);
@@ -162,7 +162,7 @@ impl MemberLink {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(EngineError::Shim(format!(
+                return Err(SandboxError::Shim(format!(
                     "the utility VM of {} did not answer within {}s",
                     self.owner,
                     timeout.as_secs()
@@ -172,10 +172,10 @@ impl MemberLink {
             // SAFETY: poll one fd of ours
             unsafe { libc::poll(&mut p, 1, left.as_millis().min(i32::MAX as u128) as i32) };
             match self.sock.read(&mut buf) {
-                Ok(0) => return Err(EngineError::Shim(format!("the utility VM of {} ended", self.owner))),
+                Ok(0) => return Err(SandboxError::Shim(format!("the utility VM of {} ended", self.owner))),
                 Ok(n) => self.dec.push(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(EngineError::Io("sandbox socket".into(), e)),
+                Err(e) => return Err(SandboxError::Io("sandbox socket".into(), e)),
             }
         }
     }
@@ -228,25 +228,26 @@ impl Vm {
     /// waits for the agent.
     pub fn new(
         plan: &ContainerPlan,
-        options: &crate::EngineOptions,
+        options: &crate::VmOptions,
         mem_mib: u64,
         vcpus: u32,
-    ) -> Result<Self, EngineError> {
+    ) -> Result<Self, SandboxError> {
         let limits = Limits { devices: moat_runtime::devices::DevicePolicy::AllowAll, ..Default::default() };
         let cgroup = Cgroup::create(&plan.id, &limits)?;
-        super::local::write_cgroup(plan, &cgroup);
+        crate::local::write_cgroup(plan, &cgroup);
         let create = AgentRequest::Create(Box::new(guest_create(plan, false)));
-        let share = crate::vm::share_dir(&plan.dir);
-        let booted = crate::vm::prepare_share(&share)
-            .and_then(|()| crate::vm::prepare_root(&plan.spec, &share, &plan.id))
+        let share = crate::link::share_dir(&plan.dir);
+        let booted = crate::link::prepare_share(&share)
+            .and_then(|()| crate::link::prepare_root(&plan.spec, &share, &plan.id))
             .and_then(|_| {
-                let boot = crate::vm::Boot { id: &plan.id, dir: &plan.dir, mem_mib, vcpus, endpoints: &plan.endpoints };
+                let boot =
+                    crate::link::Boot { id: &plan.id, dir: &plan.dir, mem_mib, vcpus, endpoints: &plan.endpoints };
                 VmLink::start(options, &boot, &share, &cgroup, &create)
             })
             .and_then(|l| {
                 let listener = moat_proto::sock::bind(&plan.dir, SANDBOX_SOCK)
-                    .map_err(EngineError::io("bind the sandbox socket"))?;
-                listener.set_nonblocking(true).map_err(EngineError::io("sandbox socket"))?;
+                    .map_err(SandboxError::io("bind the sandbox socket"))?;
+                listener.set_nonblocking(true).map_err(SandboxError::io("sandbox socket"))?;
                 Ok((l, listener))
             });
         let (link, listener) = match booted {
@@ -263,7 +264,7 @@ impl Vm {
             "Boot": if link.template.is_some() { "template" } else { "cold" },
             "Template": link.template,
         });
-        let _ = std::fs::write(plan.dir.join(moat_store::ctr_files::VM), info.to_string());
+        let _ = std::fs::write(plan.dir.join(moat_core::ctr_files::VM), info.to_string());
         Ok(Self {
             cid: plan.id.clone(),
             link: Some(link),
@@ -297,19 +298,19 @@ impl Vm {
     /// Joins the sandbox of container `owner` (its shim owns the VM): no
     /// VM of its own; the owner mounts this container's root and routes its
     /// sessions to the agent.
-    pub fn join(plan: &ContainerPlan, owner: &str, owner_name: &str, odir: &Path) -> Result<Self, EngineError> {
+    pub fn join(plan: &ContainerPlan, owner: &str, owner_name: &str, odir: &Path) -> Result<Self, SandboxError> {
         let sock = moat_proto::sock::connect(odir, SANDBOX_SOCK).map_err(|e| {
-            EngineError::Conflict(format!(
+            SandboxError::Conflict(format!(
                 "cannot join the utility VM of {owner_name}: its sandbox does not answer ({e})"
             ))
         })?;
-        sock.set_nonblocking(true).map_err(EngineError::io("sandbox socket"))?;
-        let mut info: serde_json::Value = std::fs::read(odir.join(moat_store::ctr_files::VM))
+        sock.set_nonblocking(true).map_err(SandboxError::io("sandbox socket"))?;
+        let mut info: serde_json::Value = std::fs::read(odir.join(moat_core::ctr_files::VM))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_else(|| serde_json::json!({}));
         info["Sandbox"] = serde_json::Value::String(owner.to_string());
-        let _ = std::fs::write(plan.dir.join(moat_store::ctr_files::VM), info.to_string());
+        let _ = std::fs::write(plan.dir.join(moat_core::ctr_files::VM), info.to_string());
         let mem_mib = info["MemoryMiB"].as_u64().unwrap_or(moat_vm::launch::DEFAULT_MEMORY_MIB);
         let vcpus = info["Vcpus"].as_u64().unwrap_or(1) as u32;
         Ok(Self {
@@ -524,8 +525,8 @@ impl Vm {
                         }
                         j.cid = Some(c.cid.clone());
                         if !j.mounted {
-                            if let Err(e) = crate::vm::prepare_root(&c.spec, &sb.share, &c.cid) {
-                                crate::vm::release_root(&sb.share, &c.cid);
+                            if let Err(e) = crate::link::prepare_root(&c.spec, &sb.share, &c.cid) {
+                                crate::link::release_root(&sb.share, &c.cid);
                                 reply_err(
                                     sb,
                                     f.session,
@@ -537,7 +538,7 @@ impl Vm {
                                 j.mounted = true;
                             }
                         }
-                        c.spec = crate::vm::guest_spec(&c.spec, &c.cid);
+                        c.spec = crate::link::guest_spec(&c.spec, &c.cid);
                         c.cgroup = format!("{}-{}", moat_proto::GUEST_CGROUP, &c.cid[..c.cid.len().min(12)]);
                     }
                     AgentRequest::Exec { cid, .. }
@@ -572,7 +573,7 @@ impl Vm {
         sb.next_wire = sb.next_wire.wrapping_add(1).max(JOINED_SESSIONS);
         sb.discard.insert(w);
         if j.mounted {
-            crate::vm::release_root(&sb.share.clone(), &cid);
+            crate::link::release_root(&sb.share.clone(), &cid);
         }
         self.send(w, &AgentRequest::Remove { cid });
     }
@@ -588,7 +589,7 @@ impl Vm {
             let _ = j.sock.write_all(&j.out);
             if let Some(cid) = &j.cid {
                 if j.mounted {
-                    crate::vm::release_root(&sb.share, cid);
+                    crate::link::release_root(&sb.share, cid);
                 }
             }
         }
@@ -671,7 +672,7 @@ impl Vm {
 }
 
 impl Backend for Vm {
-    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, EngineError> {
+    fn start_main(&mut self, plan: &ContainerPlan) -> Result<u32, SandboxError> {
         let sent = std::mem::take(&mut self.create_sent);
         tracing::debug!("VM: creating the container in the guest");
         if !sent {
@@ -679,7 +680,7 @@ impl Backend for Vm {
             self.send(0, &AgentRequest::Create(Box::new(guest_create(plan, joining))));
         }
         let t = Duration::from_secs(60);
-        let gone = || EngineError::Shim("the utility VM is gone".into());
+        let gone = || SandboxError::Shim("the utility VM is gone".into());
         let started = |m: &AgentEvent| matches!(m, AgentEvent::Started { .. } | AgentEvent::Error { .. });
         let exited = |m: &AgentEvent| matches!(m, AgentEvent::Exit { .. });
         let started = match (self.link.as_mut(), self.member.as_mut()) {
@@ -700,13 +701,13 @@ impl Backend for Vm {
                     Ok(AgentEvent::Exit { code, .. }) => code,
                     _ => 125,
                 };
-                Err(EngineError::Start { message, code })
+                Err(SandboxError::Start { message, code })
             }
-            _ => Err(EngineError::Shim("unexpected agent reply".into())),
+            _ => Err(SandboxError::Shim("unexpected agent reply".into())),
         }
     }
 
-    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, EngineError> {
+    fn exec(&mut self, sid: u32, x: &ExecSpec) -> Result<ExecStart, SandboxError> {
         self.pending.insert(sid, (Instant::now() + EXEC_TIMEOUT, None));
         let cid = self.cid.clone();
         self.send(sid, &AgentRequest::Exec { cid, exec: x.clone() });
@@ -928,7 +929,7 @@ impl Backend for Vm {
             if let Err(e) = cg.destroy() {
                 tracing::warn!("{e}");
             }
-            let _ = std::fs::remove_file(plan.dir.join(moat_store::ctr_files::CGROUP));
+            let _ = std::fs::remove_file(plan.dir.join(moat_core::ctr_files::CGROUP));
         }
     }
 }
