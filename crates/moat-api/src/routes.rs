@@ -348,15 +348,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         (&Method::DELETE, ["images", rest @ ..]) if !rest.is_empty() => {
             let name = rest.join("/");
             let force = q.bool("force", false)?;
-            let lines = engine(&ctx, move |e| e.remove_image(&name, force)).await?;
-            let items: Vec<_> = lines
-                .iter()
-                .filter_map(|l| {
-                    l.strip_prefix("Untagged: ")
-                        .map(|t| j!({ "Untagged": t }))
-                        .or_else(|| l.strip_prefix("Deleted: ").map(|d| j!({ "Deleted": d })))
-                })
-                .collect();
+            let items = engine(&ctx, move |e| e.remove_image(&name, force)).await?;
             Ok(json(200, &items))
         }
 

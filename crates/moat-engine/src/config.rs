@@ -104,6 +104,46 @@ pub struct Link {
     pub alias: String,
 }
 
+/// A container's network mode, parsed once from `ContainerConfig::network`
+/// (kept as the user gave it, as Docker shows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkMode<'a> {
+    /// The default switch (`default`, `bridge`, `moat`, or nothing given).
+    Default,
+    /// Loopback only.
+    None,
+    /// The host's network (process isolation).
+    Host,
+    /// A switch by name or ID.
+    Switch(&'a str),
+    /// The sandbox of another container (its ID once created): its network
+    /// namespace, or its utility VM.
+    Container(&'a str),
+}
+
+impl<'a> NetworkMode<'a> {
+    /// The mode `s` names.
+    pub fn parse(s: &'a str) -> Self {
+        match s {
+            "" | "default" | "bridge" | moat_net::DEFAULT_SWITCH => Self::Default,
+            "none" => Self::None,
+            "host" => Self::Host,
+            s => match s.strip_prefix("container:") {
+                Some(c) => Self::Container(c),
+                None => Self::Switch(s),
+            },
+        }
+    }
+
+    /// The container whose sandbox this one joins.
+    pub fn container(self) -> Option<&'a str> {
+        match self {
+            Self::Container(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
 /// Everything fixed when the container is created.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -258,6 +298,11 @@ pub struct ContainerConfig {
 }
 
 impl ContainerConfig {
+    /// The network mode.
+    pub fn network_mode(&self) -> NetworkMode<'_> {
+        NetworkMode::parse(&self.network)
+    }
+
     /// The isolation type (process when unset).
     pub fn isolation(&self) -> Isolation {
         self.isolation.unwrap_or(Isolation::Process)

@@ -429,7 +429,7 @@ impl Engine {
                 moat_core::Isolation::Process => Tree::Live(PathBuf::from(format!("/proc/{}/root", c.state.pid))),
                 moat_core::Isolation::Hyperv => {
                     // the root is mounted in the sandbox's shim, under its share
-                    let owner = match c.config.network.strip_prefix("container:") {
+                    let owner = match c.config.network_mode().container() {
                         Some(o) => self.get(o)?,
                         None => c.clone(),
                     };

@@ -130,7 +130,7 @@ impl Engine {
                 EngineError::Unsupported(format!("--init runs moat's init, the static moat-agent binary: {e}"))
             })?;
         }
-        if let Some(other) = cfg.network.strip_prefix("container:").map(str::to_string) {
+        if let Some(other) = cfg.network_mode().container().map(str::to_string) {
             let o = self.get(&other)?;
             if o.config.isolation() != cfg.isolation() {
                 return Err(EngineError::Invalid(format!(
@@ -140,7 +140,7 @@ impl Engine {
                     cfg.isolation()
                 )));
             }
-            if o.config.network.starts_with("container:") {
+            if o.config.network_mode().container().is_some() {
                 return Err(EngineError::Invalid(format!(
                     "cannot join the network of {}: it shares another container's network itself",
                     o.name()
@@ -162,9 +162,10 @@ impl Engine {
             cfg.network = format!("container:{}", o.id());
             cfg.hostname = o.config.hostname.clone();
         }
-        let switch = match cfg.network.as_str() {
-            n if n.starts_with("container:") => None,
-            "none" | "host" => {
+        use crate::config::NetworkMode;
+        let switch = match cfg.network_mode() {
+            NetworkMode::Container(_) => None,
+            NetworkMode::None | NetworkMode::Host => {
                 if !cfg.publish.is_empty() || cfg.publish_all {
                     return Err(EngineError::Invalid(format!(
                         "published ports need a switch: network mode {} has none",
@@ -173,8 +174,8 @@ impl Engine {
                 }
                 None
             }
-            n if network::is_default(n) => Some(self.default_switch()?),
-            n => Some(self.find_switch(n)?),
+            NetworkMode::Default => Some(self.default_switch()?),
+            NetworkMode::Switch(n) => Some(self.find_switch(n)?),
         };
         // legacy links: the linked container exists and is on this one's
         // switch (the link resolves there); kept by ID with the alias

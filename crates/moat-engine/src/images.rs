@@ -5,7 +5,7 @@
 use crate::events::{self, Event};
 use crate::filter::{any, glob, label_matches, parse_time, Filters};
 use crate::{Engine, EngineError};
-pub use moat_image::{Loaded, PruneReport};
+pub use moat_image::{ImageDeleteItem, Loaded, PruneReport};
 pub use moat_store::ImageRecord;
 use std::io::{Read, Write};
 
@@ -80,10 +80,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes an image name or image (`docker rmi`); returns Docker's
-    /// `Untagged: ...` / `Deleted: ...` lines. A running container's image
-    /// is never removed, not even with `force`.
-    pub fn remove_image(&mut self, reference: &str, force: bool) -> Result<Vec<String>, EngineError> {
+    /// Removes an image name or image (`docker rmi`); returns what was
+    /// untagged and deleted. A running container's image is never removed,
+    /// not even with `force`.
+    pub fn remove_image(&mut self, reference: &str, force: bool) -> Result<Vec<ImageDeleteItem>, EngineError> {
         let img = self.images.resolve(reference)?;
         if force {
             let running: Vec<String> = self
@@ -103,15 +103,15 @@ impl Engine {
                 )));
             }
         }
-        let lines = self.images.remove(reference, force)?;
-        for l in &lines {
-            if let Some(t) = l.strip_prefix("Untagged: ") {
-                events::record(self.store(), image_event("untag", &img.id.to_string(), Some(t)));
-            } else if l.starts_with("Deleted: ") {
-                events::record(self.store(), image_event("delete", &img.id.to_string(), None));
-            }
+        let items = self.images.remove(reference, force)?;
+        for it in &items {
+            let ev = match it {
+                ImageDeleteItem::Untagged(t) => image_event("untag", &img.id.to_string(), Some(t)),
+                ImageDeleteItem::Deleted(_) => image_event("delete", &img.id.to_string(), None),
+            };
+            events::record(self.store(), ev);
         }
-        Ok(lines)
+        Ok(items)
     }
 
     /// Removes dangling images (every unused one with `all`).

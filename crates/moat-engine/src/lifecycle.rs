@@ -104,7 +104,7 @@ impl Engine {
     pub fn start(&mut self, key: &str) -> Result<(Container, Session), EngineError> {
         let c = self.get(key)?;
         // a pod's container starts its pod's sandbox first (Podman's way)
-        if let (false, Some(owner)) = (c.config.pod_infra, c.config.network.strip_prefix("container:")) {
+        if let (false, Some(owner)) = (c.config.pod_infra, c.config.network_mode().container()) {
             if c.config.pod.is_some() {
                 let infra = self.get(owner)?;
                 if !infra.is_running() {
@@ -172,7 +172,7 @@ impl Engine {
         let init = if c.config.init { Some(self.options.agent()?) } else { None };
         let mut spec = crate::spec::build(&self.layout, id, &c.config, &image, init.as_deref())?;
         let mut owner_name = None;
-        if let Some(other) = c.config.network.strip_prefix("container:") {
+        if let Some(other) = c.config.network_mode().container() {
             let o = self.get(other)?;
             crate::spec::join_network(&mut spec, &self.layout, &o, c.config.isolation())?;
             owner_name = Some(o.name().to_string());
@@ -201,7 +201,7 @@ impl Engine {
         for ep in &c.config.networks {
             switches.push(self.find_switch(&ep.switch_id)?.config);
         }
-        let sandbox = match (c.config.isolation(), c.config.network.strip_prefix("container:")) {
+        let sandbox = match (c.config.isolation(), c.config.network_mode().container()) {
             (moat_core::Isolation::Process, _) => SandboxPlan::Local,
             (moat_core::Isolation::Hyperv, Some(owner)) => SandboxPlan::JoinVm {
                 owner: owner.to_string(),
@@ -221,6 +221,7 @@ impl Engine {
             stdin: c.config.open_stdin,
             endpoints: c.config.networks.clone(),
             sandbox,
+            group: self.pod_group(c)?,
         };
         Ok(crate::shim::ShimPlan {
             id: id.to_string(),
@@ -634,7 +635,7 @@ impl Engine {
         }
         check_isolation(&c.config, iso)?;
         if c.config.isolation() != iso {
-            let sharing = match c.config.network.strip_prefix("container:") {
+            let sharing = match c.config.network_mode().container() {
                 Some(o) => Some(self.get(o).map(|o| o.name().to_string()).unwrap_or_else(|_| o.to_string())),
                 None => self
                     .list()?

@@ -122,7 +122,7 @@ pub fn shown_name(name: &str) -> &str {
 
 /// True for names that mean the default switch.
 pub fn is_default(name: &str) -> bool {
-    matches!(name, "" | "default" | "bridge" | DEFAULT_SWITCH)
+    crate::config::NetworkMode::parse(name) == crate::config::NetworkMode::Default
 }
 
 impl Engine {
@@ -450,7 +450,7 @@ impl Engine {
                 c.name()
             )));
         }
-        if c.config.network.starts_with("container:") {
+        if c.config.network_mode().container().is_some() {
             return Err(EngineError::Invalid(format!(
                 "container {} shares another container's network ({})",
                 c.name(),
@@ -490,7 +490,7 @@ impl Engine {
             .filter(|a| !c.config.aliases.contains(a) && *a != c.name() && !c.id().starts_with(a.as_str()))
             .cloned()
             .collect();
-        if matches!(c.config.network.as_str(), "host" | "none") {
+        if matches!(c.config.network_mode(), crate::config::NetworkMode::Host | crate::config::NetworkMode::None) {
             return Err(EngineError::Invalid(format!("container {} uses --network {}", c.name(), c.config.network)));
         }
         if c.config.networks.iter().any(|e| e.switch_id == sw.id) {

@@ -145,6 +145,11 @@ fn pod_event(action: &str, p: &Pod) -> events::Event {
     e
 }
 
+/// The cgroup group of pod `id`'s process containers (`moat/pod-<id12>`).
+pub fn group_name(id: &str) -> String {
+    format!("pod-{}", &id[..id.len().min(12)])
+}
+
 /// Where the infra container's program goes in its image.
 const PAUSE: &str = "moat-pause";
 
@@ -286,6 +291,23 @@ impl Engine {
         Ok(pod)
     }
 
+    /// The cgroup group container `c` goes into: its pod's, with the pod's
+    /// limits, in process isolation (a hyperv pod's limits size its VM).
+    pub(crate) fn pod_group(&mut self, c: &Container) -> Result<Option<(String, moat_proto::Limits)>, EngineError> {
+        let Some(pod) = &c.config.pod else { return Ok(None) };
+        if c.config.isolation() != Isolation::Process {
+            return Ok(None);
+        }
+        let Ok(p) = self.pod(pod) else { return Ok(None) };
+        let limits = moat_proto::Limits {
+            memory: p.config.memory,
+            cpus: p.config.cpus,
+            devices: moat_runtime::devices::DevicePolicy::AllowAll,
+            ..Default::default()
+        };
+        Ok(Some((group_name(&p.id), limits)))
+    }
+
     /// What a container created with `--pod P` gets from the pod: its
     /// isolation, and the infra container's sandbox (network, hostname).
     pub(crate) fn join_pod(&mut self, cfg: &mut ContainerConfig) -> Result<(), EngineError> {
@@ -401,6 +423,7 @@ impl Engine {
         if let Some(infra) = p.infra() {
             self.remove(infra.id(), true, true)?;
         }
+        moat_runtime::cgroup::Cgroup::remove_group(&group_name(&p.pod.id));
         events::record(self.store(), pod_event("remove", &p.pod));
         Ok(p.pod)
     }

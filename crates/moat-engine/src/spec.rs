@@ -98,8 +98,8 @@ pub fn build(
     for (t, o) in &cfg.tmpfs {
         mounts.push(Mount::Tmpfs { target: t.clone(), options: o.clone() });
     }
-    let net = match cfg.network.as_str() {
-        "host" => NetNs::Host,
+    let net = match cfg.network_mode() {
+        crate::config::NetworkMode::Host => NetNs::Host,
         _ => NetNs::New,
     };
     // Docker's defaults in the container's own network namespace: any user

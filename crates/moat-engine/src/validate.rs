@@ -290,7 +290,7 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
                 "sysctl {k:?} is not allowed: only namespaced ones (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*)"
             )));
         }
-        if k.starts_with("net.") && cfg.network == "host" {
+        if k.starts_with("net.") && (cfg.network_mode() == crate::config::NetworkMode::Host) {
             return Err(invalid(format!(
                 "sysctl {k:?} is not allowed with network mode host: it would change the host"
             )));
@@ -304,7 +304,7 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
 
 /// Refuses options that `iso` cannot honour, before anything changes.
 pub(crate) fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) -> Result<(), EngineError> {
-    if iso == moat_core::Isolation::Hyperv && cfg.network == "host" {
+    if iso == moat_core::Isolation::Hyperv && (cfg.network_mode() == crate::config::NetworkMode::Host) {
         return Err(EngineError::Invalid(
             "network mode host shares the host's network stack, which a utility VM cannot: use process isolation, or a switch".into(),
         ));

@@ -224,7 +224,7 @@ fn ports(c: &Container) -> Vec<Port> {
 
 fn endpoints(c: &Container) -> BTreeMap<String, EndpointSettings> {
     let letter = if c.config.isolation() == moat_core::Isolation::Hyperv { 't' } else { 'v' };
-    if matches!(c.config.network.as_str(), "none" | "host") {
+    if matches!(c.config.network_mode(), crate::config::NetworkMode::None | crate::config::NetworkMode::Host) {
         // dockerd's entry for its built-in `none` and `host` networks: no address
         return BTreeMap::from([(c.config.network.clone(), EndpointSettings::default())]);
     }
@@ -817,7 +817,7 @@ pub struct ContainerInspect {
     pub network_settings: NetworkSettings,
     /// moat: the utility VM of a hyperv container (accelerator, kernel, sizing, PIDs while it runs).
     #[serde(rename = "VM")]
-    pub vm: Option<serde_json::Value>,
+    pub vm: Option<moat_sandbox::VmInfo>,
     /// The storage driver's name and data (moat's root is an overlay of its layers).
     pub graph_driver: GraphDriver,
     /// Exec instances of the container (null when none).
@@ -854,17 +854,13 @@ impl ContainerInspect {
         let cfg = &c.config;
         let st = &c.state;
         let vm = (cfg.isolation() == moat_core::Isolation::Hyperv).then(|| {
-            let mut v: serde_json::Value = std::fs::read(dir.join(moat_store::ctr_files::VM))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_else(|| serde_json::json!({}));
-            if let Some(o) = v.as_object_mut() {
-                if !c.is_running() {
-                    // PIDs of a VM that is gone mean nothing
-                    o.remove("QemuPid");
-                    o.remove("VirtiofsdPid");
-                }
-                o.insert("Accelerator".into(), moat_vm::accel::detect().0.to_string().into());
+            let mut v = moat_sandbox::VmInfo::read(&dir).unwrap_or_default();
+            if !c.is_running() {
+                // PIDs of a VM that is gone mean nothing; its next start
+                // gets the accelerator this host offers now
+                v.qemu_pid = None;
+                v.virtiofsd_pid = None;
+                v.accelerator = moat_vm::accel::detect().0.to_string();
             }
             v
         });

@@ -34,6 +34,26 @@ pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
 /// and would be stored outside the unpack limits).
 pub const MAX_TRAILING_BYTES: u64 = 1 << 20;
 
+/// One step of an image removal, Docker's `ImageDeleteResponseItem`
+/// (`{"Untagged": "busybox:latest"}`, `{"Deleted": "sha256:..."}`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum ImageDeleteItem {
+    /// A name removed from the image.
+    Untagged(String),
+    /// The image (its ID) deleted.
+    Deleted(String),
+}
+
+impl std::fmt::Display for ImageDeleteItem {
+    /// The CLI's line: `Untagged: NAME` or `Deleted: ID`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Untagged(t) => write!(f, "Untagged: {t}"),
+            Self::Deleted(d) => write!(f, "Deleted: {d}"),
+        }
+    }
+}
+
 /// Errors of the image store.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -686,9 +706,9 @@ impl ImageStore {
         Ok(())
     }
 
-    /// Removes an image name or image (like `docker rmi`). Returns docker-style
-    /// `Untagged: ...` / `Deleted: ...` lines.
-    pub fn remove(&mut self, s: &str, force: bool) -> Result<Vec<String>, ImageError> {
+    /// Removes an image name or image (like `docker rmi`): what was untagged
+    /// and deleted, in order.
+    pub fn remove(&mut self, s: &str, force: bool) -> Result<Vec<ImageDeleteItem>, ImageError> {
         let img = self.resolve(s)?;
         let by_tag = ImageRef::parse(s).ok().and_then(|r| r.tagged()).filter(|t| img.tags.contains(t));
         let users = self.store.containers_using(&img.id)?;
@@ -696,7 +716,7 @@ impl ImageStore {
         let untag_all = match &by_tag {
             Some(t) if img.tags.len() > 1 => {
                 self.store.untag(t)?;
-                return Ok(vec![format!("Untagged: {t}")]);
+                return Ok(vec![ImageDeleteItem::Untagged(t.clone())]);
             }
             Some(t) => {
                 if !users.is_empty() && !force {
@@ -727,11 +747,11 @@ impl ImageStore {
         };
         for t in untag_all {
             self.store.untag(&t)?;
-            out.push(format!("Untagged: {t}"));
+            out.push(ImageDeleteItem::Untagged(t));
         }
         if users.is_empty() {
             self.store.delete_image(&img.id)?;
-            out.push(format!("Deleted: {}", img.id));
+            out.push(ImageDeleteItem::Deleted(img.id.to_string()));
             self.gc()?;
         }
         Ok(out)

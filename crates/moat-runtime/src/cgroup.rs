@@ -142,7 +142,9 @@ fn keyed(dir: &Path, file: &str, key: &str) -> Option<u64> {
 }
 
 impl Cgroup {
-    /// Creates `moat/<name>` with `limits` applied.
+    /// Creates `moat/<name>` with `limits` applied. `name` may nest
+    /// (`pod-x/ID`): the levels between `moat` and the container's cgroup
+    /// are a group's (a pod's), whose own limits bound all of it.
     pub fn create(name: &str, limits: &Limits) -> Result<Self, RuntimeError> {
         match version() {
             Version::V2 => Self::create_v2(Path::new("/sys/fs/cgroup"), name, limits),
@@ -150,7 +152,8 @@ impl Cgroup {
                 // joining a v1 `cpu` cgroup costs ~20 ms of RCU synchronisation
                 // per container start: only do it when a CPU limit asks for it
                 // (usage is still accounted by `cpuacct`)
-                let want_cpu = limits.cpus.is_some() || limits.cpu_shares.is_some();
+                // (a nested cgroup joins it always: its group's CPU limit must apply)
+                let want_cpu = limits.cpus.is_some() || limits.cpu_shares.is_some() || name.contains('/');
                 // likewise the cpuset hierarchy, only for a cpuset
                 let want_cpuset = limits.cpuset_cpus.is_some() || limits.cpuset_mems.is_some();
                 let mounts: Vec<(String, PathBuf)> = v1_mounts()
@@ -183,8 +186,20 @@ impl Cgroup {
 
     /// Creates `moat/<name>` under a unified hierarchy mounted at `base`.
     pub fn create_v2(base: &Path, name: &str, limits: &Limits) -> Result<Self, RuntimeError> {
-        let dir = Self::prepare_v2(base)?.join(name);
+        let moat = Self::prepare_v2(base)?;
+        let dir = moat.join(name);
         std::fs::create_dir_all(&dir).map_err(RuntimeError::io("cgroup: create container cgroup"))?;
+        // a group's level hands its controllers down too
+        let mut level = dir.parent().map(Path::to_path_buf);
+        while let Some(l) = level.filter(|l| l.starts_with(&moat) && *l != moat) {
+            let on = read(&l, "cgroup.subtree_control").unwrap_or_default();
+            for c in ["memory", "cpu", "pids", "io", "cpuset"] {
+                if !on.split_whitespace().any(|x| x == c) {
+                    let _ = std::fs::write(l.join("cgroup.subtree_control"), format!("+{c}"));
+                }
+            }
+            level = l.parent().map(Path::to_path_buf);
+        }
         Self { version: Version::V2, dirs: vec![(String::new(), dir)], warnings: Vec::new() }.finish(limits)
     }
 
@@ -197,10 +212,16 @@ impl Cgroup {
             if ctrl == "cpuset" {
                 // a v1 cpuset takes no task until its CPUs and nodes are set:
                 // each level starts with its parent's
-                for (parent, child) in [(mp.clone(), mp.join("moat")), (mp.join("moat"), dir.clone())] {
+                let mut levels = vec![mp.clone(), mp.join("moat")];
+                let mut at = mp.join("moat");
+                for part in Path::new(name).components() {
+                    at = at.join(part);
+                    levels.push(at.clone());
+                }
+                for (parent, child) in levels.iter().zip(levels.iter().skip(1)) {
                     for f in ["cpuset.cpus", "cpuset.mems"] {
-                        if read(&child, f).is_none_or(|v| v.is_empty()) {
-                            write(&child, f, &read(&parent, f).unwrap_or_default())?;
+                        if read(child, f).is_none_or(|v| v.is_empty()) {
+                            write(child, f, &read(parent, f).unwrap_or_default())?;
                         }
                     }
                 }
@@ -478,6 +499,19 @@ impl Cgroup {
         self.warnings.clear();
         self.apply(&only)?;
         Ok(std::mem::take(&mut self.warnings))
+    }
+
+    /// Removes group `moat/<name>` (a pod's) in every hierarchy, once its
+    /// containers' cgroups are gone; a group still in use stays.
+    pub fn remove_group(name: &str) {
+        let mut bases: Vec<PathBuf> = v1_mounts().into_iter().map(|(_, mp)| mp).collect();
+        if version() == Version::V2 {
+            bases = vec![PathBuf::from("/sys/fs/cgroup")];
+        }
+        bases.dedup();
+        for b in bases {
+            let _ = std::fs::remove_dir(b.join("moat").join(name));
+        }
     }
 
     /// Kills whatever is left and removes the directories.

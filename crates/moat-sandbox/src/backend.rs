@@ -32,6 +32,60 @@ pub struct ContainerPlan {
     pub endpoints: Vec<moat_net::Endpoint>,
     /// Its sandbox.
     pub sandbox: SandboxPlan,
+    /// The cgroup of its group (a pod in process isolation), `moat/<name>`
+    /// with these limits, made if missing; its own cgroup goes inside.
+    #[serde(default)]
+    pub group: Option<(String, Limits)>,
+}
+
+/// Facts of a container's utility VM, recorded in `vm.json` in its
+/// directory when the VM starts (or is joined): what `inspect` shows as `VM`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// `kvm` or `tcg`.
+    #[serde(rename = "Accelerator", default)]
+    pub accelerator: String,
+    /// Guest kernel release.
+    #[serde(rename = "Kernel", default, skip_serializing_if = "String::is_empty")]
+    pub kernel: String,
+    /// Guest RAM in MiB.
+    #[serde(rename = "MemoryMiB", default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// vCPUs.
+    #[serde(rename = "Vcpus", default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// QEMU's host PID (while it runs).
+    #[serde(rename = "QemuPid", default, skip_serializing_if = "Option::is_none")]
+    pub qemu_pid: Option<u32>,
+    /// virtiofsd's host PID (while it runs).
+    #[serde(rename = "VirtiofsdPid", default, skip_serializing_if = "Option::is_none")]
+    pub virtiofsd_pid: Option<u32>,
+    /// `template` (restored from one) or `cold`.
+    #[serde(rename = "Boot", default, skip_serializing_if = "String::is_empty")]
+    pub boot: String,
+    /// The template's digest, when restored from one.
+    #[serde(rename = "Template", default)]
+    pub template: Option<String>,
+    /// The container whose VM this one joined.
+    #[serde(rename = "Sandbox", default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
+}
+
+impl VmInfo {
+    /// The record in container directory `dir`, if any.
+    pub fn read(dir: &std::path::Path) -> Option<Self> {
+        std::fs::read(dir.join(moat_core::ctr_files::VM)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// Records it in container directory `dir`.
+    pub fn write(&self, dir: &std::path::Path) {
+        if let Err(e) = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(dir.join(moat_core::ctr_files::VM), b))
+        {
+            tracing::warn!("cannot record the VM's facts: {e}");
+        }
+    }
 }
 
 /// Where a container runs.
@@ -190,8 +244,8 @@ pub trait Backend {
     }
     /// A stop escalated to SIGKILL (a VM that does not answer is killed later).
     fn killed_main(&mut self, _now: Instant) {}
-    /// Facts for `inspect` (`VM` for hyperv containers).
-    fn info(&self) -> Option<serde_json::Value> {
+    /// Typed facts of the sandbox (the utility VM of a hyperv container).
+    fn info(&self) -> Option<VmInfo> {
         None
     }
     /// Ends everything the backend started and cleans up after it.

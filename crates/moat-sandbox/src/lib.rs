@@ -16,7 +16,9 @@ pub mod local;
 pub mod templates;
 pub mod vm;
 
-pub use backend::{Backend, BackendEvent, BackendFactory, ContainerPlan, ExecStart, Query, SandboxPlan, Source};
+pub use backend::{
+    Backend, BackendEvent, BackendFactory, ContainerPlan, ExecStart, Query, SandboxPlan, Source, VmInfo,
+};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

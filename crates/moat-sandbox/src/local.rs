@@ -18,7 +18,14 @@ impl Local {
     /// Creates the container's cgroup (recorded in `cgroup.json` so a reader
     /// that finds the shim dead can destroy it).
     pub fn new(plan: &ContainerPlan) -> Result<Self, SandboxError> {
-        let cg = Cgroup::create(&plan.id, &plan.limits)?;
+        let name = match &plan.group {
+            Some((group, limits)) => {
+                Cgroup::create(group, limits)?;
+                format!("{group}/{}", plan.id)
+            }
+            None => plan.id.clone(),
+        };
+        let cg = Cgroup::create(&name, &plan.limits)?;
         for w in &cg.warnings {
             tracing::warn!("{w}");
         }

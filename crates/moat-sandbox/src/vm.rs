@@ -17,7 +17,7 @@
 //! the joined container's shim goes away the owner removes it from the
 //! guest; when the VM ends, every joined container ends with the reason.
 
-use crate::backend::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source};
+use crate::backend::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source, VmInfo};
 use crate::link::VmLink;
 use crate::SandboxError;
 use moat_proto::{AgentEvent, AgentRequest, Decoder, ExecSpec, Frame, Kind, ShimReply, WinSize, SANDBOX_SOCK};
@@ -63,7 +63,7 @@ pub struct Vm {
     fs_gone_at: Option<Instant>,
     vcpus: u32,
     mem_mib: u64,
-    info: serde_json::Value,
+    info: VmInfo,
     /// The boot already sent the main process's `Create` (see [`VmLink::start`]).
     create_sent: bool,
     /// The ended VM's taps, deleted when this backend is dropped.
@@ -258,13 +258,18 @@ impl Vm {
                 return Err(e);
             }
         };
-        let info = serde_json::json!({
-            "Accelerator": link.accel, "Kernel": link.kernel, "MemoryMiB": mem_mib, "Vcpus": vcpus,
-            "QemuPid": link.vm.qemu.id(), "VirtiofsdPid": link.vm.virtiofsd.id(),
-            "Boot": if link.template.is_some() { "template" } else { "cold" },
-            "Template": link.template,
-        });
-        let _ = std::fs::write(plan.dir.join(moat_core::ctr_files::VM), info.to_string());
+        let info = VmInfo {
+            accelerator: link.accel.clone(),
+            kernel: link.kernel.clone(),
+            memory_mib: Some(mem_mib),
+            vcpus: Some(vcpus),
+            qemu_pid: Some(link.vm.qemu.id()),
+            virtiofsd_pid: Some(link.vm.virtiofsd.id()),
+            boot: if link.template.is_some() { "template" } else { "cold" }.into(),
+            template: link.template.clone(),
+            sandbox: None,
+        };
+        info.write(&plan.dir);
         Ok(Self {
             cid: plan.id.clone(),
             link: Some(link),
@@ -305,14 +310,11 @@ impl Vm {
             ))
         })?;
         sock.set_nonblocking(true).map_err(SandboxError::io("sandbox socket"))?;
-        let mut info: serde_json::Value = std::fs::read(odir.join(moat_core::ctr_files::VM))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| serde_json::json!({}));
-        info["Sandbox"] = serde_json::Value::String(owner.to_string());
-        let _ = std::fs::write(plan.dir.join(moat_core::ctr_files::VM), info.to_string());
-        let mem_mib = info["MemoryMiB"].as_u64().unwrap_or(moat_vm::launch::DEFAULT_MEMORY_MIB);
-        let vcpus = info["Vcpus"].as_u64().unwrap_or(1) as u32;
+        let mut info = VmInfo::read(odir).unwrap_or_default();
+        info.sandbox = Some(owner.to_string());
+        info.write(&plan.dir);
+        let mem_mib = info.memory_mib.unwrap_or(moat_vm::launch::DEFAULT_MEMORY_MIB);
+        let vcpus = info.vcpus.unwrap_or(1);
         Ok(Self {
             cid: plan.id.clone(),
             link: None,
@@ -904,7 +906,7 @@ impl Backend for Vm {
         self.hard_deadline = Some(now + HARD_KILL_AFTER);
     }
 
-    fn info(&self) -> Option<serde_json::Value> {
+    fn info(&self) -> Option<VmInfo> {
         Some(self.info.clone())
     }
 

@@ -785,7 +785,7 @@ fn small_inputs_are_refused_with_a_clear_line() {
     let e = r.fails(&["create", "--add-host", "a b:1.2.3.4", "busybox", "true"]);
     assert!(e.contains("invalid extra host"), "{e}");
     assert_eq!(
-        r.ok(&["run", "--rm", "--add-host", "ab:1.2.3.4", "busybox", "grep", "ab", "/etc/hosts"]),
+        r.ok(&["run", "--rm", "--add-host", "ab:1.2.3.4", "busybox", "grep", "-w", "ab", "/etc/hosts"]),
         "1.2.3.4\tab\n"
     );
     // a huge error is cut to one readable line

@@ -148,6 +148,8 @@ fn pod_of_two(iso: &str) {
         &format!("127.0.0.1:{port}:8080"),
         "--label",
         "team=blue",
+        "--memory",
+        "256m",
     ]);
     let id = id.trim().to_string();
     assert_eq!(id.len(), 64, "{id}");
@@ -163,6 +165,7 @@ fn pod_of_two(iso: &str) {
     assert_eq!(r.ok(&["pod", "ls", "--format", "{{.Name}} {{.Status}} {{.NumContainers}}"]), "p Running 3\n");
     shared_and_separate(&r, "web", "side", vm);
     assert_eq!(r.ok(&["exec", "side", "hostname"]), "p\n", "the pod's name is its hostname");
+    pod_limits(&r, &id, &infra, vm);
     if vm {
         let q = inspect(&r, &infra)["VM"]["QemuPid"].as_u64().unwrap() as u32;
         assert_eq!(qemus_of(&infra), vec![q], "one QEMU: the infra container's");
@@ -273,6 +276,36 @@ fn pod_of_two(iso: &str) {
     }
     assert!(host_pids_matching(&r.path().to_string_lossy()).is_empty(), "no shim or virtiofsd left");
     assert_eq!(mounts_under(&r), Vec::<String>::new());
+    assert!(cgroups_of(&format!("pod-{}", &id[..12])).is_empty(), "no pod cgroup left");
+}
+
+/// The pod's `--memory 256m` as the kernel applies it: the VM's size in
+/// hyperv; in process isolation a cgroup of the pod's own, with that
+/// limit, holding every container's cgroup.
+fn pod_limits(r: &Root, id: &str, infra: &str, vm: bool) {
+    if vm {
+        assert_eq!(inspect(r, infra)["VM"]["MemoryMiB"], 256 + 96, "the pod's memory sizes its VM");
+        return;
+    }
+    let group = format!("pod-{}", &id[..12]);
+    let dirs = cgroups_of(&group);
+    assert!(!dirs.is_empty(), "the pod has a cgroup of its own");
+    let limit = dirs
+        .iter()
+        .find_map(|d| {
+            std::fs::read_to_string(d.join("memory.max"))
+                .or_else(|_| std::fs::read_to_string(d.join("memory.limit_in_bytes")))
+                .ok()
+        })
+        .expect("a memory limit file");
+    assert_eq!(limit.trim(), (256u64 << 20).to_string());
+    for c in [infra, "web", "side"] {
+        let cid = r.ok(&["inspect", "-f", "{{.Id}}", c]).trim().to_string();
+        let pid = r.ok(&["inspect", "-f", "{{.State.Pid}}", c]).trim().to_string();
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let want = format!("/moat/{group}/{cid}");
+        assert!(cg.lines().any(|l| l.ends_with(&want)), "{c} is in the pod's cgroup: {cg}");
+    }
 }
 
 modes!(join_network_container, pod_of_two);
