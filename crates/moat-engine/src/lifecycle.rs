@@ -689,8 +689,11 @@ impl Engine {
     /// Removes every stopped container matching `filters`; returns their IDs.
     pub fn prune(&mut self, filters: &crate::container_filter::ContainerFilter) -> Result<ContainerPrune, EngineError> {
         let mut out = ContainerPrune::default();
+        let pods: Vec<String> = self.pods()?.into_iter().map(|p| p.id).collect();
         for c in self.list()? {
-            if !c.is_running() && filters.matches(&c, self)? {
+            // a pod's infra container goes with its pod (`pod rm`, `pod prune`)
+            let infra = c.config.pod_infra && c.config.pod.as_ref().is_some_and(|p| pods.contains(p));
+            if !infra && !c.is_running() && filters.matches(&c, self)? {
                 let _lock = self.op_lock(c.id())?;
                 // what the container wrote is what its removal frees
                 let size = moat_store::dir_size(&self.layout.container(c.id()).join("upper"));

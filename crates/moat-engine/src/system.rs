@@ -69,6 +69,8 @@ pub struct UsageRow {
 /// What a prune removed.
 #[derive(Debug, Clone, Default)]
 pub struct PruneSummary {
+    /// Pods (none of whose containers ran).
+    pub pods: Vec<String>,
     /// Containers.
     pub containers: Vec<String>,
     /// Switch names.
@@ -152,6 +154,7 @@ impl Engine {
     /// unused) images, and with `volumes` unused anonymous volumes (with
     /// `all` too, every unused volume), like `docker system prune`.
     pub fn system_prune(&mut self, all: bool, volumes: bool) -> Result<PruneSummary, EngineError> {
+        let pods = self.pod_prune()?.into_iter().map(|p| p.id).collect();
         let containers = self.prune(&crate::container_filter::ContainerFilter::default())?;
         let networks = self.prune_switches()?;
         let vols = if volumes {
@@ -161,6 +164,7 @@ impl Engine {
         };
         let rep = self.prune_images(all)?;
         Ok(PruneSummary {
+            pods,
             containers: containers.deleted,
             networks,
             images: rep.deleted.iter().map(|d| d.to_string()).collect(),
@@ -187,6 +191,9 @@ impl Engine {
         let switches = self.switches()?;
         for s in &switches {
             moat_net::link::remove_switch(&s.config)?;
+        }
+        for p in self.pods()? {
+            moat_runtime::cgroup::Cgroup::remove_group(&crate::pods::group_name(&p.id));
         }
         let root = self.layout.root().to_path_buf();
         drop(self);

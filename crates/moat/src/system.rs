@@ -87,6 +87,7 @@ pub fn run(e: Engine, cmd: SystemCmd) -> Result<i32> {
         SystemCmd::Prune { all, volumes, force: _ } => {
             let s = e.system_prune(all, volumes)?;
             for (title, items) in [
+                ("Deleted Pods:", &s.pods),
                 ("Deleted Containers:", &s.containers),
                 ("Deleted Networks:", &s.networks),
                 ("Deleted Volumes:", &s.volumes),

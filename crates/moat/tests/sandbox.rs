@@ -248,6 +248,14 @@ fn pod_of_two(iso: &str) {
     let ev = r.ok(&["events", "--since", "0", "--until", "0s", "--filter", "type=pod", "--format", "{{.Action}}"]);
     // (the first start came from `run --pod`: a container event, not the pod's)
     assert_eq!(ev, "create\npause\nunpause\nstop\nupdate\nstart\n");
+    // prunes: a container prune keeps a stopped pod's infra container, a
+    // system prune removes the stopped pod with its containers
+    let id2 = r.ok(&["pod", "create", "--name", "idle", "--isolation", iso]).trim().to_string();
+    r.ok(&["create", "--pod", "idle", "--name", "idle-c", "busybox", "true"]);
+    r.ok(&["container", "prune", "-f"]);
+    assert_eq!(r.ok(&["pod", "inspect", "-f", "{{.NumContainers}}", "idle"]), "1\n", "the infra container stays");
+    assert!(r.ok(&["system", "prune", "-f"]).starts_with(&format!("Deleted Pods:\n{id2}\n")));
+    assert!(r.fails(&["pod", "inspect", "idle"]).contains("no such pod: idle"));
     // pod rm -f: every container and the sandbox go
     let ids: Vec<String> = [infra.as_str(), "web", "side"]
         .iter()
@@ -268,7 +276,7 @@ fn pod_of_two(iso: &str) {
         "--format",
         "{{.Action}} {{.Actor.Attributes.name}}",
     ]);
-    assert_eq!(ev, "remove p\n");
+    assert_eq!(ev, "remove idle\nremove p\n");
     assert_eq!(r.ok(&["ps", "-aq"]), "");
     for id in &ids {
         assert!(qemus_of(id).is_empty(), "no QEMU left");
