@@ -217,6 +217,17 @@ fn pod_of_two(iso: &str) {
     assert_eq!(r.ok(&["pod", "ls", "--format", "{{.Status}}"]), "Paused\n");
     r.ok(&["pod", "unpause", "p"]);
     assert_eq!(r.ok(&["exec", "side", "echo", "thawed"]), "thawed\n");
+    // stats of every running container of the pod
+    let mut names: Vec<String> =
+        r.ok(&["pod", "stats", "--no-stream", "--format", "{{.Name}}", "p"]).lines().map(str::to_string).collect();
+    names.sort();
+    let mut want = vec![format!("{}-infra", &id[..12]), "side".to_string(), "web".to_string()];
+    want.sort();
+    assert_eq!(names, want);
+    // restart: every container runs again, in a new sandbox
+    r.ok(&["pod", "restart", "-t", "1", "p"]);
+    assert_eq!(r.ok(&["pod", "ls", "--format", "{{.Status}}"]), "Running\n");
+    shared_and_separate(&r, "web", "side", vm);
     // what belongs to the pod is refused on its containers, with the reason
     let e = r.fails(&["create", "--pod", "p", "-p", "9999:80", "busybox", "true"]);
     assert_eq!(e, "Error: published ports (-p) of a container in a pod belong to the pod: give them to `moat pod create` (pod p)\n");
@@ -247,7 +258,11 @@ fn pod_of_two(iso: &str) {
     // the pod's events
     let ev = r.ok(&["events", "--since", "0", "--until", "0s", "--filter", "type=pod", "--format", "{{.Action}}"]);
     // (the first start came from `run --pod`: a container event, not the pod's)
-    assert_eq!(ev, "create\npause\nunpause\nstop\nupdate\nstart\n");
+    assert_eq!(ev, "create\npause\nunpause\nstop\nstart\nstop\nupdate\nstart\n");
+    // kill: every container ends
+    r.ok(&["pod", "kill", "p"]);
+    assert_eq!(r.ok(&["pod", "ls", "--format", "{{.Status}}"]), "Exited\n");
+    r.ok(&["pod", "start", "p"]);
     // prunes: a container prune keeps a stopped pod's infra container, a
     // system prune removes the stopped pod with its containers
     let id2 = r.ok(&["pod", "create", "--name", "idle", "--isolation", iso]).trim().to_string();
