@@ -146,14 +146,7 @@ impl Engine {
                     o.name()
                 )));
             }
-            let conflict = [
-                (!cfg.publish.is_empty() || cfg.publish_all, "published ports"),
-                (!cfg.hostname.is_empty(), "a hostname"),
-                (!cfg.dns.is_empty() || !cfg.dns_search.is_empty() || !cfg.dns_options.is_empty(), "DNS options"),
-                (!cfg.add_hosts.is_empty(), "extra hosts"),
-                (cfg.mac.is_some() || cfg.ip.is_some(), "an address"),
-            ];
-            if let Some((_, what)) = conflict.iter().find(|(c, _)| *c) {
+            if let Some(what) = validate::sandbox_owned(&cfg) {
                 return Err(EngineError::Invalid(format!(
                     "conflicting options: {what} and the network mode container:{other} (the network, hosts and DNS are {}'s)",
                     o.name()

@@ -320,15 +320,8 @@ impl Engine {
                 pod.name
             )));
         }
-        let conflict = [
-            (!cfg.publish.is_empty() || cfg.publish_all, "published ports (-p)"),
-            (!cfg.hostname.is_empty(), "a hostname"),
-            (!cfg.dns.is_empty() || !cfg.dns_search.is_empty() || !cfg.dns_options.is_empty(), "DNS options"),
-            (!cfg.add_hosts.is_empty(), "extra hosts"),
-            (cfg.mac.is_some() || cfg.ip.is_some(), "an address"),
-            (!(cfg.network.is_empty() || crate::network::is_default(&cfg.network)), "a network"),
-        ];
-        if let Some((_, what)) = conflict.iter().find(|(c, _)| *c) {
+        let network = (cfg.network_mode() != crate::config::NetworkMode::Default).then_some("a network");
+        if let Some(what) = crate::validate::sandbox_owned(cfg).or(network) {
             return Err(EngineError::Invalid(format!(
                 "{what} of a container in a pod belong to the pod: give them to `moat pod create` (pod {})",
                 pod.name

@@ -363,6 +363,20 @@ pub(crate) fn check_isolation(cfg: &ContainerConfig, iso: moat_core::Isolation) 
     Ok(())
 }
 
+/// The first option of `cfg` that belongs to the sandbox it joins
+/// (`--network container:X`, a pod), in words; `None` when there is none.
+pub(crate) fn sandbox_owned(cfg: &ContainerConfig) -> Option<&'static str> {
+    [
+        (!cfg.publish.is_empty() || cfg.publish_all, "published ports"),
+        (!cfg.hostname.is_empty(), "a hostname"),
+        (!cfg.dns.is_empty() || !cfg.dns_search.is_empty() || !cfg.dns_options.is_empty(), "DNS options"),
+        (!cfg.add_hosts.is_empty(), "extra hosts"),
+        (cfg.mac.is_some() || cfg.ip.is_some(), "an address"),
+    ]
+    .into_iter()
+    .find_map(|(c, what)| c.then_some(what))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -270,20 +270,32 @@ impl Vm {
             sandbox: None,
         };
         info.write(&plan.dir);
-        Ok(Self {
-            cid: plan.id.clone(),
-            link: Some(link),
+        let mut vm = Self::blank(&plan.id, info, mem_mib, vcpus);
+        vm.link = Some(link);
+        vm.sandbox = Some(Sandbox {
+            listener,
+            share,
+            joined: HashMap::new(),
+            next_conn: 1,
+            routes: HashMap::new(),
+            next_wire: JOINED_SESSIONS,
+            discard: HashSet::new(),
+        });
+        vm.cgroup = Some(cgroup);
+        // the boot already sent the main process's `Create`
+        vm.create_sent = true;
+        vm.console_check = Some(Instant::now() + CONSOLE_EVERY);
+        Ok(vm)
+    }
+
+    /// A backend for container `cid` with nothing connected yet.
+    fn blank(cid: &str, info: VmInfo, mem_mib: u64, vcpus: u32) -> Self {
+        Self {
+            cid: cid.to_string(),
+            link: None,
             member: None,
-            sandbox: Some(Sandbox {
-                listener,
-                share,
-                joined: HashMap::new(),
-                next_conn: 1,
-                routes: HashMap::new(),
-                next_wire: JOINED_SESSIONS,
-                discard: HashSet::new(),
-            }),
-            cgroup: Some(cgroup),
+            sandbox: None,
+            cgroup: None,
             queries: HashMap::new(),
             qmp: VecDeque::new(),
             pending: HashMap::new(),
@@ -294,10 +306,10 @@ impl Vm {
             vcpus,
             mem_mib,
             info,
-            create_sent: true,
+            create_sent: false,
             retired_taps: Vec::new(),
-            console_check: Some(Instant::now() + CONSOLE_EVERY),
-        })
+            console_check: None,
+        }
     }
 
     /// Joins the sandbox of container `owner` (its shim owns the VM): no
@@ -315,26 +327,9 @@ impl Vm {
         info.write(&plan.dir);
         let mem_mib = info.memory_mib.unwrap_or(moat_vm::launch::DEFAULT_MEMORY_MIB);
         let vcpus = info.vcpus.unwrap_or(1);
-        Ok(Self {
-            cid: plan.id.clone(),
-            link: None,
-            member: Some(MemberLink { sock, dec: Decoder::default(), out: Vec::new(), owner: owner_name.to_string() }),
-            sandbox: None,
-            cgroup: None,
-            queries: HashMap::new(),
-            qmp: VecDeque::new(),
-            pending: HashMap::new(),
-            next_session: 1_000_000,
-            owed: HashMap::new(),
-            hard_deadline: None,
-            fs_gone_at: None,
-            vcpus,
-            mem_mib,
-            info,
-            create_sent: false,
-            retired_taps: Vec::new(),
-            console_check: None,
-        })
+        let mut vm = Self::blank(&plan.id, info, mem_mib, vcpus);
+        vm.member = Some(MemberLink { sock, dec: Decoder::default(), out: Vec::new(), owner: owner_name.to_string() });
+        Ok(vm)
     }
 
     fn link(&mut self) -> Option<&mut VmLink> {

@@ -230,7 +230,10 @@ fn pod_of_two(iso: &str) {
     shared_and_separate(&r, "web", "side", vm);
     // what belongs to the pod is refused on its containers, with the reason
     let e = r.fails(&["create", "--pod", "p", "-p", "9999:80", "busybox", "true"]);
-    assert_eq!(e, "Error: published ports (-p) of a container in a pod belong to the pod: give them to `moat pod create` (pod p)\n");
+    assert_eq!(
+        e,
+        "Error: published ports of a container in a pod belong to the pod: give them to `moat pod create` (pod p)\n"
+    );
     let other = if vm { "process" } else { "hyperv" };
     let e = r.fails(&["create", "--pod", "p", "--isolation", other, "busybox", "true"]);
     let own = if vm { "hyperv" } else { "process" };
