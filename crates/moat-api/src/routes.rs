@@ -135,10 +135,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
                 if restart {
                     return e.restart(&id, o).map(|_| true);
                 }
-                if !e.get(&id)?.is_running() {
-                    return Ok(false);
-                }
-                e.stop(&id, o).map(|_| true)
+                Ok(matches!(e.stop_if_running(&id, o)?, moat_engine::Stopped::Now(_)))
             })
             .await?;
             Ok(empty(if changed { 204 } else { 304 }))
@@ -685,17 +682,19 @@ async fn start(ctx: &Arc<Ctx>, id: &str) -> Result<Resp> {
     let id = id.to_string();
     let c2 = ctx.clone();
     let started = engine(ctx, move |e| {
-        let c = e.get(&id)?;
-        if c.is_running() {
-            return Ok(false);
-        }
-        let cid = c.id().to_string();
+        let mut waiting = Vec::new();
         // claim the waiting attaches first: none of them may attach on its own meanwhile
-        let waiting = c2.pending.lock().ok().and_then(|mut p| p.remove(&cid)).unwrap_or_default();
-        for w in &waiting {
-            w.claimed.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-        let (_, session) = e.start(&cid)?;
+        let claim = |c: &moat_engine::Container| {
+            waiting = c2.pending.lock().ok().and_then(|mut p| p.remove(c.id())).unwrap_or_default();
+            for w in &waiting {
+                w.claimed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        };
+        let (c, session) = match e.start_unless_running(&id, claim)? {
+            moat_engine::Started::Now(c, s) => (c, s),
+            moat_engine::Started::AlreadyRunning(_) => return Ok(false),
+        };
+        let cid = c.id().to_string();
         let mut first = Some(session);
         for w in waiting {
             match first.take() {

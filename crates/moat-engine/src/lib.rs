@@ -45,7 +45,7 @@ pub mod vm;
 pub mod volumes;
 
 pub use create::CreateRequest;
-pub use lifecycle::{ContainerPrune, StopOptions, UpdateRequest, WaitCondition};
+pub use lifecycle::{ContainerPrune, Started, StopOptions, Stopped, UpdateRequest, WaitCondition};
 pub use moat_proto::{ExecSpec, ProcRow, Stats, WinSize};
 pub use options::EngineOptions;
 pub use session::{AttachOptions, LogOptions, Session, SessionEvent, SessionWriter};

@@ -42,6 +42,22 @@ pub struct StopOptions {
     pub signal: Option<i32>,
 }
 
+/// What [`Engine::start_unless_running`] did.
+pub enum Started {
+    /// Started: its record and the shim's first session.
+    Now(Container, Session),
+    /// It was running already.
+    AlreadyRunning(Container),
+}
+
+/// What [`Engine::stop_if_running`] did.
+pub enum Stopped {
+    /// Stopped (its last record; a `--rm` container is gone).
+    Now(Container),
+    /// It was not running.
+    NotRunning(Container),
+}
+
 /// A change to a container (`moat update`, `POST /containers/{id}/update`).
 #[derive(Debug, Clone, Default)]
 pub struct UpdateRequest {
@@ -123,6 +139,36 @@ impl Engine {
             }
         }
         r
+    }
+
+    /// Starts a container unless it runs: `before` sees it just before
+    /// its shim starts (the API claims the attaches waiting for it). A
+    /// running container is an outcome, not an error (Docker's 304).
+    pub fn start_unless_running(&mut self, key: &str, before: impl FnOnce(&Container)) -> Result<Started, EngineError> {
+        let c = self.get(key)?;
+        if c.is_running() {
+            return Ok(Started::AlreadyRunning(c));
+        }
+        before(&c);
+        match self.start(c.id()) {
+            Ok((c, s)) => Ok(Started::Now(c, s)),
+            // another client started it meanwhile
+            Err(EngineError::Conflict(m)) => match self.get(c.id()) {
+                Ok(now) if now.is_running() => Ok(Started::AlreadyRunning(now)),
+                _ => Err(EngineError::Conflict(m)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stops a running container; one that does not run is an outcome,
+    /// not an error (Docker's 304).
+    pub fn stop_if_running(&mut self, key: &str, o: StopOptions) -> Result<Stopped, EngineError> {
+        let c = self.get(key)?;
+        if !c.is_running() {
+            return Ok(Stopped::NotRunning(c));
+        }
+        Ok(Stopped::Now(self.stop(c.id(), o)?))
     }
 
     fn start_shim(&mut self, id: &str) -> Result<(Container, Session), EngineError> {

@@ -879,8 +879,8 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
             let mut code = 0;
             let detach_keys = keys(detach_keys.as_deref())?;
             for name in &containers {
-                match e.start(name) {
-                    Ok((c, mut s)) => {
+                match e.start_unless_running(name, |_| {}) {
+                    Ok(moat_engine::Started::Now(c, mut s)) => {
                         if attach || interactive {
                             let o = AttachOptions { stdin: interactive, stdin_once: interactive, ..Default::default() };
                             let _ = s.attach(o);
@@ -889,7 +889,11 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
                         }
                         outln!("{name}");
                     }
-                    Err(EngineError::Conflict(_)) if !attach => outln!("{name}"),
+                    Ok(moat_engine::Started::AlreadyRunning(_)) if !attach => outln!("{name}"),
+                    Ok(moat_engine::Started::AlreadyRunning(c)) => {
+                        error_line!("container {} is already running", c.name());
+                        code = 1;
+                    }
                     // Docker: the daemon's refusal (no such container, ...) exits 1
                     Err(err @ EngineError::Start { .. }) => code = start_failed(err)?,
                     Err(err) => {
