@@ -30,6 +30,7 @@ pub mod names;
 pub mod network;
 pub mod options;
 pub mod pods;
+mod queries;
 pub mod registry;
 pub mod rootview;
 pub mod session;

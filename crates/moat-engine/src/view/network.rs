@@ -1,7 +1,7 @@
 //! Views of switches (Docker's networks): inspect and `network ls` rows.
 
 use super::*;
-use crate::{Container, Engine, EngineError};
+use crate::Container;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -195,22 +195,5 @@ impl NetworkRow {
             internal: s.config.internal,
             bridge: s.config.bridge.clone(),
         }
-    }
-}
-
-impl Engine {
-    /// Switches passing `f`, by name.
-    pub fn switches_matching(
-        &mut self,
-        f: &crate::network::SwitchFilter,
-    ) -> Result<Vec<crate::network::Switch>, EngineError> {
-        let mut out = Vec::new();
-        for s in self.switches()? {
-            let members = self.images.store().switch_members(&s.id)?.len();
-            if f.matches(&s, members) {
-                out.push(s);
-            }
-        }
-        Ok(out)
     }
 }
