@@ -398,12 +398,15 @@ impl Agent {
     fn run(&mut self) {
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
-            let mut want: Vec<(RawFd, libc::c_short, Source, String)> = Vec::new();
-            for (cid, c) in &self.ctrs {
+            // each descriptor names its container by its place in `cids`
+            let cids: Vec<String> = self.ctrs.keys().cloned().collect();
+            let mut want: Vec<(RawFd, libc::c_short, Source, usize)> = Vec::new();
+            for (n, cid) in cids.iter().enumerate() {
+                let Some(c) = self.ctrs.get(cid) else { continue };
                 let credit = &self.credit;
                 let mut fds = Vec::new();
                 c.relay.poll_fds(&|sid| credit.get(&c.wire(sid)).is_some_and(|n| *n > 0), &mut fds);
-                want.extend(fds.into_iter().map(|(fd, ev, src)| (fd, ev, src, cid.clone())));
+                want.extend(fds.into_iter().map(|(fd, ev, src)| (fd, ev, src, n)));
             }
             let mut fds = vec![libc::pollfd {
                 fd: self.port.as_raw_fd(),
@@ -440,17 +443,18 @@ impl Agent {
                     poweroff_now();
                 }
             }
-            for (p, (_, _, src, cid)) in fds[1..].iter().zip(want) {
+            for (p, (_, _, src, n)) in fds[1..].iter().zip(want) {
                 if p.revents == 0 {
                     continue;
                 }
-                let Some(ctr) = self.ctrs.get_mut(&cid) else { continue };
+                let cid = &cids[n];
+                let Some(ctr) = self.ctrs.get_mut(cid) else { continue };
                 let max = match src {
                     Source::Output(sid, _) => self.credit.get(&ctr.wire(sid)).copied().unwrap_or(0) as usize,
                     _ => READ_CHUNK,
                 };
                 let events = ctr.relay.ready(src, max, &mut buf);
-                self.events(&cid, events);
+                self.events(cid, events);
             }
             // reap strays reparented to us (never a session's process: its pidfd reports that)
             self.reap_strays();

@@ -267,7 +267,7 @@ impl Engine {
             stdin: c.config.open_stdin,
             endpoints: c.config.networks.clone(),
             sandbox,
-            group: self.pod_group(c)?,
+            group: self.pod_group(c),
         };
         Ok(crate::shim::ShimPlan {
             id: id.to_string(),

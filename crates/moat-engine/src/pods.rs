@@ -131,6 +131,28 @@ impl PodWithContainers {
     }
 }
 
+/// `pod` with its containers among `all`: the infra container first, then
+/// the others in creation order.
+fn with_members(pod: Pod, all: &[Container]) -> PodWithContainers {
+    let mut cs: Vec<Container> =
+        all.iter().filter(|c| c.config.pod.as_deref() == Some(pod.id.as_str())).cloned().collect();
+    cs.sort_by(|a, b| {
+        let infra = |c: &Container| c.id() != pod.config.infra_id;
+        (infra(a), a.row.created, a.id()).cmp(&(infra(b), b.row.created, b.id()))
+    });
+    PodWithContainers { pod, containers: cs }
+}
+
+/// The store's row of `p`.
+fn row(p: &Pod) -> Result<moat_store::PodRow, EngineError> {
+    Ok(moat_store::PodRow {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        created: p.created,
+        config: serde_json::to_string(&p.config).map_err(|e| EngineError::Invalid(e.to_string()))?,
+    })
+}
+
 fn parse(row: moat_store::PodRow) -> Result<Pod, EngineError> {
     let config = serde_json::from_str(&row.config)
         .map_err(|e| EngineError::Invalid(format!("corrupt configuration of pod {}: {e}", row.id)))?;
@@ -177,18 +199,25 @@ impl Engine {
     /// others in creation order.
     pub fn pod_with_containers(&mut self, key: &str) -> Result<PodWithContainers, EngineError> {
         let pod = self.pod(key)?;
-        let containers = self.pod_members(&pod)?;
-        Ok(PodWithContainers { pod, containers })
+        let all = self.list()?;
+        Ok(with_members(pod, &all))
     }
 
-    fn pod_members(&mut self, pod: &Pod) -> Result<Vec<Container>, EngineError> {
-        let mut cs: Vec<Container> =
-            self.list()?.into_iter().filter(|c| c.config.pod.as_deref() == Some(pod.id.as_str())).collect();
-        cs.sort_by(|a, b| {
-            let infra = |c: &Container| c.id() != pod.config.infra_id;
-            (infra(a), a.row.created, a.id()).cmp(&(infra(b), b.row.created, b.id()))
-        });
-        Ok(cs)
+    /// A pod and its running containers (in its order); a pod with none is
+    /// `NotRunning` (`pod kill`, `pod top`, `pod stats`).
+    pub fn pod_running(&mut self, key: &str) -> Result<(Pod, Vec<Container>), EngineError> {
+        let p = self.pod_with_containers(key)?;
+        let running: Vec<Container> = p.containers.into_iter().filter(|c| c.is_running()).collect();
+        if running.is_empty() {
+            return Err(EngineError::NotRunning(format!("pod {} has no running container", p.pod.name)));
+        }
+        Ok((p.pod, running))
+    }
+
+    /// Every pod with its containers, oldest first (the containers listed once).
+    fn pods_with_containers(&mut self) -> Result<Vec<PodWithContainers>, EngineError> {
+        let all = self.list()?;
+        Ok(self.pods()?.into_iter().map(|pod| with_members(pod, &all)).collect())
     }
 
     /// The local image the infra containers run (made from the agent once).
@@ -240,9 +269,6 @@ impl Engine {
                 n
             }
         };
-        if self.pods()?.iter().any(|p| p.name == name) {
-            return Err(EngineError::Conflict(format!("the pod name {name:?} is already in use")));
-        }
         let image = self.pause_image()?;
         let isolation = req.isolation.unwrap_or(self.settings.default_isolation);
         let id = moat_core::id::new_id();
@@ -268,14 +294,7 @@ impl Engine {
             cpus: req.cpus,
         };
         let mut pod = Pod { id: id.clone(), name, created: Utc::now(), config };
-        let row = |p: &Pod| -> Result<moat_store::PodRow, EngineError> {
-            Ok(moat_store::PodRow {
-                id: p.id.clone(),
-                name: p.name.clone(),
-                created: p.created,
-                config: serde_json::to_string(&p.config).map_err(|e| EngineError::Invalid(e.to_string()))?,
-            })
-        };
+        // the store's unique name refuses a clash (atomically, before the infra container exists)
         self.store().insert_pod(&row(&pod)?)?;
         let infra = self.create(CreateRequest { name: Some(format!("{}-infra", &id[..12])), config: cfg });
         let infra = match infra {
@@ -293,19 +312,17 @@ impl Engine {
 
     /// The cgroup group container `c` goes into: its pod's, with the pod's
     /// limits, in process isolation (a hyperv pod's limits size its VM).
-    pub(crate) fn pod_group(&mut self, c: &Container) -> Result<Option<(String, moat_proto::Limits)>, EngineError> {
-        let Some(pod) = &c.config.pod else { return Ok(None) };
-        if c.config.isolation() != Isolation::Process {
-            return Ok(None);
-        }
-        let Ok(p) = self.pod(pod) else { return Ok(None) };
+    pub(crate) fn pod_group(&mut self, c: &Container) -> Option<(String, moat_proto::Limits)> {
+        let pod = c.config.pod.as_ref().filter(|_| c.config.isolation() == Isolation::Process)?;
+        // an infra container outliving its pod's row (`pod rm`) has no group
+        let p = self.pod(pod).ok()?;
         let limits = moat_proto::Limits {
             memory: p.config.memory,
             cpus: p.config.cpus,
             devices: moat_runtime::devices::DevicePolicy::AllowAll,
             ..Default::default()
         };
-        Ok(Some((group_name(&p.id), limits)))
+        Some((group_name(&p.id), limits))
     }
 
     /// What a container created with `--pod P` gets from the pod: its
@@ -366,15 +383,12 @@ impl Engine {
 
     /// Sends a signal to every running container of a pod.
     pub fn pod_kill(&mut self, key: &str, signal: i32) -> Result<PodWithContainers, EngineError> {
-        let p = self.pod_with_containers(key)?;
-        if !p.containers.iter().any(|c| c.is_running()) {
-            return Err(EngineError::NotRunning(format!("pod {} has no running container", p.pod.name)));
-        }
-        for c in p.containers.iter().rev().filter(|c| c.is_running()) {
+        let (pod, running) = self.pod_running(key)?;
+        for c in running.iter().rev() {
             self.kill(c.id(), signal)?;
         }
-        events::record(self.store(), pod_event("kill", &p.pod).attr("signal", &signal.to_string()));
-        self.pod_with_containers(&p.pod.id)
+        events::record(self.store(), pod_event("kill", &pod).attr("signal", &signal.to_string()));
+        self.pod_with_containers(&pod.id)
     }
 
     /// Freezes (`true`) or thaws every running container of a pod.
@@ -424,10 +438,9 @@ impl Engine {
     /// Removes every pod none of whose containers runs.
     pub fn pod_prune(&mut self) -> Result<Vec<Pod>, EngineError> {
         let mut gone = Vec::new();
-        for pod in self.pods()? {
-            let p = self.pod_with_containers(&pod.id)?;
+        for p in self.pods_with_containers()? {
             if p.containers.iter().all(|c| !c.is_running()) {
-                gone.push(self.pod_remove(&pod.id, false)?);
+                gone.push(self.pod_remove(&p.pod.id, false)?);
             }
         }
         Ok(gone)
@@ -452,8 +465,7 @@ impl Engine {
         }
         let mut pod = p.pod;
         pod.config.isolation = Some(iso);
-        let cfg = serde_json::to_string(&pod.config).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        self.store().update_pod(&pod.id, &cfg)?;
+        self.store().update_pod(&pod.id, &row(&pod)?.config)?;
         events::record(self.store(), pod_event("update", &pod).attr("isolation", &iso.to_string()));
         Ok(pod)
     }
@@ -602,32 +614,21 @@ impl Engine {
     /// Pods with their containers that pass `f`, oldest first.
     pub fn pods_matching(&mut self, f: &crate::filter::Filters) -> Result<Vec<PodWithContainers>, EngineError> {
         f.check(&["name", "id", "label", "status", "isolation"])?;
-        let mut out = Vec::new();
-        for pod in self.pods()? {
-            let containers = self.pod_members(&pod)?;
-            let p = PodWithContainers { pod, containers };
-            if pod_matches(f, &p) {
-                out.push(p);
-            }
-        }
-        Ok(out)
+        Ok(self.pods_with_containers()?.into_iter().filter(|p| pod_matches(f, p)).collect())
     }
 
     /// The processes of a pod's running containers: `top`'s table with the
     /// container's name first.
     pub fn pod_top(&mut self, key: &str) -> Result<(Vec<String>, Vec<Vec<String>>), EngineError> {
-        let p = self.pod_with_containers(key)?;
+        let (_, running) = self.pod_running(key)?;
         let mut titles = vec!["CONTAINER".to_string()];
         let mut rows = Vec::new();
-        for c in p.containers.iter().filter(|c| c.is_running()) {
+        for c in &running {
             let (t, r) = self.top_table(c.id(), &[])?;
             if titles.len() == 1 {
                 titles.extend(t);
             }
             rows.extend(r.into_iter().map(|row| std::iter::once(c.name().to_string()).chain(row).collect()));
-        }
-        if rows.is_empty() {
-            return Err(EngineError::NotRunning(format!("pod {} has no running container", p.pod.name)));
         }
         Ok((titles, rows))
     }

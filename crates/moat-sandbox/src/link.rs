@@ -95,6 +95,26 @@ pub fn guest_spec(spec: &Spec, cid: &str) -> Spec {
     g
 }
 
+/// The first control message on session `sid` that `want` takes among the
+/// frames `dec` holds; the frames before it are dropped (the blocking waits
+/// before a shim's loop runs). `peer` names the other end in errors.
+pub(crate) fn take_wanted(
+    dec: &mut Decoder,
+    sid: u32,
+    want: &dyn Fn(&AgentEvent) -> bool,
+    peer: &str,
+) -> Result<Option<AgentEvent>, SandboxError> {
+    while let Some(f) = dec.next_frame().map_err(|e| SandboxError::Shim(format!("{peer}: {e}")))? {
+        if f.session == sid && f.kind == Kind::Control {
+            let m: AgentEvent = f.msg().map_err(|e| SandboxError::Shim(format!("{peer}: {e}")))?;
+            if want(&m) {
+                return Ok(Some(m));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// A running VM and its agent channel.
 pub struct VmLink {
     /// QEMU and virtiofsd.
@@ -346,13 +366,8 @@ impl VmLink {
         let mut buf = vec![0u8; 64 << 10];
         loop {
             self.flush_blocking()?;
-            while let Some(f) = self.dec.next_frame().map_err(|e| SandboxError::Shim(format!("agent: {e}")))? {
-                if f.session == sid && f.kind == Kind::Control {
-                    let m: AgentEvent = f.msg().map_err(|e| SandboxError::Shim(format!("agent: {e}")))?;
-                    if want(&m) {
-                        return Ok(m);
-                    }
-                }
+            if let Some(m) = take_wanted(&mut self.dec, sid, &want, "agent")? {
+                return Ok(m);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

@@ -149,16 +149,11 @@ impl MemberLink {
                     Err(e) => return Err(SandboxError::Io("sandbox socket".into(), e)),
                 }
             }
-            while let Some(f) = self.dec.next_frame().map_err(|e| SandboxError::Shim(format!("sandbox: {e}")))? {
-                if f.session == sid && f.kind == Kind::Control {
-                    let m: AgentEvent = f.msg().map_err(|e| SandboxError::Shim(format!("sandbox: {e}")))?;
-                    if let AgentEvent::SandboxEnded { reason, .. } = m {
-                        return Err(SandboxError::Shim(reason));
-                    }
-                    if want(&m) {
-                        return Ok(m);
-                    }
-                }
+            let ended = |m: &AgentEvent| matches!(m, AgentEvent::SandboxEnded { .. });
+            match crate::link::take_wanted(&mut self.dec, sid, &|m| ended(m) || want(m), "sandbox")? {
+                Some(AgentEvent::SandboxEnded { reason, .. }) => return Err(SandboxError::Shim(reason)),
+                Some(m) => return Ok(m),
+                None => {}
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -208,12 +203,19 @@ struct Sandbox {
 }
 
 impl Sandbox {
+    /// A fresh wire session for the joined containers.
+    fn new_wire(&mut self) -> u32 {
+        let w = self.next_wire;
+        self.next_wire = self.next_wire.wrapping_add(1).max(JOINED_SESSIONS);
+        w
+    }
+
+    /// The wire session of joined connection `conn`'s session `sid`.
     fn wire(&mut self, conn: u32, sid: u32) -> u32 {
         if let Some(w) = self.joined.get(&conn).and_then(|j| j.to_wire.get(&sid)) {
             return *w;
         }
-        let w = self.next_wire;
-        self.next_wire = self.next_wire.wrapping_add(1).max(JOINED_SESSIONS);
+        let w = self.new_wire();
         self.routes.insert(w, (conn, sid));
         if let Some(j) = self.joined.get_mut(&conn) {
             j.to_wire.insert(sid, w);
@@ -403,24 +405,21 @@ impl Vm {
                     break;
                 }
             };
-            if let Some(e) = self.route_to_joined(&f) {
-                if e {
-                    continue;
-                }
+            if !self.route_to_joined(&f) {
+                out.extend(self.frame(f));
             }
-            out.extend(self.frame(f));
         }
         out
     }
 
     /// A frame from the agent for a joined container's session goes to its
-    /// shim (renumbered); `Some(true)` when it was one.
-    fn route_to_joined(&mut self, f: &Frame) -> Option<bool> {
-        let sb = self.sandbox.as_mut()?;
+    /// shim (renumbered); true when it was one (or an answer nobody waits for).
+    fn route_to_joined(&mut self, f: &Frame) -> bool {
+        let Some(sb) = self.sandbox.as_mut() else { return false };
         if sb.discard.remove(&f.session) {
-            return Some(true);
+            return true;
         }
-        let (conn, sid) = *sb.routes.get(&f.session)?;
+        let Some(&(conn, sid)) = sb.routes.get(&f.session) else { return false };
         if f.kind == Kind::Control {
             // an exec session ends with its exit: forget its number
             if let Ok(AgentEvent::Exit { .. }) = f.msg::<AgentEvent>() {
@@ -435,7 +434,7 @@ impl Vm {
         if let Some(j) = sb.joined.get_mut(&conn) {
             Frame { kind: f.kind, session: sid, data: f.data.clone() }.encode_into(&mut j.out);
         }
-        Some(true)
+        true
     }
 
     /// A container's shim connects to join this VM.
@@ -566,11 +565,10 @@ impl Vm {
         let Some(j) = sb.joined.remove(&conn) else { return };
         sb.routes.retain(|_, (c, _)| *c != conn);
         let Some(cid) = j.cid else { return };
-        let w = sb.next_wire;
-        sb.next_wire = sb.next_wire.wrapping_add(1).max(JOINED_SESSIONS);
+        let w = sb.new_wire();
         sb.discard.insert(w);
         if j.mounted {
-            crate::link::release_root(&sb.share.clone(), &cid);
+            crate::link::release_root(&sb.share, &cid);
         }
         self.send(w, &AgentRequest::Remove { cid });
     }

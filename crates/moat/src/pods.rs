@@ -253,13 +253,9 @@ pub fn run(e: &mut Engine, cmd: PodCmd) -> Result<i32> {
             0
         }
         PodCmd::Stats { no_stream, format, pod } => {
-            let p = e.pod_with_containers(&pod)?;
-            let names: Vec<String> =
-                p.containers.iter().filter(|c| c.is_running()).map(|c| c.id().to_string()).collect();
-            if names.is_empty() {
-                anyhow::bail!("pod {} has no running container", p.pod.name);
-            }
-            crate::containers::stats(e, no_stream, false, &format, &names)?
+            let (_, running) = e.pod_running(&pod)?;
+            let ids: Vec<String> = running.iter().map(|c| c.id().to_string()).collect();
+            crate::containers::stats(e, no_stream, false, &format, &ids)?
         }
         PodCmd::Prune { force: _ } => {
             for p in e.pod_prune()? {

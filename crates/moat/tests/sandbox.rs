@@ -154,6 +154,9 @@ fn pod_of_two(iso: &str) {
     let id = id.trim().to_string();
     assert_eq!(id.len(), 64, "{id}");
     assert_eq!(r.ok(&["pod", "ls", "--format", "{{.Name}} {{.Status}} {{.NumContainers}}"]), "p Created 1\n");
+    let e = r.fails(&["pod", "create", "--name", "p", "--isolation", iso]);
+    assert_eq!(e, "Error: pod name \"p\" is already in use\n");
+    assert_eq!(r.ok(&["ps", "-aq"]).lines().count(), 1, "the refused pod made no infra container");
     // a container of the pod starts the pod's infra container first
     r.ok(&["run", "-d", "--pod", "p", "--name", "web", "busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"]);
     r.ok(&["run", "-d", "--pod", "p", "--name", "side", "busybox", "sleep", "3302"]);

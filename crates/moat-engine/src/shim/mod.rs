@@ -27,11 +27,7 @@ pub struct ShimContext {
     pub layout: moat_store::Layout,
     /// The container (as recorded when its shim started).
     pub container: crate::Container,
-    /// Its runtime spec (host paths).
-    pub spec: moat_runtime::spec::Spec,
-    /// Its directory.
-    pub dir: std::path::PathBuf,
-    /// What its backend runs.
+    /// What its backend runs (its spec and directory too).
     pub plan: ContainerPlan,
 }
 
@@ -273,8 +269,7 @@ impl Shim {
             for sw in &plan.switches {
                 moat_net::link::ensure_switch(sw)?;
             }
-            let spec = plan.backend.spec.clone();
-            let ctx = ShimContext { options: opts.clone(), layout, container: c, spec, dir, plan: plan.backend };
+            let ctx = ShimContext { options: opts.clone(), layout, container: c, plan: plan.backend };
             Ok((host, ctx, log, state_file, listener))
         })();
         let (host, ctx, log, state_file, listener) = match setup {
@@ -890,7 +885,7 @@ impl Shim {
                 self.stop_deadline = Some(Instant::now() + Duration::from_secs(timeout_secs as u64));
             }
             ShimRequest::Follow => {
-                let offset = std::fs::metadata(self.ctx.dir.join(format!("{}-json.log", self.ctx.id())))
+                let offset = std::fs::metadata(self.ctx.plan.dir.join(format!("{}-json.log", self.ctx.id())))
                     .map(|m| m.len())
                     .unwrap_or(0);
                 self.reply(id, ShimReply::LogOffset { offset });
@@ -1044,7 +1039,7 @@ impl Shim {
     /// Cleans up after the last exit: backend, proxies, auto-remove, then flushes clients.
     fn finish(&mut self) {
         // no new clients: they fall back to the recorded state
-        let _ = std::fs::remove_file(self.ctx.dir.join(moat_store::ctr_files::SHIM_SOCK));
+        let _ = std::fs::remove_file(self.ctx.plan.dir.join(moat_store::ctr_files::SHIM_SOCK));
         for (_, s) in self.sessions.drain() {
             execs::update(&self.ctx.layout, &self.ctx.container.row.id, &s.exec_id, |r| {
                 r.running = false;
