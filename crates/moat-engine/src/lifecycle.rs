@@ -178,6 +178,9 @@ impl Engine {
         if c.is_running() {
             return Err(EngineError::Conflict(format!("container {} is already running", c.name())));
         }
+        // its last shim may still be finishing (the record says it exited,
+        // the shim tears down): the new one would find its lock taken
+        client::wait_shim_gone(&self.layout, c.id());
         self.prepare_dirs(c.id(), &c.config)?;
         // what the shim starts from (a refusal here is a start failure, as
         // when the shim itself found it)
