@@ -5,7 +5,7 @@
 
 use crate::http::{ApiError, Result};
 use moat_engine::config::{ContainerConfig, Limits};
-use moat_engine::{flags, CreateRequest};
+use moat_engine::{flags, CreateRequest, NetworkAttachment};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -115,15 +115,8 @@ pub(crate) fn restart_policy(v: &Value) -> Result<Option<moat_engine::config::Re
     }
 }
 
-/// What `create` makes of the body: the request, and the networks beyond
-/// the first to connect once the container exists.
-pub(crate) struct Translated {
-    pub req: CreateRequest,
-    pub more_networks: Vec<(String, Option<std::net::Ipv4Addr>)>,
-}
-
 /// Translates Docker's create body (`name` from the query).
-pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> {
+pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<CreateRequest> {
     if !body.is_object() {
         return Err(ApiError::bad("the create body must be a JSON object"));
     }
@@ -159,25 +152,19 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         binds.push(flags::volume(&b, None)?);
     }
     let mut tmpfs = string_map(hc.get("Tmpfs").unwrap_or(&Value::Null), "HostConfig.Tmpfs")?;
-    for m in hc.get("Mounts").and_then(Value::as_array).into_iter().flatten() {
-        let mut spec = vec![format!("type={}", str_of(m, "Type"))];
-        if !str_of(m, "Source").is_empty() {
-            spec.push(format!("source={}", str_of(m, "Source")));
-        }
-        spec.push(format!("target={}", str_of(m, "Target")));
-        if boolean(m, "ReadOnly") {
-            spec.push("readonly".into());
-        }
-        if let Some(p) = m.pointer("/BindOptions/Propagation").and_then(Value::as_str).filter(|p| !p.is_empty()) {
-            spec.push(format!("bind-propagation={p}"));
-        }
-        if m.pointer("/VolumeOptions/NoCopy").and_then(Value::as_bool) == Some(true) {
-            spec.push("volume-nocopy".into());
-        }
-        if let Some(n) = m.pointer("/TmpfsOptions/SizeBytes").and_then(Value::as_i64) {
-            spec.push(format!("tmpfs-size={n}"));
-        }
-        match flags::mount(&spec.join(","), None)? {
+    for (i, m) in hc.get("Mounts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let opts = flags::MountOptions {
+            kind: str_of(m, "Type").to_string(),
+            source: str_of(m, "Source").to_string(),
+            target: str_of(m, "Target").to_string(),
+            readonly: boolean(m, "ReadOnly"),
+            nocopy: m.pointer("/VolumeOptions/NoCopy").and_then(Value::as_bool) == Some(true),
+            propagation: m.pointer("/BindOptions/Propagation").and_then(Value::as_str).unwrap_or("").to_string(),
+            tmpfs_size: m.pointer("/TmpfsOptions/SizeBytes").and_then(Value::as_i64).map(|n| n.to_string()),
+            tmpfs_mode: m.pointer("/TmpfsOptions/Mode").and_then(Value::as_u64).map(|n| format!("{n:o}")),
+            ..Default::default()
+        };
+        match opts.resolve(&format!("HostConfig.Mounts[{i}]"), None)? {
             flags::MountArg::Mount(m) => binds.push(m),
             flags::MountArg::Tmpfs(t, o) => {
                 tmpfs.insert(t, o);
@@ -202,16 +189,10 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         for (port, list) in pb {
             let list = list.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
-                publish.extend(flags::publish(port)?);
+                publish.extend(flags::port_binding("", "", port)?);
             }
             for b in list {
-                let (ip, hp) = (str_of(&b, "HostIp"), str_of(&b, "HostPort"));
-                let s = match (ip.is_empty(), hp.is_empty()) {
-                    (true, true) => port.clone(),
-                    (true, false) => format!("{hp}:{port}"),
-                    (false, _) => format!("{ip}:{hp}:{port}"),
-                };
-                publish.extend(flags::publish(&s)?);
+                publish.extend(flags::port_binding(str_of(&b, "HostIp"), str_of(&b, "HostPort"), port)?);
             }
         }
     }
@@ -302,7 +283,7 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
     // networks: NetworkMode, or the endpoints of NetworkingConfig
     let mut network = str_of(&hc, "NetworkMode").to_string();
     let mut ip = None;
-    let mut more_networks = Vec::new();
+    let mut networks = Vec::new();
     let ip_of = |ep: &Value| -> Result<Option<std::net::Ipv4Addr>> {
         if let Some(a) = ep.pointer("/IPAMConfig/IPv6Address").and_then(Value::as_str).filter(|s| !s.is_empty()) {
             return Err(ApiError::bad(format!(
@@ -315,19 +296,19 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         }
     };
     let mut aliases: Vec<String> = Vec::new();
+    let mut mac = Some(str_of(body, "MacAddress").to_string()).filter(|m| !m.is_empty());
     if let Some(Value::Object(eps)) = body.pointer("/NetworkingConfig/EndpointsConfig") {
         let unnamed = network.is_empty() || network == "default";
         for (i, (name, ep)) in eps.iter().enumerate() {
-            for a in strings(ep.get("Aliases").unwrap_or(&Value::Null), "Aliases")? {
-                if !aliases.contains(&a) {
-                    aliases.push(a);
-                }
-            }
+            let names = strings(ep.get("Aliases").unwrap_or(&Value::Null), "Aliases")?;
+            let ep_mac = Some(str_of(ep, "MacAddress").to_string()).filter(|m| !m.is_empty());
             if (unnamed && i == 0) || (!unnamed && name == &network) {
                 network = name.clone();
                 ip = ip_of(ep)?;
+                aliases = names;
+                mac = mac.or(ep_mac);
             } else {
-                more_networks.push((name.clone(), ip_of(ep)?));
+                networks.push(NetworkAttachment { switch: name.clone(), ip: ip_of(ep)?, mac: ep_mac, aliases: names });
             }
         }
     }
@@ -353,7 +334,6 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
             Some(serde_json::from_value(h.clone()).map_err(|e| ApiError::bad(format!("invalid Healthcheck: {e}")))?)
         }
     };
-    let mac = Some(str_of(body, "MacAddress").to_string()).filter(|m| !m.is_empty());
     let stop_timeout = body.get("StopTimeout").and_then(Value::as_u64).map(|t| t.min(u32::MAX as u64) as u32);
     let config = ContainerConfig {
         image: image.to_string(),
@@ -419,7 +399,7 @@ pub(crate) fn translate(body: &Value, name: Option<&str>) -> Result<Translated> 
         ..Default::default()
     };
     let name = name.filter(|n| !n.is_empty()).map(|n| n.trim_start_matches('/').to_string());
-    Ok(Translated { req: CreateRequest { name, config }, more_networks })
+    Ok(CreateRequest { name, config, networks })
 }
 
 #[cfg(test)]
@@ -433,9 +413,9 @@ mod tests {
     #[test]
     fn docker_py_minimal_body() -> Result<()> {
         let t = translate(&serde_json::json!({"Image": "busybox", "Cmd": ["echo", "hi"]}), Some("/web"))?;
-        assert_eq!(t.req.name.as_deref(), Some("web"));
-        assert_eq!(t.req.config.cmd, ["echo", "hi"]);
-        assert!(t.req.config.isolation.is_none() && t.req.config.network.is_empty());
+        assert_eq!(t.name.as_deref(), Some("web"));
+        assert_eq!(t.config.cmd, ["echo", "hi"]);
+        assert!(t.config.isolation.is_none() && t.config.network.is_empty());
         Ok(())
     }
 
@@ -447,19 +427,24 @@ mod tests {
                 "HostConfig": {"Isolation": "hyperv", "Memory": 67108864, "NanoCpus": 1500000000,
                     "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]},
                     "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}, "NetworkMode": "default"},
-                "NetworkingConfig": {"EndpointsConfig": {"front": {"IPAMConfig": {"IPv4Address": "10.9.0.5"}}, "back": {}}}
+                "NetworkingConfig": {"EndpointsConfig": {"front": {"IPAMConfig": {"IPv4Address": "10.9.0.5"}, "Aliases": ["f"]}, "back": {"Aliases": ["b"]}}}
             }),
             None,
         )?;
-        let c = &t.req.config;
+        let c = &t.config;
         assert_eq!(c.isolation, Some(moat_core::Isolation::Hyperv));
         assert_eq!((c.limits.memory, c.limits.cpus), (Some(64 << 20), Some(1.5)));
         assert_eq!(c.publish.len(), 1);
         assert_eq!(c.entrypoint, [""]);
         assert_eq!(c.exposed, [(80, "tcp".to_string())]);
-        assert_eq!(t.more_networks.len(), 1);
-        assert_eq!((c.network.as_str(), c.ip), ("back", None));
-        assert_eq!(t.more_networks, [("front".to_string(), Some([10, 9, 0, 5].into()))]);
+        assert_eq!((c.network.as_str(), c.ip, c.aliases.as_slice()), ("back", None, ["b".to_string()].as_slice()));
+        let front = NetworkAttachment {
+            switch: "front".into(),
+            ip: Some([10, 9, 0, 5].into()),
+            aliases: vec!["f".into()],
+            ..Default::default()
+        };
+        assert_eq!(t.networks, [front]);
         Ok(())
     }
 

@@ -93,17 +93,10 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         (&Method::POST, ["containers", "create"]) => {
             let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
-            let t = crate::create::translate(&v, q.get("name"))?;
+            let req = crate::create::translate(&v, q.get("name"))?;
             let (id, warnings) = engine(&ctx, move |e| {
-                let warnings = moat_engine::validate::warnings(&t.req.config);
-                let c = e.create(t.req)?;
-                for (net, ip) in &t.more_networks {
-                    if let Err(err) = e.connect_switch(net, c.id(), *ip) {
-                        let _ = e.remove(c.id(), true, true);
-                        return Err(err);
-                    }
-                }
-                Ok((c.id().to_string(), warnings))
+                let warnings = moat_engine::validate::warnings(&req.config);
+                Ok((e.create(req)?.id().to_string(), warnings))
             })
             .await?;
             Ok(json(201, &j!({ "Id": id, "Warnings": warnings })))

@@ -379,6 +379,20 @@ pub struct ContainerState {
     pub ports: Vec<moat_net::PortMap>,
 }
 
+/// One more switch for a new container, with its address, MAC and the
+/// names it answers to there only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkAttachment {
+    /// Switch name or ID.
+    pub switch: String,
+    /// IPv4 address on it (allocated when `None`).
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// MAC address on it (generated when `None`).
+    pub mac: Option<String>,
+    /// Names the container answers to on this switch only.
+    pub aliases: Vec<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

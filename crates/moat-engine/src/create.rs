@@ -1,7 +1,7 @@
 //! Creating a container: validate the request, merge the image's config
 //! the way Docker does, reserve its switch addresses, record it.
 
-use crate::config::{ContainerConfig, ContainerState};
+use crate::config::{ContainerConfig, ContainerState, NetworkAttachment};
 use crate::validate::check_isolation;
 use crate::{events, names, network, spec, validate, Container, Engine, EngineError};
 use chrono::Utc;
@@ -15,6 +15,9 @@ pub struct CreateRequest {
     pub name: Option<String>,
     /// Configuration as the user gave it (the engine fills in the rest).
     pub config: ContainerConfig,
+    /// Switches to connect beyond the first (`config.network`): Docker's
+    /// repeated `--network` and the further `EndpointsConfig` entries.
+    pub networks: Vec<NetworkAttachment>,
 }
 
 /// Merges the image's runtime config into `cfg` like Docker: an explicit
@@ -156,6 +159,12 @@ impl Engine {
             cfg.hostname = o.config.hostname.clone();
         }
         use crate::config::NetworkMode;
+        if !req.networks.is_empty() && !matches!(cfg.network_mode(), NetworkMode::Default | NetworkMode::Switch(_)) {
+            return Err(EngineError::Invalid(format!(
+                "conflicting options: network mode {} joins no further switch (a container on none, host or another container's network has no switches of its own)",
+                cfg.network
+            )));
+        }
         let switch = match cfg.network_mode() {
             NetworkMode::Container(_) => None,
             NetworkMode::None | NetworkMode::Host => {
@@ -267,7 +276,10 @@ impl Engine {
         // nothing of a failed create stays behind
         let finished = (|| {
             if let Some(sw) = switch {
-                let ep = self.allocate(&id, &sw, cfg.ip, cfg.mac.clone())?;
+                let mut ep = self.allocate(&id, &sw, cfg.ip, cfg.mac.clone())?;
+                // `--network-alias` names the container on its first switch
+                // only, as Docker's endpoint aliases do
+                ep.aliases = std::mem::take(&mut cfg.aliases);
                 cfg.networks.push(ep);
                 self.write_config(&id, &cfg)?;
             }
@@ -284,7 +296,19 @@ impl Engine {
         self.refresh_hosts(&switches)?;
         let c = self.get(&id)?;
         events::record(self.store(), events::Event::container("create", &c));
-        Ok(c)
+        // the further switches, as `network connect` would; a refusal
+        // leaves no container behind
+        for n in &req.networks {
+            if let Err(e) = self.connect_switch_as(&n.switch, &id, n.ip, n.mac.as_deref(), &n.aliases) {
+                let _ = self.remove(&id, true, true);
+                return Err(e);
+            }
+        }
+        if req.networks.is_empty() {
+            Ok(c)
+        } else {
+            self.get(&id)
+        }
     }
 
     /// Creates the container's directory and files (idempotent).

@@ -3,7 +3,7 @@
 //! `on-failure[:N]`, sizes, `KEY=VALUE` files — parsed once, for the CLI's
 //! flags and the API's string fields (`HostConfig.Binds`, ...) alike.
 
-use crate::config::{MountKind, MountSpec, RestartPolicy};
+use crate::config::{MountKind, MountSpec, NetworkAttachment, RestartPolicy};
 use crate::EngineError;
 use moat_core::isolation::IsolationRequest;
 use moat_core::Isolation;
@@ -21,7 +21,7 @@ fn host_path(src: &str, cwd: Option<&Path>, spec: &str) -> Result<String, Engine
     }
     match cwd {
         Some(c) => Ok(clean(&c.join(src)).display().to_string()),
-        None => Err(invalid(format!("invalid mount config {spec:?}: the host path must be absolute"))),
+        None => Err(invalid(format!("invalid mount config {spec}: the host path must be absolute"))),
     }
 }
 
@@ -85,7 +85,7 @@ pub fn volume(v: &str, cwd: Option<&Path>) -> Result<MountSpec, EngineError> {
         m.anonymous = true;
     } else if src.starts_with('/') || src.starts_with('.') {
         m.kind = MountKind::Bind;
-        m.source = host_path(src, cwd, v)?;
+        m.source = host_path(src, cwd, &format!("{v:?}"))?;
         m.create_source = true;
     } else {
         volume_name(src)?;
@@ -133,101 +133,156 @@ pub enum MountArg {
     Tmpfs(String, String),
 }
 
+/// One mount as Docker's `--mount` flag and the API's `HostConfig.Mounts`
+/// describe it, before the engine checks it ([`MountOptions::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// `bind`, `volume` or `tmpfs`.
+    pub kind: String,
+    /// Host path (bind) or volume name (empty: an anonymous volume).
+    pub source: String,
+    /// Path in the container.
+    pub target: String,
+    /// Read-only.
+    pub readonly: bool,
+    /// A volume not filled from the image.
+    pub nocopy: bool,
+    /// A bind's propagation (`rprivate`, `rslave`, ...).
+    pub propagation: String,
+    /// SELinux relabelling (`z`, `Z`).
+    pub relabel: String,
+    /// A tmpfs's size (bytes or with a unit).
+    pub tmpfs_size: Option<String>,
+    /// A tmpfs's mode (octal).
+    pub tmpfs_mode: Option<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            kind: "volume".into(),
+            source: String::new(),
+            target: String::new(),
+            readonly: false,
+            nocopy: false,
+            propagation: String::new(),
+            relabel: String::new(),
+            tmpfs_size: None,
+            tmpfs_mode: None,
+        }
+    }
+}
+
+impl MountOptions {
+    /// `--mount type=bind|volume|tmpfs,source=..,target=..,readonly,...` (Docker's keys).
+    pub fn parse(spec: &str) -> Result<MountOptions, EngineError> {
+        let mut m = MountOptions::default();
+        let bool_of = |k: &str, v: Option<&str>| match v {
+            None | Some("1") | Some("true") => Ok(true),
+            Some("0") | Some("false") => Ok(false),
+            Some(v) => Err(invalid(format!("invalid value for {k}: {v:?}"))),
+        };
+        for field in spec.split(',').filter(|f| !f.is_empty()) {
+            let (k, v) = match field.split_once('=') {
+                Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
+                None => (field.trim().to_ascii_lowercase(), None),
+            };
+            let need = |v: Option<&str>| {
+                v.map(str::to_string)
+                    .ok_or_else(|| invalid(format!("invalid field {field:?} in --mount {spec:?}: a value is required")))
+            };
+            match k.as_str() {
+                "type" => m.kind = need(v)?,
+                "source" | "src" => m.source = need(v)?,
+                "target" | "destination" | "dst" => m.target = need(v)?,
+                "readonly" | "ro" => m.readonly = bool_of(&k, v)?,
+                "volume-nocopy" => m.nocopy = bool_of(&k, v)?,
+                "bind-propagation" => m.propagation = need(v)?,
+                "z" | "relabel" | "bind-selinux-relabel" => m.relabel = need(v).unwrap_or_else(|_| "z".into()),
+                "volume-driver" if v != Some("local") => {
+                    return Err(EngineError::Unsupported(format!(
+                        "volume driver {:?} is not available: moat has the local driver only",
+                        v.unwrap_or_default()
+                    )))
+                }
+                "consistency" | "volume-driver" => {}
+                "tmpfs-size" => m.tmpfs_size = Some(need(v)?),
+                "tmpfs-mode" => m.tmpfs_mode = Some(need(v)?),
+                "volume-label" | "volume-opt" | "bind-recursive" | "bind-nonrecursive" => {
+                    return Err(EngineError::Unsupported(format!("--mount {k} is not supported yet")))
+                }
+                _ => return Err(invalid(format!("unexpected key {k:?} in --mount {spec:?}"))),
+            }
+        }
+        Ok(m)
+    }
+
+    /// The mount the engine records, checked: `what` names it in errors
+    /// (the flag's text or the API's field); a relative bind source is
+    /// taken from `cwd` (the CLI's), refused without one.
+    pub fn resolve(self, what: &str, cwd: Option<&Path>) -> Result<MountArg, EngineError> {
+        let MountOptions { kind, source: src, target: dst, readonly: ro, nocopy, propagation: prop, relabel, .. } =
+            self;
+        let spec = what;
+        if dst.is_empty() {
+            return Err(invalid(format!("invalid {spec}: target is required")));
+        }
+        if !dst.starts_with('/') {
+            return Err(invalid(format!("invalid {spec}: the target must be an absolute path")));
+        }
+        if !prop.is_empty() && (kind != "bind" || !propagation(&prop)) {
+            return Err(invalid(format!("invalid {spec}: bind-propagation {prop:?} needs type=bind and one of rprivate, private, rslave, slave, rshared, shared")));
+        }
+        match kind.as_str() {
+            "bind" => {
+                if src.is_empty() {
+                    return Err(invalid(format!("invalid {spec}: source is required for type=bind")));
+                }
+                let source = host_path(&src, cwd, spec)?;
+                Ok(MountArg::Mount(MountSpec {
+                    kind: MountKind::Bind,
+                    source,
+                    target: dst,
+                    readonly: ro,
+                    propagation: prop,
+                    relabel,
+                    ..Default::default()
+                }))
+            }
+            "volume" => {
+                if !src.is_empty() {
+                    volume_name(&src)?;
+                }
+                let anonymous = src.is_empty();
+                Ok(MountArg::Mount(MountSpec {
+                    kind: MountKind::Volume,
+                    source: src,
+                    target: dst,
+                    readonly: ro,
+                    nocopy,
+                    anonymous,
+                    ..Default::default()
+                }))
+            }
+            "tmpfs" => {
+                if !src.is_empty() {
+                    return Err(invalid(format!("invalid {spec}: type=tmpfs takes no source")));
+                }
+                let mut opts: Vec<String> = self.tmpfs_size.iter().map(|s| format!("size={s}")).collect();
+                opts.extend(self.tmpfs_mode.iter().map(|m| format!("mode={m}")));
+                if ro {
+                    opts.push("ro".into());
+                }
+                Ok(MountArg::Tmpfs(dst, opts.join(",")))
+            }
+            k => Err(EngineError::Unsupported(format!("mount type={k} is not supported: use bind, volume or tmpfs"))),
+        }
+    }
+}
+
 /// `--mount type=bind|volume|tmpfs,source=..,target=..,readonly,...` (Docker's keys).
 pub fn mount(spec: &str, cwd: Option<&Path>) -> Result<MountArg, EngineError> {
-    let mut kind = "volume".to_string();
-    let (mut src, mut dst) = (String::new(), String::new());
-    let (mut ro, mut nocopy) = (false, false);
-    let (mut prop, mut relabel) = (String::new(), String::new());
-    let mut tmpfs_opts: Vec<String> = Vec::new();
-    let bool_of = |k: &str, v: Option<&str>| match v {
-        None | Some("1") | Some("true") => Ok(true),
-        Some("0") | Some("false") => Ok(false),
-        Some(v) => Err(invalid(format!("invalid value for {k}: {v:?}"))),
-    };
-    for field in spec.split(',').filter(|f| !f.is_empty()) {
-        let (k, v) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
-            None => (field.trim().to_ascii_lowercase(), None),
-        };
-        let need = |v: Option<&str>| {
-            v.map(str::to_string)
-                .ok_or_else(|| invalid(format!("invalid field {field:?} in --mount {spec:?}: a value is required")))
-        };
-        match k.as_str() {
-            "type" => kind = need(v)?,
-            "source" | "src" => src = need(v)?,
-            "target" | "destination" | "dst" => dst = need(v)?,
-            "readonly" | "ro" => ro = bool_of(&k, v)?,
-            "volume-nocopy" => nocopy = bool_of(&k, v)?,
-            "bind-propagation" => prop = need(v)?,
-            "z" | "relabel" | "bind-selinux-relabel" => relabel = need(v).unwrap_or_else(|_| "z".into()),
-            "volume-driver" if v != Some("local") => {
-                return Err(EngineError::Unsupported(format!(
-                    "volume driver {:?} is not available: moat has the local driver only",
-                    v.unwrap_or_default()
-                )))
-            }
-            "consistency" | "volume-driver" => {}
-            "tmpfs-size" => tmpfs_opts.push(format!("size={}", need(v)?)),
-            "tmpfs-mode" => tmpfs_opts.push(format!("mode={}", need(v)?)),
-            "volume-label" | "volume-opt" | "bind-recursive" | "bind-nonrecursive" => {
-                return Err(EngineError::Unsupported(format!("--mount {k} is not supported yet")))
-            }
-            _ => return Err(invalid(format!("unexpected key {k:?} in --mount {spec:?}"))),
-        }
-    }
-    if dst.is_empty() {
-        return Err(invalid(format!("invalid --mount {spec:?}: target is required")));
-    }
-    if !dst.starts_with('/') {
-        return Err(invalid(format!("invalid --mount {spec:?}: the target must be an absolute path")));
-    }
-    if !prop.is_empty() && (kind != "bind" || !propagation(&prop)) {
-        return Err(invalid(format!("invalid --mount {spec:?}: bind-propagation {prop:?} needs type=bind and one of rprivate, private, rslave, slave, rshared, shared")));
-    }
-    match kind.as_str() {
-        "bind" => {
-            if src.is_empty() {
-                return Err(invalid(format!("invalid --mount {spec:?}: source is required for type=bind")));
-            }
-            let source = host_path(&src, cwd, spec)?;
-            Ok(MountArg::Mount(MountSpec {
-                kind: MountKind::Bind,
-                source,
-                target: dst,
-                readonly: ro,
-                propagation: prop,
-                relabel,
-                ..Default::default()
-            }))
-        }
-        "volume" => {
-            if !src.is_empty() {
-                volume_name(&src)?;
-            }
-            let anonymous = src.is_empty();
-            Ok(MountArg::Mount(MountSpec {
-                kind: MountKind::Volume,
-                source: src,
-                target: dst,
-                readonly: ro,
-                nocopy,
-                anonymous,
-                ..Default::default()
-            }))
-        }
-        "tmpfs" => {
-            if !src.is_empty() {
-                return Err(invalid(format!("invalid --mount {spec:?}: type=tmpfs takes no source")));
-            }
-            if ro {
-                tmpfs_opts.push("ro".into());
-            }
-            Ok(MountArg::Tmpfs(dst, tmpfs_opts.join(",")))
-        }
-        k => Err(EngineError::Unsupported(format!("--mount type={k} is not supported: use bind, volume or tmpfs"))),
-    }
+    MountOptions::parse(spec)?.resolve(&format!("--mount {spec:?}"), cwd)
 }
 
 /// `--tmpfs PATH[:OPTIONS]`.
@@ -242,6 +297,46 @@ pub fn tmpfs(t: &str) -> Result<(String, String), EngineError> {
 /// `-p [IP:][HOST[-END]:]CONTAINER[-END][/tcp|udp]`: one mapping per port.
 pub fn publish(p: &str) -> Result<Vec<moat_net::PortMap>, EngineError> {
     Ok(moat_net::parse_publish(p)?)
+}
+
+/// `--network NAME` or Docker's long form
+/// `--network name=NAME[,ip=IPV4][,mac-address=MAC][,alias=A]...`.
+pub fn network(n: &str) -> Result<NetworkAttachment, EngineError> {
+    if !n.contains('=') {
+        return Ok(NetworkAttachment { switch: n.to_string(), ..Default::default() });
+    }
+    let mut a = NetworkAttachment::default();
+    for field in n.split(',').filter(|f| !f.is_empty()) {
+        let (k, v) = field.split_once('=').unwrap_or((field, ""));
+        match k.trim() {
+            "name" => a.switch = v.to_string(),
+            "alias" => a.aliases.push(v.to_string()),
+            "ip" => {
+                a.ip = Some(
+                    v.parse().map_err(|_| invalid(format!("invalid --network {n:?}: {v:?} is not an IPv4 address")))?,
+                )
+            }
+            "mac-address" => a.mac = Some(v.to_string()),
+            "ip6" | "link-local-ip" | "driver-opt" | "gw-priority" => {
+                return Err(EngineError::Unsupported(format!("--network {k}= is not supported")))
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "invalid --network {n:?}: unknown key {k:?} (use name, ip, mac-address, alias)"
+                )))
+            }
+        }
+    }
+    if a.switch.is_empty() {
+        return Err(invalid(format!("invalid --network {n:?}: name= is required")));
+    }
+    Ok(a)
+}
+
+/// One of the API's `PortBindings` (host IP, host port, `PORT[/PROTO]`;
+/// empty parts unset): the same rules as `-p`.
+pub fn port_binding(host_ip: &str, host_port: &str, container: &str) -> Result<Vec<moat_net::PortMap>, EngineError> {
+    Ok(moat_net::port_binding(host_ip, host_port, container)?)
 }
 
 /// `--device HOST[:CONTAINER[:PERMISSIONS]]` (resolved on this host).
@@ -462,6 +557,55 @@ pub fn signal(s: &str) -> Result<i32, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_flags_and_typed_mounts() -> Result<(), EngineError> {
+        assert_eq!(network("front")?, NetworkAttachment { switch: "front".into(), ..Default::default() });
+        assert_eq!(
+            network("name=back,ip=10.1.2.3,alias=a,alias=b,mac-address=02:42:ac:11:00:02")?,
+            NetworkAttachment {
+                switch: "back".into(),
+                ip: Some([10, 1, 2, 3].into()),
+                mac: Some("02:42:ac:11:00:02".into()),
+                aliases: vec!["a".into(), "b".into()],
+            }
+        );
+        let e = |s: &str| network(s).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e("ip=10.1.2.3").contains("name= is required"), "{}", e("ip=10.1.2.3"));
+        assert!(e("name=x,ip=nope").contains("not an IPv4 address"));
+        assert!(e("name=x,colour=red").contains("unknown key \"colour\""));
+        // the API's Mounts entry and the flag's text make the same mount
+        let typed = MountOptions {
+            kind: "tmpfs".into(),
+            target: "/t".into(),
+            tmpfs_size: Some("1048576".into()),
+            tmpfs_mode: Some("1777".into()),
+            readonly: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            typed.clone().resolve("Mounts[0]", None)?,
+            mount("type=tmpfs,dst=/t,tmpfs-size=1048576,tmpfs-mode=1777,ro", None)?
+        );
+        assert_eq!(typed.resolve("Mounts[0]", None)?, MountArg::Tmpfs("/t".into(), "size=1048576,mode=1777,ro".into()));
+        let rel = MountOptions { kind: "bind".into(), source: "rel".into(), target: "/c".into(), ..Default::default() };
+        let e = rel.clone().resolve("HostConfig.Mounts[2]", None).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("HostConfig.Mounts[2]: the host path must be absolute"), "{e}");
+        assert_eq!(
+            rel.resolve("x", Some(Path::new("/home/u")))?,
+            MountArg::Mount(MountSpec {
+                kind: MountKind::Bind,
+                source: "/home/u/rel".into(),
+                target: "/c".into(),
+                ..Default::default()
+            })
+        );
+        // PortBindings: one entry, the same rules as -p
+        assert_eq!(port_binding("127.0.0.1", "8080-8081", "80-81/udp")?, publish("127.0.0.1:8080-8081:80-81/udp")?);
+        assert_eq!(port_binding("", "", "80")?, publish("80")?);
+        assert!(port_binding("", "8080-8082", "80-81").is_err() && port_binding("", "", "80/sctp").is_err());
+        Ok(())
+    }
 
     #[test]
     fn syntaxes() -> Result<(), EngineError> {

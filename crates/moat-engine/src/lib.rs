@@ -45,6 +45,7 @@ pub mod view;
 pub mod vm;
 pub mod volumes;
 
+pub use config::NetworkAttachment;
 pub use create::CreateRequest;
 pub use lifecycle::{ContainerPrune, Started, StopOptions, Stopped, UpdateRequest, WaitCondition};
 pub use moat_proto::{ExecSpec, ProcRow, Stats, WinSize};

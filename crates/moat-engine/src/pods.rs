@@ -296,7 +296,11 @@ impl Engine {
         let mut pod = Pod { id: id.clone(), name, created: Utc::now(), config };
         // the store's unique name refuses a clash (atomically, before the infra container exists)
         self.store().insert_pod(&row(&pod)?)?;
-        let infra = self.create(CreateRequest { name: Some(format!("{}-infra", &id[..12])), config: cfg });
+        let infra = self.create(CreateRequest {
+            name: Some(format!("{}-infra", &id[..12])),
+            config: cfg,
+            ..Default::default()
+        });
         let infra = match infra {
             Ok(c) => c,
             Err(e) => {

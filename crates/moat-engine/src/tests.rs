@@ -112,7 +112,7 @@ fn req(name: &str, args: &[&str]) -> create::CreateRequest {
         network: "none".into(),
         ..Default::default()
     };
-    create::CreateRequest { name: Some(name.into()), config }
+    create::CreateRequest { name: Some(name.into()), config, ..Default::default() }
 }
 
 fn output(s: &mut Session) -> (String, Option<i32>) {

@@ -206,23 +206,42 @@ pub fn parse_port_range(s: &str) -> Option<(u16, u16)> {
 /// Parses docker's `-p` syntax, ranges included (`8000-8002:80-82`, or
 /// `80-82` for ports picked on the host): one mapping per port.
 pub fn parse_publish(s: &str) -> Result<Vec<PortMap>, NetError> {
-    let bad = || {
-        NetError::Invalid(format!(
-            "invalid port mapping {s:?}: use [HOSTIP:][HOSTPORT[-END]:]CONTAINERPORT[-END][/tcp|udp]"
-        ))
-    };
     let (spec, proto) = match s.rsplit_once('/') {
-        Some((a, p @ ("tcp" | "udp"))) => (a, p.to_string()),
-        Some(_) => return Err(bad()),
-        None => (s, "tcp".to_string()),
+        Some((a, p @ ("tcp" | "udp"))) => (a, p),
+        Some(_) => return Err(bad_publish(s)),
+        None => (s, "tcp"),
     };
     let parts: Vec<&str> = spec.split(':').collect();
     let (host_ip, host, ctr) = match parts.as_slice() {
-        [c] => (Ipv4Addr::UNSPECIFIED, "", *c),
-        [h, c] => (Ipv4Addr::UNSPECIFIED, *h, *c),
-        [ip, h, c] => (ip.parse().map_err(|_| bad())?, *h, *c),
-        _ => return Err(bad()),
+        [c] => ("", "", *c),
+        [h, c] => ("", *h, *c),
+        [ip, h, c] => (*ip, *h, *c),
+        _ => return Err(bad_publish(s)),
     };
+    mappings(s, host_ip, host, ctr, proto)
+}
+
+/// One binding as Docker's API gives it (`PortBindings`: `"80/tcp": [{HostIp,
+/// HostPort}]`), each part empty when unset; the same rules as `-p`.
+pub fn port_binding(host_ip: &str, host_port: &str, container: &str) -> Result<Vec<PortMap>, NetError> {
+    let label = format!("{host_ip}:{host_port}:{container}");
+    let (ctr, proto) = match container.split_once('/') {
+        Some((c, p @ ("tcp" | "udp"))) => (c, p),
+        Some(_) => return Err(bad_publish(&label)),
+        None => (container, "tcp"),
+    };
+    mappings(&label, host_ip, host_port, ctr, proto)
+}
+
+fn bad_publish(s: &str) -> NetError {
+    NetError::Invalid(format!(
+        "invalid port mapping {s:?}: use [HOSTIP:][HOSTPORT[-END]:]CONTAINERPORT[-END][/tcp|udp]"
+    ))
+}
+
+fn mappings(s: &str, host_ip: &str, host: &str, ctr: &str, proto: &str) -> Result<Vec<PortMap>, NetError> {
+    let bad = || bad_publish(s);
+    let host_ip = if host_ip.is_empty() { Ipv4Addr::UNSPECIFIED } else { host_ip.parse().map_err(|_| bad())? };
     let (c0, c1) = parse_port_range(ctr).ok_or_else(bad)?;
     let host = if host.is_empty() { None } else { Some(parse_port_range(host).ok_or_else(bad)?) };
     let n = c1 - c0;
@@ -237,7 +256,7 @@ pub fn parse_publish(s: &str) -> Result<Vec<PortMap>, NetError> {
                 host_ip,
                 host_port: host.map(|(h0, _)| h0 + i).unwrap_or(0),
                 ctr_port: c0 + i,
-                proto: proto.clone(),
+                proto: proto.to_string(),
             })
             .collect()),
     }

@@ -182,10 +182,12 @@ pub struct CreateArgs {
     #[arg(long = "read-only")]
     read_only: bool,
     /// Switch to attach to (`--network` is the same), `none` (loopback only),
-    /// or `host` (the host's network; process isolation only). Default: the
-    /// default switch.
+    /// `host` (the host's network; process isolation only) or
+    /// `container:NAME` (its sandbox). Default: the default switch. Repeat
+    /// for more switches; `name=NAME,ip=IP,mac-address=MAC,alias=A` sets
+    /// one switch's address and names.
     #[arg(long = "switch", visible_alias = "network", alias = "net")]
-    network: Option<String>,
+    network: Vec<String>,
     /// Another name the container answers to on its switches (repeatable).
     #[arg(long = "network-alias", alias = "net-alias")]
     network_alias: Vec<String>,
@@ -647,12 +649,29 @@ fn healthcheck(a: &CreateArgs) -> Result<Option<moat_engine::health::HealthConfi
 }
 
 /// The options as the engine takes them, with its notes printed.
-fn build_config(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
-    let cfg = config_of(a, rm)?;
-    for w in moat_engine::validate::warnings(&cfg) {
+fn build_request(a: &CreateArgs, rm: bool) -> Result<CreateRequest> {
+    let config = config_of(a, rm)?;
+    for w in moat_engine::validate::warnings(&config) {
         errln!("WARNING: {w}");
     }
-    Ok(cfg)
+    let mut networks = a.network.iter().map(|n| flags::network(n)).collect::<Result<Vec<_>, _>>()?;
+    let config = match networks.is_empty() {
+        true => config,
+        false => {
+            // the first switch is the container's own; the flags name its address
+            let first = networks.remove(0);
+            let mut aliases = config.aliases;
+            aliases.extend(first.aliases);
+            ContainerConfig {
+                network: first.switch,
+                ip: config.ip.or(first.ip),
+                mac: config.mac.or(first.mac),
+                aliases,
+                ..config
+            }
+        }
+    };
+    Ok(CreateRequest { name: a.name.clone(), config, networks })
 }
 
 fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
@@ -745,7 +764,6 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         restart: flags::restart(&a.restart)?,
         auto_remove: rm,
         isolation: flags::runtime(a.runtime.as_deref().unwrap_or(""), flags::isolation(&a.isolation)?)?,
-        network: a.network.clone().unwrap_or_default(),
         pod: a.pod.clone(),
         aliases: a.network_alias.clone(),
         stop_signal: a.stop_signal.clone().unwrap_or_default(),
@@ -846,21 +864,21 @@ pub fn run(e: &mut Engine, cmd: ContainerCmd) -> Result<i32> {
             check_cidfile(&a)?;
             pull_for(e, &a)?;
             // StdinOnce is `run`'s, attached to stdin (Docker's)
-            let c = build_config(&a, false)
-                .map(|config| ContainerConfig { stdin_once: false, ..config })
-                .and_then(|config| Ok(e.create(CreateRequest { name: a.name.clone(), config })?))
+            let c = build_request(&a, false)
+                .map(|r| CreateRequest { config: ContainerConfig { stdin_once: false, ..r.config }, ..r })
+                .and_then(|r| Ok(e.create(r)?))
                 .map_err(|err| crate::with_exit(err, 125))?;
             write_cidfile(&a, c.id())?;
             outln!("{}", c.id());
             Ok(0)
         }
         ContainerCmd::Run(a) => {
-            let mut config = build_config(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
-            config.stdin_once = a.create.interactive && !a.detach;
+            let mut req = build_request(&a.create, a.rm).map_err(|err| crate::with_exit(err, 125))?;
+            req.config.stdin_once = a.create.interactive && !a.detach;
             let detach_keys = keys(a.detach_keys.as_deref())?;
             check_cidfile(&a.create)?;
             pull_for(e, &a.create)?;
-            let (c, mut s) = match e.run(CreateRequest { name: a.create.name.clone(), config }) {
+            let (c, mut s) = match e.run(req) {
                 Ok(v) => v,
                 Err(err) => return start_failed(err),
             };

@@ -127,6 +127,34 @@ fn docker_cli_networks_and_volumes() {
     s.ok(&["network", "connect", "other", "c1"]);
     let nets = s.ok(&["inspect", "-f", "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}", "c1"]);
     assert!(nets.contains("appnet") && nets.contains("other"), "{nets}");
+    // two --network flags: one create with both endpoints, each with its own alias
+    s.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "c2",
+        "--network",
+        "name=appnet,alias=first",
+        "--network",
+        "name=other,alias=second",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(s.ok(&["exec", "c2", "sh", "-c", "ip -4 -o addr | awk '{print $2}'"]), "lo\neth0\neth1\n");
+    for alias in ["first", "second"] {
+        assert!(s.ok(&["exec", "c1", "ping", "-c", "1", "-W", "5", alias]).contains("1 packets received"));
+    }
+    assert_eq!(
+        s.ok(&[
+            "inspect",
+            "-f",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{join $v.Aliases \",\"}} {{end}}",
+            "c2"
+        ]),
+        format!("appnet=c2,{0},first other=c2,{0},second \n", &s.ok(&["inspect", "-f", "{{.Id}}", "c2"])[..12])
+    );
+    s.ok(&["rm", "-f", "c2"]);
     let e = s.fails(&["network", "rm", "appnet"]);
     assert!(!e.is_empty());
     s.ok(&["rm", "-f", "c1"]);

@@ -367,7 +367,57 @@ fn live_switches_and_shared_networks() {
     assert_eq!(e, "Error: cannot join the network of srv: it runs in process isolation and this container in hyperv; a container joins the sandbox (namespaces or utility VM) of a container of its own isolation type\n");
     let e = r.fails(&["run", "--rm", "--network", "container:vmc", "busybox", "true"]);
     assert!(e.contains("it runs in hyperv isolation and this container in process"), "{e}");
-    r.ok(&["rm", "-f", "roamer", "peer", "vmc", "srv"]);
+    // repeated --network: the first switch is the container's own (its
+    // default route), the long form names an address and per-switch names
+    r.ok(&["switch", "create", "--subnet", "10.99.41.0/24", "pinned"]);
+    r.ok(&["switch", "connect", "pinned", "peer"]);
+    r.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "twice",
+        "--network",
+        "live-net",
+        "--network",
+        "name=pinned,ip=10.99.41.77,alias=tw2",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    let first = r.ok(&[
+        "inspect",
+        "-f",
+        "{{with index .NetworkSettings.Networks \"live-net\"}}{{.IPAddress}}/{{.IPPrefixLen}}{{end}}",
+        "twice",
+    ]);
+    let addrs = r.ok(&["exec", "twice", "sh", "-c", "ip -4 -o addr | awk '{print $2, $4}'"]);
+    assert_eq!(addrs, format!("lo 127.0.0.1/8\neth0 {}\neth1 10.99.41.77/24\n", first.trim()));
+    assert!(r
+        .ok(&["exec", "twice", "ip", "route"])
+        .starts_with(&format!("default via {}", first.split('.').take(3).collect::<Vec<_>>().join("."))));
+    assert!(r.ok(&["exec", "peer", "ping", "-c", "1", "-W", "5", "tw2"]).contains("1 packets received"));
+    // the alias is pinned's only: roamer shares live-net with twice, not pinned
+    let e = r.fails(&["exec", "roamer", "ping", "-c", "1", "-W", "2", "tw2"]);
+    assert!(e.contains("bad address 'tw2'"), "{e}");
+    assert!(r.ok(&["exec", "roamer", "ping", "-c", "1", "-W", "5", "twice"]).contains("1 packets received"));
+    let e = r.fails(&["run", "--rm", "--network", "none", "--network", "live-net", "busybox", "true"]);
+    assert_eq!(e, "Error: conflicting options: network mode none joins no further switch (a container on none, host or another container's network has no switches of its own)\n");
+    let e = r.fails(&[
+        "run",
+        "--rm",
+        "--name",
+        "dup",
+        "--network",
+        "live-net",
+        "--network",
+        "no-such-net",
+        "busybox",
+        "true",
+    ]);
+    assert!(e.contains("no-such-net"), "{e}");
+    assert_eq!(r.ok(&["ps", "-a", "-q", "--filter", "name=^dup$"]), "", "a refused switch leaves no container");
+    r.ok(&["rm", "-f", "roamer", "peer", "vmc", "srv", "twice"]);
+    r.ok(&["switch", "rm", "pinned"]);
 }
 
 #[test]
