@@ -93,7 +93,7 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         (&Method::POST, ["containers", "create"]) => {
             let body = ctx.read_body(req.into_body()).await?;
             let v: serde_json::Value = http::parse_json(&body)?;
-            let req = crate::create::translate(&v, q.get("name"))?;
+            let req = moat_engine::create_body::CreateBody::from_json(v)?.into_request(q.get("name"), None)?;
             let (id, warnings) = engine(&ctx, move |e| {
                 let warnings = moat_engine::validate::warnings(&req.config);
                 Ok((e.create(req)?.id().to_string(), warnings))
@@ -509,12 +509,12 @@ fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
         }
     };
     // what update cannot change is refused by name, never dropped
-    let refused = crate::create::REFUSED_SET.iter().copied().chain([
+    let refused = moat_engine::create_body::REFUSED.iter().copied().chain([
         ("CpusetCpus", "a container's cpuset is fixed at create: create it again to change it"),
         ("CpusetMems", "a container's cpuset is fixed at create: create it again to change it"),
     ]);
     for (k, why) in refused {
-        if let Some(x) = v.get(k).filter(|x| !crate::create::is_zero(x)) {
+        if let Some(x) = v.get(k).filter(|x| !moat_engine::create_body::is_zero(x)) {
             return Err(ApiError::bad(format!("{k} {x}: {why}")));
         }
     }

@@ -379,6 +379,18 @@ pub struct ContainerState {
     pub ports: Vec<moat_net::PortMap>,
 }
 
+/// A request to create a container.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// Name (generated when `None`).
+    pub name: Option<String>,
+    /// Configuration as the user gave it (the engine fills in the rest).
+    pub config: ContainerConfig,
+    /// Switches to connect beyond the first (`config.network`): Docker's
+    /// repeated `--network` and the further `EndpointsConfig` entries.
+    pub networks: Vec<NetworkAttachment>,
+}
+
 /// One more switch for a new container, with its address, MAC and the
 /// names it answers to there only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

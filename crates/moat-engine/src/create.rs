@@ -1,24 +1,13 @@
 //! Creating a container: validate the request, merge the image's config
 //! the way Docker does, reserve its switch addresses, record it.
 
-use crate::config::{ContainerConfig, ContainerState, NetworkAttachment};
+pub use crate::config::CreateRequest;
+use crate::config::{ContainerConfig, ContainerState};
 use crate::validate::check_isolation;
 use crate::{events, names, network, spec, validate, Container, Engine, EngineError};
 use chrono::Utc;
 use moat_store::ContainerRow;
 use std::path::Path;
-
-/// A request to create a container.
-#[derive(Debug, Clone, Default)]
-pub struct CreateRequest {
-    /// Name (generated when `None`).
-    pub name: Option<String>,
-    /// Configuration as the user gave it (the engine fills in the rest).
-    pub config: ContainerConfig,
-    /// Switches to connect beyond the first (`config.network`): Docker's
-    /// repeated `--network` and the further `EndpointsConfig` entries.
-    pub networks: Vec<NetworkAttachment>,
-}
 
 /// Merges the image's runtime config into `cfg` like Docker: an explicit
 /// entrypoint resets the image's command; the user's environment first,

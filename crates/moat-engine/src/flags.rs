@@ -454,6 +454,21 @@ pub fn swappiness(s: i64) -> Result<Option<u64>, EngineError> {
     }
 }
 
+/// The refusal of a CPU count this host cannot give.
+pub fn cpus_out_of_range() -> EngineError {
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    invalid(format!("range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available"))
+}
+
+/// `--cpus 1.5` as Docker's `NanoCpus` (the range is the engine's check).
+pub fn nano_cpus(c: f64) -> Result<i64, EngineError> {
+    let n = (c * 1e9).round();
+    if !n.is_finite() || n.abs() > i64::MAX as f64 {
+        return Err(cpus_out_of_range());
+    }
+    Ok(n as i64)
+}
+
 /// A size (`64m`, `1.5g`, bytes) for a limit stored as `i64`.
 pub fn size(what: &str, s: &str) -> Result<i64, EngineError> {
     let b = moat_core::human::parse_size(s).map_err(|e| invalid(e.to_string()))?;

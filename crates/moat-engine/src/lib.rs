@@ -16,6 +16,7 @@ pub mod container;
 pub mod container_filter;
 pub mod cp;
 mod create;
+pub mod create_body;
 mod engine;
 mod error;
 pub mod events;

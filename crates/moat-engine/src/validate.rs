@@ -271,7 +271,7 @@ pub fn config(cfg: &ContainerConfig) -> Result<(), EngineError> {
     if let Some(c) = l.cpus {
         let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         if !c.is_finite() || c < 0.01 || c > n as f64 {
-            return Err(invalid(format!("range of CPUs is from 0.01 to {n}.00, as there are only {n} CPUs available")));
+            return Err(crate::flags::cpus_out_of_range());
         }
     }
     if let Some(s) = l.cpu_shares {

@@ -6,6 +6,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::{Args, Subcommand};
 use moat_engine::config::ContainerConfig;
 use moat_engine::container_filter::ContainerFilter;
+use moat_engine::create_body::CreateBody;
 use moat_engine::filter::Filters;
 use moat_engine::view::StatsRow;
 use moat_engine::view::{ContainerInspect, PsRow};
@@ -650,31 +651,38 @@ fn healthcheck(a: &CreateArgs) -> Result<Option<moat_engine::health::HealthConfi
 
 /// The options as the engine takes them, with its notes printed.
 fn build_request(a: &CreateArgs, rm: bool) -> Result<CreateRequest> {
-    let config = config_of(a, rm)?;
-    for w in moat_engine::validate::warnings(&config) {
+    // relative host paths are the user's: resolved against this directory
+    let cwd = std::env::current_dir().ok();
+    let req = body_of(a, rm)?.into_request(a.name.as_deref(), cwd.as_deref())?;
+    for w in moat_engine::validate::warnings(&req.config) {
         errln!("WARNING: {w}");
     }
-    let mut networks = a.network.iter().map(|n| flags::network(n)).collect::<Result<Vec<_>, _>>()?;
-    let config = match networks.is_empty() {
-        true => config,
-        false => {
-            // the first switch is the container's own; the flags name its address
-            let first = networks.remove(0);
-            let mut aliases = config.aliases;
-            aliases.extend(first.aliases);
-            ContainerConfig {
-                network: first.switch,
-                ip: config.ip.or(first.ip),
-                mac: config.mac.or(first.mac),
-                aliases,
-                ..config
-            }
-        }
-    };
-    Ok(CreateRequest { name: a.name.clone(), config, networks })
+    Ok(req)
 }
 
-fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
+/// `--device HOST[:CONTAINER][:PERMISSIONS]` as the API's entry (the
+/// docker CLI's split: a second part of `r`, `w`, `m` only is permissions).
+fn device_body(d: &str) -> moat_engine::create_body::DeviceBody {
+    let perms = |p: &str| !p.is_empty() && p.chars().all(|c| "rwm".contains(c));
+    let (h, c, p) = match d.splitn(3, ':').collect::<Vec<_>>().as_slice() {
+        [h, p] if perms(p) => (*h, "", *p),
+        [h, c] => (*h, *c, ""),
+        [h, c, p] => (*h, *c, *p),
+        _ => (d, "", ""),
+    };
+    moat_engine::create_body::DeviceBody {
+        path_on_host: h.to_string(),
+        path_in_container: c.to_string(),
+        cgroup_permissions: p.to_string(),
+    }
+}
+
+/// The flags as Docker's create body, as the docker CLI sends it.
+fn body_of(a: &CreateArgs, rm: bool) -> Result<CreateBody> {
+    use moat_engine::create_body::{
+        EndpointBody, HostConfigBody, IpamBody, LogConfigBody, MountBody, NetworkingConfigBody, RestartPolicyBody,
+        Strings, UlimitBody,
+    };
     let (image, command) = a.image_and_command.split_first().ok_or_else(|| anyhow!("an image is required"))?;
     if image.starts_with('-') {
         // clap takes anything after the flags it knows as IMAGE [COMMAND...]
@@ -685,112 +693,166 @@ fn config_of(a: &CreateArgs, rm: bool) -> Result<ContainerConfig> {
         env.extend(flags::env_file(f, |k| std::env::var(k).ok())?);
     }
     env.extend(a.env.iter().filter_map(|e| env_value(e)));
-    // relative host paths are the user's: resolved against this directory
-    let cwd = std::env::current_dir().ok();
-    let mut binds = a.volume.iter().map(|v| flags::volume(v, cwd.as_deref())).collect::<Result<Vec<_>, _>>()?;
-    let mut tmpfs = a.tmpfs.iter().map(|t| flags::tmpfs(t)).collect::<Result<BTreeMap<_, _>, _>>()?;
-    for m in &a.mount {
-        match flags::mount(m, cwd.as_deref())? {
-            flags::MountArg::Mount(m) => binds.push(m),
-            flags::MountArg::Tmpfs(t, o) => {
-                tmpfs.insert(t, o);
-            }
+    let mut labels = BTreeMap::new();
+    for f in &a.label_file {
+        for l in flags::env_file(f, |_| None)? {
+            labels.extend([flags::label(&l)]);
         }
     }
-    let mut limits = moat_engine::config::Limits::default();
-    if let Some(m) = &a.memory {
-        limits.memory = Some(flags::size("memory limit", m)?);
+    labels.extend(a.label.iter().map(|l| flags::label(l)));
+    let tmpfs = a.tmpfs.iter().map(|t| flags::tmpfs(t)).collect::<Result<BTreeMap<_, _>, _>>()?;
+    // each --mount checked as written, for an error that names the flag
+    let cwd = std::env::current_dir().ok();
+    let mounts = a
+        .mount
+        .iter()
+        .map(|m| {
+            flags::mount(m, cwd.as_deref()).and_then(|_| flags::MountOptions::parse(m)).and_then(MountBody::try_from)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let size = |what: &str, v: &Option<String>| v.as_deref().map(|s| flags::size(what, s)).transpose();
+    let mut port_bindings: BTreeMap<String, Option<Vec<_>>> = BTreeMap::new();
+    for p in a.publish.iter().map(|p| flags::publish(p)).collect::<Result<Vec<_>, _>>()?.concat() {
+        let host = |n: u16| if n == 0 { String::new() } else { n.to_string() };
+        let ip = if p.host_ip.is_unspecified() { String::new() } else { p.host_ip.to_string() };
+        port_bindings
+            .entry(format!("{}/{}", p.ctr_port, p.proto))
+            .or_default()
+            .get_or_insert_with(Vec::new)
+            .push(moat_engine::create_body::PortBindingBody { host_ip: ip, host_port: host(p.host_port) });
     }
-    if let Some(r) = &a.memory_reservation {
-        limits.memory_reservation = Some(flags::size("memory reservation", r)?);
+    let mut exposed_ports = BTreeMap::new();
+    for (p, proto) in a.expose.iter().map(|p| flags::expose(p)).collect::<Result<Vec<_>, _>>()?.concat() {
+        exposed_ports.insert(format!("{p}/{proto}"), serde_json::json!({}));
     }
-    // -1: the kernel's default (as Docker takes it)
-    limits.swappiness = a.memory_swappiness.map(flags::swappiness).transpose()?.flatten();
-    limits.oom_kill_disable = a.oom_kill_disable;
-    if let Some(s) = &a.memory_swap {
-        limits.memory_swap = Some(if s == "-1" { -1 } else { flags::size("memory-swap limit", s)? });
+    // the first --network is the container's own, named by NetworkMode with
+    // --ip, --mac-address and --network-alias; the rest are further endpoints
+    let nets = a.network.iter().map(|n| flags::network(n)).collect::<Result<Vec<_>, _>>()?;
+    let network_mode = nets.first().map(|n| n.switch.clone()).unwrap_or_default();
+    let mut endpoints = BTreeMap::new();
+    for (i, n) in nets.into_iter().enumerate() {
+        let first = i == 0;
+        let ip = if first { a.ip.or(n.ip) } else { n.ip };
+        let mut aliases = if first { a.network_alias.clone() } else { Vec::new() };
+        aliases.extend(n.aliases);
+        let mac = if first { a.mac_address.clone().or(n.mac) } else { n.mac };
+        endpoints.insert(
+            n.switch,
+            EndpointBody {
+                ipam_config: ip.map(|ip| IpamBody { ipv4_address: ip.to_string(), ..Default::default() }),
+                aliases,
+                mac_address: mac.unwrap_or_default(),
+            },
+        );
     }
-    limits.cpus = a.cpus;
-    limits.cpu_shares = a.cpu_shares;
-    limits.cpuset_cpus = a.cpuset_cpus.clone();
-    limits.cpuset_mems = a.cpuset_mems.clone();
-    limits.pids = a.pids_limit;
-    Ok(ContainerConfig {
+    let (mut ip, mut mac, mut network_alias) = (a.ip, a.mac_address.clone(), a.network_alias.clone());
+    if !endpoints.is_empty() {
+        // carried by the first endpoint
+        (ip, mac, network_alias) = (None, None, Vec::new());
+    }
+    if ip.is_some() || !network_alias.is_empty() {
+        // no --network: the default switch's endpoint
+        endpoints.insert(
+            "default".to_string(),
+            EndpointBody {
+                ipam_config: ip.map(|ip| IpamBody { ipv4_address: ip.to_string(), ..Default::default() }),
+                aliases: network_alias,
+                mac_address: String::new(),
+            },
+        );
+    }
+    let log = (a.log_driver.is_some() || !a.log_opt.is_empty()).then(|| LogConfigBody {
+        kind: a.log_driver.clone().unwrap_or_default(),
+        config: a.log_opt.iter().map(|o| flags::label(o)).collect(),
+    });
+    Ok(CreateBody {
         image: image.clone(),
-        cmd: command.to_vec(),
-        entrypoint: a
-            .entrypoint
-            .as_ref()
-            .map(|e| if e.is_empty() { vec![String::new()] } else { vec![e.clone()] })
-            .unwrap_or_default(),
+        cmd: Strings(command.to_vec()),
+        entrypoint: a.entrypoint.as_ref().map(|e| Strings(vec![e.clone()])),
         env,
-        workdir: a.workdir.clone().unwrap_or_default(),
+        working_dir: a.workdir.clone().unwrap_or_default(),
         user: a.user.clone().unwrap_or_default(),
         hostname: a.hostname.clone().unwrap_or_default(),
         domainname: a.domainname.clone().unwrap_or_default(),
-        oom_score_adj: a.oom_score_adj.unwrap_or(0),
-        pid_mode: a.pid.clone().unwrap_or_default(),
-        ipc_mode: a.ipc.clone().unwrap_or_default(),
-        uts_mode: a.uts.clone().unwrap_or_default(),
-        cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
-        group_add: a.group_add.clone(),
-        annotations: a.annotation.iter().map(|l| flags::label(l)).collect(),
-        device_cgroup_rules: a.device_cgroup_rule.clone(),
-        links: a.link.iter().map(|l| flags::link(l)).collect::<Result<_, _>>()?,
         tty: a.tty,
         open_stdin: a.interactive,
         stdin_once: a.interactive,
-        labels: {
-            let mut labels = BTreeMap::new();
-            for f in &a.label_file {
-                for l in flags::env_file(f, |_| None)? {
-                    labels.extend([flags::label(&l)]);
-                }
-            }
-            labels.extend(a.label.iter().map(|l| flags::label(l)));
-            labels
-        },
-        binds,
-        tmpfs,
-        volumes_from: a.volumes_from.clone(),
-        init: a.init,
+        labels,
+        exposed_ports,
         healthcheck: healthcheck(a)?,
-        readonly_rootfs: a.read_only,
-        cap_add: a.cap_add.clone(),
-        cap_drop: a.cap_drop.clone(),
-        privileged: a.privileged,
-        security_opt: a.security_opt.clone(),
-        limits,
-        restart: flags::restart(&a.restart)?,
-        auto_remove: rm,
-        isolation: flags::runtime(a.runtime.as_deref().unwrap_or(""), flags::isolation(&a.isolation)?)?,
-        pod: a.pod.clone(),
-        aliases: a.network_alias.clone(),
+        mac_address: mac.unwrap_or_default(),
         stop_signal: a.stop_signal.clone().unwrap_or_default(),
-        stop_timeout: a.stop_timeout,
-        shm_size: a.shm_size.as_deref().map(|s| flags::size("shm size", s).map(|b| b as u64)).transpose()?,
-        ulimits: a.ulimit.iter().map(|u| flags::ulimit(u)).collect::<Result<_, _>>()?,
-        ip: a.ip,
-        mac: a.mac_address.clone(),
-        dns: a.dns.clone(),
-        add_hosts: a.add_host.clone(),
-        publish: a.publish.iter().map(|p| flags::publish(p)).collect::<Result<Vec<_>, _>>()?.concat(),
-        publish_all: a.publish_all,
-        exposed: a.expose.iter().map(|p| flags::expose(p)).collect::<Result<Vec<_>, _>>()?.concat(),
-        devices: a.device.iter().map(|d| flags::device(d)).collect::<Result<_, _>>()?,
-        log: moat_engine::logs::LogConfig::parse(a.log_driver.as_deref(), &a.log_opt).map_err(|e| anyhow!(e))?,
-        sysctls: a
-            .sysctl
-            .iter()
-            .map(|s| {
-                s.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .ok_or_else(|| anyhow!("invalid --sysctl {s:?}: use KEY=VALUE"))
-            })
-            .collect::<Result<_>>()?,
-        dns_search: a.dns_search.clone(),
-        dns_options: a.dns_option.clone(),
-        console_size: if a.tty { session::term_size().map(|w| (w.rows, w.cols)) } else { None },
+        stop_timeout: a.stop_timeout.map(i64::from),
+        pod: a.pod.clone(),
+        host_config: HostConfigBody {
+            binds: a.volume.clone(),
+            tmpfs,
+            mounts,
+            port_bindings,
+            publish_all_ports: a.publish_all,
+            memory: size("memory limit", &a.memory)?.unwrap_or(0),
+            memory_swap: match a.memory_swap.as_deref() {
+                Some("-1") => -1,
+                Some(s) => flags::size("memory-swap limit", s)?,
+                None => 0,
+            },
+            memory_reservation: size("memory reservation", &a.memory_reservation)?.unwrap_or(0),
+            memory_swappiness: a.memory_swappiness,
+            oom_kill_disable: a.oom_kill_disable,
+            nano_cpus: a.cpus.map(flags::nano_cpus).transpose()?.unwrap_or(0),
+            cpu_shares: a.cpu_shares.map(|s| s as i64).unwrap_or(0),
+            cpuset_cpus: a.cpuset_cpus.clone().unwrap_or_default(),
+            cpuset_mems: a.cpuset_mems.clone().unwrap_or_default(),
+            pids_limit: a.pids_limit,
+            restart_policy: RestartPolicyBody::of(&flags::restart(&a.restart)?),
+            auto_remove: rm,
+            isolation: a.isolation.clone(),
+            runtime: a.runtime.clone().unwrap_or_default(),
+            network_mode,
+            log_config: log,
+            devices: a.device.iter().map(|d| device_body(d)).collect(),
+            ulimits: a
+                .ulimit
+                .iter()
+                .map(|u| {
+                    let name = u.split_once('=').map_or(u.as_str(), |(n, _)| n).to_string();
+                    flags::ulimit(u).map(|r| UlimitBody { name, soft: r.soft as i64, hard: r.hard as i64 })
+                })
+                .collect::<Result<_, _>>()?,
+            dns: a.dns.clone(),
+            dns_search: a.dns_search.clone(),
+            dns_options: a.dns_option.clone(),
+            extra_hosts: a.add_host.clone(),
+            sysctls: a
+                .sysctl
+                .iter()
+                .map(|s| {
+                    s.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow!("invalid --sysctl {s:?}: use KEY=VALUE"))
+                })
+                .collect::<Result<_>>()?,
+            shm_size: size("shm size", &a.shm_size)?.unwrap_or(0),
+            init: a.init,
+            readonly_rootfs: a.read_only,
+            cap_add: a.cap_add.clone(),
+            cap_drop: a.cap_drop.clone(),
+            privileged: a.privileged,
+            security_opt: a.security_opt.clone(),
+            volumes_from: a.volumes_from.clone(),
+            links: a.link.clone(),
+            oom_score_adj: a.oom_score_adj.map(i64::from).unwrap_or(0),
+            group_add: a.group_add.clone(),
+            pid_mode: a.pid.clone().unwrap_or_default(),
+            ipc_mode: a.ipc.clone().unwrap_or_default(),
+            uts_mode: a.uts.clone().unwrap_or_default(),
+            cgroupns_mode: a.cgroupns.clone().unwrap_or_default(),
+            annotations: a.annotation.iter().map(|l| flags::label(l)).collect(),
+            device_cgroup_rules: a.device_cgroup_rule.clone(),
+            console_size: if a.tty { session::term_size().map(|w| [w.rows, w.cols]) } else { None },
+            ..Default::default()
+        },
+        networking_config: NetworkingConfigBody { endpoints_config: endpoints },
         ..Default::default()
     })
 }

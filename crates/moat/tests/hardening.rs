@@ -479,7 +479,23 @@ fn run_rm_always_returns_the_exit_code() {
     for o in &outs {
         assert_eq!(o.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&o.stderr));
     }
-    assert_eq!(r.ok(&["ps", "-a", "-q"]), "");
+    let left = r.ok(&["ps", "-a", "-q", "--no-trunc"]);
+    if !left.is_empty() {
+        // what a container left behind holds and says (seen once under load)
+        let files: Vec<String> = left
+            .lines()
+            .map(|id| {
+                let d = r.path().join("containers").join(id);
+                let names: Vec<_> =
+                    std::fs::read_dir(&d).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+                format!("{names:?} {}", std::fs::read_to_string(d.join("shim.log")).unwrap_or_default())
+            })
+            .collect();
+        let st = r.ok(&["ps", "-a", "--format", "{{.ID}} {{.Status}}"]);
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let later = r.ok(&["ps", "-a", "--format", "{{.ID}} {{.Status}}"]);
+        panic!("--rm left {left}: files and shim log {files:?}; ps: {st}; 3 s later: {later}");
+    }
 }
 
 #[test]
