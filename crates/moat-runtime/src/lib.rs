@@ -16,6 +16,8 @@ pub mod devices;
 pub mod init;
 pub mod mounts;
 pub mod netconf;
+#[cfg(feature = "oci")]
+pub mod oci;
 pub mod procfs;
 pub mod relay;
 pub mod seccomp;

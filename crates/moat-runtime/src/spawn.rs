@@ -511,8 +511,9 @@ pub fn create(
                 nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(RuntimeError::sys("join network namespace"))?;
             }
             reset_signals();
-            // the host's UTS namespace keeps the host's names
-            if !spec.uts_host {
+            // the host's UTS namespace keeps the host's names; a new one
+            // without a name keeps the copy it starts with (OCI's rule)
+            if !spec.uts_host && !spec.hostname.is_empty() {
                 nix::unistd::sethostname(&spec.hostname).map_err(RuntimeError::sys("sethostname"))?;
                 if !spec.domainname.is_empty() {
                     set_domainname(&spec.domainname)?;
