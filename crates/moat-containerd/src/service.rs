@@ -3,9 +3,12 @@
 //! records. One shim process serves every task of a grouping (a CRI pod's
 //! containers share the sandbox ID, so `start` returns the same address).
 
-use crate::task::{Status, Stdio, Task, TaskError, Tasks};
+use crate::task::{Status, Stdio, Task, TaskError, TaskState, Tasks};
 use containerd_shim as shim;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics;
@@ -14,7 +17,7 @@ use containerd_shim::protos::types::task::Status as ApiStatus;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api, Config, DeleteResponse, ExitSignal, Flags, TtrpcContext, TtrpcResult};
 use moat_core::Isolation;
-use moat_sandbox::backend::{ContainerPlan, SandboxPlan};
+use moat_sandbox::backend::{ContainerPlan, Query, SandboxPlan};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -72,6 +75,10 @@ fn failed(e: TaskError) -> ttrpc::Error {
     status(code, e.to_string())
 }
 
+fn not_found(id: &str, exec: &str) -> ttrpc::Error {
+    status(ttrpc::Code::NOT_FOUND, format!("no process {exec:?} in task {id}"))
+}
+
 fn timestamp(t: SystemTime) -> Timestamp {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let mut ts = Timestamp::new();
@@ -107,6 +114,13 @@ impl Service {
             .ok()
             .and_then(|t| t.get(id).cloned())
             .ok_or_else(|| status(ttrpc::Code::NOT_FOUND, format!("task {id} not found")))
+    }
+
+    fn backend_query(&self, id: &str, q: Query) -> TtrpcResult<()> {
+        match self.task(id)?.query(q).map_err(failed)? {
+            moat_proto::ShimReply::Error { message } => Err(status(ttrpc::Code::FAILED_PRECONDITION, message)),
+            _ => Ok(()),
+        }
     }
 
     fn rootfs(bundle: &Path) -> PathBuf {
@@ -207,13 +221,15 @@ impl shim::Task for Service {
             terminal: req.terminal,
         };
         let me = self.clone();
-        let exited = Box::new(move |t: &Task, code: u32, at: SystemTime| {
+        let exited = Box::new(move |t: &Task, exec: &str, st: &TaskState| {
             let mut e = TaskExit::new();
             e.container_id = t.id.clone();
-            e.id = t.id.clone();
-            e.pid = t.state().pid;
-            e.exit_status = code;
-            e.exited_at = Some(timestamp(at)).into();
+            e.id = if exec.is_empty() { t.id.clone() } else { exec.to_string() };
+            e.pid = st.pid;
+            if let Some((code, at)) = st.exit {
+                e.exit_status = code;
+                e.exited_at = Some(timestamp(at)).into();
+            }
             me.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(e));
         });
         let task = match Task::create(plan, bundle.clone(), stdio, exited) {
@@ -235,33 +251,120 @@ impl shim::Task for Service {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(status(ttrpc::Code::UNIMPLEMENTED, "exec is not implemented yet"));
-        }
         let t = self.task(&req.id)?;
-        let pid = t.start().map_err(failed)?;
-        let mut ev = TaskStart::new();
-        ev.container_id = req.id.clone();
-        ev.pid = pid;
-        self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev));
+        let pid = t.start(&req.exec_id).map_err(failed)?;
+        if req.exec_id.is_empty() {
+            let mut ev = TaskStart::new();
+            ev.container_id = req.id.clone();
+            ev.pid = pid;
+            self.publish(topics::TASK_START_EVENT_TOPIC, Box::new(ev));
+        } else {
+            let mut ev = TaskExecStarted::new();
+            ev.container_id = req.id.clone();
+            ev.exec_id = req.exec_id.clone();
+            ev.pid = pid;
+            self.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(ev));
+        }
         Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let t = self.task(&req.id)?;
+        let json = req.spec.as_ref().map(|a| a.value.as_slice()).unwrap_or_default();
+        let spec = moat_runtime::oci::exec(json, !req.stdin.is_empty())
+            .map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+        let stdio = Stdio { stdin: req.stdin, stdout: req.stdout, stderr: req.stderr, terminal: req.terminal };
+        t.add_exec(&req.exec_id, spec, stdio).map_err(failed)?;
+        let mut ev = TaskExecAdded::new();
+        ev.container_id = req.id.clone();
+        ev.exec_id = req.exec_id.clone();
+        self.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(ev));
+        Ok(api::Empty::default())
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        let t = self.task(&req.id)?;
+        t.resize(&req.exec_id, req.height as u16, req.width as u16).map_err(failed)?;
+        Ok(api::Empty::default())
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let t = self.task(&req.id)?;
+        if req.stdin {
+            t.close_stdin(&req.exec_id).map_err(failed)?;
+        }
+        Ok(api::Empty::default())
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.backend_query(&req.id, Query::Pause)?;
+        self.task(&req.id)?.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut ev = TaskPaused::new();
+        ev.container_id = req.id.clone();
+        self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev));
+        Ok(api::Empty::default())
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        self.backend_query(&req.id, Query::Unpause)?;
+        self.task(&req.id)?.paused.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut ev = TaskResumed::new();
+        ev.container_id = req.id.clone();
+        self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev));
+        Ok(api::Empty::default())
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        let json = req.resources.as_ref().map(|a| a.value.as_slice()).unwrap_or_default();
+        let limits =
+            moat_runtime::oci::resources(json).map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+        self.backend_query(&req.id, Query::Update(limits))?;
+        Ok(api::Empty::default())
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let t = self.task(&req.id)?;
+        let moat_proto::ShimReply::Usage(u) = t.query(Query::Stats).map_err(failed)? else {
+            return Err(status(ttrpc::Code::INTERNAL, "the sandbox gave no usage"));
+        };
+        let mut m = Metrics::new();
+        let mut pids = PidsStat::new();
+        pids.current = u.pids;
+        m.pids = Some(pids).into();
+        let mut cpu = CPUStat::new();
+        let mut usage = CPUUsage::new();
+        usage.total = u.cpu_ns;
+        cpu.usage = Some(usage).into();
+        m.cpu = Some(cpu).into();
+        let mut mem = MemoryStat::new();
+        let mut entry = MemoryEntry::new();
+        entry.usage = u.mem_usage;
+        entry.limit = u.mem_limit;
+        mem.usage = Some(entry).into();
+        m.memory = Some(mem).into();
+        let any = containerd_shim::util::convert_to_any(Box::new(m))
+            .map_err(|e| status(ttrpc::Code::INTERNAL, e.to_string()))?;
+        Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
     }
 
     fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
         let t = self.task(&req.id)?;
-        let s = t.state();
+        let s = t.state(&req.exec_id).ok_or_else(|| not_found(&req.id, &req.exec_id))?;
         let mut r = api::StateResponse {
-            id: t.id.clone(),
+            id: if req.exec_id.is_empty() { t.id.clone() } else { req.exec_id.clone() },
             bundle: t.bundle.display().to_string(),
             pid: s.pid,
-            stdin: t.stdio.stdin.clone(),
-            stdout: t.stdio.stdout.clone(),
-            stderr: t.stdio.stderr.clone(),
-            terminal: t.stdio.terminal,
+            stdin: s.stdio.stdin.clone(),
+            stdout: s.stdio.stdout.clone(),
+            stderr: s.stdio.stderr.clone(),
+            terminal: s.stdio.terminal,
+            exec_id: req.exec_id.clone(),
             ..Default::default()
         };
+        let paused = t.paused.load(std::sync::atomic::Ordering::SeqCst);
         r.status = match s.status {
             Status::Created => ApiStatus::CREATED,
+            Status::Running if paused => ApiStatus::PAUSED,
             Status::Running => ApiStatus::RUNNING,
             Status::Stopped => ApiStatus::STOPPED,
         }
@@ -275,7 +378,7 @@ impl shim::Task for Service {
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         let t = self.task(&req.id)?;
-        let (code, at) = t.wait();
+        let (code, at) = t.wait(&req.exec_id).map_err(failed)?;
         let mut r = api::WaitResponse { exit_status: code, ..Default::default() };
         r.exited_at = Some(timestamp(at)).into();
         Ok(r)
@@ -283,8 +386,19 @@ impl shim::Task for Service {
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let t = self.task(&req.id)?;
-        if t.state().status == Status::Running {
-            t.signal(req.signal as i32).map_err(failed)?;
+        if req.all && req.exec_id.is_empty() {
+            // every process of the task, as its cgroup lists them
+            for pid in t.pids() {
+                // SAFETY: a signal to a process of this task's cgroup
+                unsafe { libc::kill(pid as i32, req.signal as i32) };
+            }
+            return Ok(api::Empty::default());
+        }
+        let s = t.state(&req.exec_id).ok_or_else(|| not_found(&req.id, &req.exec_id))?;
+        if s.status == Status::Running {
+            t.signal(&req.exec_id, req.signal as i32).map_err(failed)?;
+        } else if s.status == Status::Stopped {
+            return Err(status(ttrpc::Code::NOT_FOUND, format!("process {} already finished", req.id)));
         }
         Ok(api::Empty::default())
     }
@@ -292,8 +406,7 @@ impl shim::Task for Service {
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let t = self.task(&req.id)?;
         let mut r = api::PidsResponse::default();
-        let pid = t.state().pid;
-        if pid != 0 {
+        for pid in t.pids() {
             r.processes.push(containerd_shim::protos::types::task::ProcessInfo { pid, ..Default::default() });
         }
         Ok(r)
@@ -301,7 +414,18 @@ impl shim::Task for Service {
 
     fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
         let t = self.task(&req.id)?;
-        let s = t.state();
+        if !req.exec_id.is_empty() {
+            let s = t.state(&req.exec_id).ok_or_else(|| not_found(&req.id, &req.exec_id))?;
+            if s.status == Status::Running {
+                return Err(status(ttrpc::Code::FAILED_PRECONDITION, format!("exec {} is running", req.exec_id)));
+            }
+            t.remove_exec(&req.exec_id);
+            let (code, at) = s.exit.unwrap_or((0, SystemTime::now()));
+            let mut r = api::DeleteResponse { pid: s.pid, exit_status: code, ..Default::default() };
+            r.exited_at = Some(timestamp(at)).into();
+            return Ok(r);
+        }
+        let s = t.main();
         if s.status == Status::Running {
             return Err(status(ttrpc::Code::FAILED_PRECONDITION, format!("task {} is running: kill it first", req.id)));
         }
@@ -330,7 +454,7 @@ impl shim::Task for Service {
     }
 
     fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
-        let pid = self.task(&req.id).map(|t| t.state().pid).unwrap_or(0);
+        let pid = self.task(&req.id).map(|t| t.main().pid).unwrap_or(0);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid: pid,

@@ -3,7 +3,8 @@
 //! the FIFOs containerd handed over and stdin from its FIFO, and records
 //! the exit; the ttrpc handlers talk to it through a channel and a wake pipe.
 
-use moat_sandbox::backend::{Backend, BackendEvent, ContainerPlan, Source};
+use moat_proto::ExecSpec;
+use moat_sandbox::backend::{Backend, BackendEvent, ContainerPlan, ExecStart, Query, Source};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -13,8 +14,18 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::SystemTime;
 
-/// Called on the task's thread when its main process ends (status, time).
-pub type OnExit = Box<dyn Fn(&Task, u32, SystemTime) + Send>;
+/// Called on the task's thread when a process ends (exec ID, empty for
+/// the main process; its state).
+pub type OnExit = Box<dyn Fn(&Task, &str, &TaskState) + Send>;
+
+/// A task's processes by exec ID (`""`: the main process), with the execs'
+/// specs until they start.
+#[derive(Default)]
+struct Procs {
+    states: HashMap<String, TaskState>,
+    specs: HashMap<String, ExecSpec>,
+    next_sid: u32,
+}
 
 /// The main process's session in the backend.
 const MAIN: u32 = 0;
@@ -47,7 +58,7 @@ pub enum Status {
     Stopped,
 }
 
-/// What the ttrpc side reads.
+/// What the ttrpc side reads of one process (the main one or an exec).
 #[derive(Debug, Clone)]
 pub struct TaskState {
     /// Where it is.
@@ -56,6 +67,10 @@ pub struct TaskState {
     pub pid: u32,
     /// Exit status and time, once stopped.
     pub exit: Option<(u32, SystemTime)>,
+    /// Its session in the backend (0: the main process).
+    pub sid: u32,
+    /// Its stdio.
+    pub stdio: Stdio,
 }
 
 /// The stdio FIFOs containerd created (empty: none).
@@ -72,8 +87,11 @@ pub struct Stdio {
 }
 
 enum Cmd {
-    Start(Sender<Result<u32, TaskError>>),
-    Signal(i32, Sender<bool>),
+    Start(String, Sender<Result<u32, TaskError>>),
+    Signal(u32, i32, Sender<bool>),
+    Resize(u32, moat_proto::WinSize),
+    CloseStdin(u32),
+    Query(Query, Sender<moat_proto::ShimReply>),
     Teardown(Sender<()>),
 }
 
@@ -83,10 +101,10 @@ pub struct Task {
     pub id: String,
     /// The bundle directory.
     pub bundle: PathBuf,
-    /// Its stdio.
-    pub stdio: Stdio,
-    state: Mutex<TaskState>,
+    procs: Mutex<Procs>,
     changed: Condvar,
+    /// Frozen by `Pause` (until `Resume`).
+    pub paused: std::sync::atomic::AtomicBool,
     cmds: Mutex<Sender<Cmd>>,
     wake: OwnedFd,
 }
@@ -97,12 +115,17 @@ impl Task {
     pub fn create(plan: ContainerPlan, bundle: PathBuf, stdio: Stdio, exited: OnExit) -> Result<Arc<Task>, TaskError> {
         let (wake_r, wake_w) = pipe()?;
         let (tx, rx) = channel();
+        let main = TaskState { status: Status::Created, pid: 0, exit: None, sid: MAIN, stdio: stdio.clone() };
         let task = Arc::new(Task {
             id: plan.id.clone(),
             bundle,
-            stdio: stdio.clone(),
-            state: Mutex::new(TaskState { status: Status::Created, pid: 0, exit: None }),
+            procs: Mutex::new(Procs {
+                states: HashMap::from([(String::new(), main)]),
+                next_sid: 1,
+                ..Default::default()
+            }),
             changed: Condvar::new(),
+            paused: Default::default(),
             cmds: Mutex::new(tx),
             wake: wake_w,
         });
@@ -126,39 +149,72 @@ impl Task {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                Runner { task: t, plan, backend: Box::new(backend), io, rx, wake: wake_r, exited }.run();
+                let ios = HashMap::from([(MAIN, io)]);
+                Runner { task: t, plan, backend: Box::new(backend), ios, rx, wake: wake_r, exited }.run();
             })
             .map_err(|e| TaskError::Io("spawn the task thread".into(), e))?;
         ready_rx.recv().map_err(|_| TaskError::Gone)??;
         Ok(task)
     }
 
-    /// A snapshot of its state.
-    pub fn state(&self) -> TaskState {
-        self.state.lock().map(|s| s.clone()).unwrap_or(TaskState { status: Status::Stopped, pid: 0, exit: None })
+    /// A snapshot of a process's state (`""`: the main process).
+    pub fn state(&self, exec: &str) -> Option<TaskState> {
+        self.procs.lock().ok().and_then(|p| p.states.get(exec).cloned())
     }
 
-    fn set(&self, f: impl FnOnce(&mut TaskState)) {
-        if let Ok(mut s) = self.state.lock() {
-            f(&mut s);
+    /// The main process's state.
+    pub fn main(&self) -> TaskState {
+        self.state("").unwrap_or(TaskState {
+            status: Status::Stopped,
+            pid: 0,
+            exit: None,
+            sid: MAIN,
+            stdio: Stdio::default(),
+        })
+    }
+
+    fn set(&self, sid: u32, f: impl FnOnce(&mut TaskState)) -> Option<(String, TaskState)> {
+        let mut out = None;
+        if let Ok(mut p) = self.procs.lock() {
+            if let Some((id, st)) = p.states.iter_mut().find(|(_, st)| st.sid == sid) {
+                f(st);
+                out = Some((id.clone(), st.clone()));
+            }
         }
         self.changed.notify_all();
+        out
     }
 
-    /// Blocks until the main process has exited.
-    pub fn wait(&self) -> (u32, SystemTime) {
-        let mut s = match self.state.lock() {
-            Ok(s) => s,
-            Err(_) => return (255, SystemTime::now()),
-        };
+    /// Registers exec `exec` (not started yet).
+    pub fn add_exec(&self, exec: &str, spec: ExecSpec, stdio: Stdio) -> Result<(), TaskError> {
+        let mut p = self.procs.lock().map_err(|_| TaskError::Gone)?;
+        if p.states.contains_key(exec) {
+            return Err(TaskError::State(format!("exec {exec} exists already in task {}", self.id)));
+        }
+        let sid = p.next_sid;
+        p.next_sid += 1;
+        p.states.insert(exec.to_string(), TaskState { status: Status::Created, pid: 0, exit: None, sid, stdio });
+        p.specs.insert(exec.to_string(), spec);
+        Ok(())
+    }
+
+    /// Forgets a finished exec.
+    pub fn remove_exec(&self, exec: &str) -> Option<TaskState> {
+        let mut p = self.procs.lock().ok()?;
+        p.specs.remove(exec);
+        p.states.remove(exec)
+    }
+
+    /// Blocks until process `exec` has exited.
+    pub fn wait(&self, exec: &str) -> Result<(u32, SystemTime), TaskError> {
+        let mut p = self.procs.lock().map_err(|_| TaskError::Gone)?;
         loop {
-            if let Some(e) = s.exit {
-                return e;
+            match p.states.get(exec) {
+                None => return Err(TaskError::State(format!("no process {exec} in task {}", self.id))),
+                Some(TaskState { exit: Some(e), .. }) => return Ok(*e),
+                Some(_) => {}
             }
-            s = match self.changed.wait(s) {
-                Ok(s) => s,
-                Err(_) => return (255, SystemTime::now()),
-            };
+            p = self.changed.wait(p).map_err(|_| TaskError::Gone)?;
         }
     }
 
@@ -169,21 +225,57 @@ impl Task {
         Ok(())
     }
 
-    /// Starts the main process; its PID.
-    pub fn start(&self) -> Result<u32, TaskError> {
-        if self.state().status != Status::Created {
-            return Err(TaskError::State(format!("task {} was started already", self.id)));
+    fn sid(&self, exec: &str) -> Result<TaskState, TaskError> {
+        self.state(exec).ok_or_else(|| TaskError::State(format!("no process {exec:?} in task {}", self.id)))
+    }
+
+    /// Starts process `exec` (`""`: the main process); its PID.
+    pub fn start(&self, exec: &str) -> Result<u32, TaskError> {
+        if self.sid(exec)?.status != Status::Created {
+            return Err(TaskError::State(format!("process {exec:?} of task {} was started already", self.id)));
+        }
+        if !exec.is_empty() && self.main().status != Status::Running {
+            return Err(TaskError::State(format!("task {} is not running", self.id)));
         }
         let (tx, rx) = channel();
-        self.send(Cmd::Start(tx))?;
+        self.send(Cmd::Start(exec.to_string(), tx))?;
         rx.recv().map_err(|_| TaskError::Gone)?
     }
 
-    /// Signals the main process; false when it does not run.
-    pub fn signal(&self, sig: i32) -> Result<bool, TaskError> {
+    /// Signals process `exec`; false when it does not run.
+    pub fn signal(&self, exec: &str, sig: i32) -> Result<bool, TaskError> {
+        let sid = self.sid(exec)?.sid;
         let (tx, rx) = channel();
-        self.send(Cmd::Signal(sig, tx))?;
+        self.send(Cmd::Signal(sid, sig, tx))?;
         rx.recv().map_err(|_| TaskError::Gone)
+    }
+
+    /// Resizes process `exec`'s terminal.
+    pub fn resize(&self, exec: &str, rows: u16, cols: u16) -> Result<(), TaskError> {
+        let sid = self.sid(exec)?.sid;
+        self.send(Cmd::Resize(sid, moat_proto::WinSize { rows, cols }))
+    }
+
+    /// Closes process `exec`'s stdin.
+    pub fn close_stdin(&self, exec: &str) -> Result<(), TaskError> {
+        let sid = self.sid(exec)?.sid;
+        self.send(Cmd::CloseStdin(sid))
+    }
+
+    /// Asks the backend (pause, resume, new limits, usage).
+    pub fn query(&self, q: Query) -> Result<moat_proto::ShimReply, TaskError> {
+        let (tx, rx) = channel();
+        self.send(Cmd::Query(q, tx))?;
+        rx.recv().map_err(|_| TaskError::Gone)
+    }
+
+    /// Every process in the task's cgroup (what the kernel says).
+    pub fn pids(&self) -> Vec<u32> {
+        std::fs::read(self.bundle.join(moat_core::ctr_files::CGROUP))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<moat_runtime::cgroup::Cgroup>(&b).ok())
+            .map(|c| c.pids())
+            .unwrap_or_default()
     }
 
     /// Ends every process and removes the sandbox (the cgroup).
@@ -245,7 +337,7 @@ struct Runner {
     task: Arc<Task>,
     plan: ContainerPlan,
     backend: Box<dyn Backend>,
-    io: Io,
+    ios: HashMap<u32, Io>,
     rx: Receiver<Cmd>,
     wake: OwnedFd,
     exited: OnExit,
@@ -254,7 +346,7 @@ struct Runner {
 #[derive(Clone, Copy)]
 enum Tok {
     Wake,
-    Stdin,
+    Stdin(u32),
     Backend(Source),
 }
 
@@ -266,10 +358,10 @@ impl Runner {
             let mut toks: Vec<Tok> = Vec::new();
             fds.push(libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             toks.push(Tok::Wake);
-            if let Some(f) = &self.io.stdin {
-                if self.task.state().status == Status::Running {
+            for (sid, io) in &self.ios {
+                if let Some(f) = &io.stdin {
                     fds.push(libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-                    toks.push(Tok::Stdin);
+                    toks.push(Tok::Stdin(*sid));
                 }
             }
             let mut want: Vec<(RawFd, libc::c_short, Source)> = Vec::new();
@@ -296,7 +388,7 @@ impl Runner {
                             return;
                         }
                     }
-                    Tok::Stdin => self.stdin(&mut buf),
+                    Tok::Stdin(sid) => self.stdin(sid, &mut buf),
                     Tok::Backend(src) => {
                         let events = self.backend.ready(src, pfd.revents, &mut buf);
                         self.events(events);
@@ -311,18 +403,26 @@ impl Runner {
     fn commands(&mut self) -> bool {
         while let Ok(c) = self.rx.try_recv() {
             match c {
-                Cmd::Start(reply) => {
-                    let r = self.backend.start_main(&self.plan).map_err(TaskError::from);
-                    if let Ok(pid) = r {
-                        self.task.set(|s| {
-                            s.status = Status::Running;
-                            s.pid = pid;
-                        });
-                    }
-                    let _ = reply.send(r);
+                Cmd::Start(exec, reply) => {
+                    let _ = reply.send(self.start(&exec));
                 }
-                Cmd::Signal(sig, reply) => {
-                    let _ = reply.send(self.backend.signal(MAIN, sig));
+                Cmd::Signal(sid, sig, reply) => {
+                    let _ = reply.send(self.backend.signal(sid, sig));
+                }
+                Cmd::Resize(sid, ws) => self.backend.resize(sid, ws),
+                Cmd::CloseStdin(sid) => {
+                    self.backend.close_stdin(sid);
+                    if let Some(io) = self.ios.get_mut(&sid) {
+                        io.stdin = None;
+                    }
+                }
+                Cmd::Query(q, reply) => {
+                    // the local backend answers at once
+                    let r = self
+                        .backend
+                        .query(q, 0)
+                        .unwrap_or(moat_proto::ShimReply::Error { message: "the sandbox did not answer".into() });
+                    let _ = reply.send(r);
                 }
                 Cmd::Teardown(reply) => {
                     self.backend.teardown(&self.plan);
@@ -334,18 +434,39 @@ impl Runner {
         true
     }
 
-    fn stdin(&mut self, buf: &mut [u8]) {
-        let Some(f) = self.io.stdin.as_mut() else { return };
-        match f.read(buf) {
-            Ok(0) => {
-                self.backend.close_stdin(MAIN);
-                self.io.stdin = None;
+    fn start(&mut self, exec: &str) -> Result<u32, TaskError> {
+        let st = self.task.sid(exec)?;
+        // the main process's FIFOs were opened at create
+        let io = if exec.is_empty() { None } else { Some(Io::open(&st.stdio)?) };
+        let pid = if exec.is_empty() {
+            self.backend.start_main(&self.plan)?
+        } else {
+            let spec = self.task.procs.lock().ok().and_then(|p| p.specs.get(exec).cloned()).ok_or(TaskError::Gone)?;
+            match self.backend.exec(st.sid, &spec)? {
+                ExecStart::Now(pid) => pid,
+                ExecStart::Pending => return Err(TaskError::State("the exec did not start".into())),
             }
-            Ok(n) => self.backend.stdin(MAIN, buf[..n].to_vec()),
+        };
+        if let Some(io) = io {
+            self.ios.insert(st.sid, io);
+        }
+        self.task.set(st.sid, |s| {
+            s.status = Status::Running;
+            s.pid = pid;
+        });
+        Ok(pid)
+    }
+
+    fn stdin(&mut self, sid: u32, buf: &mut [u8]) {
+        let Some(f) = self.ios.get_mut(&sid).and_then(|io| io.stdin.as_mut()) else { return };
+        match f.read(buf) {
+            Ok(n) if n > 0 => self.backend.stdin(sid, buf[..n].to_vec()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => {
-                self.backend.close_stdin(MAIN);
-                self.io.stdin = None;
+            _ => {
+                self.backend.close_stdin(sid);
+                if let Some(io) = self.ios.get_mut(&sid) {
+                    io.stdin = None;
+                }
             }
         }
     }
@@ -353,23 +474,38 @@ impl Runner {
     fn events(&mut self, events: Vec<BackendEvent>) {
         for e in events {
             match e {
-                BackendEvent::Output { sid: MAIN, err, data } => {
-                    let f = if err && !self.task.stdio.terminal { &mut self.io.stderr } else { &mut self.io.stdout };
-                    if let Some(f) = f {
-                        let _ = f.write_all(&data);
+                BackendEvent::Output { sid, err, data } => {
+                    let tty = self
+                        .task
+                        .procs
+                        .lock()
+                        .ok()
+                        .and_then(|p| p.states.values().find(|st| st.sid == sid).map(|st| st.stdio.terminal));
+                    if let Some(io) = self.ios.get_mut(&sid) {
+                        let f = if err && tty == Some(false) { &mut io.stderr } else { &mut io.stdout };
+                        if let Some(f) = f {
+                            let _ = f.write_all(&data);
+                        }
                     }
                 }
-                BackendEvent::Exited { sid: MAIN, code, .. } | BackendEvent::Died { code, .. } => {
-                    let code = code as u32;
-                    let at = SystemTime::now();
-                    self.task.set(|s| {
-                        s.status = Status::Stopped;
-                        s.exit = Some((code, at));
-                    });
-                    (self.exited)(&self.task, code, at);
-                }
+                BackendEvent::Exited { sid, code, .. } => self.exited(sid, code),
+                BackendEvent::Died { code, .. } => self.exited(MAIN, code),
+                BackendEvent::ExecFailed { sid, code, .. } => self.exited(sid, code),
                 _ => {}
             }
+        }
+    }
+
+    fn exited(&mut self, sid: u32, code: i32) {
+        let at = SystemTime::now();
+        // the FIFOs close: containerd's copier sees the end of the output
+        self.ios.remove(&sid);
+        let done = self.task.set(sid, |s| {
+            s.status = Status::Stopped;
+            s.exit = Some((code as u32, at));
+        });
+        if let Some((exec, st)) = done {
+            (self.exited)(&self.task, &exec, &st);
         }
     }
 }

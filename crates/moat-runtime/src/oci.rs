@@ -172,26 +172,7 @@ pub fn convert(s: &oci::Spec, bundle: &Path) -> Result<Converted, RuntimeError> 
         linux.and_then(|l| l.sysctl().clone()).unwrap_or_default().into_iter().collect();
     sysctls.sort();
 
-    let mut limits = Limits::default();
-    if let Some(r) = linux.and_then(|l| l.resources().as_ref()) {
-        if let Some(m) = r.memory() {
-            limits.memory = m.limit().filter(|l| *l > 0);
-            limits.memory_swap = m.swap().filter(|s| *s != 0);
-            limits.memory_reservation = m.reservation().filter(|r| *r > 0);
-            limits.swappiness = m.swappiness();
-        }
-        if let Some(c) = r.cpu() {
-            if let (Some(q), Some(p)) = (c.quota().filter(|q| *q > 0), c.period().filter(|p| *p > 0)) {
-                limits.cpus = Some(q as f64 / p as f64);
-            }
-            limits.cpu_shares = c.shares().filter(|s| *s > 0);
-            limits.cpuset_cpus = c.cpus().clone().filter(|s| !s.is_empty());
-            limits.cpuset_mems = c.mems().clone().filter(|s| !s.is_empty());
-        }
-        if let Some(pids) = r.pids() {
-            limits.pids = Some(pids.limit()).filter(|l| *l > 0);
-        }
-    }
+    let limits = linux.and_then(|l| l.resources().as_ref()).map(limits_of).unwrap_or_default();
 
     let spec = Spec {
         rootfs: Rootfs::Dir(rootfs.clone()),
@@ -234,6 +215,58 @@ fn tmpfs_size(s: &str) -> Option<u64> {
 
 fn path_string(p: PathBuf) -> String {
     p.display().to_string()
+}
+
+/// `linux.resources` as moat's limits.
+fn limits_of(r: &oci::LinuxResources) -> Limits {
+    let mut limits = Limits::default();
+
+    if let Some(m) = r.memory() {
+        limits.memory = m.limit().filter(|l| *l > 0);
+        limits.memory_swap = m.swap().filter(|s| *s != 0);
+        limits.memory_reservation = m.reservation().filter(|r| *r > 0);
+        limits.swappiness = m.swappiness();
+    }
+    if let Some(c) = r.cpu() {
+        if let (Some(q), Some(p)) = (c.quota().filter(|q| *q > 0), c.period().filter(|p| *p > 0)) {
+            limits.cpus = Some(q as f64 / p as f64);
+        }
+        limits.cpu_shares = c.shares().filter(|s| *s > 0);
+        limits.cpuset_cpus = c.cpus().clone().filter(|s| !s.is_empty());
+        limits.cpuset_mems = c.mems().clone().filter(|s| !s.is_empty());
+    }
+    if let Some(pids) = r.pids() {
+        limits.pids = Some(pids.limit()).filter(|l| *l > 0);
+    }
+    limits
+}
+
+/// containerd's `UpdateTaskRequest.resources` (the JSON of OCI
+/// `linux.resources`) as moat's limits.
+pub fn resources(json: &[u8]) -> Result<Limits, RuntimeError> {
+    let r: oci::LinuxResources = serde_json::from_slice(json).map_err(|e| refuse(format!("invalid resources: {e}")))?;
+    Ok(limits_of(&r))
+}
+
+/// An exec's process (containerd's `ExecProcessRequest.spec`, the JSON of
+/// an OCI `process`) as moat's exec; `stdin` when containerd gave a stdin.
+pub fn exec(json: &[u8], stdin: bool) -> Result<moat_spec::ExecSpec, RuntimeError> {
+    let p: oci::Process = serde_json::from_slice(json).map_err(|e| refuse(format!("invalid exec process: {e}")))?;
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(refuse("the exec process has no args"));
+    }
+    let user = p.user();
+    Ok(moat_spec::ExecSpec {
+        args,
+        env: p.env().clone().unwrap_or_default(),
+        workdir: Some(p.cwd().display().to_string()).filter(|c| !c.is_empty()),
+        user: Some(format!("{}:{}", user.uid(), user.gid())),
+        tty: p.terminal().unwrap_or(false),
+        stdin,
+        size: p.console_size().map(|b| moat_spec::WinSize { rows: b.height() as u16, cols: b.width() as u16 }),
+        ..Default::default()
+    })
 }
 
 /// Reads and converts the bundle at `bundle` (its `config.json`).
@@ -312,6 +345,32 @@ mod tests {
         );
         assert_eq!(c.cgroups_path.as_deref(), Some("/kubepods/pod1/c1"));
         assert_eq!(s.sysctls, [("net.ipv4.ip_forward".to_string(), "1".to_string())]);
+        Ok(())
+    }
+
+    #[test]
+    fn update_resources() -> Result<(), RuntimeError> {
+        let l = resources(
+            br#"{"memory": {"limit": 1048576}, "cpu": {"quota": 150000, "period": 100000}, "pids": {"limit": 9}}"#,
+        )?;
+        assert_eq!((l.memory, l.cpus, l.pids), (Some(1 << 20), Some(1.5), Some(9)));
+        assert!(resources(b"\"x\"").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn an_exec_process() -> Result<(), RuntimeError> {
+        let x = exec(
+            br#"{"args": ["ls", "-l"], "env": ["A=1"], "cwd": "/w", "terminal": true, "user": {"uid": 5, "gid": 6}}"#,
+            true,
+        )?;
+        assert_eq!(
+            (x.args.as_slice(), x.env.as_slice()),
+            (["ls".to_string(), "-l".into()].as_slice(), ["A=1".to_string()].as_slice())
+        );
+        assert_eq!((x.workdir.as_deref(), x.user.as_deref(), x.tty, x.stdin), (Some("/w"), Some("5:6"), true, true));
+        assert!(exec(br#"{"args": [], "cwd": "/", "user": {"uid": 0, "gid": 0}}"#, false).is_err());
+        assert!(exec(b"not json", false).is_err());
         Ok(())
     }
 

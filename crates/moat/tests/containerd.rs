@@ -168,11 +168,37 @@ fn ctr_runs_process_containers_through_moats_shim() {
     assert_eq!(ps, [vec!["PID".to_string(), "INFO".into()], vec![pid.to_string(), "-".into()]]);
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim for t2");
+    // an exec: its own stdio and exit status, in the task's namespaces
+    let o = c.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "t2",
+        "sh",
+        "-c",
+        "echo in-exec; set -- /proc/[0-9]*; echo $#; exit 4",
+    ]);
+    assert_eq!(text(&o), ("in-exec\n2\n".into(), String::new(), Some(4)), "the exec sees sleep and itself");
+    // pause and resume: the kernel's freezer, and containerd's status
+    c.ok(&["tasks", "pause", "t2"]);
+    assert!(c.ok(&["tasks", "ls"]).lines().any(|l| l.starts_with("t2 ") && l.ends_with("PAUSED")));
+    let frozen = |cg: &Path| {
+        std::fs::read_to_string(cg.join("freezer.state")).map(|s| s.trim() == "FROZEN").unwrap_or(false)
+            || std::fs::read_to_string(cg.join("cgroup.freeze")).map(|s| s.trim() == "1").unwrap_or(false)
+    };
+    assert!(cgroup_dirs("containerd/default/t2").iter().any(|d| frozen(d)), "frozen in the kernel");
+    c.ok(&["tasks", "resume", "t2"]);
+    assert!(!cgroup_dirs("containerd/default/t2").iter().any(|d| frozen(d)), "thawed");
+    // metrics containerd decodes (cgroup v1 Metrics): one process
+    let m = c.ok(&["tasks", "metrics", "t2"]);
+    assert!(m.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pids.current", "1"]), "{m}");
     // PID 1 ignores SIGTERM without a handler (as under runc): it runs on
     c.ok(&["tasks", "kill", "t2"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(Path::new(&format!("/proc/{pid}")).exists());
-    c.ok(&["tasks", "kill", "-s", "SIGKILL", "t2"]);
+    // every process of the task (kill --all)
+    c.ok(&["tasks", "kill", "-a", "-s", "SIGKILL", "t2"]);
     eventually("t2 stops", || c.ok(&["tasks", "ls"]).lines().any(|l| l.starts_with("t2 ") && l.ends_with("STOPPED")));
     let e = c.ctr(&["tasks", "delete", "t2"]);
     let (_, err, code) = text(&e);
