@@ -204,15 +204,18 @@ impl shim::Task for Service {
             }
         };
         let plan = ContainerPlan {
-            id: req.id.clone(),
+            // the cgroup's name below moat's: containerd's containers in a
+            // tree of their own, apart from moat's (the intermediate levels
+            // are plain directories: a v1 devices group with children
+            // cannot be configured again)
+            id: format!("containerd/{}/{}", self.namespace, req.id),
             dir: bundle.clone(),
             spec: converted.spec,
             limits: converted.limits,
             stdin: !req.stdin.is_empty(),
             endpoints: Vec::new(),
             sandbox: SandboxPlan::Local,
-            // containerd's containers in a tree of their own, apart from moat's
-            group: Some((format!("containerd/{}", self.namespace), Default::default())),
+            group: None,
         };
         let stdio = Stdio {
             stdin: req.stdin.clone(),
@@ -232,7 +235,7 @@ impl shim::Task for Service {
             }
             me.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(e));
         });
-        let task = match Task::create(plan, bundle.clone(), stdio, exited) {
+        let task = match Task::create(&req.id, plan, bundle.clone(), stdio, exited) {
             Ok(t) => t,
             Err(e) => {
                 undo();

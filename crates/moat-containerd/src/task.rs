@@ -111,13 +111,19 @@ pub struct Task {
 
 impl Task {
     /// Creates the task's sandbox (cgroup) on a thread of its own; `exited`
-    /// is called there when the main process ends.
-    pub fn create(plan: ContainerPlan, bundle: PathBuf, stdio: Stdio, exited: OnExit) -> Result<Arc<Task>, TaskError> {
+    /// is called there when a process ends; `id` is containerd's.
+    pub fn create(
+        id: &str,
+        plan: ContainerPlan,
+        bundle: PathBuf,
+        stdio: Stdio,
+        exited: OnExit,
+    ) -> Result<Arc<Task>, TaskError> {
         let (wake_r, wake_w) = pipe()?;
         let (tx, rx) = channel();
         let main = TaskState { status: Status::Created, pid: 0, exit: None, sid: MAIN, stdio: stdio.clone() };
         let task = Arc::new(Task {
-            id: plan.id.clone(),
+            id: id.to_string(),
             bundle,
             procs: Mutex::new(Procs {
                 states: HashMap::from([(String::new(), main)]),
@@ -132,7 +138,7 @@ impl Task {
         let (ready_tx, ready_rx) = channel();
         let t = task.clone();
         std::thread::Builder::new()
-            .name(format!("task-{}", &plan.id[..plan.id.len().min(12)]))
+            .name(format!("task-{}", &id[..id.len().min(12)]))
             .spawn(move || {
                 let backend = match moat_sandbox::local::Local::new(&plan) {
                     Ok(b) => b,

@@ -151,11 +151,10 @@ pub fn convert(s: &oci::Spec, bundle: &Path) -> Result<Converted, RuntimeError> 
     if ns(oci::LinuxNamespaceType::User).is_some() {
         return Err(refuse("user namespaces are not supported by moat"));
     }
-    for t in [oci::LinuxNamespaceType::Pid, oci::LinuxNamespaceType::Ipc, oci::LinuxNamespaceType::Uts] {
-        if let Some(path) = ns(t).and_then(|n| n.path().clone()) {
-            return Err(refuse(format!("joining the {t:?} namespace {} is not supported yet", path.display())));
-        }
+    if let Some(path) = ns(oci::LinuxNamespaceType::Pid).and_then(|n| n.path().clone()) {
+        return Err(refuse(format!("joining the PID namespace {} is not supported yet", path.display())));
     }
+    let join = |t| ns(t).and_then(|n| n.path().clone());
     let net = match ns(oci::LinuxNamespaceType::Network) {
         None => NetNs::Host,
         Some(n) => match n.path() {
@@ -191,6 +190,8 @@ pub fn convert(s: &oci::Spec, bundle: &Path) -> Result<Converted, RuntimeError> 
         pid_host: ns(oci::LinuxNamespaceType::Pid).is_none(),
         ipc_host: ns(oci::LinuxNamespaceType::Ipc).is_none(),
         uts_host: ns(oci::LinuxNamespaceType::Uts).is_none(),
+        ipc_join: join(oci::LinuxNamespaceType::Ipc),
+        uts_join: join(oci::LinuxNamespaceType::Uts),
         cgroupns_host: ns(oci::LinuxNamespaceType::Cgroup).is_none(),
         sysctls,
         etc_files: Vec::new(),
@@ -338,6 +339,13 @@ mod tests {
         );
         assert_eq!(s.net, NetNs::Path("/var/run/netns/cni-1".into()));
         assert!(!s.pid_host && s.ipc_host && s.uts_host && s.cgroupns_host);
+        assert_eq!((&s.ipc_join, &s.uts_join), (&None, &None));
+        let mut v = base();
+        v["linux"]["namespaces"][1] = serde_json::json!({"type": "ipc", "path": "/proc/7/ns/ipc"});
+        v["linux"]["namespaces"][2] = serde_json::json!({"type": "uts", "path": "/proc/7/ns/uts"});
+        let j = spec(v)?.spec;
+        assert_eq!((j.ipc_join, j.uts_join), (Some("/proc/7/ns/ipc".into()), Some("/proc/7/ns/uts".into())));
+        assert!(!j.ipc_host && !j.uts_host);
         assert_eq!(s.seccomp, Seccomp::Unconfined);
         assert_eq!(
             (c.limits.memory, c.limits.cpus, c.limits.cpu_shares, c.limits.pids),

@@ -483,8 +483,8 @@ pub fn create(
     let mut flags = CloneFlags::CLONE_NEWNS;
     for (host, ns) in [
         (spec.pid_host, CloneFlags::CLONE_NEWPID),
-        (spec.ipc_host, CloneFlags::CLONE_NEWIPC),
-        (spec.uts_host, CloneFlags::CLONE_NEWUTS),
+        (spec.ipc_host || spec.ipc_join.is_some(), CloneFlags::CLONE_NEWIPC),
+        (spec.uts_host || spec.uts_join.is_some(), CloneFlags::CLONE_NEWUTS),
     ] {
         if !host {
             flags |= ns;
@@ -509,6 +509,16 @@ pub fn create(
                 let f = std::fs::File::open(p)
                     .map_err(RuntimeError::io(format!("open network namespace {}", p.display())))?;
                 nix::sched::setns(f, CloneFlags::CLONE_NEWNET).map_err(RuntimeError::sys("join network namespace"))?;
+            }
+            // a pod's IPC and UTS namespaces, by path
+            for (path, ns, what) in
+                [(&spec.ipc_join, CloneFlags::CLONE_NEWIPC, "IPC"), (&spec.uts_join, CloneFlags::CLONE_NEWUTS, "UTS")]
+            {
+                if let Some(p) = path {
+                    let f = std::fs::File::open(p)
+                        .map_err(RuntimeError::io(format!("open {what} namespace {}", p.display())))?;
+                    nix::sched::setns(f, ns).map_err(RuntimeError::sys("join a namespace"))?;
+                }
             }
             reset_signals();
             // the host's UTS namespace keeps the host's names; a new one

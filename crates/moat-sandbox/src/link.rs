@@ -565,6 +565,8 @@ mod tests {
             pid_host: false,
             ipc_host: false,
             uts_host: false,
+            ipc_join: None,
+            uts_join: None,
             cgroupns_host: false,
             mounts: vec![
                 Mount::Bind {

@@ -195,6 +195,12 @@ pub struct Spec {
     /// Share the host's UTS namespace: its host and domain name (`--uts=host`).
     #[serde(default)]
     pub uts_host: bool,
+    /// Join this IPC namespace (a pod sandbox's `/proc/<pid>/ns/ipc`).
+    #[serde(default)]
+    pub ipc_join: Option<PathBuf>,
+    /// Join this UTS namespace (a pod sandbox's `/proc/<pid>/ns/uts`).
+    #[serde(default)]
+    pub uts_join: Option<PathBuf>,
     /// Stay in the host's cgroup namespace (`--cgroupns=host`): the
     /// container's `/sys/fs/cgroup` shows the host's hierarchy.
     #[serde(default)]

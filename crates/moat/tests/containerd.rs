@@ -180,6 +180,29 @@ fn ctr_runs_process_containers_through_moats_shim() {
         "echo in-exec; set -- /proc/[0-9]*; echo $#; exit 4",
     ]);
     assert_eq!(text(&o), ("in-exec\n2\n".into(), String::new(), Some(4)), "the exec sees sleep and itself");
+    // a pod's way in: another task joins t2's IPC and UTS namespaces by
+    // path (CRI's containers join their sandbox's), as the kernel says
+    let ns_of = |n: &str| std::fs::read_link(format!("/proc/{pid}/ns/{n}")).unwrap().display().to_string();
+    let (ipc, uts) = (format!("ipc:/proc/{pid}/ns/ipc"), format!("uts:/proc/{pid}/ns/uts"));
+    let joined = ["run", "--rm", "--runtime", "io.containerd.moat-process.v2", "--with-ns", &ipc, "--with-ns", &uts];
+    let o = c.ctr(
+        &[&joined[..], &[IMAGE, "t4", "sh", "-c", "readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts"]].concat(),
+    );
+    assert_eq!(text(&o), (format!("{}\n{}\n", ns_of("ipc"), ns_of("uts")), String::new(), Some(0)));
+    // the control: a task of its own has its own
+    let o = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.moat-process.v2",
+        IMAGE,
+        "t5",
+        "readlink",
+        "/proc/self/ns/ipc",
+    ]);
+    let (own, _, code) = text(&o);
+    assert_eq!(code, Some(0));
+    assert!(own.starts_with("ipc:[") && own.trim() != ns_of("ipc"), "{own}");
     // pause and resume: the kernel's freezer, and containerd's status
     c.ok(&["tasks", "pause", "t2"]);
     assert!(c.ok(&["tasks", "ls"]).lines().any(|l| l.starts_with("t2 ") && l.ends_with("PAUSED")));
