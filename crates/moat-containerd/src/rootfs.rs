@@ -53,3 +53,52 @@ pub fn mount(kind: &str, source: &str, options: &[String], target: &Path) -> Res
 pub fn unmount(target: &Path) {
     let _ = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH);
 }
+
+/// containerd's overlay rootfs (the overlayfs snapshotter's one mount) as
+/// moat's root for a utility VM, which mounts it in its share itself.
+pub fn overlay(mounts: &[(String, Vec<String>)]) -> Result<moat_runtime::spec::Rootfs, String> {
+    let [(kind, options)] = mounts else {
+        return Err(format!("hyperv needs one rootfs mount from containerd, not {}", mounts.len()));
+    };
+    if kind != "overlay" {
+        return Err(format!("hyperv needs containerd's overlayfs snapshotter: the rootfs is a {kind:?} mount"));
+    }
+    let opt = |k: &str| options.iter().find_map(|o| o.strip_prefix(k)).map(str::to_string);
+    let lower = opt("lowerdir=").ok_or("the overlay rootfs has no lowerdir")?;
+    let upper = opt("upperdir=").ok_or("the overlay rootfs has no upperdir (a read-only view)")?;
+    let work = opt("workdir=").ok_or("the overlay rootfs has no workdir")?;
+    Ok(moat_runtime::spec::Rootfs::Overlay {
+        // overlayfs lists the topmost layer first, as moat does
+        lower: lower.split(':').map(std::path::PathBuf::from).collect(),
+        upper: upper.into(),
+        work: work.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerds_overlay_as_moats_root() {
+        let m = vec![(
+            "overlay".to_string(),
+            vec![
+                "index=off".into(),
+                "workdir=/s/2/work".into(),
+                "upperdir=/s/2/fs".into(),
+                "lowerdir=/s/1/fs:/s/0/fs".into(),
+            ],
+        )];
+        match overlay(&m) {
+            Ok(moat_runtime::spec::Rootfs::Overlay { lower, upper, work }) => {
+                assert_eq!(lower, [std::path::PathBuf::from("/s/1/fs"), "/s/0/fs".into()]);
+                assert_eq!((upper, work), ("/s/2/fs".into(), "/s/2/work".into()));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bind = vec![("bind".to_string(), vec!["rbind".into()])];
+        assert!(overlay(&bind).err().is_some_and(|e| e.contains("overlayfs snapshotter")));
+        assert!(overlay(&[]).is_err());
+    }
+}

@@ -75,6 +75,21 @@ fn failed(e: TaskError) -> ttrpc::Error {
     status(code, e.to_string())
 }
 
+/// Where the VM's parts are: moat's environment variables (containerd
+/// passes its own to shims), else moat's defaults.
+fn vm_options() -> moat_sandbox::VmOptions {
+    let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
+    moat_sandbox::VmOptions {
+        kernel_dir: env("MOAT_KERNEL_DIR").unwrap_or_else(|| moat_sandbox::DEFAULT_KERNEL_DIR.into()),
+        agent: env("MOAT_AGENT"),
+        shim_exe: std::env::current_exe().ok(),
+        qemu: env("MOAT_QEMU"),
+        virtiofsd: env("MOAT_VIRTIOFSD"),
+        boot_timeout_secs: None,
+        templates: None,
+    }
+}
+
 fn not_found(id: &str, exec: &str) -> ttrpc::Error {
     status(ttrpc::Code::NOT_FOUND, format!("no process {exec:?} in task {id}"))
 }
@@ -176,31 +191,29 @@ impl shim::Shim for Service {
 
 impl shim::Task for Service {
     fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
-        if self.isolation == Isolation::Hyperv {
-            return Err(status(
-                ttrpc::Code::UNIMPLEMENTED,
-                "hyperv isolation through containerd is not implemented yet: use io.containerd.moat-process.v2",
-            ));
-        }
         if !req.checkpoint.is_empty() {
             return Err(status(ttrpc::Code::UNIMPLEMENTED, "moat does not restore checkpoints"));
         }
         let bundle = PathBuf::from(&req.bundle);
         let rootfs = Self::rootfs(&bundle);
-        for m in &req.rootfs {
-            crate::rootfs::mount(&m.type_, &m.source, &m.options, &rootfs)
-                .map_err(|e| status(ttrpc::Code::INTERNAL, format!("mount the rootfs: {e}")))?;
+        let hyperv = self.isolation == Isolation::Hyperv;
+        let mut converted =
+            moat_runtime::oci::load(&bundle).map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
+        if hyperv {
+            // the VM mounts the snapshotter's overlay in its share itself
+            let mounts: Vec<(String, Vec<String>)> =
+                req.rootfs.iter().map(|m| (m.type_.clone(), m.options.clone())).collect();
+            converted.spec.rootfs =
+                crate::rootfs::overlay(&mounts).map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e))?;
+        } else {
+            for m in &req.rootfs {
+                crate::rootfs::mount(&m.type_, &m.source, &m.options, &rootfs)
+                    .map_err(|e| status(ttrpc::Code::INTERNAL, format!("mount the rootfs: {e}")))?;
+            }
         }
         let undo = || {
-            if !req.rootfs.is_empty() {
+            if !req.rootfs.is_empty() && !hyperv {
                 crate::rootfs::unmount(&rootfs);
-            }
-        };
-        let converted = match moat_runtime::oci::load(&bundle) {
-            Ok(c) => c,
-            Err(e) => {
-                undo();
-                return Err(status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()));
             }
         };
         let plan = ContainerPlan {
@@ -216,6 +229,13 @@ impl shim::Task for Service {
             endpoints: Vec::new(),
             sandbox: SandboxPlan::Local,
             group: None,
+        };
+        let plan = match hyperv {
+            true => {
+                let (mem_mib, vcpus) = moat_sandbox::vm_size(&plan.limits);
+                ContainerPlan { sandbox: SandboxPlan::Vm { mem_mib, vcpus }, ..plan }
+            }
+            false => plan,
         };
         let stdio = Stdio {
             stdin: req.stdin.clone(),
@@ -235,7 +255,7 @@ impl shim::Task for Service {
             }
             me.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(e));
         });
-        let task = match Task::create(&req.id, plan, bundle.clone(), stdio, exited) {
+        let task = match Task::create(&req.id, plan, vm_options(), bundle.clone(), stdio, exited) {
             Ok(t) => t,
             Err(e) => {
                 undo();

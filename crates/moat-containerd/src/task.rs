@@ -115,6 +115,7 @@ impl Task {
     pub fn create(
         id: &str,
         plan: ContainerPlan,
+        vm: moat_sandbox::VmOptions,
         bundle: PathBuf,
         stdio: Stdio,
         exited: OnExit,
@@ -140,7 +141,7 @@ impl Task {
         std::thread::Builder::new()
             .name(format!("task-{}", &id[..id.len().min(12)]))
             .spawn(move || {
-                let backend = match moat_sandbox::local::Local::new(&plan) {
+                let backend = match moat_sandbox::open(&plan, &vm) {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = ready_tx.send(Err(TaskError::from(e)));
@@ -156,7 +157,7 @@ impl Task {
                 };
                 let _ = ready_tx.send(Ok(()));
                 let ios = HashMap::from([(MAIN, io)]);
-                Runner { task: t, plan, backend: Box::new(backend), ios, rx, wake: wake_r, exited }.run();
+                Runner { task: t, plan, backend, ios, rx, wake: wake_r, exited }.run();
             })
             .map_err(|e| TaskError::Io("spawn the task thread".into(), e))?;
         ready_rx.recv().map_err(|_| TaskError::Gone)??;

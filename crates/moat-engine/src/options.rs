@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// Where guest kernels live unless configured: one download serves every
 /// root of the host (kernels and initramfs images are content-addressed).
-pub const DEFAULT_KERNEL_DIR: &str = "/var/lib/moat-kernels";
+pub const DEFAULT_KERNEL_DIR: &str = moat_sandbox::DEFAULT_KERNEL_DIR;
 
 /// Everything an engine needs to know about its host.
 #[derive(Clone, Serialize, Deserialize, Default)]

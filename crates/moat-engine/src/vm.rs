@@ -8,14 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// Sizing of the VM for a container.
 pub fn sizing(cfg: &ContainerConfig) -> (u64, u32) {
-    let mem = cfg
-        .limits
-        .memory
-        .map(|m| (m as u64).div_ceil(1 << 20) + moat_vm::launch::MEMORY_OVERHEAD_MIB)
-        .unwrap_or(moat_vm::launch::DEFAULT_MEMORY_MIB);
-    let host = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let vcpus = cfg.limits.cpus.map(|c| c.ceil() as u32).unwrap_or(1).clamp(1, host.max(1));
-    (mem, vcpus)
+    moat_sandbox::vm_size(&cfg.limits)
 }
 
 /// Sizing of the VM a container with `--memory` (a size like `256m`) and

@@ -24,6 +24,34 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Where guest kernels and templates live unless configured otherwise.
+pub const DEFAULT_KERNEL_DIR: &str = "/var/lib/moat-kernels";
+
+/// The utility VM a container with `limits` gets: its memory limit plus the
+/// guest's overhead (512 MiB without one), as many vCPUs as its CPU limit
+/// rounded up (1 without one), at most this host's.
+pub fn vm_size(limits: &moat_runtime::cgroup::Limits) -> (u64, u32) {
+    let mem = limits
+        .memory
+        .map(|m| (m as u64).div_ceil(1 << 20) + moat_vm::launch::MEMORY_OVERHEAD_MIB)
+        .unwrap_or(moat_vm::launch::DEFAULT_MEMORY_MIB);
+    let host = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let vcpus = limits.cpus.map(|c| c.ceil() as u32).unwrap_or(1).clamp(1, host.max(1));
+    (mem, vcpus)
+}
+
+/// The backend a plan names: namespaces on this kernel, a utility VM of its
+/// own, or the VM of the container whose sandbox it joins.
+pub fn open(plan: &ContainerPlan, vm: &VmOptions) -> Result<Box<dyn Backend>, SandboxError> {
+    Ok(match &plan.sandbox {
+        SandboxPlan::Local => Box::new(local::Local::new(plan)?),
+        SandboxPlan::Vm { mem_mib, vcpus } => Box::new(vm::Vm::new(plan, vm, *mem_mib, *vcpus)?),
+        SandboxPlan::JoinVm { owner, owner_name, owner_dir } => {
+            Box::new(vm::Vm::join(plan, owner, owner_name, owner_dir)?)
+        }
+    })
+}
+
 /// Errors of a sandbox, with their causes.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

@@ -282,16 +282,9 @@ impl Shim {
         // the host ports first: a VM backend may start the main process while it boots
         let backend = ports::bind(ctx.config()).and_then(|ports| {
             let plan = &ctx.plan;
-            let backend: Box<dyn Backend> = match (factory, &plan.sandbox) {
-                (Some(factory), _) => factory(plan)?,
-                (None, SandboxPlan::Local) => Box::new(moat_sandbox::local::Local::new(plan)?),
-                (None, SandboxPlan::Vm { mem_mib, vcpus }) => {
-                    Box::new(moat_sandbox::vm::Vm::new(plan, &opts.vm_options(), *mem_mib, *vcpus)?)
-                }
-                // the sandbox of another container: its VM
-                (None, SandboxPlan::JoinVm { owner, owner_name, owner_dir }) => {
-                    Box::new(moat_sandbox::vm::Vm::join(plan, owner, owner_name, owner_dir)?)
-                }
+            let backend: Box<dyn Backend> = match factory {
+                Some(factory) => factory(plan)?,
+                None => moat_sandbox::open(plan, &opts.vm_options())?,
             };
             Ok((backend, ports))
         });
