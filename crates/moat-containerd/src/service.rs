@@ -168,10 +168,22 @@ impl shim::Shim for Service {
     }
 
     fn delete_shim(&mut self) -> Result<DeleteResponse, shim::Error> {
-        // after a shim died: unmount the rootfs it mounted; its cgroup goes
-        // with the next teardown of moat's containerd group
+        // after a shim died (containerd runs `delete` in the bundle): unmount
+        // the rootfs it mounted, remove its cgroup
         let bundle = std::env::current_dir().map_err(|e| shim::Error::Other(e.to_string()))?;
         crate::rootfs::unmount(&Self::rootfs(&bundle));
+        // the task's cgroup (its record in the bundle): what is left in it
+        // is killed, then it goes, and the namespace's group if empty
+        if let Some(cg) = std::fs::read(bundle.join(moat_core::ctr_files::CGROUP))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<moat_runtime::cgroup::Cgroup>(&b).ok())
+        {
+            if let Err(e) = cg.destroy() {
+                log::warn!("{e}");
+            }
+        }
+        moat_runtime::cgroup::Cgroup::remove_group(&format!("containerd/{}", self.namespace));
+        moat_runtime::cgroup::Cgroup::remove_group("containerd");
         let mut r = DeleteResponse::new();
         r.exit_status = 137;
         r.exited_at = Some(timestamp(SystemTime::now())).into();

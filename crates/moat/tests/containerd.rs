@@ -16,15 +16,40 @@ use std::process::{Child, Command, Output};
 struct Containerd {
     dir: tempfile::TempDir,
     child: Child,
+    /// CNI's bridge (CRI only), and the network namespaces there were before.
+    bridge: Option<String>,
+    netns_before: Vec<String>,
+}
+
+fn netns_list() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
 }
 
 fn shim_binary() -> PathBuf {
-    // built beside moat by the workspace build
-    Path::new(env!("CARGO_BIN_EXE_moat")).with_file_name("containerd-shim-moat-v2")
+    // built beside moat (`make test` builds it first)
+    let p = Path::new(env!("CARGO_BIN_EXE_moat")).with_file_name("containerd-shim-moat-v2");
+    assert!(p.is_file(), "{} is not built: cargo build -p moat-containerd (make test does)", p.display());
+    p
 }
 
 impl Containerd {
     fn start() -> Containerd {
+        Self::start_with(None)
+    }
+
+    /// With `bridge`: the CRI plugin on, moat's runtimes as its handlers
+    /// (`moat` process, `moat-vm` hyperv), CNI's bridge plugin on that
+    /// bridge (a subnet of the test's own), the sandbox image `pause:test`;
+    /// OOM scores no lower than containerd's own (hosts without
+    /// CAP_SYS_RESOURCE, like this one, refuse the sandbox's -998).
+    fn start_with(bridge: Option<(&str, &str)>) -> Containerd {
         let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ctd");
         std::fs::create_dir_all(&base).unwrap();
         let dir = tempfile::Builder::new().prefix("c").tempdir_in(base).unwrap();
@@ -34,11 +59,31 @@ impl Containerd {
         for name in ["moat", "moat-process", "moat-hyperv"] {
             std::os::unix::fs::symlink(shim_binary(), bin.join(format!("containerd-shim-{name}-v2"))).unwrap();
         }
-        let config = format!(
-            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+        let mut config = format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n{1}\
              [grpc]\n  address = \"{0}/c.sock\"\n[ttrpc]\n  address = \"{0}/c.sock.ttrpc\"\n",
-            d.display()
+            d.display(),
+            if bridge.is_some() { "" } else { "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n" }
         );
+        if let Some((br, subnet)) = bridge {
+            let net = d.join("net.d");
+            std::fs::create_dir_all(&net).unwrap();
+            let conf = serde_json::json!({
+                "cniVersion": "0.4.0", "name": br,
+                "plugins": [{"type": "bridge", "bridge": br, "isGateway": true, "ipMasq": false,
+                    "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": d.join("ipam")}}]
+            });
+            std::fs::write(net.join("10-moat-test.conflist"), conf.to_string()).unwrap();
+            config += &format!(
+                "[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"docker.io/library/pause:test\"\n\
+                 stream_server_port = \"0\"\n  disable_apparmor = true\n  restrict_oom_score_adj = true\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{}\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"moat\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.moat]\n  runtime_type = \"io.containerd.moat-process.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.moat-vm]\n  runtime_type = \"io.containerd.moat-hyperv.v2\"\n",
+                net.display()
+            );
+        }
         std::fs::write(d.join("config.toml"), config).unwrap();
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
         let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
@@ -52,7 +97,7 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("containerd (make deps installs Debian's)");
-        let c = Containerd { dir, child };
+        let c = Containerd { dir, child, bridge: bridge.map(|(b, _)| b.to_string()), netns_before: netns_list() };
         eventually("containerd answers", || c.ctr(&["version"]).status.success());
         c
     }
@@ -63,6 +108,11 @@ impl Containerd {
 
     fn ctr(&self, args: &[&str]) -> Output {
         Command::new("ctr").arg("-a").arg(self.sock()).args(args).output().expect("ctr")
+    }
+
+    /// `ctr` in CRI's namespace.
+    fn ctr_k8s(&self, args: &[&str]) -> Output {
+        Command::new("ctr").arg("-a").arg(self.sock()).args(["-n", "k8s.io"]).args(args).output().expect("ctr")
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -79,14 +129,19 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let tasks = self.ctr(&["tasks", "ls", "-q"]);
-        for t in String::from_utf8_lossy(&tasks.stdout).lines() {
-            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", t]);
-            let _ = self.ctr(&["tasks", "delete", "-f", t]);
-        }
-        let cs = self.ctr(&["containers", "ls", "-q"]);
-        for c in String::from_utf8_lossy(&cs.stdout).lines() {
-            let _ = self.ctr(&["containers", "rm", c]);
+        for ns in ["default", "k8s.io"] {
+            let ctr = |args: &[&str]| {
+                Command::new("ctr").arg("-a").arg(self.sock()).args(["-n", ns]).args(args).output().ok()
+            };
+            let tasks = ctr(&["tasks", "ls", "-q"]).map(|o| o.stdout).unwrap_or_default();
+            for t in String::from_utf8_lossy(&tasks).lines() {
+                let _ = ctr(&["tasks", "kill", "-s", "SIGKILL", t]);
+                let _ = ctr(&["tasks", "delete", "-f", t]);
+            }
+            let cs = ctr(&["containers", "ls", "-q"]).map(|o| o.stdout).unwrap_or_default();
+            for c in String::from_utf8_lossy(&cs).lines() {
+                let _ = ctr(&["containers", "rm", c]);
+            }
         }
         for pid in self.shims() {
             // SAFETY: SIGKILL to a shim of this test's containerd
@@ -94,6 +149,15 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // what CNI made for this test's pods: their network namespaces, the bridge
+        for n in netns_list().into_iter().filter(|n| !self.netns_before.contains(n) && n.starts_with("cni-")) {
+            let p = Path::new("/var/run/netns").join(&n);
+            let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_file(&p);
+        }
+        if let Some(b) = &self.bridge {
+            let _ = Command::new("ip").args(["link", "del", b]).output();
+        }
         // the snapshotter's and the bundles' mounts under the directory
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut ours: Vec<&str> = mounts
@@ -258,4 +322,165 @@ fn ctr_runs_hyperv_tasks_in_a_utility_vm_hyperv() {
     eventually("the shim exits", || c.shims().is_empty());
     let bundles = c.dir.path().join("state");
     assert!(host_pids_matching(&bundles.display().to_string()).is_empty(), "no QEMU or virtiofsd of the task stays");
+}
+
+/// A CRI client (the kubelet's side) on containerd's socket.
+struct Cri {
+    rt: tokio::runtime::Runtime,
+    runtime: k8s_cri::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+}
+
+impl Cri {
+    fn connect(sock: PathBuf) -> Cri {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let channel = rt
+            .block_on(tonic::transport::Endpoint::try_from("http://[::]:50051").unwrap().connect_with_connector(
+                tower::service_fn(move |_: tonic::transport::Uri| {
+                    let sock = sock.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                            tokio::net::UnixStream::connect(sock).await?,
+                        ))
+                    }
+                }),
+            ))
+            .unwrap();
+        let runtime = k8s_cri::v1::runtime_service_client::RuntimeServiceClient::new(channel);
+        Cri { rt, runtime }
+    }
+}
+
+/// CRI's log lines (`TIME STREAM F TEXT`) as one stream's text.
+fn cri_log(path: &Path, stream: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let (_, s, _, text) = (f.next()?, f.next()?, f.next()?, f.next().unwrap_or(""));
+            (s == stream).then(|| format!("{text}\n"))
+        })
+        .collect()
+}
+
+/// A pod through the CRI, as the kubelet makes one, with moat's runtime
+/// handler: one shim for the pod, the pod's network namespace (CNI's
+/// address), hostname and IPC namespace shared with its containers.
+fn cri_pod(handler: &str, bridge: &str, subnet: &str) {
+    use k8s_cri::v1 as cri;
+    let c = Containerd::start_with(Some((bridge, subnet)));
+    // the images in CRI's namespace: busybox, and a sandbox image that sleeps
+    let r = root_with_busybox();
+    r.ok(&["create", "--name", "p", "busybox", "sleep", "1000000"]);
+    r.ok(&["commit", "-c", "CMD [\"sleep\", \"1000000\"]", "p", "pause:test"]);
+    let pause = r.path().join("pause.tar");
+    r.ok(&["save", "pause:test", "-o", pause.to_str().unwrap()]);
+    for tar in [busybox_archive().0.clone(), pause] {
+        let o = c.ctr_k8s(&["images", "import", tar.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut k = Cri::connect(c.sock());
+    let logs = c.dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let pod_config = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: "uid-1".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "cri-pod".into(),
+        log_directory: logs.display().to_string(),
+        // the kubelet's default: each container its own PID namespace
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod =
+        k.rt.block_on(k.runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config.clone()),
+            runtime_handler: handler.into(),
+        }))
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let status =
+        k.rt.block_on(
+            k.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }),
+        )
+        .unwrap()
+        .into_inner();
+    let ip = status.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
+    assert!(ip.starts_with(&subnet[..subnet.rfind('.').unwrap()]), "CNI's address from {subnet}: {ip:?}");
+    let container =
+        k.rt.block_on(k.runtime.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }),
+                image: Some(cri::ImageSpec { image: IMAGE.into(), ..Default::default() }),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "hostname; ip -4 -o addr show eth0 | awk '{print $4}'; echo err >&2".into(),
+                ],
+                log_path: "app.log".into(),
+                linux: Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        namespace_options: Some(cri::NamespaceOption {
+                            pid: cri::NamespaceMode::Container as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pod_config),
+        }))
+        .unwrap()
+        .into_inner()
+        .container_id;
+    k.rt.block_on(k.runtime.start_container(cri::StartContainerRequest { container_id: container.clone() })).unwrap();
+    assert_eq!(c.shims().len(), 1, "one shim for the pod's sandbox and its container");
+    let mut exit = None;
+    for _ in 0..500 {
+        let s =
+            k.rt.block_on(
+                k.runtime
+                    .container_status(cri::ContainerStatusRequest { container_id: container.clone(), verbose: false }),
+            )
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap_or_default();
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            exit = Some(s.exit_code);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(exit, Some(0));
+    assert_eq!(
+        cri_log(&logs.join("app.log"), "stdout"),
+        format!("cri-pod\n{ip}/{}\n", &subnet[subnet.rfind('/').unwrap() + 1..])
+    );
+    assert_eq!(cri_log(&logs.join("app.log"), "stderr"), "err\n");
+    k.rt.block_on(k.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
+    k.rt.block_on(k.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })).unwrap();
+    eventually("the pod's shim exits", || c.shims().is_empty());
+    assert!(cgroup_dirs("containerd").is_empty(), "no cgroup of the pod stays");
+}
+
+#[test]
+fn cri_pod_in_process_isolation() {
+    cri_pod("moat", "mtcri0", "10.214.0.0/24");
 }
