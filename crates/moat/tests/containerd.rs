@@ -382,6 +382,7 @@ fn cri_pod(handler: &str, bridge: &str, subnet: &str) {
     let mut k = Cri::connect(c.sock());
     let logs = c.dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
+    let own_pid = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() });
     let pod_config = cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: "web".into(),
@@ -394,10 +395,7 @@ fn cri_pod(handler: &str, bridge: &str, subnet: &str) {
         // the kubelet's default: each container its own PID namespace
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    pid: cri::NamespaceMode::Container as i32,
-                    ..Default::default()
-                }),
+                namespace_options: own_pid.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -434,10 +432,7 @@ fn cri_pod(handler: &str, bridge: &str, subnet: &str) {
                 log_path: "app.log".into(),
                 linux: Some(cri::LinuxContainerConfig {
                     security_context: Some(cri::LinuxContainerSecurityContext {
-                        namespace_options: Some(cri::NamespaceOption {
-                            pid: cri::NamespaceMode::Container as i32,
-                            ..Default::default()
-                        }),
+                        namespace_options: own_pid,
                         ..Default::default()
                     }),
                     ..Default::default()
