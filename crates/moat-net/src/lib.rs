@@ -5,6 +5,7 @@
 //! See `docs/networking.md`.
 
 pub mod link;
+pub mod netns;
 pub mod proxy;
 
 use ipnet::Ipv4Net;
@@ -100,7 +101,7 @@ pub fn bridge_name(id: &str) -> String {
 /// Host-side interface name of container `cid`'s endpoint number `n`
 /// (`v` veth, `t` tap).
 pub fn if_name(kind: char, cid: &str, n: usize) -> String {
-    format!("mt{kind}{}{n}", &cid[..8])
+    format!("mt{kind}{}{n}", cid.get(..8).unwrap_or(cid))
 }
 
 /// A MAC address derived from the IP, like docker (`02:42:` + the address).

@@ -27,6 +27,14 @@ use std::time::Duration;
 /// Where guest kernels and templates live unless configured otherwise.
 pub const DEFAULT_KERNEL_DIR: &str = "/var/lib/moat-kernels";
 
+/// The part of container ID `id` that names its VM, its taps and its guest
+/// cgroup: the last component of a path-like ID (the containerd shim's
+/// `containerd/<namespace>/<id>`), at most 12 characters.
+pub fn short_id(id: &str) -> &str {
+    let last = id.rsplit('/').next().unwrap_or(id);
+    last.get(..12).unwrap_or(last)
+}
+
 /// The utility VM a container with `limits` gets: its memory limit plus the
 /// guest's overhead (512 MiB without one), as many vCPUs as its CPU limit
 /// rounded up (1 without one), at most this host's.

@@ -88,11 +88,16 @@ pub fn guest_spec(spec: &Spec, cid: &str) -> Spec {
     // the VM is the boundary: its containers use the guest's network, whose
     // virtio-net interfaces the agent configures (eth0, eth1, ... in order)
     g.net = NetNs::Host;
+    number_guest_nics(&mut g);
+    g
+}
+
+/// Names a guest spec's interfaces after the VM's NICs, in order (`eth0`, …).
+pub fn number_guest_nics(g: &mut Spec) {
     for (n, i) in g.interfaces.iter_mut().enumerate() {
         i.from = format!("eth{n}");
         i.name = format!("eth{n}");
     }
-    g
 }
 
 /// The first control message on session `sid` that `want` takes among the
@@ -173,6 +178,9 @@ pub struct Boot<'a> {
     pub vcpus: u32,
     /// Its switch endpoints.
     pub endpoints: &'a [moat_net::Endpoint],
+    /// A network namespace's interfaces carried in (a CNI pod's), NICs
+    /// after the endpoints'.
+    pub carried: Option<&'a moat_net::netns::Carried>,
 }
 
 impl VmLink {
@@ -192,7 +200,8 @@ impl VmLink {
         let base = crate::templates::base(opts, mem_mib, vcpus)?;
         let use_template = crate::templates::status_for(opts, base.version).enabled;
         // a template that cannot be built is a cold boot, unless the user insisted
-        let template = match use_template.then(|| crate::templates::ensure(opts, &base, endpoints.len())) {
+        let carried = b.carried.map(|c| c.nics.len()).unwrap_or(0);
+        let template = match use_template.then(|| crate::templates::ensure(opts, &base, endpoints.len() + carried)) {
             Some(Ok(t)) => Some(t),
             Some(Err(e)) if opts.templates == Some(true) => return Err(e),
             Some(Err(e)) => {
@@ -210,20 +219,25 @@ impl VmLink {
         let console = dir.join(moat_core::ctr_files::CONSOLE);
         let mut nics = Vec::new();
         for (n, e) in endpoints.iter().enumerate() {
-            let tap = moat_net::if_name('t', id, n);
+            let tap = moat_net::if_name('t', crate::short_id(id), n);
             if let Err(err) = moat_net::link::add_tap(&tap, &e.bridge) {
                 nics.iter().for_each(|(t, _): &(String, String)| moat_net::link::del_link(t));
                 return Err(err.into());
             }
             nics.push((tap, e.mac.clone()));
         }
+        // the switches' taps, ours to delete if the boot fails (the carried
+        // ones are the namespace's)
+        let taps: Vec<String> = nics.iter().map(|(t, _)| t.clone()).collect();
+        nics.extend(b.carried.iter().flat_map(|c| c.nics.iter().map(|n| (n.tap.clone(), n.mac.clone()))));
         let vc = moat_vm::launch::VmConfig {
             rootfs: root.to_path_buf(),
             run_dir: dir.clone(),
             console_log: console.clone(),
-            name: format!("moat-{}", &id[..12]),
+            name: format!("moat-{}", crate::short_id(id)),
             nics,
-            uid: moat_vm::qemu::vm_uid(id),
+            nics_netns: b.carried.map(|c| c.netns.clone()),
+            uid: moat_vm::qemu::vm_uid(crate::short_id(id)),
             cgroup_procs: cgroup.procs_files(),
             ram: ram.clone(),
             role: if template.is_some() { moat_vm::launch::Role::Clone } else { moat_vm::launch::Role::Cold },
@@ -231,7 +245,6 @@ impl VmLink {
         };
         let accel = vc.accel;
         let kernel = base.kernel.clone();
-        let taps: Vec<String> = vc.nics.iter().map(|(t, _)| t.clone()).collect();
         let drop_taps = || taps.iter().for_each(|t| moat_net::link::del_link(t));
         let vm = match moat_vm::launch::launch(&vc, base.version) {
             Ok(vm) => vm,
@@ -341,7 +354,7 @@ impl VmLink {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        self.send(0, &AgentRequest::Resume { entropy, unix_nanos, hostname: format!("moat-{}", &id[..12]) });
+        self.send(0, &AgentRequest::Resume { entropy, unix_nanos, hostname: format!("moat-{}", crate::short_id(id)) });
         self.send(0, then);
         let ready = self.wait_for(0, timeout, |m| matches!(m, AgentEvent::Ready { .. } | AgentEvent::Error { .. }))?;
         match ready {

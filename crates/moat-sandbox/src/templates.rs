@@ -44,6 +44,7 @@ pub fn base(opts: &VmOptions, mem_mib: u64, vcpus: u32) -> Result<Base, SandboxE
         console_log: PathBuf::new(),
         name: String::new(),
         nics: Vec::new(),
+        nics_netns: None,
         uid: 0,
         qemu: Some(qemu),
         virtiofsd: Some(virtiofsd),

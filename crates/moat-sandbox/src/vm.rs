@@ -70,6 +70,8 @@ pub struct Vm {
     retired_taps: Vec<std::os::fd::OwnedFd>,
     /// When the guest console's size is checked next.
     console_check: Option<Instant>,
+    /// The network namespace whose interfaces the VM took over.
+    carried: Option<moat_net::netns::Carried>,
 }
 
 /// A guest console (QEMU writes it, in append mode) larger than this is
@@ -109,6 +111,22 @@ fn guest_create(plan: &ContainerPlan, joining: bool) -> moat_proto::GuestCreate 
         limits: plan.limits.clone(),
         cgroup: moat_proto::GUEST_CGROUP.to_string(),
         stdin: plan.stdin,
+    }
+}
+
+/// A carried interface as the guest configures it (named by
+/// [`crate::link::number_guest_nics`]).
+fn carried_iface(n: &moat_net::netns::CarriedNic) -> moat_runtime::netconf::Iface {
+    moat_runtime::netconf::Iface {
+        from: String::new(),
+        name: String::new(),
+        ip: n.ip,
+        prefix: n.prefix,
+        gateway: n.gateway,
+        mac: n.mac.clone(),
+        ip6: None,
+        prefix6: 0,
+        gateway6: None,
     }
 }
 
@@ -235,15 +253,31 @@ impl Vm {
         vcpus: u32,
     ) -> Result<Self, SandboxError> {
         let limits = Limits { devices: moat_runtime::devices::DevicePolicy::AllowAll, ..Default::default() };
-        let cgroup = Cgroup::create(&plan.id, &limits)?;
+        // a network namespace to join (a CNI pod's): its interfaces are
+        // carried into the VM, which takes over their addresses
+        let carried = match &plan.spec.net {
+            moat_runtime::spec::NetNs::Path(ns) => Some(moat_net::netns::carry(ns)?),
+            _ => None,
+        };
+        let undo_carried = || carried.iter().for_each(|c| c.undo());
+        let cgroup = Cgroup::create(&plan.id, &limits).inspect_err(|_| undo_carried())?;
         crate::local::write_cgroup(plan, &cgroup);
-        let create = AgentRequest::Create(Box::new(guest_create(plan, false)));
+        let mut create = guest_create(plan, false);
+        create.spec.interfaces.extend(carried.iter().flat_map(|c| &c.nics).map(carried_iface));
+        crate::link::number_guest_nics(&mut create.spec);
+        let create = AgentRequest::Create(Box::new(create));
         let share = crate::link::share_dir(&plan.dir);
         let booted = crate::link::prepare_share(&share)
             .and_then(|()| crate::link::prepare_root(&plan.spec, &share, &plan.id))
             .and_then(|_| {
-                let boot =
-                    crate::link::Boot { id: &plan.id, dir: &plan.dir, mem_mib, vcpus, endpoints: &plan.endpoints };
+                let boot = crate::link::Boot {
+                    id: &plan.id,
+                    dir: &plan.dir,
+                    mem_mib,
+                    vcpus,
+                    endpoints: &plan.endpoints,
+                    carried: carried.as_ref(),
+                };
                 VmLink::start(options, &boot, &share, &cgroup, &create)
             })
             .and_then(|l| {
@@ -257,6 +291,7 @@ impl Vm {
             Err(e) => {
                 let _ = cgroup.destroy();
                 let _ = nix::mount::umount2(&share, nix::mount::MntFlags::MNT_DETACH);
+                undo_carried();
                 return Err(e);
             }
         };
@@ -284,6 +319,7 @@ impl Vm {
             discard: HashSet::new(),
         });
         vm.cgroup = Some(cgroup);
+        vm.carried = carried;
         // the boot already sent the main process's `Create`
         vm.create_sent = true;
         vm.console_check = Some(Instant::now() + CONSOLE_EVERY);
@@ -311,6 +347,7 @@ impl Vm {
             create_sent: false,
             retired_taps: Vec::new(),
             console_check: None,
+            carried: None,
         }
     }
 
@@ -535,7 +572,7 @@ impl Vm {
                             }
                         }
                         c.spec = crate::link::guest_spec(&c.spec, &c.cid);
-                        c.cgroup = format!("{}-{}", moat_proto::GUEST_CGROUP, &c.cid[..c.cid.len().min(12)]);
+                        c.cgroup = format!("{}-{}", moat_proto::GUEST_CGROUP, crate::short_id(&c.cid));
                     }
                     AgentRequest::Exec { cid, .. }
                     | AgentRequest::Top { cid }
@@ -919,6 +956,9 @@ impl Backend for Vm {
         if let Some(sb) = self.sandbox.take() {
             let _ = nix::mount::umount2(&sb.share, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_file(plan.dir.join(SANDBOX_SOCK));
+        }
+        if let Some(c) = self.carried.take() {
+            c.undo();
         }
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.destroy() {

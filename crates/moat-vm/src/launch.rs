@@ -67,6 +67,9 @@ pub struct VmConfig {
     pub name: String,
     /// Network cards: (tap device on a switch's bridge, MAC).
     pub nics: Vec<(String, String)>,
+    /// The network namespace the taps are in (a CNI pod's, see
+    /// `moat_net::netns`); this process's when `None`.
+    pub nics_netns: Option<PathBuf>,
     /// The unprivileged uid/gid QEMU becomes once started.
     pub uid: u32,
     /// QEMU binary (PATH when `None`).
@@ -270,6 +273,26 @@ pub fn open_tap(name: &str) -> Result<std::os::fd::OwnedFd, VmError> {
     Ok(f.into())
 }
 
+/// Opens the NICs' taps, in network namespace `netns` when given (on a
+/// thread that enters it: a tap descriptor stays bound to its namespace's
+/// device; the name would make a new tap in this one).
+fn open_taps(nics: &[(String, String)], netns: Option<&Path>) -> Result<Vec<std::os::fd::OwnedFd>, VmError> {
+    let open = |nics: &[(String, String)]| nics.iter().map(|(t, _)| open_tap(t)).collect::<Result<Vec<_>, _>>();
+    let Some(ns) = netns else { return open(nics) };
+    let f = std::fs::File::open(ns).map_err(VmError::io(format!("open the network namespace {}", ns.display())))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only (a network namespace is per thread)
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(VmError::Io(format!("enter {}", ns.display()), std::io::Error::last_os_error()));
+            }
+            open(nics)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(VmError::Command("the tap thread panicked".into())))
+    })
+}
+
 /// Moves the child into the container's cgroup (`procs`: open
 /// `cgroup.procs` files) and makes it die with the shim. QEMU (`qemu`) also
 /// gets an empty network namespace of its own and no transparent huge pages:
@@ -308,7 +331,7 @@ pub fn launch(cfg: &VmConfig, version: qemu::Version) -> Result<Vm, VmError> {
         moat_proto::sock::connect(&cfg.run_dir, "vfs.sock").map_err(VmError::io("connect virtiofsd socket"))?;
     let (ours, theirs) = UnixStream::pair().map_err(VmError::io("socketpair"))?;
     let (qmp, qmp_theirs) = UnixStream::pair().map_err(VmError::io("socketpair"))?;
-    let taps: Vec<std::os::fd::OwnedFd> = cfg.nics.iter().map(|(t, _)| open_tap(t)).collect::<Result<_, _>>()?;
+    let taps = open_taps(&cfg.nics, cfg.nics_netns.as_deref())?;
     let procs: Vec<std::fs::File> = cfg
         .cgroup_procs
         .iter()

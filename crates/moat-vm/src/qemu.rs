@@ -226,7 +226,9 @@ impl Command {
 /// its ID) in a range no distribution allocates, so no two VMs share a uid
 /// and none shares one with a host account.
 pub fn vm_uid(container_id: &str) -> u32 {
-    let h = u32::from_str_radix(container_id.get(..6).unwrap_or("0"), 16).unwrap_or(0);
+    // moat's IDs are hex; others (containerd's names) are hashed (FNV-1a)
+    let h = u32::from_str_radix(container_id.get(..6).unwrap_or("-"), 16)
+        .unwrap_or_else(|_| container_id.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193)));
     BASE_UID + (h & 0x00ff_ffff)
 }
 
@@ -302,6 +304,9 @@ mod tests {
         assert_eq!(Version::parse("garbage"), None);
         assert_ne!(vm_uid(&"ab".repeat(32)), vm_uid(&"cd".repeat(32)));
         assert!(vm_uid(&"ff".repeat(32)) >= BASE_UID);
+        // containerd's names are not hex: hashed, each its own uid
+        assert_ne!(vm_uid("web"), vm_uid("db"));
+        assert!(vm_uid("web") >= BASE_UID);
     }
 
     #[test]
