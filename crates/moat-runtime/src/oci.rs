@@ -37,6 +37,8 @@ pub struct Converted {
     pub limits: Limits,
     /// `linux.cgroupsPath`, when given.
     pub cgroups_path: Option<String>,
+    /// `annotations` (CRI's pod grouping among them).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Converts `config.json` of the bundle at `bundle`.
@@ -200,7 +202,12 @@ pub fn convert(s: &oci::Spec, bundle: &Path) -> Result<Converted, RuntimeError> 
         interfaces: Vec::new(),
         devices: Vec::new(),
     };
-    Ok(Converted { spec, limits, cgroups_path: linux.and_then(|l| l.cgroups_path().clone()).map(path_string) })
+    Ok(Converted {
+        spec,
+        limits,
+        cgroups_path: linux.and_then(|l| l.cgroups_path().clone()).map(path_string),
+        annotations: s.annotations().clone().unwrap_or_default().into_iter().collect(),
+    })
 }
 
 /// A tmpfs `size=` value: bytes, or with a `k`, `m` or `g` suffix.
@@ -396,5 +403,114 @@ mod tests {
         assert!(err(&|v| v["process"]["args"] = serde_json::json!([])).contains("no args"));
         assert!(err(&|v| v["linux"]["namespaces"][0] = serde_json::json!({"type": "pid", "path": "/proc/1/ns/pid"}))
             .contains("namespace"));
+    }
+
+    /// A JSON value to put somewhere in a bundle's `config.json`.
+    #[derive(Debug, Clone, bolero::TypeGenerator)]
+    enum Leaf {
+        Null,
+        Bool(bool),
+        Int(i64),
+        Str(String),
+        EmptyArray,
+        EmptyObject,
+        Remove,
+    }
+
+    /// Every path to a value in `v` (object keys and array indexes).
+    fn paths(v: &serde_json::Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        let children: Vec<(String, &serde_json::Value)> = match v {
+            serde_json::Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+            serde_json::Value::Array(a) => a.iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(),
+            _ => return,
+        };
+        for (k, c) in children {
+            at.push(k);
+            paths(c, at, out);
+            at.pop();
+        }
+    }
+
+    fn put(v: &mut serde_json::Value, path: &[String], leaf: &Leaf) {
+        let Some((last, parents)) = path.split_last() else { return };
+        let mut cur = v;
+        for k in parents {
+            cur = match cur {
+                serde_json::Value::Object(m) => match m.get_mut(k) {
+                    Some(c) => c,
+                    None => return,
+                },
+                serde_json::Value::Array(a) => match k.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                    Some(c) => c,
+                    None => return,
+                },
+                _ => return,
+            };
+        }
+        let new = match leaf {
+            Leaf::Null => serde_json::Value::Null,
+            Leaf::Bool(b) => (*b).into(),
+            Leaf::Int(i) => (*i).into(),
+            Leaf::Str(s) => s.clone().into(),
+            Leaf::EmptyArray => serde_json::json!([]),
+            Leaf::EmptyObject => serde_json::json!({}),
+            Leaf::Remove => {
+                if let serde_json::Value::Object(m) = cur {
+                    m.remove(last);
+                }
+                return;
+            }
+        };
+        match cur {
+            serde_json::Value::Object(m) => {
+                m.insert(last.clone(), new);
+            }
+            serde_json::Value::Array(a) => {
+                if let Some(slot) = last.parse::<usize>().ok().and_then(|i| a.get_mut(i)) {
+                    *slot = new;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Fuzzed bundles (a real one with values replaced or removed anywhere)
+    /// are converted or refused with an error, never a panic; what is
+    /// converted keeps its promises (a process to run, a root under the bundle
+    /// unless absolute).
+    #[test]
+    fn fuzzed_bundles_are_converted_or_refused() {
+        let mut base = base();
+        base["linux"]["namespaces"][1] = serde_json::json!({"type": "ipc", "path": "/proc/7/ns/ipc"});
+        base["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]});
+        base["annotations"] = serde_json::json!({"io.kubernetes.cri.sandbox-id": "p1"});
+        let mut all = Vec::new();
+        paths(&base, &mut Vec::new(), &mut all);
+        bolero::check!().with_type::<Vec<(u16, Leaf)>>().for_each(|muts| {
+            let mut v = base.clone();
+            for (i, leaf) in muts.iter().take(6) {
+                put(&mut v, &all[*i as usize % all.len()], leaf);
+            }
+            if let Ok(c) = spec(v) {
+                assert!(!c.spec.process.args.is_empty());
+                if let Rootfs::Dir(p) = &c.spec.rootfs {
+                    assert!(p.is_absolute(), "{p:?}");
+                }
+            }
+        });
+    }
+
+    /// Raw bytes as `config.json`, an exec's process and `Update`'s resources.
+    #[test]
+    fn fuzzed_bytes_are_refused_never_a_panic() {
+        bolero::check!().for_each(|bytes: &[u8]| {
+            if let Ok(s) = serde_json::from_slice::<oci::Spec>(bytes) {
+                let _ = convert(&s, Path::new("/b"));
+            }
+            let _ = exec(bytes, false);
+            let _ = resources(bytes);
+        });
     }
 }
