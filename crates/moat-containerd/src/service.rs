@@ -7,7 +7,7 @@ use crate::task::{Status, Stdio, Task, TaskError, TaskState, Tasks};
 use containerd_shim as shim;
 use containerd_shim::protos::cgroups::metrics::{CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -24,6 +24,9 @@ use std::time::SystemTime;
 
 /// The annotation CRI sets on a pod's sandbox and containers.
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// CRI's annotation telling a pod's sandbox (`sandbox`) from its containers
+/// (`container`).
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
 /// The shim: its isolation type (from its binary's name), containerd's
 /// namespace, and the tasks it serves.
@@ -113,13 +116,23 @@ fn grouping(bundle: &Path, id: &str) -> String {
 }
 
 impl Service {
+    /// Publishes an event to containerd; after containerd restarted (the
+    /// old connection is dead) once more on a new connection to its address.
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        if let Some(p) = &self.publisher {
-            if let Ok(p) = p.lock() {
-                if let Err(e) = p.publish(shim::Context::default(), topic, &self.namespace, event) {
-                    log::warn!("publish {topic}: {e}");
-                }
-            }
+        let Some(p) = &self.publisher else { return };
+        let Ok(mut p) = p.lock() else { return };
+        if p.publish(shim::Context::default(), topic, &self.namespace, event.clone_box()).is_ok() {
+            return;
+        }
+        let again = std::env::var("TTRPC_ADDRESS")
+            .map_err(|e| shim::Error::Other(e.to_string()))
+            .and_then(RemotePublisher::new)
+            .and_then(|fresh| {
+                *p = fresh;
+                p.publish(shim::Context::default(), topic, &self.namespace, event)
+            });
+        if let Err(e) = again {
+            log::warn!("publish {topic}: {e}");
         }
     }
 
@@ -136,6 +149,33 @@ impl Service {
             moat_proto::ShimReply::Error { message } => Err(status(ttrpc::Code::FAILED_PRECONDITION, message)),
             _ => Ok(()),
         }
+    }
+
+    /// The utility VM of a hyperv task: a CRI container's is its pod's (the
+    /// sandbox task's, in this shim: one VM per pod), any other task's its
+    /// own, of the size its limits ask for.
+    fn vm_of(
+        &self,
+        annotations: &std::collections::BTreeMap<String, String>,
+        limits: &moat_runtime::cgroup::Limits,
+    ) -> TtrpcResult<SandboxPlan> {
+        if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("container") {
+            if let Some(pod) = annotations.get(SANDBOX_ID) {
+                let owner = self.task(pod).map_err(|_| {
+                    status(
+                        ttrpc::Code::FAILED_PRECONDITION,
+                        format!("the pod's sandbox {pod} has no task in this shim: its VM is gone"),
+                    )
+                })?;
+                return Ok(SandboxPlan::JoinVm {
+                    owner: format!("containerd/{}/{pod}", self.namespace),
+                    owner_name: pod.clone(),
+                    owner_dir: owner.bundle.clone(),
+                });
+            }
+        }
+        let (mem_mib, vcpus) = moat_sandbox::vm_size(limits);
+        Ok(SandboxPlan::Vm { mem_mib, vcpus })
     }
 
     fn rootfs(bundle: &Path) -> PathBuf {
@@ -164,6 +204,9 @@ impl shim::Shim for Service {
         let group = format!("{group}-{}", self.isolation);
         let isolation = self.isolation.to_string();
         let (_pid, address) = shim::spawn(opts, &group, vec![(ISOLATION_ENV, isolation.as_str())])?;
+        // the bundle's `address`: how containerd finds the shim again after
+        // its own restart
+        containerd_shim::util::write_address(&address)?;
         Ok(address)
     }
 
@@ -223,6 +266,7 @@ impl shim::Task for Service {
                     .map_err(|e| status(ttrpc::Code::INTERNAL, format!("mount the rootfs: {e}")))?;
             }
         }
+        let annotations = std::mem::take(&mut converted.annotations);
         let undo = || {
             if !req.rootfs.is_empty() && !hyperv {
                 crate::rootfs::unmount(&rootfs);
@@ -243,10 +287,7 @@ impl shim::Task for Service {
             group: None,
         };
         let plan = match hyperv {
-            true => {
-                let (mem_mib, vcpus) = moat_sandbox::vm_size(&plan.limits);
-                ContainerPlan { sandbox: SandboxPlan::Vm { mem_mib, vcpus }, ..plan }
-            }
+            true => ContainerPlan { sandbox: self.vm_of(&annotations, &plan.limits)?, ..plan },
             false => plan,
         };
         let stdio = Stdio {
@@ -257,6 +298,12 @@ impl shim::Task for Service {
         };
         let me = self.clone();
         let exited = Box::new(move |t: &Task, exec: &str, st: &TaskState| {
+            if st.oom_killed {
+                // before the exit: the CRI records the reason (OOMKilled) from it
+                let mut oom = TaskOOM::new();
+                oom.container_id = t.id.clone();
+                me.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom));
+            }
             let mut e = TaskExit::new();
             e.container_id = t.id.clone();
             e.id = if exec.is_empty() { t.id.clone() } else { exec.to_string() };
@@ -421,6 +468,13 @@ impl shim::Task for Service {
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let t = self.task(&req.id)?;
+        if req.all && req.exec_id.is_empty() && self.isolation == Isolation::Hyperv {
+            // the task's cgroup on the host holds its VM, not its processes:
+            // the signal goes to the container's init in the guest, whose
+            // PID namespace ends with it
+            t.signal("", req.signal as i32).map_err(failed)?;
+            return Ok(api::Empty::default());
+        }
         if req.all && req.exec_id.is_empty() {
             // every process of the task, as its cgroup lists them
             for pid in t.pids() {

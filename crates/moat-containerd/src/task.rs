@@ -71,6 +71,8 @@ pub struct TaskState {
     pub sid: u32,
     /// Its stdio.
     pub stdio: Stdio,
+    /// The kernel's OOM killer ended it (the main process).
+    pub oom_killed: bool,
 }
 
 /// The stdio FIFOs containerd created (empty: none).
@@ -122,7 +124,14 @@ impl Task {
     ) -> Result<Arc<Task>, TaskError> {
         let (wake_r, wake_w) = pipe()?;
         let (tx, rx) = channel();
-        let main = TaskState { status: Status::Created, pid: 0, exit: None, sid: MAIN, stdio: stdio.clone() };
+        let main = TaskState {
+            status: Status::Created,
+            pid: 0,
+            exit: None,
+            sid: MAIN,
+            stdio: stdio.clone(),
+            oom_killed: false,
+        };
         let task = Arc::new(Task {
             id: id.to_string(),
             bundle,
@@ -157,7 +166,19 @@ impl Task {
                 };
                 let _ = ready_tx.send(Ok(()));
                 let ios = HashMap::from([(MAIN, io)]);
-                Runner { task: t, plan, backend, ios, rx, wake: wake_r, exited }.run();
+                Runner {
+                    task: t,
+                    plan,
+                    backend,
+                    ios,
+                    rx,
+                    wake: wake_r,
+                    exited,
+                    starting: HashMap::new(),
+                    queries: HashMap::new(),
+                    next_token: 0,
+                }
+                .run();
             })
             .map_err(|e| TaskError::Io("spawn the task thread".into(), e))?;
         ready_rx.recv().map_err(|_| TaskError::Gone)??;
@@ -177,6 +198,7 @@ impl Task {
             exit: None,
             sid: MAIN,
             stdio: Stdio::default(),
+            oom_killed: false,
         })
     }
 
@@ -200,7 +222,8 @@ impl Task {
         }
         let sid = p.next_sid;
         p.next_sid += 1;
-        p.states.insert(exec.to_string(), TaskState { status: Status::Created, pid: 0, exit: None, sid, stdio });
+        let st = TaskState { status: Status::Created, pid: 0, exit: None, sid, stdio, oom_killed: false };
+        p.states.insert(exec.to_string(), st);
         p.specs.insert(exec.to_string(), spec);
         Ok(())
     }
@@ -348,6 +371,17 @@ struct Runner {
     rx: Receiver<Cmd>,
     wake: OwnedFd,
     exited: OnExit,
+    /// Execs started in a VM, waiting for their `Started`: their callers.
+    starting: HashMap<u32, Sender<Result<u32, TaskError>>>,
+    /// Queries a VM answers later, by token: their callers.
+    queries: HashMap<u64, Sender<moat_proto::ShimReply>>,
+    next_token: u64,
+}
+
+/// A process started now (its PID), or pending (its session).
+enum Begun {
+    Now(u32),
+    Pending(u32),
 }
 
 #[derive(Clone, Copy)]
@@ -377,8 +411,14 @@ impl Runner {
                 fds.push(libc::pollfd { fd, events: ev, revents: 0 });
                 toks.push(Tok::Backend(src));
             }
+            // the backend's next timer (a VM's exec and query deadlines), else a second
+            let wait = self
+                .backend
+                .deadline()
+                .map(|d| d.saturating_duration_since(std::time::Instant::now()).as_millis().min(1000) as i32)
+                .unwrap_or(1000);
             // SAFETY: fds is a valid array of pollfd
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
             if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                 log::error!("poll: {}", std::io::Error::last_os_error());
                 return;
@@ -402,6 +442,10 @@ impl Runner {
                     }
                 }
             }
+            if self.backend.deadline().is_some_and(|d| d <= std::time::Instant::now()) {
+                let events = self.backend.timers(std::time::Instant::now());
+                self.events(events);
+            }
             self.backend.after_round(&|_| false);
         }
     }
@@ -410,9 +454,18 @@ impl Runner {
     fn commands(&mut self) -> bool {
         while let Ok(c) = self.rx.try_recv() {
             match c {
-                Cmd::Start(exec, reply) => {
-                    let _ = reply.send(self.start(&exec));
-                }
+                Cmd::Start(exec, reply) => match self.start(&exec) {
+                    Ok(Begun::Now(pid)) => {
+                        let _ = reply.send(Ok(pid));
+                    }
+                    // a VM's exec: the answer comes with its `Started`
+                    Ok(Begun::Pending(sid)) => {
+                        self.starting.insert(sid, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
                 Cmd::Signal(sid, sig, reply) => {
                     let _ = reply.send(self.backend.signal(sid, sig));
                 }
@@ -424,12 +477,16 @@ impl Runner {
                     }
                 }
                 Cmd::Query(q, reply) => {
-                    // the local backend answers at once
-                    let r = self
-                        .backend
-                        .query(q, 0)
-                        .unwrap_or(moat_proto::ShimReply::Error { message: "the sandbox did not answer".into() });
-                    let _ = reply.send(r);
+                    // the local backend answers at once, a VM's later (a `Reply`)
+                    self.next_token += 1;
+                    match self.backend.query(q, self.next_token) {
+                        Some(r) => {
+                            let _ = reply.send(r);
+                        }
+                        None => {
+                            self.queries.insert(self.next_token, reply);
+                        }
+                    }
                 }
                 Cmd::Teardown(reply) => {
                     self.backend.teardown(&self.plan);
@@ -441,7 +498,7 @@ impl Runner {
         true
     }
 
-    fn start(&mut self, exec: &str) -> Result<u32, TaskError> {
+    fn start(&mut self, exec: &str) -> Result<Begun, TaskError> {
         let st = self.task.sid(exec)?;
         // the main process's FIFOs were opened at create
         let io = if exec.is_empty() { None } else { Some(Io::open(&st.stdio)?) };
@@ -449,19 +506,25 @@ impl Runner {
             self.backend.start_main(&self.plan)?
         } else {
             let spec = self.task.procs.lock().ok().and_then(|p| p.specs.get(exec).cloned()).ok_or(TaskError::Gone)?;
-            match self.backend.exec(st.sid, &spec)? {
+            let begun = self.backend.exec(st.sid, &spec)?;
+            if let Some(io) = io {
+                // before the first output
+                self.ios.insert(st.sid, io);
+            }
+            match begun {
                 ExecStart::Now(pid) => pid,
-                ExecStart::Pending => return Err(TaskError::State("the exec did not start".into())),
+                ExecStart::Pending => return Ok(Begun::Pending(st.sid)),
             }
         };
-        if let Some(io) = io {
-            self.ios.insert(st.sid, io);
-        }
-        self.task.set(st.sid, |s| {
+        self.running(st.sid, pid);
+        Ok(Begun::Now(pid))
+    }
+
+    fn running(&self, sid: u32, pid: u32) {
+        self.task.set(sid, |s| {
             s.status = Status::Running;
             s.pid = pid;
         });
-        Ok(pid)
     }
 
     fn stdin(&mut self, sid: u32, buf: &mut [u8]) {
@@ -495,21 +558,45 @@ impl Runner {
                         }
                     }
                 }
-                BackendEvent::Exited { sid, code, .. } => self.exited(sid, code),
-                BackendEvent::Died { code, .. } => self.exited(MAIN, code),
-                BackendEvent::ExecFailed { sid, code, .. } => self.exited(sid, code),
-                _ => {}
+                BackendEvent::Started { sid, pid } => {
+                    self.running(sid, pid);
+                    if let Some(reply) = self.starting.remove(&sid) {
+                        let _ = reply.send(Ok(pid));
+                    }
+                }
+                BackendEvent::Exited { sid, code, oom } => self.exited(sid, code, oom),
+                BackendEvent::Reply { token, reply } => {
+                    if let Some(tx) = self.queries.remove(&token) {
+                        let _ = tx.send(reply);
+                    }
+                }
+                BackendEvent::Died { code, reason } => {
+                    for (_, reply) in self.starting.drain() {
+                        let _ = reply.send(Err(TaskError::State(reason.clone())));
+                    }
+                    for (_, tx) in self.queries.drain() {
+                        let _ = tx.send(moat_proto::ShimReply::Error { message: reason.clone() });
+                    }
+                    self.exited(MAIN, code, false)
+                }
+                BackendEvent::ExecFailed { sid, code, message } => {
+                    if let Some(reply) = self.starting.remove(&sid) {
+                        let _ = reply.send(Err(TaskError::State(message)));
+                    }
+                    self.exited(sid, code, false)
+                }
             }
         }
     }
 
-    fn exited(&mut self, sid: u32, code: i32) {
+    fn exited(&mut self, sid: u32, code: i32, oom: bool) {
         let at = SystemTime::now();
         // the FIFOs close: containerd's copier sees the end of the output
         self.ios.remove(&sid);
         let done = self.task.set(sid, |s| {
             s.status = Status::Stopped;
             s.exit = Some((code as u32, at));
+            s.oom_killed = oom;
         });
         if let Some((exec, st)) = done {
             (self.exited)(&self.task, &exec, &st);

@@ -19,6 +19,9 @@ struct Containerd {
     /// CNI's bridge (CRI only), and the network namespaces there were before.
     bridge: Option<String>,
     netns_before: Vec<String>,
+    /// containerd's namespace `ctr` uses: each test its own, as the tasks'
+    /// cgroups (`moat/containerd/<namespace>/<id>`) are the host's
+    ns: &'static str,
 }
 
 fn netns_list() -> Vec<String> {
@@ -40,8 +43,10 @@ fn shim_binary() -> PathBuf {
 }
 
 impl Containerd {
-    fn start() -> Containerd {
-        Self::start_with(None)
+    fn start(ns: &'static str) -> Containerd {
+        let mut c = Self::start_with(None);
+        c.ns = ns;
+        c
     }
 
     /// With `bridge`: the CRI plugin on, moat's runtimes as its handlers
@@ -85,9 +90,22 @@ impl Containerd {
             );
         }
         std::fs::write(d.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
-        let child = Command::new("containerd")
+        let child = Self::spawn(d);
+        let c = Containerd {
+            dir,
+            child,
+            bridge: bridge.map(|(b, _)| b.to_string()),
+            netns_before: netns_list(),
+            ns: "default",
+        };
+        eventually("containerd answers", || c.ctr(&["version"]).status.success());
+        c
+    }
+
+    fn spawn(d: &Path) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("containerd.log")).unwrap();
+        let path = format!("{}:{}", d.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+        Command::new("containerd")
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)
@@ -96,10 +114,22 @@ impl Containerd {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("containerd (make deps installs Debian's)");
-        let c = Containerd { dir, child, bridge: bridge.map(|(b, _)| b.to_string()), netns_before: netns_list() };
-        eventually("containerd answers", || c.ctr(&["version"]).status.success());
-        c
+            .expect("containerd (make deps installs Debian's)")
+    }
+
+    /// containerd dies (SIGKILL) and starts again on the same root and state.
+    fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.dir.path());
+        eventually("containerd answers again", || self.ctr(&["version"]).status.success());
+    }
+
+    /// The end of containerd's log, for failure messages.
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(25)..].join("\n")
     }
 
     fn sock(&self) -> PathBuf {
@@ -107,7 +137,7 @@ impl Containerd {
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
-        Command::new("ctr").arg("-a").arg(self.sock()).args(args).output().expect("ctr")
+        Command::new("ctr").arg("-a").arg(self.sock()).args(["-n", self.ns]).args(args).output().expect("ctr")
     }
 
     /// `ctr` in CRI's namespace.
@@ -129,7 +159,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        for ns in ["default", "k8s.io"] {
+        for ns in [self.ns, "k8s.io"] {
             let ctr = |args: &[&str]| {
                 Command::new("ctr").arg("-a").arg(self.sock()).args(["-n", ns]).args(args).output().ok()
             };
@@ -150,7 +180,9 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // what CNI made for this test's pods: their network namespaces, the bridge
-        for n in netns_list().into_iter().filter(|n| !self.netns_before.contains(n) && n.starts_with("cni-")) {
+        // (only a CRI containerd's: another test's pods may be running)
+        let cri = self.bridge.is_some();
+        for n in netns_list().into_iter().filter(|n| cri && !self.netns_before.contains(n) && n.starts_with("cni-")) {
             let p = Path::new("/var/run/netns").join(&n);
             let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
             let _ = std::fs::remove_file(&p);
@@ -194,7 +226,7 @@ fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
 
 #[test]
 fn ctr_runs_process_containers_through_moats_shim() {
-    let c = Containerd::start();
+    let mut c = Containerd::start("ctr-proc");
     c.ok(&["images", "import", busybox_archive().0.to_str().unwrap()]);
     assert_eq!(c.ok(&["images", "ls", "-q"]), format!("{IMAGE}\n"));
 
@@ -216,7 +248,7 @@ fn ctr_runs_process_containers_through_moats_shim() {
     let (out, _, code) = text(&o);
     assert_eq!(code, Some(0));
     assert!(
-        out.lines().any(|l| l.ends_with("/moat/containerd/default/t0")),
+        out.lines().any(|l| l.ends_with("/moat/containerd/ctr-proc/t0")),
         "its own cgroup in moat's containerd tree: {out}"
     );
 
@@ -228,12 +260,32 @@ fn ctr_runs_process_containers_through_moats_shim() {
     assert_eq!(fields.get(2), Some(&"RUNNING"), "{ls}");
     let pid: u32 = fields[1].parse().unwrap();
     let host_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert!(host_cgroup.lines().any(|l| l.ends_with("/moat/containerd/default/t2")), "{host_cgroup}");
+    assert!(host_cgroup.lines().any(|l| l.ends_with("/moat/containerd/ctr-proc/t2")), "{host_cgroup}");
     let ps: Vec<Vec<String>> =
         c.ok(&["tasks", "ps", "t2"]).lines().map(|l| l.split_whitespace().map(String::from).collect()).collect();
     assert_eq!(ps, [vec!["PID".to_string(), "INFO".into()], vec![pid.to_string(), "-".into()]]);
     let shims = c.shims();
     assert_eq!(shims.len(), 1, "one shim for t2");
+    // its rootfs is mounted in the shim's own mount namespace, not the host's
+    let shim_mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", shims[0])).unwrap();
+    assert!(shim_mounts.contains("/t2/rootfs "), "the positive control: {shim_mounts}");
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host_mounts.contains("/t2/rootfs "), "the host's mount table is untouched");
+    // containerd dies and comes back: the task runs on, still managed
+    c.kill_and_restart();
+    assert_eq!(c.shims(), shims, "the same shim");
+    let ls = c.ok(&["tasks", "ls"]);
+    assert!(
+        ls.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["t2", &pid.to_string(), "RUNNING"]),
+        "{ls}\ncontainerd's log:\n{}",
+        c.log_tail()
+    );
+    assert_eq!(c.shims(), shims, "the same shim");
+    // moat's own reset leaves containerd's tasks alone: not in its records
+    let r = Root::new();
+    r.ok(&["system", "reset", "--force"]);
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "t2's process runs on");
+    assert!(!cgroup_dirs("containerd/ctr-proc/t2").is_empty(), "and its cgroup stays");
     // an exec: its own stdio and exit status, in the task's namespaces
     let o = c.ctr(&[
         "tasks",
@@ -276,9 +328,9 @@ fn ctr_runs_process_containers_through_moats_shim() {
         std::fs::read_to_string(cg.join("freezer.state")).map(|s| s.trim() == "FROZEN").unwrap_or(false)
             || std::fs::read_to_string(cg.join("cgroup.freeze")).map(|s| s.trim() == "1").unwrap_or(false)
     };
-    assert!(cgroup_dirs("containerd/default/t2").iter().any(|d| frozen(d)), "frozen in the kernel");
+    assert!(cgroup_dirs("containerd/ctr-proc/t2").iter().any(|d| frozen(d)), "frozen in the kernel");
     c.ok(&["tasks", "resume", "t2"]);
-    assert!(!cgroup_dirs("containerd/default/t2").iter().any(|d| frozen(d)), "thawed");
+    assert!(!cgroup_dirs("containerd/ctr-proc/t2").iter().any(|d| frozen(d)), "thawed");
     // metrics containerd decodes (cgroup v1 Metrics): one process
     let m = c.ok(&["tasks", "metrics", "t2"]);
     assert!(m.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pids.current", "1"]), "{m}");
@@ -294,18 +346,32 @@ fn ctr_runs_process_containers_through_moats_shim() {
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("exit code 137"), "ctr reports the SIGKILL status: {err}");
     c.ok(&["containers", "rm", "t2"]);
-    assert!(cgroup_dirs("containerd/default/t2").is_empty(), "the task's cgroup is gone");
-    assert!(cgroup_dirs("containerd").is_empty(), "and the namespace's group with the last task");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains("/t2/rootfs"), "the rootfs is unmounted");
+    assert!(cgroup_dirs("containerd/ctr-proc/t2").is_empty(), "the task's cgroup is gone");
+    assert!(cgroup_dirs("containerd/ctr-proc").is_empty(), "and the namespace's group with the last task");
     eventually("the shim exits", || c.shims().is_empty());
+    // a terminal (ctr on a pty of `script`'s): the task's stdio is a pty of its own
+    let o = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "ctr -a {} -n {} run --rm -t --runtime io.containerd.moat-process.v2 {IMAGE} t6 sh -c 'tty; exit 6'",
+            c.sock().display(),
+            c.ns
+        ))
+        .arg("/dev/null")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    // (the terminals' line discipline adds carriage returns: ignored)
+    let (out, err, code) = text(&o);
+    assert_eq!((out.replace('\r', ""), err, code), ("/dev/pts/0\n".into(), String::new(), Some(6)));
+    eventually("t6's shim exits", || c.shims().is_empty());
 }
 
 /// The hyperv runtime name: the task runs in a utility VM with moat's guest
 /// kernel, from containerd's overlay snapshot, and nothing of the VM stays.
 #[test]
 fn ctr_runs_hyperv_tasks_in_a_utility_vm_hyperv() {
-    let c = Containerd::start();
+    let c = Containerd::start("ctr-vm");
     c.ok(&["images", "import", busybox_archive().0.to_str().unwrap()]);
     let o = c.ctr(&[
         "run",
@@ -363,11 +429,164 @@ fn cri_log(path: &Path, stream: &str) -> String {
         .collect()
 }
 
-/// A pod through the CRI, as the kubelet makes one, with moat's runtime
-/// handler: one shim for the pod, the pod's network namespace (CNI's
-/// address), hostname and IPC namespace shared with its containers.
-fn cri_pod(handler: &str, bridge: &str, subnet: &str) {
+/// The children of process `ppid` whose command name starts with `comm`
+/// (a shim's QEMUs).
+fn children(ppid: u32, comm: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // `pid (comm) state ppid …`: comm may hold spaces and parentheses
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+            let ppid_field = stat[close + 2..].split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
+            stat[open + 1..close].starts_with(comm) && ppid_field == Some(ppid)
+        })
+        .count()
+}
+
+/// One pod of the CRI test: its handler, names and what CRI answered.
+struct Pod {
+    handler: &'static str,
+    name: &'static str,
+    id: String,
+    ip: String,
+    app: String,
+}
+
+impl Cri {
+    fn status(&mut self, container: &str) -> k8s_cri::v1::ContainerStatus {
+        use k8s_cri::v1 as cri;
+        let req = cri::ContainerStatusRequest { container_id: container.into(), verbose: false };
+        self.rt.block_on(self.runtime.container_status(req)).unwrap().into_inner().status.unwrap_or_default()
+    }
+
+    /// Waits (at most a minute: a VM under TCG) for a container to exit; its exit code.
+    fn exit_code(&mut self, container: &str) -> i32 {
+        for _ in 0..3000 {
+            let s = self.status(container);
+            if s.state == k8s_cri::v1::ContainerState::ContainerExited as i32 {
+                return s.exit_code;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("container {container} did not exit");
+    }
+
+    fn container(&mut self, pod: &str, pod_config: &k8s_cri::v1::PodSandboxConfig, name: &str, script: &str) -> String {
+        self.container_with(pod, pod_config, name, script, None)
+    }
+
+    fn container_with(
+        &mut self,
+        pod: &str,
+        pod_config: &k8s_cri::v1::PodSandboxConfig,
+        name: &str,
+        script: &str,
+        resources: Option<k8s_cri::v1::LinuxContainerResources>,
+    ) -> String {
+        use k8s_cri::v1 as cri;
+        let own_pid = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() });
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+            image: Some(cri::ImageSpec { image: IMAGE.into(), ..Default::default() }),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(cri::LinuxContainerSecurityContext {
+                    namespace_options: own_pid,
+                    ..Default::default()
+                }),
+                resources,
+            }),
+            ..Default::default()
+        };
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = self.rt.block_on(self.runtime.create_container(req)).unwrap().into_inner().container_id;
+        let start = cri::StartContainerRequest { container_id: id.clone() };
+        self.rt.block_on(self.runtime.start_container(start)).unwrap();
+        id
+    }
+
+    /// A pod as the kubelet makes one (each container its own PID
+    /// namespace, the kubelet's default), with `name` as its hostname and
+    /// log directory, and its first container, `app`: it prints its
+    /// kernel, hostname and address, then serves a page on port 8080.
+    fn pod(&mut self, handler: &'static str, name: &'static str, logs: &Path) -> (Pod, k8s_cri::v1::PodSandboxConfig) {
+        use k8s_cri::v1 as cri;
+        let dir = logs.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let own_pid = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() });
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: dir.display().to_string(),
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: own_pid,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: handler.into() };
+        let id = self.rt.block_on(self.runtime.run_pod_sandbox(req)).unwrap().into_inner().pod_sandbox_id;
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: false };
+        let status = self.rt.block_on(self.runtime.pod_sandbox_status(req)).unwrap().into_inner();
+        let ip = status.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
+        let app = self.container(
+            &id,
+            &config,
+            "app",
+            &format!(
+                "uname -r; hostname; ip -4 -o addr show eth0 | awk '{{print $4}}'; echo err >&2; \
+                 mkdir /www && echo hello from {name} > /www/index.html && exec httpd -f -p 8080 -h /www"
+            ),
+        );
+        (Pod { handler, name, id, ip, app }, config)
+    }
+}
+
+/// An HTTP GET of `/` from this host; the body.
+fn http_get(ip: &str, port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..500 {
+        match std::net::TcpStream::connect((ip, port)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                let mut r = String::new();
+                let _ = s.read_to_string(&mut r);
+                return r.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+            }
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{ip}:{port} does not answer: {last}");
+}
+
+/// Pods through the CRI as the kubelet drives them, one with moat's process
+/// handler and one with its VM handler, at once in one containerd: one
+/// shim per pod, one utility VM for the VM pod's two containers (none for
+/// the other), CNI's address carried into the VM, the containers reaching
+/// each other on localhost, the pod's address reachable from the host,
+/// ExecSync, exit codes, CRI's log files; nothing left afterwards.
+#[test]
+fn cri_pods_in_both_isolation_types_at_once_hyperv() {
     use k8s_cri::v1 as cri;
+    let (bridge, subnet) = ("mtcri0", "10.214.0.0/24");
     let c = Containerd::start_with(Some((bridge, subnet)));
     // the images in CRI's namespace: busybox, and a sandbox image that sleeps
     let r = root_with_busybox();
@@ -381,101 +600,73 @@ fn cri_pod(handler: &str, bridge: &str, subnet: &str) {
     }
     let mut k = Cri::connect(c.sock());
     let logs = c.dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let own_pid = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() });
-    let pod_config = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "web".into(),
-            uid: "uid-1".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "cri-pod".into(),
-        log_directory: logs.display().to_string(),
-        // the kubelet's default: each container its own PID namespace
-        linux: Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: own_pid.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let pod =
-        k.rt.block_on(k.runtime.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_config.clone()),
-            runtime_handler: handler.into(),
-        }))
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let status =
-        k.rt.block_on(
-            k.runtime.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false }),
-        )
-        .unwrap()
-        .into_inner();
-    let ip = status.status.and_then(|s| s.network).map(|n| n.ip).unwrap_or_default();
-    assert!(ip.starts_with(&subnet[..subnet.rfind('.').unwrap()]), "CNI's address from {subnet}: {ip:?}");
-    let container =
-        k.rt.block_on(k.runtime.create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata { name: "app".into(), attempt: 0 }),
-                image: Some(cri::ImageSpec { image: IMAGE.into(), ..Default::default() }),
-                command: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "hostname; ip -4 -o addr show eth0 | awk '{print $4}'; echo err >&2".into(),
-                ],
-                log_path: "app.log".into(),
-                linux: Some(cri::LinuxContainerConfig {
-                    security_context: Some(cri::LinuxContainerSecurityContext {
-                        namespace_options: own_pid,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            sandbox_config: Some(pod_config),
-        }))
-        .unwrap()
-        .into_inner()
-        .container_id;
-    k.rt.block_on(k.runtime.start_container(cri::StartContainerRequest { container_id: container.clone() })).unwrap();
-    assert_eq!(c.shims().len(), 1, "one shim for the pod's sandbox and its container");
-    let mut exit = None;
-    for _ in 0..500 {
-        let s =
-            k.rt.block_on(
-                k.runtime
-                    .container_status(cri::ContainerStatusRequest { container_id: container.clone(), verbose: false }),
-            )
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap_or_default();
-        if s.state == cri::ContainerState::ContainerExited as i32 {
-            exit = Some(s.exit_code);
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let host_kernel = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
+    let pods = [k.pod("moat", "proc-pod", &logs), k.pod("moat-vm", "vm-pod", &logs)];
+    assert_eq!(c.shims().len(), 2, "one shim per pod");
+    for (p, config) in &pods {
+        let prefix = &subnet[..subnet.rfind('.').unwrap()];
+        assert!(p.ip.starts_with(prefix), "{}: CNI's address from {subnet}: {:?}", p.handler, p.ip);
+        // a second container reaches the first on localhost
+        let client = k.container(
+            &p.id,
+            config,
+            "client",
+            "for i in $(seq 300); do wget -q -O - http://127.0.0.1:8080/ && exit 0; sleep 0.2; done; exit 1",
+        );
+        assert_eq!(k.exit_code(&client), 0, "{}: the client's exit code", p.handler);
+        let dir = logs.join(p.name);
+        assert_eq!(cri_log(&dir.join("client.log"), "stdout"), format!("hello from {}\n", p.name), "{}", p.handler);
+        // the pod's address from the host, through CNI's bridge
+        assert_eq!(http_get(&p.ip, 8080), format!("hello from {}\n", p.name), "{}", p.handler);
+        // ExecSync in the running container
+        let req = cri::ExecSyncRequest {
+            container_id: p.app.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo exec in $(hostname); echo e >&2; exit 3".into()],
+            timeout: 60,
+        };
+        let x = k.rt.block_on(k.runtime.exec_sync(req)).unwrap_or_else(|e| panic!("{}: {e}", p.handler)).into_inner();
+        assert_eq!(
+            (
+                String::from_utf8_lossy(&x.stdout).into_owned(),
+                String::from_utf8_lossy(&x.stderr).into_owned(),
+                x.exit_code
+            ),
+            (format!("exec in {}\n", p.name), "e\n".to_string(), 3),
+            "{}",
+            p.handler
+        );
+        let kernel = if p.handler == "moat-vm" { format!("{}\n", guest_kernel_release()) } else { host_kernel.clone() };
+        assert_eq!(
+            cri_log(&dir.join("app.log"), "stdout"),
+            format!("{kernel}{}\n{}/{}\n", p.name, p.ip, &subnet[subnet.rfind('/').unwrap() + 1..]),
+            "{}: the app's kernel, the pod's hostname and CNI's address",
+            p.handler
+        );
+        assert_eq!(cri_log(&dir.join("app.log"), "stderr"), "err\n", "{}", p.handler);
+        // a container over its memory limit: the kernel's OOM killer, and
+        // CRI's reason from the shim's TaskOOM event
+        let limit = cri::LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() };
+        let hog = k.container_with(&p.id, config, "hog", "head -c 200m /dev/zero | tail", Some(limit));
+        assert_eq!(k.exit_code(&hog), 137, "{}", p.handler);
+        assert_eq!(k.status(&hog).reason, "OOMKilled", "{}", p.handler);
     }
-    assert_eq!(exit, Some(0));
-    assert_eq!(
-        cri_log(&logs.join("app.log"), "stdout"),
-        format!("cri-pod\n{ip}/{}\n", &subnet[subnet.rfind('/').unwrap() + 1..])
-    );
-    assert_eq!(cri_log(&logs.join("app.log"), "stderr"), "err\n");
-    k.rt.block_on(k.runtime.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })).unwrap();
-    k.rt.block_on(k.runtime.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod })).unwrap();
-    eventually("the pod's shim exits", || c.shims().is_empty());
-    assert!(cgroup_dirs("containerd").is_empty(), "no cgroup of the pod stays");
-}
-
-#[test]
-fn cri_pod_in_process_isolation() {
-    cri_pod("moat", "mtcri0", "10.214.0.0/24");
+    // one VM for the VM pod (its sandbox and both containers), none for the other
+    let qemus: Vec<usize> = c.shims().iter().map(|pid| children(*pid, "qemu-system")).collect();
+    let mut sorted = qemus.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 1], "QEMUs per pod shim");
+    for (p, _) in &pods {
+        let req = cri::StopContainerRequest { container_id: p.app.clone(), timeout: 1 };
+        k.rt.block_on(k.runtime.stop_container(req)).unwrap();
+        // httpd is its PID namespace's init: SIGTERM is ignored, SIGKILL ends it
+        assert_eq!(k.exit_code(&p.app), 137, "{}", p.handler);
+        let req = cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() };
+        k.rt.block_on(k.runtime.stop_pod_sandbox(req)).unwrap();
+        let req = cri::RemovePodSandboxRequest { pod_sandbox_id: p.id.clone() };
+        k.rt.block_on(k.runtime.remove_pod_sandbox(req)).unwrap();
+    }
+    eventually("the pods' shims exit", || c.shims().is_empty());
+    let state = c.dir.path().join("state");
+    assert!(host_pids_matching(&state.display().to_string()).is_empty(), "no QEMU or virtiofsd stays");
+    assert!(cgroup_dirs("containerd/k8s.io").is_empty(), "no cgroup of the pods stays");
 }
