@@ -82,7 +82,8 @@ BENCH_PKGS := crun runc podman cpio
 bench: deps agent kernel
 	@missing=$$(for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
-	cargo build --release -p moat
+	cargo build --release -p moat -p moat-containerd
+	cargo build --release -p moat --example cri_bench
 	MOAT=$(CURDIR)/target/release/moat ./bench/run.sh
 
 # the moat binary, the agent beside it (VMs and --init), shell completions,

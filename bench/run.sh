@@ -14,6 +14,16 @@ cleanup() {
   for c in bcrun brunc bcrun-exec brunc-exec; do crun delete -f $c >/dev/null 2>&1 || true; runc delete -f $c >/dev/null 2>&1 || true; done
   podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file rmi -f localhost/busybox:latest >/dev/null 2>&1 || true
   [ -z "${REG_PID:-}" ] || { podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file rmi -f "$REG/big:bench" >/dev/null 2>&1 || true; kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; }
+  # containerd (its pods first), what CNI made for them, its mounts
+  if [ -n "${CTD_PID:-}" ]; then
+    for t in $(ctr -a "$CTD/c.sock" -n k8s.io tasks ls -q 2>/dev/null); do ctr -a "$CTD/c.sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
+    kill "$CTD_PID" 2>/dev/null || true; wait "$CTD_PID" 2>/dev/null || true
+    for n in $(ls /var/run/netns 2>/dev/null); do
+      case " $NETNS_BEFORE " in *" $n "*) ;; *) case $n in cni-*) umount -l "/var/run/netns/$n" 2>/dev/null; rm -f "/var/run/netns/$n";; esac;; esac
+    done
+    ip link del mtbench0 2>/dev/null || true
+    grep -o " $CTD/[^ ]*" /proc/self/mountinfo | sort -r | while read -r mp; do umount -l "$mp" 2>/dev/null || true; done
+  fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -90,8 +100,56 @@ docker-registry serve "$WORK/registry/config.yml" >/dev/null 2>"$WORK/registry/l
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
 skopeo copy -q --dest-tls-verify=false "docker-archive:$WORK/big/big.tar" "docker://$REG/big:bench"
 
+# containerd with its CRI plugin on private sockets and directories: moat's
+# shim as the handlers moat (process) and moat-vm (hyperv), Debian's runc as
+# runc; CNI's bridge plugin on a bridge of the benchmark's own
+SHIM=${SHIM:-$(dirname "$MOAT")/containerd-shim-moat-v2}
+CRI_BENCH=${CRI_BENCH:-$(dirname "$MOAT")/examples/cri_bench}
+CTD=$WORK/ctd
+CRI_ARGS=""
+if [ -x "$SHIM" ] && [ -x "$CRI_BENCH" ] && command -v containerd >/dev/null; then
+  mkdir -p "$CTD/bin" "$CTD/net.d" "$CTD/logs"
+  for n in moat-process moat-hyperv; do ln -s "$SHIM" "$CTD/bin/containerd-shim-$n-v2"; done
+  printf '{"cniVersion":"0.4.0","name":"mtbench0","plugins":[{"type":"bridge","bridge":"mtbench0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.215.0.0/24"}]],"dataDir":"%s/ipam"}}]}\n' "$CTD" > "$CTD/net.d/10-bench.conflist"
+  cat > "$CTD/config.toml" <<TOML
+version = 2
+root = "$CTD/root"
+state = "$CTD/state"
+[grpc]
+  address = "$CTD/c.sock"
+[ttrpc]
+  address = "$CTD/c.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "docker.io/library/pause:bench"
+  stream_server_port = "0"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = "$CTD/net.d"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat]
+  runtime_type = "io.containerd.moat-process.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-vm]
+  runtime_type = "io.containerd.moat-hyperv.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+TOML
+  NETNS_BEFORE=$(ls /var/run/netns 2>/dev/null | tr '\n' ' ')
+  PATH="$CTD/bin:$PATH" containerd --config "$CTD/config.toml" >"$CTD/containerd.log" 2>&1 & CTD_PID=$!
+  for _ in $(seq 200); do ctr -a "$CTD/c.sock" version >/dev/null 2>&1 && break; sleep 0.05; done
+  # the sandbox image: busybox that sleeps
+  "$MOAT" --root "$ROOT" create --name bpause busybox sleep 1000000 >/dev/null
+  "$MOAT" --root "$ROOT" commit -c 'CMD ["sleep", "1000000"]' bpause pause:bench >/dev/null
+  "$MOAT" --root "$ROOT" rm bpause >/dev/null
+  "$MOAT" --root "$ROOT" save pause:bench -o "$WORK/pause.tar"
+  for t in "$WORK/busybox.tar" "$WORK/pause.tar"; do ctr -a "$CTD/c.sock" -n k8s.io images import "$t" >/dev/null; done
+  CRI_ARGS="--cri-sock $CTD/c.sock --cri-bench $CRI_BENCH --cri-logs $CTD/logs"
+else
+  echo "(no CRI benchmark: build $SHIM and $CRI_BENCH, install containerd)" >&2
+fi
+
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB RAM, host kernel $(uname -r), accelerator $ACCEL, guest kernel $VER, $(date -u +%Y-%m-%d)"
-echo "peers: $(crun --version | head -1), $(runc --version | head -1), $(podman --version), $(qemu-system-x86_64 --version | head -1), skopeo $(skopeo --version | awk '{print $3}'), docker-registry $(docker-registry --version | awk '{print $3}')"
+echo "peers: $(crun --version | head -1), $(runc --version | head -1), $(containerd --version 2>/dev/null | awk '{print "containerd", $3}'), $(podman --version), $(qemu-system-x86_64 --version | head -1), skopeo $(skopeo --version | awk '{print $3}'), docker-registry $(docker-registry --version | awk '{print $3}')"
 echo
 # crun 1.8 refuses the hybrid cgroup layout: run everything in a mount
 # namespace without the empty cgroup2 mount (same conditions for every tool)
@@ -99,4 +157,4 @@ unshare -m sh -c "umount -l /sys/fs/cgroup/unified 2>/dev/null; exec python3 ben
   --moat '$MOAT' --root '$ROOT' --bundle '$WORK/bundle' --image-tar '$WORK/busybox.tar' \
   --floor-cmd \"$(qemu moat-bench-floor "$WORK/floor-off.cpio")\" \
   --floor-idle-cmd \"$(qemu moat-bench-floor-idle "$WORK/floor-idle.cpio")\" \
-  --big-tar '$WORK/big/big.tar' --big-layers '$WORK/big/layers' --registry '$REG' --scratch '$WORK/pulled' $*"
+  --big-tar '$WORK/big/big.tar' --big-layers '$WORK/big/layers' --registry '$REG' --scratch '$WORK/pulled' $CRI_ARGS $*"
