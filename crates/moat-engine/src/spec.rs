@@ -147,6 +147,7 @@ pub fn build(
         pid_host: cfg.pid_mode == "host",
         ipc_host: cfg.ipc_mode == "host",
         uts_host: cfg.uts_mode == "host",
+        pid_join: None,
         ipc_join: None,
         uts_join: None,
         cgroupns_host: cfg.cgroupns_mode == "host",

@@ -182,8 +182,9 @@ pub use moat_spec::{ExecSpec, GuestCreate, Limits, ProcRow, Stats, WinSize, GUES
 
 /// Version of the host↔agent protocol; the agent reports it in
 /// [`AgentEvent::Ready`] and the host refuses a mismatch. 4: a utility VM
-/// hosts several containers, each request names its container.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// hosts several containers, each request names its container. 5: a
+/// container may join a PID namespace by path (`Spec::pid_join`).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// What a client asks a container's shim (on `containers/<id>/shim.sock`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

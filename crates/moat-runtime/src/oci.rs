@@ -153,9 +153,6 @@ pub fn convert(s: &oci::Spec, bundle: &Path) -> Result<Converted, RuntimeError> 
     if ns(oci::LinuxNamespaceType::User).is_some() {
         return Err(refuse("user namespaces are not supported by moat"));
     }
-    if let Some(path) = ns(oci::LinuxNamespaceType::Pid).and_then(|n| n.path().clone()) {
-        return Err(refuse(format!("joining the PID namespace {} is not supported yet", path.display())));
-    }
     let join = |t| ns(t).and_then(|n| n.path().clone());
     let net = match ns(oci::LinuxNamespaceType::Network) {
         None => NetNs::Host,
@@ -192,6 +189,7 @@ pub fn convert(s: &oci::Spec, bundle: &Path) -> Result<Converted, RuntimeError> 
         pid_host: ns(oci::LinuxNamespaceType::Pid).is_none(),
         ipc_host: ns(oci::LinuxNamespaceType::Ipc).is_none(),
         uts_host: ns(oci::LinuxNamespaceType::Uts).is_none(),
+        pid_join: join(oci::LinuxNamespaceType::Pid),
         ipc_join: join(oci::LinuxNamespaceType::Ipc),
         uts_join: join(oci::LinuxNamespaceType::Uts),
         cgroupns_host: ns(oci::LinuxNamespaceType::Cgroup).is_none(),
@@ -350,9 +348,12 @@ mod tests {
         let mut v = base();
         v["linux"]["namespaces"][1] = serde_json::json!({"type": "ipc", "path": "/proc/7/ns/ipc"});
         v["linux"]["namespaces"][2] = serde_json::json!({"type": "uts", "path": "/proc/7/ns/uts"});
+        v["linux"]["namespaces"][0] = serde_json::json!({"type": "pid", "path": "/proc/7/ns/pid"});
         let j = spec(v)?.spec;
         assert_eq!((j.ipc_join, j.uts_join), (Some("/proc/7/ns/ipc".into()), Some("/proc/7/ns/uts".into())));
-        assert!(!j.ipc_host && !j.uts_host);
+        assert_eq!(j.pid_join, Some("/proc/7/ns/pid".into()));
+        assert!(!j.ipc_host && !j.uts_host && !j.pid_host);
+        assert_eq!(s.pid_join, None);
         assert_eq!(s.seccomp, Seccomp::Unconfined);
         assert_eq!(
             (c.limits.memory, c.limits.cpus, c.limits.cpu_shares, c.limits.pids),
@@ -401,8 +402,6 @@ mod tests {
         let e = err(&|v| v["mounts"][0] = serde_json::json!({"destination": "/x", "type": "nfs", "source": "h:/x"}));
         assert!(e.contains("mount type \"nfs\" at /x"), "{e}");
         assert!(err(&|v| v["process"]["args"] = serde_json::json!([])).contains("no args"));
-        assert!(err(&|v| v["linux"]["namespaces"][0] = serde_json::json!({"type": "pid", "path": "/proc/1/ns/pid"}))
-            .contains("namespace"));
     }
 
     /// A JSON value to put somewhere in a bundle's `config.json`.

@@ -482,7 +482,7 @@ pub fn create(
     let ptys = pty_pair(io)?;
     let mut flags = CloneFlags::CLONE_NEWNS;
     for (host, ns) in [
-        (spec.pid_host, CloneFlags::CLONE_NEWPID),
+        (spec.pid_host || spec.pid_join.is_some(), CloneFlags::CLONE_NEWPID),
         (spec.ipc_host || spec.ipc_join.is_some(), CloneFlags::CLONE_NEWIPC),
         (spec.uts_host || spec.uts_join.is_some(), CloneFlags::CLONE_NEWUTS),
     ] {
@@ -497,7 +497,26 @@ pub fn create(
     // on a v1 host, the hierarchies the container's cgroup is in (JVMs and
     // Go's runtime size themselves from /sys/fs/cgroup)
     let v1_views = cgroup.map(|c| c.v1_views()).unwrap_or_default();
-    let (pid, pidfd) = clone(flags)?;
+    // a pod's PID namespace, by path: this thread's namespace for children
+    // while it forks, then its own again (in the parent only: the child's
+    // children belong in the pod's)
+    let own_pidns = match &spec.pid_join {
+        Some(p) => {
+            let own = std::fs::File::open("/proc/thread-self/ns/pid").map_err(RuntimeError::io("own PID namespace"))?;
+            let target =
+                std::fs::File::open(p).map_err(RuntimeError::io(format!("open PID namespace {}", p.display())))?;
+            nix::sched::setns(target, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("join the PID namespace"))?;
+            Some(own)
+        }
+        None => None,
+    };
+    let forked = clone(flags);
+    if forked.as_ref().map(|(p, _)| p.as_raw() != 0).unwrap_or(true) {
+        if let Some(own) = own_pidns {
+            nix::sched::setns(own, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("leave the PID namespace"))?;
+        }
+    }
+    let (pid, pidfd) = forked?;
     if pid.as_raw() == 0 {
         // ---- child ----
         drop(syncw);

@@ -578,6 +578,7 @@ mod tests {
             pid_host: false,
             ipc_host: false,
             uts_host: false,
+            pid_join: None,
             ipc_join: None,
             uts_join: None,
             cgroupns_host: false,

@@ -195,6 +195,11 @@ pub struct Spec {
     /// Share the host's UTS namespace: its host and domain name (`--uts=host`).
     #[serde(default)]
     pub uts_host: bool,
+    /// Join this PID namespace (a pod sandbox's `/proc/<pid>/ns/pid`,
+    /// Kubernetes' `shareProcessNamespace`): the container's init is not
+    /// PID 1 there.
+    #[serde(default)]
+    pub pid_join: Option<PathBuf>,
     /// Join this IPC namespace (a pod sandbox's `/proc/<pid>/ns/ipc`).
     #[serde(default)]
     pub ipc_join: Option<PathBuf>,

@@ -449,6 +449,7 @@ fn children(ppid: u32, comm: &str) -> usize {
 struct Pod {
     handler: &'static str,
     name: &'static str,
+    shared_pid: bool,
     id: String,
     ip: String,
     app: String,
@@ -486,7 +487,12 @@ impl Cri {
         resources: Option<k8s_cri::v1::LinuxContainerResources>,
     ) -> String {
         use k8s_cri::v1 as cri;
-        let own_pid = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() });
+        // the pod's PID mode (the kubelet gives its containers the pod's)
+        let pid_mode = pod_config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
             image: Some(cri::ImageSpec { image: IMAGE.into(), ..Default::default() }),
@@ -494,7 +500,7 @@ impl Cri {
             log_path: format!("{name}.log"),
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: own_pid,
+                    namespace_options: pid_mode,
                     ..Default::default()
                 }),
                 resources,
@@ -513,14 +519,22 @@ impl Cri {
     }
 
     /// A pod as the kubelet makes one (each container its own PID
-    /// namespace, the kubelet's default), with `name` as its hostname and
-    /// log directory, and its first container, `app`: it prints its
-    /// kernel, hostname and address, then serves a page on port 8080.
-    fn pod(&mut self, handler: &'static str, name: &'static str, logs: &Path) -> (Pod, k8s_cri::v1::PodSandboxConfig) {
+    /// namespace, the kubelet's default, or with `shared_pid` the pod's:
+    /// `shareProcessNamespace`), with `name` as its hostname and log
+    /// directory, and its first container, `app`: it prints its kernel,
+    /// hostname and address, then serves a page on port 8080.
+    fn pod(
+        &mut self,
+        handler: &'static str,
+        name: &'static str,
+        shared_pid: bool,
+        logs: &Path,
+    ) -> (Pod, k8s_cri::v1::PodSandboxConfig) {
         use k8s_cri::v1 as cri;
         let dir = logs.join(name);
         std::fs::create_dir_all(&dir).unwrap();
-        let own_pid = Some(cri::NamespaceOption { pid: cri::NamespaceMode::Container as i32, ..Default::default() });
+        let mode = if shared_pid { cri::NamespaceMode::Pod } else { cri::NamespaceMode::Container };
+        let own_pid = Some(cri::NamespaceOption { pid: mode as i32, ..Default::default() });
         let config = cri::PodSandboxConfig {
             metadata: Some(cri::PodSandboxMetadata {
                 name: name.into(),
@@ -553,7 +567,7 @@ impl Cri {
                  mkdir /www && echo hello from {name} > /www/index.html && exec httpd -f -p 8080 -h /www"
             ),
         );
-        (Pod { handler, name, id, ip, app }, config)
+        (Pod { handler, name, shared_pid, id, ip, app }, config)
     }
 }
 
@@ -601,8 +615,12 @@ fn cri_pods_in_both_isolation_types_at_once_hyperv() {
     let mut k = Cri::connect(c.sock());
     let logs = c.dir.path().join("logs");
     let host_kernel = String::from_utf8(Command::new("uname").arg("-r").output().unwrap().stdout).unwrap();
-    let pods = [k.pod("moat", "proc-pod", &logs), k.pod("moat-vm", "vm-pod", &logs)];
-    assert_eq!(c.shims().len(), 2, "one shim per pod");
+    let pods = [
+        k.pod("moat", "proc-pod", false, &logs),
+        k.pod("moat", "shared-pod", true, &logs),
+        k.pod("moat-vm", "vm-pod", true, &logs),
+    ];
+    assert_eq!(c.shims().len(), 3, "one shim per pod");
     for (p, config) in &pods {
         let prefix = &subnet[..subnet.rfind('.').unwrap()];
         assert!(p.ip.starts_with(prefix), "{}: CNI's address from {subnet}: {:?}", p.handler, p.ip);
@@ -615,15 +633,21 @@ fn cri_pods_in_both_isolation_types_at_once_hyperv() {
         );
         assert_eq!(k.exit_code(&client), 0, "{}: the client's exit code", p.handler);
         let dir = logs.join(p.name);
-        assert_eq!(cri_log(&dir.join("client.log"), "stdout"), format!("hello from {}\n", p.name), "{}", p.handler);
+        assert_eq!(cri_log(&dir.join("client.log"), "stdout"), format!("hello from {}\n", p.name), "{}", p.name);
         // the pod's address from the host, through CNI's bridge
-        assert_eq!(http_get(&p.ip, 8080), format!("hello from {}\n", p.name), "{}", p.handler);
+        assert_eq!(http_get(&p.ip, 8080), format!("hello from {}\n", p.name), "{}", p.name);
         // ExecSync in the running container
         let req = cri::ExecSyncRequest {
             container_id: p.app.clone(),
-            cmd: vec!["sh".into(), "-c".into(), "echo exec in $(hostname); echo e >&2; exit 3".into()],
+            cmd: vec![
+                "sh".into(),
+                "-c".into(),
+                "echo exec in $(hostname); tr '\\0' ' ' < /proc/1/cmdline; echo; echo e >&2; exit 3".into(),
+            ],
             timeout: 60,
         };
+        // PID 1 as the exec sees it: the app's own, or the pod's sandbox
+        let pid1 = if p.shared_pid { "sleep 1000000" } else { "httpd -f -p 8080 -h /www" };
         let x = k.rt.block_on(k.runtime.exec_sync(req)).unwrap_or_else(|e| panic!("{}: {e}", p.handler)).into_inner();
         assert_eq!(
             (
@@ -631,7 +655,7 @@ fn cri_pods_in_both_isolation_types_at_once_hyperv() {
                 String::from_utf8_lossy(&x.stderr).into_owned(),
                 x.exit_code
             ),
-            (format!("exec in {}\n", p.name), "e\n".to_string(), 3),
+            (format!("exec in {}\n{pid1} \n", p.name), "e\n".to_string(), 3),
             "{}",
             p.handler
         );
@@ -642,24 +666,63 @@ fn cri_pods_in_both_isolation_types_at_once_hyperv() {
             "{}: the app's kernel, the pod's hostname and CNI's address",
             p.handler
         );
-        assert_eq!(cri_log(&dir.join("app.log"), "stderr"), "err\n", "{}", p.handler);
+        assert_eq!(cri_log(&dir.join("app.log"), "stderr"), "err\n", "{}", p.name);
+        // new limits through the CRI, as the kernel applies them: the task's
+        // cgroup on this host, cgroup v2's memory.max inside the guest
+        let limit = 96u64 << 20;
+        let req = cri::UpdateContainerResourcesRequest {
+            container_id: p.app.clone(),
+            linux: Some(cri::LinuxContainerResources { memory_limit_in_bytes: limit as i64, ..Default::default() }),
+            ..Default::default()
+        };
+        k.rt.block_on(k.runtime.update_container_resources(req)).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        let applied = if p.handler == "moat-vm" {
+            let script = "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max";
+            let req = cri::ExecSyncRequest {
+                container_id: p.app.clone(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                timeout: 60,
+            };
+            let x = k.rt.block_on(k.runtime.exec_sync(req)).unwrap().into_inner();
+            String::from_utf8_lossy(&x.stdout).trim().to_string()
+        } else {
+            let dirs = cgroup_dirs(&format!("containerd/k8s.io/{}", p.app));
+            dirs.iter()
+                .find_map(|d| {
+                    std::fs::read_to_string(d.join("memory.limit_in_bytes"))
+                        .or_else(|_| std::fs::read_to_string(d.join("memory.max")))
+                        .ok()
+                })
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(applied, limit.to_string(), "{}: the memory limit in the kernel", p.name);
+        // usage as containerd decodes the shim's metrics
+        let req = cri::ContainerStatsRequest { container_id: p.app.clone() };
+        let stats = k.rt.block_on(k.runtime.container_stats(req)).unwrap().into_inner().stats.unwrap_or_default();
+        let mem = stats.memory.and_then(|m| m.working_set_bytes).map(|v| v.value).unwrap_or(0);
+        let cpu = stats.cpu.and_then(|c| c.usage_core_nano_seconds).map(|v| v.value).unwrap_or(0);
+        assert!(mem > 0 && mem < limit && cpu > 0, "{}: memory {mem}, cpu {cpu}", p.name);
         // a container over its memory limit: the kernel's OOM killer, and
         // CRI's reason from the shim's TaskOOM event
         let limit = cri::LinuxContainerResources { memory_limit_in_bytes: 32 << 20, ..Default::default() };
         let hog = k.container_with(&p.id, config, "hog", "head -c 200m /dev/zero | tail", Some(limit));
-        assert_eq!(k.exit_code(&hog), 137, "{}", p.handler);
-        assert_eq!(k.status(&hog).reason, "OOMKilled", "{}", p.handler);
+        assert_eq!(k.exit_code(&hog), 137, "{}", p.name);
+        assert_eq!(k.status(&hog).reason, "OOMKilled", "{}", p.name);
     }
     // one VM for the VM pod (its sandbox and both containers), none for the other
     let qemus: Vec<usize> = c.shims().iter().map(|pid| children(*pid, "qemu-system")).collect();
     let mut sorted = qemus.clone();
     sorted.sort();
-    assert_eq!(sorted, vec![0, 1], "QEMUs per pod shim");
+    assert_eq!(sorted, vec![0, 0, 1], "QEMUs per pod shim");
     for (p, _) in &pods {
         let req = cri::StopContainerRequest { container_id: p.app.clone(), timeout: 1 };
         k.rt.block_on(k.runtime.stop_container(req)).unwrap();
-        // httpd is its PID namespace's init: SIGTERM is ignored, SIGKILL ends it
-        assert_eq!(k.exit_code(&p.app), 137, "{}", p.handler);
+        // httpd as its PID namespace's init ignores SIGTERM (SIGKILL ends
+        // it); in the pod's namespace SIGTERM ends it
+        let code = if p.shared_pid { 143 } else { 137 };
+        assert_eq!(k.exit_code(&p.app), code, "{}", p.name);
         let req = cri::StopPodSandboxRequest { pod_sandbox_id: p.id.clone() };
         k.rt.block_on(k.runtime.stop_pod_sandbox(req)).unwrap();
         let req = cri::RemovePodSandboxRequest { pod_sandbox_id: p.id.clone() };
