@@ -576,7 +576,8 @@ def main():
         got = subprocess.run([a.cri_bench, a.cri_sock, "docker.io/library/busybox:latest", a.cri_logs,
                               str(a.vm_runs), "moat", "moat-vm", "runc"], capture_output=True, text=True)
         if got.returncode != 0:
-            sys.exit(f"cri_bench failed: {got.stderr[-800:]}")
+            log = open(os.path.join(os.path.dirname(a.cri_sock), "containerd.log"), errors="replace").read()
+            sys.exit(f"cri_bench failed: {got.stderr[-800:]}\ncontainerd's log:\n" + "\n".join(log.splitlines()[-30:]))
         res = {h: {"name": f"containerd CRI, handler {h}", "median": statistics.median(x), "min": min(x), "max": max(x)}
                for h, x in json.loads(got.stdout).items()}
         out.append(row("CRI pod start", res["moat"]))

@@ -16,10 +16,19 @@ cleanup() {
   [ -z "${REG_PID:-}" ] || { podman --runtime runc --cgroup-manager=cgroupfs --events-backend=file rmi -f "$REG/big:bench" >/dev/null 2>&1 || true; kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; }
   # containerd (its pods first), what CNI made for them, its mounts
   if [ -n "${CTD_PID:-}" ]; then
-    for t in $(ctr -a "$CTD/c.sock" -n k8s.io tasks ls -q 2>/dev/null); do ctr -a "$CTD/c.sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
+    for t in $(ctr -a "$CTD/c.sock" -n k8s.io tasks ls -q 2>/dev/null); do
+      ctr -a "$CTD/c.sock" -n k8s.io tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true
+      ctr -a "$CTD/c.sock" -n k8s.io tasks delete -f "$t" >/dev/null 2>&1 || true
+    done
     kill "$CTD_PID" 2>/dev/null || true; wait "$CTD_PID" 2>/dev/null || true
+    # shims of this containerd that outlived it (their command line names its socket)
+    for f in /proc/[0-9]*/cmdline; do
+      if tr '\0' ' ' < "$f" 2>/dev/null | grep -q -- "-address $CTD/c.sock"; then p=${f#/proc/}; kill -9 "${p%/cmdline}" 2>/dev/null || true; fi
+    done
+    # runc's pod cgroups (CRI's cgroupsPath k8s.io/<id>), once empty
+    for d in /sys/fs/cgroup/*/k8s.io /sys/fs/cgroup/k8s.io; do [ ! -d "$d" ] || find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; done
     for n in $(ls /var/run/netns 2>/dev/null); do
-      case " $NETNS_BEFORE " in *" $n "*) ;; *) case $n in cni-*) umount -l "/var/run/netns/$n" 2>/dev/null; rm -f "/var/run/netns/$n";; esac;; esac
+      case " $NETNS_BEFORE " in *" $n "*) ;; *) case $n in cni-*) umount -l "/var/run/netns/$n" 2>/dev/null || true; rm -f "/var/run/netns/$n";; esac;; esac
     done
     ip link del mtbench0 2>/dev/null || true
     grep -o " $CTD/[^ ]*" /proc/self/mountinfo | sort -r | while read -r mp; do umount -l "$mp" 2>/dev/null || true; done

@@ -184,21 +184,54 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), RuntimeError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RuntimeError::sys("pipe"))
 }
 
-/// Raw clone with namespace flags and CLONE_PIDFD; returns 0 in the child.
-fn clone(flags: CloneFlags) -> Result<(Pid, Option<OwnedFd>), RuntimeError> {
-    let mut pidfd: libc::c_int = -1;
-    let all = flags.bits() as libc::c_ulong | libc::CLONE_PIDFD as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: a fork-like clone (no new stack, no CLONE_VM); the child only
-    // continues in this single-threaded program's copy of the stack.
-    let rc = unsafe { libc::syscall(libc::SYS_clone, all, 0usize, &mut pidfd as *mut libc::c_int, 0usize, 0usize) };
+/// Forks (glibc's `fork`, whose handlers keep malloc and stdio usable in
+/// the child of a multi-threaded process such as the containerd shim: a raw
+/// `clone` left a lock another thread held at that moment locked for ever in
+/// the child); returns 0 in the child, else the child and a pidfd of it.
+fn fork() -> Result<(Pid, Option<OwnedFd>), RuntimeError> {
+    // SAFETY: the child continues on its copy of this thread's stack only,
+    // and execs or exits
+    let rc = unsafe { libc::fork() };
     if rc < 0 {
-        return Err(RuntimeError::Sys("clone".into(), nix::Error::last()));
+        return Err(RuntimeError::Sys("fork".into(), nix::Error::last()));
     }
     if rc == 0 {
         return Ok((Pid::from_raw(0), None));
     }
-    // SAFETY: the kernel stored a fresh pidfd
-    Ok((Pid::from_raw(rc as i32), Some(unsafe { OwnedFd::from_raw_fd(pidfd) })))
+    // SAFETY: pidfd_open of our own child, not reaped yet (its PID cannot be reused)
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, rc, 0) };
+    if fd < 0 {
+        let e = nix::Error::last();
+        let _ = nix::sys::signal::kill(Pid::from_raw(rc), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(rc), None);
+        return Err(RuntimeError::Sys("pidfd_open".into(), e));
+    }
+    // SAFETY: the kernel returned a fresh descriptor
+    Ok((Pid::from_raw(rc), Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })))
+}
+
+/// Forks with this thread's PID namespace for children switched for the
+/// moment: a new one (`new`), the one at `join`, or left as it is; the
+/// parent gets its own back.
+fn fork_in_pid_ns(new: bool, join: Option<&std::path::Path>) -> Result<(Pid, Option<OwnedFd>), RuntimeError> {
+    let own = match (new, join) {
+        (false, None) => None,
+        _ => Some(std::fs::File::open("/proc/thread-self/ns/pid").map_err(RuntimeError::io("own PID namespace"))?),
+    };
+    if let Some(p) = join {
+        let target = std::fs::File::open(p).map_err(RuntimeError::io(format!("open PID namespace {}", p.display())))?;
+        nix::sched::setns(target, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("join the PID namespace"))?;
+    } else if new {
+        nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("new PID namespace"))?;
+    }
+    let forked = fork();
+    // the child stays (its children belong in its namespace)
+    if forked.as_ref().map(|(p, _)| p.as_raw() != 0).unwrap_or(true) {
+        if let Some(own) = own {
+            nix::sched::setns(own, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("leave the PID namespace"))?;
+        }
+    }
+    forked
 }
 
 /// Child side: blocks until the parent released us (EOF: it gave up or died).
@@ -497,33 +530,21 @@ pub fn create(
     // on a v1 host, the hierarchies the container's cgroup is in (JVMs and
     // Go's runtime size themselves from /sys/fs/cgroup)
     let v1_views = cgroup.map(|c| c.v1_views()).unwrap_or_default();
-    // a pod's PID namespace, by path: this thread's namespace for children
-    // while it forks, then its own again (in the parent only: the child's
-    // children belong in the pod's)
-    let own_pidns = match &spec.pid_join {
-        Some(p) => {
-            let own = std::fs::File::open("/proc/thread-self/ns/pid").map_err(RuntimeError::io("own PID namespace"))?;
-            let target =
-                std::fs::File::open(p).map_err(RuntimeError::io(format!("open PID namespace {}", p.display())))?;
-            nix::sched::setns(target, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("join the PID namespace"))?;
-            Some(own)
-        }
-        None => None,
-    };
-    let forked = clone(flags);
-    if forked.as_ref().map(|(p, _)| p.as_raw() != 0).unwrap_or(true) {
-        if let Some(own) = own_pidns {
-            nix::sched::setns(own, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("leave the PID namespace"))?;
-        }
-    }
-    let (pid, pidfd) = forked?;
+    // the PID namespace (new, or a pod's by path) is the forking thread's
+    // for the moment; the child unshares the others itself and says so
+    // before the parent plumbs its network
+    let (unshared_r, unshared_w) = pipe()?;
+    let (pid, pidfd) = fork_in_pid_ns(flags.contains(CloneFlags::CLONE_NEWPID), spec.pid_join.as_deref())?;
     if pid.as_raw() == 0 {
         // ---- child ----
         drop(syncw);
         drop(errr);
+        drop(unshared_r);
         let r = (|| -> Result<(), RuntimeError> {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(RuntimeError::sys("pdeathsig"))?;
+            nix::sched::unshare(flags - CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("new namespaces"))?;
+            std::fs::File::from(unshared_w).write_all(b"1").map_err(RuntimeError::io("sync parent"))?;
             if let NetNs::Path(p) = &spec.net {
                 let f = std::fs::File::open(p)
                     .map_err(RuntimeError::io(format!("open network namespace {}", p.display())))?;
@@ -608,6 +629,9 @@ pub fn create(
     }
     drop(syncr);
     drop(errw);
+    drop(unshared_w);
+    // (end of file: the child failed, which `release` reports)
+    let _ = std::fs::File::from(unshared_r).read(&mut [0u8; 1]);
     release(pid, pidfd, cgroup, plumb, syncw, errr, ptys)
 }
 
@@ -630,7 +654,7 @@ pub fn exec(
     let (errr, errw) = pipe()?;
     let ptys = pty_pair(io)?;
     nix::sched::setns(init, CloneFlags::CLONE_NEWPID).map_err(RuntimeError::sys("enter pid namespace"))?;
-    let forked = clone(CloneFlags::empty());
+    let forked = fork();
     let reset = nix::sched::setns(own_pidns, CloneFlags::CLONE_NEWPID);
     let (pid, pidfd) = forked?;
     if pid.as_raw() == 0 {
