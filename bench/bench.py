@@ -280,7 +280,7 @@ def main():
     ap.add_argument("--big-layers", required=True, help="directory with the same layer tars")
     ap.add_argument("--registry", required=True, help="host:port of a local registry holding big:bench")
     ap.add_argument("--scratch", required=True, help="a directory skopeo may copy into")
-    ap.add_argument("--cri-sock", default="", help="containerd's socket (CRI plugin; handlers moat, moat-vm, runc)")
+    ap.add_argument("--cri-sock", default="", help="containerd's socket (CRI plugin; handlers moat, moat-hyperv, runc)")
     ap.add_argument("--cri-bench", default="", help="the cri_bench example binary")
     ap.add_argument("--cri-logs", default="", help="a directory for the pods' CRI logs")
     ap.add_argument("--only", default="")
@@ -574,7 +574,7 @@ def main():
         # RunPodSandbox + CreateContainer + StartContainer to the first
         # output in the CRI log, round by round (cri_bench alternates them)
         got = subprocess.run([a.cri_bench, a.cri_sock, "docker.io/library/busybox:latest", a.cri_logs,
-                              str(a.vm_runs), "moat", "moat-vm", "runc"], capture_output=True, text=True)
+                              str(a.vm_runs), "moat", "moat-hyperv", "runc"], capture_output=True, text=True)
         if got.returncode != 0:
             log = open(os.path.join(os.path.dirname(a.cri_sock), "containerd.log"), errors="replace").read()
             sys.exit(f"cri_bench failed: {got.stderr[-800:]}\ncontainerd's log:\n" + "\n".join(log.splitlines()[-30:]))
@@ -582,9 +582,9 @@ def main():
                for h, x in json.loads(got.stdout).items()}
         out.append(row("CRI pod start", res["moat"]))
         out.append(row("CRI pod start", res["runc"], res["moat"]))
-        out.append(row("CRI pod start", res["moat-vm"], res["moat"]))
+        out.append(row("CRI pod start", res["moat-hyperv"], res["moat"]))
         notes.append(f"CRI pod start: moat (process) / runc = {res['moat']['median'] / res['runc']['median']:.2f}x, "
-                     f"moat-vm / runc = {res['moat-vm']['median'] / res['runc']['median']:.2f}x")
+                     f"moat-hyperv / runc = {res['moat-hyperv']['median'] / res['runc']['median']:.2f}x")
 
     print("\n".join(out))
     if mem:

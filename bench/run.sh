@@ -110,7 +110,7 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break;
 skopeo copy -q --dest-tls-verify=false "docker-archive:$WORK/big/big.tar" "docker://$REG/big:bench"
 
 # containerd with its CRI plugin on private sockets and directories: moat's
-# shim as the handlers moat (process) and moat-vm (hyperv), Debian's runc as
+# shim as the handlers moat (process) and moat-hyperv (hyperv), Debian's runc as
 # runc; CNI's bridge plugin on a bridge of the benchmark's own
 SHIM=${SHIM:-$(dirname "$MOAT")/containerd-shim-moat-v2}
 CRI_BENCH=${CRI_BENCH:-$(dirname "$MOAT")/examples/cri_bench}
@@ -138,7 +138,7 @@ state = "$CTD/state"
   conf_dir = "$CTD/net.d"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat]
   runtime_type = "io.containerd.moat-process.v2"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-vm]
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.moat-hyperv]
   runtime_type = "io.containerd.moat-hyperv.v2"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"

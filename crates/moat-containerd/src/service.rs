@@ -28,11 +28,14 @@ const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 /// (`container`).
 const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 
-/// The shim: its isolation type (from its binary's name), containerd's
-/// namespace, and the tasks it serves.
+/// The shim: its isolation type (from its binary's name, or moat's
+/// configured default), containerd's namespace, and the tasks it serves.
 #[derive(Clone)]
 pub struct Service {
     isolation: Isolation,
+    /// Its name fixed the isolation (`-process-`, `-hyperv-`): runtime
+    /// options do not change it.
+    named: bool,
     namespace: String,
     exit: Arc<ExitSignal>,
     tasks: Tasks,
@@ -43,24 +46,72 @@ pub struct Service {
 /// which name containerd called.
 const ISOLATION_ENV: &str = "MOAT_SHIM_ISOLATION";
 
-/// The isolation a binary's name asks for: `containerd-shim-moat-hyperv-v2`,
-/// `containerd-shim-moat-process-v2`, or `containerd-shim-moat-v2` (process,
-/// moat's default).
-pub fn isolation_of(argv0: &str) -> Isolation {
+/// The isolation a binary's name asks for: `containerd-shim-moat-hyperv-v2`
+/// (or `-vm-`), `containerd-shim-moat-process-v2`; `None` for
+/// `containerd-shim-moat-v2`, which takes moat's configured default.
+pub fn isolation_of(argv0: &str) -> Option<Isolation> {
     let name = Path::new(argv0).file_name().and_then(|n| n.to_str()).unwrap_or_default();
     if name.contains("-hyperv-") || name.contains("-vm-") {
-        Isolation::Hyperv
+        Some(Isolation::Hyperv)
+    } else if name.contains("-process-") {
+        Some(Isolation::Process)
     } else {
-        Isolation::Process
+        None
     }
 }
 
-/// This process's isolation: what `start` passed on, else its own name.
-fn own_isolation() -> Isolation {
-    match std::env::var(ISOLATION_ENV).ok().and_then(|v| v.parse().ok()) {
-        Some(i) => i,
-        None => isolation_of(&std::env::args().next().unwrap_or_default()),
+/// moat's configured default isolation, as moat itself reads it:
+/// `MOAT_DEFAULT_ISOLATION`, else `default_isolation` of the config file at
+/// `config` (containerd's `ConfigPath` runtime option), else of moat's
+/// system config file (`MOAT_CONFIG`, `/etc/moat/config.toml`), else process.
+pub fn configured_default(config: Option<&Path>) -> Result<Isolation, String> {
+    if let Ok(v) = std::env::var("MOAT_DEFAULT_ISOLATION") {
+        return v.parse().map_err(|e| format!("MOAT_DEFAULT_ISOLATION: {e}"));
     }
+    let system = std::env::var_os("MOAT_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(moat_core::config::SYSTEM_CONFIG));
+    for path in config.into_iter().chain([system.as_path()]) {
+        let file = moat_core::config::ConfigFile::read(path).map_err(|e| e.to_string())?;
+        if let Some(i) = file.map(|f| f.isolation(path)).transpose().map_err(|e| e.to_string())?.flatten() {
+            return Ok(i);
+        }
+    }
+    Ok(Isolation::Process)
+}
+
+/// This process's isolation and whether its name fixed it: what `start`
+/// passed on, else its own name, else moat's configured default.
+fn own_isolation() -> (Isolation, bool) {
+    if let Some(i) = std::env::var(ISOLATION_ENV).ok().and_then(|v| v.parse().ok()) {
+        return (i, true);
+    }
+    match isolation_of(&std::env::args().next().unwrap_or_default()) {
+        Some(i) => (i, true),
+        None => (configured_default(None).unwrap_or(Isolation::Process), false),
+    }
+}
+
+/// The `ConfigPath` of containerd's generic runtime options
+/// (`runtimeoptions.v1.Options`: `type_url` = 1, `config_path` = 2), which
+/// the CRI sends for a runtime with an `options` table, as Kata takes its
+/// configuration file.
+pub fn config_path_option(type_url: &str, value: &[u8]) -> Result<Option<String>, String> {
+    use containerd_shim::protos::protobuf::rt::WireType;
+    if !type_url.ends_with("runtimeoptions.v1.Options") {
+        return Ok(None);
+    }
+    let mut is = containerd_shim::protos::protobuf::CodedInputStream::from_bytes(value);
+    let mut path = None;
+    let bad = |e: containerd_shim::protos::protobuf::Error| format!("the runtime options: {e}");
+    while let Some(tag) = is.read_raw_tag_or_eof().map_err(bad)? {
+        let wire = WireType::new(tag & 7).ok_or_else(|| format!("the runtime options: wire type {}", tag & 7))?;
+        match (tag >> 3, wire) {
+            (2, WireType::LengthDelimited) => path = Some(is.read_string().map_err(bad)?),
+            _ => is.skip_field(wire).map_err(bad)?,
+        }
+    }
+    Ok(path.filter(|p| !p.is_empty()))
 }
 
 fn status(code: ttrpc::Code, msg: impl Into<String>) -> ttrpc::Error {
@@ -178,6 +229,20 @@ impl Service {
         Ok(SandboxPlan::Vm { mem_mib, vcpus })
     }
 
+    /// A new task's isolation: the runtime's name, else the `ConfigPath`
+    /// runtime option's `default_isolation`, else moat's configured default.
+    fn task_isolation(&self, req: &api::CreateTaskRequest) -> TtrpcResult<Isolation> {
+        if self.named {
+            return Ok(self.isolation);
+        }
+        let invalid = |e: String| status(ttrpc::Code::INVALID_ARGUMENT, e);
+        let config = match req.options.as_ref() {
+            Some(o) => config_path_option(&o.type_url, &o.value).map_err(invalid)?,
+            None => None,
+        };
+        configured_default(config.as_deref().map(Path::new)).map_err(invalid)
+    }
+
     fn rootfs(bundle: &Path) -> PathBuf {
         bundle.join("rootfs")
     }
@@ -187,8 +252,10 @@ impl shim::Shim for Service {
     type T = Service;
 
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        let (isolation, named) = own_isolation();
         Service {
-            isolation: own_isolation(),
+            isolation,
+            named,
             namespace: args.namespace.clone(),
             exit: Arc::new(ExitSignal::default()),
             tasks: Arc::default(),
@@ -203,7 +270,10 @@ impl shim::Shim for Service {
         // never share a pod's socket
         let group = format!("{group}-{}", self.isolation);
         let isolation = self.isolation.to_string();
-        let (_pid, address) = shim::spawn(opts, &group, vec![(ISOLATION_ENV, isolation.as_str())])?;
+        // a named runtime's isolation goes to the shim it spawns (the
+        // symlink resolved); the generic one reads moat's configuration there
+        let env = if self.named { vec![(ISOLATION_ENV, isolation.as_str())] } else { Vec::new() };
+        let (_pid, address) = shim::spawn(opts, &group, env)?;
         // the bundle's `address`: how containerd finds the shim again after
         // its own restart
         containerd_shim::util::write_address(&address)?;
@@ -251,7 +321,8 @@ impl shim::Task for Service {
         }
         let bundle = PathBuf::from(&req.bundle);
         let rootfs = Self::rootfs(&bundle);
-        let hyperv = self.isolation == Isolation::Hyperv;
+        let isolation = self.task_isolation(&req)?;
+        let hyperv = isolation == Isolation::Hyperv;
         let mut converted =
             moat_runtime::oci::load(&bundle).map_err(|e| status(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
         if hyperv {
@@ -468,7 +539,7 @@ impl shim::Task for Service {
 
     fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
         let t = self.task(&req.id)?;
-        if req.all && req.exec_id.is_empty() && self.isolation == Isolation::Hyperv {
+        if req.all && req.exec_id.is_empty() && t.in_vm {
             // the task's cgroup on the host holds its VM, not its processes:
             // the signal goes to the container's init in the guest, whose
             // PID namespace ends with it
@@ -561,5 +632,34 @@ impl shim::Task for Service {
             self.exit.signal();
         }
         Ok(api::Empty::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolation_from_the_binary_name() {
+        assert_eq!(isolation_of("/usr/bin/containerd-shim-moat-hyperv-v2"), Some(Isolation::Hyperv));
+        assert_eq!(isolation_of("containerd-shim-moat-vm-v2"), Some(Isolation::Hyperv));
+        assert_eq!(isolation_of("containerd-shim-moat-process-v2"), Some(Isolation::Process));
+        assert_eq!(isolation_of("/usr/local/bin/containerd-shim-moat-v2"), None);
+    }
+
+    /// containerd's `runtimeoptions.v1.Options` as the CRI encodes it.
+    #[test]
+    fn config_path_from_the_runtime_options() {
+        let mut v = vec![0x0a, 3];
+        v.extend_from_slice(b"x/y");
+        v.extend_from_slice(&[0x12, 17]);
+        v.extend_from_slice(b"/etc/moat/k8.toml");
+        let url = "type.googleapis.com/runtimeoptions.v1.Options";
+        assert_eq!(config_path_option(url, &v), Ok(Some("/etc/moat/k8.toml".to_string())));
+        assert_eq!(config_path_option(url, &[]), Ok(None));
+        assert_eq!(config_path_option("containerd.runc.v1.Options", &v), Ok(None), "another runtime's options");
+        // truncated or garbage: an error, not a panic
+        assert!(config_path_option(url, &v[..10]).is_err());
+        assert!(config_path_option(url, &[0xff, 0xff, 0xff]).is_err());
     }
 }

@@ -107,6 +107,8 @@ pub struct Task {
     changed: Condvar,
     /// Frozen by `Pause` (until `Resume`).
     pub paused: std::sync::atomic::AtomicBool,
+    /// Runs in a utility VM (its host cgroup holds the VM, not its processes).
+    pub in_vm: bool,
     cmds: Mutex<Sender<Cmd>>,
     wake: OwnedFd,
 }
@@ -142,6 +144,7 @@ impl Task {
             }),
             changed: Condvar::new(),
             paused: Default::default(),
+            in_vm: !matches!(plan.sandbox, moat_sandbox::SandboxPlan::Local),
             cmds: Mutex::new(tx),
             wake: wake_w,
         });

@@ -1,6 +1,7 @@
 //! Shared vocabulary of moat: content digests, object IDs, image references,
 //! isolation types and the human formatting used by every front end.
 
+pub mod config;
 pub mod ctr_files;
 pub mod digest;
 pub mod error;

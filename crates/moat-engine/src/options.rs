@@ -89,7 +89,7 @@ impl EngineOptions {
 
     /// The system-wide config file.
     pub fn config_file(&self) -> PathBuf {
-        self.config_file.clone().unwrap_or_else(|| PathBuf::from("/etc/moat/config.toml"))
+        self.config_file.clone().unwrap_or_else(|| PathBuf::from(moat_core::config::SYSTEM_CONFIG))
     }
 
     /// The binary that runs shims and port proxies.

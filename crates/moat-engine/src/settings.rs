@@ -14,20 +14,10 @@
 //! ```
 
 use crate::{EngineError, EngineOptions};
+use moat_core::config::{ConfigError, ConfigFile};
 use moat_core::Isolation;
-use serde::Deserialize;
 use std::path::Path;
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    default_isolation: Option<String>,
-    no_new_privileges: Option<bool>,
-    insecure_registries: Option<Vec<String>>,
-    registry_mirrors: Option<Vec<String>>,
-}
-
-/// Effective settings and where they came from.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Isolation for containers created with `default` or no `--isolation`.
@@ -42,13 +32,14 @@ pub struct Settings {
     pub registry_mirrors: Vec<String>,
 }
 
-fn read(path: &Path) -> Result<Option<File>, EngineError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => toml::from_str(&s).map(Some).map_err(|e| {
-            EngineError::Invalid(format!("invalid config file {}: {}", path.display(), e.message().replace('\n', " ")))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(EngineError::Io(format!("read {}", path.display()), e)),
+fn read(path: &Path) -> Result<Option<ConfigFile>, EngineError> {
+    ConfigFile::read(path).map_err(config_error)
+}
+
+fn config_error(e: ConfigError) -> EngineError {
+    match e {
+        ConfigError::Invalid(..) => EngineError::Invalid(e.to_string()),
+        ConfigError::Io(what, e) => EngineError::Io(format!("read {what}"), e),
     }
 }
 
@@ -64,10 +55,8 @@ impl Settings {
         };
         for path in [o.config_file(), o.root.join("config.toml")] {
             if let Some(f) = read(&path)? {
-                if let Some(v) = f.default_isolation {
-                    s.default_isolation = v.parse().map_err(|e: moat_core::isolation::BadIsolation| {
-                        EngineError::Invalid(format!("{}: default_isolation: {e}", path.display()))
-                    })?;
+                if let Some(i) = f.isolation(&path).map_err(config_error)? {
+                    s.default_isolation = i;
                     s.default_isolation_source = path.display().to_string();
                 }
                 if let Some(n) = f.no_new_privileges {

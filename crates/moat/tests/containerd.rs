@@ -50,7 +50,7 @@ impl Containerd {
     }
 
     /// With `bridge`: the CRI plugin on, moat's runtimes as its handlers
-    /// (`moat` process, `moat-vm` hyperv), CNI's bridge plugin on that
+    /// (`moat` process, `moat-hyperv` hyperv), CNI's bridge plugin on that
     /// bridge (a subnet of the test's own), the sandbox image `pause:test`;
     /// OOM scores no lower than containerd's own (hosts without
     /// CAP_SYS_RESOURCE, like this one, refuse the sandbox's -998).
@@ -85,9 +85,14 @@ impl Containerd {
                  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{}\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"moat\"\n\
                  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.moat]\n  runtime_type = \"io.containerd.moat-process.v2\"\n\
-                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.moat-vm]\n  runtime_type = \"io.containerd.moat-hyperv.v2\"\n",
-                net.display()
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.moat-hyperv]\n  runtime_type = \"io.containerd.moat-hyperv.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.moat-default]\n  runtime_type = \"io.containerd.moat.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.moat-default.options]\n  ConfigPath = \"{}\"\n",
+                net.display(),
+                d.join("moat-config.toml").display()
             );
+            // moat's config for the generic runtime: VMs by default
+            std::fs::write(d.join("moat-config.toml"), "default_isolation = \"hyperv\"\n").unwrap();
         }
         std::fs::write(d.join("config.toml"), config).unwrap();
         let child = Self::spawn(d);
@@ -450,6 +455,9 @@ struct Pod {
     handler: &'static str,
     name: &'static str,
     shared_pid: bool,
+    /// Runs in a utility VM (the `moat-hyperv` handler, or `moat-default`
+    /// configured so).
+    in_vm: bool,
     id: String,
     ip: String,
     app: String,
@@ -567,7 +575,7 @@ impl Cri {
                  mkdir /www && echo hello from {name} > /www/index.html && exec httpd -f -p 8080 -h /www"
             ),
         );
-        (Pod { handler, name, shared_pid, id, ip, app }, config)
+        (Pod { handler, name, shared_pid, in_vm: handler != "moat", id, ip, app }, config)
     }
 }
 
@@ -618,9 +626,11 @@ fn cri_pods_in_both_isolation_types_at_once_hyperv() {
     let pods = [
         k.pod("moat", "proc-pod", false, &logs),
         k.pod("moat", "shared-pod", true, &logs),
-        k.pod("moat-vm", "vm-pod", true, &logs),
+        k.pod("moat-hyperv", "vm-pod", true, &logs),
+        // io.containerd.moat.v2 with a ConfigPath option whose default is hyperv
+        k.pod("moat-default", "default-pod", false, &logs),
     ];
-    assert_eq!(c.shims().len(), 3, "one shim per pod");
+    assert_eq!(c.shims().len(), 4, "one shim per pod");
     for (p, config) in &pods {
         let prefix = &subnet[..subnet.rfind('.').unwrap()];
         assert!(p.ip.starts_with(prefix), "{}: CNI's address from {subnet}: {:?}", p.handler, p.ip);
@@ -659,7 +669,7 @@ fn cri_pods_in_both_isolation_types_at_once_hyperv() {
             "{}",
             p.handler
         );
-        let kernel = if p.handler == "moat-vm" { format!("{}\n", guest_kernel_release()) } else { host_kernel.clone() };
+        let kernel = if p.in_vm { format!("{}\n", guest_kernel_release()) } else { host_kernel.clone() };
         assert_eq!(
             cri_log(&dir.join("app.log"), "stdout"),
             format!("{kernel}{}\n{}/{}\n", p.name, p.ip, &subnet[subnet.rfind('/').unwrap() + 1..]),
@@ -676,7 +686,7 @@ fn cri_pods_in_both_isolation_types_at_once_hyperv() {
             ..Default::default()
         };
         k.rt.block_on(k.runtime.update_container_resources(req)).unwrap_or_else(|e| panic!("{}: {e}", p.name));
-        let applied = if p.handler == "moat-vm" {
+        let applied = if p.in_vm {
             let script = "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max";
             let req = cri::ExecSyncRequest {
                 container_id: p.app.clone(),
@@ -715,7 +725,7 @@ fn cri_pods_in_both_isolation_types_at_once_hyperv() {
     let qemus: Vec<usize> = c.shims().iter().map(|pid| children(*pid, "qemu-system")).collect();
     let mut sorted = qemus.clone();
     sorted.sort();
-    assert_eq!(sorted, vec![0, 0, 1], "QEMUs per pod shim");
+    assert_eq!(sorted, vec![0, 0, 1, 1], "QEMUs per pod shim");
     for (p, _) in &pods {
         let req = cri::StopContainerRequest { container_id: p.app.clone(), timeout: 1 };
         k.rt.block_on(k.runtime.stop_container(req)).unwrap();
