@@ -7,9 +7,9 @@ MOAT=${MOAT:-moat}
 ROOT=$(mktemp -d /tmp/moat-demo.XXXXXX)
 SWITCH="Demo Switch"
 cleanup() {
-  ids=$("$MOAT" --root "$ROOT" ps -aq --no-trunc 2>/dev/null || true)
-  [ -z "$ids" ] || "$MOAT" --root "$ROOT" rm -f $ids >/dev/null 2>&1 || true
-  "$MOAT" --root "$ROOT" switch rm "$SWITCH" >/dev/null 2>&1 || true
+  # every container, VM, mount and switch of the demo's root (the default
+  # switch's bridge and rules too), then the root
+  [ ! -e "$ROOT/moat.db" ] || "$MOAT" --root "$ROOT" system reset --force >/dev/null 2>&1 || true
   rm -rf "$ROOT"
 }
 trap cleanup EXIT
