@@ -451,7 +451,9 @@ impl shim::Task for Service {
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         self.backend_query(&req.id, Query::Pause)?;
-        self.task(&req.id)?.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        let t = self.task(&req.id)?;
+        t.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+        t.record();
         let mut ev = TaskPaused::new();
         ev.container_id = req.id.clone();
         self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev));
@@ -460,7 +462,9 @@ impl shim::Task for Service {
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         self.backend_query(&req.id, Query::Unpause)?;
-        self.task(&req.id)?.paused.store(false, std::sync::atomic::Ordering::SeqCst);
+        let t = self.task(&req.id)?;
+        t.paused.store(false, std::sync::atomic::Ordering::SeqCst);
+        t.record();
         let mut ev = TaskResumed::new();
         ev.container_id = req.id.clone();
         self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev));

@@ -185,6 +185,7 @@ impl Task {
             })
             .map_err(|e| TaskError::Io("spawn the task thread".into(), e))?;
         ready_rx.recv().map_err(|_| TaskError::Gone)??;
+        task.record();
         Ok(task)
     }
 
@@ -214,7 +215,32 @@ impl Task {
             }
         }
         self.changed.notify_all();
+        if sid == MAIN {
+            self.record();
+        }
         out
+    }
+
+    /// Records the main process's state in the bundle, for `moat ps
+    /// --namespace` (containerd keeps the task's real records).
+    pub fn record(&self) {
+        let m = self.main();
+        let paused = self.paused.load(std::sync::atomic::Ordering::SeqCst);
+        let status = match m.status {
+            Status::Created => "created",
+            Status::Running if paused => "paused",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        };
+        let r = moat_core::containerd::TaskRecord {
+            isolation: if self.in_vm { "hyperv" } else { "process" }.into(),
+            status: status.into(),
+            pid: m.pid,
+            exit_code: m.exit.map(|(c, _)| c),
+        };
+        if let Err(e) = r.write(&self.bundle) {
+            log::warn!("record the task's state: {e}");
+        }
     }
 
     /// Registers exec `exec` (not started yet).

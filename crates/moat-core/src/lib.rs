@@ -2,6 +2,7 @@
 //! isolation types and the human formatting used by every front end.
 
 pub mod config;
+pub mod containerd;
 pub mod ctr_files;
 pub mod digest;
 pub mod error;

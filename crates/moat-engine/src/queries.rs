@@ -8,6 +8,17 @@ use crate::{Container, Engine, EngineError};
 use std::collections::BTreeMap;
 
 impl Engine {
+    /// containerd's tasks that moat's containerd shim runs (`ps
+    /// --namespace`): read from containerd's state directory `state`, never
+    /// moat's store; one namespace or all.
+    pub fn containerd_tasks(
+        &self,
+        state: &std::path::Path,
+        namespace: Option<&str>,
+    ) -> Vec<moat_core::containerd::ContainerdTask> {
+        moat_core::containerd::tasks(state, namespace)
+    }
+
     /// `info`.
     pub fn info(&mut self) -> Result<SystemInfo, EngineError> {
         let all = self.list()?;

@@ -619,6 +619,16 @@ pub struct PsArgs {
     /// Show each container's pod (ID and name).
     #[arg(long)]
     pod: bool,
+    /// Instead: containerd's containers that moat's containerd shim runs,
+    /// in this containerd namespace (`k8s.io` for Kubernetes').
+    #[arg(long, conflicts_with = "all_namespaces")]
+    namespace: Option<String>,
+    /// Instead: containerd's containers that moat's shim runs, in every namespace.
+    #[arg(long = "all-namespaces")]
+    all_namespaces: bool,
+    /// containerd's state directory.
+    #[arg(long = "containerd-state", env = "MOAT_CONTAINERD_STATE", default_value = moat_core::containerd::DEFAULT_STATE)]
+    containerd_state: std::path::PathBuf,
 }
 
 fn env_value(e: &str) -> Option<String> {
@@ -1252,6 +1262,9 @@ fn print_record(r: &moat_engine::logs::Record, timestamps: bool) -> bool {
 }
 
 fn ps(e: &mut Engine, a: PsArgs) -> Result<i32> {
+    if a.namespace.is_some() || a.all_namespaces {
+        return ps_containerd(e, a);
+    }
     let f = ContainerFilter::new(Filters::from_args(&a.filter)?)?;
     let limit = if a.latest { Some(1) } else { a.last };
     let mut list = e.containers(a.all || limit.is_some(), &f)?;
@@ -1305,6 +1318,39 @@ fn ps(e: &mut Engine, a: PsArgs) -> Result<i32> {
         .chain(a.size.then(|| r.size.clone()))
         .chain(a.pod.then(|| [r.pod.clone(), r.pod_name.clone()]).into_iter().flatten())
         .collect()
+    })?;
+    Ok(0)
+}
+
+/// `moat ps --namespace NS | --all-namespaces`: containerd's containers
+/// that moat's shim runs (running ones unless `-a`).
+fn ps_containerd(e: &Engine, a: PsArgs) -> Result<i32> {
+    let list: Vec<_> = e
+        .containerd_tasks(&a.containerd_state, a.namespace.as_deref())
+        .into_iter()
+        .filter(|t| a.all || t.record.is_up())
+        .collect();
+    if a.quiet {
+        for t in &list {
+            outln!("{}", t.id);
+        }
+        return Ok(0);
+    }
+    let header = ["NAMESPACE", "CONTAINER ID", "COMMAND", "STATUS", "ISOLATION", "POD"];
+    format::list(&a.format, "CONTAINER ID", &header, &list, |t| {
+        let mut cmd = format!("\"{}\"", t.command.join(" "));
+        if !a.no_trunc && cmd.chars().count() > 22 {
+            cmd = format!("{}…\"", cmd.chars().take(20).collect::<String>());
+        }
+        let id = if a.no_trunc { t.id.clone() } else { t.id.chars().take(12).collect() };
+        vec![
+            t.namespace.clone(),
+            id,
+            cmd,
+            t.record.status_text(),
+            t.record.isolation.clone(),
+            t.pod.clone().unwrap_or_default(),
+        ]
     })?;
     Ok(0)
 }

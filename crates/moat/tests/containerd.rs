@@ -291,6 +291,24 @@ fn ctr_runs_process_containers_through_moats_shim() {
     r.ok(&["system", "reset", "--force"]);
     assert!(Path::new(&format!("/proc/{pid}")).exists(), "t2's process runs on");
     assert!(!cgroup_dirs("containerd/ctr-proc/t2").is_empty(), "and its cgroup stays");
+    // containerd's containers are not moat's: listed only when asked for
+    let state = c.dir.path().join("state");
+    let ctd_ps = |args: &[&str]| -> Vec<Vec<String>> {
+        let all = [&["ps", "--containerd-state", state.to_str().unwrap()], args].concat();
+        r.ok(&all).lines().map(|l| l.split_whitespace().map(String::from).collect()).collect()
+    };
+    let header: Vec<String> =
+        ["NAMESPACE", "CONTAINER", "ID", "COMMAND", "STATUS", "ISOLATION", "POD"].map(String::from).to_vec();
+    let t2_row = |status: &[&str]| {
+        let mut row: Vec<String> = ["ctr-proc", "t2", "\"sleep", "1000\""].map(String::from).to_vec();
+        row.extend(status.iter().map(|s| s.to_string()));
+        row.push("process".into());
+        row
+    };
+    assert_eq!(ctd_ps(&["--namespace", "ctr-proc"]), [header.clone(), t2_row(&["Up"])]);
+    assert_eq!(ctd_ps(&["--all-namespaces"]), [header.clone(), t2_row(&["Up"])]);
+    assert_eq!(ctd_ps(&["--namespace", "other"]), vec![header.clone()]);
+    assert_eq!(r.ok(&["ps", "-aq"]), "", "moat's own list");
     // an exec: its own stdio and exit status, in the task's namespaces
     let o = c.ctr(&[
         "tasks",
@@ -346,6 +364,8 @@ fn ctr_runs_process_containers_through_moats_shim() {
     // every process of the task (kill --all)
     c.ok(&["tasks", "kill", "-a", "-s", "SIGKILL", "t2"]);
     eventually("t2 stops", || c.ok(&["tasks", "ls"]).lines().any(|l| l.starts_with("t2 ") && l.ends_with("STOPPED")));
+    assert_eq!(ctd_ps(&["--namespace", "ctr-proc"]), vec![header.clone()], "running ones only");
+    assert_eq!(ctd_ps(&["--namespace", "ctr-proc", "-a"]), [header.clone(), t2_row(&["Exited", "(137)"])]);
     let e = c.ctr(&["tasks", "delete", "t2"]);
     let (_, err, code) = text(&e);
     assert_eq!(code, Some(0), "{err}");
