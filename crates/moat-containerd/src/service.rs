@@ -243,6 +243,13 @@ impl Service {
         configured_default(config.as_deref().map(Path::new)).map_err(invalid)
     }
 
+    /// The namespace's cgroup group and containerd's above it, each when
+    /// empty (no task of any shim uses it).
+    fn remove_groups(&self) {
+        moat_runtime::cgroup::Cgroup::remove_group(&format!("containerd/{}", self.namespace));
+        moat_runtime::cgroup::Cgroup::remove_group("containerd");
+    }
+
     fn rootfs(bundle: &Path) -> PathBuf {
         bundle.join("rootfs")
     }
@@ -287,16 +294,12 @@ impl shim::Shim for Service {
         crate::rootfs::unmount(&Self::rootfs(&bundle));
         // the task's cgroup (its record in the bundle): what is left in it
         // is killed, then it goes, and the namespace's group if empty
-        if let Some(cg) = std::fs::read(bundle.join(moat_core::ctr_files::CGROUP))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<moat_runtime::cgroup::Cgroup>(&b).ok())
-        {
+        if let Some(cg) = moat_sandbox::local::read_cgroup(&bundle) {
             if let Err(e) = cg.destroy() {
                 log::warn!("{e}");
             }
         }
-        moat_runtime::cgroup::Cgroup::remove_group(&format!("containerd/{}", self.namespace));
-        moat_runtime::cgroup::Cgroup::remove_group("containerd");
+        self.remove_groups();
         let mut r = DeleteResponse::new();
         r.exit_status = 137;
         r.exited_at = Some(timestamp(SystemTime::now())).into();
@@ -451,9 +454,7 @@ impl shim::Task for Service {
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
         self.backend_query(&req.id, Query::Pause)?;
-        let t = self.task(&req.id)?;
-        t.paused.store(true, std::sync::atomic::Ordering::SeqCst);
-        t.record();
+        self.task(&req.id)?.set_paused(true);
         let mut ev = TaskPaused::new();
         ev.container_id = req.id.clone();
         self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(ev));
@@ -462,9 +463,7 @@ impl shim::Task for Service {
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
         self.backend_query(&req.id, Query::Unpause)?;
-        let t = self.task(&req.id)?;
-        t.paused.store(false, std::sync::atomic::Ordering::SeqCst);
-        t.record();
+        self.task(&req.id)?.set_paused(false);
         let mut ev = TaskResumed::new();
         ev.container_id = req.id.clone();
         self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(ev));
@@ -600,9 +599,7 @@ impl shim::Task for Service {
             all.is_empty()
         });
         if last.unwrap_or(false) {
-            // the namespace's group, once no task of any shim uses it
-            moat_runtime::cgroup::Cgroup::remove_group(&format!("containerd/{}", self.namespace));
-            moat_runtime::cgroup::Cgroup::remove_group("containerd");
+            self.remove_groups();
         }
         let (code, at) = s.exit.unwrap_or((0, SystemTime::now()));
         let mut ev = TaskDelete::new();

@@ -221,6 +221,12 @@ impl Task {
         out
     }
 
+    /// Marks the task frozen or thawed (after the backend did it) and records it.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, std::sync::atomic::Ordering::SeqCst);
+        self.record();
+    }
+
     /// Records the main process's state in the bundle, for `moat ps
     /// --namespace` (containerd keeps the task's real records).
     pub fn record(&self) {
@@ -330,11 +336,7 @@ impl Task {
 
     /// Every process in the task's cgroup (what the kernel says).
     pub fn pids(&self) -> Vec<u32> {
-        std::fs::read(self.bundle.join(moat_core::ctr_files::CGROUP))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<moat_runtime::cgroup::Cgroup>(&b).ok())
-            .map(|c| c.pids())
-            .unwrap_or_default()
+        moat_sandbox::local::read_cgroup(&self.bundle).map(|c| c.pids()).unwrap_or_default()
     }
 
     /// Ends every process and removes the sandbox (the cgroup).

@@ -20,19 +20,25 @@ fn run(prog: &str, args: &[&str]) -> Result<String, NetError> {
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
-/// Runs several `ip` commands in one process (`ip -batch -`).
-fn ip_batch(cmds: &[String]) -> Result<(), NetError> {
-    let mut c = Command::new("ip")
-        .args(["-batch", "-"])
+/// Runs `prog args` with `input` on its stdin; its output, whatever its
+/// exit status (`package` names what installs `prog`).
+pub(crate) fn piped(prog: &str, args: &[&str], input: &str, package: &str) -> Result<std::process::Output, NetError> {
+    let mut c = Command::new(prog)
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| NetError::Command(format!("ip: {e} (install iproute2)")))?;
+        .map_err(|e| NetError::Command(format!("{prog}: {e} (install {package})")))?;
     if let Some(mut i) = c.stdin.take() {
-        i.write_all(cmds.join("\n").as_bytes()).map_err(|e| NetError::Command(format!("ip -batch: {e}")))?;
+        i.write_all(input.as_bytes()).map_err(|e| NetError::Command(format!("{prog} {}: {e}", args.join(" "))))?;
     }
-    let o = c.wait_with_output().map_err(|e| NetError::Command(format!("ip -batch: {e}")))?;
+    c.wait_with_output().map_err(|e| NetError::Command(format!("{prog} {}: {e}", args.join(" "))))
+}
+
+/// Runs several `ip` commands in one process (`ip -batch -`).
+fn ip_batch(cmds: &[String]) -> Result<(), NetError> {
+    let o = piped("ip", &["-batch", "-"], &cmds.join("\n"), "iproute2")?;
     if !o.status.success() {
         return Err(NetError::Command(format!(
             "ip: {}",

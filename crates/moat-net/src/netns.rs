@@ -12,7 +12,6 @@ use crate::NetError;
 use serde::Deserialize;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// One interface of the namespace, as the VM's NIC takes it over.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,15 +75,9 @@ pub fn tap_name(n: usize) -> String {
 }
 
 fn nsenter(netns: &Path, prog: &str, args: &[&str], input: Option<&str>) -> Result<String, NetError> {
-    use std::io::Write;
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", netns.display())).arg("--").arg(prog).args(args);
-    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().map_err(|e| NetError::Command(format!("nsenter: {e} (install util-linux)")))?;
-    if let (Some(mut i), Some(text)) = (child.stdin.take(), input) {
-        i.write_all(text.as_bytes()).map_err(|e| NetError::Command(format!("{prog}: {e}")))?;
-    }
-    let o = child.wait_with_output().map_err(|e| NetError::Command(format!("{prog}: {e}")))?;
+    let net = format!("--net={}", netns.display());
+    let all = [&[net.as_str(), "--", prog], args].concat();
+    let o = crate::link::piped("nsenter", &all, input.unwrap_or_default(), "util-linux")?;
     if !o.status.success() {
         return Err(NetError::Command(format!(
             "{prog} {} in {}: {}",

@@ -34,6 +34,11 @@ impl Local {
     }
 }
 
+/// The cgroup recorded in container (or bundle) directory `dir`, if any.
+pub fn read_cgroup(dir: &std::path::Path) -> Option<Cgroup> {
+    std::fs::read(dir.join(moat_core::ctr_files::CGROUP)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 /// Records the container's cgroup for readers.
 pub(crate) fn write_cgroup(plan: &ContainerPlan, cg: &Cgroup) {
     if let Err(e) =
