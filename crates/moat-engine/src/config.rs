@@ -209,6 +209,10 @@ pub struct ContainerConfig {
     /// The pod the container belongs to (its ID).
     #[serde(default)]
     pub pod: Option<String>,
+    /// A build's `RUN` step: killed when the client that started it goes
+    /// away (a build interrupted or killed leaves nothing running).
+    #[serde(default)]
+    pub build_step: bool,
     /// The container is its pod's infra container (it owns the sandbox).
     #[serde(default)]
     pub pod_infra: bool,

@@ -55,6 +55,14 @@ pub enum EngineError {
     /// Invalid request.
     #[error("{0}")]
     Invalid(String),
+    /// A build step failed (`Step 3/7 : RUN ...` and why).
+    #[error("{step}: {cause}")]
+    Build {
+        /// `step 3/7 (RUN make)`.
+        step: String,
+        /// Why (its message is part of this one's).
+        cause: Box<EngineError>,
+    },
     /// The container is not running.
     #[error("{0}")]
     NotRunning(String),
@@ -89,6 +97,7 @@ impl EngineError {
         use moat_image::ImageError as I;
         use moat_store::StoreError as S;
         match self {
+            Self::Build { cause, .. } => cause.kind(),
             Self::NoSuchContainer(_)
             | Self::NoSuchSwitch(_)
             | Self::NoSuchExec(_)

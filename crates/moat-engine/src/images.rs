@@ -129,6 +129,8 @@ impl Engine {
 #[derive(Debug, Clone, Default)]
 pub struct ImageFilter {
     f: Filters,
+    /// Also intermediate images (a build's untagged steps below another image: `-a`).
+    pub all: bool,
 }
 
 impl ImageFilter {
@@ -140,12 +142,15 @@ impl ImageFilter {
                 return Err(EngineError::Invalid(format!("invalid filter 'dangling={d}': use true or false")));
             }
         }
-        Ok(Self { f })
+        Ok(Self { f, all: false })
     }
 
     /// True when `img` passes every term.
     pub fn matches(&self, img: &moat_store::ImageRecord, e: &mut Engine) -> Result<bool, EngineError> {
         let f = &self.f;
+        if !self.all && img.tags.is_empty() && !e.images.store().image_children(&img.id)?.is_empty() {
+            return Ok(false);
+        }
         let refs = |pat: &str| {
             img.tags.iter().any(|t| {
                 let (repo, _) = t.rsplit_once(':').unwrap_or((t, ""));

@@ -9,6 +9,8 @@
 //! containers outlive every front end. See `docs/engine.md` and
 //! `docs/architecture.md`.
 
+pub mod build;
+pub mod build_context;
 pub mod changes;
 pub mod client;
 pub mod config;

@@ -79,6 +79,8 @@ pub struct PruneSummary {
     pub images: Vec<String>,
     /// Volume names (with `volumes`).
     pub volumes: Vec<String>,
+    /// Build cache entries forgotten.
+    pub build_cache: usize,
     /// Bytes freed.
     pub reclaimed: u64,
 }
@@ -162,8 +164,12 @@ impl Engine {
         } else {
             crate::volumes::VolumePrune::default()
         };
-        let rep = self.prune_images(all)?;
+        let cache = self.build_prune()?;
+        let mut rep = self.prune_images(all)?;
+        rep.deleted.extend(cache.images);
+        rep.reclaimed += cache.reclaimed;
         Ok(PruneSummary {
+            build_cache: cache.entries,
             pods,
             containers: containers.deleted,
             networks,

@@ -372,6 +372,17 @@ pub struct CommitInfo {
     pub tag: Option<String>,
 }
 
+/// This host's architecture in OCI's words.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        a => a,
+    }
+}
+
 /// The image store of one moat root.
 pub struct ImageStore {
     store: Store,
@@ -605,12 +616,31 @@ impl ImageStore {
     /// OCI format, whiteouts as `.wh.` files): `docker commit`. `config` is
     /// the new image's runtime `config`; the history gains one entry.
     pub fn commit(&mut self, parent: &ImageRecord, layer: impl Read, c: CommitInfo) -> Result<Digest, ImageError> {
+        let mut layer = layer;
+        self.derive(Some(parent), Some(&mut layer), c)
+    }
+
+    /// Makes a new image from `parent` (`None`: `FROM scratch`) with its
+    /// runtime config replaced and, when `layer` is given, one more layer;
+    /// without one the history entry is an `empty_layer` (a build's
+    /// `ENV`, `CMD`, ...).
+    pub fn derive(
+        &mut self,
+        parent: Option<&ImageRecord>,
+        layer: Option<&mut dyn Read>,
+        c: CommitInfo,
+    ) -> Result<Digest, ImageError> {
         let tag = c.tag.as_deref().map(ImageRef::parse).transpose()?.and_then(|r| r.tagged());
         let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tmp = TmpDir::new(self.layout(), "commit")?;
-        let (diff, size) = self.spool_layer(&tmp, layer, "read the container's changes")?;
-        let mut raw: serde_json::Value =
-            serde_json::from_slice(&parent.config).map_err(|e| ImageError::BadConfig(e.to_string()))?;
+        let added = match layer {
+            Some(l) => Some(self.spool_layer(&tmp, l, "read the new layer")?),
+            None => None,
+        };
+        let mut raw: serde_json::Value = match parent {
+            Some(p) => serde_json::from_slice(&p.config).map_err(|e| ImageError::BadConfig(e.to_string()))?,
+            None => serde_json::json!({ "architecture": host_arch(), "os": "linux" }),
+        };
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         raw["config"] = c.config;
         raw["created"] = serde_json::Value::String(now.clone());
@@ -635,20 +665,26 @@ impl ImageStore {
         if !c.author.is_empty() {
             entry["author"] = serde_json::Value::String(c.author.clone());
         }
+        if added.is_none() {
+            entry["empty_layer"] = serde_json::Value::Bool(true);
+        }
         match raw.get_mut("history").and_then(|h| h.as_array_mut()) {
             Some(h) => h.push(entry),
             None => raw["history"] = serde_json::json!([entry]),
         }
+        let parent_diffs = parent.map(|p| p.diff_ids.clone()).unwrap_or_default();
         let mut diffs: Vec<serde_json::Value> =
-            parent.diff_ids.iter().map(|d| serde_json::Value::String(d.to_string())).collect();
-        diffs.push(serde_json::Value::String(diff.to_string()));
+            parent_diffs.iter().map(|d| serde_json::Value::String(d.to_string())).collect();
+        if let Some((d, _)) = &added {
+            diffs.push(serde_json::Value::String(d.to_string()));
+        }
         raw["rootfs"] = serde_json::json!({ "type": "layers", "diff_ids": diffs });
         let bytes = serde_json::to_vec(&raw).map_err(|e| ImageError::BadConfig(e.to_string()))?;
         let (head, diff_ids) = parse_config(&bytes)?;
         let known: std::collections::HashMap<Digest, u64> = self.store.layers()?.into_iter().collect();
         let mut sizes: Vec<(Digest, u64)> =
-            parent.diff_ids.iter().map(|d| (d.clone(), known.get(d).copied().unwrap_or(0))).collect();
-        sizes.push((diff, size));
+            parent_diffs.iter().map(|d| (d.clone(), known.get(d).copied().unwrap_or(0))).collect();
+        sizes.extend(added);
         let rec = record(&bytes, &head, diff_ids, &sizes, tag.into_iter().collect())?;
         self.store.put_image(&rec, &sizes)?;
         Ok(rec.id)

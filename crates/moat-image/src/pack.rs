@@ -85,6 +85,8 @@ impl<R: Read> Read for Exact<R> {
 /// A tar writer whose entries are exactly what their headers announce.
 pub struct Packer<W: Write> {
     b: tar::Builder<W>,
+    owner: Option<(u64, u64)>,
+    mode: Option<u32>,
 }
 
 impl<W: Write> Packer<W> {
@@ -92,7 +94,27 @@ impl<W: Write> Packer<W> {
     pub fn new(w: W) -> Self {
         let mut b = tar::Builder::new(w);
         b.follow_symlinks(false);
-        Self { b }
+        Self { b, owner: None, mode: None }
+    }
+
+    /// Entries added from now on get this owner (`COPY --chown`) and
+    /// permission bits (`COPY --chmod`; links keep theirs) instead of the
+    /// files' own.
+    pub fn set_override(&mut self, owner: Option<(u64, u64)>, mode: Option<u32>) {
+        self.owner = owner;
+        self.mode = mode;
+    }
+
+    fn apply(&self, h: &mut tar::Header, link: bool) {
+        if let Some((u, g)) = self.owner {
+            h.set_uid(u);
+            h.set_gid(g);
+            h.set_username("").ok();
+            h.set_groupname("").ok();
+        }
+        if let (Some(m), false) = (self.mode, link) {
+            h.set_mode(m);
+        }
     }
 
     /// One entry `name` for the file at `host` (not followed if it is a
@@ -112,6 +134,7 @@ impl<W: Write> Packer<W> {
         let mut h = tar::Header::new_gnu();
         h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
         h.set_size(0);
+        self.apply(&mut h, ft.is_symlink());
         if ft.is_symlink() {
             let target = std::fs::read_link(host)?;
             self.b.append_link(&mut h, name, &target)?;
@@ -148,6 +171,7 @@ impl<W: Write> Packer<W> {
         h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
         let size = meta.len();
         h.set_size(size);
+        self.apply(&mut h, false);
         let mut data = Exact::new(f, size);
         self.b.append_data(&mut h, name, &mut data)?;
         if data.changed() {

@@ -132,7 +132,7 @@ pub struct SwitchRow {
     pub config: String,
 }
 
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 const SCHEMA: &str = "
 CREATE TABLE images(
@@ -234,6 +234,17 @@ CREATE TABLE pods(
   created TEXT NOT NULL,
   config TEXT NOT NULL
 );
+";
+
+/// Version 8: the build cache (a step's key to the image it made; the
+/// entry goes with the image, so the cache never keeps one alive).
+const SCHEMA_V8: &str = "
+CREATE TABLE build_cache(
+  key TEXT PRIMARY KEY,
+  image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+  created TEXT NOT NULL
+);
+CREATE INDEX build_cache_image ON build_cache(image_id);
 ";
 
 /// A pod row.
@@ -455,6 +466,9 @@ impl Store {
             }
             if v < 7 {
                 tx.execute_batch(SCHEMA_V7)?;
+            }
+            if v < 8 {
+                tx.execute_batch(SCHEMA_V8)?;
             }
             if v < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -984,6 +998,52 @@ impl Store {
             )?;
             Ok(())
         })
+    }
+
+    /// The image a build step with cache key `key` made, if it still exists.
+    pub fn build_cache_get(&self, key: &str) -> Result<Option<Digest>, StoreError> {
+        let id: Option<String> =
+            self.conn.query_row("SELECT image_id FROM build_cache WHERE key = ?1", [key], |r| r.get(0)).optional()?;
+        id.map(|i| digest(&i)).transpose()
+    }
+
+    /// Records that the build step with key `key` made image `id`.
+    pub fn build_cache_put(&mut self, key: &str, id: &Digest) -> Result<(), StoreError> {
+        let now = ts(&Utc::now());
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO build_cache(key, image_id, created) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET image_id = excluded.image_id, created = excluded.created",
+                params![key, id.hex(), now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Images the build cache refers to (each once).
+    pub fn build_cache_images(&self) -> Result<Vec<Digest>, StoreError> {
+        let mut st = self.conn.prepare("SELECT DISTINCT image_id FROM build_cache")?;
+        let ids: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        ids.iter().map(|i| digest(i)).collect()
+    }
+
+    /// Forgets every build cache entry; returns how many there were.
+    pub fn build_cache_clear(&mut self) -> Result<usize, StoreError> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM build_cache", [])?))
+    }
+
+    /// Forgets that other images were made from `id` (it is being removed).
+    pub fn forget_children(&mut self, id: &Digest) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM image_parents WHERE parent = ?1", [id.hex()])?;
+            Ok(())
+        })
+    }
+
+    /// Images recorded as made from `id`.
+    pub fn image_children(&self, id: &Digest) -> Result<Vec<Digest>, StoreError> {
+        let mut st = self.conn.prepare("SELECT image_id FROM image_parents WHERE parent = ?1")?;
+        let ids: Vec<String> = st.query_map([id.hex()], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        ids.iter().map(|i| digest(i)).collect()
     }
 
     /// The image `id` was committed from, if it was and is still recorded.

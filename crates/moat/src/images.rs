@@ -104,7 +104,7 @@ pub struct LsArgs {
     /// Show full image IDs.
     #[arg(long)]
     no_trunc: bool,
-    /// Show every image (moat has no intermediate images: the same as without).
+    /// Show every image, also a build's intermediate ones (untagged, below another image).
     #[arg(short, long)]
     all: bool,
     /// Filter: reference=, dangling=true|false, label=KEY[=VALUE], before=, since=.
@@ -261,9 +261,9 @@ fn ls(e: &mut Engine, a: LsArgs) -> Result<()> {
     if let Some(r) = &a.reference {
         terms.push(format!("reference={r}"));
     }
-    let f = ImageFilter::new(Filters::from_args(&terms)?)?;
+    let mut f = ImageFilter::new(Filters::from_args(&terms)?)?;
+    f.all = a.all;
     let imgs = e.images_matching(&f)?;
-    let _ = a.all;
     if a.quiet {
         let mut seen = std::collections::HashSet::new();
         for img in &imgs {

@@ -30,6 +30,7 @@ macro_rules! error_line {
     };
 }
 
+mod build;
 mod containers;
 mod events;
 mod format;
@@ -105,6 +106,11 @@ enum Cmd {
     },
     /// Show the history of an image.
     History(images::HistoryArgs),
+    /// Build an image from a Dockerfile (RUN steps in either isolation type).
+    Build(build::BuildArgs),
+    /// Manage the build cache.
+    #[command(subcommand)]
+    Builder(build::BuilderCmd),
     /// Manage containers.
     #[command(subcommand)]
     Container(containers::ContainerCmd),
@@ -424,6 +430,8 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Info(a) => info::run(&mut open()?, a),
         Cmd::Events(a) => events::run(&mut open()?, a),
         Cmd::Image(c) => images::run(&mut open()?, c),
+        Cmd::Build(a) => build::build(&mut open()?, a),
+        Cmd::Builder(c) => build::builder(&mut open()?, c),
         Cmd::Images(a) => images::run(&mut open()?, images::ImageCmd::Ls(a)),
         Cmd::Import(a) => images::run(&mut open()?, images::ImageCmd::Import(a)),
         Cmd::Load(a) => images::run(&mut open()?, images::ImageCmd::Load(a)),

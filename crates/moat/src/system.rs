@@ -101,6 +101,10 @@ pub fn run(e: Engine, cmd: SystemCmd) -> Result<i32> {
                     outln!();
                 }
             }
+            if s.build_cache > 0 {
+                outln!("Deleted build cache objects: {}", s.build_cache);
+                outln!();
+            }
             outln!("Total reclaimed space: {}", human::size(s.reclaimed));
             Ok(0)
         }

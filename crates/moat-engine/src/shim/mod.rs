@@ -128,6 +128,8 @@ struct Shim {
     /// The health check schedule while the main process runs.
     health: Option<HealthRun>,
     done: bool,
+    /// The client that started a build step: when it goes, the step is killed.
+    starter: Option<u64>,
 }
 
 /// A running container's health checks.
@@ -320,9 +322,13 @@ impl Shim {
             restart_for: None,
             health: None,
             done: false,
+            starter: None,
         };
         first.set_nonblocking(true).map_err(EngineError::io("shim socket"))?;
         let cid = shim.add_client(first, Role::Attach { stdin: false, stdin_once: false });
+        if shim.ctx.config().build_step {
+            shim.starter = Some(cid);
+        }
         let started = shim.start_main().map(|pid| (pid, ports));
         match started {
             Ok((pid, ports)) => {
@@ -512,6 +518,26 @@ impl Shim {
         }
     }
 
+    /// A build step whose builder went away (interrupted, killed) is
+    /// killed: a build leaves nothing running behind it.
+    fn starter_gone(&mut self) {
+        let Some(s) = self.starter else { return };
+        if self.clients.contains_key(&s) {
+            return;
+        }
+        self.starter = None;
+        if self.main_running {
+            tracing::info!("the build that started this step went away: killing it");
+            self.ctx.container.state.manually_stopped = true;
+            if self.ctx.container.state.status == Status::Paused {
+                let _ = self.backend.query(Query::Unpause, 0);
+                self.ctx.container.state.status = Status::Running;
+            }
+            self.save_state();
+            self.backend.signal(MAIN, libc::SIGKILL);
+        }
+    }
+
     fn run(&mut self) {
         let mut buf = vec![0u8; READ_CHUNK];
         while !self.done {
@@ -569,6 +595,7 @@ impl Shim {
                 std::iter::once(MAIN).chain(self.sessions.keys().copied()).filter(|s| self.full(*s)).collect();
             self.backend.after_round(&|sid| full.contains(&sid));
             self.clients.retain(|_, c| !(c.closing && c.out.is_empty()));
+            self.starter_gone();
         }
         self.finish();
     }
