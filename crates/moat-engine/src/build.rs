@@ -133,6 +133,9 @@ const PROXY_ARGS: &[&str] = &[
     "all_proxy",
 ];
 
+/// `PATH` of a stage whose image sets none.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// One stage being built.
 struct Stage {
     name: Option<String>,
@@ -219,12 +222,17 @@ fn chown_ids(spec: &str, root: &Tree) -> Result<(u64, u64), EngineError> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
+    // (id, primary group) of a passwd line, (id, id) of a group line
     let lookup = |file: &str, name: &str| -> Option<(u64, u64)> {
         let f = root.stat(file)?;
         let text = std::fs::read_to_string(&f.host).ok()?;
         text.lines().find_map(|l| {
             let p: Vec<&str> = l.split(':').collect();
-            (p.first() == Some(&name) && p.len() > 3).then(|| Some((p[2].parse().ok()?, p[3].parse().ok()?))).flatten()
+            if p.first() != Some(&name) || p.len() < 3 {
+                return None;
+            }
+            let id = p[2].parse().ok()?;
+            Some((id, p.get(3).and_then(|g| g.parse().ok()).unwrap_or(id)))
         })
     };
     let (uid, mut gid) = match u.parse::<u64>() {
@@ -727,7 +735,10 @@ impl Engine {
                 created_by = nop(&format!("WORKDIR {path}"));
                 let tree = self.tree_of(stage.image.as_ref());
                 if !rel.is_empty() && tree.stat(&rel).is_none() {
-                    action = Action::Files(vec![Put { dest: rel, what: PutKind::Dir, owner: None, mode: None }]);
+                    // made for the current USER (BuildKit's and buildah's way)
+                    let user = stage.config.get("User").and_then(|u| u.as_str()).unwrap_or_default().to_string();
+                    let owner = if user.is_empty() { None } else { chown_ids(&user, &tree).ok() };
+                    action = Action::Files(vec![Put { dest: rel, what: PutKind::Dir, owner, mode: None }]);
                 }
             }
             "RUN" => {
@@ -966,7 +977,11 @@ impl Engine {
         let parent = stage.image.as_ref().map(|i| i.id.to_string()).unwrap_or_else(|| "scratch".into());
         let config = Value::Object(stage.config.clone());
         let key = hex_sha(
-            format!("moat-build-1\n{parent}\n{created_by}\n{config}\n{key_extra}\n{:?}", stage.author).as_bytes(),
+            format!(
+                "moat-build-1\n{parent}\n{created_by}\n{config}\n{key_extra}\n{:?}\n{:?}",
+                stage.author, stage.args
+            )
+            .as_bytes(),
         );
         if !b.no_cache {
             if let Some(id) = self.images.store().build_cache_get(&key)? {
@@ -1061,6 +1076,15 @@ impl Engine {
             .and_then(|i| serde_json::from_slice::<Value>(&i.config).ok())
             .and_then(|v| v.get("config").and_then(|c| c.as_object().cloned()))
             .unwrap_or_default();
+        let mut config = config;
+        // a stage without PATH gets the default one (BuildKit's and buildah's way)
+        let env: Vec<String> =
+            config.get("Env").and_then(|e| serde_json::from_value(e.clone()).ok()).unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            let mut env = env;
+            env.insert(0, DEFAULT_PATH.to_string());
+            config.insert("Env".into(), json!(env));
+        }
         let shell: Vec<String> = config
             .get("Shell")
             .and_then(|s| serde_json::from_value(s.clone()).ok())

@@ -140,8 +140,13 @@ pub const MAX_LAYERS: usize = 128;
 /// `/proc/self/fd/N`, about 18 bytes instead of a layer's whole path, which
 /// keeps the options under the kernel's one-page limit for [`MAX_LAYERS`]
 /// layers. Keep the descriptors until the mount is made. More layers are
-/// refused by name.
+/// refused by name. A layer an image lists twice (buildah writes the empty
+/// layer once per metadata step) is stacked once, at its topmost place:
+/// overlayfs refuses the same directory twice (ELOOP), and the lower copy
+/// adds nothing the upper one does not.
 pub fn lowerdir(lower: &[PathBuf]) -> Result<(String, Vec<OwnedFd>), RuntimeError> {
+    let mut seen = std::collections::HashSet::new();
+    let lower: Vec<&PathBuf> = lower.iter().filter(|l| seen.insert(*l)).collect();
     if lower.is_empty() {
         return Err(RuntimeError::Invalid("image has no layers".into()));
     }
@@ -382,6 +387,18 @@ pub fn setup(spec: &Spec) -> Result<(), RuntimeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layer_listed_twice_is_stacked_once() -> std::io::Result<()> {
+        let d = tempfile::tempdir()?;
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        std::fs::create_dir(&a)?;
+        std::fs::create_dir(&b)?;
+        let (opt, fds) = lowerdir(&[a.clone(), b, a]).map_err(|e| std::io::Error::other(e.to_string()))?;
+        assert_eq!(fds.len(), 2);
+        assert_eq!(opt.matches("/proc/self/fd/").count(), 2, "{opt}");
+        Ok(())
+    }
 
     #[test]
     fn tmpfs_opts() {

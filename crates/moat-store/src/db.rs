@@ -1007,12 +1007,15 @@ impl Store {
         id.map(|i| digest(&i)).transpose()
     }
 
-    /// Records that the build step with key `key` made image `id`.
+    /// Records that the build step with key `key` made image `id`, unless
+    /// an image made for that key still exists (the first one stays the
+    /// step's result: a `--no-cache` build does not change what later
+    /// builds reuse).
     pub fn build_cache_put(&mut self, key: &str, id: &Digest) -> Result<(), StoreError> {
         let now = ts(&Utc::now());
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO build_cache(key, image_id, created) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO UPDATE SET image_id = excluded.image_id, created = excluded.created",
+                "INSERT INTO build_cache(key, image_id, created) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO NOTHING",
                 params![key, id.hex(), now],
             )?;
             Ok(())

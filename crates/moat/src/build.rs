@@ -71,6 +71,20 @@ pub enum BuilderCmd {
     },
 }
 
+/// A reader that shows its progress (a context sent on stdin).
+struct Counted<R> {
+    inner: R,
+    pb: indicatif::ProgressBar,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pb.inc(n as u64);
+        Ok(n)
+    }
+}
+
 /// Whether the bytes start an archive (tar or a compressed stream).
 fn looks_like_archive(head: &[u8]) -> bool {
     head.starts_with(&[0x1f, 0x8b])
@@ -83,6 +97,7 @@ fn looks_like_archive(head: &[u8]) -> bool {
 /// Runs `build`.
 pub fn build(e: &mut Engine, a: BuildArgs) -> Result<i32> {
     let mut req;
+    let mut sending: Option<indicatif::ProgressBar> = None;
     let stdin_file = a.file.as_deref() == Some("-");
     if a.context == "-" {
         if stdin_file {
@@ -92,7 +107,13 @@ pub fn build(e: &mut Engine, a: BuildArgs) -> Result<i32> {
         std::io::stdin().lock().take(512).read_to_end(&mut head).context("read stdin")?;
         if looks_like_archive(&head) {
             let rest = std::io::Cursor::new(head).chain(std::io::stdin());
-            req = BuildRequest::new(ContextSource::Tar(Box::new(rest)));
+            let pb = if a.quiet {
+                indicatif::ProgressBar::hidden()
+            } else {
+                crate::output::progress("sending build context", None)
+            };
+            sending = Some(pb.clone());
+            req = BuildRequest::new(ContextSource::Tar(Box::new(Counted { inner: rest, pb })));
             req.dockerfile = a.file.clone();
         } else {
             // a Dockerfile alone: an empty context
@@ -146,6 +167,12 @@ pub fn build(e: &mut Engine, a: BuildArgs) -> Result<i32> {
     req.force_remove = a.force_rm;
     let quiet = a.quiet;
     let progress = move |ev: BuildEvent| {
+        // the context has been read once the builder speaks
+        if let Some(pb) = &sending {
+            if !pb.is_finished() {
+                pb.finish_and_clear();
+            }
+        }
         if quiet {
             return;
         }

@@ -139,6 +139,9 @@ pub struct ImageConfigView {
     /// Stop signal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_signal: Option<String>,
+    /// Shell of shell-form commands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shell: Option<Vec<String>>,
 }
 
 impl From<moat_image::RuntimeConfig> for ImageConfigView {
@@ -161,9 +164,10 @@ impl From<moat_image::RuntimeConfig> for ImageConfigView {
             volumes: c.volumes,
             working_dir: c.working_dir.unwrap_or_default(),
             entrypoint: c.entrypoint,
-            on_build: None,
+            on_build: c.on_build,
             labels: c.labels,
             stop_signal: c.stop_signal,
+            shell: c.shell,
         }
     }
 }
