@@ -77,7 +77,7 @@ demo: deps agent
 	MOAT=$(CURDIR)/target/release/moat ./scripts/demo.sh
 
 # the peers moat is measured against, from Debian
-BENCH_PKGS := crun runc podman cpio
+BENCH_PKGS := crun runc podman buildah cpio
 
 bench: deps agent kernel
 	@missing=$$(for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

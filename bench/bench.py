@@ -586,6 +586,55 @@ def main():
         notes.append(f"CRI pod start: moat (process) / runc = {res['moat']['median'] / res['runc']['median']:.2f}x, "
                      f"moat-hyperv / runc = {res['moat-hyperv']['median'] / res['runc']['median']:.2f}x")
 
+    if want("build"):
+        # one small Dockerfile (COPY, RUN, ENV, CMD) built from scratch by
+        # each builder (no cache), then again with every step cached; RUN
+        # without a network for all of them
+        import shutil
+        import tempfile
+        w = tempfile.mkdtemp(prefix="moat-bench-build.")
+        bh = f"buildah --root {w}/bh/root --runroot {w}/bh/run --storage-driver vfs"
+        # podman with a store of its own (overlay, its default), so nothing of the machine's is touched
+        pm = f"podman --root {w}/pm/root --runroot {w}/pm/run --runtime runc --cgroup-manager=cgroupfs --events-backend=file"
+        try:
+            ctx = os.path.join(w, "ctx")
+            os.makedirs(ctx)
+            with open(os.path.join(ctx, "data"), "wb") as f:
+                f.write(os.urandom(1 << 20))
+            with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+                f.write("ARG BASE=busybox\nFROM $BASE\nCOPY data /data\nRUN echo built > /built && md5sum /data > /sum\n"
+                        "ENV A=1\nCMD [\"cat\", \"/built\"]\n")
+            sh(f"{bh} pull -q docker-archive:{a.image_tar}")
+            sh(f"{pm} load -q -i {a.image_tar}")
+            peer = "--build-arg BASE=localhost/busybox:latest --network none"
+            rows = compare([
+                dict(name="moat build --no-cache (process)", cmd=f"{m} build -q --no-cache --network none {ctx}"),
+                dict(name="moat build --no-cache --isolation=hyperv",
+                     cmd=f"{m} build -q --no-cache --network none --isolation=hyperv {ctx}"),
+                dict(name="buildah bud --no-cache (chroot)",
+                     cmd=f"{bh} bud -q --no-cache --isolation chroot {peer} {ctx}"),
+                dict(name="podman build --no-cache (runc)", cmd=f"{pm} build -q --no-cache {peer} {ctx}"),
+            ], a.vm_runs)
+            out.append(row("build, no cache", rows[0]))
+            for r in rows[1:]:
+                out.append(row("build, no cache", r, rows[0]))
+            cached = compare([
+                dict(name="moat build (all cached)", cmd=f"{m} build -q --network none {ctx}"),
+                dict(name="buildah bud --layers (all cached)",
+                     cmd=f"{bh} bud -q --layers --isolation chroot {peer} {ctx}"),
+                dict(name="podman build (all cached)", cmd=f"{pm} build -q --layers {peer} {ctx}"),
+            ], a.runs)
+            out.append(row("build, cached", cached[0]))
+            for r in cached[1:]:
+                out.append(row("build, cached", r, cached[0]))
+            notes.append(f"build (no cache): moat = {rows[0]['median'] / rows[2]['median']:.2f}x buildah, "
+                         f"{rows[0]['median'] / rows[3]['median']:.2f}x podman; hyperv = {rows[1]['median'] / rows[0]['median']:.2f}x process")
+        finally:
+            sh(f"{m} builder prune -f", check=False)
+            sh(f"{pm} rmi -a -f", check=False)
+            sh(f"{bh} rmi -a -f", check=False)
+            shutil.rmtree(w, ignore_errors=True)
+
     print("\n".join(out))
     if mem:
         print("\n| memory of one idle container | PSS | RSS |\n|---|---:|---:|")

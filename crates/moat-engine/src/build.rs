@@ -225,7 +225,8 @@ fn chown_ids(spec: &str, root: &Tree) -> Result<(u64, u64), EngineError> {
     // (id, primary group) of a passwd line, (id, id) of a group line
     let lookup = |file: &str, name: &str| -> Option<(u64, u64)> {
         let f = root.stat(file)?;
-        let text = std::fs::read_to_string(&f.host).ok()?;
+        let mut text = String::new();
+        open_nofollow(&f.host).ok()?.read_to_string(&mut text).ok()?;
         text.lines().find_map(|l| {
             let p: Vec<&str> = l.split(':').collect();
             if p.first() != Some(&name) || p.len() < 3 {
@@ -289,10 +290,66 @@ fn hex_sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// Opens a regular file of a context or an image for reading, never
+/// through a link (a file swapped for a link after it was listed is not
+/// followed into the host).
+fn open_nofollow(p: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(p)
+}
+
+/// A list as Go's `%q` prints a `[]string` (the classic builder's history
+/// of `CMD`/`ENTRYPOINT`): `["a" "b c"]`.
+fn go_quoted_list(v: &[String]) -> String {
+    let q: Vec<String> = v.iter().map(|s| serde_json::to_string(s).unwrap_or_default()).collect();
+    format!("[{}]", q.join(" "))
+}
+
+/// A duration as Go's `time.Duration` prints it (`1m30s`, `500ms`, `0s`).
+fn go_duration(ns: i64) -> String {
+    let trim = |x: f64| {
+        let s = format!("{x:.9}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
+    match ns {
+        0 => "0s".into(),
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{}µs", trim(n as f64 / 1e3)),
+        n if n < 1_000_000_000 => format!("{}ms", trim(n as f64 / 1e6)),
+        n => {
+            let (h, rest) = (n / 3_600_000_000_000, n % 3_600_000_000_000);
+            let (m, rest) = (rest / 60_000_000_000, rest % 60_000_000_000);
+            let sec = trim(rest as f64 / 1e9);
+            match (h, m) {
+                (0, 0) => format!("{sec}s"),
+                (0, m) => format!("{m}m{sec}s"),
+                (h, m) => format!("{h}h{m}m{sec}s"),
+            }
+        }
+    }
+}
+
+/// The classic builder's history of `HEALTHCHECK`: Go's `%q` of its
+/// `*HealthConfig` (test, interval, timeout, start period, retries as a
+/// character).
+fn go_healthcheck(h: &Value) -> String {
+    let test: Vec<String> = h.get("Test").and_then(|t| serde_json::from_value(t.clone()).ok()).unwrap_or_default();
+    let d = |k: &str| go_duration(h.get(k).and_then(|v| v.as_i64()).unwrap_or(0));
+    let r = h.get("Retries").and_then(|v| v.as_i64()).unwrap_or(0);
+    let retries = match u8::try_from(r) {
+        Ok(b'\'') => "'\\''".to_string(),
+        Ok(b'\\') => "'\\\\'".to_string(),
+        Ok(c) if (0x20..0x7f).contains(&c) => format!("'{}'", c as char),
+        Ok(c) => format!("'\\x{c:02x}'"),
+        Err(_) => format!("{r}"),
+    };
+    format!("&{{{} {:?} {:?} {:?} {retries}}}", go_quoted_list(&test), d("Interval"), d("Timeout"), d("StartPeriod"))
+}
+
 /// Whether `f` looks like an archive `ADD` unpacks (tar, gzip, bzip2, xz).
 fn is_archive(f: &Path) -> bool {
     let mut head = [0u8; 262];
-    let Ok(mut file) = std::fs::File::open(f) else { return false };
+    let Ok(mut file) = open_nofollow(f) else { return false };
     let n = file.read(&mut head).unwrap_or(0);
     let h = &head[..n];
     h.starts_with(&[0x1f, 0x8b])
@@ -532,7 +589,8 @@ impl Engine {
             |s: &str, st: &Stage| lex::process_word(s, &|n| st.lookup(n), escape).map_err(|e| invalid(e.to_string()));
         let expand_words =
             |s: &str, st: &Stage| lex::process_words(s, &|n| st.lookup(n), escape).map_err(|e| invalid(e.to_string()));
-        let nop = |s: &str| format!("/bin/sh -c #(nop) {s}");
+        // the classic builder's history line: the stage's shell, `#(nop)`
+        let nop = |shell: &[String], s: &str| format!("{} #(nop) {s}", shell.join(" "));
         let command = |ins: &Instruction, st: &Stage| -> Vec<String> {
             match ins.json() {
                 Some(v) => v,
@@ -560,7 +618,7 @@ impl Engine {
                     };
                     stage.args.insert(k, v);
                 }
-                created_by = nop(&format!("ARG {}", ins.rest));
+                created_by = nop(&stage.shell, &format!(" ARG {}", ins.rest));
             }
             "ENV" => {
                 let pairs = moat_dockerfile::name_values(&ins.rest, "ENV", false, escape).map_err(invalid)?;
@@ -581,7 +639,7 @@ impl Engine {
                     shown.push(format!("{k}={v}"));
                     stage.set_env(&k, &v);
                 }
-                created_by = nop(&format!(" ENV {}", shown.join(" ")));
+                created_by = nop(&stage.shell, &format!(" ENV {}", shown.join(" ")));
             }
             "LABEL" => {
                 let pairs = moat_dockerfile::name_values(&ins.rest, "LABEL", false, escape).map_err(invalid)?;
@@ -595,18 +653,20 @@ impl Engine {
                     labels.insert(k, Value::String(v));
                 }
                 stage.config.insert("Labels".into(), Value::Object(labels));
-                created_by = nop(&format!(" LABEL {}", shown.join(" ")));
+                created_by = nop(&stage.shell, &format!(" LABEL {}", shown.join(" ")));
             }
             "MAINTAINER" => {
                 stage.author = Some(expand(&ins.rest, stage)?);
-                created_by = nop(&format!(" MAINTAINER {}", ins.rest));
+                created_by = nop(&stage.shell, &format!(" MAINTAINER {}", ins.rest));
             }
             "EXPOSE" => {
                 let mut ports: Map<String, Value> =
                     stage.config.get("ExposedPorts").and_then(|l| l.as_object().cloned()).unwrap_or_default();
-                let mut shown = Vec::new();
-                for w in expand_words(&ins.rest, stage)? {
-                    let (p, proto) = w.split_once('/').unwrap_or((&w, "tcp"));
+                // the history lists the words as written, sorted (Docker's)
+                let mut shown = expand_words(&ins.rest, stage)?;
+                shown.sort();
+                for w in &shown {
+                    let (p, proto) = w.split_once('/').unwrap_or((w, "tcp"));
                     let proto = proto.to_ascii_lowercase();
                     let Some((a, z)) = moat_net::parse_port_range(p) else {
                         return Err(invalid(format!("invalid containerPort: {p}")));
@@ -616,11 +676,10 @@ impl Engine {
                     }
                     for port in a..=z {
                         ports.insert(format!("{port}/{proto}"), json!({}));
-                        shown.push(format!("{port}/{proto}"));
                     }
                 }
                 stage.config.insert("ExposedPorts".into(), Value::Object(ports));
-                created_by = nop(&format!(" EXPOSE {}", shown.join(" ")));
+                created_by = nop(&stage.shell, &format!(" EXPOSE {}", shown.join(" ")));
             }
             "VOLUME" => {
                 let vols = match ins.json() {
@@ -636,18 +695,18 @@ impl Engine {
                     m.insert(v.clone(), json!({}));
                 }
                 stage.config.insert("Volumes".into(), Value::Object(m));
-                created_by = nop(&format!(" VOLUME {}", serde_json::to_string(&vols).unwrap_or_default()));
+                created_by = nop(&stage.shell, &format!(" VOLUME [{}]", vols.join(" ")));
             }
             "USER" => {
                 let u = expand(&ins.rest, stage)?;
                 stage.config.insert("User".into(), Value::String(u.clone()));
-                created_by = nop(&format!(" USER {u}"));
+                created_by = nop(&stage.shell, &format!(" USER {u}"));
             }
             "STOPSIGNAL" => {
                 let s = expand(&ins.rest, stage)?;
                 crate::client::parse_signal(&s).map_err(|_| invalid(format!("invalid signal: {s}")))?;
                 stage.config.insert("StopSignal".into(), Value::String(s.clone()));
-                created_by = nop(&format!(" STOPSIGNAL {s}"));
+                created_by = nop(&stage.shell, &format!(" STOPSIGNAL {s}"));
             }
             "SHELL" => {
                 let v = ins.json().filter(|v| !v.is_empty()).ok_or_else(|| {
@@ -655,7 +714,7 @@ impl Engine {
                 })?;
                 stage.shell = v.clone();
                 stage.config.insert("Shell".into(), json!(v));
-                created_by = nop(&format!(" SHELL {}", serde_json::to_string(&v).unwrap_or_default()));
+                created_by = nop(&stage.shell, &format!(" SHELL [{}]", v.join(" ")));
             }
             "CMD" | "ENTRYPOINT" => {
                 let argv = command(ins, stage);
@@ -674,7 +733,7 @@ impl Engine {
                 if ins.json().is_none() && !ins.rest.is_empty() {
                     stage.config.insert("ArgsEscaped".into(), Value::Bool(true));
                 }
-                created_by = nop(&format!(" {kw} {}", serde_json::to_string(&argv).unwrap_or_default()));
+                created_by = nop(&stage.shell, &format!(" {kw} {}", go_quoted_list(&argv)));
             }
             "HEALTHCHECK" => {
                 ins.check_flags(&["interval", "timeout", "start-period", "start-interval", "retries"])
@@ -712,7 +771,7 @@ impl Engine {
                     return Err(invalid(format!("unknown type {:?} in HEALTHCHECK (try CMD)", words[0])));
                 };
                 stage.config.insert("Healthcheck".into(), check.clone());
-                created_by = nop(&format!(" HEALTHCHECK &{check}"));
+                created_by = nop(&stage.shell, &format!(" HEALTHCHECK {}", go_healthcheck(&check)));
             }
             "ONBUILD" => {
                 let t = moat_dockerfile::parse_line(ins.rest.trim(), escape, ins.line)
@@ -724,7 +783,7 @@ impl Engine {
                     stage.config.get("OnBuild").and_then(|v| v.as_array().cloned()).unwrap_or_default();
                 triggers.push(Value::String(ins.rest.trim().to_string()));
                 stage.config.insert("OnBuild".into(), Value::Array(triggers));
-                created_by = nop(&format!(" ONBUILD {}", ins.rest.trim()));
+                created_by = nop(&stage.shell, &format!(" ONBUILD {}", ins.rest.trim()));
             }
             "WORKDIR" => {
                 let w = expand(&ins.rest, stage)?;
@@ -732,7 +791,7 @@ impl Engine {
                 let rel = clean(&abs);
                 let path = format!("/{rel}");
                 stage.config.insert("WorkingDir".into(), Value::String(path.clone()));
-                created_by = nop(&format!("WORKDIR {path}"));
+                created_by = nop(&stage.shell, &format!("WORKDIR {path}"));
                 let tree = self.tree_of(stage.image.as_ref());
                 if !rel.is_empty() && tree.stat(&rel).is_none() {
                     // made for the current USER (BuildKit's and buildah's way)
@@ -854,6 +913,9 @@ impl Engine {
                 let mut puts = Vec::new();
                 let mut hash = Sha256::new();
                 let mut n_files = 0;
+                // how many sources matched, and whether the only one is a directory
+                let mut single_dir = false;
+                let mut matched = 0;
                 for (i, s) in srcs.iter().enumerate() {
                     if add && (s.starts_with("http://") || s.starts_with("https://")) {
                         if b.network.as_deref() == Some("none") {
@@ -873,6 +935,7 @@ impl Engine {
                             mode: Some(chmod.unwrap_or(0o600)),
                         });
                         n_files += 1;
+                        matched += 1;
                         continue;
                     }
                     if let Some(h) = s.strip_prefix("<<").and_then(|n| {
@@ -892,6 +955,7 @@ impl Engine {
                             mode: Some(chmod.unwrap_or(0o644)),
                         });
                         n_files += 1;
+                        matched += 1;
                         continue;
                     }
                     let rel = clean(s);
@@ -899,6 +963,10 @@ impl Engine {
                         return Err(invalid(format!("forbidden path outside the build context: {s}")));
                     }
                     let matches: Vec<String> = if has_glob(&rel) { src_tree.glob(&rel)? } else { vec![rel.clone()] };
+                    matched += matches.len();
+                    if let [only] = matches.as_slice() {
+                        single_dir = src_tree.stat(only).is_some_and(|f| f.meta.is_dir());
+                    }
                     let mut any = false;
                     for m in matches {
                         let Some(top) = src_tree.stat(&m) else { continue };
@@ -925,7 +993,7 @@ impl Engine {
                             let stage_dir = b.scratch.join(format!("add-{}", puts.len()));
                             std::fs::create_dir_all(&stage_dir)
                                 .map_err(EngineError::io("create a directory for ADD"))?;
-                            let f = std::fs::File::open(&top.host).map_err(EngineError::io("open the archive"))?;
+                            let f = open_nofollow(&top.host).map_err(EngineError::io("open the archive"))?;
                             let r = moat_image::compress::decompress(f).map_err(moat_image::ImageError::from)?;
                             moat_image::unpack::unpack(
                                 r,
@@ -966,8 +1034,13 @@ impl Engine {
                 }
                 key_extra = format!("{}|{:?}|{:?}|{:?}", hex::encode(hash.finalize()), owner, chmod, from);
                 let digest_short = &key_extra[..12];
-                let kind = if n_files == 1 { "file" } else { "dir" };
-                created_by = nop(&format!("{kw} {kind}:{digest_short} in /{dest} "));
+                // Docker's words: one file, one directory, or several sources
+                let kind = match (matched, single_dir) {
+                    (1, true) => "dir",
+                    (1, false) => "file",
+                    _ => "multi",
+                };
+                created_by = nop(&stage.shell, &format!("{kw} {kind}:{digest_short} in {dest_raw} "));
                 action = Action::Files(puts);
             }
             other => return Err(invalid(format!("unknown instruction: {other}"))),
@@ -1222,7 +1295,7 @@ fn hash_found(h: &mut Sha256, dest: &str, f: &Found) {
         ));
     } else if m.is_file() {
         let mut s = Sha256::new();
-        if let Ok(mut file) = std::fs::File::open(&f.host) {
+        if let Ok(mut file) = open_nofollow(&f.host) {
             let _ = std::io::copy(&mut file, &mut s);
         }
         line.push_str(&format!(" {}", hex::encode(s.finalize())));
@@ -1331,6 +1404,21 @@ fn files_layer(image: &Tree, puts: &[Put], w: impl Write) -> std::io::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn go_formats() {
+        assert_eq!(go_duration(90_000_000_000), "1m30s");
+        assert_eq!(go_duration(60_000_000_000), "1m0s");
+        assert_eq!(go_duration(5_000_000_000), "5s");
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
+        assert_eq!(go_duration(500_000_000), "500ms");
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        assert_eq!(go_duration(0), "0s");
+        let h = json!({"Test": ["CMD-SHELL", "test -e /tmp || exit 1"], "Interval": 5_000_000_000i64, "Timeout": 3_000_000_000i64, "StartPeriod": 60_000_000_000i64, "Retries": 2});
+        assert_eq!(go_healthcheck(&h), r#"&{["CMD-SHELL" "test -e /tmp || exit 1"] "5s" "3s" "1m0s" '\x02'}"#);
+        assert_eq!(go_healthcheck(&json!({"Test": ["NONE"]})), r#"&{["NONE"] "0s" "0s" "0s" '\x00'}"#);
+        assert_eq!(go_quoted_list(&["cat".into(), "/out".into()]), r#"["cat" "/out"]"#);
+    }
 
     #[test]
     fn durations() {

@@ -620,8 +620,7 @@ pub fn with_exit(e: anyhow::Error, code: i32) -> anyhow::Error {
 }
 
 /// Verbs Docker users type that moat does not have yet, and what to do instead.
-const NOT_YET: &[(&str, &str)] =
-    &[("build", "moat cannot build images yet: build with another tool, then `moat load -i image.tar`")];
+const NOT_YET: &[(&str, &str)] = &[("buildx", "moat has no BuildKit: `moat build` is Docker's classic builder")];
 
 /// Prints a command-line error as one line and returns the exit code:
 /// 0 for help and version, 125 (Docker's) for usage errors.

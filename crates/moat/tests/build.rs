@@ -51,6 +51,14 @@ fn app_context() -> tempfile::TempDir {
     ])
 }
 
+/// `moat ARGS` fails with one line that contains `msg`.
+fn fails_with(r: &Root, args: &[&str], msg: &str) {
+    let o = r.run(args);
+    assert_fails_one_line(&o, &format!("{args:?}"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(msg), "{args:?}: {err}");
+}
+
 /// Host PIDs with `needle` in their environment.
 fn pids_with_env(needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
@@ -249,42 +257,21 @@ fn failed_and_killed_builds_leave_nothing_running_hyperv() {
     assert!(out.ends_with("Successfully tagged good:latest\n"), "{out}");
     // a Dockerfile moat cannot read: one line, the line number
     let bad = context(&[("Dockerfile", "FROM busybox\nBOGUS x\n")]);
-    let o = r.run(&["build", bad.path().to_str().unwrap()]);
-    assert_fails_one_line(&o, "dockerfile parse error on line 2: unknown instruction: BOGUS");
-    let o = r.run(&["build", "-f", "nope", bad.path().to_str().unwrap()]);
-    assert_fails_one_line(&o, "Cannot locate specified Dockerfile: nope");
+    fails_with(
+        &r,
+        &["build", bad.path().to_str().unwrap()],
+        "dockerfile parse error on line 2: unknown instruction: BOGUS",
+    );
+    fails_with(&r, &["build", "-f", "nope", bad.path().to_str().unwrap()], "Cannot locate specified Dockerfile: nope");
 }
 
-/// Every file of an image (path, type, mode, owner, size, link, content
-/// hash; not times) as `moat export` of a container of it writes them.
+/// Every file of an image as `moat export` of a container of it writes them.
 fn rootfs(r: &Root, image: &str) -> BTreeMap<String, String> {
     let id = r.ok(&["create", image, "true"]).trim().to_string();
     let out = r.cmd().args(["export", &id]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     r.ok(&["rm", &id]);
-    let mut files = BTreeMap::new();
-    let mut a = tar::Archive::new(&out.stdout[..]);
-    for e in a.entries().unwrap() {
-        let mut e = e.unwrap();
-        let path = e.path().unwrap().display().to_string().trim_end_matches('/').to_string();
-        let h = e.header().clone();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).unwrap();
-        let link = h.link_name().unwrap().map(|l| l.display().to_string()).unwrap_or_default();
-        let kind = format!("{:?}", h.entry_type());
-        let digest = if data.is_empty() { String::new() } else { sha256_hex(&data)[..12].to_string() };
-        files.insert(
-            path,
-            format!(
-                "{kind} {:o} {}:{} {} {link} {digest}",
-                h.mode().unwrap(),
-                h.uid().unwrap(),
-                h.gid().unwrap(),
-                data.len()
-            ),
-        );
-    }
-    files
+    tar_listing(&out.stdout)
 }
 
 /// The config fields the differential test compares, empty ones absent.
@@ -320,36 +307,6 @@ fn config_fields(v: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
         }
     }
     out
-}
-
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/build-corpus")
-}
-
-/// Copies a corpus entry to a fresh context (and makes the binary files
-/// the Dockerfile needs).
-fn corpus_context(name: &str) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let st = Command::new("cp").arg("-a").arg(corpus_dir().join(name).join(".")).arg(d.path()).status().unwrap();
-    assert!(st.success());
-    if name == "05-add-archive" {
-        let src = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(src.path().join("sub")).unwrap();
-        std::fs::write(src.path().join("a"), "a\n").unwrap();
-        std::fs::write(src.path().join("sub/s"), "s\n").unwrap();
-        for (file, z) in [("archive.tar.gz", "-czf"), ("archive.tar", "-cf")] {
-            let st = Command::new("tar")
-                .args(["--owner=0", "--group=0", "--mtime=@0", "-C"])
-                .arg(src.path())
-                .arg(z)
-                .arg(d.path().join(file))
-                .arg(".")
-                .status()
-                .unwrap();
-            assert!(st.success());
-        }
-    }
-    d
 }
 
 /// Differences between buildah 1.28 and Docker that the comparison allows,
@@ -394,11 +351,7 @@ fn differential_against_buildah_over_the_corpus() {
     let mut c = buildah();
     c.args(["pull", "-q"]).arg(format!("docker-archive:{}", busybox_archive().0.display()));
     run(c, "buildah pull");
-    let mut entries: Vec<String> = std::fs::read_dir(corpus_dir())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    entries.sort();
+    let entries = corpus_entries();
     assert!(entries.len() >= 15, "{entries:?}");
     let mut compared = 0;
     let mut differences = Vec::new();
@@ -579,10 +532,8 @@ fn build_inputs_targets_labels_args_and_urls() {
         r.ok(&["image", "inspect", "--format", "{{json .Config.Labels}}", "stage:build"]),
         "{\"team\":\"infra\"}\n"
     );
-    let o = r.run(&["build", "--target", "nope", c]);
-    assert_fails_one_line(&o, "failed to reach build target nope in Dockerfile");
-    let o = r.run(&["build", "--platform", "linux/arm64", c]);
-    assert_fails_one_line(&o, "cannot build for linux/arm64");
+    fails_with(&r, &["build", "--target", "nope", c], "failed to reach build target nope in Dockerfile");
+    fails_with(&r, &["build", "--platform", "linux/arm64", c], "cannot build for linux/arm64");
     // -f with a path outside the context, and a Dockerfile alone on stdin
     let other = tempfile::tempdir().unwrap();
     let df = other.path().join("Other.dockerfile");
@@ -618,20 +569,21 @@ fn build_inputs_targets_labels_args_and_urls() {
     // ADD of a URL: fetched when the build has a network, refused without
     let url = serve_http("fetched body\n", 1);
     let add = context(&[("Dockerfile", &format!("FROM busybox\nADD {url}/file.txt /dl/\n"))]);
-    let o = r.run(&["build", "--network", "none", add.path().to_str().unwrap()]);
-    assert_fails_one_line(&o, "the build's network is none, so no URL is fetched");
+    fails_with(
+        &r,
+        &["build", "--network", "none", add.path().to_str().unwrap()],
+        "the build's network is none, so no URL is fetched",
+    );
     r.ok(&["build", "-q", "-t", "fetched", add.path().to_str().unwrap()]);
     assert_eq!(r.ok(&["run", "--rm", "fetched", "cat", "/dl/file.txt"]), "fetched body\n");
     assert_eq!(r.ok(&["run", "--rm", "fetched", "stat", "-c", "%a", "/dl/file.txt"]), "600\n");
     // COPY of a path outside the context is refused, a missing one named
     let bad = context(&[("Dockerfile", "FROM busybox\nCOPY ../x /x\n")]);
-    assert_fails_one_line(
-        &r.run(&["build", bad.path().to_str().unwrap()]),
-        "forbidden path outside the build context: ../x",
-    );
+    fails_with(&r, &["build", bad.path().to_str().unwrap()], "forbidden path outside the build context: ../x");
     let bad = context(&[("Dockerfile", "FROM busybox\nCOPY missing /x\n")]);
-    assert_fails_one_line(
-        &r.run(&["build", bad.path().to_str().unwrap()]),
+    fails_with(
+        &r,
+        &["build", bad.path().to_str().unwrap()],
         "file not found in build context or excluded by .dockerignore: stat missing",
     );
 }

@@ -511,7 +511,7 @@ fn cli_conventions_and_validation() {
     fails125(&["run", "--bogus-flag", "busybox"], "unknown flag: --bogus-flag");
     fails125(&["ps", "--bogus"], "unknown flag: --bogus");
     fails125(&["frobnicate"], "not a moat command");
-    fails125(&["build", "."], "moat load");
+    fails125(&["buildx", "build", "."], "moat has no BuildKit");
     // --pull never: an unknown name must not send the test to Docker Hub
     fails125(&["run", "--pull", "never", "nosuchimage"], "No such image");
     fails125(&["run", "--cpus", "NaN", "busybox", "true"], "range of CPUs");

@@ -380,9 +380,10 @@ pub struct SystemDf {
     pub containers: Vec<DfContainer>,
     /// Volumes with their usage.
     pub volumes: Vec<crate::volumes::VolumeView>,
-    /// Always empty: moat has no build cache.
+    /// Always empty: moat's build cache is intermediate images, counted
+    /// under `Images` (Docker's classic builder's way).
     pub build_cache: Vec<serde_json::Value>,
-    /// Bytes of build cache: 0.
+    /// Bytes of BuildKit's build cache: 0.
     pub builder_size: i64,
 }
 

@@ -714,3 +714,67 @@ pub fn http(sock: &Path, method: &str, path: &str, body: Option<&[u8]>) -> (u16,
     }
     (code, ctype, out)
 }
+
+/// Every entry of a tar stream (path, type, mode, owner, size, link, content
+/// hash; never times), by path: two images' files compared as `export`
+/// writes them.
+pub fn tar_listing(bytes: &[u8]) -> std::collections::BTreeMap<String, String> {
+    use std::io::Read;
+    let mut files = std::collections::BTreeMap::new();
+    let mut a = tar::Archive::new(bytes);
+    for e in a.entries().expect("tar entries") {
+        let mut e = e.expect("tar entry");
+        let path = e.path().expect("path").display().to_string().trim_end_matches('/').to_string();
+        let h = e.header().clone();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).expect("read entry");
+        let link = h.link_name().ok().flatten().map(|l| l.display().to_string()).unwrap_or_default();
+        let kind = format!("{:?}", h.entry_type());
+        let digest = if data.is_empty() { String::new() } else { sha256_hex(&data)[..12].to_string() };
+        let (mode, uid, gid) = (h.mode().unwrap_or(0), h.uid().unwrap_or(0), h.gid().unwrap_or(0));
+        files.insert(path, format!("{kind} {mode:o} {uid}:{gid} {} {link} {digest}", data.len()));
+    }
+    files
+}
+
+/// The suite's own Dockerfiles (`tests/data/build-corpus/NAME/`), each
+/// with its context.
+pub fn corpus_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/build-corpus")
+}
+
+/// The corpus entries, in order.
+pub fn corpus_entries() -> Vec<String> {
+    let mut entries: Vec<String> = std::fs::read_dir(corpus_dir())
+        .expect("corpus")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// A corpus entry copied to a fresh context, with the binary files its
+/// Dockerfile needs made (archives for `ADD`).
+pub fn corpus_context(name: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    let st = Command::new("cp").arg("-a").arg(corpus_dir().join(name).join(".")).arg(d.path()).status().expect("cp");
+    assert!(st.success());
+    if name == "05-add-archive" {
+        let src = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(src.path().join("sub")).expect("mkdir");
+        std::fs::write(src.path().join("a"), "a\n").expect("write");
+        std::fs::write(src.path().join("sub/s"), "s\n").expect("write");
+        for (file, z) in [("archive.tar.gz", "-czf"), ("archive.tar", "-cf")] {
+            let st = Command::new("tar")
+                .args(["--owner=0", "--group=0", "--mtime=@0", "-C"])
+                .arg(src.path())
+                .arg(z)
+                .arg(d.path().join(file))
+                .arg(".")
+                .status()
+                .expect("tar");
+            assert!(st.success());
+        }
+    }
+    d
+}
