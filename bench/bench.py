@@ -611,8 +611,8 @@ def main():
                 dict(name="moat build --no-cache (process)", cmd=f"{m} build -q --no-cache --network none {ctx}"),
                 dict(name="moat build --no-cache --isolation=hyperv",
                      cmd=f"{m} build -q --no-cache --network none --isolation=hyperv {ctx}"),
-                dict(name="buildah bud --no-cache (chroot)",
-                     cmd=f"{bh} bud -q --no-cache --isolation chroot {peer} {ctx}"),
+                dict(name="buildah bud --no-cache (runc)",
+                     cmd=f"{bh} bud -q --no-cache --isolation oci {peer} {ctx}"),
                 dict(name="podman build --no-cache (runc)", cmd=f"{pm} build -q --no-cache {peer} {ctx}"),
             ], a.vm_runs)
             out.append(row("build, no cache", rows[0]))
@@ -621,7 +621,7 @@ def main():
             cached = compare([
                 dict(name="moat build (all cached)", cmd=f"{m} build -q --network none {ctx}"),
                 dict(name="buildah bud --layers (all cached)",
-                     cmd=f"{bh} bud -q --layers --isolation chroot {peer} {ctx}"),
+                     cmd=f"{bh} bud -q --layers --isolation oci {peer} {ctx}"),
                 dict(name="podman build (all cached)", cmd=f"{pm} build -q --layers {peer} {ctx}"),
             ], a.runs)
             out.append(row("build, cached", cached[0]))

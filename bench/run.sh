@@ -31,7 +31,7 @@ cleanup() {
       case " $NETNS_BEFORE " in *" $n "*) ;; *) case $n in cni-*) umount -l "/var/run/netns/$n" 2>/dev/null || true; rm -f "/var/run/netns/$n";; esac;; esac
     done
     ip link del mtbench0 2>/dev/null || true
-    grep -o " $CTD/[^ ]*" /proc/self/mountinfo | sort -r | while read -r mp; do umount -l "$mp" 2>/dev/null || true; done
+    { grep -o " $CTD/[^ ]*" /proc/self/mountinfo || true; } | sort -r | while read -r mp; do umount -l "$mp" 2>/dev/null || true; done
   fi
   rm -rf "$WORK"
 }

@@ -9,6 +9,8 @@
 //! plain threads. See `docs/api.md`.
 
 mod create;
+#[cfg(test)]
+mod fuzz;
 mod http;
 mod listen;
 mod routes;

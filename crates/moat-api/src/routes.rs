@@ -28,7 +28,7 @@ async fn engine<T: Send + 'static>(
     }
 }
 
-fn filters(q: &Query) -> Result<Filters> {
+pub(crate) fn filters(q: &Query) -> Result<Filters> {
     match q.get("filters").filter(|f| !f.is_empty()) {
         Some(f) => Filters::from_json(f).map_err(ApiError::from),
         None => Ok(Filters::default()),
@@ -490,7 +490,7 @@ const NOT_A_MANAGER: &str =
 /// dockerd's answer to leaving a swarm it is not part of.
 const NOT_IN_SWARM: &str = "This node is not part of a swarm";
 
-fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
+pub(crate) fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
     let int = |k: &str| -> Result<Option<i64>> {
         match v.get(k) {
             None | Some(serde_json::Value::Null) => Ok(None),
@@ -544,7 +544,7 @@ fn update_request(v: &serde_json::Value) -> Result<moat_engine::UpdateRequest> {
 
 /// Docker's network create body as a [`moat_engine::network::SwitchRequest`]
 /// (strings parsed into addresses; the engine checks the rest).
-fn switch_request(v: &serde_json::Value) -> Result<moat_engine::network::SwitchRequest> {
+pub(crate) fn switch_request(v: &serde_json::Value) -> Result<moat_engine::network::SwitchRequest> {
     let addr = |what: &str, s: &str| -> Result<std::net::IpAddr> {
         s.parse().map_err(|_| ApiError::bad(format!("invalid {what} {s:?}: an IP address expected")))
     };
@@ -626,7 +626,7 @@ fn switch_request(v: &serde_json::Value) -> Result<moat_engine::network::SwitchR
     Ok(req)
 }
 
-fn winsize(q: &Query) -> Result<WinSize> {
+pub(crate) fn winsize(q: &Query) -> Result<WinSize> {
     let h: u16 = q.num("h")?.unwrap_or(0);
     let w: u16 = q.num("w")?.unwrap_or(0);
     if h == 0 || w == 0 {
@@ -642,7 +642,7 @@ fn detach_keys(keys: Option<&str>) -> Result<stream::Escape> {
     Ok(stream::Escape::new(moat_engine::flags::detach_keys(keys)?))
 }
 
-fn exec_spec(v: &serde_json::Value) -> Result<moat_engine::ExecSpec> {
+pub(crate) fn exec_spec(v: &serde_json::Value) -> Result<moat_engine::ExecSpec> {
     let strs = |k: &str| crate::create::strings(v.get(k).unwrap_or(&serde_json::Value::Null), k);
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty()).map(str::to_string);
     let b = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);

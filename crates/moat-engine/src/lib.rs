@@ -60,4 +60,6 @@ pub use engine::{shim_alive, Engine};
 pub use error::{EngineError, ErrorKind};
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

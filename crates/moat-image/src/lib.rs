@@ -14,6 +14,9 @@ pub mod hashing;
 pub mod pack;
 pub mod unpack;
 
+#[cfg(test)]
+mod fuzz;
+
 use chrono::{DateTime, Utc};
 use compress::{decompress, detect, Compression};
 use hashing::HashReader;

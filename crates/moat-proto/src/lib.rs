@@ -8,6 +8,9 @@
 
 pub mod sock;
 
+#[cfg(test)]
+mod fuzz;
+
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 

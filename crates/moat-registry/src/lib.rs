@@ -18,6 +18,9 @@
 pub mod auth;
 pub mod manifest;
 
+#[cfg(test)]
+mod fuzz;
+
 use sha2::{Digest as _, Sha256};
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -34,6 +34,8 @@ mod build;
 mod containers;
 mod events;
 mod format;
+#[cfg(test)]
+mod fuzz;
 mod images;
 mod info;
 mod output;
