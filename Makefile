@@ -15,7 +15,9 @@ COMPOSE_SHA256 := dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd3
 export MOAT_KERNEL_DIR ?= $(CURDIR)/target/vm-kernel
 AGENT := target/agent/x86_64-unknown-linux-gnu/release/moat-agent
 
-.PHONY: all deps build agent kernel lint test demo bench clean install
+.PHONY: all deps build agent kernel lint test soak demo bench clean install
+FUZZ_SEED ?= 20261207
+SOAK_MS ?= 60000
 
 all: build
 
@@ -69,7 +71,14 @@ test: deps lint kernel
 	@# the containerd shim's binary, which tests/containerd.rs puts on containerd's PATH
 	@# (a package's integration tests build only their own package's binaries)
 	cargo build -p moat-containerd
-	cargo nextest run --workspace --no-fail-fast
+	@# fuzz targets (bolero) run 1 s each from a fixed seed here; `make soak` runs them longer from random ones
+	BOLERO_RANDOM_SEED=$(FUZZ_SEED) cargo nextest run --workspace --no-fail-fast
+
+# the fuzz targets for longer (SOAK_MS each), from random seeds: a failure prints its BOLERO_RANDOM_SEED
+soak: deps kernel
+	BOLERO_RANDOM_TEST_TIME_MS=$(SOAK_MS) cargo test --workspace --lib --bins -- fuzz never_panic
+	@# every crash point under several seeds (each prints MOAT_CRASH_SEED)
+	for s in 1 2 3 4 5; do MOAT_CRASH_SEED=$$s cargo nextest run -p moat --test crashpoints || exit 1; done
 
 demo: deps agent
 	cargo build --release -p moat

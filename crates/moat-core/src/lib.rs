@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod containerd;
+pub mod crash;
 pub mod ctr_files;
 pub mod digest;
 pub mod error;

@@ -402,6 +402,7 @@ impl Engine {
             Err(_) => Ignore::default(),
         };
         let ctx = Tree::context(dir.clone(), ignore);
+        moat_core::crash::point("build.context");
         let text = match &req.dockerfile_text {
             Some(t) => t.clone(),
             None => {
@@ -546,6 +547,7 @@ impl Engine {
                 .and_then(|r| r.tagged())
                 .ok_or_else(|| invalid(format!("invalid tag {t:?}")))?;
             self.tag_image(&image.id.to_string(), t)?;
+            moat_core::crash::point("build.tagged");
             line(format!("Successfully tagged {}\n", short_name(&full)));
             tags.push(full);
         }
@@ -1095,6 +1097,7 @@ impl Engine {
             }
         }
         self.images.store_mut().build_cache_put(&key, &id)?;
+        moat_core::crash::point("build.step.cached");
         let img =
             self.images.store().image(&id)?.ok_or_else(|| EngineError::NotFound(format!("image {id} vanished")))?;
         line(format!(" ---> {}\n", img.id.short()));
@@ -1194,6 +1197,7 @@ impl Engine {
         };
         let c = self.create(CreateRequest { name: None, config, networks: Vec::new() })?;
         let id = c.id().to_string();
+        moat_core::crash::point("build.step.container");
         progress(BuildEvent::Line(format!(" ---> Running in {}\n", &id[..12])));
         let result = (|| {
             let (_, mut s) = self.start(&id)?;
@@ -1223,6 +1227,7 @@ impl Engine {
             let c = self.get(&id)?;
             let mut f = tempfile::tempfile_in(&b.scratch).map_err(EngineError::io("create a layer file"))?;
             self.changes_layer(&c, &mut f)?;
+            moat_core::crash::point("build.step.layer");
             f.rewind().map_err(EngineError::io("rewind the layer"))?;
             Ok(self.images.derive(Some(img), Some(&mut f), info)?)
         })();
@@ -1246,6 +1251,7 @@ impl Engine {
         let mut rep = BuildPruneReport::default();
         let ids = self.images.store().build_cache_images()?;
         rep.entries = self.images.store_mut().build_cache_clear()?;
+        moat_core::crash::point("builder.prune.forgotten");
         for id in ids {
             let Some(img) = self.images.store().image(&id)? else { continue };
             if !img.tags.is_empty() || !self.images.store().containers_using(&id)?.is_empty() {

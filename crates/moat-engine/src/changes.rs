@@ -275,6 +275,7 @@ impl Engine {
             let entries = walk(&upper, &layers).map_err(EngineError::io("read the container's changes"))?;
             let mut tar = Vec::new();
             layer_tar(&entries, &mut tar).map_err(EngineError::io("archive the container's changes"))?;
+            moat_core::crash::point("commit.layer");
             let icfg: serde_json::Value = serde_json::from_slice(&image.config).unwrap_or_default();
             let mut config = runtime_config(&c, icfg["config"].get("Volumes").cloned());
             for ch in &req.changes {
@@ -293,6 +294,7 @@ impl Engine {
             let _ = self.pause(c.id(), false);
         }
         let id = result?;
+        moat_core::crash::point("commit.recorded");
         if id != c.row.image_id {
             self.images.store_mut().set_image_parent(&id, &c.row.image_id)?;
         }

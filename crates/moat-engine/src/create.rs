@@ -246,6 +246,7 @@ impl Engine {
             state: serde_json::to_string(&ContainerState::default())
                 .map_err(|e| EngineError::Invalid(e.to_string()))?,
         };
+        moat_core::crash::point("create.validated");
         // a generated name that another create took meanwhile is drawn again
         loop {
             row.name = given.clone().unwrap_or_else(names::generate);
@@ -262,6 +263,7 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
+        moat_core::crash::point("create.recorded");
         // nothing of a failed create stays behind
         let finished = (|| {
             if let Some(sw) = switch {
@@ -281,6 +283,7 @@ impl Engine {
             self.remove_anonymous_volumes(&new_volumes);
             return Err(e);
         }
+        moat_core::crash::point("create.dirs");
         let switches: Vec<String> = cfg.networks.iter().map(|e| e.switch_id.clone()).collect();
         self.refresh_hosts(&switches)?;
         let c = self.get(&id)?;

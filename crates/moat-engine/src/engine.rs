@@ -46,6 +46,9 @@ pub fn shim_alive(layout: &Layout, id: &str) -> bool {
 impl Engine {
     /// Opens the engine described by `options`.
     pub fn open(options: EngineOptions) -> Result<Self, EngineError> {
+        if let Some(p) = &options.crash_point {
+            moat_core::crash::arm(p).map_err(EngineError::Invalid)?;
+        }
         let settings = settings::Settings::load(&options)?;
         let store = Store::open(Layout::new(&options.root))?;
         let layout = store.layout().clone();

@@ -150,6 +150,7 @@ impl Engine {
                 created: Utc::now(),
             },
         )?;
+        moat_core::crash::point("exec.create.recorded");
         crate::events::record(self.store(), crate::events::Event::container("exec_create", &c).attr("execID", &id));
         Ok(id)
     }

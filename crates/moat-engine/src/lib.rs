@@ -12,6 +12,7 @@
 pub mod build;
 pub mod build_context;
 pub mod changes;
+pub mod check;
 pub mod client;
 pub mod config;
 pub mod container;

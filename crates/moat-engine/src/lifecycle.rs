@@ -189,7 +189,9 @@ impl Engine {
             e => EngineError::Start { message: e.to_string(), code: 125 },
         })?;
         plan.write(&self.layout.container(c.id()))?;
+        moat_core::crash::point("start.plan");
         let mut conn = client::spawn_shim(&self.options, &self.layout, c.id())?;
+        moat_core::crash::point("start.spawned");
         match conn.recv_reply()? {
             ShimReply::Started { .. } => {}
             ShimReply::Error { message } => {
@@ -311,6 +313,7 @@ impl Engine {
                 // a shim that is finishing may reset the connection: then it
                 // is stopping anyway, and the lock wait below covers it
                 if conn.send(&ShimRequest::Stop { signal: sig, timeout_secs: timeout }).is_ok() {
+                    moat_core::crash::point("stop.signalled");
                     conn.wait_closed();
                 }
             }
@@ -481,6 +484,7 @@ impl Engine {
             )));
         }
         self.connect(&c)?.request_ok(&ShimRequest::Signal { signal })?;
+        moat_core::crash::point("kill.sent");
         events::record(self.store(), events::Event::container("kill", &c).attr("signal", &signal.to_string()));
         if signal == libc::SIGKILL {
             // like dockerd: a SIGKILL returns once the process is
@@ -540,6 +544,7 @@ impl Engine {
                     )));
                 }
                 self.stop(c.id(), StopOptions { timeout: Some(0), signal: Some(libc::SIGKILL) })?;
+                moat_core::crash::point("rm.stopped");
             }
             let _lock = self.op_lock(c.id())?;
             // under the lock, from the store: a start that held the lock may
@@ -571,7 +576,9 @@ impl Engine {
                 return Err(EngineError::Io(format!("remove {}", dir.display()), e));
             }
         }
+        moat_core::crash::point("rm.files");
         self.store().delete_container(id)?;
+        moat_core::crash::point("rm.unrecorded");
         self.remove_anonymous_volumes(&vols);
         Ok(())
     }
@@ -614,6 +621,7 @@ impl Engine {
             Err(moat_store::StoreError::NameInUse { .. }) => return Err(taken()),
             r => r?,
         }
+        moat_core::crash::point("rename.recorded");
         events::record(self.store(), events::Event::container("rename", &c).attr("oldName", &format!("/{}", c.name())));
         let switches: Vec<String> = c.config.networks.iter().map(|e| e.switch_id.clone()).collect();
         self.refresh_hosts(&switches)?;
@@ -721,6 +729,7 @@ impl Engine {
             c.config.isolation = Some(iso);
             let cfg = c.config.clone();
             self.write_config(c.id(), &cfg)?;
+            moat_core::crash::point("update.isolation");
             c.state.isolation_changed_at = Some(Utc::now());
             let st = c.state.clone();
             self.save_state(c.id(), &st)?;

@@ -295,12 +295,14 @@ impl Engine {
             Err(e) => return Err(e.into()),
         };
         let sw = parse(row)?;
+        moat_core::crash::point("switch.create.recorded");
         if let Err(e) = moat_net::link::ensure_switch_locked(&host_lock, &sw.config) {
             drop(host_lock);
             let _ = moat_net::link::remove_switch(&sw.config);
             let _ = self.images.store_mut().delete_switch(&id);
             return Err(net(e));
         }
+        moat_core::crash::point("switch.create.bridge");
         crate::events::record(self.store(), network_event("create", &sw, None));
         Ok(sw)
     }
@@ -336,7 +338,9 @@ impl Engine {
             )));
         }
         moat_net::link::remove_switch(&s.config).map_err(net)?;
+        moat_core::crash::point("switch.rm.bridge");
         self.images.store_mut().delete_switch(&s.id)?;
+        moat_core::crash::point("switch.rm.unrecorded");
         crate::events::record(self.store(), network_event("destroy", &s, None));
         Ok(s)
     }
@@ -507,6 +511,7 @@ impl Engine {
         let mut cfg = c.config.clone();
         cfg.networks.push(ep);
         self.write_config(c.id(), &cfg)?;
+        moat_core::crash::point("connect.recorded");
         crate::events::record(self.store(), network_event("connect", &sw, Some(c.id())));
         self.refresh_hosts(&[sw.id])
     }

@@ -51,6 +51,10 @@ pub struct EngineOptions {
     /// Most entries in one archive or layer.
     #[serde(default)]
     pub max_unpack_entries: Option<u64>,
+    /// A crash point to arm (`moat_core::crash`: tests kill moat at a named
+    /// step; the binary takes it from `MOAT_CRASHPOINT`). Shims arm it too.
+    #[serde(default)]
+    pub crash_point: Option<String>,
     /// Runs shims on threads of this process (tests with a stub backend,
     /// without root); `None` starts the shim binary.
     #[serde(skip)]

@@ -296,6 +296,7 @@ impl Engine {
         let mut pod = Pod { id: id.clone(), name, created: Utc::now(), config };
         // the store's unique name refuses a clash (atomically, before the infra container exists)
         self.store().insert_pod(&row(&pod)?)?;
+        moat_core::crash::point("pod.create.recorded");
         let infra = self.create(CreateRequest {
             name: Some(format!("{}-infra", &id[..12])),
             config: cfg,
@@ -429,8 +430,10 @@ impl Engine {
         for c in p.containers.iter().rev().filter(|c| c.id() != p.pod.config.infra_id) {
             self.remove(c.id(), force, true)?;
         }
+        moat_core::crash::point("pod.rm.containers");
         // the infra container goes once the pod is no more (see `remove`)
         self.store().delete_pod(&p.pod.id)?;
+        moat_core::crash::point("pod.rm.unrecorded");
         if let Some(infra) = p.infra() {
             self.remove(infra.id(), true, true)?;
         }

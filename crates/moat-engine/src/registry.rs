@@ -244,6 +244,7 @@ impl Engine {
         // cannot start fails as a whole (the API answers an HTTP error then,
         // as dockerd does), one that started reports its error in the stream
         let top = client.manifest(&target, &reference_part)?;
+        moat_core::crash::point("pull.manifest");
         let manifest = match manifest::parse(&top.media_type, &top.bytes)? {
             Parsed::Image(m) => m,
             Parsed::Index(idx) => {
@@ -470,6 +471,7 @@ impl Engine {
         }
         let cfg = img.config.clone();
         let cfg_digest = img.id.clone();
+        moat_core::crash::point("push.layers");
         client.push_blob(&target, &cfg_digest, cfg.len() as u64, None, &mut || {
             Ok(Box::new(std::io::Cursor::new(cfg.clone())))
         })?;

@@ -257,7 +257,9 @@ impl Engine {
         if size.is_some() {
             spec.size = size;
         }
-        self.exec_on(&mut conn, &c, spec).map(|tty| Session::new(conn, tty))
+        let tty = self.exec_on(&mut conn, &c, spec)?;
+        moat_core::crash::point("exec.start.spawned");
+        Ok(Session::new(conn, tty))
     }
 
     /// Runs a process in a running container without an exec record (the

@@ -86,10 +86,20 @@ pub struct PruneSummary {
 }
 
 impl Engine {
-    /// Starts every container whose restart policy wants it running but
+    /// Repairs what crashes left (`system_check`), then starts every
+    /// container whose restart policy wants it running but
     /// whose shim is gone (killed, or the host rebooted): what a daemon
     /// does when it starts. Run at boot by `contrib/moat-boot.service`.
     pub fn boot(&mut self) -> Result<Vec<Booted>, EngineError> {
+        // what a crash (or the reboot) left behind goes first
+        match self.system_check(true) {
+            Ok(rep) => {
+                for f in rep.findings {
+                    tracing::warn!("system check: {}: {}", f.problem, f.repaired.as_deref().unwrap_or("left as it is"));
+                }
+            }
+            Err(e) => tracing::warn!("system check: {e}"),
+        }
         let mut out = Vec::new();
         for c in self.list()? {
             if wants_restart(&c) {

@@ -176,8 +176,10 @@ impl Engine {
         // the directory first: a volume that cannot exist is never recorded
         let existed = self.layout.volume_data(&name).exists();
         self.volume_dir(&name)?;
+        moat_core::crash::point("volume.create.dir");
         match self.store().insert_volume(&row(&name, &cfg)?) {
             Ok(()) => {
+                moat_core::crash::point("volume.create.recorded");
                 events::record(self.store(), events::Event::new("volume", "create", &name).attr("driver", "local"));
             }
             Err(StoreError::NameInUse { .. }) => {}
@@ -244,7 +246,7 @@ impl Engine {
             Err(e) => return Err(EngineError::Io(format!("remove {}", dir.display()), e)),
         };
         match self.store().delete_volume(name) {
-            Ok(_) => {}
+            Ok(_) => moat_core::crash::point("volume.rm.unrecorded"),
             Err(e) => {
                 if was_there {
                     let _ = std::fs::rename(&moved, &dir);

@@ -487,6 +487,7 @@ impl ImageStore {
         let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tmp = TmpDir::new(self.layout(), "load")?;
         let stage = self.stage_archive(r, &tmp)?;
+        moat_core::crash::point("load.staged");
         let images = archive::read(&stage)?;
         let mut out = Vec::new();
         let mut n = 0;
@@ -509,8 +510,10 @@ impl ImageStore {
                 n += 1;
             }
             self.commit_layers(tmp.path(), &done)?;
+            moat_core::crash::point("load.layers");
             let rec = record(&img.config, &head, diff_ids, &sizes, img.tags.clone())?;
             self.store.put_image(&rec, &sizes)?;
+            moat_core::crash::point("load.recorded");
             // an index may name one image several times: report it once
             match out.iter_mut().find(|l: &&mut Loaded| l.id == rec.id) {
                 Some(l) => l.tags.extend(img.tags),
@@ -546,6 +549,7 @@ impl ImageStore {
     ) -> Result<Digest, ImageError> {
         let staged: Vec<(usize, Digest)> = layers.iter().map(|(i, d, _)| (*i, d.clone())).collect();
         self.commit_layers(txn.tmp.path(), &staged)?;
+        moat_core::crash::point("pull.layers");
         let (head, diff_ids) = parse_config(config)?;
         let sizes: Vec<(Digest, u64)> = layers.iter().map(|(_, d, s)| (d.clone(), *s)).collect();
         if diff_ids != sizes.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>() {
@@ -553,6 +557,7 @@ impl ImageStore {
         }
         let rec = record(config, &head, diff_ids, &sizes, tags)?;
         self.store.put_image(&rec, &sizes)?;
+        moat_core::crash::point("pull.recorded");
         if let Some(rd) = repo_digest {
             self.store.add_repo_digest(&rd, &rec.id)?;
         }
@@ -604,6 +609,7 @@ impl ImageStore {
         let _gc = FileLock::shared(&gc_lock(self.layout())).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let tmp = TmpDir::new(self.layout(), "import")?;
         let (diff, size) = self.spool_layer(&tmp, r, "read input")?;
+        moat_core::crash::point("import.spooled");
         let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
         let config = serde_json::json!({
             "architecture": "amd64",
@@ -618,6 +624,7 @@ impl ImageStore {
         let sizes = vec![(diff, size)];
         let rec = record(&raw, &head, diffs, &sizes, tag.into_iter().collect())?;
         self.store.put_image(&rec, &sizes)?;
+        moat_core::crash::point("import.recorded");
         Ok(rec.id)
     }
 
@@ -748,6 +755,7 @@ impl ImageStore {
             .tagged()
             .ok_or_else(|| ImageError::BadArchive(format!("cannot tag with a digest reference {target:?}")))?;
         self.store.tag(&t, &img.id)?;
+        moat_core::crash::point("tag.recorded");
         Ok(())
     }
 
@@ -794,8 +802,10 @@ impl ImageStore {
             self.store.untag(&t)?;
             out.push(ImageDeleteItem::Untagged(t));
         }
+        moat_core::crash::point("rmi.untagged");
         if users.is_empty() {
             self.store.delete_image(&img.id)?;
+            moat_core::crash::point("rmi.deleted");
             out.push(ImageDeleteItem::Deleted(img.id.to_string()));
             self.gc()?;
         }
@@ -808,6 +818,7 @@ impl ImageStore {
         for img in self.store.images()? {
             if (all || img.tags.is_empty()) && self.store.containers_using(&img.id)?.is_empty() {
                 self.store.delete_image(&img.id)?;
+                moat_core::crash::point("image.prune.deleted");
                 rep.deleted.push(img.id);
             }
         }
@@ -824,6 +835,7 @@ impl ImageStore {
             return Ok(0);
         };
         self.store.drop_unreferenced_layers()?;
+        moat_core::crash::point("gc.layers");
         let keep: std::collections::HashSet<String> =
             self.store.layers()?.into_iter().map(|(d, _)| d.hex().to_string()).collect();
         let mut freed = 0;

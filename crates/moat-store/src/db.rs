@@ -503,6 +503,7 @@ impl Store {
     ) -> Result<T, StoreError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
+        moat_core::crash::point("store.commit");
         tx.commit()?;
         Ok(out)
     }

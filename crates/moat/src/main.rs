@@ -341,6 +341,7 @@ fn options(cli: &Cli) -> Result<EngineOptions> {
         // shims and port proxies are this binary
         shim_exe: Some(std::env::current_exe().context("locate the moat binary")?),
         vm_boot_timeout_secs: env_num("MOAT_VM_BOOT_TIMEOUT")?,
+        crash_point: std::env::var("MOAT_CRASHPOINT").ok().filter(|v| !v.is_empty()),
         vm_templates: match std::env::var("MOAT_VM_TEMPLATES").unwrap_or_default().to_ascii_lowercase().as_str() {
             "" | "auto" => None,
             "0" | "off" | "false" | "no" => Some(false),

@@ -1,4 +1,4 @@
-//! `moat system ...`: boot, df, prune, reset.
+//! `moat system ...`: boot, check, df, prune, reset.
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
@@ -11,6 +11,17 @@ pub enum SystemCmd {
     /// Start the containers whose restart policy wants them running but
     /// whose shim is gone (after a reboot, or a killed shim).
     Boot,
+    /// Find what crashed operations left behind (records without files,
+    /// files without records, dead shims, mounts, cgroups, links, VM
+    /// processes, layers); exit 1 when something is found and left.
+    Check {
+        /// Remove or reconcile what is found, and say what was done.
+        #[arg(long)]
+        repair: bool,
+        /// `json` for the findings as JSON.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
     /// Show disk usage.
     Df {
         /// `table` or `json`.
@@ -57,6 +68,27 @@ pub fn run(e: Engine, cmd: SystemCmd) -> Result<i32> {
                 }
             }
             Ok(code)
+        }
+        SystemCmd::Check { repair, format } => {
+            let rep = e.system_check(repair)?;
+            if format == "json" {
+                outln!("{}", serde_json::to_string(&rep)?);
+            } else {
+                for f in &rep.findings {
+                    match &f.repaired {
+                        Some(done) => outln!("{}: {done}", f.problem),
+                        None => outln!("{}", f.problem),
+                    }
+                }
+                let left = rep.unrepaired();
+                outln!(
+                    "{} problem{} found, {} repaired",
+                    rep.findings.len(),
+                    if rep.findings.len() == 1 { "" } else { "s" },
+                    rep.findings.len() - left
+                );
+            }
+            Ok(i32::from(rep.unrepaired() > 0))
         }
         SystemCmd::Df { format, verbose } if verbose && format != "json" => {
             df_verbose(&mut e)?;

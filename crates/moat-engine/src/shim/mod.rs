@@ -207,6 +207,9 @@ pub fn main(id: &str, options_json: &str) -> i32 {
             return 1;
         }
     };
+    if let Some(p) = &opts.crash_point {
+        let _ = moat_core::crash::arm(p);
+    }
     serve(opts, id, first)
 }
 
@@ -415,6 +418,7 @@ impl Shim {
 
     /// Creates the container's main process.
     fn start_main(&mut self) -> Result<u32, EngineError> {
+        moat_core::crash::point("shim.starting");
         let pid = self.backend.start_main(&self.ctx.plan)?;
         self.main_running = true;
         let st = &mut self.ctx.container.state;
@@ -443,6 +447,7 @@ impl Shim {
         }
         self.save_state();
         self.event("start", &[]);
+        moat_core::crash::point("shim.started");
         Ok(pid)
     }
 
@@ -1017,6 +1022,7 @@ impl Shim {
         if !self.ctx.container.state.error.is_empty() {
             die.push(("error", self.ctx.container.state.error.clone()));
         }
+        moat_core::crash::point("shim.exited");
         self.event("die", &die);
         let ids: Vec<(u64, Role)> = self.clients.iter().map(|(i, c)| (*i, c.role)).collect();
         for (cid, role) in ids {

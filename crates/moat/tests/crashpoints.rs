@@ -1,0 +1,293 @@
+//! Crash points (issue #35): every named point of `moat_core::crash::POINTS`
+//! is armed in turn (`MOAT_CRASHPOINT`) while the operation that passes it
+//! runs, so moat is killed with SIGKILL at that exact step. After each kill:
+//! the kill really happened there (the CLI, the shim or `moat serve` died
+//! by SIGKILL — a point no code reaches fails the test), `system check
+//! --repair` leaves nothing behind and a second `system check` finds
+//! nothing, every list still reads, the next operations succeed, and the
+//! root resets with no process of it left (checked by `Root`'s drop).
+//! The order is shuffled by a seed (`MOAT_CRASH_SEED`, printed), which
+//! `make soak` varies.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Output, Stdio};
+
+/// Who dies at a point.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Who {
+    Cli,
+    Shim,
+    Serve,
+}
+
+/// What a point's scenario runs: setup (normal commands), then the command
+/// that passes the point, and who runs that point.
+struct Scenario {
+    setup: Vec<Vec<String>>,
+    run: Vec<String>,
+    who: Who,
+    /// The point's pass to kill at (`name@N`).
+    pass: u32,
+}
+
+fn v(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn scenario(point: &str, reg: &str, ctx: &str, tar: &str, mark: &str) -> Scenario {
+    let s = |setup: &[&[&str]], run: &[&str], who: Who| Scenario {
+        setup: setup.iter().map(|a| v(a)).collect(),
+        run: v(run),
+        who,
+        pass: 1,
+    };
+    // the mark in their environment finds the containers' processes on the host
+    let created: &[&str] = &["create", "--name", "c1", "-e", mark, "--network", "none", "busybox", "sleep", "300"];
+    let running: &[&str] = &["run", "-d", "--name", "c1", "-e", mark, "--network", "none", "busybox", "sleep", "300"];
+    let pushed = format!("{reg}/crash/busybox:1");
+    let tag: &[&str] = &["tag", "busybox", &pushed];
+    let imported = format!("{reg}/crash/imp:1");
+    match point {
+        "create.validated" | "create.recorded" | "create.dirs" => s(&[], created, Who::Cli),
+        "start.plan" | "start.spawned" => s(&[created], &["start", "c1"], Who::Cli),
+        "shim.starting" | "shim.started" => s(&[], running, Who::Shim),
+        "shim.exited" => s(&[], &["run", "--name", "c1", "--network", "none", "busybox", "true"], Who::Shim),
+        "stop.signalled" => s(&[running], &["stop", "-t", "1", "c1"], Who::Cli),
+        "kill.sent" => s(&[running], &["kill", "c1"], Who::Cli),
+        "rm.stopped" => s(&[running], &["rm", "-f", "c1"], Who::Cli),
+        "rm.files" | "rm.unrecorded" => s(&[created], &["rm", "c1"], Who::Cli),
+        "rename.recorded" => s(&[created], &["rename", "c1", "c2"], Who::Cli),
+        "update.isolation" => s(&[created], &["update", "--isolation", "hyperv", "c1"], Who::Cli),
+        "commit.layer" | "commit.recorded" => s(
+            &[&["run", "--name", "c1", "--network", "none", "busybox", "sh", "-c", "echo x > /f"]],
+            &["commit", "c1", "snap:1"],
+            Who::Cli,
+        ),
+        "load.staged" | "load.layers" | "load.recorded" => s(&[], &["load", "-q", "-i", tar], Who::Cli),
+        "import.spooled" | "import.recorded" => s(&[], &["import", tar, "imp:1"], Who::Cli),
+        "tag.recorded" => s(&[], &["tag", "busybox", "b2:1"], Who::Cli),
+        "rmi.untagged" | "rmi.deleted" | "gc.layers" => s(&[&["import", tar, "imp:1"]], &["rmi", "imp:1"], Who::Cli),
+        "image.prune.deleted" => s(&[&["import", tar]], &["image", "prune", "-f"], Who::Cli),
+        // an image the root no longer has (busybox stays for the next run)
+        "pull.manifest" | "pull.layers" | "pull.recorded" => s(
+            &[
+                &["import", tar, "imp:1"],
+                &["tag", "imp:1", &imported],
+                &["push", &imported],
+                &["rmi", &imported],
+                &["rmi", "imp:1"],
+            ],
+            &["pull", "-q", &imported],
+            Who::Cli,
+        ),
+        "push.layers" => s(&[tag], &["push", &pushed], Who::Cli),
+        "volume.create.dir" | "volume.create.recorded" => s(&[], &["volume", "create", "v1"], Who::Cli),
+        "volume.rm.unrecorded" => s(&[&["volume", "create", "v1"]], &["volume", "rm", "v1"], Who::Cli),
+        "switch.create.recorded" | "switch.create.bridge" => {
+            s(&[], &["switch", "create", "--subnet", "10.212.77.0/24", "crashsw"], Who::Cli)
+        }
+        "switch.rm.bridge" | "switch.rm.unrecorded" => {
+            s(&[&["switch", "create", "--subnet", "10.212.77.0/24", "crashsw"]], &["switch", "rm", "crashsw"], Who::Cli)
+        }
+        "connect.recorded" => s(
+            &[
+                &["switch", "create", "--subnet", "10.212.77.0/24", "crashsw"],
+                &["create", "--name", "c1", "busybox", "true"],
+            ],
+            &["switch", "connect", "crashsw", "c1"],
+            Who::Cli,
+        ),
+        "pod.create.recorded" => s(&[], &["pod", "create", "--name", "p1"], Who::Cli),
+        "pod.rm.containers" | "pod.rm.unrecorded" => {
+            s(&[&["pod", "create", "--name", "p1"]], &["pod", "rm", "-f", "p1"], Who::Cli)
+        }
+        "build.context" | "build.step.container" | "build.step.layer" | "build.step.cached" | "build.tagged" => {
+            s(&[], &["build", "-q", "--network", "none", "-t", "built:1", ctx], Who::Cli)
+        }
+        "builder.prune.forgotten" => {
+            s(&[&["build", "-q", "--network", "none", ctx]], &["builder", "prune", "-f"], Who::Cli)
+        }
+        // the third transaction of a create (the record, its endpoints, its config)
+        "store.commit" => Scenario { pass: 2, ..s(&[], created, Who::Cli) },
+        "exec.create.recorded" | "exec.start.spawned" => s(&[running], &[], Who::Serve),
+        other => panic!("crash point {other} has no scenario: add one"),
+    }
+}
+
+/// Host PIDs with `needle` in their environment.
+fn pids_with_env(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if std::fs::read(e.path().join("environ")).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn killed(o: &std::process::ExitStatus) -> bool {
+    o.signal() == Some(9)
+}
+
+/// `moat ARGS` with `point` armed.
+fn armed(r: &Root, point: &str, args: &[String]) -> Output {
+    r.cmd().env("MOAT_CRASHPOINT", point).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap()
+}
+
+/// `moat serve` with `point` armed, driven through an exec; returns how it ended.
+fn armed_serve(r: &Root, point: &str) -> std::process::ExitStatus {
+    let sock = r.path().join("crash.sock");
+    let mut child = r
+        .cmd()
+        .env("MOAT_CRASHPOINT", point)
+        .args(["serve", "--socket"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("moat serve listens", || std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    // the server may die mid-answer: a failed request is expected then
+    let created = std::panic::catch_unwind(|| {
+        http(&sock, "POST", "/containers/c1/exec", Some(br#"{"Cmd":["true"],"AttachStdout":false}"#))
+    });
+    if let Ok((201, _, body)) = created {
+        let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["Id"].as_str().unwrap().to_string();
+        let _ = std::panic::catch_unwind(|| {
+            http(&sock, "POST", &format!("/exec/{id}/start"), Some(br#"{"Detach":true}"#));
+        });
+    }
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            return child.wait().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A small xorshift: the seeded order of the points.
+fn shuffled(mut seed: u64, items: &[&'static str]) -> Vec<&'static str> {
+    let mut v = items.to_vec();
+    for i in (1..v.len()).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+#[test]
+fn kill_at_every_named_point_leaves_a_consistent_root() {
+    let points = moat_core::crash::POINTS;
+    assert!(points.len() >= 50, "{} crash points", points.len());
+    let seed: u64 = std::env::var("MOAT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261207);
+    eprintln!("crash points in the order of MOAT_CRASH_SEED={seed}");
+    let registry = Registry::start();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), "FROM busybox\nRUN echo x > /x\nCMD [\"cat\", \"/x\"]\n").unwrap();
+    let tar = busybox_archive().0.to_str().unwrap().to_string();
+    let mut failures = Vec::new();
+    let mark = format!("CRASHMARK={}", std::process::id());
+    // positive control of the host-side check: a marked container is found
+    {
+        let r = root_with_busybox();
+        r.ok(&["run", "-d", "--name", "m", "-e", &mark, "--network", "none", "busybox", "sleep", "300"]);
+        assert_eq!(pids_with_env(&mark).len(), 1);
+        r.ok(&["rm", "-f", "m"]);
+        assert_eq!(pids_with_env(&mark), Vec::<u32>::new());
+    }
+    for point in shuffled(seed, points) {
+        let r = root_with_busybox();
+        let sc = scenario(point, &registry.addr, ctx.path().to_str().unwrap(), &tar, &mark);
+        for a in &sc.setup {
+            let args: Vec<&str> = a.iter().map(String::as_str).collect();
+            r.ok(&args);
+        }
+        let spec = if sc.pass > 1 { format!("{point}@{}", sc.pass) } else { point.to_string() };
+        // the kill happened, and at this point
+        let died = match sc.who {
+            Who::Cli => {
+                let o = armed(&r, &spec, &sc.run);
+                killed(&o.status).then_some(()).ok_or_else(|| {
+                    format!(
+                        "{point}: `moat {}` was not killed there ({:?}): {}",
+                        sc.run.join(" "),
+                        o.status,
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
+            }
+            Who::Shim => {
+                let o = armed(&r, &spec, &sc.run);
+                // the shim died: its container says so, or the CLI lost it
+                let state = r.ok(&["ps", "-a", "--format", "{{.Names}} {{.Status}}"]);
+                let err = r.run(&["inspect", "--format", "{{.State.Error}}", "c1"]);
+                let said = String::from_utf8_lossy(&err.stdout).contains("shim process died")
+                    || String::from_utf8_lossy(&o.stderr).contains("shim");
+                said.then_some(())
+                    .ok_or_else(|| format!("{point}: the shim did not die there ({:?}); ps: {state}", o.status))
+            }
+            Who::Serve => {
+                let st = armed_serve(&r, &spec);
+                killed(&st).then_some(()).ok_or_else(|| format!("{point}: moat serve was not killed there ({st:?})"))
+            }
+        };
+        if let Err(e) = died {
+            failures.push(e);
+            continue;
+        }
+        // repaired, then clean
+        let rep = r.run(&["system", "check", "--repair"]);
+        if !rep.status.success() {
+            failures.push(format!("{point}: system check --repair left: {}", String::from_utf8_lossy(&rep.stdout)));
+            continue;
+        }
+        let again = r.run(&["system", "check"]);
+        let text = String::from_utf8_lossy(&again.stdout).into_owned();
+        if !again.status.success() || text != "0 problems found, 0 repaired\n" {
+            failures.push(format!(
+                "{point}: after --repair ({}) a second check found: {text}",
+                String::from_utf8_lossy(&rep.stdout).trim()
+            ));
+            continue;
+        }
+        // every list reads; the next operations work
+        for l in [&["ps", "-a"][..], &["images"], &["volume", "ls"], &["switch", "ls"], &["pod", "ls"]] {
+            let o = r.run(l);
+            if !o.status.success() {
+                failures.push(format!("{point}: `moat {}` fails: {}", l.join(" "), String::from_utf8_lossy(&o.stderr)));
+            }
+        }
+        let o = r.run(&["run", "--rm", "--network", "none", "busybox", "echo", "next"]);
+        if String::from_utf8_lossy(&o.stdout) != "next\n" {
+            failures.push(format!("{point}: the next run fails: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+        // what the crashed operation made can be removed again (or was not made)
+        let _ = r.run(&["rm", "-f", "c1", "c2"]);
+        let _ = r.run(&["pod", "rm", "-f", "p1"]);
+        let o = r.run(&["system", "prune", "-a", "-f", "--volumes"]);
+        if !o.status.success() {
+            failures.push(format!("{point}: prune after the crash fails: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+        let _ = r.run(&["switch", "rm", "crashsw"]);
+        // no process of the crashed operation's containers is left on the host
+        let left = pids_with_env(&mark);
+        if !left.is_empty() {
+            failures.push(format!("{point}: container processes left on the host: {left:?}"));
+        }
+        drop(r);
+    }
+    assert!(failures.is_empty(), "MOAT_CRASH_SEED={seed}:\n{}", failures.join("\n"));
+}
