@@ -586,6 +586,52 @@ def main():
         notes.append(f"CRI pod start: moat (process) / runc = {res['moat']['median'] / res['runc']['median']:.2f}x, "
                      f"moat-hyperv / runc = {res['moat-hyperv']['median'] / res['runc']['median']:.2f}x")
 
+    if want("slow"):
+        # the API server while 200 slow clients hold connections: 150
+        # slowloris heads (a header line every second, never ended) and 50
+        # hijacked attach streams nobody reads; `_ping` from 50 keep-alive
+        # clients, before and while they hold (issue #35: p99 <= 100 ms)
+        import socket
+        import tempfile as _tf
+        d = _tf.mkdtemp(prefix="moat-bench-slow.")
+        sock = os.path.join(d, "api.sock")
+        srv = subprocess.Popen([a.moat, "--root", a.root, "serve", "--socket", sock],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        held = []
+        try:
+            for _ in range(200):
+                if os.path.exists(sock):
+                    break
+                time.sleep(0.05)
+            sh(f"{m} run -d --name bslow --network none busybox sleep 100000 </dev/null >/dev/null 2>&1")
+            base, base_rps = ping_load(sock, 50, 100)
+            for i in range(150):
+                c = socket.socket(socket.AF_UNIX)
+                c.connect(sock)
+                c.sendall(b"GET /_ping HTTP/1.1\r\nHost: moat\r\n")
+                held.append(c)
+            for i in range(50):
+                c = socket.socket(socket.AF_UNIX)
+                c.connect(sock)
+                c.sendall(b"POST /containers/bslow/attach?stream=1&stdout=1 HTTP/1.1\r\nHost: moat\r\n"
+                          b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
+                held.append(c)
+            time.sleep(0.5)
+            for c in held[:150]:
+                c.sendall(b"X-Slow: 1\r\n")
+            loaded, loaded_rps = ping_load(sock, 50, 100)
+            notes.append(f"_ping, 50 keep-alive clients x 100, alone: p50 {base[0] * 1000:.2f} ms, p99 {base[1] * 1000:.2f} ms "
+                         f"({base_rps:.0f} req/s); while 150 slowloris heads and 50 unread hijacked attach streams are held: "
+                         f"p50 {loaded[0] * 1000:.2f} ms, p99 {loaded[1] * 1000:.2f} ms ({loaded_rps:.0f} req/s)")
+        finally:
+            for c in held:
+                c.close()
+            sh(f"{m} rm -f bslow", check=False)
+            srv.terminate()
+            srv.wait()
+            import shutil as _sh
+            _sh.rmtree(d, ignore_errors=True)
+
     if want("build"):
         # one small Dockerfile (COPY, RUN, ENV, CMD) built from scratch by
         # each builder (no cache), then again with every step cached; RUN

@@ -122,6 +122,20 @@ impl Ctx {
 pub fn serve(o: ServeOptions) -> Result<(), ServeError> {
     // fail early (a bad root, a bad config) rather than on the first request
     drop(Engine::open(o.engine.clone())?);
+    // like dockerd at its start: repair what a crash left and restart the
+    // containers whose policy wants them running (beside the listeners)
+    let boot_opts = o.engine.clone();
+    std::thread::spawn(move || match Engine::open(boot_opts).and_then(|mut e| e.boot()) {
+        Ok(booted) => {
+            for b in booted {
+                match b.result {
+                    Ok(()) => tracing::info!("restarted {} by its restart policy", b.name),
+                    Err(err) => tracing::warn!("cannot restart {}: {err}", b.name),
+                }
+            }
+        }
+        Err(err) => tracing::warn!("boot: {err}"),
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(256)

@@ -140,8 +140,12 @@ fn armed(r: &Root, point: &str, args: &[String]) -> Output {
     r.cmd().env("MOAT_CRASHPOINT", point).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap()
 }
 
-/// `moat serve` with `point` armed, driven through an exec; returns how it ended.
-fn armed_serve(r: &Root, point: &str) -> std::process::ExitStatus {
+/// An API request: method, path, body.
+type Request<'a> = (&'a str, String, Option<Vec<u8>>);
+
+/// `moat serve` with `point` armed, sent `requests` in turn (the server may
+/// die mid-answer: a failed request is expected then); returns how it ended.
+fn armed_serve(r: &Root, point: &str, requests: &[Request]) -> std::process::ExitStatus {
     let sock = r.path().join("crash.sock");
     let mut child = r
         .cmd()
@@ -153,15 +157,19 @@ fn armed_serve(r: &Root, point: &str) -> std::process::ExitStatus {
         .spawn()
         .unwrap();
     eventually("moat serve listens", || std::os::unix::net::UnixStream::connect(&sock).is_ok());
-    // the server may die mid-answer: a failed request is expected then
-    let created = std::panic::catch_unwind(|| {
-        http(&sock, "POST", "/containers/c1/exec", Some(br#"{"Cmd":["true"],"AttachStdout":false}"#))
-    });
-    if let Ok((201, _, body)) = created {
-        let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["Id"].as_str().unwrap().to_string();
-        let _ = std::panic::catch_unwind(|| {
-            http(&sock, "POST", &format!("/exec/{id}/start"), Some(br#"{"Detach":true}"#));
-        });
+    let mut prev: Option<serde_json::Value> = None;
+    for (method, path, body) in requests {
+        // `{ID}` is the ID the previous answer gave (an exec's)
+        let path = match prev.as_ref().and_then(|v| v["Id"].as_str()) {
+            Some(id) => path.replace("{ID}", id),
+            None => path.clone(),
+        };
+        let sock = sock.clone();
+        let (m, b) = (method.to_string(), body.clone());
+        match std::panic::catch_unwind(move || http(&sock, &m, &path, b.as_deref())) {
+            Ok((_, _, answer)) => prev = serde_json::from_slice(&answer).ok(),
+            Err(_) => break,
+        }
     }
     let t0 = std::time::Instant::now();
     loop {
@@ -240,7 +248,11 @@ fn kill_at_every_named_point_leaves_a_consistent_root() {
                     .ok_or_else(|| format!("{point}: the shim did not die there ({:?}); ps: {state}", o.status))
             }
             Who::Serve => {
-                let st = armed_serve(&r, &spec);
+                let exec = [
+                    ("POST", "/containers/c1/exec".to_string(), Some(br#"{"Cmd":["true"]}"#.to_vec())),
+                    ("POST", "/exec/{ID}/start".to_string(), Some(br#"{"Detach":true}"#.to_vec())),
+                ];
+                let st = armed_serve(&r, &spec, &exec);
                 killed(&st).then_some(()).ok_or_else(|| format!("{point}: moat serve was not killed there ({st:?})"))
             }
         };
@@ -288,6 +300,64 @@ fn kill_at_every_named_point_leaves_a_consistent_root() {
             failures.push(format!("{point}: container processes left on the host: {left:?}"));
         }
         drop(r);
+    }
+    // moat serve killed mid-request at the steps of create, start, load,
+    // pull and build: the server dies there, the root stays consistent
+    let ctx_tar =
+        std::process::Command::new("tar").arg("-C").arg(ctx.path()).args(["-cf", "-", "."]).output().unwrap().stdout;
+    let imported = format!("{}/crash/imp:1", registry.addr);
+    let served: Vec<(&str, Vec<Vec<String>>, Request)> = vec![
+        (
+            "create.recorded",
+            vec![],
+            ("POST", "/containers/create?name=c1".into(), Some(br#"{"Image":"busybox","Cmd":["true"]}"#.to_vec())),
+        ),
+        (
+            "start.spawned",
+            vec![v(&["create", "--name", "c1", "--network", "none", "busybox", "sleep", "300"])],
+            ("POST", "/containers/c1/start".into(), None),
+        ),
+        ("load.layers", vec![], ("POST", "/images/load".into(), Some(std::fs::read(&tar).unwrap()))),
+        (
+            "pull.layers",
+            vec![
+                v(&["import", &tar, "imp:1"]),
+                v(&["tag", "imp:1", &imported]),
+                v(&["push", &imported]),
+                v(&["rmi", &imported]),
+                v(&["rmi", "imp:1"]),
+            ],
+            ("POST", format!("/images/create?fromImage={}/crash/imp&tag=1", registry.addr), None),
+        ),
+        ("build.step.layer", vec![], ("POST", "/build?t=built:1&networkmode=none".into(), Some(ctx_tar))),
+    ];
+    for (point, setup, req) in served {
+        let r = root_with_busybox();
+        for a in &setup {
+            let args: Vec<&str> = a.iter().map(String::as_str).collect();
+            r.ok(&args);
+        }
+        let st = armed_serve(&r, point, &[req]);
+        if !killed(&st) {
+            failures.push(format!("serve: {point}: moat serve was not killed there ({st:?})"));
+            continue;
+        }
+        let rep = r.run(&["system", "check", "--repair"]);
+        let again = r.run(&["system", "check"]);
+        if !rep.status.success() || String::from_utf8_lossy(&again.stdout) != "0 problems found, 0 repaired\n" {
+            failures.push(format!("serve: {point}: system check: {}", String::from_utf8_lossy(&again.stdout)));
+        }
+        let o = r.run(&["run", "--rm", "--network", "none", "busybox", "echo", "next"]);
+        if String::from_utf8_lossy(&o.stdout) != "next\n" {
+            failures.push(format!("serve: {point}: the next run fails: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+        // a new server serves
+        let api = ApiServer::start(&r);
+        if api.ok(&["ps", "-a", "-q"]).lines().count() > 1 {
+            failures.push(format!("serve: {point}: unexpected containers"));
+        }
+        drop(api);
+        let _ = r.run(&["rm", "-f", "c1"]);
     }
     assert!(failures.is_empty(), "MOAT_CRASH_SEED={seed}:\n{}", failures.join("\n"));
 }
