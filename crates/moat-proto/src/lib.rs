@@ -166,6 +166,18 @@ impl Decoder {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Whether [`Decoder::next_frame`] has something to say without more
+    /// bytes: a whole frame, or a header it refuses.
+    pub fn has_frame(&self) -> bool {
+        if self.buf.len() < HEADER {
+            return false;
+        }
+        match parse_header(&self.buf[..HEADER]) {
+            Ok((_, _, len)) => self.buf.len() >= HEADER + len,
+            Err(_) => true,
+        }
+    }
+
     /// The next complete frame, if one is buffered.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtoError> {
         if self.buf.len() < HEADER {

@@ -421,6 +421,23 @@ impl Vm {
             Err(_) => return out,
             Ok(n) => dec.push(&buf[..n]),
         }
+        out.extend(self.drain_frames());
+        out
+    }
+
+    /// Whether frames the agent sent are decoded but not yet handled (a
+    /// start's wait takes its answer and leaves what came with it).
+    fn frames_buffered(&self) -> bool {
+        match (self.link.as_ref(), self.member.as_ref()) {
+            (Some(l), _) => l.dec.has_frame(),
+            (None, Some(m)) => m.dec.has_frame(),
+            (None, None) => false,
+        }
+    }
+
+    /// Handles every frame already received from the agent.
+    fn drain_frames(&mut self) -> Vec<BackendEvent> {
+        let mut out = Vec::new();
         loop {
             let next = match (self.link.as_mut(), self.member.as_mut()) {
                 (Some(l), _) => l.dec.next_frame(),
@@ -880,13 +897,16 @@ impl Backend for Vm {
     }
 
     fn deadline(&self) -> Option<Instant> {
+        if self.frames_buffered() {
+            return Some(Instant::now());
+        }
         let q = self.queries.values().map(|(_, d)| *d);
         let p = self.pending.values().map(|(d, _)| *d);
         [self.hard_deadline, self.fs_gone_at, self.console_check].into_iter().flatten().chain(q).chain(p).min()
     }
 
     fn timers(&mut self, now: Instant) -> Vec<BackendEvent> {
-        let mut out = Vec::new();
+        let mut out = self.drain_frames();
         if self.console_check.is_some_and(|d| d <= now) {
             self.console_check = self.link.as_ref().map(|l| {
                 if let Err(e) = rotate_console(&l.console) {
