@@ -242,12 +242,26 @@ fn archive_reader<R: Read>(r: R, keep_owners: bool) -> tar::Archive<R> {
     a
 }
 
+/// A failed unpack: a full disk says so (the tar crate's error hides the
+/// cause in its chain), anything else is the archive's fault.
+fn unpack_error(dir: &Path, e: std::io::Error) -> EngineError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()) == Some(libc::ENOSPC) {
+            return EngineError::Io(
+                format!("cannot unpack the archive into {}", dir.display()),
+                std::io::Error::from_raw_os_error(libc::ENOSPC),
+            );
+        }
+        cur = err.source();
+    }
+    EngineError::Invalid(format!("cannot unpack the archive into {}: {e}", dir.display()))
+}
+
 /// Unpacks a tar stream into the existing directory `dir`.
 fn unpack(r: impl Read, dir: &Path, keep_owners: bool) -> Result<(), EngineError> {
     extraction_point(dir)?;
-    archive_reader(r, keep_owners)
-        .unpack(dir)
-        .map_err(|e| EngineError::Invalid(format!("cannot unpack the archive into {}: {e}", dir.display())))
+    archive_reader(r, keep_owners).unpack(dir).map_err(|e| unpack_error(dir, e))
 }
 
 /// A private directory beside a host destination where a copy from a
@@ -280,8 +294,7 @@ impl Drop for Stage {
 fn unpack_to_host(r: impl Read, dir: &Path, archive: bool) -> Result<(), EngineError> {
     extraction_point(dir)?;
     let stage = Stage::new(dir)?;
-    let bad =
-        |e: std::io::Error| EngineError::Invalid(format!("cannot unpack the archive into {}: {e}", dir.display()));
+    let bad = |e: std::io::Error| unpack_error(dir, e);
     let mut a = archive_reader(r, archive);
     for e in a.entries().map_err(bad)? {
         let mut e = e.map_err(bad)?;
