@@ -168,6 +168,18 @@ impl Engine {
                 found(format!("container {} ({}): its QEMU (pid {pid}) still runs", c.name(), &id[..12]), fix);
             }
         }
+        // switches whose bridge is gone (a create cut short, a host reboot)
+        for sw in self.switches()? {
+            if Path::new("/sys/class/net").join(&sw.config.bridge).exists() {
+                continue;
+            }
+            let fix = repair.then(|| {
+                moat_net::link::ensure_switch(&sw.config)
+                    .map(|_| "made it again".to_string())
+                    .map_err(|e| e.to_string())
+            });
+            found(format!("switch {}: its bridge {} is missing", sw.name, sw.config.bridge), fix);
+        }
         // images whose layers are missing; layers and blobs no image needs
         let known: std::collections::HashSet<String> =
             self.images.store().layers()?.into_iter().map(|(d, _)| d.hex().to_string()).collect();
