@@ -1079,6 +1079,26 @@ async fn import(ctx: &Arc<Ctx>, q: &Query, req: Request<Incoming>) -> Result<Res
 /// (chunked, as docker-py reads them); a bad archive is the stream's
 /// `errorDetail`, which docker-py raises as `ImageLoadError`.
 async fn load(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Result<Resp> {
+    spooled_stream(ctx, req, "archive", |e, f, send| {
+        for line in e.load_images(f)?.iter().flat_map(|l| l.report()) {
+            send(j!({ "stream": format!("{line}\n") }));
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The request's body spooled to a file, then `f` on a blocking thread with
+/// that file and a sender of JSON lines; its error is the stream's last
+/// line (`errorDetail`), as dockerd sends it.
+async fn spooled_stream(
+    ctx: &Arc<Ctx>,
+    req: Request<Incoming>,
+    what: &'static str,
+    f: impl FnOnce(&mut Engine, std::fs::File, &(dyn Fn(serde_json::Value) + Sync)) -> std::result::Result<(), EngineError>
+        + Send
+        + 'static,
+) -> Result<Resp> {
     let file = spool(ctx, req.into_body()).await?;
     let (tx, resp) = http::streaming(200, "application/json");
     let ctx = ctx.clone();
@@ -1086,17 +1106,13 @@ async fn load(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Result<Resp> {
         let send = |v: serde_json::Value| {
             let _ = tx.blocking_send(Bytes::from(format!("{v}\n")));
         };
-        let loaded = ctx.open().and_then(|mut e| {
-            let f = std::fs::File::open(file.path()).map_err(EngineError::io("read the spooled archive"))?;
-            e.load_images(f)
+        let r = ctx.open().and_then(|mut e| {
+            let spooled =
+                std::fs::File::open(file.path()).map_err(EngineError::io(format!("read the spooled {what}")))?;
+            f(&mut e, spooled, &send)
         });
-        match loaded {
-            Ok(loaded) => {
-                for line in loaded.iter().flat_map(|l| l.report()) {
-                    send(j!({ "stream": format!("{line}\n") }));
-                }
-            }
-            Err(e) => send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() })),
+        if let Err(e) = r {
+            send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() }));
         }
     });
     Ok(resp)
@@ -1137,52 +1153,39 @@ async fn build(ctx: &Arc<Ctx>, q: &Query, req: Request<Incoming>) -> Result<Resp
         q.get("platform").filter(|p| !p.is_empty()).map(str::to_string),
     );
     let auth = registry_auth(&req)?;
-    let file = spool(ctx, req.into_body()).await?;
-    let (tx, resp) = http::streaming(200, "application/json");
-    let ctx = ctx.clone();
-    tokio::task::spawn_blocking(move || {
-        let send = |v: serde_json::Value| {
-            let _ = tx.blocking_send(Bytes::from(format!("{v}\n")));
-        };
+    spooled_stream(ctx, req, "context", move |e, f, send| {
         let (tags, dockerfile, target, no_cache, pull, rm, force_rm, network, platform) = o;
-        let r = ctx.open().and_then(|mut e| {
-            let f = std::fs::File::open(file.path()).map_err(EngineError::io("read the spooled context"))?;
-            let mut req = BuildRequest::new(ContextSource::Tar(Box::new(f)));
-            req.dockerfile = dockerfile;
-            req.tags = tags;
-            req.build_args = build_args;
-            req.labels = labels;
-            req.target = target;
-            req.no_cache = no_cache;
-            req.pull = pull;
-            req.remove = rm;
-            req.force_remove = force_rm;
-            req.network = network;
-            req.platform = platform;
-            req.isolation = isolation;
-            req.pull_options.auth = auth;
-            let progress = |ev: BuildEvent| {
-                if quiet {
-                    return;
-                }
-                match ev {
-                    BuildEvent::Line(l) => send(j!({ "stream": l })),
-                    BuildEvent::Output(d) => send(j!({ "stream": String::from_utf8_lossy(&d) })),
-                }
-            };
-            e.build(req, &progress)
-        });
-        match r {
-            Ok(b) => {
-                send(j!({ "aux": { "ID": b.id.to_string() } }));
-                if quiet {
-                    send(j!({ "stream": format!("{}\n", b.id) }));
-                }
+        let mut req = BuildRequest::new(ContextSource::Tar(Box::new(f)));
+        req.dockerfile = dockerfile;
+        req.tags = tags;
+        req.build_args = build_args;
+        req.labels = labels;
+        req.target = target;
+        req.no_cache = no_cache;
+        req.pull = pull;
+        req.remove = rm;
+        req.force_remove = force_rm;
+        req.network = network;
+        req.platform = platform;
+        req.isolation = isolation;
+        req.pull_options.auth = auth;
+        let progress = |ev: BuildEvent| {
+            if quiet {
+                return;
             }
-            Err(e) => send(j!({ "errorDetail": { "message": e.to_string() }, "error": e.to_string() })),
+            match ev {
+                BuildEvent::Line(l) => send(j!({ "stream": l })),
+                BuildEvent::Output(d) => send(j!({ "stream": String::from_utf8_lossy(&d) })),
+            }
+        };
+        let b = e.build(req, &progress)?;
+        send(j!({ "aux": { "ID": b.id.to_string() } }));
+        if quiet {
+            send(j!({ "stream": format!("{}\n", b.id) }));
         }
-    });
-    Ok(resp)
+        Ok(())
+    })
+    .await
 }
 
 /// `images/create?fromImage=..&tag=..`: a pull, its progress as Docker's JSON lines.

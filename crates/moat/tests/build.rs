@@ -59,18 +59,6 @@ fn fails_with(r: &Root, args: &[&str], msg: &str) {
     assert!(err.contains(msg), "{args:?}: {err}");
 }
 
-/// Host PIDs with `needle` in their environment.
-fn pids_with_env(needle: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if std::fs::read(e.path().join("environ")).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// `out` with every 12-hex-digit word as `<id>`.
 fn masked(out: &str) -> String {
     let mut s = String::new();
@@ -277,20 +265,7 @@ fn rootfs(r: &Root, image: &str) -> BTreeMap<String, String> {
 /// The config fields the differential test compares, empty ones absent.
 fn config_fields(v: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
     let mut out = BTreeMap::new();
-    for k in [
-        "Env",
-        "Cmd",
-        "Entrypoint",
-        "WorkingDir",
-        "User",
-        "ExposedPorts",
-        "Volumes",
-        "Labels",
-        "StopSignal",
-        "Healthcheck",
-        "OnBuild",
-        "Shell",
-    ] {
+    for k in BUILD_CONFIG_FIELDS.iter().copied() {
         let mut x = v.get(k).cloned().unwrap_or(serde_json::Value::Null);
         if let Some(m) = x.as_object_mut() {
             m.remove("io.buildah.version");

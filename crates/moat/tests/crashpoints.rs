@@ -119,18 +119,6 @@ fn scenario(point: &str, reg: &str, ctx: &str, tar: &str, mark: &str) -> Scenari
     }
 }
 
-/// Host PIDs with `needle` in their environment.
-fn pids_with_env(needle: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        if std::fs::read(e.path().join("environ")).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 fn killed(o: &std::process::ExitStatus) -> bool {
     o.signal() == Some(9)
 }

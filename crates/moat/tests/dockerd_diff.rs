@@ -740,21 +740,7 @@ fn classic_builds_match_dockerd() {
         let cfg = ["image", "inspect", "--format", "{{json .Config}}", &tag];
         let (cm, cd): (Value, Value) =
             (serde_json::from_slice(&moat(&cfg)).unwrap(), serde_json::from_slice(&docker(&cfg)).unwrap());
-        for k in [
-            "Env",
-            "Cmd",
-            "Entrypoint",
-            "WorkingDir",
-            "User",
-            "ExposedPorts",
-            "Volumes",
-            "Labels",
-            "StopSignal",
-            "Healthcheck",
-            "OnBuild",
-            "Shell",
-            "ArgsEscaped",
-        ] {
+        for k in BUILD_CONFIG_FIELDS.iter().copied().chain(["ArgsEscaped"]) {
             if cm.get(k) != cd.get(k) {
                 lines.insert(format!(
                     "{entry} config {k}: moat {} dockerd {}",

@@ -778,3 +778,32 @@ pub fn corpus_context(name: &str) -> tempfile::TempDir {
     }
     d
 }
+
+/// Host PIDs with `needle` in their environment (a marker given to a
+/// container with `-e` finds its processes on the host).
+pub fn pids_with_env(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if std::fs::read(e.path().join("environ")).is_ok_and(|b| String::from_utf8_lossy(&b).contains(needle)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The image config fields a built image is compared by.
+pub const BUILD_CONFIG_FIELDS: &[&str] = &[
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "WorkingDir",
+    "User",
+    "ExposedPorts",
+    "Volumes",
+    "Labels",
+    "StopSignal",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+];
