@@ -426,8 +426,13 @@ impl Vm {
     }
 
     /// Whether frames the agent sent are decoded but not yet handled (a
-    /// start's wait takes its answer and leaves what came with it).
+    /// start's wait takes its answer and leaves what came with it). Not
+    /// while the boot's `Create` awaits `start_main`: its answer is that
+    /// wait's to take.
     fn frames_buffered(&self) -> bool {
+        if self.create_sent {
+            return false;
+        }
         match (self.link.as_ref(), self.member.as_ref()) {
             (Some(l), _) => l.dec.has_frame(),
             (None, Some(m)) => m.dec.has_frame(),
@@ -906,7 +911,7 @@ impl Backend for Vm {
     }
 
     fn timers(&mut self, now: Instant) -> Vec<BackendEvent> {
-        let mut out = self.drain_frames();
+        let mut out = if self.frames_buffered() { self.drain_frames() } else { Vec::new() };
         if self.console_check.is_some_and(|d| d <= now) {
             self.console_check = self.link.as_ref().map(|l| {
                 if let Err(e) = rotate_console(&l.console) {
