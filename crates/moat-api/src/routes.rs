@@ -1128,47 +1128,35 @@ async fn build(ctx: &Arc<Ctx>, q: &Query, req: Request<Incoming>) -> Result<Resp
             "remote build contexts (git and URLs) are not supported: send the context as the request body",
         ));
     }
+    let opt = |k: &str| q.get(k).filter(|v| !v.is_empty()).map(str::to_string);
     let map = |k: &str| -> Result<std::collections::BTreeMap<String, Option<String>>> {
-        match q.get(k).filter(|v| !v.is_empty()) {
-            Some(v) => serde_json::from_str(v).map_err(|e| ApiError::bad(format!("invalid {k}: {e}"))),
+        match opt(k) {
+            Some(v) => serde_json::from_str(&v).map_err(|e| ApiError::bad(format!("invalid {k}: {e}"))),
             None => Ok(Default::default()),
         }
     };
-    let build_args = map("buildargs")?;
-    let labels = map("labels")?.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
-    let isolation = match q.get("isolation").filter(|i| !i.is_empty()) {
-        Some(i) => moat_engine::flags::isolation(i)?,
+    // the spooled body becomes the context once it is all here
+    let mut build_req = BuildRequest::new(ContextSource::Tar(Box::new(std::io::empty())));
+    build_req.build_args = map("buildargs")?;
+    build_req.labels = map("labels")?.into_iter().map(|(k, v)| (k, v.unwrap_or_default())).collect();
+    build_req.isolation = match opt("isolation") {
+        Some(i) => moat_engine::flags::isolation(&i)?,
         None => None,
     };
+    build_req.tags = q.all("t").into_iter().map(str::to_string).collect();
+    build_req.dockerfile = opt("dockerfile");
+    build_req.target = opt("target");
+    build_req.no_cache = q.bool("nocache", false)?;
+    build_req.pull = q.bool("pull", false)?;
+    build_req.remove = q.bool("rm", true)?;
+    build_req.force_remove = q.bool("forcerm", false)?;
+    build_req.network = opt("networkmode");
+    build_req.platform = opt("platform");
+    build_req.pull_options.auth = registry_auth(&req)?;
     let quiet = q.bool("q", false)?;
-    let o = (
-        q.all("t").into_iter().map(str::to_string).collect::<Vec<_>>(),
-        q.get("dockerfile").filter(|d| !d.is_empty()).map(str::to_string),
-        q.get("target").filter(|t| !t.is_empty()).map(str::to_string),
-        q.bool("nocache", false)?,
-        q.bool("pull", false)?,
-        q.bool("rm", true)?,
-        q.bool("forcerm", false)?,
-        q.get("networkmode").filter(|n| !n.is_empty()).map(str::to_string),
-        q.get("platform").filter(|p| !p.is_empty()).map(str::to_string),
-    );
-    let auth = registry_auth(&req)?;
     spooled_stream(ctx, req, "context", move |e, f, send| {
-        let (tags, dockerfile, target, no_cache, pull, rm, force_rm, network, platform) = o;
-        let mut req = BuildRequest::new(ContextSource::Tar(Box::new(f)));
-        req.dockerfile = dockerfile;
-        req.tags = tags;
-        req.build_args = build_args;
-        req.labels = labels;
-        req.target = target;
-        req.no_cache = no_cache;
-        req.pull = pull;
-        req.remove = rm;
-        req.force_remove = force_rm;
-        req.network = network;
-        req.platform = platform;
-        req.isolation = isolation;
-        req.pull_options.auth = auth;
+        let mut req = build_req;
+        req.context = ContextSource::Tar(Box::new(f));
         let progress = |ev: BuildEvent| {
             if quiet {
                 return;

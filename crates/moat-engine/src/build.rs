@@ -24,6 +24,8 @@ use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+pub use moat_image::compress::looks_like_archive;
+
 /// Where the context comes from.
 pub enum ContextSource {
     /// A directory on this host (the CLI's `moat build DIR`).
@@ -351,12 +353,7 @@ fn is_archive(f: &Path) -> bool {
     let mut head = [0u8; 262];
     let Ok(mut file) = open_nofollow(f) else { return false };
     let n = file.read(&mut head).unwrap_or(0);
-    let h = &head[..n];
-    h.starts_with(&[0x1f, 0x8b])
-        || h.starts_with(b"BZh")
-        || h.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
-        || h.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
-        || (n >= 262 && &h[257..262] == b"ustar")
+    moat_image::compress::looks_like_archive(&head[..n])
 }
 
 impl Engine {
@@ -507,11 +504,8 @@ impl Engine {
                         .map_err(|e| step_err(&step, invalid(format!("ONBUILD trigger {t:?}: {e}"))))?;
                     self.step(&mut b, &trig, progress).map_err(|e| step_err(&format!("{step}, trigger {t}"), e))?;
                 }
-                if b.stages.last().is_some_and(|s| s.image.is_some()) {
-                    if let Some(s) = b.stages.last() {
-                        let id = s.image.as_ref().map(|i| i.id.short().to_string()).unwrap_or_default();
-                        line(format!(" ---> {id}\n"));
-                    }
+                if let Some(img) = b.stages.last().and_then(|s| s.image.as_ref()) {
+                    line(format!(" ---> {}\n", img.id.short()));
                 }
             }
         }
@@ -542,13 +536,12 @@ impl Engine {
         line(format!("Successfully built {}\n", image.id.short()));
         let mut tags = Vec::new();
         for t in &req.tags {
-            let full = moat_core::ImageRef::parse(t)
-                .ok()
-                .and_then(|r| r.tagged())
-                .ok_or_else(|| invalid(format!("invalid tag {t:?}")))?;
+            let r = moat_core::ImageRef::parse(t).map_err(|e| invalid(format!("invalid tag {t:?}: {e}")))?;
+            let full = r.tagged().ok_or_else(|| invalid(format!("invalid tag {t:?}")))?;
             self.tag_image(&image.id.to_string(), t)?;
             moat_core::crash::point("build.tagged");
-            line(format!("Successfully tagged {}\n", short_name(&full)));
+            // the name as Docker shows it (`busybox:latest`, not `docker.io/library/...`)
+            line(format!("Successfully tagged {r}\n"));
             tags.push(full);
         }
         drop(scratch);
@@ -624,20 +617,13 @@ impl Engine {
             }
             "ENV" => {
                 let pairs = moat_dockerfile::name_values(&ins.rest, "ENV", false, escape).map_err(invalid)?;
-                let mut shown = Vec::new();
                 // every value sees the environment before this instruction
-                let before = Stage {
-                    name: None,
-                    image: None,
-                    config: stage.config.clone(),
-                    author: None,
-                    args: stage.args.clone(),
-                    shell: Vec::new(),
-                    cmd_set: false,
-                };
+                let pairs = pairs
+                    .into_iter()
+                    .map(|(k, v)| Ok((expand(&k, stage)?, expand(&v.unwrap_or_default(), stage)?)))
+                    .collect::<Result<Vec<_>, EngineError>>()?;
+                let mut shown = Vec::new();
                 for (k, v) in pairs {
-                    let k = expand(&k, &before)?;
-                    let v = expand(&v.unwrap_or_default(), &before)?;
                     shown.push(format!("{k}={v}"));
                     stage.set_env(&k, &v);
                 }
@@ -1283,10 +1269,6 @@ fn escapes(s: &str) -> bool {
         }
     }
     false
-}
-
-fn short_name(full: &str) -> String {
-    full.strip_prefix("docker.io/library/").or_else(|| full.strip_prefix("docker.io/")).unwrap_or(full).to_string()
 }
 
 /// Adds a source's identity to a step's key: path, type, mode, owner,

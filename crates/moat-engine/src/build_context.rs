@@ -107,11 +107,13 @@ pub struct Tree {
     ignore: Ignore,
 }
 
-fn is_whiteout(m: &std::fs::Metadata) -> bool {
+/// An overlayfs whiteout (a 0:0 character device).
+pub(crate) fn is_whiteout(m: &std::fs::Metadata) -> bool {
     m.file_type().is_char_device() && m.rdev() == 0
 }
 
-fn is_opaque(p: &Path) -> bool {
+/// An overlayfs opaque directory (hides the layers below it).
+pub(crate) fn is_opaque(p: &Path) -> bool {
     matches!(rustix::fs::lgetxattr(p, "trusted.overlay.opaque", &mut [0u8; 4]), Ok(1))
 }
 

@@ -10,8 +10,8 @@
 //! the same walk into an OCI layer (`.wh.` files, `.wh..wh..opq`) and adds
 //! it to the image with the container's configuration.
 
+use crate::build_context::{is_opaque, is_whiteout};
 use crate::{Container, Engine, EngineError};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Paths the runtime makes in every container; never changes.
@@ -69,14 +69,6 @@ struct Entry {
     is_dir: bool,
     /// An overlayfs opaque directory (hides the image's content below it).
     opaque: bool,
-}
-
-fn is_whiteout(m: &std::fs::Metadata) -> bool {
-    m.file_type().is_char_device() && m.rdev() == 0
-}
-
-fn is_opaque(p: &Path) -> bool {
-    matches!(rustix::fs::lgetxattr(p, "trusted.overlay.opaque", &mut [0u8; 4]), Ok(1))
 }
 
 /// True when `rel` is in the image (the layers, top first, with their whiteouts).

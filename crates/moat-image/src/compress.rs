@@ -36,6 +36,19 @@ pub fn detect<R: BufRead>(r: &mut R) -> Result<Compression, CompressError> {
     })
 }
 
+/// Whether `head` (the first 262 bytes, or all there are) starts an
+/// archive: a tar, or a compressed stream (also one `decompress` refuses,
+/// so that it can say why).
+pub fn looks_like_archive(head: &[u8]) -> bool {
+    matches!(
+        head,
+        [0x1f, 0x8b, ..]
+            | [0x28, 0xb5, 0x2f, 0xfd, ..]
+            | [b'B', b'Z', b'h', ..]
+            | [0xfd, b'7', b'z', b'X', b'Z', 0, ..]
+    ) || head.get(257..262) == Some(b"ustar".as_slice())
+}
+
 /// Wraps `r` in the decompressor its first bytes call for.
 pub fn decompress<'a, R: Read + 'a>(r: R) -> Result<Box<dyn Read + 'a>, CompressError> {
     let mut b = BufReader::with_capacity(256 << 10, r);

@@ -85,15 +85,6 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
-/// Whether the bytes start an archive (tar or a compressed stream).
-fn looks_like_archive(head: &[u8]) -> bool {
-    head.starts_with(&[0x1f, 0x8b])
-        || head.starts_with(b"BZh")
-        || head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0])
-        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd])
-        || (head.len() >= 262 && &head[257..262] == b"ustar")
-}
-
 /// Runs `build`.
 pub fn build(e: &mut Engine, a: BuildArgs) -> Result<i32> {
     let mut req;
@@ -105,7 +96,7 @@ pub fn build(e: &mut Engine, a: BuildArgs) -> Result<i32> {
         }
         let mut head = Vec::new();
         std::io::stdin().lock().take(512).read_to_end(&mut head).context("read stdin")?;
-        if looks_like_archive(&head) {
+        if moat_engine::build::looks_like_archive(&head) {
             let rest = std::io::Cursor::new(head).chain(std::io::stdin());
             let pb = if a.quiet {
                 indicatif::ProgressBar::hidden()
@@ -198,13 +189,7 @@ pub fn builder(e: &mut Engine, c: BuilderCmd) -> Result<i32> {
     match c {
         BuilderCmd::Prune { .. } => {
             let r = e.build_prune()?;
-            if !r.images.is_empty() {
-                outln!("Deleted build cache objects:");
-                for i in &r.images {
-                    outln!("{i}");
-                }
-                outln!();
-            }
+            crate::output::deleted("Deleted build cache objects:", &r.images);
             outln!("Total reclaimed space: {}", human::size(r.reclaimed));
             Ok(0)
         }

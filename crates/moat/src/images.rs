@@ -243,13 +243,8 @@ pub fn run(e: &mut Engine, cmd: ImageCmd) -> Result<i32> {
         ImageCmd::Prune(a) => {
             let _ = a.force;
             let rep = e.prune_images(a.all)?;
-            if !rep.deleted.is_empty() {
-                outln!("Deleted Images:");
-                for d in &rep.deleted {
-                    outln!("deleted: {d}");
-                }
-                outln!();
-            }
+            let lines: Vec<String> = rep.deleted.iter().map(|d| format!("deleted: {d}")).collect();
+            output::deleted("Deleted Images:", &lines);
             outln!("Total reclaimed space: {}", human::size(rep.reclaimed));
         }
     }

@@ -2,6 +2,19 @@
 
 use std::io::{IsTerminal, Write};
 
+/// What a prune removed, as Docker prints it: `title`, one line per item
+/// and a blank line (nothing when nothing was removed).
+pub fn deleted<T: std::fmt::Display>(title: &str, items: &[T]) {
+    if items.is_empty() {
+        return;
+    }
+    outln!("{title}");
+    for i in items {
+        outln!("{i}");
+    }
+    outln!();
+}
+
 /// Prints rows as a docker-style table: columns separated by at least three spaces.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut tw = tabwriter::TabWriter::new(std::io::stdout().lock()).padding(3);

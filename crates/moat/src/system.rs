@@ -125,13 +125,7 @@ pub fn run(e: Engine, cmd: SystemCmd) -> Result<i32> {
                 ("Deleted Volumes:", &s.volumes),
                 ("Deleted Images:", &s.images),
             ] {
-                if !items.is_empty() {
-                    outln!("{title}");
-                    for i in items {
-                        outln!("{i}");
-                    }
-                    outln!();
-                }
+                crate::output::deleted(title, items);
             }
             if s.build_cache > 0 {
                 outln!("Deleted build cache objects: {}", s.build_cache);

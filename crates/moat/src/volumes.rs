@@ -129,13 +129,7 @@ pub fn run(e: &mut Engine, cmd: VolumeCmd) -> Result<i32> {
         VolumeCmd::Prune { all, filter, force: _ } => {
             let f = VolumeFilter::new(Filters::from_args(&filter)?)?;
             let r = e.volume_prune(all, &f)?;
-            if !r.deleted.is_empty() {
-                outln!("Deleted Volumes:");
-                for n in &r.deleted {
-                    outln!("{n}");
-                }
-                outln!();
-            }
+            crate::output::deleted("Deleted Volumes:", &r.deleted);
             outln!("Total reclaimed space: {}", human::size(r.reclaimed));
         }
     }
