@@ -180,6 +180,76 @@ impl Engine {
             });
             found(format!("switch {}: its bridge {} is missing", sw.name, sw.config.bridge), fix);
         }
+        let switches = self.switches()?;
+        // a create cut short between the bridge and its rules
+        for sw in &switches {
+            if !moat_net::link::exists(&sw.config.bridge) {
+                continue;
+            }
+            let missing = moat_net::link::missing_rules(&sw.config);
+            if !missing.is_empty() {
+                let fix = repair.then(|| {
+                    moat_net::link::ensure_rules(&sw.config)
+                        .map(|_| "added them".to_string())
+                        .map_err(|e| e.to_string())
+                });
+                found(format!("switch {}: {} of its iptables rules are missing", sw.name, missing.len()), fix);
+            }
+        }
+        // bridges this root made that no switch records (a reset cut short)
+        let bridges: std::collections::HashSet<&str> = switches.iter().map(|s| s.config.bridge.as_str()).collect();
+        let owner = moat_net::owner_mark(self.layout.root());
+        for b in moat_net::link::bridges_owned_by(&owner) {
+            if bridges.contains(b.as_str()) {
+                continue;
+            }
+            let fix = repair.then(|| {
+                for p in moat_net::link::ports_of(&b) {
+                    moat_net::link::del_link(&p);
+                }
+                moat_net::link::del_link(&b);
+                "deleted it".to_string()
+            });
+            found(format!("bridge {b} of this root has no switch record"), fix.map(Ok));
+        }
+        // veths and taps on this root's bridges whose container is gone
+        // (the ports first, then the records: a container or pod is recorded
+        // before its link is made, so a port listed here whose owner is not
+        // read below is one whose owner is gone)
+        let ports: Vec<(&str, String)> =
+            bridges.iter().flat_map(|b| moat_net::link::ports_of(b).into_iter().map(move |p| (*b, p))).collect();
+        let mut owners: Vec<String> = self.images.store().containers()?.into_iter().map(|r| r.id).collect();
+        owners.extend(self.images.store().pods()?.into_iter().map(|p| p.id));
+        for (b, p) in ports {
+            let Some(short) = p.strip_prefix("mt").and_then(|r| r.get(1..9)) else { continue };
+            if owners.iter().any(|id| id.starts_with(short)) {
+                continue;
+            }
+            let fix = repair.then(|| {
+                moat_net::link::del_link(&p);
+                "deleted it".to_string()
+            });
+            found(format!("link {p} on bridge {b} belongs to no container"), fix.map(Ok));
+        }
+        // this root's rules for a bridge it has no switch for
+        if let Ok(lock) = moat_net::link::host_lock() {
+            let mine: Vec<&str> = bridges.iter().copied().collect();
+            for (table, rule) in moat_net::link::stray_rules(&lock, &owner, &mine) {
+                let fix = repair.then(|| {
+                    moat_net::link::delete_rule_line(&lock, table, &rule)
+                        .map(|_| "deleted it".to_string())
+                        .map_err(|e| e.to_string())
+                });
+                found(format!("iptables rule without its switch: -t {table} {rule}"), fix);
+            }
+        }
+        // scratch directories of template builds that were killed (shared
+        // by the roots of a kernel directory; a live build holds its lock)
+        for d in moat_vm::template::stale_scratch(&moat_vm::template::dir(&self.options.kernel_dir())) {
+            let fix = repair
+                .then(|| std::fs::remove_dir_all(&d).map(|_| "removed it".to_string()).map_err(|e| e.to_string()));
+            found(format!("template build scratch {} was left by a killed build", d.display()), fix);
+        }
         // images whose layers are missing; layers and blobs no image needs
         let known: std::collections::HashSet<String> =
             self.images.store().layers()?.into_iter().map(|(d, _)| d.hex().to_string()).collect();

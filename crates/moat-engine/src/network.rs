@@ -194,6 +194,7 @@ impl Engine {
         let routes = moat_net::link::routes();
         let id = moat_core::id::new_id();
         let created = Utc::now();
+        let owner = moat_net::owner_mark(self.layout.root());
         let made = self.images.store_mut().insert_switch_with(|existing| -> Result<SwitchRow, EngineError> {
             let mut taken = Vec::new();
             let mut taken6 = Vec::new();
@@ -276,6 +277,7 @@ impl Engine {
                 ipam_options: req.ipam_options.clone(),
                 subnet6,
                 gateway6,
+                owner: owner.clone(),
             };
             Ok(SwitchRow {
                 id: id.clone(),

@@ -55,6 +55,19 @@ pub struct SwitchConfig {
     /// Its gateway (the bridge's IPv6 address).
     #[serde(default)]
     pub gateway6: Option<std::net::Ipv6Addr>,
+    /// The owning root's mark ([`owner_mark`]), set as the bridge's alias so
+    /// that a bridge left behind by a root can be told from another root's.
+    #[serde(default)]
+    pub owner: String,
+}
+
+/// The mark a root puts on its bridges (their `ifalias`): `moat:` and 16
+/// hex digits of the SHA-256 of the root's path.
+pub fn owner_mark(root: &std::path::Path) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(root.as_os_str().as_encoded_bytes());
+    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("moat:{hex}")
 }
 
 /// A container's place on a switch.

@@ -148,6 +148,13 @@ fn rules(c: &SwitchConfig) -> Vec<(&'static str, &'static str, bool, Vec<String>
         v.push(("filter", "FORWARD", false, vec!["-i".into(), b.clone(), "-j".into(), "ACCEPT".into()]));
         v.push(("filter", "FORWARD", false, vec!["-o".into(), b.clone(), "-j".into(), "ACCEPT".into()]));
     }
+    if !c.owner.is_empty() {
+        // the owning root's mark, so that its check can tell its rules
+        for (_, _, _, r) in &mut v {
+            let target = r.len() - 2;
+            r.splice(target..target, ["-m".into(), "comment".into(), "--comment".into(), c.owner.clone()]);
+        }
+    }
     v
 }
 
@@ -230,7 +237,11 @@ pub fn ensure_switch_locked(_lock: &HostLock, c: &SwitchConfig) -> Result<(), Ne
                 .map_err(|e| NetError::Command(format!("enable IPv6 on {}: {e}", c.bridge)))?;
             ip_batch(&[format!("addr add {g6}/{} dev {} nodad", s6.prefix_len(), c.bridge)])?;
         }
-        ip_batch(&[format!("link set {} up", c.bridge)])?;
+        let mut up = vec![format!("link set {} up", c.bridge)];
+        if !c.owner.is_empty() {
+            up.push(format!("link set {} alias {}", c.bridge, c.owner));
+        }
+        ip_batch(&up)?;
     }
     // the isolation chain, jumped to for traffic between moat bridges
     if iptables(&["-t", "filter", "-L", ISO_CHAIN, "-n"]).is_err() {
@@ -247,6 +258,86 @@ pub fn ensure_switch_locked(_lock: &HostLock, c: &SwitchConfig) -> Result<(), Ne
             .map_err(|e| NetError::Command(format!("enable ip_forward: {e}")))?;
     }
     Ok(())
+}
+
+/// The switch's rules that are not in place (a create cut short between
+/// its bridge and its rules), as `iptables -S`-style lines.
+pub fn missing_rules(c: &SwitchConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    for (t, ch, _, r) in rules(c) {
+        let r: Vec<&str> = r.iter().map(String::as_str).collect();
+        if iptables(&[&["-t", t, "-C", ch], r.as_slice()].concat()).is_err() {
+            out.push(format!("-t {t} -A {ch} {}", r.join(" ")));
+        }
+    }
+    out
+}
+
+/// Adds the switch's missing rules (under the host lock).
+pub fn ensure_rules(c: &SwitchConfig) -> Result<(), NetError> {
+    let _lock = host_lock()?;
+    for (t, ch, ins, r) in rules(c) {
+        let r: Vec<&str> = r.iter().map(String::as_str).collect();
+        ensure_rule(t, ch, ins, &r)?;
+    }
+    Ok(())
+}
+
+/// Bridges (`mtb…`) whose alias is `owner`: the bridges a root made.
+pub fn bridges_owned_by(owner: &str) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir("/sys/class/net") else { return Vec::new() };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("mtb"))
+        .filter(|n| std::fs::read_to_string(format!("/sys/class/net/{n}/ifalias")).is_ok_and(|a| a.trim() == owner))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Links (`mt…`) plugged into `bridge`.
+pub fn ports_of(bridge: &str) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(format!("/sys/class/net/{bridge}/brif")) else { return Vec::new() };
+    let mut out: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    out.sort();
+    out
+}
+
+/// The moat bridge (`mtb` and 8 hex digits) a rule line names, if any.
+fn bridge_in_rule(line: &str) -> Option<&str> {
+    line.split_whitespace()
+        .find(|w| w.len() == 11 && w.starts_with("mtb") && w[3..].bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// iptables rules carrying `owner`'s mark whose bridge is not one of
+/// `bridges` (the owner's recorded switches): left by a switch removal or
+/// a root reset cut short. Returned as `(table, "-A CHAIN ...")`.
+pub fn stray_rules(_lock: &HostLock, owner: &str, bridges: &[&str]) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for t in ["filter", "nat"] {
+        let Ok(s) = run("iptables", &["-w", "-t", t, "-S"]) else { continue };
+        for l in s.lines().filter(|l| l.starts_with("-A ")) {
+            let words = rule_words(l);
+            let ours = words.windows(2).any(|w| w[0] == "--comment" && w[1] == owner);
+            if ours && bridge_in_rule(l).is_some_and(|b| !bridges.contains(&b)) {
+                out.push((t, words.join(" ")));
+            }
+        }
+    }
+    out
+}
+
+/// Deletes one rule given as `iptables -S` prints it (`-A CHAIN ...`).
+pub fn delete_rule_line(_lock: &HostLock, table: &str, line: &str) -> Result<(), NetError> {
+    let rest = line.strip_prefix("-A ").ok_or_else(|| NetError::Invalid(format!("not a rule: {line}")))?;
+    iptables(&[&["-t", table, "-D"], rule_words(rest).as_slice()].concat())
+}
+
+/// The words of a rule as `iptables -S` prints it (iptables-nft quotes
+/// comments; moat's own have no spaces).
+fn rule_words(line: &str) -> Vec<&str> {
+    line.split_whitespace().map(|w| w.trim_matches('"')).collect()
 }
 
 /// Deletes the bridge and the switch's rules.
@@ -295,6 +386,19 @@ pub fn del_link(name: &str) {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn rules_are_matched_to_their_bridge_by_exact_name() {
+        assert_eq!(bridge_in_rule("-A FORWARD -i mtb0123abcd -j ACCEPT"), Some("mtb0123abcd"));
+        assert_eq!(
+            bridge_in_rule("-A POSTROUTING -s 10.88.0.0/16 ! -o mtbdeadbeef -j MASQUERADE"),
+            Some("mtbdeadbeef")
+        );
+        // the jump every switch shares names no bridge
+        assert_eq!(bridge_in_rule("-A FORWARD -i mtb+ -o mtb+ -j MOAT-ISOLATION"), None);
+        assert_eq!(bridge_in_rule("-A FORWARD -i mtb0123abcdx -j ACCEPT"), None);
+        assert_eq!(bridge_in_rule("-A FORWARD -i docker0 -j ACCEPT"), None);
+    }
 
     /// The lock file is never created through a planted link, and a
     /// directory others can write to is refused; a clean one works.

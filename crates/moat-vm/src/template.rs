@@ -222,7 +222,22 @@ fn write_synced(path: &Path, data: &[u8]) -> Result<(), VmError> {
 /// them for `digest`, whose lock the caller holds; otherwise those whose
 /// lock is free).
 fn sweep_scratch(templates: &Path, digest: Option<&str>) {
-    let Ok(rd) = std::fs::read_dir(templates) else { return };
+    for d in scratch_dirs(templates, digest) {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+/// Scratch directories of template builds that were killed (nobody holds
+/// their build's lock): what `moat system check` reports and removes.
+pub fn stale_scratch(templates: &Path) -> Vec<PathBuf> {
+    scratch_dirs(templates, None)
+}
+
+/// Scratch directories of `digest`'s builds (the caller holds its lock), or
+/// of every build whose lock is free.
+fn scratch_dirs(templates: &Path, digest: Option<&str>) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(templates) else { return Vec::new() };
+    let mut out = Vec::new();
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix(".build-") else { continue };
@@ -236,9 +251,11 @@ fn sweep_scratch(templates: &Path, digest: Option<&str>) {
             }
         };
         if stale {
-            let _ = std::fs::remove_dir_all(e.path());
+            out.push(e.path());
         }
     }
+    out.sort();
+    out
 }
 
 fn try_lock(path: &Path) -> bool {

@@ -349,3 +349,91 @@ fn kill_at_every_named_point_leaves_a_consistent_root() {
     }
     assert!(failures.is_empty(), "MOAT_CRASH_SEED={seed}:\n{}", failures.join("\n"));
 }
+
+/// Host state a crash can leave outside the root: a switch's rules cut
+/// short, a bridge of this root with no switch record (a `system reset`
+/// killed half way), its rules, a link on one of its bridges whose
+/// container is gone, a killed template build's scratch directory. `system
+/// check` finds each (and nothing of another root's), `--repair` removes or
+/// restores it, checked in the kernel's tables.
+#[test]
+fn system_check_finds_and_repairs_host_leftovers() {
+    let r = Root::new();
+    let other = Root::new();
+    let kdir = tempfile::tempdir().unwrap();
+    let check = |args: &[&str]| {
+        let o = r.cmd().env("MOAT_KERNEL_DIR", kdir.path()).arg("system").arg("check").args(args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    r.ok(&["switch", "create", "--subnet", "10.251.0.0/24", "sw1"]);
+    // another root's switch: never this root's to report or repair
+    other.ok(&["switch", "create", "--subnet", "10.251.1.0/24", "theirs"]);
+    let bridge_of = |root: &Root, name: &str| {
+        let v: serde_json::Value = serde_json::from_str(&root.ok(&["switch", "inspect", name])).unwrap();
+        v[0]["Options"]["com.docker.network.bridge.name"].as_str().unwrap().to_string()
+    };
+    let (b, theirs) = (bridge_of(&r, "sw1"), bridge_of(&other, "theirs"));
+    let owner = std::fs::read_to_string(format!("/sys/class/net/{b}/ifalias")).unwrap().trim().to_string();
+    let other_owner = std::fs::read_to_string(format!("/sys/class/net/{theirs}/ifalias")).unwrap().trim().to_string();
+    assert!(owner.starts_with("moat:") && owner.len() == 21 && owner != other_owner, "{owner} {other_owner}");
+    assert_eq!(check(&[]), (Some(0), "0 problems found, 0 repaired\n".to_string()));
+
+    let sh = |c: &str| {
+        let o = std::process::Command::new("sh").arg("-c").arg(c).output().unwrap();
+        assert!(o.status.success(), "{c}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let rule_ok = |table: &str, rule: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("iptables -w -t {table} -C {rule}"))
+            .status()
+            .unwrap()
+            .success()
+    };
+    let accept = format!("FORWARD -i {b} -m comment --comment {owner} -j ACCEPT");
+    assert!(rule_ok("filter", &accept), "the switch's rule carries its root's mark");
+    // planted: leftovers with names nobody else uses (removed by the guard on failure)
+    let lost = "mtbfeedf00d";
+    let port = "mtvdeadbee70";
+    struct Planted(&'static str, &'static str, String);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            for l in [self.0, self.1, "mtpdeadbee70"] {
+                let _ = std::process::Command::new("ip").args(["link", "del", l]).output();
+            }
+            let _ = std::process::Command::new("sh").arg("-c").arg(format!("iptables -w -D {}", self.2)).output();
+        }
+    }
+    let lost_rule = format!("FORWARD -o {lost} -m comment --comment {owner} -j ACCEPT");
+    let _guard = Planted(lost, port, lost_rule.clone());
+    sh(&format!("iptables -w -D {accept}"));
+    sh(&format!("ip link add {lost} type bridge && ip link set {lost} alias {owner}"));
+    sh(&format!("iptables -w -A {lost_rule}"));
+    sh(&format!("ip link add {port} type veth peer name mtpdeadbee70 && ip link set {port} master {b}"));
+    let scratch = kdir.path().join("templates").join(format!(".build-{}-4242", "ab".repeat(32)));
+    std::fs::create_dir_all(scratch.join("part")).unwrap();
+
+    let found = [
+        ("switch sw1: 1 of its iptables rules are missing".to_string(), "added them"),
+        (format!("bridge {lost} of this root has no switch record"), "deleted it"),
+        (format!("link {port} on bridge {b} belongs to no container"), "deleted it"),
+        (format!("iptables rule without its switch: -t filter -A {lost_rule}"), "deleted it"),
+        (format!("template build scratch {} was left by a killed build", scratch.display()), "removed it"),
+    ];
+    let reported: String = found.iter().map(|(p, _)| format!("{p}\n")).collect();
+    assert_eq!(check(&[]), (Some(1), format!("{reported}5 problems found, 0 repaired\n")));
+    let repaired: String = found.iter().map(|(p, done)| format!("{p}: {done}\n")).collect();
+    assert_eq!(check(&["--repair"]), (Some(0), format!("{repaired}5 problems found, 5 repaired\n")));
+    assert_eq!(check(&[]), (Some(0), "0 problems found, 0 repaired\n".to_string()));
+    // the kernel's state: the rule is back, the leftovers are gone, the
+    // other root's switch is untouched
+    assert!(rule_ok("filter", &accept), "the missing rule was added");
+    assert!(!rule_ok("filter", &lost_rule), "the stray rule was deleted");
+    for l in [lost, port, "mtpdeadbee70"] {
+        assert!(!std::path::Path::new("/sys/class/net").join(l).exists(), "{l} is left");
+    }
+    assert!(std::path::Path::new("/sys/class/net").join(&b).exists());
+    assert!(std::path::Path::new("/sys/class/net").join(&theirs).exists());
+    assert!(rule_ok("filter", &format!("FORWARD -i {theirs} -m comment --comment {other_owner} -j ACCEPT")));
+    assert!(!scratch.exists());
+}
