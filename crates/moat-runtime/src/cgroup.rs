@@ -126,8 +126,20 @@ impl Cgroup {
 }
 
 fn write(dir: &Path, file: &str, val: &str) -> Result<(), RuntimeError> {
-    std::fs::write(dir.join(file), val)
-        .map_err(|e| RuntimeError::Io(format!("cgroup: write {val:?} to {}", dir.join(file).display()), e))
+    std::fs::write(dir.join(file), val).map_err(|e| {
+        let ctrl = file.split('.').next().unwrap_or(file);
+        if !dir.join(file).exists() && dir.join("cgroup.controllers").exists() {
+            // cgroup v2: the file appears only when the parent hands the
+            // controller down, which it cannot while it holds processes
+            return RuntimeError::Invalid(format!(
+                "cgroup v2: no {ctrl} controller in {}: a cgroup that holds processes cannot hand controllers \
+                 to its children; run moat from the root cgroup, or from a delegated one whose processes sit in \
+                 a leaf (as docker-in-docker moves its own)",
+                dir.display()
+            ));
+        }
+        RuntimeError::Io(format!("cgroup: write {val:?} to {}", dir.join(file).display()), e)
+    })
 }
 
 fn read(dir: &Path, file: &str) -> Option<String> {
@@ -172,7 +184,15 @@ impl Cgroup {
     pub fn prepare_v2(base: &Path) -> Result<PathBuf, RuntimeError> {
         let parent = base.join("moat");
         std::fs::create_dir_all(&parent).map_err(RuntimeError::io("cgroup: create moat"))?;
-        for d in [base, parent.as_path()] {
+        // a non-root cgroup that holds processes (moat in a container's
+        // cgroup namespace) takes no domain controller for its children;
+        // enabling only the threaded ones would turn it threaded and make
+        // its processes unmovable: leave it alone (a limit then fails with
+        // the reason, see `write`)
+        let root = !base.join("cgroup.type").exists();
+        let busy = read(base, "cgroup.procs").is_some_and(|p| !p.is_empty());
+        let levels: &[&Path] = if busy && !root { &[parent.as_path()] } else { &[base, parent.as_path()] };
+        for d in levels {
             let on = read(d, "cgroup.subtree_control").unwrap_or_default();
             // one by one: a controller missing on an exotic setup must not block the others
             for c in ["memory", "cpu", "pids", "io", "cpuset"] {

@@ -600,7 +600,11 @@ impl ApiServer {
 
     /// `moat serve` with more arguments; its stderr is `serve.log` in the root.
     pub fn start_with(r: &Root, extra: &[&str]) -> Self {
-        let sock = r.path().join("api.sock");
+        Self::start_at(r, r.path().join("api.sock"), extra)
+    }
+
+    /// `moat serve` on the socket `sock`.
+    pub fn start_at(r: &Root, sock: PathBuf, extra: &[&str]) -> Self {
         let log = std::fs::File::create(r.path().join("serve.log")).unwrap();
         let child = r
             .cmd()
