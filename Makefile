@@ -79,6 +79,8 @@ soak: deps kernel
 	BOLERO_RANDOM_TEST_TIME_MS=$(SOAK_MS) cargo test --workspace --lib --bins -- fuzz never_panic
 	@# every crash point under several seeds (each prints MOAT_CRASH_SEED)
 	for s in 1 2 3 4 5; do MOAT_CRASH_SEED=$$s cargo nextest run -p moat --test crashpoints || exit 1; done
+	@# a power cut at every write of each command, not only a spread
+	MOAT_POWERCUT_EVERY=1 cargo nextest run -p moat --test power_cut
 
 demo: deps agent
 	cargo build --release -p moat
