@@ -69,6 +69,8 @@ pub const POINTS: &[&str] = &[
     // exec instances
     "exec.create.recorded",
     "exec.start.spawned",
+    // an attach through the API, the stream established
+    "attach.attached",
 ];
 
 struct Armed {

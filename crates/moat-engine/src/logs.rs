@@ -161,18 +161,10 @@ impl LogWriter {
         while !rest.is_empty() {
             let room = self.config.max_size.saturating_sub(self.size) as usize;
             // as many whole records as fit, at least one in an empty file
-            let mut take = 0;
-            for (i, b) in rest.iter().enumerate() {
-                if *b == b'\n' {
-                    if i + 1 > room && (take > 0 || self.size > 0) {
-                        break;
-                    }
-                    take = i + 1;
-                }
-            }
+            let mut take = memchr::memrchr(b'\n', &rest[..room.min(rest.len())]).map_or(0, |i| i + 1);
             if take == 0 {
                 if self.size == 0 {
-                    take = rest.len();
+                    take = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
                 } else {
                     self.rotate()?;
                     continue;
@@ -209,14 +201,19 @@ impl LogWriter {
         let buf = &mut self.partial[err as usize];
         buf.extend_from_slice(data);
         let mut out = Vec::new();
-        let now = Utc::now();
-        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            encode(&mut out, &line, err, now);
+        let now = time_json(Utc::now());
+        // every whole line, then one drain (draining line by line would
+        // move the rest of the buffer once per line)
+        let mut start = 0;
+        while let Some(rel) = memchr::memchr(b'\n', &buf[start..]) {
+            let end = start + rel + 1;
+            encode(&mut out, &buf[start..end], err, &now);
+            start = end;
         }
+        buf.drain(..start);
         if buf.len() > MAX_PARTIAL {
             let line = std::mem::take(buf);
-            encode(&mut out, &line, err, now);
+            encode(&mut out, &line, err, &now);
         }
         self.append(&out)?;
         Ok(out)
@@ -228,7 +225,7 @@ impl LogWriter {
         for err in [false, true] {
             let line = std::mem::take(&mut self.partial[err as usize]);
             if !line.is_empty() {
-                encode(&mut out, &line, err, Utc::now());
+                encode(&mut out, &line, err, &time_json(Utc::now()));
             }
         }
         self.append(&out)?;
@@ -236,16 +233,49 @@ impl LogWriter {
     }
 }
 
-fn encode(out: &mut Vec<u8>, line: &[u8], err: bool, time: DateTime<Utc>) {
-    let r = Record {
-        log: String::from_utf8_lossy(line).into_owned(),
-        stream: if err { "stderr" } else { "stdout" }.into(),
-        time,
-    };
-    if let Ok(s) = serde_json::to_vec(&r) {
-        out.extend_from_slice(&s);
-        out.push(b'\n');
+/// A record's time as its JSON string (serde's RFC 3339 form).
+fn time_json(t: DateTime<Utc>) -> String {
+    serde_json::to_string(&t).unwrap_or_else(|_| "\"1970-01-01T00:00:00Z\"".into())
+}
+
+/// Encodes one record as a JSON line, exactly as `serde_json` writes a
+/// [`Record`] (the unit test compares them), by hand: this runs for every
+/// line a container prints, and serde_json's generic escaper, instantiated
+/// in this crate, is slow in the debug builds the tests use.
+fn encode(out: &mut Vec<u8>, line: &[u8], err: bool, time: &str) {
+    let log = String::from_utf8_lossy(line);
+    out.extend_from_slice(b"{\"log\":");
+    push_json_str(out, log.as_bytes());
+    out.extend_from_slice(if err { b",\"stream\":\"stderr\",\"time\":" } else { b",\"stream\":\"stdout\",\"time\":" });
+    out.extend_from_slice(time.as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
+/// serde_json's escaping: `"`, `\\`, the short forms of \b \t \n \f \r,
+/// other control characters as `\u00XX`.
+fn push_json_str(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if b >= 0x20 && b != b'"' && b != b'\\' {
+            continue;
+        }
+        out.extend_from_slice(&s[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]]),
+        }
+        start = i + 1;
     }
+    out.extend_from_slice(&s[start..]);
+    out.push(b'"');
 }
 
 /// Reads records from the rotated files of `path` (oldest first) and from
@@ -286,6 +316,28 @@ pub fn parse_lines(data: &[u8]) -> Vec<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hand_encoding_is_serde_json_s() {
+        let t = Utc::now();
+        let mut lines: Vec<Vec<u8>> = (0u8..=0x7f).map(|b| vec![b'a', b, b'z', b'\n']).collect();
+        lines.push("héllo \u{2028} 日本\n".as_bytes().to_vec());
+        lines.push(vec![0xff, 0xfe, b'"', b'\\', 0x1f, 0x7f]);
+        lines.push(Vec::new());
+        for (n, line) in lines.iter().enumerate() {
+            let err = n % 2 == 1;
+            let mut ours = Vec::new();
+            encode(&mut ours, line, err, &time_json(t));
+            let r = Record {
+                log: String::from_utf8_lossy(line).into_owned(),
+                stream: if err { "stderr" } else { "stdout" }.into(),
+                time: t,
+            };
+            let mut theirs = serde_json::to_vec(&r).unwrap();
+            theirs.push(b'\n');
+            assert_eq!(String::from_utf8_lossy(&ours), String::from_utf8_lossy(&theirs), "line {line:?}");
+        }
+    }
 
     /// The defaults apply (5 x 20 MiB) while only what was given is shown.
     #[test]

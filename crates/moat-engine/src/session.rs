@@ -239,6 +239,7 @@ impl Engine {
         }
         let mut s = Session::new(self.connect(&c)?, c.config.tty);
         s.attach(AttachOptions { stdin: o.stdin && c.config.open_stdin, stdin_once: c.config.stdin_once, ..o })?;
+        moat_core::crash::point("attach.attached");
         Ok((c, s))
     }
 

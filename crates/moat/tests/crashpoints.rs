@@ -114,7 +114,7 @@ fn scenario(point: &str, reg: &str, ctx: &str, tar: &str, mark: &str) -> Scenari
         }
         // the third transaction of a create (the record, its endpoints, its config)
         "store.commit" => Scenario { pass: 2, ..s(&[], created, Who::Cli) },
-        "exec.create.recorded" | "exec.start.spawned" => s(&[running], &[], Who::Serve),
+        "exec.create.recorded" | "exec.start.spawned" | "attach.attached" => s(&[running], &[], Who::Serve),
         other => panic!("crash point {other} has no scenario: add one"),
     }
 }
@@ -236,11 +236,15 @@ fn kill_at_every_named_point_leaves_a_consistent_root() {
                     .ok_or_else(|| format!("{point}: the shim did not die there ({:?}); ps: {state}", o.status))
             }
             Who::Serve => {
-                let exec = [
-                    ("POST", "/containers/c1/exec".to_string(), Some(br#"{"Cmd":["true"]}"#.to_vec())),
-                    ("POST", "/exec/{ID}/start".to_string(), Some(br#"{"Detach":true}"#.to_vec())),
-                ];
-                let st = armed_serve(&r, &spec, &exec);
+                let requests: Vec<Request> = if point.starts_with("attach") {
+                    vec![("POST", "/containers/c1/attach?stream=1&stdout=1&stderr=1".to_string(), None)]
+                } else {
+                    vec![
+                        ("POST", "/containers/c1/exec".to_string(), Some(br#"{"Cmd":["true"]}"#.to_vec())),
+                        ("POST", "/exec/{ID}/start".to_string(), Some(br#"{"Detach":true}"#.to_vec())),
+                    ]
+                };
+                let st = armed_serve(&r, &spec, &requests);
                 killed(&st).then_some(()).ok_or_else(|| format!("{point}: moat serve was not killed there ({st:?})"))
             }
         };

@@ -83,7 +83,9 @@ enum Role {
 struct Client {
     stream: UnixStream,
     dec: Decoder,
+    /// Queued bytes; the first `sent` of them are written already.
     out: Vec<u8>,
+    sent: usize,
     role: Role,
     /// Close once `out` is flushed.
     closing: bool,
@@ -375,7 +377,8 @@ impl Shim {
     fn add_client(&mut self, stream: UnixStream, role: Role) -> u64 {
         let id = self.next_client;
         self.next_client += 1;
-        self.clients.insert(id, Client { stream, dec: Decoder::default(), out: Vec::new(), role, closing: false });
+        self.clients
+            .insert(id, Client { stream, dec: Decoder::default(), out: Vec::new(), sent: 0, role, closing: false });
         id
     }
 
@@ -739,9 +742,18 @@ impl Shim {
     fn client_io(&mut self, id: u64, revents: libc::c_short, buf: &mut [u8]) {
         let Some(c) = self.clients.get_mut(&id) else { return };
         if revents & libc::POLLOUT != 0 && !c.out.is_empty() {
-            match c.stream.write(&c.out) {
+            match c.stream.write(&c.out[c.sent..]) {
                 Ok(n) => {
-                    c.out.drain(..n);
+                    // the written head is dropped when all is out or it is
+                    // large (not after each write: that moves the rest each time)
+                    c.sent += n;
+                    if c.sent == c.out.len() {
+                        c.out.clear();
+                        c.sent = 0;
+                    } else if c.sent >= 1 << 20 {
+                        c.out.drain(..c.sent);
+                        c.sent = 0;
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => {
@@ -1095,7 +1107,7 @@ impl Shim {
             let _ = c.stream.set_write_timeout(Some(
                 deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)),
             ));
-            let _ = c.stream.write_all(&c.out);
+            let _ = c.stream.write_all(&c.out[c.sent..]);
         }
     }
 }
