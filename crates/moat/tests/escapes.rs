@@ -13,7 +13,7 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A host process with a marker in its environment, killed on drop.
 struct HostSleeper(std::process::Child);
@@ -186,15 +186,6 @@ fn root_with_probe_and_busybox() -> Root {
     let r = root_with_busybox();
     r.ok(&["load", "-q", "-i", probe_archive().to_str().unwrap()]);
     r
-}
-
-fn evil_agent() -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("agent/x86_64-unknown-linux-gnu/release/moat-evil-agent");
-    assert!(p.exists(), "{} is missing: make agent builds it", p.display());
-    p
 }
 
 /// Every inotify event on the watched host paths, drained.

@@ -13,15 +13,6 @@ use common::*;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn evil_agent() -> std::path::PathBuf {
-    let p = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .join("agent/x86_64-unknown-linux-gnu/release/moat-evil-agent");
-    assert!(p.exists(), "{} is missing: make agent builds it", p.display());
-    p
-}
-
 /// `moat ARGS` with the hostile agent; returns the output and how long it took.
 fn with_evil(r: &Root, args: &[&str]) -> (Output, Duration) {
     let t = Instant::now();

@@ -811,3 +811,13 @@ pub const BUILD_CONFIG_FIELDS: &[&str] = &[
     "OnBuild",
     "Shell",
 ];
+
+/// The hostile guest agent (`make agent` builds it beside the agent).
+pub fn evil_agent() -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("agent/x86_64-unknown-linux-gnu/release/moat-evil-agent");
+    assert!(p.exists(), "{} is missing: make agent builds it", p.display());
+    p
+}
