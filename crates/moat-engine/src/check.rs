@@ -169,7 +169,8 @@ impl Engine {
             }
         }
         // switches whose bridge is gone (a create cut short, a host reboot)
-        for sw in self.switches()? {
+        let switches = self.switches()?;
+        for sw in &switches {
             if Path::new("/sys/class/net").join(&sw.config.bridge).exists() {
                 continue;
             }
@@ -180,7 +181,6 @@ impl Engine {
             });
             found(format!("switch {}: its bridge {} is missing", sw.name, sw.config.bridge), fix);
         }
-        let switches = self.switches()?;
         // a create cut short between the bridge and its rules
         for sw in &switches {
             if !moat_net::link::exists(&sw.config.bridge) {
@@ -233,8 +233,7 @@ impl Engine {
         }
         // this root's rules for a bridge it has no switch for
         if let Ok(lock) = moat_net::link::host_lock() {
-            let mine: Vec<&str> = bridges.iter().copied().collect();
-            for (table, rule) in moat_net::link::stray_rules(&lock, &owner, &mine) {
+            for (table, rule) in moat_net::link::stray_rules(&lock, &owner, &bridges) {
                 let fix = repair.then(|| {
                     moat_net::link::delete_rule_line(&lock, table, &rule)
                         .map(|_| "deleted it".to_string())

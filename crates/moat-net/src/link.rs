@@ -313,7 +313,11 @@ fn bridge_in_rule(line: &str) -> Option<&str> {
 /// iptables rules carrying `owner`'s mark whose bridge is not one of
 /// `bridges` (the owner's recorded switches): left by a switch removal or
 /// a root reset cut short. Returned as `(table, "-A CHAIN ...")`.
-pub fn stray_rules(_lock: &HostLock, owner: &str, bridges: &[&str]) -> Vec<(&'static str, String)> {
+pub fn stray_rules(
+    _lock: &HostLock,
+    owner: &str,
+    bridges: &std::collections::HashSet<&str>,
+) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     for t in ["filter", "nat"] {
         let Ok(s) = run("iptables", &["-w", "-t", t, "-S"]) else { continue };

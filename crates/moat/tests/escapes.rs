@@ -303,14 +303,6 @@ fn a_hostile_guest_cannot_reach_host_paths_through_virtio_fs_hyperv() {
     assert!(watch.events().iter().any(|e| e.contains("IN_OPEN")), "the watch sees an open");
 }
 
-/// Run `sh -c what` as user nobody.
-fn as_nobody(what: &str) -> std::process::Output {
-    std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c", what])
-        .output()
-        .unwrap()
-}
-
 /// An unprivileged user can neither connect to `moat serve`'s socket (in a
 /// directory anyone may enter), nor read or change the root's state, the
 /// templates or guest memory files; root can (the positive controls).

@@ -289,12 +289,6 @@ fn state_is_readable_by_root_only() {
     let log = r.path().join("containers").join(id).join(format!("{id}-json.log"));
     assert_eq!(mode(&log), 0o600, "the container log");
     // and as an unprivileged user, nothing is readable
-    let as_nobody = |what: &str| {
-        std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c", what])
-            .output()
-            .unwrap()
-    };
     for p in [r.path().join("moat.db-wal"), r.path().join("moat.db"), log.clone()] {
         let o = as_nobody(&format!("cat '{}'", p.display()));
         assert!(!o.status.success(), "nobody read {}", p.display());

@@ -821,3 +821,11 @@ pub fn evil_agent() -> PathBuf {
     assert!(p.exists(), "{} is missing: make agent builds it", p.display());
     p
 }
+
+/// Runs `sh -c what` as user nobody (no groups).
+pub fn as_nobody(what: &str) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c", what])
+        .output()
+        .expect("setpriv")
+}
